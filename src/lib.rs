@@ -1,0 +1,28 @@
+//! `inr`: a codec that stores images (and later audio) as small sine-activated neural networks
+//! (SIREN implicit neural representations), in the family of COIN, COIN++ and Strümpler et al.
+//!
+//! The public API is small: [`encode_image`], [`decode`], [`inspect`], plus media I/O helpers.
+//! Module map (dependencies point one way; `format` and `entropy` never import the model):
+//! - [`format`]: the `.inr` container, byte for byte as in `codec-spec.md` (no candle).
+//! - [`entropy`]: constriction wrappers; rate estimates use the same code path as coding.
+//! - [`media`]: image I/O and coordinate grids. [`metrics`]: PSNR and bpp.
+//! - `model`, `kernel`, `fit`, `quant`: the SIREN, its fused CPU kernels, fitting and quantization.
+//! - [`rd`] and [`batch`]: rate–distortion sweeps and dataset compression.
+
+pub mod batch;
+mod codec;
+pub mod entropy;
+pub mod format;
+mod fit;
+mod kernel;
+pub mod media;
+pub mod metrics;
+mod model;
+mod quant;
+pub mod rd;
+pub mod util;
+
+pub use codec::{
+    decode, encode_image, inspect, DecodeError, DecodeOptions, EncodeConfig, EncodeError,
+    Encoded, Preset, Progress,
+};
