@@ -1,6 +1,10 @@
 //! Encoder and decoder: ties media, model, fitting, quantization and the container together.
 
+use crate::fit::{psnr_u8, FitEvent, Fitter, Phase, QuantSpec, Signal};
+use crate::format::{self, Arch, InrFile, QTensor};
 use crate::media::Image;
+use crate::model::{self, Grid2};
+use crate::quant;
 
 /// Quality presets, from the smallest file to the best quality.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -27,11 +31,31 @@ pub struct EncodeConfig {
     pub seed: u64,
     /// Rayon threads; `None` uses all cores.
     pub threads: Option<usize>,
+    /// Fourier features per coordinate (expert).
+    pub pe_freqs: Option<u8>,
+    /// SIREN w0 of the first layer (expert).
+    pub w0: Option<u16>,
+    /// Adam learning rate (expert).
+    pub lr: Option<f32>,
+    /// Pixels per minibatch (expert).
+    pub batch: Option<usize>,
 }
 
 impl Default for EncodeConfig {
     fn default() -> Self {
-        EncodeConfig { preset: Preset::Medium, width: None, depth: None, bits: None, steps: None, seed: 0, threads: None }
+        EncodeConfig {
+            preset: Preset::Medium,
+            width: None,
+            depth: None,
+            bits: None,
+            steps: None,
+            seed: 0,
+            threads: None,
+            pe_freqs: None,
+            w0: None,
+            lr: None,
+            batch: None,
+        }
     }
 }
 
@@ -83,19 +107,162 @@ pub enum DecodeError {
     Parameter(String),
 }
 
+/// Internal parameters a preset expands to.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub arch: Arch,
+    pub bits: u8,
+    pub fit: Phase,
+    pub qat: Phase,
+}
+
+impl EncodeConfig {
+    /// Expand the preset and the expert overrides into an architecture and schedules.
+    pub(crate) fn plan(&self, img: &Image) -> Result<Plan, EncodeError> {
+        // (width, depth, bits, fp32 steps)
+        let (width, depth, bits, steps) = match self.preset {
+            Preset::Tiny => (20, 8, 8, 1500),
+            Preset::Small => (28, 10, 8, 1500),
+            Preset::Medium => (36, 10, 8, 1500),
+            Preset::Large => (48, 10, 8, 1500),
+            Preset::Huge => (64, 10, 8, 1500),
+        };
+        let width = self.width.unwrap_or(width);
+        let depth = self.depth.unwrap_or(depth);
+        let bits = self.bits.unwrap_or(bits);
+        let steps = self.steps.unwrap_or(steps);
+        if !(1..=1024).contains(&width) {
+            return Err(EncodeError::Parameter(format!("width {width} (expected 1..=1024)")));
+        }
+        if !(1..=64).contains(&depth) {
+            return Err(EncodeError::Parameter(format!("depth {depth} (expected 1..=64)")));
+        }
+        if !(2..=16).contains(&bits) {
+            return Err(EncodeError::Parameter(format!("bits {bits} (expected 2..=16)")));
+        }
+        let arch = Arch {
+            coord_dims: 2,
+            out_channels: img.channels,
+            width: width as u16,
+            depth: depth as u8,
+            pe_freqs: self.pe_freqs.unwrap_or(0),
+            pe_base_milli: 2000,
+            w0_first: self.w0.unwrap_or(30),
+            w0_hidden: 30,
+        };
+        let batch = self.batch.unwrap_or(1 << 16);
+        let lr = self.lr.unwrap_or(1e-3);
+        let qat_steps = (steps / 5).max(1);
+        Ok(Plan {
+            arch,
+            bits,
+            fit: Phase { steps, lr, lr_end_frac: 0.05, batch, eval_every: 100 },
+            qat: Phase { steps: qat_steps, lr: lr * 0.1, lr_end_frac: 0.05, batch, eval_every: 50 },
+        })
+    }
+}
+
 /// Encode an image into a complete `.inr` file.
+///
+/// # Errors
+/// [`EncodeError::Parameter`] for an unsupported image or configuration.
 pub fn encode_image(
-    _img: &Image,
-    _cfg: &EncodeConfig,
-    _progress: &mut dyn FnMut(&Progress),
+    img: &Image,
+    cfg: &EncodeConfig,
+    progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Encoded, EncodeError> {
-    Err(EncodeError::Parameter("not implemented yet".into()))
+    if img.channels != 1 && img.channels != 3 {
+        return Err(EncodeError::Parameter(format!(
+            "image has {} channels (expected 1 or 3)",
+            img.channels
+        )));
+    }
+    let npx = img.width as usize * img.height as usize;
+    if npx == 0 || img.data.len() != npx * img.channels as usize {
+        return Err(EncodeError::Parameter("empty or inconsistent image".into()));
+    }
+    let plan = cfg.plan(img)?;
+    let mut run = || encode_with_plan(img, &plan, cfg.seed, progress);
+    match cfg.threads {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| EncodeError::Parameter(format!("thread pool: {e}")))?
+            .install(run),
+        None => run(),
+    }
+}
+
+fn encode_with_plan(
+    img: &Image,
+    plan: &Plan,
+    seed: u64,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Encoded, EncodeError> {
+    let arch = plan.arch;
+    let grid = Grid2::new(&arch, img.width, img.height);
+    let sig = Signal { grid: &grid, target: img.data.iter().map(|&v| model::from_u8(v)).collect(), original: &img.data };
+    let shape = model::shape_of(&arch);
+    let init = model::siren_init(&shape, seed);
+    let mut fitter = Fitter::new(arch, &sig, init, seed);
+    let total = plan.fit.steps + plan.qat.steps;
+    fitter.run_phase(&plan.fit, None, 0, total, &mut |e: &FitEvent| {
+        progress(&Progress { step: e.step, total: e.total, psnr: e.psnr, phase: "fit" })
+    });
+    let q = QuantSpec::choose(&arch, &fitter.params, plan.bits);
+    fitter.reset_optimizer();
+    fitter.run_phase(&plan.qat, Some(&q), plan.fit.steps, total, &mut |e: &FitEvent| {
+        progress(&Progress { step: e.step, total: e.total, psnr: e.psnr, phase: "quantize" })
+    });
+    // Serialise, then measure exactly what the decoder will produce from the bytes.
+    let mut off = 0;
+    let tensors = arch
+        .tensor_lens()
+        .iter()
+        .zip(&q.steps)
+        .map(|(&n, &step)| {
+            let symbols = quant::quantize(&fitter.params[off..off + n], step, plan.bits);
+            off += n;
+            QTensor { step, symbols }
+        })
+        .collect();
+    let file = InrFile { width: img.width, height: img.height, arch, bits: plan.bits, tensors };
+    let bytes = format::write_file(&file)?;
+    let recon = decode(&bytes, &DecodeOptions::default()).map_err(|e| match e {
+        DecodeError::Format(f) => EncodeError::Format(f),
+        other => EncodeError::Parameter(other.to_string()),
+    })?;
+    let psnr = psnr_u8(&recon.data, &img.data);
+    let bpp = 8.0 * bytes.len() as f64 / npx_f(img);
+    Ok(Encoded { bytes, recon, psnr, bpp })
+}
+
+fn npx_f(img: &Image) -> f64 {
+    img.width as f64 * img.height as f64
 }
 
 /// Decode a `.inr` file into an image.
-pub fn decode(_bytes: &[u8], _opts: &DecodeOptions) -> Result<Image, DecodeError> {
-    Err(DecodeError::Parameter("not implemented yet".into()))
+///
+/// # Errors
+/// [`DecodeError::Format`] for a malformed, truncated or corrupted file or one beyond
+/// `opts.limits`; [`DecodeError::Parameter`] for a bad output size.
+pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> {
+    let file = format::read_file(bytes, &opts.limits)?;
+    let (w, h) = opts.size.unwrap_or((file.width, file.height));
+    let npx = w as u64 * h as u64;
+    if w == 0 || h == 0 || npx > MAX_RENDER_PIXELS {
+        return Err(DecodeError::Parameter(format!(
+            "output size {w}x{h} (expected 1..={MAX_RENDER_PIXELS} pixels)"
+        )));
+    }
+    let params: Vec<f32> =
+        file.tensors.iter().flat_map(|t| quant::dequantize(&t.symbols, t.step)).collect();
+    let data = model::render(&file.arch, &params, w, h);
+    Ok(Image { width: w, height: h, channels: file.arch.out_channels, data })
 }
+
+/// Largest output the decoder renders (2^28 pixels).
+pub const MAX_RENDER_PIXELS: u64 = 1 << 28;
 
 /// Parse the header and section table without decoding the network.
 pub fn inspect(bytes: &[u8]) -> Result<crate::format::FileInfo, crate::format::FormatError> {

@@ -1,1 +1,280 @@
-//! TODO
+//! Per-signal fitting: Adam on random minibatches with a cosine learning-rate schedule,
+//! keep-the-best weights, and quantization-aware fine-tuning (straight-through estimator).
+//!
+//! Determinism: a minibatch is split into fixed chunks of [`CHUNK`] pixels whatever the
+//! number of threads; each chunk's gradient goes to its own buffer and the buffers are summed
+//! in chunk order, so the same seed gives the same weights on 1 or 64 threads.
+
+use crate::format::{Arch, Step};
+use crate::kernel::{self, NetShape, TrainScratch, TILE};
+use crate::model::{self, Grid2};
+use crate::quant;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Pixels per gradient chunk (the unit of parallel work and of deterministic summation).
+pub const CHUNK: usize = 4096;
+
+/// The signal being fitted: features come from `grid`, targets are in [-1, 1].
+pub struct Signal<'a> {
+    pub grid: &'a Grid2,
+    /// `n_pixels * channels`, interleaved.
+    pub target: Vec<f32>,
+    /// Original 8-bit samples, for exact PSNR of the rendered network.
+    pub original: &'a [u8],
+}
+
+/// Schedule of one fitting phase.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    pub steps: usize,
+    pub lr: f32,
+    /// Final learning rate as a fraction of `lr` (cosine decay).
+    pub lr_end_frac: f32,
+    /// Pixels per step (the whole image when larger than it).
+    pub batch: usize,
+    /// Evaluate the exact rendered PSNR every this many steps (0 = only at the end).
+    pub eval_every: usize,
+}
+
+/// Quantization applied in the forward pass (QAT). Steps are fixed during the phase.
+pub struct QuantSpec {
+    pub steps: Vec<Step>,
+    pub bits: u8,
+}
+
+impl QuantSpec {
+    /// Choose a step per tensor from the current weights.
+    pub fn choose(arch: &Arch, params: &[f32], bits: u8) -> Self {
+        let mut off = 0;
+        let steps = arch
+            .tensor_lens()
+            .iter()
+            .map(|&n| {
+                let s = quant::choose_step(&params[off..off + n], bits);
+                off += n;
+                s
+            })
+            .collect();
+        QuantSpec { steps, bits }
+    }
+    /// Fake-quantize `params` into `out`.
+    pub fn apply(&self, arch: &Arch, params: &[f32], out: &mut [f32]) {
+        let mut off = 0;
+        for (&n, &s) in arch.tensor_lens().iter().zip(&self.steps) {
+            quant::fake_quant_into(&params[off..off + n], s, self.bits, &mut out[off..off + n]);
+            off += n;
+        }
+    }
+}
+
+/// Events reported while fitting.
+pub struct FitEvent {
+    pub step: usize,
+    pub total: usize,
+    /// Exact PSNR of the rendered network, when just measured.
+    pub psnr: Option<f64>,
+}
+
+/// PSNR in dB of 8-bit data (peak 255, one MSE over all samples).
+pub fn psnr_u8(a: &[u8], b: &[u8]) -> f64 {
+    let sse: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    if sse == 0.0 {
+        return f64::INFINITY;
+    }
+    let mse = sse / a.len() as f64;
+    10.0 * (255.0f64 * 255.0 / mse).log10()
+}
+
+/// Optimiser state and scratch for one signal.
+pub struct Fitter<'a> {
+    pub arch: Arch,
+    shape: NetShape,
+    sig: &'a Signal<'a>,
+    /// Latent (full-precision) parameters.
+    pub params: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t: u32,
+    eff: Vec<f32>,
+    eff_t: Vec<f32>,
+    grads: Vec<Vec<f32>>,
+    order: Vec<u32>,
+    cursor: usize,
+    rng: ChaCha8Rng,
+}
+
+impl<'a> Fitter<'a> {
+    pub fn new(arch: Arch, sig: &'a Signal<'a>, init: Vec<f32>, seed: u64) -> Self {
+        let shape = model::shape_of(&arch);
+        let n = shape.n_params;
+        let npx = sig.grid.width as usize * sig.grid.height as usize;
+        Fitter {
+            arch,
+            shape,
+            sig,
+            params: init,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            t: 0,
+            eff: vec![0.0; n],
+            eff_t: vec![0.0; n],
+            grads: Vec::new(),
+            order: (0..npx as u32).collect(),
+            cursor: npx,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f17),
+        }
+    }
+
+    fn n_pixels(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Next minibatch of pixel indices: consecutive slices of a fresh random permutation per
+    /// epoch, so every pixel is visited once per epoch.
+    fn next_batch(&mut self, batch: usize) -> Vec<u32> {
+        let n = self.n_pixels();
+        if batch >= n {
+            return self.order.clone();
+        }
+        let mut out = Vec::with_capacity(batch);
+        while out.len() < batch {
+            if self.cursor >= n {
+                self.order.shuffle(&mut self.rng);
+                self.cursor = 0;
+            }
+            let take = (batch - out.len()).min(n - self.cursor);
+            out.extend_from_slice(&self.order[self.cursor..self.cursor + take]);
+            self.cursor += take;
+        }
+        out
+    }
+
+    /// One Adam step on a minibatch, with `quant` applied in the forward pass if given
+    /// (straight-through: the gradient w.r.t. the fake-quantized weights updates the latent
+    /// ones). Returns the minibatch mean squared error in the [-1, 1] target scale.
+    pub fn step(&mut self, batch: usize, lr: f32, quant: Option<&QuantSpec>) -> f64 {
+        let idx = self.next_batch(batch);
+        match quant {
+            Some(q) => q.apply(&self.arch, &self.params, &mut self.eff),
+            None => self.eff.copy_from_slice(&self.params),
+        }
+        kernel::transpose_weights(&self.shape, &self.eff, &mut self.eff_t);
+        let n_chunks = idx.len().div_ceil(CHUNK);
+        let np = self.shape.n_params;
+        if self.grads.len() < n_chunks {
+            self.grads.resize_with(n_chunks, || vec![0.0; np]);
+        }
+        let c = self.shape.n_out();
+        let nf = self.sig.grid.n_features();
+        let scale = 1.0 / (idx.len() * c) as f32;
+        let (shape, eff, eff_t, sig) = (&self.shape, &self.eff, &self.eff_t, self.sig);
+        let sse: f64 = self.grads[..n_chunks]
+            .par_iter_mut()
+            .zip(idx.par_chunks(CHUNK))
+            .map_init(
+                || (TrainScratch::new(shape), vec![0.0f32; TILE * c]),
+                |(scratch, tgt), (g, chunk)| {
+                    g.fill(0.0);
+                    let mut sse = 0.0;
+                    for tile in chunk.chunks(TILE) {
+                        let rows = tile.len();
+                        let x = scratch.input_mut();
+                        for (r, &p) in tile.iter().enumerate() {
+                            sig.grid.features(p as usize, &mut x[r * nf..(r + 1) * nf]);
+                            let p = p as usize;
+                            tgt[r * c..(r + 1) * c].copy_from_slice(&sig.target[p * c..(p + 1) * c]);
+                        }
+                        sse += kernel::train_tile(shape, eff, eff_t, tgt, rows, scale, g, scratch);
+                    }
+                    sse
+                },
+            )
+            .collect::<Vec<f64>>()
+            .iter()
+            .sum();
+        // Sum chunk gradients in order (deterministic), into grads[0].
+        let (first, rest) = self.grads.split_at_mut(1);
+        for g in &rest[..n_chunks - 1] {
+            for (a, &b) in first[0].iter_mut().zip(g) {
+                *a += b;
+            }
+        }
+        self.adam(lr);
+        sse / (idx.len() * c) as f64
+    }
+
+    fn adam(&mut self, lr: f32) {
+        const B1: f32 = 0.9;
+        const B2: f32 = 0.999;
+        const EPS: f32 = 1e-8;
+        self.t += 1;
+        let bc1 = 1.0 - B1.powi(self.t as i32);
+        let bc2 = 1.0 - B2.powi(self.t as i32);
+        let a = lr * bc2.sqrt() / bc1;
+        let g = &self.grads[0];
+        for (((p, m), v), &g) in self.params.iter_mut().zip(&mut self.m).zip(&mut self.v).zip(g) {
+            *m = B1 * *m + (1.0 - B1) * g;
+            *v = B2 * *v + (1.0 - B2) * g * g;
+            *p -= a * *m / (v.sqrt() + EPS * bc2.sqrt());
+        }
+    }
+
+    /// Reset Adam's moments (between phases).
+    pub fn reset_optimizer(&mut self) {
+        self.m.fill(0.0);
+        self.v.fill(0.0);
+        self.t = 0;
+    }
+
+    /// Exact PSNR of the network as the decoder renders it (quantized if `quant` is given).
+    pub fn eval(&mut self, quant: Option<&QuantSpec>) -> f64 {
+        match quant {
+            Some(q) => q.apply(&self.arch, &self.params, &mut self.eff),
+            None => self.eff.copy_from_slice(&self.params),
+        }
+        let img = model::render(&self.arch, &self.eff, self.sig.grid.width, self.sig.grid.height);
+        psnr_u8(&img, self.sig.original)
+    }
+
+    /// Run a phase; keeps and restores the latent weights with the best exact PSNR
+    /// (measured every `eval_every` steps in the second half of the phase, and at the end).
+    /// Returns the best PSNR.
+    pub fn run_phase(
+        &mut self,
+        ph: &Phase,
+        quant: Option<&QuantSpec>,
+        step0: usize,
+        total: usize,
+        on_event: &mut dyn FnMut(&FitEvent),
+    ) -> f64 {
+        let mut best: Option<(f64, Vec<f32>)> = None;
+        for s in 0..ph.steps {
+            let prog = s as f32 / ph.steps.max(1) as f32;
+            let cosine = 0.5 * (1.0 + (std::f32::consts::PI * prog).cos());
+            let lr = ph.lr * (ph.lr_end_frac + (1.0 - ph.lr_end_frac) * cosine);
+            self.step(ph.batch, lr, quant);
+            let last = s + 1 == ph.steps;
+            let eval_now = last
+                || (ph.eval_every > 0 && (s + 1) % ph.eval_every == 0 && 2 * (s + 1) >= ph.steps);
+            let mut psnr = None;
+            if eval_now {
+                let p = self.eval(quant);
+                psnr = Some(p);
+                if best.as_ref().is_none_or(|(b, _)| p > *b) {
+                    best = Some((p, self.params.clone()));
+                }
+            }
+            on_event(&FitEvent { step: step0 + s + 1, total, psnr });
+        }
+        match best {
+            Some((p, w)) => {
+                self.params = w;
+                p
+            }
+            None => self.eval(quant),
+        }
+    }
+}

@@ -26,3 +26,11 @@ pub use codec::{
     decode, encode_image, inspect, DecodeError, DecodeOptions, EncodeConfig, EncodeError,
     Encoded, Preset, Progress,
 };
+
+/// Internals exposed for the criterion benches only; not a stable API.
+#[doc(hidden)]
+pub mod bench_api {
+    pub use crate::fit::{Fitter, Phase, Signal};
+    pub use crate::kernel::{forward_tile_infer, sincos, train_tile, NetShape};
+    pub use crate::model::{render, shape_of, siren_init, Grid2};
+}

@@ -1,1 +1,155 @@
-//! TODO
+//! The SIREN model: shapes from a [`format::Arch`], SIREN initialisation, input features
+//! (coordinates and Fourier features) and whole-grid evaluation.
+
+use crate::format::Arch;
+use crate::kernel::{self, InferScratch, NetShape, TILE};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Kernel shape of an architecture.
+pub fn shape_of(arch: &Arch) -> NetShape {
+    NetShape::new(&arch.layer_dims(), arch.w0_first as f32, arch.w0_hidden as f32)
+}
+
+/// SIREN initialisation (Sitzmann et al.): first layer `U(-1/n, 1/n)`, later layers
+/// `U(-sqrt(6/n)/w0, sqrt(6/n)/w0)` (n = fan-in); biases `U(-1/sqrt(n), 1/sqrt(n))`
+/// as in the reference implementation (PyTorch's default). Seeded ChaCha8 so the same seed gives the same net.
+pub fn siren_init(shape: &NetShape, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut p = vec![0.0f32; shape.n_params];
+    for (l, ly) in shape.layers.iter().enumerate() {
+        let n = ly.n_in as f32;
+        let bound = if l == 0 {
+            1.0 / n
+        } else {
+            let w0 = shape.layers[l - 1].w0.unwrap_or(1.0);
+            (6.0 / n).sqrt() / w0
+        };
+        for v in &mut p[ly.w_off..ly.w_off + ly.n_in * ly.n_out] {
+            *v = rng.gen_range(-bound..bound);
+        }
+        let bb = 1.0 / n.sqrt();
+        for v in &mut p[ly.b_off..ly.b_off + ly.n_out] {
+            *v = rng.gen_range(-bb..bb);
+        }
+    }
+    p
+}
+
+/// Coordinate of pixel centre `i` of `n` along one axis, in (-1, 1): `(2i+1)/n - 1` in f32.
+#[inline]
+pub fn coord(i: u32, n: u32) -> f32 {
+    (2 * i as u64 + 1) as f32 / n as f32 - 1.0
+}
+
+/// Per-axis feature table: for each position along an axis of length `n`, the coordinate
+/// followed by `sin(pi f_k c)` and `cos(pi f_k c)` for k = 0..pe_freqs, `f_k = base^k`
+/// (base = pe_base_milli / 1000, powers by repeated f32 multiplication).
+pub fn axis_table(arch: &Arch, n: u32) -> Vec<f32> {
+    let per = 1 + 2 * arch.pe_freqs as usize;
+    let base = arch.pe_base_milli as f32 / 1000.0;
+    let mut freqs = Vec::with_capacity(arch.pe_freqs as usize);
+    let mut f = 1.0f32;
+    for _ in 0..arch.pe_freqs {
+        freqs.push(std::f32::consts::PI * f);
+        f *= base;
+    }
+    let mut t = Vec::with_capacity(per * n as usize);
+    for i in 0..n {
+        let c = coord(i, n);
+        t.push(c);
+        for &fr in &freqs {
+            let (s, co) = kernel::sincos(fr * c);
+            t.push(s);
+            t.push(co);
+        }
+    }
+    t
+}
+
+/// Input features for the 2-D grid: `[x, y, then for each k: sin_x, cos_x, sin_y, cos_y]`.
+pub struct Grid2 {
+    pub width: u32,
+    pub height: u32,
+    per: usize,
+    xs: Vec<f32>,
+    ys: Vec<f32>,
+}
+
+impl Grid2 {
+    pub fn new(arch: &Arch, width: u32, height: u32) -> Self {
+        Grid2 {
+            width,
+            height,
+            per: 1 + 2 * arch.pe_freqs as usize,
+            xs: axis_table(arch, width),
+            ys: axis_table(arch, height),
+        }
+    }
+    pub fn n_features(&self) -> usize {
+        2 * self.per
+    }
+    /// Write the features of pixel `idx` (row-major) into `out` (`n_features` long).
+    #[inline]
+    pub fn features(&self, idx: usize, out: &mut [f32]) {
+        let w = self.width as usize;
+        let (px, py) = (idx % w, idx / w);
+        let fx = &self.xs[px * self.per..(px + 1) * self.per];
+        let fy = &self.ys[py * self.per..(py + 1) * self.per];
+        out[0] = fx[0];
+        out[1] = fy[0];
+        for k in 0..(self.per - 1) / 2 {
+            out[2 + 4 * k] = fx[1 + 2 * k];
+            out[3 + 4 * k] = fx[2 + 2 * k];
+            out[4 + 4 * k] = fy[1 + 2 * k];
+            out[5 + 4 * k] = fy[2 + 2 * k];
+        }
+    }
+}
+
+/// Map a network output to an 8-bit sample: `clamp(round((y + 1) * 127.5), 0, 255)`.
+#[inline]
+pub fn to_u8(y: f32) -> u8 {
+    ((y + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
+}
+
+/// Map an 8-bit sample to the network's target range [-1, 1].
+#[inline]
+pub fn from_u8(v: u8) -> f32 {
+    v as f32 / 127.5 - 1.0
+}
+
+/// Evaluate the network on a `width x height` grid; returns interleaved 8-bit samples.
+/// Deterministic (inference kernel) and parallel over rows of tiles; the result does not
+/// depend on the number of threads.
+pub fn render(arch: &Arch, params: &[f32], width: u32, height: u32) -> Vec<u8> {
+    let shape = shape_of(arch);
+    let grid = Grid2::new(arch, width, height);
+    let c = shape.n_out();
+    let nf = grid.n_features();
+    let n = width as usize * height as usize;
+    let mut out = vec![0u8; n * c];
+    // Chunks of 16 tiles per task.
+    let chunk_px = TILE * 16;
+    out.par_chunks_mut(chunk_px * c).enumerate().for_each_init(
+        || (InferScratch::new(&shape), vec![0.0f32; TILE * nf], vec![0.0f32; TILE * c]),
+        |(scratch, x, y), (ci, dst)| {
+            let start = ci * chunk_px;
+            let npx = dst.len() / c;
+            let mut done = 0;
+            while done < npx {
+                let rows = TILE.min(npx - done);
+                for r in 0..rows {
+                    grid.features(start + done + r, &mut x[r * nf..(r + 1) * nf]);
+                }
+                kernel::forward_tile_infer(&shape, params, x, rows, y, scratch);
+                for (d, &v) in dst[done * c..(done + rows) * c].iter_mut().zip(y.iter()) {
+                    *d = to_u8(v);
+                }
+                done += rows;
+            }
+        },
+    );
+    out
+}
