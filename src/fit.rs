@@ -98,9 +98,14 @@ pub struct Fitter<'a> {
     m: Vec<f32>,
     v: Vec<f32>,
     t: u32,
+    /// Effective (possibly fake-quantized) weights, real layout.
     eff: Vec<f32>,
-    eff_t: Vec<f32>,
+    packed: Vec<f32>,
+    packed_t: Vec<f32>,
+    /// Per-chunk gradients (packed layout).
     grads: Vec<Vec<f32>>,
+    /// Summed gradient, real layout.
+    grad: Vec<f32>,
     order: Vec<u32>,
     cursor: usize,
     rng: ChaCha8Rng,
@@ -110,6 +115,7 @@ impl<'a> Fitter<'a> {
     pub fn new(arch: Arch, sig: &'a Signal<'a>, init: Vec<f32>, seed: u64) -> Self {
         let shape = model::shape_of(&arch);
         let n = shape.n_params;
+        let (n_packed, n_packed_t) = (shape.n_packed, shape.n_packed_t);
         let npx = sig.grid.width as usize * sig.grid.height as usize;
         Fitter {
             arch,
@@ -120,8 +126,10 @@ impl<'a> Fitter<'a> {
             v: vec![0.0; n],
             t: 0,
             eff: vec![0.0; n],
-            eff_t: vec![0.0; n],
+            packed: vec![0.0; n_packed],
+            packed_t: vec![0.0; n_packed_t],
             grads: Vec::new(),
+            grad: vec![0.0; n],
             order: (0..npx as u32).collect(),
             cursor: npx,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f17),
@@ -161,16 +169,17 @@ impl<'a> Fitter<'a> {
             Some(q) => q.apply(&self.arch, &self.params, &mut self.eff),
             None => self.eff.copy_from_slice(&self.params),
         }
-        kernel::transpose_weights(&self.shape, &self.eff, &mut self.eff_t);
+        self.shape.pack(&self.eff, &mut self.packed);
+        self.shape.pack_transposed(&self.eff, &mut self.packed_t);
         let n_chunks = idx.len().div_ceil(CHUNK);
-        let np = self.shape.n_params;
+        let np = self.shape.n_packed;
         if self.grads.len() < n_chunks {
             self.grads.resize_with(n_chunks, || vec![0.0; np]);
         }
         let c = self.shape.n_out();
         let nf = self.sig.grid.n_features();
         let scale = 1.0 / (idx.len() * c) as f32;
-        let (shape, eff, eff_t, sig) = (&self.shape, &self.eff, &self.eff_t, self.sig);
+        let (shape, eff, eff_t, sig) = (&self.shape, &self.packed, &self.packed_t, self.sig);
         let sse: f64 = self.grads[..n_chunks]
             .par_iter_mut()
             .zip(idx.par_chunks(CHUNK))
@@ -214,7 +223,7 @@ impl<'a> Fitter<'a> {
         let bc1 = 1.0 - B1.powi(self.t as i32);
         let bc2 = 1.0 - B2.powi(self.t as i32);
         let a = lr * bc2.sqrt() / bc1;
-        let g = &self.grads[0];
+        let g = &self.grad;
         for (((p, m), v), &g) in self.params.iter_mut().zip(&mut self.m).zip(&mut self.v).zip(g) {
             *m = B1 * *m + (1.0 - B1) * g;
             *v = B2 * *v + (1.0 - B2) * g * g;

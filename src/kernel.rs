@@ -18,30 +18,53 @@
 
 /// Rows per tile. Activations of a tile for all layers stay in L2.
 pub const TILE: usize = 64;
+/// SIMD lanes the packed layout is padded to (8 f32 = one AVX register).
+pub const LANES: usize = 8;
 
-/// One linear map of the network, with offsets into the flat parameter vector.
+#[inline]
+fn pad(n: usize) -> usize {
+    n.div_ceil(LANES) * LANES
+}
+
+/// One linear map of the network, with offsets into the flat parameter vectors.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerSpec {
     pub n_in: usize,
     pub n_out: usize,
+    /// Offsets of `W` and `b` in the real (file) layout.
     pub w_off: usize,
     pub b_off: usize,
+    /// `n_out` rounded up to [`LANES`]: the row stride of this layer's output.
+    pub out_pad: usize,
+    /// Row stride of this layer's input (`n_in` for the first layer, else `pad(n_in)`).
+    pub in_stride: usize,
+    /// Offsets in the packed layout: `W` as `[n_in][out_pad]`, then `b` as `[out_pad]`.
+    pub pw_off: usize,
+    pub pb_off: usize,
+    /// Offset in the packed transposed layout: `W^T` as `[out_pad][pad(n_in)]`.
+    pub pt_off: usize,
     /// SIREN frequency; `None` for the final linear layer.
     pub w0: Option<f32>,
 }
 
 /// Shape information for a whole network.
+///
+/// Kernels work on a *packed* copy of the parameters whose rows are zero-padded to a multiple
+/// of [`LANES`], so every inner loop runs on whole SIMD registers; padded outputs are
+/// `sin(0) = 0` and padded weights receive zero gradient.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetShape {
     pub layers: Vec<LayerSpec>,
     pub n_params: usize,
+    pub n_packed: usize,
+    pub n_packed_t: usize,
 }
 
 impl NetShape {
     /// Build from `(in, out)` pairs; all but the last map are sine layers with the given w0s.
     pub fn new(dims: &[(usize, usize)], w0_first: f32, w0_hidden: f32) -> NetShape {
         let mut layers = Vec::with_capacity(dims.len());
-        let mut off = 0;
+        let (mut off, mut poff, mut toff) = (0, 0, 0);
         for (l, &(n_in, n_out)) in dims.iter().enumerate() {
             let w0 = if l + 1 == dims.len() {
                 None
@@ -50,20 +73,67 @@ impl NetShape {
             } else {
                 Some(w0_hidden)
             };
-            layers.push(LayerSpec { n_in, n_out, w_off: off, b_off: off + n_in * n_out, w0 });
+            let out_pad = pad(n_out);
+            layers.push(LayerSpec {
+                n_in,
+                n_out,
+                w_off: off,
+                b_off: off + n_in * n_out,
+                out_pad,
+                in_stride: if l == 0 { n_in } else { pad(n_in) },
+                pw_off: poff,
+                pb_off: poff + n_in * out_pad,
+                pt_off: toff,
+                w0,
+            });
             off += n_in * n_out + n_out;
+            poff += n_in * out_pad + out_pad;
+            toff += out_pad * pad(n_in);
         }
-        NetShape { layers, n_params: off }
-    }
-    pub fn n_in(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.n_in)
+        NetShape { layers, n_params: off, n_packed: poff, n_packed_t: toff }
     }
     pub fn n_out(&self) -> usize {
         self.layers.last().map_or(0, |l| l.n_out)
     }
-    /// Largest layer width (inputs or outputs), for scratch sizing.
-    pub fn max_dim(&self) -> usize {
-        self.layers.iter().map(|l| l.n_in.max(l.n_out)).max().unwrap_or(0)
+    /// Largest padded row stride, for scratch sizing.
+    pub fn max_stride(&self) -> usize {
+        self.layers.iter().map(|l| l.out_pad.max(pad(l.n_in))).max().unwrap_or(0)
+    }
+
+    /// Copy real-layout parameters into the packed layout (padding zeroed).
+    pub fn pack(&self, real: &[f32], packed: &mut [f32]) {
+        packed.fill(0.0);
+        for ly in &self.layers {
+            for k in 0..ly.n_in {
+                let src = &real[ly.w_off + k * ly.n_out..ly.w_off + (k + 1) * ly.n_out];
+                packed[ly.pw_off + k * ly.out_pad..][..ly.n_out].copy_from_slice(src);
+            }
+            packed[ly.pb_off..][..ly.n_out].copy_from_slice(&real[ly.b_off..][..ly.n_out]);
+        }
+    }
+
+    /// Write each weight matrix transposed and padded (`[out_pad][pad(n_in)]`).
+    pub fn pack_transposed(&self, real: &[f32], packed_t: &mut [f32]) {
+        packed_t.fill(0.0);
+        for ly in &self.layers {
+            let ip = pad(ly.n_in);
+            for k in 0..ly.n_in {
+                for j in 0..ly.n_out {
+                    packed_t[ly.pt_off + j * ip + k] = real[ly.w_off + k * ly.n_out + j];
+                }
+            }
+        }
+    }
+
+    /// Copy a packed gradient back to the real layout (dropping the padding).
+    pub fn unpack(&self, packed: &[f32], real: &mut [f32]) {
+        for ly in &self.layers {
+            for k in 0..ly.n_in {
+                real[ly.w_off + k * ly.n_out..][..ly.n_out]
+                    .copy_from_slice(&packed[ly.pw_off + k * ly.out_pad..][..ly.n_out]);
+            }
+            real[ly.b_off..][..ly.n_out].copy_from_slice(&packed[ly.pb_off..][..ly.n_out]);
+        }
     }
 }
 
@@ -116,24 +186,106 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// `out[r,:] = b + x[r,:] W` for `rows` rows.
 #[inline(always)]
-fn linear<const FMA: bool>(
+fn lanes(s: &[f32]) -> &[f32; LANES] {
+    s[..LANES].try_into().unwrap_or(&[0.0; LANES])
+}
+
+/// `out[r, j] = bias[j] + sum_{k < k_n} x[r*xs + k] * w[k*ws + j]` for `j < ws`
+/// (`ws` a multiple of [`LANES`]), `r < rows`; out row stride `ws`.
+/// Register-blocked: 4 rows x 8 columns of accumulators; the sum over `k` runs in order, so
+/// the result does not depend on the blocking.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm<const FMA: bool>(
     x: &[f32],
-    n_in: usize,
+    xs: usize,
+    k_n: usize,
     w: &[f32],
-    b: &[f32],
-    n_out: usize,
+    ws: usize,
+    bias: Option<&[f32]>,
     rows: usize,
     out: &mut [f32],
 ) {
-    for (xr, o) in x.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)).take(rows) {
-        o.copy_from_slice(b);
-        for (&a, wk) in xr.iter().zip(w.chunks_exact(n_out)) {
-            for (oj, &wj) in o.iter_mut().zip(wk) {
-                *oj = madd::<FMA>(a, wj, *oj);
+    let mut r = 0;
+    while r + 4 <= rows {
+        let xr: [&[f32]; 4] = std::array::from_fn(|i| &x[(r + i) * xs..(r + i) * xs + k_n]);
+        for jc in (0..ws).step_by(LANES) {
+            let init = bias.map_or([0.0; LANES], |b| *lanes(&b[jc..]));
+            let mut acc = [init; 4];
+            for (k, wrow) in w.chunks_exact(ws).take(k_n).enumerate() {
+                let wv = lanes(&wrow[jc..]);
+                for i in 0..4 {
+                    let a = xr[i][k];
+                    for l in 0..LANES {
+                        acc[i][l] = madd::<FMA>(a, wv[l], acc[i][l]);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                out[(r + i) * ws + jc..][..LANES].copy_from_slice(a);
             }
         }
+        r += 4;
+    }
+    while r < rows {
+        let xr = &x[r * xs..r * xs + k_n];
+        for jc in (0..ws).step_by(LANES) {
+            let mut acc = bias.map_or([0.0; LANES], |b| *lanes(&b[jc..]));
+            for (&a, wrow) in xr.iter().zip(w.chunks_exact(ws)) {
+                let wv = lanes(&wrow[jc..]);
+                for l in 0..LANES {
+                    acc[l] = madd::<FMA>(a, wv[l], acc[l]);
+                }
+            }
+            out[r * ws + jc..][..LANES].copy_from_slice(&acc);
+        }
+        r += 1;
+    }
+}
+
+/// `gw[k, j] += sum_r x[r*xs + k] * dz[r*ds + j]` for `k < k_n`, `j < ds` (rows in order).
+#[inline(always)]
+fn outer_acc<const FMA: bool>(
+    x: &[f32],
+    xs: usize,
+    k_n: usize,
+    dz: &[f32],
+    ds: usize,
+    rows: usize,
+    gw: &mut [f32],
+) {
+    let mut k = 0;
+    while k + 4 <= k_n {
+        for jc in (0..ds).step_by(LANES) {
+            let mut acc: [[f32; LANES]; 4] = std::array::from_fn(|i| *lanes(&gw[(k + i) * ds + jc..]));
+            for (xr, dzr) in x.chunks(xs).zip(dz.chunks_exact(ds)).take(rows) {
+                let dv = lanes(&dzr[jc..]);
+                let xa = &xr[k..k + 4];
+                for i in 0..4 {
+                    for l in 0..LANES {
+                        acc[i][l] = madd::<FMA>(xa[i], dv[l], acc[i][l]);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                gw[(k + i) * ds + jc..][..LANES].copy_from_slice(a);
+            }
+        }
+        k += 4;
+    }
+    while k < k_n {
+        for jc in (0..ds).step_by(LANES) {
+            let mut acc = *lanes(&gw[k * ds + jc..]);
+            for (xr, dzr) in x.chunks(xs).zip(dz.chunks_exact(ds)).take(rows) {
+                let dv = lanes(&dzr[jc..]);
+                for l in 0..LANES {
+                    acc[l] = madd::<FMA>(xr[k], dv[l], acc[l]);
+                }
+            }
+            gw[k * ds + jc..][..LANES].copy_from_slice(&acc);
+        }
+        k += 1;
     }
 }
 
@@ -148,16 +300,16 @@ pub struct InferScratch {
 
 impl InferScratch {
     pub fn new(shape: &NetShape) -> Self {
-        let n = TILE * shape.max_dim();
+        let n = TILE * shape.max_stride();
         InferScratch { a: vec![0.0; n], b: vec![0.0; n] }
     }
 }
 
-/// Evaluate up to [`TILE`] rows of input features `x` (`rows * n_in`) into `y` (`rows * n_out`).
-/// Deterministic on every machine (see module docs).
+/// Evaluate up to [`TILE`] rows of input features `x` (`rows * n_in`) with packed parameters
+/// into `y` (`rows * n_out`). Deterministic on every machine (see module docs).
 pub fn forward_tile_infer(
     shape: &NetShape,
-    params: &[f32],
+    packed: &[f32],
     x: &[f32],
     rows: usize,
     y: &mut [f32],
@@ -167,49 +319,51 @@ pub fn forward_tile_infer(
     {
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { forward_infer_avx2(shape, params, x, rows, y, s) };
+            unsafe { forward_infer_avx2(shape, packed, x, rows, y, s) };
             return;
         }
     }
-    forward_infer_generic(shape, params, x, rows, y, s)
+    forward_infer_generic(shape, packed, x, rows, y, s)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn forward_infer_avx2(
     shape: &NetShape,
-    params: &[f32],
+    packed: &[f32],
     x: &[f32],
     rows: usize,
     y: &mut [f32],
     s: &mut InferScratch,
 ) {
-    forward_infer_generic(shape, params, x, rows, y, s)
+    forward_infer_generic(shape, packed, x, rows, y, s)
 }
 
 #[inline(always)]
 fn forward_infer_generic(
     shape: &NetShape,
-    params: &[f32],
+    packed: &[f32],
     x: &[f32],
     rows: usize,
     y: &mut [f32],
     s: &mut InferScratch,
 ) {
-    let n_layers = shape.layers.len();
     let (mut cur, mut next) = (&mut s.a, &mut s.b);
     for (l, ly) in shape.layers.iter().enumerate() {
-        let w = &params[ly.w_off..ly.w_off + ly.n_in * ly.n_out];
-        let b = &params[ly.b_off..ly.b_off + ly.n_out];
+        let w = &packed[ly.pw_off..ly.pb_off];
+        let b = &packed[ly.pb_off..ly.pb_off + ly.out_pad];
         let input: &[f32] = if l == 0 { x } else { &cur[..] };
-        let out: &mut [f32] = if l + 1 == n_layers { &mut y[..] } else { &mut next[..] };
-        linear::<false>(input, ly.n_in, w, b, ly.n_out, rows, out);
+        gemm::<false>(input, ly.in_stride, ly.n_in, w, ly.out_pad, Some(b), rows, next);
         if let Some(w0) = ly.w0 {
-            for v in out[..rows * ly.n_out].iter_mut() {
+            for v in next[..rows * ly.out_pad].iter_mut() {
                 *v = sin(w0 * *v);
             }
-            std::mem::swap(&mut cur, &mut next);
+        } else {
+            for (yr, o) in y.chunks_exact_mut(ly.n_out).zip(next.chunks_exact(ly.out_pad)).take(rows) {
+                yr.copy_from_slice(&o[..ly.n_out]);
+            }
         }
+        std::mem::swap(&mut cur, &mut next);
     }
 }
 
@@ -218,7 +372,7 @@ fn forward_infer_generic(
 
 /// Per-thread scratch for [`train_tile`].
 pub struct TrainScratch {
-    /// Activations: input features of layer l (l = 0 is the network input).
+    /// Activations: input rows of layer l (l = 0 is the network input, stride `n_in`).
     acts: Vec<Vec<f32>>,
     /// w0 * cos(w0 z) for every sine layer.
     dsin: Vec<Vec<f32>>,
@@ -229,18 +383,19 @@ pub struct TrainScratch {
 
 impl TrainScratch {
     pub fn new(shape: &NetShape) -> Self {
-        let acts = shape.layers.iter().map(|l| vec![0.0; TILE * l.n_in]).collect();
+        let acts = shape.layers.iter().map(|l| vec![0.0; TILE * l.in_stride]).collect();
         let dsin = shape
             .layers
             .iter()
             .filter(|l| l.w0.is_some())
-            .map(|l| vec![0.0; TILE * l.n_out])
+            .map(|l| vec![0.0; TILE * l.out_pad])
             .collect();
-        let m = TILE * shape.max_dim();
+        let m = TILE * shape.max_stride();
+        let out_pad = shape.layers.last().map_or(0, |l| l.out_pad);
         TrainScratch {
             acts,
             dsin,
-            y: vec![0.0; TILE * shape.n_out()],
+            y: vec![0.0; TILE * out_pad],
             g_a: vec![0.0; m],
             g_b: vec![0.0; m],
         }
@@ -253,13 +408,13 @@ impl TrainScratch {
 
 /// Forward and backward on `rows` rows whose features the caller has written with
 /// [`TrainScratch::input_mut`]. `target` is `rows * n_out`. Adds the gradient of
-/// `grad_scale * sum((y - target)^2)` to `grad` and returns the tile's sum of squared errors.
-/// `params_t` holds, for each layer, its weight matrix transposed (`[out][in]`) at the same
-/// offsets as in `params` (see [`transpose_weights`]).
+/// `grad_scale * sum((y - target)^2)` to `grad` (packed layout) and returns the tile's sum of
+/// squared errors. `packed_t` comes from [`NetShape::pack_transposed`].
+#[allow(clippy::too_many_arguments)]
 pub fn train_tile(
     shape: &NetShape,
-    params: &[f32],
-    params_t: &[f32],
+    packed: &[f32],
+    packed_t: &[f32],
     target: &[f32],
     rows: usize,
     grad_scale: f32,
@@ -271,11 +426,11 @@ pub fn train_tile(
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
             return unsafe {
-                train_tile_avx2(shape, params, params_t, target, rows, grad_scale, grad, s)
+                train_tile_avx2(shape, packed, packed_t, target, rows, grad_scale, grad, s)
             };
         }
     }
-    train_tile_generic::<false>(shape, params, params_t, target, rows, grad_scale, grad, s)
+    train_tile_generic::<false>(shape, packed, packed_t, target, rows, grad_scale, grad, s)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -283,23 +438,23 @@ pub fn train_tile(
 #[allow(clippy::too_many_arguments)]
 unsafe fn train_tile_avx2(
     shape: &NetShape,
-    params: &[f32],
-    params_t: &[f32],
+    packed: &[f32],
+    packed_t: &[f32],
     target: &[f32],
     rows: usize,
     grad_scale: f32,
     grad: &mut [f32],
     s: &mut TrainScratch,
 ) -> f64 {
-    train_tile_generic::<true>(shape, params, params_t, target, rows, grad_scale, grad, s)
+    train_tile_generic::<true>(shape, packed, packed_t, target, rows, grad_scale, grad, s)
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn train_tile_generic<const FMA: bool>(
     shape: &NetShape,
-    params: &[f32],
-    params_t: &[f32],
+    packed: &[f32],
+    packed_t: &[f32],
     target: &[f32],
     rows: usize,
     grad_scale: f32,
@@ -307,88 +462,68 @@ fn train_tile_generic<const FMA: bool>(
     s: &mut TrainScratch,
 ) -> f64 {
     let n_layers = shape.layers.len();
-    // Forward, storing inputs of each layer and sine derivatives.
+    // Forward, storing the input of each layer and the sine derivatives.
     for (l, ly) in shape.layers.iter().enumerate() {
-        let w = &params[ly.w_off..ly.w_off + ly.n_in * ly.n_out];
-        let b = &params[ly.b_off..ly.b_off + ly.n_out];
+        let w = &packed[ly.pw_off..ly.pb_off];
+        let b = &packed[ly.pb_off..ly.pb_off + ly.out_pad];
         let (before, after) = s.acts.split_at_mut(l + 1);
         let input = &before[l];
         if let Some(w0) = ly.w0 {
             let out = &mut after[0];
-            linear::<FMA>(input, ly.n_in, w, b, ly.n_out, rows, out);
+            gemm::<FMA>(input, ly.in_stride, ly.n_in, w, ly.out_pad, Some(b), rows, out);
             let d = &mut s.dsin[l];
-            for (v, dv) in out[..rows * ly.n_out].iter_mut().zip(d.iter_mut()) {
+            for (v, dv) in out[..rows * ly.out_pad].iter_mut().zip(d.iter_mut()) {
                 let (sn, cs) = sincos(w0 * *v);
                 *v = sn;
                 *dv = w0 * cs;
             }
         } else {
-            linear::<FMA>(input, ly.n_in, w, b, ly.n_out, rows, &mut s.y);
+            gemm::<FMA>(input, ly.in_stride, ly.n_in, w, ly.out_pad, Some(b), rows, &mut s.y);
         }
     }
-    // Loss and output gradient (into g_a).
-    let n_out = shape.n_out();
+    // Loss and output gradient (into g_a, stride out_pad, padding zero).
+    let last = shape.layers[n_layers - 1];
     let mut sse = 0.0f64;
-    for ((g, &yv), &t) in s.g_a[..rows * n_out].iter_mut().zip(&s.y).zip(target) {
-        let e = yv - t;
-        sse += (e * e) as f64;
-        *g = 2.0 * grad_scale * e;
+    for ((g, yr), t) in s
+        .g_a
+        .chunks_exact_mut(last.out_pad)
+        .zip(s.y.chunks_exact(last.out_pad))
+        .zip(target.chunks_exact(last.n_out))
+        .take(rows)
+    {
+        g.fill(0.0);
+        for ((gj, &yv), &tv) in g.iter_mut().zip(yr).zip(t) {
+            let e = yv - tv;
+            sse += (e * e) as f64;
+            *gj = 2.0 * grad_scale * e;
+        }
     }
     // Backward.
     for l in (0..n_layers).rev() {
         let ly = shape.layers[l];
-        // g_a holds dL/d(out of layer l) (after the sine); make it dL/dz.
+        let op = ly.out_pad;
         if ly.w0.is_some() {
-            for (g, &d) in s.g_a[..rows * ly.n_out].iter_mut().zip(&s.dsin[l]) {
+            for (g, &d) in s.g_a[..rows * op].iter_mut().zip(&s.dsin[l]) {
                 *g *= d;
             }
         }
-        let dz = &s.g_a[..rows * ly.n_out];
-        let input = &s.acts[l];
-        let (gw, gb) = grad[ly.w_off..ly.b_off + ly.n_out].split_at_mut(ly.n_in * ly.n_out);
-        for (xr, dzr) in input.chunks_exact(ly.n_in).zip(dz.chunks_exact(ly.n_out)).take(rows) {
+        let dz = &s.g_a[..rows * op];
+        let (gw, gb) = grad[ly.pw_off..ly.pb_off + op].split_at_mut(ly.n_in * op);
+        for dzr in dz.chunks_exact(op) {
             for (gbj, &d) in gb.iter_mut().zip(dzr) {
                 *gbj += d;
             }
-            for (&a, gwk) in xr.iter().zip(gw.chunks_exact_mut(ly.n_out)) {
-                for (g, &d) in gwk.iter_mut().zip(dzr) {
-                    *g = madd::<FMA>(a, d, *g);
-                }
-            }
         }
+        outer_acc::<FMA>(&s.acts[l], ly.in_stride, ly.n_in, dz, op, rows, gw);
         if l > 0 {
-            // dL/d(input) = dz W^T, with W^T stored [out][in].
-            let wt = &params_t[ly.w_off..ly.w_off + ly.n_in * ly.n_out];
-            for (dzr, o) in dz.chunks_exact(ly.n_out).zip(s.g_b.chunks_exact_mut(ly.n_in)).take(rows)
-            {
-                o.fill(0.0);
-                for (&a, wj) in dzr.iter().zip(wt.chunks_exact(ly.n_in)) {
-                    for (oj, &w) in o.iter_mut().zip(wj) {
-                        *oj = madd::<FMA>(a, w, *oj);
-                    }
-                }
-            }
+            let ip = pad(ly.n_in);
+            let wt = &packed_t[ly.pt_off..ly.pt_off + op * ip];
+            gemm::<FMA>(dz, op, ly.n_out, wt, ip, None, rows, &mut s.g_b);
             std::mem::swap(&mut s.g_a, &mut s.g_b);
         }
     }
     sse
 }
-
-/// Write each layer's weight matrix transposed (`[out][in]`) into `dst` at its own offset.
-/// Biases are copied unchanged.
-pub fn transpose_weights(shape: &NetShape, params: &[f32], dst: &mut [f32]) {
-    for ly in &shape.layers {
-        let w = &params[ly.w_off..ly.w_off + ly.n_in * ly.n_out];
-        let wt = &mut dst[ly.w_off..ly.w_off + ly.n_in * ly.n_out];
-        for k in 0..ly.n_in {
-            for j in 0..ly.n_out {
-                wt[j * ly.n_in + k] = w[k * ly.n_out + j];
-            }
-        }
-        dst[ly.b_off..ly.b_off + ly.n_out].copy_from_slice(&params[ly.b_off..ly.b_off + ly.n_out]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,7 +542,7 @@ mod tests {
     }
 
     fn tiny_shape() -> NetShape {
-        NetShape::new(&[(4, 5), (5, 6), (6, 3)], 3.0, 2.0)
+        NetShape::new(&[(4, 5), (5, 11), (11, 3)], 3.0, 2.0)
     }
 
     /// Finite differences (in f64 via central differences on f32) against the analytic gradient.
@@ -426,15 +561,21 @@ mod tests {
         let loss = |p: &[f32]| -> f64 {
             let mut s = InferScratch::new(&shape);
             let mut y = vec![0.0; rows * 3];
-            forward_tile_infer(&shape, p, &x, rows, &mut y, &mut s);
+            let mut pk = vec![0.0; shape.n_packed];
+            shape.pack(p, &mut pk);
+            forward_tile_infer(&shape, &pk, &x, rows, &mut y, &mut s);
             y.iter().zip(&t).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
         };
-        let mut pt = vec![0.0; shape.n_params];
-        transpose_weights(&shape, &params, &mut pt);
-        let mut grad = vec![0.0; shape.n_params];
+        let mut pk = vec![0.0; shape.n_packed];
+        shape.pack(&params, &mut pk);
+        let mut pt = vec![0.0; shape.n_packed_t];
+        shape.pack_transposed(&params, &mut pt);
+        let mut gp = vec![0.0; shape.n_packed];
         let mut s = TrainScratch::new(&shape);
         s.input_mut()[..rows * 4].copy_from_slice(&x);
-        let sse = train_tile(&shape, &params, &pt, &t, rows, 1.0, &mut grad, &mut s);
+        let sse = train_tile(&shape, &pk, &pt, &t, rows, 1.0, &mut gp, &mut s);
+        let mut grad = vec![0.0; shape.n_params];
+        shape.unpack(&gp, &mut grad);
         assert!((sse - loss(&params)).abs() < 1e-4 * sse.max(1.0));
         for i in 0..shape.n_params {
             let h = 1e-2f32;

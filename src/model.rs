@@ -130,6 +130,9 @@ pub fn render(arch: &Arch, params: &[f32], width: u32, height: u32) -> Vec<u8> {
     let nf = grid.n_features();
     let n = width as usize * height as usize;
     let mut out = vec![0u8; n * c];
+    let mut packed = vec![0.0f32; shape.n_packed];
+    shape.pack(params, &mut packed);
+    let params = &packed[..];
     // Chunks of 16 tiles per task.
     let chunk_px = TILE * 16;
     out.par_chunks_mut(chunk_px * c).enumerate().for_each_init(

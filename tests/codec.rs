@@ -1,0 +1,101 @@
+//! End-to-end behaviour of the library codec on tiny images (fast: few steps).
+
+use inr::media::Image;
+use inr::{decode, encode_image, DecodeOptions, EncodeConfig, Preset};
+
+/// A smooth 24x16 test image with some texture (deterministic).
+fn test_image(w: u32, h: u32) -> Image {
+    let mut data = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let fx = x as f32 / w as f32;
+            let fy = y as f32 / h as f32;
+            data.push((128.0 + 100.0 * (6.0 * fx).sin() * (3.0 * fy).cos()) as u8);
+            data.push((40.0 + 180.0 * fx * fy) as u8);
+            data.push((200.0 - 150.0 * fy + 20.0 * (9.0 * fx).cos()) as u8);
+        }
+    }
+    Image { width: w, height: h, channels: 3, data }
+}
+
+fn quick(steps: usize) -> EncodeConfig {
+    EncodeConfig { preset: Preset::Tiny, width: Some(16), depth: Some(3), steps: Some(steps), ..Default::default() }
+}
+
+fn enc(img: &Image, cfg: &EncodeConfig) -> inr::Encoded {
+    encode_image(img, cfg, &mut |_: &inr::Progress| {}).expect("encode")
+}
+
+#[test]
+fn round_trip_reports_the_decoders_psnr_and_bpp() {
+    let img = test_image(24, 16);
+    let e = enc(&img, &quick(150));
+    let dec = decode(&e.bytes, &DecodeOptions::default()).expect("decode");
+    assert_eq!((dec.width, dec.height, dec.channels), (24, 16, 3));
+    assert_eq!(dec, e.recon, "decoder output differs from the encoder's reconstruction");
+    let psnr = inr::metrics::psnr(&img, &dec).expect("psnr");
+    assert_eq!(psnr, e.psnr);
+    assert_eq!(e.bpp, 8.0 * e.bytes.len() as f64 / (24.0 * 16.0));
+    // A smooth image is fitted well even in 150 steps of a tiny network.
+    assert!(psnr > 22.0 && psnr < 60.0, "psnr {psnr}");
+}
+
+#[test]
+fn more_steps_fit_better() {
+    let img = test_image(24, 16);
+    let a = enc(&img, &quick(20)).psnr;
+    let b = enc(&img, &quick(300)).psnr;
+    assert!(b > a + 1.0, "20 steps {a} dB, 300 steps {b} dB");
+}
+
+#[test]
+fn same_input_and_seed_give_identical_bytes_on_any_thread_count() {
+    let img = test_image(20, 13);
+    let mut c1 = quick(40);
+    c1.threads = Some(1);
+    let mut c2 = quick(40);
+    c2.threads = Some(2);
+    let a = enc(&img, &c1);
+    let b = enc(&img, &c2);
+    assert_eq!(a.bytes, b.bytes);
+    let mut c3 = quick(40);
+    c3.seed = 7;
+    assert_ne!(enc(&img, &c3).bytes, a.bytes, "the seed must matter");
+}
+
+#[test]
+fn renders_at_other_sizes_and_portrait_and_gray() {
+    let img = test_image(12, 20); // portrait
+    let e = enc(&img, &quick(30));
+    let big = decode(&e.bytes, &DecodeOptions { size: Some((36, 60)), ..Default::default() }).unwrap();
+    assert_eq!((big.width, big.height, big.data.len()), (36, 60, 36 * 60 * 3));
+    let gray = Image { width: 9, height: 7, channels: 1, data: (0..63).map(|i| (i * 4) as u8).collect() };
+    let e = enc(&gray, &quick(30));
+    let d = decode(&e.bytes, &DecodeOptions::default()).unwrap();
+    assert_eq!((d.channels, d.data.len()), (1, 63));
+}
+
+#[test]
+fn absurd_output_size_is_an_error_not_an_allocation() {
+    let img = test_image(8, 8);
+    let e = enc(&img, &quick(5));
+    let r = decode(&e.bytes, &DecodeOptions { size: Some((1 << 20, 1 << 20)), ..Default::default() });
+    assert!(r.is_err());
+    let r = decode(&e.bytes, &DecodeOptions { size: Some((0, 5)), ..Default::default() });
+    assert!(r.is_err());
+}
+
+#[test]
+fn bad_configurations_are_rejected() {
+    let img = test_image(8, 8);
+    for cfg in [
+        EncodeConfig { bits: Some(1), ..quick(5) },
+        EncodeConfig { bits: Some(17), ..quick(5) },
+        EncodeConfig { width: Some(0), ..quick(5) },
+        EncodeConfig { depth: Some(0), ..quick(5) },
+    ] {
+        assert!(encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).is_err(), "{cfg:?}");
+    }
+    let bad = Image { width: 4, height: 4, channels: 3, data: vec![0; 5] };
+    assert!(encode_image(&bad, &quick(5), &mut |_: &inr::Progress| {}).is_err());
+}
