@@ -18,6 +18,8 @@
 //! - **16-bit** samples are rounded to the nearest 8-bit value
 //!   (`round(v * 255 / 65535)`, no ties exist) and a note is reported in
 //!   [`LoadedImage::notes`], because format v1 codes 8-bit precision.
+//! - **orientation** metadata (EXIF in JPEG, TIFF, WebP) is applied, so the image is coded
+//!   the way viewers show it; a note says so.
 //! - **32-bit float** samples (HDR, OpenEXR) are clamped to `[0, 1]` and rounded to 8 bits
 //!   without tone mapping (NaN becomes 0), also with a note.
 //!
@@ -296,7 +298,11 @@ pub fn decode_image_bytes_with(
     }
     ilim.reserve(image::ImageDecoder::total_bytes(&decoder))
         .map_err(|_| too_large(width, height, lim))?;
-    let dynimg = image::DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    let mut decoder = decoder;
+    // Broken orientation metadata is ignored rather than fatal: the pixels are still valid.
+    let orientation = image::ImageDecoder::orientation(&mut decoder)
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut dynimg = image::DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     if dynimg.width() != width || dynimg.height() != height {
         return Err(decode_err(image::ImageError::Decoding(
             image::error::DecodingError::new(
@@ -307,6 +313,14 @@ pub fn decode_image_bytes_with(
     }
     let source_color = format!("{:?}", dynimg.color());
     let mut notes = Vec::new();
+    if orientation != image::metadata::Orientation::NoTransforms {
+        dynimg.apply_orientation(orientation);
+        notes.push(format!(
+            "orientation metadata applied ({orientation:?}): coded as {}x{}",
+            dynimg.width(),
+            dynimg.height()
+        ));
+    }
     let image = convert(dynimg, opts.ignore_alpha, &mut notes)?;
     Ok(LoadedImage {
         image,

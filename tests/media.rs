@@ -320,3 +320,37 @@ fn save_round_trips_and_respects_overwrite() {
     assert!(matches!(e, MediaError::InvalidImage(_)), "{e:?}");
     assert!(!dir.path().join("b.png").exists());
 }
+
+#[test]
+fn exif_orientation_is_applied_with_a_note() {
+    use image::ImageEncoder as _;
+    // 3x2 RGB, pixel value = index; EXIF orientation 6 = rotate 90 degrees clockwise.
+    let data: Vec<u8> = (0..6u8).flat_map(|i| [i * 40, 0, 0]).collect();
+    let exif: Vec<u8> = [
+        &b"II*\0"[..],
+        &8u32.to_le_bytes(),
+        &1u16.to_le_bytes(),
+        &0x0112u16.to_le_bytes(),
+        &3u16.to_le_bytes(),
+        &1u32.to_le_bytes(),
+        &6u16.to_le_bytes(),
+        &0u16.to_le_bytes(),
+        &0u32.to_le_bytes(),
+    ]
+    .concat();
+    let mut buf = Vec::new();
+    let mut enc = image::codecs::webp::WebPEncoder::new_lossless(&mut buf);
+    enc.set_exif_metadata(exif).unwrap();
+    enc.write_image(&data, 3, 2, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let l = decode_image_bytes(&buf).unwrap();
+    assert_eq!((l.image.width, l.image.height), (2, 3));
+    // Rows of the original: [0 1 2] / [3 4 5]; rotated clockwise: [3 0] / [4 1] / [5 2].
+    let red: Vec<u8> = l.image.data.chunks(3).map(|p| p[0] / 40).collect();
+    assert_eq!(red, vec![3, 0, 4, 1, 5, 2]);
+    assert!(
+        l.notes.iter().any(|n| n.contains("orientation")),
+        "{:?}",
+        l.notes
+    );
+}

@@ -22,6 +22,7 @@ from the file content, not the extension.
   - Gray images stay 1-channel; colour images are coded as RGB.
   - A fully opaque alpha channel is dropped losslessly. Any other alpha channel is an error,
     unless --ignore-alpha is given: then alpha is dropped and colours are kept unblended.
+  - Orientation metadata (EXIF) is applied, so the image is coded as viewers show it.
   - 16-bit images are rounded to 8 bits (format v1 codes 8-bit precision); a note says so.
   - Float images are clamped to [0, 1] and rounded to 8 bits (no tone mapping).";
 
