@@ -1,1 +1,187 @@
-//! TODO
+//! Distortion and rate metrics.
+//!
+//! - [`mse`]: one mean squared error over **all** 8-bit samples of all channels (not a mean
+//!   of per-channel values), computed with an exact integer sum, so it is deterministic.
+//! - [`psnr`]: `10 * log10(255^2 / mse)` in dB. Identical images give `f64::INFINITY`;
+//!   `serde_json` writes non-finite numbers as `null`, so JSON output reports an infinite
+//!   PSNR as `null` (and text output as `inf`).
+//! - [`bpp`]: bits per pixel of a file, `8 * bytes / (width * height)`, always from the real
+//!   file size.
+
+use crate::media::Image;
+
+/// Errors of the metrics.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetricsError {
+    #[error(
+        "image shapes differ: {a_width}x{a_height} with {a_channels} channel(s) vs \
+         {b_width}x{b_height} with {b_channels} channel(s) (expected equal size and channels)"
+    )]
+    ShapeMismatch {
+        a_width: u32,
+        a_height: u32,
+        a_channels: u8,
+        b_width: u32,
+        b_height: u32,
+        b_channels: u8,
+    },
+    #[error("invalid image: {0}")]
+    InvalidImage(#[from] crate::media::MediaError),
+    #[error("image has no pixels (expected width and height >= 1)")]
+    Empty,
+}
+
+/// Mean squared error over all samples of all channels.
+///
+/// # Errors
+/// [`MetricsError::ShapeMismatch`] when width, height or channels differ,
+/// [`MetricsError::InvalidImage`] when either image breaks its invariants
+/// ([`Image::validate`]).
+pub fn mse(a: &Image, b: &Image) -> Result<f64, MetricsError> {
+    if (a.width, a.height, a.channels) != (b.width, b.height, b.channels) {
+        return Err(MetricsError::ShapeMismatch {
+            a_width: a.width,
+            a_height: a.height,
+            a_channels: a.channels,
+            b_width: b.width,
+            b_height: b.height,
+            b_channels: b.channels,
+        });
+    }
+    a.validate()?;
+    b.validate()?;
+    Ok(mse_samples(&a.data, &b.data))
+}
+
+/// Mean squared error of two equally long 8-bit sample slices (0 for empty slices).
+/// Extra samples of the longer slice are ignored; use [`mse`] for checked images.
+pub fn mse_samples(a: &[u8], b: &[u8]) -> f64 {
+    // Each term is at most 255^2 < 2^16, so the u64 sum is exact for up to 2^48 samples.
+    let (sum, n) = a.iter().zip(b).fold((0u64, 0u64), |(s, n), (&x, &y)| {
+        let d = u64::from(x.abs_diff(y));
+        (s + d * d, n + 1)
+    });
+    if n == 0 {
+        0.0
+    } else {
+        sum as f64 / n as f64
+    }
+}
+
+/// PSNR in dB for a given MSE of 8-bit samples (peak 255); `f64::INFINITY` when `mse <= 0`.
+pub fn psnr_from_mse(mse: f64) -> f64 {
+    if mse <= 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0 * 255.0 / mse).log10()
+    }
+}
+
+/// PSNR in dB of `b` against `a` over all samples, peak 255; `f64::INFINITY` if identical.
+///
+/// # Errors
+/// As [`mse`].
+pub fn psnr(a: &Image, b: &Image) -> Result<f64, MetricsError> {
+    Ok(psnr_from_mse(mse(a, b)?))
+}
+
+/// Bits per pixel: `8 * file_bytes / (width * height)`.
+///
+/// # Errors
+/// [`MetricsError::Empty`] when `width * height == 0`.
+pub fn bpp(file_bytes: u64, width: u32, height: u32) -> Result<f64, MetricsError> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels == 0 {
+        return Err(MetricsError::Empty);
+    }
+    Ok(8.0 * file_bytes as f64 / pixels as f64)
+}
+
+/// Format a PSNR for humans with two decimals; an infinite PSNR prints as `inf`.
+pub fn format_psnr(psnr: f64) -> String {
+    if psnr.is_infinite() && psnr > 0.0 {
+        "inf".to_string()
+    } else {
+        format!("{psnr:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(w: u32, h: u32, c: u8, data: Vec<u8>) -> Image {
+        Image {
+            width: w,
+            height: h,
+            channels: c,
+            data,
+        }
+    }
+
+    #[test]
+    fn mse_and_psnr_hand_computed() {
+        // Differences 0, 1, 2, 3 over four samples: (0 + 1 + 4 + 9) / 4 = 3.5.
+        let a = img(2, 2, 1, vec![10, 20, 30, 40]);
+        let b = img(2, 2, 1, vec![10, 21, 28, 43]);
+        assert_eq!(mse(&a, &b).unwrap(), 3.5);
+        // 10 log10(65025 / 3.5) = 10 log10(18578.571...) = 42.690123...
+        let p = psnr(&a, &b).unwrap();
+        assert!((p - 42.690_123_165).abs() < 1e-6, "{p}");
+        // Symmetric.
+        assert_eq!(psnr(&b, &a).unwrap(), p);
+    }
+
+    #[test]
+    fn one_mse_over_all_channels() {
+        // One pixel, RGB: errors 255, 0, 0 -> MSE = 65025 / 3 (not a mean of per-channel PSNRs).
+        let a = img(1, 1, 3, vec![0, 0, 0]);
+        let b = img(1, 1, 3, vec![255, 0, 0]);
+        assert_eq!(mse(&a, &b).unwrap(), 65025.0 / 3.0);
+        // 10 log10(3) = 4.771212547...
+        assert!((psnr(&a, &b).unwrap() - 4.771_212_547).abs() < 1e-8);
+        // Maximal error everywhere: 0 dB.
+        let w = img(1, 1, 3, vec![255; 3]);
+        assert_eq!(psnr(&a, &w).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn identical_is_infinite_and_json_null() {
+        let a = img(3, 1, 1, vec![1, 2, 3]);
+        let p = psnr(&a, &a).unwrap();
+        assert_eq!(p, f64::INFINITY);
+        assert_eq!(format_psnr(p), "inf");
+        assert_eq!(serde_json::to_string(&p).unwrap(), "null");
+        assert_eq!(format_psnr(28.414), "28.41");
+    }
+
+    #[test]
+    fn shape_mismatch_is_an_error() {
+        let a = img(2, 1, 1, vec![0, 0]);
+        let b = img(1, 2, 1, vec![0, 0]);
+        assert!(matches!(
+            mse(&a, &b),
+            Err(MetricsError::ShapeMismatch { .. })
+        ));
+        let c = img(2, 1, 3, vec![0; 6]);
+        assert!(matches!(
+            psnr(&a, &c),
+            Err(MetricsError::ShapeMismatch { .. })
+        ));
+        let bad = img(2, 1, 1, vec![0]);
+        assert!(matches!(
+            mse(&bad, &bad),
+            Err(MetricsError::InvalidImage(_))
+        ));
+    }
+
+    #[test]
+    fn bpp_hand_computed() {
+        // 14790 bytes on 768x512: 8 * 14790 / 393216 = 0.300903...
+        let b = bpp(14_790, 768, 512).unwrap();
+        assert!((b - 0.300_903_320_3).abs() < 1e-9, "{b}");
+        assert_eq!(bpp(2, 4, 4).unwrap(), 1.0);
+        assert!(matches!(bpp(10, 0, 5), Err(MetricsError::Empty)));
+    }
+}

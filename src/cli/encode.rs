@@ -1,0 +1,159 @@
+//! `inr encode`.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::ValueEnum as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use inr::{EncodeConfig, Preset, Progress};
+
+use super::{check_output, json_psnr, load_input, path_str, print_json, say, Ctx};
+
+/// Fit a SIREN to an image, quantize and entropy-code it into a .inr file.
+///
+/// Prints `PSNR <dB>  bpp <bits/pixel>  bytes <file size>  time <s>` (or a JSON object with
+/// --json). The output is written atomically; an existing file is replaced only with --force,
+/// and the input file is never overwritten. Same input and flags give the same bytes.
+#[derive(clap::Args, Debug)]
+#[command(after_long_help = super::INPUT_POLICY)]
+pub struct EncodeArgs {
+    /// Input image (format detected from the content).
+    #[arg(value_name = "IN")]
+    pub input: PathBuf,
+    /// Output .inr file.
+    #[arg(short, long, value_name = "OUT.inr")]
+    pub output: PathBuf,
+    /// Quality preset, from the smallest file to the best quality.
+    #[arg(long, value_enum, default_value_t = Preset::Medium)]
+    pub preset: Preset,
+    /// Hidden layer width (overrides the preset).
+    #[arg(long, value_name = "N")]
+    pub width: Option<usize>,
+    /// Number of sine layers (overrides the preset).
+    #[arg(long, value_name = "N")]
+    pub depth: Option<usize>,
+    /// Weight quantization bits (overrides the preset).
+    #[arg(long, value_name = "N")]
+    pub bits: Option<u8>,
+    /// Fitting steps (overrides the preset).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// Seed of the network initialisation (results are deterministic for a given seed).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// Drop a translucent alpha channel instead of refusing the image.
+    #[arg(long)]
+    pub ignore_alpha: bool,
+    /// Overwrite the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The preset's command-line name, e.g. `medium`.
+fn preset_name(p: Preset) -> String {
+    p.to_possible_value().map_or_else(
+        || format!("{p:?}").to_lowercase(),
+        |v| v.get_name().to_string(),
+    )
+}
+
+fn progress_bar(ctx: &Ctx) -> ProgressBar {
+    if ctx.quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {prefix:>9} [{bar:30}] {pos}/{len} {msg} ({elapsed}, ETA {eta})",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    check_output(&args.input, &args.output, args.force)?;
+    let loaded = load_input(&args.input, args.ignore_alpha)?;
+    ctx.notes(&loaded.notes);
+    let img = &loaded.image;
+
+    let cfg = EncodeConfig {
+        preset: args.preset,
+        width: args.width,
+        depth: args.depth,
+        bits: args.bits,
+        steps: args.steps,
+        seed: args.seed,
+        threads: ctx.threads,
+    };
+
+    let pb = progress_bar(ctx);
+    let mut phase = "";
+    let mut last_psnr: Option<f64> = None;
+    let mut on_progress = |p: &Progress| {
+        if p.phase != phase {
+            phase = p.phase;
+            pb.set_prefix(p.phase);
+            pb.reset_eta();
+        }
+        if p.psnr.is_some() {
+            last_psnr = p.psnr;
+        }
+        pb.set_length(p.total as u64);
+        pb.set_position(p.step as u64);
+        if let Some(v) = last_psnr {
+            pb.set_message(format!("PSNR {v:.2} dB"));
+        }
+    };
+    let start = Instant::now();
+    let result = inr::encode_image(img, &cfg, &mut on_progress);
+    pb.finish_and_clear();
+    let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+
+    inr::util::write_atomic(&args.output, &enc.bytes, args.force)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+
+    let bytes = enc.bytes.len() as u64;
+    let bpp = inr::metrics::bpp(bytes, img.width, img.height)?;
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "input": path_str(&args.input),
+            "output": path_str(&args.output),
+            "width": img.width,
+            "height": img.height,
+            "channels": img.channels,
+            "preset": preset_name(args.preset),
+            "config": {
+                "width": args.width,
+                "depth": args.depth,
+                "bits": args.bits,
+                "steps": args.steps,
+                "seed": args.seed,
+            },
+            "psnr": json_psnr(enc.psnr),
+            "bpp": bpp,
+            "bytes": bytes,
+            "time_s": secs,
+            "notes": loaded.notes,
+        }))
+    } else {
+        say(format_args!(
+            "PSNR {} dB  bpp {bpp:.3}  bytes {bytes}  time {secs:.1} s",
+            inr::metrics::format_psnr(enc.psnr)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preset_names_match_the_cli() {
+        assert_eq!(preset_name(Preset::Tiny), "tiny");
+        assert_eq!(preset_name(Preset::Huge), "huge");
+    }
+}

@@ -1,0 +1,59 @@
+//! `inr eval`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use super::{json_psnr, load_input, path_str, print_json, read_inr, say, Ctx};
+
+/// Decode a .inr file at its coded size and compare it with the original image.
+///
+/// Prints `PSNR <dB>  bpp <bits/pixel>  bytes <file size>`; PSNR is one MSE over all 8-bit
+/// samples of all channels (peak 255), bpp is 8 x .inr file bytes / pixels.
+#[derive(clap::Args, Debug)]
+#[command(after_long_help = super::INPUT_POLICY)]
+pub struct EvalArgs {
+    /// Original image.
+    #[arg(value_name = "REF")]
+    pub reference: PathBuf,
+    /// Encoded .inr file.
+    #[arg(value_name = "IN.inr")]
+    pub input: PathBuf,
+    /// Drop a translucent alpha channel of the reference instead of refusing it.
+    #[arg(long)]
+    pub ignore_alpha: bool,
+}
+
+pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let loaded = load_input(&args.reference, args.ignore_alpha)?;
+    ctx.notes(&loaded.notes);
+    let reference = loaded.image;
+    let bytes = read_inr(&args.input)?;
+    let start = Instant::now();
+    let img = inr::decode(&bytes, &inr::DecodeOptions::default())
+        .with_context(|| format!("cannot decode {}", args.input.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    let psnr = inr::metrics::psnr(&reference, &img)
+        .context("the .inr file does not match the reference image")?;
+    let file_bytes = bytes.len() as u64;
+    let bpp = inr::metrics::bpp(file_bytes, img.width, img.height)?;
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "reference": path_str(&args.reference),
+            "input": path_str(&args.input),
+            "width": img.width,
+            "height": img.height,
+            "channels": img.channels,
+            "psnr": json_psnr(psnr),
+            "bpp": bpp,
+            "bytes": file_bytes,
+            "decode_s": secs,
+        }))
+    } else {
+        say(format_args!(
+            "PSNR {} dB  bpp {bpp:.3}  bytes {file_bytes}",
+            inr::metrics::format_psnr(psnr)
+        ))
+    }
+}

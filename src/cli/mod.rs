@@ -1,0 +1,262 @@
+//! Argument parsing, dispatch and the helpers shared by the subcommands.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+mod batch;
+mod decode;
+mod encode;
+mod eval;
+mod info;
+mod rd;
+
+/// Largest `.inr` file the CLI reads into memory (a hostile huge file is refused up front).
+pub const MAX_INR_BYTES: u64 = 256 << 20;
+
+/// How input images are interpreted; shown in the long help of the commands that read images.
+pub const INPUT_POLICY: &str = "\
+Input images: PNG, JPEG, BMP, PNM (PPM/PGM), TIFF, GIF, WebP, QOI, OpenEXR, HDR..., detected
+from the file content, not the extension.
+  - Gray images stay 1-channel; colour images are coded as RGB.
+  - A fully opaque alpha channel is dropped losslessly. Any other alpha channel is an error,
+    unless --ignore-alpha is given: then alpha is dropped and colours are kept unblended.
+  - Orientation metadata (EXIF) is applied, so the image is coded as viewers show it.
+  - 16-bit images are rounded to 8 bits (format v1 codes 8-bit precision); a note says so.
+  - Float images are clamped to [0, 1] and rounded to 8 bits (no tone mapping).";
+
+/// Store images as small sine-activated neural networks (SIREN implicit neural
+/// representations): encoding fits a network to the image and entropy-codes its quantized
+/// weights; decoding evaluates the network on the pixel grid, at any resolution.
+#[derive(Parser, Debug)]
+#[command(name = "inr", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Hide the progress bar and notes (errors are still printed).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print one JSON object on stdout instead of text (an infinite PSNR is written as null).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Worker threads (size of the rayon thread pool). Default: one per core.
+    #[arg(long, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Encode an image into a .inr file.
+    Encode(encode::EncodeArgs),
+    /// Decode a .inr file into an image (PNG, BMP, PPM/PGM or TIFF by extension).
+    Decode(decode::DecodeArgs),
+    /// Show the header, architecture and section sizes of a .inr file without decoding it.
+    Info(info::InfoArgs),
+    /// Decode a .inr file and compare it with the original: PSNR and bpp.
+    Eval(eval::EvalArgs),
+    /// Rate–distortion sweep over presets and images.
+    Rd(rd::RdArgs),
+    /// Compress a whole directory or list of images.
+    Batch(batch::BatchArgs),
+}
+
+/// Parse the arguments, run, print any error as one `error: ...` line and return the exit code.
+pub fn main() -> i32 {
+    // Usage errors, --help and --version exit inside `parse` (code 2 resp. 0), as clap does.
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            1
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(usize::from(n))
+            .build_global()
+            .context("cannot build the thread pool")?;
+    }
+    let ctx = Ctx {
+        quiet: cli.quiet,
+        json: cli.json,
+        threads: cli.threads.map(usize::from),
+    };
+    match cli.command {
+        Command::Encode(a) => encode::run(a, &ctx),
+        Command::Decode(a) => decode::run(a, &ctx),
+        Command::Info(a) => info::run(a, &ctx),
+        Command::Eval(a) => eval::run(a, &ctx),
+        Command::Rd(a) => rd::run(a, ctx.quiet, ctx.json),
+        Command::Batch(a) => batch::run(a, ctx.quiet, ctx.json),
+    }
+}
+
+/// Global flags, passed to every subcommand.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub quiet: bool,
+    pub json: bool,
+    pub threads: Option<usize>,
+}
+
+impl Ctx {
+    /// Print `note: ...` lines on stderr unless `--quiet`.
+    pub fn notes(&self, notes: &[String]) {
+        if !self.quiet {
+            for n in notes {
+                eprintln!("note: {n}");
+            }
+        }
+    }
+}
+
+/// The error and its causes on one line, `outer: cause: root cause`. A cause whose text the
+/// previous message already contains is skipped, and newlines become spaces.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        let msg = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+        if msg.is_empty() || out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
+/// True when `a` and `b` name the same file (`b` need not exist).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    fn canon(p: &Path) -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let name = p.file_name()?;
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(parent.canonicalize().ok()?.join(name))
+    }
+    match (canon(a), canon(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Refuse to write `output` over `input` (always) or over an existing file without `--force`.
+///
+/// # Errors
+/// When either rule is broken.
+pub fn check_output(input: &Path, output: &Path, force: bool) -> anyhow::Result<()> {
+    if same_file(input, output) {
+        anyhow::bail!(
+            "output {} is the input file (expected a different path)",
+            output.display()
+        );
+    }
+    if !force && output.exists() {
+        anyhow::bail!(
+            "output {} exists (use --force to overwrite)",
+            output.display()
+        );
+    }
+    Ok(())
+}
+
+/// Read a `.inr` file (at most [`MAX_INR_BYTES`]).
+///
+/// # Errors
+/// I/O errors and files that are too large.
+pub fn read_inr(path: &Path) -> anyhow::Result<Vec<u8>> {
+    Ok(inr::media::read_file_limited(path, MAX_INR_BYTES)?)
+}
+
+/// Load an input image with the documented policy; adds the path to non-I/O errors.
+///
+/// # Errors
+/// Every [`inr::media::MediaError`].
+pub fn load_input(path: &Path, ignore_alpha: bool) -> anyhow::Result<inr::media::LoadedImage> {
+    let opts = inr::media::LoadOptions {
+        ignore_alpha,
+        ..Default::default()
+    };
+    match inr::media::load_image_with(path, &opts) {
+        Ok(l) => Ok(l),
+        Err(e @ inr::media::MediaError::Read { .. }) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("{}", path.display()))),
+    }
+}
+
+/// Render a path for JSON output.
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A PSNR for JSON: `null` when infinite (identical images).
+pub fn json_psnr(psnr: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(psnr).map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
+/// Print `value` as one line of JSON on stdout.
+///
+/// # Errors
+/// Serialization errors (not expected for `serde_json::Value`).
+pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    say(serde_json::to_string(value)?)
+}
+
+/// Print one line on stdout; a closed pipe is an error instead of a panic.
+///
+/// # Errors
+/// When stdout cannot be written.
+pub fn say(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn one_line_joins_and_dedups_causes() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "no such\nfile");
+        let e = anyhow::Error::new(inner).context("cannot read a.png");
+        assert_eq!(one_line(&e), "cannot read a.png: no such file");
+        let e = anyhow::anyhow!("x: boom").context("x: boom");
+        assert_eq!(one_line(&e), "x: boom");
+    }
+
+    #[test]
+    fn same_file_detects_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.png");
+        std::fs::write(&a, b"x").unwrap();
+        let alias = dir.path().join(".").join("a.png");
+        assert!(same_file(&a, &alias));
+        assert!(!same_file(&a, &dir.path().join("b.png")));
+        assert!(same_file(
+            &dir.path().join("new.inr"),
+            &dir.path().join("./new.inr")
+        ));
+    }
+}

@@ -1,0 +1,601 @@
+//! The real `inr` binary, run in temporary directories.
+//!
+//! Two groups: argument/IO handling that works without a codec, and `codec_*` round trips
+//! that need a working `encode_image`/`decode` (marked `#[ignore = "needs codec"]` until the
+//! codec lands; run them with `cargo test --test cli -- --ignored`).
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn inr() -> Command {
+    Command::cargo_bin("inr").expect("binary built by cargo")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The command failed with exit code 1, one `error:` line on stderr, and no panic.
+fn assert_clean_error(assert: assert_cmd::assert::Assert) -> String {
+    let out = assert.code(1).get_output().clone();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line in {stderr:?}");
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.starts_with("error:") || l.starts_with("note:")),
+        "unexpected stderr {stderr:?}"
+    );
+    stderr
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Works without a codec.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn help_and_version() {
+    inr()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("encode").and(predicate::str::contains("decode")));
+    for sub in ["encode", "decode", "info", "eval", "rd", "batch"] {
+        inr().args([sub, "--help"]).assert().success();
+    }
+    // The input policy is part of encode's long help.
+    inr()
+        .args(["encode", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("--ignore-alpha").and(predicate::str::contains("16-bit")));
+    inr()
+        .arg("--version")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    inr().assert().code(2);
+    inr().arg("frobnicate").assert().code(2);
+    inr().args(["encode", "in.png"]).assert().code(2); // -o missing
+    inr()
+        .args(["encode", "in.png", "-o", "x.inr", "--preset", "enormous"])
+        .assert()
+        .code(2);
+    inr()
+        .args(["--threads", "0", "info", "x.inr"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn missing_input_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.inr");
+    let stderr = assert_clean_error(
+        inr()
+            .arg("encode")
+            .arg(dir.path().join("missing.png"))
+            .arg("-o")
+            .arg(&out)
+            .assert(),
+    );
+    assert!(stderr.contains("missing.png"), "{stderr}");
+    assert!(!out.exists());
+    for sub in ["info", "decode"] {
+        let mut cmd = inr();
+        cmd.arg(sub).arg(dir.path().join("missing.inr"));
+        if sub == "decode" {
+            cmd.arg("-o").arg(dir.path().join("o.png"));
+        }
+        assert_clean_error(cmd.assert());
+    }
+}
+
+#[test]
+fn non_image_input_is_a_clean_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.inr");
+    for name in [
+        "not_an_image.txt",
+        "truncated.png",
+        "corrupt.png",
+        "huge_header.png",
+    ] {
+        let stderr = assert_clean_error(
+            inr()
+                .arg("encode")
+                .arg(fixture(name))
+                .arg("-o")
+                .arg(&out)
+                .assert(),
+        );
+        assert!(stderr.contains(name), "{name}: {stderr}");
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn translucent_alpha_suggests_ignore_alpha() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = assert_clean_error(
+        inr()
+            .arg("encode")
+            .arg(fixture("rgba_translucent_16x16.png"))
+            .arg("-o")
+            .arg(dir.path().join("o.inr"))
+            .assert(),
+    );
+    assert!(stderr.contains("--ignore-alpha"), "{stderr}");
+}
+
+#[test]
+fn refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.inr");
+    write(&out, b"keep me");
+    let stderr = assert_clean_error(
+        inr()
+            .arg("encode")
+            .arg(fixture("rgb_16x16.png"))
+            .arg("-o")
+            .arg(&out)
+            .assert(),
+    );
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+
+    let png = dir.path().join("out.png");
+    write(&png, b"keep me too");
+    assert_clean_error(inr().arg("decode").arg(&out).arg("-o").arg(&png).assert());
+    assert_eq!(std::fs::read(&png).unwrap(), b"keep me too");
+}
+
+#[test]
+fn output_equal_to_input_is_refused_even_with_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img.png");
+    std::fs::copy(fixture("rgb_16x16.png"), &img).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    // Same file through a different spelling of the path.
+    let alias = dir.path().join(".").join("img.png");
+    let stderr = assert_clean_error(
+        inr()
+            .arg("encode")
+            .arg(&img)
+            .arg("-o")
+            .arg(&alias)
+            .arg("--force")
+            .assert(),
+    );
+    assert!(stderr.contains("input"), "{stderr}");
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+
+    let inr_file = dir.path().join("a.inr");
+    write(&inr_file, b"INR?");
+    assert_clean_error(
+        inr()
+            .arg("decode")
+            .arg(&inr_file)
+            .arg("-o")
+            .arg(&inr_file)
+            .arg("--force")
+            .assert(),
+    );
+    assert_eq!(std::fs::read(&inr_file).unwrap(), b"INR?");
+}
+
+#[test]
+fn bad_size_and_scale_syntax() {
+    for bad in ["3y4", "0x5", "12", "x", "-3x4"] {
+        inr()
+            .args(["decode", "a.inr", "-o", "b.png", &format!("--size={bad}")])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("WxH"));
+    }
+    for bad in ["0", "-2", "nan", "two"] {
+        inr()
+            .args(["decode", "a.inr", "-o", "b.png", &format!("--scale={bad}")])
+            .assert()
+            .code(2);
+    }
+    inr()
+        .args([
+            "decode", "a.inr", "-o", "b.png", "--size", "4x4", "--scale", "2",
+        ])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn unsupported_output_extension_is_refused_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("a.inr");
+    write(&f, b"whatever");
+    let stderr = assert_clean_error(
+        inr()
+            .arg("decode")
+            .arg(&f)
+            .arg("-o")
+            .arg(dir.path().join("b.jpg"))
+            .assert(),
+    );
+    assert!(stderr.contains("jpg"), "{stderr}");
+}
+
+#[test]
+fn garbage_inr_files_are_clean_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("empty.inr", vec![]),
+        ("text.inr", b"hello, world\n".to_vec()),
+        (
+            "magic.inr",
+            b"INR\x01\xff\xff\xff\xff\xff\xff\xff\xff".to_vec(),
+        ),
+        (
+            "noise.inr",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+        ),
+    ];
+    for (name, bytes) in &cases {
+        let f = dir.path().join(name);
+        write(&f, bytes);
+        assert_clean_error(inr().arg("info").arg(&f).assert());
+        assert_clean_error(inr().arg("--json").arg("info").arg(&f).assert());
+        let out = dir.path().join("o.png");
+        assert_clean_error(inr().arg("decode").arg(&f).arg("-o").arg(&out).assert());
+        assert!(!out.exists(), "{name}: no output on error");
+        assert_clean_error(
+            inr()
+                .arg("eval")
+                .arg(fixture("rgb_16x16.png"))
+                .arg(&f)
+                .assert(),
+        );
+    }
+    // A PNG is not a .inr file either.
+    assert_clean_error(inr().arg("info").arg(fixture("rgb_16x16.png")).assert());
+}
+
+#[test]
+fn rd_and_batch_without_arguments_fail_cleanly() {
+    // Stubs now ("not implemented yet", exit 1); the real modules may instead report a usage
+    // error (exit 2). Either way: no panic, and a runtime error is one `error:` line.
+    for sub in ["rd", "batch"] {
+        let a = inr().arg(sub).assert();
+        match a.get_output().status.code() {
+            Some(1) => {
+                assert_clean_error(a);
+            }
+            Some(2) => {
+                let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+                assert!(!err.contains("panicked"), "{err}");
+            }
+            c => panic!("inr {sub}: unexpected exit code {c:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Needs the codec: encode/decode round trips on tiny fixtures.
+// ---------------------------------------------------------------------------------------------
+
+/// Encode `input` with the tiny preset into `out`; returns the JSON summary.
+fn encode_json(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let o = inr()
+        .arg("--json")
+        .arg("encode")
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .args(["--preset", "tiny", "--steps", "30"])
+        .args(extra)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    serde_json::from_slice(&o.stdout).expect("encode --json prints one JSON object")
+}
+
+fn json_f64(v: &serde_json::Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
+}
+
+fn stdout_of(assert: assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&assert.success().get_output().stdout).to_string()
+}
+
+#[test]
+#[ignore = "needs codec"]
+fn codec_encode_prints_summary_and_writes_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.inr");
+    let stdout = stdout_of(
+        inr()
+            .arg("encode")
+            .arg(fixture("rgb_16x16.png"))
+            .arg("-o")
+            .arg(&out)
+            .args(["--preset", "tiny", "--steps", "30"])
+            .assert(),
+    );
+    let line = stdout.trim();
+    let re = predicate::str::is_match(
+        r"^PSNR [0-9]+\.[0-9]{2} dB  bpp [0-9]+\.[0-9]{3}  bytes [0-9]+  time [0-9]+\.[0-9] s$",
+    )
+    .unwrap();
+    assert!(re.eval(line), "{line:?}");
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert!(
+        line.contains(&format!("bytes {size} ")),
+        "{line:?} vs {size}"
+    );
+    let bpp = 8.0 * size as f64 / 256.0;
+    assert!(line.contains(&format!("bpp {bpp:.3}")), "{line:?} vs {bpp}");
+}
+
+#[test]
+#[ignore = "needs codec"]
+fn codec_encode_json_and_determinism() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.inr"), dir.path().join("b.inr"));
+    let ja = encode_json(&fixture("rgb_24x17.png"), &a, &[]);
+    let jb = encode_json(&fixture("rgb_24x17.png"), &b, &["--threads", "1"]);
+    let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(ba, bb, "same input and flags give the same bytes");
+    assert_eq!(ja["bytes"].as_u64(), Some(ba.len() as u64));
+    assert_eq!(
+        (ja["width"].as_u64(), ja["height"].as_u64()),
+        (Some(24), Some(17))
+    );
+    let bpp = json_f64(&ja, "bpp");
+    assert!((bpp - 8.0 * ba.len() as f64 / (24.0 * 17.0)).abs() < 1e-12);
+    assert_eq!(ja["psnr"], jb["psnr"]);
+    assert!(json_f64(&ja, "psnr") > 10.0, "{ja}");
+    // A different seed gives a different file.
+    let c = dir.path().join("c.inr");
+    encode_json(&fixture("rgb_24x17.png"), &c, &["--seed", "7"]);
+    assert_ne!(std::fs::read(&c).unwrap(), ba);
+}
+
+#[test]
+#[ignore = "needs codec"]
+fn codec_round_trip_decode_info_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("rgb_16x16.png");
+    let coded = dir.path().join("a.inr");
+    let enc = encode_json(&input, &coded, &[]);
+    let enc_psnr = json_f64(&enc, "psnr");
+
+    // decode --ref: same PSNR as the encoder reported, bpp from the file size.
+    let png = dir.path().join("a.png");
+    let o = stdout_of(
+        inr()
+            .arg("--json")
+            .arg("decode")
+            .arg(&coded)
+            .arg("-o")
+            .arg(&png)
+            .arg("--ref")
+            .arg(&input)
+            .assert(),
+    );
+    let dec: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert!(
+        (json_f64(&dec, "psnr") - enc_psnr).abs() < 1e-9,
+        "{dec} vs {enc}"
+    );
+    assert!((json_f64(&dec, "bpp") - json_f64(&enc, "bpp")).abs() < 1e-12);
+    let img = inr::media::load_image(&png).unwrap().image;
+    assert_eq!((img.width, img.height, img.channels), (16, 16, 3));
+    // ... and the PSNR of the written PNG against the original is that PSNR too.
+    let orig = inr::media::load_image(&input).unwrap().image;
+    assert!((inr::metrics::psnr(&orig, &img).unwrap() - enc_psnr).abs() < 1e-9);
+
+    // Text mode of decode --ref.
+    let png2 = dir.path().join("b.png");
+    let text = stdout_of(
+        inr()
+            .arg("decode")
+            .arg(&coded)
+            .arg("-o")
+            .arg(&png2)
+            .arg("--ref")
+            .arg(&input)
+            .assert(),
+    );
+    assert!(
+        text.starts_with(&format!("PSNR {enc_psnr:.2} dB  bpp ")),
+        "{text:?}"
+    );
+    assert_eq!(std::fs::read(&png).unwrap(), std::fs::read(&png2).unwrap());
+
+    // info --json parses as JSON and reports the file size.
+    let o = stdout_of(inr().arg("--json").arg("info").arg(&coded).assert());
+    let info: serde_json::Value = serde_json::from_str(&o).expect("info --json is JSON");
+    assert_eq!(info["bytes"].as_u64(), enc["bytes"].as_u64());
+    assert!(info["info"].is_object(), "{info}");
+    let text = stdout_of(inr().arg("info").arg(&coded).assert());
+    assert!(text.contains("bytes:"), "{text}");
+
+    // eval prints the same PSNR.
+    let text = stdout_of(inr().arg("eval").arg(&input).arg(&coded).assert());
+    assert!(
+        text.starts_with(&format!("PSNR {enc_psnr:.2} dB  bpp ")),
+        "{text:?}"
+    );
+    let o = stdout_of(
+        inr()
+            .arg("--json")
+            .arg("eval")
+            .arg(&input)
+            .arg(&coded)
+            .assert(),
+    );
+    let ev: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert!((json_f64(&ev, "psnr") - enc_psnr).abs() < 1e-9);
+
+    // eval against an image of another size is a clean error.
+    assert_clean_error(
+        inr()
+            .arg("eval")
+            .arg(fixture("rgb_24x17.png"))
+            .arg(&coded)
+            .assert(),
+    );
+
+    // Overwriting works with --force.
+    inr()
+        .arg("decode")
+        .arg(&coded)
+        .arg("-o")
+        .arg(&png)
+        .arg("--force")
+        .assert()
+        .success();
+}
+
+#[test]
+#[ignore = "needs codec"]
+fn codec_renders_at_other_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let coded = dir.path().join("a.inr");
+    encode_json(&fixture("rgb_24x17.png"), &coded, &[]);
+    for (flag, value, want) in [
+        ("--size", "40x30", (40, 30)),
+        ("--size", "7x5", (7, 5)),
+        ("--scale", "2", (48, 34)),
+        ("--scale", "0.5", (12, 9)),
+    ] {
+        let out = dir.path().join(format!("r{}x{}.png", want.0, want.1));
+        inr()
+            .arg("decode")
+            .arg(&coded)
+            .arg("-o")
+            .arg(&out)
+            .args([flag, value])
+            .assert()
+            .success();
+        let img = inr::media::load_image(&out).unwrap().image;
+        assert_eq!((img.width, img.height), want, "{flag} {value}");
+    }
+    // A rendered size that differs from the reference cannot be compared.
+    assert_clean_error(
+        inr()
+            .arg("decode")
+            .arg(&coded)
+            .arg("-o")
+            .arg(dir.path().join("x.png"))
+            .args(["--size", "40x30", "--ref"])
+            .arg(fixture("rgb_24x17.png"))
+            .assert(),
+    );
+}
+
+#[test]
+#[ignore = "needs codec"]
+fn codec_gray_and_16_bit_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let coded = dir.path().join("g.inr");
+    encode_json(&fixture("gray_16x16.png"), &coded, &[]);
+    let png = dir.path().join("g.png");
+    inr()
+        .arg("decode")
+        .arg(&coded)
+        .arg("-o")
+        .arg(&png)
+        .assert()
+        .success();
+    assert_eq!(inr::media::load_image(&png).unwrap().image.channels, 1);
+
+    // 16-bit input: encodes with a note on stderr (and in the JSON).
+    let o = inr()
+        .arg("--json")
+        .arg("encode")
+        .arg(fixture("rgb16_16x16.png"))
+        .arg("-o")
+        .arg(dir.path().join("w.inr"))
+        .args(["--preset", "tiny", "--steps", "30"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("note: 16-bit"))
+        .get_output()
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["notes"].as_array().map(Vec::len), Some(1), "{v}");
+
+    // Translucent alpha encodes with --ignore-alpha.
+    inr()
+        .arg("encode")
+        .arg(fixture("rgba_translucent_16x16.png"))
+        .arg("-o")
+        .arg(dir.path().join("t.inr"))
+        .args([
+            "--preset",
+            "tiny",
+            "--steps",
+            "30",
+            "--ignore-alpha",
+            "--quiet",
+        ])
+        .assert()
+        .success()
+        .stderr(predicate::str::is_empty());
+}
+
+#[test]
+#[ignore = "needs codec"]
+fn codec_corrupted_files_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let coded = dir.path().join("a.inr");
+    encode_json(&fixture("rgb_16x16.png"), &coded, &[]);
+    let good = std::fs::read(&coded).unwrap();
+    let bad = dir.path().join("bad.inr");
+    let out = dir.path().join("o.png");
+    // Truncations.
+    let step = (good.len() / 16).max(1);
+    for n in (0..good.len()).step_by(step) {
+        write(&bad, &good[..n]);
+        assert_clean_error(inr().arg("decode").arg(&bad).arg("-o").arg(&out).assert());
+        assert!(!out.exists());
+    }
+    // Flipped bytes: an error (the CRC catches it) or at worst a decoded image; never a panic.
+    for i in (0..good.len()).step_by(step) {
+        let mut b = good.clone();
+        b[i] ^= 0x5A;
+        write(&bad, &b);
+        let a = inr()
+            .arg("decode")
+            .arg(&bad)
+            .arg("-o")
+            .arg(&out)
+            .arg("--force")
+            .assert();
+        if !a.get_output().status.success() {
+            assert_clean_error(a);
+        }
+        let a = inr().arg("info").arg(&bad).assert();
+        if !a.get_output().status.success() {
+            assert_clean_error(a);
+        }
+    }
+}
