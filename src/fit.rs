@@ -211,6 +211,7 @@ impl<'a> Fitter<'a> {
                 *a += b;
             }
         }
+        self.shape.unpack(&first[0], &mut self.grad);
         self.adam(lr);
         sse / (idx.len() * c) as f64
     }

@@ -548,15 +548,19 @@ mod tests {
     /// Finite differences (in f64 via central differences on f32) against the analytic gradient.
     #[test]
     fn train_tile_gradient_matches_finite_differences() {
-        let shape = tiny_shape();
+        check_gradient(tiny_shape(), 7);
+        check_gradient(NetShape::new(&[(2, 9), (9, 9), (9, 3)], 3.0, 2.0), TILE);
+    }
+
+    fn check_gradient(shape: NetShape, rows: usize) {
+        let n_in = shape.layers[0].n_in;
         let mut rng = 12345u64;
         let mut rnd = || {
             rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
         let params: Vec<f32> = (0..shape.n_params).map(|_| rnd()).collect();
-        let rows = 7;
-        let x: Vec<f32> = (0..rows * 4).map(|_| rnd()).collect();
+        let x: Vec<f32> = (0..rows * n_in).map(|_| rnd()).collect();
         let t: Vec<f32> = (0..rows * 3).map(|_| rnd()).collect();
         let loss = |p: &[f32]| -> f64 {
             let mut s = InferScratch::new(&shape);
@@ -572,7 +576,7 @@ mod tests {
         shape.pack_transposed(&params, &mut pt);
         let mut gp = vec![0.0; shape.n_packed];
         let mut s = TrainScratch::new(&shape);
-        s.input_mut()[..rows * 4].copy_from_slice(&x);
+        s.input_mut()[..rows * n_in].copy_from_slice(&x);
         let sse = train_tile(&shape, &pk, &pt, &t, rows, 1.0, &mut gp, &mut s);
         let mut grad = vec![0.0; shape.n_params];
         shape.unpack(&gp, &mut grad);

@@ -87,6 +87,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         steps: args.steps,
         seed: args.seed,
         threads: ctx.threads,
+        ..EncodeConfig::default()
     };
 
     let pb = progress_bar(ctx);
