@@ -315,7 +315,7 @@ fn decode_with(
     }
     let words: Vec<u32> = bytes
         .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .map(|c| u32::from_le_bytes(<[u8; 4]>::try_from(c).unwrap_or_default()))
         .collect();
     let num_words = words.len();
     let k = 2 * max_abs as usize + 1;
