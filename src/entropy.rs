@@ -189,7 +189,9 @@ impl AdaptiveModel {
             if next <= k {
                 let c = acc + self.tree[next];
                 // cf(next) <= q  <=>  next <= q && floor(c * free / T) <= q - next
-                if next as u64 <= q && c * self.free / self.total <= q - next as u64 {
+                //                <=>  next <= q && c * free < (q - next + 1) * T
+                // (no division; both products < 2^42).
+                if next as u64 <= q && c * self.free < (q - next as u64 + 1) * self.total {
                     pos = next;
                     acc = c;
                 }
