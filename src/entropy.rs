@@ -278,18 +278,77 @@ fn encode_with(
             });
         }
     }
-    if max_abs == 0 {
-        return Ok(Vec::new()); // §5.1: single-symbol alphabet, nothing is coded.
+    if max_abs == 0 || tensors.iter().all(|t| t.is_empty()) {
+        return Ok(Vec::new()); // §5.1: nothing to code.
     }
+    // §5.2: try both model modes, keep the shorter stream (ties: shared).
+    let shared = encode_mode(tensors, max_abs, params, Mode::Shared)?;
+    let reset = encode_mode(tensors, max_abs, params, Mode::ResetPerTensor)?;
+    Ok(if reset.len() < shared.len() {
+        reset
+    } else {
+        shared
+    })
+}
+
+/// How the adaptive model is carried across tensors (§5.2); coded as the first stream symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One model for all tensors.
+    Shared = 0,
+    /// A fresh model at the start of every tensor.
+    ResetPerTensor = 1,
+}
+
+/// Fixed uniform model over {0, 1} for the mode symbol (§5.2).
+struct ModeModel;
+
+impl EntropyModel<PRECISION> for ModeModel {
+    type Symbol = usize;
+    type Probability = u32;
+}
+
+const HALF: u32 = 1 << (PRECISION - 1);
+
+impl EncoderModel<PRECISION> for ModeModel {
+    fn left_cumulative_and_probability(
+        &self,
+        symbol: impl Borrow<usize>,
+    ) -> Option<(u32, NonZeroU32)> {
+        let u = *symbol.borrow();
+        (u < 2).then_some((u as u32 * HALF, NonZeroU32::MIN.saturating_add(HALF - 1)))
+    }
+}
+
+impl DecoderModel<PRECISION> for ModeModel {
+    fn quantile_function(&self, quantile: u32) -> (usize, u32, NonZeroU32) {
+        let u = usize::from(quantile >= HALF);
+        (u, u as u32 * HALF, NonZeroU32::MIN.saturating_add(HALF - 1))
+    }
+}
+
+/// Encodes with a given mode; symbols must already be range-checked and `max_abs >= 1`.
+fn encode_mode(
+    tensors: &[&[i32]],
+    max_abs: u32,
+    params: ModelParams,
+    mode: Mode,
+) -> Result<Vec<u8>, EntropyError> {
+    let m = i64::from(max_abs);
     let k = 2 * max_abs as usize + 1;
-    let mut model = AdaptiveModel::new(k, params);
+    let coder_err = |e| EntropyError::Encoder(format!("{e:?}"));
     let mut enc = DefaultRangeEncoder::new();
-    for tensor in tensors {
+    enc.encode_symbol(mode as usize, ModeModel)
+        .map_err(coder_err)?;
+    let mut model = AdaptiveModel::new(k, params);
+    for (i, tensor) in tensors.iter().enumerate() {
+        if mode == Mode::ResetPerTensor && i > 0 {
+            model = AdaptiveModel::new(k, params);
+        }
         for &v in tensor.iter() {
-            // In range (checked above), so the index is in 0..k.
+            // In range (checked by the caller), so the index is in 0..k.
             let u = (i64::from(v) + m) as usize;
-            enc.encode_symbol(u, View(&model))
-                .map_err(|e| EntropyError::Encoder(format!("{e:?}")))?;
+            enc.encode_symbol(u, View(&model)).map_err(coder_err)?;
             model.update(u);
         }
     }
@@ -322,11 +381,29 @@ fn decode_with(
     let num_words = words.len();
     let k = 2 * max_abs as usize + 1;
     let m = i64::from(max_abs);
-    let mut model = AdaptiveModel::new(k, params);
+    let total: usize = lens.iter().fold(0usize, |a, &n| a.saturating_add(n));
+    if total == 0 {
+        if !bytes.is_empty() {
+            return Err(EntropyError::NotExhausted {
+                words: bytes.len() / 4,
+                symbols: 0,
+            });
+        }
+        return Ok(lens.iter().map(|_| Vec::new()).collect());
+    }
     let mut dec = DefaultRangeDecoder::from_compressed(words).unwrap_infallible();
+    let mode = match dec.decode_symbol(ModeModel) {
+        Ok(0) => Mode::Shared,
+        Ok(_) => Mode::ResetPerTensor,
+        Err(_) => return Err(EntropyError::InvalidData { at: 0 }),
+    };
+    let mut model = AdaptiveModel::new(k, params);
     let mut out = Vec::with_capacity(lens.len().min(PREALLOC_CAP));
     let mut at = 0usize;
-    for &n in lens {
+    for (i, &n) in lens.iter().enumerate() {
+        if mode == Mode::ResetPerTensor && i > 0 {
+            model = AdaptiveModel::new(k, params);
+        }
         let mut tensor = Vec::with_capacity(n.min(PREALLOC_CAP));
         for _ in 0..n {
             let u = dec
@@ -339,17 +416,17 @@ fn decode_with(
         }
         out.push(tensor);
     }
-    if !dec.maybe_exhausted() || (at == 0 && num_words != 0) {
+    if !dec.maybe_exhausted() {
         return Err(EntropyError::NotExhausted {
             words: num_words,
             symbols: at,
         });
     }
     // Canonical-stream check (§5.5): the encoder is deterministic, so re-encoding the decoded
-    // symbols must reproduce the payload exactly. This rejects every stream the encoder could
-    // not have written (e.g. padded or altered tail words) at the cost of one extra encode.
+    // symbols with the decoded mode must reproduce the payload exactly. This rejects every
+    // stream the encoder could not have written (e.g. padded or altered tail words).
     let refs: Vec<&[i32]> = out.iter().map(|t| t.as_slice()).collect();
-    if encode_with(&refs, max_abs, params)? != bytes {
+    if encode_mode(&refs, max_abs, params, mode)? != bytes {
         return Err(EntropyError::NotCanonical { words: num_words });
     }
     Ok(out)
@@ -489,6 +566,37 @@ mod tests {
         roundtrip(&many, 15);
     }
 
+    /// The mode symbol (§5.2) is the first bit of the first word (words are little endian).
+    fn mode_of(bytes: &[u8]) -> u8 {
+        bytes[3] >> 7
+    }
+
+    #[test]
+    fn encoder_picks_the_cheaper_mode() {
+        // Two tensors with disjoint constant values: a fresh model per tensor is cheaper.
+        let a = roundtrip(&[vec![5; 2000], vec![-5; 2000]], 127);
+        assert_eq!(mode_of(&a), 1);
+        // Many tiny tensors from one distribution: sharing is cheaper.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let many: Vec<Vec<i32>> = (0..100)
+            .map(|_| (0..20).map(|_| rng.gen_range(-3..=3)).collect())
+            .collect();
+        let b = roundtrip(&many, 127);
+        assert_eq!(mode_of(&b), 0);
+        // Both are exactly the shorter of the two single-mode encodings.
+        for t in [vec![vec![5; 2000], vec![-5; 2000]], many] {
+            let refs: Vec<&[i32]> = t.iter().map(|x| x.as_slice()).collect();
+            let s = encode_mode(&refs, 127, FORMAT_PARAMS, Mode::Shared).unwrap();
+            let r = encode_mode(&refs, 127, FORMAT_PARAMS, Mode::ResetPerTensor).unwrap();
+            let best = encode_tensors(&refs, 127).unwrap();
+            assert_eq!(best.len(), s.len().min(r.len()));
+            // The non-chosen mode is also a valid (canonical) stream for the decoder.
+            let lens: Vec<usize> = t.iter().map(|x| x.len()).collect();
+            assert_eq!(decode_tensors(&s, &lens, 127).unwrap(), t);
+            assert_eq!(decode_tensors(&r, &lens, 127).unwrap(), t);
+        }
+    }
+
     #[test]
     fn constant_tensor_is_cheap() {
         let bytes = roundtrip(&[vec![3; 20000]], 127);
@@ -562,7 +670,7 @@ mod tests {
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, PINNED_HEX);
     }
-    const PINNED_HEX: &str = "6b4d066c3a84d85e665bd2b016cd443495fd6877b0a61bf391d49ab4";
+    const PINNED_HEX: &str = "b5260336af606eae47f231469cb7786a2217193ba7df8a088bf04911";
 
     fn sample(rng: &mut ChaCha8Rng, dist: &str, scale: f64, max_abs: i32) -> i32 {
         let x: f64 = match dist {
@@ -641,6 +749,105 @@ mod tests {
                 p.limit.trailing_zeros(),
                 100.0 * total_over[g] / 36.0
             );
+        }
+    }
+
+    /// Ideal code length (bits) of `symbols` under a fresh model, continuing `model` if given.
+    fn ideal_bits(model: &mut AdaptiveModel, symbols: &[i32], m: i64) -> f64 {
+        let mut bits = 0.0;
+        for &v in symbols {
+            let u = (i64::from(v) + m) as usize;
+            let (_, p) = model.lookup(u);
+            bits -= (f64::from(p.get()) / f64::from(1u32 << PRECISION)).log2();
+            model.update(u);
+        }
+        bits
+    }
+
+    /// Experiment (not a check): one shared model for all tensors vs. a fresh model per tensor
+    /// vs. separate weight/bias models, on SIREN-shaped synthetic tensors (ideal code lengths,
+    /// so stream-termination words do not bias the comparison).
+    /// `cargo test --lib entropy::tests::sharing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn sharing() {
+        for (bits, width, depth) in [
+            (8u32, 32usize, 3usize),
+            (8, 64, 5),
+            (10, 48, 4),
+            (6, 128, 4),
+        ] {
+            let m = (1i64 << (bits - 1)) - 1;
+            let k = 2 * m as usize + 1;
+            for widths in ["same", "varied"] {
+                let mut rng = ChaCha8Rng::seed_from_u64(bits as u64 + width as u64);
+                let mut dims = vec![(2usize * 9, width)];
+                dims.extend(std::iter::repeat_n((width, width), depth - 1));
+                dims.push((width, 3));
+                let mut tensors = vec![];
+                for (i, &(a, b)) in dims.iter().enumerate() {
+                    let frac = if widths == "same" {
+                        0.25
+                    } else {
+                        [0.5, 0.1, 0.3, 0.05, 0.2, 0.4][i % 6]
+                    };
+                    let s = frac * m as f64;
+                    let dist = ["gauss", "laplace", "uniform"][i % 3];
+                    tensors.push(
+                        (0..a * b)
+                            .map(|_| sample(&mut rng, dist, s, m as i32))
+                            .collect::<Vec<i32>>(),
+                    );
+                    tensors.push(
+                        (0..b)
+                            .map(|_| sample(&mut rng, "uniform", m as f64 * 0.6, m as i32))
+                            .collect(),
+                    );
+                }
+                let n: usize = tensors.iter().map(|t| t.len()).sum();
+                let mut shared = AdaptiveModel::new(k, FORMAT_PARAMS);
+                let b_shared: f64 = tensors.iter().map(|t| ideal_bits(&mut shared, t, m)).sum();
+                let b_reset: f64 = tensors
+                    .iter()
+                    .map(|t| ideal_bits(&mut AdaptiveModel::new(k, FORMAT_PARAMS), t, m))
+                    .sum();
+                let mut mw = AdaptiveModel::new(k, FORMAT_PARAMS);
+                let mut mb = AdaptiveModel::new(k, FORMAT_PARAMS);
+                let b_split: f64 = tensors
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| ideal_bits(if i % 2 == 0 { &mut mw } else { &mut mb }, t, m))
+                    .sum();
+                let h: f64 = tensors.iter().map(|t| entropy_bits(t)).sum();
+                let mut extra = String::new();
+                for inc in [16u32, 32] {
+                    let p = ModelParams {
+                        init: 1,
+                        inc,
+                        limit: COUNT_LIMIT * (inc / 8),
+                    };
+                    let mut sh = AdaptiveModel::new(k, p);
+                    let bs: f64 = tensors.iter().map(|t| ideal_bits(&mut sh, t, m)).sum();
+                    let br: f64 = tensors
+                        .iter()
+                        .map(|t| ideal_bits(&mut AdaptiveModel::new(k, p), t, m))
+                        .sum();
+                    extra += &format!(
+                        " | inc{inc}: shared {:.3} reset {:.3}",
+                        bs / n as f64,
+                        br / n as f64
+                    );
+                }
+                println!("{extra}");
+                println!(
+                    "bits={bits} w={width:3} d={depth} {widths:6} n={n:6}: per-tensor H {:.3} b/s | \
+                     shared {:.3} | reset {:.3} | weights/biases {:.3}",
+                    h / n as f64,
+                    b_shared / n as f64,
+                    b_reset / n as f64,
+                    b_split / n as f64
+                );
+            }
         }
     }
 }

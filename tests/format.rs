@@ -125,7 +125,7 @@ fn golden_header_bytes_are_pinned() {
     assert_eq!(hex, GOLDEN_HEX);
     assert_eq!(read(&bytes).unwrap(), golden());
 }
-const GOLDEN_HEX: &str = "89494e52010100000400000003000000020102000100d0071e001e000400018010010000cdab40409c1408000000c2fa4eef5318e01385f894cf";
+const GOLDEN_HEX: &str = "89494e52010100000400000003000000020102000100d0071e001e000400018010010000cdab40409c1408000000617da7776197cf081b77e85e";
 
 #[test]
 fn round_trips_random_files_and_is_deterministic() {
@@ -498,7 +498,7 @@ mod spec_reference {
         fn update(&mut self, u: usize) {
             self.c[u] += 8;
             if self.c.iter().sum::<u64>() > 1 << 17 {
-                self.c.iter_mut().for_each(|x| *x = (*x + 1) / 2);
+                self.c.iter_mut().for_each(|x| *x = x.div_ceil(2));
             }
         }
     }
@@ -516,15 +516,32 @@ mod spec_reference {
         }
     }
 
-    pub fn encode(symbols: &[i32], m: i32) -> Vec<u8> {
+    /// Encodes with a given mode (0 = shared model, 1 = fresh model per tensor).
+    pub fn encode_mode(tensors: &[&[i32]], m: i32, mode: u64) -> Vec<u8> {
         let k = (2 * m + 1) as usize;
         let mut model = Model::new(k);
         let (mut lower, mut range) = (0u64, u64::MAX);
         let mut out: Vec<u32> = vec![];
-        for &v in symbols {
-            let u = (v + m) as usize;
-            let cf = model.cfs();
-            let (c, p) = (cf[u], cf[u + 1] - cf[u]);
+        // (cf, p, reset-before) for every coded symbol: the mode symbol first (§5.2).
+        let mut steps = vec![(mode << 23, 1u64 << 23, None)];
+        for (i, t) in tensors.iter().enumerate() {
+            for (j, &v) in t.iter().enumerate() {
+                let reset = mode == 1 && i > 0 && j == 0;
+                steps.push((0, 0, Some(((v + m) as usize, reset))));
+            }
+        }
+        let any = steps.len() > 1;
+        for (c0, p0, sym) in steps {
+            let (c, p) = match sym {
+                None => (c0, p0),
+                Some((u, reset)) => {
+                    if reset {
+                        model = Model::new(k);
+                    }
+                    let cf = model.cfs();
+                    (cf[u], cf[u + 1] - cf[u])
+                }
+            };
             let scale = range >> 24;
             range = scale * p;
             let (l, ovf) = lower.overflowing_add(scale * c);
@@ -537,9 +554,11 @@ mod spec_reference {
                 lower <<= 32;
                 range <<= 32;
             }
-            model.update(u);
+            if let Some((u, _)) = sym {
+                model.update(u);
+            }
         }
-        if !symbols.is_empty() {
+        if any {
             let (point, ovf) = lower.overflowing_add((1 << 32) - 1);
             if ovf {
                 carry(&mut out);
@@ -552,7 +571,21 @@ mod spec_reference {
         out.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
 
-    pub fn decode(bytes: &[u8], n: usize, m: i32) -> Option<Vec<i32>> {
+    /// The encoder's choice: the shorter of both modes, ties to mode 0; empty input -> empty.
+    pub fn encode(tensors: &[&[i32]], m: i32) -> Vec<u8> {
+        if tensors.iter().all(|t| t.is_empty()) {
+            return vec![];
+        }
+        let a = encode_mode(tensors, m, 0);
+        let b = encode_mode(tensors, m, 1);
+        if b.len() < a.len() {
+            b
+        } else {
+            a
+        }
+    }
+
+    pub fn decode(bytes: &[u8], lens: &[usize], m: i32) -> Option<Vec<i32>> {
         let words: Vec<u32> = bytes
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
@@ -569,7 +602,30 @@ mod spec_reference {
         };
         let (mut lower, mut range) = (0u64, u64::MAX);
         let mut out = vec![];
-        for _ in 0..n {
+        // Mode symbol (§5.2): fixed probability 1/2 each.
+        let scale = range >> 24;
+        let q = point.wrapping_sub(lower) / scale;
+        let mode = q >> 23;
+        lower = lower.wrapping_add(scale * (mode << 23));
+        range = scale << 23;
+        if range < 1 << 32 {
+            lower <<= 32;
+            range <<= 32;
+            point = (point << 32) | u64::from(next.next().unwrap_or(0));
+        }
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |acc, &n| {
+                let s = *acc;
+                *acc += n;
+                Some(s)
+            })
+            .collect();
+        let n: usize = lens.iter().sum();
+        for i in 0..n {
+            if mode == 1 && i > 0 && starts.contains(&i) {
+                model = Model::new(k);
+            }
             let scale = range >> 24;
             let q = point.wrapping_sub(lower) / scale;
             if q >= ONE {
@@ -613,10 +669,20 @@ fn spec_reference_coder_matches_implementation() {
                 }
             })
             .collect();
-        let real = entropy::encode_tensors(&[&syms[..n / 3], &syms[n / 3..]], m as u32).unwrap();
-        assert_eq!(spec_reference::encode(&syms, m), real, "case {case}");
+        let parts: Vec<&[i32]> = vec![&syms[..n / 3], &syms[n / 3..n / 2], &syms[n / 2..]];
+        let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        let real = entropy::encode_tensors(&parts, m as u32).unwrap();
+        assert_eq!(spec_reference::encode(&parts, m), real, "case {case}");
+        for mode in [0, 1] {
+            let r = spec_reference::encode_mode(&parts, m, mode);
+            assert_eq!(
+                entropy::decode_tensors(&r, &lens, m as u32).unwrap(),
+                parts,
+                "case {case}"
+            );
+        }
         assert_eq!(
-            spec_reference::decode(&real, n, m),
+            spec_reference::decode(&real, &lens, m),
             Some(syms),
             "case {case}"
         );
