@@ -2,9 +2,11 @@
 //! adaptive integer frequency model and constriction's range coder (`codec-spec.md` §5).
 //!
 //! The module knows nothing about networks: it codes a list of `i32` slices ("tensors") whose
-//! symbols all lie in `-max_abs..=max_abs`. All tensors of one call share ONE adaptive model
-//! (they share the alphabet, so learning is amortised) and ONE range-coder stream, in natural
-//! order. Everything is integer-only, so the output is bit-exact on every machine.
+//! symbols all lie in `-max_abs..=max_abs`. All tensors of one call go into ONE range-coder
+//! stream, in natural order. A leading mode symbol (1 bit) says whether one adaptive model is
+//! shared by all tensors (learning amortised) or restarted for every tensor (better when large
+//! tensors differ); the encoder tries both and keeps the shorter stream. Everything is
+//! integer-only, so the output is bit-exact on every machine.
 //!
 //! Rate estimates ([`estimate_bits`]) run the real encoder and count its output, so they are
 //! exact by construction (one code path, see conventions §7).
@@ -434,9 +436,10 @@ fn decode_with(
 
 /// Encodes `tensors` (concatenated in order) into one range-coded stream (`codec-spec.md` §5).
 ///
-/// Every symbol must lie in `-max_abs..=max_abs`. The output is a whole number of 32-bit
-/// little-endian words; it is empty when no symbol is coded (no tensors, only empty tensors,
-/// or `max_abs == 0`).
+/// Every symbol must lie in `-max_abs..=max_abs`. Both model modes (shared, per tensor; §5.2)
+/// are encoded and the shorter stream is returned (cost: two encodes). The output is a whole
+/// number of 32-bit little-endian words; it is empty when no symbol is coded (no tensors, only
+/// empty tensors, or `max_abs == 0`).
 ///
 /// # Errors
 /// [`EntropyError::MaxAbsTooLarge`] if `max_abs > MAX_ABS_LIMIT`,
