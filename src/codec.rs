@@ -256,7 +256,7 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
         )));
     }
     let params: Vec<f32> =
-        file.tensors.iter().flat_map(|t| quant::dequantize(&t.symbols, t.step)).collect();
+        file.tensors.iter().flat_map(|t| t.dequantize()).collect();
     let data = model::render(&file.arch, &params, w, h);
     Ok(Image { width: w, height: h, channels: file.arch.out_channels, data })
 }

@@ -1,129 +1,874 @@
-//! STUB — to be replaced by the real container (see codec-spec.md).
+//! The `.inr` container, byte for byte as specified in `codec-spec.md` (version 1).
+//!
+//! A file is a fixed 30-byte header (§3), a table of per-tensor quantization steps (§4.1), a
+//! length-prefixed entropy-coded payload (§4.2, §5) and a CRC32 over everything before it (§4.3).
+//! All integers are little endian. Parsing never needs candle; every header value is checked
+//! against [`Limits`] before anything is allocated from it, and every failure is a typed
+//! [`FormatError`], never a panic.
 
-/// Decoder limits (STUB).
-#[derive(Debug, Clone, Default)]
-pub struct Limits {}
+use crate::entropy::{self, EntropyError};
 
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FormatError {
-    #[error("not implemented")]
-    Todo,
-}
+/// §3.1 Magic bytes: `0x89 'I' 'N' 'R'` (a high byte first, as in PNG, catches 7-bit and
+/// text-mode damage).
+pub const MAGIC: [u8; 4] = [0x89, b'I', b'N', b'R'];
+/// §3.2 The format version this crate reads and writes.
+pub const VERSION: u8 = 1;
+/// §3.3 Modality code for images (the only modality of version 1; 2 is reserved for audio).
+pub const MODALITY_IMAGE: u8 = 1;
+/// §3.9 Entropy coder id of version 1: the adaptive frequency model of §5.
+pub const CODER_ADAPTIVE: u8 = 0;
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FileInfo {}
+// §3 Field offsets and sizes of the fixed header.
+/// §3.1 Offset of the magic (4 bytes).
+pub const OFF_MAGIC: usize = 0;
+/// §3.2 Offset of the version (u8).
+pub const OFF_VERSION: usize = 4;
+/// §3.3 Offset of the modality (u8).
+pub const OFF_MODALITY: usize = 5;
+/// §3.4 Offset of the flags (u16).
+pub const OFF_FLAGS: usize = 6;
+/// §3.5 Offset of the image width in pixels (u32).
+pub const OFF_WIDTH: usize = 8;
+/// §3.5 Offset of the image height in pixels (u32).
+pub const OFF_HEIGHT: usize = 12;
+/// §3.6 Offset of the architecture block ([`ARCH_BYTES`] bytes).
+pub const OFF_ARCH: usize = 16;
+/// §3.6 Size of the architecture block.
+pub const ARCH_BYTES: usize = 12;
+/// §3.7 Offset of the quantization bit width (u8).
+pub const OFF_BITS: usize = 28;
+/// §3.8 Offset of the entropy coder id (u8).
+pub const OFF_CODER: usize = 29;
+/// §3 Size of the fixed header; the step table starts here.
+pub const HEADER_BYTES: usize = 30;
+/// §4.1 Size of one step-table entry (u16 mantissa, u8 exponent).
+pub const STEP_BYTES: usize = 3;
+/// §4.2 Size of the payload length field (u32).
+pub const PAYLOAD_LEN_BYTES: usize = 4;
+/// §4.3 Size of the trailing CRC32.
+pub const CRC_BYTES: usize = 4;
 
-pub fn inspect(_bytes: &[u8]) -> Result<FileInfo, FormatError> {
-    Err(FormatError::Todo)
-}
+/// §3.6 Largest accepted `depth`.
+pub const MAX_DEPTH: u8 = 64;
+/// §3.6 Largest accepted `pe_freqs`.
+pub const MAX_PE_FREQS: u8 = 64;
+/// §4.1 Largest accepted step exponent.
+pub const MAX_STEP_EXPONENT: u8 = 64;
+/// §3.7 Accepted quantization bit widths.
+pub const BITS_RANGE: std::ops::RangeInclusive<u8> = 2..=16;
 
-// ---- STUB types mirroring the agreed API (replaced by the real module at merge) ----
+/// Network architecture, as stored in the header (§3.6). Pure integer arithmetic on it lives
+/// here; the layer layout it implies is normative (§6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Arch {
+    /// Input coordinate dimensions: 2 for images (1 is reserved for audio, not valid in v1).
     pub coord_dims: u8,
+    /// Output channels: 1 (gray) or 3 (RGB).
     pub out_channels: u8,
+    /// Hidden width (>= 1).
     pub width: u16,
+    /// Number of sine layers (COIN's "layers"): the first plus `depth - 1` hidden ones.
     pub depth: u8,
+    /// Fourier features per coordinate (0 = none).
     pub pe_freqs: u8,
+    /// Ratio between successive PE frequencies, x1000 (2000 = octaves); >= 1.
     pub pe_base_milli: u16,
+    /// SIREN w0 of the first sine layer (integer, >= 1).
     pub w0_first: u16,
+    /// SIREN w0 of the hidden sine layers (integer, >= 1).
     pub w0_hidden: u16,
 }
+
 impl Arch {
+    /// Network input size: `coord_dims * (1 + 2 * pe_freqs)`.
     pub fn in_features(&self) -> usize {
-        self.coord_dims as usize * (1 + 2 * self.pe_freqs as usize)
+        usize::from(self.coord_dims) * (1 + 2 * usize::from(self.pe_freqs))
     }
+
+    /// The `depth + 1` linear maps `(in, out)`: `in_features -> width`, `depth - 1` times
+    /// `width -> width`, then `width -> out_channels` (§6.1).
     pub fn layer_dims(&self) -> Vec<(usize, usize)> {
-        let w = self.width as usize;
-        let mut v = vec![(self.in_features(), w)];
+        let w = usize::from(self.width);
+        let mut v = Vec::with_capacity(usize::from(self.depth) + 1);
+        v.push((self.in_features(), w));
         for _ in 1..self.depth {
             v.push((w, w));
         }
-        v.push((w, self.out_channels as usize));
+        v.push((w, usize::from(self.out_channels)));
         v
     }
+
+    /// Tensor lengths in file order `[W0, b0, W1, b1, ...]`: `W` has `in * out` values stored
+    /// `[in][out]` row-major, `b` has `out` values (§6.1).
     pub fn tensor_lens(&self) -> Vec<usize> {
-        self.layer_dims().iter().flat_map(|&(i, o)| [i * o, o]).collect()
+        self.layer_dims()
+            .into_iter()
+            .flat_map(|(i, o)| [i.saturating_mul(o), o])
+            .collect()
     }
+
+    /// Total number of parameters (saturating; [`Arch::validate`] bounds it).
     pub fn num_params(&self) -> usize {
-        self.tensor_lens().iter().sum()
+        self.layer_dims().into_iter().fold(0usize, |acc, (i, o)| {
+            acc.saturating_add(i.saturating_mul(o).saturating_add(o))
+        })
+    }
+
+    /// Number of tensors: `2 * (depth + 1)`.
+    pub fn num_tensors(&self) -> usize {
+        2 * (usize::from(self.depth) + 1)
+    }
+
+    /// Parameter count in u64 with checked arithmetic (never overflows for u8/u16 fields).
+    fn num_params_u64(&self) -> u64 {
+        let i = u64::from(self.coord_dims) * (1 + 2 * u64::from(self.pe_freqs));
+        let w = u64::from(self.width);
+        let o = u64::from(self.out_channels);
+        let hidden = u64::from(self.depth.saturating_sub(1));
+        // <= 255*129*65535 + 255*65535^2 + ... < 2^41: no overflow possible.
+        (i * w + w) + hidden * (w * w + w) + (w * o + o)
+    }
+
+    /// Checks every field's range (§3.6) and the parameter count against `limits`.
+    ///
+    /// # Errors
+    /// [`FormatError::InvalidField`] for a value outside its range,
+    /// [`FormatError::LimitExceeded`] when the parameter count exceeds `limits.max_params`.
+    pub fn validate(&self, limits: &Limits) -> Result<(), FormatError> {
+        let bad = |field, value: u64, expected| {
+            Err(FormatError::InvalidField {
+                field,
+                value,
+                expected,
+            })
+        };
+        if self.coord_dims != 2 {
+            return bad(
+                "coord_dims",
+                self.coord_dims.into(),
+                "2 (images; 1 is reserved for audio in a later version)",
+            );
+        }
+        if !matches!(self.out_channels, 1 | 3) {
+            return bad("out_channels", self.out_channels.into(), "1 or 3");
+        }
+        if self.width == 0 {
+            return bad("width", 0, "1..=65535");
+        }
+        if self.depth == 0 || self.depth > MAX_DEPTH {
+            return bad("depth", self.depth.into(), "1..=64");
+        }
+        if self.pe_freqs > MAX_PE_FREQS {
+            return bad("pe_freqs", self.pe_freqs.into(), "0..=64");
+        }
+        if self.pe_base_milli == 0 {
+            return bad("pe_base_milli", 0, "1..=65535");
+        }
+        if self.w0_first == 0 {
+            return bad("w0_first", 0, "1..=65535");
+        }
+        if self.w0_hidden == 0 {
+            return bad("w0_hidden", 0, "1..=65535");
+        }
+        let n = self.num_params_u64();
+        if n > limits.max_params {
+            return Err(FormatError::LimitExceeded {
+                what: "parameter count",
+                value: n,
+                limit: limits.max_params,
+            });
+        }
+        Ok(())
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(self.coord_dims);
+        out.push(self.out_channels);
+        out.extend_from_slice(&self.width.to_le_bytes());
+        out.push(self.depth);
+        out.push(self.pe_freqs);
+        out.extend_from_slice(&self.pe_base_milli.to_le_bytes());
+        out.extend_from_slice(&self.w0_first.to_le_bytes());
+        out.extend_from_slice(&self.w0_hidden.to_le_bytes());
+    }
+
+    fn read(b: &[u8; ARCH_BYTES]) -> Arch {
+        // Fixed-size array: constant indices, checked at compile time.
+        Arch {
+            coord_dims: b[0],
+            out_channels: b[1],
+            width: u16::from_le_bytes([b[2], b[3]]),
+            depth: b[4],
+            pe_freqs: b[5],
+            pe_base_milli: u16::from_le_bytes([b[6], b[7]]),
+            w0_first: u16::from_le_bytes([b[8], b[9]]),
+            w0_hidden: u16::from_le_bytes([b[10], b[11]]),
+        }
     }
 }
+
+/// Quantization step (§4.1): `step = mantissa * 2^-exponent`, exactly representable in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Step {
+    /// 1..=65535.
     pub mantissa: u16,
+    /// 0..=64.
     pub exponent: u8,
 }
+
 impl Step {
+    /// The step as f32: `mantissa * 2^-exponent`, exact for every valid step.
     pub fn to_f32(self) -> f32 {
-        self.mantissa as f32 * (-(self.exponent as f32)).exp2()
+        // Exact in f64 (2^-e is a power of two, mantissa has 16 bits); exact again in f32 for
+        // exponent <= 64 (the value is a normal f32 with a 16-bit significand).
+        (f64::from(self.mantissa) * (-f64::from(self.exponent)).exp2()) as f32
     }
+
+    /// Nearest representable step to `x` with the mantissa normalised into `2^15..2^16` where
+    /// possible (the exponent is clamped to `0..=64`). Not a number or `x <= 0` gives the
+    /// smallest step (1, 64); values above 65535 give (65535, 0).
     pub fn from_f32(x: f32) -> Step {
-        let mut e = 0u8;
-        let mut m = x as f64;
-        while m < 32768.0 && e < 60 {
-            m *= 2.0;
-            e += 1;
+        if x.is_nan() || x <= 0.0 {
+            return Step {
+                mantissa: 1,
+                exponent: MAX_STEP_EXPONENT,
+            };
         }
-        Step { mantissa: m.round().min(65535.0) as u16, exponent: e }
+        let x = f64::from(x);
+        for e in 0..=MAX_STEP_EXPONENT {
+            let m = (x * f64::from(e).exp2()).round();
+            if m >= 32768.0 || e == MAX_STEP_EXPONENT {
+                // For the first e reaching 2^15, x * 2^(e-1) < 32767.5, so m <= 65535 unless
+                // e == 0 (clamped). Infinity also lands here with e == 0.
+                return Step {
+                    mantissa: m.clamp(1.0, 65535.0) as u16,
+                    exponent: e,
+                };
+            }
+        }
+        Step {
+            mantissa: 1,
+            exponent: MAX_STEP_EXPONENT,
+        }
+    }
+
+    fn validate(self) -> Result<(), FormatError> {
+        if self.mantissa == 0 {
+            return Err(FormatError::InvalidField {
+                field: "step mantissa",
+                value: 0,
+                expected: "1..=65535",
+            });
+        }
+        if self.exponent > MAX_STEP_EXPONENT {
+            return Err(FormatError::InvalidField {
+                field: "step exponent",
+                value: self.exponent.into(),
+                expected: "0..=64",
+            });
+        }
+        Ok(())
     }
 }
+
+/// One quantized tensor: `weight[i] = symbols[i] as f32 * step.to_f32()` (§6.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QTensor {
     pub step: Step,
     pub symbols: Vec<i32>,
 }
+
+impl QTensor {
+    /// The f32 weights, exactly as §6.2 defines them (one IEEE-754 binary32 multiply each).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let s = self.step.to_f32();
+        self.symbols.iter().map(|&q| q as f32 * s).collect()
+    }
+}
+
+/// A complete `.inr` file in memory (modality image in v1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InrFile {
+    /// Image width in pixels.
     pub width: u32,
+    /// Image height in pixels.
     pub height: u32,
     pub arch: Arch,
+    /// 2..=16; every symbol lies in `-(2^(bits-1)-1)..=2^(bits-1)-1`.
     pub bits: u8,
+    /// Exactly `arch.tensor_lens()` in order and length.
     pub tensors: Vec<QTensor>,
 }
-pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
-    // STUB: raw i16 symbols.
-    let mut v = Vec::new();
-    v.extend_from_slice(&f.width.to_le_bytes());
-    v.extend_from_slice(&f.height.to_le_bytes());
-    let a = &f.arch;
-    v.extend_from_slice(&[a.coord_dims, a.out_channels, a.depth, a.pe_freqs, f.bits]);
-    for x in [a.width, a.pe_base_milli, a.w0_first, a.w0_hidden] {
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    for t in &f.tensors {
-        v.extend_from_slice(&t.step.mantissa.to_le_bytes());
-        v.push(t.step.exponent);
-        for &s in &t.symbols {
-            v.extend_from_slice(&(s as i16).to_le_bytes());
+
+/// Decoder limits, checked before anything is allocated from header values.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest `width * height`.
+    pub max_pixels: u64,
+    /// Largest width or height.
+    pub max_dim: u32,
+    /// Largest network parameter count.
+    pub max_params: u64,
+    /// Largest accepted file size in bytes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for Limits {
+    /// 65535 per side, 2^28 pixels, 2^22 (about 4M) parameters, 256 MiB.
+    fn default() -> Self {
+        Limits {
+            max_pixels: 1 << 28,
+            max_dim: 65535,
+            max_params: 1 << 22,
+            max_file_bytes: 256 << 20,
         }
     }
-    Ok(v)
 }
-pub fn read_file(b: &[u8], _l: &Limits) -> Result<InrFile, FormatError> {
-    let u16at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
-    let width = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let height = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-    let arch = Arch {
-        coord_dims: b[8],
-        out_channels: b[9],
-        depth: b[10],
-        pe_freqs: b[11],
-        width: u16at(13),
-        pe_base_milli: u16at(15),
-        w0_first: u16at(17),
-        w0_hidden: u16at(19),
-    };
-    let bits = b[12];
-    let mut p = 21;
-    let mut tensors = vec![];
-    for n in arch.tensor_lens() {
-        let step = Step { mantissa: u16at(p), exponent: b[p + 2] };
-        p += 3;
-        let symbols = (0..n).map(|i| u16at(p + 2 * i) as i16 as i32).collect();
-        p += 2 * n;
-        tensors.push(QTensor { step, symbols });
+
+/// Errors of the container layer. Each message says what was expected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The file does not start with [`MAGIC`].
+    #[error(
+        "not an .inr file: expected magic bytes 89 49 4E 52 (\"\\x89INR\"), found {found:02X?}"
+    )]
+    BadMagic { found: [u8; 4] },
+    /// The version byte is not [`VERSION`].
+    #[error("unsupported .inr format version {found} (this decoder reads version 1)")]
+    UnsupportedVersion { found: u8 },
+    /// Flag bits this version does not define are set.
+    #[error("unknown header flags 0x{flags:04X} (version 1 defines no flags; expected 0x0000)")]
+    UnknownFlags { flags: u16 },
+    /// The file ends before a section is complete.
+    #[error("truncated file: the {what} needs {needed} bytes, but only {available} remain")]
+    Truncated {
+        what: &'static str,
+        needed: u64,
+        available: u64,
+    },
+    /// The stored CRC32 does not match the file contents.
+    #[error(
+        "CRC32 mismatch: stored 0x{stored:08X}, computed 0x{computed:08X} (the file is damaged)"
+    )]
+    CrcMismatch { stored: u32, computed: u32 },
+    /// A header field is outside its valid range.
+    #[error("invalid {field} = {value} (expected {expected})")]
+    InvalidField {
+        field: &'static str,
+        value: u64,
+        expected: &'static str,
+    },
+    /// A header value exceeds the decoder's [`Limits`].
+    #[error("{what} = {value} exceeds the limit {limit}")]
+    LimitExceeded {
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
+    /// Bytes follow the CRC.
+    #[error("{count} unexpected bytes after the CRC32 (expected the file to end there)")]
+    TrailingBytes { count: u64 },
+    /// (Writer) the number of tensors does not match the architecture.
+    #[error("expected {expected} tensors for this architecture, found {found}")]
+    TensorCount { expected: usize, found: usize },
+    /// (Writer) a tensor's length does not match the architecture.
+    #[error("tensor {index} has {found} values, expected {expected} for this architecture")]
+    TensorLength {
+        index: usize,
+        expected: usize,
+        found: usize,
+    },
+    /// The payload is larger than the u32 length field allows.
+    #[error("entropy payload of {len} bytes does not fit the u32 length field (expected < 4 GiB)")]
+    PayloadTooLarge { len: u64 },
+    /// The entropy-coded payload is invalid (or, when writing, a symbol is out of range).
+    #[error("entropy payload: {0}")]
+    Entropy(#[from] EntropyError),
+}
+
+/// Header and section table of a file, without entropy decoding (for `inr info [--json]`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileInfo {
+    pub version: u8,
+    /// "image" in version 1.
+    pub modality: &'static str,
+    pub width: u32,
+    pub height: u32,
+    pub channels: u8,
+    pub arch: Arch,
+    pub num_params: u64,
+    pub bits: u8,
+    /// Entropy coder id (0 = adaptive frequency model, §5).
+    pub coder: u8,
+    pub num_tensors: usize,
+    /// Per-tensor quantization steps, in tensor order.
+    pub steps: Vec<Step>,
+    /// Fixed header (§3).
+    pub header_bytes: u64,
+    /// Step table plus payload length field (§4.1, §4.2).
+    pub side_info_bytes: u64,
+    /// Entropy-coded payload (§5).
+    pub payload_bytes: u64,
+    /// Trailing CRC32 (§4.3).
+    pub crc_bytes: u64,
+    pub total_bytes: u64,
+    /// `8 * total_bytes / (width * height)`.
+    pub bpp: f64,
+}
+
+/// A structurally parsed file (CRC verified, all fields validated), payload not decoded.
+struct Parsed<'a> {
+    width: u32,
+    height: u32,
+    arch: Arch,
+    bits: u8,
+    coder: u8,
+    steps: Vec<Step>,
+    payload: &'a [u8],
+}
+
+/// Bounds-checked little-endian reader over the file bytes.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], FormatError> {
+        let available = self.bytes.len().saturating_sub(self.pos);
+        if n > available {
+            return Err(FormatError::Truncated {
+                what,
+                needed: n as u64,
+                available: available as u64,
+            });
+        }
+        let s = self.bytes.get(self.pos..self.pos + n).unwrap_or(&[]);
+        self.pos += n;
+        Ok(s)
     }
-    Ok(InrFile { width, height, arch, bits, tensors })
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], FormatError> {
+        let s = self.take(N, what)?;
+        <[u8; N]>::try_from(s).map_err(|_| FormatError::Truncated {
+            what,
+            needed: N as u64,
+            available: s.len() as u64,
+        })
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, FormatError> {
+        Ok(u8::from_le_bytes(self.array(what)?))
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, FormatError> {
+        Ok(u16::from_le_bytes(self.array(what)?))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, FormatError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+}
+
+/// Largest symbol magnitude for `bits` (2..=16): `2^(bits-1) - 1`.
+fn max_abs_for(bits: u8) -> u32 {
+    (1u32 << (bits.clamp(2, 16) - 1)) - 1
+}
+
+fn validate_dims(width: u32, height: u32, limits: &Limits) -> Result<(), FormatError> {
+    for (field, v) in [("image width", width), ("image height", height)] {
+        if v == 0 {
+            return Err(FormatError::InvalidField {
+                field,
+                value: 0,
+                expected: ">= 1",
+            });
+        }
+        if v > limits.max_dim {
+            return Err(FormatError::LimitExceeded {
+                what: field,
+                value: v.into(),
+                limit: limits.max_dim.into(),
+            });
+        }
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(FormatError::LimitExceeded {
+            what: "pixel count",
+            value: pixels,
+            limit: limits.max_pixels,
+        });
+    }
+    Ok(())
+}
+
+fn validate_bits(bits: u8) -> Result<(), FormatError> {
+    if !BITS_RANGE.contains(&bits) {
+        return Err(FormatError::InvalidField {
+            field: "bits",
+            value: bits.into(),
+            expected: "2..=16",
+        });
+    }
+    Ok(())
+}
+
+/// Parses and validates everything except the entropy payload (§7, decoder steps 1–6).
+fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError> {
+    let total = bytes.len() as u64;
+    if total > limits.max_file_bytes {
+        return Err(FormatError::LimitExceeded {
+            what: "file size",
+            value: total,
+            limit: limits.max_file_bytes,
+        });
+    }
+    let mut r = Reader { bytes, pos: 0 };
+    // 1. Magic, then version, so foreign and future files get a precise error.
+    let found: [u8; 4] = r.array("magic")?;
+    if found != MAGIC {
+        return Err(FormatError::BadMagic { found });
+    }
+    let version = r.u8("version byte")?;
+    if version != VERSION {
+        return Err(FormatError::UnsupportedVersion { found: version });
+    }
+    // 2. Structure: fixed header, step table, payload, CRC. Sizes depend on `depth` (<= 255,
+    //    so the step table is at most 1536 bytes) and the payload length (checked against the
+    //    bytes actually present).
+    let rest = r.take(HEADER_BYTES - OFF_MODALITY, "fixed header")?;
+    let mut h = Reader {
+        bytes: rest,
+        pos: 0,
+    };
+    let modality = h.u8("modality")?;
+    let flags = h.u16("flags")?;
+    let width = h.u32("width")?;
+    let height = h.u32("height")?;
+    let arch = Arch::read(&h.array::<ARCH_BYTES>("architecture")?);
+    let bits = h.u8("bits")?;
+    let coder = h.u8("coder")?;
+    let num_tensors = arch.num_tensors();
+    let step_bytes = r.take(num_tensors * STEP_BYTES, "step table")?;
+    let payload_len = r.u32("payload length")?;
+    let payload = r.take(payload_len as usize, "entropy payload")?;
+    let body_end = r.pos;
+    let stored = r.u32("CRC32")?;
+    let trailing = bytes.len().saturating_sub(r.pos);
+    if trailing != 0 {
+        return Err(FormatError::TrailingBytes {
+            count: trailing as u64,
+        });
+    }
+    // 3. Integrity.
+    let computed = crc32fast::hash(bytes.get(..body_end).unwrap_or(&[]));
+    if stored != computed {
+        return Err(FormatError::CrcMismatch { stored, computed });
+    }
+    // 4. Semantics (a hostile file can carry a valid CRC, so everything is checked).
+    if modality != MODALITY_IMAGE {
+        return Err(FormatError::InvalidField {
+            field: "modality",
+            value: modality.into(),
+            expected: "1 (image; 2 = audio is reserved for a later version)",
+        });
+    }
+    if flags != 0 {
+        return Err(FormatError::UnknownFlags { flags });
+    }
+    validate_dims(width, height, limits)?;
+    arch.validate(limits)?;
+    validate_bits(bits)?;
+    if coder != CODER_ADAPTIVE {
+        return Err(FormatError::InvalidField {
+            field: "coder",
+            value: coder.into(),
+            expected: "0 (adaptive frequency model)",
+        });
+    }
+    if payload_len % 4 != 0 {
+        return Err(FormatError::InvalidField {
+            field: "payload length",
+            value: payload_len.into(),
+            expected: "a multiple of 4 (whole 32-bit words)",
+        });
+    }
+    let mut steps = Vec::with_capacity(num_tensors); // <= 130 after validation
+    for c in step_bytes.chunks_exact(STEP_BYTES) {
+        let &[lo, hi, exponent] = c else {
+            continue; // unreachable: chunks_exact yields exactly STEP_BYTES bytes
+        };
+        let s = Step {
+            mantissa: u16::from_le_bytes([lo, hi]),
+            exponent,
+        };
+        s.validate()?;
+        steps.push(s);
+    }
+    Ok(Parsed {
+        width,
+        height,
+        arch,
+        bits,
+        coder,
+        steps,
+        payload,
+    })
+}
+
+/// Serialises `f` (§3–§5), validating its consistency first.
+///
+/// # Errors
+/// [`FormatError::InvalidField`] / [`FormatError::LimitExceeded`] for header values a default
+/// decoder would reject ([`Limits::default`]), [`FormatError::TensorCount`] /
+/// [`FormatError::TensorLength`] when the tensors do not match `arch`, and
+/// [`FormatError::Entropy`] for a symbol outside the `bits` range.
+///
+/// # Panics
+/// Never.
+pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
+    let limits = Limits::default();
+    validate_dims(f.width, f.height, &limits)?;
+    f.arch.validate(&limits)?;
+    validate_bits(f.bits)?;
+    let lens = f.arch.tensor_lens();
+    if f.tensors.len() != lens.len() {
+        return Err(FormatError::TensorCount {
+            expected: lens.len(),
+            found: f.tensors.len(),
+        });
+    }
+    for (index, (t, &n)) in f.tensors.iter().zip(&lens).enumerate() {
+        t.step.validate()?;
+        if t.symbols.len() != n {
+            return Err(FormatError::TensorLength {
+                index,
+                expected: n,
+                found: t.symbols.len(),
+            });
+        }
+    }
+    let refs: Vec<&[i32]> = f.tensors.iter().map(|t| t.symbols.as_slice()).collect();
+    let payload = entropy::encode_tensors(&refs, max_abs_for(f.bits))?;
+    let payload_len = u32::try_from(payload.len()).map_err(|_| FormatError::PayloadTooLarge {
+        len: payload.len() as u64,
+    })?;
+
+    let mut out = Vec::with_capacity(
+        HEADER_BYTES + STEP_BYTES * lens.len() + PAYLOAD_LEN_BYTES + payload.len() + CRC_BYTES,
+    );
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(MODALITY_IMAGE);
+    out.extend_from_slice(&0u16.to_le_bytes()); // flags
+    out.extend_from_slice(&f.width.to_le_bytes());
+    out.extend_from_slice(&f.height.to_le_bytes());
+    f.arch.write(&mut out);
+    out.push(f.bits);
+    out.push(CODER_ADAPTIVE);
+    debug_assert_eq!(out.len(), HEADER_BYTES);
+    for t in &f.tensors {
+        out.extend_from_slice(&t.step.mantissa.to_le_bytes());
+        out.push(t.step.exponent);
+    }
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Parses and fully decodes a file (§7).
+///
+/// # Errors
+/// Every malformed, truncated, damaged or over-limit input gives a [`FormatError`].
+///
+/// # Panics
+/// Never, for any input.
+pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> {
+    let p = parse(bytes, limits)?;
+    // Tensor lengths are bounded by limits.max_params (validated in `parse`).
+    let lens = p.arch.tensor_lens();
+    let symbols = entropy::decode_tensors(p.payload, &lens, max_abs_for(p.bits))?;
+    let tensors = p
+        .steps
+        .into_iter()
+        .zip(symbols)
+        .map(|(step, symbols)| QTensor { step, symbols })
+        .collect();
+    Ok(InrFile {
+        width: p.width,
+        height: p.height,
+        arch: p.arch,
+        bits: p.bits,
+        tensors,
+    })
+}
+
+/// Header and section sizes of a file, with [`Limits::default`], without entropy decoding.
+/// The CRC and every header field are verified.
+///
+/// # Errors
+/// As [`read_file`], except that payload corruption the CRC does not reveal goes unnoticed.
+///
+/// # Panics
+/// Never, for any input.
+pub fn inspect(bytes: &[u8]) -> Result<FileInfo, FormatError> {
+    let p = parse(bytes, &Limits::default())?;
+    let total = bytes.len() as u64;
+    let num_tensors = p.steps.len();
+    let pixels = u64::from(p.width) * u64::from(p.height);
+    Ok(FileInfo {
+        version: VERSION,
+        modality: "image",
+        width: p.width,
+        height: p.height,
+        channels: p.arch.out_channels,
+        arch: p.arch,
+        num_params: p.arch.num_params_u64(),
+        bits: p.bits,
+        coder: p.coder,
+        num_tensors,
+        steps: p.steps,
+        header_bytes: HEADER_BYTES as u64,
+        side_info_bytes: (STEP_BYTES * num_tensors + PAYLOAD_LEN_BYTES) as u64,
+        payload_bytes: p.payload.len() as u64,
+        crc_bytes: CRC_BYTES as u64,
+        total_bytes: total,
+        bpp: 8.0 * total as f64 / pixels.max(1) as f64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arch() -> Arch {
+        Arch {
+            coord_dims: 2,
+            out_channels: 3,
+            width: 16,
+            depth: 3,
+            pe_freqs: 4,
+            pe_base_milli: 2000,
+            w0_first: 30,
+            w0_hidden: 30,
+        }
+    }
+
+    #[test]
+    fn arch_arithmetic() {
+        let a = arch();
+        assert_eq!(a.in_features(), 2 * 9);
+        assert_eq!(a.layer_dims(), vec![(18, 16), (16, 16), (16, 16), (16, 3)]);
+        assert_eq!(a.tensor_lens(), vec![18 * 16, 16, 256, 16, 256, 16, 48, 3]);
+        assert_eq!(a.num_params(), 288 + 16 + 2 * 272 + 51);
+        assert_eq!(a.num_params() as u64, a.num_params_u64());
+        assert_eq!(a.num_tensors(), a.tensor_lens().len());
+        let d1 = Arch { depth: 1, ..a };
+        assert_eq!(d1.layer_dims(), vec![(18, 16), (16, 3)]);
+        a.validate(&Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn arch_validation_rejects_each_bad_field() {
+        let l = Limits::default();
+        let a = arch();
+        for bad in [
+            Arch { coord_dims: 1, ..a },
+            Arch {
+                out_channels: 2,
+                ..a
+            },
+            Arch { width: 0, ..a },
+            Arch { depth: 0, ..a },
+            Arch { depth: 65, ..a },
+            Arch { pe_freqs: 65, ..a },
+            Arch {
+                pe_base_milli: 0,
+                ..a
+            },
+            Arch { w0_first: 0, ..a },
+            Arch { w0_hidden: 0, ..a },
+        ] {
+            assert!(
+                matches!(bad.validate(&l), Err(FormatError::InvalidField { .. })),
+                "{bad:?}"
+            );
+        }
+        let huge = Arch {
+            width: 65535,
+            depth: 64,
+            ..a
+        };
+        assert!(matches!(
+            huge.validate(&l),
+            Err(FormatError::LimitExceeded { .. })
+        ));
+    }
+
+    #[test]
+    fn step_conversions() {
+        for (m, e) in [(1u16, 0u8), (65535, 0), (40000, 20), (1, 64), (32768, 64)] {
+            let s = Step {
+                mantissa: m,
+                exponent: e,
+            };
+            assert_eq!(f64::from(s.to_f32()), f64::from(m) * (-f64::from(e)).exp2());
+        }
+        for x in [1e-3f32, 0.0123, 0.5, 1.0, 3.7, 1000.0, 1e-14] {
+            let s = Step::from_f32(x);
+            assert!((32768..=65535).contains(&s.mantissa), "{x} {s:?}");
+            let rel = ((s.to_f32() - x) / x).abs();
+            assert!(rel <= 1.0 / 65536.0, "{x} -> {s:?} rel {rel}");
+        }
+        // Exactly representable values come back exactly.
+        assert_eq!(Step::from_f32(0.25).to_f32(), 0.25);
+        assert_eq!(
+            Step::from_f32(0.25),
+            Step {
+                mantissa: 32768,
+                exponent: 17
+            }
+        );
+        assert_eq!(
+            Step::from_f32(1e6),
+            Step {
+                mantissa: 65535,
+                exponent: 0
+            }
+        );
+        assert_eq!(
+            Step::from_f32(f32::INFINITY),
+            Step {
+                mantissa: 65535,
+                exponent: 0
+            }
+        );
+        for x in [0.0, -1.0, f32::NAN] {
+            assert_eq!(
+                Step::from_f32(x),
+                Step {
+                    mantissa: 1,
+                    exponent: 64
+                }
+            );
+        }
+        // Tiny values keep the largest exponent with a small mantissa.
+        let tiny = Step::from_f32(1e-19);
+        assert_eq!(tiny.exponent, 64);
+        assert!(tiny.mantissa >= 1 && tiny.mantissa < 32768);
+        // Upper boundary: 65535.6 * 2^-e rounds to 65536 only at e = 0 (clamped).
+        assert_eq!(Step::from_f32(65535.6).mantissa, 65535);
+    }
+
+    #[test]
+    fn dequantize_is_symbol_times_step() {
+        let t = QTensor {
+            step: Step {
+                mantissa: 3,
+                exponent: 2,
+            },
+            symbols: vec![-2, 0, 5],
+        };
+        assert_eq!(t.dequantize(), vec![-1.5, 0.0, 3.75]);
+    }
 }

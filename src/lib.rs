@@ -3,7 +3,7 @@
 //!
 //! The public API is small: [`encode_image`], [`decode`], [`inspect`], plus media I/O helpers.
 //! Module map (dependencies point one way; `format` and `entropy` never import the model):
-//! - [`format`]: the `.inr` container, byte for byte as in `codec-spec.md` (no candle).
+//! - [`format`](mod@format): the `.inr` container, byte for byte as in `codec-spec.md` (no candle).
 //! - [`entropy`]: constriction wrappers; rate estimates use the same code path as coding.
 //! - [`media`]: image I/O and coordinate grids. [`metrics`]: PSNR and bpp.
 //! - `model`, `kernel`, `fit`, `quant`: the SIREN, its fused CPU kernels, fitting and quantization.

@@ -17,12 +17,6 @@ pub fn quantize(w: &[f32], step: Step, bits: u8) -> Vec<i32> {
     w.iter().map(|&v| ((v / s).round() as i32).clamp(-m, m)).collect()
 }
 
-/// Decoder-side weights: `q as f32 * step` (one f32 rounding, the same bits everywhere).
-pub fn dequantize(q: &[i32], step: Step) -> Vec<f32> {
-    let s = step.to_f32();
-    q.iter().map(|&v| v as f32 * s).collect()
-}
-
 /// Quantize-dequantize in place (the "fake quantization" of quantization-aware training).
 pub fn fake_quant_into(w: &[f32], step: Step, bits: u8, out: &mut [f32]) {
     let s = step.to_f32();
@@ -62,6 +56,11 @@ pub fn choose_step(w: &[f32], bits: u8) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::QTensor;
+
+    fn dequantize(q: &[i32], step: Step) -> Vec<f32> {
+        QTensor { step, symbols: q.to_vec() }.dequantize()
+    }
 
     #[test]
     fn roundtrip_error_is_at_most_half_a_step_inside_the_range() {

@@ -1,7 +1,7 @@
 //! The real `inr` binary, run in temporary directories.
 //!
 //! Two groups: argument/IO handling that works without a codec, and `codec_*` round trips
-//! that need a working `encode_image`/`decode` (marked `#[ignore = "needs codec"]` until the
+//! that need a working `encode_image`/`decode` (marked `` until the
 //! codec lands; run them with `cargo test --test cli -- --ignored`).
 
 use std::path::{Path, PathBuf};
@@ -325,7 +325,7 @@ fn stdout_of(assert: assert_cmd::assert::Assert) -> String {
 }
 
 #[test]
-#[ignore = "needs codec"]
+
 fn codec_encode_prints_summary_and_writes_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a.inr");
@@ -354,7 +354,7 @@ fn codec_encode_prints_summary_and_writes_file() {
 }
 
 #[test]
-#[ignore = "needs codec"]
+
 fn codec_encode_json_and_determinism() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.inr"), dir.path().join("b.inr"));
@@ -378,7 +378,7 @@ fn codec_encode_json_and_determinism() {
 }
 
 #[test]
-#[ignore = "needs codec"]
+
 fn codec_round_trip_decode_info_eval() {
     let dir = tempfile::tempdir().unwrap();
     let input = fixture("rgb_16x16.png");
@@ -475,7 +475,7 @@ fn codec_round_trip_decode_info_eval() {
 }
 
 #[test]
-#[ignore = "needs codec"]
+
 fn codec_renders_at_other_sizes() {
     let dir = tempfile::tempdir().unwrap();
     let coded = dir.path().join("a.inr");
@@ -512,7 +512,7 @@ fn codec_renders_at_other_sizes() {
 }
 
 #[test]
-#[ignore = "needs codec"]
+
 fn codec_gray_and_16_bit_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let coded = dir.path().join("g.inr");
@@ -563,7 +563,7 @@ fn codec_gray_and_16_bit_inputs() {
 }
 
 #[test]
-#[ignore = "needs codec"]
+
 fn codec_corrupted_files_never_panic() {
     let dir = tempfile::tempdir().unwrap();
     let coded = dir.path().join("a.inr");

@@ -1,0 +1,693 @@
+//! Container and entropy-layer tests: round trips, golden bytes, corruption and limits.
+
+use inr::entropy::{self, EntropyError};
+use inr::format::{
+    inspect, read_file, write_file, Arch, FormatError, InrFile, Limits, QTensor, Step, MAGIC,
+};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn tiny_arch() -> Arch {
+    Arch {
+        coord_dims: 2,
+        out_channels: 1,
+        width: 2,
+        depth: 1,
+        pe_freqs: 0,
+        pe_base_milli: 2000,
+        w0_first: 30,
+        w0_hidden: 30,
+    }
+}
+
+/// The golden file: 4x3 gray image, 2 -> 2 -> 1 network (4 tensors, 9 parameters), 4 bits.
+fn golden() -> InrFile {
+    let step = |mantissa, exponent| Step { mantissa, exponent };
+    InrFile {
+        width: 4,
+        height: 3,
+        arch: tiny_arch(),
+        bits: 4,
+        tensors: vec![
+            QTensor {
+                step: step(0x8001, 16),
+                symbols: vec![7, -7, 0, 3],
+            },
+            QTensor {
+                step: step(1, 0),
+                symbols: vec![-1, 1],
+            },
+            QTensor {
+                step: step(0xABCD, 64),
+                symbols: vec![2, -3],
+            },
+            QTensor {
+                step: step(40000, 20),
+                symbols: vec![0],
+            },
+        ],
+    }
+}
+
+fn random_file(rng: &mut ChaCha8Rng, arch: Arch, bits: u8) -> InrFile {
+    let max = (1i32 << (bits - 1)) - 1;
+    let spread = rng.gen_range(1..=max);
+    let tensors = arch
+        .tensor_lens()
+        .into_iter()
+        .map(|n| QTensor {
+            step: Step::from_f32(rng.gen_range(1e-4f32..0.5)),
+            symbols: (0..n).map(|_| rng.gen_range(-spread..=spread)).collect(),
+        })
+        .collect();
+    InrFile {
+        width: rng.gen_range(1..=300),
+        height: rng.gen_range(1..=300),
+        arch,
+        bits,
+        tensors,
+    }
+}
+
+fn fix_crc(bytes: &mut [u8]) {
+    let n = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..n]);
+    bytes[n..].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn read(bytes: &[u8]) -> Result<InrFile, FormatError> {
+    read_file(bytes, &Limits::default())
+}
+
+#[test]
+fn golden_header_bytes_are_pinned() {
+    let bytes = write_file(&golden()).unwrap();
+    #[rustfmt::skip]
+    let expected_head: &[u8] = &[
+        0x89, b'I', b'N', b'R',   // 0  magic
+        1,                        // 4  version
+        1,                        // 5  modality = image
+        0, 0,                     // 6  flags
+        4, 0, 0, 0,               // 8  width
+        3, 0, 0, 0,               // 12 height
+        2, 1,                     // 16 coord_dims, out_channels
+        2, 0,                     // 18 hidden width
+        1, 0,                     // 20 depth, pe_freqs
+        0xD0, 0x07,               // 22 pe_base_milli = 2000
+        30, 0, 30, 0,             // 24 w0_first, w0_hidden
+        4,                        // 28 bits
+        0,                        // 29 coder
+        0x01, 0x80, 16,           // 30 step 0: 0x8001 * 2^-16
+        1, 0, 0,                  // 33 step 1: 1
+        0xCD, 0xAB, 64,           // 36 step 2: 0xABCD * 2^-64
+        0x40, 0x9C, 20,           // 39 step 3: 40000 * 2^-20
+    ];
+    assert_eq!(&bytes[..expected_head.len()], expected_head);
+    // Payload length field, payload, CRC over everything before it.
+    let plen = u32::from_le_bytes(bytes[42..46].try_into().unwrap()) as usize;
+    assert_eq!(plen % 4, 0);
+    assert_eq!(bytes.len(), 46 + plen + 4);
+    let n = bytes.len() - 4;
+    assert_eq!(
+        u32::from_le_bytes(bytes[n..].try_into().unwrap()),
+        crc32fast::hash(&bytes[..n])
+    );
+    // The payload is exactly the entropy layer's output for the concatenated tensors.
+    let g = golden();
+    let refs: Vec<&[i32]> = g.tensors.iter().map(|t| t.symbols.as_slice()).collect();
+    assert_eq!(
+        &bytes[46..46 + plen],
+        entropy::encode_tensors(&refs, 7).unwrap()
+    );
+    // Whole-file regression pin (update only with a version bump).
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, GOLDEN_HEX);
+    assert_eq!(read(&bytes).unwrap(), golden());
+}
+const GOLDEN_HEX: &str = "89494e52010100000400000003000000020102000100d0071e001e000400018010010000cdab40409c1408000000617da7776197cf081b77e85e";
+
+#[test]
+fn round_trips_random_files_and_is_deterministic() {
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    for case in 0..12 {
+        let arch = Arch {
+            coord_dims: 2,
+            out_channels: if case % 2 == 0 { 3 } else { 1 },
+            width: rng.gen_range(1..=24),
+            depth: rng.gen_range(1..=5),
+            pe_freqs: rng.gen_range(0..=6),
+            pe_base_milli: rng.gen_range(1..=4000),
+            w0_first: rng.gen_range(1..=60),
+            w0_hidden: rng.gen_range(1..=60),
+        };
+        let bits = [2u8, 4, 6, 8, 10, 16][case % 6];
+        let f = random_file(&mut rng, arch, bits);
+        let bytes = write_file(&f).unwrap();
+        assert_eq!(write_file(&f).unwrap(), bytes, "determinism");
+        assert_eq!(read(&bytes).unwrap(), f);
+        let info = inspect(&bytes).unwrap();
+        assert_eq!(
+            info.header_bytes + info.side_info_bytes + info.payload_bytes + info.crc_bytes,
+            bytes.len() as u64
+        );
+        assert_eq!(info.total_bytes, bytes.len() as u64);
+        assert_eq!(info.num_params, arch.num_params() as u64);
+        assert_eq!(info.num_tensors, arch.tensor_lens().len());
+        assert_eq!(
+            (info.width, info.height, info.bits),
+            (f.width, f.height, bits)
+        );
+        let bpp = 8.0 * bytes.len() as f64 / (f.width as f64 * f.height as f64);
+        assert!((info.bpp - bpp).abs() < 1e-12);
+        serde_json::to_string(&info).unwrap();
+    }
+}
+
+#[test]
+fn extreme_symbols_round_trip() {
+    let arch = tiny_arch();
+    for bits in [2u8, 16] {
+        let m = (1i32 << (bits - 1)) - 1;
+        let mut f = golden();
+        f.bits = bits;
+        f.tensors[0].symbols = vec![m, -m, m, -m];
+        f.tensors[1].symbols = vec![0, 0];
+        f.tensors[2].symbols = vec![-m, -m];
+        f.tensors[3].symbols = vec![m];
+        assert_eq!(f.arch, arch);
+        let bytes = write_file(&f).unwrap();
+        assert_eq!(read(&bytes).unwrap(), f);
+    }
+    // All zeros.
+    let mut f = golden();
+    for t in &mut f.tensors {
+        t.symbols.iter_mut().for_each(|s| *s = 0);
+    }
+    assert_eq!(read(&write_file(&f).unwrap()).unwrap(), f);
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let bytes = write_file(&golden()).unwrap();
+    for n in 0..bytes.len() {
+        let e = read(&bytes[..n]).unwrap_err();
+        assert!(matches!(e, FormatError::Truncated { .. }), "len {n}: {e}");
+        assert!(inspect(&bytes[..n]).is_err());
+    }
+}
+
+#[test]
+fn every_single_byte_change_is_an_error() {
+    let bytes = write_file(&golden()).unwrap();
+    let mut buf = bytes.clone();
+    for pos in 0..bytes.len() {
+        for x in 1..=255u8 {
+            buf[pos] = bytes[pos] ^ x;
+            assert!(read(&buf).is_err(), "pos {pos} xor {x:#04x} accepted");
+            assert!(inspect(&buf).is_err(), "inspect: pos {pos} xor {x:#04x}");
+        }
+        buf[pos] = bytes[pos];
+    }
+}
+
+#[test]
+fn damaged_payload_with_valid_crc_never_panics() {
+    // A hostile file can carry a valid CRC: decoding must still end in Ok or a typed error.
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let arch = Arch {
+        width: 8,
+        depth: 2,
+        ..tiny_arch()
+    };
+    let f = random_file(&mut rng, arch, 8);
+    let bytes = write_file(&f).unwrap();
+    let payload_start = 30 + 3 * arch.tensor_lens().len() + 4;
+    let mut buf = bytes.clone();
+    for pos in payload_start..bytes.len() - 4 {
+        for x in [0x01u8, 0x80, 0xFF] {
+            buf[pos] = bytes[pos] ^ x;
+            fix_crc(&mut buf);
+            let _ = read(&buf);
+        }
+        buf[pos] = bytes[pos];
+    }
+    // Appending a word to the payload (length and CRC fixed up) is detected.
+    let plen = u32::from_le_bytes(bytes[payload_start - 4..payload_start].try_into().unwrap());
+    let mut longer = bytes[..bytes.len() - 4].to_vec();
+    longer[payload_start - 4..payload_start].copy_from_slice(&(plen + 4).to_le_bytes());
+    longer.extend_from_slice(&[0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0]);
+    fix_crc(&mut longer);
+    assert!(matches!(read(&longer), Err(FormatError::Entropy(_))));
+}
+
+#[test]
+fn version_magic_flags_and_trailing_bytes() {
+    let bytes = write_file(&golden()).unwrap();
+    let mut b = bytes.clone();
+    b[4] = 2; // future version, CRC left stale: the version is reported first
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::UnsupportedVersion { found: 2 })
+    ));
+    assert!(matches!(
+        inspect(&b),
+        Err(FormatError::UnsupportedVersion { found: 2 })
+    ));
+    let mut b = bytes.clone();
+    b[0] = b'I';
+    assert!(matches!(read(&b), Err(FormatError::BadMagic { .. })));
+    assert!(matches!(
+        read(b"GIF89a...."),
+        Err(FormatError::BadMagic { .. })
+    ));
+    let mut b = bytes.clone();
+    b[6] = 0x01;
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::UnknownFlags { flags: 1 })
+    ));
+    let mut b = bytes.clone();
+    b[5] = 2; // audio: reserved
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::InvalidField {
+            field: "modality",
+            ..
+        })
+    ));
+    let mut b = bytes.clone();
+    b[29] = 1; // unknown coder
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::InvalidField { field: "coder", .. })
+    ));
+    let mut b = bytes.clone();
+    b.push(0);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::TrailingBytes { count: 1 })
+    ));
+    let mut b = bytes.clone();
+    let n = b.len();
+    b[n - 1] ^= 0x40;
+    assert!(matches!(read(&b), Err(FormatError::CrcMismatch { .. })));
+}
+
+#[test]
+fn hostile_headers_hit_limits_before_allocating() {
+    let bytes = write_file(&golden()).unwrap();
+    // Absurd image size with a valid CRC.
+    let mut b = bytes.clone();
+    b[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    fix_crc(&mut b);
+    assert!(matches!(read(&b), Err(FormatError::LimitExceeded { .. })));
+    let mut b = bytes.clone();
+    b[8..12].copy_from_slice(&60000u32.to_le_bytes());
+    b[12..16].copy_from_slice(&60000u32.to_le_bytes());
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::LimitExceeded {
+            what: "pixel count",
+            ..
+        })
+    ));
+    let mut b = bytes.clone();
+    b[12..16].copy_from_slice(&0u32.to_le_bytes());
+    fix_crc(&mut b);
+    assert!(matches!(read(&b), Err(FormatError::InvalidField { .. })));
+    // Absurd network: 65535 wide, 64 Fourier features (depth 1 keeps the step table size).
+    let mut b = bytes.clone();
+    b[18..20].copy_from_slice(&u16::MAX.to_le_bytes());
+    b[21] = 64;
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::LimitExceeded {
+            what: "parameter count",
+            ..
+        })
+    ));
+    // Payload length far beyond the file: truncated, not allocated.
+    let mut b = bytes.clone();
+    b[42..46].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::Truncated {
+            what: "entropy payload",
+            ..
+        })
+    ));
+    // Tighter caller limits.
+    let strict = Limits {
+        max_pixels: 11,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        read_file(&bytes, &strict),
+        Err(FormatError::LimitExceeded { .. })
+    ));
+    let strict = Limits {
+        max_params: 8,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        read_file(&bytes, &strict),
+        Err(FormatError::LimitExceeded { .. })
+    ));
+    let strict = Limits {
+        max_file_bytes: bytes.len() as u64 - 1,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        read_file(&bytes, &strict),
+        Err(FormatError::LimitExceeded { .. })
+    ));
+    // Bad step with a valid CRC.
+    let mut b = bytes.clone();
+    b[30..33].copy_from_slice(&[0, 0, 5]);
+    fix_crc(&mut b);
+    assert!(matches!(read(&b), Err(FormatError::InvalidField { .. })));
+    let mut b = bytes.clone();
+    b[32] = 65;
+    fix_crc(&mut b);
+    assert!(matches!(read(&b), Err(FormatError::InvalidField { .. })));
+}
+
+#[test]
+fn writer_rejects_inconsistent_files() {
+    let mut f = golden();
+    f.tensors.pop();
+    assert!(matches!(
+        write_file(&f),
+        Err(FormatError::TensorCount {
+            expected: 4,
+            found: 3
+        })
+    ));
+    let mut f = golden();
+    f.tensors[2].symbols.push(0);
+    assert!(matches!(
+        write_file(&f),
+        Err(FormatError::TensorLength { index: 2, .. })
+    ));
+    let mut f = golden();
+    f.tensors[1].symbols[0] = 8; // bits = 4 -> |s| <= 7
+    assert!(matches!(
+        write_file(&f),
+        Err(FormatError::Entropy(EntropyError::SymbolOutOfRange { .. }))
+    ));
+    for bits in [0u8, 1, 17] {
+        let mut f = golden();
+        f.bits = bits;
+        assert!(matches!(
+            write_file(&f),
+            Err(FormatError::InvalidField { field: "bits", .. })
+        ));
+    }
+    let mut f = golden();
+    f.tensors[0].step.mantissa = 0;
+    assert!(matches!(
+        write_file(&f),
+        Err(FormatError::InvalidField { .. })
+    ));
+    let mut f = golden();
+    f.width = 0;
+    assert!(write_file(&f).is_err());
+    let mut f = golden();
+    f.arch.out_channels = 4;
+    assert!(write_file(&f).is_err());
+}
+
+#[test]
+fn magic_constant() {
+    assert_eq!(MAGIC, [0x89, b'I', b'N', b'R']);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn entropy_round_trip(
+        max_abs in prop_oneof![Just(0u32), 1u32..4, 1u32..600, Just(32767u32)],
+        raw in proptest::collection::vec(proptest::collection::vec(any::<i32>(), 0..300), 0..6),
+    ) {
+        let m = max_abs as i64;
+        let tensors: Vec<Vec<i32>> = raw
+            .into_iter()
+            .map(|t| t.into_iter().map(|v| (i64::from(v).rem_euclid(2 * m + 1) - m) as i32).collect())
+            .collect();
+        let refs: Vec<&[i32]> = tensors.iter().map(|t| t.as_slice()).collect();
+        let bytes = entropy::encode_tensors(&refs, max_abs).unwrap();
+        let lens: Vec<usize> = tensors.iter().map(|t| t.len()).collect();
+        prop_assert_eq!(entropy::estimate_bits(&refs, max_abs).unwrap(), 8 * bytes.len() as u64);
+        prop_assert_eq!(entropy::decode_tensors(&bytes, &lens, max_abs).unwrap(), tensors);
+    }
+
+    #[test]
+    fn entropy_decoder_survives_garbage(
+        bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        lens in proptest::collection::vec(0usize..200, 0..4),
+        max_abs in 0u32..2000,
+    ) {
+        let _ = entropy::decode_tensors(&bytes, &lens, max_abs);
+    }
+
+    #[test]
+    fn reader_survives_garbage(tail in proptest::collection::vec(any::<u8>(), 0..120)) {
+        let mut bytes = vec![0x89, b'I', b'N', b'R', 1];
+        bytes.extend_from_slice(&tail);
+        let _ = read(&bytes);
+        if bytes.len() >= 4 {
+            fix_crc(&mut bytes);
+            let _ = read(&bytes);
+            let _ = inspect(&bytes);
+        }
+    }
+}
+
+/// Independent implementation of codec-spec.md §5.2–§5.4 (plain counts, big-number carries),
+/// used to check that the spec describes the real encoder and decoder exactly.
+mod spec_reference {
+    const ONE: u64 = 1 << 24;
+
+    struct Model {
+        c: Vec<u64>,
+    }
+    impl Model {
+        fn new(k: usize) -> Self {
+            Model { c: vec![1; k] }
+        }
+        /// `cf(u)` for every `u` in `0..=K` (§5.3).
+        fn cfs(&self) -> Vec<u64> {
+            let k = self.c.len() as u64;
+            let t: u64 = self.c.iter().sum();
+            let mut cu = 0u64;
+            let mut out = vec![];
+            for u in 0..=self.c.len() {
+                out.push(u as u64 + cu * (ONE - k) / t);
+                if u < self.c.len() {
+                    cu += self.c[u];
+                }
+            }
+            out
+        }
+        fn update(&mut self, u: usize) {
+            self.c[u] += 8;
+            if self.c.iter().sum::<u64>() > 1 << 17 {
+                self.c.iter_mut().for_each(|x| *x = x.div_ceil(2));
+            }
+        }
+    }
+
+    /// Number of carries propagated so far (the test checks that carries were exercised).
+    pub static CARRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn carry(out: &mut [u32]) {
+        CARRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for w in out.iter_mut().rev() {
+            *w = w.wrapping_add(1);
+            if *w != 0 {
+                break;
+            }
+        }
+    }
+
+    /// Encodes with a given mode (0 = shared model, 1 = fresh model per tensor).
+    pub fn encode_mode(tensors: &[&[i32]], m: i32, mode: u64) -> Vec<u8> {
+        let k = (2 * m + 1) as usize;
+        let mut model = Model::new(k);
+        let (mut lower, mut range) = (0u64, u64::MAX);
+        let mut out: Vec<u32> = vec![];
+        // (cf, p, reset-before) for every coded symbol: the mode symbol first (§5.2).
+        let mut steps = vec![(mode << 23, 1u64 << 23, None)];
+        for (i, t) in tensors.iter().enumerate() {
+            for (j, &v) in t.iter().enumerate() {
+                let reset = mode == 1 && i > 0 && j == 0;
+                steps.push((0, 0, Some(((v + m) as usize, reset))));
+            }
+        }
+        let any = steps.len() > 1;
+        for (c0, p0, sym) in steps {
+            let (c, p) = match sym {
+                None => (c0, p0),
+                Some((u, reset)) => {
+                    if reset {
+                        model = Model::new(k);
+                    }
+                    let cf = model.cfs();
+                    (cf[u], cf[u + 1] - cf[u])
+                }
+            };
+            let scale = range >> 24;
+            range = scale * p;
+            let (l, ovf) = lower.overflowing_add(scale * c);
+            lower = l;
+            if ovf {
+                carry(&mut out);
+            }
+            if range < 1 << 32 {
+                out.push((lower >> 32) as u32);
+                lower <<= 32;
+                range <<= 32;
+            }
+            if let Some((u, _)) = sym {
+                model.update(u);
+            }
+        }
+        if any {
+            let (point, ovf) = lower.overflowing_add((1 << 32) - 1);
+            if ovf {
+                carry(&mut out);
+            }
+            out.push((point >> 32) as u32);
+            if (lower.wrapping_add(range) >> 32) == point >> 32 {
+                out.push(0);
+            }
+        }
+        out.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// The encoder's choice: the shorter of both modes, ties to mode 0; empty input -> empty.
+    pub fn encode(tensors: &[&[i32]], m: i32) -> Vec<u8> {
+        if tensors.iter().all(|t| t.is_empty()) {
+            return vec![];
+        }
+        let a = encode_mode(tensors, m, 0);
+        let b = encode_mode(tensors, m, 1);
+        if b.len() < a.len() {
+            b
+        } else {
+            a
+        }
+    }
+
+    pub fn decode(bytes: &[u8], lens: &[usize], m: i32) -> Option<Vec<i32>> {
+        let words: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let mut next = words.iter().copied();
+        let k = (2 * m + 1) as usize;
+        let mut model = Model::new(k);
+        let w0 = next.next();
+        let w1 = next.next();
+        let mut point = match (w0, w1) {
+            (Some(a), Some(b)) => (u64::from(a) << 32) | u64::from(b),
+            (Some(a), None) => u64::from(a) << 32,
+            _ => 0,
+        };
+        let (mut lower, mut range) = (0u64, u64::MAX);
+        let mut out = vec![];
+        // Mode symbol (§5.2): fixed probability 1/2 each.
+        let scale = range >> 24;
+        let q = point.wrapping_sub(lower) / scale;
+        let mode = q >> 23;
+        lower = lower.wrapping_add(scale * (mode << 23));
+        range = scale << 23;
+        if range < 1 << 32 {
+            lower <<= 32;
+            range <<= 32;
+            point = (point << 32) | u64::from(next.next().unwrap_or(0));
+        }
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |acc, &n| {
+                let s = *acc;
+                *acc += n;
+                Some(s)
+            })
+            .collect();
+        let n: usize = lens.iter().sum();
+        for i in 0..n {
+            if mode == 1 && i > 0 && starts.contains(&i) {
+                model = Model::new(k);
+            }
+            let scale = range >> 24;
+            let q = point.wrapping_sub(lower) / scale;
+            if q >= ONE {
+                return None;
+            }
+            // Linear scan: u is the last index with cf(u) <= q (cf is increasing).
+            let cf = model.cfs();
+            let u = (0..k).rev().find(|&u| cf[u] <= q)?;
+            if q >= cf[u + 1] {
+                return None;
+            }
+            let (c, p) = (cf[u], cf[u + 1] - cf[u]);
+            lower = lower.wrapping_add(scale * c);
+            range = scale * p;
+            if range < 1 << 32 {
+                lower <<= 32;
+                range <<= 32;
+                point = (point << 32) | u64::from(next.next().unwrap_or(0));
+            }
+            model.update(u);
+            out.push(u as i32 - m);
+        }
+        Some(out)
+    }
+}
+
+#[test]
+fn spec_reference_coder_matches_implementation() {
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    for case in 0..40 {
+        let m = [1i32, 3, 7, 31, 127, 511][case % 6];
+        let n = rng.gen_range(0..3000);
+        let spread = rng.gen_range(0..=m);
+        // Mix narrow and wide symbols so carries and rescales both occur.
+        let syms: Vec<i32> = (0..n)
+            .map(|i| {
+                if i % 97 == 0 {
+                    rng.gen_range(-m..=m)
+                } else {
+                    rng.gen_range(-spread..=spread)
+                }
+            })
+            .collect();
+        let parts: Vec<&[i32]> = vec![&syms[..n / 3], &syms[n / 3..n / 2], &syms[n / 2..]];
+        let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        let real = entropy::encode_tensors(&parts, m as u32).unwrap();
+        assert_eq!(spec_reference::encode(&parts, m), real, "case {case}");
+        for mode in [0, 1] {
+            let r = spec_reference::encode_mode(&parts, m, mode);
+            assert_eq!(
+                entropy::decode_tensors(&r, &lens, m as u32).unwrap(),
+                parts,
+                "case {case}"
+            );
+        }
+        assert_eq!(
+            spec_reference::decode(&real, &lens, m),
+            Some(syms),
+            "case {case}"
+        );
+    }
+    let carries = spec_reference::CARRIES.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("carries exercised: {carries}");
+    assert!(carries > 0, "no carry was exercised");
+}
