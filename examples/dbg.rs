@@ -1,12 +1,31 @@
 use inr::bench_api::*;
 use inr::format::Arch;
 fn main() {
-    let i = image::open("/work/shared/data/images/small/kodim05_center64.png").unwrap().to_rgb8();
+    let i = image::open("/work/shared/data/images/small/kodim15_center256.png").unwrap().to_rgb8();
     let (w, h) = i.dimensions();
     let data = i.into_raw();
-    let a = Arch { coord_dims: 2, out_channels: 3, width: 28, depth: 4, pe_freqs: 0, pe_base_milli: 2000, w0_first: 30, w0_hidden: 30 };
+    let a = Arch { coord_dims: 2, out_channels: 3, width: 28, depth: 10, pe_freqs: 0, pe_base_milli: 2000, w0_first: 30, w0_hidden: 30 };
     let grid = Grid2::new(&a, w, h);
     let sig = Signal { grid: &grid, target: data.iter().map(|&v| v as f32 / 127.5 - 1.0).collect(), original: &data };
     let mut f = Fitter::new(a, &sig, siren_init(&shape_of(&a), 1), 1);
-    for s in 0..200 { let m = f.step(4096, 1e-4, None); if s % 20 == 0 { println!("{s} mse {m} eval {}", f.eval(None)); } }
+    let ph = Phase { steps: 600, lr: 3e-4, lr_end_frac: 0.05, batch: 16384, eval_every: 100 };
+    let p = f.run_phase(&ph, None, 0, 600, &mut |_| {});
+    println!("fp32 {p:.2}");
+    let base = f.params.clone();
+    let lens = a.tensor_lens();
+    for bits in [8u8, 7] {
+        let q = QuantSpec::choose(&a, &base, bits);
+        let mut all = base.clone();
+        q.apply(&a, &base, &mut all);
+        f.params = all.clone();
+        println!("bits {bits} all-quant {:.2}", f.eval(None));
+        let mut off = 0;
+        for (t, &n) in lens.iter().enumerate() {
+            let mut p = base.clone();
+            p[off..off + n].copy_from_slice(&all[off..off + n]);
+            f.params = p;
+            println!("  tensor {t} (n={n}) alone: {:.2}", f.eval(None));
+            off += n;
+        }
+    }
 }
