@@ -12,20 +12,12 @@ fn main() {
     let p = f.run_phase(&ph, None, 0, 600, &mut |_| {});
     println!("fp32 {p:.2}");
     let base = f.params.clone();
-    let lens = a.tensor_lens();
-    for bits in [8u8, 7] {
-        let q = QuantSpec::choose(&a, &base, bits);
+    for (bits, sb) in [(8u8, 8u8), (8, 12), (8, 14), (7, 12), (7, 14), (6, 14), (5, 14)] {
+        let tb = tensor_bits(&a, bits, sb);
+        let q = QuantSpec::choose(&a, &base, &tb);
         let mut all = base.clone();
         q.apply(&a, &base, &mut all);
         f.params = all.clone();
-        println!("bits {bits} all-quant {:.2}", f.eval(None));
-        let mut off = 0;
-        for (t, &n) in lens.iter().enumerate() {
-            let mut p = base.clone();
-            p[off..off + n].copy_from_slice(&all[off..off + n]);
-            f.params = p;
-            println!("  tensor {t} (n={n}) alone: {:.2}", f.eval(None));
-            off += n;
-        }
+        println!("bits {bits} sensitive {sb}: {:.2}", f.eval(None));
     }
 }

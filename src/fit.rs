@@ -39,32 +39,44 @@ pub struct Phase {
     pub eval_every: usize,
 }
 
-/// Quantization applied in the forward pass (QAT). Steps are fixed during the phase.
+/// Quantization applied in the forward pass (QAT): a step and a bit width per tensor, fixed
+/// during the phase.
 pub struct QuantSpec {
     pub steps: Vec<Step>,
-    pub bits: u8,
+    pub bits: Vec<u8>,
+}
+
+/// Bit width of each tensor under the mixed-precision rule: the first linear map (whose
+/// errors are multiplied by `w0_first` and shift every frequency of the network) and all
+/// biases (phases of every sine) get `sensitive_bits`; the other weight matrices `bits`.
+/// These tensors hold a few hundred values, so their extra precision costs almost nothing.
+pub fn tensor_bits(arch: &Arch, bits: u8, sensitive_bits: u8) -> Vec<u8> {
+    (0..arch.tensor_lens().len())
+        .map(|t| if t < 2 || t % 2 == 1 { sensitive_bits.max(bits) } else { bits })
+        .collect()
 }
 
 impl QuantSpec {
     /// Choose a step per tensor from the current weights.
-    pub fn choose(arch: &Arch, params: &[f32], bits: u8) -> Self {
+    pub fn choose(arch: &Arch, params: &[f32], bits: &[u8]) -> Self {
         let mut off = 0;
         let steps = arch
             .tensor_lens()
             .iter()
-            .map(|&n| {
-                let s = quant::choose_step(&params[off..off + n], bits);
+            .zip(bits)
+            .map(|(&n, &b)| {
+                let s = quant::choose_step(&params[off..off + n], b);
                 off += n;
                 s
             })
             .collect();
-        QuantSpec { steps, bits }
+        QuantSpec { steps, bits: bits.to_vec() }
     }
     /// Fake-quantize `params` into `out`.
     pub fn apply(&self, arch: &Arch, params: &[f32], out: &mut [f32]) {
         let mut off = 0;
-        for (&n, &s) in arch.tensor_lens().iter().zip(&self.steps) {
-            quant::fake_quant_into(&params[off..off + n], s, self.bits, &mut out[off..off + n]);
+        for ((&n, &s), &b) in arch.tensor_lens().iter().zip(&self.steps).zip(&self.bits) {
+            quant::fake_quant_into(&params[off..off + n], s, b, &mut out[off..off + n]);
             off += n;
         }
     }

@@ -30,7 +30,7 @@ pub use codec::{
 /// Internals exposed for the criterion benches only; not a stable API.
 #[doc(hidden)]
 pub mod bench_api {
-    pub use crate::fit::{Fitter, Phase, QuantSpec, Signal};
+    pub use crate::fit::{tensor_bits, Fitter, Phase, QuantSpec, Signal};
     pub use crate::kernel::{forward_tile_infer, sincos, train_tile, NetShape};
     pub use crate::model::{render, shape_of, siren_init, Grid2};
 }
