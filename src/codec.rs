@@ -223,7 +223,7 @@ fn encode_with_plan(
         .map(|(&n, &step)| {
             let symbols = quant::quantize(&fitter.params[off..off + n], step, plan.bits);
             off += n;
-            QTensor { step, symbols }
+            QTensor { step, bits: plan.bits, symbols }
         })
         .collect();
     let file = InrFile { width: img.width, height: img.height, arch, bits: plan.bits, tensors };
