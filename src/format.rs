@@ -1,7 +1,8 @@
 //! The `.inr` container, byte for byte as specified in `codec-spec.md` (version 1).
 //!
-//! A file is a fixed 30-byte header (§3), a table of per-tensor quantization steps (§4.1), a
-//! length-prefixed entropy-coded payload (§4.2, §5) and a CRC32 over everything before it (§4.3).
+//! A file is a fixed 30-byte header (§3), a table of per-tensor quantization steps and bit
+//! widths (§4.1), a length-prefixed payload made of one entropy-coded group per distinct bit
+//! width (§4.2, §5) and a CRC32 over everything before it (§4.3).
 //! All integers are little endian. Parsing never needs candle; every header value is checked
 //! against [`Limits`] before anything is allocated from it, and every failure is a typed
 //! [`FormatError`], never a panic.
@@ -35,16 +36,18 @@ pub const OFF_HEIGHT: usize = 12;
 pub const OFF_ARCH: usize = 16;
 /// §3.6 Size of the architecture block.
 pub const ARCH_BYTES: usize = 12;
-/// §3.7 Offset of the quantization bit width (u8).
+/// §3.7 Offset of the largest per-tensor quantization bit width (u8).
 pub const OFF_BITS: usize = 28;
 /// §3.8 Offset of the entropy coder id (u8).
 pub const OFF_CODER: usize = 29;
 /// §3 Size of the fixed header; the step table starts here.
 pub const HEADER_BYTES: usize = 30;
-/// §4.1 Size of one step-table entry (u16 mantissa, u8 exponent).
-pub const STEP_BYTES: usize = 3;
+/// §4.1 Size of one step-table entry (u16 mantissa, u8 exponent, u8 bits).
+pub const STEP_BYTES: usize = 4;
 /// §4.2 Size of the payload length field (u32).
 pub const PAYLOAD_LEN_BYTES: usize = 4;
+/// §4.2 Size of the length field (u32) in front of each payload group.
+pub const GROUP_LEN_BYTES: usize = 4;
 /// §4.3 Size of the trailing CRC32.
 pub const CRC_BYTES: usize = 4;
 
@@ -54,7 +57,7 @@ pub const MAX_DEPTH: u8 = 64;
 pub const MAX_PE_FREQS: u8 = 64;
 /// §4.1 Largest accepted step exponent.
 pub const MAX_STEP_EXPONENT: u8 = 64;
-/// §3.7 Accepted quantization bit widths.
+/// §3.7, §4.1 Accepted quantization bit widths (per tensor and in the header).
 pub const BITS_RANGE: std::ops::RangeInclusive<u8> = 2..=16;
 
 /// Network architecture, as stored in the header (§3.6). Pure integer arithmetic on it lives
@@ -275,6 +278,9 @@ impl Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QTensor {
     pub step: Step,
+    /// Bit width of this tensor (2..=16, §4.1): every symbol lies in
+    /// `-(2^(bits-1)-1)..=2^(bits-1)-1` ([`max_abs_for_bits`]).
+    pub bits: u8,
     pub symbols: Vec<i32>,
 }
 
@@ -294,7 +300,8 @@ pub struct InrFile {
     /// Image height in pixels.
     pub height: u32,
     pub arch: Arch,
-    /// 2..=16; every symbol lies in `-(2^(bits-1)-1)..=2^(bits-1)-1`.
+    /// The header bit width (§3.7): MUST equal the maximum of the tensors' `bits` (the writer
+    /// rejects a mismatch, the reader too).
     pub bits: u8,
     /// Exactly `arch.tensor_lens()` in order and length.
     pub tensors: Vec<QTensor>,
@@ -379,6 +386,12 @@ pub enum FormatError {
         expected: usize,
         found: usize,
     },
+    /// The payload groups (§4.2) do not fill the payload exactly.
+    #[error(
+        "payload groups end after {used} of {len} payload bytes \
+         (expected one group per distinct tensor bit width, filling the payload exactly)"
+    )]
+    PayloadGroups { used: u64, len: u64 },
     /// The payload is larger than the u32 length field allows.
     #[error("entropy payload of {len} bytes does not fit the u32 length field (expected < 4 GiB)")]
     PayloadTooLarge { len: u64 },
@@ -398,23 +411,39 @@ pub struct FileInfo {
     pub channels: u8,
     pub arch: Arch,
     pub num_params: u64,
+    /// Header bit width: the maximum of `tensor_bits`.
     pub bits: u8,
     /// Entropy coder id (0 = adaptive frequency model, §5).
     pub coder: u8,
     pub num_tensors: usize,
     /// Per-tensor quantization steps, in tensor order.
     pub steps: Vec<Step>,
+    /// Per-tensor bit widths, in tensor order.
+    pub tensor_bits: Vec<u8>,
+    /// The payload groups (§4.2), in file order (ascending bits).
+    pub groups: Vec<GroupInfo>,
     /// Fixed header (§3).
     pub header_bytes: u64,
-    /// Step table plus payload length field (§4.1, §4.2).
+    /// Step table, payload length field and the group length fields (§4.1, §4.2).
     pub side_info_bytes: u64,
-    /// Entropy-coded payload (§5).
+    /// Entropy-coded bytes of all groups (§5), without their length fields.
     pub payload_bytes: u64,
     /// Trailing CRC32 (§4.3).
     pub crc_bytes: u64,
     pub total_bytes: u64,
     /// `8 * total_bytes / (width * height)`.
     pub bpp: f64,
+}
+
+/// One payload group as reported by [`inspect`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupInfo {
+    /// Bit width shared by the group's tensors.
+    pub bits: u8,
+    /// Number of tensors in the group.
+    pub tensors: usize,
+    /// Entropy-coded bytes of the group (without its 4-byte length field).
+    pub bytes: u64,
 }
 
 /// A structurally parsed file (CRC verified, all fields validated), payload not decoded.
@@ -425,7 +454,9 @@ struct Parsed<'a> {
     bits: u8,
     coder: u8,
     steps: Vec<Step>,
-    payload: &'a [u8],
+    tensor_bits: Vec<u8>,
+    /// `(bits, entropy-coded bytes)` per distinct bit width, ascending (§4.2).
+    groups: Vec<(u8, &'a [u8])>,
 }
 
 /// Bounds-checked little-endian reader over the file bytes.
@@ -467,9 +498,29 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Largest symbol magnitude for `bits` (2..=16): `2^(bits-1) - 1`.
-fn max_abs_for(bits: u8) -> u32 {
+/// Largest symbol magnitude for `bits` (2..=16): `2^(bits-1) - 1` (`bits` is clamped into
+/// 2..=16 first).
+pub fn max_abs_for_bits(bits: u8) -> u32 {
     (1u32 << (bits.clamp(2, 16) - 1)) - 1
+}
+
+/// The distinct values of `tensor_bits`, ascending: the payload groups in file order (§4.2).
+fn group_bits(tensor_bits: &[u8]) -> Vec<u8> {
+    let mut v = tensor_bits.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Indices (file order) and lengths of the tensors whose bit width is `bits`.
+fn group_members(tensor_bits: &[u8], lens: &[usize], bits: u8) -> (Vec<usize>, Vec<usize>) {
+    tensor_bits
+        .iter()
+        .zip(lens)
+        .enumerate()
+        .filter(|&(_, (&b, _))| b == bits)
+        .map(|(i, (_, &n))| (i, n))
+        .unzip()
 }
 
 fn validate_dims(width: u32, height: u32, limits: &Limits) -> Result<(), FormatError> {
@@ -500,12 +551,25 @@ fn validate_dims(width: u32, height: u32, limits: &Limits) -> Result<(), FormatE
     Ok(())
 }
 
-fn validate_bits(bits: u8) -> Result<(), FormatError> {
+fn validate_bits(field: &'static str, bits: u8) -> Result<(), FormatError> {
     if !BITS_RANGE.contains(&bits) {
+        return Err(FormatError::InvalidField {
+            field,
+            value: bits.into(),
+            expected: "2..=16",
+        });
+    }
+    Ok(())
+}
+
+/// §3.7: the header bit width equals the largest tensor bit width.
+fn validate_header_bits(bits: u8, tensor_bits: &[u8]) -> Result<(), FormatError> {
+    let max = tensor_bits.iter().copied().max().unwrap_or(0);
+    if bits != max {
         return Err(FormatError::InvalidField {
             field: "bits",
             value: bits.into(),
-            expected: "2..=16",
+            expected: "the maximum of the tensors' bit widths in the step table",
         });
     }
     Ok(())
@@ -532,7 +596,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         return Err(FormatError::UnsupportedVersion { found: version });
     }
     // 2. Structure: fixed header, step table, payload, CRC. Sizes depend on `depth` (<= 255,
-    //    so the step table is at most 1536 bytes) and the payload length (checked against the
+    //    so the step table is at most 2048 bytes) and the payload length (checked against the
     //    bytes actually present).
     let rest = r.take(HEADER_BYTES - OFF_MODALITY, "fixed header")?;
     let mut h = Reader {
@@ -576,7 +640,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     }
     validate_dims(width, height, limits)?;
     arch.validate(limits)?;
-    validate_bits(bits)?;
+    validate_bits("bits", bits)?;
     if coder != CODER_ADAPTIVE {
         return Err(FormatError::InvalidField {
             field: "coder",
@@ -592,8 +656,9 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         });
     }
     let mut steps = Vec::with_capacity(num_tensors); // <= 130 after validation
+    let mut tensor_bits = Vec::with_capacity(num_tensors);
     for c in step_bytes.chunks_exact(STEP_BYTES) {
-        let &[lo, hi, exponent] = c else {
+        let &[lo, hi, exponent, tb] = c else {
             continue; // unreachable: chunks_exact yields exactly STEP_BYTES bytes
         };
         let s = Step {
@@ -601,7 +666,33 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
             exponent,
         };
         s.validate()?;
+        validate_bits("tensor bits", tb)?;
         steps.push(s);
+        tensor_bits.push(tb);
+    }
+    validate_header_bits(bits, &tensor_bits)?;
+    // 5. Payload groups (§4.2): one per distinct bit width, ascending, filling the payload.
+    let mut g = Reader {
+        bytes: payload,
+        pos: 0,
+    };
+    let mut groups = Vec::new(); // <= 15 entries
+    for b in group_bits(&tensor_bits) {
+        let len = g.u32("payload group length")?;
+        if len % 4 != 0 {
+            return Err(FormatError::InvalidField {
+                field: "payload group length",
+                value: len.into(),
+                expected: "a multiple of 4 (whole 32-bit words)",
+            });
+        }
+        groups.push((b, g.take(len as usize, "payload group")?));
+    }
+    if g.pos != payload.len() {
+        return Err(FormatError::PayloadGroups {
+            used: g.pos as u64,
+            len: payload.len() as u64,
+        });
     }
     Ok(Parsed {
         width,
@@ -610,7 +701,8 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         bits,
         coder,
         steps,
-        payload,
+        tensor_bits,
+        groups,
     })
 }
 
@@ -618,9 +710,11 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
 ///
 /// # Errors
 /// [`FormatError::InvalidField`] / [`FormatError::LimitExceeded`] for header values a default
-/// decoder would reject ([`Limits::default`]), [`FormatError::TensorCount`] /
+/// decoder would reject ([`Limits::default`]) — including a tensor `bits` outside 2..=16 and a
+/// header `bits` different from the largest tensor `bits` —, [`FormatError::TensorCount`] /
 /// [`FormatError::TensorLength`] when the tensors do not match `arch`, and
-/// [`FormatError::Entropy`] for a symbol outside the `bits` range.
+/// [`FormatError::Entropy`] for a symbol outside its tensor's `bits` range (the error names the
+/// tensor by its file index).
 ///
 /// # Panics
 /// Never.
@@ -628,7 +722,7 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
     let limits = Limits::default();
     validate_dims(f.width, f.height, &limits)?;
     f.arch.validate(&limits)?;
-    validate_bits(f.bits)?;
+    validate_bits("bits", f.bits)?;
     let lens = f.arch.tensor_lens();
     if f.tensors.len() != lens.len() {
         return Err(FormatError::TensorCount {
@@ -638,6 +732,7 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
     }
     for (index, (t, &n)) in f.tensors.iter().zip(&lens).enumerate() {
         t.step.validate()?;
+        validate_bits("tensor bits", t.bits)?;
         if t.symbols.len() != n {
             return Err(FormatError::TensorLength {
                 index,
@@ -646,8 +741,38 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
             });
         }
     }
-    let refs: Vec<&[i32]> = f.tensors.iter().map(|t| t.symbols.as_slice()).collect();
-    let payload = entropy::encode_tensors(&refs, max_abs_for(f.bits))?;
+    let tensor_bits: Vec<u8> = f.tensors.iter().map(|t| t.bits).collect();
+    validate_header_bits(f.bits, &tensor_bits)?;
+
+    // §4.2: one group per distinct bit width, ascending; tensors in file order inside a group.
+    let mut payload = Vec::new();
+    for b in group_bits(&tensor_bits) {
+        let (members, _) = group_members(&tensor_bits, &lens, b);
+        let refs: Vec<&[i32]> = members
+            .iter()
+            .filter_map(|&i| f.tensors.get(i))
+            .map(|t| t.symbols.as_slice())
+            .collect();
+        let group = entropy::encode_tensors(&refs, max_abs_for_bits(b)).map_err(|e| match e {
+            EntropyError::SymbolOutOfRange {
+                tensor,
+                index,
+                value,
+                max_abs,
+            } => EntropyError::SymbolOutOfRange {
+                tensor: members.get(tensor).copied().unwrap_or(tensor),
+                index,
+                value,
+                max_abs,
+            },
+            other => other,
+        })?;
+        let group_len = u32::try_from(group.len()).map_err(|_| FormatError::PayloadTooLarge {
+            len: group.len() as u64,
+        })?;
+        payload.extend_from_slice(&group_len.to_le_bytes());
+        payload.extend_from_slice(&group);
+    }
     let payload_len = u32::try_from(payload.len()).map_err(|_| FormatError::PayloadTooLarge {
         len: payload.len() as u64,
     })?;
@@ -668,12 +793,25 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
     for t in &f.tensors {
         out.extend_from_slice(&t.step.mantissa.to_le_bytes());
         out.push(t.step.exponent);
+        out.push(t.bits);
     }
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
+}
+
+/// Exact size in bits of the file [`write_file`] produces for `f` (it serialises the file and
+/// returns `8 * bytes`): the rate of a mixed-precision choice, side information included.
+///
+/// # Errors
+/// As [`write_file`].
+///
+/// # Panics
+/// Never.
+pub fn estimate_file_bits(f: &InrFile) -> Result<u64, FormatError> {
+    Ok(8 * write_file(f)?.len() as u64)
 }
 
 /// Parses and fully decodes a file (§7).
@@ -687,12 +825,26 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
     let p = parse(bytes, limits)?;
     // Tensor lengths are bounded by limits.max_params (validated in `parse`).
     let lens = p.arch.tensor_lens();
-    let symbols = entropy::decode_tensors(p.payload, &lens, max_abs_for(p.bits))?;
+    let mut symbols: Vec<Vec<i32>> = vec![Vec::new(); lens.len()];
+    for &(b, group) in &p.groups {
+        let (members, member_lens) = group_members(&p.tensor_bits, &lens, b);
+        let decoded = entropy::decode_tensors(group, &member_lens, max_abs_for_bits(b))?;
+        for (i, s) in members.into_iter().zip(decoded) {
+            if let Some(slot) = symbols.get_mut(i) {
+                *slot = s;
+            }
+        }
+    }
     let tensors = p
         .steps
         .into_iter()
+        .zip(p.tensor_bits)
         .zip(symbols)
-        .map(|(step, symbols)| QTensor { step, symbols })
+        .map(|((step, bits), symbols)| QTensor {
+            step,
+            bits,
+            symbols,
+        })
         .collect();
     Ok(InrFile {
         width: p.width,
@@ -704,7 +856,7 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
 }
 
 /// Header and section sizes of a file, with [`Limits::default`], without entropy decoding.
-/// The CRC and every header field are verified.
+/// The CRC, every header field and the payload group structure are verified.
 ///
 /// # Errors
 /// As [`read_file`], except that payload corruption the CRC does not reveal goes unnoticed.
@@ -716,6 +868,16 @@ pub fn inspect(bytes: &[u8]) -> Result<FileInfo, FormatError> {
     let total = bytes.len() as u64;
     let num_tensors = p.steps.len();
     let pixels = u64::from(p.width) * u64::from(p.height);
+    let groups: Vec<GroupInfo> = p
+        .groups
+        .iter()
+        .map(|&(bits, g)| GroupInfo {
+            bits,
+            tensors: p.tensor_bits.iter().filter(|&&b| b == bits).count(),
+            bytes: g.len() as u64,
+        })
+        .collect();
+    let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum();
     Ok(FileInfo {
         version: VERSION,
         modality: "image",
@@ -728,9 +890,13 @@ pub fn inspect(bytes: &[u8]) -> Result<FileInfo, FormatError> {
         coder: p.coder,
         num_tensors,
         steps: p.steps,
+        tensor_bits: p.tensor_bits,
         header_bytes: HEADER_BYTES as u64,
-        side_info_bytes: (STEP_BYTES * num_tensors + PAYLOAD_LEN_BYTES) as u64,
-        payload_bytes: p.payload.len() as u64,
+        side_info_bytes: (STEP_BYTES * num_tensors
+            + PAYLOAD_LEN_BYTES
+            + GROUP_LEN_BYTES * groups.len()) as u64,
+        payload_bytes,
+        groups,
         crc_bytes: CRC_BYTES as u64,
         total_bytes: total,
         bpp: 8.0 * total as f64 / pixels.max(1) as f64,
@@ -867,8 +1033,68 @@ mod tests {
                 mantissa: 3,
                 exponent: 2,
             },
+            bits: 4,
             symbols: vec![-2, 0, 5],
         };
         assert_eq!(t.dequantize(), vec![-1.5, 0.0, 3.75]);
+    }
+
+    #[test]
+    fn bits_helpers() {
+        assert_eq!(max_abs_for_bits(2), 1);
+        assert_eq!(max_abs_for_bits(6), 31);
+        assert_eq!(max_abs_for_bits(14), 8191);
+        assert_eq!(max_abs_for_bits(16), 32767);
+        assert_eq!(group_bits(&[14, 6, 14, 6, 6, 14, 8, 14]), vec![6, 8, 14]);
+        assert_eq!(group_bits(&[]), Vec::<u8>::new());
+        let (idx, lens) = group_members(&[14, 6, 14, 6], &[10, 20, 30, 40], 14);
+        assert_eq!((idx, lens), (vec![0, 2], vec![10, 30]));
+        let (idx, lens) = group_members(&[14, 6, 14, 6], &[10, 20, 30, 40], 6);
+        assert_eq!((idx, lens), (vec![1, 3], vec![20, 40]));
+        assert!(validate_header_bits(14, &[6, 14, 8]).is_ok());
+        for b in [6u8, 8, 13, 16] {
+            assert!(matches!(
+                validate_header_bits(b, &[6, 14, 8]),
+                Err(FormatError::InvalidField { field: "bits", .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn write_read_mixed_bits_in_module() {
+        let a = arch();
+        let lens = a.tensor_lens();
+        let tensors: Vec<QTensor> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let bits = if i < 2 || i % 2 == 1 { 14 } else { 6 };
+                let m = max_abs_for_bits(bits) as i32;
+                QTensor {
+                    step: Step::from_f32(0.01),
+                    bits,
+                    symbols: (0..n as i32)
+                        .map(|j| (j * 7919) % (2 * m + 1) - m)
+                        .collect(),
+                }
+            })
+            .collect();
+        let f = InrFile {
+            width: 10,
+            height: 7,
+            arch: a,
+            bits: 14,
+            tensors,
+        };
+        let bytes = write_file(&f).unwrap();
+        assert_eq!(read_file(&bytes, &Limits::default()).unwrap(), f);
+        let info = inspect(&bytes).unwrap();
+        assert_eq!(
+            info.tensor_bits,
+            f.tensors.iter().map(|t| t.bits).collect::<Vec<_>>()
+        );
+        assert_eq!(info.groups.len(), 2);
+        assert_eq!((info.groups[0].bits, info.groups[0].tensors), (6, 3));
+        assert_eq!((info.groups[1].bits, info.groups[1].tensors), (14, 5));
     }
 }

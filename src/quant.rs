@@ -59,7 +59,7 @@ mod tests {
     use crate::format::QTensor;
 
     fn dequantize(q: &[i32], step: Step) -> Vec<f32> {
-        QTensor { step, symbols: q.to_vec() }.dequantize()
+        QTensor { step, bits: 16, symbols: q.to_vec() }.dequantize()
     }
 
     #[test]

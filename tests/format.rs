@@ -2,7 +2,8 @@
 
 use inr::entropy::{self, EntropyError};
 use inr::format::{
-    inspect, read_file, write_file, Arch, FormatError, InrFile, Limits, QTensor, Step, MAGIC,
+    estimate_file_bits, inspect, max_abs_for_bits, read_file, write_file, Arch, FormatError,
+    GroupInfo, InrFile, Limits, QTensor, Step, MAGIC,
 };
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -21,53 +22,89 @@ fn tiny_arch() -> Arch {
     }
 }
 
-/// The golden file: 4x3 gray image, 2 -> 2 -> 1 network (4 tensors, 9 parameters), 4 bits.
+/// The golden file: 4x3 gray image, 2 -> 2 -> 1 network (4 tensors, 9 parameters), mixed
+/// precision: W0, b0 and b1 at 12 bits, W1 at 4 bits (so the 4-bit group comes first in the
+/// payload although its tensor is not the first one).
 fn golden() -> InrFile {
     let step = |mantissa, exponent| Step { mantissa, exponent };
     InrFile {
         width: 4,
         height: 3,
         arch: tiny_arch(),
-        bits: 4,
+        bits: 12,
         tensors: vec![
             QTensor {
                 step: step(0x8001, 16),
-                symbols: vec![7, -7, 0, 3],
+                bits: 12,
+                symbols: vec![2047, -2047, 0, 3],
             },
             QTensor {
                 step: step(1, 0),
+                bits: 12,
                 symbols: vec![-1, 1],
             },
             QTensor {
                 step: step(0xABCD, 64),
-                symbols: vec![2, -3],
+                bits: 4,
+                symbols: vec![7, -3],
             },
             QTensor {
                 step: step(40000, 20),
+                bits: 12,
                 symbols: vec![0],
             },
         ],
     }
 }
 
-fn random_file(rng: &mut ChaCha8Rng, arch: Arch, bits: u8) -> InrFile {
-    let max = (1i32 << (bits - 1)) - 1;
-    let spread = rng.gen_range(1..=max);
+/// A random file with the given bit width per tensor (header bits = their maximum).
+fn random_file_bits(rng: &mut ChaCha8Rng, arch: Arch, bits: &[u8]) -> InrFile {
+    assert_eq!(bits.len(), arch.num_tensors());
     let tensors = arch
         .tensor_lens()
         .into_iter()
-        .map(|n| QTensor {
-            step: Step::from_f32(rng.gen_range(1e-4f32..0.5)),
-            symbols: (0..n).map(|_| rng.gen_range(-spread..=spread)).collect(),
+        .zip(bits)
+        .map(|(n, &b)| {
+            let max = (1i32 << (b - 1)) - 1;
+            let spread = rng.gen_range(1..=max);
+            QTensor {
+                step: Step::from_f32(rng.gen_range(1e-4f32..0.5)),
+                bits: b,
+                symbols: (0..n).map(|_| rng.gen_range(-spread..=spread)).collect(),
+            }
         })
         .collect();
     InrFile {
         width: rng.gen_range(1..=300),
         height: rng.gen_range(1..=300),
         arch,
-        bits,
+        bits: *bits.iter().max().unwrap(),
         tensors,
     }
+}
+
+fn random_file(rng: &mut ChaCha8Rng, arch: Arch, bits: u8) -> InrFile {
+    random_file_bits(rng, arch, &vec![bits; arch.num_tensors()])
+}
+
+/// The SIREN-style split: first layer and every bias at `hi` bits, other weights at `lo`.
+fn siren_bits(arch: Arch, hi: u8, lo: u8) -> Vec<u8> {
+    (0..arch.num_tensors())
+        .map(|i| if i < 2 || i % 2 == 1 { hi } else { lo })
+        .collect()
+}
+
+/// Splits a payload into its groups (§4.2): `(length field offset in payload, group bytes)`.
+fn groups_of(payload: &[u8]) -> Vec<(usize, &[u8])> {
+    let mut out = vec![];
+    let mut pos = 0;
+    while pos < payload.len() {
+        let n = u32::from_le_bytes(payload[pos..pos + 4].try_into().unwrap()) as usize;
+        out.push((pos, &payload[pos + 4..pos + 4 + n]));
+        pos += 4 + n;
+    }
+    assert_eq!(pos, payload.len());
+    out
 }
 
 fn fix_crc(bytes: &mut [u8]) {
@@ -96,36 +133,63 @@ fn golden_header_bytes_are_pinned() {
         1, 0,                     // 20 depth, pe_freqs
         0xD0, 0x07,               // 22 pe_base_milli = 2000
         30, 0, 30, 0,             // 24 w0_first, w0_hidden
-        4,                        // 28 bits
+        12,                       // 28 bits = max of the tensor bits
         0,                        // 29 coder
-        0x01, 0x80, 16,           // 30 step 0: 0x8001 * 2^-16
-        1, 0, 0,                  // 33 step 1: 1
-        0xCD, 0xAB, 64,           // 36 step 2: 0xABCD * 2^-64
-        0x40, 0x9C, 20,           // 39 step 3: 40000 * 2^-20
+        0x01, 0x80, 16, 12,       // 30 step 0: 0x8001 * 2^-16, 12 bits
+        1, 0, 0, 12,              // 34 step 1: 1, 12 bits
+        0xCD, 0xAB, 64, 4,        // 38 step 2: 0xABCD * 2^-64, 4 bits
+        0x40, 0x9C, 20, 12,       // 42 step 3: 40000 * 2^-20, 12 bits
     ];
     assert_eq!(&bytes[..expected_head.len()], expected_head);
     // Payload length field, payload, CRC over everything before it.
-    let plen = u32::from_le_bytes(bytes[42..46].try_into().unwrap()) as usize;
+    let plen = u32::from_le_bytes(bytes[46..50].try_into().unwrap()) as usize;
     assert_eq!(plen % 4, 0);
-    assert_eq!(bytes.len(), 46 + plen + 4);
+    assert_eq!(bytes.len(), 50 + plen + 4);
     let n = bytes.len() - 4;
     assert_eq!(
         u32::from_le_bytes(bytes[n..].try_into().unwrap()),
         crc32fast::hash(&bytes[..n])
     );
-    // The payload is exactly the entropy layer's output for the concatenated tensors.
+    // The payload is two groups, ascending bits: 4 bits = [W1], then 12 bits = [W0, b0, b1],
+    // each exactly the entropy layer's output (checked against the spec reference coder too).
     let g = golden();
-    let refs: Vec<&[i32]> = g.tensors.iter().map(|t| t.symbols.as_slice()).collect();
-    assert_eq!(
-        &bytes[46..46 + plen],
-        entropy::encode_tensors(&refs, 7).unwrap()
-    );
+    let t = |i: usize| g.tensors[i].symbols.as_slice();
+    let groups = groups_of(&bytes[50..50 + plen]);
+    assert_eq!(groups.len(), 2);
+    let g4 = entropy::encode_tensors(&[t(2)], 7).unwrap();
+    let g12 = entropy::encode_tensors(&[t(0), t(1), t(3)], 2047).unwrap();
+    assert_eq!(groups[0].1, g4);
+    assert_eq!(groups[1].1, g12);
+    assert_eq!(spec_reference::encode(&[t(2)], 7), g4);
+    assert_eq!(spec_reference::encode(&[t(0), t(1), t(3)], 2047), g12);
+    assert_eq!(plen, 4 + g4.len() + 4 + g12.len());
     // Whole-file regression pin (update only with a version bump).
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, GOLDEN_HEX);
     assert_eq!(read(&bytes).unwrap(), golden());
+    let info = inspect(&bytes).unwrap();
+    assert_eq!(info.bits, 12);
+    assert_eq!(info.tensor_bits, vec![12, 12, 4, 12]);
+    assert_eq!(
+        info.groups,
+        vec![
+            GroupInfo {
+                bits: 4,
+                tensors: 1,
+                bytes: g4.len() as u64
+            },
+            GroupInfo {
+                bits: 12,
+                tensors: 3,
+                bytes: g12.len() as u64
+            },
+        ]
+    );
+    assert_eq!(info.side_info_bytes, 16 + 4 + 2 * 4);
+    assert_eq!(info.payload_bytes, (g4.len() + g12.len()) as u64);
+    assert_eq!(estimate_file_bits(&g).unwrap(), 8 * bytes.len() as u64);
 }
-const GOLDEN_HEX: &str = "89494e52010100000400000003000000020102000100d0071e001e000400018010010000cdab40409c1408000000617da7776197cf081b77e85e";
+const GOLDEN_HEX: &str = "89494e52010100000400000003000000020102000100d0071e001e000c000180100c0100000ccdab4004409c140c18000000040000005a62f3780c0000003ffff77f4c4683ea69c70b539db36a02";
 
 #[test]
 fn round_trips_random_files_and_is_deterministic() {
@@ -158,10 +222,111 @@ fn round_trips_random_files_and_is_deterministic() {
             (info.width, info.height, info.bits),
             (f.width, f.height, bits)
         );
+        assert_eq!(info.tensor_bits, vec![bits; arch.num_tensors()]);
+        assert_eq!(info.groups.len(), 1);
         let bpp = 8.0 * bytes.len() as f64 / (f.width as f64 * f.height as f64);
         assert!((info.bpp - bpp).abs() < 1e-12);
         serde_json::to_string(&info).unwrap();
     }
+}
+
+#[test]
+fn mixed_precision_round_trips() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4242);
+    for case in 0..16 {
+        let arch = Arch {
+            coord_dims: 2,
+            out_channels: if case % 2 == 0 { 3 } else { 1 },
+            width: rng.gen_range(1..=24),
+            depth: rng.gen_range(1..=5),
+            pe_freqs: rng.gen_range(0..=6),
+            pe_base_milli: 2000,
+            w0_first: 30,
+            w0_hidden: 30,
+        };
+        let bits = match case % 4 {
+            0 => siren_bits(arch, 14, 6),
+            1 => siren_bits(arch, 12, 8),
+            2 => siren_bits(arch, 16, 2),
+            _ => (0..arch.num_tensors())
+                .map(|_| rng.gen_range(2..=16))
+                .collect(),
+        };
+        let f = random_file_bits(&mut rng, arch, &bits);
+        let bytes = write_file(&f).unwrap();
+        assert_eq!(write_file(&f).unwrap(), bytes, "determinism");
+        assert_eq!(read(&bytes).unwrap(), f, "case {case}");
+        assert_eq!(estimate_file_bits(&f).unwrap(), 8 * bytes.len() as u64);
+
+        // Header bits = max; step table carries each tensor's bits at entry byte 3.
+        let t = arch.num_tensors();
+        assert_eq!(bytes[28], *bits.iter().max().unwrap());
+        for (i, &b) in bits.iter().enumerate() {
+            assert_eq!(bytes[30 + 4 * i + 3], b);
+        }
+        // Payload = one group per distinct bits value, ascending, each coding its tensors in
+        // file order with that bits value's alphabet.
+        let p0 = 30 + 4 * t;
+        let plen = u32::from_le_bytes(bytes[p0..p0 + 4].try_into().unwrap()) as usize;
+        let groups = groups_of(&bytes[p0 + 4..p0 + 4 + plen]);
+        let mut distinct = bits.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(groups.len(), distinct.len());
+        for ((_, g), &b) in groups.iter().zip(&distinct) {
+            let refs: Vec<&[i32]> = f
+                .tensors
+                .iter()
+                .filter(|q| q.bits == b)
+                .map(|q| q.symbols.as_slice())
+                .collect();
+            assert_eq!(
+                *g,
+                entropy::encode_tensors(&refs, max_abs_for_bits(b)).unwrap()
+            );
+        }
+
+        let info = inspect(&bytes).unwrap();
+        assert_eq!(info.tensor_bits, bits);
+        assert_eq!(info.bits, *bits.iter().max().unwrap());
+        assert_eq!(
+            info.groups.iter().map(|g| g.bits).collect::<Vec<_>>(),
+            distinct
+        );
+        assert_eq!(
+            info.groups.iter().map(|g| g.tensors).sum::<usize>(),
+            arch.num_tensors()
+        );
+        assert_eq!(
+            info.header_bytes + info.side_info_bytes + info.payload_bytes + info.crc_bytes,
+            bytes.len() as u64
+        );
+        serde_json::to_string(&info).unwrap();
+    }
+}
+
+#[test]
+fn mixed_precision_costs_less_than_uniform_high_precision() {
+    // Same symbols (all within 6 bits), coded with the hidden weights at 6 bits vs at 14:
+    // the narrower alphabet must give a smaller file, so the groups really use their own range.
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let arch = Arch {
+        width: 32,
+        depth: 3,
+        ..tiny_arch()
+    };
+    let mixed = random_file_bits(&mut rng, arch, &siren_bits(arch, 14, 6));
+    let mut uniform = mixed.clone();
+    uniform.tensors.iter_mut().for_each(|t| t.bits = 14);
+    let (a, b) = (write_file(&mixed).unwrap(), write_file(&uniform).unwrap());
+    assert!(
+        a.len() < b.len(),
+        "mixed {} vs uniform {}",
+        a.len(),
+        b.len()
+    );
+    assert_eq!(read(&a).unwrap(), mixed);
+    assert_eq!(read(&b).unwrap(), uniform);
 }
 
 #[test]
@@ -171,6 +336,7 @@ fn extreme_symbols_round_trip() {
         let m = (1i32 << (bits - 1)) - 1;
         let mut f = golden();
         f.bits = bits;
+        f.tensors.iter_mut().for_each(|t| t.bits = bits);
         f.tensors[0].symbols = vec![m, -m, m, -m];
         f.tensors[1].symbols = vec![0, 0];
         f.tensors[2].symbols = vec![-m, -m];
@@ -179,6 +345,19 @@ fn extreme_symbols_round_trip() {
         let bytes = write_file(&f).unwrap();
         assert_eq!(read(&bytes).unwrap(), f);
     }
+    // Mixed extremes: 16-bit and 2-bit tensors side by side.
+    let mut f = golden();
+    f.bits = 16;
+    for (t, (b, s)) in f.tensors.iter_mut().zip([
+        (16u8, vec![32767, -32767, 0, 1]),
+        (2, vec![-1, 1]),
+        (16, vec![-32767, 32767]),
+        (2, vec![1]),
+    ]) {
+        t.bits = b;
+        t.symbols = s;
+    }
+    assert_eq!(read(&write_file(&f).unwrap()).unwrap(), f);
     // All zeros.
     let mut f = golden();
     for t in &mut f.tensors {
@@ -222,7 +401,7 @@ fn damaged_payload_with_valid_crc_never_panics() {
     };
     let f = random_file(&mut rng, arch, 8);
     let bytes = write_file(&f).unwrap();
-    let payload_start = 30 + 3 * arch.tensor_lens().len() + 4;
+    let payload_start = 30 + 4 * arch.tensor_lens().len() + 4;
     let mut buf = bytes.clone();
     for pos in payload_start..bytes.len() - 4 {
         for x in [0x01u8, 0x80, 0xFF] {
@@ -232,13 +411,138 @@ fn damaged_payload_with_valid_crc_never_panics() {
         }
         buf[pos] = bytes[pos];
     }
-    // Appending a word to the payload (length and CRC fixed up) is detected.
+    // Appending a word to the (single) group, payload length, group length and CRC fixed up:
+    // the entropy layer detects it.
     let plen = u32::from_le_bytes(bytes[payload_start - 4..payload_start].try_into().unwrap());
+    let glen = u32::from_le_bytes(bytes[payload_start..payload_start + 4].try_into().unwrap());
+    assert_eq!(plen, 4 + glen);
     let mut longer = bytes[..bytes.len() - 4].to_vec();
     longer[payload_start - 4..payload_start].copy_from_slice(&(plen + 4).to_le_bytes());
+    longer[payload_start..payload_start + 4].copy_from_slice(&(glen + 4).to_le_bytes());
     longer.extend_from_slice(&[0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0]);
     fix_crc(&mut longer);
     assert!(matches!(read(&longer), Err(FormatError::Entropy(_))));
+    // Without the group length fix-up the word lies outside every group.
+    longer[payload_start..payload_start + 4].copy_from_slice(&glen.to_le_bytes());
+    fix_crc(&mut longer);
+    assert!(matches!(
+        read(&longer),
+        Err(FormatError::PayloadGroups { used, len }) if used + 4 == len
+    ));
+}
+
+#[test]
+fn damaged_mixed_file_with_valid_crc_never_panics() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let arch = Arch {
+        width: 8,
+        depth: 2,
+        ..tiny_arch()
+    };
+    let f = random_file_bits(&mut rng, arch, &siren_bits(arch, 14, 6));
+    let bytes = write_file(&f).unwrap();
+    let mut buf = bytes.clone();
+    // Step table (including the bits bytes), payload length and payload.
+    for pos in 30..bytes.len() - 4 {
+        for x in [0x01u8, 0x04, 0x80, 0xFF] {
+            buf[pos] = bytes[pos] ^ x;
+            fix_crc(&mut buf);
+            if let Ok(g) = read(&buf) {
+                assert_ne!(g, f, "pos {pos} xor {x:#04x} decoded to the original");
+            }
+            let _ = inspect(&buf);
+        }
+        buf[pos] = bytes[pos];
+    }
+}
+
+#[test]
+fn bits_fields_and_payload_groups_are_validated() {
+    let bytes = write_file(&golden()).unwrap();
+    let with = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = bytes.clone();
+        edit(&mut b);
+        fix_crc(&mut b);
+        b
+    };
+    // Header bits must equal the largest tensor bits (12).
+    for hb in [4u8, 11, 13, 16] {
+        let b = with(&|b| b[28] = hb);
+        for r in [read(&b).map(|_| ()), inspect(&b).map(|_| ())] {
+            assert!(
+                matches!(r, Err(FormatError::InvalidField { field: "bits", value, .. }) if value == u64::from(hb)),
+                "header bits {hb}: {r:?}"
+            );
+        }
+    }
+    // Tensor bits outside 2..=16 (entry byte 3 of step 2).
+    for tb in [0u8, 1, 17, 255] {
+        let b = with(&|b| b[41] = tb);
+        assert!(
+            matches!(read(&b), Err(FormatError::InvalidField { field: "tensor bits", value, .. }) if value == u64::from(tb)),
+            "tensor bits {tb}"
+        );
+    }
+    // Step 2 moved from 4 to 12 bits: one group only, so the second group is left over.
+    let b = with(&|b| b[41] = 12);
+    assert!(matches!(read(&b), Err(FormatError::PayloadGroups { .. })));
+    // Step 2 moved to another valid width with the same group structure: never the original.
+    for tb in [2u8, 3, 5, 11] {
+        let b = with(&|b| b[41] = tb);
+        if let Ok(g) = read(&b) {
+            assert_ne!(g, golden());
+        }
+    }
+    // Group length beyond the payload: truncated group, not sliced.
+    let plen = u32::from_le_bytes(bytes[46..50].try_into().unwrap());
+    let b = with(&|b| b[50..54].copy_from_slice(&plen.to_le_bytes()));
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::Truncated {
+            what: "payload group",
+            ..
+        })
+    ));
+    let b = with(&|b| b[50..54].copy_from_slice(&u32::MAX.to_le_bytes()));
+    assert!(matches!(read(&b), Err(FormatError::InvalidField { .. })));
+    let b = with(&|b| b[50..54].copy_from_slice(&(u32::MAX - 3).to_le_bytes()));
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::Truncated {
+            what: "payload group",
+            ..
+        })
+    ));
+    // Group length not a whole number of words.
+    let b = with(&|b| b[50..54].copy_from_slice(&2u32.to_le_bytes()));
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::InvalidField {
+            field: "payload group length",
+            ..
+        })
+    ));
+    // Empty payload: the first group length itself is missing.
+    let mut b = bytes[..46].to_vec();
+    b.extend_from_slice(&[0; 8]);
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::Truncated {
+            what: "payload group length",
+            ..
+        })
+    ));
+    // A word after the last group.
+    let mut b = bytes[..bytes.len() - 4].to_vec();
+    b[46..50].copy_from_slice(&(plen + 4).to_le_bytes());
+    b.extend_from_slice(&[0; 8]);
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::PayloadGroups { used, len }) if used == u64::from(plen) && len == used + 4
+    ));
+    assert!(inspect(&b).is_err());
 }
 
 #[test]
@@ -334,7 +638,7 @@ fn hostile_headers_hit_limits_before_allocating() {
     ));
     // Payload length far beyond the file: truncated, not allocated.
     let mut b = bytes.clone();
-    b[42..46].copy_from_slice(&u32::MAX.to_le_bytes());
+    b[46..50].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(
         read(&b),
         Err(FormatError::Truncated {
@@ -369,7 +673,7 @@ fn hostile_headers_hit_limits_before_allocating() {
     ));
     // Bad step with a valid CRC.
     let mut b = bytes.clone();
-    b[30..33].copy_from_slice(&[0, 0, 5]);
+    b[30..34].copy_from_slice(&[0, 0, 5, 12]);
     fix_crc(&mut b);
     assert!(matches!(read(&b), Err(FormatError::InvalidField { .. })));
     let mut b = bytes.clone();
@@ -395,13 +699,48 @@ fn writer_rejects_inconsistent_files() {
         write_file(&f),
         Err(FormatError::TensorLength { index: 2, .. })
     ));
+    // A symbol outside its own tensor's range (though inside the header's 12 bits); the
+    // error names the tensor by its file index.
     let mut f = golden();
-    f.tensors[1].symbols[0] = 8; // bits = 4 -> |s| <= 7
+    f.tensors[2].symbols[0] = 8; // tensor 2 has 4 bits -> |s| <= 7
     assert!(matches!(
         write_file(&f),
-        Err(FormatError::Entropy(EntropyError::SymbolOutOfRange { .. }))
+        Err(FormatError::Entropy(EntropyError::SymbolOutOfRange {
+            tensor: 2,
+            index: 0,
+            value: 8,
+            max_abs: 7
+        }))
+    ));
+    let mut f = golden();
+    f.tensors[3].symbols[0] = -2048; // 12 bits -> |s| <= 2047; third tensor of its group
+    assert!(matches!(
+        write_file(&f),
+        Err(FormatError::Entropy(EntropyError::SymbolOutOfRange {
+            tensor: 3,
+            max_abs: 2047,
+            ..
+        }))
     ));
     for bits in [0u8, 1, 17] {
+        let mut f = golden();
+        f.bits = bits;
+        assert!(matches!(
+            write_file(&f),
+            Err(FormatError::InvalidField { field: "bits", .. })
+        ));
+        let mut f = golden();
+        f.tensors[2].bits = bits;
+        assert!(matches!(
+            write_file(&f),
+            Err(FormatError::InvalidField {
+                field: "tensor bits",
+                ..
+            })
+        ));
+    }
+    // Header bits must be the maximum of the tensor bits.
+    for bits in [4u8, 11, 13, 16] {
         let mut f = golden();
         f.bits = bits;
         assert!(matches!(
