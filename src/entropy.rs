@@ -3,7 +3,8 @@
 //!
 //! The module knows nothing about networks: it codes a list of `i32` slices ("tensors") whose
 //! symbols all lie in `-max_abs..=max_abs`. All tensors of one call go into ONE range-coder
-//! stream, in natural order. A leading mode symbol (1 bit) says whether one adaptive model is
+//! stream, in natural order. (The container calls it once per payload group, i.e. once per
+//! distinct tensor bit width, with that width's `max_abs`: `codec-spec.md` §4.2.) A leading mode symbol (1 bit) says whether one adaptive model is
 //! shared by all tensors (learning amortised) or restarted for every tensor (better when large
 //! tensors differ); the encoder tries both and keeps the shorter stream. Everything is
 //! integer-only, so the output is bit-exact on every machine.
