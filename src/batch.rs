@@ -395,6 +395,7 @@ impl Default for BatchOptions {
 
 /// Progress events (sent from worker threads).
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum BatchEvent<'a> {
     /// `total` files selected, of which `todo` need work.
     Started { total: usize, todo: usize },

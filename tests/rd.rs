@@ -229,3 +229,183 @@ fn jpeg_matches_shared_libjpeg_turbo_baseline() {
     }
     println!("worst |delta| = {worst:.4} dB");
 }
+
+fn tiny_images(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let src = load(&shared().join("data/images/small/kodim07_center128.png"));
+    // Two 48x40 crops, plus a file that is not an image (ignored).
+    for (i, (x0, y0)) in [(0u32, 0u32), (60, 70)].iter().enumerate() {
+        let crop = image::RgbImage::from_fn(48, 40, |x, y| {
+            let o = (((y0 + y) * src.width + x0 + x) * 3) as usize;
+            image::Rgb([src.data[o], src.data[o + 1], src.data[o + 2]])
+        });
+        crop.save(dir.join(format!("img{i}.png"))).unwrap();
+    }
+    std::fs::write(dir.join("README.txt"), "not an image").unwrap();
+}
+
+fn jpeg_only() -> RdConfig {
+    RdConfig {
+        presets: vec![],
+        jpeg_qualities: vec![10, 30, 50, 70, 90],
+        ..RdConfig::default()
+    }
+}
+
+#[test]
+fn rd_jpeg_only_writes_json_csv_and_plots() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    tiny_images(&data);
+    let out = t.path().join("report");
+    let mut calls = 0;
+    let report = run_rd(&data, &jpeg_only(), &mut |p| {
+        calls += 1;
+        assert_eq!(p.done, calls);
+        assert_eq!(p.total, 20);
+    })
+    .unwrap();
+    assert_eq!(calls, 20);
+    write_report(&report, &out, false, true).unwrap();
+
+    // rd.json: CompressAI-style entries per codec, means over both images.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("rd.json")).unwrap()).unwrap();
+    let codecs = json["codecs"].as_array().unwrap();
+    let names: Vec<&str> = codecs.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["jpeg", "mozjpeg"]);
+    let images = json["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    for c in codecs {
+        assert!(!c["description"].as_str().unwrap().is_empty());
+        let r = &c["results"];
+        for key in ["bpp", "psnr", "encode_s", "decode_s"] {
+            assert_eq!(r[key].as_array().unwrap().len(), 5, "{key}");
+        }
+        for k in 0..5 {
+            let per: Vec<f64> = images
+                .iter()
+                .map(|i| {
+                    i["points"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|p| p["codec"] == c["name"])
+                        .nth(k)
+                        .unwrap()["psnr"]
+                        .as_f64()
+                        .unwrap()
+                })
+                .collect();
+            let mean = r["psnr"][k].as_f64().unwrap();
+            assert!((mean - (per[0] + per[1]) / 2.0).abs() < 1e-9);
+        }
+    }
+    // BD of mozjpeg against jpeg is computed (overlapping curves) and is plausible.
+    let bd = json["bd"].as_array().unwrap();
+    assert_eq!(bd.len(), 1);
+    assert_eq!(bd[0]["codec"], "mozjpeg");
+    let rate = bd[0]["bd_rate_percent"].as_f64().unwrap();
+    assert!(rate.abs() < 60.0, "{rate}");
+
+    // One CSV per image with the expected header and real byte counts.
+    for (i, img) in report.images.iter().enumerate() {
+        assert_eq!(img.csv, format!("img{i}.csv"));
+        let csv = std::fs::read_to_string(out.join(&img.csv)).unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(
+            lines.next(),
+            Some("codec,param,bytes,bpp,psnr,encode_s,decode_s")
+        );
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        assert_eq!(rows.len(), 10);
+        for r in &rows {
+            let bytes: f64 = r[2].parse().unwrap();
+            let bpp: f64 = r[3].parse().unwrap();
+            assert!((bpp - 8.0 * bytes / (48.0 * 40.0)).abs() < 1e-5);
+        }
+    }
+    // Plots: an SVG document with labelled axes and legend, and a real PNG.
+    let svg = std::fs::read_to_string(out.join("rd.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for label in [
+        "bits per pixel",
+        "PSNR",
+        "jpeg",
+        "mozjpeg",
+        "COIN (published",
+    ] {
+        assert!(svg.contains(label), "SVG lacks {label}");
+    }
+    let png = image::open(out.join("rd.png")).unwrap();
+    assert_eq!((png.width(), png.height()), inr::rd::plot::PLOT_SIZE);
+
+    // Outputs are not overwritten without force.
+    assert!(matches!(
+        write_report(&report, &out, false, false),
+        Err(inr::rd::RdError::Exists(_))
+    ));
+    write_report(&report, &out, true, false).unwrap();
+}
+
+#[test]
+fn rd_is_deterministic_apart_from_timings_and_respects_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    tiny_images(&data);
+    let cfg = RdConfig {
+        limit: Some(1),
+        ..jpeg_only()
+    };
+    let a = run_rd(&data, &cfg, &mut |_| {}).unwrap();
+    let b = run_rd(&data, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(a.images.len(), 1);
+    let key = |r: &inr::rd::RdReport| -> Vec<(String, String, u64, u64)> {
+        r.images[0]
+            .points
+            .iter()
+            .map(|p| (p.codec.clone(), p.param.clone(), p.bytes, p.psnr.to_bits()))
+            .collect()
+    };
+    assert_eq!(key(&a), key(&b));
+}
+
+#[test]
+fn rd_rejects_bad_configurations() {
+    let t = tempfile::tempdir().unwrap();
+    let bad_q = RdConfig {
+        jpeg_qualities: vec![0],
+        ..jpeg_only()
+    };
+    assert!(matches!(
+        run_rd(t.path(), &bad_q, &mut |_| {}),
+        Err(inr::rd::RdError::Config(_))
+    ));
+    assert!(matches!(
+        run_rd(t.path(), &jpeg_only(), &mut |_| {}),
+        Err(inr::rd::RdError::NoImages(_))
+    ));
+}
+
+#[test]
+#[ignore = "needs codec"]
+fn rd_with_inr_presets_measures_decoded_files() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    tiny_images(&data);
+    let cfg = RdConfig {
+        presets: vec![inr::Preset::Tiny, inr::Preset::Small],
+        steps: Some(100),
+        ..jpeg_only()
+    };
+    let report = run_rd(&data, &cfg, &mut |_| {}).unwrap();
+    let inr_curve = report.codecs.iter().find(|c| c.name == "inr").unwrap();
+    assert_eq!(inr_curve.results.param, ["tiny", "small"]);
+    for img in &report.images {
+        for p in img.points.iter().filter(|p| p.codec == "inr") {
+            assert!(p.bytes > 0 && p.psnr > 10.0 && p.decode_s > 0.0);
+        }
+    }
+    assert!(report.bd.iter().any(|b| b.codec == "inr"));
+    write_report(&report, &t.path().join("r"), false, false).unwrap();
+}

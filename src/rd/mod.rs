@@ -625,6 +625,21 @@ pub fn report_files(report: &RdReport) -> Vec<String> {
     v
 }
 
+/// Names of the files a sweep of `data_dir` with `cfg` will write (before running it), so a
+/// caller can refuse to start when they exist.
+///
+/// # Errors
+/// [`RdError::Io`] if the folder cannot be read.
+pub fn planned_report_files(data_dir: &Path, cfg: &RdConfig) -> Result<Vec<String>, RdError> {
+    let mut files = list_images(data_dir)?;
+    if let Some(n) = cfg.limit {
+        files.truncate(n);
+    }
+    let mut v = vec!["rd.json".to_string(), "rd.svg".into(), "rd.png".into()];
+    v.extend(csv_names(&files));
+    Ok(v)
+}
+
 /// Fail early if any output of a sweep over `data_dir` would overwrite a file.
 ///
 /// # Errors
