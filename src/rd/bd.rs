@@ -78,11 +78,12 @@ impl Poly {
                 return Err(BdError::Singular);
             }
             a.swap(col, piv);
-            for r in 0..n {
+            let prow = a[col].clone();
+            for (r, row) in a.iter_mut().enumerate() {
                 if r != col {
-                    let f = a[r][col] / a[col][col];
-                    for k in col..=n {
-                        a[r][k] -= f * a[col][k];
+                    let f = row[col] / prow[col];
+                    for (v, p) in row.iter_mut().zip(&prow).skip(col) {
+                        *v -= f * p;
                     }
                 }
             }
