@@ -261,6 +261,7 @@ fn rd_jpeg_only_writes_json_csv_and_plots() {
     let mut calls = 0;
     let report = run_rd(&data, &jpeg_only(), &mut |p| {
         calls += 1;
+        assert_eq!(p.fit, None);
         assert_eq!(p.done, calls);
         assert_eq!(p.total, 20);
     })

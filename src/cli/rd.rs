@@ -89,7 +89,13 @@ pub fn run(args: RdArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
     let report = rd::run_rd(&args.data_dir, &cfg, &mut |p| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
-        bar.set_message(format!("{} {} {}", p.image, p.codec, p.param));
+        match p.fit {
+            Some((step, steps)) => bar.set_message(format!(
+                "{} {} {} (fit {step}/{steps})",
+                p.image, p.codec, p.param
+            )),
+            None => bar.set_message(format!("{} {} {}", p.image, p.codec, p.param)),
+        }
     })
     .with_context(|| format!("rate-distortion sweep over {}", args.data_dir.display()))?;
     bar.finish_and_clear();

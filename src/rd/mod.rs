@@ -184,7 +184,8 @@ pub struct RdReport {
     pub images: Vec<ImageResult>,
 }
 
-/// Progress of a sweep, sent after every measured operating point.
+/// Progress of a sweep, sent after every measured operating point (`fit: None`) and while an
+/// `inr` encode is fitting (`fit: Some((step, total_steps))`, `done` not yet counting it).
 #[derive(Debug, Clone)]
 pub struct RdProgress<'a> {
     pub done: usize,
@@ -192,6 +193,7 @@ pub struct RdProgress<'a> {
     pub image: &'a str,
     pub codec: &'a str,
     pub param: &'a str,
+    pub fit: Option<(usize, usize)>,
 }
 
 // TODO(lead): replace with `media::load_image` once it lands.
@@ -301,7 +303,13 @@ fn preset_name(p: Preset) -> String {
         .unwrap_or_else(|| format!("{p:?}").to_lowercase())
 }
 
-fn inr_point(img: &Image, p: Preset, cfg: &RdConfig, name: &str) -> Result<PointResult, RdError> {
+fn inr_point(
+    img: &Image,
+    p: Preset,
+    cfg: &RdConfig,
+    name: &str,
+    fit: &mut dyn FnMut(&str, usize, usize),
+) -> Result<PointResult, RdError> {
     let preset = preset_name(p);
     let ecfg = EncodeConfig {
         preset: p,
@@ -310,11 +318,13 @@ fn inr_point(img: &Image, p: Preset, cfg: &RdConfig, name: &str) -> Result<Point
         ..EncodeConfig::default()
     };
     let t = Instant::now();
-    let enc = crate::encode_image(img, &ecfg, &mut |_| {}).map_err(|source| RdError::Encode {
-        image: name.to_string(),
-        preset: preset.clone(),
-        source,
-    })?;
+    let enc = crate::encode_image(img, &ecfg, &mut |pr| fit(&preset, pr.step, pr.total)).map_err(
+        |source| RdError::Encode {
+            image: name.to_string(),
+            preset: preset.clone(),
+            source,
+        },
+    )?;
     let encode_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let dec =
@@ -433,10 +443,20 @@ pub fn run_rd(
                 image: &name,
                 codec: &p.codec,
                 param: &p.param,
+                fit: None,
             });
         }
         for &p in &cfg.presets {
-            let pt = inr_point(&img, p, cfg, &name)?;
+            let pt = inr_point(&img, p, cfg, &name, &mut |param, step, steps| {
+                progress(&RdProgress {
+                    done,
+                    total,
+                    image: &name,
+                    codec: "inr",
+                    param,
+                    fit: Some((step, steps)),
+                });
+            })?;
             done += 1;
             progress(&RdProgress {
                 done,
@@ -444,6 +464,7 @@ pub fn run_rd(
                 image: &name,
                 codec: &pt.codec,
                 param: &pt.param,
+                fit: None,
             });
             points.push(pt);
         }
