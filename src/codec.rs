@@ -31,15 +31,7 @@ pub struct EncodeConfig {
 
 impl Default for EncodeConfig {
     fn default() -> Self {
-        EncodeConfig {
-            preset: Preset::Medium,
-            width: None,
-            depth: None,
-            bits: None,
-            steps: None,
-            seed: 0,
-            threads: None,
-        }
+        EncodeConfig { preset: Preset::Medium, width: None, depth: None, bits: None, steps: None, seed: 0, threads: None }
     }
 }
 

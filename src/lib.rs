@@ -12,8 +12,8 @@
 pub mod batch;
 mod codec;
 pub mod entropy;
-mod fit;
 pub mod format;
+mod fit;
 mod kernel;
 pub mod media;
 pub mod metrics;
@@ -23,6 +23,6 @@ pub mod rd;
 pub mod util;
 
 pub use codec::{
-    decode, encode_image, inspect, DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded,
-    Preset, Progress,
+    decode, encode_image, inspect, DecodeError, DecodeOptions, EncodeConfig, EncodeError,
+    Encoded, Preset, Progress,
 };
