@@ -410,3 +410,40 @@ fn rd_with_inr_presets_measures_decoded_files() {
     assert!(report.bd.iter().any(|b| b.codec == "inr"));
     write_report(&report, &t.path().join("r"), false, false).unwrap();
 }
+
+#[test]
+fn cli_rd_jpeg_only_writes_report_and_refuses_to_overwrite() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    tiny_images(&data);
+    let out = t.path().join("report");
+    let run = |extra: &[&str]| {
+        let mut c = assert_cmd::Command::cargo_bin("inr").unwrap();
+        c.arg("rd")
+            .arg(&data)
+            .arg("-o")
+            .arg(&out)
+            .args([
+                "--jpeg-only",
+                "--jpeg-qualities",
+                "20,50,80",
+                "--json",
+                "--quiet",
+            ])
+            .args(extra);
+        c.assert()
+    };
+    let ok = run(&[]).success();
+    let v: serde_json::Value = serde_json::from_slice(&ok.get_output().stdout).unwrap();
+    assert_eq!(
+        v["codecs"][0]["results"]["bpp"].as_array().unwrap().len(),
+        3
+    );
+    for f in ["rd.json", "rd.svg", "rd.png", "img0.csv", "img1.csv"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    run(&[])
+        .failure()
+        .stderr(predicates::str::contains("--force"));
+    run(&["--force"]).success();
+}

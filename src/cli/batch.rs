@@ -72,17 +72,20 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         .jobs
         .map_or(cores, |j| usize::try_from(j).unwrap_or(cores))
         .max(1);
-    let codec = InrBatchCodec {
-        config: EncodeConfig {
-            preset: args.preset,
-            width: args.width,
-            depth: args.depth,
-            bits: args.bits,
-            steps: args.steps,
-            seed: args.seed,
-            threads: Some((cores / jobs).max(1)),
-        },
+    // `..Default` keeps the expert options the encoder grows (pe_freqs, w0, ...) at their
+    // defaults; on a branch where every field is listed, clippy calls the update needless.
+    #[allow(clippy::needless_update)]
+    let config = EncodeConfig {
+        preset: args.preset,
+        width: args.width,
+        depth: args.depth,
+        bits: args.bits,
+        steps: args.steps,
+        seed: args.seed,
+        threads: Some((cores / jobs).max(1)),
+        ..EncodeConfig::default()
     };
+    let codec = InrBatchCodec { config };
     let opts = BatchOptions {
         shard: args.shard,
         force: args.force,

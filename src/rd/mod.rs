@@ -308,7 +308,7 @@ fn inr_point(
     p: Preset,
     cfg: &RdConfig,
     name: &str,
-    fit: &mut dyn FnMut(&str, usize, usize),
+    fit: &mut (dyn FnMut(&str, usize, usize) + Send),
 ) -> Result<PointResult, RdError> {
     let preset = preset_name(p);
     let ecfg = EncodeConfig {
@@ -405,7 +405,7 @@ fn csv_names(files: &[PathBuf]) -> Vec<String> {
 pub fn run_rd(
     data_dir: &Path,
     cfg: &RdConfig,
-    progress: &mut dyn FnMut(&RdProgress),
+    progress: &mut (dyn FnMut(&RdProgress) + Send),
 ) -> Result<RdReport, RdError> {
     validate(cfg)?;
     let mut files = list_images(data_dir)?;
