@@ -1,1 +1,715 @@
-//! TODO
+//! Batch compression of a folder tree into a mirrored tree of `.inr` files, with a resumable
+//! manifest.
+//!
+//! - Inputs: every file under the input folder (recursively, symlinked folders not followed,
+//!   the output folder skipped if it lies inside) that [`looks_like_image`]; sorted by relative
+//!   path so every run sees the same order.
+//! - Outputs: `OUT/<relative path>.with_extension("inr")`, written atomically; never replaced
+//!   unless `force`.
+//! - Manifest: `OUT/manifest.csv` (or `manifest-<i>-of-<n>.csv` for a shard) with columns
+//!   [`MANIFEST_HEADER`]. It is rewritten atomically at the start (rows kept from the previous
+//!   run) and at the end (all rows sorted by input), and in between every finished file appends
+//!   one line and flushes, so an interruption loses at most the rows of files in flight.
+//! - Resume: an output that exists and is valid ([`BatchCodec::is_valid`]) is not encoded again.
+//!   Its previous `ok` row is kept; without one (interrupted between writing the output and
+//!   its row) the row is rebuilt by decoding the output and comparing it with the input.
+//! - Failures: a file that cannot be read, decoded or encoded gives a `failed` row with the
+//!   error and never stops the batch. Failed rows are retried by the next run.
+//! - Sharding: `--shard i/n` takes the files whose index in the sorted list is `i` mod `n`, so
+//!   the shards partition the list; [`merge_manifests`] joins their manifests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::media::Image;
+use crate::EncodeConfig;
+
+/// Manifest columns.
+pub const MANIFEST_HEADER: &str = "input,output,bytes,bpp,psnr,seconds,status,error";
+
+/// Largest existing output read back to check it (bigger files count as invalid).
+const MAX_OUTPUT_CHECK: u64 = 1 << 30;
+
+/// Whether `path` is an image file: its first bytes are a known image signature, or its
+/// extension is a known image extension (so a broken `.png` is still treated as an image and
+/// reported as a failure rather than skipped silently).
+pub fn looks_like_image(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(64);
+    let read = std::fs::File::open(path).and_then(|f| f.take(64).read_to_end(&mut head));
+    let sniffed = read.is_ok() && image::guess_format(&head).is_ok();
+    sniffed || image::ImageFormat::from_path(path).is_ok()
+}
+
+/// Errors that stop a whole batch (a single bad file never does).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid shard {0:?} (expected i/n with 0 <= i < n, e.g. 0/4)")]
+    Shard(String),
+    #[error("invalid option: {0}")]
+    Option(String),
+    #[error("no manifests to merge in {0} (expected manifest-<i>-of-<n>.csv files)")]
+    NothingToMerge(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BatchError + '_ {
+    move |source| BatchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A deterministic subset of the sorted file list: indices `i` with `i % count == index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// Whether the file at `position` of the sorted list belongs to this shard.
+    pub fn contains(&self, position: usize) -> bool {
+        self.count > 0 && position % self.count == self.index
+    }
+
+    /// `manifest-<i>-of-<n>.csv`.
+    pub fn manifest_name(&self) -> String {
+        format!("manifest-{}-of-{}.csv", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = BatchError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BatchError::Shard(s.to_string());
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: usize = i.trim().parse().map_err(|_| bad())?;
+        let count: usize = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// Status of one manifest row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowStatus {
+    /// The output exists and is valid.
+    Ok,
+    /// The input could not be compressed; `error` says why.
+    Failed,
+}
+
+/// One manifest row. Paths use `/` and are relative to the input / output folder.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ManifestRow {
+    pub input: String,
+    pub output: String,
+    pub bytes: Option<u64>,
+    pub bpp: Option<f64>,
+    pub psnr: Option<f64>,
+    /// Wall-clock seconds to load, encode and write; `None` when unknown (rebuilt rows).
+    pub seconds: Option<f64>,
+    pub status: RowStatus,
+    pub error: String,
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
+}
+
+impl ManifestRow {
+    /// The row as one CSV line (with the trailing newline).
+    pub fn to_csv_line(&self) -> String {
+        let f = crate::rd::csv_field;
+        format!(
+            "{},{},{},{},{},{},{},{}\n",
+            f(&self.input),
+            f(&self.output),
+            opt(self.bytes),
+            opt(self.bpp.map(|x| format!("{x:.6}"))),
+            opt(self.psnr.map(|x| format!("{x:.4}"))),
+            opt(self.seconds.map(|x| format!("{x:.3}"))),
+            match self.status {
+                RowStatus::Ok => "ok",
+                RowStatus::Failed => "failed",
+            },
+            f(&self.error)
+        )
+    }
+
+    fn from_fields(f: &[String]) -> Option<ManifestRow> {
+        if f.len() != 8 {
+            return None;
+        }
+        let num = |s: &str| -> Option<Option<f64>> {
+            if s.is_empty() {
+                Some(None)
+            } else {
+                s.parse().ok().map(Some)
+            }
+        };
+        Some(ManifestRow {
+            input: f[0].clone(),
+            output: f[1].clone(),
+            bytes: if f[2].is_empty() {
+                None
+            } else {
+                Some(f[2].parse().ok()?)
+            },
+            bpp: num(&f[3])?,
+            psnr: num(&f[4])?,
+            seconds: num(&f[5])?,
+            status: match f[6].as_str() {
+                "ok" => RowStatus::Ok,
+                "failed" => RowStatus::Failed,
+                _ => return None,
+            },
+            error: f[7].clone(),
+        })
+    }
+}
+
+/// Split CSV text into records (RFC 4180 quoting). A final record cut off inside quotes or
+/// without its newline (an interrupted append) is dropped.
+fn csv_records(text: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rec = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if quoted {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    field.push('"');
+                    chars.next();
+                } else {
+                    quoted = false;
+                }
+            } else {
+                field.push(c);
+            }
+        } else {
+            match c {
+                '"' => quoted = true,
+                ',' => rec.push(std::mem::take(&mut field)),
+                '\r' => {}
+                '\n' => {
+                    rec.push(std::mem::take(&mut field));
+                    out.push(std::mem::take(&mut rec));
+                }
+                _ => field.push(c),
+            }
+        }
+    }
+    out
+}
+
+/// Parse manifest text; the header and malformed lines (e.g. a line cut by an interruption)
+/// are skipped.
+pub fn parse_manifest(text: &str) -> Vec<ManifestRow> {
+    csv_records(text)
+        .iter()
+        .filter_map(|r| ManifestRow::from_fields(r))
+        .collect()
+}
+
+/// Read a manifest file; a missing file gives no rows.
+///
+/// # Errors
+/// [`BatchError::Io`] for read errors other than "not found".
+pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>, BatchError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(parse_manifest(&String::from_utf8_lossy(&b))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn manifest_text(rows: &[ManifestRow]) -> String {
+    let mut s = format!("{MANIFEST_HEADER}\n");
+    for r in rows {
+        s.push_str(&r.to_csv_line());
+    }
+    s
+}
+
+fn rel_string(p: &Path) -> String {
+    p.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Image files under `dir`, as paths relative to `dir`, sorted. Folders that are symlinks are
+/// not followed; `exclude` (e.g. an output folder inside `dir`) is skipped.
+///
+/// # Errors
+/// [`BatchError::Io`] if a folder cannot be read.
+pub fn list_inputs(dir: &Path, exclude: Option<&Path>) -> Result<Vec<PathBuf>, BatchError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(io_err(&d))? {
+            let entry = entry.map_err(io_err(&d))?;
+            let path = entry.path();
+            let ft = entry.file_type().map_err(io_err(&path))?;
+            if ft.is_dir() {
+                let skip =
+                    exclude.is_some_and(|x| std::fs::canonicalize(&path).is_ok_and(|c| c == x));
+                if !skip {
+                    stack.push(path);
+                }
+            } else if path.is_file() && looks_like_image(&path) {
+                if let Ok(rel) = path.strip_prefix(dir) {
+                    out.push(rel.to_path_buf());
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The files of `files` (sorted) that belong to `shard`.
+pub fn select_shard(files: Vec<PathBuf>, shard: Option<Shard>) -> Vec<PathBuf> {
+    match shard {
+        None => files,
+        Some(s) => files
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| s.contains(*i))
+            .map(|(_, f)| f)
+            .collect(),
+    }
+}
+
+/// The result of encoding one file.
+#[derive(Debug, Clone)]
+pub struct EncodedFile {
+    pub bytes: Vec<u8>,
+    /// PSNR (dB) of the decoder's reconstruction against the input.
+    pub psnr: f64,
+}
+
+/// What the batch needs from a codec. [`InrBatchCodec`] is the real one; tests may plug in
+/// others.
+pub trait BatchCodec: Sync {
+    /// Encode one image into a complete file.
+    ///
+    /// # Errors
+    /// A message describing the failure (becomes the row's `error`).
+    fn encode(&self, img: &Image) -> Result<EncodedFile, String>;
+    /// Whether `bytes` is a complete, valid file of this codec (cheap check).
+    fn is_valid(&self, bytes: &[u8]) -> bool;
+    /// Decode a file (used to rebuild a manifest row for an output without one).
+    ///
+    /// # Errors
+    /// A message describing the failure.
+    fn decode(&self, bytes: &[u8]) -> Result<Image, String>;
+}
+
+/// The `inr` codec with a fixed encoder configuration.
+#[derive(Debug, Clone, Default)]
+pub struct InrBatchCodec {
+    pub config: EncodeConfig,
+}
+
+impl BatchCodec for InrBatchCodec {
+    fn encode(&self, img: &Image) -> Result<EncodedFile, String> {
+        let e = crate::encode_image(img, &self.config, &mut |_| {}).map_err(|e| e.to_string())?;
+        Ok(EncodedFile {
+            bytes: e.bytes,
+            psnr: e.psnr,
+        })
+    }
+    fn is_valid(&self, bytes: &[u8]) -> bool {
+        crate::inspect(bytes).is_ok()
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<Image, String> {
+        crate::decode(bytes, &crate::DecodeOptions::default()).map_err(|e| e.to_string())
+    }
+}
+
+// TODO(lead): replace with `media::load_image` once it lands.
+/// Load an image as 8-bit gray (1 channel) or RGB (3 channels); alpha is dropped.
+fn load_image(path: &Path) -> Result<Image, String> {
+    let img = image::ImageReader::open(path)
+        .map_err(|e| e.to_string())?
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?
+        .decode()
+        .map_err(|e| e.to_string())?;
+    let (width, height) = (img.width(), img.height());
+    if img.color().has_color() {
+        Ok(Image {
+            width,
+            height,
+            channels: 3,
+            data: img.into_rgb8().into_raw(),
+        })
+    } else {
+        Ok(Image {
+            width,
+            height,
+            channels: 1,
+            data: img.into_luma8().into_raw(),
+        })
+    }
+}
+
+/// Options of a batch run.
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    pub shard: Option<Shard>,
+    /// Re-encode and replace existing outputs.
+    pub force: bool,
+    /// Files encoded at the same time (>= 1).
+    pub jobs: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            shard: None,
+            force: false,
+            jobs: 1,
+        }
+    }
+}
+
+/// Progress events (sent from worker threads).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BatchEvent<'a> {
+    /// `total` files selected, of which `todo` need work.
+    Started { total: usize, todo: usize },
+    /// One file finished (encoded, rebuilt or failed).
+    Finished { row: &'a ManifestRow },
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct BatchSummary {
+    pub manifest: PathBuf,
+    /// Rows of all selected files, sorted by input.
+    pub rows: Vec<ManifestRow>,
+    /// Files encoded in this run.
+    pub encoded: usize,
+    /// Files whose valid output was kept.
+    pub kept: usize,
+    pub failed: usize,
+}
+
+enum Plan {
+    Keep(ManifestRow),
+    Encode,
+    Rebuild,
+    Fail(String),
+}
+
+fn bpp_of(bytes: usize, img: &Image) -> f64 {
+    8.0 * bytes as f64 / (f64::from(img.width) * f64::from(img.height))
+}
+
+fn failed(input: &str, output: &str, seconds: Option<f64>, error: String) -> ManifestRow {
+    ManifestRow {
+        input: input.to_string(),
+        output: output.to_string(),
+        bytes: None,
+        bpp: None,
+        psnr: None,
+        seconds,
+        status: RowStatus::Failed,
+        error,
+    }
+}
+
+fn read_existing(path: &Path) -> Option<Vec<u8>> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > MAX_OUTPUT_CHECK {
+        return None;
+    }
+    std::fs::read(path).ok()
+}
+
+fn encode_one(
+    codec: &dyn BatchCodec,
+    in_path: &Path,
+    out_path: &Path,
+    force: bool,
+) -> Result<(u64, f64, f64), String> {
+    let img = load_image(in_path).map_err(|e| format!("cannot read image: {e}"))?;
+    let enc = codec
+        .encode(&img)
+        .map_err(|e| format!("encode failed: {e}"))?;
+    if let Some(parent) = out_path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    crate::util::write_atomic(out_path, &enc.bytes, force)
+        .map_err(|e| format!("cannot write {}: {e}", out_path.display()))?;
+    Ok((
+        enc.bytes.len() as u64,
+        bpp_of(enc.bytes.len(), &img),
+        enc.psnr,
+    ))
+}
+
+fn rebuild_one(
+    codec: &dyn BatchCodec,
+    in_path: &Path,
+    out_path: &Path,
+) -> Result<(u64, f64, f64), String> {
+    let bytes = std::fs::read(out_path).map_err(|e| format!("cannot read output: {e}"))?;
+    let img = load_image(in_path).map_err(|e| format!("cannot read image: {e}"))?;
+    let dec = codec
+        .decode(&bytes)
+        .map_err(|e| format!("existing output does not decode: {e}"))?;
+    let psnr = crate::rd::psnr(&img, &dec)
+        .ok_or("existing output decodes to a different size than the input")?;
+    Ok((bytes.len() as u64, bpp_of(bytes.len(), &img), psnr))
+}
+
+/// Compress every image under `in_dir` into `out_dir` (see the module docs).
+///
+/// # Errors
+/// Only for problems with the folders or the manifest ([`BatchError::Io`]) or options
+/// ([`BatchError::Option`]); per-file problems become `failed` rows.
+pub fn run_batch(
+    in_dir: &Path,
+    out_dir: &Path,
+    codec: &dyn BatchCodec,
+    opts: &BatchOptions,
+    progress: &(dyn Fn(&BatchEvent) + Sync),
+) -> Result<BatchSummary, BatchError> {
+    if opts.jobs == 0 {
+        return Err(BatchError::Option("--jobs 0 (expected >= 1)".into()));
+    }
+    std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let out_canon = std::fs::canonicalize(out_dir).map_err(io_err(out_dir))?;
+    if !in_dir.is_dir() {
+        return Err(BatchError::Io {
+            path: in_dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
+        });
+    }
+    let files = select_shard(list_inputs(in_dir, Some(&out_canon))?, opts.shard);
+    let manifest = out_dir.join(
+        opts.shard
+            .map_or_else(|| "manifest.csv".to_string(), |s| s.manifest_name()),
+    );
+    let previous: HashMap<String, ManifestRow> = read_manifest(&manifest)?
+        .into_iter()
+        .filter(|r| r.status == RowStatus::Ok)
+        .map(|r| (r.input.clone(), r))
+        .collect();
+
+    // Plan every file.
+    let mut claimed: HashMap<PathBuf, String> = HashMap::new();
+    let mut plans = Vec::with_capacity(files.len());
+    for rel in &files {
+        let input = rel_string(rel);
+        let out_rel = rel.with_extension("inr");
+        let output = rel_string(&out_rel);
+        let out_path = out_dir.join(&out_rel);
+        let plan = if let Some(first) = claimed.get(&out_rel) {
+            Plan::Fail(format!("output {output} is also the output of {first}"))
+        } else if !opts.force && out_path.exists() {
+            match read_existing(&out_path) {
+                Some(b) if codec.is_valid(&b) => match previous.get(&input) {
+                    Some(r) if r.output == output && r.bytes == Some(b.len() as u64) => {
+                        Plan::Keep(r.clone())
+                    }
+                    _ => Plan::Rebuild,
+                },
+                _ => Plan::Fail(format!(
+                    "{output} exists but is not a valid output (use --force to overwrite)"
+                )),
+            }
+        } else {
+            Plan::Encode
+        };
+        claimed.entry(out_rel).or_insert_with(|| input.clone());
+        plans.push((input, output, out_path, plan));
+    }
+
+    let kept_rows: Vec<ManifestRow> = plans
+        .iter()
+        .filter_map(|(_, _, _, p)| match p {
+            Plan::Keep(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    let kept = kept_rows.len();
+    crate::util::write_atomic(&manifest, manifest_text(&kept_rows).as_bytes(), true)
+        .map_err(io_err(&manifest))?;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&manifest)
+        .map_err(io_err(&manifest))?;
+    let sink = Mutex::new((file, None::<std::io::Error>));
+    progress(&BatchEvent::Started {
+        total: plans.len(),
+        todo: plans.len() - kept,
+    });
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs)
+        .build()
+        .map_err(|e| BatchError::Option(format!("cannot start {} threads: {e}", opts.jobs)))?;
+    let work = |(input, output, out_path, plan): &(String, String, PathBuf, Plan)| -> ManifestRow {
+        let in_path = in_dir.join(input);
+        let t = Instant::now();
+        let row = match plan {
+            Plan::Keep(r) => return r.clone(),
+            Plan::Fail(e) => failed(input, output, None, e.clone()),
+            Plan::Encode | Plan::Rebuild => {
+                let rebuild = matches!(plan, Plan::Rebuild);
+                let res = if rebuild {
+                    rebuild_one(codec, &in_path, out_path)
+                } else {
+                    encode_one(codec, &in_path, out_path, opts.force)
+                };
+                let secs = (!rebuild).then(|| t.elapsed().as_secs_f64());
+                match res {
+                    Ok((bytes, bpp, psnr)) => ManifestRow {
+                        input: input.clone(),
+                        output: output.clone(),
+                        bytes: Some(bytes),
+                        bpp: Some(bpp),
+                        psnr: Some(psnr),
+                        seconds: secs,
+                        status: RowStatus::Ok,
+                        error: String::new(),
+                    },
+                    Err(e) => failed(input, output, secs, e),
+                }
+            }
+        };
+        // Round as the CSV does, so the returned rows equal the manifest on disk.
+        let row = parse_manifest(&row.to_csv_line()).pop().unwrap_or(row);
+        if let Ok(mut g) = sink.lock() {
+            let line = row.to_csv_line();
+            let res = g.0.write_all(line.as_bytes()).and_then(|()| g.0.flush());
+            if let Err(e) = res {
+                g.1.get_or_insert(e);
+            }
+        }
+        progress(&BatchEvent::Finished { row: &row });
+        row
+    };
+    let mut rows: Vec<ManifestRow> = pool.install(|| plans.par_iter().map(work).collect());
+    let (file, append_err) = sink.into_inner().unwrap_or_else(|p| p.into_inner());
+    drop(file);
+    rows.sort_by(|a, b| a.input.cmp(&b.input));
+    // The final rewrite replaces the appended file; an append error is reported only if
+    // this rewrite fails too.
+    crate::util::write_atomic(&manifest, manifest_text(&rows).as_bytes(), true)
+        .map_err(|e| io_err(&manifest)(append_err.unwrap_or(e)))?;
+    let failed = rows
+        .iter()
+        .filter(|r| r.status == RowStatus::Failed)
+        .count();
+    Ok(BatchSummary {
+        manifest,
+        encoded: rows.len() - failed - kept,
+        kept,
+        failed,
+        rows,
+    })
+}
+
+/// Merge the shard manifests (`manifest-<i>-of-<n>.csv`) and any `manifest.csv` in `out_dir`
+/// into `manifest.csv`, one row per input sorted by input (an `ok` row wins over a `failed`
+/// one; among equals, the first manifest in name order wins). Returns the merged path and the
+/// number of rows.
+///
+/// # Errors
+/// [`BatchError::NothingToMerge`] when there is no shard manifest, [`BatchError::Io`].
+pub fn merge_manifests(out_dir: &Path) -> Result<(PathBuf, usize), BatchError> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(out_dir)
+        .map_err(io_err(out_dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("manifest-") && n.ends_with(".csv") && n.contains("-of-")
+            })
+        })
+        .collect();
+    if names.is_empty() {
+        return Err(BatchError::NothingToMerge(out_dir.to_path_buf()));
+    }
+    names.sort();
+    names.push(out_dir.join("manifest.csv"));
+    let mut merged: BTreeMap<String, ManifestRow> = BTreeMap::new();
+    for n in &names {
+        for r in read_manifest(n)? {
+            match merged.get(&r.input) {
+                Some(old) if old.status == RowStatus::Ok || r.status != RowStatus::Ok => {}
+                _ => {
+                    merged.insert(r.input.clone(), r);
+                }
+            }
+        }
+    }
+    let rows: Vec<ManifestRow> = merged.into_values().collect();
+    let path = out_dir.join("manifest.csv");
+    crate::util::write_atomic(&path, manifest_text(&rows).as_bytes(), true)
+        .map_err(io_err(&path))?;
+    Ok((path, rows.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_roundtrip_with_quotes_and_cut_line() {
+        let row = ManifestRow {
+            input: "a, \"b\"\nc.png".into(),
+            output: "a.inr".into(),
+            bytes: Some(12),
+            bpp: Some(0.5),
+            psnr: None,
+            seconds: Some(1.25),
+            status: RowStatus::Failed,
+            error: "bad, very".into(),
+        };
+        let text = manifest_text(std::slice::from_ref(&row));
+        let back = parse_manifest(&text);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].input, row.input);
+        assert_eq!(back[0].error, row.error);
+        assert_eq!(back[0].bytes, Some(12));
+        // A line cut by an interruption is dropped, the complete ones survive.
+        let cut = format!("{text}{}", &row.to_csv_line()[..10]);
+        assert_eq!(parse_manifest(&cut).len(), 1);
+    }
+
+    #[test]
+    fn shard_parsing() {
+        assert_eq!(
+            "1/3".parse::<Shard>().unwrap(),
+            Shard { index: 1, count: 3 }
+        );
+        for bad in ["3/3", "1/0", "x/2", "1", "-1/2"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+    }
+}

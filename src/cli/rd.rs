@@ -1,14 +1,145 @@
-//! STUB: `inr rd` (rate–distortion sweep). Replaced by the rd engineer's module.
+//! `inr rd`: rate–distortion sweep against JPEG (binary-side glue).
 
-/// Rate–distortion sweep (not implemented yet).
-#[derive(clap::Args, Debug)]
-pub struct RdArgs {}
+use std::io::IsTerminal;
+use std::path::PathBuf;
 
-/// Run `inr rd`.
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use inr::rd::jpeg::JpegVariant;
+use inr::rd::{self, RdConfig};
+use inr::Preset;
+
+/// Measure every image of a folder with inr presets and JPEG; write rd.json, per-image CSVs,
+/// rd.svg and rd.png.
+#[derive(Debug, clap::Args)]
+pub struct RdArgs {
+    /// Folder of images (not recursive; sorted by name).
+    pub data_dir: PathBuf,
+    /// Report folder (created if missing).
+    #[arg(short, long, value_name = "REPORT_DIR")]
+    pub output: PathBuf,
+    /// inr presets to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "tiny,small,medium")]
+    pub presets: Vec<Preset>,
+    /// JPEG qualities, comma-separated (1-100).
+    #[arg(long, value_delimiter = ',', default_value = "5,10,15,20,30,40,50,60,70,80,90",
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub jpeg_qualities: Vec<u8>,
+    /// Measure only the JPEG baselines (no inr presets).
+    #[arg(long)]
+    pub jpeg_only: bool,
+    /// Skip the MozJPEG (trellis) baseline.
+    #[arg(long)]
+    pub no_mozjpeg: bool,
+    /// Only the first N images.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Override the presets' fitting steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Encoder seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also draw published curves (COIN, Strümpler et al.; all 24 Kodak images), dashed.
+    #[arg(long)]
+    pub anchors: bool,
+    /// Overwrite existing report files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Run the sweep and write the report.
 ///
 /// # Errors
-/// Always: the subcommand is not implemented yet.
+/// Any [`inr::rd::RdError`], with context.
 pub fn run(args: RdArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
-    let _ = (args, quiet, json);
-    anyhow::bail!("`inr rd` is not implemented yet")
+    let mut jpeg_variants = vec![JpegVariant::Turbo];
+    if !args.no_mozjpeg {
+        jpeg_variants.push(JpegVariant::Moz);
+    }
+    let presets = if args.jpeg_only {
+        Vec::new()
+    } else {
+        args.presets.clone()
+    };
+    let cfg = RdConfig {
+        presets,
+        jpeg_qualities: args.jpeg_qualities.clone(),
+        jpeg_variants,
+        limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        steps: args.steps,
+        seed: args.seed,
+        published_anchors: args.anchors,
+    };
+    // Fail before hours of work if the report would overwrite files.
+    if !args.force {
+        let names = rd::planned_report_files(&args.data_dir, &cfg)?;
+        rd::check_outputs_free(&args.output, &names)?;
+    }
+    let bar = if quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed} < {eta}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let report = rd::run_rd(&args.data_dir, &cfg, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        match p.fit {
+            Some((step, steps)) => bar.set_message(format!(
+                "{} {} {} (fit {step}/{steps})",
+                p.image, p.codec, p.param
+            )),
+            None => bar.set_message(format!("{} {} {}", p.image, p.codec, p.param)),
+        }
+    })
+    .with_context(|| format!("rate-distortion sweep over {}", args.data_dir.display()))?;
+    bar.finish_and_clear();
+    rd::write_report(&report, &args.output, args.force, args.anchors)
+        .with_context(|| format!("writing the report into {}", args.output.display()))?;
+    if json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            report_dir: &'a std::path::Path,
+            codecs: &'a [rd::CodecSummary],
+            bd: &'a [rd::BdResult],
+        }
+        let out = Out {
+            report_dir: &args.output,
+            codecs: &report.codecs,
+            bd: &report.bd,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if !quiet {
+        for c in &report.codecs {
+            println!("{} ({} images)", c.name, report.images.len());
+            let r = &c.results;
+            for i in 0..r.bpp.len() {
+                println!(
+                    "  {:>8}  {:.4} bpp  {:.2} dB  enc {:.3}s  dec {:.3}s",
+                    r.param[i], r.bpp[i], r.psnr[i], r.encode_s[i], r.decode_s[i]
+                );
+            }
+        }
+        for b in &report.bd {
+            match (b.bd_rate_percent, b.bd_psnr_db) {
+                (Some(r), Some(p)) => println!(
+                    "BD vs {}: {}: BD-rate {r:+.2} %, BD-PSNR {p:+.3} dB",
+                    b.anchor, b.codec
+                ),
+                _ => println!(
+                    "BD vs {}: {}: not computable ({})",
+                    b.anchor,
+                    b.codec,
+                    b.error.as_deref().unwrap_or("unknown")
+                ),
+            }
+        }
+        println!("report written to {}", args.output.display());
+    }
+    Ok(())
 }
