@@ -346,31 +346,9 @@ impl BatchCodec for InrBatchCodec {
     }
 }
 
-// TODO(lead): replace with `media::load_image` once it lands.
-/// Load an image as 8-bit gray (1 channel) or RGB (3 channels); alpha is dropped.
+/// Load an image with the codec's input policy (`media::load_image`).
 fn load_image(path: &Path) -> Result<Image, String> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map_err(|e| e.to_string())?;
-    let (width, height) = (img.width(), img.height());
-    if img.color().has_color() {
-        Ok(Image {
-            width,
-            height,
-            channels: 3,
-            data: img.into_rgb8().into_raw(),
-        })
-    } else {
-        Ok(Image {
-            width,
-            height,
-            channels: 1,
-            data: img.into_luma8().into_raw(),
-        })
-    }
+    crate::media::load_image(path).map(|l| l.image).map_err(|e| e.to_string())
 }
 
 /// Options of a batch run.

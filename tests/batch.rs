@@ -294,7 +294,7 @@ fn output_folder_inside_input_is_skipped() {
 }
 
 #[test]
-#[ignore = "needs codec"]
+
 fn real_codec_batch_roundtrip() {
     let t = tempfile::tempdir().unwrap();
     let inp = t.path().join("in");
@@ -354,7 +354,7 @@ fn cli_batch_rejects_bad_shard_and_merges() {
 }
 
 #[test]
-#[ignore = "needs codec"]
+
 fn cli_batch_real_codec_then_resume() {
     let t = tempfile::tempdir().unwrap();
     let inp = t.path().join("in");

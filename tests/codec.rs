@@ -29,7 +29,7 @@ fn enc(img: &Image, cfg: &EncodeConfig) -> inr::Encoded {
 #[test]
 fn round_trip_reports_the_decoders_psnr_and_bpp() {
     let img = test_image(24, 16);
-    let e = enc(&img, &quick(150));
+    let e = enc(&img, &quick(500));
     let dec = decode(&e.bytes, &DecodeOptions::default()).expect("decode");
     assert_eq!((dec.width, dec.height, dec.channels), (24, 16, 3));
     assert_eq!(dec, e.recon, "decoder output differs from the encoder's reconstruction");

@@ -389,7 +389,7 @@ fn rd_rejects_bad_configurations() {
 }
 
 #[test]
-#[ignore = "needs codec"]
+
 fn rd_with_inr_presets_measures_decoded_files() {
     let t = tempfile::tempdir().unwrap();
     let data = t.path().join("data");

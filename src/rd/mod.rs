@@ -196,51 +196,17 @@ pub struct RdProgress<'a> {
     pub fit: Option<(usize, usize)>,
 }
 
-// TODO(lead): replace with `media::load_image` once it lands.
+/// Load an image with the codec's input policy (`media::load_image`).
 fn load_rgb(path: &Path) -> Result<Image, RdError> {
-    let err = |message: String| RdError::Image {
+    crate::media::load_image(path).map(|l| l.image).map_err(|e| RdError::Image {
         path: path.to_path_buf(),
-        message,
-    };
-    let img = image::ImageReader::open(path)
-        .map_err(|e| err(e.to_string()))?
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?
-        .decode()
-        .map_err(|e| err(e.to_string()))?
-        .to_rgb8();
-    let (width, height) = img.dimensions();
-    Ok(Image {
-        width,
-        height,
-        channels: 3,
-        data: img.into_raw(),
+        message: e.to_string(),
     })
 }
 
-// TODO(lead): replace with `metrics::psnr` once it lands.
-/// PSNR in dB over all 8-bit samples of all channels, peak 255; `None` if shapes differ.
-/// Identical images give `f64::INFINITY`.
+/// PSNR in dB (`metrics::psnr`); `None` if shapes differ.
 pub(crate) fn psnr(a: &Image, b: &Image) -> Option<f64> {
-    if a.width != b.width
-        || a.height != b.height
-        || a.channels != b.channels
-        || a.data.len() != b.data.len()
-        || a.data.is_empty()
-    {
-        return None;
-    }
-    let se: u64 = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .map(|(&x, &y)| {
-            let d = u64::from(x.abs_diff(y));
-            d * d
-        })
-        .sum();
-    let mse = se as f64 / a.data.len() as f64;
-    Some(10.0 * (255.0f64 * 255.0 / mse).log10())
+    crate::metrics::psnr(a, b).ok()
 }
 
 fn bpp(bytes: usize, img: &Image) -> f64 {
