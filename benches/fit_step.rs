@@ -5,18 +5,34 @@ use inr::bench_api::*;
 use inr::format::Arch;
 
 fn arch(width: u16, depth: u8, pe: u8) -> Arch {
-    Arch { coord_dims: 2, out_channels: 3, width, depth, pe_freqs: pe, pe_base_milli: 2000, w0_first: 30, w0_hidden: 30 }
+    Arch {
+        coord_dims: 2,
+        out_channels: 3,
+        width,
+        depth,
+        pe_freqs: pe,
+        pe_base_milli: 2000,
+        w0_first: 30,
+        w0_hidden: 30,
+    }
 }
 
 fn image() -> (u32, u32, Vec<u8>) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/images/kodak/kodim01.png");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/images/kodak/kodim01.png"
+    );
     match image::open(path) {
         Ok(i) => {
             let i = i.to_rgb8();
             (i.width(), i.height(), i.into_raw())
         }
         // Synthetic fallback so the bench runs without ../shared.
-        Err(_) => (768, 512, (0..768 * 512 * 3).map(|i| (i * 7 % 251) as u8).collect()),
+        Err(_) => (
+            768,
+            512,
+            (0..768 * 512 * 3).map(|i| (i * 7 % 251) as u8).collect(),
+        ),
     }
 }
 
@@ -28,10 +44,16 @@ fn bench(c: &mut Criterion) {
     for (width, depth, pe) in [(28u16, 10u8, 0u8), (20, 5, 0), (48, 10, 0)] {
         let a = arch(width, depth, pe);
         let grid = Grid2::new(&a, w, h);
-        let sig = Signal { grid: &grid, target: data.iter().map(|&v| v as f32 / 127.5 - 1.0).collect(), original: &data };
+        let sig = Signal {
+            grid: &grid,
+            target: data.iter().map(|&v| v as f32 / 127.5 - 1.0).collect(),
+            original: &data,
+        };
         let init = siren_init(&shape_of(&a), 1);
         let mut f = Fitter::new(a, &sig, init, 1);
-        g.bench_function(format!("{depth}x{width}"), |b| b.iter(|| f.step(65536, 1e-4, None)));
+        g.bench_function(format!("{depth}x{width}"), |b| {
+            b.iter(|| f.step(65536, 1e-4, None))
+        });
     }
     g.finish();
     let mut g = c.benchmark_group("render_768x512");
@@ -40,7 +62,9 @@ fn bench(c: &mut Criterion) {
     for (width, depth) in [(28u16, 10u8), (48, 10)] {
         let a = arch(width, depth, 0);
         let p = siren_init(&shape_of(&a), 1);
-        g.bench_function(format!("{depth}x{width}"), |b| b.iter(|| render(&a, &p, w, h)));
+        g.bench_function(format!("{depth}x{width}"), |b| {
+            b.iter(|| render(&a, &p, w, h))
+        });
     }
     g.finish();
 }

@@ -348,7 +348,9 @@ impl BatchCodec for InrBatchCodec {
 
 /// Load an image with the codec's input policy (`media::load_image`).
 fn load_image(path: &Path) -> Result<Image, String> {
-    crate::media::load_image(path).map(|l| l.image).map_err(|e| e.to_string())
+    crate::media::load_image(path)
+        .map(|l| l.image)
+        .map_err(|e| e.to_string())
 }
 
 /// Options of a batch run.

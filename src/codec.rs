@@ -139,13 +139,19 @@ impl EncodeConfig {
         let bits = self.bits.unwrap_or(bits);
         let steps = self.steps.unwrap_or(steps);
         if !(1..=1024).contains(&width) {
-            return Err(EncodeError::Parameter(format!("width {width} (expected 1..=1024)")));
+            return Err(EncodeError::Parameter(format!(
+                "width {width} (expected 1..=1024)"
+            )));
         }
         if !(1..=64).contains(&depth) {
-            return Err(EncodeError::Parameter(format!("depth {depth} (expected 1..=64)")));
+            return Err(EncodeError::Parameter(format!(
+                "depth {depth} (expected 1..=64)"
+            )));
         }
         if !(2..=16).contains(&bits) {
-            return Err(EncodeError::Parameter(format!("bits {bits} (expected 2..=16)")));
+            return Err(EncodeError::Parameter(format!(
+                "bits {bits} (expected 2..=16)"
+            )));
         }
         let arch = Arch {
             coord_dims: 2,
@@ -164,8 +170,20 @@ impl EncodeConfig {
             arch,
             bits,
             sensitive_bits: 14,
-            fit: Phase { steps, lr, lr_end_frac: 0.05, batch, eval_every: 100 },
-            qat: Phase { steps: qat_steps, lr: lr * 0.1, lr_end_frac: 0.05, batch, eval_every: 50 },
+            fit: Phase {
+                steps,
+                lr,
+                lr_end_frac: 0.05,
+                batch,
+                eval_every: 100,
+            },
+            qat: Phase {
+                steps: qat_steps,
+                lr: lr * 0.1,
+                lr_end_frac: 0.05,
+                batch,
+                eval_every: 50,
+            },
         })
     }
 }
@@ -209,20 +227,40 @@ fn encode_with_plan(
 ) -> Result<Encoded, EncodeError> {
     let arch = plan.arch;
     let grid = Grid2::new(&arch, img.width, img.height);
-    let sig = Signal { grid: &grid, target: img.data.iter().map(|&v| model::from_u8(v)).collect(), original: &img.data };
+    let sig = Signal {
+        grid: &grid,
+        target: img.data.iter().map(|&v| model::from_u8(v)).collect(),
+        original: &img.data,
+    };
     let shape = model::shape_of(&arch);
     let init = model::siren_init(&shape, seed);
     let mut fitter = Fitter::new(arch, &sig, init, seed);
     let total = plan.fit.steps + plan.qat.steps;
     fitter.run_phase(&plan.fit, None, 0, total, &mut |e: &FitEvent| {
-        progress(&Progress { step: e.step, total: e.total, psnr: e.psnr, phase: "fit" })
+        progress(&Progress {
+            step: e.step,
+            total: e.total,
+            psnr: e.psnr,
+            phase: "fit",
+        })
     });
     let tb = tensor_bits(&arch, plan.bits, plan.sensitive_bits);
     let q = QuantSpec::choose(&arch, &fitter.params, &tb);
     fitter.reset_optimizer();
-    fitter.run_phase(&plan.qat, Some(&q), plan.fit.steps, total, &mut |e: &FitEvent| {
-        progress(&Progress { step: e.step, total: e.total, psnr: e.psnr, phase: "quantize" })
-    });
+    fitter.run_phase(
+        &plan.qat,
+        Some(&q),
+        plan.fit.steps,
+        total,
+        &mut |e: &FitEvent| {
+            progress(&Progress {
+                step: e.step,
+                total: e.total,
+                psnr: e.psnr,
+                phase: "quantize",
+            })
+        },
+    );
     // Serialise, then measure exactly what the decoder will produce from the bytes.
     let mut off = 0;
     let tensors = arch
@@ -232,11 +270,21 @@ fn encode_with_plan(
         .map(|(&n, (&step, &bits))| {
             let symbols = quant::quantize(&fitter.params[off..off + n], step, bits);
             off += n;
-            QTensor { step, bits, symbols }
+            QTensor {
+                step,
+                bits,
+                symbols,
+            }
         })
         .collect();
     let max_bits = q.bits.iter().copied().max().unwrap_or(plan.bits);
-    let file = InrFile { width: img.width, height: img.height, arch, bits: max_bits, tensors };
+    let file = InrFile {
+        width: img.width,
+        height: img.height,
+        arch,
+        bits: max_bits,
+        tensors,
+    };
     let bytes = format::write_file(&file)?;
     let recon = decode(&bytes, &DecodeOptions::default()).map_err(|e| match e {
         DecodeError::Format(f) => EncodeError::Format(f),
@@ -244,7 +292,12 @@ fn encode_with_plan(
     })?;
     let psnr = psnr_u8(&recon.data, &img.data);
     let bpp = 8.0 * bytes.len() as f64 / npx_f(img);
-    Ok(Encoded { bytes, recon, psnr, bpp })
+    Ok(Encoded {
+        bytes,
+        recon,
+        psnr,
+        bpp,
+    })
 }
 
 fn npx_f(img: &Image) -> f64 {
@@ -265,10 +318,14 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
             "output size {w}x{h} (expected 1..={MAX_RENDER_PIXELS} pixels)"
         )));
     }
-    let params: Vec<f32> =
-        file.tensors.iter().flat_map(|t| t.dequantize()).collect();
+    let params: Vec<f32> = file.tensors.iter().flat_map(|t| t.dequantize()).collect();
     let data = model::render(&file.arch, &params, w, h);
-    Ok(Image { width: w, height: h, channels: file.arch.out_channels, data })
+    Ok(Image {
+        width: w,
+        height: h,
+        channels: file.arch.out_channels,
+        data,
+    })
 }
 
 /// Largest output the decoder renders (2^28 pixels).

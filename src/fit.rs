@@ -52,7 +52,13 @@ pub struct QuantSpec {
 /// These tensors hold a few hundred values, so their extra precision costs almost nothing.
 pub fn tensor_bits(arch: &Arch, bits: u8, sensitive_bits: u8) -> Vec<u8> {
     (0..arch.tensor_lens().len())
-        .map(|t| if t < 2 || t % 2 == 1 { sensitive_bits.max(bits) } else { bits })
+        .map(|t| {
+            if t < 2 || t % 2 == 1 {
+                sensitive_bits.max(bits)
+            } else {
+                bits
+            }
+        })
         .collect()
 }
 
@@ -70,7 +76,10 @@ impl QuantSpec {
                 s
             })
             .collect();
-        QuantSpec { steps, bits: bits.to_vec() }
+        QuantSpec {
+            steps,
+            bits: bits.to_vec(),
+        }
     }
     /// Fake-quantize `params` into `out`.
     pub fn apply(&self, arch: &Arch, params: &[f32], out: &mut [f32]) {
@@ -92,7 +101,11 @@ pub struct FitEvent {
 
 /// PSNR in dB of 8-bit data (peak 255, one MSE over all samples).
 pub fn psnr_u8(a: &[u8], b: &[u8]) -> f64 {
-    let sse: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    let sse: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
     if sse == 0.0 {
         return f64::INFINITY;
     }
@@ -144,7 +157,7 @@ impl<'a> Fitter<'a> {
             grad: vec![0.0; n],
             order: (0..npx as u32).collect(),
             cursor: npx,
-            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f17),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x05ee_df17),
         }
     }
 
@@ -206,7 +219,8 @@ impl<'a> Fitter<'a> {
                         for (r, &p) in tile.iter().enumerate() {
                             sig.grid.features(p as usize, &mut x[r * nf..(r + 1) * nf]);
                             let p = p as usize;
-                            tgt[r * c..(r + 1) * c].copy_from_slice(&sig.target[p * c..(p + 1) * c]);
+                            tgt[r * c..(r + 1) * c]
+                                .copy_from_slice(&sig.target[p * c..(p + 1) * c]);
                         }
                         sse += kernel::train_tile(shape, eff, eff_t, tgt, rows, scale, g, scratch);
                     }
@@ -237,7 +251,13 @@ impl<'a> Fitter<'a> {
         let bc2 = 1.0 - B2.powi(self.t as i32);
         let a = lr * bc2.sqrt() / bc1;
         let g = &self.grad;
-        for (((p, m), v), &g) in self.params.iter_mut().zip(&mut self.m).zip(&mut self.v).zip(g) {
+        for (((p, m), v), &g) in self
+            .params
+            .iter_mut()
+            .zip(&mut self.m)
+            .zip(&mut self.v)
+            .zip(g)
+        {
             *m = B1 * *m + (1.0 - B1) * g;
             *v = B2 * *v + (1.0 - B2) * g * g;
             *p -= a * *m / (v.sqrt() + EPS * bc2.sqrt());
@@ -257,7 +277,12 @@ impl<'a> Fitter<'a> {
             Some(q) => q.apply(&self.arch, &self.params, &mut self.eff),
             None => self.eff.copy_from_slice(&self.params),
         }
-        let img = model::render(&self.arch, &self.eff, self.sig.grid.width, self.sig.grid.height);
+        let img = model::render(
+            &self.arch,
+            &self.eff,
+            self.sig.grid.width,
+            self.sig.grid.height,
+        );
         psnr_u8(&img, self.sig.original)
     }
 
@@ -289,7 +314,11 @@ impl<'a> Fitter<'a> {
                     best = Some((p, self.params.clone()));
                 }
             }
-            on_event(&FitEvent { step: step0 + s + 1, total, psnr });
+            on_event(&FitEvent {
+                step: step0 + s + 1,
+                total,
+                psnr,
+            });
         }
         match best {
             Some((p, w)) => {

@@ -90,14 +90,23 @@ impl NetShape {
             poff += n_in * out_pad + out_pad;
             toff += out_pad * pad(n_in);
         }
-        NetShape { layers, n_params: off, n_packed: poff, n_packed_t: toff }
+        NetShape {
+            layers,
+            n_params: off,
+            n_packed: poff,
+            n_packed_t: toff,
+        }
     }
     pub fn n_out(&self) -> usize {
         self.layers.last().map_or(0, |l| l.n_out)
     }
     /// Largest padded row stride, for scratch sizing.
     pub fn max_stride(&self) -> usize {
-        self.layers.iter().map(|l| l.out_pad.max(pad(l.n_in))).max().unwrap_or(0)
+        self.layers
+            .iter()
+            .map(|l| l.out_pad.max(pad(l.n_in)))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Copy real-layout parameters into the packed layout (padding zeroed).
@@ -158,17 +167,20 @@ pub fn sincos(x: f32) -> (f32, f32) {
     let parity = t.to_bits() << 31;
     let r = (x - k * PI_A) - k * PI_B;
     let r2 = r * r;
-    let s = r
-        + r * r2
-            * (-1.666_666_7e-1
-                + r2 * (8.333_333e-3
-                    + r2 * (-1.984_127e-4 + r2 * (2.755_731_7e-6 + r2 * -2.505_210_8e-8))));
+    let s = r + r
+        * r2
+        * (-1.666_666_7e-1
+            + r2 * (8.333_333e-3
+                + r2 * (-1.984_127e-4 + r2 * (2.755_731_7e-6 + r2 * -2.505_210_8e-8))));
     let c = 1.0
         + r2 * (-0.5
             + r2 * (4.166_666_8e-2
                 + r2 * (-1.388_888_9e-3
                     + r2 * (2.480_158_7e-5 + r2 * (-2.755_731_7e-7 + r2 * 2.087_675_7e-9)))));
-    (f32::from_bits(s.to_bits() ^ parity), f32::from_bits(c.to_bits() ^ parity))
+    (
+        f32::from_bits(s.to_bits() ^ parity),
+        f32::from_bits(c.to_bits() ^ parity),
+    )
 }
 
 /// `sin(x)` alone (same bits as `sincos(x).0`).
@@ -258,7 +270,8 @@ fn outer_acc<const FMA: bool>(
     let mut k = 0;
     while k + 4 <= k_n {
         for jc in (0..ds).step_by(LANES) {
-            let mut acc: [[f32; LANES]; 4] = std::array::from_fn(|i| *lanes(&gw[(k + i) * ds + jc..]));
+            let mut acc: [[f32; LANES]; 4] =
+                std::array::from_fn(|i| *lanes(&gw[(k + i) * ds + jc..]));
             for (xr, dzr) in x.chunks(xs).zip(dz.chunks_exact(ds)).take(rows) {
                 let dv = lanes(&dzr[jc..]);
                 let xa = &xr[k..k + 4];
@@ -301,7 +314,10 @@ pub struct InferScratch {
 impl InferScratch {
     pub fn new(shape: &NetShape) -> Self {
         let n = TILE * shape.max_stride();
-        InferScratch { a: vec![0.0; n], b: vec![0.0; n] }
+        InferScratch {
+            a: vec![0.0; n],
+            b: vec![0.0; n],
+        }
     }
 }
 
@@ -353,13 +369,26 @@ fn forward_infer_generic(
         let w = &packed[ly.pw_off..ly.pb_off];
         let b = &packed[ly.pb_off..ly.pb_off + ly.out_pad];
         let input: &[f32] = if l == 0 { x } else { &cur[..] };
-        gemm::<false>(input, ly.in_stride, ly.n_in, w, ly.out_pad, Some(b), rows, next);
+        gemm::<false>(
+            input,
+            ly.in_stride,
+            ly.n_in,
+            w,
+            ly.out_pad,
+            Some(b),
+            rows,
+            next,
+        );
         if let Some(w0) = ly.w0 {
             for v in next[..rows * ly.out_pad].iter_mut() {
                 *v = sin(w0 * *v);
             }
         } else {
-            for (yr, o) in y.chunks_exact_mut(ly.n_out).zip(next.chunks_exact(ly.out_pad)).take(rows) {
+            for (yr, o) in y
+                .chunks_exact_mut(ly.n_out)
+                .zip(next.chunks_exact(ly.out_pad))
+                .take(rows)
+            {
                 yr.copy_from_slice(&o[..ly.n_out]);
             }
         }
@@ -383,7 +412,11 @@ pub struct TrainScratch {
 
 impl TrainScratch {
     pub fn new(shape: &NetShape) -> Self {
-        let acts = shape.layers.iter().map(|l| vec![0.0; TILE * l.in_stride]).collect();
+        let acts = shape
+            .layers
+            .iter()
+            .map(|l| vec![0.0; TILE * l.in_stride])
+            .collect();
         let dsin = shape
             .layers
             .iter()
@@ -470,7 +503,16 @@ fn train_tile_generic<const FMA: bool>(
         let input = &before[l];
         if let Some(w0) = ly.w0 {
             let out = &mut after[0];
-            gemm::<FMA>(input, ly.in_stride, ly.n_in, w, ly.out_pad, Some(b), rows, out);
+            gemm::<FMA>(
+                input,
+                ly.in_stride,
+                ly.n_in,
+                w,
+                ly.out_pad,
+                Some(b),
+                rows,
+                out,
+            );
             let d = &mut s.dsin[l];
             for (v, dv) in out[..rows * ly.out_pad].iter_mut().zip(d.iter_mut()) {
                 let (sn, cs) = sincos(w0 * *v);
@@ -478,7 +520,16 @@ fn train_tile_generic<const FMA: bool>(
                 *dv = w0 * cs;
             }
         } else {
-            gemm::<FMA>(input, ly.in_stride, ly.n_in, w, ly.out_pad, Some(b), rows, &mut s.y);
+            gemm::<FMA>(
+                input,
+                ly.in_stride,
+                ly.n_in,
+                w,
+                ly.out_pad,
+                Some(b),
+                rows,
+                &mut s.y,
+            );
         }
     }
     // Loss and output gradient (into g_a, stride out_pad, padding zero).
@@ -535,7 +586,9 @@ mod tests {
         while x < 200.0 {
             let (s, c) = sincos(x);
             let xd = x as f64;
-            worst = worst.max((s as f64 - xd.sin()).abs()).max((c as f64 - xd.cos()).abs());
+            worst = worst
+                .max((s as f64 - xd.sin()).abs())
+                .max((c as f64 - xd.cos()).abs());
             x += 0.0137;
         }
         assert!(worst < 1e-6, "worst error {worst}");
@@ -556,7 +609,9 @@ mod tests {
         let n_in = shape.layers[0].n_in;
         let mut rng = 12345u64;
         let mut rnd = || {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
         let params: Vec<f32> = (0..shape.n_params).map(|_| rnd()).collect();
@@ -568,7 +623,10 @@ mod tests {
             let mut pk = vec![0.0; shape.n_packed];
             shape.pack(p, &mut pk);
             forward_tile_infer(&shape, &pk, &x, rows, &mut y, &mut s);
-            y.iter().zip(&t).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
+            y.iter()
+                .zip(&t)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum()
         };
         let mut pk = vec![0.0; shape.n_packed];
         shape.pack(&params, &mut pk);

@@ -12,8 +12,8 @@
 pub mod batch;
 mod codec;
 pub mod entropy;
-pub mod format;
 mod fit;
+pub mod format;
 mod kernel;
 pub mod media;
 pub mod metrics;
@@ -23,8 +23,8 @@ pub mod rd;
 pub mod util;
 
 pub use codec::{
-    decode, encode_image, inspect, DecodeError, DecodeOptions, EncodeConfig, EncodeError,
-    Encoded, Preset, Progress,
+    decode, encode_image, inspect, DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded,
+    Preset, Progress,
 };
 
 /// Internals exposed for the criterion benches only; not a stable API.

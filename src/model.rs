@@ -9,7 +9,11 @@ use rayon::prelude::*;
 
 /// Kernel shape of an architecture.
 pub fn shape_of(arch: &Arch) -> NetShape {
-    NetShape::new(&arch.layer_dims(), arch.w0_first as f32, arch.w0_hidden as f32)
+    NetShape::new(
+        &arch.layer_dims(),
+        arch.w0_first as f32,
+        arch.w0_hidden as f32,
+    )
 }
 
 /// SIREN initialisation (Sitzmann et al.): first layer `U(-1/n, 1/n)`, later layers
@@ -136,7 +140,13 @@ pub fn render(arch: &Arch, params: &[f32], width: u32, height: u32) -> Vec<u8> {
     // Chunks of 16 tiles per task.
     let chunk_px = TILE * 16;
     out.par_chunks_mut(chunk_px * c).enumerate().for_each_init(
-        || (InferScratch::new(&shape), vec![0.0f32; TILE * nf], vec![0.0f32; TILE * c]),
+        || {
+            (
+                InferScratch::new(&shape),
+                vec![0.0f32; TILE * nf],
+                vec![0.0f32; TILE * c],
+            )
+        },
         |(scratch, x, y), (ci, dst)| {
             let start = ci * chunk_px;
             let npx = dst.len() / c;

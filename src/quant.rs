@@ -14,7 +14,9 @@ pub fn max_symbol(bits: u8) -> i32 {
 pub fn quantize(w: &[f32], step: Step, bits: u8) -> Vec<i32> {
     let s = step.to_f32();
     let m = max_symbol(bits);
-    w.iter().map(|&v| ((v / s).round() as i32).clamp(-m, m)).collect()
+    w.iter()
+        .map(|&v| ((v / s).round() as i32).clamp(-m, m))
+        .collect()
 }
 
 /// Quantize-dequantize in place (the "fake quantization" of quantization-aware training).
@@ -59,7 +61,12 @@ mod tests {
     use crate::format::QTensor;
 
     fn dequantize(q: &[i32], step: Step) -> Vec<f32> {
-        QTensor { step, bits: 16, symbols: q.to_vec() }.dequantize()
+        QTensor {
+            step,
+            bits: 16,
+            symbols: q.to_vec(),
+        }
+        .dequantize()
     }
 
     #[test]

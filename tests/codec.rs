@@ -15,11 +15,22 @@ fn test_image(w: u32, h: u32) -> Image {
             data.push((200.0 - 150.0 * fy + 20.0 * (9.0 * fx).cos()) as u8);
         }
     }
-    Image { width: w, height: h, channels: 3, data }
+    Image {
+        width: w,
+        height: h,
+        channels: 3,
+        data,
+    }
 }
 
 fn quick(steps: usize) -> EncodeConfig {
-    EncodeConfig { preset: Preset::Tiny, width: Some(16), depth: Some(3), steps: Some(steps), ..Default::default() }
+    EncodeConfig {
+        preset: Preset::Tiny,
+        width: Some(16),
+        depth: Some(3),
+        steps: Some(steps),
+        ..Default::default()
+    }
 }
 
 fn enc(img: &Image, cfg: &EncodeConfig) -> inr::Encoded {
@@ -32,7 +43,10 @@ fn round_trip_reports_the_decoders_psnr_and_bpp() {
     let e = enc(&img, &quick(500));
     let dec = decode(&e.bytes, &DecodeOptions::default()).expect("decode");
     assert_eq!((dec.width, dec.height, dec.channels), (24, 16, 3));
-    assert_eq!(dec, e.recon, "decoder output differs from the encoder's reconstruction");
+    assert_eq!(
+        dec, e.recon,
+        "decoder output differs from the encoder's reconstruction"
+    );
     let psnr = inr::metrics::psnr(&img, &dec).expect("psnr");
     assert_eq!(psnr, e.psnr);
     assert_eq!(e.bpp, 8.0 * e.bytes.len() as f64 / (24.0 * 16.0));
@@ -67,9 +81,24 @@ fn same_input_and_seed_give_identical_bytes_on_any_thread_count() {
 fn renders_at_other_sizes_and_portrait_and_gray() {
     let img = test_image(12, 20); // portrait
     let e = enc(&img, &quick(30));
-    let big = decode(&e.bytes, &DecodeOptions { size: Some((36, 60)), ..Default::default() }).unwrap();
-    assert_eq!((big.width, big.height, big.data.len()), (36, 60, 36 * 60 * 3));
-    let gray = Image { width: 9, height: 7, channels: 1, data: (0..63).map(|i| (i * 4) as u8).collect() };
+    let big = decode(
+        &e.bytes,
+        &DecodeOptions {
+            size: Some((36, 60)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (big.width, big.height, big.data.len()),
+        (36, 60, 36 * 60 * 3)
+    );
+    let gray = Image {
+        width: 9,
+        height: 7,
+        channels: 1,
+        data: (0..63).map(|i| (i * 4) as u8).collect(),
+    };
     let e = enc(&gray, &quick(30));
     let d = decode(&e.bytes, &DecodeOptions::default()).unwrap();
     assert_eq!((d.channels, d.data.len()), (1, 63));
@@ -79,9 +108,21 @@ fn renders_at_other_sizes_and_portrait_and_gray() {
 fn absurd_output_size_is_an_error_not_an_allocation() {
     let img = test_image(8, 8);
     let e = enc(&img, &quick(5));
-    let r = decode(&e.bytes, &DecodeOptions { size: Some((1 << 20, 1 << 20)), ..Default::default() });
+    let r = decode(
+        &e.bytes,
+        &DecodeOptions {
+            size: Some((1 << 20, 1 << 20)),
+            ..Default::default()
+        },
+    );
     assert!(r.is_err());
-    let r = decode(&e.bytes, &DecodeOptions { size: Some((0, 5)), ..Default::default() });
+    let r = decode(
+        &e.bytes,
+        &DecodeOptions {
+            size: Some((0, 5)),
+            ..Default::default()
+        },
+    );
     assert!(r.is_err());
 }
 
@@ -89,13 +130,33 @@ fn absurd_output_size_is_an_error_not_an_allocation() {
 fn bad_configurations_are_rejected() {
     let img = test_image(8, 8);
     for cfg in [
-        EncodeConfig { bits: Some(1), ..quick(5) },
-        EncodeConfig { bits: Some(17), ..quick(5) },
-        EncodeConfig { width: Some(0), ..quick(5) },
-        EncodeConfig { depth: Some(0), ..quick(5) },
+        EncodeConfig {
+            bits: Some(1),
+            ..quick(5)
+        },
+        EncodeConfig {
+            bits: Some(17),
+            ..quick(5)
+        },
+        EncodeConfig {
+            width: Some(0),
+            ..quick(5)
+        },
+        EncodeConfig {
+            depth: Some(0),
+            ..quick(5)
+        },
     ] {
-        assert!(encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).is_err(), "{cfg:?}");
+        assert!(
+            encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).is_err(),
+            "{cfg:?}"
+        );
     }
-    let bad = Image { width: 4, height: 4, channels: 3, data: vec![0; 5] };
+    let bad = Image {
+        width: 4,
+        height: 4,
+        channels: 3,
+        data: vec![0; 5],
+    };
     assert!(encode_image(&bad, &quick(5), &mut |_: &inr::Progress| {}).is_err());
 }

@@ -198,10 +198,12 @@ pub struct RdProgress<'a> {
 
 /// Load an image with the codec's input policy (`media::load_image`).
 fn load_rgb(path: &Path) -> Result<Image, RdError> {
-    crate::media::load_image(path).map(|l| l.image).map_err(|e| RdError::Image {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    crate::media::load_image(path)
+        .map(|l| l.image)
+        .map_err(|e| RdError::Image {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 /// PSNR in dB (`metrics::psnr`); `None` if shapes differ.
