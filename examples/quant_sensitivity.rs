@@ -1,3 +1,9 @@
+//! How much PSNR does quantization cost, and where? Fits a 10x28 SIREN to a 256x256 Kodak crop
+//! for 600 steps, then quantizes (without fine-tuning) with the hidden matrices at `bits` and the
+//! first layer and all biases at `sensitive` bits. This measurement is why `inr` gives those
+//! few hundred values 14 bits.
+//!
+//! `cargo run --release --example quant_sensitivity [IMAGE]`
 use inr::bench_api::*;
 use inr::format::Arch;
 fn main() {
