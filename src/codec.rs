@@ -36,6 +36,8 @@ pub struct EncodeConfig {
     pub seed: u64,
     /// Rayon threads; `None` uses all cores.
     pub threads: Option<usize>,
+    /// Stop the fitting phase early once the exact rendered PSNR reaches this (dB).
+    pub target_psnr: Option<f64>,
     /// Fourier features per coordinate (expert).
     pub pe_freqs: Option<u8>,
     /// SIREN w0 of the first layer (expert).
@@ -56,6 +58,7 @@ impl Default for EncodeConfig {
             steps: None,
             seed: 0,
             threads: None,
+            target_psnr: None,
             pe_freqs: None,
             w0: None,
             lr: None,
@@ -176,6 +179,7 @@ impl EncodeConfig {
                 lr_end_frac: 0.05,
                 batch,
                 eval_every: 100,
+                stop_at_psnr: self.target_psnr,
             },
             qat: Phase {
                 steps: qat_steps,
@@ -183,6 +187,7 @@ impl EncodeConfig {
                 lr_end_frac: 0.05,
                 batch,
                 eval_every: 50,
+                stop_at_psnr: None,
             },
         })
     }

@@ -37,6 +37,8 @@ pub struct Phase {
     pub batch: usize,
     /// Evaluate the exact rendered PSNR every this many steps (0 = only at the end).
     pub eval_every: usize,
+    /// Stop as soon as an evaluation reaches this PSNR (evaluations then run from the start).
+    pub stop_at_psnr: Option<f64>,
 }
 
 /// Quantization applied in the forward pass (QAT): a step and a bit width per tensor, fixed
@@ -305,7 +307,9 @@ impl<'a> Fitter<'a> {
             self.step(ph.batch, lr, quant);
             let last = s + 1 == ph.steps;
             let eval_now = last
-                || (ph.eval_every > 0 && (s + 1) % ph.eval_every == 0 && 2 * (s + 1) >= ph.steps);
+                || (ph.eval_every > 0
+                    && (s + 1) % ph.eval_every == 0
+                    && (2 * (s + 1) >= ph.steps || ph.stop_at_psnr.is_some()));
             let mut psnr = None;
             if eval_now {
                 let p = self.eval(quant);
@@ -319,6 +323,9 @@ impl<'a> Fitter<'a> {
                 total,
                 psnr,
             });
+            if matches!((psnr, ph.stop_at_psnr), (Some(p), Some(t)) if p >= t) {
+                break;
+            }
         }
         match best {
             Some((p, w)) => {

@@ -160,3 +160,27 @@ fn bad_configurations_are_rejected() {
     };
     assert!(encode_image(&bad, &quick(5), &mut |_: &inr::Progress| {}).is_err());
 }
+
+#[test]
+fn target_psnr_stops_fitting_early() {
+    let img = test_image(24, 16);
+    let mut fit_steps = 0;
+    let cfg = EncodeConfig {
+        target_psnr: Some(12.0),
+        ..quick(1000)
+    };
+    let e = encode_image(&img, &cfg, &mut |p: &inr::Progress| {
+        if p.phase == "fit" {
+            fit_steps = p.step;
+        }
+    })
+    .expect("encode");
+    assert!(
+        fit_steps < 1000 && fit_steps % 100 == 0,
+        "stopped after {fit_steps} steps"
+    );
+    assert_eq!(
+        decode(&e.bytes, &DecodeOptions::default()).unwrap(),
+        e.recon
+    );
+}

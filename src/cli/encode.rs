@@ -43,6 +43,21 @@ pub struct EncodeArgs {
     /// Seed of the network initialisation (results are deterministic for a given seed).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
+    /// Stop fitting once the rendered network reaches this PSNR in dB (checked every 100 steps).
+    #[arg(long, value_name = "DB")]
+    pub target_psnr: Option<f64>,
+    /// Expert: Fourier features per coordinate (0 = plain coordinates, the default).
+    #[arg(long, value_name = "N")]
+    pub pe_freqs: Option<u8>,
+    /// Expert: SIREN w0 of the first layer (default 30).
+    #[arg(long, value_name = "N")]
+    pub w0: Option<u16>,
+    /// Expert: Adam learning rate (default 3e-4).
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f32>,
+    /// Expert: pixels per minibatch (default 65536 or 32768 by preset).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
     /// Drop a translucent alpha channel instead of refusing the image.
     #[arg(long)]
     pub ignore_alpha: bool,
@@ -87,7 +102,11 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         steps: args.steps,
         seed: args.seed,
         threads: ctx.threads,
-        ..EncodeConfig::default()
+        target_psnr: args.target_psnr,
+        pe_freqs: args.pe_freqs,
+        w0: args.w0,
+        lr: args.lr,
+        batch: args.batch,
     };
 
     let pb = progress_bar(ctx);
