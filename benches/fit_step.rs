@@ -2,7 +2,7 @@
 //! 768x512 render, for the architectures named in the image codec issue.
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use inr::bench_api::*;
-use inr::format::Arch;
+use inr::format::{write_file, Arch, InrFile, QTensor, Step};
 
 fn arch(width: u16, depth: u8, pe: u8) -> Arch {
     Arch {
@@ -66,6 +66,65 @@ fn bench(c: &mut Criterion) {
             b.iter(|| render(&a, &p, w, h))
         });
     }
+    g.finish();
+
+    // Whole-file decode of a 768x512 image: parse, entropy-decode, render (10x44, medium-sized).
+    let a = arch(44, 10, 0);
+    let p = siren_init(&shape_of(&a), 3);
+    let mut off = 0;
+    let tensors = a
+        .tensor_lens()
+        .iter()
+        .enumerate()
+        .map(|(t, &n)| {
+            let bits = if t < 2 || t % 2 == 1 { 14 } else { 6 };
+            let m = ((1i32 << (bits - 1)) - 1) as f32;
+            let w = &p[off..off + n];
+            off += n;
+            let max = w.iter().fold(1e-6f32, |x, v| x.max(v.abs()));
+            let step = Step::from_f32(max / m);
+            let s = step.to_f32();
+            let symbols = w
+                .iter()
+                .map(|v| (v / s).round().clamp(-m, m) as i32)
+                .collect();
+            QTensor {
+                step,
+                bits,
+                symbols,
+            }
+        })
+        .collect();
+    let file = InrFile {
+        width: 768,
+        height: 512,
+        arch: a,
+        bits: 14,
+        tensors,
+    };
+    let bytes = write_file(&file).expect("valid file");
+    let mut g = c.benchmark_group("decode_file_768x512");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function("10x44", |b| {
+        b.iter(|| inr::decode(&bytes, &inr::DecodeOptions::default()).expect("decodes"))
+    });
+    g.finish();
+
+    // The polynomial sincos alone, 1M values (elementwise cost of the sine layers).
+    let xs: Vec<f32> = (0..1 << 20).map(|i| (i as f32 * 0.001) - 500.0).collect();
+    let mut g = c.benchmark_group("sincos");
+    g.throughput(Throughput::Elements(xs.len() as u64));
+    g.bench_function("1M", |b| {
+        b.iter(|| {
+            xs.iter()
+                .map(|&x| {
+                    let (s, c) = sincos(x);
+                    s + c
+                })
+                .sum::<f32>()
+        })
+    });
     g.finish();
 }
 
