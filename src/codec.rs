@@ -9,15 +9,15 @@ use crate::quant;
 /// Quality presets, from the smallest file to the best quality.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum Preset {
-    /// 8 sine layers x 24, 6-bit weights, 1,000 steps: the smallest files.
+    /// 8 sine layers x 24, 6-bit weights, 3,000 steps: the smallest files.
     Tiny,
-    /// 10 x 32, 6-bit, 1,200 steps.
+    /// 10 x 32, 6-bit, 2,000 steps.
     Small,
-    /// 10 x 44, 6-bit, 1,500 steps (default).
+    /// 10 x 44, 6-bit, 3,000 steps of 32k pixels (default).
     Medium,
-    /// 10 x 60, 6-bit, 1,500 steps.
+    /// 10 x 60, 6-bit, 2,000 steps of 32k pixels.
     Large,
-    /// 10 x 80, 6-bit, 1,500 steps: the best quality, slowest encode.
+    /// 10 x 80, 6-bit, 1,000 steps of 32k pixels: the largest files.
     Huge,
 }
 
@@ -131,11 +131,11 @@ impl EncodeConfig {
     pub(crate) fn plan(&self, img: &Image) -> Result<Plan, EncodeError> {
         // (width, depth, bits of hidden matrices, fp32 steps, minibatch pixels)
         let (width, depth, bits, steps, batch) = match self.preset {
-            Preset::Tiny => (24, 8, 6, 1000, 1 << 16),
-            Preset::Small => (32, 10, 6, 1200, 1 << 16),
-            Preset::Medium => (44, 10, 6, 1500, 1 << 15),
-            Preset::Large => (60, 10, 6, 1500, 1 << 15),
-            Preset::Huge => (80, 10, 6, 1500, 1 << 15),
+            Preset::Tiny => (24, 8, 6, 3000, 1 << 16),
+            Preset::Small => (32, 10, 6, 2000, 1 << 16),
+            Preset::Medium => (44, 10, 6, 3000, 1 << 15),
+            Preset::Large => (60, 10, 6, 2000, 1 << 15),
+            Preset::Huge => (80, 10, 6, 1000, 1 << 15),
         };
         let width = self.width.unwrap_or(width);
         let depth = self.depth.unwrap_or(depth);
