@@ -111,20 +111,30 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    // The polynomial sincos alone, 1M values (elementwise cost of the sine layers).
+    // The polynomial sincos alone, 1M values into a buffer (elementwise cost of the sine
+    // layers; this bench is compiled for the baseline target, so SSE2 4-wide).
     let xs: Vec<f32> = (0..1 << 20).map(|i| (i as f32 * 0.001) - 500.0).collect();
+    let mut out = vec![0.0f32; xs.len()];
     let mut g = c.benchmark_group("sincos");
     g.throughput(Throughput::Elements(xs.len() as u64));
     g.bench_function("1M", |b| {
         b.iter(|| {
-            xs.iter()
-                .map(|&x| {
-                    let (s, c) = sincos(x);
-                    s + c
-                })
-                .sum::<f32>()
+            for (o, &x) in out.iter_mut().zip(&xs) {
+                let (s, c) = sincos(x);
+                *o = s + c;
+            }
         })
     });
+    g.finish();
+
+    // The machine's sgemm throughput through candle (gemm crate, runtime SIMD dispatch), as
+    // the ceiling to compare the fused SIREN step against: 2 * 1024^3 flops per iteration.
+    let dev = candle_core::Device::Cpu;
+    let a = candle_core::Tensor::ones((1024, 1024), candle_core::DType::F32, &dev).expect("tensor");
+    let mut g = c.benchmark_group("sgemm_candle");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(2 * 1024 * 1024 * 1024));
+    g.bench_function("1024", |b| b.iter(|| a.matmul(&a).expect("matmul")));
     g.finish();
 }
 
