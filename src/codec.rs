@@ -323,6 +323,14 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
             "output size {w}x{h} (expected 1..={MAX_RENDER_PIXELS} pixels)"
         )));
     }
+    let work = npx.saturating_mul(file.arch.num_params() as u64);
+    if work > MAX_DECODE_WORK {
+        return Err(DecodeError::Parameter(format!(
+            "rendering {w}x{h} pixels with {} parameters needs {work} multiply-adds \
+             (limit {MAX_DECODE_WORK}); render at a smaller --size",
+            file.arch.num_params()
+        )));
+    }
     let params: Vec<f32> = file.tensors.iter().flat_map(|t| t.dequantize()).collect();
     let data = model::render(&file.arch, &params, w, h);
     Ok(Image {
@@ -335,6 +343,11 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
 
 /// Largest output the decoder renders (2^28 pixels).
 pub const MAX_RENDER_PIXELS: u64 = 1 << 28;
+
+/// Largest decode work, in pixels x parameters (about a minute on 2 cores): a hostile header
+/// pairing the largest network with the largest image must not hang the decoder. A 768x512
+/// image with the `huge` preset needs 2.6e10.
+pub const MAX_DECODE_WORK: u64 = 1 << 40;
 
 /// Parse the header and section table without decoding the network.
 pub fn inspect(bytes: &[u8]) -> Result<crate::format::FileInfo, crate::format::FormatError> {
