@@ -35,6 +35,7 @@ fn main() {
         lr_end_frac: 0.05,
         batch: 16384,
         eval_every: 100,
+        stop_at_psnr: None,
     };
     let p = f.run_phase(&ph, None, 0, 600, &mut |_| {});
     println!("fp32 {p:.2}");

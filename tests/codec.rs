@@ -188,7 +188,11 @@ fn target_psnr_stops_fitting_early() {
 #[test]
 fn decode_work_is_bounded() {
     let img = test_image(8, 8);
-    let cfg = EncodeConfig { width: Some(64), depth: Some(10), ..quick(2) };
+    let cfg = EncodeConfig {
+        width: Some(64),
+        depth: Some(10),
+        ..quick(2)
+    };
     let e = enc(&img, &cfg);
     // 2^28 pixels x ~38k parameters exceeds the work limit: refused before rendering.
     let r = decode(
