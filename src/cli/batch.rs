@@ -1,10 +1,8 @@
 //! `inr batch`: compress a folder tree (binary-side glue).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use inr::batch::{self, BatchEvent, BatchOptions, InrBatchCodec, RowStatus, Shard};
 use inr::{EncodeConfig, Preset};
 
@@ -91,16 +89,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         force: args.force,
         jobs,
     };
-    let bar = if quiet || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed} < {eta}] {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar = super::counting_bar(quiet);
     let progress = |e: &BatchEvent| match e {
         BatchEvent::Started { todo, .. } => bar.set_length(*todo as u64),
         BatchEvent::Finished { row } => {

@@ -260,3 +260,18 @@ mod tests {
         ));
     }
 }
+
+/// A bar counting finished items with ETA, hidden with `--quiet` or when stderr is not a
+/// terminal (shared by `rd` and `batch`).
+pub fn counting_bar(quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(0);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed} < {eta}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}

@@ -1,10 +1,8 @@
 //! `inr rd`: rate–distortion sweep against JPEG (binary-side glue).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use inr::rd::jpeg::JpegVariant;
 use inr::rd::{self, RdConfig};
 use inr::Preset;
@@ -76,16 +74,7 @@ pub fn run(args: RdArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         let names = rd::planned_report_files(&args.data_dir, &cfg)?;
         rd::check_outputs_free(&args.output, &names)?;
     }
-    let bar = if quiet || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed} < {eta}] {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar = super::counting_bar(quiet);
     let report = rd::run_rd(&args.data_dir, &cfg, &mut |p| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
