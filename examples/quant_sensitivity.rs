@@ -50,7 +50,7 @@ fn main() {
         (5, 14),
     ] {
         let tb = tensor_bits(&a, bits, sb);
-        let q = QuantSpec::choose(&a, &base, &tb);
+        let q = QuantSpec::choose(&a, &base, &tb, None);
         let mut all = base.clone();
         q.apply(&a, &base, &mut all);
         f.params = all.clone();

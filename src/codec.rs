@@ -1,10 +1,10 @@
 //! Encoder and decoder: ties media, model, fitting, quantization and the container together.
 
+use crate::base::{self, Base, BaseError};
 use crate::fit::{psnr_u8, tensor_bits, FitEvent, Fitter, Phase, QuantSpec, Signal};
 use crate::format::{self, Arch, InrFile, QTensor};
 use crate::media::Image;
 use crate::model::{self, Grid2};
-use crate::quant;
 
 /// Quality presets, from the smallest file to the best quality.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -46,6 +46,21 @@ pub struct EncodeConfig {
     pub lr: Option<f32>,
     /// Pixels per minibatch (expert).
     pub batch: Option<usize>,
+    /// Which initialisation fitting starts from.
+    pub base: BaseChoice,
+}
+
+/// The start of fitting: a meta-learned base (whose id goes into the file, the weights then
+/// being coded as residuals from it) or a random SIREN initialisation.
+#[derive(Debug, Clone, Default)]
+pub enum BaseChoice {
+    /// The embedded base for the chosen architecture if this binary has one, else random.
+    #[default]
+    Default,
+    /// Random SIREN initialisation (seeded); the file needs no base to decode.
+    None,
+    /// This base (its architecture overrides the preset's).
+    Custom(Base),
 }
 
 impl Default for EncodeConfig {
@@ -63,6 +78,7 @@ impl Default for EncodeConfig {
             w0: None,
             lr: None,
             batch: None,
+            base: BaseChoice::Default,
         }
     }
 }
@@ -95,6 +111,8 @@ pub struct DecodeOptions {
     /// Render at this size instead of the coded one.
     pub size: Option<(u32, u32)>,
     pub limits: crate::format::Limits,
+    /// Bases to look for (besides the embedded ones) when a file names one.
+    pub bases: Vec<Base>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +129,8 @@ pub enum EncodeError {
 pub enum DecodeError {
     #[error(transparent)]
     Format(#[from] crate::format::FormatError),
+    #[error(transparent)]
+    Base(#[from] BaseError),
     #[error("invalid parameter: {0}")]
     Parameter(String),
 }
@@ -124,11 +144,32 @@ pub(crate) struct Plan {
     pub sensitive_bits: u8,
     pub fit: Phase,
     pub qat: Phase,
+    /// Initialisation to start from (weights coded as residuals from it).
+    pub base: Option<Base>,
 }
 
 impl EncodeConfig {
+    /// The network architecture the preset and overrides give for `channels` outputs (without
+    /// a custom base, whose architecture would replace it).
+    ///
+    /// # Errors
+    /// [`EncodeError::Parameter`] for an out-of-range override.
+    pub fn arch(&self, channels: u8) -> Result<Arch, EncodeError> {
+        let img = Image {
+            width: 1,
+            height: 1,
+            channels,
+            data: vec![0; channels as usize],
+        };
+        Ok(self.plan_with(&img, false)?.arch)
+    }
+
     /// Expand the preset and the expert overrides into an architecture and schedules.
     pub(crate) fn plan(&self, img: &Image) -> Result<Plan, EncodeError> {
+        self.plan_with(img, true)
+    }
+
+    fn plan_with(&self, img: &Image, use_base: bool) -> Result<Plan, EncodeError> {
         // (width, depth, bits of hidden matrices, fp32 steps, minibatch pixels)
         let (width, depth, bits, steps, batch) = match self.preset {
             Preset::Tiny => (24, 8, 6, 3000, 1 << 16),
@@ -156,7 +197,7 @@ impl EncodeConfig {
                 "bits {bits} (expected 2..=16)"
             )));
         }
-        let arch = Arch {
+        let mut arch = Arch {
             coord_dims: 2,
             out_channels: img.channels,
             width: width as u16,
@@ -165,6 +206,23 @@ impl EncodeConfig {
             pe_base_milli: 2000,
             w0_first: self.w0.unwrap_or(30),
             w0_hidden: 30,
+        };
+        let base = match &self.base {
+            _ if !use_base => None,
+            BaseChoice::None => None,
+            BaseChoice::Default => base::embedded_for(&arch).cloned(),
+            BaseChoice::Custom(b) => {
+                if b.arch.out_channels != img.channels {
+                    return Err(EncodeError::Parameter(format!(
+                        "base {:016x} outputs {} channels, the image has {}",
+                        b.id(),
+                        b.arch.out_channels,
+                        img.channels
+                    )));
+                }
+                arch = b.arch;
+                Some(b.clone())
+            }
         };
         let batch = self.batch.unwrap_or(batch);
         let lr = self.lr.unwrap_or(3e-4);
@@ -189,6 +247,7 @@ impl EncodeConfig {
                 eval_every: 50,
                 stop_at_psnr: None,
             },
+            base,
         })
     }
 }
@@ -238,7 +297,10 @@ fn encode_with_plan(
         original: &img.data,
     };
     let shape = model::shape_of(&arch);
-    let init = model::siren_init(&shape, seed);
+    let init = match &plan.base {
+        Some(b) => b.params.clone(),
+        None => model::siren_init(&shape, seed),
+    };
     let mut fitter = Fitter::new(arch, &sig, init, seed);
     let total = plan.fit.steps + plan.qat.steps;
     fitter.run_phase(&plan.fit, None, 0, total, &mut |e: &FitEvent| {
@@ -250,7 +312,8 @@ fn encode_with_plan(
         })
     });
     let tb = tensor_bits(&arch, plan.bits, plan.sensitive_bits);
-    let q = QuantSpec::choose(&arch, &fitter.params, &tb);
+    let base_params = plan.base.as_ref().map(|b| b.params.as_slice());
+    let q = QuantSpec::choose(&arch, &fitter.params, &tb, base_params);
     fitter.reset_optimizer();
     fitter.run_phase(
         &plan.qat,
@@ -267,19 +330,14 @@ fn encode_with_plan(
         },
     );
     // Serialise, then measure exactly what the decoder will produce from the bytes.
-    let mut off = 0;
-    let tensors = arch
-        .tensor_lens()
-        .iter()
+    let tensors = q
+        .symbols(&arch, &fitter.params)
+        .into_iter()
         .zip(q.steps.iter().zip(&q.bits))
-        .map(|(&n, (&step, &bits))| {
-            let symbols = quant::quantize(&fitter.params[off..off + n], step, bits);
-            off += n;
-            QTensor {
-                step,
-                bits,
-                symbols,
-            }
+        .map(|(symbols, (&step, &bits))| QTensor {
+            step,
+            bits,
+            symbols,
         })
         .collect();
     let max_bits = q.bits.iter().copied().max().unwrap_or(plan.bits);
@@ -289,9 +347,14 @@ fn encode_with_plan(
         arch,
         bits: max_bits,
         tensors,
+        base_id: plan.base.as_ref().map(Base::id),
     };
     let bytes = format::write_file(&file)?;
-    let recon = decode(&bytes, &DecodeOptions::default()).map_err(|e| match e {
+    let opts = DecodeOptions {
+        bases: plan.base.iter().cloned().collect(),
+        ..DecodeOptions::default()
+    };
+    let recon = decode(&bytes, &opts).map_err(|e| match e {
         DecodeError::Format(f) => EncodeError::Format(f),
         other => EncodeError::Parameter(other.to_string()),
     })?;
@@ -331,7 +394,22 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
             file.arch.num_params()
         )));
     }
-    let params: Vec<f32> = file.tensors.iter().flat_map(|t| t.dequantize()).collect();
+    let mut params: Vec<f32> = file.tensors.iter().flat_map(|t| t.dequantize()).collect();
+    if let Some(id) = file.base_id {
+        // §6.2: w = base + q * step, one f32 addition per weight.
+        let b = base::find(id, &opts.bases)?;
+        if b.arch != file.arch {
+            return Err(BaseError::ArchMismatch {
+                id,
+                base: b.arch,
+                file: file.arch,
+            }
+            .into());
+        }
+        for (p, &b) in params.iter_mut().zip(&b.params) {
+            *p += b;
+        }
+    }
     let data = model::render(&file.arch, &params, w, h);
     Ok(Image {
         width: w,

@@ -46,6 +46,9 @@ pub struct Phase {
 pub struct QuantSpec {
     pub steps: Vec<Step>,
     pub bits: Vec<u8>,
+    /// Weights of the meta-learned base: when set, the quantized quantity is the residual
+    /// `w - base` and the effective weight is `base + q * step` (spec §6.2).
+    pub base: Option<Vec<f32>>,
 }
 
 /// Bit width of each tensor under the mixed-precision rule: the first linear map (whose
@@ -65,8 +68,17 @@ pub fn tensor_bits(arch: &Arch, bits: u8, sensitive_bits: u8) -> Vec<u8> {
 }
 
 impl QuantSpec {
-    /// Choose a step per tensor from the current weights.
-    pub fn choose(arch: &Arch, params: &[f32], bits: &[u8]) -> Self {
+    /// Choose a step per tensor from the current weights (or from their residuals from
+    /// `base`).
+    pub fn choose(arch: &Arch, params: &[f32], bits: &[u8], base: Option<&[f32]>) -> Self {
+        let resid: Vec<f32>;
+        let params = match base {
+            Some(b) => {
+                resid = params.iter().zip(b).map(|(&p, &b)| p - b).collect();
+                &resid[..]
+            }
+            None => params,
+        };
         let mut off = 0;
         let steps = arch
             .tensor_lens()
@@ -81,15 +93,51 @@ impl QuantSpec {
         QuantSpec {
             steps,
             bits: bits.to_vec(),
+            base: base.map(<[f32]>::to_vec),
         }
     }
-    /// Fake-quantize `params` into `out`.
+    /// Fake-quantize `params` into `out` (exactly the weights the decoder will use).
     pub fn apply(&self, arch: &Arch, params: &[f32], out: &mut [f32]) {
+        let resid: Vec<f32>;
+        let src = match &self.base {
+            Some(b) => {
+                resid = params.iter().zip(b).map(|(&p, &b)| p - b).collect();
+                &resid[..]
+            }
+            None => params,
+        };
         let mut off = 0;
         for ((&n, &s), &b) in arch.tensor_lens().iter().zip(&self.steps).zip(&self.bits) {
-            quant::fake_quant_into(&params[off..off + n], s, b, &mut out[off..off + n]);
+            quant::fake_quant_into(&src[off..off + n], s, b, &mut out[off..off + n]);
             off += n;
         }
+        if let Some(b) = &self.base {
+            for (o, &b) in out.iter_mut().zip(b) {
+                *o += b;
+            }
+        }
+    }
+
+    /// The quantized symbols of every tensor (of the residuals when a base is set).
+    pub fn symbols(&self, arch: &Arch, params: &[f32]) -> Vec<Vec<i32>> {
+        let mut off = 0;
+        arch.tensor_lens()
+            .iter()
+            .zip(self.steps.iter().zip(&self.bits))
+            .map(|(&n, (&step, &bits))| {
+                let w = &params[off..off + n];
+                let q = match &self.base {
+                    Some(b) => {
+                        let r: Vec<f32> =
+                            w.iter().zip(&b[off..off + n]).map(|(&p, &b)| p - b).collect();
+                        quant::quantize(&r, step, bits)
+                    }
+                    None => quant::quantize(w, step, bits),
+                };
+                off += n;
+                q
+            })
+            .collect()
     }
 }
 

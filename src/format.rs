@@ -13,7 +13,16 @@ use crate::entropy::{self, EntropyError};
 /// text-mode damage).
 pub const MAGIC: [u8; 4] = [0x89, b'I', b'N', b'R'];
 /// §3.2 The format version this crate reads and writes.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// §3.2 Oldest version this decoder still reads (version 1 = version 2 without flags).
+pub const MIN_VERSION: u8 = 1;
+/// §3.4 Flag bit 0: a base-reference section (§4.4) follows the step table, and the stored
+/// tensors are residuals from that base's weights (§6.2).
+pub const FLAG_BASE: u16 = 1 << 0;
+/// §3.4 Flags that version 2 defines.
+pub const KNOWN_FLAGS: u16 = FLAG_BASE;
+/// §4.4 Size of the base-reference section: the base id (`u64`).
+pub const BASE_REF_BYTES: usize = 8;
 /// §3.3 Modality code for images (the only modality of version 1; 2 is reserved for audio).
 pub const MODALITY_IMAGE: u8 = 1;
 /// §3.9 Entropy coder id of version 1: the adaptive frequency model of §5.
@@ -184,7 +193,7 @@ impl Arch {
         Ok(())
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
         out.push(self.coord_dims);
         out.push(self.out_channels);
         out.extend_from_slice(&self.width.to_le_bytes());
@@ -195,7 +204,7 @@ impl Arch {
         out.extend_from_slice(&self.w0_hidden.to_le_bytes());
     }
 
-    fn read(b: &[u8; ARCH_BYTES]) -> Arch {
+    pub(crate) fn read(b: &[u8; ARCH_BYTES]) -> Arch {
         // Fixed-size array: constant indices, checked at compile time.
         Arch {
             coord_dims: b[0],
@@ -305,6 +314,9 @@ pub struct InrFile {
     pub bits: u8,
     /// Exactly `arch.tensor_lens()` in order and length.
     pub tensors: Vec<QTensor>,
+    /// The meta-learned base the tensors are residuals from (§4.4): its id
+    /// ([`crate::base::Base::id`]), or `None` for weights coded as they are.
+    pub base_id: Option<u64>,
 }
 
 /// Decoder limits, checked before anything is allocated from header values.
@@ -342,11 +354,11 @@ pub enum FormatError {
     )]
     BadMagic { found: [u8; 4] },
     /// The version byte is not [`VERSION`].
-    #[error("unsupported .inr format version {found} (this decoder reads version 1)")]
+    #[error("unsupported .inr format version {found} (this decoder reads versions 1 and 2)")]
     UnsupportedVersion { found: u8 },
     /// Flag bits this version does not define are set.
-    #[error("unknown header flags 0x{flags:04X} (version 1 defines no flags; expected 0x0000)")]
-    UnknownFlags { flags: u16 },
+    #[error("unknown header flags 0x{flags:04X} (expected only bits 0x{known:04X} in version {version})")]
+    UnknownFlags { flags: u16, known: u16, version: u8 },
     /// The file ends before a section is complete.
     #[error("truncated file: the {what} needs {needed} bytes, but only {available} remain")]
     Truncated {
@@ -404,6 +416,10 @@ pub enum FormatError {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FileInfo {
     pub version: u8,
+    /// Header flags (§3.4).
+    pub flags: u16,
+    /// Id of the base the weights are residuals from (§4.4), as 16 hex digits.
+    pub base_id: Option<String>,
     /// "image" in version 1.
     pub modality: &'static str,
     pub width: u32,
@@ -448,6 +464,9 @@ pub struct GroupInfo {
 
 /// A structurally parsed file (CRC verified, all fields validated), payload not decoded.
 struct Parsed<'a> {
+    version: u8,
+    flags: u16,
+    base_id: Option<u64>,
     width: u32,
     height: u32,
     arch: Arch,
@@ -592,7 +611,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         return Err(FormatError::BadMagic { found });
     }
     let version = r.u8("version byte")?;
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion { found: version });
     }
     // 2. Structure: fixed header, step table, payload, CRC. Sizes depend on `depth` (<= 255,
@@ -612,6 +631,19 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     let coder = h.u8("coder")?;
     let num_tensors = arch.num_tensors();
     let step_bytes = r.take(num_tensors * STEP_BYTES, "step table")?;
+    let known = if version == 1 { 0 } else { KNOWN_FLAGS };
+    if flags & !known != 0 {
+        return Err(FormatError::UnknownFlags {
+            flags,
+            known,
+            version,
+        });
+    }
+    let base_id = if flags & FLAG_BASE != 0 {
+        Some(u64::from_le_bytes(r.array::<BASE_REF_BYTES>("base reference")?))
+    } else {
+        None
+    };
     let payload_len = r.u32("payload length")?;
     let payload = r.take(payload_len as usize, "entropy payload")?;
     let body_end = r.pos;
@@ -634,9 +666,6 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
             value: modality.into(),
             expected: "1 (image; 2 = audio is reserved for a later version)",
         });
-    }
-    if flags != 0 {
-        return Err(FormatError::UnknownFlags { flags });
     }
     validate_dims(width, height, limits)?;
     arch.validate(limits)?;
@@ -695,6 +724,9 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         });
     }
     Ok(Parsed {
+        version,
+        flags,
+        base_id,
         width,
         height,
         arch,
@@ -777,13 +809,19 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
         len: payload.len() as u64,
     })?;
 
+    let flags = if f.base_id.is_some() { FLAG_BASE } else { 0 };
     let mut out = Vec::with_capacity(
-        HEADER_BYTES + STEP_BYTES * lens.len() + PAYLOAD_LEN_BYTES + payload.len() + CRC_BYTES,
+        HEADER_BYTES
+            + STEP_BYTES * lens.len()
+            + BASE_REF_BYTES
+            + PAYLOAD_LEN_BYTES
+            + payload.len()
+            + CRC_BYTES,
     );
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.push(MODALITY_IMAGE);
-    out.extend_from_slice(&0u16.to_le_bytes()); // flags
+    out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&f.width.to_le_bytes());
     out.extend_from_slice(&f.height.to_le_bytes());
     f.arch.write(&mut out);
@@ -794,6 +832,9 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
         out.extend_from_slice(&t.step.mantissa.to_le_bytes());
         out.push(t.step.exponent);
         out.push(t.bits);
+    }
+    if let Some(id) = f.base_id {
+        out.extend_from_slice(&id.to_le_bytes());
     }
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
@@ -852,6 +893,7 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
         arch: p.arch,
         bits: p.bits,
         tensors,
+        base_id: p.base_id,
     })
 }
 
@@ -879,7 +921,9 @@ pub fn inspect(bytes: &[u8]) -> Result<FileInfo, FormatError> {
         .collect();
     let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum();
     Ok(FileInfo {
-        version: VERSION,
+        version: p.version,
+        flags: p.flags,
+        base_id: p.base_id.map(|id| format!("{id:016x}")),
         modality: "image",
         width: p.width,
         height: p.height,
@@ -893,6 +937,7 @@ pub fn inspect(bytes: &[u8]) -> Result<FileInfo, FormatError> {
         tensor_bits: p.tensor_bits,
         header_bytes: HEADER_BYTES as u64,
         side_info_bytes: (STEP_BYTES * num_tensors
+            + if p.base_id.is_some() { BASE_REF_BYTES } else { 0 }
             + PAYLOAD_LEN_BYTES
             + GROUP_LEN_BYTES * groups.len()) as u64,
         payload_bytes,
@@ -1085,6 +1130,7 @@ mod tests {
             arch: a,
             bits: 14,
             tensors,
+            base_id: None,
         };
         let bytes = write_file(&f).unwrap();
         assert_eq!(read_file(&bytes, &Limits::default()).unwrap(), f);

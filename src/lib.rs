@@ -9,6 +9,7 @@
 //! - `model`, `kernel`, `fit`, `quant`: the SIREN, its fused CPU kernels, fitting and quantization.
 //! - [`rd`] and [`batch`]: rate–distortion sweeps and dataset compression.
 
+pub mod base;
 pub mod batch;
 mod codec;
 pub mod entropy;
@@ -16,6 +17,7 @@ mod fit;
 pub mod format;
 mod kernel;
 pub mod media;
+pub mod meta;
 pub mod metrics;
 mod model;
 mod quant;
@@ -23,7 +25,7 @@ pub mod rd;
 pub mod util;
 
 pub use codec::{
-    decode, encode_image, inspect, DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded,
+    decode, encode_image, inspect, BaseChoice, DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded,
     Preset, Progress,
 };
 

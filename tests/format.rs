@@ -54,6 +54,7 @@ fn golden() -> InrFile {
                 symbols: vec![0],
             },
         ],
+        base_id: None,
     }
 }
 
@@ -80,6 +81,7 @@ fn random_file_bits(rng: &mut ChaCha8Rng, arch: Arch, bits: &[u8]) -> InrFile {
         arch,
         bits: *bits.iter().max().unwrap(),
         tensors,
+        base_id: None,
     }
 }
 
@@ -123,7 +125,7 @@ fn golden_header_bytes_are_pinned() {
     #[rustfmt::skip]
     let expected_head: &[u8] = &[
         0x89, b'I', b'N', b'R',   // 0  magic
-        1,                        // 4  version
+        2,                        // 4  version
         1,                        // 5  modality = image
         0, 0,                     // 6  flags
         4, 0, 0, 0,               // 8  width
@@ -167,6 +169,12 @@ fn golden_header_bytes_are_pinned() {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, GOLDEN_HEX);
     assert_eq!(read(&bytes).unwrap(), golden());
+    // The same file as version 1 wrote it still decodes to the same content.
+    let v1: Vec<u8> = (0..GOLDEN_V1_HEX.len() / 2)
+        .map(|i| u8::from_str_radix(&GOLDEN_V1_HEX[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(read(&v1).unwrap(), golden());
+    assert_eq!(inspect(&v1).unwrap().version, 1);
     let info = inspect(&bytes).unwrap();
     assert_eq!(info.bits, 12);
     assert_eq!(info.tensor_bits, vec![12, 12, 4, 12]);
@@ -189,7 +197,30 @@ fn golden_header_bytes_are_pinned() {
     assert_eq!(info.payload_bytes, (g4.len() + g12.len()) as u64);
     assert_eq!(estimate_file_bits(&g).unwrap(), 8 * bytes.len() as u64);
 }
-const GOLDEN_HEX: &str = "89494e52010100000400000003000000020102000100d0071e001e000c000180100c0100000ccdab4004409c140c18000000040000005a62f3780c0000003ffff77f4c4683ea69c70b539db36a02";
+const GOLDEN_HEX: &str = "89494e52020100000400000003000000020102000100d0071e001e000c000180100c0100000ccdab4004409c140c18000000040000005a62f3780c0000003ffff77f4c4683ea69c70b5320fbc0e9";
+/// The golden file as format version 1 wrote it (identical layout without flags).
+const GOLDEN_V1_HEX: &str = "89494e52010100000400000003000000020102000100d0071e001e000c000180100c0100000ccdab4004409c140c18000000040000005a62f3780c0000003ffff77f4c4683ea69c70b539db36a02";
+
+#[test]
+fn base_reference_section_is_pinned() {
+    let mut g = golden();
+    g.base_id = Some(0x0123_4567_89AB_CDEF);
+    let bytes = write_file(&g).unwrap();
+    assert_eq!(&bytes[6..8], &[1, 0], "flags: bit 0 = base reference");
+    // The 8-byte base id follows the 4 step entries (30 + 16 = 46), little endian.
+    assert_eq!(&bytes[46..54], &[0xEF, 0xCD, 0xAB, 0x89, 0x67, 0x45, 0x23, 0x01]);
+    let plain = write_file(&golden()).unwrap();
+    assert_eq!(bytes.len(), plain.len() + 8);
+    assert_eq!(&bytes[54..bytes.len() - 4], &plain[46..plain.len() - 4]);
+    assert_eq!(read(&bytes).unwrap(), g);
+    let info = inspect(&bytes).unwrap();
+    assert_eq!(info.base_id.as_deref(), Some("0123456789abcdef"));
+    assert_eq!(info.side_info_bytes, 16 + 8 + 4 + 2 * 4);
+    // Every truncation of it is an error.
+    for n in 0..bytes.len() {
+        assert!(read(&bytes[..n]).is_err(), "{n}");
+    }
+}
 
 #[test]
 fn round_trips_random_files_and_is_deterministic() {
@@ -549,14 +580,19 @@ fn bits_fields_and_payload_groups_are_validated() {
 fn version_magic_flags_and_trailing_bytes() {
     let bytes = write_file(&golden()).unwrap();
     let mut b = bytes.clone();
-    b[4] = 2; // future version, CRC left stale: the version is reported first
+    b[4] = 3; // future version, CRC left stale: the version is reported first
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnsupportedVersion { found: 2 })
+        Err(FormatError::UnsupportedVersion { found: 3 })
     ));
     assert!(matches!(
         inspect(&b),
-        Err(FormatError::UnsupportedVersion { found: 2 })
+        Err(FormatError::UnsupportedVersion { found: 3 })
+    ));
+    b[4] = 0;
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::UnsupportedVersion { found: 0 })
     ));
     let mut b = bytes.clone();
     b[0] = b'I';
@@ -566,11 +602,20 @@ fn version_magic_flags_and_trailing_bytes() {
         Err(FormatError::BadMagic { .. })
     ));
     let mut b = bytes.clone();
+    b[6] = 0x02;
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::UnknownFlags { flags: 2, .. })
+    ));
+    // Version 1 defines no flags at all, not even the base reference.
+    let mut b = bytes.clone();
+    b[4] = 1;
     b[6] = 0x01;
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnknownFlags { flags: 1 })
+        Err(FormatError::UnknownFlags { flags: 1, version: 1, .. })
     ));
     let mut b = bytes.clone();
     b[5] = 2; // audio: reserved

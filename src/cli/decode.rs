@@ -34,6 +34,10 @@ pub struct DecodeArgs {
     /// Drop a translucent alpha channel of the --ref image instead of refusing it.
     #[arg(long)]
     pub ignore_alpha: bool,
+    /// A base file (.inrb) the input may have been coded from, besides the embedded ones
+    /// (repeatable).
+    #[arg(long = "base", value_name = "FILE.inrb")]
+    pub bases: Vec<PathBuf>,
     /// Overwrite the output file if it exists.
     #[arg(long)]
     pub force: bool,
@@ -91,6 +95,7 @@ pub fn run(args: DecodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     check_output(&args.input, &args.output, args.force)?;
     inr::media::OutputFormat::from_path(&args.output)?;
     let bytes = read_inr(&args.input)?;
+    let bases = super::load_bases(&args.bases)?;
     let reference = match &args.reference {
         Some(p) => {
             let l = load_input(p, args.ignore_alpha)?;
@@ -102,6 +107,7 @@ pub fn run(args: DecodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let decode = |size: Option<(u32, u32)>| {
         let opts = inr::DecodeOptions {
             size,
+            bases: bases.clone(),
             ..Default::default()
         };
         inr::decode(&bytes, &opts)

@@ -58,6 +58,12 @@ pub struct EncodeArgs {
     /// Expert: pixels per minibatch (default 65536 or 32768 by preset).
     #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
+    /// Start of fitting: `default` (the meta-learned base embedded for the chosen preset, if
+    /// any; else random), `none` (random SIREN init: the file then needs no base), or a base
+    /// file FILE.inrb from `inr meta-train` (its architecture replaces the preset's; the
+    /// decoder then needs the same file, given with `inr decode --base`).
+    #[arg(long, value_name = "default|none|FILE.inrb", default_value = "default")]
+    pub base: String,
     /// Drop a translucent alpha channel instead of refusing the image.
     #[arg(long)]
     pub ignore_alpha: bool,
@@ -107,6 +113,17 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         w0: args.w0,
         lr: args.lr,
         batch: args.batch,
+        base: match args.base.as_str() {
+            "default" => inr::BaseChoice::Default,
+            "none" => inr::BaseChoice::None,
+            path => {
+                let mut b = super::load_bases(&[PathBuf::from(path)])?;
+                match b.pop() {
+                    Some(b) => inr::BaseChoice::Custom(b),
+                    None => anyhow::bail!("no base loaded from {path}"),
+                }
+            }
+        },
     };
 
     let pb = progress_bar(ctx);

@@ -23,6 +23,10 @@ pub struct EvalArgs {
     /// Drop a translucent alpha channel of the reference instead of refusing it.
     #[arg(long)]
     pub ignore_alpha: bool,
+    /// A base file (.inrb) the input may have been coded from, besides the embedded ones
+    /// (repeatable).
+    #[arg(long = "base", value_name = "FILE.inrb")]
+    pub bases: Vec<PathBuf>,
 }
 
 pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -31,7 +35,11 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let reference = loaded.image;
     let bytes = read_inr(&args.input)?;
     let start = Instant::now();
-    let img = inr::decode(&bytes, &inr::DecodeOptions::default())
+    let opts = inr::DecodeOptions {
+        bases: super::load_bases(&args.bases)?,
+        ..Default::default()
+    };
+    let img = inr::decode(&bytes, &opts)
         .with_context(|| format!("cannot decode {}", args.input.display()))?;
     let secs = start.elapsed().as_secs_f64();
     let psnr = inr::metrics::psnr(&reference, &img)

@@ -10,10 +10,41 @@ mod decode;
 mod encode;
 mod eval;
 mod info;
+mod meta_train;
 mod rd;
 
 /// Largest `.inr` file the CLI reads into memory (a hostile huge file is refused up front).
 pub const MAX_INR_BYTES: u64 = 256 << 20;
+
+/// Largest `.inrb` base file the CLI reads into memory.
+pub const MAX_BASE_BYTES: u64 = 64 << 20;
+
+/// Reads and validates the base files given with `--base` (a file coded from a base that is
+/// neither embedded nor given here cannot be decoded; the error names the base's id).
+pub fn load_bases(paths: &[PathBuf]) -> anyhow::Result<Vec<inr::base::Base>> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = read_limited(p, MAX_BASE_BYTES)?;
+            inr::base::Base::from_bytes(&bytes, &inr::format::Limits::default())
+                .with_context(|| format!("cannot load base {}", p.display()))
+        })
+        .collect()
+}
+
+/// Reads a whole file, refusing one larger than `max` bytes before reading it.
+pub fn read_limited(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > max {
+        anyhow::bail!("{} is larger than {max} bytes", path.display());
+    }
+    Ok(bytes)
+}
 
 /// How input images are interpreted; shown in the long help of the commands that read images.
 pub const INPUT_POLICY: &str = "\
@@ -60,6 +91,8 @@ pub enum Command {
     Rd(rd::RdArgs),
     /// Compress a whole directory or list of images.
     Batch(batch::BatchArgs),
+    /// Meta-learn a base network (.inrb) that encoding starts from.
+    MetaTrain(meta_train::MetaTrainArgs),
 }
 
 /// Parse the arguments, run, print any error as one `error: ...` line and return the exit code.
@@ -94,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a, &ctx),
         Command::Rd(a) => rd::run(a, ctx.quiet, ctx.json),
         Command::Batch(a) => batch::run(a, ctx.quiet, ctx.json),
+        Command::MetaTrain(a) => meta_train::run(a, &ctx),
     }
 }
 

@@ -1,0 +1,388 @@
+//! Base files (`.inrb`, `codec-spec.md` §9): a meta-learned initialisation (architecture plus
+//! f32 weights) that encoder and decoder share. An `.inr` file coded from a base stores only
+//! the quantized residual `W - W_base` and names the base by its id (§4.4).
+//!
+//! Like [`format`](crate::format), this module never touches the model or candle: parsing a
+//! base is plain byte work with limits checked before any allocation.
+
+use crate::format::{Arch, FormatError, Limits, ARCH_BYTES, MODALITY_IMAGE};
+use sha2::{Digest, Sha256};
+
+/// §9.1 Magic of a base file: `0x89 'I' 'N' 'B'`.
+pub const BASE_MAGIC: [u8; 4] = [0x89, b'I', b'N', b'B'];
+/// §9.1 The base-file version this crate reads and writes.
+pub const BASE_VERSION: u8 = 1;
+/// §9.1 Fixed part before the description: magic, version, modality, flags, arch, n_params,
+/// description length.
+pub const BASE_HEADER_BYTES: usize = 4 + 1 + 1 + 2 + ARCH_BYTES + 4 + 2;
+/// §9.1 Longest description in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+
+/// Errors specific to base files and base lookup.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BaseError {
+    #[error(
+        "not an .inrb base file: expected magic bytes 89 49 4E 42 (\"\\x89INB\"), found {found:02X?}"
+    )]
+    BadMagic { found: [u8; 4] },
+    #[error("unsupported .inrb version {found} (this build reads version {BASE_VERSION})")]
+    UnsupportedVersion { found: u8 },
+    #[error("base file: {0}")]
+    Format(#[from] FormatError),
+    #[error("base file weight {index} is not finite (bits 0x{bits:08X})")]
+    NonFinite { index: usize, bits: u32 },
+    #[error("base file description is not UTF-8")]
+    Description,
+    #[error(
+        "this file was coded from base {id:016x}, which this decoder does not have \
+         (embedded: {embedded}); pass it with --base FILE.inrb"
+    )]
+    Missing { id: u64, embedded: String },
+    #[error(
+        "base {id:016x} has architecture {base:?}, but the file needs {file:?} \
+         (the base does not match this file)"
+    )]
+    ArchMismatch { id: u64, base: Arch, file: Arch },
+}
+
+/// A meta-learned initialisation: the network every encode from it starts at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Base {
+    pub arch: Arch,
+    /// Weights in file tensor order (`[W0, b0, W1, b1, ...]`, §6.1), `arch.num_params()` values.
+    pub params: Vec<f32>,
+    /// Free text: how the base was trained (command, data, steps).
+    pub description: String,
+    id: u64,
+}
+
+impl Base {
+    /// Builds a base and computes its id from its serialisation.
+    ///
+    /// # Errors
+    /// When the arch is invalid, the weight count does not match it, a weight is not finite or
+    /// the description is too long.
+    pub fn new(arch: Arch, params: Vec<f32>, description: String) -> Result<Base, BaseError> {
+        let mut b = Base {
+            arch,
+            params,
+            description,
+            id: 0,
+        };
+        let bytes = b.to_bytes()?;
+        b.id = id_of(&bytes);
+        Ok(b)
+    }
+
+    /// Content id: the first 8 bytes (little endian) of the SHA-256 of the base file (§9.2).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Serialises the base (§9.1).
+    ///
+    /// # Errors
+    /// As [`Base::new`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>, BaseError> {
+        self.arch.validate(&Limits::default())?;
+        let n = self.arch.num_params();
+        if self.params.len() != n {
+            return Err(FormatError::TensorLength {
+                index: 0,
+                expected: n,
+                found: self.params.len(),
+            }
+            .into());
+        }
+        if let Some((index, v)) = self.params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(BaseError::NonFinite {
+                index,
+                bits: v.to_bits(),
+            });
+        }
+        let desc = self.description.as_bytes();
+        if desc.len() > MAX_DESCRIPTION_BYTES {
+            return Err(FormatError::InvalidField {
+                field: "base description length",
+                value: desc.len() as u64,
+                expected: "0..=4096",
+            }
+            .into());
+        }
+        let mut out = Vec::with_capacity(BASE_HEADER_BYTES + desc.len() + 4 * n + 4);
+        out.extend_from_slice(&BASE_MAGIC);
+        out.push(BASE_VERSION);
+        out.push(MODALITY_IMAGE);
+        out.extend_from_slice(&0u16.to_le_bytes());
+        self.arch.write(&mut out);
+        out.extend_from_slice(&(n as u32).to_le_bytes());
+        out.extend_from_slice(&(desc.len() as u16).to_le_bytes());
+        out.extend_from_slice(desc);
+        for v in &self.params {
+            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        Ok(out)
+    }
+
+    /// Parses and validates a base file (§9.1). Never panics; sizes are checked against
+    /// `limits` and the bytes present before anything is allocated.
+    ///
+    /// # Errors
+    /// A [`BaseError`] naming what is wrong.
+    pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Base, BaseError> {
+        let total = bytes.len();
+        let trunc = |what, needed: usize, at: usize| {
+            BaseError::Format(FormatError::Truncated {
+                what,
+                needed: needed as u64,
+                available: total.saturating_sub(at) as u64,
+            })
+        };
+        if total as u64 > limits.max_file_bytes {
+            return Err(FormatError::LimitExceeded {
+                what: "base file size",
+                value: total as u64,
+                limit: limits.max_file_bytes,
+            }
+            .into());
+        }
+        let magic: [u8; 4] = bytes
+            .get(..4)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| trunc("base magic", 4, 0))?;
+        if magic != BASE_MAGIC {
+            return Err(BaseError::BadMagic { found: magic });
+        }
+        let version = *bytes.get(4).ok_or_else(|| trunc("base version", 1, 4))?;
+        if version != BASE_VERSION {
+            return Err(BaseError::UnsupportedVersion { found: version });
+        }
+        let head = bytes
+            .get(..BASE_HEADER_BYTES)
+            .ok_or_else(|| trunc("base header", BASE_HEADER_BYTES, 0))?;
+        let modality = head[5];
+        let flags = u16::from_le_bytes([head[6], head[7]]);
+        let mut arch_bytes = [0u8; ARCH_BYTES];
+        arch_bytes.copy_from_slice(&head[8..8 + ARCH_BYTES]);
+        let arch = Arch::read(&arch_bytes);
+        let o = 8 + ARCH_BYTES;
+        let n = u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]) as usize;
+        let desc_len = u16::from_le_bytes([head[o + 4], head[o + 5]]) as usize;
+        if modality != MODALITY_IMAGE {
+            return Err(FormatError::InvalidField {
+                field: "base modality",
+                value: modality.into(),
+                expected: "1 (image)",
+            }
+            .into());
+        }
+        if flags != 0 {
+            return Err(FormatError::InvalidField {
+                field: "base flags",
+                value: flags.into(),
+                expected: "0",
+            }
+            .into());
+        }
+        arch.validate(limits)?;
+        if n != arch.num_params() {
+            return Err(FormatError::InvalidField {
+                field: "base parameter count",
+                value: n as u64,
+                expected: "the architecture's parameter count",
+            }
+            .into());
+        }
+        if desc_len > MAX_DESCRIPTION_BYTES {
+            return Err(FormatError::InvalidField {
+                field: "base description length",
+                value: desc_len as u64,
+                expected: "0..=4096",
+            }
+            .into());
+        }
+        // n <= limits.max_params (validated), so this cannot overflow.
+        let need = BASE_HEADER_BYTES + desc_len + 4 * n + 4;
+        if total < need {
+            return Err(trunc("base file", need, 0));
+        }
+        if total > need {
+            return Err(FormatError::TrailingBytes {
+                count: (total - need) as u64,
+            }
+            .into());
+        }
+        let body = &bytes[..need - 4];
+        let stored = u32::from_le_bytes([
+            bytes[need - 4],
+            bytes[need - 3],
+            bytes[need - 2],
+            bytes[need - 1],
+        ]);
+        let computed = crc32fast::hash(body);
+        if stored != computed {
+            return Err(FormatError::CrcMismatch { stored, computed }.into());
+        }
+        let desc = &body[BASE_HEADER_BYTES..BASE_HEADER_BYTES + desc_len];
+        let description = std::str::from_utf8(desc)
+            .map_err(|_| BaseError::Description)?
+            .to_string();
+        let mut params = Vec::with_capacity(n);
+        for (index, c) in body[BASE_HEADER_BYTES + desc_len..].chunks_exact(4).enumerate() {
+            let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let v = f32::from_bits(bits);
+            if !v.is_finite() {
+                return Err(BaseError::NonFinite { index, bits });
+            }
+            params.push(v);
+        }
+        Ok(Base {
+            arch,
+            params,
+            description,
+            id: id_of(bytes),
+        })
+    }
+}
+
+/// §9.2 Base id: the first 8 bytes of SHA-256 over the whole base file, little endian.
+pub fn id_of(bytes: &[u8]) -> u64 {
+    let d = Sha256::digest(bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// The bases built into this binary (trained on kodim01-12 with `inr meta-train`; see
+/// `bases/README.md`), parsed once.
+pub fn embedded() -> &'static [Base] {
+    static CELL: std::sync::OnceLock<Vec<Base>> = std::sync::OnceLock::new();
+    CELL.get_or_init(|| {
+        EMBEDDED
+            .iter()
+            .filter_map(|(_, b)| Base::from_bytes(b, &Limits::default()).ok())
+            .collect()
+    })
+}
+
+/// Names and bytes of the embedded base files.
+pub const EMBEDDED: &[(&str, &[u8])] = &[];
+
+/// Finds the base with `id` among `extra` (user-supplied, searched first) and the embedded
+/// ones.
+///
+/// # Errors
+/// [`BaseError::Missing`] naming the id and the bases that are available.
+pub fn find<'a>(id: u64, extra: &'a [Base]) -> Result<&'a Base, BaseError> {
+    if let Some(b) = extra.iter().find(|b| b.id == id) {
+        return Ok(b);
+    }
+    let emb = embedded();
+    if let Some(b) = emb.iter().find(|b| b.id == id) {
+        return Ok(b);
+    }
+    let list: Vec<String> = emb.iter().map(|b| format!("{:016x}", b.id)).collect();
+    Err(BaseError::Missing {
+        id,
+        embedded: if list.is_empty() {
+            "none".into()
+        } else {
+            list.join(", ")
+        },
+    })
+}
+
+/// The embedded base for an architecture, if one ships with this binary.
+pub fn embedded_for(arch: &Arch) -> Option<&'static Base> {
+    embedded().iter().find(|b| b.arch == *arch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arch() -> Arch {
+        Arch {
+            coord_dims: 2,
+            out_channels: 3,
+            width: 4,
+            depth: 2,
+            pe_freqs: 0,
+            pe_base_milli: 2000,
+            w0_first: 30,
+            w0_hidden: 30,
+        }
+    }
+
+    fn base() -> Base {
+        let n = arch().num_params();
+        Base::new(
+            arch(),
+            (0..n).map(|i| i as f32 * 0.01 - 0.2).collect(),
+            "test".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_id() {
+        let b = base();
+        let bytes = b.to_bytes().unwrap();
+        let c = Base::from_bytes(&bytes, &Limits::default()).unwrap();
+        assert_eq!(b, c);
+        assert_eq!(c.id(), id_of(&bytes));
+        // Any change to the weights changes the id.
+        let mut p = b.params.clone();
+        p[3] += 1e-6;
+        let d = Base::new(arch(), p, "test".into()).unwrap();
+        assert_ne!(d.id(), b.id());
+    }
+
+    #[test]
+    fn every_truncation_and_byte_flip_is_an_error() {
+        let bytes = base().to_bytes().unwrap();
+        for n in 0..bytes.len() {
+            assert!(Base::from_bytes(&bytes[..n], &Limits::default()).is_err(), "{n}");
+        }
+        for i in 0..bytes.len() {
+            for x in [1u8, 0x80, 0xFF] {
+                let mut c = bytes.clone();
+                c[i] ^= x;
+                assert!(Base::from_bytes(&c, &Limits::default()).is_err(), "{i} {x}");
+            }
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(
+            Base::from_bytes(&long, &Limits::default()),
+            Err(BaseError::Format(FormatError::TrailingBytes { .. }))
+        ));
+    }
+
+    #[test]
+    fn wrong_version_and_non_finite_are_named() {
+        let mut bytes = base().to_bytes().unwrap();
+        bytes[4] = 9;
+        assert!(matches!(
+            Base::from_bytes(&bytes, &Limits::default()),
+            Err(BaseError::UnsupportedVersion { found: 9 })
+        ));
+        let mut p = base().params;
+        p[0] = f32::NAN;
+        assert!(matches!(
+            Base::new(arch(), p, String::new()),
+            Err(BaseError::NonFinite { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn missing_base_names_the_id() {
+        let e = find(0x1234, &[]).unwrap_err().to_string();
+        assert!(e.contains("0000000000001234"), "{e}");
+        let b = base();
+        assert_eq!(find(b.id(), std::slice::from_ref(&b)).unwrap().id(), b.id());
+    }
+}

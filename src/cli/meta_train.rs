@@ -1,0 +1,286 @@
+//! `inr meta-train`: learn a base (initialisation) with Reptile, with checkpoints and resume.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use inr::base::Base;
+use inr::media::Image;
+use inr::meta::{self, MetaConfig};
+use inr::{EncodeConfig, Preset};
+
+use super::{say, Ctx};
+
+/// Meta-learn a base network (.inrb) from a folder of images with Reptile: each iteration fits
+/// a random augmented crop (flips, transpositions, crop sizes between --crop-min and
+/// --crop-max) for --inner-steps encoder steps from the current base and moves the base
+/// towards the result. Deterministic for a seed; checkpoints every --checkpoint-every
+/// iterations to OUT.ckpt, and --resume continues from it bit-for-bit.
+///
+/// The result is used with `inr encode --base OUT.inrb` (and `inr decode --base OUT.inrb`).
+#[derive(clap::Args, Debug)]
+pub struct MetaTrainArgs {
+    /// Folder of training images (non-recursive; sorted by name).
+    #[arg(value_name = "DATA_DIR")]
+    pub data: PathBuf,
+    /// Output base file.
+    #[arg(short, long, value_name = "OUT.inrb")]
+    pub output: PathBuf,
+    /// Signal modality (only `image` in this version).
+    #[arg(long, default_value = "image", value_parser = ["image"])]
+    pub modality: String,
+    /// Architecture: the preset's network (the base must match the encoder's architecture).
+    #[arg(long, value_enum, default_value_t = Preset::Medium)]
+    pub preset: Preset,
+    /// Hidden width (overrides the preset).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Number of sine layers (overrides the preset).
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Output channels: 3 (RGB) or 1 (gray); training images are converted.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub channels: u8,
+    /// Outer (Reptile) iterations.
+    #[arg(long, default_value_t = 1000)]
+    pub iterations: usize,
+    /// Encoder steps per task.
+    #[arg(long, default_value_t = 16)]
+    pub inner_steps: usize,
+    /// Inner Adam learning rate (the encoder's default is 3e-4).
+    #[arg(long, default_value_t = 3e-4)]
+    pub inner_lr: f32,
+    /// Pixels per inner step.
+    #[arg(long, default_value_t = 16384)]
+    pub batch: usize,
+    /// Reptile step size at the start (decays linearly to --outer-lr-end).
+    #[arg(long, default_value_t = 0.5)]
+    pub outer_lr: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub outer_lr_end: f32,
+    /// Smallest crop side in pixels.
+    #[arg(long, default_value_t = 192)]
+    pub crop_min: u32,
+    /// Largest crop side in pixels.
+    #[arg(long, default_value_t = 768)]
+    pub crop_max: u32,
+    /// Seed of the initialisation and of the task sequence.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Validation images (a folder): mean PSNR after --val-steps encoder steps, printed every
+    /// --val-every iterations, against the random initialisation.
+    #[arg(long, value_name = "DIR")]
+    pub val: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    pub val_steps: usize,
+    #[arg(long, default_value_t = 250)]
+    pub val_every: usize,
+    /// Write OUT.ckpt every this many iterations.
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    /// Continue from OUT.ckpt (same flags required).
+    #[arg(long)]
+    pub resume: bool,
+    /// Overwrite OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn load_dir(dir: &Path, channels: u8) -> anyhow::Result<(Vec<Image>, Vec<String>)> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    let mut images = Vec::new();
+    let mut names = Vec::new();
+    for p in paths {
+        let Ok(l) = inr::media::load_image(&p) else {
+            continue; // not an image
+        };
+        images.push(to_channels(l.image, channels));
+        names.push(
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+    }
+    if images.is_empty() {
+        bail!("no images in {}", dir.display());
+    }
+    Ok((images, names))
+}
+
+/// Gray to RGB by repetition, RGB to gray by the mean (rounded).
+fn to_channels(img: Image, channels: u8) -> Image {
+    if img.channels == channels {
+        return img;
+    }
+    let data = if channels == 3 {
+        img.data.iter().flat_map(|&v| [v, v, v]).collect()
+    } else {
+        img.data
+            .chunks_exact(3)
+            .map(|p| ((u16::from(p[0]) + u16::from(p[1]) + u16::from(p[2]) + 1) / 3) as u8)
+            .collect()
+    };
+    Image {
+        channels,
+        data,
+        ..img
+    }
+}
+
+fn checkpoint_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".ckpt");
+    PathBuf::from(s)
+}
+
+/// Description stored in the base: everything needed to reproduce it (no timestamps, so the
+/// same run gives the same bytes and id).
+fn description(cfg: &MetaConfig, names: &[String], done: usize) -> String {
+    serde_json::json!({
+        "trainer": "inr meta-train (Reptile)",
+        "images": names,
+        "config": cfg,
+        "iterations_done": done,
+    })
+    .to_string()
+}
+
+pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    if args.output.exists() && !args.force {
+        bail!(
+            "{} exists (use --force to replace it)",
+            args.output.display()
+        );
+    }
+    if args.channels == 2 {
+        bail!("--channels must be 1 or 3");
+    }
+    let enc = EncodeConfig {
+        preset: args.preset,
+        width: args.width,
+        depth: args.depth,
+        ..EncodeConfig::default()
+    };
+    let arch = enc.arch(args.channels)?;
+    let (images, names) = load_dir(&args.data, args.channels)?;
+    let val = match &args.val {
+        Some(d) => load_dir(d, args.channels)?.0,
+        None => Vec::new(),
+    };
+    let cfg = MetaConfig {
+        iterations: args.iterations,
+        inner_steps: args.inner_steps,
+        inner_lr: args.inner_lr,
+        batch: args.batch.max(1),
+        outer_lr: args.outer_lr,
+        outer_lr_end: args.outer_lr_end,
+        crop_min: args.crop_min.max(1),
+        crop_max: args.crop_max.max(1),
+        seed: args.seed,
+    };
+    let ckpt = checkpoint_path(&args.output);
+    let (mut params, start) = if args.resume {
+        let bytes = super::read_limited(&ckpt, super::MAX_BASE_BYTES)?;
+        let b = Base::from_bytes(&bytes, &inr::format::Limits::default())
+            .with_context(|| format!("cannot load checkpoint {}", ckpt.display()))?;
+        let d: serde_json::Value = serde_json::from_str(&b.description)
+            .context("checkpoint description is not JSON")?;
+        let saved: MetaConfig = serde_json::from_value(d["config"].clone())
+            .context("checkpoint has no config")?;
+        if saved != cfg || b.arch != arch {
+            bail!(
+                "checkpoint {} was written with other settings ({}); rerun with the same flags",
+                ckpt.display(),
+                d["config"]
+            );
+        }
+        let done = d["iterations_done"].as_u64().unwrap_or(0) as usize;
+        say(format!("resuming at iteration {done} from {}", ckpt.display()))?;
+        (b.params, done)
+    } else {
+        let shape = inr::bench_api::shape_of(&arch);
+        (inr::bench_api::siren_init(&shape, args.seed), 0)
+    };
+    let random = inr::bench_api::siren_init(&inr::bench_api::shape_of(&arch), args.seed);
+    let vlr = cfg.inner_lr;
+    let vbatch = cfg.batch.max(32768);
+    let val_random = if val.is_empty() {
+        None
+    } else {
+        let p = meta::validate(&arch, &val, &random, args.val_steps, vlr, vbatch);
+        say(format!(
+            "validation: random init, PSNR after {} steps: {p:.2} dB",
+            args.val_steps
+        ))?;
+        Some(p)
+    };
+    let pb = super::counting_bar(ctx.quiet);
+    pb.set_length(cfg.iterations as u64);
+    pb.set_position(start as u64);
+    let t0 = Instant::now();
+    let mut recent: Vec<f64> = Vec::new();
+    let mut err: Option<anyhow::Error> = None;
+    let done = meta::train(&arch, &images, &cfg, &mut params, start, &mut |i, p, psnr| {
+        pb.set_position(i as u64 + 1);
+        recent.push(psnr);
+        if recent.len() > 50 {
+            recent.remove(0);
+        }
+        let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+        pb.set_message(format!("task PSNR {mean:.2} dB"));
+        let n = i + 1;
+        if n % args.checkpoint_every.max(1) == 0 || n == cfg.iterations {
+            let r = Base::new(arch, p.to_vec(), description(&cfg, &names, n))
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(b.to_bytes()?))
+                .and_then(|bytes| Ok(inr::util::write_atomic(&ckpt, &bytes, true)?));
+            if let Err(e) = r {
+                err = Some(e.context(format!("cannot write checkpoint {}", ckpt.display())));
+                return false;
+            }
+        }
+        if !val.is_empty() && n % args.val_every.max(1) == 0 {
+            let v = meta::validate(&arch, &val, p, args.val_steps, vlr, vbatch);
+            pb.suspend(|| {
+                eprintln!(
+                    "iteration {n}: validation PSNR after {} steps {v:.2} dB (random init {:.2}), \
+                     recent task PSNR {mean:.2} dB, {:.0} s",
+                    args.val_steps,
+                    val_random.unwrap_or(f64::NAN),
+                    t0.elapsed().as_secs_f64()
+                )
+            });
+        }
+        true
+    });
+    pb.finish_and_clear();
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let base = Base::new(arch, params, description(&cfg, &names, done))?;
+    inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let secs = t0.elapsed().as_secs_f64();
+    if ctx.json {
+        return super::print_json(&serde_json::json!({
+            "output": super::path_str(&args.output),
+            "id": format!("{:016x}", base.id()),
+            "arch": arch,
+            "iterations": done,
+            "seconds": secs,
+            "images": names,
+        }));
+    }
+    say(format!(
+        "wrote {} (base {:016x}, {}x{} network, {done} iterations, {secs:.0} s)",
+        args.output.display(),
+        base.id(),
+        arch.depth,
+        arch.width
+    ))
+}

@@ -1,0 +1,197 @@
+//! Meta-learned bases: Reptile improves the start, files name their base, bases are checked.
+
+use inr::base::{Base, BaseError};
+use inr::media::Image;
+use inr::meta::{self, MetaConfig};
+use inr::{decode, encode_image, BaseChoice, DecodeError, DecodeOptions, EncodeConfig, Preset};
+use rand::{Rng, SeedableRng};
+
+/// A family of smooth random images: sums of a few oriented sinusoids with random
+/// frequencies, phases and colours (one per seed).
+fn family_image(seed: u64, w: u32, h: u32) -> Image {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let waves: Vec<[f32; 7]> = (0..3)
+        .map(|_| {
+            [
+                rng.gen_range(-4.0..4.0),
+                rng.gen_range(-4.0..4.0),
+                rng.gen_range(0.0..6.28),
+                rng.gen_range(-60.0..60.0),
+                rng.gen_range(-60.0..60.0),
+                rng.gen_range(-60.0..60.0),
+                0.0,
+            ]
+        })
+        .collect();
+    let mut data = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            for c in 0..3 {
+                let v: f32 = waves
+                    .iter()
+                    .map(|a| a[3 + c] * (a[0] * fx + a[1] * fy + a[2]).sin())
+                    .sum();
+                data.push((128.0 + v).clamp(0.0, 255.0) as u8);
+            }
+        }
+    }
+    Image {
+        width: w,
+        height: h,
+        channels: 3,
+        data,
+    }
+}
+
+fn tiny_config() -> EncodeConfig {
+    EncodeConfig {
+        preset: Preset::Tiny,
+        width: Some(16),
+        depth: Some(3),
+        steps: Some(60),
+        base: BaseChoice::None,
+        ..Default::default()
+    }
+}
+
+fn meta_cfg(iterations: usize) -> MetaConfig {
+    MetaConfig {
+        iterations,
+        inner_steps: 8,
+        inner_lr: 1e-3,
+        batch: 1024,
+        outer_lr: 0.5,
+        outer_lr_end: 0.1,
+        crop_min: 24,
+        crop_max: 32,
+        seed: 7,
+    }
+}
+
+fn train_base(iterations: usize) -> (inr::format::Arch, Vec<f32>, Vec<f32>) {
+    let arch = tiny_config().arch(3).expect("arch");
+    let train: Vec<Image> = (0..24).map(|s| family_image(s, 32, 32)).collect();
+    let shape = inr::bench_api::shape_of(&arch);
+    let random = inr::bench_api::siren_init(&shape, 0);
+    let mut params = random.clone();
+    let cfg = meta_cfg(iterations);
+    let done = meta::train(&arch, &train, &cfg, &mut params, 0, &mut |_, _, _| true);
+    assert_eq!(done, iterations);
+    (arch, random, params)
+}
+
+#[test]
+fn reptile_improves_psnr_after_k_steps_on_held_out_images() {
+    let (arch, random, learned) = train_base(80);
+    let held_out: Vec<Image> = (1000..1006).map(|s| family_image(s, 32, 32)).collect();
+    for k in [8, 24] {
+        let r = meta::validate(&arch, &held_out, &random, k, 1e-3, 1024);
+        let m = meta::validate(&arch, &held_out, &learned, k, 1e-3, 1024);
+        assert!(
+            m > r + 1.0,
+            "after {k} steps: meta init {m:.2} dB, random init {r:.2} dB"
+        );
+    }
+}
+
+#[test]
+fn interrupted_and_resumed_training_gives_the_same_base() {
+    let arch = tiny_config().arch(3).expect("arch");
+    let train: Vec<Image> = (0..6).map(|s| family_image(s, 32, 32)).collect();
+    let cfg = meta_cfg(6);
+    let init = inr::bench_api::siren_init(&inr::bench_api::shape_of(&arch), 0);
+    let mut straight = init.clone();
+    meta::train(&arch, &train, &cfg, &mut straight, 0, &mut |_, _, _| true);
+    let mut resumed = init.clone();
+    // Stop after iteration index 2 (3 done), as a checkpoint would, then resume at 3.
+    let done = meta::train(&arch, &train, &cfg, &mut resumed, 0, &mut |i, _, _| i < 2);
+    assert_eq!(done, 3);
+    let ckpt = Base::new(arch, resumed, String::new()).expect("base");
+    let bytes = ckpt.to_bytes().expect("bytes");
+    let mut resumed = Base::from_bytes(&bytes, &Default::default())
+        .expect("parse")
+        .params;
+    meta::train(&arch, &train, &cfg, &mut resumed, done, &mut |_, _, _| true);
+    assert_eq!(
+        straight.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        resumed.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_file_coded_from_a_base_decodes_only_with_that_base() {
+    let arch = tiny_config().arch(3).expect("arch");
+    let shape = inr::bench_api::shape_of(&arch);
+    let base = Base::new(arch, inr::bench_api::siren_init(&shape, 42), "a".into()).expect("b");
+    let other = Base::new(arch, inr::bench_api::siren_init(&shape, 43), "b".into()).expect("b");
+    let img = family_image(5, 24, 16);
+    let cfg = EncodeConfig {
+        base: BaseChoice::Custom(base.clone()),
+        ..tiny_config()
+    };
+    let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).expect("encode");
+    let info = inr::inspect(&e.bytes).expect("inspect");
+    assert_eq!(info.base_id, Some(format!("{:016x}", base.id())));
+    assert_eq!(info.version, 2);
+
+    // Without the base: a typed error naming the base's id.
+    let err = decode(&e.bytes, &DecodeOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, DecodeError::Base(BaseError::Missing { id, .. }) if id == base.id()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&format!("{:016x}", base.id())), "{err}");
+    // With another base (same architecture, different content, so a different id): refused.
+    let wrong = DecodeOptions {
+        bases: vec![other],
+        ..Default::default()
+    };
+    assert!(matches!(
+        decode(&e.bytes, &wrong),
+        Err(DecodeError::Base(BaseError::Missing { .. }))
+    ));
+    // With the base: exactly the encoder's reconstruction.
+    let right = DecodeOptions {
+        bases: vec![base.clone()],
+        ..Default::default()
+    };
+    assert_eq!(decode(&e.bytes, &right).expect("decode"), e.recon);
+
+    // The same image coded without a base carries no base reference and decodes alone.
+    let plain = encode_image(&img, &tiny_config(), &mut |_: &inr::Progress| {}).expect("enc");
+    assert_eq!(inr::inspect(&plain.bytes).expect("inspect").base_id, None);
+    assert_eq!(
+        decode(&plain.bytes, &DecodeOptions::default()).expect("decode"),
+        plain.recon
+    );
+}
+
+#[test]
+fn a_base_of_another_architecture_is_refused() {
+    let arch = tiny_config().arch(3).expect("arch");
+    let shape = inr::bench_api::shape_of(&arch);
+    let base = Base::new(arch, inr::bench_api::siren_init(&shape, 1), String::new()).expect("b");
+    let img = family_image(3, 20, 12);
+    let cfg = EncodeConfig {
+        base: BaseChoice::Custom(base.clone()),
+        steps: Some(10),
+        ..tiny_config()
+    };
+    let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).expect("encode");
+    // Forge a base with the same id but another architecture: impossible by construction
+    // (the id hashes the architecture), so check the id changes with the architecture.
+    let wider = inr::format::Arch { width: 17, ..arch };
+    let b2 = Base::new(
+        wider,
+        inr::bench_api::siren_init(&inr::bench_api::shape_of(&wider), 1),
+        String::new(),
+    )
+    .expect("b");
+    assert_ne!(b2.id(), base.id());
+    let opts = DecodeOptions {
+        bases: vec![b2],
+        ..Default::default()
+    };
+    assert!(decode(&e.bytes, &opts).is_err());
+}
