@@ -1,4 +1,4 @@
-//! Base files (`.inrb`, `codec-spec.md` §9): a meta-learned initialisation (architecture plus
+//! Base files (`.inrb`, `codec-spec.md` §10): a meta-learned initialisation (architecture plus
 //! f32 weights) that encoder and decoder share. An `.inr` file coded from a base stores only
 //! the quantized residual `W - W_base` and names the base by its id (§4.4).
 //!
@@ -8,14 +8,14 @@
 use crate::format::{Arch, FormatError, Limits, ARCH_BYTES, MODALITY_IMAGE};
 use sha2::{Digest, Sha256};
 
-/// §9.1 Magic of a base file: `0x89 'I' 'N' 'B'`.
+/// §10.1 Magic of a base file: `0x89 'I' 'N' 'B'`.
 pub const BASE_MAGIC: [u8; 4] = [0x89, b'I', b'N', b'B'];
-/// §9.1 The base-file version this crate reads and writes.
+/// §10.1 The base-file version this crate reads and writes.
 pub const BASE_VERSION: u8 = 1;
-/// §9.1 Fixed part before the description: magic, version, modality, flags, arch, n_params,
+/// §10.1 Fixed part before the description: magic, version, modality, flags, arch, n_params,
 /// description length.
 pub const BASE_HEADER_BYTES: usize = 4 + 1 + 1 + 2 + ARCH_BYTES + 4 + 2;
-/// §9.1 Longest description in bytes.
+/// §10.1 Longest description in bytes.
 pub const MAX_DESCRIPTION_BYTES: usize = 4096;
 
 /// Errors specific to base files and base lookup.
@@ -75,12 +75,12 @@ impl Base {
         Ok(b)
     }
 
-    /// Content id: the first 8 bytes (little endian) of the SHA-256 of the base file (§9.2).
+    /// Content id: the first 8 bytes (little endian) of the SHA-256 of the base file (§10.2).
     pub fn id(&self) -> u64 {
         self.id
     }
 
-    /// Serialises the base (§9.1).
+    /// Serialises the base (§10.1).
     ///
     /// # Errors
     /// As [`Base::new`].
@@ -127,7 +127,7 @@ impl Base {
         Ok(out)
     }
 
-    /// Parses and validates a base file (§9.1). Never panics; sizes are checked against
+    /// Parses and validates a base file (§10.1). Never panics; sizes are checked against
     /// `limits` and the bytes present before anything is allocated.
     ///
     /// # Errors
@@ -248,7 +248,7 @@ impl Base {
     }
 }
 
-/// §9.2 Base id: the first 8 bytes of SHA-256 over the whole base file, little endian.
+/// §10.2 Base id: the first 8 bytes of SHA-256 over the whole base file, little endian.
 pub fn id_of(bytes: &[u8]) -> u64 {
     let d = Sha256::digest(bytes);
     let mut first = [0u8; 8];

@@ -1,4 +1,4 @@
-//! The `.inr` container, byte for byte as specified in `codec-spec.md` (version 1).
+//! The `.inr` container, byte for byte as specified in `codec-spec.md` (version 2; reads 1).
 //!
 //! A file is a fixed 30-byte header (§3), a table of per-tensor quantization steps and bit
 //! widths (§4.1), a length-prefixed payload made of one entropy-coded group per distinct bit

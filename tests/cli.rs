@@ -50,7 +50,7 @@ fn help_and_version() {
         .assert()
         .success()
         .stdout(predicate::str::contains("encode").and(predicate::str::contains("decode")));
-    for sub in ["encode", "decode", "info", "eval", "rd", "batch"] {
+    for sub in ["encode", "decode", "info", "eval", "rd", "batch", "meta-train"] {
         inr().args([sub, "--help"]).assert().success();
     }
     // The input policy is part of encode's long help.
@@ -598,4 +598,87 @@ fn codec_corrupted_files_never_panic() {
             assert_clean_error(a);
         }
     }
+}
+
+#[test]
+fn codec_meta_train_then_encode_and_decode_with_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for f in ["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"] {
+        std::fs::copy(fixture(f), data.join(f)).unwrap();
+    }
+    std::fs::write(data.join("notes.txt"), "not an image").unwrap();
+    let base = dir.path().join("b.inrb");
+    let train = |extra: &[&str]| {
+        let mut c = inr();
+        c.args(["--quiet", "meta-train"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&base)
+            .args(["--width", "8", "--depth", "2", "--iterations", "6"])
+            .args(["--inner-steps", "3", "--batch", "256", "--crop-min", "8"])
+            .args(["--checkpoint-every", "3"])
+            .args(extra);
+        c
+    };
+    train(&[]).assert().success();
+    let first = std::fs::read(&base).unwrap();
+    // Deterministic: the same run gives the same bytes; resuming from the checkpoint too.
+    train(&["--force"]).assert().success();
+    assert_eq!(std::fs::read(&base).unwrap(), first);
+    train(&["--force", "--resume"]).assert().success();
+    assert_eq!(std::fs::read(&base).unwrap(), first);
+    // A checkpoint from other settings is refused.
+    assert_clean_error(train(&["--force", "--resume", "--seed", "9"]).assert());
+    // Existing output is kept without --force.
+    assert_clean_error(train(&[]).assert());
+
+    let img = fixture("rgb_24x17.png");
+    let out = dir.path().join("x.inr");
+    inr()
+        .args(["--quiet", "encode"])
+        .arg(&img)
+        .arg("-o")
+        .arg(&out)
+        .args(["--steps", "20", "--base"])
+        .arg(&base)
+        .assert()
+        .success();
+    let info = stdout_of(inr().args(["--json", "info"]).arg(&out).assert().success());
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let id = info["info"]["base_id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 16);
+    // Decoding needs the base: without it, a clean error naming it.
+    let png = dir.path().join("x.png");
+    let err = assert_clean_error(inr().arg("decode").arg(&out).arg("-o").arg(&png).assert());
+    assert!(err.contains(&id), "{err}");
+    assert!(!png.exists());
+    inr()
+        .arg("decode")
+        .arg(&out)
+        .arg("-o")
+        .arg(&png)
+        .arg("--base")
+        .arg(&base)
+        .assert()
+        .success();
+    assert!(png.exists());
+    // A damaged base file is refused with a clean error.
+    let mut bad = std::fs::read(&base).unwrap();
+    let n = bad.len();
+    bad[n - 10] ^= 1;
+    let badp = dir.path().join("bad.inrb");
+    std::fs::write(&badp, bad).unwrap();
+    let err = assert_clean_error(
+        inr()
+            .arg("decode")
+            .arg(&out)
+            .arg("-o")
+            .arg(dir.path().join("y.png"))
+            .arg("--base")
+            .arg(&badp)
+            .assert(),
+    );
+    assert!(err.contains("CRC"), "{err}");
 }
