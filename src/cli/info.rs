@@ -9,6 +9,7 @@ use super::{path_str, print_json, read_inr, say, Ctx};
 
 /// Show what a .inr file contains without decoding the network: header, architecture,
 /// parameter count, quantization bits and section sizes, plus the file size and bpp.
+/// Also reads .inrb base files: id, architecture and how the base was trained.
 ///
 /// With --json: `{"file", "bytes", "bpp", "info": {...}}`, where `info` is the parsed header
 /// and `bpp` is null when the header does not give the image size.
@@ -78,8 +79,37 @@ fn lines(v: &Value, indent: usize, out: &mut Vec<String>) {
     }
 }
 
+fn base_info(args: &InfoArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
+    let b = inr::base::Base::from_bytes(bytes, &inr::format::Limits::default())
+        .with_context(|| format!("cannot read base file {}", args.input.display()))?;
+    let description: Value =
+        serde_json::from_str(&b.description).unwrap_or(Value::String(b.description.clone()));
+    let info = serde_json::json!({
+        "kind": "base",
+        "id": format!("{:016x}", b.id()),
+        "arch": b.arch,
+        "num_params": b.params.len(),
+        "embedded": inr::base::embedded().iter().any(|e| e.id() == b.id()),
+        "description": description,
+    });
+    if ctx.json {
+        return print_json(&serde_json::json!({
+            "file": path_str(&args.input),
+            "bytes": bytes.len(),
+            "info": info,
+        }));
+    }
+    let mut out = vec![format!("file: {}", args.input.display())];
+    out.push(format!("bytes: {}", bytes.len()));
+    lines(&info, 0, &mut out);
+    say(out.join("\n"))
+}
+
 pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let bytes = read_inr(&args.input)?;
+    if bytes.starts_with(&inr::base::BASE_MAGIC) {
+        return base_info(&args, &bytes, ctx);
+    }
     let info = inr::inspect(&bytes)
         .with_context(|| format!("cannot read the header of {}", args.input.display()))?;
     let info = serde_json::to_value(&info)?;
