@@ -268,8 +268,12 @@ pub fn embedded() -> &'static [Base] {
     })
 }
 
-/// Names and bytes of the embedded base files.
-pub const EMBEDDED: &[(&str, &[u8])] = &[];
+/// Names and bytes of the embedded base files (`bases/`, see `bases/README.md` for how each
+/// was trained). A preset uses the base whose architecture matches its network.
+pub const EMBEDDED: &[(&str, &[u8])] = &[(
+    "image-small",
+    include_bytes!("../bases/image-small.inrb"),
+)];
 
 /// Finds the base with `id` among `extra` (user-supplied, searched first) and the embedded
 /// ones.
@@ -376,6 +380,15 @@ mod tests {
             Base::new(arch(), p, String::new()),
             Err(BaseError::NonFinite { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn every_embedded_base_parses() {
+        assert_eq!(embedded().len(), EMBEDDED.len());
+        for (name, bytes) in EMBEDDED {
+            let b = Base::from_bytes(bytes, &Limits::default()).unwrap();
+            assert_eq!(b.id(), id_of(bytes), "{name}");
+        }
     }
 
     #[test]

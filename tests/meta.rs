@@ -195,3 +195,27 @@ fn a_base_of_another_architecture_is_refused() {
     };
     assert!(decode(&e.bytes, &opts).is_err());
 }
+
+#[test]
+fn presets_with_an_embedded_base_start_from_it() {
+    let img = family_image(9, 24, 16);
+    let cfg = EncodeConfig {
+        preset: Preset::Small,
+        steps: Some(20),
+        ..Default::default()
+    };
+    let arch = cfg.arch(3).expect("arch");
+    let base = inr::base::embedded_for(&arch).expect("the small preset has an embedded base");
+    let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).expect("encode");
+    let info = inr::inspect(&e.bytes).expect("inspect");
+    assert_eq!(info.base_id, Some(format!("{:016x}", base.id())));
+    // The embedded base is found without being passed.
+    assert_eq!(decode(&e.bytes, &DecodeOptions::default()).expect("decode"), e.recon);
+    // `BaseChoice::None` opts out.
+    let none = EncodeConfig {
+        base: BaseChoice::None,
+        ..cfg
+    };
+    let e = encode_image(&img, &none, &mut |_: &inr::Progress| {}).expect("encode");
+    assert_eq!(inr::inspect(&e.bytes).expect("inspect").base_id, None);
+}
