@@ -314,10 +314,29 @@ fn fit_block(
             let wseed = seed ^ w.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut f = Fitter::new(plan.arch, &sig, start, wseed);
             let ph = if quant.is_some() { &plan.qat } else { &plan.fit };
-            f.run_phase(ph, quant, 0, ph.steps, &mut |_| {});
-            f.params
+            let psnr = f.run_phase(ph, quant, 0, ph.steps, &mut |_| {});
+            let mut params = f.params;
+            // A window the network renders worse than silence (digital silence, or a pause
+            // with faint noise) is coded as silence: an all-zero last layer outputs exactly
+            // 0 and costs almost nothing to entropy-code.
+            if quant.is_some() {
+                let mut silent = AudioDistortion::default();
+                for &x in sig.target {
+                    silent.add(f64::from(x), 0.0);
+                }
+                if silent.psnr() >= psnr {
+                    params[last_layer_start(&plan.arch)..].fill(0.0);
+                }
+            }
+            params
         })
         .collect()
+}
+
+/// Offset of the last linear map (weights, then bias) in the real parameter layout.
+fn last_layer_start(arch: &Arch) -> usize {
+    let lens = arch.tensor_lens();
+    lens[..lens.len().saturating_sub(2)].iter().sum()
 }
 
 fn encode_with_plan(

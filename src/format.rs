@@ -624,6 +624,14 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     if version != VERSION && version != VERSION_AUDIO {
         return Err(FormatError::UnsupportedVersion { found: version });
     }
+    // An audio file (§10) has another layout: say so instead of a structural error.
+    if version == VERSION_AUDIO && bytes.get(OFF_MODALITY) == Some(&MODALITY_AUDIO) {
+        return Err(FormatError::InvalidField {
+            field: "modality",
+            value: MODALITY_AUDIO.into(),
+            expected: "1 (image); this is an audio file: decode it with the audio decoder",
+        });
+    }
     // 2. Structure: fixed header, step table, payload, CRC. Sizes depend on `depth` (<= 255,
     //    so the step table is at most 2048 bytes) and the payload length (checked against the
     //    bytes actually present).
