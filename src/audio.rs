@@ -86,7 +86,11 @@ fn check_spec(s: &hound::WavSpec) -> Result<AudioSpec, AudioError> {
         (k, b) => {
             return Err(AudioError::Unsupported(format!(
                 "{b}-bit {} samples (expected 8/16/24/32-bit integer or 32-bit float)",
-                if k == SampleKind::Int { "integer" } else { "float" }
+                if k == SampleKind::Int {
+                    "integer"
+                } else {
+                    "float"
+                }
             )))
         }
     }

@@ -222,7 +222,10 @@ impl FitTarget for WindowTarget<'_> {
         let y = model::render_window(arch, params, self.grid, self.frames);
         let mut d = AudioDistortion::default();
         for (&v, &x) in y.iter().zip(self.target) {
-            d.add(f64::from(x), sample_value(&self.spec, to_sample(&self.spec, v)));
+            d.add(
+                f64::from(x),
+                sample_value(&self.spec, to_sample(&self.spec, v)),
+            );
         }
         d.psnr()
     }
@@ -313,7 +316,11 @@ fn fit_block(
             };
             let wseed = seed ^ w.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut f = Fitter::new(plan.arch, &sig, start, wseed);
-            let ph = if quant.is_some() { &plan.qat } else { &plan.fit };
+            let ph = if quant.is_some() {
+                &plan.qat
+            } else {
+                &plan.fit
+            };
             let psnr = f.run_phase(ph, quant, 0, ph.steps, &mut |_| {});
             let mut params = f.params;
             // A window the network renders worse than silence (digital silence, or a pause
@@ -366,7 +373,9 @@ fn encode_with_plan(
         let b1 = (b0 + BLOCK_WINDOWS).min(windows);
         read_block(src, b0, b1, &mut buf)?;
         let starts = vec![init.to_vec(); b1 - b0];
-        for p in fit_block(plan, header, &spec, &grid, &buf, b0 as u64, starts, None, seed) {
+        for p in fit_block(
+            plan, header, &spec, &grid, &buf, b0 as u64, starts, None, seed,
+        ) {
             params.extend_from_slice(&p);
         }
         progress(&progress_event(b1, total, "fit"));
@@ -396,7 +405,17 @@ fn encode_with_plan(
         let starts = (b0..b1)
             .map(|w| params[w * np..(w + 1) * np].to_vec())
             .collect();
-        for p in fit_block(plan, header, &spec, &grid, &buf, b0 as u64, starts, Some(&q), seed) {
+        for p in fit_block(
+            plan,
+            header,
+            &spec,
+            &grid,
+            &buf,
+            b0 as u64,
+            starts,
+            Some(&q),
+            seed,
+        ) {
             let mut off = 0;
             for ((&n, &s), &b) in lens.iter().zip(&steps).zip(&tb) {
                 symbols.extend(quant::quantize(&p[off..off + n], s, b));
@@ -476,7 +495,10 @@ pub fn decode_audio_stream(
 ///
 /// # Errors
 /// As [`decode_audio_stream`].
-pub fn decode_audio(bytes: &[u8], limits: &Limits) -> Result<(AudioHeader, Vec<Sample>), DecodeError> {
+pub fn decode_audio(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<(AudioHeader, Vec<Sample>), DecodeError> {
     let mut out = Vec::new();
     let h = decode_audio_stream(bytes, limits, &mut |_, _, s| {
         out.extend_from_slice(s);

@@ -107,11 +107,7 @@ impl AudioHeader {
             })
         };
         if self.sample_rate == 0 || self.sample_rate > MAX_SAMPLE_RATE {
-            return bad(
-                "sample rate",
-                self.sample_rate.into(),
-                "1..=4000000 Hz",
-            );
+            return bad("sample rate", self.sample_rate.into(), "1..=4000000 Hz");
         }
         if self.channels == 0 || self.channels > MAX_AUDIO_CHANNELS {
             return bad("channels", self.channels.into(), "1..=16");
@@ -130,7 +126,11 @@ impl AudioHeader {
             return bad("frame count", self.frames, "1..=4294967295");
         }
         if self.window_len == 0 || self.window_len > MAX_WINDOW_LEN {
-            return bad("window length", self.window_len.into(), "1..=1048576 frames");
+            return bad(
+                "window length",
+                self.window_len.into(),
+                "1..=1048576 frames",
+            );
         }
         Ok(())
     }
@@ -203,7 +203,9 @@ impl AudioInrFile {
     /// Dequantized parameters of window `w` (§6.2), or `None` if `w` is out of range.
     pub fn window_params(&self, w: usize) -> Option<Vec<f32>> {
         let p = self.arch.num_params();
-        let syms = self.symbols.get(w.checked_mul(p)?..w.checked_add(1)?.checked_mul(p)?)?;
+        let syms = self
+            .symbols
+            .get(w.checked_mul(p)?..w.checked_add(1)?.checked_mul(p)?)?;
         let mut out = Vec::with_capacity(p);
         let mut off = 0;
         for (&n, step) in self.arch.tensor_lens().iter().zip(&self.steps) {
@@ -227,7 +229,11 @@ pub struct AudioInfo {
 }
 
 /// §10.5 checks of the architecture of an audio file (in addition to the generic ranges).
-fn validate_audio_arch(arch: &Arch, audio: &AudioHeader, limits: &Limits) -> Result<(), FormatError> {
+fn validate_audio_arch(
+    arch: &Arch,
+    audio: &AudioHeader,
+    limits: &Limits,
+) -> Result<(), FormatError> {
     if arch.coord_dims != 1 {
         return Err(FormatError::InvalidField {
             field: "coord_dims",

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use assert_cmd::Command;
 use inr::audio::{
-    decode_wav_bytes, load_wav, sample_value, to_sample, Audio, AudioError, AudioSpec,
-    SampleKind, Sample,
+    decode_wav_bytes, load_wav, sample_value, to_sample, Audio, AudioError, AudioSpec, Sample,
+    SampleKind,
 };
 use inr::format::{self, FormatError, Limits};
 use inr::{decode_audio, encode_audio, eval_audio, AudioEncodeConfig, Preset};
@@ -83,13 +83,17 @@ fn mono_16bit_round_trip_quality_and_determinism() {
     let e = encode(&a, &cfg());
     let (psnr, snr) = decode_and_measure(&e.bytes, &a);
     // The encoder reports exactly what the decoder produces.
-    assert!((psnr - e.quality.psnr).abs() < 1e-9, "{psnr} {}", e.quality.psnr);
+    assert!(
+        (psnr - e.quality.psnr).abs() < 1e-9,
+        "{psnr} {}",
+        e.quality.psnr
+    );
     assert!((snr - e.quality.snr).abs() < 1e-9);
     assert!(psnr > 35.0 && snr > 15.0, "psnr {psnr} snr {snr}");
     let dur = 1500.0 / 8000.0;
     assert!((e.quality.kbps - 8.0 * e.bytes.len() as f64 / dur / 1000.0).abs() < 1e-9);
     assert_eq!(e.windows, 6); // ceil(1500 / 256)
-    // Same bytes on 1 and 2 threads.
+                              // Same bytes on 1 and 2 threads.
     let one = encode(
         &a,
         &AudioEncodeConfig {
@@ -107,7 +111,10 @@ fn mono_16bit_round_trip_quality_and_determinism() {
     assert_eq!(one.bytes, two.bytes);
     assert_eq!(one.bytes, e.bytes);
     // The header says audio; the image decoder refuses it with a modality error.
-    assert_eq!(format::peek_modality(&e.bytes).unwrap(), format::MODALITY_AUDIO);
+    assert_eq!(
+        format::peek_modality(&e.bytes).unwrap(),
+        format::MODALITY_AUDIO
+    );
     let info = inr::inspect(&e.bytes).unwrap();
     assert_eq!(info.modality, "audio");
     assert_eq!(info.total_bytes, e.bytes.len() as u64);
@@ -198,7 +205,11 @@ fn output_mapping_is_clipping_safe() {
             (f32::NEG_INFINITY, -half),
             (f32::NAN, 0),
         ] {
-            assert_eq!(to_sample(&s, v), Sample::Int(want as i32), "{bits} bits, {v}");
+            assert_eq!(
+                to_sample(&s, v),
+                Sample::Int(want as i32),
+                "{bits} bits, {v}"
+            );
         }
     }
     let f = spec(8000, 1, SampleKind::Float, 32);
@@ -208,7 +219,13 @@ fn output_mapping_is_clipping_safe() {
     // A full-scale square wave: overshoot of the network is clipped, never wrapped around.
     let s = spec(8000, 1, SampleKind::Int, 16);
     let samples = (0..800)
-        .map(|i| if (i / 40) % 2 == 0 { 32767.0 / 32768.0 } else { -1.0 })
+        .map(|i| {
+            if (i / 40) % 2 == 0 {
+                32767.0 / 32768.0
+            } else {
+                -1.0
+            }
+        })
         .collect();
     let a = Audio { spec: s, samples };
     let e = encode(&a, &cfg());
@@ -261,10 +278,18 @@ fn wav_io_round_trips_and_rejects_corrupt_files() {
     nan.samples[3] = f32::NAN;
     let p = dir.path().join("nan.wav");
     let mut w = inr::audio::WavSink::create(&p, nan.spec, false).unwrap();
-    w.push(&nan.samples.iter().map(|&v| Sample::Float(v)).collect::<Vec<_>>())
-        .unwrap();
+    w.push(
+        &nan.samples
+            .iter()
+            .map(|&v| Sample::Float(v))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
     w.finish().unwrap();
-    assert!(matches!(load_wav(&p), Err(AudioError::NonFinite { index: 3 })));
+    assert!(matches!(
+        load_wav(&p),
+        Err(AudioError::NonFinite { index: 3 })
+    ));
     // An unsupported format: 16-bit float (patched header).
     let mut b = good.clone();
     b[20] = 3; // WAVE_FORMAT_IEEE_FLOAT with 16 bits per sample
@@ -367,7 +392,11 @@ fn cli_encode_decode_info_eval_on_wav() {
         .args(["--steps", "60", "--window", "256", "--width", "8"])
         .output()
         .unwrap();
-    assert!(enc.status.success(), "{}", String::from_utf8_lossy(&enc.stderr));
+    assert!(
+        enc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enc.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&enc.stdout).unwrap();
     assert_eq!(j["modality"], "audio");
     let bytes = std::fs::read(&inr_path).unwrap();
@@ -382,7 +411,11 @@ fn cli_encode_decode_info_eval_on_wav() {
         .arg(&wav)
         .output()
         .unwrap();
-    assert!(dec.status.success(), "{}", String::from_utf8_lossy(&dec.stderr));
+    assert!(
+        dec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dec.stderr)
+    );
     let d: serde_json::Value = serde_json::from_slice(&dec.stdout).unwrap();
     let back = load_wav(&out).unwrap();
     assert_eq!(back.spec, a.spec);
@@ -406,7 +439,10 @@ fn cli_encode_decode_info_eval_on_wav() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&info.stdout);
-    assert!(info.status.success() && text.contains("sample_rate: 8000"), "{text}");
+    assert!(
+        info.status.success() && text.contains("sample_rate: 8000"),
+        "{text}"
+    );
     // Decoding audio to an image name, or over an existing file without --force, fails.
     let fail = Command::cargo_bin("inr")
         .unwrap()
@@ -441,5 +477,8 @@ fn cli_encode_decode_info_eval_on_wav() {
         .unwrap();
     let err = String::from_utf8_lossy(&fail.stderr);
     assert_eq!(fail.status.code(), Some(1), "{err}");
-    assert!(err.starts_with("error:") && !err.contains("panick"), "{err}");
+    assert!(
+        err.starts_with("error:") && !err.contains("panick"),
+        "{err}"
+    );
 }

@@ -30,7 +30,8 @@ fn open_wav(path: &Path) -> anyhow::Result<WavSource<std::io::BufReader<std::fs:
 pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut notes = Vec::new();
     if args.target_psnr.is_some() || args.batch.is_some() || args.ignore_alpha {
-        notes.push("--target-psnr, --batch and --ignore-alpha apply to images only; ignored".into());
+        notes
+            .push("--target-psnr, --batch and --ignore-alpha apply to images only; ignored".into());
     }
     ctx.notes(&notes);
     let mut src = open_wav(&args.input)?;
@@ -115,7 +116,11 @@ pub fn decode(args: DecodeArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
     let mut sink: Option<WavSink> = None;
     let h = inr::decode_audio_stream(bytes, &Default::default(), &mut |h, _, s| {
         if sink.is_none() {
-            sink = Some(WavSink::create(&args.output, inr::output_spec(h), args.force)?);
+            sink = Some(WavSink::create(
+                &args.output,
+                inr::output_spec(h),
+                args.force,
+            )?);
         }
         match sink.as_mut() {
             Some(w) => Ok(w.push(s)?),
@@ -128,7 +133,11 @@ pub fn decode(args: DecodeArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     let quality = match &args.reference {
-        Some(r) => Some(inr::eval_audio(bytes, &mut open_wav(r)?, &Default::default())?),
+        Some(r) => Some(inr::eval_audio(
+            bytes,
+            &mut open_wav(r)?,
+            &Default::default(),
+        )?),
         None => None,
     };
     if ctx.json {
