@@ -26,7 +26,7 @@ pub mod util;
 
 pub use audio_codec::{
     decode_audio, decode_audio_stream, encode_audio, eval_audio, output_spec, AudioEncodeConfig,
-    AudioEncoded, AudioQuality, BLOCK_WINDOWS,
+    AudioEncoded, AudioQuality, AudioSink, BLOCK_WINDOWS,
 };
 pub use codec::{
     decode, encode_image, inspect, DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded,
