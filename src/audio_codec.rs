@@ -121,7 +121,7 @@ impl AudioEncodeConfig {
                 Preset::Tiny => (8, 2, 6, 300, 2048),
                 Preset::Small => (8, 2, 6, 300, 1024),
                 Preset::Medium => (8, 2, 6, 300, 512),
-                Preset::Large => (12, 2, 6, 300, 512),
+                Preset::Large => (12, 2, 6, 250, 512),
                 Preset::Huge => (16, 2, 6, 250, 384),
             };
         let width = self.width.unwrap_or(width);
