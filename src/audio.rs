@@ -1,5 +1,5 @@
 //! Audio I/O with `hound`: WAV files in and out, read in windows (bounded memory), and the
-//! sample mapping of `codec-spec.md` §10.8 between stored samples and the network's [-1, 1].
+//! sample mapping of `codec-spec.md` §11.8 between stored samples and the network's [-1, 1].
 //!
 //! Supported input: RIFF/WAVE, PCM integer 8/16/24/32-bit or IEEE float 32-bit, 1..=16
 //! channels, any sample rate up to 4 MHz, at least one frame. Everything else is a typed
@@ -288,7 +288,7 @@ pub enum Sample {
     Float(f32),
 }
 
-/// §10.8 Output mapping of a network value `v` to a stored sample: integers
+/// §11.8 Output mapping of a network value `v` to a stored sample: integers
 /// `clamp(round(v * 2^(b-1)), -2^(b-1), 2^(b-1) - 1)` (round half away from zero), floats
 /// `clamp(v, -1, 1)`; NaN gives 0. Never wraps around: clipping-safe.
 #[inline]

@@ -1,4 +1,4 @@
-//! Audio encoder and decoder (`codec-spec.md` §10): the clip is cut into windows of
+//! Audio encoder and decoder (`codec-spec.md` §11): the clip is cut into windows of
 //! `window_len` frames and each window is stored as its own small 1-D SIREN (time ->
 //! C channel values, channels coded jointly), all windows sharing one architecture, one step
 //! table and the entropy-coded payload of the image codec.
@@ -241,7 +241,7 @@ fn progress_event(done: usize, total: usize, phase: &'static str) -> Progress {
     }
 }
 
-/// Encode audio read from `src` into a complete `.inr` file (§10).
+/// Encode audio read from `src` into a complete `.inr` file (§11).
 ///
 /// # Errors
 /// [`EncodeError::Parameter`] for an unsupported configuration, [`EncodeError::Audio`] when
@@ -479,7 +479,7 @@ pub fn output_spec(h: &AudioHeader) -> AudioSpec {
 /// Receives decoded audio: the header, the first frame of the block and its stored samples.
 pub type AudioSink<'a> = dyn FnMut(&AudioHeader, u64, &[Sample]) -> Result<(), DecodeError> + 'a;
 
-/// Decode an audio `.inr` file window by window (§10.7, §10.8): `sink(first_frame, samples)`
+/// Decode an audio `.inr` file window by window (§11.7, §11.8): `sink(first_frame, samples)`
 /// receives consecutive blocks of stored samples (channels interleaved) in order. Memory:
 /// the decoded symbols plus one block of samples. Windows of a block are rendered in
 /// parallel; the output does not depend on the number of threads.

@@ -9,7 +9,7 @@
 
 use crate::entropy::{self, EntropyError};
 
-// §10 Audio files (modality 2, version 2) live in their own child module.
+// §11 Audio files (modality 2, version 2) live in their own child module.
 #[path = "format_audio.rs"]
 mod audio;
 pub use audio::{
@@ -459,7 +459,7 @@ pub struct FileInfo {
     /// `8 * total_bytes / (width * height)`; for audio, bits per coded sample
     /// (`8 * total_bytes / (frames * channels)`).
     pub bpp: f64,
-    /// The audio section and derived figures (modality 2 only, §10).
+    /// The audio section and derived figures (modality 2 only, §11).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioInfo>,
 }
@@ -624,7 +624,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     if version != VERSION && version != VERSION_AUDIO {
         return Err(FormatError::UnsupportedVersion { found: version });
     }
-    // An audio file (§10) has another layout: say so instead of a structural error.
+    // An audio file (§11) has another layout: say so instead of a structural error.
     if version == VERSION_AUDIO && bytes.get(OFF_MODALITY) == Some(&MODALITY_AUDIO) {
         return Err(FormatError::InvalidField {
             field: "modality",

@@ -1,12 +1,12 @@
 //! Audio files (modality 2, format version 2): the audio section and the windowed layout of
-//! `codec-spec.md` §10. A child module of [`crate::format`] so it shares the reader, the
+//! `codec-spec.md` §11. A child module of [`crate::format`] so it shares the reader, the
 //! validators and the payload-group code of the image container; nothing here imports the
 //! model.
 //!
-//! Layout (§10.1): fixed header (30 bytes, version 2, modality 2, width = height = 0,
-//! `coord_dims` 1, `out_channels` = channels) | audio section (§10.2, 20 bytes) | step table
-//! (T entries, shared by all windows, §10.3) | payload length | payload (one group per distinct
-//! bit width; inside a group the tensors of window 0, then window 1, …, §10.4) | CRC32.
+//! Layout (§11.1): fixed header (30 bytes, version 2, modality 2, width = height = 0,
+//! `coord_dims` 1, `out_channels` = channels) | audio section (§11.2, 20 bytes) | step table
+//! (T entries, shared by all windows, §11.3) | payload length | payload (one group per distinct
+//! bit width; inside a group the tensors of window 0, then window 1, …, §11.4) | CRC32.
 
 use super::{
     group_bits, max_abs_for_bits, validate_bits, validate_header_bits, Arch, FormatError,
@@ -19,25 +19,25 @@ use crate::entropy::{self, EntropyError};
 pub const VERSION_AUDIO: u8 = 2;
 /// §3.3 Modality code for audio.
 pub const MODALITY_AUDIO: u8 = 2;
-/// §10.2 Size of the audio section.
+/// §11.2 Size of the audio section.
 pub const AUDIO_SECTION_BYTES: usize = 20;
-/// §10.2 Largest channel count.
+/// §11.2 Largest channel count.
 pub const MAX_AUDIO_CHANNELS: u8 = 16;
-/// §10.2 Largest sample rate (Hz).
+/// §11.2 Largest sample rate (Hz).
 pub const MAX_SAMPLE_RATE: u32 = 4_000_000;
-/// §10.2 Largest window length (frames).
+/// §11.2 Largest window length (frames).
 pub const MAX_WINDOW_LEN: u32 = 1 << 20;
-/// §10.2 Largest number of frames (WAV cannot hold more anyway).
+/// §11.2 Largest number of frames (WAV cannot hold more anyway).
 pub const MAX_AUDIO_FRAMES: u64 = u32::MAX as u64;
-/// §10.5 Largest number of coded symbols of a whole file (windows x parameters per window):
+/// §11.5 Largest number of coded symbols of a whole file (windows x parameters per window):
 /// the decoder holds them as `i32`, so this bounds its memory at 128 MiB.
 pub const MAX_AUDIO_SYMBOLS: u64 = 1 << 25;
-/// §10.5 Largest window feature table, window length x input features (64 MiB of f32).
+/// §11.5 Largest window feature table, window length x input features (64 MiB of f32).
 pub const MAX_WINDOW_FEATURES: u64 = 1 << 24;
-/// §10.5 Largest rendering work, frames x parameters per window (as for images).
+/// §11.5 Largest rendering work, frames x parameters per window (as for images).
 pub const MAX_AUDIO_WORK: u64 = 1 << 40;
 
-/// §10.2 How samples are stored in the original (and the decoded) WAV file.
+/// §11.2 How samples are stored in the original (and the decoded) WAV file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum SampleKind {
     /// Signed integer PCM (8-bit WAV is unsigned on disk; the codec sees it as signed).
@@ -55,7 +55,7 @@ impl SampleKind {
     }
 }
 
-/// §10.2 The audio section: what the decoder needs to restore the WAV file and the window
+/// §11.2 The audio section: what the decoder needs to restore the WAV file and the window
 /// layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct AudioHeader {
@@ -94,7 +94,7 @@ impl AudioHeader {
         self.frames as f64 / f64::from(self.sample_rate.max(1))
     }
 
-    /// Checks every field (§10.2).
+    /// Checks every field (§11.2).
     ///
     /// # Errors
     /// [`FormatError::InvalidField`] for a value outside its range.
@@ -182,7 +182,7 @@ impl AudioHeader {
     }
 }
 
-/// A complete audio `.inr` file in memory (§10).
+/// A complete audio `.inr` file in memory (§11).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AudioInrFile {
     pub audio: AudioHeader,
@@ -190,7 +190,7 @@ pub struct AudioInrFile {
     pub arch: Arch,
     /// Header bit width: the maximum of `tensor_bits`.
     pub bits: u8,
-    /// One step per tensor of the window network, shared by all windows (§10.3).
+    /// One step per tensor of the window network, shared by all windows (§11.3).
     pub steps: Vec<Step>,
     /// One bit width per tensor, shared by all windows.
     pub tensor_bits: Vec<u8>,
@@ -217,7 +217,7 @@ impl AudioInrFile {
     }
 }
 
-/// Audio summary for `inspect` (§10.6).
+/// Audio summary for `inspect` (§11.6).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AudioInfo {
     #[serde(flatten)]
@@ -228,7 +228,7 @@ pub struct AudioInfo {
     pub kbps: f64,
 }
 
-/// §10.5 checks of the architecture of an audio file (in addition to the generic ranges).
+/// §11.5 checks of the architecture of an audio file (in addition to the generic ranges).
 fn validate_audio_arch(
     arch: &Arch,
     audio: &AudioHeader,
@@ -277,7 +277,7 @@ fn validate_audio_arch(
     Ok(())
 }
 
-/// Lengths of the tensors of group `bits` over all windows, window after window (§10.4).
+/// Lengths of the tensors of group `bits` over all windows, window after window (§11.4).
 fn audio_group_lens(tensor_bits: &[u8], lens: &[usize], windows: usize, bits: u8) -> Vec<usize> {
     let per: Vec<usize> = tensor_bits
         .iter()
@@ -292,7 +292,7 @@ fn audio_group_lens(tensor_bits: &[u8], lens: &[usize], windows: usize, bits: u8
     out
 }
 
-/// Serialises an audio file (§10), validating it first.
+/// Serialises an audio file (§11), validating it first.
 ///
 /// # Errors
 /// [`FormatError::InvalidField`] / [`FormatError::LimitExceeded`] for values a default decoder
@@ -357,7 +357,7 @@ pub fn write_audio_file(f: &AudioInrFile) -> Result<Vec<u8>, FormatError> {
     out.push(VERSION_AUDIO);
     out.push(MODALITY_AUDIO);
     out.extend_from_slice(&0u16.to_le_bytes()); // flags
-    out.extend_from_slice(&0u32.to_le_bytes()); // width: 0 for audio (§10.1)
+    out.extend_from_slice(&0u32.to_le_bytes()); // width: 0 for audio (§11.1)
     out.extend_from_slice(&0u32.to_le_bytes()); // height: 0 for audio
     f.arch.write(&mut out);
     out.push(f.bits);
@@ -384,7 +384,7 @@ struct ParsedAudio<'a> {
     groups: Vec<(u8, &'a [u8])>,
 }
 
-/// Structure, CRC and field validation of an audio file (§10.5 steps 1–5).
+/// Structure, CRC and field validation of an audio file (§11.5 steps 1–5).
 fn parse_audio<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedAudio<'a>, FormatError> {
     let total = bytes.len() as u64;
     if total > limits.max_file_bytes {
@@ -514,7 +514,7 @@ fn parse_audio<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedAudio<'a>, 
     })
 }
 
-/// Parses and entropy-decodes an audio file (§10.5).
+/// Parses and entropy-decodes an audio file (§11.5).
 ///
 /// # Errors
 /// Every malformed, truncated, damaged or over-limit input gives a [`FormatError`].
@@ -555,7 +555,7 @@ pub fn read_audio_file(bytes: &[u8], limits: &Limits) -> Result<AudioInrFile, Fo
     })
 }
 
-/// Header and section sizes of an audio file without entropy decoding (§10.6).
+/// Header and section sizes of an audio file without entropy decoding (§11.6).
 pub(super) fn inspect_audio(bytes: &[u8]) -> Result<super::FileInfo, FormatError> {
     let p = parse_audio(bytes, &Limits::default())?;
     let total = bytes.len() as u64;

@@ -167,7 +167,7 @@ pub fn render(arch: &Arch, params: &[f32], width: u32, height: u32) -> Vec<u8> {
     out
 }
 
-/// Input features of one audio window of `len` frames (`coord_dims = 1`, codec-spec §10.7):
+/// Input features of one audio window of `len` frames (`coord_dims = 1`, codec-spec §11.7):
 /// frame `i` has the coordinate `(2i + 1) / len - 1` followed by its Fourier features, exactly
 /// as one axis of [`Grid2`]. A shorter last window keeps the coordinates of a full window.
 pub struct Grid1 {

@@ -1,4 +1,4 @@
-//! Audio: WAV in, WAV out (codec-spec §10). Tiny synthetic clips written with hound in temp
+//! Audio: WAV in, WAV out (codec-spec §11). Tiny synthetic clips written with hound in temp
 //! directories; quality bands, exact restoration of the WAV format, odd lengths, silence,
 //! clipping, determinism across thread counts, and hostile inputs (WAV and .inr).
 
@@ -324,7 +324,7 @@ fn hostile_audio_inr_files_give_typed_errors() {
         b[i] ^= 0x10;
         assert!(decode_audio(&b, &l).is_err(), "flip at {i}");
     }
-    // Valid CRC, invalid fields (offsets: codec-spec §3, §10.2).
+    // Valid CRC, invalid fields (offsets: codec-spec §3, §11.2).
     let patch = |off: usize, v: &[u8]| {
         let mut b = bytes.clone();
         b[off..off + v.len()].copy_from_slice(v);

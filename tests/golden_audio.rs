@@ -1,6 +1,6 @@
 //! A committed audio file (format v2, modality 2) decodes to pinned samples (CRC32) on every
 //! machine: the 1-D evaluation and the output mapping are specified to the bit (codec-spec
-//! §10.7, §10.8). Regenerate only on a deliberate format change:
+//! §11.7, §11.8). Regenerate only on a deliberate format change:
 //! `INR_REGENERATE_GOLDEN=1 cargo test --test golden_audio` and copy the printed CRC below.
 
 use inr::audio::{sample_value, to_sample, Audio, AudioSpec, Sample, SampleKind};
