@@ -122,6 +122,9 @@ pub enum EncodeError {
     Parameter(String),
     #[error(transparent)]
     Format(#[from] crate::format::FormatError),
+    /// The audio source could not be read.
+    #[error(transparent)]
+    Audio(#[from] crate::audio::AudioError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +136,9 @@ pub enum DecodeError {
     Base(#[from] BaseError),
     #[error("invalid parameter: {0}")]
     Parameter(String),
+    /// Writing the decoded audio (or reading a reference clip) failed.
+    #[error(transparent)]
+    Audio(crate::audio::AudioError),
 }
 
 /// Internal parameters a preset expands to.

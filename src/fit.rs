@@ -17,6 +17,21 @@ use rayon::prelude::*;
 /// Pixels per gradient chunk (the unit of parallel work and of deterministic summation).
 pub const CHUNK: usize = 4096;
 
+/// What a [`Fitter`] fits: `n_points` samples (pixels, audio frames), each with
+/// `n_features` network inputs and `n_out` target values, plus the exact quality (dB) of a
+/// network as the decoder renders it (used to keep the best weights). Implemented by
+/// [`Signal`] (images) and by the audio windows of `audio_codec`.
+pub trait FitTarget: Sync {
+    fn n_points(&self) -> usize;
+    fn n_features(&self) -> usize;
+    /// Write the features of point `idx` into `out` (`n_features` long).
+    fn features(&self, idx: usize, out: &mut [f32]);
+    /// The `n_out` target values of point `idx`.
+    fn target(&self, idx: usize) -> &[f32];
+    /// PSNR (dB) of the decoder's output for real-layout `params` against the original.
+    fn eval(&self, arch: &Arch, params: &[f32]) -> f64;
+}
+
 /// The signal being fitted: features come from `grid`, targets are in [-1, 1].
 pub struct Signal<'a> {
     pub grid: &'a Grid2,
@@ -24,6 +39,28 @@ pub struct Signal<'a> {
     pub target: Vec<f32>,
     /// Original 8-bit samples, for exact PSNR of the rendered network.
     pub original: &'a [u8],
+}
+
+impl FitTarget for Signal<'_> {
+    fn n_points(&self) -> usize {
+        self.grid.width as usize * self.grid.height as usize
+    }
+    fn n_features(&self) -> usize {
+        self.grid.n_features()
+    }
+    #[inline]
+    fn features(&self, idx: usize, out: &mut [f32]) {
+        self.grid.features(idx, out)
+    }
+    #[inline]
+    fn target(&self, idx: usize) -> &[f32] {
+        let c = self.target.len() / self.n_points().max(1);
+        &self.target[idx * c..(idx + 1) * c]
+    }
+    fn eval(&self, arch: &Arch, params: &[f32]) -> f64 {
+        let img = model::render(arch, params, self.grid.width, self.grid.height);
+        psnr_u8(&img, self.original)
+    }
 }
 
 /// Schedule of one fitting phase.
@@ -167,7 +204,7 @@ pub fn psnr_u8(a: &[u8], b: &[u8]) -> f64 {
 pub struct Fitter<'a> {
     pub arch: Arch,
     shape: NetShape,
-    sig: &'a Signal<'a>,
+    sig: &'a dyn FitTarget,
     /// Latent (full-precision) parameters.
     pub params: Vec<f32>,
     m: Vec<f32>,
@@ -187,11 +224,11 @@ pub struct Fitter<'a> {
 }
 
 impl<'a> Fitter<'a> {
-    pub fn new(arch: Arch, sig: &'a Signal<'a>, init: Vec<f32>, seed: u64) -> Self {
+    pub fn new(arch: Arch, sig: &'a dyn FitTarget, init: Vec<f32>, seed: u64) -> Self {
         let shape = model::shape_of(&arch);
         let n = shape.n_params;
         let (n_packed, n_packed_t) = (shape.n_packed, shape.n_packed_t);
-        let npx = sig.grid.width as usize * sig.grid.height as usize;
+        let npx = sig.n_points();
         Fitter {
             arch,
             shape,
@@ -252,7 +289,7 @@ impl<'a> Fitter<'a> {
             self.grads.resize_with(n_chunks, || vec![0.0; np]);
         }
         let c = self.shape.n_out();
-        let nf = self.sig.grid.n_features();
+        let nf = self.sig.n_features();
         let scale = 1.0 / (idx.len() * c) as f32;
         let (shape, eff, eff_t, sig) = (&self.shape, &self.packed, &self.packed_t, self.sig);
         let sse: f64 = self.grads[..n_chunks]
@@ -267,10 +304,8 @@ impl<'a> Fitter<'a> {
                         let rows = tile.len();
                         let x = scratch.input_mut();
                         for (r, &p) in tile.iter().enumerate() {
-                            sig.grid.features(p as usize, &mut x[r * nf..(r + 1) * nf]);
-                            let p = p as usize;
-                            tgt[r * c..(r + 1) * c]
-                                .copy_from_slice(&sig.target[p * c..(p + 1) * c]);
+                            sig.features(p as usize, &mut x[r * nf..(r + 1) * nf]);
+                            tgt[r * c..(r + 1) * c].copy_from_slice(sig.target(p as usize));
                         }
                         sse += kernel::train_tile(shape, eff, eff_t, tgt, rows, scale, g, scratch);
                     }
@@ -327,13 +362,7 @@ impl<'a> Fitter<'a> {
             Some(q) => q.apply(&self.arch, &self.params, &mut self.eff),
             None => self.eff.copy_from_slice(&self.params),
         }
-        let img = model::render(
-            &self.arch,
-            &self.eff,
-            self.sig.grid.width,
-            self.sig.grid.height,
-        );
-        psnr_u8(&img, self.sig.original)
+        self.sig.eval(&self.arch, &self.eff)
     }
 
     /// Run a phase; keeps and restores the latent weights with the best exact PSNR

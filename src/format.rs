@@ -9,6 +9,15 @@
 
 use crate::entropy::{self, EntropyError};
 
+// §11 Audio files (modality 2, version 2) live in their own child module.
+#[path = "format_audio.rs"]
+mod audio;
+pub use audio::{
+    read_audio_file, write_audio_file, AudioHeader, AudioInfo, AudioInrFile, SampleKind,
+    AUDIO_SECTION_BYTES, MAX_AUDIO_CHANNELS, MAX_AUDIO_FRAMES, MAX_AUDIO_SYMBOLS, MAX_AUDIO_WORK,
+    MAX_SAMPLE_RATE, MAX_WINDOW_LEN, MODALITY_AUDIO, VERSION_AUDIO,
+};
+
 /// §3.1 Magic bytes: `0x89 'I' 'N' 'R'` (a high byte first, as in PNG, catches 7-bit and
 /// text-mode damage).
 pub const MAGIC: [u8; 4] = [0x89, b'I', b'N', b'R'];
@@ -158,12 +167,28 @@ impl Arch {
             return bad(
                 "coord_dims",
                 self.coord_dims.into(),
-                "2 (images; 1 is reserved for audio in a later version)",
+                "2 (images; 1 is audio, modality 2)",
             );
         }
         if !matches!(self.out_channels, 1 | 3) {
             return bad("out_channels", self.out_channels.into(), "1 or 3");
         }
+        self.validate_net(limits)
+    }
+
+    /// The modality-independent checks of [`Arch::validate`]: width, depth, PE and w0 ranges
+    /// and the parameter count (§3.6).
+    ///
+    /// # Errors
+    /// As [`Arch::validate`].
+    pub fn validate_net(&self, limits: &Limits) -> Result<(), FormatError> {
+        let bad = |field, value: u64, expected| {
+            Err(FormatError::InvalidField {
+                field,
+                value,
+                expected,
+            })
+        };
         if self.width == 0 {
             return bad("width", 0, "1..=65535");
         }
@@ -447,8 +472,12 @@ pub struct FileInfo {
     /// Trailing CRC32 (§4.3).
     pub crc_bytes: u64,
     pub total_bytes: u64,
-    /// `8 * total_bytes / (width * height)`.
+    /// `8 * total_bytes / (width * height)`; for audio, bits per coded sample
+    /// (`8 * total_bytes / (frames * channels)`).
     pub bpp: f64,
+    /// The audio section and derived figures (modality 2 only, §11).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioInfo>,
 }
 
 /// One payload group as reported by [`inspect`].
@@ -614,6 +643,14 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion { found: version });
     }
+    // An audio file (§11) has another layout: say so instead of a structural error.
+    if version == VERSION_AUDIO && bytes.get(OFF_MODALITY) == Some(&MODALITY_AUDIO) {
+        return Err(FormatError::InvalidField {
+            field: "modality",
+            value: MODALITY_AUDIO.into(),
+            expected: "1 (image); this is an audio file: decode it with the audio decoder",
+        });
+    }
     // 2. Structure: fixed header, step table, payload, CRC. Sizes depend on `depth` (<= 255,
     //    so the step table is at most 2048 bytes) and the payload length (checked against the
     //    bytes actually present).
@@ -664,7 +701,11 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         return Err(FormatError::InvalidField {
             field: "modality",
             value: modality.into(),
-            expected: "1 (image; 2 = audio is reserved for a later version)",
+            expected: if modality == MODALITY_AUDIO && version == VERSION_AUDIO {
+                "1 (image); this is an audio file: decode it with the audio decoder"
+            } else {
+                "1 (image) in version 1; 1 (image) or 2 (audio) in version 2"
+            },
         });
     }
     validate_dims(width, height, limits)?;
@@ -906,6 +947,9 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
 /// # Panics
 /// Never, for any input.
 pub fn inspect(bytes: &[u8]) -> Result<FileInfo, FormatError> {
+    if peek_modality(bytes)? == MODALITY_AUDIO {
+        return audio::inspect_audio(bytes);
+    }
     let p = parse(bytes, &Limits::default())?;
     let total = bytes.len() as u64;
     let num_tensors = p.steps.len();
@@ -945,7 +989,30 @@ pub fn inspect(bytes: &[u8]) -> Result<FileInfo, FormatError> {
         crc_bytes: CRC_BYTES as u64,
         total_bytes: total,
         bpp: 8.0 * total as f64 / pixels.max(1) as f64,
+        audio: None,
     })
+}
+
+/// The modality byte of a file (§3.3) after checking the magic and the version, without
+/// validating anything else: lets a caller dispatch to the image or the audio decoder.
+/// Version 1 files are images; version 2 files may be either.
+///
+/// # Errors
+/// [`FormatError::BadMagic`], [`FormatError::UnsupportedVersion`], [`FormatError::Truncated`].
+///
+/// # Panics
+/// Never.
+pub fn peek_modality(bytes: &[u8]) -> Result<u8, FormatError> {
+    let mut r = Reader { bytes, pos: 0 };
+    let found: [u8; 4] = r.array("magic")?;
+    if found != MAGIC {
+        return Err(FormatError::BadMagic { found });
+    }
+    let version = r.u8("version byte")?;
+    if !(MIN_VERSION..=VERSION).contains(&version) {
+        return Err(FormatError::UnsupportedVersion { found: version });
+    }
+    r.u8("modality")
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! - [`rd`] and [`batch`]: rate–distortion sweeps and dataset compression.
 
 pub mod base;
+pub mod audio;
+mod audio_codec;
 pub mod batch;
 mod codec;
 pub mod entropy;
@@ -24,6 +26,10 @@ mod quant;
 pub mod rd;
 pub mod util;
 
+pub use audio_codec::{
+    decode_audio, decode_audio_stream, encode_audio, eval_audio, output_spec, AudioEncodeConfig,
+    AudioEncoded, AudioQuality, AudioSink, BLOCK_WINDOWS,
+};
 pub use codec::{
     decode, encode_image, inspect, BaseChoice, DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded,
     Preset, Progress,
@@ -34,5 +40,5 @@ pub use codec::{
 pub mod bench_api {
     pub use crate::fit::{tensor_bits, Fitter, Phase, QuantSpec, Signal};
     pub use crate::kernel::{forward_tile_infer, sincos, train_tile, NetShape};
-    pub use crate::model::{render, shape_of, siren_init, Grid2};
+    pub use crate::model::{render, render_window, shape_of, siren_init, Grid1, Grid2};
 }

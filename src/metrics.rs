@@ -185,3 +185,62 @@ mod tests {
         assert!(matches!(bpp(10, 0, 5), Err(MetricsError::Empty)));
     }
 }
+
+/// Running distortion of audio samples (normalised to [-1, 1]), accumulated in f64.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AudioDistortion {
+    /// Sum of squared errors.
+    pub sse: f64,
+    /// Sum of squared reference samples.
+    pub energy: f64,
+    /// Number of samples (all channels).
+    pub n: u64,
+}
+
+impl AudioDistortion {
+    /// Add one reference sample `x` and its reconstruction `y`.
+    #[inline]
+    pub fn add(&mut self, x: f64, y: f64) {
+        self.sse += (x - y) * (x - y);
+        self.energy += x * x;
+        self.n += 1;
+    }
+    /// Mean squared error in the [-1, 1] scale (0 when empty).
+    pub fn mse(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.sse / self.n as f64
+        }
+    }
+    /// PSNR in dB with the waveform mapped from [-1, 1] to [0, 1] (the COIN++ convention:
+    /// peak 1, so `10 * log10(1 / (mse / 4))`); infinite for a perfect reconstruction.
+    pub fn psnr(&self) -> f64 {
+        let m = self.mse() / 4.0;
+        if m <= 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (1.0 / m).log10()
+        }
+    }
+    /// Signal-to-noise ratio in dB: `10 * log10(sum x^2 / sum (x - y)^2)`; infinite when the
+    /// error is zero, negative infinity for a silent reference with a nonzero error.
+    pub fn snr(&self) -> f64 {
+        if self.sse <= 0.0 {
+            f64::INFINITY
+        } else if self.energy <= 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            10.0 * (self.energy / self.sse).log10()
+        }
+    }
+}
+
+/// Rate in kbit/s of a file of `bytes` holding `duration_s` seconds (0 for a zero duration).
+pub fn kbps(bytes: u64, duration_s: f64) -> f64 {
+    if duration_s > 0.0 {
+        8.0 * bytes as f64 / duration_s / 1000.0
+    } else {
+        0.0
+    }
+}

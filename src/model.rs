@@ -166,3 +166,56 @@ pub fn render(arch: &Arch, params: &[f32], width: u32, height: u32) -> Vec<u8> {
     );
     out
 }
+
+/// Input features of one audio window of `len` frames (`coord_dims = 1`, codec-spec §11.7):
+/// frame `i` has the coordinate `(2i + 1) / len - 1` followed by its Fourier features, exactly
+/// as one axis of [`Grid2`]. A shorter last window keeps the coordinates of a full window.
+pub struct Grid1 {
+    pub len: u32,
+    per: usize,
+    table: Vec<f32>,
+}
+
+impl Grid1 {
+    pub fn new(arch: &Arch, len: u32) -> Self {
+        Grid1 {
+            len,
+            per: 1 + 2 * arch.pe_freqs as usize,
+            table: axis_table(arch, len),
+        }
+    }
+    pub fn n_features(&self) -> usize {
+        self.per
+    }
+    /// Write the features of frame `idx` into `out` (`n_features` long).
+    #[inline]
+    pub fn features(&self, idx: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.table[idx * self.per..(idx + 1) * self.per]);
+    }
+}
+
+/// Evaluate a window network (real-layout `params`) on the first `frames` frames of `grid`;
+/// returns the raw network outputs, `frames * out_channels`, channels interleaved.
+/// Single-threaded and deterministic (the inference kernel of codec-spec §8.3).
+pub fn render_window(arch: &Arch, params: &[f32], grid: &Grid1, frames: usize) -> Vec<f32> {
+    let shape = shape_of(arch);
+    let c = shape.n_out();
+    let nf = grid.n_features();
+    let mut packed = vec![0.0f32; shape.n_packed];
+    shape.pack(params, &mut packed);
+    let mut scratch = InferScratch::new(&shape);
+    let mut x = vec![0.0f32; TILE * nf];
+    let mut y = vec![0.0f32; TILE * c];
+    let mut out = Vec::with_capacity(frames * c);
+    let mut done = 0;
+    while done < frames {
+        let rows = TILE.min(frames - done);
+        for r in 0..rows {
+            grid.features(done + r, &mut x[r * nf..(r + 1) * nf]);
+        }
+        kernel::forward_tile_infer(&shape, &packed, &x, rows, &mut y, &mut scratch);
+        out.extend_from_slice(&y[..rows * c]);
+        done += rows;
+    }
+    out
+}

@@ -19,7 +19,7 @@ pub struct DecodeArgs {
     /// Input .inr file.
     #[arg(value_name = "IN.inr")]
     pub input: PathBuf,
-    /// Output image.
+    /// Output image (or .wav for an audio file).
     #[arg(short, long, value_name = "OUT.png")]
     pub output: PathBuf,
     /// Render at this size instead of the coded one, e.g. 1536x1024.
@@ -93,8 +93,11 @@ pub fn scale_dim(n: u32, f: f64) -> anyhow::Result<u32> {
 
 pub fn run(args: DecodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     check_output(&args.input, &args.output, args.force)?;
-    inr::media::OutputFormat::from_path(&args.output)?;
     let bytes = read_inr(&args.input)?;
+    if inr::format::peek_modality(&bytes).ok() == Some(inr::format::MODALITY_AUDIO) {
+        return super::audio::decode(args, &bytes, ctx);
+    }
+    inr::media::OutputFormat::from_path(&args.output)?;
     let bases = super::load_bases(&args.bases)?;
     let reference = match &args.reference {
         Some(p) => {

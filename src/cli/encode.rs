@@ -13,6 +13,9 @@ use super::{check_output, json_psnr, load_input, path_str, print_json, say, Ctx}
 
 /// Fit a SIREN to an image, quantize and entropy-code it into a .inr file.
 ///
+/// WAV input (detected from the content) is coded as audio: one small 1-D SIREN per window
+/// of --window frames; prints PSNR (waveform mapped to [0, 1]), SNR, kbit/s and the time.
+///
 /// Prints `PSNR <dB>  bpp <bits/pixel>  bytes <file size>  time <s>` (or a JSON object with
 /// --json). The output is written atomically; an existing file is replaced only with --force,
 /// and the input file is never overwritten. Same input and flags give the same bytes.
@@ -64,6 +67,9 @@ pub struct EncodeArgs {
     /// decoder then needs the same file, given with `inr decode --base`).
     #[arg(long, value_name = "default|none|FILE.inrb", default_value = "default")]
     pub base: String,
+    /// Audio: frames per window (default: the preset's window duration at the input's rate).
+    #[arg(long, value_name = "N")]
+    pub window: Option<u32>,
     /// Drop a translucent alpha channel instead of refusing the image.
     #[arg(long)]
     pub ignore_alpha: bool,
@@ -73,14 +79,14 @@ pub struct EncodeArgs {
 }
 
 /// The preset's command-line name, e.g. `medium`.
-fn preset_name(p: Preset) -> String {
+pub(super) fn preset_name(p: Preset) -> String {
     p.to_possible_value().map_or_else(
         || format!("{p:?}").to_lowercase(),
         |v| v.get_name().to_string(),
     )
 }
 
-fn progress_bar(ctx: &Ctx) -> ProgressBar {
+pub(super) fn progress_bar(ctx: &Ctx) -> ProgressBar {
     if ctx.quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -96,6 +102,9 @@ fn progress_bar(ctx: &Ctx) -> ProgressBar {
 
 pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     check_output(&args.input, &args.output, args.force)?;
+    if super::audio::is_wav(&args.input) {
+        return super::audio::encode(args, ctx);
+    }
     let loaded = load_input(&args.input, args.ignore_alpha)?;
     ctx.notes(&loaded.notes);
     let img = &loaded.image;

@@ -9,6 +9,9 @@ use super::{json_psnr, load_input, path_str, print_json, read_inr, say, Ctx};
 
 /// Decode a .inr file at its coded size and compare it with the original image.
 ///
+/// For an audio file the reference is the original WAV; prints PSNR (waveform mapped to
+/// [0, 1]), SNR and kbit/s from the real file size.
+///
 /// Prints `PSNR <dB>  bpp <bits/pixel>  bytes <file size>`; PSNR is one MSE over all 8-bit
 /// samples of all channels (peak 255), bpp is 8 x .inr file bytes / pixels.
 #[derive(clap::Args, Debug)]
@@ -30,10 +33,13 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let bytes = read_inr(&args.input)?;
+    if inr::format::peek_modality(&bytes).ok() == Some(inr::format::MODALITY_AUDIO) {
+        return super::audio::eval(args, &bytes, ctx);
+    }
     let loaded = load_input(&args.reference, args.ignore_alpha)?;
     ctx.notes(&loaded.notes);
     let reference = loaded.image;
-    let bytes = read_inr(&args.input)?;
     let start = Instant::now();
     let opts = inr::DecodeOptions {
         bases: super::load_bases(&args.bases)?,

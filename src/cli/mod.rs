@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod audio;
 mod batch;
 mod decode;
 mod encode;
@@ -79,13 +80,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Encode an image into a .inr file.
+    /// Encode an image or a WAV file into a .inr file.
     Encode(encode::EncodeArgs),
-    /// Decode a .inr file into an image (PNG, BMP, PPM/PGM or TIFF by extension).
+    /// Decode a .inr file into an image (PNG, BMP, PPM/PGM or TIFF by extension) or a WAV file.
     Decode(decode::DecodeArgs),
     /// Show the header, architecture and section sizes of a .inr file without decoding it.
     Info(info::InfoArgs),
-    /// Decode a .inr file and compare it with the original: PSNR and bpp.
+    /// Decode a .inr file and compare it with the original: PSNR and bpp (audio: PSNR, SNR, kbit/s).
     Eval(eval::EvalArgs),
     /// Rate–distortion sweep over presets and images.
     Rd(rd::RdArgs),

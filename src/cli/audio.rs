@@ -1,0 +1,213 @@
+//! The audio paths of `inr encode`, `inr decode` and `inr eval` (WAV in, WAV out).
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use inr::audio::{AudioSource as _, WavSink, WavSource};
+use inr::{AudioEncodeConfig, Progress};
+
+use super::decode::DecodeArgs;
+use super::encode::EncodeArgs;
+use super::eval::EvalArgs;
+use super::{json_psnr, path_str, print_json, say, Ctx};
+
+/// True when the file at `path` starts like a WAV file (the content decides, not the name).
+pub fn is_wav(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = [0u8; 12];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map(|()| inr::audio::looks_like_wav(&head))
+        .unwrap_or(false)
+}
+
+fn open_wav(path: &Path) -> anyhow::Result<WavSource<std::io::BufReader<std::fs::File>>> {
+    WavSource::open(path).with_context(|| format!("cannot read audio {}", path.display()))
+}
+
+/// `inr encode x.wav -o x.inr`.
+pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let mut notes = Vec::new();
+    if args.target_psnr.is_some() || args.batch.is_some() || args.ignore_alpha {
+        notes
+            .push("--target-psnr, --batch and --ignore-alpha apply to images only; ignored".into());
+    }
+    ctx.notes(&notes);
+    let mut src = open_wav(&args.input)?;
+    let spec = src.spec();
+    let cfg = AudioEncodeConfig {
+        preset: args.preset,
+        width: args.width,
+        depth: args.depth,
+        bits: args.bits,
+        steps: args.steps,
+        window: args.window,
+        seed: args.seed,
+        threads: ctx.threads,
+        pe_freqs: args.pe_freqs,
+        w0: args.w0,
+        lr: args.lr,
+        init: None,
+    };
+    let pb = super::encode::progress_bar(ctx);
+    let mut on_progress = |p: &Progress| {
+        pb.set_prefix(p.phase);
+        pb.set_length(p.total as u64);
+        pb.set_position(p.step as u64);
+    };
+    let start = Instant::now();
+    let result = inr::encode_audio(&mut src, &cfg, &mut on_progress);
+    pb.finish_and_clear();
+    let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    inr::util::write_atomic(&args.output, &enc.bytes, args.force)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let q = enc.quality;
+    let bytes = enc.bytes.len() as u64;
+    let rt = secs / q.duration_s.max(f64::MIN_POSITIVE);
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "input": path_str(&args.input),
+            "output": path_str(&args.output),
+            "modality": "audio",
+            "sample_rate": spec.sample_rate,
+            "channels": spec.channels,
+            "frames": q.frames,
+            "duration_s": q.duration_s,
+            "windows": enc.windows,
+            "preset": super::encode::preset_name(args.preset),
+            "psnr": json_psnr(q.psnr),
+            "snr": json_psnr(q.snr),
+            "kbps": q.kbps,
+            "bytes": bytes,
+            "time_s": secs,
+            "encode_s_per_audio_s": rt,
+            "notes": notes,
+        }))
+    } else {
+        say(format_args!(
+            "PSNR {} dB  SNR {} dB  kbps {:.2}  bytes {bytes}  time {secs:.1} s ({rt:.2} s per s of audio)",
+            inr::metrics::format_psnr(q.psnr),
+            inr::metrics::format_psnr(q.snr),
+            q.kbps
+        ))
+    }
+}
+
+/// `inr decode x.inr -o x.wav`: streamed, window block by window block.
+pub fn decode(args: DecodeArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
+    let ext = args
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    if ext.as_deref() != Some("wav") {
+        anyhow::bail!(
+            "{} holds audio: the output must be a .wav file (got {})",
+            args.input.display(),
+            args.output.display()
+        );
+    }
+    if args.size.is_some() || args.scale.is_some() {
+        anyhow::bail!("--size and --scale apply to images only");
+    }
+    let start = Instant::now();
+    let mut sink: Option<WavSink> = None;
+    let h = inr::decode_audio_stream(bytes, &Default::default(), &mut |h, _, s| {
+        if sink.is_none() {
+            sink = Some(WavSink::create(
+                &args.output,
+                inr::output_spec(h),
+                args.force,
+            )?);
+        }
+        match sink.as_mut() {
+            Some(w) => Ok(w.push(s)?),
+            None => Ok(()),
+        }
+    })
+    .with_context(|| format!("cannot decode {}", args.input.display()))?;
+    if let Some(w) = sink {
+        w.finish()?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let quality = match &args.reference {
+        Some(r) => Some(inr::eval_audio(
+            bytes,
+            &mut open_wav(r)?,
+            &Default::default(),
+        )?),
+        None => None,
+    };
+    if ctx.json {
+        let mut v = serde_json::json!({
+            "input": path_str(&args.input),
+            "output": path_str(&args.output),
+            "modality": "audio",
+            "sample_rate": h.sample_rate,
+            "channels": h.channels,
+            "frames": h.frames,
+            "bits_per_sample": h.bits_per_sample,
+            "bytes": bytes.len(),
+            "time_s": secs,
+        });
+        if let (Some(q), Some(obj)) = (quality, v.as_object_mut()) {
+            obj.insert("psnr".into(), json_psnr(q.psnr));
+            obj.insert("snr".into(), json_psnr(q.snr));
+            obj.insert("kbps".into(), q.kbps.into());
+        }
+        print_json(&v)
+    } else {
+        if !ctx.quiet {
+            eprintln!(
+                "decoded {} frames x {} channel(s) at {} Hz in {secs:.2} s -> {}",
+                h.frames,
+                h.channels,
+                h.sample_rate,
+                args.output.display()
+            );
+        }
+        match quality {
+            Some(q) => say(format_args!(
+                "PSNR {} dB  SNR {} dB  kbps {:.2}  bytes {}",
+                inr::metrics::format_psnr(q.psnr),
+                inr::metrics::format_psnr(q.snr),
+                q.kbps,
+                bytes.len()
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `inr eval ref.wav x.inr`.
+pub fn eval(args: EvalArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
+    let mut src = open_wav(&args.reference)?;
+    let start = Instant::now();
+    let q = inr::eval_audio(bytes, &mut src, &Default::default())
+        .with_context(|| format!("cannot evaluate {}", args.input.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "reference": path_str(&args.reference),
+            "input": path_str(&args.input),
+            "modality": "audio",
+            "frames": q.frames,
+            "duration_s": q.duration_s,
+            "psnr": json_psnr(q.psnr),
+            "snr": json_psnr(q.snr),
+            "kbps": q.kbps,
+            "bytes": bytes.len(),
+            "decode_s": secs,
+        }))
+    } else {
+        say(format_args!(
+            "PSNR {} dB  SNR {} dB  kbps {:.2}  bytes {}",
+            inr::metrics::format_psnr(q.psnr),
+            inr::metrics::format_psnr(q.snr),
+            q.kbps,
+            bytes.len()
+        ))
+    }
+}
