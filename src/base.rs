@@ -270,10 +270,10 @@ pub fn embedded() -> &'static [Base] {
 
 /// Names and bytes of the embedded base files (`bases/`, see `bases/README.md` for how each
 /// was trained). A preset uses the base whose architecture matches its network.
-pub const EMBEDDED: &[(&str, &[u8])] = &[(
-    "image-small",
-    include_bytes!("../bases/image-small.inrb"),
-)];
+pub const EMBEDDED: &[(&str, &[u8])] = &[
+    ("image-small", include_bytes!("../bases/image-small.inrb")),
+    ("image-medium", include_bytes!("../bases/image-medium.inrb")),
+];
 
 /// Finds the base with `id` among `extra` (user-supplied, searched first) and the embedded
 /// ones.
