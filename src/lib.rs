@@ -23,9 +23,10 @@ pub mod rd;
 pub mod util;
 
 pub use codec::{
-    decode, encode_image, inspect, DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded,
-    Preset, Progress,
+    decode, encode_image, inspect, inspect_with, DecodeError, DecodeOptions, EncodeConfig,
+    EncodeError, Encoded, Preset, Progress,
 };
+pub use format::Limits;
 
 /// Internals exposed for the criterion benches only; not a stable API.
 #[doc(hidden)]

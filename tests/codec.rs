@@ -202,5 +202,9 @@ fn decode_work_is_bounded() {
             ..Default::default()
         },
     );
-    assert!(matches!(r, Err(inr::DecodeError::Parameter(m)) if m.contains("multiply-adds")));
+    assert!(matches!(
+        r,
+        Err(inr::DecodeError::Format(inr::format::FormatError::LimitExceeded { what, .. }))
+            if what.contains("rendering work")
+    ));
 }

@@ -37,6 +37,8 @@ pub struct DecodeArgs {
     /// Overwrite the output file if it exists.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }
 
 /// A render size `WxH`.
@@ -90,7 +92,8 @@ pub fn scale_dim(n: u32, f: f64) -> anyhow::Result<u32> {
 pub fn run(args: DecodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     check_output(&args.input, &args.output, args.force)?;
     inr::media::OutputFormat::from_path(&args.output)?;
-    let bytes = read_inr(&args.input)?;
+    let limits = args.limits.limits();
+    let bytes = read_inr(&args.input, &limits)?;
     let reference = match &args.reference {
         Some(p) => {
             let l = load_input(p, args.ignore_alpha)?;
@@ -102,10 +105,11 @@ pub fn run(args: DecodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let decode = |size: Option<(u32, u32)>| {
         let opts = inr::DecodeOptions {
             size,
-            ..Default::default()
+            limits: limits.clone(),
         };
-        inr::decode(&bytes, &opts)
-            .with_context(|| format!("cannot decode {}", args.input.display()))
+        inr::decode(&bytes, &opts).map_err(|e| {
+            super::decode_context(e, format!("cannot decode {}", args.input.display()))
+        })
     };
 
     let start = Instant::now();

@@ -23,16 +23,23 @@ pub struct EvalArgs {
     /// Drop a translucent alpha channel of the reference instead of refusing it.
     #[arg(long)]
     pub ignore_alpha: bool,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }
 
 pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let loaded = load_input(&args.reference, args.ignore_alpha)?;
     ctx.notes(&loaded.notes);
     let reference = loaded.image;
-    let bytes = read_inr(&args.input)?;
+    let limits = args.limits.limits();
+    let bytes = read_inr(&args.input, &limits)?;
     let start = Instant::now();
-    let img = inr::decode(&bytes, &inr::DecodeOptions::default())
-        .with_context(|| format!("cannot decode {}", args.input.display()))?;
+    let opts = inr::DecodeOptions {
+        limits,
+        ..Default::default()
+    };
+    let img = inr::decode(&bytes, &opts)
+        .map_err(|e| super::decode_context(e, format!("cannot decode {}", args.input.display())))?;
     let secs = start.elapsed().as_secs_f64();
     let psnr = inr::metrics::psnr(&reference, &img)
         .context("the .inr file does not match the reference image")?;

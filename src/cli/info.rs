@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use serde_json::Value;
 
 use super::{path_str, print_json, read_inr, say, Ctx};
@@ -17,6 +16,8 @@ pub struct InfoArgs {
     /// Input .inr file.
     #[arg(value_name = "IN.inr")]
     pub input: PathBuf,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }
 
 /// The coded image size, when the header exposes top-level `width` and `height` fields.
@@ -79,9 +80,14 @@ fn lines(v: &Value, indent: usize, out: &mut Vec<String>) {
 }
 
 pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let bytes = read_inr(&args.input)?;
-    let info = inr::inspect(&bytes)
-        .with_context(|| format!("cannot read the header of {}", args.input.display()))?;
+    let limits = args.limits.limits();
+    let bytes = read_inr(&args.input, &limits)?;
+    let info = inr::inspect_with(&bytes, &limits).map_err(|e| {
+        super::format_context(
+            e,
+            format!("cannot read the header of {}", args.input.display()),
+        )
+    })?;
     let info = serde_json::to_value(&info)?;
     let file_bytes = bytes.len() as u64;
     let bpp = match coded_size(&info) {
