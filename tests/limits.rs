@@ -323,3 +323,25 @@ fn encoder_refuses_up_front_what_a_default_decoder_would_refuse() {
         "{r:?}"
     );
 }
+
+/// The fuzz seed corpus (`fuzz/seeds`) is made of real files that decode within the lowered
+/// limits of the `decode` fuzz target (2^14 pixels and parameters), so the fuzzer starts from
+/// inputs that reach the entropy decoder and the renderer.
+#[test]
+fn fuzz_seeds_decode_within_the_fuzz_limits() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        let opts = with(Limits {
+            max_pixels: 1 << 14,
+            max_params: 1 << 14,
+            ..Limits::default()
+        });
+        let img = decode(&bytes, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(img.width >= 1);
+        n += 1;
+    }
+    assert!(n >= 5, "{n} seeds");
+}
