@@ -730,7 +730,6 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
             expected: "0 (adaptive frequency model)",
         });
     }
-    check_section("payload", u64::from(payload_len), limits)?;
     if payload_len % 4 != 0 {
         return Err(FormatError::InvalidField {
             field: "payload length",
@@ -738,6 +737,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
             expected: "a multiple of 4 (whole 32-bit words)",
         });
     }
+    check_section("payload", u64::from(payload_len), limits)?;
     let mut steps = Vec::with_capacity(num_tensors); // <= 130 after validation
     let mut tensor_bits = Vec::with_capacity(num_tensors);
     for c in step_bytes.chunks_exact(STEP_BYTES) {
@@ -762,7 +762,6 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     let mut groups = Vec::new(); // <= 15 entries
     for b in group_bits(&tensor_bits) {
         let len = g.u32("payload group length")?;
-        check_section("payload group", u64::from(len), limits)?;
         if len % 4 != 0 {
             return Err(FormatError::InvalidField {
                 field: "payload group length",
@@ -770,7 +769,11 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
                 expected: "a multiple of 4 (whole 32-bit words)",
             });
         }
-        groups.push((b, g.take(len as usize, "payload group")?));
+        let group = g.take(len as usize, "payload group")?;
+        // Structure first (a length beyond the payload is "truncated"), then the limit,
+        // before the entropy decoder allocates anything from the group.
+        check_section("payload group", u64::from(len), limits)?;
+        groups.push((b, group));
     }
     if g.pos != payload.len() {
         return Err(FormatError::PayloadGroups {
