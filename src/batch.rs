@@ -15,12 +15,17 @@
 //!   its row) the row is rebuilt by decoding the output and comparing it with the input.
 //! - Failures: a file that cannot be read, decoded or encoded gives a `failed` row with the
 //!   error and never stops the batch. Failed rows are retried by the next run.
+//! - Cancellation: when [`BatchOptions::cancel`] is set (the CLI sets it on SIGINT), files
+//!   not yet started are skipped (no row, no output), files in flight finish and get their
+//!   row, and the manifest is rewritten with the rows so far; [`BatchSummary::interrupted`]
+//!   counts the skipped files. The next run resumes with exactly those.
 //! - Sharding: `--shard i/n` takes the files whose index in the sorted list is `i` mod `n`, so
 //!   the shards partition the list; [`merge_manifests`] joins their manifests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -361,6 +366,8 @@ pub struct BatchOptions {
     pub force: bool,
     /// Files encoded at the same time (>= 1).
     pub jobs: usize,
+    /// Stop request: once true, files not yet started are skipped (see the module docs).
+    pub cancel: Option<&'static AtomicBool>,
 }
 
 impl Default for BatchOptions {
@@ -369,6 +376,7 @@ impl Default for BatchOptions {
             shard: None,
             force: false,
             jobs: 1,
+            cancel: None,
         }
     }
 }
@@ -394,6 +402,8 @@ pub struct BatchSummary {
     /// Files whose valid output was kept.
     pub kept: usize,
     pub failed: usize,
+    /// Files skipped because the run was cancelled (they have no row; rerun to do them).
+    pub interrupted: usize,
 }
 
 enum Plan {
@@ -553,11 +563,15 @@ pub fn run_batch(
         .num_threads(opts.jobs)
         .build()
         .map_err(|e| BatchError::Option(format!("cannot start {} threads: {e}", opts.jobs)))?;
-    let work = |(input, output, out_path, plan): &(String, String, PathBuf, Plan)| -> ManifestRow {
+    let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::SeqCst));
+    let work = |(input, output, out_path, plan): &(String, String, PathBuf, Plan)| {
         let in_path = in_dir.join(input);
         let t = Instant::now();
+        if !matches!(plan, Plan::Keep(_)) && cancelled() {
+            return None;
+        }
         let row = match plan {
-            Plan::Keep(r) => return r.clone(),
+            Plan::Keep(r) => return Some(r.clone()),
             Plan::Fail(e) => failed(input, output, None, e.clone()),
             Plan::Encode | Plan::Rebuild => {
                 let rebuild = matches!(plan, Plan::Rebuild);
@@ -592,9 +606,11 @@ pub fn run_batch(
             }
         }
         progress(&BatchEvent::Finished { row: &row });
-        row
+        Some(row)
     };
-    let mut rows: Vec<ManifestRow> = pool.install(|| plans.par_iter().map(work).collect());
+    let done: Vec<Option<ManifestRow>> = pool.install(|| plans.par_iter().map(work).collect());
+    let interrupted = done.iter().filter(|r| r.is_none()).count();
+    let mut rows: Vec<ManifestRow> = done.into_iter().flatten().collect();
     let (file, append_err) = sink.into_inner().unwrap_or_else(|p| p.into_inner());
     drop(file);
     rows.sort_by(|a, b| a.input.cmp(&b.input));
@@ -611,6 +627,7 @@ pub fn run_batch(
         encoded: rows.len() - failed - kept,
         kept,
         failed,
+        interrupted,
         rows,
     })
 }

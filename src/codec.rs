@@ -2,7 +2,7 @@
 
 use crate::base::{self, Base, BaseError};
 use crate::fit::{psnr_u8, tensor_bits, FitEvent, Fitter, Phase, QuantSpec, Signal};
-use crate::format::{self, Arch, InrFile, QTensor};
+use crate::format::{self, Arch, InrFile, Limits, QTensor};
 use crate::media::Image;
 use crate::model::{self, Grid2};
 
@@ -106,11 +106,14 @@ pub struct Encoded {
     pub bpp: f64,
 }
 
+/// Options of [`decode`]. `Default` renders at the coded size with [`Limits::default`].
 #[derive(Debug, Clone, Default)]
 pub struct DecodeOptions {
     /// Render at this size instead of the coded one.
     pub size: Option<(u32, u32)>,
-    pub limits: crate::format::Limits,
+    /// Resource limits checked before allocating or rendering (raise them to decode
+    /// unusually large files, lower them for untrusted input).
+    pub limits: Limits,
     /// Bases to look for (besides the embedded ones) when a file names one.
     pub bases: Vec<Base>,
 }
@@ -230,6 +233,23 @@ impl EncodeConfig {
                 Some(b.clone())
             }
         };
+        // Encoders MUST NOT write files the default limits reject (codec-spec §7): refuse
+        // before fitting, not after minutes of work.
+        let limits = Limits::default();
+        arch.validate(&limits).map_err(|e| {
+            EncodeError::Parameter(format!(
+                "network not codable: {e} (a smaller --width or --depth reduces the \
+                 parameter count)"
+            ))
+        })?;
+        limits
+            .check_render(img.width, img.height, arch.num_params() as u64)
+            .map_err(|e| {
+                EncodeError::Parameter(format!(
+                    "a default decoder would refuse to render this file ({e}); use a smaller \
+                     preset, --width or --depth, or a smaller image"
+                ))
+            })?;
         let batch = self.batch.unwrap_or(batch);
         let lr = self.lr.unwrap_or(3e-4);
         let qat_steps = (steps / 5).max(1);
@@ -380,26 +400,27 @@ fn npx_f(img: &Image) -> f64 {
 
 /// Decode a `.inr` file into an image.
 ///
+/// Every limit in `opts.limits` is checked before the matching allocation or work: file size,
+/// section sizes, coded pixels and parameters (while parsing), then the output pixels and the
+/// rendering work (output pixels x parameters).
+///
 /// # Errors
-/// [`DecodeError::Format`] for a malformed, truncated or corrupted file or one beyond
-/// `opts.limits`; [`DecodeError::Parameter`] for a bad output size.
+/// [`DecodeError::Format`] for a malformed, truncated or corrupted file, and
+/// `DecodeError::Format(FormatError::LimitExceeded { .. })` for a file or output size beyond
+/// `opts.limits`; [`DecodeError::Parameter`] for an output size with a zero side.
+///
+/// # Panics
+/// Never, for any input.
 pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> {
     let file = format::read_file(bytes, &opts.limits)?;
     let (w, h) = opts.size.unwrap_or((file.width, file.height));
-    let npx = w as u64 * h as u64;
-    if w == 0 || h == 0 || npx > MAX_RENDER_PIXELS {
+    if w == 0 || h == 0 {
         return Err(DecodeError::Parameter(format!(
-            "output size {w}x{h} (expected 1..={MAX_RENDER_PIXELS} pixels)"
+            "output size {w}x{h} (expected both sides >= 1)"
         )));
     }
-    let work = npx.saturating_mul(file.arch.num_params() as u64);
-    if work > MAX_DECODE_WORK {
-        return Err(DecodeError::Parameter(format!(
-            "rendering {w}x{h} pixels with {} parameters needs {work} multiply-adds \
-             (limit {MAX_DECODE_WORK}); render at a smaller --size",
-            file.arch.num_params()
-        )));
-    }
+    opts.limits
+        .check_render(w, h, file.arch.num_params() as u64)?;
     let mut params: Vec<f32> = file.tensors.iter().flat_map(|t| t.dequantize()).collect();
     if let Some(id) = file.base_id {
         // §6.2: w = base + q * step, one f32 addition per weight.
@@ -425,15 +446,21 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
     })
 }
 
-/// Largest output the decoder renders (2^28 pixels).
-pub const MAX_RENDER_PIXELS: u64 = 1 << 28;
-
-/// Largest decode work, in pixels x parameters (about a minute on 2 cores): a hostile header
-/// pairing the largest network with the largest image must not hang the decoder. A 768x512
-/// image with the `huge` preset needs 2.6e10.
-pub const MAX_DECODE_WORK: u64 = 1 << 40;
-
-/// Parse the header and section table without decoding the network.
+/// Parse the header and section table without decoding the network ([`Limits::default`]).
+///
+/// # Errors
+/// As [`format::inspect`].
 pub fn inspect(bytes: &[u8]) -> Result<crate::format::FileInfo, crate::format::FormatError> {
     crate::format::inspect(bytes)
+}
+
+/// As [`inspect`], with caller-chosen limits.
+///
+/// # Errors
+/// As [`format::inspect_with`].
+pub fn inspect_with(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<crate::format::FileInfo, crate::format::FormatError> {
+    crate::format::inspect_with(bytes, limits)
 }

@@ -344,27 +344,97 @@ pub struct InrFile {
     pub base_id: Option<u64>,
 }
 
-/// Decoder limits, checked before anything is allocated from header values.
-#[derive(Debug, Clone)]
+/// Decoder limits, checked before anything is allocated from header values (§7).
+///
+/// The defaults decode every file an encoder may write (encoders MUST NOT write files the
+/// default limits reject, §7); callers may lower them for untrusted input or raise them
+/// (`inr decode --max-pixels N --max-params N ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest `width * height`.
+    /// Largest `width * height` of the coded image, and of the rendered output (the decoder
+    /// checks a requested `--size` against it too).
     pub max_pixels: u64,
     /// Largest width or height.
     pub max_dim: u32,
-    /// Largest network parameter count.
+    /// Largest network parameter count (bounds the entropy decoder's work and memory).
     pub max_params: u64,
     /// Largest accepted file size in bytes.
     pub max_file_bytes: u64,
+    /// Largest length-prefixed section (the payload, each payload group; §4.2) in bytes.
+    pub max_section_bytes: u64,
+    /// Largest rendering work, in output pixels x network parameters (multiply-adds): a
+    /// hostile header pairing a large network with a large image must not hang the decoder.
+    pub max_work: u64,
+    /// Largest number of audio samples (modality 2, format v2). Version 1 files are images and
+    /// carry no samples, so the v1 reader has nothing to check against it.
+    pub max_samples: u64,
+}
+
+impl Limits {
+    /// Default largest width or height.
+    pub const DEFAULT_MAX_DIM: u32 = 65535;
+    /// Default largest pixel count: 2^28 (16384 x 16384).
+    pub const DEFAULT_MAX_PIXELS: u64 = 1 << 28;
+    /// Default largest parameter count: 2^22 (about 4M; the `huge` preset has about 60k).
+    pub const DEFAULT_MAX_PARAMS: u64 = 1 << 22;
+    /// Default largest file: 256 MiB.
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 << 20;
+    /// Default largest section: 64 MiB (2^22 parameters at 16 bits need at most 8 MiB).
+    pub const DEFAULT_MAX_SECTION_BYTES: u64 = 64 << 20;
+    /// Default largest rendering work: 2^40 multiply-adds (about a minute on 2 cores; a
+    /// 768x512 image with the `huge` preset needs 2.6e10).
+    pub const DEFAULT_MAX_WORK: u64 = 1 << 40;
+    /// Default largest audio sample count: 2^32 (about 27 hours at 44.1 kHz).
+    pub const DEFAULT_MAX_SAMPLES: u64 = 1 << 32;
+
+    /// Checks a rendering request: `width x height` output pixels (each side >= 1, at most
+    /// `max_pixels` in total) with a network of `params` parameters (at most `max_work`
+    /// pixel-parameter products).
+    ///
+    /// # Errors
+    /// [`FormatError::InvalidField`] for a zero side, [`FormatError::LimitExceeded`] otherwise.
+    pub fn check_render(&self, width: u32, height: u32, params: u64) -> Result<(), FormatError> {
+        for (field, v) in [("output width", width), ("output height", height)] {
+            if v == 0 {
+                return Err(FormatError::InvalidField {
+                    field,
+                    value: 0,
+                    expected: ">= 1",
+                });
+            }
+        }
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.max_pixels {
+            return Err(FormatError::LimitExceeded {
+                what: "output pixel count",
+                value: pixels,
+                limit: self.max_pixels,
+            });
+        }
+        let work = pixels.saturating_mul(params);
+        if work > self.max_work {
+            return Err(FormatError::LimitExceeded {
+                what: "rendering work (output pixels x parameters)",
+                value: work,
+                limit: self.max_work,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
-    /// 65535 per side, 2^28 pixels, 2^22 (about 4M) parameters, 256 MiB.
+    /// The `DEFAULT_*` constants: 65535 per side, 2^28 pixels, 2^22 parameters, 256 MiB per
+    /// file, 64 MiB per section, 2^40 multiply-adds of rendering, 2^32 audio samples.
     fn default() -> Self {
         Limits {
-            max_pixels: 1 << 28,
-            max_dim: 65535,
-            max_params: 1 << 22,
-            max_file_bytes: 256 << 20,
+            max_pixels: Self::DEFAULT_MAX_PIXELS,
+            max_dim: Self::DEFAULT_MAX_DIM,
+            max_params: Self::DEFAULT_MAX_PARAMS,
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+            max_section_bytes: Self::DEFAULT_MAX_SECTION_BYTES,
+            max_work: Self::DEFAULT_MAX_WORK,
+            max_samples: Self::DEFAULT_MAX_SAMPLES,
         }
     }
 }
@@ -599,6 +669,18 @@ fn validate_dims(width: u32, height: u32, limits: &Limits) -> Result<(), FormatE
     Ok(())
 }
 
+/// A length-prefixed section of `len` bytes against [`Limits::max_section_bytes`].
+fn check_section(what: &'static str, len: u64, limits: &Limits) -> Result<(), FormatError> {
+    if len > limits.max_section_bytes {
+        return Err(FormatError::LimitExceeded {
+            what,
+            value: len,
+            limit: limits.max_section_bytes,
+        });
+    }
+    Ok(())
+}
+
 fn validate_bits(field: &'static str, bits: u8) -> Result<(), FormatError> {
     if !BITS_RANGE.contains(&bits) {
         return Err(FormatError::InvalidField {
@@ -725,6 +807,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
             expected: "a multiple of 4 (whole 32-bit words)",
         });
     }
+    check_section("payload", u64::from(payload_len), limits)?;
     let mut steps = Vec::with_capacity(num_tensors); // <= 130 after validation
     let mut tensor_bits = Vec::with_capacity(num_tensors);
     for c in step_bytes.chunks_exact(STEP_BYTES) {
@@ -756,7 +839,11 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
                 expected: "a multiple of 4 (whole 32-bit words)",
             });
         }
-        groups.push((b, g.take(len as usize, "payload group")?));
+        let group = g.take(len as usize, "payload group")?;
+        // Structure first (a length beyond the payload is "truncated"), then the limit,
+        // before the entropy decoder allocates anything from the group.
+        check_section("payload group", u64::from(len), limits)?;
+        groups.push((b, group));
     }
     if g.pos != payload.len() {
         return Err(FormatError::PayloadGroups {
@@ -947,10 +1034,21 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
 /// # Panics
 /// Never, for any input.
 pub fn inspect(bytes: &[u8]) -> Result<FileInfo, FormatError> {
+    inspect_with(bytes, &Limits::default())
+}
+
+/// As [`inspect`], with caller-chosen limits (e.g. raised by `inr info --max-params N`).
+///
+/// # Errors
+/// As [`inspect`], with `limits` instead of the defaults.
+///
+/// # Panics
+/// Never, for any input.
+pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatError> {
     if peek_modality(bytes)? == MODALITY_AUDIO {
         return audio::inspect_audio(bytes);
     }
-    let p = parse(bytes, &Limits::default())?;
+    let p = parse(bytes, limits)?;
     let total = bytes.len() as u64;
     let num_tensors = p.steps.len();
     let pixels = u64::from(p.width) * u64::from(p.height);

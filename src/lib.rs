@@ -31,9 +31,10 @@ pub use audio_codec::{
     AudioEncoded, AudioQuality, AudioSink, BLOCK_WINDOWS,
 };
 pub use codec::{
-    decode, encode_image, inspect, BaseChoice, DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded,
-    Preset, Progress,
+    decode, encode_image, inspect, inspect_with, BaseChoice, DecodeError, DecodeOptions,
+    EncodeConfig, EncodeError, Encoded, Preset, Progress,
 };
+pub use format::Limits;
 
 /// Internals exposed for the criterion benches only; not a stable API.
 #[doc(hidden)]

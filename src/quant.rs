@@ -100,4 +100,116 @@ mod tests {
         let d = dequantize(&quantize(&c, s, 6), s);
         assert!(d.iter().all(|&v| (v - 0.3).abs() < 0.01));
     }
+
+    /// Squared error of quantizing `w` with `step` (the criterion `choose_step` minimises).
+    fn sq_err(w: &[f32], step: Step, bits: u8) -> f64 {
+        let d = dequantize(&quantize(w, step, bits), step);
+        w.iter()
+            .zip(&d)
+            .map(|(&a, &b)| {
+                let e = f64::from(a) - f64::from(b);
+                e * e
+            })
+            .sum()
+    }
+
+    /// Tensors with edge distributions: all zeros, one value, only the extremes `±x`, sparse
+    /// spikes, and plain random values at several scales (including huge and subnormal ones).
+    fn tensors() -> impl proptest::strategy::Strategy<Value = Vec<f32>> {
+        use proptest::prelude::*;
+        let scale = prop_oneof![
+            Just(1e-40f32), // subnormal
+            Just(1e-6f32),
+            Just(0.05f32),
+            Just(1.0f32),
+            Just(1e4f32),
+            Just(3e38f32), // near f32::MAX
+        ];
+        let len = 1usize..300;
+        prop_oneof![
+            len.clone().prop_map(|n| vec![0.0f32; n]),
+            (len.clone(), -1.0f32..1.0, scale.clone()).prop_map(|(n, v, s)| vec![v * s; n]),
+            (
+                proptest::collection::vec(any::<bool>(), 1..300),
+                scale.clone()
+            )
+                .prop_map(|(signs, s)| signs.iter().map(|&b| if b { s } else { -s }).collect()),
+            (proptest::collection::vec(0u8..100, 1..300), scale.clone())
+                .prop_map(|(v, s)| v.iter().map(|&x| if x == 0 { s } else { 0.0 }).collect()),
+            (proptest::collection::vec(-1.0f32..1.0, 1..300), scale)
+                .prop_map(|(v, s)| v.iter().map(|&x| x * s).collect()),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Symbols always lie in the bit width's range, whatever the input (NaN and
+        /// infinities included), and fake quantization equals dequantize(quantize) on finite
+        /// inputs (QAT trains exactly what the decoder reconstructs).
+        #[test]
+        fn quantize_is_in_range_and_matches_fake_quant(
+            w in tensors(),
+            specials in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::Just(f32::NAN),
+                    proptest::prelude::Just(f32::INFINITY),
+                    proptest::prelude::Just(f32::NEG_INFINITY),
+                    proptest::prelude::Just(f32::MAX),
+                    proptest::prelude::Just(f32::MIN),
+                ],
+                0..3,
+            ),
+            bits in 2u8..=16,
+            mantissa in 1u16..=65535,
+            exponent in 0u8..=64,
+        ) {
+            let step = Step { mantissa, exponent };
+            let m = max_symbol(bits);
+            let q = quantize(&w, step, bits);
+            proptest::prop_assert_eq!(q.len(), w.len());
+            proptest::prop_assert!(q.iter().all(|v| v.abs() <= m));
+            let mut fq = vec![0.0f32; w.len()];
+            fake_quant_into(&w, step, bits, &mut fq);
+            let d = dequantize(&q, step);
+            // Equal values (fake quantization may give -0.0 where the decoder gives +0.0).
+            for (a, b) in fq.iter().zip(&d) {
+                proptest::prop_assert!(a == b, "{} vs {}", a, b);
+            }
+            let mut x = w.clone();
+            x.extend_from_slice(&specials);
+            let q = quantize(&x, step, bits);
+            proptest::prop_assert!(q.iter().all(|v| v.abs() <= m));
+        }
+
+        /// `choose_step` returns a valid step (positive, finite, in the format's ranges) whose
+        /// error is never worse than the full-range step it starts from, and inside the
+        /// clipping range every weight is reconstructed within half a step.
+        #[test]
+        fn chosen_step_is_valid_and_no_worse_than_full_range(w in tensors(), bits in 2u8..=16) {
+            let step = choose_step(&w, bits);
+            let s = step.to_f32();
+            proptest::prop_assert!(s > 0.0 && s.is_finite());
+            proptest::prop_assert!(step.mantissa >= 1 && step.exponent <= 64);
+            let m = max_symbol(bits);
+            let max_abs = w.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+            if max_abs > 0.0 {
+                let full = Step::from_f32(max_abs / m as f32);
+                proptest::prop_assert!(sq_err(&w, step, bits) <= sq_err(&w, full, bits));
+            } else {
+                proptest::prop_assert!(quantize(&w, step, bits).iter().all(|&v| v == 0));
+            }
+            let d = dequantize(&quantize(&w, step, bits), step);
+            for (&a, &b) in w.iter().zip(&d) {
+                if f64::from(a.abs()) <= f64::from(m) * f64::from(s) {
+                    // Half a step, plus one ulp of the product for the f32 rounding.
+                    let tol = 0.5 * f64::from(s) + f64::from(b.abs()) * f64::from(f32::EPSILON);
+                    proptest::prop_assert!(
+                        (f64::from(a) - f64::from(b)).abs() <= tol,
+                        "{} -> {} (step {})", a, b, s
+                    );
+                }
+            }
+        }
+    }
 }

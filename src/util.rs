@@ -6,7 +6,8 @@ use std::path::Path;
 /// Write `bytes` to `path` atomically: a temporary file in the same directory is written,
 /// flushed and renamed over `path`, so a reader never sees a partial file and an
 /// interrupted write leaves no output. Refuses to replace an existing file unless
-/// `overwrite` is true (error kind `AlreadyExists`).
+/// `overwrite` is true (error kind `AlreadyExists`). The file gets the usual mode for new
+/// files (`0666` minus the umask on Unix). On any error the temporary file is removed.
 ///
 /// # Errors
 /// Any I/O error, or `AlreadyExists` when `path` exists and `overwrite` is false.
@@ -21,9 +22,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> std::io::Resu
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".inr-tmp-")
-        .tempfile_in(dir)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".inr-tmp-");
+    // Like `fs::write`: mode 0666 minus the umask (tempfile's default 0600 would make every
+    // output private to its owner).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     if overwrite {

@@ -1,6 +1,7 @@
 //! `inr batch`: compress a folder tree (binary-side glue).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context};
 use inr::batch::{self, BatchEvent, BatchOptions, InrBatchCodec, RowStatus, Shard};
@@ -48,6 +49,55 @@ pub struct BatchArgs {
     pub force: bool,
 }
 
+/// Set by the SIGINT/SIGTERM handler: the batch stops starting new files.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The batch stopped early on SIGINT/SIGTERM (exit code 130).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "interrupted: {skipped} of {total} files not started (finished files are in {manifest}); \
+     rerun the same command to resume"
+)]
+pub struct Interrupted {
+    pub skipped: usize,
+    pub total: usize,
+    pub manifest: String,
+}
+
+#[cfg(unix)]
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Installs the handler for SIGINT and SIGTERM. The first signal asks the batch to stop
+/// (files in flight finish, the manifest is written); the handler then resets itself
+/// (`SA_RESETHAND`), so a second signal terminates at once, as without a handler. Outputs are
+/// still never partial (written to a temporary file and renamed).
+#[cfg(unix)]
+fn install_stop_handler() -> anyhow::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed `sigaction` is a valid initial value; the handler only stores to an
+        // atomic, which is async-signal-safe; the pointers are valid for the calls.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot install a signal handler");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn install_stop_handler() -> anyhow::Result<()> {
+    Ok(())
+}
+
 /// Run the batch (or the merge).
 ///
 /// # Errors
@@ -88,7 +138,9 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         shard: args.shard,
         force: args.force,
         jobs,
+        cancel: Some(&INTERRUPTED),
     };
+    install_stop_handler()?;
     let bar = super::counting_bar(quiet);
     let progress = |e: &BatchEvent| match e {
         BatchEvent::Started { todo, .. } => bar.set_length(*todo as u64),
@@ -113,18 +165,27 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
                 "encoded": s.encoded,
                 "kept": s.kept,
                 "failed": s.failed,
+                "interrupted": s.interrupted,
                 "rows": s.rows,
             }))?
         );
     } else if !quiet {
         println!(
             "{} files: {} encoded, {} kept, {} failed; manifest {}",
-            s.rows.len(),
+            s.rows.len() + s.interrupted,
             s.encoded,
             s.kept,
             s.failed,
             s.manifest.display()
         );
+    }
+    if s.interrupted > 0 {
+        return Err(Interrupted {
+            skipped: s.interrupted,
+            total: s.rows.len() + s.interrupted,
+            manifest: s.manifest.display().to_string(),
+        }
+        .into());
     }
     if s.failed > 0 {
         bail!(

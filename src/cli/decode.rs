@@ -41,6 +41,8 @@ pub struct DecodeArgs {
     /// Overwrite the output file if it exists.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }
 
 /// A render size `WxH`.
@@ -93,7 +95,8 @@ pub fn scale_dim(n: u32, f: f64) -> anyhow::Result<u32> {
 
 pub fn run(args: DecodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     check_output(&args.input, &args.output, args.force)?;
-    let bytes = read_inr(&args.input)?;
+    let limits = args.limits.limits();
+    let bytes = read_inr(&args.input, &limits)?;
     if inr::format::peek_modality(&bytes).ok() == Some(inr::format::MODALITY_AUDIO) {
         return super::audio::decode(args, &bytes, ctx);
     }
@@ -111,10 +114,11 @@ pub fn run(args: DecodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         let opts = inr::DecodeOptions {
             size,
             bases: bases.clone(),
-            ..Default::default()
+            limits: limits.clone(),
         };
-        inr::decode(&bytes, &opts)
-            .with_context(|| format!("cannot decode {}", args.input.display()))
+        inr::decode(&bytes, &opts).map_err(|e| {
+            super::decode_context(e, format!("cannot decode {}", args.input.display()))
+        })
     };
 
     let start = Instant::now();

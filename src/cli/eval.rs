@@ -30,10 +30,13 @@ pub struct EvalArgs {
     /// (repeatable).
     #[arg(long = "base", value_name = "FILE.inrb")]
     pub bases: Vec<PathBuf>,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }
 
 pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let bytes = read_inr(&args.input)?;
+    let limits = args.limits.limits();
+    let bytes = read_inr(&args.input, &limits)?;
     if inr::format::peek_modality(&bytes).ok() == Some(inr::format::MODALITY_AUDIO) {
         return super::audio::eval(args, &bytes, ctx);
     }
@@ -42,11 +45,12 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let reference = loaded.image;
     let start = Instant::now();
     let opts = inr::DecodeOptions {
+        limits,
         bases: super::load_bases(&args.bases)?,
         ..Default::default()
     };
     let img = inr::decode(&bytes, &opts)
-        .with_context(|| format!("cannot decode {}", args.input.display()))?;
+        .map_err(|e| super::decode_context(e, format!("cannot decode {}", args.input.display())))?;
     let secs = start.elapsed().as_secs_f64();
     let psnr = inr::metrics::psnr(&reference, &img)
         .context("the .inr file does not match the reference image")?;

@@ -18,6 +18,8 @@ pub struct InfoArgs {
     /// Input .inr file.
     #[arg(value_name = "IN.inr")]
     pub input: PathBuf,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }
 
 /// The coded image size, when the header exposes top-level `width` and `height` fields.
@@ -106,12 +108,17 @@ fn base_info(args: &InfoArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let bytes = read_inr(&args.input)?;
+    let limits = args.limits.limits();
+    let bytes = read_inr(&args.input, &limits)?;
     if bytes.starts_with(&inr::base::BASE_MAGIC) {
         return base_info(&args, &bytes, ctx);
     }
-    let info = inr::inspect(&bytes)
-        .with_context(|| format!("cannot read the header of {}", args.input.display()))?;
+    let info = inr::inspect_with(&bytes, &limits).map_err(|e| {
+        super::format_context(
+            e,
+            format!("cannot read the header of {}", args.input.display()),
+        )
+    })?;
     let info = serde_json::to_value(&info)?;
     let file_bytes = bytes.len() as u64;
     let bpp = match coded_size(&info) {

@@ -14,9 +14,6 @@ mod info;
 mod meta_train;
 mod rd;
 
-/// Largest `.inr` file the CLI reads into memory (a hostile huge file is refused up front).
-pub const MAX_INR_BYTES: u64 = 256 << 20;
-
 /// Largest `.inrb` base file the CLI reads into memory.
 pub const MAX_BASE_BYTES: u64 = 64 << 20;
 
@@ -104,7 +101,12 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            1
+            // 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
+            if e.downcast_ref::<batch::Interrupted>().is_some() {
+                130
+            } else {
+                1
+            }
         }
     }
 }
@@ -208,12 +210,82 @@ pub fn check_output(input: &Path, output: &Path, force: bool) -> anyhow::Result<
     Ok(())
 }
 
-/// Read a `.inr` file (at most [`MAX_INR_BYTES`]).
+/// Decoder resource limits, shared by `decode`, `eval` and `info`. The defaults decode every
+/// file the encoder writes; raise them for unusually large files.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Largest image, coded or rendered, in pixels (default 268435456 = 2^28).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pixels: Option<u64>,
+    /// Largest network, in parameters (default 4194304 = 2^22).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_params: Option<u64>,
+    /// Largest rendering work, in output pixels x parameters (default 2^40).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_work: Option<u64>,
+    /// Largest .inr file, in bytes (default 268435456 = 256 MiB).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_file_bytes: Option<u64>,
+}
+
+impl LimitArgs {
+    /// [`inr::Limits::default`] with the given flags applied.
+    pub fn limits(&self) -> inr::Limits {
+        let d = inr::Limits::default();
+        inr::Limits {
+            max_pixels: self.max_pixels.unwrap_or(d.max_pixels),
+            max_params: self.max_params.unwrap_or(d.max_params),
+            max_work: self.max_work.unwrap_or(d.max_work),
+            max_file_bytes: self.max_file_bytes.unwrap_or(d.max_file_bytes),
+            ..d
+        }
+    }
+}
+
+/// Adds which flag raises a limit to a decoder error caused by one.
+pub fn limit_hint(what: &str) -> &'static str {
+    if what.contains("work") {
+        " (raise it with --max-work N, or render at a smaller --size)"
+    } else if what.contains("pixel") {
+        " (raise it with --max-pixels N)"
+    } else if what.contains("parameter") {
+        " (raise it with --max-params N)"
+    } else if what.contains("file size") {
+        " (raise it with --max-file-bytes N)"
+    } else {
+        ""
+    }
+}
+
+/// Wraps a format error, pointing at the flag that raises a limit it hit.
+pub fn format_context(e: inr::format::FormatError, context: String) -> anyhow::Error {
+    let hint = match &e {
+        inr::format::FormatError::LimitExceeded { what, .. } => limit_hint(what),
+        _ => "",
+    };
+    anyhow::Error::new(e).context(format!("{context}{hint}"))
+}
+
+/// Wraps a decode error, pointing at the flag that raises a limit it hit.
+pub fn decode_context(e: inr::DecodeError, context: String) -> anyhow::Error {
+    match e {
+        inr::DecodeError::Format(f) => format_context(f, context),
+        other => anyhow::Error::new(other).context(context),
+    }
+}
+
+/// Read a `.inr` file of at most `limits.max_file_bytes` bytes.
 ///
 /// # Errors
 /// I/O errors and files that are too large.
-pub fn read_inr(path: &Path) -> anyhow::Result<Vec<u8>> {
-    Ok(inr::media::read_file_limited(path, MAX_INR_BYTES)?)
+pub fn read_inr(path: &Path, limits: &inr::Limits) -> anyhow::Result<Vec<u8>> {
+    match inr::media::read_file_limited(path, limits.max_file_bytes) {
+        Ok(b) => Ok(b),
+        Err(e @ inr::media::MediaError::FileTooLarge { .. }) => Err(
+            anyhow::Error::new(e).context(format!("{}{}", path.display(), limit_hint("file size")))
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Load an input image with the documented policy; adds the path to non-I/O errors.

@@ -1,0 +1,58 @@
+//! Full decode (`inr::decode`: container, entropy decoding, dequantization, rendering) and
+//! the container round trip (`format::read_file` -> `write_file` -> `read_file`).
+//!
+//! Limits are lowered so that one input costs milliseconds (the defaults allow 2^22
+//! parameters and 2^28 pixels: bounded, but seconds per input). Invariants checked on
+//! success: output size matches the header, and a file the reader accepts re-serialises to a
+//! file the reader accepts with identical contents (the writer may pick the other entropy
+//! model mode, so bytes need not be identical).
+#![no_main]
+
+use inr::format::{self, Limits};
+use inr::DecodeOptions;
+use libfuzzer_sys::fuzz_target;
+
+mod common;
+
+fn limits() -> Limits {
+    Limits {
+        max_pixels: 1 << 14,
+        max_params: 1 << 14,
+        ..Limits::default()
+    }
+}
+
+fn check(bytes: &[u8]) {
+    let limits = limits();
+    let parsed = format::read_file(bytes, &limits);
+    let opts = DecodeOptions {
+        limits: limits.clone(),
+        ..Default::default()
+    };
+    let decoded = inr::decode(bytes, &opts);
+    match (&parsed, &decoded) {
+        (Ok(f), Ok(img)) => {
+            assert_eq!((img.width, img.height), (f.width, f.height));
+            assert_eq!(img.channels, f.arch.out_channels);
+            assert_eq!(
+                img.data.len(),
+                f.width as usize * f.height as usize * usize::from(f.arch.out_channels)
+            );
+            let again = format::write_file(f).expect("an accepted file re-serialises");
+            let back = format::read_file(&again, &limits).expect("and is accepted again");
+            assert_eq!(&back, f);
+        }
+        (Err(e), Err(_)) => {
+            let _ = e.to_string();
+        }
+        // At the coded size, pixels <= 2^14 and parameters <= 2^14 keep the render work far
+        // below its limit, so nothing may refuse a file the container accepts.
+        (Ok(_), Err(e)) => panic!("decode rejected a file read_file accepts: {e}"),
+        (Err(e), Ok(_)) => panic!("decode accepted a file read_file rejects: {e}"),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    check(data);
+    check(&common::with_valid_crc(data));
+});

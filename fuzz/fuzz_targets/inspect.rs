@@ -1,0 +1,37 @@
+//! Header and section parsing (`inr::inspect`, no entropy decoding) with the default limits.
+//! Invariants checked on success: the reported sizes add up to the file size, and the step
+//! table matches the architecture.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+mod common;
+
+fn check(bytes: &[u8]) {
+    let info = match inr::inspect(bytes) {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = e.to_string(); // messages must format without panicking
+            return;
+        }
+    };
+    {
+        let groups_len = 4 * info.groups.len() as u64;
+        assert_eq!(
+            info.header_bytes + info.side_info_bytes + info.payload_bytes + info.crc_bytes,
+            info.total_bytes,
+            "section sizes must add up"
+        );
+        assert!(groups_len <= info.side_info_bytes);
+        assert_eq!(info.total_bytes, bytes.len() as u64);
+        assert_eq!(info.steps.len(), info.num_tensors);
+        assert_eq!(info.tensor_bits.len(), info.num_tensors);
+        assert_eq!(info.arch.num_tensors(), info.num_tensors);
+        assert!(info.width >= 1 && info.height >= 1);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    check(data);
+    check(&common::with_valid_crc(data));
+});
