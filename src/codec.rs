@@ -1,6 +1,10 @@
 //! Encoder and decoder: ties media, model, fitting, quantization and the container together.
 
-use crate::fit::{psnr_u8, tensor_bits, FitEvent, Fitter, Phase, QuantSpec, Signal};
+use crate::fit::{
+    magnitude_masks, psnr_u8, tensor_bits, FitEvent, Fitter, Phase, PruneSchedule, QuantSpec,
+    Signal,
+};
+pub use crate::fit::PruneScope;
 use crate::format::{self, Arch, InrFile, QTensor};
 use crate::media::Image;
 use crate::model::{self, Grid2};
@@ -46,6 +50,14 @@ pub struct EncodeConfig {
     pub lr: Option<f32>,
     /// Pixels per minibatch (expert).
     pub batch: Option<usize>,
+    /// Keep this fraction (0..=1) of the weights of the matrices `W_1 .. W_D`, by gradual
+    /// magnitude pruning during fitting (`None` = dense).
+    pub density: Option<f64>,
+    /// How the density is shared among the pruned matrices.
+    pub prune_scope: PruneScope,
+    /// Rate control: aim the real file size at this many bits per pixel (within ±3 % when
+    /// reachable); density and step sizes are chosen on the real coded size.
+    pub target_bpp: Option<f64>,
 }
 
 impl Default for EncodeConfig {
@@ -63,6 +75,9 @@ impl Default for EncodeConfig {
             w0: None,
             lr: None,
             batch: None,
+            density: None,
+            prune_scope: PruneScope::PerLayer,
+            target_bpp: None,
         }
     }
 }
@@ -124,6 +139,11 @@ pub(crate) struct Plan {
     pub sensitive_bits: u8,
     pub fit: Phase,
     pub qat: Phase,
+    /// Target density of the prunable matrices (`None` = dense).
+    pub density: Option<f64>,
+    pub prune_scope: PruneScope,
+    /// Rate control target in bits per pixel.
+    pub target_bpp: Option<f64>,
 }
 
 impl EncodeConfig {
@@ -166,6 +186,27 @@ impl EncodeConfig {
             w0_first: self.w0.unwrap_or(30),
             w0_hidden: 30,
         };
+        if let Some(d) = self.density {
+            if !(0.0..=1.0).contains(&d) {
+                return Err(EncodeError::Parameter(format!(
+                    "density {d} (expected 0..=1)"
+                )));
+            }
+        }
+        if let Some(b) = self.target_bpp {
+            if !(b.is_finite() && b > 0.0) {
+                return Err(EncodeError::Parameter(format!(
+                    "target bpp {b} (expected a positive number)"
+                )));
+            }
+            if self.density.is_some() || self.target_psnr.is_some() {
+                return Err(EncodeError::Parameter(
+                    "a target bpp chooses the density itself and cannot be combined with a \
+                     density or a target PSNR"
+                        .into(),
+                ));
+            }
+        }
         let batch = self.batch.unwrap_or(batch);
         let lr = self.lr.unwrap_or(3e-4);
         let qat_steps = (steps / 5).max(1);
@@ -189,6 +230,9 @@ impl EncodeConfig {
                 eval_every: 50,
                 stop_at_psnr: None,
             },
+            density: self.density,
+            prune_scope: self.prune_scope,
+            target_bpp: self.target_bpp,
         })
     }
 }
@@ -241,55 +285,66 @@ fn encode_with_plan(
     let init = model::siren_init(&shape, seed);
     let mut fitter = Fitter::new(arch, &sig, init, seed);
     let total = plan.fit.steps + plan.qat.steps;
-    fitter.run_phase(&plan.fit, None, 0, total, &mut |e: &FitEvent| {
+    let mut report = |phase: &'static str, e: &FitEvent| {
         progress(&Progress {
             step: e.step,
             total: e.total,
             psnr: e.psnr,
-            phase: "fit",
+            phase,
         })
-    });
-    let tb = tensor_bits(&arch, plan.bits, plan.sensitive_bits);
-    let q = QuantSpec::choose(&arch, &fitter.params, &tb);
+    };
+    let mut tb = tensor_bits(&arch, plan.bits, plan.sensitive_bits);
+    match plan.target_bpp {
+        None => {
+            if let Some(d) = plan.density {
+                fitter.prune = Some(prune_schedule(plan.fit.steps, d, plan.prune_scope));
+            }
+            fitter.run_phase(&plan.fit, None, 0, total, &mut |e: &FitEvent| {
+                report("fit", e)
+            });
+        }
+        Some(bpp) => {
+            // Rate control, part 1: a dense warm-up at constant learning rate, then the
+            // density (and hidden-matrix bits) that hit the rate on the real coded size, then
+            // gradual pruning to that density and fine-tuning.
+            let warm = Phase {
+                steps: plan.fit.steps / 4,
+                lr_end_frac: 1.0,
+                eval_every: 0,
+                stop_at_psnr: None,
+                ..plan.fit.clone()
+            };
+            fitter.run_phase(&warm, None, 0, total, &mut |e: &FitEvent| {
+                report("fit", e)
+            });
+            let target = target_bytes(bpp, img);
+            let (d0, bits) = choose_density_and_bits(&mut fitter, plan, img, target)?;
+            tb = tensor_bits(&arch, bits, plan.sensitive_bits);
+            let rest = Phase {
+                steps: plan.fit.steps - warm.steps,
+                ..plan.fit.clone()
+            };
+            fitter.prune = Some(prune_schedule(rest.steps, d0, plan.prune_scope));
+            fitter.run_phase(&rest, None, warm.steps, total, &mut |e: &FitEvent| {
+                report("prune", e)
+            });
+        }
+    }
+    fitter.prune = None;
+    let mut q = QuantSpec::choose(&arch, &fitter.params, &tb);
     fitter.reset_optimizer();
     fitter.run_phase(
         &plan.qat,
         Some(&q),
         plan.fit.steps,
         total,
-        &mut |e: &FitEvent| {
-            progress(&Progress {
-                step: e.step,
-                total: e.total,
-                psnr: e.psnr,
-                phase: "quantize",
-            })
-        },
+        &mut |e: &FitEvent| report("quantize", e),
     );
+    if let Some(bpp) = plan.target_bpp {
+        q = rate_control(&mut fitter, plan, &q, img, target_bytes(bpp, img))?;
+    }
     // Serialise, then measure exactly what the decoder will produce from the bytes.
-    let mut off = 0;
-    let tensors = arch
-        .tensor_lens()
-        .iter()
-        .zip(q.steps.iter().zip(&q.bits))
-        .map(|(&n, (&step, &bits))| {
-            let symbols = quant::quantize(&fitter.params[off..off + n], step, bits);
-            off += n;
-            QTensor {
-                step,
-                bits,
-                symbols,
-            }
-        })
-        .collect();
-    let max_bits = q.bits.iter().copied().max().unwrap_or(plan.bits);
-    let file = InrFile {
-        width: img.width,
-        height: img.height,
-        arch,
-        bits: max_bits,
-        tensors,
-    };
+    let file = build_file(img, &arch, &fitter.params, &fitter.masks, &q)?;
     let bytes = format::write_file(&file)?;
     let recon = decode(&bytes, &DecodeOptions::default()).map_err(|e| match e {
         DecodeError::Format(f) => EncodeError::Format(f),
@@ -303,6 +358,305 @@ fn encode_with_plan(
         psnr,
         bpp,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparse coding and rate control (kept apart from the fitting pipeline above).
+// ---------------------------------------------------------------------------------------------
+
+/// Gradual pruning over a fitting phase of `steps`: dense for the first 10 %, cubic decay to
+/// `density` until 60 %, fine-tuning with the final masks for the last 40 %.
+fn prune_schedule(steps: usize, density: f64, scope: PruneScope) -> PruneSchedule {
+    let start = steps / 10;
+    let end = (steps * 6 / 10).max(start);
+    PruneSchedule {
+        target: density,
+        start,
+        end,
+        every: ((end - start) / 20).max(1),
+        scope,
+    }
+}
+
+/// The file for these latent weights, masks and quantization. Pruned weights are 0 and code
+/// as symbol 0. When masks are given, both representations are written — the sparsity section
+/// (kept values only, §4.5) and plain coding of the zeros (v1 layout) — and the smaller file is
+/// kept (ties: plain).
+fn build_file(
+    img: &Image,
+    arch: &Arch,
+    params: &[f32],
+    masks: &[Option<Vec<bool>>],
+    q: &QuantSpec,
+) -> Result<InrFile, EncodeError> {
+    let mut off = 0;
+    let tensors: Vec<QTensor> = arch
+        .tensor_lens()
+        .iter()
+        .zip(q.steps.iter().zip(&q.bits))
+        .enumerate()
+        .map(|(t, (&n, (&step, &bits)))| {
+            let mut symbols = quant::quantize(&params[off..off + n], step, bits);
+            if let Some(Some(keep)) = masks.get(t) {
+                for (s, &k) in symbols.iter_mut().zip(keep) {
+                    if !k {
+                        *s = 0;
+                    }
+                }
+            }
+            off += n;
+            QTensor {
+                step,
+                bits,
+                symbols,
+            }
+        })
+        .collect();
+    let max_bits = q.bits.iter().copied().max().unwrap_or(2);
+    let plain = InrFile {
+        width: img.width,
+        height: img.height,
+        arch: *arch,
+        bits: max_bits,
+        tensors,
+        masks: Vec::new(),
+    };
+    if masks.iter().all(Option::is_none) {
+        return Ok(plain);
+    }
+    let sparse = InrFile {
+        masks: masks.to_vec(),
+        ..plain.clone()
+    };
+    let plain_bits = format::estimate_file_bits(&plain)?;
+    let sparse_bits = format::estimate_file_bits(&sparse)?;
+    Ok(if sparse_bits < plain_bits { sparse } else { plain })
+}
+
+/// Real coded size in bytes (the writer itself, conventions §7).
+fn coded_bytes(
+    img: &Image,
+    arch: &Arch,
+    params: &[f32],
+    masks: &[Option<Vec<bool>>],
+    q: &QuantSpec,
+) -> Result<u64, EncodeError> {
+    let f = build_file(img, arch, params, masks, q)?;
+    Ok(format::estimate_file_bits(&f)? / 8)
+}
+
+fn target_bytes(bpp: f64, img: &Image) -> u64 {
+    (bpp * npx_f(img) / 8.0).round() as u64
+}
+
+/// Relative tolerance of rate control: the file lands within ±3 % of the target.
+pub const RATE_TOLERANCE: f64 = 0.03;
+
+/// Largest density in `lo..=hi` whose file (weights pruned by magnitude from `prev`) is at
+/// most `target` bytes, by bisection on the real coded size; `lo` if even that is too big.
+#[allow(clippy::too_many_arguments)]
+fn density_for_rate(
+    img: &Image,
+    arch: &Arch,
+    params: &[f32],
+    prev: &[Option<Vec<bool>>],
+    scope: PruneScope,
+    q: &QuantSpec,
+    hi: f64,
+    target: u64,
+) -> Result<(f64, Vec<Option<Vec<bool>>>, u64), EncodeError> {
+    let eval = |d: f64| -> Result<(Vec<Option<Vec<bool>>>, u64), EncodeError> {
+        let m = magnitude_masks(arch, params, prev, d, scope);
+        let p = masked(arch, params, &m);
+        let b = coded_bytes(img, arch, &p, &m, q)?;
+        Ok((m, b))
+    };
+    let (m_hi, b_hi) = eval(hi)?;
+    if b_hi <= target {
+        return Ok((hi, m_hi, b_hi));
+    }
+    let (mut lo, mut hi) = (0.0f64, hi);
+    let (mut best_m, mut best_b) = eval(0.0)?;
+    if best_b > target {
+        return Ok((0.0, best_m, best_b));
+    }
+    for _ in 0..22 {
+        let mid = 0.5 * (lo + hi);
+        let (m, b) = eval(mid)?;
+        if b <= target {
+            lo = mid;
+            best_m = m;
+            best_b = b;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok((lo, best_m, best_b))
+}
+
+/// `params` with the pruned weights set to 0.
+fn masked(arch: &Arch, params: &[f32], masks: &[Option<Vec<bool>>]) -> Vec<f32> {
+    let mut p = params.to_vec();
+    let mut off = 0;
+    for (n, m) in arch.tensor_lens().into_iter().zip(masks) {
+        if let Some(keep) = m {
+            for (w, &k) in p[off..off + n].iter_mut().zip(keep) {
+                if !k {
+                    *w = 0.0;
+                }
+            }
+        }
+        off += n;
+    }
+    p
+}
+
+/// Rate control, first decision (after the dense warm-up): for hidden-matrix bit widths
+/// around the plan's, the density whose real coded file hits `target` bytes, and the PSNR of
+/// that pruned, quantized network as the decoder would render it; keeps the best PSNR.
+fn choose_density_and_bits(
+    fitter: &mut Fitter<'_>,
+    plan: &Plan,
+    img: &Image,
+    target: u64,
+) -> Result<(f64, u8), EncodeError> {
+    let arch = plan.arch;
+    let lo = plan.bits.saturating_sub(1).max(2);
+    let hi = plan.bits.saturating_add(2).min(plan.sensitive_bits).max(lo);
+    let mut best: Option<(f64, f64, u8)> = None;
+    for bits in lo..=hi {
+        let tb = tensor_bits(&arch, bits, plan.sensitive_bits);
+        let q = QuantSpec::choose(&arch, &fitter.params, &tb);
+        let (d, m, _) = density_for_rate(
+            img,
+            &arch,
+            &fitter.params,
+            &[],
+            plan.prune_scope,
+            &q,
+            1.0,
+            target,
+        )?;
+        let p = masked(&arch, &fitter.params, &m);
+        let psnr = fitter.eval_params(&p, Some(&q));
+        if best.is_none_or(|(b, _, _)| psnr > b) {
+            best = Some((psnr, d, bits));
+        }
+    }
+    let (_, d, bits) = best.unwrap_or((0.0, 1.0, plan.bits));
+    Ok((d, bits))
+}
+
+/// `q` with the steps of the prunable matrices scaled by `scale` (< 1: finer) and their bit
+/// widths widened so that the finer steps do not clip.
+fn scaled_spec(arch: &Arch, q: &QuantSpec, scale: f64) -> QuantSpec {
+    let which = crate::fit::prunable(arch);
+    let extra = (-scale.log2()).ceil().max(0.0) as u8;
+    let mut out = QuantSpec {
+        steps: q.steps.clone(),
+        bits: q.bits.clone(),
+    };
+    for (t, &w) in which.iter().enumerate() {
+        if w {
+            out.steps[t] = format::Step::from_f32((f64::from(q.steps[t].to_f32()) * scale) as f32);
+            out.bits[t] = q.bits[t].saturating_add(extra).min(16);
+        }
+    }
+    out
+}
+
+/// Rate control, final decision (after quantization-aware fine-tuning): while the real file
+/// is outside ±[`RATE_TOLERANCE`] of `target`, prune further (too big) or refine the steps of
+/// the pruned matrices (too small) by bisection on the real coded size, fine-tune briefly with
+/// the new masks / steps, and check again; the last round does not fine-tune, so the returned
+/// quantization with `fitter`'s masks lands in the band whenever the architecture can.
+fn rate_control(
+    fitter: &mut Fitter<'_>,
+    plan: &Plan,
+    q: &QuantSpec,
+    img: &Image,
+    target: u64,
+) -> Result<QuantSpec, EncodeError> {
+    let arch = plan.arch;
+    let band = |b: u64| (b as f64 - target as f64).abs() <= RATE_TOLERANCE * target as f64;
+    let mut q = QuantSpec {
+        steps: q.steps.clone(),
+        bits: q.bits.clone(),
+    };
+    const ROUNDS: usize = 3;
+    for round in 0..ROUNDS {
+        let bytes = coded_bytes(img, &arch, &fitter.params, &fitter.masks, &q)?;
+        if band(bytes) {
+            break;
+        }
+        if bytes > target {
+            let current = current_density(&arch, &fitter.masks);
+            let (_, m, _) = density_for_rate(
+                img,
+                &arch,
+                &fitter.params,
+                &fitter.masks,
+                plan.prune_scope,
+                &q,
+                current,
+                target,
+            )?;
+            fitter.masks = m;
+            fitter.apply_masks();
+        } else {
+            // Finer steps: the smallest scale in 1/16..1 whose file still fits.
+            let (mut lo, mut hi) = (-4.0f64, 0.0f64); // log2 of the scale
+            let mut best = None;
+            for _ in 0..16 {
+                let mid = 0.5 * (lo + hi);
+                let qs = scaled_spec(&arch, &q, mid.exp2());
+                if coded_bytes(img, &arch, &fitter.params, &fitter.masks, &qs)? <= target {
+                    hi = mid;
+                    best = Some(qs);
+                } else {
+                    lo = mid;
+                }
+            }
+            match best {
+                Some(qs) => q = qs,
+                None => break,
+            }
+        }
+        if round + 1 < ROUNDS {
+            let short = Phase {
+                steps: (plan.qat.steps / 4).max(1),
+                eval_every: 0,
+                ..plan.qat.clone()
+            };
+            fitter.reset_optimizer();
+            fitter.run_phase(&short, Some(&q), 0, 0, &mut |_: &FitEvent| {});
+        }
+    }
+    Ok(q)
+}
+
+/// Kept fraction over the prunable matrices (1 without masks).
+fn current_density(arch: &Arch, masks: &[Option<Vec<bool>>]) -> f64 {
+    let (mut kept, mut n) = (0usize, 0usize);
+    for (len, (m, w)) in arch
+        .tensor_lens()
+        .into_iter()
+        .zip(masks.iter().map(Some).chain(std::iter::repeat(None)).zip(crate::fit::prunable(arch)))
+    {
+        if !w {
+            continue;
+        }
+        n += len;
+        kept += match m {
+            Some(Some(k)) => k.iter().filter(|&&k| k).count(),
+            _ => len,
+        };
+    }
+    if n == 0 {
+        1.0
+    } else {
+        kept as f64 / n as f64
+    }
 }
 
 fn npx_f(img: &Image) -> f64 {

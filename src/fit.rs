@@ -93,6 +93,114 @@ impl QuantSpec {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Pruning (gradual magnitude pruning, Zhu & Gupta 2017). Self-contained: a per-tensor mask
+// that `Fitter` applies after every Adam update; `codec` stores it in the sparsity section.
+// ---------------------------------------------------------------------------------------------
+
+/// How a target density is shared among the prunable tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum PruneScope {
+    /// Every prunable tensor keeps the same fraction of its weights.
+    PerLayer,
+    /// One magnitude threshold over all prunable tensors (same total kept count).
+    Global,
+}
+
+/// Tensors pruning may touch: the weight matrices `W_1 .. W_D`. The first matrix (few
+/// weights, each shifting every frequency of the network) and the biases stay dense.
+pub fn prunable(arch: &Arch) -> Vec<bool> {
+    (0..arch.num_tensors()).map(|t| t >= 2 && t % 2 == 0).collect()
+}
+
+/// Masks keeping the `round(density * n)` largest-magnitude weights of every prunable tensor
+/// (per layer) or of all of them together (global). Weights already pruned by `prev` stay
+/// pruned (they are 0, the smallest magnitude); ties break by position, so the result is
+/// deterministic. Non-prunable tensors get `None`. `density` is clamped into `0..=1`.
+pub fn magnitude_masks(
+    arch: &Arch,
+    params: &[f32],
+    prev: &[Option<Vec<bool>>],
+    density: f64,
+    scope: PruneScope,
+) -> Vec<Option<Vec<bool>>> {
+    let density = if density.is_nan() { 1.0 } else { density.clamp(0.0, 1.0) };
+    let lens = arch.tensor_lens();
+    let which = prunable(arch);
+    let mut offs = Vec::with_capacity(lens.len());
+    let mut off = 0;
+    for &n in &lens {
+        offs.push(off);
+        off += n;
+    }
+    let was_kept = |t: usize, i: usize| match prev.get(t) {
+        Some(Some(k)) => k.get(i).copied().unwrap_or(true),
+        _ => true,
+    };
+    // (magnitude, tensor, index), largest first; pruned ones count as 0.
+    let ranked = |ts: &[usize]| {
+        let mut v: Vec<(f32, usize, usize)> = ts
+            .iter()
+            .flat_map(|&t| {
+                (0..lens[t]).map(move |i| (t, i))
+            })
+            .map(|(t, i)| {
+                let a = if was_kept(t, i) { params[offs[t] + i].abs() } else { 0.0 };
+                (a, t, i)
+            })
+            .collect();
+        v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        v
+    };
+    let mut masks: Vec<Option<Vec<bool>>> = lens
+        .iter()
+        .zip(&which)
+        .map(|(&n, &w)| w.then(|| vec![false; n]))
+        .collect();
+    let groups: Vec<Vec<usize>> = match scope {
+        PruneScope::PerLayer => (0..lens.len()).filter(|&t| which[t]).map(|t| vec![t]).collect(),
+        PruneScope::Global => vec![(0..lens.len()).filter(|&t| which[t]).collect()],
+    };
+    for g in groups {
+        let total: usize = g.iter().map(|&t| lens[t]).sum();
+        let keep = (density * total as f64).round() as usize;
+        for &(_, t, i) in ranked(&g).iter().take(keep) {
+            if let Some(Some(m)) = masks.get_mut(t) {
+                m[i] = true;
+            }
+        }
+    }
+    masks
+}
+
+/// Cubic density schedule of gradual magnitude pruning: dense until `start`, then
+/// `d(s) = target + (1 - target) (1 - (s - start) / (end - start))^3`, updated every `every`
+/// steps, reaching `target` at step `end` and keeping it (fine-tuning) afterwards.
+#[derive(Debug, Clone)]
+pub struct PruneSchedule {
+    pub target: f64,
+    pub start: usize,
+    pub end: usize,
+    pub every: usize,
+    pub scope: PruneScope,
+}
+
+impl PruneSchedule {
+    /// The density to prune to before step `s`, if the masks change at this step.
+    pub fn density_at(&self, s: usize) -> Option<f64> {
+        if s < self.start || s > self.end {
+            return None;
+        }
+        let every = self.every.max(1);
+        if s != self.end && (s - self.start) % every != 0 {
+            return None;
+        }
+        let span = self.end.saturating_sub(self.start).max(1) as f64;
+        let frac = ((s - self.start) as f64 / span).min(1.0);
+        Some(self.target + (1.0 - self.target) * (1.0 - frac).powi(3))
+    }
+}
+
 /// Events reported while fitting.
 pub struct FitEvent {
     pub step: usize,
@@ -136,6 +244,12 @@ pub struct Fitter<'a> {
     order: Vec<u32>,
     cursor: usize,
     rng: ChaCha8Rng,
+    /// Pruning masks, one entry per tensor (`Some(keep)` for a pruned tensor), or empty. A
+    /// pruned weight is held at exactly 0: it and its Adam moments are zeroed after every
+    /// update (so it contributes nothing forward and receives no update backward).
+    pub masks: Vec<Option<Vec<bool>>>,
+    /// Gradual magnitude pruning applied by [`Fitter::run_phase`] (phase-relative steps).
+    pub prune: Option<PruneSchedule>,
 }
 
 impl<'a> Fitter<'a> {
@@ -160,6 +274,31 @@ impl<'a> Fitter<'a> {
             order: (0..npx as u32).collect(),
             cursor: npx,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x05ee_df17),
+            masks: Vec::new(),
+            prune: None,
+        }
+    }
+
+    /// Magnitude-prune to `density` (see [`magnitude_masks`]) and apply the masks.
+    pub fn prune_to(&mut self, density: f64, scope: PruneScope) {
+        self.masks = magnitude_masks(&self.arch, &self.params, &self.masks, density, scope);
+        self.apply_masks();
+    }
+
+    /// Zero the pruned weights and their Adam moments.
+    pub fn apply_masks(&mut self) {
+        let mut off = 0;
+        for (n, m) in self.arch.tensor_lens().into_iter().zip(&self.masks) {
+            if let Some(keep) = m {
+                for (i, &k) in keep.iter().enumerate() {
+                    if !k {
+                        self.params[off + i] = 0.0;
+                        self.m[off + i] = 0.0;
+                        self.v[off + i] = 0.0;
+                    }
+                }
+            }
+            off += n;
         }
     }
 
@@ -264,6 +403,7 @@ impl<'a> Fitter<'a> {
             *v = B2 * *v + (1.0 - B2) * g * g;
             *p -= a * *m / (v.sqrt() + EPS * bc2.sqrt());
         }
+        self.apply_masks();
     }
 
     /// Reset Adam's moments (between phases).
@@ -288,6 +428,21 @@ impl<'a> Fitter<'a> {
         psnr_u8(&img, self.sig.original)
     }
 
+    /// Exact PSNR of other weights `params` (same layout), e.g. a pruning candidate.
+    pub fn eval_params(&mut self, params: &[f32], quant: Option<&QuantSpec>) -> f64 {
+        match quant {
+            Some(q) => q.apply(&self.arch, params, &mut self.eff),
+            None => self.eff.copy_from_slice(params),
+        }
+        let img = model::render(
+            &self.arch,
+            &self.eff,
+            self.sig.grid.width,
+            self.sig.grid.height,
+        );
+        psnr_u8(&img, self.sig.original)
+    }
+
     /// Run a phase; keeps and restores the latent weights with the best exact PSNR
     /// (measured every `eval_every` steps in the second half of the phase, and at the end).
     /// Returns the best PSNR.
@@ -301,20 +456,30 @@ impl<'a> Fitter<'a> {
     ) -> f64 {
         let mut best: Option<(f64, Vec<f32>)> = None;
         for s in 0..ph.steps {
+            // Gradual pruning: the weights kept as "best" must carry the final mask, so
+            // keep-best and early stopping only start once the schedule has ended.
+            let mut mask_final = true;
+            if let Some(p) = self.prune.clone() {
+                if let Some(d) = p.density_at(s) {
+                    self.prune_to(d, p.scope);
+                }
+                mask_final = s >= p.end;
+            }
             let prog = s as f32 / ph.steps.max(1) as f32;
             let cosine = 0.5 * (1.0 + (std::f32::consts::PI * prog).cos());
             let lr = ph.lr * (ph.lr_end_frac + (1.0 - ph.lr_end_frac) * cosine);
             self.step(ph.batch, lr, quant);
             let last = s + 1 == ph.steps;
             let eval_now = last
-                || (ph.eval_every > 0
+                || (mask_final
+                    && ph.eval_every > 0
                     && (s + 1) % ph.eval_every == 0
                     && (2 * (s + 1) >= ph.steps || ph.stop_at_psnr.is_some()));
             let mut psnr = None;
             if eval_now {
                 let p = self.eval(quant);
                 psnr = Some(p);
-                if best.as_ref().is_none_or(|(b, _)| p > *b) {
+                if mask_final && best.as_ref().is_none_or(|(b, _)| p > *b) {
                     best = Some((p, self.params.clone()));
                 }
             }
@@ -323,7 +488,7 @@ impl<'a> Fitter<'a> {
                 total,
                 psnr,
             });
-            if matches!((psnr, ph.stop_at_psnr), (Some(p), Some(t)) if p >= t) {
+            if mask_final && matches!((psnr, ph.stop_at_psnr), (Some(p), Some(t)) if p >= t) {
                 break;
             }
         }

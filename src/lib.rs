@@ -24,7 +24,7 @@ pub mod util;
 
 pub use codec::{
     decode, encode_image, inspect, DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded,
-    Preset, Progress,
+    Preset, Progress, PruneScope, RATE_TOLERANCE,
 };
 
 /// Internals exposed for the criterion benches only; not a stable API.

@@ -54,6 +54,7 @@ fn golden() -> InrFile {
                 symbols: vec![0],
             },
         ],
+        masks: Vec::new(),
     }
 }
 
@@ -80,6 +81,7 @@ fn random_file_bits(rng: &mut ChaCha8Rng, arch: Arch, bits: &[u8]) -> InrFile {
         arch,
         bits: *bits.iter().max().unwrap(),
         tensors,
+        masks: Vec::new(),
     }
 }
 
@@ -549,14 +551,14 @@ fn bits_fields_and_payload_groups_are_validated() {
 fn version_magic_flags_and_trailing_bytes() {
     let bytes = write_file(&golden()).unwrap();
     let mut b = bytes.clone();
-    b[4] = 2; // future version, CRC left stale: the version is reported first
+    b[4] = 3; // future version, CRC left stale: the version is reported first
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnsupportedVersion { found: 2 })
+        Err(FormatError::UnsupportedVersion { found: 3 })
     ));
     assert!(matches!(
         inspect(&b),
-        Err(FormatError::UnsupportedVersion { found: 2 })
+        Err(FormatError::UnsupportedVersion { found: 3 })
     ));
     let mut b = bytes.clone();
     b[0] = b'I';

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::ValueEnum as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use inr::{EncodeConfig, Preset, Progress};
+use inr::{EncodeConfig, Preset, Progress, PruneScope};
 
 use super::{check_output, json_psnr, load_input, path_str, print_json, say, Ctx};
 
@@ -58,6 +58,18 @@ pub struct EncodeArgs {
     /// Expert: pixels per minibatch (default 65536 or 32768 by preset).
     #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
+    /// Keep this fraction (0..=1) of the hidden weight matrices' weights: gradual magnitude
+    /// pruning during fitting, masks stored in the file's sparsity section.
+    #[arg(long, value_name = "D", conflicts_with = "bpp")]
+    pub density: Option<f64>,
+    /// How pruning shares the density among the matrices.
+    #[arg(long, value_enum, default_value_t = PruneScope::PerLayer)]
+    pub prune_scope: PruneScope,
+    /// Rate control: aim the file at this many bits per pixel (within ±3 % when the network
+    /// can reach it); density and step sizes are chosen on the real coded size. Use a wide
+    /// network (e.g. --preset small or larger); a warning is printed when the target is missed.
+    #[arg(long, value_name = "BPP", conflicts_with = "target_psnr")]
+    pub bpp: Option<f64>,
     /// Drop a translucent alpha channel instead of refusing the image.
     #[arg(long)]
     pub ignore_alpha: bool,
@@ -107,6 +119,9 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         w0: args.w0,
         lr: args.lr,
         batch: args.batch,
+        density: args.density,
+        prune_scope: args.prune_scope,
+        target_bpp: args.bpp,
     };
 
     let pb = progress_bar(ctx);
@@ -138,6 +153,14 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
     let bytes = enc.bytes.len() as u64;
     let bpp = inr::metrics::bpp(bytes, img.width, img.height)?;
+    if let Some(t) = args.bpp {
+        if (bpp - t).abs() > inr::RATE_TOLERANCE * t {
+            eprintln!(
+                "warning: the file has {bpp:.4} bpp, outside ±3 % of the target {t} bpp \
+                 (the network cannot reach it: try another --preset or --width)"
+            );
+        }
+    }
     if ctx.json {
         print_json(&serde_json::json!({
             "input": path_str(&args.input),
@@ -152,6 +175,8 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 "bits": args.bits,
                 "steps": args.steps,
                 "seed": args.seed,
+                "density": args.density,
+                "target_bpp": args.bpp,
             },
             "psnr": json_psnr(enc.psnr),
             "bpp": bpp,
