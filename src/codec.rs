@@ -56,7 +56,8 @@ pub struct EncodeConfig {
     /// How the density is shared among the pruned matrices.
     pub prune_scope: PruneScope,
     /// Rate control: aim the real file size at this many bits per pixel (within ±3 % when
-    /// reachable); density and step sizes are chosen on the real coded size.
+    /// reachable); density and step sizes are chosen on the real coded size. With `density`
+    /// also given, the density is fixed (1 = dense) and only the step sizes move.
     pub target_bpp: Option<f64>,
 }
 
@@ -199,11 +200,9 @@ impl EncodeConfig {
                     "target bpp {b} (expected a positive number)"
                 )));
             }
-            if self.density.is_some() || self.target_psnr.is_some() {
+            if self.target_psnr.is_some() {
                 return Err(EncodeError::Parameter(
-                    "a target bpp chooses the density itself and cannot be combined with a \
-                     density or a target PSNR"
-                        .into(),
+                    "a target bpp cannot be combined with a target PSNR".into(),
                 ));
             }
         }
@@ -296,7 +295,7 @@ fn encode_with_plan(
     let mut tb = tensor_bits(&arch, plan.bits, plan.sensitive_bits);
     match plan.target_bpp {
         None => {
-            if let Some(d) = plan.density {
+            if let Some(d) = plan.density.filter(|&d| d < 1.0) {
                 fitter.prune = Some(prune_schedule(plan.fit.steps, d, plan.prune_scope));
             }
             fitter.run_phase(&plan.fit, None, 0, total, &mut |e: &FitEvent| {
@@ -318,13 +317,18 @@ fn encode_with_plan(
                 report("fit", e)
             });
             let target = target_bytes(bpp, img);
-            let (d0, bits) = choose_density_and_bits(&mut fitter, plan, img, target)?;
+            let (d0, bits) = match plan.density {
+                Some(d) => (d, plan.bits),
+                None => choose_density_and_bits(&mut fitter, plan, img, target)?,
+            };
             tb = tensor_bits(&arch, bits, plan.sensitive_bits);
             let rest = Phase {
                 steps: plan.fit.steps - warm.steps,
                 ..plan.fit.clone()
             };
-            fitter.prune = Some(prune_schedule(rest.steps, d0, plan.prune_scope));
+            if d0 < 1.0 {
+                fitter.prune = Some(prune_schedule(rest.steps, d0, plan.prune_scope));
+            }
             fitter.run_phase(&rest, None, warm.steps, total, &mut |e: &FitEvent| {
                 report("prune", e)
             });
@@ -539,8 +543,12 @@ fn choose_density_and_bits(
         )?;
         let p = masked(&arch, &fitter.params, &m);
         let psnr = fitter.eval_params(&p, Some(&q));
-        if best.is_none_or(|(b, _, _)| psnr > b) {
-            best = Some((psnr, d, bits));
+        dbg_rc(format_args!("choose: bits {bits} density {d:.4} psnr {psnr:.2}"));
+        // Prefer the plan's bits unless another width is clearly better (the warm-up
+        // network is far from converged, so small differences are noise).
+        let score = psnr + if bits == plan.bits { 0.1 } else { 0.0 };
+        if best.is_none_or(|(b, _, _)| score > b) {
+            best = Some((score, d, bits));
         }
     }
     let (_, d, bits) = best.unwrap_or((0.0, 1.0, plan.bits));
@@ -565,11 +573,83 @@ fn scaled_spec(arch: &Arch, q: &QuantSpec, scale: f64) -> QuantSpec {
     out
 }
 
-/// Rate control, final decision (after quantization-aware fine-tuning): while the real file
-/// is outside ±[`RATE_TOLERANCE`] of `target`, prune further (too big) or refine the steps of
-/// the pruned matrices (too small) by bisection on the real coded size, fine-tune briefly with
-/// the new masks / steps, and check again; the last round does not fine-tune, so the returned
-/// quantization with `fitter`'s masks lands in the band whenever the architecture can.
+/// Moves masks / steps until the real file of `params` is within ±[`RATE_TOLERANCE`] of
+/// `target`: prune further by magnitude (too big, free density), coarser steps of the pruned
+/// matrices (too big, fixed density), finer steps (too small); each by bisection on the real
+/// coded size. Returns the new masks and quantization (unchanged when already in the band).
+fn adjust_to_rate(
+    img: &Image,
+    plan: &Plan,
+    params: &[f32],
+    masks: &[Option<Vec<bool>>],
+    q: &QuantSpec,
+    target: u64,
+) -> Result<(Vec<Option<Vec<bool>>>, QuantSpec), EncodeError> {
+    let arch = plan.arch;
+    let bytes = coded_bytes(img, &arch, params, masks, q)?;
+    let same = || QuantSpec {
+        steps: q.steps.clone(),
+        bits: q.bits.clone(),
+    };
+    if (bytes as f64 - target as f64).abs() <= RATE_TOLERANCE * target as f64 {
+        return Ok((masks.to_vec(), same()));
+    }
+    if bytes > target && plan.density.is_none() {
+        let current = current_density(&arch, masks);
+        let (_, m, _) = density_for_rate(
+            img,
+            &arch,
+            params,
+            masks,
+            plan.prune_scope,
+            q,
+            current,
+            target,
+        )?;
+        return Ok((m, same()));
+    }
+    // Step scale by bisection on log2(scale): coarser in 0..4 when too big, finer in -4..0
+    // when too small; keeps the smallest scale whose file fits.
+    let (mut lo, mut hi) = if bytes > target { (0.0f64, 4.0f64) } else { (-4.0, 0.0) };
+    let mut best = None;
+    for _ in 0..16 {
+        let mid = 0.5 * (lo + hi);
+        let qs = scaled_spec(&arch, q, mid.exp2());
+        if coded_bytes(img, &arch, params, masks, &qs)? <= target {
+            hi = mid;
+            best = Some(qs);
+        } else {
+            lo = mid;
+        }
+    }
+    Ok((masks.to_vec(), best.unwrap_or_else(same)))
+}
+
+/// `q` with the sensitive tensors (first matrix, biases) re-quantized at `bits` from `params`.
+fn with_sensitive_bits(arch: &Arch, params: &[f32], q: &QuantSpec, bits: u8) -> QuantSpec {
+    let which = crate::fit::prunable(arch);
+    let mut out = QuantSpec {
+        steps: q.steps.clone(),
+        bits: q.bits.clone(),
+    };
+    let mut off = 0;
+    for (t, n) in arch.tensor_lens().into_iter().enumerate() {
+        if !which[t] {
+            out.bits[t] = bits;
+            out.steps[t] = quant::choose_step(&params[off..off + n], bits);
+        }
+        off += n;
+    }
+    out
+}
+
+/// Rate control, final decision (after quantization-aware fine-tuning). First, where the
+/// bytes buy the most PSNR: for sensitive-tensor bit widths (first matrix and biases) of
+/// 14, 12 and 10 (at most the plan's), the file is brought to the rate by
+/// [`adjust_to_rate`] and the decoder's PSNR measured; the best is kept. Then, while the real
+/// file is outside the band, adjust again after a short fine-tuning; the last round does not
+/// fine-tune, so the returned quantization with `fitter`'s masks lands in the band whenever
+/// the architecture can.
 fn rate_control(
     fitter: &mut Fitter<'_>,
     plan: &Plan,
@@ -578,7 +658,6 @@ fn rate_control(
     target: u64,
 ) -> Result<QuantSpec, EncodeError> {
     let arch = plan.arch;
-    let band = |b: u64| (b as f64 - target as f64).abs() <= RATE_TOLERANCE * target as f64;
     let mut q = QuantSpec {
         steps: q.steps.clone(),
         bits: q.bits.clone(),
@@ -586,41 +665,52 @@ fn rate_control(
     const ROUNDS: usize = 3;
     for round in 0..ROUNDS {
         let bytes = coded_bytes(img, &arch, &fitter.params, &fitter.masks, &q)?;
-        if band(bytes) {
+        dbg_rc(format_args!(
+            "round {round}: {bytes} bytes (target {target}), density {:.4}, psnr {:.2}",
+            current_density(&arch, &fitter.masks),
+            fitter.eval(Some(&q))
+        ));
+        let in_band = (bytes as f64 - target as f64).abs() <= RATE_TOLERANCE * target as f64;
+        if in_band && round > 0 {
             break;
         }
-        if bytes > target {
-            let current = current_density(&arch, &fitter.masks);
-            let (_, m, _) = density_for_rate(
-                img,
-                &arch,
-                &fitter.params,
-                &fitter.masks,
-                plan.prune_scope,
-                &q,
-                current,
-                target,
-            )?;
-            fitter.masks = m;
-            fitter.apply_masks();
-        } else {
-            // Finer steps: the smallest scale in 1/16..1 whose file still fits.
-            let (mut lo, mut hi) = (-4.0f64, 0.0f64); // log2 of the scale
-            let mut best = None;
-            for _ in 0..16 {
-                let mid = 0.5 * (lo + hi);
-                let qs = scaled_spec(&arch, &q, mid.exp2());
-                if coded_bytes(img, &arch, &fitter.params, &fitter.masks, &qs)? <= target {
-                    hi = mid;
-                    best = Some(qs);
-                } else {
-                    lo = mid;
+        let mut candidates = vec![adjust_to_rate(img, plan, &fitter.params, &fitter.masks, &q, target)?];
+        if round == 0 {
+            for sb in [12u8, 10] {
+                if sb < plan.sensitive_bits {
+                    let qs = with_sensitive_bits(&arch, &fitter.params, &q, sb);
+                    candidates.push(adjust_to_rate(
+                        img,
+                        plan,
+                        &fitter.params,
+                        &fitter.masks,
+                        &qs,
+                        target,
+                    )?);
                 }
             }
-            match best {
-                Some(qs) => q = qs,
-                None => break,
+        }
+        let mut best: Option<(f64, usize)> = None;
+        for (i, (m, qc)) in candidates.iter().enumerate() {
+            let p = masked(&arch, &fitter.params, m);
+            let psnr = fitter.eval_params(&p, Some(qc));
+            dbg_rc(format_args!(
+                "  candidate {i}: sensitive bits {:?}, density {:.4}, psnr {psnr:.2}",
+                qc.bits.first(),
+                current_density(&arch, m)
+            ));
+            if best.is_none_or(|(b, _)| psnr > b) {
+                best = Some((psnr, i));
             }
+        }
+        let Some((_, i)) = best else { break };
+        let (m, qc) = candidates.swap_remove(i);
+        let changed = m != fitter.masks || qc.steps != q.steps || qc.bits != q.bits;
+        fitter.masks = m;
+        fitter.apply_masks();
+        q = qc;
+        if !changed {
+            break;
         }
         if round + 1 < ROUNDS {
             let short = Phase {
@@ -633,6 +723,13 @@ fn rate_control(
         }
     }
     Ok(q)
+}
+
+/// Rate-control trace on stderr when `INR_RC_DEBUG` is set (diagnostics only).
+fn dbg_rc(args: std::fmt::Arguments<'_>) {
+    if std::env::var_os("INR_RC_DEBUG").is_some() {
+        eprintln!("rc: {args}");
+    }
 }
 
 /// Kept fraction over the prunable matrices (1 without masks).

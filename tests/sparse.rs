@@ -355,7 +355,7 @@ fn bpp_target_lands_within_three_percent() {
     }
     let bad = EncodeConfig {
         target_bpp: Some(1.0),
-        density: Some(0.5),
+        target_psnr: Some(30.0),
         ..Default::default()
     };
     assert!(encode_image(&img, &bad, &mut |_: &inr::Progress| {}).is_err());

@@ -60,7 +60,8 @@ pub struct EncodeArgs {
     pub batch: Option<usize>,
     /// Keep this fraction (0..=1) of the hidden weight matrices' weights: gradual magnitude
     /// pruning during fitting, masks stored in the file's sparsity section.
-    #[arg(long, value_name = "D", conflicts_with = "bpp")]
+    /// With --bpp: fixed density (1 = dense), only the step sizes move to hit the rate.
+    #[arg(long, value_name = "D")]
     pub density: Option<f64>,
     /// How pruning shares the density among the matrices.
     #[arg(long, value_enum, default_value_t = PruneScope::PerLayer)]
