@@ -1,10 +1,10 @@
 //! Encoder and decoder: ties media, model, fitting, quantization and the container together.
 
+pub use crate::fit::PruneScope;
 use crate::fit::{
     magnitude_masks, psnr_u8, tensor_bits, FitEvent, Fitter, Phase, PruneSchedule, QuantSpec,
     Signal,
 };
-pub use crate::fit::PruneScope;
 use crate::format::{self, Arch, InrFile, QTensor};
 use crate::media::Image;
 use crate::model::{self, Grid2};
@@ -313,9 +313,7 @@ fn encode_with_plan(
                 stop_at_psnr: None,
                 ..plan.fit.clone()
             };
-            fitter.run_phase(&warm, None, 0, total, &mut |e: &FitEvent| {
-                report("fit", e)
-            });
+            fitter.run_phase(&warm, None, 0, total, &mut |e: &FitEvent| report("fit", e));
             let target = target_bytes(bpp, img);
             let (d0, bits) = match plan.density {
                 Some(d) => (d, plan.bits),
@@ -434,7 +432,11 @@ fn build_file(
     };
     let plain_bits = format::estimate_file_bits(&plain)?;
     let sparse_bits = format::estimate_file_bits(&sparse)?;
-    Ok(if sparse_bits < plain_bits { sparse } else { plain })
+    Ok(if sparse_bits < plain_bits {
+        sparse
+    } else {
+        plain
+    })
 }
 
 /// Real coded size in bytes (the writer itself, conventions §7).
@@ -543,7 +545,9 @@ fn choose_density_and_bits(
         )?;
         let p = masked(&arch, &fitter.params, &m);
         let psnr = fitter.eval_params(&p, Some(&q));
-        dbg_rc(format_args!("choose: bits {bits} density {d:.4} psnr {psnr:.2}"));
+        dbg_rc(format_args!(
+            "choose: bits {bits} density {d:.4} psnr {psnr:.2}"
+        ));
         // Prefer the plan's bits unless another width is clearly better (the warm-up
         // network is far from converged, so small differences are noise).
         let score = psnr + if bits == plan.bits { 0.1 } else { 0.0 };
@@ -610,7 +614,11 @@ fn adjust_to_rate(
     }
     // Step scale by bisection on log2(scale): coarser in 0..4 when too big, finer in -4..0
     // when too small; keeps the smallest scale whose file fits.
-    let (mut lo, mut hi) = if bytes > target { (0.0f64, 4.0f64) } else { (-4.0, 0.0) };
+    let (mut lo, mut hi) = if bytes > target {
+        (0.0f64, 4.0f64)
+    } else {
+        (-4.0, 0.0)
+    };
     let mut best = None;
     for _ in 0..16 {
         let mid = 0.5 * (lo + hi);
@@ -674,7 +682,14 @@ fn rate_control(
         if in_band && round > 0 {
             break;
         }
-        let mut candidates = vec![adjust_to_rate(img, plan, &fitter.params, &fitter.masks, &q, target)?];
+        let mut candidates = vec![adjust_to_rate(
+            img,
+            plan,
+            &fitter.params,
+            &fitter.masks,
+            &q,
+            target,
+        )?];
         if round == 0 {
             for sb in [12u8, 10] {
                 if sb < plan.sensitive_bits {
@@ -735,11 +750,13 @@ fn dbg_rc(args: std::fmt::Arguments<'_>) {
 /// Kept fraction over the prunable matrices (1 without masks).
 fn current_density(arch: &Arch, masks: &[Option<Vec<bool>>]) -> f64 {
     let (mut kept, mut n) = (0usize, 0usize);
-    for (len, (m, w)) in arch
-        .tensor_lens()
-        .into_iter()
-        .zip(masks.iter().map(Some).chain(std::iter::repeat(None)).zip(crate::fit::prunable(arch)))
-    {
+    for (len, (m, w)) in arch.tensor_lens().into_iter().zip(
+        masks
+            .iter()
+            .map(Some)
+            .chain(std::iter::repeat(None))
+            .zip(crate::fit::prunable(arch)),
+    ) {
         if !w {
             continue;
         }

@@ -110,7 +110,9 @@ pub enum PruneScope {
 /// Tensors pruning may touch: the weight matrices `W_1 .. W_D`. The first matrix (few
 /// weights, each shifting every frequency of the network) and the biases stay dense.
 pub fn prunable(arch: &Arch) -> Vec<bool> {
-    (0..arch.num_tensors()).map(|t| t >= 2 && t % 2 == 0).collect()
+    (0..arch.num_tensors())
+        .map(|t| t >= 2 && t % 2 == 0)
+        .collect()
 }
 
 /// Masks keeping the `round(density * n)` largest-magnitude weights of every prunable tensor
@@ -124,7 +126,11 @@ pub fn magnitude_masks(
     density: f64,
     scope: PruneScope,
 ) -> Vec<Option<Vec<bool>>> {
-    let density = if density.is_nan() { 1.0 } else { density.clamp(0.0, 1.0) };
+    let density = if density.is_nan() {
+        1.0
+    } else {
+        density.clamp(0.0, 1.0)
+    };
     let lens = arch.tensor_lens();
     let which = prunable(arch);
     let mut offs = Vec::with_capacity(lens.len());
@@ -141,11 +147,13 @@ pub fn magnitude_masks(
     let ranked = |ts: &[usize]| {
         let mut v: Vec<(f32, usize, usize)> = ts
             .iter()
-            .flat_map(|&t| {
-                (0..lens[t]).map(move |i| (t, i))
-            })
+            .flat_map(|&t| (0..lens[t]).map(move |i| (t, i)))
             .map(|(t, i)| {
-                let a = if was_kept(t, i) { params[offs[t] + i].abs() } else { 0.0 };
+                let a = if was_kept(t, i) {
+                    params[offs[t] + i].abs()
+                } else {
+                    0.0
+                };
                 (a, t, i)
             })
             .collect();
@@ -158,7 +166,10 @@ pub fn magnitude_masks(
         .map(|(&n, &w)| w.then(|| vec![false; n]))
         .collect();
     let groups: Vec<Vec<usize>> = match scope {
-        PruneScope::PerLayer => (0..lens.len()).filter(|&t| which[t]).map(|t| vec![t]).collect(),
+        PruneScope::PerLayer => (0..lens.len())
+            .filter(|&t| which[t])
+            .map(|t| vec![t])
+            .collect(),
         PruneScope::Global => vec![(0..lens.len()).filter(|&t| which[t]).collect()],
     };
     for g in groups {
@@ -499,5 +510,109 @@ impl<'a> Fitter<'a> {
             }
             None => self.eval(quant),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arch() -> Arch {
+        Arch {
+            coord_dims: 2,
+            out_channels: 3,
+            width: 10,
+            depth: 3,
+            pe_freqs: 0,
+            pe_base_milli: 2000,
+            w0_first: 30,
+            w0_hidden: 30,
+        }
+    }
+
+    fn kept(m: &Option<Vec<bool>>) -> usize {
+        m.as_ref().map_or(0, |k| k.iter().filter(|&&k| k).count())
+    }
+
+    #[test]
+    fn magnitude_masks_hit_the_exact_density_and_keep_the_largest() {
+        let a = arch();
+        let lens = a.tensor_lens();
+        let n: usize = lens.iter().sum();
+        // Distinct magnitudes; tensor 4 gets much larger weights than tensor 2.
+        let params: Vec<f32> = (0..n)
+            .map(|i| {
+                let s = if i % 3 == 0 { -1.0 } else { 1.0 };
+                s * (1.0 + (i * 7919 % 1000) as f32) * 1e-3
+            })
+            .collect();
+        let mut params = params;
+        let off4: usize = lens[..4].iter().sum();
+        for v in &mut params[off4..off4 + lens[4]] {
+            *v *= 100.0;
+        }
+        for d in [0.0, 0.1, 0.37, 1.0] {
+            let m = magnitude_masks(&a, &params, &[], d, PruneScope::PerLayer);
+            for (t, (mt, &len)) in m.iter().zip(&lens).enumerate() {
+                if prunable(&a)[t] {
+                    assert_eq!(kept(mt), (d * len as f64).round() as usize, "t={t} d={d}");
+                } else {
+                    assert!(mt.is_none());
+                }
+            }
+            // The kept weights are the largest of their tensor.
+            let off2: usize = lens[..2].iter().sum();
+            if let Some(k) = &m[2] {
+                let w = &params[off2..off2 + lens[2]];
+                let min_kept = w
+                    .iter()
+                    .zip(k)
+                    .filter(|p| *p.1)
+                    .map(|p| p.0.abs())
+                    .fold(f32::INFINITY, f32::min);
+                let max_pruned = w
+                    .iter()
+                    .zip(k)
+                    .filter(|p| !*p.1)
+                    .map(|p| p.0.abs())
+                    .fold(0.0, f32::max);
+                assert!(d == 0.0 || d == 1.0 || min_kept >= max_pruned);
+            }
+        }
+        // Global: one threshold, so the large tensor keeps everything first.
+        let g = magnitude_masks(&a, &params, &[], 0.3, PruneScope::Global);
+        let total: usize = (0..lens.len())
+            .filter(|&t| prunable(&a)[t])
+            .map(|t| lens[t])
+            .sum();
+        let all: usize = g.iter().map(kept).sum();
+        assert_eq!(all, (0.3 * total as f64).round() as usize);
+        assert_eq!(kept(&g[4]), all.min(lens[4]));
+        // Already pruned weights stay pruned even if large.
+        let prev = magnitude_masks(&a, &params, &[], 0.5, PruneScope::PerLayer);
+        let mut p2 = params.clone();
+        for v in &mut p2[off4..off4 + lens[4]] {
+            *v = 5.0;
+        }
+        let again = magnitude_masks(&a, &p2, &prev, 0.5, PruneScope::PerLayer);
+        assert_eq!(again, prev);
+    }
+
+    #[test]
+    fn cubic_schedule_goes_from_dense_to_target() {
+        let s = PruneSchedule {
+            target: 0.2,
+            start: 10,
+            end: 50,
+            every: 10,
+            scope: PruneScope::PerLayer,
+        };
+        assert_eq!(s.density_at(5), None);
+        assert_eq!(s.density_at(10), Some(1.0));
+        assert_eq!(s.density_at(15), None);
+        let d30 = s.density_at(30).unwrap();
+        assert!((d30 - (0.2 + 0.8 * 0.125)).abs() < 1e-12);
+        assert_eq!(s.density_at(50), Some(0.2));
+        assert_eq!(s.density_at(51), None);
     }
 }

@@ -418,7 +418,9 @@ pub enum FormatError {
         found: usize,
     },
     /// (Writer) a pruned element has a non-zero symbol (§4.5).
-    #[error("tensor {tensor}, index {index} is pruned by its mask but has symbol {value} (expected 0)")]
+    #[error(
+        "tensor {tensor}, index {index} is pruned by its mask but has symbol {value} (expected 0)"
+    )]
     MaskedNonZero {
         tensor: usize,
         index: usize,
@@ -676,7 +678,11 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     let num_tensors = arch.num_tensors();
     let step_bytes = r.take(num_tensors * STEP_BYTES, "step table")?;
     // Sections announced by flags (version 2 only, §3.4); unknown flags cannot be skipped.
-    let known = if version == VERSION_2 { KNOWN_FLAGS_V2 } else { 0 };
+    let known = if version == VERSION_2 {
+        KNOWN_FLAGS_V2
+    } else {
+        0
+    };
     if flags & !known != 0 {
         return Err(FormatError::UnknownFlags { flags });
     }
@@ -1099,7 +1105,13 @@ fn decode_mask_section(p: &Parsed<'_>) -> Result<Vec<Option<Vec<bool>>>, FormatE
 fn scatter_kept(kept: &[i32], keep: &[bool]) -> Vec<i32> {
     let mut it = kept.iter();
     keep.iter()
-        .map(|&k| if k { it.next().copied().unwrap_or(0) } else { 0 })
+        .map(|&k| {
+            if k {
+                it.next().copied().unwrap_or(0)
+            } else {
+                0
+            }
+        })
         .collect()
 }
 

@@ -71,8 +71,26 @@ fn masks_survive_the_round_trip_exactly() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let a = arch();
     for dens in [
-        [None, None, Some(0.5), None, Some(0.1), None, Some(0.9), None],
-        [Some(0.3), Some(0.7), Some(0.0), Some(1.0), Some(0.02), None, None, Some(0.5)],
+        [
+            None,
+            None,
+            Some(0.5),
+            None,
+            Some(0.1),
+            None,
+            Some(0.9),
+            None,
+        ],
+        [
+            Some(0.3),
+            Some(0.7),
+            Some(0.0),
+            Some(1.0),
+            Some(0.02),
+            None,
+            None,
+            Some(0.5),
+        ],
     ] {
         let f = sparse_file(&mut rng, a, &dens);
         let bytes = write_file(&f).unwrap();
@@ -90,7 +108,10 @@ fn masks_survive_the_round_trip_exactly() {
             .map(|m| m.iter().filter(|&&k| k).count() as u64)
             .sum();
         assert_eq!(sp.kept_values, kept);
-        assert_eq!(sp.masked_tensors, dens.iter().filter(|d| d.is_some()).count());
+        assert_eq!(
+            sp.masked_tensors,
+            dens.iter().filter(|d| d.is_some()).count()
+        );
         // Kept symbols only: the payload shrinks with the density.
         assert!(
             info.total_bytes
@@ -171,8 +192,17 @@ fn fully_pruned_layers_and_constant_tensors_are_legal() {
 #[test]
 fn writer_rejects_inconsistent_masks() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let mut f = sparse_file(&mut rng, arch(), &[None, None, Some(0.5), None, None, None, None, None]);
-    let pruned = f.masks[2].as_ref().unwrap().iter().position(|&k| !k).unwrap();
+    let mut f = sparse_file(
+        &mut rng,
+        arch(),
+        &[None, None, Some(0.5), None, None, None, None, None],
+    );
+    let pruned = f.masks[2]
+        .as_ref()
+        .unwrap()
+        .iter()
+        .position(|&k| !k)
+        .unwrap();
     f.tensors[2].symbols[pruned] = 1;
     assert!(matches!(
         write_file(&f),
@@ -185,13 +215,20 @@ fn writer_rejects_inconsistent_masks() {
         Err(FormatError::MaskLength { index: 2, .. })
     ));
     f.masks.truncate(3);
-    assert!(matches!(write_file(&f), Err(FormatError::TensorCount { .. })));
+    assert!(matches!(
+        write_file(&f),
+        Err(FormatError::TensorCount { .. })
+    ));
 }
 
 #[test]
 fn hostile_sparsity_sections_give_errors_not_panics() {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
-    let f = sparse_file(&mut rng, arch(), &[None, None, Some(0.4), None, Some(0.6), None, None, None]);
+    let f = sparse_file(
+        &mut rng,
+        arch(),
+        &[None, None, Some(0.4), None, Some(0.6), None, None, None],
+    );
     let bytes = write_file(&f).unwrap();
     let t = arch().num_tensors();
     let bitmap_at = 30 + 4 * t;
@@ -201,17 +238,26 @@ fn hostile_sparsity_sections_give_errors_not_panics() {
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::InvalidField { field: "mask presence bitmap", .. })
+        Err(FormatError::InvalidField {
+            field: "mask presence bitmap",
+            ..
+        })
     ));
     // Version 1 with the sparse flag, unknown v2 flag bits.
     let mut b = bytes.clone();
     b[4] = 1;
     fix_crc(&mut b);
-    assert!(matches!(read(&b), Err(FormatError::UnknownFlags { flags: 2 })));
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::UnknownFlags { flags: 2 })
+    ));
     let mut b = bytes.clone();
     b[6] |= 1;
     fix_crc(&mut b);
-    assert!(matches!(read(&b), Err(FormatError::UnknownFlags { flags: 3 })));
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::UnknownFlags { flags: 3 })
+    ));
     // Mask stream length not a multiple of 4 / beyond the file.
     let len_at = bitmap_at + 1;
     let mut b = bytes.clone();
@@ -254,7 +300,10 @@ fn mask_coding_approaches_the_binary_entropy_and_uses_structure() {
         assert_eq!(back, vec![m.clone()]);
         let bits = 8.0 * bytes.len() as f64;
         let ideal = h(d) * n as f64;
-        assert!(bits < 1.06 * ideal + 64.0, "d={d}: {bits} bits vs H={ideal}");
+        assert!(
+            bits < 1.06 * ideal + 64.0,
+            "d={d}: {bits} bits vs H={ideal}"
+        );
         // CSR relative indices with 5-bit gaps (Deep Compression) cost more per kept weight.
         let kept = m.iter().filter(|&&k| k).count() as f64;
         let (entries, _) = entropy::csr_relative_index_entries(&m, 5);
@@ -322,7 +371,11 @@ fn pruning_reaches_the_exact_density_and_decodes_to_the_reconstruction() {
         // When the mask section is used, it holds exactly the target density.
         if let Some(sp) = inspect(&e.bytes).unwrap().sparsity {
             let kept = (0.3 * sp.masked_values as f64).round() as u64;
-            assert!(sp.kept_values.abs_diff(kept) <= 3, "{} vs {kept}", sp.kept_values);
+            assert!(
+                sp.kept_values.abs_diff(kept) <= 3,
+                "{} vs {kept}",
+                sp.kept_values
+            );
         }
         let dec = decode(&e.bytes, &DecodeOptions::default()).unwrap();
         assert_eq!(dec, e.recon);
