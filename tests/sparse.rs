@@ -413,3 +413,45 @@ fn bpp_target_lands_within_three_percent() {
     };
     assert!(encode_image(&img, &bad, &mut |_: &inr::Progress| {}).is_err());
 }
+
+#[test]
+fn cli_density_and_bpp_flags_reach_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rgb_24x17.png");
+    let out = dir.path().join("a.inr");
+    assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .args([
+            "encode", "--preset", "tiny", "--width", "12", "--depth", "3", "--steps", "100",
+        ])
+        .args(["--density", "0.25", "--prune-scope", "global", "-o"])
+        .arg(&out)
+        .arg(&input)
+        .assert()
+        .success();
+    let o = assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .args(["--json", "info"])
+        .arg(&out)
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    let d = v["weights"]["hidden_density"].as_f64().unwrap();
+    assert!(d <= 0.25 + 1e-9, "hidden density {d}");
+    // Rate control and an explicit density together: the density is fixed, steps move.
+    let out2 = dir.path().join("b.inr");
+    let o = assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .args([
+            "--json", "encode", "--preset", "tiny", "--width", "12", "--depth", "3",
+        ])
+        .args(["--steps", "100", "--density", "1", "--bpp", "8", "-o"])
+        .arg(&out2)
+        .arg(&input)
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    let bpp = v["bpp"].as_f64().unwrap();
+    assert!((bpp - 8.0).abs() <= 0.24, "bpp {bpp}");
+}
