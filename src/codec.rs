@@ -366,6 +366,9 @@ fn encode_with_plan(
 // Sparse coding and rate control (kept apart from the fitting pipeline above).
 // ---------------------------------------------------------------------------------------------
 
+/// Per-tensor pruning masks (`Some(keep)` for a pruned tensor), as in `Fitter::masks`.
+type Masks = Vec<Option<Vec<bool>>>;
+
 /// Gradual pruning over a fitting phase of `steps`: dense for the first 10 %, cubic decay to
 /// `density` until 60 %, fine-tuning with the final masks for the last 40 %.
 fn prune_schedule(steps: usize, density: f64, scope: PruneScope) -> PruneSchedule {
@@ -470,8 +473,8 @@ fn density_for_rate(
     q: &QuantSpec,
     hi: f64,
     target: u64,
-) -> Result<(f64, Vec<Option<Vec<bool>>>, u64), EncodeError> {
-    let eval = |d: f64| -> Result<(Vec<Option<Vec<bool>>>, u64), EncodeError> {
+) -> Result<(f64, Masks, u64), EncodeError> {
+    let eval = |d: f64| -> Result<(Masks, u64), EncodeError> {
         let m = magnitude_masks(arch, params, prev, d, scope);
         let p = masked(arch, params, &m);
         let b = coded_bytes(img, arch, &p, &m, q)?;
@@ -588,7 +591,7 @@ fn adjust_to_rate(
     masks: &[Option<Vec<bool>>],
     q: &QuantSpec,
     target: u64,
-) -> Result<(Vec<Option<Vec<bool>>>, QuantSpec), EncodeError> {
+) -> Result<(Masks, QuantSpec), EncodeError> {
     let arch = plan.arch;
     let bytes = coded_bytes(img, &arch, params, masks, q)?;
     let same = || QuantSpec {

@@ -504,7 +504,7 @@ pub struct MaskShape {
 /// start), bit 1 = the flag in the row above (1 in the first row).
 #[inline]
 fn mask_context(mask: &[bool], i: usize, cols: usize) -> usize {
-    let left = if cols == 0 || i % cols == 0 {
+    let left = if cols == 0 || i.is_multiple_of(cols) {
         true
     } else {
         mask.get(i - 1).copied().unwrap_or(true)
@@ -564,7 +564,7 @@ pub fn encode_masks(masks: &[(&[bool], usize)]) -> Result<Vec<u8>, EntropyError>
 /// Never, for any input.
 pub fn decode_masks(bytes: &[u8], shapes: &[MaskShape]) -> Result<Vec<Vec<bool>>, EntropyError> {
     const PREALLOC_CAP: usize = 1 << 20;
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(EntropyError::Misaligned { len: bytes.len() });
     }
     let total: usize = shapes.iter().fold(0usize, |a, s| a.saturating_add(s.len));

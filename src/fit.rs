@@ -203,7 +203,7 @@ impl PruneSchedule {
             return None;
         }
         let every = self.every.max(1);
-        if s != self.end && (s - self.start) % every != 0 {
+        if s != self.end && !(s - self.start).is_multiple_of(every) {
             return None;
         }
         let span = self.end.saturating_sub(self.start).max(1) as f64;

@@ -1069,7 +1069,7 @@ fn parse_mask_presence(
             expected: "at least one masked tensor when flag bit 1 is set",
         });
     }
-    if mask_stream.len() % 4 != 0 {
+    if !mask_stream.len().is_multiple_of(4) {
         return Err(FormatError::InvalidField {
             field: "mask stream length",
             value: mask_stream.len() as u64,
