@@ -101,6 +101,7 @@ fn bench(c: &mut Criterion) {
         arch: a,
         bits: 14,
         tensors,
+        masks: Vec::new(),
     };
     let bytes = write_file(&file).expect("valid file");
     let mut g = c.benchmark_group("decode_file_768x512");

@@ -1,6 +1,6 @@
 //! Base files (`.inrb`, `codec-spec.md` §10): a meta-learned initialisation (architecture plus
 //! f32 weights) that encoder and decoder share. An `.inr` file coded from a base stores only
-//! the quantized residual `W - W_base` and names the base by its id (§4.4).
+//! the quantized residual `W - W_base` and names the base by its id (§4.5).
 //!
 //! Like [`format`](crate::format), this module never touches the model or candle: parsing a
 //! base is plain byte work with limits checked before any allocation.

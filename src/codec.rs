@@ -1,7 +1,11 @@
 //! Encoder and decoder: ties media, model, fitting, quantization and the container together.
 
 use crate::base::{self, Base, BaseError};
-use crate::fit::{psnr_u8, tensor_bits, FitEvent, Fitter, Phase, QuantSpec, Signal};
+pub use crate::fit::PruneScope;
+use crate::fit::{
+    magnitude_masks, psnr_u8, tensor_bits, FitEvent, Fitter, Phase, PruneSchedule, QuantSpec,
+    Signal,
+};
 use crate::format::{self, Arch, InrFile, Limits, QTensor};
 use crate::media::Image;
 use crate::model::{self, Grid2};
@@ -46,7 +50,17 @@ pub struct EncodeConfig {
     pub lr: Option<f32>,
     /// Pixels per minibatch (expert).
     pub batch: Option<usize>,
-    /// Which initialisation fitting starts from.
+    /// Keep this fraction (0..=1) of the weights of the matrices `W_1 .. W_D`, by gradual
+    /// magnitude pruning during fitting (`None` = dense).
+    pub density: Option<f64>,
+    /// How the density is shared among the pruned matrices.
+    pub prune_scope: PruneScope,
+    /// Rate control: aim the real file size at this many bits per pixel (within ±3 % when
+    /// reachable); density and step sizes are chosen on the real coded size. With `density`
+    /// also given, the density is fixed (1 = dense) and only the step sizes move.
+    pub target_bpp: Option<f64>,
+    /// Which initialisation fitting starts from (fitting starts from random when `density`
+    /// or `target_bpp` is set: pruning and rate control do not code residuals yet).
     pub base: BaseChoice,
 }
 
@@ -79,6 +93,9 @@ impl Default for EncodeConfig {
             lr: None,
             batch: None,
             base: BaseChoice::Default,
+            density: None,
+            prune_scope: PruneScope::PerLayer,
+            target_bpp: None,
         }
     }
 }
@@ -155,6 +172,11 @@ pub(crate) struct Plan {
     pub qat: Phase,
     /// Initialisation to start from (weights coded as residuals from it).
     pub base: Option<Base>,
+    /// Target density of the prunable matrices (`None` = dense).
+    pub density: Option<f64>,
+    pub prune_scope: PruneScope,
+    /// Rate control target in bits per pixel.
+    pub target_bpp: Option<f64>,
 }
 
 impl EncodeConfig {
@@ -250,6 +272,37 @@ impl EncodeConfig {
                      preset, --width or --depth, or a smaller image"
                 ))
             })?;
+        if (self.density.is_some() || self.target_bpp.is_some())
+            && matches!(self.base, BaseChoice::Custom(_))
+        {
+            return Err(EncodeError::Parameter(
+                "--density and --bpp cannot be combined with a custom --base yet".into(),
+            ));
+        }
+        let base = if self.density.is_some() || self.target_bpp.is_some() {
+            None
+        } else {
+            base
+        };
+        if let Some(d) = self.density {
+            if !(0.0..=1.0).contains(&d) {
+                return Err(EncodeError::Parameter(format!(
+                    "density {d} (expected 0..=1)"
+                )));
+            }
+        }
+        if let Some(b) = self.target_bpp {
+            if !(b.is_finite() && b > 0.0) {
+                return Err(EncodeError::Parameter(format!(
+                    "target bpp {b} (expected a positive number)"
+                )));
+            }
+            if self.target_psnr.is_some() {
+                return Err(EncodeError::Parameter(
+                    "a target bpp cannot be combined with a target PSNR".into(),
+                ));
+            }
+        }
         let batch = self.batch.unwrap_or(batch);
         let lr = self.lr.unwrap_or(3e-4);
         let qat_steps = (steps / 5).max(1);
@@ -274,6 +327,9 @@ impl EncodeConfig {
                 stop_at_psnr: None,
             },
             base,
+            density: self.density,
+            prune_scope: self.prune_scope,
+            target_bpp: self.target_bpp,
         })
     }
 }
@@ -329,52 +385,70 @@ fn encode_with_plan(
     };
     let mut fitter = Fitter::new(arch, &sig, init, seed);
     let total = plan.fit.steps + plan.qat.steps;
-    fitter.run_phase(&plan.fit, None, 0, total, &mut |e: &FitEvent| {
+    let mut report = |phase: &'static str, e: &FitEvent| {
         progress(&Progress {
             step: e.step,
             total: e.total,
             psnr: e.psnr,
-            phase: "fit",
+            phase,
         })
-    });
-    let tb = tensor_bits(&arch, plan.bits, plan.sensitive_bits);
+    };
+    let mut tb = tensor_bits(&arch, plan.bits, plan.sensitive_bits);
+    match plan.target_bpp {
+        None => {
+            if let Some(d) = plan.density.filter(|&d| d < 1.0) {
+                fitter.prune = Some(prune_schedule(plan.fit.steps, d, plan.prune_scope));
+            }
+            fitter.run_phase(&plan.fit, None, 0, total, &mut |e: &FitEvent| {
+                report("fit", e)
+            });
+        }
+        Some(bpp) => {
+            // Rate control, part 1: a dense warm-up at constant learning rate, then the
+            // density (and hidden-matrix bits) that hit the rate on the real coded size, then
+            // gradual pruning to that density and fine-tuning.
+            let warm = Phase {
+                steps: plan.fit.steps / 4,
+                lr_end_frac: 1.0,
+                eval_every: 0,
+                stop_at_psnr: None,
+                ..plan.fit.clone()
+            };
+            fitter.run_phase(&warm, None, 0, total, &mut |e: &FitEvent| report("fit", e));
+            let target = target_bytes(bpp, img);
+            let (d0, bits) = match plan.density {
+                Some(d) => (d, plan.bits),
+                None => choose_density_and_bits(&mut fitter, plan, img, target)?,
+            };
+            tb = tensor_bits(&arch, bits, plan.sensitive_bits);
+            let rest = Phase {
+                steps: plan.fit.steps - warm.steps,
+                ..plan.fit.clone()
+            };
+            if d0 < 1.0 {
+                fitter.prune = Some(prune_schedule(rest.steps, d0, plan.prune_scope));
+            }
+            fitter.run_phase(&rest, None, warm.steps, total, &mut |e: &FitEvent| {
+                report("prune", e)
+            });
+        }
+    }
+    fitter.prune = None;
     let base_params = plan.base.as_ref().map(|b| b.params.as_slice());
-    let q = QuantSpec::choose(&arch, &fitter.params, &tb, base_params);
+    let mut q = QuantSpec::choose(&arch, &fitter.params, &tb, base_params);
     fitter.reset_optimizer();
     fitter.run_phase(
         &plan.qat,
         Some(&q),
         plan.fit.steps,
         total,
-        &mut |e: &FitEvent| {
-            progress(&Progress {
-                step: e.step,
-                total: e.total,
-                psnr: e.psnr,
-                phase: "quantize",
-            })
-        },
+        &mut |e: &FitEvent| report("quantize", e),
     );
+    if let Some(bpp) = plan.target_bpp {
+        q = rate_control(&mut fitter, plan, &q, img, target_bytes(bpp, img))?;
+    }
     // Serialise, then measure exactly what the decoder will produce from the bytes.
-    let tensors = q
-        .symbols(&arch, &fitter.params)
-        .into_iter()
-        .zip(q.steps.iter().zip(&q.bits))
-        .map(|(symbols, (&step, &bits))| QTensor {
-            step,
-            bits,
-            symbols,
-        })
-        .collect();
-    let max_bits = q.bits.iter().copied().max().unwrap_or(plan.bits);
-    let file = InrFile {
-        width: img.width,
-        height: img.height,
-        arch,
-        bits: max_bits,
-        tensors,
-        base_id: plan.base.as_ref().map(Base::id),
-    };
+    let file = build_file(img, &arch, &fitter.params, &fitter.masks, &q, plan.base.as_ref().map(Base::id))?;
     let bytes = format::write_file(&file)?;
     let opts = DecodeOptions {
         bases: plan.base.iter().cloned().collect(),
@@ -392,6 +466,425 @@ fn encode_with_plan(
         psnr,
         bpp,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparse coding and rate control (kept apart from the fitting pipeline above).
+// ---------------------------------------------------------------------------------------------
+
+/// Per-tensor pruning masks (`Some(keep)` for a pruned tensor), as in `Fitter::masks`.
+type Masks = Vec<Option<Vec<bool>>>;
+
+/// Gradual pruning over a fitting phase of `steps`: dense for the first 10 %, cubic decay to
+/// `density` until 60 %, fine-tuning with the final masks for the last 40 %.
+fn prune_schedule(steps: usize, density: f64, scope: PruneScope) -> PruneSchedule {
+    let start = steps / 10;
+    let end = (steps * 6 / 10).max(start);
+    PruneSchedule {
+        target: density,
+        start,
+        end,
+        every: ((end - start) / 20).max(1),
+        scope,
+    }
+}
+
+/// The file for these latent weights, masks and quantization. Pruned weights are 0 and code
+/// as symbol 0. When masks are given, both representations are written — the sparsity section
+/// (kept values only, §4.6) and plain coding of the zeros (v1 layout) — and the smaller file is
+/// kept (ties: plain).
+fn build_file(
+    img: &Image,
+    arch: &Arch,
+    params: &[f32],
+    masks: &[Option<Vec<bool>>],
+    q: &QuantSpec,
+    base_id: Option<u64>,
+) -> Result<InrFile, EncodeError> {
+    let mut all = q.symbols(arch, params).into_iter();
+    let tensors: Vec<QTensor> = q
+        .steps
+        .iter()
+        .zip(&q.bits)
+        .enumerate()
+        .map(|(t, (&step, &bits))| {
+            let mut symbols = all.next().unwrap_or_default();
+            if let Some(Some(keep)) = masks.get(t) {
+                for (s, &k) in symbols.iter_mut().zip(keep) {
+                    if !k {
+                        *s = 0;
+                    }
+                }
+            }
+            QTensor {
+                step,
+                bits,
+                symbols,
+            }
+        })
+        .collect();
+    let max_bits = q.bits.iter().copied().max().unwrap_or(2);
+    let plain = InrFile {
+        width: img.width,
+        height: img.height,
+        arch: *arch,
+        bits: max_bits,
+        tensors,
+        masks: Vec::new(),
+        base_id,
+    };
+    if masks.iter().all(Option::is_none) {
+        return Ok(plain);
+    }
+    let sparse = InrFile {
+        masks: masks.to_vec(),
+        ..plain.clone()
+    };
+    let plain_bits = format::estimate_file_bits(&plain)?;
+    let sparse_bits = format::estimate_file_bits(&sparse)?;
+    Ok(if sparse_bits < plain_bits {
+        sparse
+    } else {
+        plain
+    })
+}
+
+/// Real coded size in bytes (the writer itself, conventions §7).
+fn coded_bytes(
+    img: &Image,
+    arch: &Arch,
+    params: &[f32],
+    masks: &[Option<Vec<bool>>],
+    q: &QuantSpec,
+) -> Result<u64, EncodeError> {
+    let f = build_file(img, arch, params, masks, q, None)?;
+    Ok(format::estimate_file_bits(&f)? / 8)
+}
+
+fn target_bytes(bpp: f64, img: &Image) -> u64 {
+    (bpp * npx_f(img) / 8.0).round() as u64
+}
+
+/// Relative tolerance of rate control: the file lands within ±3 % of the target.
+pub const RATE_TOLERANCE: f64 = 0.03;
+
+/// Largest density in `lo..=hi` whose file (weights pruned by magnitude from `prev`) is at
+/// most `target` bytes, by bisection on the real coded size; `lo` if even that is too big.
+#[allow(clippy::too_many_arguments)]
+fn density_for_rate(
+    img: &Image,
+    arch: &Arch,
+    params: &[f32],
+    prev: &[Option<Vec<bool>>],
+    scope: PruneScope,
+    q: &QuantSpec,
+    hi: f64,
+    target: u64,
+) -> Result<(f64, Masks, u64), EncodeError> {
+    let eval = |d: f64| -> Result<(Masks, u64), EncodeError> {
+        let m = magnitude_masks(arch, params, prev, d, scope);
+        let p = masked(arch, params, &m);
+        let b = coded_bytes(img, arch, &p, &m, q)?;
+        Ok((m, b))
+    };
+    let (m_hi, b_hi) = eval(hi)?;
+    if b_hi <= target {
+        return Ok((hi, m_hi, b_hi));
+    }
+    let (mut lo, mut hi) = (0.0f64, hi);
+    let (mut best_m, mut best_b) = eval(0.0)?;
+    if best_b > target {
+        return Ok((0.0, best_m, best_b));
+    }
+    for _ in 0..22 {
+        let mid = 0.5 * (lo + hi);
+        let (m, b) = eval(mid)?;
+        if b <= target {
+            lo = mid;
+            best_m = m;
+            best_b = b;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok((lo, best_m, best_b))
+}
+
+/// `params` with the pruned weights set to 0.
+fn masked(arch: &Arch, params: &[f32], masks: &[Option<Vec<bool>>]) -> Vec<f32> {
+    let mut p = params.to_vec();
+    let mut off = 0;
+    for (n, m) in arch.tensor_lens().into_iter().zip(masks) {
+        if let Some(keep) = m {
+            for (w, &k) in p[off..off + n].iter_mut().zip(keep) {
+                if !k {
+                    *w = 0.0;
+                }
+            }
+        }
+        off += n;
+    }
+    p
+}
+
+/// Rate control, first decision (after the dense warm-up): for hidden-matrix bit widths
+/// around the plan's, the density whose real coded file hits `target` bytes, and the PSNR of
+/// that pruned, quantized network as the decoder would render it; keeps the best PSNR.
+fn choose_density_and_bits(
+    fitter: &mut Fitter<'_>,
+    plan: &Plan,
+    img: &Image,
+    target: u64,
+) -> Result<(f64, u8), EncodeError> {
+    let arch = plan.arch;
+    let lo = plan.bits.saturating_sub(1).max(2);
+    let hi = plan.bits.saturating_add(2).min(plan.sensitive_bits).max(lo);
+    let mut best: Option<(f64, f64, u8)> = None;
+    for bits in lo..=hi {
+        let tb = tensor_bits(&arch, bits, plan.sensitive_bits);
+        let q = QuantSpec::choose(&arch, &fitter.params, &tb, None);
+        let (d, m, _) = density_for_rate(
+            img,
+            &arch,
+            &fitter.params,
+            &[],
+            plan.prune_scope,
+            &q,
+            1.0,
+            target,
+        )?;
+        let p = masked(&arch, &fitter.params, &m);
+        let psnr = fitter.eval_params(&p, Some(&q));
+        dbg_rc(format_args!(
+            "choose: bits {bits} density {d:.4} psnr {psnr:.2}"
+        ));
+        // Prefer the plan's bits unless another width is clearly better (the warm-up
+        // network is far from converged, so small differences are noise).
+        let score = psnr + if bits == plan.bits { 0.1 } else { 0.0 };
+        if best.is_none_or(|(b, _, _)| score > b) {
+            best = Some((score, d, bits));
+        }
+    }
+    let (_, d, bits) = best.unwrap_or((0.0, 1.0, plan.bits));
+    Ok((d, bits))
+}
+
+/// `q` with the steps of the prunable matrices scaled by `scale` (< 1: finer) and their bit
+/// widths widened so that the finer steps do not clip.
+fn scaled_spec(arch: &Arch, q: &QuantSpec, scale: f64) -> QuantSpec {
+    let which = crate::fit::prunable(arch);
+    let extra = (-scale.log2()).ceil().max(0.0) as u8;
+    let mut out = QuantSpec {
+        steps: q.steps.clone(),
+        bits: q.bits.clone(),
+        base: q.base.clone(),
+    };
+    for (t, &w) in which.iter().enumerate() {
+        if w {
+            out.steps[t] = format::Step::from_f32((f64::from(q.steps[t].to_f32()) * scale) as f32);
+            out.bits[t] = q.bits[t].saturating_add(extra).min(16);
+        }
+    }
+    out
+}
+
+/// Moves masks / steps until the real file of `params` is within ±[`RATE_TOLERANCE`] of
+/// `target`: prune further by magnitude (too big, free density), coarser steps of the pruned
+/// matrices (too big, fixed density), finer steps (too small); each by bisection on the real
+/// coded size. Returns the new masks and quantization (unchanged when already in the band).
+fn adjust_to_rate(
+    img: &Image,
+    plan: &Plan,
+    params: &[f32],
+    masks: &[Option<Vec<bool>>],
+    q: &QuantSpec,
+    target: u64,
+) -> Result<(Masks, QuantSpec), EncodeError> {
+    let arch = plan.arch;
+    let bytes = coded_bytes(img, &arch, params, masks, q)?;
+    let same = || QuantSpec {
+        steps: q.steps.clone(),
+        bits: q.bits.clone(),
+        base: q.base.clone(),
+    };
+    if (bytes as f64 - target as f64).abs() <= RATE_TOLERANCE * target as f64 {
+        return Ok((masks.to_vec(), same()));
+    }
+    if bytes > target && plan.density.is_none() {
+        let current = current_density(&arch, masks);
+        let (_, m, _) = density_for_rate(
+            img,
+            &arch,
+            params,
+            masks,
+            plan.prune_scope,
+            q,
+            current,
+            target,
+        )?;
+        return Ok((m, same()));
+    }
+    // Step scale by bisection on log2(scale): coarser in 0..4 when too big, finer in -4..0
+    // when too small; keeps the smallest scale whose file fits.
+    let (mut lo, mut hi) = if bytes > target {
+        (0.0f64, 4.0f64)
+    } else {
+        (-4.0, 0.0)
+    };
+    let mut best = None;
+    for _ in 0..16 {
+        let mid = 0.5 * (lo + hi);
+        let qs = scaled_spec(&arch, q, mid.exp2());
+        if coded_bytes(img, &arch, params, masks, &qs)? <= target {
+            hi = mid;
+            best = Some(qs);
+        } else {
+            lo = mid;
+        }
+    }
+    Ok((masks.to_vec(), best.unwrap_or_else(same)))
+}
+
+/// `q` with the sensitive tensors (first matrix, biases) re-quantized at `bits` from `params`.
+fn with_sensitive_bits(arch: &Arch, params: &[f32], q: &QuantSpec, bits: u8) -> QuantSpec {
+    let which = crate::fit::prunable(arch);
+    let mut out = QuantSpec {
+        steps: q.steps.clone(),
+        bits: q.bits.clone(),
+        base: q.base.clone(),
+    };
+    let mut off = 0;
+    for (t, n) in arch.tensor_lens().into_iter().enumerate() {
+        if !which[t] {
+            out.bits[t] = bits;
+            out.steps[t] = crate::quant::choose_step(&params[off..off + n], bits);
+        }
+        off += n;
+    }
+    out
+}
+
+/// Rate control, final decision (after quantization-aware fine-tuning). First, where the
+/// bytes buy the most PSNR: for sensitive-tensor bit widths (first matrix and biases) of
+/// 14, 12 and 10 (at most the plan's), the file is brought to the rate by
+/// [`adjust_to_rate`] and the decoder's PSNR measured; the best is kept. Then, while the real
+/// file is outside the band, adjust again after a short fine-tuning; the last round does not
+/// fine-tune, so the returned quantization with `fitter`'s masks lands in the band whenever
+/// the architecture can.
+fn rate_control(
+    fitter: &mut Fitter<'_>,
+    plan: &Plan,
+    q: &QuantSpec,
+    img: &Image,
+    target: u64,
+) -> Result<QuantSpec, EncodeError> {
+    let arch = plan.arch;
+    let mut q = QuantSpec {
+        steps: q.steps.clone(),
+        bits: q.bits.clone(),
+        base: q.base.clone(),
+    };
+    const ROUNDS: usize = 3;
+    for round in 0..ROUNDS {
+        let bytes = coded_bytes(img, &arch, &fitter.params, &fitter.masks, &q)?;
+        dbg_rc(format_args!(
+            "round {round}: {bytes} bytes (target {target}), density {:.4}, psnr {:.2}",
+            current_density(&arch, &fitter.masks),
+            fitter.eval(Some(&q))
+        ));
+        let in_band = (bytes as f64 - target as f64).abs() <= RATE_TOLERANCE * target as f64;
+        if in_band && round > 0 {
+            break;
+        }
+        let mut candidates = vec![adjust_to_rate(
+            img,
+            plan,
+            &fitter.params,
+            &fitter.masks,
+            &q,
+            target,
+        )?];
+        if round == 0 {
+            for sb in [12u8, 10] {
+                if sb < plan.sensitive_bits {
+                    let qs = with_sensitive_bits(&arch, &fitter.params, &q, sb);
+                    candidates.push(adjust_to_rate(
+                        img,
+                        plan,
+                        &fitter.params,
+                        &fitter.masks,
+                        &qs,
+                        target,
+                    )?);
+                }
+            }
+        }
+        let mut best: Option<(f64, usize)> = None;
+        for (i, (m, qc)) in candidates.iter().enumerate() {
+            let p = masked(&arch, &fitter.params, m);
+            let psnr = fitter.eval_params(&p, Some(qc));
+            dbg_rc(format_args!(
+                "  candidate {i}: sensitive bits {:?}, density {:.4}, psnr {psnr:.2}",
+                qc.bits.first(),
+                current_density(&arch, m)
+            ));
+            if best.is_none_or(|(b, _)| psnr > b) {
+                best = Some((psnr, i));
+            }
+        }
+        let Some((_, i)) = best else { break };
+        let (m, qc) = candidates.swap_remove(i);
+        let changed = m != fitter.masks || qc.steps != q.steps || qc.bits != q.bits;
+        fitter.masks = m;
+        fitter.apply_masks();
+        q = qc;
+        if !changed {
+            break;
+        }
+        if round + 1 < ROUNDS {
+            let short = Phase {
+                steps: (plan.qat.steps / 4).max(1),
+                eval_every: 0,
+                ..plan.qat.clone()
+            };
+            fitter.reset_optimizer();
+            fitter.run_phase(&short, Some(&q), 0, 0, &mut |_: &FitEvent| {});
+        }
+    }
+    Ok(q)
+}
+
+/// Rate-control trace on stderr when `INR_RC_DEBUG` is set (diagnostics only).
+fn dbg_rc(args: std::fmt::Arguments<'_>) {
+    if std::env::var_os("INR_RC_DEBUG").is_some() {
+        eprintln!("rc: {args}");
+    }
+}
+
+/// Kept fraction over the prunable matrices (1 without masks).
+fn current_density(arch: &Arch, masks: &[Option<Vec<bool>>]) -> f64 {
+    let (mut kept, mut n) = (0usize, 0usize);
+    for (len, (m, w)) in arch.tensor_lens().into_iter().zip(
+        masks
+            .iter()
+            .map(Some)
+            .chain(std::iter::repeat(None))
+            .zip(crate::fit::prunable(arch)),
+    ) {
+        if !w {
+            continue;
+        }
+        n += len;
+        kept += match m {
+            Some(Some(k)) => k.iter().filter(|&&k| k).count(),
+            _ => len,
+        };
+    }
+    if n == 0 {
+        1.0
+    } else {
+        kept as f64 / n as f64
+    }
 }
 
 fn npx_f(img: &Image) -> f64 {

@@ -485,6 +485,158 @@ pub fn estimate_bits(tensors: &[&[i32]], max_abs: u32) -> Result<u64, EntropyErr
     Ok(8 * encode_tensors(tensors, max_abs)?.len() as u64)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Sparsity masks (`codec-spec.md` §5.8): binary significance maps with 4 adaptive contexts.
+// ---------------------------------------------------------------------------------------------
+
+/// Number of binary contexts of the mask coder: `left + 2 * above` (§5.8).
+pub const MASK_CONTEXTS: usize = 4;
+
+/// Shape of one mask for the mask coder: `len` flags stored row-major in rows of `cols`
+/// (the tensor's output size; §5.8 uses it only to find the element above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskShape {
+    pub len: usize,
+    pub cols: usize,
+}
+
+/// §5.8 context of element `i`: bit 0 = the flag to the left in the same row (1 at the row
+/// start), bit 1 = the flag in the row above (1 in the first row).
+#[inline]
+fn mask_context(mask: &[bool], i: usize, cols: usize) -> usize {
+    let left = if cols == 0 || i.is_multiple_of(cols) {
+        true
+    } else {
+        mask.get(i - 1).copied().unwrap_or(true)
+    };
+    let above = if cols == 0 || i < cols {
+        true
+    } else {
+        mask.get(i - cols).copied().unwrap_or(true)
+    };
+    usize::from(left) + 2 * usize::from(above)
+}
+
+fn fresh_mask_models() -> [AdaptiveModel; MASK_CONTEXTS] {
+    std::array::from_fn(|_| AdaptiveModel::new(2, FORMAT_PARAMS))
+}
+
+/// Encodes masks (one range-coded stream, §5.8): for every mask in order, four fresh binary
+/// adaptive models (§5.2 constants, `K = 2`, symbol 1 = kept); each flag in storage order is
+/// coded under the model of its context ([`MASK_CONTEXTS`]). No mode symbol. Empty input (or
+/// only empty masks) gives an empty stream.
+///
+/// # Errors
+/// [`EntropyError::Encoder`] only if the range coder fails (it does not with these models).
+///
+/// # Panics
+/// Never.
+pub fn encode_masks(masks: &[(&[bool], usize)]) -> Result<Vec<u8>, EntropyError> {
+    if masks.iter().all(|(m, _)| m.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let coder_err = |e| EntropyError::Encoder(format!("{e:?}"));
+    let mut enc = DefaultRangeEncoder::new();
+    for &(mask, cols) in masks {
+        let mut models = fresh_mask_models();
+        for (i, &bit) in mask.iter().enumerate() {
+            let ctx = mask_context(mask, i, cols);
+            let u = usize::from(bit);
+            let model = &mut models[ctx];
+            enc.encode_symbol(u, View(model)).map_err(coder_err)?;
+            model.update(u);
+        }
+    }
+    let words = enc.into_compressed().unwrap_infallible();
+    Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+}
+
+/// Decodes the stream of [`encode_masks`] for masks of the given shapes, with the checks of
+/// §5.5 (whole words, exhausted stream, canonical re-encoding).
+///
+/// The caller must bound `sum(len)` (the container checks it against the parameter limit).
+///
+/// # Errors
+/// [`EntropyError::Misaligned`], [`EntropyError::InvalidData`], [`EntropyError::NotExhausted`],
+/// [`EntropyError::NotCanonical`].
+///
+/// # Panics
+/// Never, for any input.
+pub fn decode_masks(bytes: &[u8], shapes: &[MaskShape]) -> Result<Vec<Vec<bool>>, EntropyError> {
+    const PREALLOC_CAP: usize = 1 << 20;
+    if !bytes.len().is_multiple_of(4) {
+        return Err(EntropyError::Misaligned { len: bytes.len() });
+    }
+    let total: usize = shapes.iter().fold(0usize, |a, s| a.saturating_add(s.len));
+    if total == 0 {
+        if !bytes.is_empty() {
+            return Err(EntropyError::NotExhausted {
+                words: bytes.len() / 4,
+                symbols: 0,
+            });
+        }
+        return Ok(shapes.iter().map(|_| Vec::new()).collect());
+    }
+    let words: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(<[u8; 4]>::try_from(c).unwrap_or_default()))
+        .collect();
+    let num_words = words.len();
+    let mut dec = DefaultRangeDecoder::from_compressed(words).unwrap_infallible();
+    let mut out = Vec::with_capacity(shapes.len().min(PREALLOC_CAP));
+    let mut at = 0usize;
+    for s in shapes {
+        let mut models = fresh_mask_models();
+        let mut mask = Vec::with_capacity(s.len.min(PREALLOC_CAP));
+        for i in 0..s.len {
+            let ctx = mask_context(&mask, i, s.cols);
+            let model = &mut models[ctx];
+            let u = dec
+                .decode_symbol(View(model))
+                .map_err(|_| EntropyError::InvalidData { at })?;
+            model.update(u);
+            mask.push(u == 1);
+            at += 1;
+        }
+        out.push(mask);
+    }
+    if !dec.maybe_exhausted() {
+        return Err(EntropyError::NotExhausted {
+            words: num_words,
+            symbols: at,
+        });
+    }
+    let refs: Vec<(&[bool], usize)> = out
+        .iter()
+        .zip(shapes)
+        .map(|(m, s)| (m.as_slice(), s.cols))
+        .collect();
+    if encode_masks(&refs)? != bytes {
+        return Err(EntropyError::NotCanonical { words: num_words });
+    }
+    Ok(out)
+}
+
+/// Bits of Deep Compression's CSR relative-index scheme (Han et al. 2016, §2) for one mask,
+/// for comparison only (not a coding mode of the format): every kept element stores the gap
+/// to the previous kept element in `index_bits` bits; a gap of `2^index_bits` or more first
+/// emits filler entries (explicit zeros), each costing `index_bits` as well. Returns
+/// `(index entries including fillers, fillers)`.
+pub fn csr_relative_index_entries(mask: &[bool], index_bits: u32) -> (u64, u64) {
+    let max_gap = (1u64 << index_bits.clamp(1, 32)) - 1;
+    let (mut entries, mut fillers, mut gap) = (0u64, 0u64, 0u64);
+    for &b in mask {
+        gap += 1;
+        if b {
+            let f = (gap - 1) / max_gap;
+            fillers += f;
+            entries += f + 1;
+            gap = 0;
+        }
+    }
+    (entries, fillers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,6 +178,125 @@ impl QuantSpec {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Pruning (gradual magnitude pruning, Zhu & Gupta 2017). Self-contained: a per-tensor mask
+// that `Fitter` applies after every Adam update; `codec` stores it in the sparsity section.
+// ---------------------------------------------------------------------------------------------
+
+/// How a target density is shared among the prunable tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum PruneScope {
+    /// Every prunable tensor keeps the same fraction of its weights.
+    PerLayer,
+    /// One magnitude threshold over all prunable tensors (same total kept count).
+    Global,
+}
+
+/// Tensors pruning may touch: the weight matrices `W_1 .. W_D`. The first matrix (few
+/// weights, each shifting every frequency of the network) and the biases stay dense.
+pub fn prunable(arch: &Arch) -> Vec<bool> {
+    (0..arch.num_tensors())
+        .map(|t| t >= 2 && t % 2 == 0)
+        .collect()
+}
+
+/// Masks keeping the `round(density * n)` largest-magnitude weights of every prunable tensor
+/// (per layer) or of all of them together (global). Weights already pruned by `prev` stay
+/// pruned (they are 0, the smallest magnitude); ties break by position, so the result is
+/// deterministic. Non-prunable tensors get `None`. `density` is clamped into `0..=1`.
+pub fn magnitude_masks(
+    arch: &Arch,
+    params: &[f32],
+    prev: &[Option<Vec<bool>>],
+    density: f64,
+    scope: PruneScope,
+) -> Vec<Option<Vec<bool>>> {
+    let density = if density.is_nan() {
+        1.0
+    } else {
+        density.clamp(0.0, 1.0)
+    };
+    let lens = arch.tensor_lens();
+    let which = prunable(arch);
+    let mut offs = Vec::with_capacity(lens.len());
+    let mut off = 0;
+    for &n in &lens {
+        offs.push(off);
+        off += n;
+    }
+    let was_kept = |t: usize, i: usize| match prev.get(t) {
+        Some(Some(k)) => k.get(i).copied().unwrap_or(true),
+        _ => true,
+    };
+    // (magnitude, tensor, index), largest first; pruned ones count as 0.
+    let ranked = |ts: &[usize]| {
+        let mut v: Vec<(f32, usize, usize)> = ts
+            .iter()
+            .flat_map(|&t| (0..lens[t]).map(move |i| (t, i)))
+            .map(|(t, i)| {
+                let a = if was_kept(t, i) {
+                    params[offs[t] + i].abs()
+                } else {
+                    0.0
+                };
+                (a, t, i)
+            })
+            .collect();
+        v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        v
+    };
+    let mut masks: Vec<Option<Vec<bool>>> = lens
+        .iter()
+        .zip(&which)
+        .map(|(&n, &w)| w.then(|| vec![false; n]))
+        .collect();
+    let groups: Vec<Vec<usize>> = match scope {
+        PruneScope::PerLayer => (0..lens.len())
+            .filter(|&t| which[t])
+            .map(|t| vec![t])
+            .collect(),
+        PruneScope::Global => vec![(0..lens.len()).filter(|&t| which[t]).collect()],
+    };
+    for g in groups {
+        let total: usize = g.iter().map(|&t| lens[t]).sum();
+        let keep = (density * total as f64).round() as usize;
+        for &(_, t, i) in ranked(&g).iter().take(keep) {
+            if let Some(Some(m)) = masks.get_mut(t) {
+                m[i] = true;
+            }
+        }
+    }
+    masks
+}
+
+/// Cubic density schedule of gradual magnitude pruning: dense until `start`, then
+/// `d(s) = target + (1 - target) (1 - (s - start) / (end - start))^3`, updated every `every`
+/// steps, reaching `target` at step `end` and keeping it (fine-tuning) afterwards.
+#[derive(Debug, Clone)]
+pub struct PruneSchedule {
+    pub target: f64,
+    pub start: usize,
+    pub end: usize,
+    pub every: usize,
+    pub scope: PruneScope,
+}
+
+impl PruneSchedule {
+    /// The density to prune to before step `s`, if the masks change at this step.
+    pub fn density_at(&self, s: usize) -> Option<f64> {
+        if s < self.start || s > self.end {
+            return None;
+        }
+        let every = self.every.max(1);
+        if s != self.end && !(s - self.start).is_multiple_of(every) {
+            return None;
+        }
+        let span = self.end.saturating_sub(self.start).max(1) as f64;
+        let frac = ((s - self.start) as f64 / span).min(1.0);
+        Some(self.target + (1.0 - self.target) * (1.0 - frac).powi(3))
+    }
+}
+
 /// Events reported while fitting.
 pub struct FitEvent {
     pub step: usize,
@@ -221,6 +340,12 @@ pub struct Fitter<'a> {
     order: Vec<u32>,
     cursor: usize,
     rng: ChaCha8Rng,
+    /// Pruning masks, one entry per tensor (`Some(keep)` for a pruned tensor), or empty. A
+    /// pruned weight is held at exactly 0: it and its Adam moments are zeroed after every
+    /// update (so it contributes nothing forward and receives no update backward).
+    pub masks: Vec<Option<Vec<bool>>>,
+    /// Gradual magnitude pruning applied by [`Fitter::run_phase`] (phase-relative steps).
+    pub prune: Option<PruneSchedule>,
 }
 
 impl<'a> Fitter<'a> {
@@ -245,6 +370,31 @@ impl<'a> Fitter<'a> {
             order: (0..npx as u32).collect(),
             cursor: npx,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x05ee_df17),
+            masks: Vec::new(),
+            prune: None,
+        }
+    }
+
+    /// Magnitude-prune to `density` (see [`magnitude_masks`]) and apply the masks.
+    pub fn prune_to(&mut self, density: f64, scope: PruneScope) {
+        self.masks = magnitude_masks(&self.arch, &self.params, &self.masks, density, scope);
+        self.apply_masks();
+    }
+
+    /// Zero the pruned weights and their Adam moments.
+    pub fn apply_masks(&mut self) {
+        let mut off = 0;
+        for (n, m) in self.arch.tensor_lens().into_iter().zip(&self.masks) {
+            if let Some(keep) = m {
+                for (i, &k) in keep.iter().enumerate() {
+                    if !k {
+                        self.params[off + i] = 0.0;
+                        self.m[off + i] = 0.0;
+                        self.v[off + i] = 0.0;
+                    }
+                }
+            }
+            off += n;
         }
     }
 
@@ -347,6 +497,7 @@ impl<'a> Fitter<'a> {
             *v = B2 * *v + (1.0 - B2) * g * g;
             *p -= a * *m / (v.sqrt() + EPS * bc2.sqrt());
         }
+        self.apply_masks();
     }
 
     /// Reset Adam's moments (between phases).
@@ -365,6 +516,15 @@ impl<'a> Fitter<'a> {
         self.sig.eval(&self.arch, &self.eff)
     }
 
+    /// Exact PSNR of other weights `params` (same layout), e.g. a pruning candidate.
+    pub fn eval_params(&mut self, params: &[f32], quant: Option<&QuantSpec>) -> f64 {
+        match quant {
+            Some(q) => q.apply(&self.arch, params, &mut self.eff),
+            None => self.eff.copy_from_slice(params),
+        }
+        self.sig.eval(&self.arch, &self.eff)
+    }
+
     /// Run a phase; keeps and restores the latent weights with the best exact PSNR
     /// (measured every `eval_every` steps in the second half of the phase, and at the end).
     /// Returns the best PSNR.
@@ -378,20 +538,30 @@ impl<'a> Fitter<'a> {
     ) -> f64 {
         let mut best: Option<(f64, Vec<f32>)> = None;
         for s in 0..ph.steps {
+            // Gradual pruning: the weights kept as "best" must carry the final mask, so
+            // keep-best and early stopping only start once the schedule has ended.
+            let mut mask_final = true;
+            if let Some(p) = self.prune.clone() {
+                if let Some(d) = p.density_at(s) {
+                    self.prune_to(d, p.scope);
+                }
+                mask_final = s >= p.end;
+            }
             let prog = s as f32 / ph.steps.max(1) as f32;
             let cosine = 0.5 * (1.0 + (std::f32::consts::PI * prog).cos());
             let lr = ph.lr * (ph.lr_end_frac + (1.0 - ph.lr_end_frac) * cosine);
             self.step(ph.batch, lr, quant);
             let last = s + 1 == ph.steps;
             let eval_now = last
-                || (ph.eval_every > 0
+                || (mask_final
+                    && ph.eval_every > 0
                     && (s + 1) % ph.eval_every == 0
                     && (2 * (s + 1) >= ph.steps || ph.stop_at_psnr.is_some()));
             let mut psnr = None;
             if eval_now {
                 let p = self.eval(quant);
                 psnr = Some(p);
-                if best.as_ref().is_none_or(|(b, _)| p > *b) {
+                if mask_final && best.as_ref().is_none_or(|(b, _)| p > *b) {
                     best = Some((p, self.params.clone()));
                 }
             }
@@ -400,7 +570,7 @@ impl<'a> Fitter<'a> {
                 total,
                 psnr,
             });
-            if matches!((psnr, ph.stop_at_psnr), (Some(p), Some(t)) if p >= t) {
+            if mask_final && matches!((psnr, ph.stop_at_psnr), (Some(p), Some(t)) if p >= t) {
                 break;
             }
         }
@@ -411,5 +581,109 @@ impl<'a> Fitter<'a> {
             }
             None => self.eval(quant),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arch() -> Arch {
+        Arch {
+            coord_dims: 2,
+            out_channels: 3,
+            width: 10,
+            depth: 3,
+            pe_freqs: 0,
+            pe_base_milli: 2000,
+            w0_first: 30,
+            w0_hidden: 30,
+        }
+    }
+
+    fn kept(m: &Option<Vec<bool>>) -> usize {
+        m.as_ref().map_or(0, |k| k.iter().filter(|&&k| k).count())
+    }
+
+    #[test]
+    fn magnitude_masks_hit_the_exact_density_and_keep_the_largest() {
+        let a = arch();
+        let lens = a.tensor_lens();
+        let n: usize = lens.iter().sum();
+        // Distinct magnitudes; tensor 4 gets much larger weights than tensor 2.
+        let params: Vec<f32> = (0..n)
+            .map(|i| {
+                let s = if i % 3 == 0 { -1.0 } else { 1.0 };
+                s * (1.0 + (i * 7919 % 1000) as f32) * 1e-3
+            })
+            .collect();
+        let mut params = params;
+        let off4: usize = lens[..4].iter().sum();
+        for v in &mut params[off4..off4 + lens[4]] {
+            *v *= 100.0;
+        }
+        for d in [0.0, 0.1, 0.37, 1.0] {
+            let m = magnitude_masks(&a, &params, &[], d, PruneScope::PerLayer);
+            for (t, (mt, &len)) in m.iter().zip(&lens).enumerate() {
+                if prunable(&a)[t] {
+                    assert_eq!(kept(mt), (d * len as f64).round() as usize, "t={t} d={d}");
+                } else {
+                    assert!(mt.is_none());
+                }
+            }
+            // The kept weights are the largest of their tensor.
+            let off2: usize = lens[..2].iter().sum();
+            if let Some(k) = &m[2] {
+                let w = &params[off2..off2 + lens[2]];
+                let min_kept = w
+                    .iter()
+                    .zip(k)
+                    .filter(|p| *p.1)
+                    .map(|p| p.0.abs())
+                    .fold(f32::INFINITY, f32::min);
+                let max_pruned = w
+                    .iter()
+                    .zip(k)
+                    .filter(|p| !*p.1)
+                    .map(|p| p.0.abs())
+                    .fold(0.0, f32::max);
+                assert!(d == 0.0 || d == 1.0 || min_kept >= max_pruned);
+            }
+        }
+        // Global: one threshold, so the large tensor keeps everything first.
+        let g = magnitude_masks(&a, &params, &[], 0.3, PruneScope::Global);
+        let total: usize = (0..lens.len())
+            .filter(|&t| prunable(&a)[t])
+            .map(|t| lens[t])
+            .sum();
+        let all: usize = g.iter().map(kept).sum();
+        assert_eq!(all, (0.3 * total as f64).round() as usize);
+        assert_eq!(kept(&g[4]), all.min(lens[4]));
+        // Already pruned weights stay pruned even if large.
+        let prev = magnitude_masks(&a, &params, &[], 0.5, PruneScope::PerLayer);
+        let mut p2 = params.clone();
+        for v in &mut p2[off4..off4 + lens[4]] {
+            *v = 5.0;
+        }
+        let again = magnitude_masks(&a, &p2, &prev, 0.5, PruneScope::PerLayer);
+        assert_eq!(again, prev);
+    }
+
+    #[test]
+    fn cubic_schedule_goes_from_dense_to_target() {
+        let s = PruneSchedule {
+            target: 0.2,
+            start: 10,
+            end: 50,
+            every: 10,
+            scope: PruneScope::PerLayer,
+        };
+        assert_eq!(s.density_at(5), None);
+        assert_eq!(s.density_at(10), Some(1.0));
+        assert_eq!(s.density_at(15), None);
+        let d30 = s.density_at(30).unwrap();
+        assert!((d30 - (0.2 + 0.8 * 0.125)).abs() < 1e-12);
+        assert_eq!(s.density_at(50), Some(0.2));
+        assert_eq!(s.density_at(51), None);
     }
 }

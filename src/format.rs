@@ -25,13 +25,19 @@ pub const MAGIC: [u8; 4] = [0x89, b'I', b'N', b'R'];
 pub const VERSION: u8 = 2;
 /// §3.2 Oldest version this decoder still reads (version 1 = version 2 without flags).
 pub const MIN_VERSION: u8 = 1;
-/// §3.4 Flag bit 0: a base-reference section (§4.4) follows the step table, and the stored
+/// §3.4 Flag bit 0: a base-reference section (§4.5) follows the step table, and the stored
 /// tensors are residuals from that base's weights (§6.2).
 pub const FLAG_BASE: u16 = 1 << 0;
 /// §3.4 Flags that version 2 defines.
-pub const KNOWN_FLAGS: u16 = FLAG_BASE;
-/// §4.4 Size of the base-reference section: the base id (`u64`).
+pub const KNOWN_FLAGS: u16 = FLAG_BASE | FLAG_SPARSE;
+/// §4.5 Size of the base-reference section: the base id (`u64`).
 pub const BASE_REF_BYTES: usize = 8;
+/// §3.2 Version 2 (the current version; alias kept for the sparsity code).
+pub const VERSION_2: u8 = VERSION;
+/// §3.4 Flag bit 1 (version 2): per-tensor sparsity masks follow the step table (§4.6).
+pub const FLAG_SPARSE: u16 = 1 << 1;
+/// §3.4 The flags this implementation understands in a version-2 file.
+pub const KNOWN_FLAGS_V2: u16 = KNOWN_FLAGS;
 /// §3.3 Modality code for images (the only modality of version 1; 2 is reserved for audio).
 pub const MODALITY_IMAGE: u8 = 1;
 /// §3.9 Entropy coder id of version 1: the adaptive frequency model of §5.
@@ -339,9 +345,14 @@ pub struct InrFile {
     pub bits: u8,
     /// Exactly `arch.tensor_lens()` in order and length.
     pub tensors: Vec<QTensor>,
-    /// The meta-learned base the tensors are residuals from (§4.4): its id
+    /// The meta-learned base the tensors are residuals from (§4.5): its id
     /// ([`crate::base::Base::id`]), or `None` for weights coded as they are.
     pub base_id: Option<u64>,
+    /// Sparsity masks (§4.6): either empty (no mask section, flag bit 1 clear) or one entry
+    /// per tensor, `Some(keep)` with `keep.len()` equal to the tensor length for a masked
+    /// tensor. A pruned element (`keep[i] == false`) MUST have symbol 0 and is not coded in
+    /// the payload. All entries `None` is the same as empty.
+    pub masks: Vec<Option<Vec<bool>>>,
 }
 
 /// Decoder limits, checked before anything is allocated from header values (§7).
@@ -502,6 +513,22 @@ pub enum FormatError {
     /// The payload is larger than the u32 length field allows.
     #[error("entropy payload of {len} bytes does not fit the u32 length field (expected < 4 GiB)")]
     PayloadTooLarge { len: u64 },
+    /// (Writer) the masks do not match the tensors (§4.6).
+    #[error("mask of tensor {index} has {found} entries, expected {expected} (one per value)")]
+    MaskLength {
+        index: usize,
+        expected: usize,
+        found: usize,
+    },
+    /// (Writer) a pruned element has a non-zero symbol (§4.6).
+    #[error(
+        "tensor {tensor}, index {index} is pruned by its mask but has symbol {value} (expected 0)"
+    )]
+    MaskedNonZero {
+        tensor: usize,
+        index: usize,
+        value: i32,
+    },
     /// The entropy-coded payload is invalid (or, when writing, a symbol is out of range).
     #[error("entropy payload: {0}")]
     Entropy(#[from] EntropyError),
@@ -513,7 +540,7 @@ pub struct FileInfo {
     pub version: u8,
     /// Header flags (§3.4).
     pub flags: u16,
-    /// Id of the base the weights are residuals from (§4.4), as 16 hex digits.
+    /// Id of the base the weights are residuals from (§4.5), as 16 hex digits.
     pub base_id: Option<String>,
     /// "image" in version 1.
     pub modality: &'static str,
@@ -548,6 +575,32 @@ pub struct FileInfo {
     /// The audio section and derived figures (modality 2 only, §11).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioInfo>,
+    /// The sparsity section (§4.6), when flag bit 1 is set.
+    pub sparsity: Option<SparsityInfo>,
+}
+
+/// Summary of the sparsity masks of a file (§4.6), decoded by [`inspect`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SparsityInfo {
+    /// Bytes of the whole section: presence bitmap, length field and mask stream.
+    pub section_bytes: u64,
+    /// Bytes of the entropy-coded mask stream (§5.8).
+    pub mask_stream_bytes: u64,
+    /// Number of masked tensors.
+    pub masked_tensors: usize,
+    /// Per tensor, in tensor order: kept values / values (1 for an unmasked tensor).
+    pub tensor_density: Vec<f64>,
+    /// Values in the masked tensors.
+    pub masked_values: u64,
+    /// Kept values in the masked tensors (coded in the payload).
+    pub kept_values: u64,
+    /// `kept_values / masked_values`.
+    pub density: f64,
+    /// Mask stream bits per kept value.
+    pub mask_bits_per_kept: f64,
+    /// For comparison: bits per kept value of Deep Compression's CSR relative indices with
+    /// 5-bit gaps (their fully-connected setting), fillers included, before Huffman coding.
+    pub csr5_bits_per_kept: f64,
 }
 
 /// One payload group as reported by [`inspect`].
@@ -566,6 +619,10 @@ struct Parsed<'a> {
     version: u8,
     flags: u16,
     base_id: Option<u64>,
+    /// §4.6 Per tensor: does it have a mask (empty without the sparsity section).
+    mask_present: Vec<bool>,
+    /// §4.6 The coded mask stream (empty without the sparsity section).
+    mask_stream: &'a [u8],
     width: u32,
     height: u32,
     arch: Arch,
@@ -763,6 +820,13 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     } else {
         None
     };
+    let (presence, mask_stream) = if flags & FLAG_SPARSE != 0 {
+        let presence = r.take(num_tensors.div_ceil(8), "mask presence bitmap")?;
+        let len = r.u32("mask stream length")?;
+        (presence, r.take(len as usize, "mask stream")?)
+    } else {
+        (&[][..], &[][..])
+    };
     let payload_len = r.u32("payload length")?;
     let payload = r.take(payload_len as usize, "entropy payload")?;
     let body_end = r.pos;
@@ -790,6 +854,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
             },
         });
     }
+    let mask_present = parse_mask_presence(flags, presence, mask_stream, num_tensors)?;
     validate_dims(width, height, limits)?;
     arch.validate(limits)?;
     validate_bits("bits", bits)?;
@@ -855,6 +920,8 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         version,
         flags,
         base_id,
+        mask_present,
+        mask_stream,
         width,
         height,
         arch,
@@ -903,6 +970,24 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
     }
     let tensor_bits: Vec<u8> = f.tensors.iter().map(|t| t.bits).collect();
     validate_header_bits(f.bits, &tensor_bits)?;
+    // §4.6: masked tensors code only their kept symbols.
+    let sparse = write_masks_prepare(f)?;
+    let coded: Vec<std::borrow::Cow<'_, [i32]>> = f
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match f.masks.get(i) {
+            Some(Some(keep)) => std::borrow::Cow::Owned(
+                t.symbols
+                    .iter()
+                    .zip(keep)
+                    .filter(|&(_, &k)| k)
+                    .map(|(&s, _)| s)
+                    .collect(),
+            ),
+            _ => std::borrow::Cow::Borrowed(t.symbols.as_slice()),
+        })
+        .collect();
 
     // §4.2: one group per distinct bit width, ascending; tensors in file order inside a group.
     let mut payload = Vec::new();
@@ -910,8 +995,8 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
         let (members, _) = group_members(&tensor_bits, &lens, b);
         let refs: Vec<&[i32]> = members
             .iter()
-            .filter_map(|&i| f.tensors.get(i))
-            .map(|t| t.symbols.as_slice())
+            .filter_map(|&i| coded.get(i))
+            .map(|t| t.as_ref())
             .collect();
         let group = entropy::encode_tensors(&refs, max_abs_for_bits(b)).map_err(|e| match e {
             EntropyError::SymbolOutOfRange {
@@ -937,7 +1022,8 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
         len: payload.len() as u64,
     })?;
 
-    let flags = if f.base_id.is_some() { FLAG_BASE } else { 0 };
+    let flags = if f.base_id.is_some() { FLAG_BASE } else { 0 }
+        | if sparse.is_some() { FLAG_SPARSE } else { 0 };
     let mut out = Vec::with_capacity(
         HEADER_BYTES
             + STEP_BYTES * lens.len()
@@ -963,6 +1049,9 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
     }
     if let Some(id) = f.base_id {
         out.extend_from_slice(&id.to_le_bytes());
+    }
+    if let Some(section) = &sparse {
+        out.extend_from_slice(section);
     }
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
@@ -994,13 +1083,26 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
     let p = parse(bytes, limits)?;
     // Tensor lengths are bounded by limits.max_params (validated in `parse`).
     let lens = p.arch.tensor_lens();
+    let masks = decode_mask_section(&p)?;
+    // §4.6: a masked tensor codes only its kept values.
+    let coded_lens: Vec<usize> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| match masks.get(i) {
+            Some(Some(keep)) => keep.iter().filter(|&&k| k).count(),
+            _ => n,
+        })
+        .collect();
     let mut symbols: Vec<Vec<i32>> = vec![Vec::new(); lens.len()];
     for &(b, group) in &p.groups {
-        let (members, member_lens) = group_members(&p.tensor_bits, &lens, b);
+        let (members, member_lens) = group_members(&p.tensor_bits, &coded_lens, b);
         let decoded = entropy::decode_tensors(group, &member_lens, max_abs_for_bits(b))?;
         for (i, s) in members.into_iter().zip(decoded) {
             if let Some(slot) = symbols.get_mut(i) {
-                *slot = s;
+                *slot = match masks.get(i) {
+                    Some(Some(keep)) => scatter_kept(&s, keep),
+                    _ => s,
+                };
             }
         }
     }
@@ -1022,6 +1124,7 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
         bits: p.bits,
         tensors,
         base_id: p.base_id,
+        masks,
     })
 }
 
@@ -1062,6 +1165,7 @@ pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatErr
         })
         .collect();
     let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum();
+    let sparsity = sparsity_info(&p)?;
     Ok(FileInfo {
         version: p.version,
         flags: p.flags,
@@ -1088,6 +1192,7 @@ pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatErr
         total_bytes: total,
         bpp: 8.0 * total as f64 / pixels.max(1) as f64,
         audio: None,
+        sparsity,
     })
 }
 
@@ -1111,6 +1216,187 @@ pub fn peek_modality(bytes: &[u8]) -> Result<u8, FormatError> {
         return Err(FormatError::UnsupportedVersion { found: version });
     }
     r.u8("modality")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparsity section (§4.6, flag bit 1, version 2). Kept apart so that other sections merge
+// cleanly.
+// ---------------------------------------------------------------------------------------------
+
+/// §4.6 Row length of each tensor for the mask contexts (§5.8): a weight matrix `[in][out]`
+/// has rows of `out`, a bias is a single row of `out`.
+pub fn tensor_cols(arch: &Arch) -> Vec<usize> {
+    arch.layer_dims()
+        .into_iter()
+        .flat_map(|(_, o)| [o, o])
+        .collect()
+}
+
+/// §4.6 Validates the presence bitmap (bits `>= T` zero, at least one bit set) and the mask
+/// stream length; returns one flag per tensor (empty without the section).
+fn parse_mask_presence(
+    flags: u16,
+    presence: &[u8],
+    mask_stream: &[u8],
+    num_tensors: usize,
+) -> Result<Vec<bool>, FormatError> {
+    if flags & FLAG_SPARSE == 0 {
+        return Ok(Vec::new());
+    }
+    let present: Vec<bool> = (0..num_tensors)
+        .map(|t| presence.get(t / 8).is_some_and(|&b| b >> (t % 8) & 1 == 1))
+        .collect();
+    let extra = (num_tensors..8 * presence.len())
+        .any(|t| presence.get(t / 8).is_some_and(|&b| b >> (t % 8) & 1 == 1));
+    if extra {
+        return Err(FormatError::InvalidField {
+            field: "mask presence bitmap",
+            value: presence.len() as u64,
+            expected: "no bit set at or beyond the number of tensors",
+        });
+    }
+    if !present.iter().any(|&p| p) {
+        return Err(FormatError::InvalidField {
+            field: "mask presence bitmap",
+            value: 0,
+            expected: "at least one masked tensor when flag bit 1 is set",
+        });
+    }
+    if !mask_stream.len().is_multiple_of(4) {
+        return Err(FormatError::InvalidField {
+            field: "mask stream length",
+            value: mask_stream.len() as u64,
+            expected: "a multiple of 4 (whole 32-bit words)",
+        });
+    }
+    Ok(present)
+}
+
+/// Decodes the masks of a parsed file (§4.6, §5.8): empty without the section, else one
+/// entry per tensor. Sizes are bounded by the validated parameter count.
+fn decode_mask_section(p: &Parsed<'_>) -> Result<Vec<Option<Vec<bool>>>, FormatError> {
+    if p.mask_present.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lens = p.arch.tensor_lens();
+    let cols = tensor_cols(&p.arch);
+    let shapes: Vec<entropy::MaskShape> = p
+        .mask_present
+        .iter()
+        .zip(lens.iter().zip(&cols))
+        .filter(|(&m, _)| m)
+        .map(|(_, (&len, &cols))| entropy::MaskShape { len, cols })
+        .collect();
+    let mut decoded = entropy::decode_masks(p.mask_stream, &shapes)?.into_iter();
+    Ok(p.mask_present
+        .iter()
+        .map(|&m| if m { decoded.next() } else { None })
+        .collect())
+}
+
+/// Puts the kept symbols back at the kept positions; pruned positions get 0 (§4.6).
+fn scatter_kept(kept: &[i32], keep: &[bool]) -> Vec<i32> {
+    let mut it = kept.iter();
+    keep.iter()
+        .map(|&k| {
+            if k {
+                it.next().copied().unwrap_or(0)
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// Checks `f.masks` against the tensors and returns the serialised sparsity section
+/// (presence bitmap, stream length, stream), or `None` when no tensor is masked.
+fn write_masks_prepare(f: &InrFile) -> Result<Option<Vec<u8>>, FormatError> {
+    if f.masks.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let lens = f.arch.tensor_lens();
+    if f.masks.len() != lens.len() {
+        return Err(FormatError::TensorCount {
+            expected: lens.len(),
+            found: f.masks.len(),
+        });
+    }
+    let cols = tensor_cols(&f.arch);
+    let mut presence = vec![0u8; lens.len().div_ceil(8)];
+    let mut refs: Vec<(&[bool], usize)> = Vec::new();
+    for (index, (m, t)) in f.masks.iter().zip(&f.tensors).enumerate() {
+        let Some(keep) = m else { continue };
+        if keep.len() != t.symbols.len() {
+            return Err(FormatError::MaskLength {
+                index,
+                expected: t.symbols.len(),
+                found: keep.len(),
+            });
+        }
+        if let Some((i, &value)) = t
+            .symbols
+            .iter()
+            .zip(keep)
+            .enumerate()
+            .find(|(_, (&v, &k))| !k && v != 0)
+            .map(|(i, (v, _))| (i, v))
+        {
+            return Err(FormatError::MaskedNonZero {
+                tensor: index,
+                index: i,
+                value,
+            });
+        }
+        if let Some(b) = presence.get_mut(index / 8) {
+            *b |= 1 << (index % 8);
+        }
+        refs.push((keep.as_slice(), cols.get(index).copied().unwrap_or(1)));
+    }
+    let stream = entropy::encode_masks(&refs)?;
+    let len = u32::try_from(stream.len()).map_err(|_| FormatError::PayloadTooLarge {
+        len: stream.len() as u64,
+    })?;
+    let mut out = presence;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&stream);
+    Ok(Some(out))
+}
+
+/// Mask statistics of a parsed file for [`inspect`] (decodes the mask stream only).
+fn sparsity_info(p: &Parsed<'_>) -> Result<Option<SparsityInfo>, FormatError> {
+    let masks = decode_mask_section(p)?;
+    if masks.is_empty() {
+        return Ok(None);
+    }
+    let lens = p.arch.tensor_lens();
+    let (mut values, mut kept, mut csr_entries) = (0u64, 0u64, 0u64);
+    let tensor_density = masks
+        .iter()
+        .zip(&lens)
+        .map(|(m, &n)| match m {
+            Some(keep) => {
+                let k = keep.iter().filter(|&&k| k).count() as u64;
+                values += n as u64;
+                kept += k;
+                csr_entries += entropy::csr_relative_index_entries(keep, 5).0;
+                k as f64 / (n as f64).max(1.0)
+            }
+            None => 1.0,
+        })
+        .collect();
+    let stream = p.mask_stream.len() as u64;
+    let per_kept = |bits: u64| bits as f64 / (kept as f64).max(1.0);
+    Ok(Some(SparsityInfo {
+        section_bytes: p.mask_present.len().div_ceil(8) as u64 + 4 + stream,
+        mask_stream_bytes: stream,
+        masked_tensors: masks.iter().filter(|m| m.is_some()).count(),
+        tensor_density,
+        masked_values: values,
+        kept_values: kept,
+        density: kept as f64 / (values as f64).max(1.0),
+        mask_bits_per_kept: per_kept(8 * stream),
+        csr5_bits_per_kept: per_kept(5 * csr_entries),
+    }))
 }
 
 #[cfg(test)]
@@ -1296,6 +1582,7 @@ mod tests {
             bits: 14,
             tensors,
             base_id: None,
+            masks: Vec::new(),
         };
         let bytes = write_file(&f).unwrap();
         assert_eq!(read_file(&bytes, &Limits::default()).unwrap(), f);

@@ -580,6 +580,7 @@ pub(super) fn inspect_audio(bytes: &[u8]) -> Result<super::FileInfo, FormatError
         version: VERSION_AUDIO,
         flags: 0,
         base_id: None,
+        sparsity: None,
         modality: "audio",
         width: 0,
         height: 0,

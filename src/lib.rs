@@ -32,7 +32,7 @@ pub use audio_codec::{
 };
 pub use codec::{
     decode, encode_image, inspect, inspect_with, BaseChoice, DecodeError, DecodeOptions,
-    EncodeConfig, EncodeError, Encoded, Preset, Progress,
+    EncodeConfig, EncodeError, Encoded, Preset, Progress, PruneScope, RATE_TOLERANCE,
 };
 pub use format::Limits;
 

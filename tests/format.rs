@@ -55,6 +55,7 @@ fn golden() -> InrFile {
             },
         ],
         base_id: None,
+        masks: Vec::new(),
     }
 }
 
@@ -82,6 +83,7 @@ fn random_file_bits(rng: &mut ChaCha8Rng, arch: Arch, bits: &[u8]) -> InrFile {
         bits: *bits.iter().max().unwrap(),
         tensors,
         base_id: None,
+        masks: Vec::new(),
     }
 }
 
@@ -602,11 +604,11 @@ fn version_magic_flags_and_trailing_bytes() {
         Err(FormatError::BadMagic { .. })
     ));
     let mut b = bytes.clone();
-    b[6] = 0x02;
+    b[6] = 0x04;
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnknownFlags { flags: 2, .. })
+        Err(FormatError::UnknownFlags { flags: 4, .. })
     ));
     // Version 1 defines no flags at all, not even the base reference.
     let mut b = bytes.clone();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::ValueEnum as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use inr::{EncodeConfig, Preset, Progress};
+use inr::{EncodeConfig, Preset, Progress, PruneScope};
 
 use super::{check_output, json_psnr, load_input, path_str, print_json, say, Ctx};
 
@@ -70,6 +70,19 @@ pub struct EncodeArgs {
     /// Audio: frames per window (default: the preset's window duration at the input's rate).
     #[arg(long, value_name = "N")]
     pub window: Option<u32>,
+    /// Keep this fraction (0..=1) of the hidden weight matrices' weights: gradual magnitude
+    /// pruning during fitting, masks stored in the file's sparsity section.
+    /// With --bpp: fixed density (1 = dense), only the step sizes move to hit the rate.
+    #[arg(long, value_name = "D")]
+    pub density: Option<f64>,
+    /// How pruning shares the density among the matrices.
+    #[arg(long, value_enum, default_value_t = PruneScope::PerLayer)]
+    pub prune_scope: PruneScope,
+    /// Rate control: aim the file at this many bits per pixel (within ±3 % when the network
+    /// can reach it); density and step sizes are chosen on the real coded size. Use a wide
+    /// network (e.g. --preset small or larger); a warning is printed when the target is missed.
+    #[arg(long, value_name = "BPP", conflicts_with = "target_psnr")]
+    pub bpp: Option<f64>,
     /// Drop a translucent alpha channel instead of refusing the image.
     #[arg(long)]
     pub ignore_alpha: bool,
@@ -133,6 +146,9 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 }
             }
         },
+        density: args.density,
+        prune_scope: args.prune_scope,
+        target_bpp: args.bpp,
     };
 
     let pb = progress_bar(ctx);
@@ -164,6 +180,14 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
     let bytes = enc.bytes.len() as u64;
     let bpp = inr::metrics::bpp(bytes, img.width, img.height)?;
+    if let Some(t) = args.bpp {
+        if (bpp - t).abs() > inr::RATE_TOLERANCE * t {
+            eprintln!(
+                "warning: the file has {bpp:.4} bpp, outside ±3 % of the target {t} bpp \
+                 (the network cannot reach it: try another --preset or --width)"
+            );
+        }
+    }
     if ctx.json {
         print_json(&serde_json::json!({
             "input": path_str(&args.input),
@@ -178,6 +202,8 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 "bits": args.bits,
                 "steps": args.steps,
                 "seed": args.seed,
+                "density": args.density,
+                "target_bpp": args.bpp,
             },
             "psnr": json_psnr(enc.psnr),
             "bpp": bpp,

@@ -120,6 +120,7 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
         )
     })?;
     let info = serde_json::to_value(&info)?;
+    let weights = weight_stats(&bytes);
     let file_bytes = bytes.len() as u64;
     let bpp = match coded_size(&info) {
         Some((w, h)) => inr::metrics::bpp(file_bytes, w, h).ok(),
@@ -131,6 +132,7 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
             "bytes": file_bytes,
             "bpp": bpp,
             "info": info,
+            "weights": weights,
         }));
     }
     let mut out = vec![format!("file: {}", args.input.display())];
@@ -139,7 +141,50 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
         out.push(format!("bpp: {b:.4}"));
     }
     lines(&info, 0, &mut out);
+    if !weights.is_null() {
+        out.push("weights (decoded):".into());
+        lines(&weights, 2, &mut out);
+    }
     say(out.join("\n"))
+}
+
+/// Per-tensor statistics of the decoded symbols (bits, values, non-zero values, coded bytes
+/// when the tensor is entropy-coded alone), and the non-zero fraction ("density") of the
+/// hidden matrices `W_1 .. W_D`, whether the zeros are coded through the mask section or as
+/// plain symbols. `null` when the payload does not decode.
+fn weight_stats(bytes: &[u8]) -> Value {
+    let Ok(f) = inr::format::read_file(bytes, &inr::format::Limits::default()) else {
+        return Value::Null;
+    };
+    let (mut nz_hidden, mut n_hidden) = (0usize, 0usize);
+    let tensors: Vec<Value> = f
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(t, q)| {
+            let nz = q.symbols.iter().filter(|&&s| s != 0).count();
+            if t >= 2 && t % 2 == 0 {
+                nz_hidden += nz;
+                n_hidden += q.symbols.len();
+            }
+            let alone = inr::entropy::estimate_bits(
+                &[q.symbols.as_slice()],
+                inr::format::max_abs_for_bits(q.bits),
+            )
+            .map_or(Value::Null, |b| Value::from(b / 8));
+            serde_json::json!({
+                "tensor": t,
+                "bits": q.bits,
+                "values": q.symbols.len(),
+                "nonzero": nz,
+                "bytes_alone": alone,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "hidden_density": if n_hidden == 0 { 1.0 } else { nz_hidden as f64 / n_hidden as f64 },
+        "tensors": tensors,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,459 @@
+//! Sparsity: the mask section of format v2 (§4.6, §5.8), pruning during fitting and rate
+//! control (`--bpp`).
+
+use inr::entropy::{self, MaskShape};
+use inr::format::{
+    inspect, read_file, write_file, Arch, FormatError, InrFile, Limits, QTensor, Step, FLAG_SPARSE,
+    VERSION, VERSION_2,
+};
+use inr::media::Image;
+use inr::{decode, encode_image, DecodeOptions, EncodeConfig, Preset, PruneScope};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn arch() -> Arch {
+    Arch {
+        coord_dims: 2,
+        out_channels: 3,
+        width: 12,
+        depth: 3,
+        pe_freqs: 0,
+        pe_base_milli: 2000,
+        w0_first: 30,
+        w0_hidden: 30,
+    }
+}
+
+/// A random file whose tensor t has mask density `dens[t]` (`None` = unmasked).
+fn sparse_file(rng: &mut ChaCha8Rng, a: Arch, dens: &[Option<f64>]) -> InrFile {
+    let lens = a.tensor_lens();
+    assert_eq!(lens.len(), dens.len());
+    let mut tensors = Vec::new();
+    let mut masks = Vec::new();
+    for (&n, &d) in lens.iter().zip(dens) {
+        let bits = 6;
+        let keep: Option<Vec<bool>> = d.map(|d| (0..n).map(|_| rng.gen_bool(d)).collect());
+        let symbols = (0..n)
+            .map(|i| match &keep {
+                Some(k) if !k[i] => 0,
+                _ => rng.gen_range(-31..=31),
+            })
+            .collect();
+        tensors.push(QTensor {
+            step: Step::from_f32(0.01),
+            bits,
+            symbols,
+        });
+        masks.push(keep);
+    }
+    InrFile {
+        width: 40,
+        height: 30,
+        arch: a,
+        bits: 6,
+        tensors,
+        masks,
+        base_id: None,
+    }
+}
+
+fn read(b: &[u8]) -> Result<InrFile, FormatError> {
+    read_file(b, &Limits::default())
+}
+
+fn fix_crc(bytes: &mut [u8]) {
+    let n = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..n]);
+    bytes[n..].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[test]
+fn masks_survive_the_round_trip_exactly() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let a = arch();
+    for dens in [
+        [
+            None,
+            None,
+            Some(0.5),
+            None,
+            Some(0.1),
+            None,
+            Some(0.9),
+            None,
+        ],
+        [
+            Some(0.3),
+            Some(0.7),
+            Some(0.0),
+            Some(1.0),
+            Some(0.02),
+            None,
+            None,
+            Some(0.5),
+        ],
+    ] {
+        let f = sparse_file(&mut rng, a, &dens);
+        let bytes = write_file(&f).unwrap();
+        assert_eq!(bytes[4], VERSION_2);
+        assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]), FLAG_SPARSE);
+        let back = read(&bytes).unwrap();
+        assert_eq!(back, f, "masks and symbols must come back bit for bit");
+        let info = inspect(&bytes).unwrap();
+        assert_eq!(info.version, 2);
+        let sp = info.sparsity.expect("sparsity info");
+        let kept: u64 = f
+            .masks
+            .iter()
+            .flatten()
+            .map(|m| m.iter().filter(|&&k| k).count() as u64)
+            .sum();
+        assert_eq!(sp.kept_values, kept);
+        assert_eq!(
+            sp.masked_tensors,
+            dens.iter().filter(|d| d.is_some()).count()
+        );
+        // Kept symbols only: the payload shrinks with the density.
+        assert!(
+            info.total_bytes
+                == info.header_bytes
+                    + info.side_info_bytes
+                    + sp.section_bytes
+                    + info.payload_bytes
+                    + info.crc_bytes
+        );
+    }
+}
+
+#[test]
+fn files_without_masks_stay_version_1() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let f = sparse_file(&mut rng, arch(), &[None; 8]);
+    let bytes = write_file(&f).unwrap();
+    assert_eq!((bytes[4], bytes[6], bytes[7]), (VERSION, 0, 0));
+    assert!(inspect(&bytes).unwrap().sparsity.is_none());
+    // All-`None` masks are the same file as no masks.
+    let g = InrFile {
+        masks: Vec::new(),
+        ..f.clone()
+    };
+    assert_eq!(write_file(&g).unwrap(), bytes);
+}
+
+#[test]
+fn fully_pruned_layers_and_constant_tensors_are_legal() {
+    let a = arch();
+    let lens = a.tensor_lens();
+    // Every tensor pruned to nothing: all payload groups are empty streams.
+    let tensors: Vec<QTensor> = lens
+        .iter()
+        .map(|&n| QTensor {
+            step: Step::from_f32(0.5),
+            bits: 8,
+            symbols: vec![0; n],
+        })
+        .collect();
+    let f = InrFile {
+        width: 5,
+        height: 5,
+        arch: a,
+        bits: 8,
+        tensors: tensors.clone(),
+        masks: lens.iter().map(|&n| Some(vec![false; n])).collect(),
+        base_id: None,
+    };
+    let bytes = write_file(&f).unwrap();
+    assert_eq!(read(&bytes).unwrap(), f);
+    let info = inspect(&bytes).unwrap();
+    assert_eq!(info.payload_bytes, 0);
+    assert_eq!(info.sparsity.unwrap().density, 0.0);
+    let img = decode(&bytes, &DecodeOptions::default()).unwrap();
+    assert_eq!(img.data.len(), 5 * 5 * 3);
+
+    // One pruned layer, constant tensors (all 7, all kept) elsewhere, a constant mask.
+    let mut g = f.clone();
+    for (t, q) in g.tensors.iter_mut().enumerate() {
+        if t != 2 {
+            q.symbols.iter_mut().for_each(|s| *s = 7);
+        }
+    }
+    g.masks = lens
+        .iter()
+        .enumerate()
+        .map(|(t, &n)| match t {
+            2 => Some(vec![false; n]),
+            4 => Some(vec![true; n]),
+            _ => None,
+        })
+        .collect();
+    let bytes = write_file(&g).unwrap();
+    assert_eq!(read(&bytes).unwrap(), g);
+    decode(&bytes, &DecodeOptions::default()).unwrap();
+}
+
+#[test]
+fn writer_rejects_inconsistent_masks() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut f = sparse_file(
+        &mut rng,
+        arch(),
+        &[None, None, Some(0.5), None, None, None, None, None],
+    );
+    let pruned = f.masks[2]
+        .as_ref()
+        .unwrap()
+        .iter()
+        .position(|&k| !k)
+        .unwrap();
+    f.tensors[2].symbols[pruned] = 1;
+    assert!(matches!(
+        write_file(&f),
+        Err(FormatError::MaskedNonZero { tensor: 2, index, value: 1 }) if index == pruned
+    ));
+    f.tensors[2].symbols[pruned] = 0;
+    f.masks[2].as_mut().unwrap().pop();
+    assert!(matches!(
+        write_file(&f),
+        Err(FormatError::MaskLength { index: 2, .. })
+    ));
+    f.masks.truncate(3);
+    assert!(matches!(
+        write_file(&f),
+        Err(FormatError::TensorCount { .. })
+    ));
+}
+
+#[test]
+fn hostile_sparsity_sections_give_errors_not_panics() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let f = sparse_file(
+        &mut rng,
+        arch(),
+        &[None, None, Some(0.4), None, Some(0.6), None, None, None],
+    );
+    let bytes = write_file(&f).unwrap();
+    let t = arch().num_tensors();
+    let bitmap_at = 30 + 4 * t;
+    // Bitmap without a masked tensor (T = 8: one byte, no bit beyond T exists).
+    let mut b = bytes.clone();
+    b[bitmap_at] = 0;
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::InvalidField {
+            field: "mask presence bitmap",
+            ..
+        })
+    ));
+    // Version 1 with the sparse flag, unknown v2 flag bits.
+    let mut b = bytes.clone();
+    b[4] = 1;
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::UnknownFlags { flags: 2, .. })
+    ));
+    let mut b = bytes.clone();
+    b[6] |= 4;
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::UnknownFlags { flags: 6, .. })
+    ));
+    // Mask stream length not a multiple of 4 / beyond the file.
+    let len_at = bitmap_at + 1;
+    let mut b = bytes.clone();
+    b[len_at] ^= 1;
+    fix_crc(&mut b);
+    assert!(read(&b).is_err());
+    let mut b = bytes.clone();
+    b[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    fix_crc(&mut b);
+    assert!(matches!(read(&b), Err(FormatError::Truncated { .. })));
+    // Every single-byte change and every truncation, with a fixed CRC: an error or (rarely)
+    // another valid file, never a panic; changes inside the mask stream are caught by the
+    // canonical-stream check unless they decode to another valid stream.
+    for i in 0..bytes.len() - 4 {
+        for x in [0x01u8, 0x80, 0xFF] {
+            let mut b = bytes.clone();
+            b[i] ^= x;
+            fix_crc(&mut b);
+            if let Ok(g) = read(&b) {
+                assert_ne!(g, f, "byte {i} changed but the file decodes identically");
+            }
+            let _ = inspect(&b);
+        }
+    }
+    for n in 0..bytes.len() {
+        assert!(read(&bytes[..n]).is_err());
+    }
+}
+
+#[test]
+fn mask_coding_approaches_the_binary_entropy_and_uses_structure() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let h = |d: f64| -(d * d.log2() + (1.0 - d) * (1.0 - d).log2());
+    let (rows, cols) = (64usize, 64usize);
+    let n = rows * cols;
+    for d in [0.1f64, 0.3, 0.5] {
+        let m: Vec<bool> = (0..n).map(|_| rng.gen_bool(d)).collect();
+        let bytes = entropy::encode_masks(&[(&m, cols)]).unwrap();
+        let back = entropy::decode_masks(&bytes, &[MaskShape { len: n, cols }]).unwrap();
+        assert_eq!(back, vec![m.clone()]);
+        let bits = 8.0 * bytes.len() as f64;
+        let ideal = h(d) * n as f64;
+        assert!(
+            bits < 1.06 * ideal + 64.0,
+            "d={d}: {bits} bits vs H={ideal}"
+        );
+        // CSR relative indices with 5-bit gaps (Deep Compression) cost more per kept weight.
+        let kept = m.iter().filter(|&&k| k).count() as f64;
+        let (entries, _) = entropy::csr_relative_index_entries(&m, 5);
+        assert!(bits / kept < 5.0 * entries as f64 / kept, "d={d}");
+    }
+    // Row-structured mask (whole input rows pruned, 30 % kept): far below H(0.3) per element.
+    let m: Vec<bool> = (0..n).map(|i| (i / cols) % 10 < 3).collect();
+    let bytes = entropy::encode_masks(&[(&m, cols)]).unwrap();
+    assert!(8.0 * (bytes.len() as f64) < 0.2 * h(0.3) * n as f64);
+    // CSR entries: gaps up to 31 need no filler, a gap of 32 needs one.
+    let mut m = vec![false; 100];
+    m[30] = true; // gap 31
+    m[62] = true; // gap 32: one filler
+    assert_eq!(entropy::csr_relative_index_entries(&m, 5), (3, 1));
+}
+
+fn test_image(w: u32, h: u32) -> Image {
+    let mut data = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let fx = x as f32 / w as f32;
+            let fy = y as f32 / h as f32;
+            data.push((128.0 + 100.0 * (9.0 * fx).sin() * (5.0 * fy).cos()) as u8);
+            data.push((40.0 + 180.0 * fx * fy + 20.0 * (13.0 * fy).sin()) as u8);
+            data.push((200.0 - 150.0 * fy + 30.0 * (11.0 * fx).cos()) as u8);
+        }
+    }
+    Image {
+        width: w,
+        height: h,
+        channels: 3,
+        data,
+    }
+}
+
+#[test]
+fn pruning_reaches_the_exact_density_and_decodes_to_the_reconstruction() {
+    let img = test_image(32, 24);
+    for scope in [PruneScope::PerLayer, PruneScope::Global] {
+        let cfg = EncodeConfig {
+            preset: Preset::Tiny,
+            width: Some(24),
+            depth: Some(3),
+            steps: Some(300),
+            density: Some(0.3),
+            prune_scope: scope,
+            ..Default::default()
+        };
+        let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).unwrap();
+        let f = read(&e.bytes).unwrap();
+        let lens = f.arch.tensor_lens();
+        // Zero symbols in W_1..W_D: at least the pruned ones (kept ones may round to 0).
+        let (mut zeros, mut total) = (0usize, 0usize);
+        for t in (2..lens.len()).step_by(2) {
+            let z = f.tensors[t].symbols.iter().filter(|&&s| s == 0).count();
+            if scope == PruneScope::PerLayer {
+                let pruned = lens[t] - (0.3 * lens[t] as f64).round() as usize;
+                assert!(z >= pruned, "tensor {t}: {z} zeros < {pruned} pruned");
+            }
+            zeros += z;
+            total += lens[t];
+        }
+        let pruned = total - (0.3 * total as f64).round() as usize;
+        assert!(zeros >= pruned, "{zeros} zeros < {pruned} pruned");
+        // When the mask section is used, it holds exactly the target density.
+        if let Some(sp) = inspect(&e.bytes).unwrap().sparsity {
+            let kept = (0.3 * sp.masked_values as f64).round() as u64;
+            assert!(
+                sp.kept_values.abs_diff(kept) <= 3,
+                "{} vs {kept}",
+                sp.kept_values
+            );
+        }
+        let dec = decode(&e.bytes, &DecodeOptions::default()).unwrap();
+        assert_eq!(dec, e.recon);
+        assert!(e.psnr > 18.0, "psnr {}", e.psnr);
+    }
+}
+
+#[test]
+fn bpp_target_lands_within_three_percent() {
+    let img = test_image(48, 40);
+    for bpp in [2.0, 3.0] {
+        let cfg = EncodeConfig {
+            preset: Preset::Tiny,
+            width: Some(24),
+            depth: Some(3),
+            steps: Some(300),
+            target_bpp: Some(bpp),
+            ..Default::default()
+        };
+        let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).unwrap();
+        let real = 8.0 * e.bytes.len() as f64 / (48.0 * 40.0);
+        assert_eq!(real, e.bpp);
+        assert!(
+            (real - bpp).abs() <= 0.03 * bpp,
+            "target {bpp} bpp, file {real} bpp"
+        );
+        let dec = decode(&e.bytes, &DecodeOptions::default()).unwrap();
+        assert_eq!(dec, e.recon);
+        assert!(e.psnr > 18.0, "psnr {}", e.psnr);
+    }
+    let bad = EncodeConfig {
+        target_bpp: Some(1.0),
+        target_psnr: Some(30.0),
+        ..Default::default()
+    };
+    assert!(encode_image(&img, &bad, &mut |_: &inr::Progress| {}).is_err());
+}
+
+#[test]
+fn cli_density_and_bpp_flags_reach_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rgb_24x17.png");
+    let out = dir.path().join("a.inr");
+    assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .args([
+            "encode", "--preset", "tiny", "--width", "12", "--depth", "3", "--steps", "100",
+        ])
+        .args(["--density", "0.25", "--prune-scope", "global", "-o"])
+        .arg(&out)
+        .arg(&input)
+        .assert()
+        .success();
+    let o = assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .args(["--json", "info"])
+        .arg(&out)
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    let d = v["weights"]["hidden_density"].as_f64().unwrap();
+    assert!(d <= 0.25 + 1e-9, "hidden density {d}");
+    // Rate control and an explicit density together: the density is fixed, steps move.
+    let out2 = dir.path().join("b.inr");
+    let o = assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .args([
+            "--json", "encode", "--preset", "tiny", "--width", "12", "--depth", "3",
+        ])
+        .args(["--steps", "100", "--density", "1", "--bpp", "8", "-o"])
+        .arg(&out2)
+        .arg(&input)
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    let bpp = v["bpp"].as_f64().unwrap();
+    assert!((bpp - 8.0).abs() <= 0.24, "bpp {bpp}");
+}
