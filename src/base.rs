@@ -231,7 +231,10 @@ impl Base {
             .map_err(|_| BaseError::Description)?
             .to_string();
         let mut params = Vec::with_capacity(n);
-        for (index, c) in body[BASE_HEADER_BYTES + desc_len..].chunks_exact(4).enumerate() {
+        for (index, c) in body[BASE_HEADER_BYTES + desc_len..]
+            .chunks_exact(4)
+            .enumerate()
+        {
             let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             let v = f32::from_bits(bits);
             if !v.is_finite() {
@@ -349,7 +352,10 @@ mod tests {
     fn every_truncation_and_byte_flip_is_an_error() {
         let bytes = base().to_bytes().unwrap();
         for n in 0..bytes.len() {
-            assert!(Base::from_bytes(&bytes[..n], &Limits::default()).is_err(), "{n}");
+            assert!(
+                Base::from_bytes(&bytes[..n], &Limits::default()).is_err(),
+                "{n}"
+            );
         }
         for i in 0..bytes.len() {
             for x in [1u8, 0x80, 0xFF] {

@@ -448,7 +448,14 @@ fn encode_with_plan(
         q = rate_control(&mut fitter, plan, &q, img, target_bytes(bpp, img))?;
     }
     // Serialise, then measure exactly what the decoder will produce from the bytes.
-    let file = build_file(img, &arch, &fitter.params, &fitter.masks, &q, plan.base.as_ref().map(Base::id))?;
+    let file = build_file(
+        img,
+        &arch,
+        &fitter.params,
+        &fitter.masks,
+        &q,
+        plan.base.as_ref().map(Base::id),
+    )?;
     let bytes = format::write_file(&file)?;
     let opts = DecodeOptions {
         bases: plan.base.iter().cloned().collect(),

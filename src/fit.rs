@@ -165,8 +165,11 @@ impl QuantSpec {
                 let w = &params[off..off + n];
                 let q = match &self.base {
                     Some(b) => {
-                        let r: Vec<f32> =
-                            w.iter().zip(&b[off..off + n]).map(|(&p, &b)| p - b).collect();
+                        let r: Vec<f32> = w
+                            .iter()
+                            .zip(&b[off..off + n])
+                            .map(|(&p, &b)| p - b)
+                            .collect();
                         quant::quantize(&r, step, bits)
                     }
                     None => quant::quantize(w, step, bits),

@@ -816,7 +816,9 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         });
     }
     let base_id = if flags & FLAG_BASE != 0 {
-        Some(u64::from_le_bytes(r.array::<BASE_REF_BYTES>("base reference")?))
+        Some(u64::from_le_bytes(
+            r.array::<BASE_REF_BYTES>("base reference")?,
+        ))
     } else {
         None
     };
@@ -1183,7 +1185,11 @@ pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatErr
         tensor_bits: p.tensor_bits,
         header_bytes: HEADER_BYTES as u64,
         side_info_bytes: (STEP_BYTES * num_tensors
-            + if p.base_id.is_some() { BASE_REF_BYTES } else { 0 }
+            + if p.base_id.is_some() {
+                BASE_REF_BYTES
+            } else {
+                0
+            }
             + PAYLOAD_LEN_BYTES
             + GROUP_LEN_BYTES * groups.len()) as u64,
         payload_bytes,

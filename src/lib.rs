@@ -9,9 +9,9 @@
 //! - `model`, `kernel`, `fit`, `quant`: the SIREN, its fused CPU kernels, fitting and quantization.
 //! - [`rd`] and [`batch`]: rate–distortion sweeps and dataset compression.
 
-pub mod base;
 pub mod audio;
 mod audio_codec;
+pub mod base;
 pub mod batch;
 mod codec;
 pub mod entropy;

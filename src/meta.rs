@@ -82,7 +82,8 @@ pub fn augmented_crop(img: &Image, x0: u32, y0: u32, w: u32, h: u32, d: u8) -> I
 
 /// The task of iteration `i`: image index, crop and symmetry, from `(seed, i)` only.
 pub fn task(images: &[Image], cfg: &MetaConfig, i: usize) -> Image {
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let img = &images[rng.gen_range(0..images.len())];
     let side = |rng: &mut ChaCha8Rng, n: u32| {
         let hi = cfg.crop_max.min(n).max(1);
@@ -147,7 +148,13 @@ pub fn outer_lr(cfg: &MetaConfig, i: usize) -> f32 {
 }
 
 /// One Reptile iteration `i` on `params` (in place). Returns the task's PSNR after adaptation.
-pub fn iterate(arch: &Arch, images: &[Image], cfg: &MetaConfig, params: &mut [f32], i: usize) -> f64 {
+pub fn iterate(
+    arch: &Arch,
+    images: &[Image],
+    cfg: &MetaConfig,
+    params: &mut [f32],
+    i: usize,
+) -> f64 {
     let img = task(images, cfg, i);
     let (adapted, psnr) = adapt(
         arch,
@@ -187,7 +194,10 @@ pub fn train(
 
 /// The PSNR of a network on an image, without fitting.
 pub fn psnr_of(arch: &Arch, params: &[f32], img: &Image) -> f64 {
-    psnr_u8(&model::render(arch, params, img.width, img.height), &img.data)
+    psnr_u8(
+        &model::render(arch, params, img.width, img.height),
+        &img.data,
+    )
 }
 
 #[cfg(test)]

@@ -50,7 +50,15 @@ fn help_and_version() {
         .assert()
         .success()
         .stdout(predicate::str::contains("encode").and(predicate::str::contains("decode")));
-    for sub in ["encode", "decode", "info", "eval", "rd", "batch", "meta-train"] {
+    for sub in [
+        "encode",
+        "decode",
+        "info",
+        "eval",
+        "rd",
+        "batch",
+        "meta-train",
+    ] {
         inr().args([sub, "--help"]).assert().success();
     }
     // The input policy is part of encode's long help.

@@ -210,7 +210,10 @@ fn base_reference_section_is_pinned() {
     let bytes = write_file(&g).unwrap();
     assert_eq!(&bytes[6..8], &[1, 0], "flags: bit 0 = base reference");
     // The 8-byte base id follows the 4 step entries (30 + 16 = 46), little endian.
-    assert_eq!(&bytes[46..54], &[0xEF, 0xCD, 0xAB, 0x89, 0x67, 0x45, 0x23, 0x01]);
+    assert_eq!(
+        &bytes[46..54],
+        &[0xEF, 0xCD, 0xAB, 0x89, 0x67, 0x45, 0x23, 0x01]
+    );
     let plain = write_file(&golden()).unwrap();
     assert_eq!(bytes.len(), plain.len() + 8);
     assert_eq!(&bytes[54..bytes.len() - 4], &plain[46..plain.len() - 4]);
@@ -617,7 +620,11 @@ fn version_magic_flags_and_trailing_bytes() {
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnknownFlags { flags: 1, version: 1, .. })
+        Err(FormatError::UnknownFlags {
+            flags: 1,
+            version: 1,
+            ..
+        })
     ));
     let mut b = bytes.clone();
     b[5] = 2; // audio: reserved

@@ -141,7 +141,10 @@ fn a_file_coded_from_a_base_decodes_only_with_that_base() {
         matches!(err, DecodeError::Base(BaseError::Missing { id, .. }) if id == base.id()),
         "{err:?}"
     );
-    assert!(err.to_string().contains(&format!("{:016x}", base.id())), "{err}");
+    assert!(
+        err.to_string().contains(&format!("{:016x}", base.id())),
+        "{err}"
+    );
     // With another base (same architecture, different content, so a different id): refused.
     let wrong = DecodeOptions {
         bases: vec![other],
@@ -210,7 +213,10 @@ fn presets_with_an_embedded_base_start_from_it() {
     let info = inr::inspect(&e.bytes).expect("inspect");
     assert_eq!(info.base_id, Some(format!("{:016x}", base.id())));
     // The embedded base is found without being passed.
-    assert_eq!(decode(&e.bytes, &DecodeOptions::default()).expect("decode"), e.recon);
+    assert_eq!(
+        decode(&e.bytes, &DecodeOptions::default()).expect("decode"),
+        e.recon
+    );
     // `BaseChoice::None` opts out.
     let none = EncodeConfig {
         base: BaseChoice::None,

@@ -188,10 +188,10 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         let bytes = super::read_limited(&ckpt, super::MAX_BASE_BYTES)?;
         let b = Base::from_bytes(&bytes, &inr::format::Limits::default())
             .with_context(|| format!("cannot load checkpoint {}", ckpt.display()))?;
-        let d: serde_json::Value = serde_json::from_str(&b.description)
-            .context("checkpoint description is not JSON")?;
-        let saved: MetaConfig = serde_json::from_value(d["config"].clone())
-            .context("checkpoint has no config")?;
+        let d: serde_json::Value =
+            serde_json::from_str(&b.description).context("checkpoint description is not JSON")?;
+        let saved: MetaConfig =
+            serde_json::from_value(d["config"].clone()).context("checkpoint has no config")?;
         if saved != cfg || b.arch != arch {
             bail!(
                 "checkpoint {} was written with other settings ({}); rerun with the same flags",
@@ -200,7 +200,10 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             );
         }
         let done = d["iterations_done"].as_u64().unwrap_or(0) as usize;
-        say(format!("resuming at iteration {done} from {}", ckpt.display()))?;
+        say(format!(
+            "resuming at iteration {done} from {}",
+            ckpt.display()
+        ))?;
         (b.params, done)
     } else {
         let shape = inr::bench_api::shape_of(&arch);
@@ -225,39 +228,46 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut recent: Vec<f64> = Vec::new();
     let mut err: Option<anyhow::Error> = None;
-    let done = meta::train(&arch, &images, &cfg, &mut params, start, &mut |i, p, psnr| {
-        pb.set_position(i as u64 + 1);
-        recent.push(psnr);
-        if recent.len() > 50 {
-            recent.remove(0);
-        }
-        let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-        pb.set_message(format!("task PSNR {mean:.2} dB"));
-        let n = i + 1;
-        if n % args.checkpoint_every.max(1) == 0 || n == cfg.iterations {
-            let r = Base::new(arch, p.to_vec(), description(&cfg, &names, n))
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(b.to_bytes()?))
-                .and_then(|bytes| Ok(inr::util::write_atomic(&ckpt, &bytes, true)?));
-            if let Err(e) = r {
-                err = Some(e.context(format!("cannot write checkpoint {}", ckpt.display())));
-                return false;
+    let done = meta::train(
+        &arch,
+        &images,
+        &cfg,
+        &mut params,
+        start,
+        &mut |i, p, psnr| {
+            pb.set_position(i as u64 + 1);
+            recent.push(psnr);
+            if recent.len() > 50 {
+                recent.remove(0);
             }
-        }
-        if !val.is_empty() && n % args.val_every.max(1) == 0 {
-            let v = meta::validate(&arch, &val, p, args.val_steps, vlr, vbatch);
-            pb.suspend(|| {
-                eprintln!(
+            let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+            pb.set_message(format!("task PSNR {mean:.2} dB"));
+            let n = i + 1;
+            if n % args.checkpoint_every.max(1) == 0 || n == cfg.iterations {
+                let r = Base::new(arch, p.to_vec(), description(&cfg, &names, n))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| Ok(b.to_bytes()?))
+                    .and_then(|bytes| Ok(inr::util::write_atomic(&ckpt, &bytes, true)?));
+                if let Err(e) = r {
+                    err = Some(e.context(format!("cannot write checkpoint {}", ckpt.display())));
+                    return false;
+                }
+            }
+            if !val.is_empty() && n % args.val_every.max(1) == 0 {
+                let v = meta::validate(&arch, &val, p, args.val_steps, vlr, vbatch);
+                pb.suspend(|| {
+                    eprintln!(
                     "iteration {n}: validation PSNR after {} steps {v:.2} dB (random init {:.2}), \
                      recent task PSNR {mean:.2} dB, {:.0} s",
                     args.val_steps,
                     val_random.unwrap_or(f64::NAN),
                     t0.elapsed().as_secs_f64()
                 )
-            });
-        }
-        true
-    });
+                });
+            }
+            true
+        },
+    );
     pb.finish_and_clear();
     if let Some(e) = err {
         return Err(e);
