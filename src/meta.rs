@@ -183,6 +183,9 @@ pub fn train(
     start: usize,
     on_iter: &mut dyn FnMut(usize, &[f32], f64) -> bool,
 ) -> usize {
+    if images.is_empty() {
+        return start;
+    }
     for i in start..cfg.iterations {
         let psnr = iterate(arch, images, cfg, params, i);
         if !on_iter(i, params, psnr) {
