@@ -18,7 +18,11 @@ fn check(bytes: &[u8]) {
     {
         let groups_len = 4 * info.groups.len() as u64;
         assert_eq!(
-            info.header_bytes + info.side_info_bytes + info.payload_bytes + info.crc_bytes,
+            info.header_bytes
+                + info.side_info_bytes
+                + info.sparsity.as_ref().map_or(0, |s| s.section_bytes)
+                + info.payload_bytes
+                + info.crc_bytes,
             info.total_bytes,
             "section sizes must add up"
         );
@@ -27,7 +31,9 @@ fn check(bytes: &[u8]) {
         assert_eq!(info.steps.len(), info.num_tensors);
         assert_eq!(info.tensor_bits.len(), info.num_tensors);
         assert_eq!(info.arch.num_tensors(), info.num_tensors);
-        assert!(info.width >= 1 && info.height >= 1);
+        if info.modality == "image" {
+            assert!(info.width >= 1 && info.height >= 1);
+        }
     }
 }
 
