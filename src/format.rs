@@ -762,6 +762,67 @@ fn validate_header_bits(bits: u8, tensor_bits: &[u8]) -> Result<(), FormatError>
     Ok(())
 }
 
+/// The fixed-header fields after the version byte (§3): shared by the image and audio layouts.
+struct FixedHeader {
+    modality: u8,
+    flags: u16,
+    width: u32,
+    height: u32,
+    arch: Arch,
+    bits: u8,
+    coder: u8,
+}
+
+/// Reads the fixed-header fields at offsets 5..30 (§3); no validation.
+fn read_fixed_header(r: &mut Reader<'_>) -> Result<FixedHeader, FormatError> {
+    let rest = r.take(HEADER_BYTES - OFF_MODALITY, "fixed header")?;
+    let mut h = Reader {
+        bytes: rest,
+        pos: 0,
+    };
+    Ok(FixedHeader {
+        modality: h.u8("modality")?,
+        flags: h.u16("flags")?,
+        width: h.u32("width")?,
+        height: h.u32("height")?,
+        arch: Arch::read(&h.array::<ARCH_BYTES>("architecture")?),
+        bits: h.u8("bits")?,
+        coder: h.u8("coder")?,
+    })
+}
+
+/// Reads the payload length, the payload and the CRC32 that end every file (§4.2, §4.3),
+/// rejects trailing bytes and checks the CRC over everything before it. Returns the payload.
+fn read_payload_and_crc<'a>(r: &mut Reader<'a>, bytes: &'a [u8]) -> Result<&'a [u8], FormatError> {
+    let payload_len = r.u32("payload length")?;
+    let payload = r.take(payload_len as usize, "entropy payload")?;
+    let body_end = r.pos;
+    let stored = r.u32("CRC32")?;
+    let trailing = bytes.len().saturating_sub(r.pos);
+    if trailing != 0 {
+        return Err(FormatError::TrailingBytes {
+            count: trailing as u64,
+        });
+    }
+    let computed = crc32fast::hash(bytes.get(..body_end).unwrap_or(&[]));
+    if stored != computed {
+        return Err(FormatError::CrcMismatch { stored, computed });
+    }
+    Ok(payload)
+}
+
+/// Per-group summary for [`inspect`]: bit width, tensor count and coded bytes.
+fn group_infos(groups: &[(u8, &[u8])], tensor_bits: &[u8]) -> Vec<GroupInfo> {
+    groups
+        .iter()
+        .map(|&(bits, g)| GroupInfo {
+            bits,
+            tensors: tensor_bits.iter().filter(|&&b| b == bits).count(),
+            bytes: g.len() as u64,
+        })
+        .collect()
+}
+
 /// Parses and validates everything except the entropy payload (§7, decoder steps 1–6).
 fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError> {
     let total = bytes.len() as u64;
@@ -793,18 +854,15 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     // 2. Structure: fixed header, step table, payload, CRC. Sizes depend on `depth` (<= 255,
     //    so the step table is at most 2048 bytes) and the payload length (checked against the
     //    bytes actually present).
-    let rest = r.take(HEADER_BYTES - OFF_MODALITY, "fixed header")?;
-    let mut h = Reader {
-        bytes: rest,
-        pos: 0,
-    };
-    let modality = h.u8("modality")?;
-    let flags = h.u16("flags")?;
-    let width = h.u32("width")?;
-    let height = h.u32("height")?;
-    let arch = Arch::read(&h.array::<ARCH_BYTES>("architecture")?);
-    let bits = h.u8("bits")?;
-    let coder = h.u8("coder")?;
+    let FixedHeader {
+        modality,
+        flags,
+        width,
+        height,
+        arch,
+        bits,
+        coder,
+    } = read_fixed_header(&mut r)?;
     let num_tensors = arch.num_tensors();
     let step_bytes = r.take(num_tensors * STEP_BYTES, "step table")?;
     let known = if version == 1 { 0 } else { KNOWN_FLAGS };
@@ -829,22 +887,10 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     } else {
         (&[][..], &[][..])
     };
-    let payload_len = r.u32("payload length")?;
-    let payload = r.take(payload_len as usize, "entropy payload")?;
-    let body_end = r.pos;
-    let stored = r.u32("CRC32")?;
-    let trailing = bytes.len().saturating_sub(r.pos);
-    if trailing != 0 {
-        return Err(FormatError::TrailingBytes {
-            count: trailing as u64,
-        });
-    }
-    // 3. Integrity.
-    let computed = crc32fast::hash(bytes.get(..body_end).unwrap_or(&[]));
-    if stored != computed {
-        return Err(FormatError::CrcMismatch { stored, computed });
-    }
-    // 4. Semantics (a hostile file can carry a valid CRC, so everything is checked).
+    // 3. Payload, CRC and integrity.
+    let payload = read_payload_and_crc(&mut r, bytes)?;
+    let payload_len = payload.len() as u32; // read from a u32 field: exact
+                                            // 4. Semantics (a hostile file can carry a valid CRC, so everything is checked).
     if modality != MODALITY_IMAGE {
         return Err(FormatError::InvalidField {
             field: "modality",
@@ -1157,15 +1203,7 @@ pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatErr
     let total = bytes.len() as u64;
     let num_tensors = p.steps.len();
     let pixels = u64::from(p.width) * u64::from(p.height);
-    let groups: Vec<GroupInfo> = p
-        .groups
-        .iter()
-        .map(|&(bits, g)| GroupInfo {
-            bits,
-            tensors: p.tensor_bits.iter().filter(|&&b| b == bits).count(),
-            bytes: g.len() as u64,
-        })
-        .collect();
+    let groups = group_infos(&p.groups, &p.tensor_bits);
     let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum();
     let sparsity = sparsity_info(&p)?;
     Ok(FileInfo {

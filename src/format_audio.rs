@@ -9,9 +9,9 @@
 //! bit width; inside a group the tensors of window 0, then window 1, …, §11.4) | CRC32.
 
 use super::{
-    group_bits, max_abs_for_bits, validate_bits, validate_header_bits, Arch, FormatError,
-    GroupInfo, Limits, Reader, Step, CODER_ADAPTIVE, CRC_BYTES, GROUP_LEN_BYTES, HEADER_BYTES,
-    MAGIC, OFF_MODALITY, PAYLOAD_LEN_BYTES, STEP_BYTES,
+    group_bits, max_abs_for_bits, validate_bits, validate_header_bits, Arch, FormatError, Limits,
+    Reader, Step, CODER_ADAPTIVE, CRC_BYTES, GROUP_LEN_BYTES, HEADER_BYTES, MAGIC,
+    PAYLOAD_LEN_BYTES, STEP_BYTES,
 };
 use crate::entropy::{self, EntropyError};
 
@@ -403,35 +403,20 @@ fn parse_audio<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedAudio<'a>, 
     if version != VERSION_AUDIO {
         return Err(FormatError::UnsupportedVersion { found: version });
     }
-    let rest = r.take(HEADER_BYTES - OFF_MODALITY, "fixed header")?;
-    let mut h = Reader {
-        bytes: rest,
-        pos: 0,
-    };
-    let modality = h.u8("modality")?;
-    let flags = h.u16("flags")?;
-    let width = h.u32("width")?;
-    let height = h.u32("height")?;
-    let arch = Arch::read(&h.array("architecture")?);
-    let bits = h.u8("bits")?;
-    let coder = h.u8("coder")?;
+    let super::FixedHeader {
+        modality,
+        flags,
+        width,
+        height,
+        arch,
+        bits,
+        coder,
+    } = super::read_fixed_header(&mut r)?;
     let audio = AudioHeader::read(&mut r)?;
     let num_tensors = arch.num_tensors();
     let step_bytes = r.take(num_tensors * STEP_BYTES, "step table")?;
-    let payload_len = r.u32("payload length")?;
-    let payload = r.take(payload_len as usize, "entropy payload")?;
-    let body_end = r.pos;
-    let stored = r.u32("CRC32")?;
-    let trailing = bytes.len().saturating_sub(r.pos);
-    if trailing != 0 {
-        return Err(FormatError::TrailingBytes {
-            count: trailing as u64,
-        });
-    }
-    let computed = crc32fast::hash(bytes.get(..body_end).unwrap_or(&[]));
-    if stored != computed {
-        return Err(FormatError::CrcMismatch { stored, computed });
-    }
+    let payload = super::read_payload_and_crc(&mut r, bytes)?;
+    let payload_len = payload.len() as u32; // read from a u32 field: exact
     if modality != MODALITY_AUDIO {
         return Err(FormatError::InvalidField {
             field: "modality",
@@ -564,15 +549,7 @@ pub(super) fn inspect_audio(bytes: &[u8]) -> Result<super::FileInfo, FormatError
     let p = parse_audio(bytes, &Limits::default())?;
     let total = bytes.len() as u64;
     let num_tensors = p.steps.len();
-    let groups: Vec<GroupInfo> = p
-        .groups
-        .iter()
-        .map(|&(bits, g)| GroupInfo {
-            bits,
-            tensors: p.tensor_bits.iter().filter(|&&b| b == bits).count(),
-            bytes: g.len() as u64,
-        })
-        .collect();
+    let groups = super::group_infos(&p.groups, &p.tensor_bits);
     let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum();
     let samples = p.audio.frames.saturating_mul(u64::from(p.audio.channels));
     let duration_s = p.audio.duration_s();
