@@ -100,6 +100,17 @@ impl NetShape {
     pub fn n_out(&self) -> usize {
         self.layers.last().map_or(0, |l| l.n_out)
     }
+    /// Row stride of the per-row shift buffers of the sine layers (modulation mode): the padded
+    /// width shared by all sine layers (`None` if they differ).
+    pub fn shift_stride(&self) -> Option<usize> {
+        let mut it = self.layers.iter().filter(|l| l.w0.is_some()).map(|l| l.out_pad);
+        let first = it.next()?;
+        it.all(|o| o == first).then_some(first)
+    }
+    /// Number of sine layers.
+    pub fn n_sine(&self) -> usize {
+        self.layers.iter().filter(|l| l.w0.is_some()).count()
+    }
     /// Largest padded row stride, for scratch sizing.
     pub fn max_stride(&self) -> usize {
         self.layers
@@ -331,15 +342,31 @@ pub fn forward_tile_infer(
     y: &mut [f32],
     s: &mut InferScratch,
 ) {
+    forward_tile_infer_shifted(shape, packed, x, rows, y, s, None)
+}
+
+/// As [`forward_tile_infer`], with per-row shifts added to the pre-activations of the sine
+/// layers (modulation mode): `shift` is laid out `[sine layer][row][stride]` with
+/// `stride = shape.shift_stride()` and `TILE` rows per layer; the pre-activation of unit `j` of
+/// sine layer `l` at row `r` is `(x W + b)[j] + shift[(l * TILE + r) * stride + j]`.
+pub fn forward_tile_infer_shifted(
+    shape: &NetShape,
+    packed: &[f32],
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+    s: &mut InferScratch,
+    shift: Option<&[f32]>,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { forward_infer_avx2(shape, packed, x, rows, y, s) };
+            unsafe { forward_infer_avx2(shape, packed, x, rows, y, s, shift) };
             return;
         }
     }
-    forward_infer_generic(shape, packed, x, rows, y, s)
+    forward_infer_generic(shape, packed, x, rows, y, s, shift)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -351,8 +378,9 @@ unsafe fn forward_infer_avx2(
     rows: usize,
     y: &mut [f32],
     s: &mut InferScratch,
+    shift: Option<&[f32]>,
 ) {
-    forward_infer_generic(shape, packed, x, rows, y, s)
+    forward_infer_generic(shape, packed, x, rows, y, s, shift)
 }
 
 #[inline(always)]
@@ -363,6 +391,7 @@ fn forward_infer_generic(
     rows: usize,
     y: &mut [f32],
     s: &mut InferScratch,
+    shift: Option<&[f32]>,
 ) {
     let (mut cur, mut next) = (&mut s.a, &mut s.b);
     for (l, ly) in shape.layers.iter().enumerate() {
@@ -380,6 +409,12 @@ fn forward_infer_generic(
             next,
         );
         if let Some(w0) = ly.w0 {
+            if let Some(sh) = shift {
+                let off = l * TILE * ly.out_pad;
+                for (v, &d) in next[..rows * ly.out_pad].iter_mut().zip(&sh[off..]) {
+                    *v += d;
+                }
+            }
             for v in next[..rows * ly.out_pad].iter_mut() {
                 *v = sin(w0 * *v);
             }
@@ -454,16 +489,46 @@ pub fn train_tile(
     grad: &mut [f32],
     s: &mut TrainScratch,
 ) -> f64 {
+    let io = TileIo {
+        target,
+        rows,
+        grad_scale,
+        grad: Some(grad),
+        shift: None,
+        gshift: None,
+    };
+    train_tile_io(shape, packed, packed_t, io, s)
+}
+
+/// Inputs and outputs of one training tile beyond the network: targets, the weight gradient
+/// (skipped when `None`), per-row sine-layer shifts (layout of [`forward_tile_infer_shifted`])
+/// and their gradient (same layout; written, not accumulated).
+pub struct TileIo<'a> {
+    pub target: &'a [f32],
+    pub rows: usize,
+    pub grad_scale: f32,
+    pub grad: Option<&'a mut [f32]>,
+    pub shift: Option<&'a [f32]>,
+    pub gshift: Option<&'a mut [f32]>,
+}
+
+/// Forward and backward of one tile with the options of [`TileIo`]; returns the tile's sum
+/// of squared errors.
+pub fn train_tile_io(
+    shape: &NetShape,
+    packed: &[f32],
+    packed_t: &[f32],
+    io: TileIo<'_>,
+    s: &mut TrainScratch,
+) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe {
-                train_tile_avx2(shape, packed, packed_t, target, rows, grad_scale, grad, s)
-            };
+            return unsafe { train_tile_avx2(shape, packed, packed_t, io, s) };
         }
     }
-    train_tile_generic::<false>(shape, packed, packed_t, target, rows, grad_scale, grad, s)
+    train_tile_generic::<false>(shape, packed, packed_t, io, s)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -473,13 +538,10 @@ unsafe fn train_tile_avx2(
     shape: &NetShape,
     packed: &[f32],
     packed_t: &[f32],
-    target: &[f32],
-    rows: usize,
-    grad_scale: f32,
-    grad: &mut [f32],
+    io: TileIo<'_>,
     s: &mut TrainScratch,
 ) -> f64 {
-    train_tile_generic::<true>(shape, packed, packed_t, target, rows, grad_scale, grad, s)
+    train_tile_generic::<true>(shape, packed, packed_t, io, s)
 }
 
 #[inline(always)]
@@ -488,12 +550,17 @@ fn train_tile_generic<const FMA: bool>(
     shape: &NetShape,
     packed: &[f32],
     packed_t: &[f32],
-    target: &[f32],
-    rows: usize,
-    grad_scale: f32,
-    grad: &mut [f32],
+    io: TileIo<'_>,
     s: &mut TrainScratch,
 ) -> f64 {
+    let TileIo {
+        target,
+        rows,
+        grad_scale,
+        mut grad,
+        shift,
+        mut gshift,
+    } = io;
     let n_layers = shape.layers.len();
     // Forward, storing the input of each layer and the sine derivatives.
     for (l, ly) in shape.layers.iter().enumerate() {
@@ -513,6 +580,12 @@ fn train_tile_generic<const FMA: bool>(
                 rows,
                 out,
             );
+            if let Some(sh) = shift {
+                let off = l * TILE * ly.out_pad;
+                for (v, &d) in out[..rows * ly.out_pad].iter_mut().zip(&sh[off..]) {
+                    *v += d;
+                }
+            }
             let d = &mut s.dsin[l];
             for (v, dv) in out[..rows * ly.out_pad].iter_mut().zip(d.iter_mut()) {
                 let (sn, cs) = sincos(w0 * *v);
@@ -559,13 +632,21 @@ fn train_tile_generic<const FMA: bool>(
             }
         }
         let dz = &s.g_a[..rows * op];
-        let (gw, gb) = grad[ly.pw_off..ly.pb_off + op].split_at_mut(ly.n_in * op);
-        for dzr in dz.chunks_exact(op) {
-            for (gbj, &d) in gb.iter_mut().zip(dzr) {
-                *gbj += d;
+        if ly.w0.is_some() {
+            if let Some(gs) = gshift.as_deref_mut() {
+                let off = l * TILE * op;
+                gs[off..off + rows * op].copy_from_slice(dz);
             }
         }
-        outer_acc::<FMA>(&s.acts[l], ly.in_stride, ly.n_in, dz, op, rows, gw);
+        if let Some(grad) = grad.as_deref_mut() {
+            let (gw, gb) = grad[ly.pw_off..ly.pb_off + op].split_at_mut(ly.n_in * op);
+            for dzr in dz.chunks_exact(op) {
+                for (gbj, &d) in gb.iter_mut().zip(dzr) {
+                    *gbj += d;
+                }
+            }
+            outer_acc::<FMA>(&s.acts[l], ly.in_stride, ly.n_in, dz, op, rows, gw);
+        }
         if l > 0 {
             let ip = pad(ly.n_in);
             let wt = &packed_t[ly.pt_off..ly.pt_off + op * ip];
@@ -603,6 +684,78 @@ mod tests {
     fn train_tile_gradient_matches_finite_differences() {
         check_gradient(tiny_shape(), 7);
         check_gradient(NetShape::new(&[(2, 9), (9, 9), (9, 3)], 3.0, 2.0), TILE);
+    }
+
+    /// The shift gradient of [`train_tile_io`] against finite differences of the shifted
+    /// inference, and the weight gradient unchanged by skipping nothing.
+    #[test]
+    fn shift_gradient_matches_finite_differences() {
+        let shape = NetShape::new(&[(4, 5), (5, 5), (5, 3)], 3.0, 2.0);
+        let st = shape.shift_stride().unwrap();
+        let rows = 6;
+        let n_in = 4;
+        let mut rng = 999u64;
+        let mut rnd = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let params: Vec<f32> = (0..shape.n_params).map(|_| rnd()).collect();
+        let x: Vec<f32> = (0..rows * n_in).map(|_| rnd()).collect();
+        let t: Vec<f32> = (0..rows * 3).map(|_| rnd()).collect();
+        let mut shift = vec![0.0f32; shape.n_sine() * TILE * st];
+        for l in 0..shape.n_sine() {
+            for r in 0..rows {
+                for j in 0..5 {
+                    shift[(l * TILE + r) * st + j] = rnd();
+                }
+            }
+        }
+        let mut pk = vec![0.0; shape.n_packed];
+        shape.pack(&params, &mut pk);
+        let loss = |sh: &[f32]| -> f64 {
+            let mut s = InferScratch::new(&shape);
+            let mut y = vec![0.0; rows * 3];
+            forward_tile_infer_shifted(&shape, &pk, &x, rows, &mut y, &mut s, Some(sh));
+            y.iter()
+                .zip(&t)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum()
+        };
+        let mut pt = vec![0.0; shape.n_packed_t];
+        shape.pack_transposed(&params, &mut pt);
+        let mut gs = vec![0.0f32; shift.len()];
+        let mut s = TrainScratch::new(&shape);
+        s.input_mut()[..rows * n_in].copy_from_slice(&x);
+        let io = TileIo {
+            target: &t,
+            rows,
+            grad_scale: 1.0,
+            grad: None,
+            shift: Some(&shift),
+            gshift: Some(&mut gs),
+        };
+        let sse = train_tile_io(&shape, &pk, &pt, io, &mut s);
+        assert!((sse - loss(&shift)).abs() < 1e-4 * sse.max(1.0));
+        for l in 0..shape.n_sine() {
+            for r in 0..rows {
+                for j in 0..5 {
+                    let i = (l * TILE + r) * st + j;
+                    let h = 1e-2f32;
+                    let mut p = shift.clone();
+                    p[i] += h;
+                    let lp = loss(&p);
+                    p[i] -= 2.0 * h;
+                    let fd = (lp - loss(&p)) / (2.0 * h as f64);
+                    assert!(
+                        (fd - gs[i] as f64).abs() < 2e-3 + 2e-2 * fd.abs(),
+                        "shift {l},{r},{j}: fd {fd} analytic {}",
+                        gs[i]
+                    );
+                }
+            }
+        }
     }
 
     fn check_gradient(shape: NetShape, rows: usize) {

@@ -21,6 +21,7 @@ mod kernel;
 pub mod media;
 pub mod meta;
 pub mod metrics;
+pub mod modulation;
 mod model;
 mod quant;
 pub mod rd;
