@@ -564,6 +564,173 @@ mod tests {
         }
     }
 
+    fn spec() -> ModSpec {
+        ModSpec {
+            latent_dim: 3,
+            cell: 8,
+        }
+    }
+
+    fn mod_base() -> Base {
+        let n = arch().num_params() + spec().map_len(&arch());
+        Base::new_modulation(
+            arch(),
+            spec(),
+            (0..n).map(|i| i as f32 * 0.003 - 0.1).collect(),
+            "mod".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn version_1_bytes_are_unchanged() {
+        // The v1 layout written out by hand (§10.1): weight bases keep their bytes and ids.
+        let b = base();
+        let mut want = vec![0x89, b'I', b'N', b'B', 1, 1, 0, 0];
+        arch().write(&mut want);
+        want.extend_from_slice(&(b.params.len() as u32).to_le_bytes());
+        want.extend_from_slice(&4u16.to_le_bytes());
+        want.extend_from_slice(b"test");
+        for v in &b.params {
+            want.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        let crc = crc32fast::hash(&want);
+        want.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(b.to_bytes().unwrap(), want);
+        assert_eq!(b.modulation, None);
+        // Every embedded base re-serialises to exactly its bytes (so its id is unchanged).
+        for (name, bytes) in EMBEDDED {
+            let e = Base::from_bytes(bytes, &Limits::default()).unwrap();
+            assert_eq!(e.modulation, None, "{name}");
+            assert_eq!(e.to_bytes().unwrap(), *bytes, "{name}");
+        }
+    }
+
+    #[test]
+    fn modulation_base_round_trips() {
+        let b = mod_base();
+        let bytes = b.to_bytes().unwrap();
+        assert_eq!(bytes[4], BASE_VERSION_MOD);
+        assert_eq!(&bytes[20..24], &[1, 3, 8, 0]);
+        let n = arch().num_params() + 3 * 2 * 4;
+        assert_eq!(b.expected_params(), n);
+        assert_eq!(
+            u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize,
+            n
+        );
+        assert_eq!(bytes.len(), BASE_HEADER_BYTES_V2 + 3 + 4 * n + 4);
+        let c = Base::from_bytes(&bytes, &Limits::default()).unwrap();
+        assert_eq!(c, b);
+        assert_eq!(c.modulation, Some(spec()));
+        assert_eq!(c.id(), id_of(&bytes));
+        assert_ne!(c.id(), base().id());
+        // The same network without the spec is another base (and the writer checks counts).
+        assert!(Base::new(arch(), b.params.clone(), "mod".into()).is_err());
+        assert!(Base::new_modulation(arch(), spec(), base().params, String::new()).is_err());
+        for bad in [
+            ModSpec {
+                latent_dim: 0,
+                cell: 8,
+            },
+            ModSpec {
+                latent_dim: 3,
+                cell: 1,
+            },
+        ] {
+            let n = arch().num_params() + bad.map_len(&arch());
+            assert!(matches!(
+                Base::new_modulation(arch(), bad, vec![0.0; n], String::new()),
+                Err(BaseError::Format(FormatError::InvalidField { .. }))
+            ));
+        }
+        // Embedded lookups never mix the kinds.
+        if let Some(m) = embedded_modulation() {
+            assert!(m.modulation.is_some());
+        }
+        for e in embedded() {
+            if let Some(w) = embedded_for(&e.arch) {
+                assert!(w.modulation.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn modulation_base_corruption_is_rejected() {
+        let bytes = mod_base().to_bytes().unwrap();
+        let l = Limits::default();
+        for n in 0..bytes.len() {
+            assert!(Base::from_bytes(&bytes[..n], &l).is_err(), "{n}");
+        }
+        for i in 0..bytes.len() {
+            for x in 1..=255u8 {
+                let mut c = bytes.clone();
+                c[i] ^= x;
+                assert!(Base::from_bytes(&c, &l).is_err(), "{i} {x}");
+            }
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(Base::from_bytes(&long, &l).is_err());
+        // Hostile fields with a valid CRC.
+        let with = |at: usize, v: &[u8]| {
+            let mut c = bytes.clone();
+            c[at..at + v.len()].copy_from_slice(v);
+            let n = c.len() - 4;
+            let crc = crc32fast::hash(&c[..n]);
+            c[n..].copy_from_slice(&crc.to_le_bytes());
+            Base::from_bytes(&c, &l)
+        };
+        let field = |r: Result<Base, BaseError>| match r {
+            Err(BaseError::Format(FormatError::InvalidField { field, .. })) => field,
+            other => panic!("expected InvalidField, got {other:?}"),
+        };
+        assert_eq!(field(with(20, &[0])), "base kind");
+        assert_eq!(field(with(20, &[2])), "base kind");
+        assert_eq!(field(with(21, &[0])), "base latent_dim");
+        assert_eq!(field(with(22, &[1])), "base cell");
+        assert_eq!(field(with(22, &[0])), "base cell");
+        assert_eq!(field(with(23, &[1])), "base reserved byte");
+        // latent_dim 2 instead of 3: N no longer matches.
+        assert_eq!(field(with(21, &[2])), "base parameter count");
+        // A network within the parameter limit whose map takes the total beyond it is
+        // refused before allocating (width 256, depth 64: 4.1M weights + 4.2M map values).
+        let mut c = bytes.clone();
+        c[10..12].copy_from_slice(&256u16.to_le_bytes());
+        c[12] = 64;
+        c[21] = 255;
+        assert!(matches!(
+            Base::from_bytes(&c, &l),
+            Err(BaseError::Format(FormatError::LimitExceeded {
+                what: "base weight count",
+                ..
+            }))
+        ));
+        let small = Limits {
+            max_params: (arch().num_params() + 3 * 2 * 4 - 1) as u64,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            Base::from_bytes(&bytes, &small),
+            Err(BaseError::Format(FormatError::LimitExceeded {
+                what: "base weight count",
+                ..
+            }))
+        ));
+        // A v1 header on v2 bytes (and the reverse) does not parse.
+        let mut c = bytes.clone();
+        c[4] = 1;
+        assert!(Base::from_bytes(&c, &l).is_err());
+        let mut c = base().to_bytes().unwrap();
+        c[4] = 2;
+        assert!(Base::from_bytes(&c, &l).is_err());
+        let mut c = bytes.clone();
+        c[4] = 3;
+        assert!(matches!(
+            Base::from_bytes(&c, &l),
+            Err(BaseError::UnsupportedVersion { found: 3 })
+        ));
+    }
+
     #[test]
     fn missing_base_names_the_id() {
         let e = find(0x1234, &[]).unwrap_err().to_string();
