@@ -878,11 +878,15 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         coder,
     } = read_fixed_header(&mut r)?;
     // A modulation-mode file (§12) has another layout: say so instead of a structural error.
-    if version == VERSION_MOD
-        && modality == MODALITY_IMAGE
-        && flags & FLAG_MODULATIONS != 0
-        && flags & !(KNOWN_FLAGS | FLAG_MODULATIONS) == 0
-    {
+    if version == VERSION_MOD && modality == MODALITY_IMAGE && flags & FLAG_MODULATIONS != 0 {
+        let known = KNOWN_FLAGS | FLAG_MODULATIONS;
+        if flags & !known != 0 {
+            return Err(FormatError::UnknownFlags {
+                flags,
+                known,
+                version,
+            });
+        }
         return Err(FormatError::InvalidField {
             field: "flags",
             value: flags.into(),
