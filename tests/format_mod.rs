@@ -588,3 +588,70 @@ fn read_rejects_group_structure_and_garbage_without_panicking() {
         let _ = inspect(&b);
     }
 }
+
+#[test]
+fn cli_info_shows_modulation_files_and_bases() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.inr");
+    std::fs::write(&file, write_mod_file(&small()).unwrap()).unwrap();
+    let out = assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .arg("info")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "mode: modulations (latent grid 4x3, 3 channels, cell 4 px, 36 latents)",
+        "modulation:",
+        "  latent_dim: 3",
+        "  grid_w: 4",
+        "num_params: 36",
+        "weights (decoded):",
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want:?} not in\n{text}");
+    }
+    let out = assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .args(["--json", "info"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["info"]["modulation"]["cell"], 4);
+    assert_eq!(v["weights"]["channels"][1]["bits"], 3);
+
+    let spec = inr::base::ModSpec {
+        latent_dim: 2,
+        cell: 8,
+    };
+    let n = arch().num_params() + spec.map_len(&arch());
+    let base = inr::base::Base::new_modulation(arch(), spec, vec![0.5; n], "m".into()).unwrap();
+    let path = dir.path().join("b.inrb");
+    std::fs::write(&path, base.to_bytes().unwrap()).unwrap();
+    let out = assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .arg("info")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in ["base_kind: modulation", "  latent_dim: 2", "  cell: 8"] {
+        assert!(text.lines().any(|l| l == want), "{want:?} not in\n{text}");
+    }
+}
