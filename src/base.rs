@@ -10,11 +10,20 @@ use sha2::{Digest, Sha256};
 
 /// §10.1 Magic of a base file: `0x89 'I' 'N' 'B'`.
 pub const BASE_MAGIC: [u8; 4] = [0x89, b'I', b'N', b'B'];
-/// §10.1 The base-file version this crate reads and writes.
+/// §10.1 The base-file version of weight bases (read and written unchanged).
 pub const BASE_VERSION: u8 = 1;
-/// §10.1 Fixed part before the description: magic, version, modality, flags, arch, n_params,
-/// description length.
+/// §10.3 The base-file version of modulation bases (a version-1 layout plus the 4-byte
+/// modulation block after the architecture).
+pub const BASE_VERSION_MOD: u8 = 2;
+/// §10.1 Fixed part before the description (version 1): magic, version, modality, flags, arch,
+/// n_params, description length.
 pub const BASE_HEADER_BYTES: usize = 4 + 1 + 1 + 2 + ARCH_BYTES + 4 + 2;
+/// §10.3 Size of the modulation block of a version-2 base (kind, latent_dim, cell, reserved).
+pub const BASE_MOD_BLOCK_BYTES: usize = 4;
+/// §10.3 Fixed part before the description of a version-2 base.
+pub const BASE_HEADER_BYTES_V2: usize = BASE_HEADER_BYTES + BASE_MOD_BLOCK_BYTES;
+/// §10.3 The `kind` byte of a modulation base.
+pub const BASE_KIND_MODULATION: u8 = 1;
 /// §10.1 Longest description in bytes.
 pub const MAX_DESCRIPTION_BYTES: usize = 4096;
 
@@ -26,7 +35,10 @@ pub enum BaseError {
         "not an .inrb base file: expected magic bytes 89 49 4E 42 (\"\\x89INB\"), found {found:02X?}"
     )]
     BadMagic { found: [u8; 4] },
-    #[error("unsupported .inrb version {found} (this build reads version {BASE_VERSION})")]
+    #[error(
+        "unsupported .inrb version {found} (this build reads versions {BASE_VERSION} and \
+         {BASE_VERSION_MOD})"
+    )]
     UnsupportedVersion { found: u8 },
     #[error("base file: {0}")]
     Format(#[from] FormatError),
@@ -44,14 +56,63 @@ pub enum BaseError {
          (the base does not match this file)"
     )]
     ArchMismatch { id: u64, base: Arch, file: Arch },
+    #[error(
+        "base {id:016x} is a {found} base, but this file needs a {expected} base \
+         (the base does not match this file)"
+    )]
+    WrongKind {
+        id: u64,
+        found: &'static str,
+        expected: &'static str,
+    },
 }
 
-/// A meta-learned initialisation: the network every encode from it starts at.
+/// §10.3 What a modulation base adds to the network: the latent layout its files use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ModSpec {
+    /// Latent channels per grid node, 1..=255.
+    pub latent_dim: u8,
+    /// Latent grid spacing in pixels, 2..=255.
+    pub cell: u8,
+}
+
+impl ModSpec {
+    /// Number of values of the latent-to-shift map: `latent_dim * depth * width` (§10.3).
+    pub fn map_len(&self, arch: &Arch) -> usize {
+        usize::from(self.latent_dim) * usize::from(arch.depth) * usize::from(arch.width)
+    }
+
+    fn validate(&self) -> Result<(), FormatError> {
+        if self.latent_dim == 0 {
+            return Err(FormatError::InvalidField {
+                field: "base latent_dim",
+                value: 0,
+                expected: "1..=255",
+            });
+        }
+        if self.cell < crate::format::MIN_CELL {
+            return Err(FormatError::InvalidField {
+                field: "base cell",
+                value: self.cell.into(),
+                expected: "2..=255 pixels",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A meta-learned initialisation: the network every encode from it starts at (a weight base,
+/// version 1), or the shared network of modulation-mode files (a modulation base, version 2).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Base {
     pub arch: Arch,
-    /// Weights in file tensor order (`[W0, b0, W1, b1, ...]`, §6.1), `arch.num_params()` values.
+    /// Weights in file tensor order (`[W0, b0, W1, b1, ...]`, §6.1), `arch.num_params()` values;
+    /// for a modulation base followed by the latent-to-shift map `[latent_dim][depth * width]`
+    /// row-major (§10.3), `arch.num_params() + spec.map_len(&arch)` values in all.
     pub params: Vec<f32>,
+    /// `None` for a weight base (version 1), the latent layout for a modulation base
+    /// (version 2).
+    pub modulation: Option<ModSpec>,
     /// Free text: how the base was trained (command, data, steps).
     pub description: String,
     id: u64,
@@ -67,12 +128,45 @@ impl Base {
         let mut b = Base {
             arch,
             params,
+            modulation: None,
             description,
             id: 0,
         };
         let bytes = b.to_bytes()?;
         b.id = id_of(&bytes);
         Ok(b)
+    }
+
+    /// Builds a modulation base (written as a version-2 base file, §10.3): `params` holds the
+    /// `arch.num_params()` network weights in tensor order, then the latent-to-shift map
+    /// `[latent_dim][depth * width]` row-major (row i = latent i; columns: sine layer 0's
+    /// `width` outputs, then layer 1's, ...).
+    ///
+    /// # Errors
+    /// As [`Base::new`], and for `latent_dim == 0`, `cell < 2` or a total weight count above
+    /// the default parameter limit.
+    pub fn new_modulation(
+        arch: Arch,
+        spec: ModSpec,
+        params: Vec<f32>,
+        description: String,
+    ) -> Result<Base, BaseError> {
+        let mut b = Base {
+            arch,
+            params,
+            modulation: Some(spec),
+            description,
+            id: 0,
+        };
+        let bytes = b.to_bytes()?;
+        b.id = id_of(&bytes);
+        Ok(b)
+    }
+
+    /// The number of weights the base file must hold: the network's, plus the map's for a
+    /// modulation base (§10.1, §10.3).
+    pub fn expected_params(&self) -> usize {
+        self.arch.num_params() + self.modulation.map_or(0, |m| m.map_len(&self.arch))
     }
 
     /// Content id: the first 8 bytes (little endian) of the SHA-256 of the base file (§10.2).
@@ -85,8 +179,20 @@ impl Base {
     /// # Errors
     /// As [`Base::new`].
     pub fn to_bytes(&self) -> Result<Vec<u8>, BaseError> {
-        self.arch.validate(&Limits::default())?;
-        let n = self.arch.num_params();
+        let limits = Limits::default();
+        self.arch.validate(&limits)?;
+        if let Some(m) = &self.modulation {
+            m.validate()?;
+        }
+        let n = self.expected_params();
+        if n as u64 > limits.max_params {
+            return Err(FormatError::LimitExceeded {
+                what: "base weight count",
+                value: n as u64,
+                limit: limits.max_params,
+            }
+            .into());
+        }
         if self.params.len() != n {
             return Err(FormatError::TensorLength {
                 index: 0,
@@ -110,12 +216,19 @@ impl Base {
             }
             .into());
         }
-        let mut out = Vec::with_capacity(BASE_HEADER_BYTES + desc.len() + 4 * n + 4);
+        let mut out = Vec::with_capacity(BASE_HEADER_BYTES_V2 + desc.len() + 4 * n + 4);
         out.extend_from_slice(&BASE_MAGIC);
-        out.push(BASE_VERSION);
+        out.push(if self.modulation.is_some() {
+            BASE_VERSION_MOD
+        } else {
+            BASE_VERSION
+        });
         out.push(MODALITY_IMAGE);
         out.extend_from_slice(&0u16.to_le_bytes());
         self.arch.write(&mut out);
+        if let Some(m) = &self.modulation {
+            out.extend_from_slice(&[BASE_KIND_MODULATION, m.latent_dim, m.cell, 0]);
+        }
         out.extend_from_slice(&(n as u32).to_le_bytes());
         out.extend_from_slice(&(desc.len() as u16).to_le_bytes());
         out.extend_from_slice(desc);
@@ -157,18 +270,28 @@ impl Base {
             return Err(BaseError::BadMagic { found: magic });
         }
         let version = *bytes.get(4).ok_or_else(|| trunc("base version", 1, 4))?;
-        if version != BASE_VERSION {
-            return Err(BaseError::UnsupportedVersion { found: version });
-        }
+        let header_bytes = match version {
+            BASE_VERSION => BASE_HEADER_BYTES,
+            BASE_VERSION_MOD => BASE_HEADER_BYTES_V2,
+            _ => return Err(BaseError::UnsupportedVersion { found: version }),
+        };
         let head = bytes
-            .get(..BASE_HEADER_BYTES)
-            .ok_or_else(|| trunc("base header", BASE_HEADER_BYTES, 0))?;
+            .get(..header_bytes)
+            .ok_or_else(|| trunc("base header", header_bytes, 0))?;
         let modality = head[5];
         let flags = u16::from_le_bytes([head[6], head[7]]);
         let mut arch_bytes = [0u8; ARCH_BYTES];
         arch_bytes.copy_from_slice(&head[8..8 + ARCH_BYTES]);
         let arch = Arch::read(&arch_bytes);
-        let o = 8 + ARCH_BYTES;
+        let mut o = 8 + ARCH_BYTES;
+        // §10.3 The modulation block of a version-2 base: kind, latent_dim, cell, reserved.
+        let mod_block = if version == BASE_VERSION_MOD {
+            let block = [head[o], head[o + 1], head[o + 2], head[o + 3]];
+            o += BASE_MOD_BLOCK_BYTES;
+            Some(block)
+        } else {
+            None
+        };
         let n = u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]) as usize;
         let desc_len = u16::from_le_bytes([head[o + 4], head[o + 5]]) as usize;
         if modality != MODALITY_IMAGE {
@@ -188,11 +311,49 @@ impl Base {
             .into());
         }
         arch.validate(limits)?;
-        if n != arch.num_params() {
+        let modulation = match mod_block {
+            None => None,
+            Some([kind, latent_dim, cell, reserved]) => {
+                if kind != BASE_KIND_MODULATION {
+                    return Err(FormatError::InvalidField {
+                        field: "base kind",
+                        value: kind.into(),
+                        expected: "1 (modulation base) in a version-2 base file",
+                    }
+                    .into());
+                }
+                if reserved != 0 {
+                    return Err(FormatError::InvalidField {
+                        field: "base reserved byte",
+                        value: reserved.into(),
+                        expected: "0",
+                    }
+                    .into());
+                }
+                let spec = ModSpec { latent_dim, cell };
+                spec.validate()?;
+                Some(spec)
+            }
+        };
+        // <= 2^41 + 2^30: no overflow in u64.
+        let expected = arch.num_params() as u64 + modulation.map_or(0, |m| m.map_len(&arch) as u64);
+        if expected > limits.max_params {
+            return Err(FormatError::LimitExceeded {
+                what: "base weight count",
+                value: expected,
+                limit: limits.max_params,
+            }
+            .into());
+        }
+        if n as u64 != expected {
             return Err(FormatError::InvalidField {
                 field: "base parameter count",
                 value: n as u64,
-                expected: "the architecture's parameter count",
+                expected: if modulation.is_some() {
+                    "the architecture's parameter count + latent_dim x depth x width"
+                } else {
+                    "the architecture's parameter count"
+                },
             }
             .into());
         }
@@ -205,7 +366,7 @@ impl Base {
             .into());
         }
         // n <= limits.max_params (validated), so this cannot overflow.
-        let need = BASE_HEADER_BYTES + desc_len + 4 * n + 4;
+        let need = header_bytes + desc_len + 4 * n + 4;
         if total < need {
             return Err(trunc("base file", need, 0));
         }
@@ -226,15 +387,12 @@ impl Base {
         if stored != computed {
             return Err(FormatError::CrcMismatch { stored, computed }.into());
         }
-        let desc = &body[BASE_HEADER_BYTES..BASE_HEADER_BYTES + desc_len];
+        let desc = &body[header_bytes..header_bytes + desc_len];
         let description = std::str::from_utf8(desc)
             .map_err(|_| BaseError::Description)?
             .to_string();
         let mut params = Vec::with_capacity(n);
-        for (index, c) in body[BASE_HEADER_BYTES + desc_len..]
-            .chunks_exact(4)
-            .enumerate()
-        {
+        for (index, c) in body[header_bytes + desc_len..].chunks_exact(4).enumerate() {
             let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             let v = f32::from_bits(bits);
             if !v.is_finite() {
@@ -245,6 +403,7 @@ impl Base {
         Ok(Base {
             arch,
             params,
+            modulation,
             description,
             id: id_of(bytes),
         })
@@ -302,9 +461,17 @@ pub fn find<'a>(id: u64, extra: &'a [Base]) -> Result<&'a Base, BaseError> {
     })
 }
 
-/// The embedded base for an architecture, if one ships with this binary.
+/// The embedded weight base for an architecture, if one ships with this binary (never a
+/// modulation base).
 pub fn embedded_for(arch: &Arch) -> Option<&'static Base> {
-    embedded().iter().find(|b| b.arch == *arch)
+    embedded()
+        .iter()
+        .find(|b| b.arch == *arch && b.modulation.is_none())
+}
+
+/// The first embedded modulation base (§10.3), if one ships with this binary.
+pub fn embedded_modulation() -> Option<&'static Base> {
+    embedded().iter().find(|b| b.modulation.is_some())
 }
 
 #[cfg(test)]
@@ -395,6 +562,173 @@ mod tests {
             let b = Base::from_bytes(bytes, &Limits::default()).unwrap();
             assert_eq!(b.id(), id_of(bytes), "{name}");
         }
+    }
+
+    fn spec() -> ModSpec {
+        ModSpec {
+            latent_dim: 3,
+            cell: 8,
+        }
+    }
+
+    fn mod_base() -> Base {
+        let n = arch().num_params() + spec().map_len(&arch());
+        Base::new_modulation(
+            arch(),
+            spec(),
+            (0..n).map(|i| i as f32 * 0.003 - 0.1).collect(),
+            "mod".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn version_1_bytes_are_unchanged() {
+        // The v1 layout written out by hand (§10.1): weight bases keep their bytes and ids.
+        let b = base();
+        let mut want = vec![0x89, b'I', b'N', b'B', 1, 1, 0, 0];
+        arch().write(&mut want);
+        want.extend_from_slice(&(b.params.len() as u32).to_le_bytes());
+        want.extend_from_slice(&4u16.to_le_bytes());
+        want.extend_from_slice(b"test");
+        for v in &b.params {
+            want.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        let crc = crc32fast::hash(&want);
+        want.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(b.to_bytes().unwrap(), want);
+        assert_eq!(b.modulation, None);
+        // Every embedded base re-serialises to exactly its bytes (so its id is unchanged).
+        for (name, bytes) in EMBEDDED {
+            let e = Base::from_bytes(bytes, &Limits::default()).unwrap();
+            assert_eq!(e.modulation, None, "{name}");
+            assert_eq!(e.to_bytes().unwrap(), *bytes, "{name}");
+        }
+    }
+
+    #[test]
+    fn modulation_base_round_trips() {
+        let b = mod_base();
+        let bytes = b.to_bytes().unwrap();
+        assert_eq!(bytes[4], BASE_VERSION_MOD);
+        assert_eq!(&bytes[20..24], &[1, 3, 8, 0]);
+        let n = arch().num_params() + 3 * 2 * 4;
+        assert_eq!(b.expected_params(), n);
+        assert_eq!(
+            u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize,
+            n
+        );
+        assert_eq!(bytes.len(), BASE_HEADER_BYTES_V2 + 3 + 4 * n + 4);
+        let c = Base::from_bytes(&bytes, &Limits::default()).unwrap();
+        assert_eq!(c, b);
+        assert_eq!(c.modulation, Some(spec()));
+        assert_eq!(c.id(), id_of(&bytes));
+        assert_ne!(c.id(), base().id());
+        // The same network without the spec is another base (and the writer checks counts).
+        assert!(Base::new(arch(), b.params.clone(), "mod".into()).is_err());
+        assert!(Base::new_modulation(arch(), spec(), base().params, String::new()).is_err());
+        for bad in [
+            ModSpec {
+                latent_dim: 0,
+                cell: 8,
+            },
+            ModSpec {
+                latent_dim: 3,
+                cell: 1,
+            },
+        ] {
+            let n = arch().num_params() + bad.map_len(&arch());
+            assert!(matches!(
+                Base::new_modulation(arch(), bad, vec![0.0; n], String::new()),
+                Err(BaseError::Format(FormatError::InvalidField { .. }))
+            ));
+        }
+        // Embedded lookups never mix the kinds.
+        if let Some(m) = embedded_modulation() {
+            assert!(m.modulation.is_some());
+        }
+        for e in embedded() {
+            if let Some(w) = embedded_for(&e.arch) {
+                assert!(w.modulation.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn modulation_base_corruption_is_rejected() {
+        let bytes = mod_base().to_bytes().unwrap();
+        let l = Limits::default();
+        for n in 0..bytes.len() {
+            assert!(Base::from_bytes(&bytes[..n], &l).is_err(), "{n}");
+        }
+        for i in 0..bytes.len() {
+            for x in 1..=255u8 {
+                let mut c = bytes.clone();
+                c[i] ^= x;
+                assert!(Base::from_bytes(&c, &l).is_err(), "{i} {x}");
+            }
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(Base::from_bytes(&long, &l).is_err());
+        // Hostile fields with a valid CRC.
+        let with = |at: usize, v: &[u8]| {
+            let mut c = bytes.clone();
+            c[at..at + v.len()].copy_from_slice(v);
+            let n = c.len() - 4;
+            let crc = crc32fast::hash(&c[..n]);
+            c[n..].copy_from_slice(&crc.to_le_bytes());
+            Base::from_bytes(&c, &l)
+        };
+        let field = |r: Result<Base, BaseError>| match r {
+            Err(BaseError::Format(FormatError::InvalidField { field, .. })) => field,
+            other => panic!("expected InvalidField, got {other:?}"),
+        };
+        assert_eq!(field(with(20, &[0])), "base kind");
+        assert_eq!(field(with(20, &[2])), "base kind");
+        assert_eq!(field(with(21, &[0])), "base latent_dim");
+        assert_eq!(field(with(22, &[1])), "base cell");
+        assert_eq!(field(with(22, &[0])), "base cell");
+        assert_eq!(field(with(23, &[1])), "base reserved byte");
+        // latent_dim 2 instead of 3: N no longer matches.
+        assert_eq!(field(with(21, &[2])), "base parameter count");
+        // A network within the parameter limit whose map takes the total beyond it is
+        // refused before allocating (width 256, depth 64: 4.1M weights + 4.2M map values).
+        let mut c = bytes.clone();
+        c[10..12].copy_from_slice(&256u16.to_le_bytes());
+        c[12] = 64;
+        c[21] = 255;
+        assert!(matches!(
+            Base::from_bytes(&c, &l),
+            Err(BaseError::Format(FormatError::LimitExceeded {
+                what: "base weight count",
+                ..
+            }))
+        ));
+        let small = Limits {
+            max_params: (arch().num_params() + 3 * 2 * 4 - 1) as u64,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            Base::from_bytes(&bytes, &small),
+            Err(BaseError::Format(FormatError::LimitExceeded {
+                what: "base weight count",
+                ..
+            }))
+        ));
+        // A v1 header on v2 bytes (and the reverse) does not parse.
+        let mut c = bytes.clone();
+        c[4] = 1;
+        assert!(Base::from_bytes(&c, &l).is_err());
+        let mut c = base().to_bytes().unwrap();
+        c[4] = 2;
+        assert!(Base::from_bytes(&c, &l).is_err());
+        let mut c = bytes.clone();
+        c[4] = 3;
+        assert!(matches!(
+            Base::from_bytes(&c, &l),
+            Err(BaseError::UnsupportedVersion { found: 3 })
+        ));
     }
 
     #[test]

@@ -243,6 +243,13 @@ impl EncodeConfig {
             BaseChoice::None => None,
             BaseChoice::Default => base::embedded_for(&arch).cloned(),
             BaseChoice::Custom(b) => {
+                if b.modulation.is_some() {
+                    return Err(EncodeError::Parameter(format!(
+                        "base {:016x} is a modulation base (codec-spec §10.3); weight coding \
+                         needs a weight base",
+                        b.id()
+                    )));
+                }
                 if b.arch.out_channels != img.channels {
                     return Err(EncodeError::Parameter(format!(
                         "base {:016x} outputs {} channels, the image has {}",
@@ -925,6 +932,14 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
     if let Some(id) = file.base_id {
         // §6.2: w = base + q * step, one f32 addition per weight.
         let b = base::find(id, &opts.bases)?;
+        if b.modulation.is_some() {
+            return Err(BaseError::WrongKind {
+                id,
+                found: "modulation",
+                expected: "weight",
+            }
+            .into());
+        }
         if b.arch != file.arch {
             return Err(BaseError::ArchMismatch {
                 id,

@@ -18,6 +18,14 @@ pub use audio::{
     MAX_SAMPLE_RATE, MAX_WINDOW_LEN, MODALITY_AUDIO, VERSION_AUDIO,
 };
 
+// §12 Modulation-mode files (flag bit 2, version 2) live in their own child module.
+#[path = "format_mod.rs"]
+mod modulation;
+pub use modulation::{
+    is_modulation_file, mod_grid_dims, read_mod_file, write_mod_file, ModInfo, ModInrFile,
+    FLAG_MODULATIONS, MIN_CELL, MOD_FLAGS, MOD_SECTION_BYTES, VERSION_MOD,
+};
+
 /// §3.1 Magic bytes: `0x89 'I' 'N' 'R'` (a high byte first, as in PNG, catches 7-bit and
 /// text-mode damage).
 pub const MAGIC: [u8; 4] = [0x89, b'I', b'N', b'R'];
@@ -28,7 +36,8 @@ pub const MIN_VERSION: u8 = 1;
 /// §3.4 Flag bit 0: a base-reference section (§4.5) follows the step table, and the stored
 /// tensors are residuals from that base's weights (§6.2).
 pub const FLAG_BASE: u16 = 1 << 0;
-/// §3.4 Flags that version 2 defines.
+/// §3.4 Flags of the image layout in version 2 (flag bit 2, [`FLAG_MODULATIONS`], selects the
+/// modulation layout of §12 instead).
 pub const KNOWN_FLAGS: u16 = FLAG_BASE | FLAG_SPARSE;
 /// §4.5 Size of the base-reference section: the base id (`u64`).
 pub const BASE_REF_BYTES: usize = 8;
@@ -577,6 +586,11 @@ pub struct FileInfo {
     pub audio: Option<AudioInfo>,
     /// The sparsity section (§4.6), when flag bit 1 is set.
     pub sparsity: Option<SparsityInfo>,
+    /// The modulation section (§12), for a modulation-mode file (flag bit 2). Then
+    /// `num_params` is the number of latents, `steps`/`tensor_bits`/`num_tensors` describe the
+    /// latent channels and `arch` is the base network's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modulation: Option<ModInfo>,
 }
 
 /// Summary of the sparsity masks of a file (§4.6), decoded by [`inspect`].
@@ -863,6 +877,23 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         bits,
         coder,
     } = read_fixed_header(&mut r)?;
+    // A modulation-mode file (§12) has another layout: say so instead of a structural error.
+    if version == VERSION_MOD && modality == MODALITY_IMAGE && flags & FLAG_MODULATIONS != 0 {
+        let known = KNOWN_FLAGS | FLAG_MODULATIONS;
+        if flags & !known != 0 {
+            return Err(FormatError::UnknownFlags {
+                flags,
+                known,
+                version,
+            });
+        }
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "no flag bit 2; this is a modulation-mode file: read it with the \
+                       modulation reader (format::read_mod_file)",
+        });
+    }
     let num_tensors = arch.num_tensors();
     let step_bytes = r.take(num_tensors * STEP_BYTES, "step table")?;
     let known = if version == 1 { 0 } else { KNOWN_FLAGS };
@@ -1199,6 +1230,9 @@ pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatErr
     if peek_modality(bytes)? == MODALITY_AUDIO {
         return audio::inspect_audio(bytes);
     }
+    if is_modulation_file(bytes) {
+        return modulation::inspect_mod(bytes, limits);
+    }
     let p = parse(bytes, limits)?;
     let total = bytes.len() as u64;
     let num_tensors = p.steps.len();
@@ -1237,6 +1271,7 @@ pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatErr
         bpp: 8.0 * total as f64 / pixels.max(1) as f64,
         audio: None,
         sparsity,
+        modulation: None,
     })
 }
 

@@ -558,6 +558,7 @@ pub(super) fn inspect_audio(bytes: &[u8]) -> Result<super::FileInfo, FormatError
         flags: 0,
         base_id: None,
         sparsity: None,
+        modulation: None,
         modality: "audio",
         width: 0,
         height: 0,

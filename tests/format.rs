@@ -607,11 +607,20 @@ fn version_magic_flags_and_trailing_bytes() {
         Err(FormatError::BadMagic { .. })
     ));
     let mut b = bytes.clone();
+    b[6] = 0x08;
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::UnknownFlags { flags: 8, .. })
+    ));
+    // Flag bit 2 is a modulation-mode file (§12): another layout, named in the error.
+    let mut b = bytes.clone();
     b[6] = 0x04;
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnknownFlags { flags: 4, .. })
+        Err(FormatError::InvalidField { field: "flags", expected, .. })
+            if expected.contains("modulation")
     ));
     // Version 1 defines no flags at all, not even the base reference.
     let mut b = bytes.clone();

@@ -254,11 +254,19 @@ fn hostile_sparsity_sections_give_errors_not_panics() {
         Err(FormatError::UnknownFlags { flags: 2, .. })
     ));
     let mut b = bytes.clone();
+    b[6] |= 8;
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::UnknownFlags { flags: 10, .. })
+    ));
+    // Flag bit 2 selects the modulation layout (§12): refused by name.
+    let mut b = bytes.clone();
     b[6] |= 4;
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnknownFlags { flags: 6, .. })
+        Err(FormatError::InvalidField { field: "flags", .. })
     ));
     // Mask stream length not a multiple of 4 / beyond the file.
     let len_at = bitmap_at + 1;

@@ -15,7 +15,7 @@ fn check(bytes: &[u8]) {
             return;
         }
     };
-    assert_eq!(b.params.len(), b.arch.num_params());
+    assert_eq!(b.params.len(), b.expected_params());
     assert!(b.params.iter().all(|v| v.is_finite()));
     let again = b.to_bytes().expect("a parsed base serialises");
     assert_eq!(again, bytes, "a parsed base must re-serialise to the same bytes");

@@ -8,6 +8,12 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fn check(bytes: &[u8]) {
+    // Modulation-mode files (codec-spec §12): the full reader must never panic either, and
+    // agree with `inspect` on what it accepts.
+    let modulated = inr::format::read_mod_file(bytes, &inr::Limits::default());
+    if let Err(e) = &modulated {
+        let _ = e.to_string();
+    }
     let info = match inr::inspect(bytes) {
         Ok(info) => info,
         Err(e) => {
@@ -30,7 +36,16 @@ fn check(bytes: &[u8]) {
         assert_eq!(info.total_bytes, bytes.len() as u64);
         assert_eq!(info.steps.len(), info.num_tensors);
         assert_eq!(info.tensor_bits.len(), info.num_tensors);
-        assert_eq!(info.arch.num_tensors(), info.num_tensors);
+        match &info.modulation {
+            None => assert_eq!(info.arch.num_tensors(), info.num_tensors),
+            Some(m) => {
+                assert_eq!(usize::from(m.latent_dim), info.num_tensors);
+                assert_eq!(m.latents, info.num_params);
+                if let Ok(f) = &modulated {
+                    assert_eq!(f.channels.len(), info.num_tensors);
+                }
+            }
+        }
         if info.modality == "image" {
             assert!(info.width >= 1 && info.height >= 1);
         }

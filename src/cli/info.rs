@@ -90,6 +90,9 @@ fn base_info(args: &InfoArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
         "kind": "base",
         "id": format!("{:016x}", b.id()),
         "arch": b.arch,
+        "base_kind": if b.modulation.is_some() { "modulation" } else { "weights" },
+        "modulation": b.modulation,
+        "network_params": b.arch.num_params(),
         "num_params": b.params.len(),
         "embedded": inr::base::embedded().iter().any(|e| e.id() == b.id()),
         "description": description,
@@ -140,6 +143,13 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(b) = bpp {
         out.push(format!("bpp: {b:.4}"));
     }
+    if let Some(m) = info.get("modulation").filter(|m| !m.is_null()) {
+        // Modulation-mode file (codec-spec §12): say so before the field list.
+        out.push(format!(
+            "mode: modulations (latent grid {}x{}, {} channels, cell {} px, {} latents)",
+            m["grid_w"], m["grid_h"], m["latent_dim"], m["cell"], m["latents"]
+        ));
+    }
     lines(&info, 0, &mut out);
     if !weights.is_null() {
         out.push("weights (decoded):".into());
@@ -153,6 +163,9 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
 /// hidden matrices `W_1 .. W_D`, whether the zeros are coded through the mask section or as
 /// plain symbols. `null` when the payload does not decode.
 fn weight_stats(bytes: &[u8]) -> Value {
+    if inr::format::is_modulation_file(bytes) {
+        return latent_stats(bytes);
+    }
     let Ok(f) = inr::format::read_file(bytes, &inr::format::Limits::default()) else {
         return Value::Null;
     };
@@ -185,6 +198,28 @@ fn weight_stats(bytes: &[u8]) -> Value {
         "hidden_density": if n_hidden == 0 { 1.0 } else { nz_hidden as f64 / n_hidden as f64 },
         "tensors": tensors,
     })
+}
+
+/// Per-channel statistics of the decoded latents of a modulation-mode file (codec-spec §12):
+/// bits, values, non-zero values. `null` when the payload does not decode.
+fn latent_stats(bytes: &[u8]) -> Value {
+    let Ok(f) = inr::format::read_mod_file(bytes, &inr::format::Limits::default()) else {
+        return Value::Null;
+    };
+    let channels: Vec<Value> = f
+        .channels
+        .iter()
+        .enumerate()
+        .map(|(c, q)| {
+            serde_json::json!({
+                "channel": c,
+                "bits": q.bits,
+                "values": q.symbols.len(),
+                "nonzero": q.symbols.iter().filter(|&&s| s != 0).count(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "channels": channels })
 }
 
 #[cfg(test)]

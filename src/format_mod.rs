@@ -1,0 +1,506 @@
+//! Modulation-mode files (flag bit 2, format version 2, `codec-spec.md` §12): a shared
+//! meta-learned base network (a version-2 `.inrb` modulation base, §10.3) and, per image, only
+//! a grid of latent vectors. A child module of [`crate::format`] so it shares the reader, the
+//! fixed header, the step validation, the payload groups and the payload/CRC tail of the image
+//! container; nothing here imports the model.
+//!
+//! Layout (§12.1): fixed header (30 bytes, version 2, modality 1, flags exactly
+//! `FLAG_BASE | FLAG_MODULATIONS`) | base reference (8 bytes) | modulation section (latent_dim
+//! u8, cell u8) | channel step table (latent_dim entries of 4 bytes, §4.1) | payload length |
+//! payload (one group per distinct channel bit width, ascending, channels in channel order) |
+//! CRC32.
+
+use super::{
+    group_bits, group_infos, group_members, max_abs_for_bits, read_fixed_header,
+    read_payload_and_crc, validate_bits, validate_dims, validate_header_bits, Arch, FileInfo,
+    FixedHeader, FormatError, Limits, QTensor, Reader, Step, BASE_REF_BYTES, CODER_ADAPTIVE,
+    CRC_BYTES, FLAG_BASE, GROUP_LEN_BYTES, HEADER_BYTES, KNOWN_FLAGS, MAGIC, MIN_VERSION,
+    MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION, PAYLOAD_LEN_BYTES, STEP_BYTES, VERSION,
+};
+use crate::entropy::{self, EntropyError};
+
+/// §3.4 Flag bit 2 (version 2): modulation mode (§12). Only valid together with
+/// [`FLAG_BASE`]: the file is a latent grid for a modulation base.
+pub const FLAG_MODULATIONS: u16 = 1 << 2;
+/// §12.1 The flags of every modulation file, exactly: base reference and modulations.
+pub const MOD_FLAGS: u16 = FLAG_BASE | FLAG_MODULATIONS;
+/// §12.1 The version of every modulation file.
+pub const VERSION_MOD: u8 = 2;
+/// §12.2 Size of the modulation section (latent_dim u8, cell u8).
+pub const MOD_SECTION_BYTES: usize = 2;
+/// §12.2 Smallest latent grid spacing in pixels.
+pub const MIN_CELL: u8 = 2;
+
+/// A complete modulation-mode file in memory (§12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModInrFile {
+    /// Image width in pixels.
+    pub width: u32,
+    /// Image height in pixels.
+    pub height: u32,
+    /// The architecture of the base network (must equal the base's, §4.5).
+    pub arch: Arch,
+    /// Id of the modulation base (§10.2).
+    pub base_id: u64,
+    /// Latent channels per grid node, 1..=255.
+    pub latent_dim: u8,
+    /// Latent grid spacing in pixels, 2..=255.
+    pub cell: u8,
+    /// `latent_dim` entries; each has `grid_w * grid_h` symbols ([`mod_grid_dims`]), node
+    /// `(gx, gy)` at index `gy * grid_w + gx`.
+    pub channels: Vec<QTensor>,
+}
+
+/// Modulation summary for `inspect` (§12).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModInfo {
+    pub latent_dim: u8,
+    pub cell: u8,
+    pub grid_w: u32,
+    pub grid_h: u32,
+    /// `latent_dim * grid_w * grid_h`: the number of coded symbols.
+    pub latents: u64,
+}
+
+/// §12.2 Latent grid size: `(ceil(width / cell) + 1, ceil(height / cell) + 1)`. A `cell` of 0
+/// is treated as 1 (never valid in a file); the result saturates instead of overflowing.
+pub fn mod_grid_dims(width: u32, height: u32, cell: u8) -> (u32, u32) {
+    let c = u32::from(cell.max(1));
+    (
+        width.div_ceil(c).saturating_add(1),
+        height.div_ceil(c).saturating_add(1),
+    )
+}
+
+/// True when `bytes` start like a modulation-mode file: magic, version 2, modality 1 (image)
+/// and flag bit 2 set. Nothing else is validated; use it to choose between
+/// [`read_mod_file`] and [`super::read_file`].
+pub fn is_modulation_file(bytes: &[u8]) -> bool {
+    bytes.get(..4) == Some(&MAGIC[..])
+        && bytes.get(OFF_VERSION) == Some(&VERSION_MOD)
+        && bytes.get(OFF_MODALITY) == Some(&MODALITY_IMAGE)
+        && bytes
+            .get(OFF_FLAGS..OFF_FLAGS + 2)
+            .is_some_and(|f| u16::from_le_bytes([f[0], f[1]]) & FLAG_MODULATIONS != 0)
+}
+
+/// §12.2, §12.5: image size, architecture, modulation fields, latent count and rendering
+/// work against `limits`. Returns the grid size.
+fn validate_mod_fields(
+    width: u32,
+    height: u32,
+    arch: &Arch,
+    latent_dim: u8,
+    cell: u8,
+    limits: &Limits,
+) -> Result<(u32, u32), FormatError> {
+    validate_dims(width, height, limits)?;
+    arch.validate(limits)?;
+    if latent_dim == 0 {
+        return Err(FormatError::InvalidField {
+            field: "latent_dim",
+            value: 0,
+            expected: "1..=255",
+        });
+    }
+    if cell < MIN_CELL {
+        return Err(FormatError::InvalidField {
+            field: "cell",
+            value: cell.into(),
+            expected: "2..=255 pixels",
+        });
+    }
+    let (gw, gh) = mod_grid_dims(width, height, cell);
+    // <= 255 * 2^32 * 2^32 would overflow: saturate (anything that large exceeds the limit).
+    let latents = u64::from(latent_dim)
+        .saturating_mul(u64::from(gw))
+        .saturating_mul(u64::from(gh));
+    if latents > limits.max_params {
+        return Err(FormatError::LimitExceeded {
+            what: "latent count (latent_dim x grid_w x grid_h)",
+            value: latents,
+            limit: limits.max_params,
+        });
+    }
+    limits.check_render(width, height, mod_render_params(arch, latent_dim))?;
+    Ok((gw, gh))
+}
+
+/// §12.5 Parameters per rendered pixel: the network's plus the latent-to-shift map's
+/// (`latent_dim * depth * width`).
+fn mod_render_params(arch: &Arch, latent_dim: u8) -> u64 {
+    // num_params_u64 < 2^41, the map < 2^30: no overflow.
+    arch.num_params_u64() + u64::from(latent_dim) * u64::from(arch.depth) * u64::from(arch.width)
+}
+
+/// Serialises a modulation file (§12), validating it first with [`Limits::default`].
+///
+/// # Errors
+/// [`FormatError::InvalidField`] / [`FormatError::LimitExceeded`] for values a default decoder
+/// would reject (including a channel `bits` outside 2..=16), [`FormatError::TensorCount`] when
+/// there are not `latent_dim` channels, [`FormatError::TensorLength`] when a channel does not
+/// hold `grid_w * grid_h` symbols, [`FormatError::Entropy`] for a symbol outside its channel's
+/// range (the error names the channel).
+///
+/// # Panics
+/// Never.
+pub fn write_mod_file(f: &ModInrFile) -> Result<Vec<u8>, FormatError> {
+    let limits = Limits::default();
+    let (gw, gh) = validate_mod_fields(f.width, f.height, &f.arch, f.latent_dim, f.cell, &limits)?;
+    if f.channels.len() != usize::from(f.latent_dim) {
+        return Err(FormatError::TensorCount {
+            expected: f.latent_dim.into(),
+            found: f.channels.len(),
+        });
+    }
+    let n = (u64::from(gw) * u64::from(gh)) as usize; // <= max_params after validation
+    for (index, c) in f.channels.iter().enumerate() {
+        c.step.validate()?;
+        validate_bits("channel bits", c.bits)?;
+        if c.symbols.len() != n {
+            return Err(FormatError::TensorLength {
+                index,
+                expected: n,
+                found: c.symbols.len(),
+            });
+        }
+    }
+    let channel_bits: Vec<u8> = f.channels.iter().map(|c| c.bits).collect();
+    let bits = channel_bits.iter().copied().max().unwrap_or(0);
+    let lens = vec![n; channel_bits.len()];
+    let mut payload = Vec::new();
+    for b in group_bits(&channel_bits) {
+        let (members, _) = group_members(&channel_bits, &lens, b);
+        let refs: Vec<&[i32]> = members
+            .iter()
+            .filter_map(|&i| f.channels.get(i))
+            .map(|c| c.symbols.as_slice())
+            .collect();
+        let group = entropy::encode_tensors(&refs, max_abs_for_bits(b)).map_err(|e| match e {
+            EntropyError::SymbolOutOfRange {
+                tensor,
+                index,
+                value,
+                max_abs,
+            } => EntropyError::SymbolOutOfRange {
+                tensor: members.get(tensor).copied().unwrap_or(tensor),
+                index,
+                value,
+                max_abs,
+            },
+            other => other,
+        })?;
+        super::check_section("payload group", group.len() as u64, &limits)?;
+        let len = u32::try_from(group.len()).map_err(|_| FormatError::PayloadTooLarge {
+            len: group.len() as u64,
+        })?;
+        payload.extend_from_slice(&len.to_le_bytes());
+        payload.extend_from_slice(&group);
+    }
+    super::check_section("payload", payload.len() as u64, &limits)?;
+    let payload_len = u32::try_from(payload.len()).map_err(|_| FormatError::PayloadTooLarge {
+        len: payload.len() as u64,
+    })?;
+    let mut out = Vec::with_capacity(
+        HEADER_BYTES
+            + BASE_REF_BYTES
+            + MOD_SECTION_BYTES
+            + STEP_BYTES * f.channels.len()
+            + PAYLOAD_LEN_BYTES
+            + payload.len()
+            + CRC_BYTES,
+    );
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION_MOD);
+    out.push(MODALITY_IMAGE);
+    out.extend_from_slice(&MOD_FLAGS.to_le_bytes());
+    out.extend_from_slice(&f.width.to_le_bytes());
+    out.extend_from_slice(&f.height.to_le_bytes());
+    f.arch.write(&mut out);
+    out.push(bits);
+    out.push(CODER_ADAPTIVE);
+    out.extend_from_slice(&f.base_id.to_le_bytes());
+    out.push(f.latent_dim);
+    out.push(f.cell);
+    for c in &f.channels {
+        out.extend_from_slice(&c.step.mantissa.to_le_bytes());
+        out.push(c.step.exponent);
+        out.push(c.bits);
+    }
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    let total = out.len() as u64;
+    if total > limits.max_file_bytes {
+        return Err(FormatError::LimitExceeded {
+            what: "file size",
+            value: total,
+            limit: limits.max_file_bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// A structurally parsed modulation file (CRC verified, all fields validated), payload not
+/// decoded.
+struct ParsedMod<'a> {
+    width: u32,
+    height: u32,
+    arch: Arch,
+    bits: u8,
+    base_id: u64,
+    latent_dim: u8,
+    cell: u8,
+    grid: (u32, u32),
+    steps: Vec<Step>,
+    channel_bits: Vec<u8>,
+    /// `(bits, entropy-coded bytes)` per distinct bit width, ascending.
+    groups: Vec<(u8, &'a [u8])>,
+}
+
+/// §12.5 Decoder steps 1–5 for a modulation file.
+fn parse_mod<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedMod<'a>, FormatError> {
+    let total = bytes.len() as u64;
+    if total > limits.max_file_bytes {
+        return Err(FormatError::LimitExceeded {
+            what: "file size",
+            value: total,
+            limit: limits.max_file_bytes,
+        });
+    }
+    let mut r = Reader { bytes, pos: 0 };
+    let found: [u8; 4] = r.array("magic")?;
+    if found != MAGIC {
+        return Err(FormatError::BadMagic { found });
+    }
+    let version = r.u8("version byte")?;
+    if !(MIN_VERSION..=VERSION).contains(&version) {
+        return Err(FormatError::UnsupportedVersion { found: version });
+    }
+    let FixedHeader {
+        modality,
+        flags,
+        width,
+        height,
+        arch,
+        bits,
+        coder,
+    } = read_fixed_header(&mut r)?;
+    // The layout depends on version, modality and flags: check them before the structure.
+    if version != VERSION_MOD {
+        return Err(FormatError::InvalidField {
+            field: "version",
+            value: version.into(),
+            expected: "2 (modulation files); a version-1 file is a plain image file: \
+                       read it with the image reader (format::read_file)",
+        });
+    }
+    if modality != MODALITY_IMAGE {
+        return Err(FormatError::InvalidField {
+            field: "modality",
+            value: modality.into(),
+            expected: if modality == super::MODALITY_AUDIO {
+                "1 (image); this is an audio file: read it with the audio reader \
+                 (format::read_audio_file)"
+            } else {
+                "1 (image)"
+            },
+        });
+    }
+    let known = KNOWN_FLAGS | FLAG_MODULATIONS;
+    if flags & !known != 0 {
+        return Err(FormatError::UnknownFlags {
+            flags,
+            known,
+            version,
+        });
+    }
+    if flags & FLAG_MODULATIONS == 0 {
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "0x0005 (base reference + modulations); without flag bit 2 this is a \
+                       plain image file: read it with the image reader (format::read_file)",
+        });
+    }
+    if flags != MOD_FLAGS {
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "exactly 0x0005 (base reference + modulations) in a modulation file",
+        });
+    }
+    let base_id = u64::from_le_bytes(r.array::<BASE_REF_BYTES>("base reference")?);
+    let latent_dim = r.u8("modulation section")?;
+    let cell = r.u8("modulation section")?;
+    // <= 255 entries of 4 bytes: bounded by the u8, checked against the bytes present.
+    let step_bytes = r.take(usize::from(latent_dim) * STEP_BYTES, "channel step table")?;
+    let payload = read_payload_and_crc(&mut r, bytes)?;
+    // Semantics (a hostile file can carry a valid CRC, so everything is checked).
+    let grid = validate_mod_fields(width, height, &arch, latent_dim, cell, limits)?;
+    validate_bits("bits", bits)?;
+    if coder != CODER_ADAPTIVE {
+        return Err(FormatError::InvalidField {
+            field: "coder",
+            value: coder.into(),
+            expected: "0 (adaptive frequency model)",
+        });
+    }
+    if payload.len() % 4 != 0 {
+        return Err(FormatError::InvalidField {
+            field: "payload length",
+            value: payload.len() as u64,
+            expected: "a multiple of 4 (whole 32-bit words)",
+        });
+    }
+    super::check_section("payload", payload.len() as u64, limits)?;
+    let mut steps = Vec::with_capacity(usize::from(latent_dim));
+    let mut channel_bits = Vec::with_capacity(usize::from(latent_dim));
+    for c in step_bytes.chunks_exact(STEP_BYTES) {
+        let &[lo, hi, exponent, tb] = c else {
+            continue; // unreachable: chunks_exact yields exactly STEP_BYTES bytes
+        };
+        let s = Step {
+            mantissa: u16::from_le_bytes([lo, hi]),
+            exponent,
+        };
+        s.validate()?;
+        validate_bits("channel bits", tb)?;
+        steps.push(s);
+        channel_bits.push(tb);
+    }
+    validate_header_bits(bits, &channel_bits)?;
+    let mut g = Reader {
+        bytes: payload,
+        pos: 0,
+    };
+    let mut groups = Vec::new(); // <= 15 entries
+    for b in group_bits(&channel_bits) {
+        let len = g.u32("payload group length")?;
+        if len % 4 != 0 {
+            return Err(FormatError::InvalidField {
+                field: "payload group length",
+                value: len.into(),
+                expected: "a multiple of 4 (whole 32-bit words)",
+            });
+        }
+        let group = g.take(len as usize, "payload group")?;
+        super::check_section("payload group", u64::from(len), limits)?;
+        groups.push((b, group));
+    }
+    if g.pos != payload.len() {
+        return Err(FormatError::PayloadGroups {
+            used: g.pos as u64,
+            len: payload.len() as u64,
+        });
+    }
+    Ok(ParsedMod {
+        width,
+        height,
+        arch,
+        bits,
+        base_id,
+        latent_dim,
+        cell,
+        grid,
+        steps,
+        channel_bits,
+        groups,
+    })
+}
+
+/// Parses and entropy-decodes a modulation file (§12.5).
+///
+/// # Errors
+/// Every malformed, truncated, damaged or over-limit input gives a [`FormatError`]; a plain
+/// image file or an audio file is refused with an [`FormatError::InvalidField`] that names the
+/// right reader.
+///
+/// # Panics
+/// Never, for any input.
+pub fn read_mod_file(bytes: &[u8], limits: &Limits) -> Result<ModInrFile, FormatError> {
+    let p = parse_mod(bytes, limits)?;
+    // grid_w * grid_h * latent_dim <= limits.max_params (validated in `parse_mod`).
+    let n = (u64::from(p.grid.0) * u64::from(p.grid.1)) as usize;
+    let lens = vec![n; p.channel_bits.len()];
+    let mut symbols: Vec<Vec<i32>> = vec![Vec::new(); lens.len()];
+    for &(b, group) in &p.groups {
+        let (members, member_lens) = group_members(&p.channel_bits, &lens, b);
+        let decoded = entropy::decode_tensors(group, &member_lens, max_abs_for_bits(b))?;
+        for (i, s) in members.into_iter().zip(decoded) {
+            if let Some(slot) = symbols.get_mut(i) {
+                *slot = s;
+            }
+        }
+    }
+    let channels = p
+        .steps
+        .into_iter()
+        .zip(p.channel_bits)
+        .zip(symbols)
+        .map(|((step, bits), symbols)| QTensor {
+            step,
+            bits,
+            symbols,
+        })
+        .collect();
+    let _ = p.bits; // validated: equals the largest channel bit width
+    Ok(ModInrFile {
+        width: p.width,
+        height: p.height,
+        arch: p.arch,
+        base_id: p.base_id,
+        latent_dim: p.latent_dim,
+        cell: p.cell,
+        channels,
+    })
+}
+
+/// Header and section sizes of a modulation file without entropy decoding (§12.5 steps 1–5).
+pub(super) fn inspect_mod(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatError> {
+    let p = parse_mod(bytes, limits)?;
+    let total = bytes.len() as u64;
+    let num_tensors = p.steps.len();
+    let groups = group_infos(&p.groups, &p.channel_bits);
+    let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum();
+    let pixels = u64::from(p.width) * u64::from(p.height);
+    let (grid_w, grid_h) = p.grid;
+    let latents = u64::from(p.latent_dim) * u64::from(grid_w) * u64::from(grid_h);
+    Ok(FileInfo {
+        version: VERSION_MOD,
+        flags: MOD_FLAGS,
+        base_id: Some(format!("{:016x}", p.base_id)),
+        modality: "image",
+        width: p.width,
+        height: p.height,
+        channels: p.arch.out_channels,
+        arch: p.arch,
+        num_params: latents,
+        bits: p.bits,
+        coder: CODER_ADAPTIVE,
+        num_tensors,
+        steps: p.steps,
+        tensor_bits: p.channel_bits,
+        header_bytes: HEADER_BYTES as u64,
+        side_info_bytes: (BASE_REF_BYTES
+            + MOD_SECTION_BYTES
+            + STEP_BYTES * num_tensors
+            + PAYLOAD_LEN_BYTES
+            + GROUP_LEN_BYTES * groups.len()) as u64,
+        payload_bytes,
+        groups,
+        crc_bytes: CRC_BYTES as u64,
+        total_bytes: total,
+        bpp: 8.0 * total as f64 / pixels.max(1) as f64,
+        audio: None,
+        sparsity: None,
+        modulation: Some(ModInfo {
+            latent_dim: p.latent_dim,
+            cell: p.cell,
+            grid_w,
+            grid_h,
+            latents,
+        }),
+    })
+}
