@@ -919,6 +919,9 @@ fn npx_f(img: &Image) -> f64 {
 /// # Panics
 /// Never, for any input.
 pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> {
+    if format::is_modulation_file(bytes) {
+        return crate::mod_codec::decode_modulated(bytes, opts);
+    }
     let file = format::read_file(bytes, &opts.limits)?;
     let (w, h) = opts.size.unwrap_or((file.width, file.height));
     if w == 0 || h == 0 {

@@ -22,6 +22,7 @@ pub mod media;
 pub mod meta;
 pub mod metrics;
 pub mod modulation;
+mod mod_codec;
 mod model;
 mod quant;
 pub mod rd;
@@ -36,6 +37,8 @@ pub use codec::{
     EncodeConfig, EncodeError, Encoded, Preset, Progress, PruneScope, RATE_TOLERANCE,
 };
 pub use format::Limits;
+pub use mod_codec::{encode_modulated, ModEncodeConfig, DEFAULT_LATENT_STEP};
+pub use modulation::LatentFit;
 
 /// Internals exposed for the criterion benches only; not a stable API.
 #[doc(hidden)]

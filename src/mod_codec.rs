@@ -1,0 +1,285 @@
+//! The modulation-mode image codec (`codec-spec.md` §12): fit a latent grid for a shared,
+//! meta-learned modulated base; quantize the latents uniformly; entropy-code them per latent
+//! channel with the adaptive coder of §5. Rate control moves only the quantization step (the
+//! fit does not depend on it), so `--bpp` costs a few cheap re-quantizations.
+
+use crate::base::{self, Base, BaseError, ModSpec};
+use crate::codec::{DecodeError, DecodeOptions, EncodeError, Encoded, Progress};
+use crate::fit::psnr_u8;
+use crate::format::{self, max_abs_for_bits, ModInrFile, QTensor, Step};
+use crate::media::Image;
+use crate::modulation::{self, fit_latents, LatentFit, ModNet, Packed, Target};
+
+/// Settings of a modulation-mode encode.
+#[derive(Debug, Clone)]
+pub struct ModEncodeConfig {
+    /// The latent fit (steps, learning rate, pixel fraction per step, L2 penalty).
+    pub fit: LatentFit,
+    /// Quantization step of the latents (ignored with `target_bpp`).
+    pub latent_step: f32,
+    /// Rate control: aim the real file size at this many bits per pixel.
+    pub target_bpp: Option<f64>,
+    /// The modulation base; `None` = the embedded default.
+    pub base: Option<Base>,
+    pub seed: u64,
+    /// Rayon threads; `None` uses all cores.
+    pub threads: Option<usize>,
+}
+
+impl Default for ModEncodeConfig {
+    fn default() -> Self {
+        ModEncodeConfig {
+            fit: LatentFit::default(),
+            latent_step: DEFAULT_LATENT_STEP,
+            target_bpp: None,
+            base: None,
+            seed: 0,
+            threads: None,
+        }
+    }
+}
+
+/// Default quantization step of the latents.
+pub const DEFAULT_LATENT_STEP: f32 = 0.25;
+
+/// The modulated network of a base, or why the base cannot be used.
+pub fn mod_net(b: &Base) -> Result<ModNet, String> {
+    let spec = b
+        .modulation
+        .ok_or_else(|| format!("base {:016x} is a weight base, not a modulation base", b.id()))?;
+    ModNet::from_flat(
+        b.arch,
+        usize::from(spec.latent_dim),
+        u32::from(spec.cell),
+        &b.params,
+    )
+    .ok_or_else(|| format!("base {:016x}: weight count does not match", b.id()))
+}
+
+/// Quantizes node-major latents `z` (`nodes x d`) with step `q` into one tensor per channel.
+pub fn quantize(z: &[f32], d: usize, q: f32) -> Vec<QTensor> {
+    let step = Step::from_f32(q);
+    let qf = step.to_f32();
+    (0..d)
+        .map(|i| {
+            let symbols: Vec<i32> = z
+                .iter()
+                .skip(i)
+                .step_by(d)
+                .map(|&v| (v / qf).round().clamp(-32767.0, 32767.0) as i32)
+                .collect();
+            let m = symbols.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+            let bits = (2..=16u8)
+                .find(|&b| m <= max_abs_for_bits(b))
+                .unwrap_or(16);
+            QTensor {
+                step,
+                bits,
+                symbols,
+            }
+        })
+        .collect()
+}
+
+/// Node-major latents from the channel tensors (`value = symbol * step`, §12).
+pub fn dequantize(channels: &[QTensor]) -> Vec<f32> {
+    let d = channels.len();
+    let nodes = channels.first().map_or(0, |c| c.symbols.len());
+    let mut z = vec![0.0f32; nodes * d];
+    for (i, c) in channels.iter().enumerate() {
+        for (n, v) in c.dequantize().into_iter().enumerate() {
+            z[n * d + i] = v;
+        }
+    }
+    z
+}
+
+fn file_for(img: &Image, b: &Base, spec: ModSpec, channels: Vec<QTensor>) -> ModInrFile {
+    ModInrFile {
+        width: img.width,
+        height: img.height,
+        arch: b.arch,
+        base_id: b.id(),
+        latent_dim: spec.latent_dim,
+        cell: spec.cell,
+        channels,
+    }
+}
+
+/// Encodes `img` in modulation mode.
+///
+/// # Errors
+/// [`EncodeError::Parameter`] for an unusable image or base; format errors when the result
+/// would not be a valid file.
+pub fn encode_modulated(
+    img: &Image,
+    cfg: &ModEncodeConfig,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Encoded, EncodeError> {
+    let mut run = || encode_inner(img, cfg, progress);
+    match cfg.threads {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| EncodeError::Parameter(format!("thread pool: {e}")))?
+            .install(run),
+        None => run(),
+    }
+}
+
+fn encode_inner(
+    img: &Image,
+    cfg: &ModEncodeConfig,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Encoded, EncodeError> {
+    let npx = img.width as usize * img.height as usize;
+    if npx == 0 || img.data.len() != npx * usize::from(img.channels) {
+        return Err(EncodeError::Parameter("empty or inconsistent image".into()));
+    }
+    let b = match &cfg.base {
+        Some(b) => b.clone(),
+        None => base::embedded_modulation()
+            .cloned()
+            .ok_or_else(|| EncodeError::Parameter("no embedded modulation base".into()))?,
+    };
+    let spec = b.modulation.ok_or_else(|| {
+        EncodeError::Parameter(format!(
+            "base {:016x} is a weight base; --mode modulations needs a modulation base",
+            b.id()
+        ))
+    })?;
+    let net = mod_net(&b).map_err(EncodeError::Parameter)?;
+    // The base decides the channels; a gray image is coded as RGB (decodes to RGB).
+    let rgb;
+    let src = match (img.channels, b.arch.out_channels) {
+        (c, o) if c == o => img,
+        (1, 3) => {
+            rgb = Image {
+                width: img.width,
+                height: img.height,
+                channels: 3,
+                data: img.data.iter().flat_map(|&v| [v, v, v]).collect(),
+            };
+            &rgb
+        }
+        (c, o) => {
+            return Err(EncodeError::Parameter(format!(
+                "image has {c} channels, the modulation base {o}"
+            )))
+        }
+    };
+    if !(cfg.fit.lr.is_finite() && cfg.fit.lr > 0.0)
+        || !(cfg.fit.frac > 0.0 && cfg.fit.frac <= 1.0)
+        || !(cfg.fit.l2.is_finite() && cfg.fit.l2 >= 0.0)
+    {
+        return Err(EncodeError::Parameter(
+            "latent fit: lr > 0, 0 < fraction <= 1, l2 >= 0".into(),
+        ));
+    }
+    let pk = Packed::new(&net);
+    let tgt = Target::new(&net, src);
+    let total = cfg.fit.steps;
+    let z = fit_latents(&net, &pk, &tgt, &cfg.fit, cfg.seed, &mut |s| {
+        progress(&Progress {
+            step: s,
+            total,
+            psnr: None,
+            phase: "latents",
+        })
+    });
+    let d = net.latent_dim;
+    let write = |q: f32| -> Result<Vec<u8>, EncodeError> {
+        Ok(format::write_mod_file(&file_for(
+            src,
+            &b,
+            spec,
+            quantize(&z, d, q),
+        ))?)
+    };
+    let q = match cfg.target_bpp {
+        None => {
+            if !(cfg.latent_step.is_finite() && cfg.latent_step > 0.0) {
+                return Err(EncodeError::Parameter("latent step must be > 0".into()));
+            }
+            cfg.latent_step
+        }
+        Some(t) => {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(EncodeError::Parameter("--bpp must be > 0".into()));
+            }
+            // Size falls as the step grows: bisect log(step) for the finest step whose file
+            // fits the target.
+            let bpp = |q: f32| -> Result<f64, EncodeError> {
+                Ok(write(q)?.len() as f64 * 8.0 / npx as f64)
+            };
+            let (mut lo, mut hi) = (1e-3f32.ln(), 64f32.ln());
+            if bpp(hi.exp())? > t {
+                hi.exp()
+            } else {
+                for _ in 0..20 {
+                    let mid = 0.5 * (lo + hi);
+                    if bpp(mid.exp())? > t {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                hi.exp()
+            }
+        }
+    };
+    let channels = quantize(&z, d, q);
+    let zq = dequantize(&channels);
+    let bytes = format::write_mod_file(&file_for(src, &b, spec, channels))?;
+    let data = modulation::render(&net, &zq, src.width, src.height);
+    let psnr = psnr_u8(&data, &src.data);
+    Ok(Encoded {
+        bpp: bytes.len() as f64 * 8.0 / npx as f64,
+        bytes,
+        recon: Image {
+            width: src.width,
+            height: src.height,
+            channels: src.channels,
+            data,
+        },
+        psnr,
+    })
+}
+
+/// Decodes a modulation-mode file (the caller has checked [`format::is_modulation_file`]).
+///
+/// # Errors
+/// Format errors, a missing or mismatching base, limits.
+pub fn decode_modulated(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> {
+    let file = format::read_mod_file(bytes, &opts.limits)?;
+    let (w, h) = opts.size.unwrap_or((file.width, file.height));
+    if w == 0 || h == 0 {
+        return Err(DecodeError::Parameter(format!(
+            "output size {w}x{h} (expected both sides >= 1)"
+        )));
+    }
+    let b = base::find(file.base_id, &opts.bases)?;
+    let spec = ModSpec {
+        latent_dim: file.latent_dim,
+        cell: file.cell,
+    };
+    if b.arch != file.arch || b.modulation != Some(spec) {
+        return Err(BaseError::ArchMismatch {
+            id: file.base_id,
+            base: b.arch,
+            file: file.arch,
+        }
+        .into());
+    }
+    let net = mod_net(b).map_err(DecodeError::Parameter)?;
+    let per_px = (file.arch.num_params() + net.map.len()) as u64;
+    opts.limits.check_render(w, h, per_px)?;
+    let z = dequantize(&file.channels);
+    let data = modulation::render_scaled(&net, &z, (file.width, file.height), (w, h));
+    Ok(Image {
+        width: w,
+        height: h,
+        channels: file.arch.out_channels,
+        data,
+    })
+}
