@@ -95,7 +95,7 @@ pub const BITS_RANGE: std::ops::RangeInclusive<u8> = 2..=16;
 
 /// Network architecture, as stored in the header (§3.6). Pure integer arithmetic on it lives
 /// here; the layer layout it implies is normative (§6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Arch {
     /// Input coordinate dimensions: 2 for images (1 is reserved for audio, not valid in v1).
     pub coord_dims: u8,

@@ -83,12 +83,68 @@ pub struct EncodeArgs {
     /// network (e.g. --preset small or larger); a warning is printed when the target is missed.
     #[arg(long, value_name = "BPP", conflicts_with = "target_psnr")]
     pub bpp: Option<f64>,
+    /// Coding mode: `weights` fits and stores a whole network per image (best quality, minutes);
+    /// `modulations` stores only a grid of latent vectors for a shared meta-learned network
+    /// (seconds; needs a modulation base: the embedded one by default, or --base FILE.inrb
+    /// from `inr meta-train --mode modulations`). In this mode --steps counts latent steps
+    /// (default 50), --lr is the latents' Adam rate (default 0.05) and --bpp moves only the
+    /// latent quantization step.
+    #[arg(long, value_enum, default_value_t = Mode::Weights)]
+    pub mode: Mode,
+    /// Modulations: quantization step of the latents (default 0.25; larger = smaller file).
+    #[arg(long, value_name = "Q", conflicts_with = "bpp")]
+    pub latent_step: Option<f32>,
+    /// Modulations: fraction of the pixels used per latent step (default 0.25).
+    #[arg(long, value_name = "F")]
+    pub latent_frac: Option<f32>,
+    /// Modulations: L2 penalty on the latents (default: the one the base was trained with).
+    #[arg(long, value_name = "L")]
+    pub latent_l2: Option<f32>,
     /// Drop a translucent alpha channel instead of refusing the image.
     #[arg(long)]
     pub ignore_alpha: bool,
     /// Overwrite the output file if it exists.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `inr encode --mode`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Weights,
+    Modulations,
+}
+
+/// The L2 penalty a modulation base was trained with (from its description), if recorded.
+fn trained_l2(b: &inr::base::Base) -> Option<f32> {
+    let v: serde_json::Value = serde_json::from_str(&b.description).ok()?;
+    v["config"]["inner"]["l2"].as_f64().map(|x| x as f32)
+}
+
+fn mod_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::ModEncodeConfig> {
+    let base = match args.base.as_str() {
+        "default" => inr::base::embedded_modulation().cloned(),
+        "none" => anyhow::bail!("--mode modulations needs a base (--base default or FILE.inrb)"),
+        path => super::load_bases(&[PathBuf::from(path)])?.pop(),
+    };
+    let Some(base) = base else {
+        anyhow::bail!("no modulation base available (pass --base FILE.inrb)");
+    };
+    let d = inr::LatentFit::default();
+    let fit = inr::LatentFit {
+        steps: args.steps.unwrap_or(d.steps),
+        lr: args.lr.unwrap_or(d.lr),
+        frac: args.latent_frac.unwrap_or(d.frac),
+        l2: args.latent_l2.or_else(|| trained_l2(&base)).unwrap_or(d.l2),
+    };
+    Ok(inr::ModEncodeConfig {
+        fit,
+        latent_step: args.latent_step.unwrap_or(inr::DEFAULT_LATENT_STEP),
+        target_bpp: args.bpp,
+        base: Some(base),
+        seed: args.seed,
+        threads: ctx.threads,
+    })
 }
 
 /// The preset's command-line name, e.g. `medium`.
@@ -122,6 +178,10 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     ctx.notes(&loaded.notes);
     let img = &loaded.image;
 
+    let mod_cfg = match args.mode {
+        Mode::Modulations => Some(mod_config(&args, ctx)?),
+        Mode::Weights => None,
+    };
     let cfg = EncodeConfig {
         preset: args.preset,
         width: args.width,
@@ -138,6 +198,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         base: match args.base.as_str() {
             "default" => inr::BaseChoice::Default,
             "none" => inr::BaseChoice::None,
+            _ if mod_cfg.is_some() => inr::BaseChoice::None,
             path => {
                 let mut b = super::load_bases(&[PathBuf::from(path)])?;
                 match b.pop() {
@@ -170,7 +231,10 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
     };
     let start = Instant::now();
-    let result = inr::encode_image(img, &cfg, &mut on_progress);
+    let result = match &mod_cfg {
+        Some(m) => inr::encode_modulated(img, m, &mut on_progress),
+        None => inr::encode_image(img, &cfg, &mut on_progress),
+    };
     pb.finish_and_clear();
     let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
     let secs = start.elapsed().as_secs_f64();
@@ -196,6 +260,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             "height": img.height,
             "channels": img.channels,
             "preset": preset_name(args.preset),
+            "mode": if mod_cfg.is_some() { "modulations" } else { "weights" },
             "config": {
                 "width": args.width,
                 "depth": args.depth,

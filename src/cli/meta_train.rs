@@ -29,6 +29,30 @@ pub struct MetaTrainArgs {
     /// Signal modality (only `image` in this version).
     #[arg(long, default_value = "image", value_parser = ["image"])]
     pub modality: String,
+    /// What to learn: `weights` (a start for per-image weight fitting, Reptile) or
+    /// `modulations` (a shared network plus a latent-to-shift map for `inr encode --mode
+    /// modulations`; first-order meta-learning through the encoder's latent fit).
+    #[arg(long, value_enum, default_value_t = Mode::Weights)]
+    pub mode: Mode,
+    /// Modulations: latent values per grid node.
+    #[arg(long, default_value_t = 24)]
+    pub latent_dim: u8,
+    /// Modulations: latent grid spacing in pixels.
+    #[arg(long, default_value_t = 16)]
+    pub cell: u8,
+    /// Modulations: periodic features per axis (frequencies 1, 2, 4, ... cycles per cell).
+    #[arg(long, default_value_t = 4)]
+    pub freqs: u8,
+    /// Modulations: crops per outer step.
+    #[arg(long, default_value_t = 4)]
+    pub tasks: usize,
+    /// Modulations: width of the uniform noise added to the adapted latents (a stand-in for
+    /// their quantization step).
+    #[arg(long, default_value_t = 0.25)]
+    pub noise: f32,
+    /// Modulations: L2 penalty on the latents in the latent fit (relative to the MSE).
+    #[arg(long, default_value_t = 0.1)]
+    pub latent_l2: f32,
     /// Architecture: the preset's network (the base must match the encoder's architecture).
     #[arg(long, value_enum, default_value_t = Preset::Medium)]
     pub preset: Preset,
@@ -41,29 +65,31 @@ pub struct MetaTrainArgs {
     /// Output channels: 3 (RGB) or 1 (gray); training images are converted.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
     pub channels: u8,
-    /// Outer (Reptile) iterations.
+    /// Outer iterations.
     #[arg(long, default_value_t = 1000)]
     pub iterations: usize,
     /// Encoder steps per task.
     #[arg(long, default_value_t = 16)]
     pub inner_steps: usize,
-    /// Inner Adam learning rate (the encoder's default is 3e-4).
-    #[arg(long, default_value_t = 3e-4)]
-    pub inner_lr: f32,
+    /// Inner Adam learning rate (default: the encoder's, 3e-4 for weights, 0.05 for
+    /// modulations).
+    #[arg(long)]
+    pub inner_lr: Option<f32>,
     /// Pixels per inner step.
     #[arg(long, default_value_t = 16384)]
     pub batch: usize,
-    /// Reptile step size at the start (decays linearly to --outer-lr-end).
-    #[arg(long, default_value_t = 0.5)]
-    pub outer_lr: f32,
+    /// Reptile step size at the start (decays linearly to --outer-lr-end); for modulations,
+    /// the Adam learning rate of the base (default 1e-3, cosine decay to a tenth).
+    #[arg(long)]
+    pub outer_lr: Option<f32>,
     #[arg(long, default_value_t = 0.05)]
     pub outer_lr_end: f32,
-    /// Smallest crop side in pixels.
-    #[arg(long, default_value_t = 192)]
-    pub crop_min: u32,
-    /// Largest crop side in pixels.
-    #[arg(long, default_value_t = 768)]
-    pub crop_max: u32,
+    /// Smallest crop side in pixels (default 192; 48 for modulations).
+    #[arg(long)]
+    pub crop_min: Option<u32>,
+    /// Largest crop side in pixels (default 768; 96 for modulations).
+    #[arg(long)]
+    pub crop_max: Option<u32>,
     /// Seed of the initialisation and of the task sequence.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -86,7 +112,14 @@ pub struct MetaTrainArgs {
     pub force: bool,
 }
 
-fn load_dir(dir: &Path, channels: u8) -> anyhow::Result<(Vec<Image>, Vec<String>)> {
+/// What `inr meta-train` learns.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Weights,
+    Modulations,
+}
+
+pub(super) fn load_dir(dir: &Path, channels: u8) -> anyhow::Result<(Vec<Image>, Vec<String>)> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -132,7 +165,7 @@ fn to_channels(img: Image, channels: u8) -> Image {
     }
 }
 
-fn checkpoint_path(out: &Path) -> PathBuf {
+pub(super) fn checkpoint_path(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".ckpt");
     PathBuf::from(s)
@@ -160,6 +193,9 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if args.channels == 2 {
         bail!("--channels must be 1 or 3");
     }
+    if args.mode == Mode::Modulations {
+        return super::meta_train_mod::run(args, ctx);
+    }
     let enc = EncodeConfig {
         preset: args.preset,
         width: args.width,
@@ -175,12 +211,12 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let cfg = MetaConfig {
         iterations: args.iterations,
         inner_steps: args.inner_steps,
-        inner_lr: args.inner_lr,
+        inner_lr: args.inner_lr.unwrap_or(3e-4),
         batch: args.batch.max(1),
-        outer_lr: args.outer_lr,
+        outer_lr: args.outer_lr.unwrap_or(0.5),
         outer_lr_end: args.outer_lr_end,
-        crop_min: args.crop_min.max(1),
-        crop_max: args.crop_max.max(1),
+        crop_min: args.crop_min.unwrap_or(192).max(1),
+        crop_max: args.crop_max.unwrap_or(768).max(1),
         seed: args.seed,
     };
     let ckpt = checkpoint_path(&args.output);

@@ -1,0 +1,182 @@
+//! `inr meta-train --mode modulations`: learn a modulation base (shared network and
+//! latent-to-shift map) with first-order meta-learning through the encoder's latent fit.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use inr::base::{Base, ModSpec};
+use inr::format::Arch;
+use inr::modulation::{self, Adam, LatentFit, ModMetaConfig, ModMetaState, ModNet};
+
+use super::meta_train::{checkpoint_path, load_dir, MetaTrainArgs};
+use super::{say, Ctx};
+
+/// Description stored in the base (no timestamps: the same run gives the same bytes).
+fn description(cfg: &ModMetaConfig, arch: &Arch, names: &[String], done: usize) -> String {
+    serde_json::json!({
+        "trainer": "inr meta-train --mode modulations (first-order, latent fit inner loop)",
+        "images": names,
+        "arch": arch,
+        "config": cfg,
+        "iterations_done": done,
+    })
+    .to_string()
+}
+
+pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    if args.channels != 3 {
+        bail!("modulation bases are RGB (--channels 3)");
+    }
+    if args.latent_dim == 0 || args.cell < 2 {
+        bail!("--latent-dim must be >= 1 and --cell >= 2");
+    }
+    let arch = Arch {
+        coord_dims: 2,
+        out_channels: 3,
+        width: args.width.unwrap_or(64).clamp(1, 4096) as u16,
+        depth: args.depth.unwrap_or(4).clamp(1, 64) as u8,
+        pe_freqs: args.freqs,
+        pe_base_milli: 2000,
+        w0_first: 30,
+        w0_hidden: 30,
+    };
+    arch.validate(&inr::format::Limits::default())?;
+    let spec = ModSpec {
+        latent_dim: args.latent_dim,
+        cell: args.cell,
+    };
+    let (images, names) = load_dir(&args.data, 3)?;
+    let val = match &args.val {
+        Some(d) => load_dir(d, 3)?.0,
+        None => Vec::new(),
+    };
+    let cfg = ModMetaConfig {
+        iterations: args.iterations,
+        tasks: args.tasks.max(1),
+        crop_min: args.crop_min.unwrap_or(48).max(1),
+        crop_max: args.crop_max.unwrap_or(96).max(1),
+        inner: LatentFit {
+            steps: args.inner_steps,
+            lr: args.inner_lr.unwrap_or(0.05),
+            frac: 1.0,
+            l2: args.latent_l2,
+        },
+        outer_lr: args.outer_lr.unwrap_or(1e-3),
+        noise: args.noise,
+        seed: args.seed,
+    };
+    let vfit = LatentFit {
+        steps: args.val_steps,
+        frac: 0.5,
+        ..cfg.inner
+    };
+    let ckpt = checkpoint_path(&args.output);
+    let mut state_path = ckpt.as_os_str().to_owned();
+    state_path.push(".json");
+    let state_path = std::path::PathBuf::from(state_path);
+    let mut net = ModNet::init(
+        arch,
+        usize::from(spec.latent_dim),
+        u32::from(spec.cell),
+        args.seed,
+    );
+    let mut opt = Adam::new(net.params.len() + net.map.len());
+    let mut start = 0;
+    if args.resume {
+        let text = std::fs::read_to_string(&state_path)
+            .with_context(|| format!("cannot read {}", state_path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).context("bad checkpoint")?;
+        let saved: ModMetaConfig =
+            serde_json::from_value(v["config"].clone()).context("checkpoint has no config")?;
+        let saved_arch: Arch =
+            serde_json::from_value(v["arch"].clone()).context("checkpoint has no arch")?;
+        if saved != cfg || saved_arch != arch {
+            bail!("checkpoint was written with other settings; rerun with the same flags");
+        }
+        let st: ModMetaState =
+            serde_json::from_value(v["state"].clone()).context("checkpoint has no state")?;
+        net = ModNet::from_flat(arch, net.latent_dim, net.cell, &st.flat)
+            .context("checkpoint weights do not match the architecture")?;
+        opt = st.opt;
+        start = st.iteration;
+        say(format!("resuming at iteration {start}"))?;
+    }
+    let val_at = |net: &ModNet| modulation::validate(net, &val, &vfit);
+    if !val.is_empty() && start == 0 {
+        say(format!(
+            "validation: initial network, PSNR after {} latent steps: {:.2} dB",
+            args.val_steps,
+            val_at(&net)
+        ))?;
+    }
+    let pb = super::counting_bar(ctx.quiet);
+    pb.set_length(cfg.iterations as u64);
+    pb.set_position(start as u64);
+    let t0 = Instant::now();
+    let mut recent: Vec<f64> = Vec::new();
+    let save = |net: &ModNet, opt: &Adam, n: usize| -> anyhow::Result<()> {
+        let b = Base::new_modulation(arch, spec, net.flat(), description(&cfg, &arch, &names, n))?;
+        inr::util::write_atomic(&ckpt, &b.to_bytes()?, true)?;
+        let st = ModMetaState {
+            iteration: n,
+            flat: net.flat(),
+            opt: opt.clone(),
+        };
+        let v = serde_json::json!({"config": cfg, "arch": arch, "state": st});
+        inr::util::write_atomic(&state_path, v.to_string().as_bytes(), true)?;
+        Ok(())
+    };
+    for i in start..cfg.iterations {
+        let psnr = modulation::meta_train_step(&mut net, &mut opt, &images, &cfg, i);
+        recent.push(psnr);
+        if recent.len() > 50 {
+            recent.remove(0);
+        }
+        let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+        pb.set_position(i as u64 + 1);
+        pb.set_message(format!("task PSNR {mean:.2} dB"));
+        let n = i + 1;
+        if n % args.checkpoint_every.max(1) == 0 || n == cfg.iterations {
+            save(&net, &opt, n).with_context(|| format!("cannot write {}", ckpt.display()))?;
+        }
+        if !val.is_empty() && n % args.val_every.max(1) == 0 {
+            let v = val_at(&net);
+            pb.suspend(|| {
+                eprintln!(
+                    "iteration {n}: validation PSNR after {} latent steps {v:.2} dB, recent \
+                     task PSNR {mean:.2} dB, {:.0} s",
+                    args.val_steps,
+                    t0.elapsed().as_secs_f64()
+                )
+            });
+        }
+    }
+    pb.finish_and_clear();
+    let done = cfg.iterations.max(start);
+    let base = Base::new_modulation(arch, spec, net.flat(), description(&cfg, &arch, &names, done))?;
+    inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let secs = t0.elapsed().as_secs_f64();
+    if ctx.json {
+        return super::print_json(&serde_json::json!({
+            "output": super::path_str(&args.output),
+            "id": format!("{:016x}", base.id()),
+            "arch": arch,
+            "latent_dim": spec.latent_dim,
+            "cell": spec.cell,
+            "iterations": done,
+            "seconds": secs,
+            "images": names,
+        }));
+    }
+    say(format!(
+        "wrote {} (modulation base {:016x}, {}x{} network, latent {} per {}-px cell, {done} \
+         iterations, {secs:.0} s)",
+        args.output.display(),
+        base.id(),
+        arch.depth,
+        arch.width,
+        spec.latent_dim,
+        spec.cell
+    ))
+}
