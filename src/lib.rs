@@ -37,7 +37,9 @@ pub use codec::{
     EncodeConfig, EncodeError, Encoded, Preset, Progress, PruneScope, RATE_TOLERANCE,
 };
 pub use format::Limits;
-pub use mod_codec::{encode_modulated, ModEncodeConfig, DEFAULT_LATENT_STEP};
+pub use mod_codec::{
+    encode_modulated, trained_l2 as mod_codec_trained_l2, ModEncodeConfig, DEFAULT_LATENT_STEP,
+};
 pub use modulation::LatentFit;
 
 /// Internals exposed for the criterion benches only; not a stable API.

@@ -42,6 +42,13 @@ impl Default for ModEncodeConfig {
 /// Default quantization step of the latents.
 pub const DEFAULT_LATENT_STEP: f32 = 0.25;
 
+/// The latent L2 penalty a modulation base was trained with (from its description), if
+/// recorded; the encoder uses it by default so encoding matches training.
+pub fn trained_l2(b: &Base) -> Option<f32> {
+    let v: serde_json::Value = serde_json::from_str(&b.description).ok()?;
+    v["config"]["inner"]["l2"].as_f64().map(|x| x as f32)
+}
+
 /// The modulated network of a base, or why the base cannot be used.
 pub fn mod_net(b: &Base) -> Result<ModNet, String> {
     let spec = b
@@ -263,13 +270,26 @@ pub fn decode_modulated(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, Dec
         latent_dim: file.latent_dim,
         cell: file.cell,
     };
-    if b.arch != file.arch || b.modulation != Some(spec) {
+    if b.arch != file.arch {
         return Err(BaseError::ArchMismatch {
             id: file.base_id,
             base: b.arch,
             file: file.arch,
         }
         .into());
+    }
+    if b.modulation != Some(spec) {
+        return Err(DecodeError::Parameter(format!(
+            "base {:016x} is {}, but the file needs a modulation base with {} latents per \
+             {}-pixel cell",
+            file.base_id,
+            match b.modulation {
+                Some(m) => format!("a modulation base with {} latents per {}-pixel cell", m.latent_dim, m.cell),
+                None => "a weight base".into(),
+            },
+            spec.latent_dim,
+            spec.cell
+        )));
     }
     let net = mod_net(b).map_err(DecodeError::Parameter)?;
     let per_px = (file.arch.num_params() + net.map.len()) as u64;

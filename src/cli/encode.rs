@@ -115,12 +115,6 @@ pub enum Mode {
     Modulations,
 }
 
-/// The L2 penalty a modulation base was trained with (from its description), if recorded.
-fn trained_l2(b: &inr::base::Base) -> Option<f32> {
-    let v: serde_json::Value = serde_json::from_str(&b.description).ok()?;
-    v["config"]["inner"]["l2"].as_f64().map(|x| x as f32)
-}
-
 fn mod_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::ModEncodeConfig> {
     let base = match args.base.as_str() {
         "default" => inr::base::embedded_modulation().cloned(),
@@ -135,7 +129,7 @@ fn mod_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::ModEncodeConf
         steps: args.steps.unwrap_or(d.steps),
         lr: args.lr.unwrap_or(d.lr),
         frac: args.latent_frac.unwrap_or(d.frac),
-        l2: args.latent_l2.or_else(|| trained_l2(&base)).unwrap_or(d.l2),
+        l2: args.latent_l2.or_else(|| inr::mod_codec_trained_l2(&base)).unwrap_or(d.l2),
     };
     Ok(inr::ModEncodeConfig {
         fit,

@@ -35,6 +35,19 @@ pub struct RdArgs {
     /// Override the presets' fitting steps.
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Also measure modulation mode (`inr-mod` curve): one point per latent quantization step,
+    /// e.g. `--mod-steps 0.15,0.25,0.4,0.6`.
+    #[arg(long, value_delimiter = ',', value_name = "Q,...")]
+    pub mod_steps: Vec<f32>,
+    /// Latent fitting steps of the modulation points (default 50).
+    #[arg(long, value_name = "N")]
+    pub mod_fit_steps: Option<usize>,
+    /// Skip the weight-mode presets (e.g. to measure only --mod-steps against JPEG).
+    #[arg(long)]
+    pub no_presets: bool,
+    /// Modulation base for the `inr-mod` points (default: the embedded one).
+    #[arg(long, value_name = "FILE.inrb")]
+    pub mod_base: Option<PathBuf>,
     /// Encoder seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -55,7 +68,7 @@ pub fn run(args: RdArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
     if !args.no_mozjpeg {
         jpeg_variants.push(JpegVariant::Moz);
     }
-    let presets = if args.jpeg_only {
+    let presets = if args.jpeg_only || args.no_presets {
         Vec::new()
     } else {
         args.presets.clone()
@@ -68,6 +81,16 @@ pub fn run(args: RdArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         steps: args.steps,
         seed: args.seed,
         published_anchors: args.anchors,
+        mod_latent_steps: if args.jpeg_only {
+            Vec::new()
+        } else {
+            args.mod_steps.clone()
+        },
+        mod_fit_steps: args.mod_fit_steps,
+        mod_base: match &args.mod_base {
+            Some(p) => super::load_bases(std::slice::from_ref(p))?.pop(),
+            None => None,
+        },
     };
     // Fail before hours of work if the report would overwrite files.
     if !args.force {

@@ -52,6 +52,12 @@ pub struct RdConfig {
     pub seed: u64,
     /// Draw published reference curves (COIN, Strümpler et al.; 24 Kodak images) on the plot.
     pub published_anchors: bool,
+    /// Modulation mode (`inr-mod` curve): one point per latent quantization step. Empty: none.
+    pub mod_latent_steps: Vec<f32>,
+    /// Latent fitting steps of the modulation points (default: the encoder's).
+    pub mod_fit_steps: Option<usize>,
+    /// Modulation base (default: the embedded one).
+    pub mod_base: Option<crate::base::Base>,
 }
 
 impl Default for RdConfig {
@@ -64,6 +70,9 @@ impl Default for RdConfig {
             steps: None,
             seed: 0,
             published_anchors: false,
+            mod_latent_steps: Vec::new(),
+            mod_fit_steps: None,
+            mod_base: None,
         }
     }
 }
@@ -318,6 +327,56 @@ fn inr_point(
     })
 }
 
+fn mod_point(img: &Image, q: f32, cfg: &RdConfig, name: &str) -> Result<PointResult, RdError> {
+    let param = format!("q{q}");
+    let mut fit = crate::LatentFit::default();
+    if let Some(s) = cfg.mod_fit_steps {
+        fit.steps = s;
+    }
+    if let Some(l2) = cfg.mod_base.as_ref().and_then(crate::mod_codec::trained_l2) {
+        fit.l2 = l2;
+    }
+    let ecfg = crate::ModEncodeConfig {
+        fit,
+        latent_step: q,
+        base: cfg.mod_base.clone(),
+        seed: cfg.seed,
+        ..crate::ModEncodeConfig::default()
+    };
+    let t = Instant::now();
+    let enc = crate::encode_modulated(img, &ecfg, &mut |_| {}).map_err(|source| RdError::Encode {
+        image: name.to_string(),
+        preset: param.clone(),
+        source,
+    })?;
+    let encode_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let opts = DecodeOptions {
+        bases: cfg.mod_base.iter().cloned().collect(),
+        ..DecodeOptions::default()
+    };
+    let dec = crate::decode(&enc.bytes, &opts).map_err(|source| RdError::Decode {
+        image: name.to_string(),
+        preset: param.clone(),
+        source,
+    })?;
+    let decode_s = t.elapsed().as_secs_f64();
+    let psnr = psnr(img, &dec).ok_or_else(|| RdError::Shape {
+        image: name.to_string(),
+        codec: "inr-mod".into(),
+        param: param.clone(),
+    })?;
+    Ok(PointResult {
+        codec: "inr-mod".into(),
+        param,
+        bytes: enc.bytes.len() as u64,
+        bpp: bpp(enc.bytes.len(), img),
+        psnr,
+        encode_s,
+        decode_s,
+    })
+}
+
 fn validate(cfg: &RdConfig) -> Result<(), RdError> {
     if let Some(&q) = cfg
         .jpeg_qualities
@@ -328,7 +387,17 @@ fn validate(cfg: &RdConfig) -> Result<(), RdError> {
             "JPEG quality {q} (expected 1..=100)"
         )));
     }
-    if cfg.presets.is_empty() && (cfg.jpeg_qualities.is_empty() || cfg.jpeg_variants.is_empty()) {
+    if let Some(q) = cfg
+        .mod_latent_steps
+        .iter()
+        .find(|q| !(q.is_finite() && **q > 0.0))
+    {
+        return Err(RdError::Config(format!("latent step {q} (expected > 0)")));
+    }
+    if cfg.presets.is_empty()
+        && cfg.mod_latent_steps.is_empty()
+        && (cfg.jpeg_qualities.is_empty() || cfg.jpeg_variants.is_empty())
+    {
         return Err(RdError::Config(
             "nothing to measure (expected at least one preset or JPEG quality)".into(),
         ));
@@ -389,7 +458,7 @@ pub fn run_rd(
         .iter()
         .flat_map(|&v| cfg.jpeg_qualities.iter().map(move |&q| (v, q)))
         .collect();
-    let per_image = jobs.len() + cfg.presets.len();
+    let per_image = jobs.len() + cfg.presets.len() + cfg.mod_latent_steps.len();
     let total = per_image * files.len();
     let mut done = 0;
     let mut images = Vec::with_capacity(files.len());
@@ -436,6 +505,19 @@ pub fn run_rd(
             });
             points.push(pt);
         }
+        for &q in &cfg.mod_latent_steps {
+            let pt = mod_point(&img, q, cfg, &name)?;
+            done += 1;
+            progress(&RdProgress {
+                done,
+                total,
+                image: &name,
+                codec: &pt.codec,
+                param: &pt.param,
+                fit: None,
+            });
+            points.push(pt);
+        }
         images.push(ImageResult {
             file: name,
             csv,
@@ -459,6 +541,16 @@ pub fn run_rd(
             format!(
                 "inr SIREN codec, one point per preset, seed {}{steps}",
                 cfg.seed
+            ),
+        ));
+    }
+    if !cfg.mod_latent_steps.is_empty() {
+        descriptions.push((
+            "inr-mod".into(),
+            format!(
+                "inr modulation mode (shared base, latent grid), one point per latent step, {} \
+                 latent steps",
+                cfg.mod_fit_steps.unwrap_or(crate::LatentFit::default().steps)
             ),
         ));
     }
