@@ -28,10 +28,15 @@ fn rd(net: &ModNet, val: &[Image], fit: &LatentFit) -> String {
                 ps[j] += psnr_of(net, &z, img);
                 continue;
             }
-            let zq: Vec<f32> = z.iter().map(|v| (v / q).round() * q).collect();
-            ps[j] += psnr_of(net, &zq, img);
             let d = net.latent_dim;
-            let chans: Vec<Vec<i32>> = (0..d).map(|i| z.iter().skip(i).step_by(d).map(|v| (v / q).round().clamp(-32767.0, 32767.0) as i32).collect()).collect();
+            let h = net.map.len() / d;
+            let norms: Vec<f32> = net.map.chunks(h).map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt()).collect();
+            let mean = norms.iter().sum::<f32>() / d as f32;
+            let pc = std::env::var("PERCH").is_ok();
+            let qs: Vec<f32> = norms.iter().map(|n| if pc { q * mean / n } else { q }).collect();
+            let zq: Vec<f32> = z.iter().enumerate().map(|(k, v)| { let q = qs[k % d]; (v / q).round() * q }).collect();
+            ps[j] += psnr_of(net, &zq, img);
+            let chans: Vec<Vec<i32>> = (0..d).map(|i| z.iter().skip(i).step_by(d).map(|v| (v / qs[i]).round().clamp(-32767.0, 32767.0) as i32).collect()).collect();
             let refs: Vec<&[i32]> = chans.iter().map(|c| &c[..]).collect();
             let bits = inr::entropy::estimate_bits(&refs, 32767).unwrap();
             bpp[j] += bits as f64 / (img.width * img.height) as f64;
@@ -43,6 +48,9 @@ fn rd(net: &ModNet, val: &[Image], fit: &LatentFit) -> String {
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
+    if a.len() == 3 && a[1] == "seam" {
+        return seam_main(&a[2]);
+    }
     let get = |k: &str, d: &str| -> String {
         a.iter().position(|x| x == k).map(|i| a[i + 1].clone()).unwrap_or(d.to_string())
     };
@@ -91,5 +99,12 @@ fn main() {
             let bytes: Vec<u8> = net.flat().iter().flat_map(|f| f.to_le_bytes()).collect();
             std::fs::write(&out, bytes).unwrap();
         }
+    }
+}
+#[allow(dead_code)]
+fn seam_main(p: &str) {
+    let img = load_image(std::path::Path::new(p)).unwrap().image;
+    for c in [16u32, 13, 8, 32] {
+        println!("period {c}: {:.3}", inr::metrics::seam_ratio(&img, c).unwrap());
     }
 }

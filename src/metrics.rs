@@ -237,6 +237,49 @@ impl AudioDistortion {
 }
 
 /// Rate in kbit/s of a file of `bytes` holding `duration_s` seconds (0 for a zero duration).
+/// Blockiness at a grid of `cell`-pixel tiles: the mean absolute difference between
+/// neighbouring samples that straddle a tile border (columns `k*cell - 1 | k*cell`, and the
+/// same for rows), divided by the mean absolute difference between all other neighbours.
+/// About 1 when tile borders are invisible; a tiled codec with seams scores well above 1.
+/// `None` when the image has no border or no interior neighbours (too small for `cell`).
+pub fn seam_ratio(img: &Image, cell: u32) -> Option<f64> {
+    let (w, h, c) = (img.width as usize, img.height as usize, img.channels as usize);
+    let cell = cell.max(1) as usize;
+    let at = |x: usize, y: usize, k: usize| f64::from(img.data[(y * w + x) * c + k]);
+    let (mut border, mut nb, mut inner, mut ni) = (0.0, 0u64, 0.0, 0u64);
+    for y in 0..h {
+        for x in 0..w {
+            for k in 0..c {
+                let v = at(x, y, k);
+                if x + 1 < w {
+                    let d = (at(x + 1, y, k) - v).abs();
+                    if (x + 1) % cell == 0 {
+                        border += d;
+                        nb += 1;
+                    } else {
+                        inner += d;
+                        ni += 1;
+                    }
+                }
+                if y + 1 < h {
+                    let d = (at(x, y + 1, k) - v).abs();
+                    if (y + 1) % cell == 0 {
+                        border += d;
+                        nb += 1;
+                    } else {
+                        inner += d;
+                        ni += 1;
+                    }
+                }
+            }
+        }
+    }
+    if nb == 0 || ni == 0 || inner == 0.0 {
+        return None;
+    }
+    Some((border / nb as f64) / (inner / ni as f64))
+}
+
 pub fn kbps(bytes: u64, duration_s: f64) -> f64 {
     if duration_s > 0.0 {
         8.0 * bytes as f64 / duration_s / 1000.0

@@ -216,3 +216,32 @@ fn bpp_target_lands_within_tolerance() {
         e.bpp
     );
 }
+
+#[test]
+fn decoded_images_have_no_cell_seams() {
+    let net = trained_net();
+    let b = base_of(&net);
+    let img = image(64, 64, 5);
+    let e = encode_modulated(&img, &enc_cfg(&b), &mut |_| {}).unwrap();
+    let r = inr::metrics::seam_ratio(&e.recon, net.cell).unwrap();
+    // The metric does see seams: the same picture with each cell shifted by a per-cell offset.
+    let mut blocky = e.recon.clone();
+    for y in 0..64usize {
+        for x in 0..64usize {
+            let off = if (x / 8 + y / 8) % 2 == 0 { 12 } else { 0 };
+            for k in 0..3 {
+                let v = &mut blocky.data[(y * 64 + x) * 3 + k];
+                *v = v.saturating_add(off);
+            }
+        }
+    }
+    let rb = inr::metrics::seam_ratio(&blocky, net.cell).unwrap();
+    let ro = inr::metrics::seam_ratio(&img, net.cell).unwrap();
+    let r5 = inr::metrics::seam_ratio(&e.recon, 5).unwrap();
+    eprintln!("seam ratio: decoded {r:.3} (at period 5: {r5:.3}), original {ro:.3}, blocky {rb:.3}");
+    // Tile seams of 12 levels are plainly detected; the decoded image stays far below that.
+    // (This tiny 2x16 network shows some excess at cell borders; the shipped base on kodim15
+    // measures 0.98 at its cell period against 0.99-1.00 at other periods: README.)
+    assert!(rb > 1.6, "blocky {rb}");
+    assert!(r < 1.3, "decoded {r}");
+}
