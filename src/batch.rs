@@ -351,6 +351,33 @@ impl BatchCodec for InrBatchCodec {
     }
 }
 
+/// The `inr` modulation mode (`--mode modulations`) with a fixed configuration; decoding
+/// uses the configuration's base.
+#[derive(Debug, Clone, Default)]
+pub struct ModBatchCodec {
+    pub config: crate::ModEncodeConfig,
+}
+
+impl BatchCodec for ModBatchCodec {
+    fn encode(&self, img: &Image) -> Result<EncodedFile, String> {
+        let e = crate::encode_modulated(img, &self.config, &mut |_| {}).map_err(|e| e.to_string())?;
+        Ok(EncodedFile {
+            bytes: e.bytes,
+            psnr: e.psnr,
+        })
+    }
+    fn is_valid(&self, bytes: &[u8]) -> bool {
+        crate::inspect(bytes).is_ok()
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<Image, String> {
+        let opts = crate::DecodeOptions {
+            bases: self.config.base.iter().cloned().collect(),
+            ..crate::DecodeOptions::default()
+        };
+        crate::decode(bytes, &opts).map_err(|e| e.to_string())
+    }
+}
+
 /// Load an image with the codec's input policy (`media::load_image`).
 fn load_image(path: &Path) -> Result<Image, String> {
     crate::media::load_image(path)

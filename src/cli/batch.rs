@@ -41,6 +41,16 @@ pub struct BatchArgs {
     /// Only the files whose index in the sorted list is i mod n (e.g. 0/4).
     #[arg(long, value_name = "i/n")]
     pub shard: Option<Shard>,
+    /// Coding mode (see `inr encode --help`): `modulations` encodes in seconds from the
+    /// embedded modulation base (or --base FILE.inrb).
+    #[arg(long, value_enum, default_value_t = super::encode::Mode::Weights)]
+    pub mode: super::encode::Mode,
+    /// Modulations: latent quantization step (default 0.25).
+    #[arg(long, value_name = "Q")]
+    pub latent_step: Option<f32>,
+    /// Modulations: the base file (default: the embedded modulation base).
+    #[arg(long, value_name = "FILE.inrb")]
+    pub base: Option<PathBuf>,
     /// Files encoded at once (default: number of cores); each encode gets cores/jobs threads.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub jobs: Option<u64>,
@@ -133,7 +143,38 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         threads: Some((cores / jobs).max(1)),
         ..EncodeConfig::default()
     };
-    let codec = InrBatchCodec { config };
+    let weights = InrBatchCodec { config };
+    let modulations;
+    let codec: &dyn inr::batch::BatchCodec = match args.mode {
+        super::encode::Mode::Weights => &weights,
+        super::encode::Mode::Modulations => {
+            let base = match &args.base {
+                Some(p) => super::load_bases(std::slice::from_ref(p))?.pop(),
+                None => inr::base::embedded_modulation().cloned(),
+            };
+            let Some(base) = base else {
+                anyhow::bail!("no modulation base available (pass --base FILE.inrb)");
+            };
+            let mut fit = inr::LatentFit::default();
+            if let Some(s) = args.steps {
+                fit.steps = s;
+            }
+            if let Some(l2) = inr::mod_codec_trained_l2(&base) {
+                fit.l2 = l2;
+            }
+            modulations = inr::batch::ModBatchCodec {
+                config: inr::ModEncodeConfig {
+                    fit,
+                    latent_step: args.latent_step.unwrap_or(inr::DEFAULT_LATENT_STEP),
+                    base: Some(base),
+                    seed: args.seed,
+                    threads: Some((cores / jobs).max(1)),
+                    ..inr::ModEncodeConfig::default()
+                },
+            };
+            &modulations
+        }
+    };
     let opts = BatchOptions {
         shard: args.shard,
         force: args.force,
@@ -154,7 +195,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         }
         _ => {}
     };
-    let s = batch::run_batch(in_dir, out_dir, &codec, &opts, &progress)
+    let s = batch::run_batch(in_dir, out_dir, codec, &opts, &progress)
         .with_context(|| format!("batch {} -> {}", in_dir.display(), out_dir.display()))?;
     bar.finish_and_clear();
     if json {
