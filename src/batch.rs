@@ -360,7 +360,8 @@ pub struct ModBatchCodec {
 
 impl BatchCodec for ModBatchCodec {
     fn encode(&self, img: &Image) -> Result<EncodedFile, String> {
-        let e = crate::encode_modulated(img, &self.config, &mut |_| {}).map_err(|e| e.to_string())?;
+        let e =
+            crate::encode_modulated(img, &self.config, &mut |_| {}).map_err(|e| e.to_string())?;
         Ok(EncodedFile {
             bytes: e.bytes,
             psnr: e.psnr,

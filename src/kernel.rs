@@ -103,7 +103,11 @@ impl NetShape {
     /// Row stride of the per-row shift buffers of the sine layers (modulation mode): the padded
     /// width shared by all sine layers (`None` if they differ).
     pub fn shift_stride(&self) -> Option<usize> {
-        let mut it = self.layers.iter().filter(|l| l.w0.is_some()).map(|l| l.out_pad);
+        let mut it = self
+            .layers
+            .iter()
+            .filter(|l| l.w0.is_some())
+            .map(|l| l.out_pad);
         let first = it.next()?;
         it.all(|o| o == first).then_some(first)
     }

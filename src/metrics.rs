@@ -243,7 +243,11 @@ impl AudioDistortion {
 /// About 1 when tile borders are invisible; a tiled codec with seams scores well above 1.
 /// `None` when the image has no border or no interior neighbours (too small for `cell`).
 pub fn seam_ratio(img: &Image, cell: u32) -> Option<f64> {
-    let (w, h, c) = (img.width as usize, img.height as usize, img.channels as usize);
+    let (w, h, c) = (
+        img.width as usize,
+        img.height as usize,
+        img.channels as usize,
+    );
     let cell = cell.max(1) as usize;
     let at = |x: usize, y: usize, k: usize| f64::from(img.data[(y * w + x) * c + k]);
     let (mut border, mut nb, mut inner, mut ni) = (0.0, 0u64, 0.0, 0u64);

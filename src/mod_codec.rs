@@ -51,9 +51,12 @@ pub fn trained_l2(b: &Base) -> Option<f32> {
 
 /// The modulated network of a base, or why the base cannot be used.
 pub fn mod_net(b: &Base) -> Result<ModNet, String> {
-    let spec = b
-        .modulation
-        .ok_or_else(|| format!("base {:016x} is a weight base, not a modulation base", b.id()))?;
+    let spec = b.modulation.ok_or_else(|| {
+        format!(
+            "base {:016x} is a weight base, not a modulation base",
+            b.id()
+        )
+    })?;
     ModNet::from_flat(
         b.arch,
         usize::from(spec.latent_dim),
@@ -76,9 +79,7 @@ pub fn quantize(z: &[f32], d: usize, q: f32) -> Vec<QTensor> {
                 .map(|&v| (v / qf).round().clamp(-32767.0, 32767.0) as i32)
                 .collect();
             let m = symbols.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
-            let bits = (2..=16u8)
-                .find(|&b| m <= max_abs_for_bits(b))
-                .unwrap_or(16);
+            let bits = (2..=16u8).find(|&b| m <= max_abs_for_bits(b)).unwrap_or(16);
             QTensor {
                 step,
                 bits,
@@ -284,7 +285,10 @@ pub fn decode_modulated(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, Dec
              {}-pixel cell",
             file.base_id,
             match b.modulation {
-                Some(m) => format!("a modulation base with {} latents per {}-pixel cell", m.latent_dim, m.cell),
+                Some(m) => format!(
+                    "a modulation base with {} latents per {}-pixel cell",
+                    m.latent_dim, m.cell
+                ),
                 None => "a weight base".into(),
             },
             spec.latent_dim,

@@ -217,7 +217,17 @@ impl ModGrid {
     /// [`kernel::forward_tile_infer_shifted`]): `(1-ty)((1-tx) S00 + tx S10) + ty((1-tx) S01 +
     /// tx S11)`, evaluated in that order (§12.6).
     #[inline]
-    fn fill_shift(&self, s: &[f32], h: usize, width: usize, x: u32, y: u32, r: usize, buf: &mut [f32], st: usize) {
+    fn fill_shift(
+        &self,
+        s: &[f32],
+        h: usize,
+        width: usize,
+        x: u32,
+        y: u32,
+        r: usize,
+        buf: &mut [f32],
+        st: usize,
+    ) {
         let (n, _, (tx, ty)) = self.corners(x, y);
         let (s00, s10, s01, s11) = (
             &s[n[0] * h..][..h],
@@ -392,7 +402,9 @@ pub fn pass(
                 let take = ((n as f32 * frac).ceil() as usize).clamp(1, n);
                 let mut idx: Vec<u32> = (0..n as u32).collect();
                 if take < n {
-                    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    let mut rng = ChaCha8Rng::seed_from_u64(
+                        seed ^ (b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    );
                     idx.shuffle(&mut rng);
                     idx.truncate(take);
                     idx.sort_unstable();
@@ -476,7 +488,11 @@ pub fn latent_grad(net: &ModNet, g_nodes: &[f32], z: &[f32], l2: f32, count: usi
     let d = net.latent_dim;
     let h = ModNet::n_shift(&net.arch);
     let mut gz = vec![0.0f32; z.len()];
-    for ((gzn, gn), zn) in gz.chunks_exact_mut(d).zip(g_nodes.chunks_exact(h)).zip(z.chunks_exact(d)) {
+    for ((gzn, gn), zn) in gz
+        .chunks_exact_mut(d)
+        .zip(g_nodes.chunks_exact(h))
+        .zip(z.chunks_exact(d))
+    {
         for (i, (gi, mi)) in gzn.iter_mut().zip(net.map.chunks_exact(h)).enumerate() {
             let dot: f32 = mi.iter().zip(gn).map(|(a, b)| a * b).sum();
             *gi = dot + 2.0 * l2 * zn[i];
@@ -582,7 +598,15 @@ pub fn fit_latents(
     };
     for s in 0..=cfg.steps {
         let shifts = net.node_shifts(&z);
-        let out = pass(net, pk, tgt, &shifts, cfg.frac, seed.wrapping_add(s as u64), false);
+        let out = pass(
+            net,
+            pk,
+            tgt,
+            &shifts,
+            cfg.frac,
+            seed.wrapping_add(s as u64),
+            false,
+        );
         let l = loss(&out, &z);
         if best.as_ref().is_none_or(|(b, _)| l < *b) {
             best = Some((l, z.clone()));
@@ -632,7 +656,13 @@ pub struct ModMetaState {
 /// encoder loop, then take the gradient of the final loss w.r.t. the network and the map at
 /// the adapted latents (first order), and apply Adam. Returns the mean task PSNR (from the
 /// final pass's MSE).
-pub fn meta_train_step(net: &mut ModNet, opt: &mut Adam, images: &[Image], cfg: &ModMetaConfig, i: usize) -> f64 {
+pub fn meta_train_step(
+    net: &mut ModNet,
+    opt: &mut Adam,
+    images: &[Image],
+    cfg: &ModMetaConfig,
+    i: usize,
+) -> f64 {
     let pk = Packed::new(net);
     let np = net.params.len();
     let mut g = vec![0.0f32; np + net.map.len()];

@@ -690,3 +690,104 @@ fn codec_meta_train_then_encode_and_decode_with_the_base() {
     );
     assert!(err.contains("CRC"), "{err}");
 }
+
+#[test]
+fn modulation_mode_meta_train_encode_decode_info_and_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for f in ["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"] {
+        std::fs::copy(fixture(f), data.join(f)).unwrap();
+    }
+    let base = dir.path().join("m.inrb");
+    let train = |extra: &[&str]| {
+        let mut c = inr();
+        c.args(["--quiet", "meta-train", "--mode", "modulations"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&base)
+            .args([
+                "--width",
+                "8",
+                "--depth",
+                "2",
+                "--latent-dim",
+                "3",
+                "--cell",
+                "4",
+            ])
+            .args(["--freqs", "2", "--iterations", "4", "--inner-steps", "2"])
+            .args([
+                "--crop-min",
+                "8",
+                "--crop-max",
+                "12",
+                "--checkpoint-every",
+                "2",
+            ])
+            .args(extra);
+        c
+    };
+    train(&[]).assert().success();
+    let first = std::fs::read(&base).unwrap();
+    train(&["--force"]).assert().success();
+    assert_eq!(std::fs::read(&base).unwrap(), first, "deterministic");
+    assert_clean_error(train(&["--force", "--resume", "--noise", "0.3"]).assert());
+    let binfo = stdout_of(inr().args(["--json", "info"]).arg(&base).assert().success());
+    assert!(binfo.contains("modulation"), "{binfo}");
+
+    let img = fixture("rgb_24x17.png");
+    let out = dir.path().join("x.inr");
+    let enc = |extra: &[&str]| {
+        let mut c = inr();
+        c.args(["--json", "encode", "--mode", "modulations", "--steps", "5"])
+            .arg(&img)
+            .arg("-o")
+            .arg(&out)
+            .arg("--base")
+            .arg(&base)
+            .args(extra);
+        c
+    };
+    let j: serde_json::Value =
+        serde_json::from_str(&stdout_of(enc(&[]).assert().success())).unwrap();
+    assert_eq!(j["mode"], "modulations");
+    let bytes = std::fs::read(&out).unwrap();
+    enc(&["--force"]).assert().success();
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        bytes,
+        "same flags, same bytes"
+    );
+    // A weight base is refused for this mode, and a modulation base for weight mode.
+    let info = stdout_of(inr().args(["--json", "info"]).arg(&out).assert().success());
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["info"]["modulation"]["latent_dim"], 3);
+    let id = info["info"]["base_id"].as_str().unwrap().to_string();
+    let png = dir.path().join("x.png");
+    let err = assert_clean_error(inr().arg("decode").arg(&out).arg("-o").arg(&png).assert());
+    assert!(err.contains(&id), "{err}");
+    inr()
+        .arg("decode")
+        .arg(&out)
+        .arg("-o")
+        .arg(&png)
+        .arg("--base")
+        .arg(&base)
+        .args(["--size", "48x34"])
+        .assert()
+        .success();
+    assert!(png.exists());
+    // Batch in modulation mode.
+    let bout = dir.path().join("bout");
+    inr()
+        .args(["--quiet", "batch", "--mode", "modulations", "--steps", "3"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&bout)
+        .arg("--base")
+        .arg(&base)
+        .assert()
+        .success();
+    assert!(bout.join("rgb_11x23.inr").exists());
+}

@@ -31,7 +31,9 @@ fn image(w: u32, h: u32, seed: u32) -> Image {
             let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
             for c in 0..3 {
                 let v = 0.5
-                    + 0.3 * ((fx * (2.0 + s) + c as f32) * 3.0 + phase).sin() * (fy * (3.0 + 0.5 * s)).cos()
+                    + 0.3
+                        * ((fx * (2.0 + s) + c as f32) * 3.0 + phase).sin()
+                        * (fy * (3.0 + 0.5 * s)).cos()
                     + 0.1 * ((x * 7 + y * 13 + c * 5 + seed) % 11) as f32 / 11.0;
                 data.push((v.clamp(0.0, 1.0) * 255.0).round() as u8);
             }
@@ -110,7 +112,10 @@ fn round_trip_is_exact_deterministic_and_resolution_free() {
         ..DecodeOptions::default()
     };
     let d = decode(&e1.bytes, &opts).unwrap();
-    assert_eq!(d, e1.recon, "decoder output equals the encoder's reconstruction");
+    assert_eq!(
+        d, e1.recon,
+        "decoder output equals the encoder's reconstruction"
+    );
     // Another size renders (resolution-free) and is not the same picture scaled badly.
     let big = decode(
         &e1.bytes,
@@ -120,7 +125,10 @@ fn round_trip_is_exact_deterministic_and_resolution_free() {
         },
     )
     .unwrap();
-    assert_eq!((big.width, big.height, big.data.len()), (74, 42, 74 * 42 * 3));
+    assert_eq!(
+        (big.width, big.height, big.data.len()),
+        (74, 42, 74 * 42 * 3)
+    );
     // Thread count does not change the bytes.
     let mut c1 = enc_cfg(&b);
     c1.threads = Some(1);
@@ -195,7 +203,10 @@ fn meta_learning_beats_the_initial_network_on_held_out_images() {
     let before = modulation::validate(&init, &held, &fit);
     let after = modulation::validate(&net, &held, &fit);
     eprintln!("meta: before {before:.2} dB, after {after:.2} dB");
-    assert!(after > before + 1.0, "before {before:.2} dB, after {after:.2} dB");
+    assert!(
+        after > before + 1.0,
+        "before {before:.2} dB, after {after:.2} dB"
+    );
 }
 
 #[test]
@@ -238,10 +249,41 @@ fn decoded_images_have_no_cell_seams() {
     let rb = inr::metrics::seam_ratio(&blocky, net.cell).unwrap();
     let ro = inr::metrics::seam_ratio(&img, net.cell).unwrap();
     let r5 = inr::metrics::seam_ratio(&e.recon, 5).unwrap();
-    eprintln!("seam ratio: decoded {r:.3} (at period 5: {r5:.3}), original {ro:.3}, blocky {rb:.3}");
+    eprintln!(
+        "seam ratio: decoded {r:.3} (at period 5: {r5:.3}), original {ro:.3}, blocky {rb:.3}"
+    );
     // Tile seams of 12 levels are plainly detected; the decoded image stays far below that.
     // (This tiny 2x16 network shows some excess at cell borders; the shipped base on kodim15
     // measures 0.98 at its cell period against 0.99-1.00 at other periods: README.)
     assert!(rb > 1.6, "blocky {rb}");
     assert!(r < 1.3, "decoded {r}");
+}
+
+#[test]
+fn meta_training_resumes_bit_for_bit() {
+    let imgs: Vec<Image> = (0..3).map(|k| image(32, 24, k)).collect();
+    let cfg = cfg(6);
+    let run = |net: &mut ModNet, opt: &mut Adam, range: std::ops::Range<usize>| {
+        for i in range {
+            modulation::meta_train_step(net, opt, &imgs, &cfg, i);
+        }
+    };
+    let mut a = ModNet::init(arch(), 4, 8, 5);
+    let mut oa = Adam::new(a.params.len() + a.map.len());
+    run(&mut a, &mut oa, 0..6);
+    // Interrupted after 3 iterations, state saved as JSON (as the checkpoint is), resumed.
+    let mut b = ModNet::init(arch(), 4, 8, 5);
+    let mut ob = Adam::new(b.params.len() + b.map.len());
+    run(&mut b, &mut ob, 0..3);
+    let st = modulation::ModMetaState {
+        iteration: 3,
+        flat: b.flat(),
+        opt: ob,
+    };
+    let text = serde_json::to_string(&st).unwrap();
+    let st: modulation::ModMetaState = serde_json::from_str(&text).unwrap();
+    let mut b = ModNet::from_flat(arch(), 4, 8, &st.flat).unwrap();
+    let mut ob = st.opt;
+    run(&mut b, &mut ob, st.iteration..6);
+    assert_eq!(a.flat(), b.flat());
 }

@@ -129,7 +129,10 @@ fn mod_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::ModEncodeConf
         steps: args.steps.unwrap_or(d.steps),
         lr: args.lr.unwrap_or(d.lr),
         frac: args.latent_frac.unwrap_or(d.frac),
-        l2: args.latent_l2.or_else(|| inr::mod_codec_trained_l2(&base)).unwrap_or(d.l2),
+        l2: args
+            .latent_l2
+            .or_else(|| inr::mod_codec_trained_l2(&base))
+            .unwrap_or(d.l2),
     };
     Ok(inr::ModEncodeConfig {
         fit,

@@ -153,7 +153,12 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     pb.finish_and_clear();
     let done = cfg.iterations.max(start);
-    let base = Base::new_modulation(arch, spec, net.flat(), description(&cfg, &arch, &names, done))?;
+    let base = Base::new_modulation(
+        arch,
+        spec,
+        net.flat(),
+        description(&cfg, &arch, &names, done),
+    )?;
     inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     let secs = t0.elapsed().as_secs_f64();

@@ -344,11 +344,12 @@ fn mod_point(img: &Image, q: f32, cfg: &RdConfig, name: &str) -> Result<PointRes
         ..crate::ModEncodeConfig::default()
     };
     let t = Instant::now();
-    let enc = crate::encode_modulated(img, &ecfg, &mut |_| {}).map_err(|source| RdError::Encode {
-        image: name.to_string(),
-        preset: param.clone(),
-        source,
-    })?;
+    let enc =
+        crate::encode_modulated(img, &ecfg, &mut |_| {}).map_err(|source| RdError::Encode {
+            image: name.to_string(),
+            preset: param.clone(),
+            source,
+        })?;
     let encode_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let opts = DecodeOptions {
@@ -550,7 +551,8 @@ pub fn run_rd(
             format!(
                 "inr modulation mode (shared base, latent grid), one point per latent step, {} \
                  latent steps",
-                cfg.mod_fit_steps.unwrap_or(crate::LatentFit::default().steps)
+                cfg.mod_fit_steps
+                    .unwrap_or(crate::LatentFit::default().steps)
             ),
         ));
     }
