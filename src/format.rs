@@ -385,8 +385,8 @@ pub struct Limits {
     /// Largest rendering work, in output pixels x network parameters (multiply-adds): a
     /// hostile header pairing a large network with a large image must not hang the decoder.
     pub max_work: u64,
-    /// Largest number of audio samples (modality 2, format v2). Version 1 files are images and
-    /// carry no samples, so the v1 reader has nothing to check against it.
+    /// Largest number of audio samples, frames x channels (modality 2, format v2), checked by
+    /// the audio reader before decoding. Image files carry no samples.
     pub max_samples: u64,
 }
 

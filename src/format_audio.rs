@@ -248,6 +248,14 @@ fn validate_audio_arch(
             expected: "the channel count of the audio section",
         });
     }
+    let samples = audio.frames.saturating_mul(u64::from(audio.channels));
+    if samples > limits.max_samples {
+        return Err(FormatError::LimitExceeded {
+            what: "audio samples (frames x channels)",
+            value: samples,
+            limit: limits.max_samples,
+        });
+    }
     arch.validate_net(limits)?;
     let p = arch.num_params_u64();
     let symbols = audio.num_windows().saturating_mul(p);

@@ -315,6 +315,15 @@ fn hostile_audio_inr_files_give_typed_errors() {
     let bytes = e.bytes;
     let l = Limits::default();
     assert!(format::read_audio_file(&bytes, &l).is_ok());
+    // The sample limit (frames x channels = 600 here) is checked before decoding.
+    let small = Limits {
+        max_samples: 599,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        format::read_audio_file(&bytes, &small),
+        Err(FormatError::LimitExceeded { value: 600, .. })
+    ));
     // Every truncation and every single-byte flip is rejected (CRC or structure).
     for n in 0..bytes.len() {
         assert!(decode_audio(&bytes[..n], &l).is_err(), "prefix {n}");
