@@ -39,6 +39,7 @@ pub use codec::{
 pub use format::Limits;
 pub use mod_codec::{
     encode_modulated, trained_l2 as mod_codec_trained_l2, ModEncodeConfig, DEFAULT_LATENT_STEP,
+    DEFAULT_QAT_STEPS,
 };
 pub use modulation::LatentFit;
 

@@ -19,6 +19,9 @@ pub struct ModEncodeConfig {
     pub latent_step: f32,
     /// Rate control: aim the real file size at this many bits per pixel.
     pub target_bpp: Option<f64>,
+    /// Quantization-aware fine-tuning steps of the latents at the final step size (Adam at
+    /// [`QAT_LR`], straight-through rounding, same pixel fraction as the fit; 0 = off).
+    pub qat_steps: usize,
     /// The modulation base; `None` = the embedded default.
     pub base: Option<Base>,
     pub seed: u64,
@@ -32,12 +35,18 @@ impl Default for ModEncodeConfig {
             fit: LatentFit::default(),
             latent_step: DEFAULT_LATENT_STEP,
             target_bpp: None,
+            qat_steps: DEFAULT_QAT_STEPS,
             base: None,
             seed: 0,
             threads: None,
         }
     }
 }
+
+/// Default number of quantization-aware fine-tuning steps.
+pub const DEFAULT_QAT_STEPS: usize = 20;
+/// Adam learning rate of the quantization-aware fine-tuning.
+pub const QAT_LR: f32 = 0.01;
 
 /// Default quantization step of the latents.
 pub const DEFAULT_LATENT_STEP: f32 = 0.25;
@@ -196,46 +205,80 @@ fn encode_inner(
         })
     });
     let d = net.latent_dim;
-    let write = |q: f32| -> Result<Vec<u8>, EncodeError> {
+    let write = |z: &[f32], q: f32| -> Result<Vec<u8>, EncodeError> {
         Ok(format::write_mod_file(&file_for(
             src,
             &b,
             spec,
-            quantize(&z, d, q),
+            quantize(z, d, q),
         ))?)
     };
-    let q = match cfg.target_bpp {
-        None => {
-            if !(cfg.latent_step.is_finite() && cfg.latent_step > 0.0) {
-                return Err(EncodeError::Parameter("latent step must be > 0".into()));
-            }
-            cfg.latent_step
-        }
-        Some(t) => {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(EncodeError::Parameter("--bpp must be > 0".into()));
-            }
-            // Size falls as the step grows: bisect log(step) for the finest step whose file
-            // fits the target.
-            let bpp = |q: f32| -> Result<f64, EncodeError> {
-                Ok(write(q)?.len() as f64 * 8.0 / npx as f64)
-            };
-            let (mut lo, mut hi) = (1e-3f32.ln(), 64f32.ln());
-            if bpp(hi.exp())? > t {
-                hi.exp()
-            } else {
-                for _ in 0..20 {
-                    let mid = 0.5 * (lo + hi);
-                    if bpp(mid.exp())? > t {
-                        lo = mid;
-                    } else {
-                        hi = mid;
-                    }
+    let choose_q = |z: &[f32]| -> Result<f32, EncodeError> {
+        let q = match cfg.target_bpp {
+            None => {
+                if !(cfg.latent_step.is_finite() && cfg.latent_step > 0.0) {
+                    return Err(EncodeError::Parameter("latent step must be > 0".into()));
                 }
-                hi.exp()
+                cfg.latent_step
             }
-        }
+            Some(t) => {
+                if !(t.is_finite() && t > 0.0) {
+                    return Err(EncodeError::Parameter("--bpp must be > 0".into()));
+                }
+                // Size falls as the step grows: bisect log(step) for the finest step whose file
+                // fits the target.
+                let bpp = |q: f32| -> Result<f64, EncodeError> {
+                    Ok(write(z, q)?.len() as f64 * 8.0 / npx as f64)
+                };
+                let (mut lo, mut hi) = (1e-3f32.ln(), 64f32.ln());
+                if bpp(hi.exp())? > t {
+                    hi.exp()
+                } else {
+                    for _ in 0..20 {
+                        let mid = 0.5 * (lo + hi);
+                        if bpp(mid.exp())? > t {
+                            lo = mid;
+                        } else {
+                            hi = mid;
+                        }
+                    }
+                    hi.exp()
+                }
+            }
+        };
+        Ok(Step::from_f32(q).to_f32())
     };
+    let mut q = choose_q(&z)?;
+    let mut z = z;
+    if cfg.qat_steps > 0 {
+        let total = cfg.qat_steps;
+        progress(&Progress {
+            step: 0,
+            total,
+            psnr: None,
+            phase: "quantize",
+        });
+        z = modulation::finetune_quantized(
+            &net,
+            &pk,
+            &tgt,
+            &z,
+            q,
+            cfg.qat_steps,
+            QAT_LR,
+            cfg.fit.frac,
+            cfg.seed ^ 0x0051_a7,
+        );
+        progress(&Progress {
+            step: total,
+            total,
+            psnr: None,
+            phase: "quantize",
+        });
+        if cfg.target_bpp.is_some() {
+            q = choose_q(&z)?;
+        }
+    }
     let channels = quantize(&z, d, q);
     let zq = dequantize(&channels);
     let bytes = format::write_mod_file(&file_for(src, &b, spec, channels))?;

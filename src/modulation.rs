@@ -621,6 +621,57 @@ pub fn fit_latents(
     best.map_or(z, |(_, b)| b)
 }
 
+/// `z` rounded to multiples of `q` (what the decoder sees for step `q`).
+pub fn quantized(z: &[f32], q: f32) -> Vec<f32> {
+    z.iter()
+        .map(|&v| (v / q).round().clamp(-32767.0, 32767.0) * q)
+        .collect()
+}
+
+/// Quantization-aware fine-tuning of latents for step `q` (straight-through: the loss and its
+/// gradient are taken at the rounded latents, the update applies to the continuous ones).
+/// Returns the continuous latents whose rounded version had the lowest measured loss (the
+/// input latents count as a candidate, so this never makes the rounded loss worse).
+#[allow(clippy::too_many_arguments)]
+pub fn finetune_quantized(
+    net: &ModNet,
+    pk: &Packed,
+    tgt: &Target<'_>,
+    z0: &[f32],
+    q: f32,
+    steps: usize,
+    lr: f32,
+    frac: f32,
+    seed: u64,
+) -> Vec<f32> {
+    let mut z = z0.to_vec();
+    let mut opt = Adam::new(z.len());
+    let mut best: Option<(f64, Vec<f32>)> = None;
+    for s in 0..=steps {
+        let zq = quantized(&z, q);
+        let shifts = net.node_shifts(&zq);
+        let out = pass(
+            net,
+            pk,
+            tgt,
+            &shifts,
+            frac,
+            seed.wrapping_add(s as u64),
+            false,
+        );
+        let l = out.sse / out.count as f64;
+        if best.as_ref().is_none_or(|(b, _)| l < *b) {
+            best = Some((l, z.clone()));
+        }
+        if s == steps {
+            break;
+        }
+        let gz = latent_grad(net, &out.g_nodes, &zq, 0.0, out.count);
+        opt.step(&mut z, &gz, lr);
+    }
+    best.map_or(z, |(_, b)| b)
+}
+
 /// PSNR of rendered latents against the target image.
 pub fn psnr_of(net: &ModNet, z: &[f32], img: &Image) -> f64 {
     crate::fit::psnr_u8(&render(net, z, img.width, img.height), &img.data)

@@ -97,6 +97,9 @@ pub struct EncodeArgs {
     /// Modulations: fraction of the pixels used per latent step (default 0.25).
     #[arg(long, value_name = "F")]
     pub latent_frac: Option<f32>,
+    /// Modulations: quantization-aware fine-tuning steps of the latents (default 20; 0 = off).
+    #[arg(long, value_name = "N")]
+    pub latent_qat_steps: Option<usize>,
     /// Modulations: L2 penalty on the latents (default: the one the base was trained with).
     #[arg(long, value_name = "L")]
     pub latent_l2: Option<f32>,
@@ -138,6 +141,7 @@ fn mod_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::ModEncodeConf
         fit,
         latent_step: args.latent_step.unwrap_or(inr::DEFAULT_LATENT_STEP),
         target_bpp: args.bpp,
+        qat_steps: args.latent_qat_steps.unwrap_or(inr::DEFAULT_QAT_STEPS),
         base: Some(base),
         seed: args.seed,
         threads: ctx.threads,
