@@ -435,6 +435,7 @@ pub fn embedded() -> &'static [Base] {
 pub const EMBEDDED: &[(&str, &[u8])] = &[
     ("image-small", include_bytes!("../bases/image-small.inrb")),
     ("image-medium", include_bytes!("../bases/image-medium.inrb")),
+    ("image-mod", include_bytes!("../bases/image-mod.inrb")),
 ];
 
 /// Finds the base with `id` among `extra` (user-supplied, searched first) and the embedded

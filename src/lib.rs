@@ -7,6 +7,8 @@
 //! - [`entropy`]: constriction wrappers; rate estimates use the same code path as coding.
 //! - [`media`]: image I/O and coordinate grids. [`metrics`]: PSNR and bpp.
 //! - `model`, `kernel`, `fit`, `quant`: the SIREN, its fused CPU kernels, fitting and quantization.
+//! - [`modulation`] and `mod_codec`: the modulation mode (a shared meta-learned network, per
+//!   image a latent grid; codec-spec §12).
 //! - [`rd`] and [`batch`]: rate–distortion sweeps and dataset compression.
 
 pub mod audio;
