@@ -287,3 +287,48 @@ fn meta_training_resumes_bit_for_bit() {
     run(&mut b, &mut ob, st.iteration..6);
     assert_eq!(a.flat(), b.flat());
 }
+
+/// The latent and map gradients of a pass (shift gradients scattered to the four nodes of
+/// every pixel, then through the map) against finite differences of the loss.
+#[test]
+fn latent_and_map_gradients_match_finite_differences() {
+    let net = ModNet::init(arch(), 3, 4, 9);
+    let pk = Packed::new(&net);
+    let img = image(13, 9, 3);
+    let tgt = Target::new(&net, &img);
+    let nodes = tgt.grid.nodes();
+    let z: Vec<f32> = (0..nodes * 3)
+        .map(|i| ((i * 37 % 17) as f32 / 17.0 - 0.5) * 0.6)
+        .collect();
+    let loss = |net: &ModNet, z: &[f32]| -> f64 {
+        let out = modulation::pass(net, &pk, &tgt, &net.node_shifts(z), 1.0, 0, false);
+        out.sse / out.count as f64
+    };
+    let out = modulation::pass(&net, &pk, &tgt, &net.node_shifts(&z), 1.0, 0, false);
+    let gz = modulation::latent_grad(&net, &out.g_nodes, &z, 0.0, out.count);
+    let mut gm = vec![0.0f32; net.map.len()];
+    modulation::map_grad_acc(&net, &out.g_nodes, &z, &mut gm);
+    let h = 1e-3f32;
+    for i in (0..z.len()).step_by(5) {
+        let (mut zp, mut zm) = (z.clone(), z.clone());
+        zp[i] += h;
+        zm[i] -= h;
+        let fd = (loss(&net, &zp) - loss(&net, &zm)) / (2.0 * h as f64);
+        assert!(
+            (fd - gz[i] as f64).abs() < 1e-4 + 2e-2 * fd.abs(),
+            "latent {i}: fd {fd} analytic {}",
+            gz[i]
+        );
+    }
+    for i in (0..gm.len()).step_by(7) {
+        let (mut np, mut nm) = (net.clone(), net.clone());
+        np.map[i] += h;
+        nm.map[i] -= h;
+        let fd = (loss(&np, &z) - loss(&nm, &z)) / (2.0 * h as f64);
+        assert!(
+            (fd - gm[i] as f64).abs() < 1e-4 + 2e-2 * fd.abs(),
+            "map {i}: fd {fd} analytic {}",
+            gm[i]
+        );
+    }
+}
