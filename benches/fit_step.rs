@@ -101,6 +101,7 @@ fn bench(c: &mut Criterion) {
         arch: a,
         bits: 14,
         tensors,
+        base_id: None,
         masks: Vec::new(),
     };
     let bytes = write_file(&file).expect("valid file");

@@ -443,7 +443,7 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
 ///
 /// # Errors
 /// [`BaseError::Missing`] naming the id and the bases that are available.
-pub fn find<'a>(id: u64, extra: &'a [Base]) -> Result<&'a Base, BaseError> {
+pub fn find(id: u64, extra: &[Base]) -> Result<&Base, BaseError> {
     if let Some(b) = extra.iter().find(|b| b.id == id) {
         return Ok(b);
     }

@@ -366,7 +366,7 @@ fn decode_with(
     params: ModelParams,
 ) -> Result<Vec<Vec<i32>>, EntropyError> {
     check_max_abs(max_abs)?;
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(EntropyError::Misaligned { len: bytes.len() });
     }
     // Cap pre-allocation: `lens` should be validated by the caller, but never trust it blindly.

@@ -456,7 +456,7 @@ fn parse_audio<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedAudio<'a>, 
             expected: "0 (adaptive frequency model)",
         });
     }
-    if payload_len % 4 != 0 {
+    if !payload_len.is_multiple_of(4) {
         return Err(FormatError::InvalidField {
             field: "payload length",
             value: payload_len.into(),

@@ -224,7 +224,7 @@ mod tests {
         let t = augmented_crop(&im, 0, 0, 5, 3, 4);
         assert_eq!((t.width, t.height), (3, 5));
         // Transposed pixel (x, y) is original (y, x).
-        assert_eq!(t.data[1 * 3 + 2], im.data[2 * 5 + 1]);
+        assert_eq!(t.data[3 + 2], im.data[2 * 5 + 1]);
         let fx = augmented_crop(&im, 1, 1, 3, 2, 1);
         assert_eq!(fx.data, vec![8, 7, 6, 13, 12, 11]);
         for d in 0..8 {

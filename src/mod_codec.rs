@@ -185,10 +185,10 @@ fn encode_inner(
             )))
         }
     };
-    if !(cfg.fit.lr.is_finite() && cfg.fit.lr > 0.0)
-        || !(cfg.fit.frac > 0.0 && cfg.fit.frac <= 1.0)
-        || !(cfg.fit.l2.is_finite() && cfg.fit.l2 >= 0.0)
-    {
+    let lr_ok = cfg.fit.lr.is_finite() && cfg.fit.lr > 0.0;
+    let frac_ok = cfg.fit.frac > 0.0 && cfg.fit.frac <= 1.0;
+    let l2_ok = cfg.fit.l2.is_finite() && cfg.fit.l2 >= 0.0;
+    if !(lr_ok && frac_ok && l2_ok) {
         return Err(EncodeError::Parameter(
             "latent fit: lr > 0, 0 < fraction <= 1, l2 >= 0".into(),
         ));
@@ -267,7 +267,7 @@ fn encode_inner(
             cfg.qat_steps,
             QAT_LR,
             cfg.fit.frac,
-            cfg.seed ^ 0x0051_a7,
+            cfg.seed ^ 0x51a7,
         );
         progress(&Progress {
             step: total,

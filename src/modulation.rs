@@ -217,6 +217,7 @@ impl ModGrid {
     /// [`kernel::forward_tile_infer_shifted`]): `(1-ty)((1-tx) S00 + tx S10) + ty((1-tx) S01 +
     /// tx S11)`, evaluated in that order (§12.6).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn fill_shift(
         &self,
         s: &[f32],

@@ -15,7 +15,7 @@ fn family_image(seed: u64, w: u32, h: u32) -> Image {
             [
                 rng.gen_range(-4.0..4.0),
                 rng.gen_range(-4.0..4.0),
-                rng.gen_range(0.0..6.28),
+                rng.gen_range(0.0..std::f32::consts::TAU),
                 rng.gen_range(-60.0..60.0),
                 rng.gen_range(-60.0..60.0),
                 rng.gen_range(-60.0..60.0),

@@ -335,6 +335,21 @@ pub fn say(line: impl std::fmt::Display) -> anyhow::Result<()> {
         .context("cannot write to stdout")
 }
 
+/// A bar counting finished items with ETA, hidden with `--quiet` or when stderr is not a
+/// terminal (shared by `rd` and `batch`).
+pub fn counting_bar(quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(0);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed} < {eta}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,19 +382,4 @@ mod tests {
             &dir.path().join("./new.inr")
         ));
     }
-}
-
-/// A bar counting finished items with ETA, hidden with `--quiet` or when stderr is not a
-/// terminal (shared by `rd` and `batch`).
-pub fn counting_bar(quiet: bool) -> indicatif::ProgressBar {
-    use std::io::IsTerminal as _;
-    if quiet || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(0);
-    b.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed} < {eta}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    b
 }
