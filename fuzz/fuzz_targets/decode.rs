@@ -22,8 +22,37 @@ fn limits() -> Limits {
     }
 }
 
+/// Modulation-mode files (flag bit 2, §12): `decode` must agree with `read_mod_file`, except
+/// that it may refuse a well-formed file whose base it lacks or that does not match the base.
+fn check_mod(bytes: &[u8], limits: &Limits, opts: &DecodeOptions) {
+    let parsed = format::read_mod_file(bytes, limits);
+    let decoded = inr::decode(bytes, opts);
+    match (&parsed, &decoded) {
+        (Ok(f), Ok(img)) => {
+            assert_eq!((img.width, img.height), (f.width, f.height));
+            assert_eq!(img.data.len(), img.width as usize * img.height as usize * 3);
+            let again = format::write_mod_file(f).expect("an accepted file re-serialises");
+            let back = format::read_mod_file(&again, limits).expect("and is accepted again");
+            assert_eq!(&back, f);
+        }
+        (Err(e), Err(_)) => {
+            let _ = e.to_string();
+        }
+        (Ok(_), Err(inr::DecodeError::Base(_) | inr::DecodeError::Parameter(_))) => {}
+        (Ok(_), Err(e)) => panic!("decode rejected a modulation file read_mod_file accepts: {e}"),
+        (Err(e), Ok(_)) => panic!("decode accepted a file read_mod_file rejects: {e}"),
+    }
+}
+
 fn check(bytes: &[u8]) {
     let limits = limits();
+    if format::is_modulation_file(bytes) {
+        let opts = DecodeOptions {
+            limits: limits.clone(),
+            ..Default::default()
+        };
+        return check_mod(bytes, &limits, &opts);
+    }
     let parsed = format::read_file(bytes, &limits);
     let opts = DecodeOptions {
         limits: limits.clone(),
