@@ -825,6 +825,122 @@ fn read_payload_and_crc<'a>(r: &mut Reader<'a>, bytes: &'a [u8]) -> Result<&'a [
     Ok(payload)
 }
 
+/// Codes `tensors` as the payload groups of §4.2 (one group per distinct bit width, ascending,
+/// its tensors in order; each a `u32` length and one §5 stream). Shared by the modulation
+/// (§12) and grid (§13) layouts. Symbol errors name the tensor's index in `tensors`.
+fn write_groups(tensors: &[&QTensor], limits: &Limits) -> Result<Vec<u8>, FormatError> {
+    let tensor_bits: Vec<u8> = tensors.iter().map(|t| t.bits).collect();
+    let lens: Vec<usize> = tensors.iter().map(|t| t.symbols.len()).collect();
+    let mut payload = Vec::new();
+    for b in group_bits(&tensor_bits) {
+        let (members, _) = group_members(&tensor_bits, &lens, b);
+        let refs: Vec<&[i32]> = members
+            .iter()
+            .filter_map(|&i| tensors.get(i))
+            .map(|t| t.symbols.as_slice())
+            .collect();
+        let group = entropy::encode_tensors(&refs, max_abs_for_bits(b)).map_err(|e| match e {
+            EntropyError::SymbolOutOfRange {
+                tensor,
+                index,
+                value,
+                max_abs,
+            } => EntropyError::SymbolOutOfRange {
+                tensor: members.get(tensor).copied().unwrap_or(tensor),
+                index,
+                value,
+                max_abs,
+            },
+            other => other,
+        })?;
+        check_section("payload group", group.len() as u64, limits)?;
+        let len = u32::try_from(group.len()).map_err(|_| FormatError::PayloadTooLarge {
+            len: group.len() as u64,
+        })?;
+        payload.extend_from_slice(&len.to_le_bytes());
+        payload.extend_from_slice(&group);
+    }
+    Ok(payload)
+}
+
+/// Parses a step table (§4.1 entries): validates every step and bit width (`bits_field`
+/// names the latter in errors).
+fn read_step_table(
+    step_bytes: &[u8],
+    bits_field: &'static str,
+) -> Result<(Vec<Step>, Vec<u8>), FormatError> {
+    let n = step_bytes.len() / STEP_BYTES;
+    let mut steps = Vec::with_capacity(n);
+    let mut tensor_bits = Vec::with_capacity(n);
+    for c in step_bytes.chunks_exact(STEP_BYTES) {
+        let &[lo, hi, exponent, tb] = c else {
+            continue; // unreachable: chunks_exact yields exactly STEP_BYTES bytes
+        };
+        let s = Step {
+            mantissa: u16::from_le_bytes([lo, hi]),
+            exponent,
+        };
+        s.validate()?;
+        validate_bits(bits_field, tb)?;
+        steps.push(s);
+        tensor_bits.push(tb);
+    }
+    Ok((steps, tensor_bits))
+}
+
+/// Splits a payload into its groups (§4.2): length fields that fit, multiples of 4, within
+/// the section limit, filling the payload exactly.
+fn split_groups<'a>(
+    payload: &'a [u8],
+    tensor_bits: &[u8],
+    limits: &Limits,
+) -> Result<Vec<(u8, &'a [u8])>, FormatError> {
+    let mut g = Reader {
+        bytes: payload,
+        pos: 0,
+    };
+    let mut groups = Vec::new(); // <= 15 entries
+    for b in group_bits(tensor_bits) {
+        let len = g.u32("payload group length")?;
+        if len % 4 != 0 {
+            return Err(FormatError::InvalidField {
+                field: "payload group length",
+                value: len.into(),
+                expected: "a multiple of 4 (whole 32-bit words)",
+            });
+        }
+        let group = g.take(len as usize, "payload group")?;
+        check_section("payload group", u64::from(len), limits)?;
+        groups.push((b, group));
+    }
+    if g.pos != payload.len() {
+        return Err(FormatError::PayloadGroups {
+            used: g.pos as u64,
+            len: payload.len() as u64,
+        });
+    }
+    Ok(groups)
+}
+
+/// Entropy-decodes the groups of [`split_groups`]: tensor `i` gets `lens[i]` symbols.
+fn decode_groups(
+    groups: &[(u8, &[u8])],
+    tensor_bits: &[u8],
+    lens: &[usize],
+) -> Result<Vec<Vec<i32>>, FormatError> {
+    let mut symbols: Vec<Vec<i32>> = vec![Vec::new(); lens.len()];
+    for &(b, group) in groups {
+        let (members, member_lens) = group_members(tensor_bits, lens, b);
+        let decoded = entropy::decode_tensors(group, &member_lens, max_abs_for_bits(b))?;
+        for (i, s) in members.into_iter().zip(decoded) {
+            if let Some(slot) = symbols.get_mut(i) {
+                *slot = s;
+            }
+        }
+    }
+    Ok(symbols)
+}
+
 /// Per-group summary for [`inspect`]: bit width, tensor count and coded bytes.
 fn group_infos(groups: &[(u8, &[u8])], tensor_bits: &[u8]) -> Vec<GroupInfo> {
     groups

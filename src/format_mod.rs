@@ -11,13 +11,12 @@
 //! CRC32.
 
 use super::{
-    group_bits, group_infos, group_members, max_abs_for_bits, read_fixed_header,
-    read_payload_and_crc, validate_bits, validate_dims, validate_header_bits, Arch, FileInfo,
-    FixedHeader, FormatError, Limits, QTensor, Reader, Step, BASE_REF_BYTES, CODER_ADAPTIVE,
-    CRC_BYTES, FLAG_BASE, GROUP_LEN_BYTES, HEADER_BYTES, KNOWN_FLAGS, MAGIC, MIN_VERSION,
-    MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION, PAYLOAD_LEN_BYTES, STEP_BYTES, VERSION,
+    group_infos, read_fixed_header, read_payload_and_crc, validate_bits, validate_dims,
+    validate_header_bits, Arch, FileInfo, FixedHeader, FormatError, Limits, QTensor, Reader, Step,
+    BASE_REF_BYTES, CODER_ADAPTIVE, CRC_BYTES, FLAG_BASE, GROUP_LEN_BYTES, HEADER_BYTES,
+    KNOWN_FLAGS, MAGIC, MIN_VERSION, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION,
+    PAYLOAD_LEN_BYTES, STEP_BYTES, VERSION,
 };
-use crate::entropy::{self, EntropyError};
 
 /// §3.4 Flag bit 2 (version 2): modulation mode (§12). Only valid together with
 /// [`FLAG_BASE`]: the file is a latent grid for a modulation base.
@@ -167,36 +166,8 @@ pub fn write_mod_file(f: &ModInrFile) -> Result<Vec<u8>, FormatError> {
     }
     let channel_bits: Vec<u8> = f.channels.iter().map(|c| c.bits).collect();
     let bits = channel_bits.iter().copied().max().unwrap_or(0);
-    let lens = vec![n; channel_bits.len()];
-    let mut payload = Vec::new();
-    for b in group_bits(&channel_bits) {
-        let (members, _) = group_members(&channel_bits, &lens, b);
-        let refs: Vec<&[i32]> = members
-            .iter()
-            .filter_map(|&i| f.channels.get(i))
-            .map(|c| c.symbols.as_slice())
-            .collect();
-        let group = entropy::encode_tensors(&refs, max_abs_for_bits(b)).map_err(|e| match e {
-            EntropyError::SymbolOutOfRange {
-                tensor,
-                index,
-                value,
-                max_abs,
-            } => EntropyError::SymbolOutOfRange {
-                tensor: members.get(tensor).copied().unwrap_or(tensor),
-                index,
-                value,
-                max_abs,
-            },
-            other => other,
-        })?;
-        super::check_section("payload group", group.len() as u64, &limits)?;
-        let len = u32::try_from(group.len()).map_err(|_| FormatError::PayloadTooLarge {
-            len: group.len() as u64,
-        })?;
-        payload.extend_from_slice(&len.to_le_bytes());
-        payload.extend_from_slice(&group);
-    }
+    let refs: Vec<&QTensor> = f.channels.iter().collect();
+    let payload = super::write_groups(&refs, &limits)?;
     super::check_section("payload", payload.len() as u64, &limits)?;
     let payload_len = u32::try_from(payload.len()).map_err(|_| FormatError::PayloadTooLarge {
         len: payload.len() as u64,
@@ -355,46 +326,9 @@ fn parse_mod<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedMod<'a>, Form
         });
     }
     super::check_section("payload", payload.len() as u64, limits)?;
-    let mut steps = Vec::with_capacity(usize::from(latent_dim));
-    let mut channel_bits = Vec::with_capacity(usize::from(latent_dim));
-    for c in step_bytes.chunks_exact(STEP_BYTES) {
-        let &[lo, hi, exponent, tb] = c else {
-            continue; // unreachable: chunks_exact yields exactly STEP_BYTES bytes
-        };
-        let s = Step {
-            mantissa: u16::from_le_bytes([lo, hi]),
-            exponent,
-        };
-        s.validate()?;
-        validate_bits("channel bits", tb)?;
-        steps.push(s);
-        channel_bits.push(tb);
-    }
+    let (steps, channel_bits) = super::read_step_table(step_bytes, "channel bits")?;
     validate_header_bits(bits, &channel_bits)?;
-    let mut g = Reader {
-        bytes: payload,
-        pos: 0,
-    };
-    let mut groups = Vec::new(); // <= 15 entries
-    for b in group_bits(&channel_bits) {
-        let len = g.u32("payload group length")?;
-        if len % 4 != 0 {
-            return Err(FormatError::InvalidField {
-                field: "payload group length",
-                value: len.into(),
-                expected: "a multiple of 4 (whole 32-bit words)",
-            });
-        }
-        let group = g.take(len as usize, "payload group")?;
-        super::check_section("payload group", u64::from(len), limits)?;
-        groups.push((b, group));
-    }
-    if g.pos != payload.len() {
-        return Err(FormatError::PayloadGroups {
-            used: g.pos as u64,
-            len: payload.len() as u64,
-        });
-    }
+    let groups = super::split_groups(payload, &channel_bits, limits)?;
     Ok(ParsedMod {
         width,
         height,
@@ -424,16 +358,7 @@ pub fn read_mod_file(bytes: &[u8], limits: &Limits) -> Result<ModInrFile, Format
     // grid_w * grid_h * latent_dim <= limits.max_params (validated in `parse_mod`).
     let n = (u64::from(p.grid.0) * u64::from(p.grid.1)) as usize;
     let lens = vec![n; p.channel_bits.len()];
-    let mut symbols: Vec<Vec<i32>> = vec![Vec::new(); lens.len()];
-    for &(b, group) in &p.groups {
-        let (members, member_lens) = group_members(&p.channel_bits, &lens, b);
-        let decoded = entropy::decode_tensors(group, &member_lens, max_abs_for_bits(b))?;
-        for (i, s) in members.into_iter().zip(decoded) {
-            if let Some(slot) = symbols.get_mut(i) {
-                *slot = s;
-            }
-        }
-    }
+    let symbols = super::decode_groups(&p.groups, &p.channel_bits, &lens)?;
     let channels = p
         .steps
         .into_iter()
