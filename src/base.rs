@@ -602,7 +602,11 @@ mod tests {
         // Every embedded base re-serialises to exactly its bytes (so its id is unchanged).
         for (name, bytes) in EMBEDDED {
             let e = Base::from_bytes(bytes, &Limits::default()).unwrap();
-            assert_eq!(e.modulation.is_some(), bytes[4] == BASE_VERSION_MOD, "{name}");
+            assert_eq!(
+                e.modulation.is_some(),
+                bytes[4] == BASE_VERSION_MOD,
+                "{name}"
+            );
             assert_eq!(e.to_bytes().unwrap(), *bytes, "{name}");
         }
     }

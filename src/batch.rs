@@ -379,6 +379,27 @@ impl BatchCodec for ModBatchCodec {
     }
 }
 
+/// The grid mode (§13) with a fixed configuration.
+pub struct GridBatchCodec {
+    pub config: crate::GridEncodeConfig,
+}
+
+impl BatchCodec for GridBatchCodec {
+    fn encode(&self, img: &Image) -> Result<EncodedFile, String> {
+        let e = crate::encode_grid(img, &self.config, &mut |_| {}).map_err(|e| e.to_string())?;
+        Ok(EncodedFile {
+            bytes: e.bytes,
+            psnr: e.psnr,
+        })
+    }
+    fn is_valid(&self, bytes: &[u8]) -> bool {
+        crate::inspect(bytes).is_ok()
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<Image, String> {
+        crate::decode(bytes, &crate::DecodeOptions::default()).map_err(|e| e.to_string())
+    }
+}
+
 /// Load an image with the codec's input policy (`media::load_image`).
 fn load_image(path: &Path) -> Result<Image, String> {
     crate::media::load_image(path)

@@ -922,6 +922,9 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
     if format::is_modulation_file(bytes) {
         return crate::mod_codec::decode_modulated(bytes, opts);
     }
+    if format::is_grid_file(bytes) {
+        return crate::grid_codec::decode_grid(bytes, opts);
+    }
     let file = format::read_file(bytes, &opts.limits)?;
     let (w, h) = opts.size.unwrap_or((file.width, file.height));
     if w == 0 || h == 0 {

@@ -26,6 +26,14 @@ pub use modulation::{
     FLAG_MODULATIONS, MIN_CELL, MOD_FLAGS, MOD_SECTION_BYTES, VERSION_MOD,
 };
 
+// §13 Grid-mode files (flag bit 3, version 2) live in their own child module.
+#[path = "format_grid.rs"]
+mod grid;
+pub use grid::{
+    grid_level_dims, grid_tensor_lens, is_grid_file, read_grid_file, write_grid_file, GridInfo,
+    GridInrFile, FLAG_GRID, MAX_GRID_DEPTH, MAX_GRID_LEVELS, VERSION_GRID,
+};
+
 /// §3.1 Magic bytes: `0x89 'I' 'N' 'R'` (a high byte first, as in PNG, catches 7-bit and
 /// text-mode damage).
 pub const MAGIC: [u8; 4] = [0x89, b'I', b'N', b'R'];
@@ -156,7 +164,7 @@ impl Arch {
     }
 
     /// Parameter count in u64 with checked arithmetic (never overflows for u8/u16 fields).
-    fn num_params_u64(&self) -> u64 {
+    pub(crate) fn num_params_u64(&self) -> u64 {
         let i = u64::from(self.coord_dims) * (1 + 2 * u64::from(self.pe_freqs));
         let w = u64::from(self.width);
         let o = u64::from(self.out_channels);
@@ -591,6 +599,12 @@ pub struct FileInfo {
     /// latent channels and `arch` is the base network's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub modulation: Option<ModInfo>,
+    /// The latent pyramid (§13), for a grid-mode file (flag bit 3). Then `num_params` counts
+    /// the synthesis parameters and the latents, `steps`/`tensor_bits`/`num_tensors` describe
+    /// the synthesis tensors followed by the latent levels, and `arch.coord_dims` is the
+    /// number of levels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid: Option<GridInfo>,
 }
 
 /// Summary of the sparsity masks of a file (§4.6), decoded by [`inspect`].
@@ -1010,6 +1024,19 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
                        modulation reader (format::read_mod_file)",
         });
     }
+    // A grid-mode file (§13) has another layout too.
+    if version == VERSION_GRID
+        && modality == MODALITY_IMAGE
+        && flags & FLAG_GRID != 0
+        && flags & !(KNOWN_FLAGS | FLAG_GRID) == 0
+    {
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "no flag bit 3; this is a grid-mode file: read it with the grid reader \
+                       (format::read_grid_file)",
+        });
+    }
     let num_tensors = arch.num_tensors();
     let step_bytes = r.take(num_tensors * STEP_BYTES, "step table")?;
     let known = if version == 1 { 0 } else { KNOWN_FLAGS };
@@ -1349,6 +1376,9 @@ pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatErr
     if is_modulation_file(bytes) {
         return modulation::inspect_mod(bytes, limits);
     }
+    if is_grid_file(bytes) {
+        return grid::inspect_grid(bytes, limits);
+    }
     let p = parse(bytes, limits)?;
     let total = bytes.len() as u64;
     let num_tensors = p.steps.len();
@@ -1388,6 +1418,7 @@ pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatErr
         audio: None,
         sparsity,
         modulation: None,
+        grid: None,
     })
 }
 

@@ -567,6 +567,7 @@ pub(super) fn inspect_audio(bytes: &[u8]) -> Result<super::FileInfo, FormatError
         base_id: None,
         sparsity: None,
         modulation: None,
+        grid: None,
         modality: "audio",
         width: 0,
         height: 0,

@@ -427,5 +427,6 @@ pub(super) fn inspect_mod(bytes: &[u8], limits: &Limits) -> Result<FileInfo, For
             grid_h,
             latents,
         }),
+        grid: None,
     })
 }

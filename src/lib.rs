@@ -9,6 +9,8 @@
 //! - `model`, `kernel`, `fit`, `quant`: the SIREN, its fused CPU kernels, fitting and quantization.
 //! - [`modulation`] and `mod_codec`: the modulation mode (a shared meta-learned network, per
 //!   image a latent grid; codec-spec §12).
+//! - [`grid`] and `grid_codec`: the grid mode (per image a latent pyramid and a small SIREN
+//!   fitted under a rate–distortion objective; codec-spec §13).
 //! - [`rd`] and [`batch`]: rate–distortion sweeps and dataset compression.
 
 pub mod audio;
@@ -19,6 +21,8 @@ mod codec;
 pub mod entropy;
 mod fit;
 pub mod format;
+pub mod grid;
+mod grid_codec;
 mod kernel;
 pub mod media;
 pub mod meta;
@@ -39,6 +43,8 @@ pub use codec::{
     EncodeConfig, EncodeError, Encoded, Preset, Progress, PruneScope, RATE_TOLERANCE,
 };
 pub use format::Limits;
+pub use grid::GridFit;
+pub use grid_codec::{encode_grid, GridEncodeConfig, DEFAULT_LEVELS, GRID_PRESET_LAMBDAS};
 pub use mod_codec::{
     encode_modulated, trained_l2 as mod_codec_trained_l2, ModEncodeConfig, DEFAULT_LATENT_STEP,
     DEFAULT_QAT_STEPS,

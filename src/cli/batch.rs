@@ -145,6 +145,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
     };
     let weights = InrBatchCodec { config };
     let modulations;
+    let grid;
     let codec: &dyn inr::batch::BatchCodec = match args.mode {
         super::encode::Mode::Weights => &weights,
         super::encode::Mode::Modulations => {
@@ -173,6 +174,22 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
                 },
             };
             &modulations
+        }
+        super::encode::Mode::Grid => {
+            let mut config = inr::GridEncodeConfig {
+                seed: args.seed,
+                threads: Some((cores / jobs).max(1)),
+                ..Default::default()
+            };
+            let name = super::encode::preset_name(args.preset);
+            if let Some(&(_, l)) = inr::GRID_PRESET_LAMBDAS.iter().find(|(n, _)| *n == name) {
+                config.fit.lambda = l;
+            }
+            if let Some(s) = args.steps {
+                config.fit.steps = s;
+            }
+            grid = inr::batch::GridBatchCodec { config };
+            &grid
         }
     };
     let opts = BatchOptions {

@@ -88,9 +88,18 @@ pub struct EncodeArgs {
     /// (seconds; needs a modulation base: the embedded one by default, or --base FILE.inrb
     /// from `inr meta-train --mode modulations`). In this mode --steps counts latent steps
     /// (default 50), --lr is the latents' Adam rate (default 0.05) and --bpp moves only the
-    /// latent quantization step.
+    /// latent quantization step. `grid` fits, per image, a pyramid of latent grids and a small
+    /// SIREN that reads them, under a rate–distortion objective (no base needed; about a
+    /// minute per Kodak image): the preset picks the rate weight (tiny 0.03 … huge 0.0008) and
+    /// --steps the fitting steps (default 1000).
     #[arg(long, value_enum, default_value_t = Mode::Weights)]
     pub mode: Mode,
+    /// Grid: rate weight λ of `MSE + λ·bpp` (overrides the preset; larger = smaller file).
+    #[arg(long, value_name = "L")]
+    pub lambda: Option<f32>,
+    /// Grid: number of latent levels (strides 1, 2, 4, …; default 7).
+    #[arg(long, value_name = "N")]
+    pub levels: Option<u8>,
     /// Modulations: quantization step of the latents (default 0.25; larger = smaller file).
     #[arg(long, value_name = "Q", conflicts_with = "bpp")]
     pub latent_step: Option<f32>,
@@ -116,6 +125,53 @@ pub struct EncodeArgs {
 pub enum Mode {
     Weights,
     Modulations,
+    Grid,
+}
+
+/// The grid-mode settings of `args`.
+pub(super) fn grid_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::GridEncodeConfig> {
+    if args.bpp.is_some() || args.target_psnr.is_some() {
+        anyhow::bail!(
+            "--mode grid has no rate control yet: choose the rate with --preset or --lambda"
+        );
+    }
+    if args.density.is_some() {
+        anyhow::bail!("--mode grid does not prune (--density)");
+    }
+    let mut cfg = inr::GridEncodeConfig {
+        seed: args.seed,
+        threads: ctx.threads,
+        ..Default::default()
+    };
+    let name = preset_name(args.preset);
+    if let Some(&(_, l)) = inr::GRID_PRESET_LAMBDAS.iter().find(|(n, _)| *n == name) {
+        cfg.fit.lambda = l;
+    }
+    if let Some(l) = args.lambda {
+        cfg.fit.lambda = l;
+    }
+    if let Some(s) = args.steps {
+        cfg.fit.steps = s;
+    }
+    if let Some(lr) = args.lr {
+        cfg.fit.lr_latent = lr;
+    }
+    if let Some(n) = args.levels {
+        cfg.levels = n;
+    }
+    if let Some(w) = args.width {
+        cfg.width = u16::try_from(w).context("--width")?;
+    }
+    if let Some(d) = args.depth {
+        cfg.depth = u8::try_from(d).context("--depth")?;
+    }
+    if let Some(w0) = args.w0 {
+        cfg.w0 = w0;
+    }
+    if let Some(b) = args.bits {
+        cfg.net_bits = vec![b];
+    }
+    Ok(cfg)
 }
 
 fn mod_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::ModEncodeConfig> {
@@ -181,7 +237,11 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
     let mod_cfg = match args.mode {
         Mode::Modulations => Some(mod_config(&args, ctx)?),
-        Mode::Weights => None,
+        Mode::Weights | Mode::Grid => None,
+    };
+    let grid_cfg = match args.mode {
+        Mode::Grid => Some(grid_config(&args, ctx)?),
+        _ => None,
     };
     let cfg = EncodeConfig {
         preset: args.preset,
@@ -232,9 +292,10 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
     };
     let start = Instant::now();
-    let result = match &mod_cfg {
-        Some(m) => inr::encode_modulated(img, m, &mut on_progress),
-        None => inr::encode_image(img, &cfg, &mut on_progress),
+    let result = match (&mod_cfg, &grid_cfg) {
+        (Some(m), _) => inr::encode_modulated(img, m, &mut on_progress),
+        (None, Some(g)) => inr::encode_grid(img, g, &mut on_progress),
+        (None, None) => inr::encode_image(img, &cfg, &mut on_progress),
     };
     pb.finish_and_clear();
     let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
@@ -261,7 +322,12 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             "height": img.height,
             "channels": img.channels,
             "preset": preset_name(args.preset),
-            "mode": if mod_cfg.is_some() { "modulations" } else { "weights" },
+            "mode": match args.mode {
+                Mode::Weights => "weights",
+                Mode::Modulations => "modulations",
+                Mode::Grid => "grid",
+            },
+            "lambda": grid_cfg.as_ref().map(|g| g.fit.lambda),
             "config": {
                 "width": args.width,
                 "depth": args.depth,

@@ -1,0 +1,384 @@
+//! Grid-mode files (flag bit 3, format version 2, `codec-spec.md` §13): per image a pyramid of
+//! single-channel latent grids and a small synthesis SIREN whose inputs are the latents
+//! sampled at each pixel. A child module of [`crate::format`]: it shares the reader, the fixed
+//! header, the step table, the payload groups and the payload/CRC tail of the image container;
+//! nothing here imports the model.
+//!
+//! Layout (§13.1): fixed header (30 bytes, version 2, modality 1, flags exactly `FLAG_GRID`,
+//! `coord_dims` = number of latent levels L, `pe_freqs` = 0) | step table (the T synthesis
+//! tensors of §6.1, then the L latent levels) | payload length | payload (§4.2 groups over
+//! those T + L tensors) | CRC32.
+
+use super::{
+    group_infos, read_fixed_header, read_payload_and_crc, validate_dims, validate_header_bits,
+    Arch, FileInfo, FixedHeader, FormatError, Limits, QTensor, Reader, CODER_ADAPTIVE, CRC_BYTES,
+    GROUP_LEN_BYTES, HEADER_BYTES, MAGIC, MIN_VERSION, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY,
+    OFF_VERSION, PAYLOAD_LEN_BYTES, STEP_BYTES, VERSION,
+};
+
+/// §3.4 Flag bit 3 (version 2): grid mode (§13). A grid file has flags exactly `FLAG_GRID`.
+pub const FLAG_GRID: u16 = 1 << 3;
+/// §13.1 The version of every grid file.
+pub const VERSION_GRID: u8 = 2;
+/// §13.2 Most latent levels (strides 1 ..= 2^15).
+pub const MAX_GRID_LEVELS: u8 = 16;
+/// §13.2 Most sine layers of the synthesis network.
+pub const MAX_GRID_DEPTH: u8 = 8;
+
+/// A complete grid-mode file in memory (§13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GridInrFile {
+    /// Image width in pixels.
+    pub width: u32,
+    /// Image height in pixels.
+    pub height: u32,
+    /// The synthesis network; `coord_dims` is the number of latent levels L.
+    pub arch: Arch,
+    /// The synthesis tensors in tensor order (§6.1), then the L latent levels; level `l` has
+    /// `ceil(width / 2^l) * ceil(height / 2^l)` symbols in row-major order.
+    pub tensors: Vec<QTensor>,
+}
+
+/// Grid summary for `inspect` (§13).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GridInfo {
+    /// Latent levels L.
+    pub levels: u8,
+    /// `(w_l, h_l)` of each level.
+    pub level_dims: Vec<(u32, u32)>,
+    /// Latents in all levels.
+    pub latents: u64,
+    /// Parameters of the synthesis network.
+    pub synth_params: u64,
+}
+
+/// §13.2 Sizes of the latent levels: level `l` is `ceil(width / 2^l) x ceil(height / 2^l)`.
+/// `levels` above [`MAX_GRID_LEVELS`] are cut there.
+pub fn grid_level_dims(width: u32, height: u32, levels: u8) -> Vec<(u32, u32)> {
+    (0..levels.min(MAX_GRID_LEVELS))
+        .map(|l| {
+            let s = 1u32 << l;
+            (width.div_ceil(s), height.div_ceil(s))
+        })
+        .collect()
+}
+
+/// True when `bytes` start like a grid-mode file: magic, version 2, modality 1 (image) and
+/// flag bit 3 set (and bit 2 clear). Nothing else is validated; use it to choose between
+/// [`read_grid_file`] and [`super::read_file`].
+pub fn is_grid_file(bytes: &[u8]) -> bool {
+    bytes.get(..4) == Some(&MAGIC[..])
+        && bytes.get(OFF_VERSION) == Some(&VERSION_GRID)
+        && bytes.get(OFF_MODALITY) == Some(&MODALITY_IMAGE)
+        && bytes.get(OFF_FLAGS..OFF_FLAGS + 2).is_some_and(|f| {
+            let flags = u16::from_le_bytes([f[0], f[1]]);
+            flags & FLAG_GRID != 0 && flags & super::FLAG_MODULATIONS == 0
+        })
+}
+
+/// §13.2, §13.4: image size, synthesis architecture, latent count and rendering work against
+/// `limits`. Returns the tensor lengths (synthesis tensors, then levels).
+///
+/// # Errors
+/// [`FormatError::InvalidField`] / [`FormatError::LimitExceeded`] naming the first failed check.
+pub fn grid_tensor_lens(
+    width: u32,
+    height: u32,
+    arch: &Arch,
+    limits: &Limits,
+) -> Result<Vec<usize>, FormatError> {
+    validate_dims(width, height, limits)?;
+    let bad = |field, value: u64, expected| {
+        Err(FormatError::InvalidField {
+            field,
+            value,
+            expected,
+        })
+    };
+    if arch.coord_dims == 0 || arch.coord_dims > MAX_GRID_LEVELS {
+        return bad(
+            "coord_dims (latent levels)",
+            arch.coord_dims.into(),
+            "1..=16 latent levels in a grid file",
+        );
+    }
+    if !matches!(arch.out_channels, 1 | 3) {
+        return bad("out_channels", arch.out_channels.into(), "1 or 3");
+    }
+    if arch.pe_freqs != 0 {
+        return bad("pe_freqs", arch.pe_freqs.into(), "0 in a grid file");
+    }
+    if arch.depth > MAX_GRID_DEPTH {
+        return bad("depth", arch.depth.into(), "1..=8 in a grid file");
+    }
+    arch.validate_net(limits)?;
+    let dims = grid_level_dims(width, height, arch.coord_dims);
+    let latents: u64 = dims.iter().map(|&(w, h)| u64::from(w) * u64::from(h)).sum();
+    if latents > limits.max_params {
+        return Err(FormatError::LimitExceeded {
+            what: "latent count (all grid levels)",
+            value: latents,
+            limit: limits.max_params,
+        });
+    }
+    // Per pixel: the network and 4 bilinear taps per level.
+    let work = arch.num_params_u64() + 4 * u64::from(arch.coord_dims);
+    limits.check_render(width, height, work)?;
+    let mut lens = arch.tensor_lens();
+    lens.extend(dims.iter().map(|&(w, h)| (w as usize) * (h as usize)));
+    Ok(lens)
+}
+
+/// Serialises a grid file (§13), validating it first with [`Limits::default`].
+///
+/// # Errors
+/// [`FormatError::InvalidField`] / [`FormatError::LimitExceeded`] for values a default decoder
+/// would reject (including a tensor `bits` outside 2..=16), [`FormatError::TensorCount`] /
+/// [`FormatError::TensorLength`] when the tensors do not match the architecture and the
+/// pyramid, [`FormatError::Entropy`] for a symbol outside its tensor's range.
+///
+/// # Panics
+/// Never.
+pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
+    let limits = Limits::default();
+    let lens = grid_tensor_lens(f.width, f.height, &f.arch, &limits)?;
+    if f.tensors.len() != lens.len() {
+        return Err(FormatError::TensorCount {
+            expected: lens.len(),
+            found: f.tensors.len(),
+        });
+    }
+    for (index, (t, &n)) in f.tensors.iter().zip(&lens).enumerate() {
+        t.step.validate()?;
+        super::validate_bits("tensor bits", t.bits)?;
+        if t.symbols.len() != n {
+            return Err(FormatError::TensorLength {
+                index,
+                expected: n,
+                found: t.symbols.len(),
+            });
+        }
+    }
+    let bits = f.tensors.iter().map(|t| t.bits).max().unwrap_or(0);
+    let refs: Vec<&QTensor> = f.tensors.iter().collect();
+    let payload = super::write_groups(&refs, &limits)?;
+    super::check_section("payload", payload.len() as u64, &limits)?;
+    let payload_len = u32::try_from(payload.len()).map_err(|_| FormatError::PayloadTooLarge {
+        len: payload.len() as u64,
+    })?;
+    let mut out = Vec::with_capacity(
+        HEADER_BYTES + STEP_BYTES * lens.len() + PAYLOAD_LEN_BYTES + payload.len() + CRC_BYTES,
+    );
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION_GRID);
+    out.push(MODALITY_IMAGE);
+    out.extend_from_slice(&FLAG_GRID.to_le_bytes());
+    out.extend_from_slice(&f.width.to_le_bytes());
+    out.extend_from_slice(&f.height.to_le_bytes());
+    f.arch.write(&mut out);
+    out.push(bits);
+    out.push(CODER_ADAPTIVE);
+    for t in &f.tensors {
+        out.extend_from_slice(&t.step.mantissa.to_le_bytes());
+        out.push(t.step.exponent);
+        out.push(t.bits);
+    }
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    let total = out.len() as u64;
+    if total > limits.max_file_bytes {
+        return Err(FormatError::LimitExceeded {
+            what: "file size",
+            value: total,
+            limit: limits.max_file_bytes,
+        });
+    }
+    Ok(out)
+}
+
+struct ParsedGrid<'a> {
+    width: u32,
+    height: u32,
+    arch: Arch,
+    bits: u8,
+    lens: Vec<usize>,
+    steps: Vec<super::Step>,
+    tensor_bits: Vec<u8>,
+    groups: Vec<(u8, &'a [u8])>,
+}
+
+fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, FormatError> {
+    let total = bytes.len() as u64;
+    if total > limits.max_file_bytes {
+        return Err(FormatError::LimitExceeded {
+            what: "file size",
+            value: total,
+            limit: limits.max_file_bytes,
+        });
+    }
+    let mut r = Reader { bytes, pos: 0 };
+    let found: [u8; 4] = r.array("magic")?;
+    if found != MAGIC {
+        return Err(FormatError::BadMagic { found });
+    }
+    let version = r.u8("version byte")?;
+    if !(MIN_VERSION..=VERSION).contains(&version) {
+        return Err(FormatError::UnsupportedVersion { found: version });
+    }
+    let FixedHeader {
+        modality,
+        flags,
+        width,
+        height,
+        arch,
+        bits,
+        coder,
+    } = read_fixed_header(&mut r)?;
+    if version != VERSION_GRID {
+        return Err(FormatError::InvalidField {
+            field: "version",
+            value: version.into(),
+            expected: "2 (grid files); a version-1 file is a plain image file: read it with \
+                       the image reader (format::read_file)",
+        });
+    }
+    if modality != MODALITY_IMAGE {
+        return Err(FormatError::InvalidField {
+            field: "modality",
+            value: modality.into(),
+            expected: "1 (image)",
+        });
+    }
+    if flags & !FLAG_GRID != 0 {
+        return Err(FormatError::UnknownFlags {
+            flags,
+            known: FLAG_GRID,
+            version,
+        });
+    }
+    if flags != FLAG_GRID {
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "0x0008 (grid mode); without flag bit 3 this is a plain image file: \
+                       read it with the image reader (format::read_file)",
+        });
+    }
+    // coord_dims <= 255 levels and depth <= 255: the step table is at most 4 * (512 + 255)
+    // bytes, and is only taken if present.
+    let n_tensors = arch.num_tensors() + usize::from(arch.coord_dims);
+    let step_bytes = r.take(n_tensors * STEP_BYTES, "step table")?;
+    let payload = read_payload_and_crc(&mut r, bytes)?;
+    let lens = grid_tensor_lens(width, height, &arch, limits)?;
+    super::validate_bits("bits", bits)?;
+    if coder != CODER_ADAPTIVE {
+        return Err(FormatError::InvalidField {
+            field: "coder",
+            value: coder.into(),
+            expected: "0 (adaptive frequency model)",
+        });
+    }
+    if payload.len() % 4 != 0 {
+        return Err(FormatError::InvalidField {
+            field: "payload length",
+            value: payload.len() as u64,
+            expected: "a multiple of 4 (whole 32-bit words)",
+        });
+    }
+    super::check_section("payload", payload.len() as u64, limits)?;
+    let (steps, tensor_bits) = super::read_step_table(step_bytes, "tensor bits")?;
+    validate_header_bits(bits, &tensor_bits)?;
+    let groups = super::split_groups(payload, &tensor_bits, limits)?;
+    Ok(ParsedGrid {
+        width,
+        height,
+        arch,
+        bits,
+        lens,
+        steps,
+        tensor_bits,
+        groups,
+    })
+}
+
+/// Parses and entropy-decodes a grid file (§13.4).
+///
+/// # Errors
+/// Every malformed, truncated, damaged or over-limit input gives a [`FormatError`].
+///
+/// # Panics
+/// Never, for any input.
+pub fn read_grid_file(bytes: &[u8], limits: &Limits) -> Result<GridInrFile, FormatError> {
+    let p = parse_grid(bytes, limits)?;
+    let symbols = super::decode_groups(&p.groups, &p.tensor_bits, &p.lens)?;
+    let tensors = p
+        .steps
+        .into_iter()
+        .zip(p.tensor_bits)
+        .zip(symbols)
+        .map(|((step, bits), symbols)| QTensor {
+            step,
+            bits,
+            symbols,
+        })
+        .collect();
+    let _ = p.bits; // validated: equals the largest tensor bit width
+    Ok(GridInrFile {
+        width: p.width,
+        height: p.height,
+        arch: p.arch,
+        tensors,
+    })
+}
+
+/// Header and section sizes of a grid file without entropy decoding (§13.4 steps 1–5).
+pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatError> {
+    let p = parse_grid(bytes, limits)?;
+    let total = bytes.len() as u64;
+    let num_tensors = p.steps.len();
+    let groups = group_infos(&p.groups, &p.tensor_bits);
+    let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum();
+    let pixels = u64::from(p.width) * u64::from(p.height);
+    let level_dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
+    let latents: u64 = level_dims
+        .iter()
+        .map(|&(w, h)| u64::from(w) * u64::from(h))
+        .sum();
+    let synth_params = p.arch.num_params_u64();
+    Ok(FileInfo {
+        version: VERSION_GRID,
+        flags: FLAG_GRID,
+        base_id: None,
+        modality: "image",
+        width: p.width,
+        height: p.height,
+        channels: p.arch.out_channels,
+        arch: p.arch,
+        num_params: synth_params + latents,
+        bits: p.bits,
+        coder: CODER_ADAPTIVE,
+        num_tensors,
+        steps: p.steps,
+        tensor_bits: p.tensor_bits,
+        header_bytes: HEADER_BYTES as u64,
+        side_info_bytes: (STEP_BYTES * num_tensors
+            + PAYLOAD_LEN_BYTES
+            + GROUP_LEN_BYTES * groups.len()) as u64,
+        payload_bytes,
+        groups,
+        crc_bytes: CRC_BYTES as u64,
+        total_bytes: total,
+        bpp: 8.0 * total as f64 / pixels.max(1) as f64,
+        audio: None,
+        sparsity: None,
+        modulation: None,
+        grid: Some(GridInfo {
+            levels: p.arch.coord_dims,
+            level_dims,
+            latents,
+            synth_params,
+        }),
+    })
+}

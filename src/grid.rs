@@ -1,0 +1,502 @@
+//! Latent-pyramid SIREN ("grid mode", codec-spec §13): the image is a pyramid of
+//! single-channel latent grids at strides 1, 2, 4, … 2^(L-1); every pixel reads one value from
+//! each grid by bilinear interpolation, and a small per-image SIREN (the header's `Arch` with
+//! `coord_dims` = L inputs) maps those L values to the pixel's colour. The encoder fits latents
+//! and network jointly under a rate–distortion objective `MSE + λ·bpp`, the rate taken from a
+//! per-level Laplace model of the latents, first with additive uniform noise, then with
+//! straight-through rounding (the recipe of Cool-chic and C3, with sine activations).
+//!
+//! The network runs on the fused kernels of [`crate::kernel`] (the decoder's inference path,
+//! and the training path with the gradient of the first layer's pre-activations, from which
+//! the latent gradient follows).
+//!
+//! Determinism: work is split in fixed bands of rows whatever the thread count; each band's
+//! weight gradient goes to its own buffer and the buffers are summed in band order; latent
+//! gradients are scattered level by level in a fixed order.
+
+use crate::format::{grid_level_dims, Arch};
+use crate::kernel::{self, InferScratch, NetShape, TileIo, TrainScratch, TILE};
+use crate::model;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Rows per unit of parallel work (fixed, so results do not depend on the thread count).
+pub const BAND: usize = 8;
+
+/// Geometry of the latent pyramid: `(w_l, h_l, offset)` of each level in the flat latent
+/// vector (level-major, each level row-major).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pyramid {
+    pub width: u32,
+    pub height: u32,
+    pub levels: Vec<(usize, usize, usize)>,
+    pub n_latents: usize,
+}
+
+impl Pyramid {
+    pub fn new(width: u32, height: u32, n_levels: u8) -> Self {
+        let mut levels = Vec::new();
+        let mut off = 0;
+        for (w, h) in grid_level_dims(width, height, n_levels) {
+            let (w, h) = (w as usize, h as usize);
+            levels.push((w, h, off));
+            off += w * h;
+        }
+        Pyramid {
+            width,
+            height,
+            levels,
+            n_latents: off,
+        }
+    }
+    pub fn n_levels(&self) -> usize {
+        self.levels.len()
+    }
+}
+
+/// Bilinear taps along one axis (§13.5 step 1): output sample `i` reads grid values `i0`, `i1`
+/// with weights `1 - f`, `f`.
+#[derive(Debug, Clone)]
+pub struct Taps {
+    pub i0: Vec<u32>,
+    pub i1: Vec<u32>,
+    pub f: Vec<f32>,
+}
+
+impl Taps {
+    /// Axis coded with `n` samples, rendered with `n_out`, level `level` of `n_grid` values.
+    /// Value `j` sits at coded coordinate `(j + 1/2) 2^level - 1/2`; output sample `i` at coded
+    /// coordinate `(i + 1/2) n / n_out - 1/2`; positions outside the first and last value are
+    /// clamped. Exact integer arithmetic, then one rounding of the fraction.
+    pub fn new(n: u32, n_out: u32, n_grid: usize, level: usize) -> Self {
+        let s = 1u64 << level;
+        let (n, n_out) = (u64::from(n), u64::from(n_out.max(1)));
+        let den = 2 * n_out * s;
+        let off = n_out * s;
+        let mut t = Taps {
+            i0: Vec::with_capacity(n_out as usize),
+            i1: Vec::with_capacity(n_out as usize),
+            f: Vec::with_capacity(n_out as usize),
+        };
+        let last = n_grid.saturating_sub(1) as u64;
+        for i in 0..n_out {
+            let num = (2 * i + 1) * n;
+            let (i0, i1, f) = if num <= off {
+                (0, 0, 0.0)
+            } else {
+                let d = num - off;
+                let j = d / den;
+                if j >= last {
+                    (last, last, 0.0)
+                } else {
+                    (j, j + 1, (d % den) as f32 / den as f32)
+                }
+            };
+            t.i0.push(i0 as u32);
+            t.i1.push(i1 as u32);
+            t.f.push(f);
+        }
+        t
+    }
+}
+
+/// Taps of every level along both axes, for one output size.
+pub struct Sampler {
+    pub pyr: Pyramid,
+    pub out_w: usize,
+    pub out_h: usize,
+    tx: Vec<Taps>,
+    ty: Vec<Taps>,
+}
+
+impl Sampler {
+    pub fn new(pyr: Pyramid, out_w: u32, out_h: u32) -> Self {
+        let tx = pyr
+            .levels
+            .iter()
+            .enumerate()
+            .map(|(l, &(wl, _, _))| Taps::new(pyr.width, out_w, wl, l))
+            .collect();
+        let ty = pyr
+            .levels
+            .iter()
+            .enumerate()
+            .map(|(l, &(_, hl, _))| Taps::new(pyr.height, out_h, hl, l))
+            .collect();
+        Sampler {
+            pyr,
+            out_w: out_w as usize,
+            out_h: out_h as usize,
+            tx,
+            ty,
+        }
+    }
+
+    /// Features of output row `y` into `feat`, laid out `[x][L]` (the network's input rows).
+    /// §13.5 step 2, operation order normative.
+    pub fn row_features(&self, lat: &[f32], y: usize, feat: &mut [f32]) {
+        let n_l = self.pyr.n_levels();
+        for (l, &(wl, _, off)) in self.pyr.levels.iter().enumerate() {
+            let (ty, tx) = (&self.ty[l], &self.tx[l]);
+            let fy = ty.f[y];
+            let r0 = &lat[off + ty.i0[y] as usize * wl..][..wl];
+            let r1 = &lat[off + ty.i1[y] as usize * wl..][..wl];
+            for x in 0..self.out_w {
+                let (a, b, fx) = (tx.i0[x] as usize, tx.i1[x] as usize, tx.f[x]);
+                let top = r0[a] + fx * (r0[b] - r0[a]);
+                let bot = r1[a] + fx * (r1[b] - r1[a]);
+                feat[x * n_l + l] = top + fy * (bot - top);
+            }
+        }
+    }
+
+    /// Adjoint of [`Sampler::row_features`] over all rows: `g_feat` is `[y][x][L]`; writes
+    /// `g_lat`. Levels run in parallel, each in a fixed order.
+    pub fn scatter(&self, g_feat: &[f32], g_lat: &mut [f32]) {
+        let (w, h) = (self.out_w, self.out_h);
+        let n_l = self.pyr.n_levels();
+        let mut parts: Vec<&mut [f32]> = Vec::with_capacity(n_l);
+        let mut rest = g_lat;
+        for &(wl, hl, _) in &self.pyr.levels {
+            let (a, b) = rest.split_at_mut(wl * hl);
+            parts.push(a);
+            rest = b;
+        }
+        parts.into_par_iter().enumerate().for_each(|(l, g)| {
+            g.fill(0.0);
+            let wl = self.pyr.levels[l].0;
+            let (ty, tx) = (&self.ty[l], &self.tx[l]);
+            for y in 0..h {
+                let src = &g_feat[y * w * n_l..][..w * n_l];
+                let fy = ty.f[y];
+                let (y0, y1) = (ty.i0[y] as usize * wl, ty.i1[y] as usize * wl);
+                for x in 0..w {
+                    let v = src[x * n_l + l];
+                    let (a, b, fx) = (tx.i0[x] as usize, tx.i1[x] as usize, tx.f[x]);
+                    let top = v * (1.0 - fy);
+                    let bot = v * fy;
+                    g[y0 + a] += top * (1.0 - fx);
+                    g[y0 + b] += top * fx;
+                    g[y1 + a] += bot * (1.0 - fx);
+                    g[y1 + b] += bot * fx;
+                }
+            }
+        });
+    }
+}
+
+/// Renders the network `arch`/`params` on the latents `lat` (dequantized) at the sampler's
+/// output size: 8-bit interleaved samples (§13.5, §8.1). Bit-exact on every machine.
+pub fn render(arch: &Arch, params: &[f32], lat: &[f32], sm: &Sampler) -> Vec<u8> {
+    let shape = model::shape_of(arch);
+    let mut packed = vec![0.0f32; shape.n_packed];
+    shape.pack(params, &mut packed);
+    let c = shape.n_out();
+    let n_l = sm.pyr.n_levels();
+    let w = sm.out_w;
+    let mut out = vec![0u8; w * sm.out_h * c];
+    out.par_chunks_mut(w * c).enumerate().for_each_init(
+        || {
+            (
+                InferScratch::new(&shape),
+                vec![0.0f32; w * n_l],
+                vec![0.0f32; TILE * c],
+            )
+        },
+        |(scratch, feat, y), (row, dst)| {
+            sm.row_features(lat, row, feat);
+            let mut x0 = 0;
+            while x0 < w {
+                let rows = TILE.min(w - x0);
+                kernel::forward_tile_infer(
+                    &shape,
+                    &packed,
+                    &feat[x0 * n_l..(x0 + rows) * n_l],
+                    rows,
+                    y,
+                    scratch,
+                );
+                for (d, &v) in dst[x0 * c..(x0 + rows) * c].iter_mut().zip(y.iter()) {
+                    *d = model::to_u8(v);
+                }
+                x0 += rows;
+            }
+        },
+    );
+    out
+}
+
+/// Packed weights of the synthesis network for the training kernels.
+pub struct Packed {
+    pub shape: NetShape,
+    w: Vec<f32>,
+    wt: Vec<f32>,
+}
+
+impl Packed {
+    pub fn new(arch: &Arch, params: &[f32]) -> Packed {
+        let shape = model::shape_of(arch);
+        let mut w = vec![0.0; shape.n_packed];
+        let mut wt = vec![0.0; shape.n_packed_t];
+        shape.pack(params, &mut w);
+        shape.pack_transposed(params, &mut wt);
+        Packed { shape, w, wt }
+    }
+}
+
+/// Forward + backward of the distortion over the whole image at the coded size. `target` is
+/// interleaved in [-1, 1]; the loss is the mean squared error in [0, 1] units (a quarter of
+/// the [-1, 1] one). Returns `(loss, gradient of the parameters (real layout), latent
+/// gradient)`.
+pub fn distortion_grad(
+    params: &[f32],
+    pk: &Packed,
+    sm: &Sampler,
+    lat: &[f32],
+    target: &[f32],
+    g_feat: &mut Vec<f32>,
+) -> (f64, Vec<f32>, Vec<f32>) {
+    let shape = &pk.shape;
+    let (w, h) = (sm.out_w, sm.out_h);
+    let c = shape.n_out();
+    let n_l = sm.pyr.n_levels();
+    let st = shape.shift_stride().unwrap_or(0);
+    let n_sine = shape.n_sine();
+    let first = shape.layers[0];
+    let scale = 0.25 / (w * h * c) as f32;
+    let np = shape.n_packed;
+    g_feat.resize(h * w * n_l, 0.0);
+    let parts: Vec<(f64, Vec<f32>)> = g_feat
+        .par_chunks_mut(BAND * w * n_l)
+        .enumerate()
+        .map_init(
+            || {
+                (
+                    TrainScratch::new(shape),
+                    vec![0.0f32; TILE * c],
+                    vec![0.0f32; n_sine * TILE * st],
+                    vec![0.0f32; n_sine * TILE * st],
+                    vec![0.0f32; w * n_l],
+                )
+            },
+            |(scratch, tg, zero, gs, feat), (band, gf)| {
+                let mut gp = vec![0.0f32; np];
+                let mut sse = 0.0;
+                for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
+                    let y = band * BAND + r;
+                    sm.row_features(lat, y, feat);
+                    let mut x0 = 0;
+                    while x0 < w {
+                        let rows = TILE.min(w - x0);
+                        scratch.input_mut()[..rows * n_l]
+                            .copy_from_slice(&feat[x0 * n_l..(x0 + rows) * n_l]);
+                        tg[..rows * c]
+                            .copy_from_slice(&target[(y * w + x0) * c..(y * w + x0 + rows) * c]);
+                        let io = TileIo {
+                            target: tg,
+                            rows,
+                            grad_scale: scale,
+                            grad: Some(&mut gp),
+                            shift: Some(zero),
+                            gshift: Some(gs),
+                        };
+                        sse += kernel::train_tile_io(shape, &pk.w, &pk.wt, io, scratch);
+                        // d loss / d input[l] = sum_j W1[l][j] * d loss / d pre-activation[j].
+                        for rr in 0..rows {
+                            let g0 = &gs[rr * st..][..first.n_out];
+                            let dst = &mut gfr[(x0 + rr) * n_l..][..n_l];
+                            for (l, d) in dst.iter_mut().enumerate() {
+                                let wrow = &pk.w[first.pw_off + l * first.out_pad..][..first.n_out];
+                                *d = g0.iter().zip(wrow).map(|(a, b)| a * b).sum();
+                            }
+                        }
+                        x0 += rows;
+                    }
+                }
+                (sse, gp)
+            },
+        )
+        .collect();
+    let mut g_packed = vec![0.0f32; np];
+    let mut sse = 0.0;
+    for (s, gp) in parts {
+        sse += s;
+        for (a, b) in g_packed.iter_mut().zip(&gp) {
+            *a += b;
+        }
+    }
+    let mut g_params = vec![0.0f32; params.len()];
+    shape.unpack(&g_packed, &mut g_params);
+    let mut g_lat = vec![0.0f32; sm.pyr.n_latents];
+    sm.scatter(g_feat, &mut g_lat);
+    (sse * f64::from(scale), g_params, g_lat)
+}
+
+/// Bits of one value `v` (noisy or rounded) under a zero-mean Laplace of scale `b` integrated
+/// over `[v - 1/2, v + 1/2]`, with the derivatives with respect to `v` and `ln b`.
+#[inline]
+pub fn laplace_bits(v: f32, b: f32) -> (f32, f32, f32) {
+    const LN2: f32 = std::f32::consts::LN_2;
+    let a = v.abs();
+    let inv = 1.0 / b;
+    if a >= 0.5 {
+        // P = 1/2 e^{-(a-1/2)/b} (1 - e^{-1/b})
+        let e1 = (-inv).exp();
+        let nlp = LN2 + (a - 0.5) * inv - (1.0 - e1).max(1e-30).ln();
+        let d_a = inv;
+        // d(-ln P)/d ln b = b d/db = (1/b) [1/(e^{1/b} - 1) - (a - 1/2)]
+        let d_lnb = inv * (e1 / (1.0 - e1).max(1e-30) - (a - 0.5));
+        (nlp / LN2, v.signum() * d_a / LN2, d_lnb / LN2)
+    } else {
+        // P = 1 - e^{-1/(2b)} cosh(a/b)
+        let e = (-0.5 * inv).exp();
+        let (ch, sh) = ((a * inv).cosh(), (a * inv).sinh());
+        let p = (1.0 - e * ch).max(1e-30);
+        let nlp = -p.ln();
+        let d_a = e * sh * inv / p;
+        let dp_db = -(e * inv * inv) * (0.5 * ch - a * sh);
+        let d_lnb = -dp_db * b / p;
+        (nlp / LN2, v.signum() * d_a / LN2, d_lnb / LN2)
+    }
+}
+
+/// Settings of a grid fit.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct GridFit {
+    pub steps: usize,
+    /// Rate weight: the loss is `MSE ([0,1] units) + lambda * latent bits per pixel`.
+    pub lambda: f32,
+    /// Adam learning rates of the latents and of the network (cosine decay).
+    pub lr_latent: f32,
+    pub lr_net: f32,
+    /// Fraction of the steps with additive uniform noise; the rest use straight-through
+    /// rounding.
+    pub noise_frac: f32,
+}
+
+impl Default for GridFit {
+    fn default() -> Self {
+        GridFit {
+            steps: 1000,
+            lambda: 0.004,
+            lr_latent: 0.15,
+            lr_net: 0.01,
+            noise_frac: 0.8,
+        }
+    }
+}
+
+/// Initial synthesis weights: SIREN-style uniform bounds from a seeded RNG, a small output
+/// layer and zero output bias.
+pub fn init_params(arch: &Arch, seed: u64) -> Vec<f32> {
+    let shape = model::shape_of(arch);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut p = vec![0.0f32; shape.n_params];
+    let n_layers = shape.layers.len();
+    for (l, ly) in shape.layers.iter().enumerate() {
+        let n = ly.n_in as f32;
+        let w0 = if l == 0 {
+            f32::from(arch.w0_first)
+        } else {
+            f32::from(arch.w0_hidden)
+        };
+        let mut bound = (6.0 / n).sqrt() / w0;
+        if l == 0 {
+            bound *= 0.3;
+        }
+        if l + 1 == n_layers {
+            bound = (6.0 / n).sqrt() * 0.1;
+        }
+        for v in &mut p[ly.w_off..ly.w_off + ly.n_in * ly.n_out] {
+            *v = rng.gen_range(-bound..bound);
+        }
+        if l + 1 < n_layers {
+            for v in &mut p[ly.b_off..ly.b_off + ly.n_out] {
+                *v = rng.gen_range(-1.0 / w0..1.0 / w0);
+            }
+        }
+    }
+    p
+}
+
+/// Result of [`fit`]: network parameters, latents (not yet rounded) and the per-level Laplace
+/// scales the rate model learned.
+pub struct Fitted {
+    pub params: Vec<f32>,
+    pub latents: Vec<f32>,
+    pub scales: Vec<f32>,
+}
+
+/// Fits latents and network to `target` (interleaved, [-1, 1]) at the pyramid's coded size.
+/// `progress(step)` is called after every step.
+pub fn fit(
+    arch: &Arch,
+    pyr: &Pyramid,
+    target: &[f32],
+    cfg: &GridFit,
+    seed: u64,
+    progress: &mut dyn FnMut(usize),
+) -> Fitted {
+    let sm = Sampler::new(pyr.clone(), pyr.width, pyr.height);
+    let n_l = pyr.n_levels();
+    let mut params = init_params(arch, seed);
+    let mut lat = vec![0.0f32; pyr.n_latents];
+    let mut lnb = vec![0.0f32; n_l];
+    let mut a_net = crate::modulation::Adam::new(params.len());
+    let mut a_lat = crate::modulation::Adam::new(lat.len());
+    let mut a_b = crate::modulation::Adam::new(n_l);
+    let mut noisy = vec![0.0f32; lat.len()];
+    let mut g_feat = Vec::new();
+    let npx = pyr.width as f32 * pyr.height as f32;
+    let rate_w = cfg.lambda / npx;
+    let noise_steps = (cfg.steps as f32 * cfg.noise_frac).round() as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6e01_5e);
+    for it in 0..cfg.steps {
+        let ste = it >= noise_steps;
+        if ste {
+            for (n, &v) in noisy.iter_mut().zip(&lat) {
+                *n = v.round();
+            }
+        } else {
+            for (n, &v) in noisy.iter_mut().zip(&lat) {
+                *n = v + rng.gen_range(-0.5f32..0.5);
+            }
+        }
+        let pk = Packed::new(arch, &params);
+        let (_, g_net, mut g_lat) = distortion_grad(&params, &pk, &sm, &noisy, target, &mut g_feat);
+        let mut g_b = vec![0.0f32; n_l];
+        for (l, &(wl, hl, off)) in pyr.levels.iter().enumerate() {
+            let b = lnb[l].exp();
+            // Fixed chunks summed in order: deterministic whatever the thread count.
+            let partial: Vec<f32> = g_lat[off..off + wl * hl]
+                .par_chunks_mut(4096)
+                .zip(noisy[off..off + wl * hl].par_chunks(4096))
+                .map(|(g, v)| {
+                    let mut acc = 0.0f32;
+                    for (g, &v) in g.iter_mut().zip(v) {
+                        let (_, dv, db) = laplace_bits(v, b);
+                        *g += rate_w * dv;
+                        acc += db;
+                    }
+                    acc
+                })
+                .collect();
+            let acc: f32 = partial.iter().sum();
+            g_b[l] = rate_w * acc;
+        }
+        let t = it as f32 / cfg.steps.max(1) as f32;
+        let cos = 0.5 * (1.0 + (std::f32::consts::PI * t).cos());
+        let decay = 0.001 + 0.999 * cos;
+        a_lat.step(&mut lat, &g_lat, cfg.lr_latent * decay);
+        let net_lr = cfg.lr_net * decay * if ste { 0.1 } else { 1.0 };
+        a_net.step(&mut params, &g_net, net_lr);
+        a_b.step(&mut lnb, &g_b, 0.01 * decay);
+        progress(it + 1);
+    }
+    Fitted {
+        params,
+        latents: lat,
+        scales: lnb.iter().map(|v| v.exp()).collect(),
+    }
+}
