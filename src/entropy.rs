@@ -617,6 +617,167 @@ pub fn decode_masks(bytes: &[u8], shapes: &[MaskShape]) -> Result<Vec<Vec<bool>>
     Ok(out)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Latent grids (`codec-spec.md` §5.9): 2-D integer grids with 5 adaptive contexts each.
+// ---------------------------------------------------------------------------------------------
+
+/// Number of contexts of the latent-grid coder (§5.9).
+pub const GRID_CONTEXTS: usize = 5;
+
+/// Shape of one latent grid for the grid coder: `len` symbols in rows of `cols`, each in
+/// `-max_abs..=max_abs` (`1 <= max_abs <= MAX_ABS_LIMIT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GridShape {
+    pub len: usize,
+    pub cols: usize,
+    pub max_abs: u32,
+}
+
+/// §5.9 context of element `i` of a grid with `cols` columns whose first `i` elements are
+/// `g[..i]`: from the magnitudes of the left, above, above-left and above-right neighbours
+/// (0 outside the grid), `s = 2|L| + 2|A| + |AL| + |AR|`, bucketed 0 | 1..=2 | 3..=5 | 6..=10
+/// | more.
+#[inline]
+fn grid_context(g: &[i32], i: usize, cols: usize) -> usize {
+    let at = |j: Option<usize>| -> u32 { j.and_then(|j| g.get(j)).map_or(0, |v| v.unsigned_abs()) };
+    let x = if cols == 0 { 0 } else { i % cols };
+    let left = (x > 0).then(|| i - 1);
+    let up = (cols > 0 && i >= cols).then(|| i - cols);
+    let up_left = up.filter(|_| x > 0).map(|j| j - 1);
+    let up_right = up.filter(|_| x + 1 < cols).map(|j| j + 1);
+    let s = 2 * at(left) + 2 * at(up) + at(up_left) + at(up_right);
+    match s {
+        0 => 0,
+        1..=2 => 1,
+        3..=5 => 2,
+        6..=10 => 3,
+        _ => 4,
+    }
+}
+
+fn check_grid_shape(s: &GridShape) -> Result<(), EntropyError> {
+    if s.max_abs == 0 || s.max_abs > MAX_ABS_LIMIT {
+        return Err(EntropyError::MaxAbsTooLarge { max_abs: s.max_abs });
+    }
+    Ok(())
+}
+
+/// Encodes latent grids into one range-coded stream (§5.9): for every grid in order,
+/// [`GRID_CONTEXTS`] fresh adaptive models (§5.2 constants) over its alphabet; each symbol
+/// in row-major order is coded under the model of its context. No mode symbol. Only empty
+/// grids give an empty stream.
+///
+/// # Errors
+/// [`EntropyError::MaxAbsTooLarge`] for a `max_abs` outside `1..=MAX_ABS_LIMIT`,
+/// [`EntropyError::SymbolOutOfRange`] for a symbol outside its grid's range.
+///
+/// # Panics
+/// Never.
+pub fn encode_grids(grids: &[(&[i32], GridShape)]) -> Result<Vec<u8>, EntropyError> {
+    for (t, &(g, s)) in grids.iter().enumerate() {
+        check_grid_shape(&s)?;
+        let m = i64::from(s.max_abs);
+        if let Some((index, &value)) = g.iter().enumerate().find(|(_, &v)| i64::from(v).abs() > m) {
+            return Err(EntropyError::SymbolOutOfRange {
+                tensor: t,
+                index,
+                value,
+                max_abs: s.max_abs,
+            });
+        }
+    }
+    if grids.iter().all(|(g, _)| g.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let coder_err = |e| EntropyError::Encoder(format!("{e:?}"));
+    let mut enc = DefaultRangeEncoder::new();
+    for &(g, s) in grids {
+        let k = 2 * s.max_abs as usize + 1;
+        let m = i64::from(s.max_abs);
+        let mut models: [AdaptiveModel; GRID_CONTEXTS] =
+            std::array::from_fn(|_| AdaptiveModel::new(k, FORMAT_PARAMS));
+        for (i, &v) in g.iter().enumerate() {
+            let model = &mut models[grid_context(g, i, s.cols)];
+            let u = (i64::from(v) + m) as usize; // in 0..k, checked above
+            enc.encode_symbol(u, View(model)).map_err(coder_err)?;
+            model.update(u);
+        }
+    }
+    let words = enc.into_compressed().unwrap_infallible();
+    Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+}
+
+/// Decodes the stream of [`encode_grids`] for grids of the given shapes, with the checks of
+/// §5.5 (whole words, exhausted stream, canonical re-encoding).
+///
+/// The caller must bound `sum(len)` (the container checks it against the parameter limit).
+///
+/// # Errors
+/// [`EntropyError::Misaligned`], [`EntropyError::InvalidData`], [`EntropyError::NotExhausted`],
+/// [`EntropyError::NotCanonical`], [`EntropyError::MaxAbsTooLarge`].
+///
+/// # Panics
+/// Never, for any input.
+pub fn decode_grids(bytes: &[u8], shapes: &[GridShape]) -> Result<Vec<Vec<i32>>, EntropyError> {
+    const PREALLOC_CAP: usize = 1 << 20;
+    for s in shapes {
+        check_grid_shape(s)?;
+    }
+    if !bytes.len().is_multiple_of(4) {
+        return Err(EntropyError::Misaligned { len: bytes.len() });
+    }
+    let total: usize = shapes.iter().fold(0usize, |a, s| a.saturating_add(s.len));
+    if total == 0 {
+        if !bytes.is_empty() {
+            return Err(EntropyError::NotExhausted {
+                words: bytes.len() / 4,
+                symbols: 0,
+            });
+        }
+        return Ok(shapes.iter().map(|_| Vec::new()).collect());
+    }
+    let words: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(<[u8; 4]>::try_from(c).unwrap_or_default()))
+        .collect();
+    let num_words = words.len();
+    let mut dec = DefaultRangeDecoder::from_compressed(words).unwrap_infallible();
+    let mut out = Vec::with_capacity(shapes.len().min(PREALLOC_CAP));
+    let mut at = 0usize;
+    for s in shapes {
+        let k = 2 * s.max_abs as usize + 1;
+        let m = i64::from(s.max_abs);
+        let mut models: [AdaptiveModel; GRID_CONTEXTS] =
+            std::array::from_fn(|_| AdaptiveModel::new(k, FORMAT_PARAMS));
+        let mut g = Vec::with_capacity(s.len.min(PREALLOC_CAP));
+        for i in 0..s.len {
+            let model = &mut models[grid_context(&g, i, s.cols)];
+            let u = dec
+                .decode_symbol(View(model))
+                .map_err(|_| EntropyError::InvalidData { at })?;
+            model.update(u);
+            g.push((u as i64 - m) as i32); // u < k <= 65535
+            at += 1;
+        }
+        out.push(g);
+    }
+    if !dec.maybe_exhausted() {
+        return Err(EntropyError::NotExhausted {
+            words: num_words,
+            symbols: at,
+        });
+    }
+    let refs: Vec<(&[i32], GridShape)> = out
+        .iter()
+        .map(|g| g.as_slice())
+        .zip(shapes.iter().copied())
+        .collect();
+    if encode_grids(&refs)? != bytes {
+        return Err(EntropyError::NotCanonical { words: num_words });
+    }
+    Ok(out)
+}
+
 /// Bits of Deep Compression's CSR relative-index scheme (Han et al. 2016, §2) for one mask,
 /// for comparison only (not a coding mode of the format): every kept element stores the gap
 /// to the previous kept element in `index_bits` bits; a gap of `2^index_bits` or more first

@@ -913,6 +913,22 @@ fn split_groups<'a>(
         bytes: payload,
         pos: 0,
     };
+    let groups = read_groups(&mut g, tensor_bits, limits)?;
+    if g.pos != payload.len() {
+        return Err(FormatError::PayloadGroups {
+            used: g.pos as u64,
+            len: payload.len() as u64,
+        });
+    }
+    Ok(groups)
+}
+
+/// Reads the groups of [`split_groups`] from `g` without requiring them to end the payload.
+fn read_groups<'a>(
+    g: &mut Reader<'a>,
+    tensor_bits: &[u8],
+    limits: &Limits,
+) -> Result<Vec<(u8, &'a [u8])>, FormatError> {
     let mut groups = Vec::new(); // <= 15 entries
     for b in group_bits(tensor_bits) {
         let len = g.u32("payload group length")?;
@@ -926,12 +942,6 @@ fn split_groups<'a>(
         let group = g.take(len as usize, "payload group")?;
         check_section("payload group", u64::from(len), limits)?;
         groups.push((b, group));
-    }
-    if g.pos != payload.len() {
-        return Err(FormatError::PayloadGroups {
-            used: g.pos as u64,
-            len: payload.len() as u64,
-        });
     }
     Ok(groups)
 }

@@ -6,15 +6,18 @@
 //!
 //! Layout (§13.1): fixed header (30 bytes, version 2, modality 1, flags exactly `FLAG_GRID`,
 //! `coord_dims` = number of latent levels L, `pe_freqs` = 0) | step table (the T synthesis
-//! tensors of §6.1, then the L latent levels) | payload length | payload (§4.2 groups over
-//! those T + L tensors) | CRC32.
+//! tensors of §6.1, then the L latent levels) | payload length | payload (§4.2 groups of the T
+//! synthesis tensors, then the latent stream: a `u32` length and the §5.9 context-coded
+//! levels) | CRC32.
 
+use super::max_abs_for_bits;
 use super::{
     group_infos, read_fixed_header, read_payload_and_crc, validate_dims, validate_header_bits,
     Arch, FileInfo, FixedHeader, FormatError, Limits, QTensor, Reader, CODER_ADAPTIVE, CRC_BYTES,
     GROUP_LEN_BYTES, HEADER_BYTES, MAGIC, MIN_VERSION, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY,
     OFF_VERSION, PAYLOAD_LEN_BYTES, STEP_BYTES, VERSION,
 };
+use crate::entropy::{self, EntropyError, GridShape};
 
 /// §3.4 Flag bit 3 (version 2): grid mode (§13). A grid file has flags exactly `FLAG_GRID`.
 pub const FLAG_GRID: u16 = 1 << 3;
@@ -50,6 +53,8 @@ pub struct GridInfo {
     pub latents: u64,
     /// Parameters of the synthesis network.
     pub synth_params: u64,
+    /// Bytes of the context-coded latent stream (§5.9), without its length field.
+    pub latent_stream_bytes: u64,
 }
 
 /// §13.2 Sizes of the latent levels: level `l` is `ceil(width / 2^l) x ceil(height / 2^l)`.
@@ -160,8 +165,41 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
         }
     }
     let bits = f.tensors.iter().map(|t| t.bits).max().unwrap_or(0);
-    let refs: Vec<&QTensor> = f.tensors.iter().collect();
-    let payload = super::write_groups(&refs, &limits)?;
+    let n_synth = f.arch.num_tensors();
+    let (synth, levels) = f.tensors.split_at(n_synth.min(f.tensors.len()));
+    let refs: Vec<&QTensor> = synth.iter().collect();
+    let mut payload = super::write_groups(&refs, &limits)?;
+    let dims = grid_level_dims(f.width, f.height, f.arch.coord_dims);
+    let grids: Vec<(&[i32], GridShape)> = levels
+        .iter()
+        .zip(&dims)
+        .map(|(t, &(w, _))| {
+            (
+                t.symbols.as_slice(),
+                level_shape(t.bits, t.symbols.len(), w),
+            )
+        })
+        .collect();
+    let stream = entropy::encode_grids(&grids).map_err(|e| match e {
+        EntropyError::SymbolOutOfRange {
+            tensor,
+            index,
+            value,
+            max_abs,
+        } => EntropyError::SymbolOutOfRange {
+            tensor: tensor + n_synth,
+            index,
+            value,
+            max_abs,
+        },
+        other => other,
+    })?;
+    super::check_section("latent stream", stream.len() as u64, &limits)?;
+    let len = u32::try_from(stream.len()).map_err(|_| FormatError::PayloadTooLarge {
+        len: stream.len() as u64,
+    })?;
+    payload.extend_from_slice(&len.to_le_bytes());
+    payload.extend_from_slice(&stream);
     super::check_section("payload", payload.len() as u64, &limits)?;
     let payload_len = u32::try_from(payload.len()).map_err(|_| FormatError::PayloadTooLarge {
         len: payload.len() as u64,
@@ -198,6 +236,15 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     Ok(out)
 }
 
+/// §5.9 shape of a latent level of `len` symbols in rows of `cols`, alphabet of `bits`.
+fn level_shape(bits: u8, len: usize, cols: u32) -> GridShape {
+    GridShape {
+        len,
+        cols: cols as usize,
+        max_abs: max_abs_for_bits(bits),
+    }
+}
+
 struct ParsedGrid<'a> {
     width: u32,
     height: u32,
@@ -207,6 +254,7 @@ struct ParsedGrid<'a> {
     steps: Vec<super::Step>,
     tensor_bits: Vec<u8>,
     groups: Vec<(u8, &'a [u8])>,
+    latent_stream: &'a [u8],
 }
 
 fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, FormatError> {
@@ -290,7 +338,28 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
     super::check_section("payload", payload.len() as u64, limits)?;
     let (steps, tensor_bits) = super::read_step_table(step_bytes, "tensor bits")?;
     validate_header_bits(bits, &tensor_bits)?;
-    let groups = super::split_groups(payload, &tensor_bits, limits)?;
+    let n_synth = arch.num_tensors();
+    let mut g = Reader {
+        bytes: payload,
+        pos: 0,
+    };
+    let groups = super::read_groups(&mut g, &tensor_bits[..n_synth], limits)?;
+    let latent_len = g.u32("latent stream length")?;
+    if latent_len % 4 != 0 {
+        return Err(FormatError::InvalidField {
+            field: "latent stream length",
+            value: latent_len.into(),
+            expected: "a multiple of 4 (whole 32-bit words)",
+        });
+    }
+    let latent_stream = g.take(latent_len as usize, "latent stream")?;
+    super::check_section("latent stream", u64::from(latent_len), limits)?;
+    if g.pos != payload.len() {
+        return Err(FormatError::PayloadGroups {
+            used: g.pos as u64,
+            len: payload.len() as u64,
+        });
+    }
     Ok(ParsedGrid {
         width,
         height,
@@ -300,6 +369,7 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         steps,
         tensor_bits,
         groups,
+        latent_stream,
     })
 }
 
@@ -312,7 +382,17 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
 /// Never, for any input.
 pub fn read_grid_file(bytes: &[u8], limits: &Limits) -> Result<GridInrFile, FormatError> {
     let p = parse_grid(bytes, limits)?;
-    let symbols = super::decode_groups(&p.groups, &p.tensor_bits, &p.lens)?;
+    let n_synth = p.arch.num_tensors();
+    let mut symbols =
+        super::decode_groups(&p.groups, &p.tensor_bits[..n_synth], &p.lens[..n_synth])?;
+    let dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
+    let shapes: Vec<GridShape> = p.tensor_bits[n_synth..]
+        .iter()
+        .zip(&p.lens[n_synth..])
+        .zip(&dims)
+        .map(|((&b, &n), &(w, _))| level_shape(b, n, w))
+        .collect();
+    symbols.extend(entropy::decode_grids(p.latent_stream, &shapes)?);
     let tensors = p
         .steps
         .into_iter()
@@ -338,8 +418,10 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
     let p = parse_grid(bytes, limits)?;
     let total = bytes.len() as u64;
     let num_tensors = p.steps.len();
-    let groups = group_infos(&p.groups, &p.tensor_bits);
-    let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum();
+    let n_synth = p.arch.num_tensors();
+    let groups = group_infos(&p.groups, &p.tensor_bits[..n_synth]);
+    let latent_stream_bytes = p.latent_stream.len() as u64;
+    let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum::<u64>() + latent_stream_bytes;
     let pixels = u64::from(p.width) * u64::from(p.height);
     let level_dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
     let latents: u64 = level_dims
@@ -365,7 +447,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         header_bytes: HEADER_BYTES as u64,
         side_info_bytes: (STEP_BYTES * num_tensors
             + PAYLOAD_LEN_BYTES
-            + GROUP_LEN_BYTES * groups.len()) as u64,
+            + GROUP_LEN_BYTES * (groups.len() + 1)) as u64,
         payload_bytes,
         groups,
         crc_bytes: CRC_BYTES as u64,
@@ -379,6 +461,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
             level_dims,
             latents,
             synth_params,
+            latent_stream_bytes,
         }),
     })
 }

@@ -150,6 +150,13 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
             m["grid_w"], m["grid_h"], m["latent_dim"], m["cell"], m["latents"]
         ));
     }
+    if let Some(g) = info.get("grid").filter(|g| !g.is_null()) {
+        // Grid-mode file (codec-spec §13).
+        out.push(format!(
+            "mode: grid ({} latent levels, {} latents in {} bytes, synthesis {} params)",
+            g["levels"], g["latents"], g["latent_stream_bytes"], g["synth_params"]
+        ));
+    }
     lines(&info, 0, &mut out);
     if !weights.is_null() {
         out.push("weights (decoded):".into());
@@ -165,6 +172,9 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
 fn weight_stats(bytes: &[u8]) -> Value {
     if inr::format::is_modulation_file(bytes) {
         return latent_stats(bytes);
+    }
+    if inr::format::is_grid_file(bytes) {
+        return grid_stats(bytes);
     }
     let Ok(f) = inr::format::read_file(bytes, &inr::format::Limits::default()) else {
         return Value::Null;
@@ -220,6 +230,30 @@ fn latent_stats(bytes: &[u8]) -> Value {
         })
         .collect();
     serde_json::json!({ "channels": channels })
+}
+
+/// Per-tensor statistics of a grid-mode file (codec-spec §13): the synthesis tensors, then
+/// the latent levels (bits, values, non-zero values). `null` when the payload does not decode.
+fn grid_stats(bytes: &[u8]) -> Value {
+    let Ok(f) = inr::format::read_grid_file(bytes, &inr::format::Limits::default()) else {
+        return Value::Null;
+    };
+    let n_synth = f.arch.num_tensors();
+    let tensors: Vec<Value> = f
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(t, q)| {
+            serde_json::json!({
+                "tensor": t,
+                "kind": if t < n_synth { "synthesis" } else { "latent level" },
+                "bits": q.bits,
+                "values": q.symbols.len(),
+                "nonzero": q.symbols.iter().filter(|&&s| s != 0).count(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "tensors": tensors })
 }
 
 #[cfg(test)]
