@@ -1,0 +1,423 @@
+//! Grid mode (codec-spec §13, §5.9): round trips, determinism, rate control by λ, gradients
+//! against finite differences, the latent-grid coder, hostile files and reader separation.
+//! Small images and few steps, so it runs in seconds.
+
+use inr::entropy::{decode_grids, encode_grids, EntropyError, GridShape};
+use inr::format::{self, Arch, FormatError, Limits};
+use inr::grid::{self, GridFit, Packed, Pyramid, Sampler};
+use inr::media::Image;
+use inr::{decode, encode_grid, DecodeOptions, GridEncodeConfig};
+
+/// Smooth colour waves with an edge and a little texture.
+fn image(w: u32, h: u32, channels: u8) -> Image {
+    let mut data = Vec::with_capacity((w * h) as usize * usize::from(channels));
+    for y in 0..h {
+        for x in 0..w {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            for c in 0..channels {
+                let edge = if fx + 0.3 * fy > 0.55 { 0.25 } else { 0.0 };
+                let v = 0.35
+                    + edge
+                    + 0.2 * ((fx * 5.0 + f32::from(c)) * 2.0).sin() * (fy * 4.0).cos()
+                    + 0.05 * ((x * 7 + y * 13 + u32::from(c) * 5) % 11) as f32 / 11.0;
+                data.push((v.clamp(0.0, 1.0) * 255.0).round() as u8);
+            }
+        }
+    }
+    Image {
+        width: w,
+        height: h,
+        channels,
+        data,
+    }
+}
+
+fn cfg(steps: usize, lambda: f32) -> GridEncodeConfig {
+    let mut c = GridEncodeConfig {
+        levels: 5,
+        width: 12,
+        ..Default::default()
+    };
+    c.fit.steps = steps;
+    c.fit.lambda = lambda;
+    c
+}
+
+#[test]
+fn round_trip_matches_the_encoders_reconstruction() {
+    for channels in [3u8, 1] {
+        let img = image(40, 29, channels);
+        let enc = encode_grid(&img, &cfg(150, 0.002), &mut |_| {}).unwrap();
+        assert!(format::is_grid_file(&enc.bytes));
+        let dec = decode(&enc.bytes, &DecodeOptions::default()).unwrap();
+        assert_eq!(
+            dec, enc.recon,
+            "decoder output differs from the encoder's reconstruction"
+        );
+        assert_eq!((dec.width, dec.height, dec.channels), (40, 29, channels));
+        // A quality band for this smooth fixture (a few hundred steps reach far more).
+        assert!(
+            enc.psnr > 24.0,
+            "PSNR {} with {channels} channels",
+            enc.psnr
+        );
+        let info = inr::inspect(&enc.bytes).unwrap();
+        let g = info.grid.expect("grid info");
+        assert_eq!(g.levels, 5);
+        assert_eq!(g.level_dims[0], (40, 29));
+        assert_eq!(g.level_dims[4], (3, 2));
+        assert_eq!(info.total_bytes, enc.bytes.len() as u64);
+    }
+}
+
+#[test]
+fn same_input_same_bytes_on_any_thread_count() {
+    let img = image(36, 20, 3);
+    let mut c = cfg(40, 0.004);
+    c.threads = Some(1);
+    let a = encode_grid(&img, &c, &mut |_| {}).unwrap();
+    c.threads = Some(3);
+    let b = encode_grid(&img, &c, &mut |_| {}).unwrap();
+    assert_eq!(a.bytes, b.bytes);
+    c.seed = 7;
+    let d = encode_grid(&img, &c, &mut |_| {}).unwrap();
+    assert_ne!(a.bytes, d.bytes, "the seed must matter");
+}
+
+#[test]
+fn larger_lambda_gives_smaller_files() {
+    let img = image(48, 32, 3);
+    let sizes: Vec<(usize, f64)> = [0.0005f32, 0.005, 0.05]
+        .iter()
+        .map(|&l| {
+            let e = encode_grid(&img, &cfg(150, l), &mut |_| {}).unwrap();
+            (e.bytes.len(), e.psnr)
+        })
+        .collect();
+    assert!(
+        sizes[0].0 > sizes[1].0 && sizes[1].0 > sizes[2].0,
+        "sizes {sizes:?}"
+    );
+    assert!(sizes[0].1 > sizes[2].1, "quality {sizes:?}");
+}
+
+#[test]
+fn decodes_at_any_size() {
+    let img = image(30, 22, 3);
+    let enc = encode_grid(&img, &cfg(60, 0.004), &mut |_| {}).unwrap();
+    for size in [(60, 44), (15, 11), (7, 40)] {
+        let opts = DecodeOptions {
+            size: Some(size),
+            ..Default::default()
+        };
+        let d = decode(&enc.bytes, &opts).unwrap();
+        assert_eq!((d.width, d.height), size);
+    }
+    // Twice the size: every 2x2 block's mean stays close to the coded pixel.
+    let opts = DecodeOptions {
+        size: Some((60, 44)),
+        ..Default::default()
+    };
+    let big = decode(&enc.bytes, &opts).unwrap();
+    let mut err = 0.0f64;
+    for y in 0..22usize {
+        for x in 0..30usize {
+            for c in 0..3usize {
+                let m: f64 = [(0, 0), (1, 0), (0, 1), (1, 1)]
+                    .iter()
+                    .map(|&(dx, dy)| f64::from(big.data[((2 * y + dy) * 60 + 2 * x + dx) * 3 + c]))
+                    .sum::<f64>()
+                    / 4.0;
+                err += (m - f64::from(enc.recon.data[(y * 30 + x) * 3 + c])).abs();
+            }
+        }
+    }
+    let mean = err / (22.0 * 30.0 * 3.0);
+    assert!(mean < 6.0, "mean |upscaled - coded| = {mean}");
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let arch = Arch {
+        coord_dims: 3,
+        out_channels: 3,
+        width: 8,
+        depth: 2,
+        pe_freqs: 0,
+        pe_base_milli: 1000,
+        w0_first: 1,
+        w0_hidden: 1,
+    };
+    let img = image(13, 9, 3);
+    let target: Vec<f32> = img
+        .data
+        .iter()
+        .map(|&v| f32::from(v) / 127.5 - 1.0)
+        .collect();
+    let pyr = Pyramid::new(13, 9, 3);
+    let sm = Sampler::new(pyr.clone(), 13, 9);
+    let params = grid::init_params(&arch, 5);
+    let lat: Vec<f32> = (0..pyr.n_latents)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.2)
+        .collect();
+    let mut scratch = Vec::new();
+    let pk = Packed::new(&arch, &params);
+    let (_, gp, gl) = grid::distortion_grad(&params, &pk, &sm, &lat, &target, &mut scratch);
+    let loss = |p: &[f32], z: &[f32]| -> f64 {
+        let pk = Packed::new(&arch, p);
+        let mut s = Vec::new();
+        grid::distortion_grad(p, &pk, &sm, z, &target, &mut s).0
+    };
+    let eps = 1e-2f32;
+    let mut checked = 0;
+    for i in (0..lat.len()).step_by(7) {
+        let (mut a, mut b) = (lat.clone(), lat.clone());
+        a[i] += eps;
+        b[i] -= eps;
+        let fd = (loss(&params, &a) - loss(&params, &b)) / (2.0 * f64::from(eps));
+        let g = f64::from(gl[i]);
+        assert!(
+            (fd - g).abs() <= 2e-3 * fd.abs().max(g.abs()) + 2e-6,
+            "latent {i}: finite difference {fd}, gradient {g}"
+        );
+        checked += 1;
+    }
+    for i in (0..params.len()).step_by(5) {
+        let (mut a, mut b) = (params.clone(), params.clone());
+        a[i] += eps;
+        b[i] -= eps;
+        let fd = (loss(&a, &lat) - loss(&b, &lat)) / (2.0 * f64::from(eps));
+        let g = f64::from(gp[i]);
+        assert!(
+            (fd - g).abs() <= 2e-3 * fd.abs().max(g.abs()) + 2e-6,
+            "param {i}: finite difference {fd}, gradient {g}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 30);
+}
+
+#[test]
+fn laplace_rate_derivatives_match_finite_differences() {
+    for &b in &[0.2f32, 0.7, 3.0] {
+        for &v in &[-4.3f32, -0.7, -0.2, 0.0, 0.3, 0.49, 0.51, 1.0, 6.5] {
+            let (bits, dv, dlnb) = grid::laplace_bits(v, b);
+            assert!(bits.is_finite() && bits >= 0.0);
+            let h = 1e-3f32;
+            if (v.abs() - 0.5).abs() > 2.0 * h && v != 0.0 {
+                let fd =
+                    (grid::laplace_bits(v + h, b).0 - grid::laplace_bits(v - h, b).0) / (2.0 * h);
+                assert!(
+                    (fd - dv).abs() < 2e-2 * fd.abs().max(1.0),
+                    "d/dv at v={v}, b={b}: {fd} vs {dv}"
+                );
+            }
+            let fdb = (grid::laplace_bits(v, b * (h).exp()).0
+                - grid::laplace_bits(v, b * (-h).exp()).0)
+                / (2.0 * h);
+            assert!(
+                (fdb - dlnb).abs() < 2e-2 * fdb.abs().max(1.0),
+                "d/dlnb at v={v}, b={b}: {fdb} vs {dlnb}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fitting_longer_never_gives_a_worse_objective_on_a_fixture() {
+    // The fit keeps no best-of: check the objective decreases with the step count.
+    let img = image(32, 24, 3);
+    let arch = inr::grid_arch(&cfg(1, 0.004), 3);
+    let target: Vec<f32> = img
+        .data
+        .iter()
+        .map(|&v| f32::from(v) / 127.5 - 1.0)
+        .collect();
+    let pyr = Pyramid::new(32, 24, 5);
+    let sm = Sampler::new(pyr.clone(), 32, 24);
+    let mse_after = |steps: usize| {
+        let fit = GridFit {
+            steps,
+            lambda: 0.0,
+            ..Default::default()
+        };
+        let f = grid::fit(&arch, &pyr, &target, &fit, 1, &mut |_| {});
+        let q: Vec<f32> = f.latents.iter().map(|v| v.round()).collect();
+        let pk = Packed::new(&arch, &f.params);
+        grid::distortion_grad(&f.params, &pk, &sm, &q, &target, &mut Vec::new()).0
+    };
+    let (a, b, c) = (mse_after(20), mse_after(80), mse_after(240));
+    assert!(a > b && b > c, "mse after 20/80/240 steps: {a} {b} {c}");
+}
+
+#[test]
+fn latent_grid_coder_round_trips_and_rejects_damage() {
+    let mut rng = 12345u64;
+    let mut next = || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) as u32
+    };
+    let g0: Vec<i32> = (0..37 * 11)
+        .map(|i| {
+            if i % 5 == 0 {
+                (next() % 7) as i32 - 3
+            } else {
+                0
+            }
+        })
+        .collect();
+    let g1: Vec<i32> = (0..6 * 4).map(|_| (next() % 31) as i32 - 15).collect();
+    let g2: Vec<i32> = vec![];
+    let shapes = [
+        GridShape {
+            len: g0.len(),
+            cols: 37,
+            max_abs: 3,
+        },
+        GridShape {
+            len: g1.len(),
+            cols: 6,
+            max_abs: 15,
+        },
+        GridShape {
+            len: 0,
+            cols: 1,
+            max_abs: 1,
+        },
+    ];
+    let grids = [
+        (&g0[..], shapes[0]),
+        (&g1[..], shapes[1]),
+        (&g2[..], shapes[2]),
+    ];
+    let bytes = encode_grids(&grids).unwrap();
+    assert_eq!(bytes.len() % 4, 0);
+    let back = decode_grids(&bytes, &shapes).unwrap();
+    assert_eq!(back, vec![g0.clone(), g1.clone(), g2.clone()]);
+    // Context modelling pays on sparse structured grids: fewer bytes than the plain model.
+    let plain = inr::entropy::encode_tensors(&[&g0[..]], 3).unwrap();
+    let ctx = encode_grids(&[(&g0[..], shapes[0])]).unwrap();
+    assert!(
+        ctx.len() <= plain.len() + 4,
+        "context {} vs plain {}",
+        ctx.len(),
+        plain.len()
+    );
+    // Out of range, bad alphabet, trailing words, truncation.
+    let bad = [5i32];
+    assert!(matches!(
+        encode_grids(&[(
+            &bad[..],
+            GridShape {
+                len: 1,
+                cols: 1,
+                max_abs: 3
+            }
+        )]),
+        Err(EntropyError::SymbolOutOfRange { .. })
+    ));
+    assert!(decode_grids(
+        &bytes,
+        &[GridShape {
+            len: 1,
+            cols: 1,
+            max_abs: 0
+        }]
+    )
+    .is_err());
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0, 0, 0, 0]);
+    assert!(decode_grids(&longer, &shapes).is_err());
+    assert!(decode_grids(&bytes[..bytes.len() - 4], &shapes).is_err());
+    assert!(decode_grids(&bytes[..3], &shapes).is_err());
+}
+
+fn small_file() -> Vec<u8> {
+    let img = image(17, 11, 3);
+    let mut c = cfg(20, 0.004);
+    c.levels = 3;
+    c.width = 6;
+    encode_grid(&img, &c, &mut |_| {}).unwrap().bytes
+}
+
+#[test]
+fn every_truncation_and_byte_flip_is_rejected_without_panic() {
+    let bytes = small_file();
+    let limits = Limits::default();
+    format::read_grid_file(&bytes, &limits).unwrap();
+    for n in 0..bytes.len() {
+        assert!(
+            format::read_grid_file(&bytes[..n], &limits).is_err(),
+            "truncated to {n}"
+        );
+        assert!(decode(&bytes[..n], &DecodeOptions::default()).is_err());
+    }
+    for i in 0..bytes.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut b = bytes.clone();
+            b[i] ^= bit;
+            assert!(
+                decode(&b, &DecodeOptions::default()).is_err(),
+                "flip at {i}"
+            );
+            // With the CRC recomputed, the parser sees the hostile field itself: any result
+            // but a panic is fine.
+            let body = b.len() - 4;
+            let crc = crc32fast::hash(&b[..body]);
+            b[body..].copy_from_slice(&crc.to_le_bytes());
+            let _ = decode(&b, &DecodeOptions::default());
+            let _ = inr::inspect(&b);
+        }
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(
+        format::read_grid_file(&longer, &limits),
+        Err(FormatError::TrailingBytes { .. })
+    ));
+}
+
+#[test]
+fn readers_refuse_each_others_files_by_name() {
+    let bytes = small_file();
+    let e = format::read_file(&bytes, &Limits::default()).unwrap_err();
+    assert!(e.to_string().contains("grid"), "{e}");
+    let e = format::read_mod_file(&bytes, &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            FormatError::InvalidField { .. } | FormatError::UnknownFlags { .. }
+        ),
+        "{e}"
+    );
+    // A plain image file is not a grid file.
+    let plain = std::fs::read("tests/fixtures/golden_v1.inr").unwrap();
+    assert!(!format::is_grid_file(&plain));
+    assert!(format::read_grid_file(&plain, &Limits::default()).is_err());
+}
+
+#[test]
+fn limits_are_checked_before_decoding() {
+    let bytes = small_file();
+    let tight = Limits {
+        max_params: 100, // the pyramid of a 17x11 image has 187 + 54 + 15 latents
+        ..Limits::default()
+    };
+    let e = format::read_grid_file(&bytes, &tight).unwrap_err();
+    assert!(matches!(e, FormatError::LimitExceeded { .. }), "{e}");
+    let opts = DecodeOptions {
+        size: Some((60_000, 60_000)),
+        ..Default::default()
+    };
+    assert!(decode(&bytes, &opts).is_err());
+    // The encoder refuses an image whose latent count a default decoder would reject.
+    let huge = Image {
+        width: 4096,
+        height: 2048,
+        channels: 1,
+        data: vec![0; 4096 * 2048],
+    };
+    assert!(encode_grid(&huge, &cfg(1, 0.01), &mut |_| {}).is_err());
+}
