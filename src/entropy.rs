@@ -645,7 +645,13 @@ fn grid_context(g: &[i32], i: usize, cols: usize) -> usize {
     let up = (cols > 0 && i >= cols).then(|| i - cols);
     let up_left = up.filter(|_| x > 0).map(|j| j - 1);
     let up_right = up.filter(|_| x + 1 < cols).map(|j| j + 1);
-    let s = 2 * at(left) + 2 * at(up) + at(up_left) + at(up_right);
+    grid_context_bucket(2 * at(left) + 2 * at(up) + at(up_left) + at(up_right))
+}
+
+/// §5.9 context of the neighbour sum `s = 2|L| + 2|A| + |AL| + |AR|`:
+/// 0 | 1..=2 | 3..=5 | 6..=10 | more. (The grid encoder's rate model uses it too.)
+#[inline]
+pub fn grid_context_bucket(s: u32) -> usize {
     match s {
         0 => 0,
         1..=2 => 1,

@@ -3,7 +3,7 @@
 //! each grid by bilinear interpolation, and a small per-image SIREN (the header's `Arch` with
 //! `coord_dims` = L inputs) maps those L values to the pixel's colour. The encoder fits latents
 //! and network jointly under a rate–distortion objective `MSE + λ·bpp`, the rate taken from a
-//! per-level Laplace model of the latents, first with additive uniform noise, then with
+//! Laplace model of the latents (scale learned per level and §5.9 context), first with additive uniform noise, then with
 //! straight-through rounding (the recipe of Cool-chic and C3, with sine activations).
 //!
 //! The network runs on the fused kernels of [`crate::kernel`] (the decoder's inference path,
@@ -14,6 +14,7 @@
 //! weight gradient goes to its own buffer and the buffers are summed in band order; latent
 //! gradients are scattered level by level in a fixed order.
 
+use crate::entropy::{grid_context_bucket, GRID_CONTEXTS};
 use crate::format::{grid_level_dims, Arch};
 use crate::kernel::{self, InferScratch, NetShape, TileIo, TrainScratch, TILE};
 use crate::model;
@@ -420,8 +421,31 @@ pub fn init_params(arch: &Arch, seed: u64) -> Vec<f32> {
     p
 }
 
-/// Result of [`fit`]: network parameters, latents (not yet rounded) and the per-level Laplace
-/// scales the rate model learned.
+/// §5.9 context of element `i` of a level with `cols` columns, from rounded magnitudes `q`
+/// (the same neighbours and buckets as the coder, but from the whole current grid).
+#[inline]
+fn context_at(q: &[u32], i: usize, cols: usize) -> usize {
+    let x = i % cols;
+    let at = |j: usize| q.get(j).copied().unwrap_or(0);
+    let mut s = 0u32;
+    if x > 0 {
+        s += 2 * at(i - 1);
+    }
+    if i >= cols {
+        let u = i - cols;
+        s += 2 * at(u);
+        if x > 0 {
+            s += at(u - 1);
+        }
+        if x + 1 < cols {
+            s += at(u + 1);
+        }
+    }
+    grid_context_bucket(s.min(1 << 20))
+}
+
+/// Result of [`fit`]: network parameters, latents (not yet rounded) and the Laplace scales
+/// (per level and context, level-major) the rate model learned.
 pub struct Fitted {
     pub params: Vec<f32>,
     pub latents: Vec<f32>,
@@ -442,10 +466,11 @@ pub fn fit(
     let n_l = pyr.n_levels();
     let mut params = init_params(arch, seed);
     let mut lat = vec![0.0f32; pyr.n_latents];
-    let mut lnb = vec![0.0f32; n_l];
+    let mut lnb = vec![0.0f32; n_l * GRID_CONTEXTS];
+    let mut rounded = vec![0u32; pyr.n_latents];
     let mut a_net = crate::modulation::Adam::new(params.len());
     let mut a_lat = crate::modulation::Adam::new(lat.len());
-    let mut a_b = crate::modulation::Adam::new(n_l);
+    let mut a_b = crate::modulation::Adam::new(n_l * GRID_CONTEXTS);
     let mut noisy = vec![0.0f32; lat.len()];
     let mut g_feat = Vec::new();
     let npx = pyr.width as f32 * pyr.height as f32;
@@ -465,25 +490,38 @@ pub fn fit(
         }
         let pk = Packed::new(arch, &params);
         let (_, g_net, mut g_lat) = distortion_grad(&params, &pk, &sm, &noisy, target, &mut g_feat);
-        let mut g_b = vec![0.0f32; n_l];
+        // Rate: per level and §5.9 context (from the rounded current latents, as the real
+        // coder will see them), a zero-mean Laplace with a learned scale.
+        for (r, &v) in rounded.iter_mut().zip(&lat) {
+            *r = v.round().abs().min(1e4) as u32;
+        }
+        let mut g_b = vec![0.0f32; n_l * GRID_CONTEXTS];
         for (l, &(wl, hl, off)) in pyr.levels.iter().enumerate() {
-            let b = lnb[l].exp();
-            // Fixed chunks summed in order: deterministic whatever the thread count.
-            let partial: Vec<f32> = g_lat[off..off + wl * hl]
-                .par_chunks_mut(4096)
-                .zip(noisy[off..off + wl * hl].par_chunks(4096))
-                .map(|(g, v)| {
-                    let mut acc = 0.0f32;
-                    for (g, &v) in g.iter_mut().zip(v) {
-                        let (_, dv, db) = laplace_bits(v, b);
+            let b: [f32; GRID_CONTEXTS] = std::array::from_fn(|c| lnb[l * GRID_CONTEXTS + c].exp());
+            let q = &rounded[off..off + wl * hl];
+            // Fixed chunks of rows summed in order: deterministic whatever the thread count.
+            let rows_per = 4096usize.div_ceil(wl).max(1);
+            let partial: Vec<[f32; GRID_CONTEXTS]> = g_lat[off..off + wl * hl]
+                .par_chunks_mut(rows_per * wl)
+                .zip(noisy[off..off + wl * hl].par_chunks(rows_per * wl))
+                .enumerate()
+                .map(|(ci, (g, v))| {
+                    let mut acc = [0.0f32; GRID_CONTEXTS];
+                    let base = ci * rows_per * wl;
+                    for (k, (g, &v)) in g.iter_mut().zip(v).enumerate() {
+                        let ctx = context_at(q, base + k, wl);
+                        let (_, dv, db) = laplace_bits(v, b[ctx]);
                         *g += rate_w * dv;
-                        acc += db;
+                        acc[ctx] += db;
                     }
                     acc
                 })
                 .collect();
-            let acc: f32 = partial.iter().sum();
-            g_b[l] = rate_w * acc;
+            for p in &partial {
+                for c in 0..GRID_CONTEXTS {
+                    g_b[l * GRID_CONTEXTS + c] += rate_w * p[c];
+                }
+            }
         }
         let t = it as f32 / cfg.steps.max(1) as f32;
         let cos = 0.5 * (1.0 + (std::f32::consts::PI * t).cos());

@@ -45,7 +45,7 @@ impl Default for GridEncodeConfig {
 }
 
 /// Default number of latent levels.
-pub const DEFAULT_LEVELS: u8 = 7;
+pub const DEFAULT_LEVELS: u8 = 8;
 
 /// Rate weights of the grid presets, from the smallest file to the best quality (see the
 /// README's grid-mode table for the rates they give on Kodak).

@@ -97,7 +97,7 @@ pub struct EncodeArgs {
     /// Grid: rate weight λ of `MSE + λ·bpp` (overrides the preset; larger = smaller file).
     #[arg(long, value_name = "L")]
     pub lambda: Option<f32>,
-    /// Grid: number of latent levels (strides 1, 2, 4, …; default 7).
+    /// Grid: number of latent levels (strides 1, 2, 4, …; default 8).
     #[arg(long, value_name = "N")]
     pub levels: Option<u8>,
     /// Modulations: quantization step of the latents (default 0.25; larger = smaller file).

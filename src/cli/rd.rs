@@ -42,6 +42,13 @@ pub struct RdArgs {
     /// Latent fitting steps of the modulation points (default 50).
     #[arg(long, value_name = "N")]
     pub mod_fit_steps: Option<usize>,
+    /// Also measure grid mode (`inr-grid` curve): one point per rate weight λ, e.g.
+    /// `--grid-lambdas 0.02,0.008,0.003,0.001`.
+    #[arg(long, value_delimiter = ',', value_name = "L,...")]
+    pub grid_lambdas: Vec<f32>,
+    /// Fitting steps of the grid points (default 1000).
+    #[arg(long, value_name = "N")]
+    pub grid_fit_steps: Option<usize>,
     /// Skip the weight-mode presets (e.g. to measure only --mod-steps against JPEG).
     #[arg(long)]
     pub no_presets: bool,
@@ -87,6 +94,12 @@ pub fn run(args: RdArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             args.mod_steps.clone()
         },
         mod_fit_steps: args.mod_fit_steps,
+        grid_lambdas: if args.jpeg_only {
+            Vec::new()
+        } else {
+            args.grid_lambdas.clone()
+        },
+        grid_fit_steps: args.grid_fit_steps,
         mod_base: match &args.mod_base {
             Some(p) => super::load_bases(std::slice::from_ref(p))?.pop(),
             None => None,

@@ -58,6 +58,10 @@ pub struct RdConfig {
     pub mod_fit_steps: Option<usize>,
     /// Modulation base (default: the embedded one).
     pub mod_base: Option<crate::base::Base>,
+    /// Grid mode (`inr-grid` curve): one point per rate weight λ. Empty: none.
+    pub grid_lambdas: Vec<f32>,
+    /// Fitting steps of the grid points (default: the encoder's).
+    pub grid_fit_steps: Option<usize>,
 }
 
 impl Default for RdConfig {
@@ -73,6 +77,8 @@ impl Default for RdConfig {
             mod_latent_steps: Vec::new(),
             mod_fit_steps: None,
             mod_base: None,
+            grid_lambdas: Vec::new(),
+            grid_fit_steps: None,
         }
     }
 }
@@ -378,7 +384,60 @@ fn mod_point(img: &Image, q: f32, cfg: &RdConfig, name: &str) -> Result<PointRes
     })
 }
 
+fn grid_point(
+    img: &Image,
+    lambda: f32,
+    cfg: &RdConfig,
+    name: &str,
+) -> Result<PointResult, RdError> {
+    let param = format!("l{lambda}");
+    let mut ecfg = crate::GridEncodeConfig {
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    ecfg.fit.lambda = lambda;
+    if let Some(s) = cfg.grid_fit_steps {
+        ecfg.fit.steps = s;
+    }
+    let t = Instant::now();
+    let enc = crate::encode_grid(img, &ecfg, &mut |_| {}).map_err(|source| RdError::Encode {
+        image: name.to_string(),
+        preset: param.clone(),
+        source,
+    })?;
+    let encode_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let dec =
+        crate::decode(&enc.bytes, &DecodeOptions::default()).map_err(|source| RdError::Decode {
+            image: name.to_string(),
+            preset: param.clone(),
+            source,
+        })?;
+    let decode_s = t.elapsed().as_secs_f64();
+    let psnr = psnr(img, &dec).ok_or_else(|| RdError::Shape {
+        image: name.to_string(),
+        codec: "inr-grid".into(),
+        param: param.clone(),
+    })?;
+    Ok(PointResult {
+        codec: "inr-grid".into(),
+        param,
+        bytes: enc.bytes.len() as u64,
+        bpp: bpp(enc.bytes.len(), img),
+        psnr,
+        encode_s,
+        decode_s,
+    })
+}
+
 fn validate(cfg: &RdConfig) -> Result<(), RdError> {
+    if let Some(l) = cfg
+        .grid_lambdas
+        .iter()
+        .find(|l| !(l.is_finite() && **l >= 0.0))
+    {
+        return Err(RdError::Config(format!("grid lambda {l} (expected >= 0)")));
+    }
     if let Some(&q) = cfg
         .jpeg_qualities
         .iter()
@@ -397,6 +456,7 @@ fn validate(cfg: &RdConfig) -> Result<(), RdError> {
     }
     if cfg.presets.is_empty()
         && cfg.mod_latent_steps.is_empty()
+        && cfg.grid_lambdas.is_empty()
         && (cfg.jpeg_qualities.is_empty() || cfg.jpeg_variants.is_empty())
     {
         return Err(RdError::Config(
@@ -459,7 +519,8 @@ pub fn run_rd(
         .iter()
         .flat_map(|&v| cfg.jpeg_qualities.iter().map(move |&q| (v, q)))
         .collect();
-    let per_image = jobs.len() + cfg.presets.len() + cfg.mod_latent_steps.len();
+    let per_image =
+        jobs.len() + cfg.presets.len() + cfg.mod_latent_steps.len() + cfg.grid_lambdas.len();
     let total = per_image * files.len();
     let mut done = 0;
     let mut images = Vec::with_capacity(files.len());
@@ -506,8 +567,14 @@ pub fn run_rd(
             });
             points.push(pt);
         }
-        for &q in &cfg.mod_latent_steps {
-            let pt = mod_point(&img, q, cfg, &name)?;
+        let grid_points = cfg.grid_lambdas.iter().map(|&l| (true, l));
+        let mod_points = cfg.mod_latent_steps.iter().map(|&q| (false, q));
+        for (grid, v) in mod_points.chain(grid_points) {
+            let pt = if grid {
+                grid_point(&img, v, cfg, &name)?
+            } else {
+                mod_point(&img, v, cfg, &name)?
+            };
             done += 1;
             progress(&RdProgress {
                 done,
@@ -553,6 +620,17 @@ pub fn run_rd(
                  latent steps",
                 cfg.mod_fit_steps
                     .unwrap_or(crate::LatentFit::default().steps)
+            ),
+        ));
+    }
+    if !cfg.grid_lambdas.is_empty() {
+        descriptions.push((
+            "inr-grid".into(),
+            format!(
+                "inr grid mode (per-image latent pyramid + SIREN, rate-distortion fit), one \
+                 point per lambda, {} fitting steps",
+                cfg.grid_fit_steps
+                    .unwrap_or(crate::GridFit::default().steps)
             ),
         ));
     }
