@@ -219,15 +219,13 @@ impl Base {
         if let Some(m) = &self.modulation {
             m.validate()?;
         }
-        if self.audio_window.is_some() {
-            if self.modulation.is_some() {
-                return Err(FormatError::InvalidField {
-                    field: "base kind",
-                    value: 2,
-                    expected: "an audio base cannot be a modulation base",
-                }
-                .into());
+        if self.audio_window.is_some() && self.modulation.is_some() {
+            return Err(FormatError::InvalidField {
+                field: "base kind",
+                value: 2,
+                expected: "an audio base cannot be a modulation base",
             }
+            .into());
         }
         let n = self.expected_params();
         if n as u64 > limits.max_params {
@@ -521,8 +519,8 @@ pub fn id_of(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(first)
 }
 
-/// The bases built into this binary (trained on kodim01-12 with `inr meta-train`; see
-/// `bases/README.md`), parsed once.
+/// The bases built into this binary (image bases trained on kodim01-12, the audio base on the
+/// three shared clips, with `inr meta-train`; see `bases/README.md`), parsed once.
 pub fn embedded() -> &'static [Base] {
     static CELL: std::sync::OnceLock<Vec<Base>> = std::sync::OnceLock::new();
     CELL.get_or_init(|| {
@@ -539,6 +537,7 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
     ("image-small", include_bytes!("../bases/image-small.inrb")),
     ("image-medium", include_bytes!("../bases/image-medium.inrb")),
     ("image-mod", include_bytes!("../bases/image-mod.inrb")),
+    ("audio-medium", include_bytes!("../bases/audio-medium.inrb")),
 ];
 
 /// Finds the base with `id` among `extra` (user-supplied, searched first) and the embedded

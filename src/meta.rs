@@ -254,7 +254,7 @@ impl Default for AudioMetaConfig {
         AudioMetaConfig {
             iterations: 2000,
             tasks: 4,
-            inner_steps: 64,
+            inner_steps: 16,
             inner_lr: 5e-3,
             outer_lr: 0.5,
             outer_lr_end: 0.05,

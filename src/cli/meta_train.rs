@@ -75,7 +75,7 @@ pub struct MetaTrainArgs {
     /// Outer iterations.
     #[arg(long, default_value_t = 1000)]
     pub iterations: usize,
-    /// Encoder steps per task (default 16; audio: 64).
+    /// Encoder steps per task (default 16).
     #[arg(long)]
     pub inner_steps: Option<usize>,
     /// Inner Adam learning rate (default: the encoder's, 3e-4 for weights, 0.05 for

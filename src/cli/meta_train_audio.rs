@@ -14,7 +14,7 @@ use super::meta_train::{checkpoint_path, MetaTrainArgs};
 use super::{say, Ctx};
 
 /// Default encoder steps per window.
-const INNER_STEPS: usize = 64;
+const INNER_STEPS: usize = 16;
 /// Validation windows taken from the --val clips (evenly spread).
 const MAX_VAL_WINDOWS: usize = 48;
 
