@@ -838,12 +838,108 @@ mod tests {
         let mut c = base().to_bytes().unwrap();
         c[4] = 2;
         assert!(Base::from_bytes(&c, &l).is_err());
+        // Version 3 is an audio base (§10.4): a modulation body under it does not parse.
         let mut c = bytes.clone();
-        c[4] = 3;
+        c[4] = BASE_VERSION_AUDIO;
+        assert!(Base::from_bytes(&c, &l).is_err());
+        let mut c = bytes.clone();
+        c[4] = 4;
         assert!(matches!(
             Base::from_bytes(&c, &l),
-            Err(BaseError::UnsupportedVersion { found: 3 })
+            Err(BaseError::UnsupportedVersion { found: 4 })
         ));
+    }
+
+    fn audio_arch() -> Arch {
+        Arch {
+            coord_dims: 1,
+            out_channels: 1,
+            width: 4,
+            depth: 2,
+            pe_freqs: 0,
+            pe_base_milli: 2000,
+            w0_first: 100,
+            w0_hidden: 30,
+        }
+    }
+
+    fn audio_base() -> Base {
+        let n = audio_arch().num_params();
+        Base::new_audio(
+            audio_arch(),
+            512,
+            (0..n).map(|i| i as f32 * 0.02 - 0.3).collect(),
+            "au".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn audio_base_round_trips_and_is_checked() {
+        let b = audio_base();
+        let bytes = b.to_bytes().unwrap();
+        assert_eq!(&bytes[4..6], &[BASE_VERSION_AUDIO, MODALITY_AUDIO]);
+        assert_eq!(&bytes[20..24], &512u32.to_le_bytes());
+        let n = audio_arch().num_params();
+        assert_eq!(
+            u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize,
+            n
+        );
+        assert_eq!(bytes.len(), BASE_HEADER_BYTES + 4 + 2 + 4 * n + 4);
+        let l = Limits::default();
+        let c = Base::from_bytes(&bytes, &l).unwrap();
+        assert_eq!(c, b);
+        assert_eq!(c.audio_window, Some(512));
+        assert_eq!(c.id(), id_of(&bytes));
+        for k in 0..bytes.len() {
+            assert!(Base::from_bytes(&bytes[..k], &l).is_err(), "{k}");
+        }
+        for i in 0..bytes.len() {
+            for x in [1u8, 0x80, 0xFF] {
+                let mut c = bytes.clone();
+                c[i] ^= x;
+                assert!(Base::from_bytes(&c, &l).is_err(), "{i} {x}");
+            }
+        }
+        let with = |at: usize, v: &[u8]| {
+            let mut c = bytes.clone();
+            c[at..at + v.len()].copy_from_slice(v);
+            let n = c.len() - 4;
+            let crc = crc32fast::hash(&c[..n]);
+            c[n..].copy_from_slice(&crc.to_le_bytes());
+            Base::from_bytes(&c, &l)
+        };
+        let field = |r: Result<Base, BaseError>| match r {
+            Err(BaseError::Format(FormatError::InvalidField { field, .. })) => field,
+            other => panic!("expected InvalidField, got {other:?}"),
+        };
+        assert_eq!(field(with(5, &[1])), "base modality");
+        assert_eq!(field(with(20, &[0, 0, 0, 0])), "base window length");
+        assert_eq!(field(with(20, &[1, 0, 0x10, 0])), "base window length");
+        assert_eq!(field(with(8, &[2])), "coord_dims");
+        assert_eq!(field(with(9, &[17])), "out_channels");
+        // An image base with modality 2, or a v1 header on v3 bytes, does not parse.
+        let mut v1 = base().to_bytes().unwrap();
+        v1[5] = MODALITY_AUDIO;
+        let k = v1.len() - 4;
+        let crc = crc32fast::hash(&v1[..k]);
+        v1[k..].copy_from_slice(&crc.to_le_bytes());
+        assert!(Base::from_bytes(&v1, &l).is_err());
+        let mut c = bytes.clone();
+        c[4] = BASE_VERSION;
+        assert!(Base::from_bytes(&c, &l).is_err());
+        // Writers refuse what readers refuse.
+        assert!(Base::new_audio(arch(), 512, base().params, String::new()).is_err());
+        assert!(Base::new_audio(audio_arch(), 0, b.params.clone(), String::new()).is_err());
+        // Lookups never mix image and audio bases.
+        for e in embedded() {
+            if let Some(w) = embedded_for(&e.arch) {
+                assert!(w.audio_window.is_none());
+            }
+            if let Some(w) = e.audio_window {
+                assert_eq!(embedded_audio_for(&e.arch, w).map(Base::id), Some(e.id()));
+            }
+        }
     }
 
     #[test]
