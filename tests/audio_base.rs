@@ -311,3 +311,137 @@ fn the_embedded_audio_base_is_the_default_for_16khz_mono_medium() {
     };
     assert_eq!(encode(&clip, &tiny).expect("tiny").base_id, None);
 }
+
+fn write_wav(path: &std::path::Path, a: &Audio) {
+    inr::audio::save_wav(path, a, true).expect("write wav");
+}
+
+#[test]
+fn cli_meta_train_audio_encode_decode_with_the_base_file() {
+    use assert_cmd::Command;
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("clips");
+    std::fs::create_dir(&data).expect("mkdir");
+    for s in 0..2 {
+        write_wav(&data.join(format!("c{s}.wav")), &family_clip(s, 2000, 8000));
+    }
+    std::fs::write(data.join("notes.txt"), "not audio").expect("write");
+    let base = dir.path().join("a.inrb");
+    let out = Command::cargo_bin("inr")
+        .expect("bin")
+        .args([
+            "--json",
+            "--threads",
+            "2",
+            "meta-train",
+            "--modality",
+            "audio",
+        ])
+        .arg(&data)
+        .arg("-o")
+        .arg(&base)
+        .args(["--iterations", "4", "--tasks", "2", "--inner-steps", "4"])
+        .args(["--window", "128", "--checkpoint-every", "2"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["modality"], "audio");
+    assert_eq!(j["window"], 128);
+    let id = j["id"].as_str().expect("id").to_string();
+    let b =
+        Base::from_bytes(&std::fs::read(&base).expect("read"), &Limits::default()).expect("base");
+    assert_eq!(format!("{:016x}", b.id()), id);
+    assert_eq!(b.audio_window, Some(128));
+    // --resume from the last checkpoint (iteration 4 of 4) gives the same base.
+    let again = dir.path().join("b.inrb");
+    std::fs::copy(
+        dir.path().join("a.inrb.ckpt"),
+        dir.path().join("b.inrb.ckpt"),
+    )
+    .expect("cp");
+    let out = Command::cargo_bin("inr")
+        .expect("bin")
+        .args(["--json", "meta-train", "--modality", "audio"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&again)
+        .args(["--iterations", "4", "--tasks", "2", "--inner-steps", "4"])
+        .args(["--window", "128", "--checkpoint-every", "2", "--resume"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&again).expect("b"),
+        std::fs::read(&base).expect("a")
+    );
+    // Encode from the base file, then decode without it (refused, naming the id) and with it.
+    let wav = dir.path().join("in.wav");
+    write_wav(&wav, &family_clip(9, 700, 8000));
+    let inr_path = dir.path().join("x.inr");
+    let enc = Command::cargo_bin("inr")
+        .expect("bin")
+        .args(["--json", "encode"])
+        .arg(&wav)
+        .arg("-o")
+        .arg(&inr_path)
+        .arg("--base")
+        .arg(&base)
+        .args(["--steps", "30"])
+        .output()
+        .expect("run");
+    assert!(
+        enc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enc.stderr)
+    );
+    let e: serde_json::Value = serde_json::from_slice(&enc.stdout).expect("json");
+    assert_eq!(e["base"], id.as_str());
+    let dec = |with_base: bool| {
+        let mut c = Command::cargo_bin("inr").expect("bin");
+        c.args(["decode"])
+            .arg(&inr_path)
+            .arg("-o")
+            .arg(dir.path().join("out.wav"))
+            .arg("--force");
+        if with_base {
+            c.arg("--base").arg(&base);
+        }
+        c.output().expect("run")
+    };
+    let fail = dec(false);
+    let err = String::from_utf8_lossy(&fail.stderr);
+    assert_eq!(fail.status.code(), Some(1), "{err}");
+    assert!(err.contains(&id) && !err.contains("panick"), "{err}");
+    let ok = dec(true);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The audio base is refused for an image.
+    let png = dir.path().join("x.png");
+    image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y) as u8]))
+        .save(&png)
+        .expect("png");
+    let bad = Command::cargo_bin("inr")
+        .expect("bin")
+        .args(["encode"])
+        .arg(&png)
+        .arg("-o")
+        .arg(dir.path().join("img.inr"))
+        .arg("--base")
+        .arg(&base)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("audio base"), "{err}");
+}

@@ -18,6 +18,13 @@ const INNER_STEPS: usize = 16;
 /// Validation windows taken from the --val clips (evenly spread).
 const MAX_VAL_WINDOWS: usize = 48;
 
+/// An informational line on stderr (stdout carries only the result, JSON with `--json`).
+fn note(ctx: &Ctx, line: impl std::fmt::Display) {
+    if !ctx.quiet {
+        eprintln!("{line}");
+    }
+}
+
 /// Mixes a clip down to mono (mean of the channels).
 fn to_mono(a: Audio) -> Audio {
     let c = usize::from(a.spec.channels.max(1));
@@ -160,35 +167,41 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             );
         }
         let done = d["iterations_done"].as_u64().unwrap_or(0) as usize;
-        say(format!(
-            "resuming at iteration {done} from {}",
-            ckpt.display()
-        ))?;
+        note(
+            ctx,
+            format!("resuming at iteration {done} from {}", ckpt.display()),
+        );
         (b.params, done)
     } else {
         (random.clone(), 0)
     };
-    say(format!(
-        "audio base: {} clip(s) at {rate} Hz, window {window} frames, {}x{} network \
+    note(
+        ctx,
+        format!(
+            "audio base: {} clip(s) at {rate} Hz, window {window} frames, {}x{} network \
          ({} weights), {} iterations x {} windows x {} steps",
-        clips.len(),
-        arch.depth,
-        arch.width,
-        arch.num_params(),
-        cfg.iterations,
-        cfg.tasks,
-        cfg.inner_steps
-    ))?;
+            clips.len(),
+            arch.depth,
+            arch.width,
+            arch.num_params(),
+            cfg.iterations,
+            cfg.tasks,
+            cfg.inner_steps
+        ),
+    );
     let vlr = cfg.inner_lr;
     let val_random = if val.is_empty() {
         None
     } else {
         let p = meta::audio_validate(&arch, &val, &random, args.val_steps, vlr);
-        say(format!(
-            "validation: random init, PSNR after {} steps: {p:.2} dB ({} windows)",
-            args.val_steps,
-            val.len()
-        ))?;
+        note(
+            ctx,
+            format!(
+                "validation: random init, PSNR after {} steps: {p:.2} dB ({} windows)",
+                args.val_steps,
+                val.len()
+            ),
+        );
         Some(p)
     };
     let pb = super::counting_bar(ctx.quiet);
