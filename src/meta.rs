@@ -277,8 +277,15 @@ pub struct AudioTask {
 /// The `j`-th window of iteration `i`, from `(seed, i, j)` only: a clip (chosen with
 /// probability proportional to its number of window positions), a time offset (any frame),
 /// a gain and a polarity. Clips shorter than a window are padded with silence. Every clip must
-/// have `channels` channels.
+/// have the network's `out_channels` channels. No clips: a silent mono window.
 pub fn audio_task(clips: &[Audio], cfg: &AudioMetaConfig, i: usize, j: usize) -> AudioTask {
+    if clips.is_empty() {
+        return AudioTask {
+            samples: vec![0.0; cfg.window as usize],
+            channels: 1,
+            sample_rate: 16_000,
+        };
+    }
     let key = (i as u64)
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add((j as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
