@@ -11,15 +11,18 @@
 //! 3. write the file, decode it exactly as the decoder does and measure SNR / PSNR.
 //!
 //! Each window's fit depends only on its samples, the seed and the initial weights, so the
-//! bytes do not depend on the number of threads. The initial weights are a parameter
-//! ([`AudioEncodeConfig::init`]): a meta-learned base can be plugged in there.
+//! bytes do not depend on the number of threads. The initial weights are a meta-learned audio
+//! base ([`AudioEncodeConfig::base`], codec-spec §10.4) when one matches the architecture and
+//! window length: every window then starts from the base and the file codes the quantized
+//! residuals `W - W_base` and the base's id (flag bit 0, §11.10), as image files do.
 
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use crate::audio::{sample_value, to_sample, AudioError, AudioSource, AudioSpec, Sample};
-use crate::codec::{DecodeError, EncodeError, Preset, Progress};
+use crate::base::{self, Base, BaseError};
+use crate::codec::{BaseChoice, DecodeError, EncodeError, Preset, Progress};
 use crate::fit::{tensor_bits, FitTarget, Fitter, Phase, QuantSpec};
 use crate::format::{self, Arch, AudioHeader, AudioInrFile, Limits, Step};
 use crate::metrics::AudioDistortion;
@@ -53,8 +56,14 @@ pub struct AudioEncodeConfig {
     /// Adam learning rate (expert).
     pub lr: Option<f32>,
     /// Initial weights of every window network (real layout, `arch.num_params()` values),
-    /// e.g. a meta-learned base; `None` = SIREN initialisation from `seed`.
+    /// coded as they are; `None` = SIREN initialisation from `seed`. Used only when no base is
+    /// in use (see `base`).
     pub init: Option<Arc<Vec<f32>>>,
+    /// The meta-learned audio base (§10.4) to start from and code residuals against:
+    /// `Default` = the embedded base whose architecture and window length equal the preset's
+    /// (if any; else `init` / random), `None` = never a base, `Custom` = this audio base (its
+    /// architecture and window length replace the preset's).
+    pub base: BaseChoice,
 }
 
 impl Default for AudioEncodeConfig {
@@ -72,6 +81,7 @@ impl Default for AudioEncodeConfig {
             w0: None,
             lr: None,
             init: None,
+            base: BaseChoice::Default,
         }
     }
 }
@@ -84,6 +94,8 @@ pub struct AudioEncoded {
     /// Quality of the decoder's output (decoded from `bytes`) against the input.
     pub quality: AudioQuality,
     pub windows: u64,
+    /// The id of the base the windows are residuals from (§11.10), if any.
+    pub base_id: Option<u64>,
 }
 
 /// Distortion and rate of a decoded clip.
@@ -108,10 +120,66 @@ struct AudioPlan {
     sensitive_bits: u8,
     fit: Phase,
     qat: Phase,
+    /// The base every window starts from and is a residual from.
+    base: Option<Base>,
 }
 
 impl AudioEncodeConfig {
+    /// The architecture and window length the preset and overrides give for `spec` (without
+    /// a base, whose architecture would replace them): what `inr meta-train --modality audio`
+    /// trains for.
+    ///
+    /// # Errors
+    /// [`EncodeError::Parameter`] for an out-of-range override.
+    pub fn arch_and_window(&self, spec: &AudioSpec) -> Result<(Arch, u32), EncodeError> {
+        let p = AudioEncodeConfig {
+            base: BaseChoice::None,
+            ..self.clone()
+        }
+        .plan(spec)?;
+        Ok((p.arch, p.window))
+    }
+
     fn plan(&self, spec: &AudioSpec) -> Result<AudioPlan, EncodeError> {
+        let mut plan = self.plan_no_base(spec)?;
+        let base = match &self.base {
+            BaseChoice::None => None,
+            BaseChoice::Default => base::embedded_audio_for(&plan.arch, plan.window).cloned(),
+            BaseChoice::Custom(b) => {
+                let Some(bw) = b.audio_window else {
+                    return Err(EncodeError::Parameter(format!(
+                        "base {:016x} is an image base; audio needs an audio base \
+                         (inr meta-train --modality audio)",
+                        b.id()
+                    )));
+                };
+                if self.window.is_some_and(|w| w != bw) {
+                    return Err(EncodeError::Parameter(format!(
+                        "base {:016x} was trained for windows of {bw} frames (expected \
+                         --window {bw} or none)",
+                        b.id()
+                    )));
+                }
+                if b.arch.out_channels != spec.channels {
+                    return Err(EncodeError::Parameter(format!(
+                        "base {:016x} outputs {} channel(s), the clip has {}",
+                        b.id(),
+                        b.arch.out_channels,
+                        spec.channels
+                    )));
+                }
+                plan.arch = b.arch;
+                plan.window = bw;
+                plan.fit.batch = bw as usize;
+                plan.qat.batch = bw as usize;
+                Some(b.clone())
+            }
+        };
+        plan.base = base;
+        Ok(plan)
+    }
+
+    fn plan_no_base(&self, spec: &AudioSpec) -> Result<AudioPlan, EncodeError> {
         // (width, depth, hidden bits, steps, window frames at 16 kHz). Chosen from a few runs
         // on the shared speech clip (notes/audio.md): at equal rate, small 2-layer networks on
         // short windows beat wider or deeper ones on long windows; 300 full-batch steps at
@@ -191,17 +259,20 @@ impl AudioEncodeConfig {
                 eval_every: 25,
                 stop_at_psnr: None,
             },
+            base: None,
         })
     }
 }
 
-/// One window as a fitting target.
-struct WindowTarget<'a> {
-    grid: &'a Grid1,
-    frames: usize,
-    channels: usize,
-    target: &'a [f32],
-    spec: AudioSpec,
+/// One window as a fitting target (also the task of audio meta-training, `crate::meta`).
+pub(crate) struct WindowTarget<'a> {
+    pub grid: &'a Grid1,
+    pub frames: usize,
+    pub channels: usize,
+    /// `frames * channels` values in [-1, 1], channels interleaved.
+    pub target: &'a [f32],
+    /// The sample format the exact PSNR is measured in.
+    pub spec: AudioSpec,
 }
 
 impl FitTarget for WindowTarget<'_> {
@@ -263,16 +334,17 @@ pub fn encode_audio(
     };
     header.validate()?;
     let shape = model::shape_of(&plan.arch);
-    let init = match &cfg.init {
-        Some(w) if w.len() == shape.n_params => w.as_ref().clone(),
-        Some(w) => {
+    let init = match (&plan.base, &cfg.init) {
+        (Some(b), _) => b.params.clone(),
+        (None, Some(w)) if w.len() == shape.n_params => w.as_ref().clone(),
+        (None, Some(w)) => {
             return Err(EncodeError::Parameter(format!(
                 "initial weights have {} values (expected {} for this architecture)",
                 w.len(),
                 shape.n_params
             )))
         }
-        None => model::siren_init(&shape, cfg.seed),
+        (None, None) => model::siren_init(&shape, cfg.seed),
     };
     let mut run = || encode_with_plan(src, &plan, &header, &init, cfg.seed, progress);
     match cfg.threads {
@@ -327,14 +399,28 @@ fn fit_block(
             // A window the network renders worse than silence (digital silence, or a pause
             // with faint noise) is coded as silence: an all-zero last layer outputs exactly
             // 0 and costs almost nothing to entropy-code.
-            if quant.is_some() {
-                let mut silent = AudioDistortion::default();
-                for &x in sig.target {
-                    silent.add(f64::from(x), 0.0);
+            // With a base the effective last layer is `base + q * step`, so the candidate is
+            // measured as the decoder will render it.
+            match quant {
+                Some(q) if q.base.is_some() => {
+                    let mut cand = params.clone();
+                    cand[last_layer_start(&plan.arch)..].fill(0.0);
+                    let mut eff = vec![0.0; cand.len()];
+                    q.apply(&plan.arch, &cand, &mut eff);
+                    if sig.eval(&plan.arch, &eff) >= psnr {
+                        params = cand;
+                    }
                 }
-                if silent.psnr() >= psnr {
-                    params[last_layer_start(&plan.arch)..].fill(0.0);
+                Some(_) => {
+                    let mut silent = AudioDistortion::default();
+                    for &x in sig.target {
+                        silent.add(f64::from(x), 0.0);
+                    }
+                    if silent.psnr() >= psnr {
+                        params[last_layer_start(&plan.arch)..].fill(0.0);
+                    }
                 }
+                None => {}
             }
             params
         })
@@ -403,11 +489,17 @@ fn encode_with_plan(
     let lens = arch.tensor_lens();
     let tb = audio_tensor_bits(&arch, plan.bits, plan.sensitive_bits);
     let mut steps: Vec<Step> = Vec::with_capacity(lens.len());
+    let base = plan.base.as_ref().map(|b| b.params.as_slice());
     let mut off = 0;
     for (&n, &b) in lens.iter().zip(&tb) {
         let mut vals = Vec::with_capacity(n * windows);
         for w in 0..windows {
-            vals.extend_from_slice(&params[w * np + off..w * np + off + n]);
+            let p = &params[w * np + off..w * np + off + n];
+            match base {
+                // §6.2: the residuals from the base are quantized.
+                Some(bp) => vals.extend(p.iter().zip(&bp[off..off + n]).map(|(&p, &b)| p - b)),
+                None => vals.extend_from_slice(p),
+            }
         }
         steps.push(quant::choose_step(&vals, b));
         off += n;
@@ -415,7 +507,7 @@ fn encode_with_plan(
     let q = QuantSpec {
         steps: steps.clone(),
         bits: tb.clone(),
-        base: None,
+        base: base.map(<[f32]>::to_vec),
     };
     // Pass 2: quantization-aware fine-tuning, then quantization.
     let mut symbols: Vec<i32> = Vec::with_capacity(windows * np);
@@ -436,10 +528,8 @@ fn encode_with_plan(
             Some(&q),
             seed,
         ) {
-            let mut off = 0;
-            for ((&n, &s), &b) in lens.iter().zip(&steps).zip(&tb) {
-                symbols.extend(quant::quantize(&p[off..off + n], s, b));
-                off += n;
+            for t in q.symbols(&arch, &p) {
+                symbols.extend(t);
             }
         }
         progress(&progress_event(windows + b1, total, "quantize"));
@@ -452,18 +542,22 @@ fn encode_with_plan(
         steps,
         tensor_bits: tb,
         symbols,
+        base_id: plan.base.as_ref().map(Base::id),
     };
     let bytes = format::write_audio_file(&file)?;
     // Pass 3: measure exactly what the decoder produces from the bytes.
-    let quality = eval_audio(&bytes, src, &Limits::default()).map_err(|e| match e {
-        DecodeError::Format(f) => EncodeError::Format(f),
-        DecodeError::Audio(a) => EncodeError::Audio(a),
-        other => EncodeError::Parameter(other.to_string()),
-    })?;
+    let bases: Vec<Base> = plan.base.iter().cloned().collect();
+    let quality =
+        eval_audio_with(&bytes, src, &Limits::default(), &bases).map_err(|e| match e {
+            DecodeError::Format(f) => EncodeError::Format(f),
+            DecodeError::Audio(a) => EncodeError::Audio(a),
+            other => EncodeError::Parameter(other.to_string()),
+        })?;
     Ok(AudioEncoded {
         bytes,
         quality,
         windows: windows as u64,
+        base_id: file.base_id,
     })
 }
 
@@ -483,17 +577,75 @@ pub type AudioSink<'a> = dyn FnMut(&AudioHeader, u64, &[Sample]) -> Result<(), D
 /// Decode an audio `.inr` file window by window (§11.7, §11.8): `sink(first_frame, samples)`
 /// receives consecutive blocks of stored samples (channels interleaved) in order. Memory:
 /// the decoded symbols plus one block of samples. Windows of a block are rendered in
-/// parallel; the output does not depend on the number of threads.
+/// parallel; the output does not depend on the number of threads. A file coded from a base
+/// (§11.10) is decoded with the embedded base of that id; see [`decode_audio_stream_with`]
+/// to supply others.
 ///
 /// # Errors
 /// [`DecodeError::Format`] for a malformed, damaged or over-limit file (including an image
-/// file), and whatever `sink` returns.
+/// file), [`DecodeError::Base`] when the file names a base this decoder lacks (the error
+/// names the id) or one that does not match it, and whatever `sink` returns.
 pub fn decode_audio_stream(
     bytes: &[u8],
     limits: &Limits,
     sink: &mut AudioSink<'_>,
 ) -> Result<AudioHeader, DecodeError> {
+    decode_audio_stream_with(bytes, limits, &[], sink)
+}
+
+/// The base of an audio file (§11.10): found by id among `bases` and the embedded ones; it
+/// MUST be an audio base with the file's architecture and window length.
+fn audio_base<'a>(
+    file: &format::AudioInrFile,
+    bases: &'a [Base],
+) -> Result<Option<&'a Base>, DecodeError> {
+    let Some(id) = file.base_id else {
+        return Ok(None);
+    };
+    let b = base::find(id, bases)?;
+    if b.audio_window.is_none() {
+        return Err(BaseError::WrongKind {
+            id,
+            found: if b.modulation.is_some() {
+                "modulation"
+            } else {
+                "image"
+            },
+            expected: "audio",
+        }
+        .into());
+    }
+    if b.arch != file.arch {
+        return Err(BaseError::ArchMismatch {
+            id,
+            base: b.arch,
+            file: file.arch,
+        }
+        .into());
+    }
+    if b.audio_window != Some(file.audio.window_len) {
+        return Err(DecodeError::Format(format::FormatError::InvalidField {
+            field: "window length",
+            value: file.audio.window_len.into(),
+            expected: "the window length of the file's audio base",
+        }));
+    }
+    Ok(Some(b))
+}
+
+/// As [`decode_audio_stream`], looking a file's base up in `bases` first, then among the
+/// embedded ones.
+///
+/// # Errors
+/// As [`decode_audio_stream`].
+pub fn decode_audio_stream_with(
+    bytes: &[u8],
+    limits: &Limits,
+    bases: &[Base],
+    sink: &mut AudioSink<'_>,
+) -> Result<AudioHeader, DecodeError> {
     let file = format::read_audio_file(bytes, limits)?;
+    let base = audio_base(&file, bases)?;
     let h = file.audio;
     let spec = output_spec(&h);
     let grid = Grid1::new(&file.arch, h.window_len);
@@ -503,7 +655,13 @@ pub fn decode_audio_stream(
         let blocks: Vec<Vec<Sample>> = (b0..b1)
             .into_par_iter()
             .map(|w| {
-                let params = file.window_params(w).unwrap_or_default();
+                let mut params = file.window_params(w).unwrap_or_default();
+                if let Some(b) = base {
+                    // §6.2: w = base + q * step, one f32 addition per weight.
+                    for (p, &b) in params.iter_mut().zip(&b.params) {
+                        *p += b;
+                    }
+                }
                 let y = model::render_window(&file.arch, &params, &grid, h.window_frames(w as u64));
                 y.into_iter().map(|v| to_sample(&spec, v)).collect()
             })
@@ -522,8 +680,21 @@ pub fn decode_audio(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<(AudioHeader, Vec<Sample>), DecodeError> {
+    decode_audio_with(bytes, limits, &[])
+}
+
+/// As [`decode_audio`], looking a file's base up in `bases` first, then among the embedded
+/// ones.
+///
+/// # Errors
+/// As [`decode_audio_stream`].
+pub fn decode_audio_with(
+    bytes: &[u8],
+    limits: &Limits,
+    bases: &[Base],
+) -> Result<(AudioHeader, Vec<Sample>), DecodeError> {
     let mut out = Vec::new();
-    let h = decode_audio_stream(bytes, limits, &mut |_, _, s| {
+    let h = decode_audio_stream_with(bytes, limits, bases, &mut |_, _, s| {
         out.extend_from_slice(s);
         Ok(())
     })?;
@@ -540,6 +711,20 @@ pub fn eval_audio(
     bytes: &[u8],
     reference: &mut dyn AudioSource,
     limits: &Limits,
+) -> Result<AudioQuality, DecodeError> {
+    eval_audio_with(bytes, reference, limits, &[])
+}
+
+/// As [`eval_audio`], looking a file's base up in `bases` first, then among the embedded
+/// ones.
+///
+/// # Errors
+/// As [`eval_audio`].
+pub fn eval_audio_with(
+    bytes: &[u8],
+    reference: &mut dyn AudioSource,
+    limits: &Limits,
+    bases: &[Base],
 ) -> Result<AudioQuality, DecodeError> {
     let h = format::read_audio_file(bytes, limits)
         .map(|f| f.audio)
@@ -559,7 +744,7 @@ pub fn eval_audio(
     let mut d = AudioDistortion::default();
     let mut buf = Vec::new();
     let c = u64::from(h.channels);
-    decode_audio_stream(bytes, limits, &mut |_, start, s| {
+    decode_audio_stream_with(bytes, limits, bases, &mut |_, start, s| {
         reference.read(start, (s.len() as u64 / c) as usize, &mut buf)?;
         for (&x, &y) in buf.iter().zip(s) {
             d.add(f64::from(x), sample_value(&spec, y));

@@ -5,7 +5,7 @@
 //! Like [`format`](crate::format), this module never touches the model or candle: parsing a
 //! base is plain byte work with limits checked before any allocation.
 
-use crate::format::{Arch, FormatError, Limits, ARCH_BYTES, MODALITY_IMAGE};
+use crate::format::{Arch, FormatError, Limits, ARCH_BYTES, MODALITY_AUDIO, MODALITY_IMAGE};
 use sha2::{Digest, Sha256};
 
 /// §10.1 Magic of a base file: `0x89 'I' 'N' 'B'`.
@@ -15,6 +15,11 @@ pub const BASE_VERSION: u8 = 1;
 /// §10.3 The base-file version of modulation bases (a version-1 layout plus the 4-byte
 /// modulation block after the architecture).
 pub const BASE_VERSION_MOD: u8 = 2;
+/// §10.4 The base-file version of audio weight bases (a version-1 layout with modality 2 plus
+/// the 4-byte window length after the architecture).
+pub const BASE_VERSION_AUDIO: u8 = 3;
+/// §10.4 Size of the audio block of a version-3 base (window length, `u32`).
+pub const BASE_AUDIO_BLOCK_BYTES: usize = 4;
 /// §10.1 Fixed part before the description (version 1): magic, version, modality, flags, arch,
 /// n_params, description length.
 pub const BASE_HEADER_BYTES: usize = 4 + 1 + 1 + 2 + ARCH_BYTES + 4 + 2;
@@ -36,8 +41,8 @@ pub enum BaseError {
     )]
     BadMagic { found: [u8; 4] },
     #[error(
-        "unsupported .inrb version {found} (this build reads versions {BASE_VERSION} and \
-         {BASE_VERSION_MOD})"
+        "unsupported .inrb version {found} (this build reads versions {BASE_VERSION}, \
+         {BASE_VERSION_MOD} and {BASE_VERSION_AUDIO})"
     )]
     UnsupportedVersion { found: u8 },
     #[error("base file: {0}")]
@@ -113,6 +118,10 @@ pub struct Base {
     /// `None` for a weight base (version 1), the latent layout for a modulation base
     /// (version 2).
     pub modulation: Option<ModSpec>,
+    /// `None` for an image base, the window length (frames) for an audio weight base
+    /// (version 3, §10.4): the window the base was trained for; encoders use it only for that
+    /// window length.
+    pub audio_window: Option<u32>,
     /// Free text: how the base was trained (command, data, steps).
     pub description: String,
     id: u64,
@@ -129,6 +138,31 @@ impl Base {
             arch,
             params,
             modulation: None,
+            audio_window: None,
+            description,
+            id: 0,
+        };
+        let bytes = b.to_bytes()?;
+        b.id = id_of(&bytes);
+        Ok(b)
+    }
+
+    /// Builds an audio weight base (written as a version-3 base file, §10.4) for windows of
+    /// `window_len` frames: `arch` must have `coord_dims` 1.
+    ///
+    /// # Errors
+    /// As [`Base::new`], and for `coord_dims != 1` or a window length outside 1..=2^20.
+    pub fn new_audio(
+        arch: Arch,
+        window_len: u32,
+        params: Vec<f32>,
+        description: String,
+    ) -> Result<Base, BaseError> {
+        let mut b = Base {
+            arch,
+            params,
+            modulation: None,
+            audio_window: Some(window_len),
             description,
             id: 0,
         };
@@ -155,6 +189,7 @@ impl Base {
             arch,
             params,
             modulation: Some(spec),
+            audio_window: None,
             description,
             id: 0,
         };
@@ -180,9 +215,17 @@ impl Base {
     /// As [`Base::new`].
     pub fn to_bytes(&self) -> Result<Vec<u8>, BaseError> {
         let limits = Limits::default();
-        self.arch.validate(&limits)?;
+        validate_arch(&self.arch, self.audio_window, &limits)?;
         if let Some(m) = &self.modulation {
             m.validate()?;
+        }
+        if self.audio_window.is_some() && self.modulation.is_some() {
+            return Err(FormatError::InvalidField {
+                field: "base kind",
+                value: 2,
+                expected: "an audio base cannot be a modulation base",
+            }
+            .into());
         }
         let n = self.expected_params();
         if n as u64 > limits.max_params {
@@ -220,14 +263,23 @@ impl Base {
         out.extend_from_slice(&BASE_MAGIC);
         out.push(if self.modulation.is_some() {
             BASE_VERSION_MOD
+        } else if self.audio_window.is_some() {
+            BASE_VERSION_AUDIO
         } else {
             BASE_VERSION
         });
-        out.push(MODALITY_IMAGE);
+        out.push(if self.audio_window.is_some() {
+            MODALITY_AUDIO
+        } else {
+            MODALITY_IMAGE
+        });
         out.extend_from_slice(&0u16.to_le_bytes());
         self.arch.write(&mut out);
         if let Some(m) = &self.modulation {
             out.extend_from_slice(&[BASE_KIND_MODULATION, m.latent_dim, m.cell, 0]);
+        }
+        if let Some(w) = self.audio_window {
+            out.extend_from_slice(&w.to_le_bytes());
         }
         out.extend_from_slice(&(n as u32).to_le_bytes());
         out.extend_from_slice(&(desc.len() as u16).to_le_bytes());
@@ -273,6 +325,7 @@ impl Base {
         let header_bytes = match version {
             BASE_VERSION => BASE_HEADER_BYTES,
             BASE_VERSION_MOD => BASE_HEADER_BYTES_V2,
+            BASE_VERSION_AUDIO => BASE_HEADER_BYTES + BASE_AUDIO_BLOCK_BYTES,
             _ => return Err(BaseError::UnsupportedVersion { found: version }),
         };
         let head = bytes
@@ -292,13 +345,26 @@ impl Base {
         } else {
             None
         };
+        // §10.4 The audio block of a version-3 base: the window length.
+        let audio_window = if version == BASE_VERSION_AUDIO {
+            let w = u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]);
+            o += BASE_AUDIO_BLOCK_BYTES;
+            Some(w)
+        } else {
+            None
+        };
         let n = u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]) as usize;
         let desc_len = u16::from_le_bytes([head[o + 4], head[o + 5]]) as usize;
-        if modality != MODALITY_IMAGE {
+        let want_modality = if audio_window.is_some() {
+            MODALITY_AUDIO
+        } else {
+            MODALITY_IMAGE
+        };
+        if modality != want_modality {
             return Err(FormatError::InvalidField {
                 field: "base modality",
                 value: modality.into(),
-                expected: "1 (image)",
+                expected: "1 (image) in versions 1 and 2, 2 (audio) in version 3",
             }
             .into());
         }
@@ -310,7 +376,7 @@ impl Base {
             }
             .into());
         }
-        arch.validate(limits)?;
+        validate_arch(&arch, audio_window, limits)?;
         let modulation = match mod_block {
             None => None,
             Some([kind, latent_dim, cell, reserved]) => {
@@ -404,10 +470,45 @@ impl Base {
             arch,
             params,
             modulation,
+            audio_window,
             description,
             id: id_of(bytes),
         })
     }
+}
+
+/// The architecture checks of a base (§10.1): an image base's as §3.6; an audio base (§10.4)
+/// has `coord_dims` 1, 1..=16 outputs and a window length in 1..=2^20.
+fn validate_arch(
+    arch: &Arch,
+    audio_window: Option<u32>,
+    limits: &Limits,
+) -> Result<(), FormatError> {
+    let Some(window) = audio_window else {
+        return arch.validate(limits);
+    };
+    if arch.coord_dims != 1 {
+        return Err(FormatError::InvalidField {
+            field: "coord_dims",
+            value: arch.coord_dims.into(),
+            expected: "1 (audio base)",
+        });
+    }
+    if arch.out_channels == 0 || arch.out_channels > crate::format::MAX_AUDIO_CHANNELS {
+        return Err(FormatError::InvalidField {
+            field: "out_channels",
+            value: arch.out_channels.into(),
+            expected: "1..=16 (audio base)",
+        });
+    }
+    if window == 0 || window > crate::format::MAX_WINDOW_LEN {
+        return Err(FormatError::InvalidField {
+            field: "base window length",
+            value: window.into(),
+            expected: "1..=1048576 frames",
+        });
+    }
+    arch.validate_net(limits)
 }
 
 /// §10.2 Base id: the first 8 bytes of SHA-256 over the whole base file, little endian.
@@ -418,8 +519,8 @@ pub fn id_of(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(first)
 }
 
-/// The bases built into this binary (trained on kodim01-12 with `inr meta-train`; see
-/// `bases/README.md`), parsed once.
+/// The bases built into this binary (image bases trained on kodim01-12, the audio base on the
+/// three shared clips, with `inr meta-train`; see `bases/README.md`), parsed once.
 pub fn embedded() -> &'static [Base] {
     static CELL: std::sync::OnceLock<Vec<Base>> = std::sync::OnceLock::new();
     CELL.get_or_init(|| {
@@ -436,6 +537,7 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
     ("image-small", include_bytes!("../bases/image-small.inrb")),
     ("image-medium", include_bytes!("../bases/image-medium.inrb")),
     ("image-mod", include_bytes!("../bases/image-mod.inrb")),
+    ("audio-medium", include_bytes!("../bases/audio-medium.inrb")),
 ];
 
 /// Finds the base with `id` among `extra` (user-supplied, searched first) and the embedded
@@ -467,7 +569,15 @@ pub fn find(id: u64, extra: &[Base]) -> Result<&Base, BaseError> {
 pub fn embedded_for(arch: &Arch) -> Option<&'static Base> {
     embedded()
         .iter()
-        .find(|b| b.arch == *arch && b.modulation.is_none())
+        .find(|b| b.arch == *arch && b.modulation.is_none() && b.audio_window.is_none())
+}
+
+/// The embedded audio base (§10.4) for an architecture and window length, if one ships with
+/// this binary.
+pub fn embedded_audio_for(arch: &Arch, window_len: u32) -> Option<&'static Base> {
+    embedded()
+        .iter()
+        .find(|b| b.arch == *arch && b.audio_window == Some(window_len))
 }
 
 /// The first embedded modulation base (§10.3), if one ships with this binary.
@@ -728,12 +838,108 @@ mod tests {
         let mut c = base().to_bytes().unwrap();
         c[4] = 2;
         assert!(Base::from_bytes(&c, &l).is_err());
+        // Version 3 is an audio base (§10.4): a modulation body under it does not parse.
         let mut c = bytes.clone();
-        c[4] = 3;
+        c[4] = BASE_VERSION_AUDIO;
+        assert!(Base::from_bytes(&c, &l).is_err());
+        let mut c = bytes.clone();
+        c[4] = 4;
         assert!(matches!(
             Base::from_bytes(&c, &l),
-            Err(BaseError::UnsupportedVersion { found: 3 })
+            Err(BaseError::UnsupportedVersion { found: 4 })
         ));
+    }
+
+    fn audio_arch() -> Arch {
+        Arch {
+            coord_dims: 1,
+            out_channels: 1,
+            width: 4,
+            depth: 2,
+            pe_freqs: 0,
+            pe_base_milli: 2000,
+            w0_first: 100,
+            w0_hidden: 30,
+        }
+    }
+
+    fn audio_base() -> Base {
+        let n = audio_arch().num_params();
+        Base::new_audio(
+            audio_arch(),
+            512,
+            (0..n).map(|i| i as f32 * 0.02 - 0.3).collect(),
+            "au".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn audio_base_round_trips_and_is_checked() {
+        let b = audio_base();
+        let bytes = b.to_bytes().unwrap();
+        assert_eq!(&bytes[4..6], &[BASE_VERSION_AUDIO, MODALITY_AUDIO]);
+        assert_eq!(&bytes[20..24], &512u32.to_le_bytes());
+        let n = audio_arch().num_params();
+        assert_eq!(
+            u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize,
+            n
+        );
+        assert_eq!(bytes.len(), BASE_HEADER_BYTES + 4 + 2 + 4 * n + 4);
+        let l = Limits::default();
+        let c = Base::from_bytes(&bytes, &l).unwrap();
+        assert_eq!(c, b);
+        assert_eq!(c.audio_window, Some(512));
+        assert_eq!(c.id(), id_of(&bytes));
+        for k in 0..bytes.len() {
+            assert!(Base::from_bytes(&bytes[..k], &l).is_err(), "{k}");
+        }
+        for i in 0..bytes.len() {
+            for x in [1u8, 0x80, 0xFF] {
+                let mut c = bytes.clone();
+                c[i] ^= x;
+                assert!(Base::from_bytes(&c, &l).is_err(), "{i} {x}");
+            }
+        }
+        let with = |at: usize, v: &[u8]| {
+            let mut c = bytes.clone();
+            c[at..at + v.len()].copy_from_slice(v);
+            let n = c.len() - 4;
+            let crc = crc32fast::hash(&c[..n]);
+            c[n..].copy_from_slice(&crc.to_le_bytes());
+            Base::from_bytes(&c, &l)
+        };
+        let field = |r: Result<Base, BaseError>| match r {
+            Err(BaseError::Format(FormatError::InvalidField { field, .. })) => field,
+            other => panic!("expected InvalidField, got {other:?}"),
+        };
+        assert_eq!(field(with(5, &[1])), "base modality");
+        assert_eq!(field(with(20, &[0, 0, 0, 0])), "base window length");
+        assert_eq!(field(with(20, &[1, 0, 0x10, 0])), "base window length");
+        assert_eq!(field(with(8, &[2])), "coord_dims");
+        assert_eq!(field(with(9, &[17])), "out_channels");
+        // An image base with modality 2, or a v1 header on v3 bytes, does not parse.
+        let mut v1 = base().to_bytes().unwrap();
+        v1[5] = MODALITY_AUDIO;
+        let k = v1.len() - 4;
+        let crc = crc32fast::hash(&v1[..k]);
+        v1[k..].copy_from_slice(&crc.to_le_bytes());
+        assert!(Base::from_bytes(&v1, &l).is_err());
+        let mut c = bytes.clone();
+        c[4] = BASE_VERSION;
+        assert!(Base::from_bytes(&c, &l).is_err());
+        // Writers refuse what readers refuse.
+        assert!(Base::new_audio(arch(), 512, base().params, String::new()).is_err());
+        assert!(Base::new_audio(audio_arch(), 0, b.params.clone(), String::new()).is_err());
+        // Lookups never mix image and audio bases.
+        for e in embedded() {
+            if let Some(w) = embedded_for(&e.arch) {
+                assert!(w.audio_window.is_none());
+            }
+            if let Some(w) = e.audio_window {
+                assert_eq!(embedded_audio_for(&e.arch, w).map(Base::id), Some(e.id()));
+            }
+        }
     }
 
     #[test]

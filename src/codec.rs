@@ -250,6 +250,13 @@ impl EncodeConfig {
                         b.id()
                     )));
                 }
+                if b.audio_window.is_some() {
+                    return Err(EncodeError::Parameter(format!(
+                        "base {:016x} is an audio base (codec-spec §10.4); images need an \
+                         image base",
+                        b.id()
+                    )));
+                }
                 if b.arch.out_channels != img.channels {
                     return Err(EncodeError::Parameter(format!(
                         "base {:016x} outputs {} channels, the image has {}",

@@ -5,13 +5,14 @@
 //!
 //! Layout (§11.1): fixed header (30 bytes, version 2, modality 2, width = height = 0,
 //! `coord_dims` 1, `out_channels` = channels) | audio section (§11.2, 20 bytes) | step table
-//! (T entries, shared by all windows, §11.3) | payload length | payload (one group per distinct
-//! bit width; inside a group the tensors of window 0, then window 1, …, §11.4) | CRC32.
+//! (T entries, shared by all windows, §11.3) | base reference (8 bytes, only with flag bit 0,
+//! §11.10) | payload length | payload (one group per distinct bit width; inside a group the
+//! tensors of window 0, then window 1, …, §11.4) | CRC32.
 
 use super::{
     group_bits, max_abs_for_bits, validate_bits, validate_header_bits, Arch, FormatError, Limits,
-    Reader, Step, CODER_ADAPTIVE, CRC_BYTES, GROUP_LEN_BYTES, HEADER_BYTES, MAGIC,
-    PAYLOAD_LEN_BYTES, STEP_BYTES,
+    Reader, Step, BASE_REF_BYTES, CODER_ADAPTIVE, CRC_BYTES, FLAG_BASE, GROUP_LEN_BYTES,
+    HEADER_BYTES, MAGIC, PAYLOAD_LEN_BYTES, STEP_BYTES,
 };
 use crate::entropy::{self, EntropyError};
 
@@ -29,6 +30,8 @@ pub const MAX_SAMPLE_RATE: u32 = 4_000_000;
 pub const MAX_WINDOW_LEN: u32 = 1 << 20;
 /// §11.2 Largest number of frames (WAV cannot hold more anyway).
 pub const MAX_AUDIO_FRAMES: u64 = u32::MAX as u64;
+/// §11.1 Flags an audio file may carry: the base reference (bit 0, §11.10).
+pub const AUDIO_KNOWN_FLAGS: u16 = FLAG_BASE;
 /// §11.5 Largest number of coded symbols of a whole file (windows x parameters per window):
 /// the decoder holds them as `i32`, so this bounds its memory at 128 MiB.
 pub const MAX_AUDIO_SYMBOLS: u64 = 1 << 25;
@@ -196,11 +199,16 @@ pub struct AudioInrFile {
     pub tensor_bits: Vec<u8>,
     /// All symbols, window after window; each window holds its tensors in file order (§6.1),
     /// so window `w` is `symbols[w * P .. (w + 1) * P]` with `P = arch.num_params()`.
+    /// With a base these are the quantized residuals from the base's weights.
     pub symbols: Vec<i32>,
+    /// The audio base (§10.4) every window is a residual from (flag bit 0, §11.10): its id, or
+    /// `None` for weights coded as they are.
+    pub base_id: Option<u64>,
 }
 
 impl AudioInrFile {
-    /// Dequantized parameters of window `w` (§6.2), or `None` if `w` is out of range.
+    /// Dequantized parameters of window `w` (§6.2) without the base term (for a file with a
+    /// base reference: the residuals `q * step`), or `None` if `w` is out of range.
     pub fn window_params(&self, w: usize) -> Option<Vec<f32>> {
         let p = self.arch.num_params();
         let syms = self
@@ -364,7 +372,8 @@ pub fn write_audio_file(f: &AudioInrFile) -> Result<Vec<u8>, FormatError> {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION_AUDIO);
     out.push(MODALITY_AUDIO);
-    out.extend_from_slice(&0u16.to_le_bytes()); // flags
+    let flags = if f.base_id.is_some() { FLAG_BASE } else { 0 };
+    out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes()); // width: 0 for audio (§11.1)
     out.extend_from_slice(&0u32.to_le_bytes()); // height: 0 for audio
     f.arch.write(&mut out);
@@ -375,6 +384,9 @@ pub fn write_audio_file(f: &AudioInrFile) -> Result<Vec<u8>, FormatError> {
         out.extend_from_slice(&s.mantissa.to_le_bytes());
         out.push(s.exponent);
         out.push(b);
+    }
+    if let Some(id) = f.base_id {
+        out.extend_from_slice(&id.to_le_bytes());
     }
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
@@ -389,6 +401,7 @@ struct ParsedAudio<'a> {
     bits: u8,
     steps: Vec<Step>,
     tensor_bits: Vec<u8>,
+    base_id: Option<u64>,
     groups: Vec<(u8, &'a [u8])>,
 }
 
@@ -423,6 +436,21 @@ fn parse_audio<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedAudio<'a>, 
     let audio = AudioHeader::read(&mut r)?;
     let num_tensors = arch.num_tensors();
     let step_bytes = r.take(num_tensors * STEP_BYTES, "step table")?;
+    // The flags decide the layout (§11.1): checked before reading what follows the steps.
+    if flags & !AUDIO_KNOWN_FLAGS != 0 {
+        return Err(FormatError::UnknownFlags {
+            flags,
+            known: AUDIO_KNOWN_FLAGS,
+            version: VERSION_AUDIO,
+        });
+    }
+    let base_id = if flags & FLAG_BASE != 0 {
+        Some(u64::from_le_bytes(
+            r.array::<BASE_REF_BYTES>("base reference")?,
+        ))
+    } else {
+        None
+    };
     let payload = super::read_payload_and_crc(&mut r, bytes)?;
     let payload_len = payload.len() as u32; // read from a u32 field: exact
     if modality != MODALITY_AUDIO {
@@ -430,13 +458,6 @@ fn parse_audio<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedAudio<'a>, 
             field: "modality",
             value: modality.into(),
             expected: "2 (audio)",
-        });
-    }
-    if flags != 0 {
-        return Err(FormatError::UnknownFlags {
-            flags,
-            known: 0,
-            version: VERSION_AUDIO,
         });
     }
     if width != 0 || height != 0 {
@@ -507,6 +528,7 @@ fn parse_audio<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedAudio<'a>, 
         bits,
         steps,
         tensor_bits,
+        base_id,
         groups,
     })
 }
@@ -549,6 +571,7 @@ pub fn read_audio_file(bytes: &[u8], limits: &Limits) -> Result<AudioInrFile, Fo
         steps: p.steps,
         tensor_bits: p.tensor_bits,
         symbols,
+        base_id: p.base_id,
     })
 }
 
@@ -563,8 +586,8 @@ pub(super) fn inspect_audio(bytes: &[u8]) -> Result<super::FileInfo, FormatError
     let duration_s = p.audio.duration_s();
     Ok(super::FileInfo {
         version: VERSION_AUDIO,
-        flags: 0,
-        base_id: None,
+        flags: if p.base_id.is_some() { FLAG_BASE } else { 0 },
+        base_id: p.base_id.map(|id| format!("{id:016x}")),
         sparsity: None,
         modulation: None,
         grid: None,
@@ -581,6 +604,11 @@ pub(super) fn inspect_audio(bytes: &[u8]) -> Result<super::FileInfo, FormatError
         tensor_bits: p.tensor_bits,
         header_bytes: (HEADER_BYTES + AUDIO_SECTION_BYTES) as u64,
         side_info_bytes: (STEP_BYTES * num_tensors
+            + if p.base_id.is_some() {
+                BASE_REF_BYTES
+            } else {
+                0
+            }
             + PAYLOAD_LEN_BYTES
             + GROUP_LEN_BYTES * groups.len()) as u64,
         payload_bytes,

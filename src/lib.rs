@@ -35,8 +35,9 @@ pub mod rd;
 pub mod util;
 
 pub use audio_codec::{
-    decode_audio, decode_audio_stream, encode_audio, eval_audio, output_spec, AudioEncodeConfig,
-    AudioEncoded, AudioQuality, AudioSink, BLOCK_WINDOWS,
+    decode_audio, decode_audio_stream, decode_audio_stream_with, decode_audio_with, encode_audio,
+    eval_audio, eval_audio_with, output_spec, AudioEncodeConfig, AudioEncoded, AudioQuality,
+    AudioSink, BLOCK_WINDOWS,
 };
 pub use codec::{
     decode, encode_image, inspect, inspect_with, BaseChoice, DecodeError, DecodeOptions,

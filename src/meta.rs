@@ -4,17 +4,24 @@
 //! base towards the adapted weights: `base += eps * (adapted - base)`, with `eps` decaying
 //! linearly. First-order, so one task costs exactly `inner_steps` training steps.
 //!
+//! The same machinery trains audio bases ([`AudioMetaConfig`], [`audio_train`]): a task is a
+//! random window of a training clip (random time offset, gain and polarity), fitted with the
+//! audio encoder's own window target (`audio_codec::WindowTarget`) and full-batch Adam steps.
+//!
 //! Determinism and resumption: task `i` is drawn from an RNG seeded by `(seed, i)` alone, and
 //! the only state is the base weights and the iteration count, so a run interrupted at any
 //! checkpoint and resumed gives bit-for-bit the same base as an uninterrupted one (for a given
 //! number of threads or not: fitting is thread-count independent, see [`crate::fit`]).
 
-use crate::fit::{psnr_u8, Fitter, Signal};
+use crate::audio::{Audio, AudioSpec, SampleKind};
+use crate::audio_codec::WindowTarget;
+use crate::fit::{psnr_u8, FitTarget, Fitter, Signal};
 use crate::format::Arch;
 use crate::media::Image;
-use crate::model::{self, Grid2};
+use crate::model::{self, Grid1, Grid2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 /// Hyperparameters of a meta-training run (all recorded in the base's description).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -115,12 +122,34 @@ pub fn adapt(
         target: img.data.iter().map(|&v| model::from_u8(v)).collect(),
         original: &img.data,
     };
-    let mut f = Fitter::new(*arch, &sig, init.to_vec(), seed);
+    adapt_target(arch, &sig, init, steps, lr, batch, seed)
+}
+
+/// The inner loop of every meta-training: `steps` encoder steps (Adam, constant `lr`,
+/// minibatches of `batch` points) on any fitting target from `init`; returns the adapted
+/// weights and the exact rendered PSNR after them.
+pub fn adapt_target(
+    arch: &Arch,
+    sig: &dyn FitTarget,
+    init: &[f32],
+    steps: usize,
+    lr: f32,
+    batch: usize,
+    seed: u64,
+) -> (Vec<f32>, f64) {
+    let mut f = Fitter::new(*arch, sig, init.to_vec(), seed);
     for _ in 0..steps {
         f.step(batch, lr, None);
     }
     let psnr = f.eval(None);
     (f.params, psnr)
+}
+
+/// The Reptile update: `base += eps * (adapted - base)`.
+pub fn reptile_update(params: &mut [f32], adapted: &[f32], eps: f32) {
+    for (p, &a) in params.iter_mut().zip(adapted) {
+        *p += eps * (a - *p);
+    }
 }
 
 /// Mean PSNR after `steps` encoder steps from `init` over `images` (the meta-learning
@@ -165,10 +194,7 @@ pub fn iterate(
         cfg.batch,
         cfg.seed.wrapping_add(i as u64),
     );
-    let eps = outer_lr(cfg, i);
-    for (p, a) in params.iter_mut().zip(adapted) {
-        *p += eps * (a - *p);
-    }
+    reptile_update(params, &adapted, outer_lr(cfg, i));
     psnr
 }
 
@@ -188,6 +214,218 @@ pub fn train(
     }
     for i in start..cfg.iterations {
         let psnr = iterate(arch, images, cfg, params, i);
+        if !on_iter(i, params, psnr) {
+            return i + 1;
+        }
+    }
+    cfg.iterations.max(start)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audio bases.
+// ---------------------------------------------------------------------------------------------
+
+/// Hyperparameters of an audio meta-training run (recorded in the base's description).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AudioMetaConfig {
+    /// Outer iterations (each averages the updates of `tasks` windows).
+    pub iterations: usize,
+    /// Windows per outer iteration (fitted in parallel, their Reptile directions averaged
+    /// in order).
+    pub tasks: usize,
+    /// Full-batch encoder steps per window.
+    pub inner_steps: usize,
+    /// Adam learning rate of the inner loop (the audio encoder's).
+    pub inner_lr: f32,
+    /// Reptile step at the first iteration; decays linearly to `outer_lr_end`.
+    pub outer_lr: f32,
+    pub outer_lr_end: f32,
+    /// Frames per window (the preset's window at the clips' rate).
+    pub window: u32,
+    /// Gain drawn log-uniformly in `gain_min ..= gain_max`, then capped so the window's peak
+    /// stays within 1; the polarity is flipped with probability 1/2.
+    pub gain_min: f32,
+    pub gain_max: f32,
+    pub seed: u64,
+}
+
+impl Default for AudioMetaConfig {
+    fn default() -> Self {
+        AudioMetaConfig {
+            iterations: 2000,
+            tasks: 4,
+            inner_steps: 16,
+            inner_lr: 5e-3,
+            outer_lr: 0.5,
+            outer_lr_end: 0.05,
+            window: 512,
+            gain_min: 0.25,
+            gain_max: 4.0,
+            seed: 0,
+        }
+    }
+}
+
+/// A window of audio to fit: `window * channels` values in [-1, 1], channels interleaved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioTask {
+    pub samples: Vec<f32>,
+    pub channels: u8,
+    pub sample_rate: u32,
+}
+
+/// The `j`-th window of iteration `i`, from `(seed, i, j)` only: a clip (chosen with
+/// probability proportional to its number of window positions), a time offset (any frame),
+/// a gain and a polarity. Clips shorter than a window are padded with silence. Every clip must
+/// have the network's `out_channels` channels. No clips: a silent mono window.
+pub fn audio_task(clips: &[Audio], cfg: &AudioMetaConfig, i: usize, j: usize) -> AudioTask {
+    if clips.is_empty() {
+        return AudioTask {
+            samples: vec![0.0; cfg.window as usize],
+            channels: 1,
+            sample_rate: 16_000,
+        };
+    }
+    let key = (i as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((j as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ key ^ 0xA0D1_0000);
+    let l = cfg.window.max(1) as u64;
+    let starts: Vec<u64> = clips
+        .iter()
+        .map(|c| c.frames().saturating_sub(l) + 1)
+        .collect();
+    let total: u64 = starts.iter().sum();
+    let mut r = rng.gen_range(0..total.max(1));
+    let mut k = 0;
+    while k + 1 < clips.len() && r >= starts[k] {
+        r -= starts[k];
+        k += 1;
+    }
+    let clip = &clips[k];
+    let c = usize::from(clip.spec.channels.max(1));
+    let mut samples = vec![0.0f32; l as usize * c];
+    let from = r as usize * c;
+    let avail = clip.samples.len().saturating_sub(from).min(samples.len());
+    samples[..avail].copy_from_slice(&clip.samples[from..from + avail]);
+    let (lo, hi) = (
+        cfg.gain_min.max(1e-6),
+        cfg.gain_max.max(cfg.gain_min.max(1e-6)),
+    );
+    let mut g = (rng.gen_range(0.0f32..=1.0) * (hi / lo).ln() + lo.ln()).exp();
+    let peak = samples.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    if peak > 0.0 && peak * g > 1.0 {
+        g = 1.0 / peak;
+    }
+    if rng.gen::<bool>() {
+        g = -g;
+    }
+    for v in &mut samples {
+        *v = (*v * g).clamp(-1.0, 1.0);
+    }
+    AudioTask {
+        samples,
+        channels: clip.spec.channels,
+        sample_rate: clip.spec.sample_rate,
+    }
+}
+
+/// Runs `steps` full-batch encoder steps on an audio window from `init`, with the audio
+/// encoder's own fitting target; returns the adapted weights and the PSNR (16-bit output,
+/// waveform mapped to [0, 1]) after them.
+pub fn audio_adapt(
+    arch: &Arch,
+    task: &AudioTask,
+    init: &[f32],
+    steps: usize,
+    lr: f32,
+    seed: u64,
+) -> (Vec<f32>, f64) {
+    let c = usize::from(task.channels.max(1));
+    let frames = task.samples.len() / c;
+    let grid = Grid1::new(arch, frames as u32);
+    let sig = WindowTarget {
+        grid: &grid,
+        frames,
+        channels: c,
+        target: &task.samples,
+        spec: AudioSpec {
+            sample_rate: task.sample_rate,
+            channels: task.channels,
+            kind: SampleKind::Int,
+            bits_per_sample: 16,
+        },
+    };
+    adapt_target(arch, &sig, init, steps, lr, frames, seed)
+}
+
+/// Mean PSNR after `steps` encoder steps from `init` over `tasks` (the validation metric).
+pub fn audio_validate(
+    arch: &Arch,
+    tasks: &[AudioTask],
+    init: &[f32],
+    steps: usize,
+    lr: f32,
+) -> f64 {
+    let psnrs: Vec<f64> = tasks
+        .par_iter()
+        .enumerate()
+        .map(|(k, t)| audio_adapt(arch, t, init, steps, lr, k as u64).1)
+        .collect();
+    psnrs.iter().sum::<f64>() / tasks.len().max(1) as f64
+}
+
+/// One audio Reptile iteration `i` on `params` (in place): `cfg.tasks` windows adapted in
+/// parallel from the same base, then `base += eps * mean(adapted - base)` summed in task order
+/// (so the result does not depend on the thread count). Returns the mean task PSNR.
+pub fn audio_iterate(
+    arch: &Arch,
+    clips: &[Audio],
+    cfg: &AudioMetaConfig,
+    params: &mut [f32],
+    i: usize,
+) -> f64 {
+    let n = cfg.tasks.max(1);
+    let base: &[f32] = params;
+    let adapted: Vec<(Vec<f32>, f64)> = (0..n)
+        .into_par_iter()
+        .map(|j| {
+            let t = audio_task(clips, cfg, i, j);
+            let seed = cfg.seed.wrapping_add((i * n + j) as u64);
+            audio_adapt(arch, &t, base, cfg.inner_steps, cfg.inner_lr, seed)
+        })
+        .collect();
+    let mut mean = vec![0.0f32; params.len()];
+    for (a, _) in &adapted {
+        for (m, &v) in mean.iter_mut().zip(a) {
+            *m += v;
+        }
+    }
+    for m in &mut mean {
+        *m /= n as f32;
+    }
+    let t = i as f32 / cfg.iterations.max(1) as f32;
+    let eps = cfg.outer_lr + (cfg.outer_lr_end - cfg.outer_lr) * t;
+    reptile_update(params, &mean, eps);
+    adapted.iter().map(|(_, p)| p).sum::<f64>() / n as f64
+}
+
+/// Runs audio iterations `start .. cfg.iterations` on `params`, calling `on_iter(i, params,
+/// task_psnr)` after iteration `i`; stops early when it returns `false`. Returns the number of
+/// completed iterations.
+pub fn audio_train(
+    arch: &Arch,
+    clips: &[Audio],
+    cfg: &AudioMetaConfig,
+    params: &mut [f32],
+    start: usize,
+    on_iter: &mut dyn FnMut(usize, &[f32], f64) -> bool,
+) -> usize {
+    if clips.is_empty() {
+        return start;
+    }
+    for i in start..cfg.iterations {
+        let psnr = audio_iterate(arch, clips, cfg, params, i);
         if !on_iter(i, params, psnr) {
             return i + 1;
         }

@@ -488,6 +488,7 @@ fn audio_file() -> AudioInrFile {
         steps: vec![Step::from_f32(0.01); a.num_tensors()],
         tensor_bits: vec![8; a.num_tensors()],
         symbols: vec![1; a.num_params()],
+        base_id: None,
     }
 }
 

@@ -49,6 +49,17 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         w0: args.w0,
         lr: args.lr,
         init: None,
+        base: match args.base.as_str() {
+            "default" => inr::BaseChoice::Default,
+            "none" => inr::BaseChoice::None,
+            path => {
+                let mut b = super::load_bases(&[std::path::PathBuf::from(path)])?;
+                match b.pop() {
+                    Some(b) => inr::BaseChoice::Custom(b),
+                    None => anyhow::bail!("no base loaded from {path}"),
+                }
+            }
+        },
     };
     let pb = super::encode::progress_bar(ctx);
     let mut on_progress = |p: &Progress| {
@@ -76,6 +87,7 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             "frames": q.frames,
             "duration_s": q.duration_s,
             "windows": enc.windows,
+            "base": enc.base_id.map(|id| format!("{id:016x}")),
             "preset": super::encode::preset_name(args.preset),
             "psnr": json_psnr(q.psnr),
             "snr": json_psnr(q.snr),
@@ -112,9 +124,10 @@ pub fn decode(args: DecodeArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
     if args.size.is_some() || args.scale.is_some() {
         anyhow::bail!("--size and --scale apply to images only");
     }
+    let bases = super::load_bases(&args.bases)?;
     let start = Instant::now();
     let mut sink: Option<WavSink> = None;
-    let h = inr::decode_audio_stream(bytes, &Default::default(), &mut |h, _, s| {
+    let h = inr::decode_audio_stream_with(bytes, &Default::default(), &bases, &mut |h, _, s| {
         if sink.is_none() {
             sink = Some(WavSink::create(
                 &args.output,
@@ -127,16 +140,17 @@ pub fn decode(args: DecodeArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
             None => Ok(()),
         }
     })
-    .with_context(|| format!("cannot decode {}", args.input.display()))?;
+    .map_err(|e| super::decode_context(e, format!("cannot decode {}", args.input.display())))?;
     if let Some(w) = sink {
         w.finish()?;
     }
     let secs = start.elapsed().as_secs_f64();
     let quality = match &args.reference {
-        Some(r) => Some(inr::eval_audio(
+        Some(r) => Some(inr::eval_audio_with(
             bytes,
             &mut open_wav(r)?,
             &Default::default(),
+            &bases,
         )?),
         None => None,
     };
@@ -184,9 +198,11 @@ pub fn decode(args: DecodeArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
 /// `inr eval ref.wav x.inr`.
 pub fn eval(args: EvalArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
     let mut src = open_wav(&args.reference)?;
+    let bases = super::load_bases(&args.bases)?;
     let start = Instant::now();
-    let q = inr::eval_audio(bytes, &mut src, &Default::default())
-        .with_context(|| format!("cannot evaluate {}", args.input.display()))?;
+    let q = inr::eval_audio_with(bytes, &mut src, &Default::default(), &bases).map_err(|e| {
+        super::decode_context(e, format!("cannot evaluate {}", args.input.display()))
+    })?;
     let secs = start.elapsed().as_secs_f64();
     if ctx.json {
         print_json(&serde_json::json!({

@@ -64,7 +64,10 @@ pub struct EncodeArgs {
     /// Start of fitting: `default` (the meta-learned base embedded for the chosen preset, if
     /// any; else random), `none` (random SIREN init: the file then needs no base), or a base
     /// file FILE.inrb from `inr meta-train` (its architecture replaces the preset's; the
-    /// decoder then needs the same file, given with `inr decode --base`).
+    /// decoder then needs the same file, given with `inr decode --base`). For WAV input,
+    /// `default` is the embedded audio base matching the preset's network and window (the
+    /// medium preset on mono 16 kHz clips), and FILE.inrb must be an audio base from `inr
+    /// meta-train --modality audio` (its network and window replace the preset's).
     #[arg(long, value_name = "default|none|FILE.inrb", default_value = "default")]
     pub base: String,
     /// Audio: frames per window (default: the preset's window duration at the input's rate).

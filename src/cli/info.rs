@@ -91,6 +91,8 @@ fn base_info(args: &InfoArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
         "id": format!("{:016x}", b.id()),
         "arch": b.arch,
         "base_kind": if b.modulation.is_some() { "modulation" } else { "weights" },
+        "modality": if b.audio_window.is_some() { "audio" } else { "image" },
+        "audio_window": b.audio_window,
         "modulation": b.modulation,
         "network_params": b.arch.num_params(),
         "num_params": b.params.len(),

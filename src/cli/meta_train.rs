@@ -26,9 +26,15 @@ pub struct MetaTrainArgs {
     /// Output base file.
     #[arg(short, long, value_name = "OUT.inrb")]
     pub output: PathBuf,
-    /// Signal modality (only `image` in this version).
-    #[arg(long, default_value = "image", value_parser = ["image"])]
+    /// Signal modality: `image`, or `audio` (DATA_DIR holds WAV files, mixed down to mono;
+    /// each task is a random window of the preset's length with a random time offset, gain
+    /// and polarity, fitted with the audio encoder's full-batch steps; the base is for
+    /// `inr encode clip.wav` with the same preset and window).
+    #[arg(long, default_value = "image", value_parser = ["image", "audio"])]
     pub modality: String,
+    /// Audio: frames per window (default: the preset's window at the clips' sample rate).
+    #[arg(long)]
+    pub window: Option<u32>,
     /// What to learn: `weights` (a start for per-image weight fitting, Reptile) or
     /// `modulations` (a shared network plus a latent-to-shift map for `inr encode --mode
     /// modulations`; first-order meta-learning through the encoder's latent fit).
@@ -43,7 +49,8 @@ pub struct MetaTrainArgs {
     /// Modulations: periodic features per axis (frequencies 1, 2, 4, ... cycles per cell).
     #[arg(long, default_value_t = 4)]
     pub freqs: u8,
-    /// Modulations: crops per outer step.
+    /// Modulations: crops per outer step; audio: windows per outer step (fitted in parallel,
+    /// their Reptile directions averaged).
     #[arg(long, default_value_t = 4)]
     pub tasks: usize,
     /// Modulations: width of the uniform noise added to the adapted latents (a stand-in for
@@ -68,11 +75,11 @@ pub struct MetaTrainArgs {
     /// Outer iterations.
     #[arg(long, default_value_t = 1000)]
     pub iterations: usize,
-    /// Encoder steps per task.
-    #[arg(long, default_value_t = 16)]
-    pub inner_steps: usize,
+    /// Encoder steps per task (default 16).
+    #[arg(long)]
+    pub inner_steps: Option<usize>,
     /// Inner Adam learning rate (default: the encoder's, 3e-4 for weights, 0.05 for
-    /// modulations).
+    /// modulations, 5e-3 for audio).
     #[arg(long)]
     pub inner_lr: Option<f32>,
     /// Pixels per inner step.
@@ -193,6 +200,12 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if args.channels == 2 {
         bail!("--channels must be 1 or 3");
     }
+    if args.modality == "audio" {
+        if args.mode == Mode::Modulations {
+            bail!("--mode modulations is for images only");
+        }
+        return super::meta_train_audio::run(args, ctx);
+    }
     if args.mode == Mode::Modulations {
         return super::meta_train_mod::run(args, ctx);
     }
@@ -210,7 +223,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let cfg = MetaConfig {
         iterations: args.iterations,
-        inner_steps: args.inner_steps,
+        inner_steps: args.inner_steps.unwrap_or(16),
         inner_lr: args.inner_lr.unwrap_or(3e-4),
         batch: args.batch.max(1),
         outer_lr: args.outer_lr.unwrap_or(0.5),

@@ -56,7 +56,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         crop_min: args.crop_min.unwrap_or(48).max(1),
         crop_max: args.crop_max.unwrap_or(96).max(1),
         inner: LatentFit {
-            steps: args.inner_steps,
+            steps: args.inner_steps.unwrap_or(16),
             lr: args.inner_lr.unwrap_or(0.05),
             frac: 1.0,
             l2: args.latent_l2,

@@ -12,6 +12,7 @@ mod encode;
 mod eval;
 mod info;
 mod meta_train;
+mod meta_train_audio;
 mod meta_train_mod;
 mod rd;
 
