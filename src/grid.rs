@@ -381,7 +381,7 @@ impl Default for GridFit {
         GridFit {
             steps: 1000,
             lambda: 0.004,
-            lr_latent: 0.15,
+            lr_latent: 0.04,
             lr_net: 0.01,
             noise_frac: 0.8,
         }

@@ -36,7 +36,7 @@ impl Default for GridEncodeConfig {
             levels: DEFAULT_LEVELS,
             width: 16,
             depth: 2,
-            w0: 1,
+            w0: 2,
             net_bits: vec![8, 10, 12],
             seed: 0,
             threads: None,

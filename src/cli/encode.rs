@@ -93,8 +93,10 @@ pub struct EncodeArgs {
     /// (default 50), --lr is the latents' Adam rate (default 0.05) and --bpp moves only the
     /// latent quantization step. `grid` fits, per image, a pyramid of latent grids and a small
     /// SIREN that reads them, under a rate–distortion objective (no base needed; about a
-    /// minute per Kodak image): the preset picks the rate weight (tiny 0.03 … huge 0.0008) and
-    /// --steps the fitting steps (default 1000).
+    /// minute per Kodak image on 2 cores): the preset picks the rate weight (tiny 0.03 … huge
+    /// 0.0008), --steps the fitting steps (default 1000), --lr the latents' Adam rate (default
+    /// 0.04), --width/--depth/--w0 the synthesis SIREN (default 16 x 2, w0 2) and --bits its
+    /// weight precision (default: the best of 8, 10, 12).
     #[arg(long, value_enum, default_value_t = Mode::Weights)]
     pub mode: Mode,
     /// Grid: rate weight λ of `MSE + λ·bpp` (overrides the preset; larger = smaller file).

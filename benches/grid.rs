@@ -1,0 +1,53 @@
+//! Grid mode (codec-spec §13) on a 768x512 image with the default synthesis (8 levels,
+//! 16 x 2 SIREN): one fitting step's distortion pass (forward + backward through the fused
+//! kernels, latent scatter), the per-step rate term and Adam update as `grid::fit` does them
+//! (measured as 10 whole fitting steps), and the decoder's render. `cargo bench --bench grid`.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use inr::grid::{self, GridFit, Packed, Pyramid, Sampler};
+
+fn target(w: usize, h: usize) -> Vec<f32> {
+    // Deterministic texture in [-1, 1] (no file I/O in the bench).
+    let mut t = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let v = ((x * 7 + y * 3 + c * 50) % 256) as f32 / 255.0;
+                let s = ((x as f32 * 0.05 + c as f32).sin() * (y as f32 * 0.03).cos()) * 0.4;
+                t.push((v * 0.5 + s).clamp(-1.0, 1.0));
+            }
+        }
+    }
+    t
+}
+
+fn bench(c: &mut Criterion) {
+    let (w, h) = (768u32, 512u32);
+    let cfg = inr::GridEncodeConfig::default();
+    let arch = inr::grid_arch(&cfg, 3);
+    let pyr = Pyramid::new(w, h, cfg.levels);
+    let sm = Sampler::new(pyr.clone(), w, h);
+    let tgt = target(w as usize, h as usize);
+    let params = grid::init_params(&arch, 0);
+    let lat: Vec<f32> = (0..pyr.n_latents).map(|i| ((i % 7) as f32 - 3.0) * 0.3).collect();
+    let pk = Packed::new(&arch, &params);
+    let mut scratch = Vec::new();
+    let mut g = c.benchmark_group("grid_768x512");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(u64::from(w * h)));
+    g.bench_function("distortion_pass", |b| {
+        b.iter(|| grid::distortion_grad(&params, &pk, &sm, &lat, &tgt, &mut scratch))
+    });
+    let fit = GridFit {
+        steps: 10,
+        ..Default::default()
+    };
+    g.bench_function("fit_10_steps", |b| {
+        b.iter(|| grid::fit(&arch, &pyr, &tgt, &fit, 0, &mut |_| {}))
+    });
+    g.bench_function("render", |b| b.iter(|| grid::render(&arch, &params, &lat, &sm)));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
