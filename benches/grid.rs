@@ -29,7 +29,9 @@ fn bench(c: &mut Criterion) {
     let sm = Sampler::new(pyr.clone(), w, h);
     let tgt = target(w as usize, h as usize);
     let params = grid::init_params(&arch, 0);
-    let lat: Vec<f32> = (0..pyr.n_latents).map(|i| ((i % 7) as f32 - 3.0) * 0.3).collect();
+    let lat: Vec<f32> = (0..pyr.n_latents)
+        .map(|i| ((i % 7) as f32 - 3.0) * 0.3)
+        .collect();
     let pk = Packed::new(&arch, &params);
     let mut scratch = Vec::new();
     let mut g = c.benchmark_group("grid_768x512");
@@ -45,7 +47,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("fit_10_steps", |b| {
         b.iter(|| grid::fit(&arch, &pyr, &tgt, &fit, 0, &mut |_| {}))
     });
-    g.bench_function("render", |b| b.iter(|| grid::render(&arch, &params, &lat, &sm)));
+    g.bench_function("render", |b| {
+        b.iter(|| grid::render(&arch, &params, &lat, &sm))
+    });
     g.finish();
 }
 

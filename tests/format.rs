@@ -607,11 +607,20 @@ fn version_magic_flags_and_trailing_bytes() {
         Err(FormatError::BadMagic { .. })
     ));
     let mut b = bytes.clone();
+    b[6] = 0x10;
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::UnknownFlags { flags: 16, .. })
+    ));
+    // Flag bit 3 is a grid-mode file (§13): another layout, named in the error.
+    let mut b = bytes.clone();
     b[6] = 0x08;
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnknownFlags { flags: 8, .. })
+        Err(FormatError::InvalidField { field: "flags", expected, .. })
+            if expected.contains("grid")
     ));
     // Flag bit 2 is a modulation-mode file (§12): another layout, named in the error.
     let mut b = bytes.clone();

@@ -254,11 +254,11 @@ fn hostile_sparsity_sections_give_errors_not_panics() {
         Err(FormatError::UnknownFlags { flags: 2, .. })
     ));
     let mut b = bytes.clone();
-    b[6] |= 8;
+    b[6] |= 16; // bit 3 is the grid mode (§13); bit 4 is unknown
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnknownFlags { flags: 10, .. })
+        Err(FormatError::UnknownFlags { flags: 18, .. })
     ));
     // Flag bit 2 selects the modulation layout (§12): refused by name.
     let mut b = bytes.clone();
