@@ -476,7 +476,7 @@ pub fn fit(
     let npx = pyr.width as f32 * pyr.height as f32;
     let rate_w = cfg.lambda / npx;
     let noise_steps = (cfg.steps as f32 * cfg.noise_frac).round() as usize;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6e01_5e);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x006e_015e);
     for it in 0..cfg.steps {
         let ste = it >= noise_steps;
         if ste {

@@ -150,10 +150,12 @@ fn encode_inner(
     }
     let f = &cfg.fit;
     let finite_pos = |v: f32| v.is_finite() && v > 0.0;
-    if !(finite_pos(f.lr_latent) && finite_pos(f.lr_net))
-        || !(f.lambda.is_finite() && f.lambda >= 0.0)
-        || !(0.0..=1.0).contains(&f.noise_frac)
-    {
+    let valid = finite_pos(f.lr_latent)
+        && finite_pos(f.lr_net)
+        && f.lambda.is_finite()
+        && f.lambda >= 0.0
+        && (0.0..=1.0).contains(&f.noise_frac);
+    if !valid {
         return Err(EncodeError::Parameter(
             "grid fit: learning rates > 0, lambda >= 0, 0 <= noise fraction <= 1".into(),
         ));

@@ -791,3 +791,56 @@ fn modulation_mode_meta_train_encode_decode_info_and_batch() {
         .success();
     assert!(bout.join("rgb_11x23.inr").exists());
 }
+
+#[test]
+fn grid_mode_encode_decode_info_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g.inr");
+    let png = dir.path().join("g.png");
+    let enc = inr()
+        .args(["--json", "encode"])
+        .arg(fixture("rgb_24x17.png"))
+        .arg("-o")
+        .arg(&out)
+        .args([
+            "--mode", "grid", "--steps", "40", "--levels", "4", "--preset", "small",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&enc).unwrap();
+    assert_eq!(v["mode"], "grid");
+    assert_eq!(
+        v["lambda"].as_f64().map(|l| (l * 1000.0).round()),
+        Some(12.0)
+    );
+    inr()
+        .arg("decode")
+        .arg(&out)
+        .arg("-o")
+        .arg(&png)
+        .arg("--ref")
+        .arg(fixture("rgb_24x17.png"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("PSNR"));
+    inr()
+        .arg("info")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("mode: grid (4 latent levels"));
+    // No rate control in grid mode yet: refused with one clean error.
+    let stderr = assert_clean_error(
+        inr()
+            .arg("encode")
+            .arg(fixture("rgb_24x17.png"))
+            .arg("-o")
+            .arg(dir.path().join("h.inr"))
+            .args(["--mode", "grid", "--bpp", "0.5"])
+            .assert(),
+    );
+    assert!(stderr.contains("--lambda"), "{stderr}");
+}
