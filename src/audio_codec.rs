@@ -346,15 +346,9 @@ pub fn encode_audio(
         }
         (None, None) => model::siren_init(&shape, cfg.seed),
     };
-    let mut run = || encode_with_plan(src, &plan, &header, &init, cfg.seed, progress);
-    match cfg.threads {
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .map_err(|e| EncodeError::Parameter(format!("thread pool: {e}")))?
-            .install(run),
-        None => run(),
-    }
+    crate::codec::with_threads(cfg.threads, || {
+        encode_with_plan(src, &plan, &header, &init, cfg.seed, progress)
+    })
 }
 
 /// Fit (and with `quant`, fine-tune quantized) every window of one block, in parallel;

@@ -368,8 +368,17 @@ pub fn encode_image(
         return Err(EncodeError::Parameter("empty or inconsistent image".into()));
     }
     let plan = cfg.plan(img)?;
-    let mut run = || encode_with_plan(img, &plan, cfg.seed, progress);
-    match cfg.threads {
+    with_threads(cfg.threads, || {
+        encode_with_plan(img, &plan, cfg.seed, progress)
+    })
+}
+
+/// Runs an encoder in a rayon pool of `threads` threads (`None`: the global pool, all cores).
+pub(crate) fn with_threads<T: Send>(
+    threads: Option<usize>,
+    run: impl FnOnce() -> Result<T, EncodeError> + Send,
+) -> Result<T, EncodeError> {
+    match threads {
         Some(n) => rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build()

@@ -521,6 +521,33 @@ fn fresh_mask_models() -> [AdaptiveModel; MASK_CONTEXTS] {
     std::array::from_fn(|_| AdaptiveModel::new(2, FORMAT_PARAMS))
 }
 
+/// The 32-bit words of a stream that must code `total` symbols (§5.4, §5.5): `None` for an
+/// empty stream with nothing to code.
+///
+/// # Errors
+/// [`EntropyError::Misaligned`] for a partial word, [`EntropyError::NotExhausted`] for words
+/// when nothing is to be coded.
+fn stream_words(bytes: &[u8], total: usize) -> Result<Option<Vec<u32>>, EntropyError> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(EntropyError::Misaligned { len: bytes.len() });
+    }
+    if total == 0 {
+        if !bytes.is_empty() {
+            return Err(EntropyError::NotExhausted {
+                words: bytes.len() / 4,
+                symbols: 0,
+            });
+        }
+        return Ok(None);
+    }
+    Ok(Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(<[u8; 4]>::try_from(c).unwrap_or_default()))
+            .collect(),
+    ))
+}
+
 /// Encodes masks (one range-coded stream, §5.8): for every mask in order, four fresh binary
 /// adaptive models (§5.2 constants, `K = 2`, symbol 1 = kept); each flag in storage order is
 /// coded under the model of its context ([`MASK_CONTEXTS`]). No mode symbol. Empty input (or
@@ -564,23 +591,10 @@ pub fn encode_masks(masks: &[(&[bool], usize)]) -> Result<Vec<u8>, EntropyError>
 /// Never, for any input.
 pub fn decode_masks(bytes: &[u8], shapes: &[MaskShape]) -> Result<Vec<Vec<bool>>, EntropyError> {
     const PREALLOC_CAP: usize = 1 << 20;
-    if !bytes.len().is_multiple_of(4) {
-        return Err(EntropyError::Misaligned { len: bytes.len() });
-    }
     let total: usize = shapes.iter().fold(0usize, |a, s| a.saturating_add(s.len));
-    if total == 0 {
-        if !bytes.is_empty() {
-            return Err(EntropyError::NotExhausted {
-                words: bytes.len() / 4,
-                symbols: 0,
-            });
-        }
+    let Some(words) = stream_words(bytes, total)? else {
         return Ok(shapes.iter().map(|_| Vec::new()).collect());
-    }
-    let words: Vec<u32> = bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(<[u8; 4]>::try_from(c).unwrap_or_default()))
-        .collect();
+    };
     let num_words = words.len();
     let mut dec = DefaultRangeDecoder::from_compressed(words).unwrap_infallible();
     let mut out = Vec::with_capacity(shapes.len().min(PREALLOC_CAP));
@@ -729,23 +743,10 @@ pub fn decode_grids(bytes: &[u8], shapes: &[GridShape]) -> Result<Vec<Vec<i32>>,
     for s in shapes {
         check_grid_shape(s)?;
     }
-    if !bytes.len().is_multiple_of(4) {
-        return Err(EntropyError::Misaligned { len: bytes.len() });
-    }
     let total: usize = shapes.iter().fold(0usize, |a, s| a.saturating_add(s.len));
-    if total == 0 {
-        if !bytes.is_empty() {
-            return Err(EntropyError::NotExhausted {
-                words: bytes.len() / 4,
-                symbols: 0,
-            });
-        }
+    let Some(words) = stream_words(bytes, total)? else {
         return Ok(shapes.iter().map(|_| Vec::new()).collect());
-    }
-    let words: Vec<u32> = bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(<[u8; 4]>::try_from(c).unwrap_or_default()))
-        .collect();
+    };
     let num_words = words.len();
     let mut dec = DefaultRangeDecoder::from_compressed(words).unwrap_infallible();
     let mut out = Vec::with_capacity(shapes.len().min(PREALLOC_CAP));

@@ -977,8 +977,10 @@ fn group_infos(groups: &[(u8, &[u8])], tensor_bits: &[u8]) -> Vec<GroupInfo> {
         .collect()
 }
 
-/// Parses and validates everything except the entropy payload (§7, decoder steps 1–6).
-fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError> {
+/// Decoder steps shared by every layout: the file-size limit, then the magic and the version
+/// (§3.1, §3.2), so foreign and future files get a precise error. Returns the reader after
+/// the version byte and the version.
+fn read_prelude<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(Reader<'a>, u8), FormatError> {
     let total = bytes.len() as u64;
     if total > limits.max_file_bytes {
         return Err(FormatError::LimitExceeded {
@@ -988,7 +990,6 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         });
     }
     let mut r = Reader { bytes, pos: 0 };
-    // 1. Magic, then version, so foreign and future files get a precise error.
     let found: [u8; 4] = r.array("magic")?;
     if found != MAGIC {
         return Err(FormatError::BadMagic { found });
@@ -997,6 +998,29 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion { found: version });
     }
+    Ok((r, version))
+}
+
+/// Appends the CRC32 of everything written so far (§4.3) and checks the file size against
+/// `limits` (writers refuse files a decoder with those limits would reject).
+fn finish_file(mut out: Vec<u8>, limits: &Limits) -> Result<Vec<u8>, FormatError> {
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    let total = out.len() as u64;
+    if total > limits.max_file_bytes {
+        return Err(FormatError::LimitExceeded {
+            what: "file size",
+            value: total,
+            limit: limits.max_file_bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses and validates everything except the entropy payload (§7, decoder steps 1–6).
+fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError> {
+    // 1. File size, magic, then version, so foreign and future files get a precise error.
+    let (mut r, version) = read_prelude(bytes, limits)?;
     // An audio file (§11) has another layout: say so instead of a structural error.
     if version == VERSION_AUDIO && bytes.get(OFF_MODALITY) == Some(&MODALITY_AUDIO) {
         return Err(FormatError::InvalidField {

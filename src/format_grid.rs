@@ -14,8 +14,8 @@ use super::max_abs_for_bits;
 use super::{
     group_infos, read_fixed_header, read_payload_and_crc, validate_dims, validate_header_bits,
     Arch, FileInfo, FixedHeader, FormatError, Limits, QTensor, Reader, CODER_ADAPTIVE, CRC_BYTES,
-    GROUP_LEN_BYTES, HEADER_BYTES, MAGIC, MIN_VERSION, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY,
-    OFF_VERSION, PAYLOAD_LEN_BYTES, STEP_BYTES, VERSION,
+    GROUP_LEN_BYTES, HEADER_BYTES, MAGIC, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION,
+    PAYLOAD_LEN_BYTES, STEP_BYTES,
 };
 use crate::entropy::{self, EntropyError, GridShape};
 
@@ -223,17 +223,7 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     }
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    let total = out.len() as u64;
-    if total > limits.max_file_bytes {
-        return Err(FormatError::LimitExceeded {
-            what: "file size",
-            value: total,
-            limit: limits.max_file_bytes,
-        });
-    }
-    Ok(out)
+    super::finish_file(out, &limits)
 }
 
 /// §5.9 shape of a latent level of `len` symbols in rows of `cols`, alphabet of `bits`.
@@ -258,23 +248,7 @@ struct ParsedGrid<'a> {
 }
 
 fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, FormatError> {
-    let total = bytes.len() as u64;
-    if total > limits.max_file_bytes {
-        return Err(FormatError::LimitExceeded {
-            what: "file size",
-            value: total,
-            limit: limits.max_file_bytes,
-        });
-    }
-    let mut r = Reader { bytes, pos: 0 };
-    let found: [u8; 4] = r.array("magic")?;
-    if found != MAGIC {
-        return Err(FormatError::BadMagic { found });
-    }
-    let version = r.u8("version byte")?;
-    if !(MIN_VERSION..=VERSION).contains(&version) {
-        return Err(FormatError::UnsupportedVersion { found: version });
-    }
+    let (mut r, version) = super::read_prelude(bytes, limits)?;
     let FixedHeader {
         modality,
         flags,

@@ -12,10 +12,10 @@
 
 use super::{
     group_infos, read_fixed_header, read_payload_and_crc, validate_bits, validate_dims,
-    validate_header_bits, Arch, FileInfo, FixedHeader, FormatError, Limits, QTensor, Reader, Step,
+    validate_header_bits, Arch, FileInfo, FixedHeader, FormatError, Limits, QTensor, Step,
     BASE_REF_BYTES, CODER_ADAPTIVE, CRC_BYTES, FLAG_BASE, GROUP_LEN_BYTES, HEADER_BYTES,
-    KNOWN_FLAGS, MAGIC, MIN_VERSION, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION,
-    PAYLOAD_LEN_BYTES, STEP_BYTES, VERSION,
+    KNOWN_FLAGS, MAGIC, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION, PAYLOAD_LEN_BYTES,
+    STEP_BYTES,
 };
 
 /// §3.4 Flag bit 2 (version 2): modulation mode (§12). Only valid together with
@@ -200,17 +200,7 @@ pub fn write_mod_file(f: &ModInrFile) -> Result<Vec<u8>, FormatError> {
     }
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    let total = out.len() as u64;
-    if total > limits.max_file_bytes {
-        return Err(FormatError::LimitExceeded {
-            what: "file size",
-            value: total,
-            limit: limits.max_file_bytes,
-        });
-    }
-    Ok(out)
+    super::finish_file(out, &limits)
 }
 
 /// A structurally parsed modulation file (CRC verified, all fields validated), payload not
@@ -232,23 +222,7 @@ struct ParsedMod<'a> {
 
 /// §12.5 Decoder steps 1–5 for a modulation file.
 fn parse_mod<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedMod<'a>, FormatError> {
-    let total = bytes.len() as u64;
-    if total > limits.max_file_bytes {
-        return Err(FormatError::LimitExceeded {
-            what: "file size",
-            value: total,
-            limit: limits.max_file_bytes,
-        });
-    }
-    let mut r = Reader { bytes, pos: 0 };
-    let found: [u8; 4] = r.array("magic")?;
-    if found != MAGIC {
-        return Err(FormatError::BadMagic { found });
-    }
-    let version = r.u8("version byte")?;
-    if !(MIN_VERSION..=VERSION).contains(&version) {
-        return Err(FormatError::UnsupportedVersion { found: version });
-    }
+    let (mut r, version) = super::read_prelude(bytes, limits)?;
     let FixedHeader {
         modality,
         flags,

@@ -128,15 +128,7 @@ pub fn encode_grid(
     cfg: &GridEncodeConfig,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Encoded, EncodeError> {
-    let mut run = || encode_inner(img, cfg, progress);
-    match cfg.threads {
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .map_err(|e| EncodeError::Parameter(format!("thread pool: {e}")))?
-            .install(run),
-        None => run(),
-    }
+    crate::codec::with_threads(cfg.threads, || encode_inner(img, cfg, progress))
 }
 
 fn encode_inner(
