@@ -42,7 +42,9 @@ pub struct BatchArgs {
     #[arg(long, value_name = "i/n")]
     pub shard: Option<Shard>,
     /// Coding mode (see `inr encode --help`): `modulations` encodes in seconds from the
-    /// embedded modulation base (or --base FILE.inrb).
+    /// embedded modulation base (or --base FILE.inrb); `grid` fits a latent pyramid and a
+    /// small SIREN per image (about a minute per Kodak image; --preset sets the rate weight,
+    /// --steps the fitting steps).
     #[arg(long, value_enum, default_value_t = super::encode::Mode::Weights)]
     pub mode: super::encode::Mode,
     /// Modulations: latent quantization step (default 0.25).
