@@ -24,6 +24,10 @@ pub struct GridEncodeConfig {
     /// Bit widths tried for the network tensors; the encoder keeps the one with the lowest
     /// `MSE + lambda * bpp` measured on the decoder's output and the real file size.
     pub net_bits: Vec<u8>,
+    /// Rate control: the real file size lands within ±3 % below this many bits per pixel when
+    /// it can (λ chosen from the preset table, refitted at most twice, then the latents'
+    /// rounding dead zone trimmed until the file fits); `fit.lambda` is then ignored.
+    pub target_bpp: Option<f64>,
     pub seed: u64,
     /// Rayon threads; `None` uses all cores.
     pub threads: Option<usize>,
@@ -38,6 +42,7 @@ impl Default for GridEncodeConfig {
             depth: 2,
             w0: 2,
             net_bits: vec![8, 10, 12],
+            target_bpp: None,
             seed: 0,
             threads: None,
         }
@@ -71,16 +76,21 @@ pub fn grid_arch(cfg: &GridEncodeConfig, channels: u8) -> Arch {
     }
 }
 
-/// Latent tensors: each level rounded to integers (step 1), with the smallest bit width
-/// that holds its largest magnitude.
-fn latent_tensors(pyr: &Pyramid, lat: &[f32]) -> Vec<QTensor> {
+/// Latent tensors: each level rounded to integers (step 1; `dead_zone` in [0, 1/2) moves the
+/// rounding threshold of every magnitude up by that much), with the smallest bit width that
+/// holds its largest magnitude.
+fn latent_tensors(pyr: &Pyramid, lat: &[f32], dead_zone: f32) -> Vec<QTensor> {
     let step = Step::from_f32(1.0);
     pyr.levels
         .iter()
         .map(|&(wl, hl, off)| {
             let symbols: Vec<i32> = lat[off..off + wl * hl]
                 .iter()
-                .map(|&v| v.round().clamp(-32767.0, 32767.0) as i32)
+                .map(|&v| {
+                    // Plain rounding at dead_zone 0; larger values round magnitudes down.
+                    let m = (v.abs() + 0.5 - dead_zone).floor().max(0.0);
+                    (m.copysign(v)).clamp(-32767.0, 32767.0) as i32
+                })
                 .collect();
             let m = symbols.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
             let bits = (2..=16u8).find(|&b| m <= max_abs_for_bits(b)).unwrap_or(16);
@@ -162,8 +172,110 @@ fn encode_inner(
     format::grid_tensor_lens(img.width, img.height, &arch, &Limits::default())?;
     let pyr = Pyramid::new(img.width, img.height, cfg.levels);
     let target: Vec<f32> = img.data.iter().map(|&v| crate::model::from_u8(v)).collect();
-    let total = f.steps;
-    let fitted = grid::fit(&arch, &pyr, &target, f, cfg.seed, &mut |s| {
+    let Some(t) = cfg.target_bpp else {
+        return fit_and_code(img, cfg, &arch, &pyr, &target, f.lambda, None, progress);
+    };
+    if !(t.is_finite() && t > 0.0) {
+        return Err(EncodeError::Parameter("--bpp must be > 0".into()));
+    }
+    let npx_f = npx as f64;
+    let max_bytes = (t * npx_f / 8.0).floor() as usize;
+    // First λ from the preset table's mean rates on Kodak, aiming a little high so that the
+    // dead zone trims the file down; then a power-law correction from the measured rate.
+    let mut lambda = lambda_for_bpp(t * 1.1);
+    let mut best: Option<Encoded> = None;
+    let mut last: Option<(f64, f64)> = None; // (ln lambda, ln bpp) of the previous fit
+    for _ in 0..3 {
+        let e = fit_and_code(
+            img,
+            cfg,
+            &arch,
+            &pyr,
+            &target,
+            lambda,
+            Some(max_bytes),
+            progress,
+        )?;
+        let bpp = e.bpp;
+        if std::env::var_os("INR_DEBUG_RATE").is_some() {
+            eprintln!("rate control: lambda {lambda} -> {bpp:.4} bpp");
+        }
+        let fits = bpp <= t * (1.0 + crate::RATE_TOLERANCE);
+        let close = (bpp - t).abs() <= crate::RATE_TOLERANCE * t;
+        let better = match &best {
+            None => true,
+            Some(b) => {
+                let b_fits = b.bpp <= t * (1.0 + crate::RATE_TOLERANCE);
+                (fits && !b_fits) || (fits == b_fits && (bpp - t).abs() < (b.bpp - t).abs())
+            }
+        };
+        if better {
+            best = Some(e);
+        }
+        if close {
+            break;
+        }
+        // Secant on (ln lambda, ln bpp) once two fits are known, else the table's slope.
+        let (ll, lb) = (f64::from(lambda).ln(), bpp.ln());
+        let slope = match last {
+            Some((pl, pb)) if (ll - pl).abs() > 1e-6 => ((lb - pb) / (ll - pl)).clamp(-2.0, -0.2),
+            _ => -RATE_SLOPE,
+        };
+        last = Some((ll, lb));
+        lambda = (ll + (t.ln() - lb) / slope).clamp(ll - 3.0, ll + 3.0).exp() as f32;
+    }
+    best.ok_or_else(|| EncodeError::Parameter("rate control found no encoding".into()))
+}
+
+/// Mean rate of the grid presets on kodim13–16 (README): `(lambda, bpp)`.
+const RATE_TABLE: [(f32, f64); 5] = [
+    (0.03, 0.074),
+    (0.012, 0.144),
+    (0.005, 0.303),
+    (0.002, 0.598),
+    (0.0008, 1.146),
+];
+/// `-d ln(bpp) / d ln(lambda)` of that table (about 0.76).
+const RATE_SLOPE: f64 = 0.76;
+
+/// λ expected to give `bpp` on a Kodak-like image: log-log interpolation in [`RATE_TABLE`],
+/// extrapolated with [`RATE_SLOPE`] beyond it.
+fn lambda_for_bpp(bpp: f64) -> f32 {
+    let (l0, b0) = RATE_TABLE[0];
+    let (l1, b1) = RATE_TABLE[RATE_TABLE.len() - 1];
+    if bpp <= b0 {
+        return (f64::from(l0) * (b0 / bpp).powf(1.0 / RATE_SLOPE)) as f32;
+    }
+    if bpp >= b1 {
+        return (f64::from(l1) * (b1 / bpp).powf(1.0 / RATE_SLOPE)) as f32;
+    }
+    for w in RATE_TABLE.windows(2) {
+        let ((la, ba), (lb, bb)) = (w[0], w[1]);
+        if bpp >= ba && bpp <= bb {
+            let u = (bpp / ba).ln() / (bb / ba).ln();
+            return (f64::from(la).ln() + u * (f64::from(lb) / f64::from(la)).ln()).exp() as f32;
+        }
+    }
+    l1
+}
+
+/// Fits at `lambda` and codes the result; with `max_bytes`, widens the latents' rounding
+/// dead zone (bisection) until the file fits, if it can.
+#[allow(clippy::too_many_arguments)]
+fn fit_and_code(
+    img: &Image,
+    cfg: &GridEncodeConfig,
+    arch: &Arch,
+    pyr: &Pyramid,
+    target: &[f32],
+    lambda: f32,
+    max_bytes: Option<usize>,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Encoded, EncodeError> {
+    let npx = img.width as usize * img.height as usize;
+    let fit_cfg = GridFit { lambda, ..cfg.fit };
+    let total = fit_cfg.steps;
+    let fitted = grid::fit(arch, pyr, target, &fit_cfg, cfg.seed, &mut |s| {
         if s % 10 == 0 || s == total {
             progress(&Progress {
                 step: s,
@@ -173,33 +285,60 @@ fn encode_inner(
             })
         }
     });
-    let latents = latent_tensors(&pyr, &fitted.latents);
+    let latents = latent_tensors(pyr, &fitted.latents, 0.0);
     let sm = Sampler::new(pyr.clone(), img.width, img.height);
+    let file_with = |net: &[QTensor], latents: &[QTensor]| GridInrFile {
+        width: img.width,
+        height: img.height,
+        arch: *arch,
+        tensors: net.iter().chain(latents).cloned().collect(),
+    };
     // Keep the network bit width with the best measured MSE + lambda * bpp.
-    let mut best: Option<(f64, Vec<u8>, Vec<u8>, f64)> = None;
+    let mut best: Option<(f64, Vec<QTensor>, Vec<u8>)> = None;
     for &bits in &cfg.net_bits {
-        let mut tensors = net_tensors(&arch, &fitted.params, bits);
-        tensors.extend(latents.iter().cloned());
-        let file = GridInrFile {
-            width: img.width,
-            height: img.height,
-            arch,
-            tensors,
-        };
+        let net = net_tensors(arch, &fitted.params, bits);
+        let file = file_with(&net, &latents);
         let bytes = format::write_grid_file(&file)?;
         let (params, lat) = dequantized(&file);
-        let data = grid::render(&arch, &params, &lat, &sm);
-        let psnr = psnr_u8(&data, &img.data);
-        let mse = 10f64.powf(-psnr / 10.0);
-        let bpp = bytes.len() as f64 * 8.0 / npx as f64;
-        let cost = mse + f64::from(f.lambda) * bpp;
+        let psnr = psnr_u8(&grid::render(arch, &params, &lat, &sm), &img.data);
+        let cost =
+            10f64.powf(-psnr / 10.0) + f64::from(lambda) * bytes.len() as f64 * 8.0 / npx as f64;
         if best.as_ref().is_none_or(|b| cost < b.0) {
-            best = Some((cost, bytes, data, psnr));
+            best = Some((cost, net, bytes));
         }
     }
-    let Some((_, bytes, data, psnr)) = best else {
+    let Some((_, net, mut bytes)) = best else {
         return Err(EncodeError::Parameter("no network bit width".into()));
     };
+    let mut file = file_with(&net, &latents);
+    if let Some(max) = max_bytes.filter(|&m| bytes.len() > m) {
+        // Size falls as the dead zone grows: the smallest dead zone whose file fits.
+        let (mut lo, mut hi) = (0.0f32, 0.5f32);
+        let at = |dz: f32| -> Result<(GridInrFile, Vec<u8>), EncodeError> {
+            let f = file_with(&net, &latent_tensors(pyr, &fitted.latents, dz));
+            let b = format::write_grid_file(&f)?;
+            Ok((f, b))
+        };
+        let (f_hi, b_hi) = at(hi)?;
+        if b_hi.len() <= max {
+            (file, bytes) = (f_hi, b_hi);
+            for _ in 0..12 {
+                let mid = 0.5 * (lo + hi);
+                let (f_mid, b_mid) = at(mid)?;
+                if b_mid.len() <= max {
+                    hi = mid;
+                    (file, bytes) = (f_mid, b_mid);
+                } else {
+                    lo = mid;
+                }
+            }
+        } else {
+            (file, bytes) = (f_hi, b_hi);
+        }
+    }
+    let (params, lat) = dequantized(&file);
+    let data = grid::render(arch, &params, &lat, &sm);
+    let psnr = psnr_u8(&data, &img.data);
     Ok(Encoded {
         bpp: bytes.len() as f64 * 8.0 / npx as f64,
         bytes,

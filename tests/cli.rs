@@ -832,15 +832,15 @@ fn grid_mode_encode_decode_info_and_refusals() {
         .assert()
         .success()
         .stdout(predicate::str::contains("mode: grid (4 latent levels"));
-    // No rate control in grid mode yet: refused with one clean error.
+    // No quality target in grid mode: refused with one clean error naming the rate options.
     let stderr = assert_clean_error(
         inr()
             .arg("encode")
             .arg(fixture("rgb_24x17.png"))
             .arg("-o")
             .arg(dir.path().join("h.inr"))
-            .args(["--mode", "grid", "--bpp", "0.5"])
+            .args(["--mode", "grid", "--target-psnr", "30"])
             .assert(),
     );
-    assert!(stderr.contains("--lambda"), "{stderr}");
+    assert!(stderr.contains("--bpp"), "{stderr}");
 }

@@ -102,6 +102,27 @@ fn larger_lambda_gives_smaller_files() {
 }
 
 #[test]
+fn target_bpp_lands_within_three_percent() {
+    // 96x64 pixels: the ~450 synthesis weights alone cost about 0.6 bpp here, so the targets
+    // are higher than on a photo.
+    let img = image(96, 64, 3);
+    for target in [1.0f64, 1.5] {
+        let mut c = cfg(120, 0.0);
+        c.target_bpp = Some(target);
+        let e = encode_grid(&img, &c, &mut |_| {}).unwrap();
+        let bpp = e.bytes.len() as f64 * 8.0 / (96.0 * 64.0);
+        assert!(
+            (bpp - target).abs() <= 0.03 * target,
+            "target {target} bpp, got {bpp}"
+        );
+        assert_eq!(
+            decode(&e.bytes, &DecodeOptions::default()).unwrap(),
+            e.recon
+        );
+    }
+}
+
+#[test]
 fn decodes_at_any_size() {
     let img = image(30, 22, 3);
     let enc = encode_grid(&img, &cfg(60, 0.004), &mut |_| {}).unwrap();

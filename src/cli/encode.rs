@@ -84,6 +84,8 @@ pub struct EncodeArgs {
     /// Rate control: aim the file at this many bits per pixel (within ±3 % when the network
     /// can reach it); density and step sizes are chosen on the real coded size. Use a wide
     /// network (e.g. --preset small or larger); a warning is printed when the target is missed.
+    /// In grid mode: λ from the preset table, at most two refits, then the latents' rounding
+    /// dead zone is widened until the file fits.
     #[arg(long, value_name = "BPP", conflicts_with = "target_psnr")]
     pub bpp: Option<f64>,
     /// Coding mode: `weights` fits and stores a whole network per image (best quality, minutes);
@@ -135,9 +137,9 @@ pub enum Mode {
 
 /// The grid-mode settings of `args`.
 pub(super) fn grid_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::GridEncodeConfig> {
-    if args.bpp.is_some() || args.target_psnr.is_some() {
+    if args.target_psnr.is_some() {
         anyhow::bail!(
-            "--mode grid has no rate control yet: choose the rate with --preset or --lambda"
+            "--mode grid has no quality target: choose the rate with --bpp, --preset or --lambda"
         );
     }
     if args.density.is_some() {
@@ -176,6 +178,7 @@ pub(super) fn grid_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::G
     if let Some(b) = args.bits {
         cfg.net_bits = vec![b];
     }
+    cfg.target_bpp = args.bpp;
     Ok(cfg)
 }
 
