@@ -197,9 +197,6 @@ fn encode_inner(
             progress,
         )?;
         let bpp = e.bpp;
-        if std::env::var_os("INR_DEBUG_RATE").is_some() {
-            eprintln!("rate control: lambda {lambda} -> {bpp:.4} bpp");
-        }
         let fits = bpp <= t * (1.0 + crate::RATE_TOLERANCE);
         let close = (bpp - t).abs() <= crate::RATE_TOLERANCE * t;
         let better = match &best {
