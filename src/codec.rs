@@ -135,6 +135,22 @@ pub struct DecodeOptions {
     pub bases: Vec<Base>,
 }
 
+impl DecodeOptions {
+    /// The output size: `size`, or the coded `width x height`; both sides must be >= 1.
+    ///
+    /// # Errors
+    /// [`DecodeError::Parameter`] for a zero side.
+    pub(crate) fn output_size(&self, width: u32, height: u32) -> Result<(u32, u32), DecodeError> {
+        let (w, h) = self.size.unwrap_or((width, height));
+        if w == 0 || h == 0 {
+            return Err(DecodeError::Parameter(format!(
+                "output size {w}x{h} (expected both sides >= 1)"
+            )));
+        }
+        Ok((w, h))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EncodeError {
@@ -942,12 +958,7 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
         return crate::grid_codec::decode_grid(bytes, opts);
     }
     let file = format::read_file(bytes, &opts.limits)?;
-    let (w, h) = opts.size.unwrap_or((file.width, file.height));
-    if w == 0 || h == 0 {
-        return Err(DecodeError::Parameter(format!(
-            "output size {w}x{h} (expected both sides >= 1)"
-        )));
-    }
+    let (w, h) = opts.output_size(file.width, file.height)?;
     opts.limits
         .check_render(w, h, file.arch.num_params() as u64)?;
     let mut params: Vec<f32> = file.tensors.iter().flat_map(|t| t.dequantize()).collect();

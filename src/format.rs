@@ -877,6 +877,39 @@ fn write_groups(tensors: &[&QTensor], limits: &Limits) -> Result<Vec<u8>, Format
     Ok(payload)
 }
 
+/// The coding fields shared by the modulation (§12.5) and grid (§13.4) layouts, in this
+/// order: header bits B, coder 0, payload length (a multiple of 4, within the section limit),
+/// every step-table entry (`bits_field` names their bit width), and B = the largest entry bit
+/// width. Returns the steps and bit widths.
+fn validate_coding(
+    bits: u8,
+    coder: u8,
+    payload_len: usize,
+    step_bytes: &[u8],
+    bits_field: &'static str,
+    limits: &Limits,
+) -> Result<(Vec<Step>, Vec<u8>), FormatError> {
+    validate_bits("bits", bits)?;
+    if coder != CODER_ADAPTIVE {
+        return Err(FormatError::InvalidField {
+            field: "coder",
+            value: coder.into(),
+            expected: "0 (adaptive frequency model)",
+        });
+    }
+    if payload_len % 4 != 0 {
+        return Err(FormatError::InvalidField {
+            field: "payload length",
+            value: payload_len as u64,
+            expected: "a multiple of 4 (whole 32-bit words)",
+        });
+    }
+    check_section("payload", payload_len as u64, limits)?;
+    let (steps, tensor_bits) = read_step_table(step_bytes, bits_field)?;
+    validate_header_bits(bits, &tensor_bits)?;
+    Ok((steps, tensor_bits))
+}
+
 /// Parses a step table (§4.1 entries): validates every step and bit width (`bits_field`
 /// names the latter in errors).
 fn read_step_table(

@@ -12,10 +12,10 @@
 
 use super::max_abs_for_bits;
 use super::{
-    group_infos, read_fixed_header, read_payload_and_crc, validate_dims, validate_header_bits,
-    Arch, FileInfo, FixedHeader, FormatError, Limits, QTensor, Reader, CODER_ADAPTIVE, CRC_BYTES,
-    GROUP_LEN_BYTES, HEADER_BYTES, MAGIC, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION,
-    PAYLOAD_LEN_BYTES, STEP_BYTES,
+    group_infos, read_fixed_header, read_payload_and_crc, validate_dims, Arch, FileInfo,
+    FixedHeader, FormatError, Limits, QTensor, Reader, CODER_ADAPTIVE, CRC_BYTES, GROUP_LEN_BYTES,
+    HEADER_BYTES, MAGIC, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION, PAYLOAD_LEN_BYTES,
+    STEP_BYTES,
 };
 use crate::entropy::{self, EntropyError, GridShape};
 
@@ -294,24 +294,14 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
     let step_bytes = r.take(n_tensors * STEP_BYTES, "step table")?;
     let payload = read_payload_and_crc(&mut r, bytes)?;
     let lens = grid_tensor_lens(width, height, &arch, limits)?;
-    super::validate_bits("bits", bits)?;
-    if coder != CODER_ADAPTIVE {
-        return Err(FormatError::InvalidField {
-            field: "coder",
-            value: coder.into(),
-            expected: "0 (adaptive frequency model)",
-        });
-    }
-    if payload.len() % 4 != 0 {
-        return Err(FormatError::InvalidField {
-            field: "payload length",
-            value: payload.len() as u64,
-            expected: "a multiple of 4 (whole 32-bit words)",
-        });
-    }
-    super::check_section("payload", payload.len() as u64, limits)?;
-    let (steps, tensor_bits) = super::read_step_table(step_bytes, "tensor bits")?;
-    validate_header_bits(bits, &tensor_bits)?;
+    let (steps, tensor_bits) = super::validate_coding(
+        bits,
+        coder,
+        payload.len(),
+        step_bytes,
+        "tensor bits",
+        limits,
+    )?;
     let n_synth = arch.num_tensors();
     let mut g = Reader {
         bytes: payload,

@@ -11,11 +11,10 @@
 //! CRC32.
 
 use super::{
-    group_infos, read_fixed_header, read_payload_and_crc, validate_bits, validate_dims,
-    validate_header_bits, Arch, FileInfo, FixedHeader, FormatError, Limits, QTensor, Step,
-    BASE_REF_BYTES, CODER_ADAPTIVE, CRC_BYTES, FLAG_BASE, GROUP_LEN_BYTES, HEADER_BYTES,
-    KNOWN_FLAGS, MAGIC, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION, PAYLOAD_LEN_BYTES,
-    STEP_BYTES,
+    group_infos, read_fixed_header, read_payload_and_crc, validate_bits, validate_dims, Arch,
+    FileInfo, FixedHeader, FormatError, Limits, QTensor, Step, BASE_REF_BYTES, CODER_ADAPTIVE,
+    CRC_BYTES, FLAG_BASE, GROUP_LEN_BYTES, HEADER_BYTES, KNOWN_FLAGS, MAGIC, MODALITY_IMAGE,
+    OFF_FLAGS, OFF_MODALITY, OFF_VERSION, PAYLOAD_LEN_BYTES, STEP_BYTES,
 };
 
 /// §3.4 Flag bit 2 (version 2): modulation mode (§12). Only valid together with
@@ -284,24 +283,14 @@ fn parse_mod<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedMod<'a>, Form
     let payload = read_payload_and_crc(&mut r, bytes)?;
     // Semantics (a hostile file can carry a valid CRC, so everything is checked).
     let grid = validate_mod_fields(width, height, &arch, latent_dim, cell, limits)?;
-    validate_bits("bits", bits)?;
-    if coder != CODER_ADAPTIVE {
-        return Err(FormatError::InvalidField {
-            field: "coder",
-            value: coder.into(),
-            expected: "0 (adaptive frequency model)",
-        });
-    }
-    if payload.len() % 4 != 0 {
-        return Err(FormatError::InvalidField {
-            field: "payload length",
-            value: payload.len() as u64,
-            expected: "a multiple of 4 (whole 32-bit words)",
-        });
-    }
-    super::check_section("payload", payload.len() as u64, limits)?;
-    let (steps, channel_bits) = super::read_step_table(step_bytes, "channel bits")?;
-    validate_header_bits(bits, &channel_bits)?;
+    let (steps, channel_bits) = super::validate_coding(
+        bits,
+        coder,
+        payload.len(),
+        step_bytes,
+        "channel bits",
+        limits,
+    )?;
     let groups = super::split_groups(payload, &channel_bits, limits)?;
     Ok(ParsedMod {
         width,

@@ -355,12 +355,7 @@ fn fit_and_code(
 /// Format errors and limits.
 pub fn decode_grid(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> {
     let file = format::read_grid_file(bytes, &opts.limits)?;
-    let (w, h) = opts.size.unwrap_or((file.width, file.height));
-    if w == 0 || h == 0 {
-        return Err(DecodeError::Parameter(format!(
-            "output size {w}x{h} (expected both sides >= 1)"
-        )));
-    }
+    let (w, h) = opts.output_size(file.width, file.height)?;
     let per_px = file.arch.num_params() as u64 + 4 * u64::from(file.arch.coord_dims);
     opts.limits.check_render(w, h, per_px)?;
     let (params, lat) = dequantized(&file);

@@ -295,12 +295,7 @@ fn encode_inner(
 /// Format errors, a missing or mismatching base, limits.
 pub fn decode_modulated(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> {
     let file = format::read_mod_file(bytes, &opts.limits)?;
-    let (w, h) = opts.size.unwrap_or((file.width, file.height));
-    if w == 0 || h == 0 {
-        return Err(DecodeError::Parameter(format!(
-            "output size {w}x{h} (expected both sides >= 1)"
-        )));
-    }
+    let (w, h) = opts.output_size(file.width, file.height)?;
     let b = base::find(file.base_id, &opts.bases)?;
     let spec = ModSpec {
         latent_dim: file.latent_dim,

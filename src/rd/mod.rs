@@ -333,8 +333,46 @@ fn inr_point(
     })
 }
 
+/// Times `encode`, decodes its file with `opts` and measures it: one point of curve `codec`.
+fn measure_point(
+    img: &Image,
+    name: &str,
+    codec: &str,
+    param: String,
+    opts: &DecodeOptions,
+    encode: impl FnOnce() -> Result<crate::Encoded, crate::EncodeError>,
+) -> Result<PointResult, RdError> {
+    let t = Instant::now();
+    let enc = encode().map_err(|source| RdError::Encode {
+        image: name.to_string(),
+        preset: param.clone(),
+        source,
+    })?;
+    let encode_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let dec = crate::decode(&enc.bytes, opts).map_err(|source| RdError::Decode {
+        image: name.to_string(),
+        preset: param.clone(),
+        source,
+    })?;
+    let decode_s = t.elapsed().as_secs_f64();
+    let psnr = psnr(img, &dec).ok_or_else(|| RdError::Shape {
+        image: name.to_string(),
+        codec: codec.into(),
+        param: param.clone(),
+    })?;
+    Ok(PointResult {
+        codec: codec.into(),
+        param,
+        bytes: enc.bytes.len() as u64,
+        bpp: bpp(enc.bytes.len(), img),
+        psnr,
+        encode_s,
+        decode_s,
+    })
+}
+
 fn mod_point(img: &Image, q: f32, cfg: &RdConfig, name: &str) -> Result<PointResult, RdError> {
-    let param = format!("q{q}");
     let mut fit = crate::LatentFit::default();
     if let Some(s) = cfg.mod_fit_steps {
         fit.steps = s;
@@ -349,38 +387,12 @@ fn mod_point(img: &Image, q: f32, cfg: &RdConfig, name: &str) -> Result<PointRes
         seed: cfg.seed,
         ..crate::ModEncodeConfig::default()
     };
-    let t = Instant::now();
-    let enc =
-        crate::encode_modulated(img, &ecfg, &mut |_| {}).map_err(|source| RdError::Encode {
-            image: name.to_string(),
-            preset: param.clone(),
-            source,
-        })?;
-    let encode_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
     let opts = DecodeOptions {
         bases: cfg.mod_base.iter().cloned().collect(),
         ..DecodeOptions::default()
     };
-    let dec = crate::decode(&enc.bytes, &opts).map_err(|source| RdError::Decode {
-        image: name.to_string(),
-        preset: param.clone(),
-        source,
-    })?;
-    let decode_s = t.elapsed().as_secs_f64();
-    let psnr = psnr(img, &dec).ok_or_else(|| RdError::Shape {
-        image: name.to_string(),
-        codec: "inr-mod".into(),
-        param: param.clone(),
-    })?;
-    Ok(PointResult {
-        codec: "inr-mod".into(),
-        param,
-        bytes: enc.bytes.len() as u64,
-        bpp: bpp(enc.bytes.len(), img),
-        psnr,
-        encode_s,
-        decode_s,
+    measure_point(img, name, "inr-mod", format!("q{q}"), &opts, || {
+        crate::encode_modulated(img, &ecfg, &mut |_| {})
     })
 }
 
@@ -390,7 +402,6 @@ fn grid_point(
     cfg: &RdConfig,
     name: &str,
 ) -> Result<PointResult, RdError> {
-    let param = format!("l{lambda}");
     let mut ecfg = crate::GridEncodeConfig {
         seed: cfg.seed,
         ..Default::default()
@@ -399,34 +410,9 @@ fn grid_point(
     if let Some(s) = cfg.grid_fit_steps {
         ecfg.fit.steps = s;
     }
-    let t = Instant::now();
-    let enc = crate::encode_grid(img, &ecfg, &mut |_| {}).map_err(|source| RdError::Encode {
-        image: name.to_string(),
-        preset: param.clone(),
-        source,
-    })?;
-    let encode_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let dec =
-        crate::decode(&enc.bytes, &DecodeOptions::default()).map_err(|source| RdError::Decode {
-            image: name.to_string(),
-            preset: param.clone(),
-            source,
-        })?;
-    let decode_s = t.elapsed().as_secs_f64();
-    let psnr = psnr(img, &dec).ok_or_else(|| RdError::Shape {
-        image: name.to_string(),
-        codec: "inr-grid".into(),
-        param: param.clone(),
-    })?;
-    Ok(PointResult {
-        codec: "inr-grid".into(),
-        param,
-        bytes: enc.bytes.len() as u64,
-        bpp: bpp(enc.bytes.len(), img),
-        psnr,
-        encode_s,
-        decode_s,
+    let opts = DecodeOptions::default();
+    measure_point(img, name, "inr-grid", format!("l{lambda}"), &opts, || {
+        crate::encode_grid(img, &ecfg, &mut |_| {})
     })
 }
 
