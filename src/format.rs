@@ -897,7 +897,7 @@ fn validate_coding(
             expected: "0 (adaptive frequency model)",
         });
     }
-    if payload_len % 4 != 0 {
+    if !payload_len.is_multiple_of(4) {
         return Err(FormatError::InvalidField {
             field: "payload length",
             value: payload_len as u64,
