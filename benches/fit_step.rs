@@ -103,6 +103,7 @@ fn bench(c: &mut Criterion) {
         tensors,
         base_id: None,
         masks: Vec::new(),
+        codebooks: Vec::new(),
     };
     let bytes = write_file(&file).expect("valid file");
     let mut g = c.benchmark_group("decode_file_768x512");

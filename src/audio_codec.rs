@@ -502,6 +502,7 @@ fn encode_with_plan(
         steps: steps.clone(),
         bits: tb.clone(),
         base: base.map(<[f32]>::to_vec),
+        codebooks: Vec::new(),
     };
     // Pass 2: quantization-aware fine-tuning, then quantization.
     let mut symbols: Vec<i32> = Vec::with_capacity(windows * np);

@@ -62,6 +62,10 @@ pub struct EncodeConfig {
     /// Which initialisation fitting starts from (fitting starts from random when `density`
     /// or `target_bpp` is set: pruning and rate control do not code residuals yet).
     pub base: BaseChoice,
+    /// Weight sharing: the matrices `W_1 .. W_D` each keep only this many distinct values
+    /// (1-D k-means centroids, linear initialisation, fine-tuned with the shared gradient;
+    /// indices entropy-coded, codebook in the file, spec §4.7). `None` = uniform quantization.
+    pub kmeans: Option<usize>,
 }
 
 /// The start of fitting: a meta-learned base (whose id goes into the file, the weights then
@@ -96,6 +100,7 @@ impl Default for EncodeConfig {
             density: None,
             prune_scope: PruneScope::PerLayer,
             target_bpp: None,
+            kmeans: None,
         }
     }
 }
@@ -193,6 +198,8 @@ pub(crate) struct Plan {
     pub prune_scope: PruneScope,
     /// Rate control target in bits per pixel.
     pub target_bpp: Option<f64>,
+    /// Centroids per shared matrix (`None` = uniform quantization).
+    pub kmeans: Option<usize>,
 }
 
 impl EncodeConfig {
@@ -333,6 +340,18 @@ impl EncodeConfig {
                 ));
             }
         }
+        if let Some(k) = self.kmeans {
+            if !(2..=MAX_KMEANS).contains(&k) {
+                return Err(EncodeError::Parameter(format!(
+                    "k-means centroids {k} (expected 2..={MAX_KMEANS})"
+                )));
+            }
+            if self.target_bpp.is_some() {
+                return Err(EncodeError::Parameter(
+                    "weight sharing (k-means) cannot be combined with a target bpp yet".into(),
+                ));
+            }
+        }
         let batch = self.batch.unwrap_or(batch);
         let lr = self.lr.unwrap_or(3e-4);
         let qat_steps = (steps / 5).max(1);
@@ -360,9 +379,13 @@ impl EncodeConfig {
             density: self.density,
             prune_scope: self.prune_scope,
             target_bpp: self.target_bpp,
+            kmeans: self.kmeans,
         })
     }
 }
+
+/// Largest number of k-means centroids per matrix (the codebook indices then need 13 bits).
+pub const MAX_KMEANS: usize = 4096;
 
 /// Encode an image into a complete `.inr` file.
 ///
@@ -476,6 +499,11 @@ fn encode_with_plan(
     let base_params = plan.base.as_ref().map(|b| b.params.as_slice());
     let mut q = QuantSpec::choose(&arch, &fitter.params, &tb, base_params);
     fitter.reset_optimizer();
+    if let Some(k) = plan.kmeans {
+        // Weight sharing: cluster the hidden matrices, then fine-tune the centroids (and the
+        // other tensors under uniform QAT).
+        fitter.share_weights(k, &crate::fit::prunable(&arch), base_params);
+    }
     fitter.run_phase(
         &plan.qat,
         Some(&q),
@@ -483,6 +511,7 @@ fn encode_with_plan(
         total,
         &mut |e: &FitEvent| report("quantize", e),
     );
+    fitter.finish_shared(&mut q);
     if let Some(bpp) = plan.target_bpp {
         q = rate_control(&mut fitter, plan, &q, img, target_bytes(bpp, img))?;
     }
@@ -577,6 +606,7 @@ fn build_file(
         bits: max_bits,
         tensors,
         masks: Vec::new(),
+        codebooks: q.codebooks.clone(),
         base_id,
     };
     if masks.iter().all(Option::is_none) {
@@ -724,6 +754,7 @@ fn scaled_spec(arch: &Arch, q: &QuantSpec, scale: f64) -> QuantSpec {
         steps: q.steps.clone(),
         bits: q.bits.clone(),
         base: q.base.clone(),
+        codebooks: q.codebooks.clone(),
     };
     for (t, &w) in which.iter().enumerate() {
         if w {
@@ -752,6 +783,7 @@ fn adjust_to_rate(
         steps: q.steps.clone(),
         bits: q.bits.clone(),
         base: q.base.clone(),
+        codebooks: q.codebooks.clone(),
     };
     if (bytes as f64 - target as f64).abs() <= RATE_TOLERANCE * target as f64 {
         return Ok((masks.to_vec(), same()));
@@ -798,6 +830,7 @@ fn with_sensitive_bits(arch: &Arch, params: &[f32], q: &QuantSpec, bits: u8) -> 
         steps: q.steps.clone(),
         bits: q.bits.clone(),
         base: q.base.clone(),
+        codebooks: q.codebooks.clone(),
     };
     let mut off = 0;
     for (t, n) in arch.tensor_lens().into_iter().enumerate() {
@@ -829,6 +862,7 @@ fn rate_control(
         steps: q.steps.clone(),
         bits: q.bits.clone(),
         base: q.base.clone(),
+        codebooks: q.codebooks.clone(),
     };
     const ROUNDS: usize = 3;
     for round in 0..ROUNDS {
@@ -961,7 +995,7 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
     let (w, h) = opts.output_size(file.width, file.height)?;
     opts.limits
         .check_render(w, h, file.arch.num_params() as u64)?;
-    let mut params: Vec<f32> = file.tensors.iter().flat_map(|t| t.dequantize()).collect();
+    let mut params: Vec<f32> = file.weights();
     if let Some(id) = file.base_id {
         // §6.2: w = base + q * step, one f32 addition per weight.
         let b = base::find(id, &opts.bases)?;

@@ -5,7 +5,7 @@
 //! number of threads; each chunk's gradient goes to its own buffer and the buffers are summed
 //! in chunk order, so the same seed gives the same weights on 1 or 64 threads.
 
-use crate::format::{Arch, Step};
+use crate::format::{Arch, Codebook, Step};
 use crate::kernel::{self, NetShape, TrainScratch, TILE};
 use crate::model::{self, Grid2};
 use crate::quant;
@@ -86,6 +86,10 @@ pub struct QuantSpec {
     /// Weights of the meta-learned base: when set, the quantized quantity is the residual
     /// `w - base` and the effective weight is `base + q * step` (spec §6.2).
     pub base: Option<Vec<f32>>,
+    /// Weight sharing (§4.7): per tensor, `Some(codebook)` quantizes each value to the nearest
+    /// centroid `c · step` (in the residual domain with a base) and codes the centroid's index;
+    /// empty or `None` = uniform. Filled by [`Fitter::finish_shared`].
+    pub codebooks: Vec<Option<Codebook>>,
 }
 
 /// Bit width of each tensor under the mixed-precision rule: the first linear map (whose
@@ -131,7 +135,13 @@ impl QuantSpec {
             steps,
             bits: bits.to_vec(),
             base: base.map(<[f32]>::to_vec),
+            codebooks: Vec::new(),
         }
+    }
+
+    /// The codebook of tensor `t`, if it has one.
+    fn codebook(&self, t: usize) -> Option<&Codebook> {
+        self.codebooks.get(t).and_then(Option::as_ref)
     }
     /// Fake-quantize `params` into `out` (exactly the weights the decoder will use).
     pub fn apply(&self, arch: &Arch, params: &[f32], out: &mut [f32]) {
@@ -144,8 +154,22 @@ impl QuantSpec {
             None => params,
         };
         let mut off = 0;
-        for ((&n, &s), &b) in arch.tensor_lens().iter().zip(&self.steps).zip(&self.bits) {
-            quant::fake_quant_into(&src[off..off + n], s, b, &mut out[off..off + n]);
+        for (t, ((&n, &s), &b)) in arch
+            .tensor_lens()
+            .iter()
+            .zip(&self.steps)
+            .zip(&self.bits)
+            .enumerate()
+        {
+            match self.codebook(t) {
+                Some(cb) => {
+                    let (values, st) = centroid_values(cb, s);
+                    for (o, &w) in out[off..off + n].iter_mut().zip(&src[off..off + n]) {
+                        *o = values[quant::nearest(&values, w / st)] * st;
+                    }
+                }
+                None => quant::fake_quant_into(&src[off..off + n], s, b, &mut out[off..off + n]),
+            }
             off += n;
         }
         if let Some(b) = &self.base {
@@ -155,29 +179,108 @@ impl QuantSpec {
         }
     }
 
-    /// The quantized symbols of every tensor (of the residuals when a base is set).
+    /// The quantized symbols of every tensor (of the residuals when a base is set); for a
+    /// tensor with a codebook, the nearest centroid's index minus the codebook's zero index.
     pub fn symbols(&self, arch: &Arch, params: &[f32]) -> Vec<Vec<i32>> {
         let mut off = 0;
         arch.tensor_lens()
             .iter()
             .zip(self.steps.iter().zip(&self.bits))
-            .map(|(&n, (&step, &bits))| {
+            .enumerate()
+            .map(|(t, (&n, (&step, &bits)))| {
                 let w = &params[off..off + n];
-                let q = match &self.base {
-                    Some(b) => {
-                        let r: Vec<f32> = w
-                            .iter()
-                            .zip(&b[off..off + n])
-                            .map(|(&p, &b)| p - b)
-                            .collect();
-                        quant::quantize(&r, step, bits)
-                    }
-                    None => quant::quantize(w, step, bits),
+                let r: Vec<f32> = match &self.base {
+                    Some(b) => w
+                        .iter()
+                        .zip(&b[off..off + n])
+                        .map(|(&p, &b)| p - b)
+                        .collect(),
+                    None => w.to_vec(),
                 };
                 off += n;
-                q
+                match self.codebook(t) {
+                    Some(cb) => {
+                        let (values, st) = centroid_values(cb, step);
+                        r.iter()
+                            .map(|&x| quant::nearest(&values, x / st) as i32 - i32::from(cb.zero))
+                            .collect()
+                    }
+                    None => quant::quantize(&r, step, bits),
+                }
             })
             .collect()
+    }
+}
+
+/// The centroids of `cb` as f32 step multiples (ascending, as the codebook) and the step.
+fn centroid_values(cb: &Codebook, step: Step) -> (Vec<f32>, f32) {
+    (cb.values.iter().map(|&v| v as f32).collect(), step.to_f32())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight sharing (Deep Compression): per matrix, k centroids from 1-D k-means (linear init);
+// every weight is assigned to a centroid once, then the centroids are fine-tuned with the
+// summed ("shared") gradient of their weights while the assignments stay fixed.
+// ---------------------------------------------------------------------------------------------
+
+/// Centroids of one tensor under training.
+#[derive(Debug, Clone)]
+struct SharedTensor {
+    t: usize,
+    off: usize,
+    /// Centroid index of each element.
+    assign: Vec<u16>,
+    /// Centroid values (residual domain with a base), ascending at the start.
+    centroids: Vec<f32>,
+    /// A centroid held at 0 (the value of pruned weights), not trained.
+    fixed: Option<usize>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t_adam: u32,
+}
+
+/// Shared-weight state of a [`Fitter`]: see [`Fitter::share_weights`].
+#[derive(Debug, Clone, Default)]
+pub struct SharedWeights {
+    tensors: Vec<SharedTensor>,
+}
+
+impl SharedWeights {
+    /// Overwrite the shared tensors' effective weights with their centroids (+ base).
+    fn write_eff(&self, eff: &mut [f32], base: Option<&[f32]>) {
+        for st in &self.tensors {
+            for (i, &a) in st.assign.iter().enumerate() {
+                let b = base.map_or(0.0, |b| b[st.off + i]);
+                eff[st.off + i] = b + st.centroids[usize::from(a)];
+            }
+        }
+    }
+
+    /// Adam step of the centroids on the summed gradient of their elements; the elements'
+    /// own gradient is cleared (their assignment is fixed, so the latent weights do not move).
+    fn update(&mut self, grad: &mut [f32], lr: f32) {
+        const B1: f32 = 0.9;
+        const B2: f32 = 0.999;
+        const EPS: f32 = 1e-8;
+        for st in &mut self.tensors {
+            let mut g = vec![0.0f32; st.centroids.len()];
+            for (i, &a) in st.assign.iter().enumerate() {
+                g[usize::from(a)] += grad[st.off + i];
+                grad[st.off + i] = 0.0;
+            }
+            st.t_adam += 1;
+            let bc1 = 1.0 - B1.powi(st.t_adam as i32);
+            let bc2 = 1.0 - B2.powi(st.t_adam as i32);
+            let a = lr * bc2.sqrt() / bc1;
+            for (j, &gj) in g.iter().enumerate() {
+                if st.fixed == Some(j) {
+                    continue;
+                }
+                st.m[j] = B1 * st.m[j] + (1.0 - B1) * gj;
+                st.v[j] = B2 * st.v[j] + (1.0 - B2) * gj * gj;
+                st.centroids[j] -= a * st.m[j] / (st.v[j].sqrt() + EPS * bc2.sqrt());
+            }
+        }
     }
 }
 
@@ -349,6 +452,9 @@ pub struct Fitter<'a> {
     pub masks: Vec<Option<Vec<bool>>>,
     /// Gradual magnitude pruning applied by [`Fitter::run_phase`] (phase-relative steps).
     pub prune: Option<PruneSchedule>,
+    /// Weight sharing under fine-tuning ([`Fitter::share_weights`]): the shared tensors'
+    /// effective weights are their centroids, whatever the quantization passed to a step.
+    pub shared: Option<SharedWeights>,
 }
 
 impl<'a> Fitter<'a> {
@@ -375,7 +481,94 @@ impl<'a> Fitter<'a> {
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x05ee_df17),
             masks: Vec::new(),
             prune: None,
+            shared: None,
         }
+    }
+
+    /// Start weight sharing on the tensors `which[t]`: `k` centroids per tensor from 1-D
+    /// k-means of its kept values (residuals from `base` if given); a masked tensor gets one
+    /// more centroid held at 0 for its pruned elements (so `k` in all). Each element is
+    /// assigned to its nearest centroid; later steps train the centroids only.
+    pub fn share_weights(&mut self, k: usize, which: &[bool], base: Option<&[f32]>) {
+        let mut tensors = Vec::new();
+        let mut off = 0;
+        for (t, n) in self.arch.tensor_lens().into_iter().enumerate() {
+            if which.get(t).copied().unwrap_or(false) {
+                let r: Vec<f32> = (0..n)
+                    .map(|i| self.params[off + i] - base.map_or(0.0, |b| b[off + i]))
+                    .collect();
+                let keep = self.masks.get(t).and_then(Option::as_ref);
+                let kept: Vec<f32> = match keep {
+                    Some(keep) => r.iter().zip(keep).filter(|(_, &k)| k).map(|(&v, _)| v).collect(),
+                    None => r.clone(),
+                };
+                let centroids = quant::kmeans_1d(&kept, k, keep.is_some(), 100);
+                let fixed = keep.and_then(|_| centroids.iter().position(|&c| c == 0.0));
+                let assign = r
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| match (keep, fixed) {
+                        (Some(keep), Some(z)) if !keep[i] => z as u16,
+                        _ => quant::nearest(&centroids, v) as u16,
+                    })
+                    .collect();
+                let kc = centroids.len();
+                tensors.push(SharedTensor {
+                    t,
+                    off,
+                    assign,
+                    centroids,
+                    fixed,
+                    m: vec![0.0; kc],
+                    v: vec![0.0; kc],
+                    t_adam: 0,
+                });
+            }
+            off += n;
+        }
+        self.shared = Some(SharedWeights { tensors });
+    }
+
+    /// End weight sharing: each trained codebook becomes an integer codebook (§4.7) in `q`
+    /// (centroids as multiples of a step of about 1/16383 of the largest centroid, equal
+    /// integers merged, index bit width as small as the codebook allows), and the latent
+    /// weights are set to their centroids, so that `q` reproduces exactly the fine-tuned
+    /// network.
+    pub fn finish_shared(&mut self, q: &mut QuantSpec) {
+        let Some(sh) = self.shared.take() else { return };
+        let nt = self.arch.tensor_lens().len();
+        q.codebooks.resize(nt, None);
+        for st in sh.tensors {
+            let max_abs = st.centroids.iter().fold(0.0f32, |a, &c| a.max(c.abs()));
+            let step = if max_abs > 0.0 && max_abs.is_finite() {
+                Step::from_f32(max_abs / 16383.0)
+            } else {
+                Step::from_f32(1e-3)
+            };
+            let s = step.to_f32();
+            let ints: Vec<i32> = st
+                .centroids
+                .iter()
+                .map(|&c| ((c / s).round() as i32).clamp(-32767, 32767))
+                .collect();
+            let mut values = ints.clone();
+            values.sort_unstable();
+            values.dedup();
+            let zero = values
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, v)| v.unsigned_abs())
+                .map_or(0, |(i, _)| i as u16);
+            let cb = Codebook { zero, values };
+            for (i, &a) in st.assign.iter().enumerate() {
+                let b = q.base.as_ref().map_or(0.0, |b| b[st.off + i]);
+                self.params[st.off + i] = b + ints[usize::from(a)] as f32 * s;
+            }
+            q.steps[st.t] = step;
+            q.bits[st.t] = cb.min_bits();
+            q.codebooks[st.t] = Some(cb);
+        }
+        self.apply_masks();
     }
 
     /// Magnitude-prune to `density` (see [`magnitude_masks`]) and apply the masks.
@@ -430,10 +623,7 @@ impl<'a> Fitter<'a> {
     /// ones). Returns the minibatch mean squared error in the [-1, 1] target scale.
     pub fn step(&mut self, batch: usize, lr: f32, quant: Option<&QuantSpec>) -> f64 {
         let idx = self.next_batch(batch);
-        match quant {
-            Some(q) => q.apply(&self.arch, &self.params, &mut self.eff),
-            None => self.eff.copy_from_slice(&self.params),
-        }
+        self.effective(quant);
         self.shape.pack(&self.eff, &mut self.packed);
         self.shape.pack_transposed(&self.eff, &mut self.packed_t);
         let n_chunks = idx.len().div_ceil(CHUNK);
@@ -476,6 +666,9 @@ impl<'a> Fitter<'a> {
             }
         }
         self.shape.unpack(&first[0], &mut self.grad);
+        if let Some(sh) = &mut self.shared {
+            sh.update(&mut self.grad, lr);
+        }
         self.adam(lr);
         sse / (idx.len() * c) as f64
     }
@@ -512,11 +705,20 @@ impl<'a> Fitter<'a> {
 
     /// Exact PSNR of the network as the decoder renders it (quantized if `quant` is given).
     pub fn eval(&mut self, quant: Option<&QuantSpec>) -> f64 {
+        self.effective(quant);
+        self.sig.eval(&self.arch, &self.eff)
+    }
+
+    /// The effective weights of the current parameters into `self.eff`: fake-quantized by
+    /// `quant` if given, the shared tensors' centroids if weight sharing is on.
+    fn effective(&mut self, quant: Option<&QuantSpec>) {
         match quant {
             Some(q) => q.apply(&self.arch, &self.params, &mut self.eff),
             None => self.eff.copy_from_slice(&self.params),
         }
-        self.sig.eval(&self.arch, &self.eff)
+        if let Some(sh) = &self.shared {
+            sh.write_eff(&mut self.eff, quant.and_then(|q| q.base.as_deref()));
+        }
     }
 
     /// Exact PSNR of other weights `params` (same layout), e.g. a pruning candidate.
@@ -539,7 +741,7 @@ impl<'a> Fitter<'a> {
         total: usize,
         on_event: &mut dyn FnMut(&FitEvent),
     ) -> f64 {
-        let mut best: Option<(f64, Vec<f32>)> = None;
+        let mut best: Option<(f64, Vec<f32>, Option<SharedWeights>)> = None;
         for s in 0..ph.steps {
             // Gradual pruning: the weights kept as "best" must carry the final mask, so
             // keep-best and early stopping only start once the schedule has ended.
@@ -564,8 +766,8 @@ impl<'a> Fitter<'a> {
             if eval_now {
                 let p = self.eval(quant);
                 psnr = Some(p);
-                if mask_final && best.as_ref().is_none_or(|(b, _)| p > *b) {
-                    best = Some((p, self.params.clone()));
+                if mask_final && best.as_ref().is_none_or(|(b, _, _)| p > *b) {
+                    best = Some((p, self.params.clone(), self.shared.clone()));
                 }
             }
             on_event(&FitEvent {
@@ -578,8 +780,9 @@ impl<'a> Fitter<'a> {
             }
         }
         match best {
-            Some((p, w)) => {
+            Some((p, w, sh)) => {
                 self.params = w;
+                self.shared = sh;
                 p
             }
             None => self.eval(quant),

@@ -9,6 +9,11 @@
 
 use crate::entropy::{self, EntropyError};
 
+// §4.7 Codebook section (flag bit 4, version 2): weight sharing.
+#[path = "format_codebook.rs"]
+mod codebook;
+pub use codebook::{Codebook, FLAG_CODEBOOK};
+
 // §11 Audio files (modality 2, version 2) live in their own child module.
 #[path = "format_audio.rs"]
 mod audio;
@@ -46,7 +51,7 @@ pub const MIN_VERSION: u8 = 1;
 pub const FLAG_BASE: u16 = 1 << 0;
 /// §3.4 Flags of the image layout in version 2 (flag bit 2, [`FLAG_MODULATIONS`], selects the
 /// modulation layout of §12 instead).
-pub const KNOWN_FLAGS: u16 = FLAG_BASE | FLAG_SPARSE;
+pub const KNOWN_FLAGS: u16 = FLAG_BASE | FLAG_SPARSE | FLAG_CODEBOOK;
 /// §4.5 Size of the base-reference section: the base id (`u64`).
 pub const BASE_REF_BYTES: usize = 8;
 /// §3.2 Version 2 (the current version; alias kept for the sparsity code).
@@ -370,6 +375,39 @@ pub struct InrFile {
     /// tensor. A pruned element (`keep[i] == false`) MUST have symbol 0 and is not coded in
     /// the payload. All entries `None` is the same as empty.
     pub masks: Vec<Option<Vec<bool>>>,
+    /// Codebooks (§4.7, weight sharing): either empty (no codebook section, flag bit 4 clear)
+    /// or one entry per tensor, `Some(codebook)` for a tensor whose symbols are indices into
+    /// it (each symbol MUST lie in [`Codebook::symbol_range`]). All entries `None` is the
+    /// same as empty.
+    pub codebooks: Vec<Option<Codebook>>,
+}
+
+impl InrFile {
+    /// The f32 weights of tensor `t`, exactly as §6.2 defines them: `symbol · step`, or
+    /// `centroid · step` for a tensor with a codebook (one binary32 multiply each). Empty for
+    /// an index out of range.
+    pub fn tensor_weights(&self, t: usize) -> Vec<f32> {
+        let Some(q) = self.tensors.get(t) else {
+            return Vec::new();
+        };
+        match self.codebooks.get(t) {
+            Some(Some(cb)) => {
+                let s = q.step.to_f32();
+                q.symbols
+                    .iter()
+                    .map(|&v| cb.centroid(v).unwrap_or(0) as f32 * s)
+                    .collect()
+            }
+            _ => q.dequantize(),
+        }
+    }
+
+    /// All weights in tensor order (§6.1), as [`InrFile::tensor_weights`].
+    pub fn weights(&self) -> Vec<f32> {
+        (0..self.tensors.len())
+            .flat_map(|t| self.tensor_weights(t))
+            .collect()
+    }
 }
 
 /// Decoder limits, checked before anything is allocated from header values (§7).
@@ -549,6 +587,22 @@ pub enum FormatError {
     /// The entropy-coded payload is invalid (or, when writing, a symbol is out of range).
     #[error("entropy payload: {0}")]
     Entropy(#[from] EntropyError),
+    /// A codebook (§4.7) is malformed.
+    #[error("codebook of tensor {tensor}: invalid {problem} (value {value})")]
+    Codebook {
+        tensor: usize,
+        problem: &'static str,
+        value: u64,
+    },
+    /// A symbol of a tensor with a codebook is outside the codebook (§4.7).
+    #[error(
+        "tensor {tensor}, index {index}: symbol {value} is outside the tensor's codebook (§4.7)"
+    )]
+    CodebookIndex {
+        tensor: usize,
+        index: usize,
+        value: i32,
+    },
 }
 
 /// Header and section table of a file, without entropy decoding (for `inr info [--json]`).
@@ -594,6 +648,9 @@ pub struct FileInfo {
     pub audio: Option<AudioInfo>,
     /// The sparsity section (§4.6), when flag bit 1 is set.
     pub sparsity: Option<SparsityInfo>,
+    /// The codebook section (§4.7), when flag bit 4 is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codebooks: Option<CodebookInfo>,
     /// The modulation section (§12), for a modulation-mode file (flag bit 2). Then
     /// `num_params` is the number of latents, `steps`/`tensor_bits`/`num_tensors` describe the
     /// latent channels and `arch` is the base network's.
@@ -631,6 +688,15 @@ pub struct SparsityInfo {
     pub csr5_bits_per_kept: f64,
 }
 
+/// Summary of the codebook section of a file (§4.7), read by [`inspect`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CodebookInfo {
+    /// Bytes of the whole section: presence bitmap and codebooks.
+    pub section_bytes: u64,
+    /// Per tensor, in tensor order: the number of centroids `k` (0 without a codebook).
+    pub sizes: Vec<usize>,
+}
+
 /// One payload group as reported by [`inspect`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GroupInfo {
@@ -651,6 +717,8 @@ struct Parsed<'a> {
     mask_present: Vec<bool>,
     /// §4.6 The coded mask stream (empty without the sparsity section).
     mask_stream: &'a [u8],
+    /// §4.7 Per tensor: its codebook (empty without the codebook section).
+    codebooks: Vec<Option<Codebook>>,
     width: u32,
     height: u32,
     arch: Arch,
@@ -1128,6 +1196,11 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     } else {
         (&[][..], &[][..])
     };
+    let codebooks = if flags & FLAG_CODEBOOK != 0 {
+        codebook::read_codebooks(&mut r, num_tensors)?
+    } else {
+        Vec::new()
+    };
     // 3. Payload, CRC and integrity.
     let payload = read_payload_and_crc(&mut r, bytes)?;
     let payload_len = payload.len() as u32; // read from a u32 field: exact
@@ -1178,6 +1251,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         tensor_bits.push(tb);
     }
     validate_header_bits(bits, &tensor_bits)?;
+    codebook::check_codebooks(&codebooks, &tensor_bits)?;
     // 5. Payload groups (§4.2): one per distinct bit width, ascending, filling the payload.
     let mut g = Reader {
         bytes: payload,
@@ -1211,6 +1285,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         base_id,
         mask_present,
         mask_stream,
+        codebooks,
         width,
         height,
         arch,
@@ -1261,6 +1336,13 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
     validate_header_bits(f.bits, &tensor_bits)?;
     // §4.6: masked tensors code only their kept symbols.
     let sparse = write_masks_prepare(f)?;
+    // §4.7: a tensor with a codebook codes indices inside it.
+    let codebooks = codebook::write_codebooks(&f.codebooks, &tensor_bits)?;
+    for (t, cb) in f.codebooks.iter().enumerate() {
+        if let (Some(cb), Some(q)) = (cb, f.tensors.get(t)) {
+            codebook::map_symbols(t, cb, &q.symbols)?;
+        }
+    }
     let coded: Vec<std::borrow::Cow<'_, [i32]>> = f
         .tensors
         .iter()
@@ -1312,7 +1394,8 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
     })?;
 
     let flags = if f.base_id.is_some() { FLAG_BASE } else { 0 }
-        | if sparse.is_some() { FLAG_SPARSE } else { 0 };
+        | if sparse.is_some() { FLAG_SPARSE } else { 0 }
+        | if codebooks.is_some() { FLAG_CODEBOOK } else { 0 };
     let mut out = Vec::with_capacity(
         HEADER_BYTES
             + STEP_BYTES * lens.len()
@@ -1340,6 +1423,9 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
         out.extend_from_slice(&id.to_le_bytes());
     }
     if let Some(section) = &sparse {
+        out.extend_from_slice(section);
+    }
+    if let Some(section) = &codebooks {
         out.extend_from_slice(section);
     }
     out.extend_from_slice(&payload_len.to_le_bytes());
@@ -1395,6 +1481,11 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
             }
         }
     }
+    for (t, cb) in p.codebooks.iter().enumerate() {
+        if let (Some(cb), Some(s)) = (cb, symbols.get(t)) {
+            codebook::map_symbols(t, cb, s)?;
+        }
+    }
     let tensors = p
         .steps
         .into_iter()
@@ -1414,6 +1505,7 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
         tensors,
         base_id: p.base_id,
         masks,
+        codebooks: p.codebooks,
     })
 }
 
@@ -1484,6 +1576,14 @@ pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatErr
         bpp: 8.0 * total as f64 / pixels.max(1) as f64,
         audio: None,
         sparsity,
+        codebooks: (!p.codebooks.is_empty()).then(|| CodebookInfo {
+            section_bytes: codebook::section_bytes(&p.codebooks),
+            sizes: p
+                .codebooks
+                .iter()
+                .map(|c| c.as_ref().map_or(0, Codebook::len))
+                .collect(),
+        }),
         modulation: None,
         grid: None,
     })
@@ -1876,6 +1976,7 @@ mod tests {
             tensors,
             base_id: None,
             masks: Vec::new(),
+            codebooks: Vec::new(),
         };
         let bytes = write_file(&f).unwrap();
         assert_eq!(read_file(&bytes, &Limits::default()).unwrap(), f);

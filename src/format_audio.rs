@@ -589,6 +589,7 @@ pub(super) fn inspect_audio(bytes: &[u8]) -> Result<super::FileInfo, FormatError
         flags: if p.base_id.is_some() { FLAG_BASE } else { 0 },
         base_id: p.base_id.map(|id| format!("{id:016x}")),
         sparsity: None,
+        codebooks: None,
         modulation: None,
         grid: None,
         modality: "audio",

@@ -419,6 +419,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         bpp: 8.0 * total as f64 / pixels.max(1) as f64,
         audio: None,
         sparsity: None,
+        codebooks: None,
         modulation: None,
         grid: Some(GridInfo {
             levels: p.arch.coord_dims,

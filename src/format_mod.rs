@@ -383,6 +383,7 @@ pub(super) fn inspect_mod(bytes: &[u8], limits: &Limits) -> Result<FileInfo, For
         bpp: 8.0 * total as f64 / pixels.max(1) as f64,
         audio: None,
         sparsity: None,
+        codebooks: None,
         modulation: Some(ModInfo {
             latent_dim: p.latent_dim,
             cell: p.cell,

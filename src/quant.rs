@@ -1,4 +1,5 @@
-//! Uniform per-tensor quantization: choice of step, quantize, dequantize.
+//! Per-tensor quantization: uniform (choice of step, quantize, dequantize) and weight sharing
+//! (1-D k-means centroids, nearest-centroid assignment).
 //!
 //! A tensor is coded as integer symbols `q` in `[-m, m]`, `m = 2^(bits-1) - 1`, and a step
 //! [`Step`] that is exactly representable in f32; the decoder's weight is `q as f32 * step`.
@@ -55,9 +56,123 @@ pub fn choose_step(w: &[f32], bits: u8) -> Step {
     best.1
 }
 
+/// 1-D k-means (Lloyd's algorithm) of the finite values of `w` into at most `k` centroids,
+/// with Deep Compression's linear initialisation (centroids evenly spaced over
+/// `[min, max]`). With `zero`, one centroid is held at exactly 0 (the value of pruned
+/// weights) and `k - 1` move. Deterministic; returns the distinct centroids in ascending order
+/// (fewer than `k` when `w` has fewer distinct values or clusters empty out); `[0]` for an
+/// empty `w`.
+pub fn kmeans_1d(w: &[f32], k: usize, zero: bool, iters: usize) -> Vec<f32> {
+    let mut s: Vec<f32> = w.iter().copied().filter(|v| v.is_finite()).collect();
+    s.sort_by(f32::total_cmp);
+    let (Some(&lo), Some(&hi)) = (s.first(), s.last()) else {
+        return vec![0.0];
+    };
+    let free = if zero { k.saturating_sub(1) } else { k.max(1) };
+    let mut c: Vec<f64> = (0..free)
+        .map(|j| {
+            let t = if free > 1 {
+                j as f64 / (free - 1) as f64
+            } else {
+                0.5
+            };
+            f64::from(lo) + t * (f64::from(hi) - f64::from(lo))
+        })
+        .collect();
+    // Prefix sums of the sorted values: the mean of any interval in O(1).
+    let mut prefix = Vec::with_capacity(s.len() + 1);
+    prefix.push(0.0f64);
+    for &v in &s {
+        let last = prefix.last().copied().unwrap_or(0.0);
+        prefix.push(last + f64::from(v));
+    }
+    let fixed = |c: &[f64]| -> Vec<(f64, bool)> {
+        let mut all: Vec<(f64, bool)> = c.iter().map(|&v| (v, false)).collect();
+        if zero {
+            all.push((0.0, true));
+        }
+        all.sort_by(|a, b| a.0.total_cmp(&b.0));
+        all
+    };
+    for _ in 0..iters {
+        let all = fixed(&c);
+        let mut next = Vec::with_capacity(c.len());
+        let mut start = 0usize;
+        for (j, &(cj, is_fixed)) in all.iter().enumerate() {
+            let end = match all.get(j + 1) {
+                Some(&(cn, _)) => {
+                    let mid = 0.5 * (cj + cn);
+                    start + s[start..].partition_point(|&v| f64::from(v) < mid)
+                }
+                None => s.len(),
+            };
+            if !is_fixed {
+                next.push(if end > start {
+                    (prefix[end] - prefix[start]) / (end - start) as f64
+                } else {
+                    cj
+                });
+            }
+            start = end;
+        }
+        if next == c {
+            break;
+        }
+        c = next;
+    }
+    let mut out: Vec<f32> = fixed(&c).into_iter().map(|(v, _)| v as f32).collect();
+    out.dedup();
+    out
+}
+
+/// Index of the centroid of `sorted` (ascending, non-empty) nearest to `x` (ties: the lower).
+pub fn nearest(sorted: &[f32], x: f32) -> usize {
+    let i = sorted.partition_point(|&c| c < x);
+    match (i.checked_sub(1), sorted.get(i)) {
+        (Some(p), Some(&n)) => {
+            if (x - sorted[p]).abs() <= (n - x).abs() {
+                p
+            } else {
+                i
+            }
+        }
+        (Some(p), None) => p,
+        (None, _) => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kmeans_finds_separated_clusters_and_holds_zero() {
+        let mut w = Vec::new();
+        for i in 0..100 {
+            let e = (i % 7) as f32 * 0.001;
+            w.extend([-1.0 + e, 0.5 + e, 2.0 + e]);
+        }
+        let c = kmeans_1d(&w, 3, false, 50);
+        assert_eq!(c.len(), 3);
+        for (got, want) in c.iter().zip([-0.997f32, 0.503, 2.003]) {
+            assert!((got - want).abs() < 1e-3, "{c:?}");
+        }
+        let z = kmeans_1d(&w, 4, true, 50);
+        assert_eq!(z.len(), 4);
+        assert!(z.contains(&0.0), "{z:?}");
+        assert!(z.windows(2).all(|p| p[0] < p[1]));
+        // Fewer distinct values than centroids.
+        assert_eq!(kmeans_1d(&[1.0, 1.0], 8, false, 10), vec![1.0]);
+        assert_eq!(kmeans_1d(&[], 8, false, 10), vec![0.0]);
+    }
+
+    #[test]
+    fn nearest_picks_the_closest_centroid() {
+        let c = [-1.0f32, 0.0, 2.0];
+        for (x, want) in [(-5.0, 0), (-0.6, 0), (-0.4, 1), (0.9, 1), (1.1, 2), (9.0, 2)] {
+            assert_eq!(nearest(&c, x), want, "x = {x}");
+        }
+    }
     use crate::format::QTensor;
 
     fn dequantize(q: &[i32], step: Step) -> Vec<f32> {

@@ -53,6 +53,7 @@ fn sparse_file(rng: &mut ChaCha8Rng, a: Arch, dens: &[Option<f64>]) -> InrFile {
         bits: 6,
         tensors,
         masks,
+        codebooks: Vec::new(),
         base_id: None,
     }
 }
@@ -161,6 +162,7 @@ fn fully_pruned_layers_and_constant_tensors_are_legal() {
         tensors: tensors.clone(),
         masks: lens.iter().map(|&n| Some(vec![false; n])).collect(),
         base_id: None,
+        codebooks: Vec::new(),
     };
     let bytes = write_file(&f).unwrap();
     assert_eq!(read(&bytes).unwrap(), f);
@@ -254,11 +256,11 @@ fn hostile_sparsity_sections_give_errors_not_panics() {
         Err(FormatError::UnknownFlags { flags: 2, .. })
     ));
     let mut b = bytes.clone();
-    b[6] |= 16; // bit 3 is the grid mode (§13); bit 4 is unknown
+    b[6] |= 32; // bit 3 is the grid mode (§13), bit 4 codebooks (§4.7); bit 5 is unknown
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnknownFlags { flags: 18, .. })
+        Err(FormatError::UnknownFlags { flags: 34, .. })
     ));
     // Flag bit 2 selects the modulation layout (§12): refused by name.
     let mut b = bytes.clone();

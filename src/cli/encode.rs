@@ -81,6 +81,13 @@ pub struct EncodeArgs {
     /// How pruning shares the density among the matrices.
     #[arg(long, value_enum, default_value_t = PruneScope::PerLayer)]
     pub prune_scope: PruneScope,
+    /// Weight sharing (Deep Compression): each hidden matrix keeps only K distinct values,
+    /// 1-D k-means centroids (linear initialisation) fine-tuned with the shared gradient in
+    /// the quantization phase; the file stores the codebooks and entropy-codes the indices.
+    /// Combines with --density (the pruned weights get a centroid held at 0). Image weight
+    /// mode only; not with --bpp yet.
+    #[arg(long, value_name = "K", conflicts_with = "bpp")]
+    pub kmeans: Option<usize>,
     /// Rate control: aim the file at this many bits per pixel (within ±3 % when the network
     /// can reach it); density and step sizes are chosen on the real coded size. Use a wide
     /// network (e.g. --preset small or larger); a warning is printed when the target is missed.
@@ -236,6 +243,10 @@ pub(super) fn progress_bar(ctx: &Ctx) -> ProgressBar {
 
 pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     check_output(&args.input, &args.output, args.force)?;
+    if args.kmeans.is_some() && (args.mode != Mode::Weights || super::audio::is_wav(&args.input))
+    {
+        anyhow::bail!("--kmeans (weight sharing) works in image weight mode only");
+    }
     if super::audio::is_wav(&args.input) {
         return super::audio::encode(args, ctx);
     }
@@ -279,6 +290,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         density: args.density,
         prune_scope: args.prune_scope,
         target_bpp: args.bpp,
+        kmeans: args.kmeans,
     };
 
     let pb = progress_bar(ctx);
@@ -343,6 +355,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 "steps": args.steps,
                 "seed": args.seed,
                 "density": args.density,
+                "kmeans": args.kmeans,
                 "target_bpp": args.bpp,
             },
             "psnr": json_psnr(enc.psnr),
