@@ -1,7 +1,7 @@
 //! Encoder and decoder: ties media, model, fitting, quantization and the container together.
 
 use crate::base::{self, Base, BaseError};
-pub use crate::fit::PruneScope;
+pub use crate::fit::{PruneMethod, PruneScope};
 use crate::fit::{
     magnitude_masks, psnr_u8, tensor_bits, FitEvent, Fitter, Phase, PruneSchedule, QuantSpec,
     Signal,
@@ -55,6 +55,8 @@ pub struct EncodeConfig {
     pub density: Option<f64>,
     /// How the density is shared among the pruned matrices.
     pub prune_scope: PruneScope,
+    /// How the masks are found: gradual magnitude pruning (default) or L0 gates.
+    pub prune_method: PruneMethod,
     /// Rate control: aim the real file size at this many bits per pixel (within ±3 % when
     /// reachable); density and step sizes are chosen on the real coded size. With `density`
     /// also given, the density is fixed (1 = dense) and only the step sizes move.
@@ -99,6 +101,7 @@ impl Default for EncodeConfig {
             base: BaseChoice::Default,
             density: None,
             prune_scope: PruneScope::PerLayer,
+            prune_method: PruneMethod::Magnitude,
             target_bpp: None,
             kmeans: None,
         }
@@ -196,6 +199,7 @@ pub(crate) struct Plan {
     /// Target density of the prunable matrices (`None` = dense).
     pub density: Option<f64>,
     pub prune_scope: PruneScope,
+    pub prune_method: PruneMethod,
     /// Rate control target in bits per pixel.
     pub target_bpp: Option<f64>,
     /// Centroids per shared matrix (`None` = uniform quantization).
@@ -378,6 +382,7 @@ impl EncodeConfig {
             base,
             density: self.density,
             prune_scope: self.prune_scope,
+            prune_method: self.prune_method,
             target_bpp: self.target_bpp,
             kmeans: self.kmeans,
         })
@@ -459,7 +464,7 @@ fn encode_with_plan(
     match plan.target_bpp {
         None => {
             if let Some(d) = plan.density.filter(|&d| d < 1.0) {
-                fitter.prune = Some(prune_schedule(plan.fit.steps, d, plan.prune_scope));
+                fitter.prune = Some(prune_schedule(plan.fit.steps, d, plan.prune_scope, plan.prune_method));
             }
             fitter.run_phase(&plan.fit, None, 0, total, &mut |e: &FitEvent| {
                 report("fit", e)
@@ -488,7 +493,7 @@ fn encode_with_plan(
                 ..plan.fit.clone()
             };
             if d0 < 1.0 {
-                fitter.prune = Some(prune_schedule(rest.steps, d0, plan.prune_scope));
+                fitter.prune = Some(prune_schedule(rest.steps, d0, plan.prune_scope, plan.prune_method));
             }
             fitter.run_phase(&rest, None, warm.steps, total, &mut |e: &FitEvent| {
                 report("prune", e)
@@ -552,7 +557,12 @@ type Masks = Vec<Option<Vec<bool>>>;
 
 /// Gradual pruning over a fitting phase of `steps`: dense for the first 10 %, cubic decay to
 /// `density` until 60 %, fine-tuning with the final masks for the last 40 %.
-fn prune_schedule(steps: usize, density: f64, scope: PruneScope) -> PruneSchedule {
+fn prune_schedule(
+    steps: usize,
+    density: f64,
+    scope: PruneScope,
+    method: PruneMethod,
+) -> PruneSchedule {
     let start = steps / 10;
     let end = (steps * 6 / 10).max(start);
     PruneSchedule {
@@ -561,6 +571,7 @@ fn prune_schedule(steps: usize, density: f64, scope: PruneScope) -> PruneSchedul
         end,
         every: ((end - start) / 20).max(1),
         scope,
+        method,
     }
 }
 

@@ -10,7 +10,7 @@ use crate::kernel::{self, NetShape, TrainScratch, TILE};
 use crate::model::{self, Grid2};
 use crate::quant;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -289,6 +289,16 @@ impl SharedWeights {
 // that `Fitter` applies after every Adam update; `codec` stores it in the sparsity section.
 // ---------------------------------------------------------------------------------------------
 
+/// How the pruning masks are found during fitting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum PruneMethod {
+    /// Gradual magnitude pruning (Zhu & Gupta): cubic schedule from dense to the target.
+    Magnitude,
+    /// Hard-concrete L0 gates (Louizos et al.) whose expected density a Lagrange multiplier
+    /// drives to the target; then exactly the target count is kept.
+    L0,
+}
+
 /// How a target density is shared among the prunable tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum PruneScope {
@@ -385,6 +395,8 @@ pub struct PruneSchedule {
     pub end: usize,
     pub every: usize,
     pub scope: PruneScope,
+    /// Magnitude schedule (uses `every`) or L0 gates from `start` to `end`.
+    pub method: PruneMethod,
 }
 
 impl PruneSchedule {
@@ -455,6 +467,8 @@ pub struct Fitter<'a> {
     /// Weight sharing under fine-tuning ([`Fitter::share_weights`]): the shared tensors'
     /// effective weights are their centroids, whatever the quantization passed to a step.
     pub shared: Option<SharedWeights>,
+    /// Hard-concrete L0 gates while [`PruneMethod::L0`] pruning is in its stochastic phase.
+    pub gates: Option<crate::l0::L0Gates>,
 }
 
 impl<'a> Fitter<'a> {
@@ -482,6 +496,7 @@ impl<'a> Fitter<'a> {
             masks: Vec::new(),
             prune: None,
             shared: None,
+            gates: None,
         }
     }
 
@@ -624,6 +639,9 @@ impl<'a> Fitter<'a> {
     pub fn step(&mut self, batch: usize, lr: f32, quant: Option<&QuantSpec>) -> f64 {
         let idx = self.next_batch(batch);
         self.effective(quant);
+        if let Some(g) = &mut self.gates {
+            g.sample_into(&mut self.eff);
+        }
         self.shape.pack(&self.eff, &mut self.packed);
         self.shape.pack_transposed(&self.eff, &mut self.packed_t);
         let n_chunks = idx.len().div_ceil(CHUNK);
@@ -668,6 +686,9 @@ impl<'a> Fitter<'a> {
         self.shape.unpack(&first[0], &mut self.grad);
         if let Some(sh) = &mut self.shared {
             sh.update(&mut self.grad, lr);
+        }
+        if let Some(g) = &mut self.gates {
+            g.backward(&self.params, &mut self.grad);
         }
         self.adam(lr);
         sse / (idx.len() * c) as f64
@@ -747,8 +768,25 @@ impl<'a> Fitter<'a> {
             // keep-best and early stopping only start once the schedule has ended.
             let mut mask_final = true;
             if let Some(p) = self.prune.clone() {
-                if let Some(d) = p.density_at(s) {
-                    self.prune_to(d, p.scope);
+                match p.method {
+                    PruneMethod::Magnitude => {
+                        if let Some(d) = p.density_at(s) {
+                            self.prune_to(d, p.scope);
+                        }
+                    }
+                    PruneMethod::L0 => {
+                        if s == p.start {
+                            let seed = self.rng.gen();
+                            self.gates =
+                                Some(crate::l0::L0Gates::new(&self.arch, p.target, p.scope, seed));
+                        }
+                        if s == p.end {
+                            if let Some(g) = self.gates.take() {
+                                self.masks = g.finish(&self.arch, &mut self.params);
+                                self.apply_masks();
+                            }
+                        }
+                    }
                 }
                 mask_final = s >= p.end;
             }
@@ -883,6 +921,7 @@ mod tests {
             end: 50,
             every: 10,
             scope: PruneScope::PerLayer,
+            method: PruneMethod::Magnitude,
         };
         assert_eq!(s.density_at(5), None);
         assert_eq!(s.density_at(10), Some(1.0));

@@ -24,6 +24,7 @@ pub mod format;
 pub mod grid;
 mod grid_codec;
 mod kernel;
+mod l0;
 pub mod media;
 pub mod meta;
 pub mod metrics;
@@ -41,7 +42,7 @@ pub use audio_codec::{
 };
 pub use codec::{
     decode, encode_image, inspect, inspect_with, BaseChoice, DecodeError, DecodeOptions,
-    EncodeConfig, EncodeError, Encoded, Preset, Progress, PruneScope, RATE_TOLERANCE,
+    EncodeConfig, EncodeError, Encoded, Preset, Progress, PruneMethod, PruneScope, RATE_TOLERANCE,
 };
 pub use format::Limits;
 pub use grid::GridFit;

@@ -7,7 +7,7 @@ use inr::format::{
     VERSION, VERSION_2,
 };
 use inr::media::Image;
-use inr::{decode, encode_image, DecodeOptions, EncodeConfig, Preset, PruneScope};
+use inr::{decode, encode_image, DecodeOptions, EncodeConfig, Preset, PruneMethod, PruneScope};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -354,7 +354,12 @@ fn test_image(w: u32, h: u32) -> Image {
 #[test]
 fn pruning_reaches_the_exact_density_and_decodes_to_the_reconstruction() {
     let img = test_image(32, 24);
-    for scope in [PruneScope::PerLayer, PruneScope::Global] {
+    for (scope, method) in [
+        (PruneScope::PerLayer, PruneMethod::Magnitude),
+        (PruneScope::Global, PruneMethod::Magnitude),
+        (PruneScope::PerLayer, PruneMethod::L0),
+        (PruneScope::Global, PruneMethod::L0),
+    ] {
         let cfg = EncodeConfig {
             preset: Preset::Tiny,
             width: Some(24),
@@ -362,6 +367,7 @@ fn pruning_reaches_the_exact_density_and_decodes_to_the_reconstruction() {
             steps: Some(300),
             density: Some(0.3),
             prune_scope: scope,
+            prune_method: method,
             ..Default::default()
         };
         let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::ValueEnum as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use inr::{EncodeConfig, Preset, Progress, PruneScope};
+use inr::{EncodeConfig, Preset, Progress, PruneMethod, PruneScope};
 
 use super::{check_output, json_psnr, load_input, path_str, print_json, say, Ctx};
 
@@ -81,6 +81,11 @@ pub struct EncodeArgs {
     /// How pruning shares the density among the matrices.
     #[arg(long, value_enum, default_value_t = PruneScope::PerLayer)]
     pub prune_scope: PruneScope,
+    /// How pruning finds the masks: `magnitude` (gradual magnitude pruning, cubic schedule)
+    /// or `l0` (hard-concrete L0 gates whose expected density a Lagrange multiplier drives
+    /// to --density, then exactly that density is kept).
+    #[arg(long, value_enum, default_value_t = PruneMethod::Magnitude)]
+    pub prune_method: PruneMethod,
     /// Weight sharing (Deep Compression): each hidden matrix keeps only K distinct values,
     /// 1-D k-means centroids (linear initialisation) fine-tuned with the shared gradient in
     /// the quantization phase; the file stores the codebooks and entropy-codes the indices.
@@ -289,6 +294,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         },
         density: args.density,
         prune_scope: args.prune_scope,
+        prune_method: args.prune_method,
         target_bpp: args.bpp,
         kmeans: args.kmeans,
     };
@@ -356,6 +362,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 "seed": args.seed,
                 "density": args.density,
                 "kmeans": args.kmeans,
+                "prune_method": args.prune_method,
                 "target_bpp": args.bpp,
             },
             "psnr": json_psnr(enc.psnr),
