@@ -40,7 +40,10 @@ pub struct EncodeConfig {
     pub seed: u64,
     /// Rayon threads; `None` uses all cores.
     pub threads: Option<usize>,
-    /// Stop the fitting phase early once the exact rendered PSNR reaches this (dB).
+    /// Quality target (dB): fitting stops early once the exact rendered PSNR is
+    /// [`PSNR_MARGIN_DB`] above it, and after quantization-aware fine-tuning the steps of the
+    /// matrices `W_1 .. W_D` are made as coarse as the target allows (finer if the quantized
+    /// network is below it): the smallest file at this quality that the network reaches.
     pub target_psnr: Option<f64>,
     /// Fourier features per coordinate (expert).
     pub pe_freqs: Option<u8>,
@@ -369,7 +372,7 @@ impl EncodeConfig {
                 lr_end_frac: 0.05,
                 batch,
                 eval_every: 100,
-                stop_at_psnr: self.target_psnr,
+                stop_at_psnr: self.target_psnr.map(|t| t + PSNR_MARGIN_DB),
             },
             qat: Phase {
                 steps: qat_steps,
@@ -388,6 +391,10 @@ impl EncodeConfig {
         })
     }
 }
+
+/// How far above a PSNR target (dB) fitting continues before it stops, leaving room for the
+/// quantization loss; the steps are then coarsened down to the target.
+pub const PSNR_MARGIN_DB: f64 = 0.5;
 
 /// Largest number of k-means centroids per matrix (the codebook indices then need 13 bits).
 pub const MAX_KMEANS: usize = 4096;
@@ -519,6 +526,9 @@ fn encode_with_plan(
     fitter.finish_shared(&mut q);
     if let Some(bpp) = plan.target_bpp {
         q = rate_control(&mut fitter, plan, &q, img, target_bytes(bpp, img))?;
+    }
+    if let (Some(t), None) = (plan.fit.stop_at_psnr, &plan.kmeans) {
+        q = quality_control(&mut fitter, &arch, &q, t - PSNR_MARGIN_DB);
     }
     // Serialise, then measure exactly what the decoder will produce from the bytes.
     let file = build_file(
@@ -832,6 +842,33 @@ fn adjust_to_rate(
         }
     }
     Ok((masks.to_vec(), best.unwrap_or_else(same)))
+}
+
+/// Quality control (`target_psnr`): the coarsest step scale of the matrices `W_1 .. W_D`
+/// (bisection on `log2(scale)` in `-4 ..= 4`, 16 rounds, PSNR of the network as the decoder
+/// renders it) at which the PSNR is still at least `target`; `q` unchanged if it is already
+/// below the target at the finest scale tried (the network cannot reach it).
+fn quality_control(fitter: &mut Fitter<'_>, arch: &Arch, q: &QuantSpec, target: f64) -> QuantSpec {
+    let p = masked(arch, &fitter.params, &fitter.masks);
+    let psnr_at = |f: &mut Fitter<'_>, l: f64| {
+        let qs = scaled_spec(arch, q, l.exp2());
+        let v = f.eval_params(&p, Some(&qs));
+        (v, qs)
+    };
+    let (at_one, _) = psnr_at(fitter, 0.0);
+    let (mut lo, mut hi) = if at_one >= target { (0.0f64, 4.0f64) } else { (-4.0, 0.0) };
+    let mut best: Option<QuantSpec> = (at_one >= target).then(|| q.clone());
+    for _ in 0..16 {
+        let mid = 0.5 * (lo + hi);
+        let (v, qs) = psnr_at(fitter, mid);
+        if v >= target {
+            lo = mid;
+            best = Some(qs);
+        } else {
+            hi = mid;
+        }
+    }
+    best.unwrap_or_else(|| q.clone())
 }
 
 /// `q` with the sensitive tensors (first matrix, biases) re-quantized at `bits` from `params`.

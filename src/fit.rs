@@ -80,6 +80,7 @@ pub struct Phase {
 
 /// Quantization applied in the forward pass (QAT): a step and a bit width per tensor, fixed
 /// during the phase.
+#[derive(Debug, Clone)]
 pub struct QuantSpec {
     pub steps: Vec<Step>,
     pub bits: Vec<u8>,

@@ -205,6 +205,31 @@ fn target_psnr_stops_fitting_early() {
 }
 
 #[test]
+fn target_psnr_gives_the_smallest_file_at_that_quality() {
+    let img = test_image(24, 16);
+    // Without a target: the full schedule at the preset's steps.
+    let free = enc(&img, &quick(600));
+    let target = free.psnr - 3.0;
+    let e = enc(
+        &img,
+        &EncodeConfig {
+            target_psnr: Some(target),
+            ..quick(600)
+        },
+    );
+    // At least the target, close to it (the steps were coarsened down to it), and smaller.
+    assert!(e.psnr >= target, "{} < target {target}", e.psnr);
+    assert!(e.psnr < target + 1.5, "{} far above target {target}", e.psnr);
+    assert!(
+        e.bytes.len() < free.bytes.len(),
+        "{} bytes at the target vs {} without",
+        e.bytes.len(),
+        free.bytes.len()
+    );
+    assert_eq!(decode(&e.bytes, &DecodeOptions::default()).unwrap(), e.recon);
+}
+
+#[test]
 fn decode_work_is_bounded() {
     let img = test_image(8, 8);
     let cfg = EncodeConfig {

@@ -46,8 +46,11 @@ pub struct EncodeArgs {
     /// Seed of the network initialisation (results are deterministic for a given seed).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
-    /// Stop fitting once the rendered network reaches this PSNR in dB (checked every 100 steps).
-    #[arg(long, value_name = "DB")]
+    /// Quality target in dB (weight mode): fitting stops once the rendered network is 0.5 dB
+    /// above it (checked every 100 steps), then the hidden matrices' quantization steps are
+    /// made as coarse as the target allows: the smallest file at this PSNR that the network
+    /// reaches. A warning is printed when it is missed (use a larger preset or more --steps).
+    #[arg(long, value_name = "DB", visible_alias = "psnr")]
     pub target_psnr: Option<f64>,
     /// Expert: Fourier features per coordinate (0 = plain coordinates, the default).
     #[arg(long, value_name = "N")]
@@ -340,6 +343,15 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(t) = args.target_psnr {
+        if enc.psnr < t {
+            eprintln!(
+                "warning: the file has {:.2} dB, below the target {t} dB (the network did not \
+                 reach it: try a larger --preset or more --steps)",
+                enc.psnr
+            );
+        }
+    }
     if ctx.json {
         print_json(&serde_json::json!({
             "input": path_str(&args.input),
@@ -364,6 +376,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 "kmeans": args.kmeans,
                 "prune_method": args.prune_method,
                 "target_bpp": args.bpp,
+                "target_psnr": args.target_psnr,
             },
             "psnr": json_psnr(enc.psnr),
             "bpp": bpp,

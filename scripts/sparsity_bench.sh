@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Sparsity / weight-sharing benchmark (issue 4): on every PNG of a directory, at each target
+# rate of $BPPS, weight mode with
+#   dense      --preset $DENSE --bpp B --density 1   (a smaller dense network, uniform
+#                                                    quantization, steps moved to the rate)
+#   magnitude  --preset $SPARSE --bpp B              (a wider network; rate control picks the
+#                                                    density; gradual magnitude pruning)
+#   l0         --preset $SPARSE --bpp B --prune-method l0   (same, hard-concrete L0 gates)
+#   kmeans     --preset $SPARSE --density D --kmeans $K     (D = the density the magnitude run
+#                                                    chose; weight sharing has no rate control
+#                                                    yet, so its rate differs)
+# all with --steps $STEPS --base none (equal fitting steps). Real file sizes, decoded PSNR.
+# Usage: [BPPS="0.25"] [DENSE=small] [SPARSE=large] [STEPS=1000] [K=32] [PRUNE_SCOPE=per-layer] \
+#        scripts/sparsity_bench.sh IMAGE_DIR OUT_CSV [THREADS]
+# Writes image,target_bpp,method,bpp,psnr_db,encode_s,density,kmeans (density: non-zero
+# fraction of W_1..W_D as `inr info` reports it).
+set -euo pipefail
+DIR=${1:?image directory}
+OUT=${2:?output CSV}
+THREADS=${3:-2}
+INR=${INR:-target/release/inr}
+BPPS=${BPPS:-0.25}
+DENSE=${DENSE:-small}
+SPARSE=${SPARSE:-large}
+STEPS=${STEPS:-1000}
+K=${K:-32}
+SCOPE=${PRUNE_SCOPE:-per-layer}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+mkdir -p "$(dirname "$OUT")"
+echo "image,target_bpp,method,bpp,psnr_db,encode_s,density,kmeans" > "$OUT"
+row() { # image target method kmeans file json
+  local info
+  info=$("$INR" --json info "$5")
+  python3 - "$1" "$2" "$3" "$4" "$6" "$info" >> "$OUT" <<'PY'
+import json, sys
+img, target, method, k, enc, info = sys.argv[1:7]
+e, i = json.loads(enc), json.loads(info)
+print("%s,%s,%s,%.4f,%.3f,%.1f,%.4f,%s" % (img, target, method, e["bpp"], e["psnr"], e["time_s"],
+      i["weights"]["hidden_density"], k))
+PY
+}
+density_of() { # file -> non-zero fraction of the hidden matrices W_1..W_D
+  "$INR" --json info "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["weights"]["hidden_density"])'
+}
+for png in "$DIR"/*.png; do
+  img=$(basename "$png" .png)
+  for b in $BPPS; do
+    common=(--json --threads "$THREADS" encode "$png" --steps "$STEPS" --base none --prune-scope "$SCOPE" --force --preset)
+    f="$TMP/$img.inr"
+    enc=$("$INR" "${common[@]}" "$DENSE" -o "$f" --bpp "$b" --density 1); row "$img" "$b" dense - "$f" "$enc"
+    enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b"); row "$img" "$b" magnitude - "$f" "$enc"
+    d=$(density_of "$f")
+    enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b" --prune-method l0); row "$img" "$b" l0 - "$f" "$enc"
+    enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --density "$d" --kmeans "$K"); row "$img" "$b" kmeans "$K" "$f" "$enc"
+    echo "$img $b done" >&2
+  done
+done
