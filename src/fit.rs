@@ -292,6 +292,7 @@ impl SharedWeights {
 
 /// How the pruning masks are found during fitting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PruneMethod {
     /// Gradual magnitude pruning (Zhu & Gupta): cubic schedule from dense to the target.
     Magnitude,

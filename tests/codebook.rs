@@ -307,3 +307,59 @@ fn kmeans_with_k_centroids_decodes_to_at_most_k_values() {
         assert!(encode_image(&img, &bad, &mut |_: &inr::Progress| {}).is_err());
     }
 }
+
+#[test]
+fn cli_kmeans_and_l0_flags_reach_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rgb_24x17.png");
+    let out = dir.path().join("a.inr");
+    let o = assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .args(["--json", "encode", "--preset", "tiny", "--width", "12", "--depth", "3"])
+        .args(["--steps", "100", "--base", "none", "--kmeans", "5", "--density", "0.5"])
+        .args(["--prune-method", "l0", "-o"])
+        .arg(&out)
+        .arg(&input)
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    assert_eq!(v["config"]["kmeans"], 5);
+    assert_eq!(v["config"]["prune_method"], "l0");
+    let o = assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .args(["--json", "info"])
+        .arg(&out)
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    let sizes: Vec<u64> = v["info"]["codebooks"]["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes.len(), 8);
+    for (t, &k) in sizes.iter().enumerate() {
+        if t >= 2 && t % 2 == 0 {
+            assert!((2..=5).contains(&k), "tensor {t}: k = {k}");
+        } else {
+            assert_eq!(k, 0, "tensor {t}");
+        }
+    }
+    let d = v["weights"]["hidden_density"].as_f64().unwrap();
+    assert!(d <= 0.5 + 1e-9, "hidden density {d}");
+    // Other modes and rate control refuse weight sharing with a clear message.
+    for extra in [&["--mode", "grid"][..], &["--bpp", "4"][..]] {
+        let o = assert_cmd::Command::cargo_bin("inr")
+            .unwrap()
+            .args(["encode", "--kmeans", "4", "-o"])
+            .arg(dir.path().join("b.inr"))
+            .arg(&input)
+            .args(extra)
+            .assert()
+            .failure();
+        let err = String::from_utf8_lossy(&o.get_output().stderr).to_string();
+        assert!(err.contains("kmeans"), "{err}");
+    }
+}
