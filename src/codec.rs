@@ -1,11 +1,11 @@
 //! Encoder and decoder: ties media, model, fitting, quantization and the container together.
 
 use crate::base::{self, Base, BaseError};
-pub use crate::fit::{PruneMethod, PruneScope};
 use crate::fit::{
-    magnitude_masks, psnr_u8, tensor_bits, FitEvent, Fitter, Phase, PruneSchedule, QuantSpec,
-    Signal,
+    magnitude_masks, masked, psnr_u8, residual, tensor_bits, FitEvent, Fitter, Phase,
+    PruneSchedule, QuantSpec, Signal,
 };
+pub use crate::fit::{PruneMethod, PruneScope};
 use crate::format::{self, Arch, InrFile, Limits, QTensor};
 use crate::media::Image;
 use crate::model::{self, Grid2};
@@ -64,8 +64,9 @@ pub struct EncodeConfig {
     /// reachable); density and step sizes are chosen on the real coded size. With `density`
     /// also given, the density is fixed (1 = dense) and only the step sizes move.
     pub target_bpp: Option<f64>,
-    /// Which initialisation fitting starts from (fitting starts from random when `density`
-    /// or `target_bpp` is set: pruning and rate control do not code residuals yet).
+    /// Which initialisation fitting starts from. With a base, pruning (`density`) and rate
+    /// control (`target_bpp`) work on the residuals `w − base`: a pruned weight is the base
+    /// weight.
     pub base: BaseChoice,
     /// Weight sharing: the matrices `W_1 .. W_D` each keep only this many distinct values
     /// (1-D k-means centroids, linear initialisation, fine-tuned with the shared gradient;
@@ -316,18 +317,6 @@ impl EncodeConfig {
                      preset, --width or --depth, or a smaller image"
                 ))
             })?;
-        if (self.density.is_some() || self.target_bpp.is_some())
-            && matches!(self.base, BaseChoice::Custom(_))
-        {
-            return Err(EncodeError::Parameter(
-                "--density and --bpp cannot be combined with a custom --base yet".into(),
-            ));
-        }
-        let base = if self.density.is_some() || self.target_bpp.is_some() {
-            None
-        } else {
-            base
-        };
         if let Some(d) = self.density {
             if !(0.0..=1.0).contains(&d) {
                 return Err(EncodeError::Parameter(format!(
@@ -458,6 +447,8 @@ fn encode_with_plan(
         None => model::siren_init(&shape, seed),
     };
     let mut fitter = Fitter::new(arch, &sig, init, seed);
+    // Pruning from a base ranks and codes residuals: pruned weights keep their base value.
+    fitter.anchor = plan.base.as_ref().map(|b| b.params.clone());
     let total = plan.fit.steps + plan.qat.steps;
     let mut report = |phase: &'static str, e: &FitEvent| {
         progress(&Progress {
@@ -471,7 +462,12 @@ fn encode_with_plan(
     match plan.target_bpp {
         None => {
             if let Some(d) = plan.density.filter(|&d| d < 1.0) {
-                fitter.prune = Some(prune_schedule(plan.fit.steps, d, plan.prune_scope, plan.prune_method));
+                fitter.prune = Some(prune_schedule(
+                    plan.fit.steps,
+                    d,
+                    plan.prune_scope,
+                    plan.prune_method,
+                ));
             }
             fitter.run_phase(&plan.fit, None, 0, total, &mut |e: &FitEvent| {
                 report("fit", e)
@@ -500,7 +496,12 @@ fn encode_with_plan(
                 ..plan.fit.clone()
             };
             if d0 < 1.0 {
-                fitter.prune = Some(prune_schedule(rest.steps, d0, plan.prune_scope, plan.prune_method));
+                fitter.prune = Some(prune_schedule(
+                    rest.steps,
+                    d0,
+                    plan.prune_scope,
+                    plan.prune_method,
+                ));
             }
             fitter.run_phase(&rest, None, warm.steps, total, &mut |e: &FitEvent| {
                 report("prune", e)
@@ -654,7 +655,8 @@ fn coded_bytes(
     masks: &[Option<Vec<bool>>],
     q: &QuantSpec,
 ) -> Result<u64, EncodeError> {
-    let f = build_file(img, arch, params, masks, q, None)?;
+    // The base id's value does not change the size (8 bytes, §4.5).
+    let f = build_file(img, arch, params, masks, q, q.base.as_ref().map(|_| 0))?;
     Ok(format::estimate_file_bits(&f)? / 8)
 }
 
@@ -679,8 +681,8 @@ fn density_for_rate(
     target: u64,
 ) -> Result<(f64, Masks, u64), EncodeError> {
     let eval = |d: f64| -> Result<(Masks, u64), EncodeError> {
-        let m = magnitude_masks(arch, params, prev, d, scope);
-        let p = masked(arch, params, &m);
+        let m = magnitude_masks(arch, &residual(params, q.base.as_deref()), prev, d, scope);
+        let p = masked(arch, params, &m, q.base.as_deref());
         let b = coded_bytes(img, arch, &p, &m, q)?;
         Ok((m, b))
     };
@@ -707,23 +709,6 @@ fn density_for_rate(
     Ok((lo, best_m, best_b))
 }
 
-/// `params` with the pruned weights set to 0.
-fn masked(arch: &Arch, params: &[f32], masks: &[Option<Vec<bool>>]) -> Vec<f32> {
-    let mut p = params.to_vec();
-    let mut off = 0;
-    for (n, m) in arch.tensor_lens().into_iter().zip(masks) {
-        if let Some(keep) = m {
-            for (w, &k) in p[off..off + n].iter_mut().zip(keep) {
-                if !k {
-                    *w = 0.0;
-                }
-            }
-        }
-        off += n;
-    }
-    p
-}
-
 /// Rate control, first decision (after the dense warm-up): for hidden-matrix bit widths
 /// around the plan's, the density whose real coded file hits `target` bytes, and the PSNR of
 /// that pruned, quantized network as the decoder would render it; keeps the best PSNR.
@@ -739,7 +724,8 @@ fn choose_density_and_bits(
     let mut best: Option<(f64, f64, u8)> = None;
     for bits in lo..=hi {
         let tb = tensor_bits(&arch, bits, plan.sensitive_bits);
-        let q = QuantSpec::choose(&arch, &fitter.params, &tb, None);
+        let base = plan.base.as_ref().map(|b| b.params.as_slice());
+        let q = QuantSpec::choose(&arch, &fitter.params, &tb, base);
         let (d, m, _) = density_for_rate(
             img,
             &arch,
@@ -750,7 +736,7 @@ fn choose_density_and_bits(
             1.0,
             target,
         )?;
-        let p = masked(&arch, &fitter.params, &m);
+        let p = masked(&arch, &fitter.params, &m, q.base.as_deref());
         let psnr = fitter.eval_params(&p, Some(&q));
         dbg_rc(format_args!(
             "choose: bits {bits} density {d:.4} psnr {psnr:.2}"
@@ -849,14 +835,18 @@ fn adjust_to_rate(
 /// renders it) at which the PSNR is still at least `target`; `q` unchanged if it is already
 /// below the target at the finest scale tried (the network cannot reach it).
 fn quality_control(fitter: &mut Fitter<'_>, arch: &Arch, q: &QuantSpec, target: f64) -> QuantSpec {
-    let p = masked(arch, &fitter.params, &fitter.masks);
+    let p = masked(arch, &fitter.params, &fitter.masks, q.base.as_deref());
     let psnr_at = |f: &mut Fitter<'_>, l: f64| {
         let qs = scaled_spec(arch, q, l.exp2());
         let v = f.eval_params(&p, Some(&qs));
         (v, qs)
     };
     let (at_one, _) = psnr_at(fitter, 0.0);
-    let (mut lo, mut hi) = if at_one >= target { (0.0f64, 4.0f64) } else { (-4.0, 0.0) };
+    let (mut lo, mut hi) = if at_one >= target {
+        (0.0f64, 4.0f64)
+    } else {
+        (-4.0, 0.0)
+    };
     let mut best: Option<QuantSpec> = (at_one >= target).then(|| q.clone());
     for _ in 0..16 {
         let mid = 0.5 * (lo + hi);
@@ -874,17 +864,13 @@ fn quality_control(fitter: &mut Fitter<'_>, arch: &Arch, q: &QuantSpec, target: 
 /// `q` with the sensitive tensors (first matrix, biases) re-quantized at `bits` from `params`.
 fn with_sensitive_bits(arch: &Arch, params: &[f32], q: &QuantSpec, bits: u8) -> QuantSpec {
     let which = crate::fit::prunable(arch);
-    let mut out = QuantSpec {
-        steps: q.steps.clone(),
-        bits: q.bits.clone(),
-        base: q.base.clone(),
-        codebooks: q.codebooks.clone(),
-    };
+    let mut out = q.clone();
+    let r = residual(params, q.base.as_deref());
     let mut off = 0;
     for (t, n) in arch.tensor_lens().into_iter().enumerate() {
         if !which[t] {
             out.bits[t] = bits;
-            out.steps[t] = crate::quant::choose_step(&params[off..off + n], bits);
+            out.steps[t] = crate::quant::choose_step(&r[off..off + n], bits);
         }
         off += n;
     }
@@ -949,7 +935,7 @@ fn rate_control(
         }
         let mut best: Option<(f64, usize)> = None;
         for (i, (m, qc)) in candidates.iter().enumerate() {
-            let p = masked(&arch, &fitter.params, m);
+            let p = masked(&arch, &fitter.params, m, qc.base.as_deref());
             let psnr = fitter.eval_params(&p, Some(qc));
             dbg_rc(format_args!(
                 "  candidate {i}: sensitive bits {:?}, density {:.4}, psnr {psnr:.2}",

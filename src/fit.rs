@@ -310,6 +310,36 @@ pub enum PruneScope {
     Global,
 }
 
+/// `params − anchor` (a copy of `params` without an anchor): what pruning ranks and codes.
+pub fn residual(params: &[f32], anchor: Option<&[f32]>) -> Vec<f32> {
+    match anchor {
+        Some(a) => params.iter().zip(a).map(|(&p, &a)| p - a).collect(),
+        None => params.to_vec(),
+    }
+}
+
+/// `params` with the pruned weights at 0, or at their anchor value (residual 0).
+pub fn masked(
+    arch: &Arch,
+    params: &[f32],
+    masks: &[Option<Vec<bool>>],
+    anchor: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut p = params.to_vec();
+    let mut off = 0;
+    for (n, m) in arch.tensor_lens().into_iter().zip(masks) {
+        if let Some(keep) = m {
+            for (i, &k) in keep.iter().enumerate() {
+                if !k {
+                    p[off + i] = anchor.map_or(0.0, |a| a[off + i]);
+                }
+            }
+        }
+        off += n;
+    }
+    p
+}
+
 /// Tensors pruning may touch: the weight matrices `W_1 .. W_D`. The first matrix (few
 /// weights, each shifting every frequency of the network) and the biases stay dense.
 pub fn prunable(arch: &Arch) -> Vec<bool> {
@@ -471,6 +501,10 @@ pub struct Fitter<'a> {
     pub shared: Option<SharedWeights>,
     /// Hard-concrete L0 gates while [`PruneMethod::L0`] pruning is in its stochastic phase.
     pub gates: Option<crate::l0::L0Gates>,
+    /// The base the weights are coded as residuals from, when pruning from a base: pruning
+    /// ranks `|w − base|`, a pruned weight is held at its base value (residual 0) and the
+    /// L0 gates act on the residual.
+    pub anchor: Option<Vec<f32>>,
 }
 
 impl<'a> Fitter<'a> {
@@ -499,6 +533,7 @@ impl<'a> Fitter<'a> {
             prune: None,
             shared: None,
             gates: None,
+            anchor: None,
         }
     }
 
@@ -516,7 +551,12 @@ impl<'a> Fitter<'a> {
                     .collect();
                 let keep = self.masks.get(t).and_then(Option::as_ref);
                 let kept: Vec<f32> = match keep {
-                    Some(keep) => r.iter().zip(keep).filter(|(_, &k)| k).map(|(&v, _)| v).collect(),
+                    Some(keep) => r
+                        .iter()
+                        .zip(keep)
+                        .filter(|(_, &k)| k)
+                        .map(|(&v, _)| v)
+                        .collect(),
                     None => r.clone(),
                 };
                 let centroids = quant::kmeans_1d(&kept, k, keep.is_some(), 100);
@@ -588,20 +628,23 @@ impl<'a> Fitter<'a> {
         self.apply_masks();
     }
 
-    /// Magnitude-prune to `density` (see [`magnitude_masks`]) and apply the masks.
+    /// Magnitude-prune to `density` (see [`magnitude_masks`]; residuals from the anchor if
+    /// set) and apply the masks.
     pub fn prune_to(&mut self, density: f64, scope: PruneScope) {
-        self.masks = magnitude_masks(&self.arch, &self.params, &self.masks, density, scope);
+        let r = residual(&self.params, self.anchor.as_deref());
+        self.masks = magnitude_masks(&self.arch, &r, &self.masks, density, scope);
         self.apply_masks();
     }
 
-    /// Zero the pruned weights and their Adam moments.
+    /// Hold the pruned weights at 0 (at their anchor value with an anchor) and zero their
+    /// Adam moments.
     pub fn apply_masks(&mut self) {
         let mut off = 0;
         for (n, m) in self.arch.tensor_lens().into_iter().zip(&self.masks) {
             if let Some(keep) = m {
                 for (i, &k) in keep.iter().enumerate() {
                     if !k {
-                        self.params[off + i] = 0.0;
+                        self.params[off + i] = self.anchor.as_ref().map_or(0.0, |a| a[off + i]);
                         self.m[off + i] = 0.0;
                         self.v[off + i] = 0.0;
                     }
@@ -779,8 +822,13 @@ impl<'a> Fitter<'a> {
                     PruneMethod::L0 => {
                         if s == p.start {
                             let seed = self.rng.gen();
-                            self.gates =
-                                Some(crate::l0::L0Gates::new(&self.arch, p.target, p.scope, seed));
+                            self.gates = Some(crate::l0::L0Gates::new(
+                                &self.arch,
+                                p.target,
+                                p.scope,
+                                seed,
+                                self.anchor.clone(),
+                            ));
                         }
                         if s == p.end {
                             if let Some(g) = self.gates.take() {

@@ -1395,7 +1395,11 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
 
     let flags = if f.base_id.is_some() { FLAG_BASE } else { 0 }
         | if sparse.is_some() { FLAG_SPARSE } else { 0 }
-        | if codebooks.is_some() { FLAG_CODEBOOK } else { 0 };
+        | if codebooks.is_some() {
+            FLAG_CODEBOOK
+        } else {
+            0
+        };
     let mut out = Vec::with_capacity(
         HEADER_BYTES
             + STEP_BYTES * lens.len()

@@ -54,11 +54,20 @@ pub struct L0Gates {
     target: f64,
     scope: PruneScope,
     rng: ChaCha8Rng,
+    /// Base weights: the gates then scale the residual `w − base`.
+    anchor: Option<Vec<f32>>,
 }
 
 impl L0Gates {
-    /// Gates on the prunable matrices of `arch`, all open, aiming at `target` density.
-    pub fn new(arch: &Arch, target: f64, scope: PruneScope, seed: u64) -> Self {
+    /// Gates on the prunable matrices of `arch`, all open, aiming at `target` density; with
+    /// `anchor`, on the residuals from it.
+    pub fn new(
+        arch: &Arch,
+        target: f64,
+        scope: PruneScope,
+        seed: u64,
+        anchor: Option<Vec<f32>>,
+    ) -> Self {
         let which = prunable(arch);
         let mut spans = Vec::new();
         let mut off = 0;
@@ -87,10 +96,12 @@ impl L0Gates {
             target: target.clamp(0.0, 1.0),
             scope,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x10_9a7e),
+            anchor,
         }
     }
 
-    /// Draw fresh gates and multiply the effective weights by them.
+    /// Draw fresh gates and multiply the effective weights (their residuals from the anchor)
+    /// by them.
     pub fn sample_into(&mut self, eff: &mut [f32]) {
         for (k, &(off, n)) in self.spans.iter().enumerate() {
             for i in 0..n {
@@ -106,7 +117,8 @@ impl L0Gates {
                 };
                 self.z[k][i] = z;
                 self.dz[k][i] = dz;
-                eff[off + i] *= z;
+                let a = self.anchor.as_ref().map_or(0.0, |a| a[off + i]);
+                eff[off + i] = a + (eff[off + i] - a) * z;
             }
         }
     }
@@ -118,7 +130,10 @@ impl L0Gates {
         let mut cnt = vec![0usize; self.lambda.len()];
         for (k, la) in self.log_alpha.iter().enumerate() {
             let g = self.group[k];
-            sum[g] += la.iter().map(|&a| f64::from(sigmoid(a - shift))).sum::<f64>();
+            sum[g] += la
+                .iter()
+                .map(|&a| f64::from(sigmoid(a - shift)))
+                .sum::<f64>();
             cnt[g] += la.len();
         }
         sum.iter()
@@ -150,7 +165,8 @@ impl L0Gates {
             for i in 0..n {
                 let g = grad[off + i];
                 let p = sigmoid(self.log_alpha[k][i] - shift);
-                let ga = g * params[off + i] * self.dz[k][i] + lam * p * (1.0 - p);
+                let r = params[off + i] - self.anchor.as_ref().map_or(0.0, |a| a[off + i]);
+                let ga = g * r * self.dz[k][i] + lam * p * (1.0 - p);
                 grad[off + i] = g * self.z[k][i];
                 let (m, v) = (&mut self.m[k][i], &mut self.v[k][i]);
                 *m = B1 * *m + (1.0 - B1) * ga;
@@ -182,10 +198,12 @@ impl L0Gates {
     /// Returns the masks (as [`magnitude_masks`]); the caller applies them.
     pub fn finish(&self, arch: &Arch, params: &mut [f32]) -> Vec<Option<Vec<bool>>> {
         let shift = open_shift();
+        let anchor = |j: usize| self.anchor.as_ref().map_or(0.0, |a| a[j]);
         let mut score = params.to_vec();
         for (k, &(off, n)) in self.spans.iter().enumerate() {
             for i in 0..n {
-                score[off + i] = sigmoid(self.log_alpha[k][i] - shift) * params[off + i].abs();
+                let r = params[off + i] - anchor(off + i);
+                score[off + i] = sigmoid(self.log_alpha[k][i] - shift) * r.abs();
             }
         }
         let masks = magnitude_masks(arch, &score, &[], self.target, self.scope);
@@ -193,7 +211,8 @@ impl L0Gates {
             for i in 0..n {
                 let zh = (sigmoid(self.log_alpha[k][i]) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0);
                 if zh > 0.0 {
-                    params[off + i] *= zh;
+                    let a = anchor(off + i);
+                    params[off + i] = a + (params[off + i] - a) * zh;
                 }
             }
         }
@@ -222,9 +241,11 @@ mod tests {
     fn the_multiplier_drives_the_expected_density_to_the_target() {
         let a = arch();
         for scope in [PruneScope::PerLayer, PruneScope::Global] {
-            let mut g = L0Gates::new(&a, 0.3, scope, 1);
+            let mut g = L0Gates::new(&a, 0.3, scope, 1, None);
             let n = a.num_params();
-            let params: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0).collect();
+            let params: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0)
+                .collect();
             let mut eff = params.clone();
             for _ in 0..3000 {
                 eff.copy_from_slice(&params);
@@ -243,7 +264,11 @@ mod tests {
             // The final masks keep exactly the target count.
             let mut p = params.clone();
             let masks = g.finish(&a, &mut p);
-            let kept: usize = masks.iter().flatten().map(|m| m.iter().filter(|&&k| k).count()).sum();
+            let kept: usize = masks
+                .iter()
+                .flatten()
+                .map(|m| m.iter().filter(|&&k| k).count())
+                .sum();
             let total: usize = masks.iter().flatten().map(Vec::len).sum();
             assert_eq!(kept, (0.3 * total as f64).round() as usize);
         }
@@ -252,7 +277,7 @@ mod tests {
     #[test]
     fn gates_scale_the_weights_and_their_gradient() {
         let a = arch();
-        let mut g = L0Gates::new(&a, 0.5, PruneScope::PerLayer, 2);
+        let mut g = L0Gates::new(&a, 0.5, PruneScope::PerLayer, 2, None);
         let n = a.num_params();
         let params = vec![0.5f32; n];
         let mut eff = params.clone();

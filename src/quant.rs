@@ -169,7 +169,14 @@ mod tests {
     #[test]
     fn nearest_picks_the_closest_centroid() {
         let c = [-1.0f32, 0.0, 2.0];
-        for (x, want) in [(-5.0, 0), (-0.6, 0), (-0.4, 1), (0.9, 1), (1.1, 2), (9.0, 2)] {
+        for (x, want) in [
+            (-5.0, 0),
+            (-0.6, 0),
+            (-0.4, 1),
+            (0.9, 1),
+            (1.1, 2),
+            (9.0, 2),
+        ] {
             assert_eq!(nearest(&c, x), want, "x = {x}");
         }
     }

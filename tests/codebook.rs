@@ -30,7 +30,8 @@ fn codebook_file(rng: &mut ChaCha8Rng, ks: &[Option<usize>], masked: &[bool]) ->
     let lens = a.tensor_lens();
     let (mut tensors, mut masks, mut codebooks) = (Vec::new(), Vec::new(), Vec::new());
     for (t, &n) in lens.iter().enumerate() {
-        let keep: Option<Vec<bool>> = masked[t].then(|| (0..n).map(|_| rng.gen_bool(0.5)).collect());
+        let keep: Option<Vec<bool>> =
+            masked[t].then(|| (0..n).map(|_| rng.gen_bool(0.5)).collect());
         let (bits, cb) = match ks[t] {
             Some(k) => {
                 let mut values: BTreeSet<i32> = BTreeSet::new();
@@ -90,7 +91,10 @@ fn codebooks_survive_the_round_trip_and_define_the_weights() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let f = codebook_file(&mut rng, &KS, &MASKED);
     let bytes = write_file(&f).unwrap();
-    assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]) & FLAG_CODEBOOK, FLAG_CODEBOOK);
+    assert_eq!(
+        u16::from_le_bytes([bytes[6], bytes[7]]) & FLAG_CODEBOOK,
+        FLAG_CODEBOOK
+    );
     let g = read(&bytes).unwrap();
     assert_eq!(g, f);
     for t in 0..8 {
@@ -118,7 +122,10 @@ fn codebooks_survive_the_round_trip_and_define_the_weights() {
         tensors: f
             .tensors
             .iter()
-            .map(|t| QTensor { bits: 16, ..t.clone() })
+            .map(|t| QTensor {
+                bits: 16,
+                ..t.clone()
+            })
             .collect(),
         bits: 16,
         ..f.clone()
@@ -140,13 +147,22 @@ fn writer_rejects_inconsistent_codebooks() {
     // A symbol beyond the codebook.
     let r = with(&|g| {
         let (_, hi) = g.codebooks[2].as_ref().unwrap().symbol_range();
-        let kept = g.masks[2].as_ref().unwrap().iter().position(|&k| k).unwrap();
+        let kept = g.masks[2]
+            .as_ref()
+            .unwrap()
+            .iter()
+            .position(|&k| k)
+            .unwrap();
         g.tensors[2].symbols[kept] = hi + 1;
     });
-    assert!(matches!(r, Err(FormatError::CodebookIndex { tensor: 2, .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(FormatError::CodebookIndex { tensor: 2, .. })),
+        "{r:?}"
+    );
     // Centroids out of order, a zero index beyond k, an empty codebook, a non-i16 centroid.
     for edit in [
-        &(|g: &mut InrFile| g.codebooks[2].as_mut().unwrap().values.swap(0, 1)) as &dyn Fn(&mut InrFile),
+        &(|g: &mut InrFile| g.codebooks[2].as_mut().unwrap().values.swap(0, 1))
+            as &dyn Fn(&mut InrFile),
         &|g: &mut InrFile| g.codebooks[2].as_mut().unwrap().zero = 16,
         &|g: &mut InrFile| g.codebooks[4].as_mut().unwrap().values.clear(),
         &|g: &mut InrFile| g.codebooks[6].as_mut().unwrap().values[299] = 40000,
@@ -165,7 +181,11 @@ fn writer_rejects_inconsistent_codebooks() {
 #[test]
 fn hostile_codebook_sections_give_errors_not_panics() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let f = codebook_file(&mut rng, &[None, None, Some(5), None, Some(3), None, None, None], &[false; 8]);
+    let f = codebook_file(
+        &mut rng,
+        &[None, None, Some(5), None, Some(3), None, None, None],
+        &[false; 8],
+    );
     let bytes = write_file(&f).unwrap();
     let at = 30 + 4 * 8; // the codebook bitmap (no base reference, no sparsity section)
     assert_eq!(bytes[at], 0b0001_0100);
@@ -175,7 +195,10 @@ fn hostile_codebook_sections_give_errors_not_panics() {
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::InvalidField { field: "codebook presence bitmap", .. })
+        Err(FormatError::InvalidField {
+            field: "codebook presence bitmap",
+            ..
+        })
     ));
     // k = 0; zero index = k; a huge k (beyond the file).
     for (off, v, want_truncated) in [(1usize, 0u16, false), (3, 5, false), (1, u16::MAX, true)] {
@@ -194,7 +217,10 @@ fn hostile_codebook_sections_give_errors_not_panics() {
     b.swap(at + 5, at + 7);
     b.swap(at + 6, at + 8);
     fix_crc(&mut b);
-    assert!(matches!(read(&b), Err(FormatError::Codebook { tensor: 2, .. })));
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::Codebook { tensor: 2, .. })
+    ));
     // Every single-byte change and every truncation, CRC fixed: an error or another valid
     // file, never a panic.
     for i in 0..bytes.len() - 4 {
@@ -300,9 +326,18 @@ fn kmeans_with_k_centroids_decodes_to_at_most_k_values() {
     assert_eq!(a.bytes, b.bytes);
     // Out-of-range k and the unsupported --bpp combination are refused before fitting.
     for bad in [
-        EncodeConfig { kmeans: Some(1), ..cfg.clone() },
-        EncodeConfig { kmeans: Some(5000), ..cfg.clone() },
-        EncodeConfig { target_bpp: Some(1.0), ..cfg.clone() },
+        EncodeConfig {
+            kmeans: Some(1),
+            ..cfg.clone()
+        },
+        EncodeConfig {
+            kmeans: Some(5000),
+            ..cfg.clone()
+        },
+        EncodeConfig {
+            target_bpp: Some(1.0),
+            ..cfg.clone()
+        },
     ] {
         assert!(encode_image(&img, &bad, &mut |_: &inr::Progress| {}).is_err());
     }
@@ -316,8 +351,19 @@ fn cli_kmeans_and_l0_flags_reach_the_file() {
     let out = dir.path().join("a.inr");
     let o = assert_cmd::Command::cargo_bin("inr")
         .unwrap()
-        .args(["--json", "encode", "--preset", "tiny", "--width", "12", "--depth", "3"])
-        .args(["--steps", "100", "--base", "none", "--kmeans", "5", "--density", "0.5"])
+        .args([
+            "--json", "encode", "--preset", "tiny", "--width", "12", "--depth", "3",
+        ])
+        .args([
+            "--steps",
+            "100",
+            "--base",
+            "none",
+            "--kmeans",
+            "5",
+            "--density",
+            "0.5",
+        ])
         .args(["--prune-method", "l0", "-o"])
         .arg(&out)
         .arg(&input)

@@ -219,14 +219,21 @@ fn target_psnr_gives_the_smallest_file_at_that_quality() {
     );
     // At least the target, close to it (the steps were coarsened down to it), and smaller.
     assert!(e.psnr >= target, "{} < target {target}", e.psnr);
-    assert!(e.psnr < target + 1.5, "{} far above target {target}", e.psnr);
+    assert!(
+        e.psnr < target + 1.5,
+        "{} far above target {target}",
+        e.psnr
+    );
     assert!(
         e.bytes.len() < free.bytes.len(),
         "{} bytes at the target vs {} without",
         e.bytes.len(),
         free.bytes.len()
     );
-    assert_eq!(decode(&e.bytes, &DecodeOptions::default()).unwrap(), e.recon);
+    assert_eq!(
+        decode(&e.bytes, &DecodeOptions::default()).unwrap(),
+        e.recon
+    );
 }
 
 #[test]

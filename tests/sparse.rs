@@ -473,3 +473,67 @@ fn cli_density_and_bpp_flags_reach_the_file() {
     let bpp = v["bpp"].as_f64().unwrap();
     assert!((bpp - 8.0).abs() <= 0.24, "bpp {bpp}");
 }
+
+#[test]
+fn pruning_and_rate_control_from_a_base_code_residuals() {
+    let img = test_image(32, 24);
+    let cfg = EncodeConfig {
+        preset: Preset::Tiny,
+        width: Some(16),
+        depth: Some(3),
+        steps: Some(300),
+        ..Default::default()
+    };
+    let arch = cfg.arch(3).unwrap();
+    let shape = inr::bench_api::shape_of(&arch);
+    let base = inr::base::Base::new(arch, inr::bench_api::siren_init(&shape, 42), "t".into())
+        .expect("base");
+    let opts = DecodeOptions {
+        bases: vec![base.clone()],
+        ..Default::default()
+    };
+    for method in [PruneMethod::Magnitude, PruneMethod::L0] {
+        let e = encode_image(
+            &img,
+            &EncodeConfig {
+                density: Some(0.3),
+                prune_method: method,
+                base: inr::BaseChoice::Custom(base.clone()),
+                ..cfg.clone()
+            },
+            &mut |_: &inr::Progress| {},
+        )
+        .unwrap();
+        let f = read(&e.bytes).unwrap();
+        assert_eq!(f.base_id, Some(base.id()));
+        // At least 70 % of each hidden matrix has residual 0, i.e. decodes to the base weight.
+        let lens = f.arch.tensor_lens();
+        for t in (2..lens.len()).step_by(2) {
+            let z = f.tensors[t].symbols.iter().filter(|&&s| s == 0).count();
+            let pruned = lens[t] - (0.3 * lens[t] as f64).round() as usize;
+            assert!(
+                z >= pruned,
+                "{method:?} tensor {t}: {z} zeros < {pruned} pruned"
+            );
+        }
+        assert_eq!(decode(&e.bytes, &opts).unwrap(), e.recon);
+        assert!(decode(&e.bytes, &DecodeOptions::default()).is_err());
+        // (A random base: the pruned weights keep random values, so the band is lower.)
+        assert!(e.psnr > 15.0, "{method:?}: psnr {}", e.psnr);
+    }
+    // Rate control from the base lands in the band too.
+    let img = test_image(48, 40);
+    let e = encode_image(
+        &img,
+        &EncodeConfig {
+            target_bpp: Some(3.0),
+            base: inr::BaseChoice::Custom(base.clone()),
+            ..cfg.clone()
+        },
+        &mut |_: &inr::Progress| {},
+    )
+    .unwrap();
+    assert_eq!(read(&e.bytes).unwrap().base_id, Some(base.id()));
+    assert!((e.bpp - 3.0).abs() <= 0.03 * 3.0, "bpp {}", e.bpp);
+    assert_eq!(decode(&e.bytes, &opts).unwrap(), e.recon);
+}

@@ -251,8 +251,7 @@ pub(super) fn progress_bar(ctx: &Ctx) -> ProgressBar {
 
 pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     check_output(&args.input, &args.output, args.force)?;
-    if args.kmeans.is_some() && (args.mode != Mode::Weights || super::audio::is_wav(&args.input))
-    {
+    if args.kmeans.is_some() && (args.mode != Mode::Weights || super::audio::is_wav(&args.input)) {
         anyhow::bail!("--kmeans (weight sharing) works in image weight mode only");
     }
     if super::audio::is_wav(&args.input) {
