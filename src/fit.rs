@@ -964,6 +964,65 @@ mod tests {
     }
 
     #[test]
+    fn shared_centroids_are_fine_tuned_by_the_summed_gradient() {
+        let a = Arch {
+            width: 16,
+            ..arch()
+        };
+        let (w, h) = (24u32, 16u32);
+        let data: Vec<u8> = (0..w * h * 3)
+            .map(|i| (128.0 + 90.0 * ((i % 37) as f32 * 0.3).sin()) as u8)
+            .collect();
+        let grid = Grid2::new(&a, w, h);
+        let sig = Signal {
+            grid: &grid,
+            target: data.iter().map(|&v| model::from_u8(v)).collect(),
+            original: &data,
+        };
+        let mut f = Fitter::new(a, &sig, model::siren_init(&model::shape_of(&a), 3), 3);
+        for _ in 0..300 {
+            f.step(1 << 16, 1e-3, None);
+        }
+        let tb = tensor_bits(&a, 8, 14);
+        let mut q = QuantSpec::choose(&a, &f.params, &tb, None);
+        f.share_weights(4, &prunable(&a), None);
+        let before = f.eval(Some(&q));
+        let assign: Vec<Vec<u16>> = f
+            .shared
+            .as_ref()
+            .unwrap()
+            .tensors
+            .iter()
+            .map(|t| t.assign.clone())
+            .collect();
+        f.reset_optimizer();
+        for _ in 0..150 {
+            f.step(1 << 16, 1e-3, Some(&q));
+        }
+        let after = f.eval(Some(&q));
+        assert!(
+            after > before + 0.3,
+            "fine-tuning {before:.2} -> {after:.2} dB"
+        );
+        // Assignments stay fixed; only the centroids move.
+        let sh = f.shared.as_ref().unwrap();
+        for (t, a0) in sh.tensors.iter().zip(&assign) {
+            assert_eq!(&t.assign, a0);
+        }
+        // The integer codebooks reproduce the fine-tuned network.
+        f.finish_shared(&mut q);
+        assert!(f.shared.is_none());
+        let exact = f.eval(Some(&q));
+        assert!((exact - after).abs() < 0.05, "{after:.3} vs {exact:.3} dB");
+        for (t, cb) in q.codebooks.iter().enumerate() {
+            assert_eq!(cb.is_some(), prunable(&a)[t]);
+            if let Some(cb) = cb {
+                assert!(cb.len() <= 4 && q.bits[t] == cb.min_bits());
+            }
+        }
+    }
+
+    #[test]
     fn cubic_schedule_goes_from_dense_to_target() {
         let s = PruneSchedule {
             target: 0.2,
