@@ -68,6 +68,8 @@ pub struct EncodeConfig {
     /// control (`target_bpp`) work on the residuals `w − base`: a pruned weight is the base
     /// weight.
     pub base: BaseChoice,
+    /// How the hidden matrices' bit widths are chosen (without `target_bpp`).
+    pub bit_allocation: BitAllocation,
     /// Weight sharing: the matrices `W_1 .. W_D` each keep only this many distinct values
     /// (1-D k-means centroids, linear initialisation, fine-tuned with the shared gradient;
     /// indices entropy-coded, codebook in the file, spec §4.7). `None` = uniform quantization.
@@ -108,8 +110,21 @@ impl Default for EncodeConfig {
             prune_method: PruneMethod::Magnitude,
             target_bpp: None,
             kmeans: None,
+            bit_allocation: BitAllocation::Sensitivity,
         }
     }
+}
+
+/// Bit widths of the hidden matrices `W_1 .. W_D`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BitAllocation {
+    /// The preset's (or `--bits`) width for every matrix.
+    Uniform,
+    /// Per matrix, by measured sensitivity under the uniform allocation's bit budget (after
+    /// fitting, before quantization-aware fine-tuning). The default.
+    #[default]
+    Sensitivity,
 }
 
 /// Progress reports sent by the encoder.
@@ -208,6 +223,7 @@ pub(crate) struct Plan {
     pub target_bpp: Option<f64>,
     /// Centroids per shared matrix (`None` = uniform quantization).
     pub kmeans: Option<usize>,
+    pub bit_allocation: BitAllocation,
 }
 
 impl EncodeConfig {
@@ -377,8 +393,96 @@ impl EncodeConfig {
             prune_method: self.prune_method,
             target_bpp: self.target_bpp,
             kmeans: self.kmeans,
+            bit_allocation: self.bit_allocation,
         })
     }
+}
+
+/// Per-matrix bit widths by measured sensitivity (mixed precision under a bit budget). For
+/// each hidden matrix t and width b within ±2 of the plan's (2 ..= 12): the MSE added when only
+/// t is quantized at b (every other tensor at 16 bits; the network as the decoder renders it),
+/// and the bytes of t alone from the real entropy coder. Then the Lagrangian allocation: each
+/// matrix takes the b minimising `ΔMSE_t(b) + λ · bytes_t(b)`, with the smallest λ (bisection)
+/// whose total bytes do not exceed those of the uniform allocation `tb`. Returns the new
+/// widths (`tb` unchanged for fewer than two matrices).
+fn allocate_bits(fitter: &mut Fitter<'_>, plan: &Plan, tb: &[u8]) -> Result<Vec<u8>, EncodeError> {
+    let arch = plan.arch;
+    let which = crate::fit::prunable(&arch);
+    let hidden: Vec<usize> = (0..which.len()).filter(|&t| which[t]).collect();
+    if hidden.len() < 2 {
+        return Ok(tb.to_vec());
+    }
+    let base = plan.base.as_ref().map(|b| b.params.as_slice());
+    let params = masked(&arch, &fitter.params, &fitter.masks, base);
+    let lens = arch.tensor_lens();
+    let mse = |psnr: f64| 255.0f64.powi(2) * 10f64.powf(-psnr / 10.0);
+    let fine = vec![16u8; tb.len()];
+    let ref_mse = mse(fitter.eval_params(
+        &params,
+        Some(&QuantSpec::choose(&arch, &params, &fine, base)),
+    ));
+    let widths: Vec<u8> =
+        (plan.bits.saturating_sub(2).max(2)..=plan.bits.saturating_add(2).min(12)).collect();
+    // table[h][i] = (ΔMSE, bytes) of hidden matrix h at widths[i].
+    let mut table = Vec::with_capacity(hidden.len());
+    for &t in &hidden {
+        let mut row = Vec::with_capacity(widths.len());
+        for &b in &widths {
+            let mut bits = fine.clone();
+            bits[t] = b;
+            let q = QuantSpec::choose(&arch, &params, &bits, base);
+            let d = (mse(fitter.eval_params(&params, Some(&q))) - ref_mse).max(0.0);
+            let sym = q.symbols(&arch, &params).swap_remove(t);
+            debug_assert_eq!(sym.len(), lens[t]);
+            let bytes = crate::entropy::encode_tensors(&[&sym], format::max_abs_for_bits(b))
+                .map_err(format::FormatError::from)?
+                .len();
+            row.push((d, bytes as f64));
+        }
+        table.push(row);
+    }
+    let pick = |lambda: f64| -> (Vec<usize>, f64) {
+        let mut total = 0.0;
+        let choice = table
+            .iter()
+            .map(|row: &Vec<(f64, f64)>| {
+                let (i, &(_, r)) = row
+                    .iter()
+                    .enumerate()
+                    .min_by(|a, b| {
+                        (a.1 .0 + lambda * a.1 .1).total_cmp(&(b.1 .0 + lambda * b.1 .1))
+                    })
+                    .unwrap_or((0, &(0.0, 0.0)));
+                total += r;
+                i
+            })
+            .collect();
+        (choice, total)
+    };
+    let uniform = widths.iter().position(|&b| b == plan.bits).unwrap_or(0);
+    let budget: f64 = table.iter().map(|row| row[uniform].1).sum();
+    // Bisection on log λ: the smallest λ whose allocation fits the budget.
+    let (mut lo, mut hi) = (-30.0f64, 30.0f64);
+    let mut best = vec![uniform; hidden.len()];
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        let (choice, total) = pick(mid.exp());
+        if total <= budget {
+            hi = mid;
+            best = choice;
+        } else {
+            lo = mid;
+        }
+    }
+    let mut out = tb.to_vec();
+    for (h, &t) in hidden.iter().enumerate() {
+        out[t] = widths[best[h]];
+    }
+    dbg_rc(format_args!(
+        "allocate: bits {:?}",
+        hidden.iter().map(|&t| out[t]).collect::<Vec<_>>()
+    ));
+    Ok(out)
 }
 
 /// How far above a PSNR target (dB) fitting continues before it stops, leaving room for the
@@ -472,6 +576,9 @@ fn encode_with_plan(
             fitter.run_phase(&plan.fit, None, 0, total, &mut |e: &FitEvent| {
                 report("fit", e)
             });
+            if plan.bit_allocation == BitAllocation::Sensitivity && plan.kmeans.is_none() {
+                tb = allocate_bits(&mut fitter, plan, &tb)?;
+            }
         }
         Some(bpp) => {
             // Rate control, part 1: a dense warm-up at constant learning rate, then the

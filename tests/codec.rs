@@ -237,6 +237,50 @@ fn target_psnr_gives_the_smallest_file_at_that_quality() {
 }
 
 #[test]
+fn sensitivity_bit_allocation_stays_within_the_uniform_budget() {
+    let img = test_image(24, 16);
+    let run = |a: inr::BitAllocation| {
+        enc(
+            &img,
+            &EncodeConfig {
+                bit_allocation: a,
+                bits: Some(6),
+                ..quick(400)
+            },
+        )
+    };
+    let (u, s) = (
+        run(inr::BitAllocation::Uniform),
+        run(inr::BitAllocation::Sensitivity),
+    );
+    let bits = |e: &inr::Encoded| inr::inspect(&e.bytes).unwrap().tensor_bits;
+    // Uniform: every hidden matrix at 6 bits; sensitivity: within 4 ..= 8.
+    let hidden = |b: Vec<u8>| {
+        b.into_iter()
+            .enumerate()
+            .filter(|(t, _)| *t >= 2 && t % 2 == 0)
+    };
+    assert!(hidden(bits(&u)).all(|(_, b)| b == 6));
+    assert!(
+        hidden(bits(&s)).all(|(_, b)| (4..=8).contains(&b)),
+        "{:?}",
+        bits(&s)
+    );
+    // Same budget (the allocation's estimate is per matrix, the file groups them), no loss.
+    assert!(
+        s.bytes.len() as f64 <= 1.05 * u.bytes.len() as f64,
+        "{} vs {} bytes",
+        s.bytes.len(),
+        u.bytes.len()
+    );
+    assert!(s.psnr >= u.psnr - 0.3, "{} vs {} dB", s.psnr, u.psnr);
+    assert_eq!(
+        decode(&s.bytes, &DecodeOptions::default()).unwrap(),
+        s.recon
+    );
+}
+
+#[test]
 fn decode_work_is_bounded() {
     let img = test_image(8, 8);
     let cfg = EncodeConfig {

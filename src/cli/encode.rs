@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::ValueEnum as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use inr::{EncodeConfig, Preset, Progress, PruneMethod, PruneScope};
+use inr::{BitAllocation, EncodeConfig, Preset, Progress, PruneMethod, PruneScope};
 
 use super::{check_output, json_psnr, load_input, path_str, print_json, say, Ctx};
 
@@ -89,6 +89,11 @@ pub struct EncodeArgs {
     /// to --density, then exactly that density is kept).
     #[arg(long, value_enum, default_value_t = PruneMethod::Magnitude)]
     pub prune_method: PruneMethod,
+    /// Bit widths of the hidden matrices: `sensitivity` (per matrix, by measured PSNR loss
+    /// per byte, under the budget of the uniform allocation) or `uniform` (the preset's or
+    /// --bits for all). --bpp's rate control picks the widths itself.
+    #[arg(long, value_enum, default_value_t = BitAllocation::Sensitivity)]
+    pub bit_allocation: BitAllocation,
     /// Weight sharing (Deep Compression): each hidden matrix keeps only K distinct values,
     /// 1-D k-means centroids (linear initialisation) fine-tuned with the shared gradient in
     /// the quantization phase; the file stores the codebooks and entropy-codes the indices.
@@ -299,6 +304,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         prune_method: args.prune_method,
         target_bpp: args.bpp,
         kmeans: args.kmeans,
+        bit_allocation: args.bit_allocation,
     };
 
     let pb = progress_bar(ctx);
@@ -374,6 +380,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 "density": args.density,
                 "kmeans": args.kmeans,
                 "prune_method": args.prune_method,
+                "bit_allocation": args.bit_allocation,
                 "target_bpp": args.bpp,
                 "target_psnr": args.target_psnr,
             },
