@@ -1629,6 +1629,45 @@ pub fn tensor_cols(arch: &Arch) -> Vec<usize> {
         .collect()
 }
 
+/// A per-tensor presence bitmap (§4.6, §4.7: bit `t mod 8`, LSB first, of byte `t / 8`) as one
+/// flag per tensor; bits at or beyond `num_tensors` MUST be 0 and at least one bit MUST be set
+/// (`none`: the expectation named in that error).
+pub(crate) fn read_presence(
+    bitmap: &[u8],
+    num_tensors: usize,
+    field: &'static str,
+    none: &'static str,
+) -> Result<Vec<bool>, FormatError> {
+    let bit = |t: usize| bitmap.get(t / 8).is_some_and(|&b| b >> (t % 8) & 1 == 1);
+    if (num_tensors..8 * bitmap.len()).any(bit) {
+        return Err(FormatError::InvalidField {
+            field,
+            value: bitmap.len() as u64,
+            expected: "no bit set at or beyond the number of tensors",
+        });
+    }
+    let present: Vec<bool> = (0..num_tensors).map(bit).collect();
+    if !present.iter().any(|&p| p) {
+        return Err(FormatError::InvalidField {
+            field,
+            value: 0,
+            expected: none,
+        });
+    }
+    Ok(present)
+}
+
+/// The presence bitmap of `flags` (one per tensor, §4.6, §4.7).
+pub(crate) fn write_presence(flags: impl Iterator<Item = bool>, num_tensors: usize) -> Vec<u8> {
+    let mut out = vec![0u8; num_tensors.div_ceil(8)];
+    for (t, f) in flags.enumerate() {
+        if let (true, Some(b)) = (f, out.get_mut(t / 8)) {
+            *b |= 1 << (t % 8);
+        }
+    }
+    out
+}
+
 /// §4.6 Validates the presence bitmap (bits `>= T` zero, at least one bit set) and the mask
 /// stream length; returns one flag per tensor (empty without the section).
 fn parse_mask_presence(
@@ -1640,25 +1679,12 @@ fn parse_mask_presence(
     if flags & FLAG_SPARSE == 0 {
         return Ok(Vec::new());
     }
-    let present: Vec<bool> = (0..num_tensors)
-        .map(|t| presence.get(t / 8).is_some_and(|&b| b >> (t % 8) & 1 == 1))
-        .collect();
-    let extra = (num_tensors..8 * presence.len())
-        .any(|t| presence.get(t / 8).is_some_and(|&b| b >> (t % 8) & 1 == 1));
-    if extra {
-        return Err(FormatError::InvalidField {
-            field: "mask presence bitmap",
-            value: presence.len() as u64,
-            expected: "no bit set at or beyond the number of tensors",
-        });
-    }
-    if !present.iter().any(|&p| p) {
-        return Err(FormatError::InvalidField {
-            field: "mask presence bitmap",
-            value: 0,
-            expected: "at least one masked tensor when flag bit 1 is set",
-        });
-    }
+    let present = read_presence(
+        presence,
+        num_tensors,
+        "mask presence bitmap",
+        "at least one masked tensor when flag bit 1 is set",
+    )?;
     if !mask_stream.len().is_multiple_of(4) {
         return Err(FormatError::InvalidField {
             field: "mask stream length",
@@ -1719,7 +1745,6 @@ fn write_masks_prepare(f: &InrFile) -> Result<Option<Vec<u8>>, FormatError> {
         });
     }
     let cols = tensor_cols(&f.arch);
-    let mut presence = vec![0u8; lens.len().div_ceil(8)];
     let mut refs: Vec<(&[bool], usize)> = Vec::new();
     for (index, (m, t)) in f.masks.iter().zip(&f.tensors).enumerate() {
         let Some(keep) = m else { continue };
@@ -1744,16 +1769,13 @@ fn write_masks_prepare(f: &InrFile) -> Result<Option<Vec<u8>>, FormatError> {
                 value,
             });
         }
-        if let Some(b) = presence.get_mut(index / 8) {
-            *b |= 1 << (index % 8);
-        }
         refs.push((keep.as_slice(), cols.get(index).copied().unwrap_or(1)));
     }
     let stream = entropy::encode_masks(&refs)?;
     let len = u32::try_from(stream.len()).map_err(|_| FormatError::PayloadTooLarge {
         len: stream.len() as u64,
     })?;
-    let mut out = presence;
+    let mut out = write_presence(f.masks.iter().map(Option::is_some), lens.len());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&stream);
     Ok(Some(out))

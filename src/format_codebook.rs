@@ -3,7 +3,7 @@
 //! quantized value itself; the weight is `centroid · step` (§6.2). Kept apart from the rest
 //! of the container so that sections merge cleanly.
 
-use super::{max_abs_for_bits, FormatError, Reader};
+use super::{max_abs_for_bits, read_presence, write_presence, FormatError, Reader};
 
 /// §3.4 Flag bit 4: a codebook section (§4.7) follows the sparsity section (if any).
 pub const FLAG_CODEBOOK: u16 = 1 << 4;
@@ -107,14 +107,7 @@ pub(super) fn write_codebooks(
             found: codebooks.len(),
         });
     }
-    let mut out = vec![0u8; tensor_bits.len().div_ceil(8)];
-    for (t, cb) in codebooks.iter().enumerate() {
-        if cb.is_some() {
-            if let Some(b) = out.get_mut(t / 8) {
-                *b |= 1 << (t % 8);
-            }
-        }
-    }
+    let mut out = write_presence(codebooks.iter().map(Option::is_some), tensor_bits.len());
     for (t, (cb, &bits)) in codebooks.iter().zip(tensor_bits).enumerate() {
         let Some(cb) = cb else { continue };
         cb.validate(t, bits)?;
@@ -136,25 +129,12 @@ pub(super) fn read_codebooks(
     num_tensors: usize,
 ) -> Result<Vec<Option<Codebook>>, FormatError> {
     let presence = r.take(num_tensors.div_ceil(8), "codebook presence bitmap")?;
-    let present: Vec<bool> = (0..num_tensors)
-        .map(|t| presence.get(t / 8).is_some_and(|&b| b >> (t % 8) & 1 == 1))
-        .collect();
-    let extra = (num_tensors..8 * presence.len())
-        .any(|t| presence.get(t / 8).is_some_and(|&b| b >> (t % 8) & 1 == 1));
-    if extra {
-        return Err(FormatError::InvalidField {
-            field: "codebook presence bitmap",
-            value: presence.len() as u64,
-            expected: "no bit set at or beyond the number of tensors",
-        });
-    }
-    if !present.iter().any(|&p| p) {
-        return Err(FormatError::InvalidField {
-            field: "codebook presence bitmap",
-            value: 0,
-            expected: "at least one tensor with a codebook when flag bit 4 is set",
-        });
-    }
+    let present = read_presence(
+        presence,
+        num_tensors,
+        "codebook presence bitmap",
+        "at least one tensor with a codebook when flag bit 4 is set",
+    )?;
     let mut out = Vec::with_capacity(num_tensors); // <= 130 (depth validated)
     for p in present {
         if !p {
