@@ -10,7 +10,7 @@
 #                                                    chose; weight sharing has no rate control
 #                                                    yet, so its rate differs)
 # all with --steps $STEPS --base none (equal fitting steps). Real file sizes, decoded PSNR.
-# Usage: [BPPS="0.25"] [DENSE=small] [SPARSE=large] [STEPS=1000] [K=32] [PRUNE_SCOPE=per-layer] \
+# Usage: [BPPS="0.25"] [METHODS="dense magnitude l0 kmeans"] [DENSE=small] [SPARSE=large] [STEPS=1000] [K=32] [PRUNE_SCOPE=per-layer] \
 #        scripts/sparsity_bench.sh IMAGE_DIR OUT_CSV [THREADS]
 # Writes image,target_bpp,method,bpp,psnr_db,encode_s,density,kmeans (density: non-zero
 # fraction of W_1..W_D as `inr info` reports it).
@@ -24,6 +24,7 @@ DENSE=${DENSE:-small}
 SPARSE=${SPARSE:-large}
 STEPS=${STEPS:-1000}
 K=${K:-32}
+METHODS=${METHODS:-dense magnitude l0 kmeans} # magnitude always runs (kmeans uses its density)
 SCOPE=${PRUNE_SCOPE:-per-layer}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -48,11 +49,18 @@ for png in "$DIR"/*.png; do
   for b in $BPPS; do
     common=(--json --threads "$THREADS" encode "$png" --steps "$STEPS" --base none --prune-scope "$SCOPE" --force --preset)
     f="$TMP/$img.inr"
-    enc=$("$INR" "${common[@]}" "$DENSE" -o "$f" --bpp "$b" --density 1); row "$img" "$b" dense - "$f" "$enc"
+    has() { [[ " $METHODS " == *" $1 "* ]]; }
+    if has dense; then
+      enc=$("$INR" "${common[@]}" "$DENSE" -o "$f" --bpp "$b" --density 1); row "$img" "$b" dense - "$f" "$enc"
+    fi
     enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b"); row "$img" "$b" magnitude - "$f" "$enc"
     d=$(density_of "$f")
-    enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b" --prune-method l0); row "$img" "$b" l0 - "$f" "$enc"
-    enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --density "$d" --kmeans "$K"); row "$img" "$b" kmeans "$K" "$f" "$enc"
+    if has l0; then
+      enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b" --prune-method l0); row "$img" "$b" l0 - "$f" "$enc"
+    fi
+    if has kmeans; then
+      enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --density "$d" --kmeans "$K"); row "$img" "$b" kmeans "$K" "$f" "$enc"
+    fi
     echo "$img $b done" >&2
   done
 done
