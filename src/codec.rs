@@ -404,12 +404,12 @@ impl EncodeConfig {
 /// and the bytes of t alone from the real entropy coder. Then the Lagrangian allocation: each
 /// matrix takes the b minimising `ΔMSE_t(b) + λ · bytes_t(b)`, with the smallest λ (bisection)
 /// whose total bytes do not exceed those of the uniform allocation `tb`. Returns the new
-/// widths (`tb` unchanged for fewer than two matrices).
+/// widths (`tb` unchanged for fewer than two matrices or a plan above 12 bits).
 fn allocate_bits(fitter: &mut Fitter<'_>, plan: &Plan, tb: &[u8]) -> Result<Vec<u8>, EncodeError> {
     let arch = plan.arch;
     let which = crate::fit::prunable(&arch);
     let hidden: Vec<usize> = (0..which.len()).filter(|&t| which[t]).collect();
-    if hidden.len() < 2 {
+    if hidden.len() < 2 || plan.bits > 12 {
         return Ok(tb.to_vec());
     }
     let base = plan.base.as_ref().map(|b| b.params.as_slice());
@@ -864,12 +864,7 @@ fn choose_density_and_bits(
 fn scaled_spec(arch: &Arch, q: &QuantSpec, scale: f64) -> QuantSpec {
     let which = crate::fit::prunable(arch);
     let extra = (-scale.log2()).ceil().max(0.0) as u8;
-    let mut out = QuantSpec {
-        steps: q.steps.clone(),
-        bits: q.bits.clone(),
-        base: q.base.clone(),
-        codebooks: q.codebooks.clone(),
-    };
+    let mut out = q.clone();
     for (t, &w) in which.iter().enumerate() {
         if w {
             out.steps[t] = format::Step::from_f32((f64::from(q.steps[t].to_f32()) * scale) as f32);
@@ -893,12 +888,7 @@ fn adjust_to_rate(
 ) -> Result<(Masks, QuantSpec), EncodeError> {
     let arch = plan.arch;
     let bytes = coded_bytes(img, &arch, params, masks, q)?;
-    let same = || QuantSpec {
-        steps: q.steps.clone(),
-        bits: q.bits.clone(),
-        base: q.base.clone(),
-        codebooks: q.codebooks.clone(),
-    };
+    let same = || q.clone();
     if (bytes as f64 - target as f64).abs() <= RATE_TOLERANCE * target as f64 {
         return Ok((masks.to_vec(), same()));
     }
@@ -999,12 +989,7 @@ fn rate_control(
     target: u64,
 ) -> Result<QuantSpec, EncodeError> {
     let arch = plan.arch;
-    let mut q = QuantSpec {
-        steps: q.steps.clone(),
-        bits: q.bits.clone(),
-        base: q.base.clone(),
-        codebooks: q.codebooks.clone(),
-    };
+    let mut q = q.clone();
     const ROUNDS: usize = 3;
     for round in 0..ROUNDS {
         let bytes = coded_bytes(img, &arch, &fitter.params, &fitter.masks, &q)?;
