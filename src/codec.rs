@@ -906,12 +906,25 @@ fn adjust_to_rate(
         )?;
         return Ok((m, same()));
     }
-    // Step scale by bisection on log2(scale): coarser in 0..4 when too big, finer in -4..0
-    // when too small; keeps the smallest scale whose file fits.
+    // Step scale by bisection on log2(scale): coarser in 0..4 when too big, finer in -r..0
+    // when too small, r <= 4 being the bits the widest pruned matrix can still gain (a finer
+    // step without a wider alphabet would clip the weights); keeps the smallest scale whose
+    // file fits.
+    let room = crate::fit::prunable(&arch)
+        .iter()
+        .zip(&q.bits)
+        .filter(|(&w, _)| w)
+        .map(|(_, &b)| 16u8.saturating_sub(b))
+        .min()
+        .unwrap_or(0)
+        .min(4);
+    if bytes <= target && room == 0 {
+        return Ok((masks.to_vec(), same()));
+    }
     let (mut lo, mut hi) = if bytes > target {
         (0.0f64, 4.0f64)
     } else {
-        (-4.0, 0.0)
+        (-f64::from(room), 0.0)
     };
     let mut best = None;
     for _ in 0..16 {

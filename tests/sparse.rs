@@ -537,3 +537,36 @@ fn pruning_and_rate_control_from_a_base_code_residuals() {
     assert!((e.bpp - 3.0).abs() <= 0.03 * 3.0, "bpp {}", e.bpp);
     assert_eq!(decode(&e.bytes, &opts).unwrap(), e.recon);
 }
+
+#[test]
+fn an_unreachable_high_rate_never_clips_the_weights() {
+    // A tiny network cannot spend 40 bpp: rate control makes the steps finer only as far as
+    // the bit widths (at most 16) allow, so quality never falls below the in-band file.
+    let img = test_image(48, 40);
+    let run = |bpp: f64| {
+        let cfg = EncodeConfig {
+            preset: Preset::Tiny,
+            width: Some(12),
+            depth: Some(3),
+            steps: Some(300),
+            density: Some(1.0),
+            target_bpp: Some(bpp),
+            base: inr::BaseChoice::None,
+            ..Default::default()
+        };
+        encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).unwrap()
+    };
+    let (ok, high) = (run(3.0), run(40.0));
+    assert!(
+        high.bpp < 40.0 && high.bpp > ok.bpp,
+        "{} vs {}",
+        high.bpp,
+        ok.bpp
+    );
+    assert!(
+        high.psnr >= ok.psnr - 0.2,
+        "{} dB vs {} dB",
+        high.psnr,
+        ok.psnr
+    );
+}
