@@ -1,10 +1,11 @@
 //! Weight sharing: the codebook section of format v2 (§4.7, flag bit 4) and `--kmeans`.
 
+mod common;
+use common::{fix_crc, test_image};
 use inr::format::{
     inspect, read_file, write_file, Arch, Codebook, FormatError, InrFile, Limits, QTensor, Step,
     FLAG_CODEBOOK,
 };
-use inr::media::Image;
 use inr::{decode, encode_image, DecodeOptions, EncodeConfig, Preset};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -75,12 +76,6 @@ fn codebook_file(rng: &mut ChaCha8Rng, ks: &[Option<usize>], masked: &[bool]) ->
 
 fn read(b: &[u8]) -> Result<InrFile, FormatError> {
     read_file(b, &Limits::default())
-}
-
-fn fix_crc(bytes: &mut [u8]) {
-    let n = bytes.len() - 4;
-    let crc = crc32fast::hash(&bytes[..n]);
-    bytes[n..].copy_from_slice(&crc.to_le_bytes());
 }
 
 const KS: [Option<usize>; 8] = [None, None, Some(16), None, Some(1), None, Some(300), None];
@@ -236,25 +231,6 @@ fn hostile_codebook_sections_give_errors_not_panics() {
     }
     for n in 0..bytes.len() {
         assert!(read(&bytes[..n]).is_err());
-    }
-}
-
-fn test_image(w: u32, h: u32) -> Image {
-    let mut data = Vec::with_capacity((w * h * 3) as usize);
-    for y in 0..h {
-        for x in 0..w {
-            let fx = x as f32 / w as f32;
-            let fy = y as f32 / h as f32;
-            data.push((128.0 + 100.0 * (9.0 * fx).sin() * (5.0 * fy).cos()) as u8);
-            data.push((40.0 + 180.0 * fx * fy + 20.0 * (13.0 * fy).sin()) as u8);
-            data.push((200.0 - 150.0 * fy + 30.0 * (11.0 * fx).cos()) as u8);
-        }
-    }
-    Image {
-        width: w,
-        height: h,
-        channels: 3,
-        data,
     }
 }
 

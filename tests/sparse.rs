@@ -1,12 +1,13 @@
 //! Sparsity: the mask section of format v2 (§4.6, §5.8), pruning during fitting and rate
 //! control (`--bpp`).
 
+mod common;
+use common::{fix_crc, test_image};
 use inr::entropy::{self, MaskShape};
 use inr::format::{
     inspect, read_file, write_file, Arch, FormatError, InrFile, Limits, QTensor, Step, FLAG_SPARSE,
     VERSION, VERSION_2,
 };
-use inr::media::Image;
 use inr::{decode, encode_image, DecodeOptions, EncodeConfig, Preset, PruneMethod, PruneScope};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -60,12 +61,6 @@ fn sparse_file(rng: &mut ChaCha8Rng, a: Arch, dens: &[Option<f64>]) -> InrFile {
 
 fn read(b: &[u8]) -> Result<InrFile, FormatError> {
     read_file(b, &Limits::default())
-}
-
-fn fix_crc(bytes: &mut [u8]) {
-    let n = bytes.len() - 4;
-    let crc = crc32fast::hash(&bytes[..n]);
-    bytes[n..].copy_from_slice(&crc.to_le_bytes());
 }
 
 #[test]
@@ -330,25 +325,6 @@ fn mask_coding_approaches_the_binary_entropy_and_uses_structure() {
     m[30] = true; // gap 31
     m[62] = true; // gap 32: one filler
     assert_eq!(entropy::csr_relative_index_entries(&m, 5), (3, 1));
-}
-
-fn test_image(w: u32, h: u32) -> Image {
-    let mut data = Vec::with_capacity((w * h * 3) as usize);
-    for y in 0..h {
-        for x in 0..w {
-            let fx = x as f32 / w as f32;
-            let fy = y as f32 / h as f32;
-            data.push((128.0 + 100.0 * (9.0 * fx).sin() * (5.0 * fy).cos()) as u8);
-            data.push((40.0 + 180.0 * fx * fy + 20.0 * (13.0 * fy).sin()) as u8);
-            data.push((200.0 - 150.0 * fy + 30.0 * (11.0 * fx).cos()) as u8);
-        }
-    }
-    Image {
-        width: w,
-        height: h,
-        channels: 3,
-        data,
-    }
 }
 
 #[test]
