@@ -29,3 +29,34 @@ pub fn fix_crc(bytes: &mut [u8]) {
     let crc = crc32fast::hash(&bytes[..n]);
     bytes[n..].copy_from_slice(&crc.to_le_bytes());
 }
+
+/// Every single-byte change (CRC fixed, so the field checks are reached) gives an error or
+/// another valid file, never a panic and never the same file; every truncation is an error.
+/// `read` parses a file, `inspect` only inspects it (must not panic either).
+pub fn assert_flips_and_truncations_are_caught<T: PartialEq + std::fmt::Debug, E>(
+    bytes: &[u8],
+    original: &T,
+    read: impl Fn(&[u8]) -> Result<T, E>,
+    inspect: impl Fn(&[u8]),
+) {
+    for i in 0..bytes.len() - 4 {
+        for x in [0x01u8, 0x80, 0xFF] {
+            let mut b = bytes.to_vec();
+            b[i] ^= x;
+            fix_crc(&mut b);
+            if let Ok(g) = read(&b) {
+                assert_ne!(
+                    &g, original,
+                    "byte {i} changed but the file decodes identically"
+                );
+            }
+            inspect(&b);
+        }
+    }
+    for n in 0..bytes.len() {
+        assert!(
+            read(&bytes[..n]).is_err(),
+            "truncation to {n} bytes accepted"
+        );
+    }
+}
