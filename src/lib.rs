@@ -41,9 +41,9 @@ pub use audio_codec::{
     AudioSink, BLOCK_WINDOWS,
 };
 pub use codec::{
-    decode, encode_image, inspect, inspect_with, BaseChoice, BitAllocation, DecodeError,
-    DecodeOptions, EncodeConfig, EncodeError, Encoded, Preset, Progress, PruneMethod, PruneScope,
-    RATE_TOLERANCE,
+    decode, default_lr, encode_image, inspect, inspect_with, BaseChoice, BitAllocation,
+    DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded, Preset, Progress, PruneMethod,
+    PruneScope, RATE_TOLERANCE,
 };
 pub use format::Limits;
 pub use grid::GridFit;

@@ -303,3 +303,24 @@ fn decode_work_is_bounded() {
             if what.contains("rendering work")
     ));
 }
+
+/// Without `--lr`, a short fit uses a larger Adam rate (`0.6 / steps`, within 3e-4 ..= 2e-3):
+/// in 150 steps it must reach a clearly better PSNR than the long-fit rate 3e-4 does.
+#[test]
+fn short_fits_default_to_a_larger_learning_rate() {
+    let img = test_image(32, 24);
+    let slow = EncodeConfig {
+        lr: Some(3e-4),
+        ..quick(150)
+    };
+    let (fast, slow) = (enc(&img, &quick(150)), enc(&img, &slow));
+    assert!(
+        fast.psnr > slow.psnr + 1.0,
+        "default {} dB vs 3e-4 {} dB",
+        fast.psnr,
+        slow.psnr
+    );
+    assert_eq!(inr::default_lr(150, false), 2e-3);
+    assert_eq!(inr::default_lr(1000, true), 6e-4);
+    assert_eq!(inr::default_lr(3000, false), 3e-4);
+}

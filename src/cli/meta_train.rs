@@ -78,8 +78,8 @@ pub struct MetaTrainArgs {
     /// Encoder steps per task (default 16).
     #[arg(long)]
     pub inner_steps: Option<usize>,
-    /// Inner Adam learning rate (default: the encoder's, 3e-4 for weights, 0.05 for
-    /// modulations, 5e-3 for audio).
+    /// Inner Adam learning rate (default: 3e-4 for weights, the encoder's at the presets' step
+    /// counts; 0.05 for modulations and 5e-3 for audio, the encoder's).
     #[arg(long)]
     pub inner_lr: Option<f32>,
     /// Pixels per inner step.
