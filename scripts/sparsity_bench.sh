@@ -6,13 +6,14 @@
 #   magnitude  --preset $SPARSE --bpp B              (a wider network; rate control picks the
 #                                                    density; gradual magnitude pruning)
 #   l0         --preset $SPARSE --bpp B --prune-method l0   (same, hard-concrete L0 gates)
-#   kmeans     --preset $SPARSE --density D --kmeans $K     (D = the density the magnitude run
-#                                                    chose; weight sharing has no rate control
-#                                                    yet, so its rate differs)
+#   kmeans     --preset $SPARSE --bpp B --density D --kmeans $K   (D = the density the
+#                                                    magnitude run chose; rate control picks the
+#                                                    number of centroids, at most K)
 # all with --steps $STEPS --base none (equal fitting steps). Real file sizes, decoded PSNR.
-# Usage: [BPPS="0.25"] [METHODS="dense magnitude l0 kmeans"] [DENSE=small] [SPARSE=large] [STEPS=1000] [K=32] [PRUNE_SCOPE=per-layer] \
+# Usage: [BPPS="0.25"] [METHODS="dense magnitude l0 kmeans"] [DENSE=small] [SPARSE=large] [STEPS=1000] [K=256] [PRUNE_SCOPE=per-layer] \
 #        scripts/sparsity_bench.sh IMAGE_DIR OUT_CSV [THREADS]
-# Writes image,target_bpp,method,bpp,psnr_db,encode_s,density,kmeans (density: non-zero
+# Writes image,target_bpp,method,bpp,psnr_db,encode_s,density,kmeans (kmeans: the largest
+# codebook in the file; density: non-zero
 # fraction of W_1..W_D as `inr info` reports it).
 set -euo pipefail
 DIR=${1:?image directory}
@@ -23,7 +24,7 @@ BPPS=${BPPS:-0.25}
 DENSE=${DENSE:-small}
 SPARSE=${SPARSE:-large}
 STEPS=${STEPS:-1000}
-K=${K:-32}
+K=${K:-256}
 METHODS=${METHODS:-dense magnitude l0 kmeans} # magnitude always runs (kmeans uses its density)
 SCOPE=${PRUNE_SCOPE:-per-layer}
 TMP=$(mktemp -d)
@@ -37,6 +38,8 @@ row() { # image target method kmeans file json
 import json, sys
 img, target, method, k, enc, info = sys.argv[1:7]
 e, i = json.loads(enc), json.loads(info)
+if k != "-":  # the largest codebook rate control chose (at most K)
+    k = str(max(i["info"]["codebooks"]["sizes"]))
 print("%s,%s,%s,%.4f,%.3f,%.1f,%.4f,%s" % (img, target, method, e["bpp"], e["psnr"], e["time_s"],
       i["weights"]["hidden_density"], k))
 PY
@@ -59,7 +62,7 @@ for png in "$DIR"/*.png; do
       enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b" --prune-method l0); row "$img" "$b" l0 - "$f" "$enc"
     fi
     if has kmeans; then
-      enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --density "$d" --kmeans "$K"); row "$img" "$b" kmeans "$K" "$f" "$enc"
+      enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b" --density "$d" --kmeans "$K"); row "$img" "$b" kmeans "$K" "$f" "$enc"
     fi
     echo "$img $b done" >&2
   done

@@ -289,7 +289,7 @@ fn kmeans_with_k_centroids_decodes_to_at_most_k_values() {
     let a = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).unwrap();
     let b = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).unwrap();
     assert_eq!(a.bytes, b.bytes);
-    // Out-of-range k and the unsupported --bpp combination are refused before fitting.
+    // Out-of-range k is refused before fitting.
     for bad in [
         EncodeConfig {
             kmeans: Some(1),
@@ -297,10 +297,6 @@ fn kmeans_with_k_centroids_decodes_to_at_most_k_values() {
         },
         EncodeConfig {
             kmeans: Some(5000),
-            ..cfg.clone()
-        },
-        EncodeConfig {
-            target_bpp: Some(1.0),
             ..cfg.clone()
         },
     ] {
@@ -360,8 +356,8 @@ fn cli_kmeans_and_l0_flags_reach_the_file() {
     }
     let d = v["weights"]["hidden_density"].as_f64().unwrap();
     assert!(d <= 0.5 + 1e-9, "hidden density {d}");
-    // Other modes and rate control refuse weight sharing with a clear message.
-    for extra in [&["--mode", "grid"][..], &["--bpp", "4"][..]] {
+    // Other modes refuse weight sharing with a clear message.
+    for extra in [&["--mode", "grid"][..], &["--mode", "modulations"][..]] {
         let o = assert_cmd::Command::cargo_bin("inr")
             .unwrap()
             .args(["encode", "--kmeans", "4", "-o"])
@@ -373,4 +369,42 @@ fn cli_kmeans_and_l0_flags_reach_the_file() {
         let err = String::from_utf8_lossy(&o.get_output().stderr).to_string();
         assert!(err.contains("kmeans"), "{err}");
     }
+}
+
+/// `--kmeans K --bpp B`: K is the largest allowed, rate control picks the largest K up to it
+/// whose file fits, before the centroids are fine-tuned; the file lands within ±3 % of the
+/// target, a lower rate takes fewer centroids, and each matrix has at most K values.
+#[test]
+fn kmeans_under_a_rate_target_picks_the_number_of_centroids() {
+    let img = test_image(64, 48);
+    let npx = 64.0 * 48.0;
+    let mut got = Vec::new();
+    for bpp in [2.0, 3.0] {
+        let cfg = EncodeConfig {
+            preset: Preset::Tiny,
+            width: Some(24),
+            depth: Some(3),
+            steps: Some(200),
+            kmeans: Some(256),
+            target_bpp: Some(bpp),
+            base: inr::BaseChoice::None,
+            ..Default::default()
+        };
+        let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).unwrap();
+        let real = 8.0 * e.bytes.len() as f64 / npx;
+        assert!(
+            (real - bpp).abs() <= 0.03 * bpp,
+            "target {bpp} bpp, got {real}"
+        );
+        let f = read(&e.bytes).unwrap();
+        let most = distinct_hidden_values(&f).into_iter().max().unwrap();
+        assert!(most <= 256, "{most} values");
+        assert_eq!(
+            decode(&e.bytes, &DecodeOptions::default()).unwrap(),
+            e.recon
+        );
+        got.push((most, e.psnr));
+    }
+    assert!(got[0].0 < got[1].0, "centroids by rate: {got:?}");
+    assert!(got[0].1 < got[1].1, "PSNR by rate: {got:?}");
 }

@@ -225,3 +225,53 @@ fn presets_with_an_embedded_base_start_from_it() {
     let e = encode_image(&img, &none, &mut |_: &inr::Progress| {}).expect("encode");
     assert_eq!(inr::inspect(&e.bytes).expect("inspect").base_id, None);
 }
+
+/// The superseded embedded bases stay in the binary: a file coded from any embedded weight
+/// base (as earlier versions wrote them) decodes with no base passed, and the presets use the
+/// first base of their architecture.
+#[test]
+fn files_from_every_embedded_weight_base_decode() {
+    let img = family_image(4, 24, 16);
+    let weight_bases: Vec<&inr::base::Base> = inr::base::embedded()
+        .iter()
+        .filter(|b| b.modulation.is_none() && b.audio_window.is_none())
+        .collect();
+    assert!(
+        weight_bases.len() >= 4,
+        "current and superseded image bases"
+    );
+    for b in weight_bases {
+        let cfg = EncodeConfig {
+            steps: Some(10),
+            base: BaseChoice::Custom(b.clone()),
+            ..Default::default()
+        };
+        let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).expect("encode");
+        let info = inr::inspect(&e.bytes).expect("inspect");
+        assert_eq!(info.base_id, Some(format!("{:016x}", b.id())));
+        assert_eq!(
+            decode(&e.bytes, &DecodeOptions::default()).expect("decode"),
+            e.recon
+        );
+    }
+    for (preset, name) in [
+        (Preset::Small, "image-small-v2"),
+        (Preset::Medium, "image-medium-v2"),
+    ] {
+        let arch = EncodeConfig {
+            preset,
+            ..Default::default()
+        }
+        .arch(3)
+        .expect("arch");
+        let (_, bytes) = inr::base::EMBEDDED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("embedded");
+        let want = Base::from_bytes(bytes, &inr::Limits::default()).expect("parse");
+        assert_eq!(
+            inr::base::embedded_for(&arch).expect("base").id(),
+            want.id()
+        );
+    }
+}

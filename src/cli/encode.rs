@@ -98,9 +98,10 @@ pub struct EncodeArgs {
     /// Weight sharing (Deep Compression): each hidden matrix keeps only K distinct values,
     /// 1-D k-means centroids (linear initialisation) fine-tuned with the shared gradient in
     /// the quantization phase; the file stores the codebooks and entropy-codes the indices.
-    /// Combines with --density (the pruned weights get a centroid held at 0). Image weight
-    /// mode only; not with --bpp yet.
-    #[arg(long, value_name = "K", conflicts_with = "bpp")]
+    /// Combines with --density (the pruned weights get a centroid held at 0). With --bpp, K is
+    /// the largest allowed: the largest K up to it whose file fits the rate is used (density
+    /// then only by --density). Image weight mode only.
+    #[arg(long, value_name = "K")]
     pub kmeans: Option<usize>,
     /// Rate control: aim the file at this many bits per pixel (within ±3 % when the network
     /// can reach it); density and step sizes are chosen on the real coded size. Use a wide
