@@ -532,18 +532,8 @@ pub fn embedded() -> &'static [Base] {
 }
 
 /// Names and bytes of the embedded base files (`bases/`, see `bases/README.md` for how each
-/// was trained). A preset uses the first base whose architecture matches its network; the
-/// bases after it with the same architecture are kept so that files coded from them by earlier
-/// versions still decode.
+/// was trained). A preset uses the base whose architecture matches its network.
 pub const EMBEDDED: &[(&str, &[u8])] = &[
-    (
-        "image-small-v2",
-        include_bytes!("../bases/image-small-v2.inrb"),
-    ),
-    (
-        "image-medium-v2",
-        include_bytes!("../bases/image-medium-v2.inrb"),
-    ),
     ("image-small", include_bytes!("../bases/image-small.inrb")),
     ("image-medium", include_bytes!("../bases/image-medium.inrb")),
     ("image-mod", include_bytes!("../bases/image-mod.inrb")),

@@ -844,3 +844,52 @@ fn grid_mode_encode_decode_info_and_refusals() {
     );
     assert!(stderr.contains("--bpp"), "{stderr}");
 }
+
+#[test]
+fn plot_charts_csv_columns_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("t.csv");
+    std::fs::write(
+        &csv,
+        "image,base,steps,psnr_db,encode_s\na,none,250,20,10\nb,none,250,22,14\na,default,250,21,11\n",
+    )
+    .unwrap();
+    let svg = dir.path().join("t.svg");
+    let args = |out: &Path| {
+        let mut c = inr();
+        c.args(["--json", "plot"])
+            .arg(&csv)
+            .arg("-o")
+            .arg(out)
+            .args([
+                "--x", "encode_s", "--y", "psnr_db", "--group", "base", "--by", "steps",
+            ]);
+        c
+    };
+    let o = args(&svg).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    assert_eq!(v["curves"][0]["label"], "none");
+    assert_eq!(v["curves"][0]["points"][0][0], 12.0);
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    // An existing output is kept without --force; a PNG by extension; other extensions refused.
+    args(&svg)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--force"));
+    let png = dir.path().join("t.png");
+    args(&png).assert().success();
+    assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
+    args(&dir.path().join("t.jpg"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(".svg or .png"));
+    inr()
+        .args(["plot"])
+        .arg(&csv)
+        .arg("-o")
+        .arg(dir.path().join("u.svg"))
+        .args(["--x", "seconds", "--y", "psnr_db"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no column \"seconds\""));
+}

@@ -104,7 +104,8 @@ pub struct EncodeArgs {
     #[arg(long, value_name = "K")]
     pub kmeans: Option<usize>,
     /// Rate control: aim the file at this many bits per pixel (within ±3 % when the network
-    /// can reach it); density and step sizes are chosen on the real coded size. Use a wide
+    /// can reach it; a file further below is kept only when it is also the better one);
+    /// density and step sizes are chosen on the real coded size. Use a wide
     /// network (e.g. --preset small or larger); a warning is printed when the target is missed.
     /// In grid mode: λ from the preset table, at most two refits, then the latents' rounding
     /// dead zone is widened until the file fits.
@@ -344,9 +345,14 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let bpp = inr::metrics::bpp(bytes, img.width, img.height)?;
     if let Some(t) = args.bpp {
         if (bpp - t).abs() > inr::RATE_TOLERANCE * t {
+            let why = if bpp < t {
+                "the network cannot reach it, or spending more bytes after quantization-aware \
+                 fine-tuning lowered the PSNR, so the smaller file was kept"
+            } else {
+                "the network cannot reach it: try another --preset or --width"
+            };
             eprintln!(
-                "warning: the file has {bpp:.4} bpp, outside ±3 % of the target {t} bpp \
-                 (the network cannot reach it: try another --preset or --width)"
+                "warning: the file has {bpp:.4} bpp, outside ±3 % of the target {t} bpp ({why})"
             );
         }
     }

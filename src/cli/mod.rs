@@ -14,6 +14,7 @@ mod info;
 mod meta_train;
 mod meta_train_audio;
 mod meta_train_mod;
+mod plot;
 mod rd;
 
 /// Largest `.inrb` base file the CLI reads into memory.
@@ -93,6 +94,8 @@ pub enum Command {
     Batch(batch::BatchArgs),
     /// Meta-learn a base network (.inrb) that encoding starts from.
     MetaTrain(meta_train::MetaTrainArgs),
+    /// Chart two columns of a CSV table (benchmark results) as SVG or PNG.
+    Plot(plot::PlotArgs),
 }
 
 /// Parse the arguments, run, print any error as one `error: ...` line and return the exit code.
@@ -133,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rd(a) => rd::run(a, ctx.quiet, ctx.json),
         Command::Batch(a) => batch::run(a, ctx.quiet, ctx.json),
         Command::MetaTrain(a) => meta_train::run(a, &ctx),
+        Command::Plot(a) => plot::run(a, &ctx),
     }
 }
 
