@@ -189,7 +189,8 @@ pub fn csv_curves(
     let gi = group.map(col).transpose()?;
     let bi = by.map(col).transpose()?;
     // (curve label, [(point key, sum x, sum y, count)])
-    let mut acc: Vec<(String, Vec<(String, f64, f64, usize)>)> = Vec::new();
+    type Sums = (String, f64, f64, usize);
+    let mut acc: Vec<(String, Vec<Sums>)> = Vec::new();
     for (n, line) in lines.enumerate() {
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         if f.len() != header.len() {
