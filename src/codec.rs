@@ -636,11 +636,13 @@ fn encode_with_plan(
         fitter.masks = m;
         fitter.apply_masks();
         q = qc;
-        dbg_rc(format_args!(
-            "before QAT: {} bytes (target {})",
-            coded_bytes(img, &arch, &fitter.params, &fitter.masks, &q)?,
-            target_bytes(bpp, img)
-        ));
+        if rc_debug() {
+            dbg_rc(format_args!(
+                "before QAT: {} bytes (target {})",
+                coded_bytes(img, &arch, &fitter.params, &fitter.masks, &q)?,
+                target_bytes(bpp, img)
+            ));
+        }
     }
     fitter.reset_optimizer();
     if let Some(k) = kmeans {
@@ -1177,8 +1179,14 @@ fn rate_control(
 }
 
 /// Rate-control trace on stderr when `INR_RC_DEBUG` is set (diagnostics only).
+/// Whether `INR_RC_DEBUG` asks for rate-control traces (so that a trace needing extra work,
+/// such as an entropy-coding pass, costs nothing otherwise).
+fn rc_debug() -> bool {
+    std::env::var_os("INR_RC_DEBUG").is_some()
+}
+
 fn dbg_rc(args: std::fmt::Arguments<'_>) {
-    if std::env::var_os("INR_RC_DEBUG").is_some() {
+    if rc_debug() {
         eprintln!("rc: {args}");
     }
 }
