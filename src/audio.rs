@@ -274,6 +274,18 @@ pub fn decode_wav_bytes(bytes: &[u8]) -> Result<Audio, AudioError> {
     WavSource::new(std::io::Cursor::new(bytes))?.read_all()
 }
 
+/// Whether `path` is a WAV file: its first bytes are a RIFF/WAVE header, or its extension is
+/// `.wav` (so a broken `.wav` is still treated as audio and reported rather than skipped).
+pub fn looks_like_wav_file(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(12);
+    let read = std::fs::File::open(path).and_then(|f| f.take(12).read_to_end(&mut head));
+    (read.is_ok() && looks_like_wav(&head))
+        || path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("wav"))
+}
+
 /// True when `bytes` start like a WAV file (`RIFF....WAVE`, also `RIFX`/`RF64`).
 pub fn looks_like_wav(bytes: &[u8]) -> bool {
     bytes.len() >= 12

@@ -491,3 +491,127 @@ fn cli_encode_decode_info_eval_on_wav() {
         "{err}"
     );
 }
+
+#[test]
+fn cli_rd_audio_measures_clips_beside_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("clips");
+    std::fs::create_dir(&data).unwrap();
+    let s = spec(8000, 1, SampleKind::Int, 16);
+    let (a, b) = (tone(s, 2000, 0.5), tone(s, 1500, 0.2));
+    write_wav(&data.join("a.wav"), &a);
+    write_wav(&data.join("b.wav"), &b);
+    std::fs::write(data.join("notes.txt"), "not audio").unwrap();
+    let csv = dir.path().join("base.csv");
+    std::fs::write(
+        &csv,
+        "clip,codec,param,bytes,kbps,snr_db\n\
+         a,opus,6,900,9.0,4.0\na,opus,8,1100,11.0,7.0\n\
+         b,opus,6,700,9.5,3.0\nb,opus,8,900,12.0,6.0\n\
+         missing,opus,6,1,1.0,1.0\n",
+    )
+    .unwrap();
+    let out = dir.path().join("report");
+    let run = |extra: &[&str]| {
+        Command::cargo_bin("inr")
+            .unwrap()
+            .args([
+                "--json",
+                "--quiet",
+                "--threads",
+                "2",
+                "rd",
+                "--modality",
+                "audio",
+            ])
+            .arg(&data)
+            .arg("-o")
+            .arg(&out)
+            .arg("--baselines")
+            .arg(&csv)
+            .args(["--presets", "tiny,small", "--steps", "60", "--base", "none"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let r = run(&[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let names: Vec<&str> = v["codecs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["inr", "opus"]);
+    let inr = &v["codecs"][0]["results"];
+    assert_eq!(inr["param"], serde_json::json!(["tiny", "small"]));
+    let kbps: Vec<f64> = (0..2).map(|i| inr["kbps"][i].as_f64().unwrap()).collect();
+    assert!(kbps[1] > kbps[0], "{kbps:?}");
+    assert!(inr["psnr"][0].as_f64().unwrap() > 15.0);
+    assert!(inr["encode_s_per_audio_s"][0].as_f64().unwrap() > 0.0);
+    // Baseline means are over both clips; they have no timings.
+    let opus = &v["codecs"][1]["results"];
+    assert!((opus["kbps"][0].as_f64().unwrap() - 9.25).abs() < 1e-9);
+    assert!((opus["snr"][1].as_f64().unwrap() - 6.5).abs() < 1e-9);
+    assert!(opus["encode_s"][0].is_null());
+    assert_eq!(
+        v["unmatched_baseline_clips"],
+        serde_json::json!(["missing"])
+    );
+    assert_eq!(v["bd"][0]["anchor"], "opus");
+    for f in [
+        "rd.json", "rd.svg", "rd.png", "snr.svg", "snr.png", "a.csv", "b.csv",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // The per-clip rows: an inr rate from the real file size, a baseline PSNR derived from its
+    // SNR and the clip's energy.
+    let rows = std::fs::read_to_string(out.join("a.csv")).unwrap();
+    let ms = a.samples.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / 2000.0;
+    let mut seen = 0;
+    for line in rows.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (bytes, kbps, psnr, snr) = (
+            f[2].parse::<f64>().unwrap(),
+            f[3].parse::<f64>().unwrap(),
+            f[4].parse::<f64>().unwrap(),
+            f[5].parse::<f64>().unwrap(),
+        );
+        if f[0] == "inr" {
+            assert!((kbps - 8.0 * bytes / 0.25 / 1000.0).abs() < 1e-3, "{line}");
+        } else {
+            assert_eq!(f[0], "opus");
+            assert!(
+                (psnr - (snr + 10.0 * (4.0 / ms).log10())).abs() < 1e-3,
+                "{line}"
+            );
+            assert!(f[6].is_empty(), "{line}");
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 4);
+    // Existing report files are kept without --force; image-only options are refused.
+    let again = run(&[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let img_flag = run(&["--force", "--jpeg-qualities", "50"]);
+    assert!(!img_flag.status.success());
+    assert!(String::from_utf8_lossy(&img_flag.stderr).contains("applies to images only"));
+}
+
+#[test]
+fn cli_rd_refuses_a_baseline_csv_for_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Command::cargo_bin("inr")
+        .unwrap()
+        .arg("rd")
+        .arg(dir.path())
+        .arg("-o")
+        .arg(dir.path().join("r"))
+        .args(["--baselines", "x.csv"])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--modality audio"));
+}

@@ -49,17 +49,7 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         w0: args.w0,
         lr: args.lr,
         init: None,
-        base: match args.base.as_str() {
-            "default" => inr::BaseChoice::Default,
-            "none" => inr::BaseChoice::None,
-            path => {
-                let mut b = super::load_bases(&[std::path::PathBuf::from(path)])?;
-                match b.pop() {
-                    Some(b) => inr::BaseChoice::Custom(b),
-                    None => anyhow::bail!("no base loaded from {path}"),
-                }
-            }
-        },
+        base: super::base_choice(&args.base)?,
     };
     let pb = super::encode::progress_bar(ctx);
     let mut on_progress = |p: &Progress| {

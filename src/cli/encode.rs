@@ -291,16 +291,10 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         lr: args.lr,
         batch: args.batch,
         base: match args.base.as_str() {
-            "default" => inr::BaseChoice::Default,
-            "none" => inr::BaseChoice::None,
+            // A modulation base was loaded above; the weight-mode start is then unused.
+            "default" | "none" => super::base_choice(&args.base)?,
             _ if mod_cfg.is_some() => inr::BaseChoice::None,
-            path => {
-                let mut b = super::load_bases(&[PathBuf::from(path)])?;
-                match b.pop() {
-                    Some(b) => inr::BaseChoice::Custom(b),
-                    None => anyhow::bail!("no base loaded from {path}"),
-                }
-            }
+            path => super::base_choice(path)?,
         },
         density: args.density,
         prune_scope: args.prune_scope,

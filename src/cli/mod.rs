@@ -33,6 +33,19 @@ pub fn load_bases(paths: &[PathBuf]) -> anyhow::Result<Vec<inr::base::Base>> {
         .collect()
 }
 
+/// The start `--base` names: `default` (the embedded base matching the network, if any),
+/// `none` (random initialisation) or a base file.
+pub fn base_choice(arg: &str) -> anyhow::Result<inr::BaseChoice> {
+    Ok(match arg {
+        "default" => inr::BaseChoice::Default,
+        "none" => inr::BaseChoice::None,
+        path => match load_bases(&[PathBuf::from(path)])?.pop() {
+            Some(b) => inr::BaseChoice::Custom(b),
+            None => anyhow::bail!("no base loaded from {path}"),
+        },
+    })
+}
+
 /// Reads a whole file, refusing one larger than `max` bytes before reading it.
 pub fn read_limited(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
     use std::io::Read as _;
@@ -133,7 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decode(a) => decode::run(a, &ctx),
         Command::Info(a) => info::run(a, &ctx),
         Command::Eval(a) => eval::run(a, &ctx),
-        Command::Rd(a) => rd::run(a, ctx.quiet, ctx.json),
+        Command::Rd(a) => rd::run(a, ctx.quiet, ctx.json, ctx.threads),
         Command::Batch(a) => batch::run(a, ctx.quiet, ctx.json),
         Command::MetaTrain(a) => meta_train::run(a, &ctx),
         Command::Plot(a) => plot::run(a, &ctx),

@@ -1,4 +1,5 @@
-//! `inr rd`: rate–distortion sweep against JPEG (binary-side glue).
+//! `inr rd`: rate–distortion sweep against JPEG, or for audio against baseline points
+//! (binary-side glue).
 
 use std::path::PathBuf;
 
@@ -8,21 +9,36 @@ use inr::rd::{self, RdConfig};
 use inr::Preset;
 
 /// Measure every image of a folder with inr presets and JPEG; write rd.json, per-image CSVs,
-/// rd.svg and rd.png.
+/// rd.svg and rd.png. With `--modality audio`, every WAV clip with the audio presets, beside
+/// the points of a `--baselines` CSV; rd.svg/png then plot PSNR and snr.svg/png SNR against
+/// kbit/s.
 #[derive(Debug, clap::Args)]
 pub struct RdArgs {
-    /// Folder of images (not recursive; sorted by name).
+    /// Folder of images, or of WAV clips with `--modality audio` (not recursive; sorted by
+    /// name).
     pub data_dir: PathBuf,
+    /// What DATA_DIR holds: `image`, or `audio` (WAV clips, coded with the audio encoder;
+    /// the JPEG, modulation and grid options do not apply).
+    #[arg(long, default_value = "image", value_parser = ["image", "audio"])]
+    pub modality: String,
+    /// Audio: baseline points to show beside inr, a CSV with the columns clip (the WAV's file
+    /// stem), codec, param, kbps and snr_db (e.g. `shared/baselines/audio_dev.csv`). Their
+    /// PSNR is derived from the SNR and the clip's energy.
+    #[arg(long, value_name = "CSV")]
+    pub baselines: Option<PathBuf>,
+    /// Start of the inr presets' fits: `default` (the embedded base matching each preset, if
+    /// any), `none` (random initialisation) or a base file.
+    #[arg(long, default_value = "default", value_name = "default|none|FILE.inrb")]
+    pub base: String,
     /// Report folder (created if missing).
     #[arg(short, long, value_name = "REPORT_DIR")]
     pub output: PathBuf,
     /// inr presets to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "tiny,small,medium")]
     pub presets: Vec<Preset>,
-    /// JPEG qualities, comma-separated (1-100).
-    #[arg(long, value_delimiter = ',', default_value = "5,10,15,20,30,40,50,60,70,80,90",
-          value_parser = clap::value_parser!(u8).range(1..=100))]
-    pub jpeg_qualities: Vec<u8>,
+    /// JPEG qualities, comma-separated (1-100) [default: 5,10,15,20,30,40,50,60,70,80,90].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub jpeg_qualities: Option<Vec<u8>>,
     /// Measure only the JPEG baselines (no inr presets).
     #[arg(long)]
     pub jpeg_only: bool,
@@ -70,7 +86,15 @@ pub struct RdArgs {
 ///
 /// # Errors
 /// Any [`inr::rd::RdError`], with context.
-pub fn run(args: RdArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
+pub fn run(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> anyhow::Result<()> {
+    if args.modality == "audio" {
+        return run_audio(args, quiet, json, threads);
+    }
+    if args.baselines.is_some() {
+        anyhow::bail!(
+            "--baselines applies to --modality audio only (images are measured against JPEG)"
+        );
+    }
     let mut jpeg_variants = vec![JpegVariant::Turbo];
     if !args.no_mozjpeg {
         jpeg_variants.push(JpegVariant::Moz);
@@ -82,7 +106,10 @@ pub fn run(args: RdArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
     };
     let cfg = RdConfig {
         presets,
-        jpeg_qualities: args.jpeg_qualities.clone(),
+        jpeg_qualities: args
+            .jpeg_qualities
+            .clone()
+            .unwrap_or_else(|| rd::DEFAULT_JPEG_QUALITIES.to_vec()),
         jpeg_variants,
         limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         steps: args.steps,
@@ -104,6 +131,7 @@ pub fn run(args: RdArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             Some(p) => super::load_bases(std::slice::from_ref(p))?.pop(),
             None => None,
         },
+        base: super::base_choice(&args.base)?,
     };
     // Fail before hours of work if the report would overwrite files.
     if !args.force {
@@ -147,6 +175,122 @@ pub fn run(args: RdArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
                 println!(
                     "  {:>8}  {:.4} bpp  {:.2} dB  enc {:.3}s  dec {:.3}s",
                     r.param[i], r.bpp[i], r.psnr[i], r.encode_s[i], r.decode_s[i]
+                );
+            }
+        }
+        for b in &report.bd {
+            match (b.bd_rate_percent, b.bd_psnr_db) {
+                (Some(r), Some(p)) => println!(
+                    "BD vs {}: {}: BD-rate {r:+.2} %, BD-PSNR {p:+.3} dB",
+                    b.anchor, b.codec
+                ),
+                _ => println!(
+                    "BD vs {}: {}: not computable ({})",
+                    b.anchor,
+                    b.codec,
+                    b.error.as_deref().unwrap_or("unknown")
+                ),
+            }
+        }
+        println!("report written to {}", args.output.display());
+    }
+    Ok(())
+}
+
+/// `inr rd --modality audio`.
+fn run_audio(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> anyhow::Result<()> {
+    let image_only = [
+        (args.jpeg_qualities.is_some(), "--jpeg-qualities"),
+        (args.jpeg_only, "--jpeg-only"),
+        (args.no_mozjpeg, "--no-mozjpeg"),
+        (!args.mod_steps.is_empty(), "--mod-steps"),
+        (args.mod_fit_steps.is_some(), "--mod-fit-steps"),
+        (args.mod_base.is_some(), "--mod-base"),
+        (!args.grid_lambdas.is_empty(), "--grid-lambdas"),
+        (args.grid_fit_steps.is_some(), "--grid-fit-steps"),
+    ];
+    if let Some((_, flag)) = image_only.iter().find(|(set, _)| *set) {
+        anyhow::bail!("{flag} applies to images only (not to --modality audio)");
+    }
+    let baselines = match &args.baselines {
+        Some(p) => {
+            let bytes = super::read_limited(p, 64 << 20)?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", p.display()))?;
+            rd::audio::parse_baselines(&text).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => Vec::new(),
+    };
+    let cfg = rd::audio::AudioRdConfig {
+        presets: if args.no_presets {
+            Vec::new()
+        } else {
+            args.presets.clone()
+        },
+        base: super::base_choice(&args.base)?,
+        steps: args.steps,
+        seed: args.seed,
+        threads,
+        limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        baselines,
+        published_anchors: args.anchors,
+    };
+    if !args.force {
+        let names = rd::audio::planned_audio_report_files(&args.data_dir, &cfg)?;
+        rd::check_outputs_free(&args.output, &names)?;
+    }
+    let bar = super::counting_bar(quiet);
+    let report = rd::audio::run_audio_rd(&args.data_dir, &cfg, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        match p.fit {
+            Some((step, steps)) => {
+                bar.set_message(format!("{} {} (window {step}/{steps})", p.clip, p.param));
+            }
+            None => bar.set_message(format!("{} {}", p.clip, p.param)),
+        }
+    })
+    .with_context(|| {
+        format!(
+            "audio rate-distortion sweep over {}",
+            args.data_dir.display()
+        )
+    })?;
+    bar.finish_and_clear();
+    rd::audio::write_audio_report(&report, &args.output, args.force, args.anchors)
+        .with_context(|| format!("writing the report into {}", args.output.display()))?;
+    if json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            report_dir: &'a std::path::Path,
+            codecs: &'a [rd::audio::AudioCodecSummary],
+            bd: &'a [rd::audio::AudioBd],
+            unmatched_baseline_clips: &'a [String],
+        }
+        let out = Out {
+            report_dir: &args.output,
+            codecs: &report.codecs,
+            bd: &report.bd,
+            unmatched_baseline_clips: &report.unmatched_baseline_clips,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if !quiet {
+        if !report.unmatched_baseline_clips.is_empty() {
+            eprintln!(
+                "note: baseline clips with no WAV file here (ignored): {}",
+                report.unmatched_baseline_clips.join(", ")
+            );
+        }
+        for c in &report.codecs {
+            println!("{} ({} clips)", c.name, report.clips.len());
+            let r = &c.results;
+            for i in 0..r.kbps.len() {
+                let enc = r.encode_s_per_audio_s[i]
+                    .map(|s| format!("  enc {s:.3} s per s of audio"))
+                    .unwrap_or_default();
+                println!(
+                    "  {:>8}  {:.2} kbit/s  PSNR {:.2} dB  SNR {:.2} dB{enc}",
+                    r.param[i], r.kbps[i], r.psnr[i], r.snr[i]
                 );
             }
         }

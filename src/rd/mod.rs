@@ -14,6 +14,7 @@
 //! image run in parallel with rayon; `inr` encodes run one after the other because the encoder
 //! already uses all cores.
 
+pub mod audio;
 pub mod bd;
 pub mod jpeg;
 pub mod plot;
@@ -62,6 +63,8 @@ pub struct RdConfig {
     pub grid_lambdas: Vec<f32>,
     /// Fitting steps of the grid points (default: the encoder's).
     pub grid_fit_steps: Option<usize>,
+    /// Start of the weight-mode presets' fits (`Default`: the embedded base of each preset).
+    pub base: crate::BaseChoice,
 }
 
 impl Default for RdConfig {
@@ -79,6 +82,7 @@ impl Default for RdConfig {
             mod_base: None,
             grid_lambdas: Vec::new(),
             grid_fit_steps: None,
+            base: crate::BaseChoice::Default,
         }
     }
 }
@@ -298,7 +302,15 @@ fn inr_point(
         preset: p,
         steps: cfg.steps,
         seed: cfg.seed,
+        base: cfg.base.clone(),
         ..EncodeConfig::default()
+    };
+    let opts = DecodeOptions {
+        bases: match &cfg.base {
+            crate::BaseChoice::Custom(b) => vec![b.clone()],
+            _ => Vec::new(),
+        },
+        ..DecodeOptions::default()
     };
     let t = Instant::now();
     let enc = crate::encode_image(img, &ecfg, &mut |pr| fit(&preset, pr.step, pr.total)).map_err(
@@ -310,12 +322,11 @@ fn inr_point(
     )?;
     let encode_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let dec =
-        crate::decode(&enc.bytes, &DecodeOptions::default()).map_err(|source| RdError::Decode {
-            image: name.to_string(),
-            preset: preset.clone(),
-            source,
-        })?;
+    let dec = crate::decode(&enc.bytes, &opts).map_err(|source| RdError::Decode {
+        image: name.to_string(),
+        preset: preset.clone(),
+        source,
+    })?;
     let decode_s = t.elapsed().as_secs_f64();
     let psnr = psnr(img, &dec).ok_or_else(|| RdError::Shape {
         image: name.to_string(),
@@ -593,7 +604,8 @@ pub fn run_rd(
         descriptions.push((
             "inr".into(),
             format!(
-                "inr SIREN codec, one point per preset, seed {}{steps}",
+                "inr SIREN codec, one point per preset, {}, seed {}{steps}",
+                base_description(&cfg.base),
                 cfg.seed
             ),
         ));
@@ -633,6 +645,15 @@ pub fn run_rd(
         bd,
         images,
     })
+}
+
+/// How a sweep's description names the start of its fits.
+pub(crate) fn base_description(b: &crate::BaseChoice) -> String {
+    match b {
+        crate::BaseChoice::Default => "the embedded base where one matches the preset".into(),
+        crate::BaseChoice::None => "random start".into(),
+        crate::BaseChoice::Custom(b) => format!("base {:016x}", b.id()),
+    }
 }
 
 /// Per-operating-point means over images, in the order the points were measured.
@@ -801,6 +822,21 @@ pub fn check_outputs_free(out_dir: &Path, names: &[String]) -> Result<(), RdErro
     Ok(())
 }
 
+/// Writes `out_dir/name` atomically (refusing to replace a file unless `overwrite`).
+fn write_file(out_dir: &Path, name: &str, bytes: &[u8], overwrite: bool) -> Result<(), RdError> {
+    let path = out_dir.join(name);
+    crate::util::write_atomic(&path, bytes, overwrite).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            RdError::Exists(path.clone())
+        } else {
+            RdError::Io {
+                path: path.clone(),
+                source,
+            }
+        }
+    })
+}
+
 /// Write `rd.json`, one CSV per image, `rd.svg` and `rd.png` into `out_dir` (created if
 /// missing), each atomically.
 ///
@@ -820,19 +856,7 @@ pub fn write_report(
     if !overwrite {
         check_outputs_free(out_dir, &report_files(report))?;
     }
-    let write = |name: &str, bytes: &[u8]| {
-        let path = out_dir.join(name);
-        crate::util::write_atomic(&path, bytes, overwrite).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AlreadyExists {
-                RdError::Exists(path.clone())
-            } else {
-                RdError::Io {
-                    path: path.clone(),
-                    source,
-                }
-            }
-        })
-    };
+    let write = |name: &str, bytes: &[u8]| write_file(out_dir, name, bytes, overwrite);
     let mut json = serde_json::to_vec_pretty(report)?;
     json.push(b'\n');
     write("rd.json", &json)?;
