@@ -102,6 +102,26 @@ fn larger_lambda_gives_smaller_files() {
 }
 
 #[test]
+fn short_fits_default_to_a_larger_latent_rate() {
+    // Same 80 steps at λ = 0.004: the default rate (40 / 80 = 0.4) against the 1,000-step
+    // presets' 0.04, compared on the fit's own objective MSE + λ·bpp.
+    let img = image(48, 32, 3);
+    let cost = |lr: Option<f32>| {
+        let mut c = cfg(80, 0.004);
+        c.fit.lr_latent = lr;
+        let e = encode_grid(&img, &c, &mut |_| {}).unwrap();
+        let bpp = 8.0 * e.bytes.len() as f64 / (48.0 * 32.0);
+        (10f64.powf(-e.psnr / 10.0) + 0.004 * bpp, e.psnr, bpp)
+    };
+    let (fast, slow) = (cost(None), cost(Some(0.04)));
+    assert!(fast.0 < slow.0, "default {fast:?} vs 0.04 {slow:?}");
+    assert_eq!(grid::default_latent_lr(100), 0.4);
+    assert_eq!(grid::default_latent_lr(500), 0.08);
+    assert_eq!(grid::default_latent_lr(1000), 0.04);
+    assert_eq!(grid::default_latent_lr(5000), 0.04);
+}
+
+#[test]
 fn target_bpp_lands_within_three_percent() {
     // 96x64 pixels: the ~450 synthesis weights alone cost about 0.6 bpp here, so the targets
     // are higher than on a photo.
