@@ -178,20 +178,7 @@ pub fn run(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> any
                 );
             }
         }
-        for b in &report.bd {
-            match (b.bd_rate_percent, b.bd_psnr_db) {
-                (Some(r), Some(p)) => println!(
-                    "BD vs {}: {}: BD-rate {r:+.2} %, BD-PSNR {p:+.3} dB",
-                    b.anchor, b.codec
-                ),
-                _ => println!(
-                    "BD vs {}: {}: not computable ({})",
-                    b.anchor,
-                    b.codec,
-                    b.error.as_deref().unwrap_or("unknown")
-                ),
-            }
-        }
+        print_bd(&report.bd);
         println!("report written to {}", args.output.display());
     }
     Ok(())
@@ -264,7 +251,7 @@ fn run_audio(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> a
         struct Out<'a> {
             report_dir: &'a std::path::Path,
             codecs: &'a [rd::audio::AudioCodecSummary],
-            bd: &'a [rd::audio::AudioBd],
+            bd: &'a [rd::BdResult],
             unmatched_baseline_clips: &'a [String],
         }
         let out = Out {
@@ -294,21 +281,25 @@ fn run_audio(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> a
                 );
             }
         }
-        for b in &report.bd {
-            match (b.bd_rate_percent, b.bd_psnr_db) {
-                (Some(r), Some(p)) => println!(
-                    "BD vs {}: {}: BD-rate {r:+.2} %, BD-PSNR {p:+.3} dB",
-                    b.anchor, b.codec
-                ),
-                _ => println!(
-                    "BD vs {}: {}: not computable ({})",
-                    b.anchor,
-                    b.codec,
-                    b.error.as_deref().unwrap_or("unknown")
-                ),
-            }
-        }
+        print_bd(&report.bd);
         println!("report written to {}", args.output.display());
     }
     Ok(())
+}
+
+fn print_bd(bd: &[rd::BdResult]) {
+    for b in bd {
+        match (b.bd_rate_percent, b.bd_psnr_db) {
+            (Some(r), Some(p)) => println!(
+                "BD vs {}: {}: BD-rate {r:+.2} %, BD-PSNR {p:+.3} dB",
+                b.anchor, b.codec
+            ),
+            _ => println!(
+                "BD vs {}: {}: not computable ({})",
+                b.anchor,
+                b.codec,
+                b.error.as_deref().unwrap_or("unknown")
+            ),
+        }
+    }
 }

@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::bd::{self, RdPoint};
-use super::{csv_field, plot, RdError};
+use super::bd::RdPoint;
+use super::{csv_field, plot, BdResult, RdError};
 use crate::audio::{AudioSource, WavSource};
 use crate::{AudioEncodeConfig, BaseChoice, Limits, Preset};
 
@@ -211,23 +211,14 @@ pub struct AudioCodecSummary {
     pub results: AudioCodecResults,
 }
 
-/// Bjøntegaard deltas of `inr` against one baseline, on the mean PSNR curves (the mean SNR
-/// curves give the same deltas: per clip, PSNR is SNR plus a constant).
-#[derive(Debug, Clone, Serialize)]
-pub struct AudioBd {
-    pub codec: String,
-    pub anchor: String,
-    pub bd_rate_percent: Option<f64>,
-    pub bd_psnr_db: Option<f64>,
-    pub error: Option<String>,
-}
-
 /// Everything an audio sweep measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct AudioRdReport {
     pub description: String,
     pub codecs: Vec<AudioCodecSummary>,
-    pub bd: Vec<AudioBd>,
+    /// Bjøntegaard deltas of `inr` against each baseline, on the mean PSNR curves (the mean SNR
+    /// curves give the same deltas: per clip, PSNR is SNR plus a constant).
+    pub bd: Vec<BdResult>,
     pub clips: Vec<ClipResult>,
     /// Baseline clips that matched no WAV file of the folder (ignored).
     pub unmatched_baseline_clips: Vec<String>,
@@ -528,21 +519,8 @@ fn curve(c: &AudioCodecSummary) -> Vec<RdPoint> {
         .collect()
 }
 
-fn bd_of(test: &AudioCodecSummary, anchor: &AudioCodecSummary) -> AudioBd {
-    let (a, t) = (curve(anchor), curve(test));
-    let r = bd::bd_rate(&a, &t);
-    let p = bd::bd_psnr(&a, &t);
-    let error = match (&r, &p) {
-        (Err(e), _) | (_, Err(e)) => Some(e.to_string()),
-        _ => None,
-    };
-    AudioBd {
-        codec: test.name.clone(),
-        anchor: anchor.name.clone(),
-        bd_rate_percent: r.ok(),
-        bd_psnr_db: p.ok(),
-        error,
-    }
+fn bd_of(test: &AudioCodecSummary, anchor: &AudioCodecSummary) -> BdResult {
+    super::bd_result(&test.name, &anchor.name, &curve(anchor), &curve(test))
 }
 
 /// Per-operating-point means over the clips, in first-seen order; a point enters only when

@@ -716,23 +716,30 @@ pub fn bd_against(codecs: &[CodecSummary], anchor: &str) -> Vec<BdResult> {
     codecs
         .iter()
         .filter(|c| c.name != anchor)
-        .map(|c| {
-            let tc = curve(c);
-            let r: Result<f64, BdError> = bd::bd_rate(&ac, &tc);
-            let p: Result<f64, BdError> = bd::bd_psnr(&ac, &tc);
-            let error = match (&r, &p) {
-                (Err(e), _) | (_, Err(e)) => Some(e.to_string()),
-                _ => None,
-            };
-            BdResult {
-                codec: c.name.clone(),
-                anchor: anchor.to_string(),
-                bd_rate_percent: r.ok(),
-                bd_psnr_db: p.ok(),
-                error,
-            }
-        })
+        .map(|c| bd_result(&c.name, anchor, &ac, &curve(c)))
         .collect()
+}
+
+/// BD-rate and BD-PSNR of curve `test` (codec `codec`) against curve `anchor_curve`.
+pub(crate) fn bd_result(
+    codec: &str,
+    anchor: &str,
+    anchor_curve: &[RdPoint],
+    test: &[RdPoint],
+) -> BdResult {
+    let r: Result<f64, BdError> = bd::bd_rate(anchor_curve, test);
+    let p: Result<f64, BdError> = bd::bd_psnr(anchor_curve, test);
+    let error = match (&r, &p) {
+        (Err(e), _) | (_, Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    BdResult {
+        codec: codec.to_string(),
+        anchor: anchor.to_string(),
+        bd_rate_percent: r.ok(),
+        bd_psnr_db: p.ok(),
+        error,
+    }
 }
 
 /// Published reference curves (bpp, PSNR) on all 24 Kodak images, from `shared/anchors.md`.
