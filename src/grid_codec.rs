@@ -153,6 +153,7 @@ fn encode_inner(
     let f = &cfg.fit;
     let finite_pos = |v: f32| v.is_finite() && v > 0.0;
     let valid = finite_pos(f.latent_lr())
+        && finite_pos(f.scale_lr())
         && finite_pos(f.lr_net)
         && f.lambda.is_finite()
         && f.lambda >= 0.0

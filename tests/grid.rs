@@ -102,23 +102,30 @@ fn larger_lambda_gives_smaller_files() {
 }
 
 #[test]
-fn short_fits_default_to_a_larger_latent_rate() {
-    // Same 80 steps at λ = 0.004: the default rate (40 / 80 = 0.4) against the 1,000-step
-    // presets' 0.04, compared on the fit's own objective MSE + λ·bpp.
+fn short_fits_default_to_larger_latent_and_scale_rates() {
+    // Same 80 steps at λ = 0.004: the default rates (latents 40 / 80 = 0.4, scales 10 / 80)
+    // against the 1,000-step presets' 0.04 and 0.01, compared on the fit's own objective
+    // MSE + λ·bpp.
     let img = image(48, 32, 3);
-    let cost = |lr: Option<f32>| {
+    let cost = |lr: Option<f32>, lr_scales: Option<f32>| {
         let mut c = cfg(80, 0.004);
         c.fit.lr_latent = lr;
+        c.fit.lr_scales = lr_scales;
         let e = encode_grid(&img, &c, &mut |_| {}).unwrap();
         let bpp = 8.0 * e.bytes.len() as f64 / (48.0 * 32.0);
         (10f64.powf(-e.psnr / 10.0) + 0.004 * bpp, e.psnr, bpp)
     };
-    let (fast, slow) = (cost(None), cost(Some(0.04)));
+    let (fast, slow) = (cost(None, Some(0.01)), cost(Some(0.04), Some(0.01)));
     assert!(fast.0 < slow.0, "default {fast:?} vs 0.04 {slow:?}");
+    // And the entropy model's scales (default 10 / 80 = 0.1 against 0.01).
+    let both = cost(None, None);
+    assert!(both.0 < fast.0, "default scales {both:?} vs 0.01 {fast:?}");
     assert_eq!(grid::default_latent_lr(100), 0.4);
     assert_eq!(grid::default_latent_lr(500), 0.08);
     assert_eq!(grid::default_latent_lr(1000), 0.04);
     assert_eq!(grid::default_latent_lr(5000), 0.04);
+    assert_eq!(grid::default_scale_lr(100), 0.1);
+    assert_eq!(grid::default_scale_lr(1000), 0.01);
 }
 
 #[test]

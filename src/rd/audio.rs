@@ -334,8 +334,13 @@ fn inr_point(
     let t = Instant::now();
     // The decoder's time: render every block (the samples are measured below, streamed
     // against the WAV).
-    crate::decode_audio_stream_with(&enc.bytes, &Limits::default(), &bases, &mut |_, _, _| Ok(()))
-        .map_err(dec_err)?;
+    crate::decode_audio_stream_with(
+        &enc.bytes,
+        &Limits::default(),
+        &bases,
+        &mut |_, _, _| Ok(()),
+    )
+    .map_err(dec_err)?;
     let decode_s = t.elapsed().as_secs_f64();
     let mut reference = open(path)?;
     let q = crate::eval_audio_with(&enc.bytes, &mut reference, &Limits::default(), &bases)
