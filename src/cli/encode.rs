@@ -120,8 +120,9 @@ pub struct EncodeArgs {
     /// SIREN that reads them, under a rate–distortion objective (no base needed; about a
     /// minute per Kodak image on 2 cores): the preset picks the rate weight (tiny 0.03 … huge
     /// 0.0008), --steps the fitting steps (default 1000; 100–250 steps take 6–15 s), --lr the
-    /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the synthesis SIREN (default 16 x 2, w0 2) and --bits its
-    /// weight precision (default: the best of 8, 10, 12).
+    /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the
+    /// synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
+    /// best of 8, 10, 12).
     #[arg(long, value_enum, default_value_t = Mode::Weights)]
     pub mode: Mode,
     /// Grid: rate weight λ of `MSE + λ·bpp` (overrides the preset; larger = smaller file).
@@ -291,8 +292,8 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         lr: args.lr,
         batch: args.batch,
         base: match args.base.as_str() {
-            // A modulation base was loaded above; the weight-mode start is then unused.
             "default" | "none" => super::base_choice(&args.base)?,
+            // A modulation base file was loaded above; the weight-mode start is then unused.
             _ if mod_cfg.is_some() => inr::BaseChoice::None,
             path => super::base_choice(path)?,
         },
