@@ -89,6 +89,17 @@ pub enum BaseChoice {
     Custom(Base),
 }
 
+impl BaseChoice {
+    /// The bases a decoder needs besides the embedded ones to read files encoded with this
+    /// choice: the custom base, if any.
+    pub fn extra_bases(&self) -> Vec<Base> {
+        match self {
+            BaseChoice::Custom(b) => vec![b.clone()],
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl Default for EncodeConfig {
     fn default() -> Self {
         EncodeConfig {

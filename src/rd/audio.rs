@@ -322,10 +322,7 @@ fn inr_point(
             source,
         })?;
     let encode_s = t.elapsed().as_secs_f64();
-    let bases: Vec<crate::base::Base> = match &cfg.base {
-        BaseChoice::Custom(b) => vec![b.clone()],
-        _ => Vec::new(),
-    };
+    let bases = cfg.base.extra_bases();
     let dec_err = |source| RdError::Decode {
         image: name.to_string(),
         preset: preset.clone(),

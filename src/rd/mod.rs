@@ -306,10 +306,7 @@ fn inr_point(
         ..EncodeConfig::default()
     };
     let opts = DecodeOptions {
-        bases: match &cfg.base {
-            crate::BaseChoice::Custom(b) => vec![b.clone()],
-            _ => Vec::new(),
-        },
+        bases: cfg.base.extra_bases(),
         ..DecodeOptions::default()
     };
     let t = Instant::now();
