@@ -103,6 +103,7 @@ fn bench(c: &mut Criterion) {
         tensors,
         base_id: None,
         masks: Vec::new(),
+        seeded_masks: false,
         codebooks: Vec::new(),
     };
     let bytes = write_file(&file).expect("valid file");

@@ -9,6 +9,8 @@
 #   kmeans     --preset $SPARSE --bpp B --density D --kmeans $K   (D = the density the
 #                                                    magnitude run chose; rate control picks the
 #                                                    number of centroids, at most K)
+#   seeded     --preset $SPARSE --bpp B --prune-method seeded   (a fixed pseudo-random
+#                                                    support, no mask bits, codec-spec §4.6.1)
 # all with --steps $STEPS --base none (equal fitting steps). Real file sizes, decoded PSNR.
 # Usage: [BPPS="0.25"] [METHODS="dense magnitude l0 kmeans"] [DENSE=small] [SPARSE=large] [STEPS=1000] [K=256] [PRUNE_SCOPE=per-layer] \
 #        scripts/sparsity_bench.sh IMAGE_DIR OUT_CSV [THREADS]
@@ -25,7 +27,7 @@ DENSE=${DENSE:-small}
 SPARSE=${SPARSE:-large}
 STEPS=${STEPS:-1000}
 K=${K:-256}
-METHODS=${METHODS:-dense magnitude l0 kmeans} # magnitude always runs (kmeans uses its density)
+METHODS=${METHODS:-dense magnitude l0 kmeans seeded} # kmeans also runs magnitude (uses its density)
 SCOPE=${PRUNE_SCOPE:-per-layer}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -56,13 +58,18 @@ for png in "$DIR"/*.png; do
     if has dense; then
       enc=$("$INR" "${common[@]}" "$DENSE" -o "$f" --bpp "$b" --density 1); row "$img" "$b" dense - "$f" "$enc"
     fi
-    enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b"); row "$img" "$b" magnitude - "$f" "$enc"
-    d=$(density_of "$f")
+    if has magnitude || has kmeans; then
+      enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b"); row "$img" "$b" magnitude - "$f" "$enc"
+      d=$(density_of "$f")
+    fi
     if has l0; then
       enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b" --prune-method l0); row "$img" "$b" l0 - "$f" "$enc"
     fi
     if has kmeans; then
       enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b" --density "$d" --kmeans "$K"); row "$img" "$b" kmeans "$K" "$f" "$enc"
+    fi
+    if has seeded; then
+      enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b" --prune-method seeded); row "$img" "$b" seeded - "$f" "$enc"
     fi
     echo "$img $b done" >&2
   done

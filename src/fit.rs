@@ -5,7 +5,7 @@
 //! number of threads; each chunk's gradient goes to its own buffer and the buffers are summed
 //! in chunk order, so the same seed gives the same weights on 1 or 64 threads.
 
-use crate::format::{Arch, Codebook, Step};
+use crate::format::{self, Arch, Codebook, Step};
 use crate::kernel::{self, NetShape, TrainScratch, TILE};
 use crate::model::{self, Grid2};
 use crate::quant;
@@ -299,6 +299,11 @@ pub enum PruneMethod {
     /// Hard-concrete L0 gates (Louizos et al.) whose expected density a Lagrange multiplier
     /// drives to the target; then exactly the target count is kept.
     L0,
+    /// A fixed pseudo-random support that the decoder regenerates from one threshold per
+    /// tensor (`codec-spec.md` §4.6.1), so the file spends no bits on the mask. The encoder
+    /// fixes it before the first step (a schedule, if one is given, removes weights in hash
+    /// order). The prune scope does not apply (every tensor keeps the same fraction).
+    Seeded,
 }
 
 /// How a target density is shared among the prunable tensors.
@@ -415,6 +420,53 @@ pub fn magnitude_masks(
         }
     }
     masks
+}
+
+/// Seeded masks (`codec-spec.md` §4.6.1) keeping about `round(density * n)` elements of every
+/// prunable tensor: those whose [`format::seed_hash`] is below the `(k+1)`-th smallest hash of
+/// the tensor (fewer only when hashes tie). Masks of decreasing density are nested.
+/// Non-prunable tensors get `None`; `density` is clamped into `0..=1`.
+pub fn seeded_masks(arch: &Arch, density: f64) -> Vec<Option<Vec<bool>>> {
+    let density = if density.is_nan() {
+        1.0
+    } else {
+        density.clamp(0.0, 1.0)
+    };
+    arch.tensor_lens()
+        .into_iter()
+        .zip(prunable(arch))
+        .enumerate()
+        .map(|(t, (n, p))| {
+            p.then(|| {
+                let k = (density * n as f64).round() as usize;
+                if k >= n {
+                    return vec![true; n];
+                }
+                let mut h: Vec<u32> = (0..n).map(|i| format::seed_hash(t, i)).collect();
+                let (_, &mut tau, _) = h.select_nth_unstable(k);
+                format::seeded_mask(t, n, tau)
+            })
+        })
+        .collect()
+}
+
+/// Masks of `method` at `density`: [`seeded_masks`] for [`PruneMethod::Seeded`], else
+/// [`magnitude_masks`] of `params` (what rate control uses for L0 too, once its gates are
+/// gone).
+pub fn method_masks(
+    method: PruneMethod,
+    arch: &Arch,
+    params: &[f32],
+    prev: &[Option<Vec<bool>>],
+    density: f64,
+    scope: PruneScope,
+) -> Vec<Option<Vec<bool>>> {
+    match method {
+        PruneMethod::Seeded => seeded_masks(arch, density),
+        PruneMethod::Magnitude | PruneMethod::L0 => {
+            magnitude_masks(arch, params, prev, density, scope)
+        }
+    }
 }
 
 /// Cubic density schedule of gradual magnitude pruning: dense until `start`, then
@@ -817,6 +869,12 @@ impl<'a> Fitter<'a> {
                     PruneMethod::Magnitude => {
                         if let Some(d) = p.density_at(s) {
                             self.prune_to(d, p.scope);
+                        }
+                    }
+                    PruneMethod::Seeded => {
+                        if let Some(d) = p.density_at(s) {
+                            self.masks = seeded_masks(&self.arch, d);
+                            self.apply_masks();
                         }
                     }
                     PruneMethod::L0 => {

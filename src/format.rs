@@ -51,13 +51,16 @@ pub const MIN_VERSION: u8 = 1;
 pub const FLAG_BASE: u16 = 1 << 0;
 /// §3.4 Flags of the image layout in version 2 (flag bit 2, [`FLAG_MODULATIONS`], selects the
 /// modulation layout of §12 instead).
-pub const KNOWN_FLAGS: u16 = FLAG_BASE | FLAG_SPARSE | FLAG_CODEBOOK;
+pub const KNOWN_FLAGS: u16 = FLAG_BASE | FLAG_SPARSE | FLAG_CODEBOOK | FLAG_SEEDED_MASKS;
 /// §4.5 Size of the base-reference section: the base id (`u64`).
 pub const BASE_REF_BYTES: usize = 8;
 /// §3.2 Version 2 (the current version; alias kept for the sparsity code).
 pub const VERSION_2: u8 = VERSION;
 /// §3.4 Flag bit 1 (version 2): per-tensor sparsity masks follow the step table (§4.6).
 pub const FLAG_SPARSE: u16 = 1 << 1;
+/// §3.4 Flag bit 5 (version 2, with bit 1): the sparsity section holds one threshold per
+/// masked tensor instead of a mask stream; the decoder regenerates the masks (§4.6.1).
+pub const FLAG_SEEDED_MASKS: u16 = 1 << 5;
 /// §3.4 The flags this implementation understands in a version-2 file.
 pub const KNOWN_FLAGS_V2: u16 = KNOWN_FLAGS;
 /// §3.3 Modality code for images (the only modality of version 1; 2 is reserved for audio).
@@ -375,6 +378,10 @@ pub struct InrFile {
     /// tensor. A pruned element (`keep[i] == false`) MUST have symbol 0 and is not coded in
     /// the payload. All entries `None` is the same as empty.
     pub masks: Vec<Option<Vec<bool>>>,
+    /// Seeded masks (§4.6.1, flag bit 5): every mask is `{i : seed_hash(t, i) < tau_t}` and
+    /// the file stores only `tau_t`. The writer rejects a mask of no such form
+    /// ([`FormatError::MaskNotSeeded`]; [`seeded_threshold`] tells). Ignored without masks.
+    pub seeded_masks: bool,
     /// Codebooks (§4.7, weight sharing): either empty (no codebook section, flag bit 4 clear)
     /// or one entry per tensor, `Some(codebook)` for a tensor whose symbols are indices into
     /// it (each symbol MUST lie in [`Codebook::symbol_range`]). All entries `None` is the
@@ -584,6 +591,9 @@ pub enum FormatError {
         index: usize,
         value: i32,
     },
+    /// (Writer) a mask of a file with seeded masks is not of the seeded form (§4.6.1).
+    #[error("mask of tensor {tensor} is not a seeded mask (keep = seed_hash < threshold, §4.6.1)")]
+    MaskNotSeeded { tensor: usize },
     /// The entropy-coded payload is invalid (or, when writing, a symbol is out of range).
     #[error("entropy payload: {0}")]
     Entropy(#[from] EntropyError),
@@ -669,8 +679,10 @@ pub struct FileInfo {
 pub struct SparsityInfo {
     /// Bytes of the whole section: presence bitmap, length field and mask stream.
     pub section_bytes: u64,
-    /// Bytes of the entropy-coded mask stream (§5.8).
+    /// Bytes of the entropy-coded mask stream (§5.8); 0 for seeded masks.
     pub mask_stream_bytes: u64,
+    /// The masks are seeded (§4.6.1): the section holds one threshold per masked tensor.
+    pub seeded: bool,
     /// Number of masked tensors.
     pub masked_tensors: usize,
     /// Per tensor, in tensor order: kept values / values (1 for an unmasked tensor).
@@ -681,7 +693,7 @@ pub struct SparsityInfo {
     pub kept_values: u64,
     /// `kept_values / masked_values`.
     pub density: f64,
-    /// Mask stream bits per kept value.
+    /// Mask bits (the stream, or the thresholds of seeded masks) per kept value.
     pub mask_bits_per_kept: f64,
     /// For comparison: bits per kept value of Deep Compression's CSR relative indices with
     /// 5-bit gaps (their fully-connected setting), fillers included, before Huffman coding.
@@ -715,8 +727,10 @@ struct Parsed<'a> {
     base_id: Option<u64>,
     /// §4.6 Per tensor: does it have a mask (empty without the sparsity section).
     mask_present: Vec<bool>,
-    /// §4.6 The coded mask stream (empty without the sparsity section).
+    /// §4.6 The coded mask stream (empty without the sparsity section or with seeded masks).
     mask_stream: &'a [u8],
+    /// §4.6.1 One threshold per masked tensor, in tensor order (empty unless flag bit 5).
+    mask_seeds: Vec<u32>,
     /// §4.7 Per tensor: its codebook (empty without the codebook section).
     codebooks: Vec<Option<Codebook>>,
     width: u32,
@@ -1189,10 +1203,27 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     } else {
         None
     };
+    if flags & FLAG_SEEDED_MASKS != 0 && flags & FLAG_SPARSE == 0 {
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "flag bit 5 (seeded masks) only together with bit 1 (sparsity section)",
+        });
+    }
+    let mut mask_seeds = Vec::new();
     let (presence, mask_stream) = if flags & FLAG_SPARSE != 0 {
         let presence = r.take(num_tensors.div_ceil(8), "mask presence bitmap")?;
-        let len = r.u32("mask stream length")?;
-        (presence, r.take(len as usize, "mask stream")?)
+        if flags & FLAG_SEEDED_MASKS != 0 {
+            // One threshold per set bit (at most 8 * ceil(T/8); stray bits are rejected below).
+            let k: u32 = presence.iter().map(|b| b.count_ones()).sum();
+            for _ in 0..k {
+                mask_seeds.push(r.u32("mask threshold")?);
+            }
+            (presence, &[][..])
+        } else {
+            let len = r.u32("mask stream length")?;
+            (presence, r.take(len as usize, "mask stream")?)
+        }
     } else {
         (&[][..], &[][..])
     };
@@ -1285,6 +1316,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         base_id,
         mask_present,
         mask_stream,
+        mask_seeds,
         codebooks,
         width,
         height,
@@ -1394,7 +1426,11 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
     })?;
 
     let flags = if f.base_id.is_some() { FLAG_BASE } else { 0 }
-        | if sparse.is_some() { FLAG_SPARSE } else { 0 }
+        | match (&sparse, f.seeded_masks) {
+            (None, _) => 0,
+            (Some(_), false) => FLAG_SPARSE,
+            (Some(_), true) => FLAG_SPARSE | FLAG_SEEDED_MASKS,
+        }
         | if codebooks.is_some() {
             FLAG_CODEBOOK
         } else {
@@ -1509,6 +1545,7 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
         tensors,
         base_id: p.base_id,
         masks,
+        seeded_masks: !p.mask_seeds.is_empty(),
         codebooks: p.codebooks,
     })
 }
@@ -1702,6 +1739,28 @@ fn decode_mask_section(p: &Parsed<'_>) -> Result<Vec<Option<Vec<bool>>>, FormatE
         return Ok(Vec::new());
     }
     let lens = p.arch.tensor_lens();
+    if !p.mask_seeds.is_empty() {
+        // §4.6.1: one threshold per masked tensor, each the canonical one of its mask.
+        let mut seeds = p.mask_seeds.iter();
+        let mut masks = Vec::with_capacity(lens.len());
+        for (t, (&m, &n)) in p.mask_present.iter().zip(&lens).enumerate() {
+            let tau = if m { seeds.next().copied() } else { None };
+            let Some(tau) = tau else {
+                masks.push(None);
+                continue;
+            };
+            let keep = seeded_mask(t, n, tau);
+            if seeded_threshold(t, &keep) != Some(tau) {
+                return Err(FormatError::InvalidField {
+                    field: "mask threshold",
+                    value: tau.into(),
+                    expected: "the canonical threshold of its mask (§4.6.1)",
+                });
+            }
+            masks.push(Some(keep));
+        }
+        return Ok(masks);
+    }
     let cols = tensor_cols(&p.arch);
     let shapes: Vec<entropy::MaskShape> = p
         .mask_present
@@ -1715,6 +1774,44 @@ fn decode_mask_section(p: &Parsed<'_>) -> Result<Vec<Option<Vec<bool>>>, FormatE
         .iter()
         .map(|&m| if m { decoded.next() } else { None })
         .collect())
+}
+
+/// §4.6.1 The seeded-mask hash of element `i` of tensor `t`: the high 32 bits of the
+/// SplitMix64 output function applied to `(t << 32) | i` (all arithmetic modulo 2^64).
+pub fn seed_hash(t: usize, i: usize) -> u32 {
+    let mut z = ((t as u64) << 32 | i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 32) as u32
+}
+
+/// §4.6.1 The seeded mask of tensor `t` with `n` elements and threshold `tau`: element `i` is
+/// kept iff `seed_hash(t, i) < tau`.
+pub fn seeded_mask(t: usize, n: usize, tau: u32) -> Vec<bool> {
+    (0..n).map(|i| seed_hash(t, i) < tau).collect()
+}
+
+/// The threshold that makes `keep` the seeded mask of tensor `t` (§4.6.1), or `None` when no
+/// threshold does: the smallest hash of a pruned element, which every kept element's hash must
+/// be below; with nothing pruned, one more than the largest kept hash (`None` if that is
+/// `u32::MAX`).
+pub fn seeded_threshold(t: usize, keep: &[bool]) -> Option<u32> {
+    let (mut max_kept, mut min_pruned) = (None::<u32>, None::<u32>);
+    for (i, &k) in keep.iter().enumerate() {
+        let h = seed_hash(t, i);
+        if k {
+            max_kept = Some(max_kept.map_or(h, |m| m.max(h)));
+        } else {
+            min_pruned = Some(min_pruned.map_or(h, |m| m.min(h)));
+        }
+    }
+    match (max_kept, min_pruned) {
+        (Some(k), Some(p)) => (k < p).then_some(p),
+        (None, Some(_)) => Some(0),
+        (Some(k), None) => k.checked_add(1),
+        (None, None) => Some(0),
+    }
 }
 
 /// Puts the kept symbols back at the kept positions; pruned positions get 0 (§4.6).
@@ -1771,11 +1868,22 @@ fn write_masks_prepare(f: &InrFile) -> Result<Option<Vec<u8>>, FormatError> {
         }
         refs.push((keep.as_slice(), cols.get(index).copied().unwrap_or(1)));
     }
+    let mut out = write_presence(f.masks.iter().map(Option::is_some), lens.len());
+    if f.seeded_masks {
+        // §4.6.1: the thresholds replace the mask stream.
+        for (tensor, m) in f.masks.iter().enumerate() {
+            if let Some(keep) = m {
+                let tau =
+                    seeded_threshold(tensor, keep).ok_or(FormatError::MaskNotSeeded { tensor })?;
+                out.extend_from_slice(&tau.to_le_bytes());
+            }
+        }
+        return Ok(Some(out));
+    }
     let stream = entropy::encode_masks(&refs)?;
     let len = u32::try_from(stream.len()).map_err(|_| FormatError::PayloadTooLarge {
         len: stream.len() as u64,
     })?;
-    let mut out = write_presence(f.masks.iter().map(Option::is_some), lens.len());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&stream);
     Ok(Some(out))
@@ -1805,15 +1913,23 @@ fn sparsity_info(p: &Parsed<'_>) -> Result<Option<SparsityInfo>, FormatError> {
         .collect();
     let stream = p.mask_stream.len() as u64;
     let per_kept = |bits: u64| bits as f64 / (kept as f64).max(1.0);
+    let seeded = !p.mask_seeds.is_empty();
+    let bitmap = p.mask_present.len().div_ceil(8) as u64;
+    let mask_bits = if seeded {
+        32 * p.mask_seeds.len() as u64
+    } else {
+        8 * stream
+    };
     Ok(Some(SparsityInfo {
-        section_bytes: p.mask_present.len().div_ceil(8) as u64 + 4 + stream,
+        section_bytes: bitmap + if seeded { mask_bits / 8 } else { 4 + stream },
         mask_stream_bytes: stream,
+        seeded,
         masked_tensors: masks.iter().filter(|m| m.is_some()).count(),
         tensor_density,
         masked_values: values,
         kept_values: kept,
         density: kept as f64 / (values as f64).max(1.0),
-        mask_bits_per_kept: per_kept(8 * stream),
+        mask_bits_per_kept: per_kept(mask_bits),
         csr5_bits_per_kept: per_kept(5 * csr_entries),
     }))
 }
@@ -2002,6 +2118,7 @@ mod tests {
             tensors,
             base_id: None,
             masks: Vec::new(),
+            seeded_masks: false,
             codebooks: Vec::new(),
         };
         let bytes = write_file(&f).unwrap();

@@ -41,6 +41,12 @@ pub struct MetaConfig {
     pub crop_min: u32,
     pub crop_max: u32,
     pub seed: u64,
+    /// Sparse meta-learning on a shared support: the base and every inner fit keep only the
+    /// seeded masks of this density (`codec-spec.md` §4.6.1), so the base is learned for the
+    /// support that `inr encode --prune-method seeded --density D` fixes before its first
+    /// step. `None`: dense.
+    #[serde(default)]
+    pub density: Option<f64>,
 }
 
 impl Default for MetaConfig {
@@ -55,6 +61,7 @@ impl Default for MetaConfig {
             crop_min: 192,
             crop_max: 768,
             seed: 0,
+            density: None,
         }
     }
 }
@@ -105,8 +112,9 @@ pub fn task(images: &[Image], cfg: &MetaConfig, i: usize) -> Image {
     augmented_crop(img, x0, y0, w, h, d)
 }
 
-/// Runs `steps` encoder steps on `img` from `init`; returns the adapted weights and the exact
-/// rendered PSNR after them.
+/// Runs `steps` encoder steps on `img` from `init` (on the seeded support of `density`, if
+/// given); returns the adapted weights and the exact rendered PSNR after them.
+#[allow(clippy::too_many_arguments)]
 pub fn adapt(
     arch: &Arch,
     img: &Image,
@@ -115,6 +123,7 @@ pub fn adapt(
     lr: f32,
     batch: usize,
     seed: u64,
+    density: Option<f64>,
 ) -> (Vec<f32>, f64) {
     let grid = Grid2::new(arch, img.width, img.height);
     let sig = Signal {
@@ -122,12 +131,14 @@ pub fn adapt(
         target: img.data.iter().map(|&v| model::from_u8(v)).collect(),
         original: &img.data,
     };
-    adapt_target(arch, &sig, init, steps, lr, batch, seed)
+    adapt_target(arch, &sig, init, steps, lr, batch, seed, density)
 }
 
 /// The inner loop of every meta-training: `steps` encoder steps (Adam, constant `lr`,
-/// minibatches of `batch` points) on any fitting target from `init`; returns the adapted
-/// weights and the exact rendered PSNR after them.
+/// minibatches of `batch` points) on any fitting target from `init`, with the weights outside
+/// the seeded support of `density` held at 0 when it is given (as the encoder does); returns
+/// the adapted weights and the exact rendered PSNR after them.
+#[allow(clippy::too_many_arguments)]
 pub fn adapt_target(
     arch: &Arch,
     sig: &dyn FitTarget,
@@ -136,13 +147,38 @@ pub fn adapt_target(
     lr: f32,
     batch: usize,
     seed: u64,
+    density: Option<f64>,
 ) -> (Vec<f32>, f64) {
     let mut f = Fitter::new(*arch, sig, init.to_vec(), seed);
+    if let Some(d) = density {
+        f.masks = crate::fit::seeded_masks(arch, d);
+        f.apply_masks();
+    }
     for _ in 0..steps {
         f.step(batch, lr, None);
     }
     let psnr = f.eval(None);
     (f.params, psnr)
+}
+
+/// Sets the weights outside the seeded support of `density` to 0 (a sparse base's start; the
+/// inner fits keep them there, so Reptile does too).
+pub fn restrict_to_support(arch: &Arch, params: &mut [f32], density: f64) {
+    let mut off = 0;
+    for (n, m) in arch
+        .tensor_lens()
+        .into_iter()
+        .zip(crate::fit::seeded_masks(arch, density))
+    {
+        if let Some(keep) = m {
+            for (p, &k) in params[off..off + n].iter_mut().zip(&keep) {
+                if !k {
+                    *p = 0.0;
+                }
+            }
+        }
+        off += n;
+    }
 }
 
 /// The Reptile update: `base += eps * (adapted - base)`.
@@ -153,19 +189,18 @@ pub fn reptile_update(params: &mut [f32], adapted: &[f32], eps: f32) {
 }
 
 /// Mean PSNR after `steps` encoder steps from `init` over `images` (the meta-learning
-/// validation metric: "PSNR after k steps").
+/// validation metric: "PSNR after k steps"), on the seeded support of `density` if given.
 pub fn validate(
     arch: &Arch,
     images: &[Image],
     init: &[f32],
-    steps: usize,
-    lr: f32,
-    batch: usize,
+    (steps, lr, batch): (usize, f32, usize),
+    density: Option<f64>,
 ) -> f64 {
     let sum: f64 = images
         .iter()
         .enumerate()
-        .map(|(k, img)| adapt(arch, img, init, steps, lr, batch, k as u64).1)
+        .map(|(k, img)| adapt(arch, img, init, steps, lr, batch, k as u64, density).1)
         .sum();
     sum / images.len().max(1) as f64
 }
@@ -193,6 +228,7 @@ pub fn iterate(
         cfg.inner_lr,
         cfg.batch,
         cfg.seed.wrapping_add(i as u64),
+        cfg.density,
     );
     reptile_update(params, &adapted, outer_lr(cfg, i));
     psnr
@@ -211,6 +247,9 @@ pub fn train(
 ) -> usize {
     if images.is_empty() {
         return start;
+    }
+    if let Some(d) = cfg.density {
+        restrict_to_support(arch, params, d);
     }
     for i in start..cfg.iterations {
         let psnr = iterate(arch, images, cfg, params, i);
@@ -356,7 +395,7 @@ pub fn audio_adapt(
             bits_per_sample: 16,
         },
     };
-    adapt_target(arch, &sig, init, steps, lr, frames, seed)
+    adapt_target(arch, &sig, init, steps, lr, frames, seed, None)
 }
 
 /// Mean PSNR after `steps` encoder steps from `init` over `tasks` (the validation metric).

@@ -70,6 +70,7 @@ fn codebook_file(rng: &mut ChaCha8Rng, ks: &[Option<usize>], masked: &[bool]) ->
         tensors,
         base_id: None,
         masks,
+        seeded_masks: false,
         codebooks,
     }
 }
@@ -113,6 +114,7 @@ fn codebooks_survive_the_round_trip_and_define_the_weights() {
     assert_eq!(cbi.section_bytes, 1 + (4 + 32) + (4 + 2) + (4 + 600));
     // Without codebooks the flag stays clear.
     let plain = InrFile {
+        seeded_masks: false,
         codebooks: vec![None; 8],
         tensors: f
             .tensors

@@ -56,6 +56,7 @@ fn golden() -> InrFile {
         ],
         base_id: None,
         masks: Vec::new(),
+        seeded_masks: false,
         codebooks: Vec::new(),
     }
 }
@@ -85,6 +86,7 @@ fn random_file_bits(rng: &mut ChaCha8Rng, arch: Arch, bits: &[u8]) -> InrFile {
         tensors,
         base_id: None,
         masks: Vec::new(),
+        seeded_masks: false,
         codebooks: Vec::new(),
     }
 }
@@ -609,11 +611,11 @@ fn version_magic_flags_and_trailing_bytes() {
         Err(FormatError::BadMagic { .. })
     ));
     let mut b = bytes.clone();
-    b[6] = 0x20; // bits 0..=4 are defined (§3.4); bit 5 is not
+    b[6] = 0x40; // bits 0..=5 are defined (§3.4); bit 6 is not
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnknownFlags { flags: 32, .. })
+        Err(FormatError::UnknownFlags { flags: 64, .. })
     ));
     // Flag bit 3 is a grid-mode file (§13): another layout, named in the error.
     let mut b = bytes.clone();

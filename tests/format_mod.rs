@@ -459,6 +459,7 @@ fn plain_image() -> InrFile {
             .collect(),
         base_id: Some(7),
         masks: Vec::new(),
+        seeded_masks: false,
         codebooks: Vec::new(),
     }
 }

@@ -5,8 +5,8 @@ mod common;
 use common::{assert_flips_and_truncations_are_caught, fix_crc, test_image};
 use inr::entropy::{self, MaskShape};
 use inr::format::{
-    inspect, read_file, write_file, Arch, FormatError, InrFile, Limits, QTensor, Step, FLAG_SPARSE,
-    VERSION, VERSION_2,
+    inspect, read_file, seed_hash, seeded_mask, seeded_threshold, write_file, Arch, FormatError,
+    InrFile, Limits, QTensor, Step, FLAG_SEEDED_MASKS, FLAG_SPARSE, VERSION, VERSION_2,
 };
 use inr::{decode, encode_image, DecodeOptions, EncodeConfig, Preset, PruneMethod, PruneScope};
 use rand::{Rng, SeedableRng};
@@ -54,6 +54,7 @@ fn sparse_file(rng: &mut ChaCha8Rng, a: Arch, dens: &[Option<f64>]) -> InrFile {
         bits: 6,
         tensors,
         masks,
+        seeded_masks: false,
         codebooks: Vec::new(),
         base_id: None,
     }
@@ -157,6 +158,7 @@ fn fully_pruned_layers_and_constant_tensors_are_legal() {
         tensors: tensors.clone(),
         masks: lens.iter().map(|&n| Some(vec![false; n])).collect(),
         base_id: None,
+        seeded_masks: false,
         codebooks: Vec::new(),
     };
     let bytes = write_file(&f).unwrap();
@@ -251,11 +253,11 @@ fn hostile_sparsity_sections_give_errors_not_panics() {
         Err(FormatError::UnknownFlags { flags: 2, .. })
     ));
     let mut b = bytes.clone();
-    b[6] |= 32; // bit 3 is the grid mode (§13), bit 4 codebooks (§4.7); bit 5 is unknown
+    b[6] |= 64; // bit 3 is the grid mode (§13), bit 4 codebooks (§4.7), bit 5 seeded masks
     fix_crc(&mut b);
     assert!(matches!(
         read(&b),
-        Err(FormatError::UnknownFlags { flags: 34, .. })
+        Err(FormatError::UnknownFlags { flags: 66, .. })
     ));
     // Flag bit 2 selects the modulation layout (§12): refused by name.
     let mut b = bytes.clone();
@@ -324,6 +326,7 @@ fn pruning_reaches_the_exact_density_and_decodes_to_the_reconstruction() {
         (PruneScope::Global, PruneMethod::Magnitude),
         (PruneScope::PerLayer, PruneMethod::L0),
         (PruneScope::Global, PruneMethod::L0),
+        (PruneScope::PerLayer, PruneMethod::Seeded),
     ] {
         let cfg = EncodeConfig {
             preset: Preset::Tiny,
@@ -360,25 +363,193 @@ fn pruning_reaches_the_exact_density_and_decodes_to_the_reconstruction() {
                 sp.kept_values
             );
         }
+        if method == PruneMethod::Seeded {
+            // The support is the seeded one and costs one threshold per matrix (§4.6.1).
+            assert!(f.seeded_masks);
+            let sp = inspect(&e.bytes).unwrap().sparsity.unwrap();
+            assert!(sp.seeded);
+            assert_eq!(sp.section_bytes, 1 + 4 * sp.masked_tensors as u64);
+            for (t, m) in f.masks.iter().enumerate() {
+                if let Some(keep) = m {
+                    assert!(seeded_threshold(t, keep).is_some(), "tensor {t}");
+                }
+            }
+        }
         let dec = decode(&e.bytes, &DecodeOptions::default()).unwrap();
         assert_eq!(dec, e.recon);
         assert!(e.psnr > 18.0, "psnr {}", e.psnr);
     }
 }
 
+/// A random file whose tensors `t` with `taus[t] = Some(tau)` carry the seeded mask of `tau`.
+fn seeded_file(rng: &mut ChaCha8Rng, taus: &[Option<u32>]) -> InrFile {
+    let a = arch();
+    let lens = a.tensor_lens();
+    let dens: Vec<Option<f64>> = taus.iter().map(|t| t.map(|_| 0.5)).collect();
+    let mut f = sparse_file(rng, a, &dens);
+    for (t, (&tau, &n)) in taus.iter().zip(&lens).enumerate() {
+        if let Some(tau) = tau {
+            let keep = seeded_mask(t, n, tau);
+            for (s, &k) in f.tensors[t].symbols.iter_mut().zip(&keep) {
+                if !k {
+                    *s = 0;
+                } else if *s == 0 {
+                    *s = 1;
+                }
+            }
+            f.masks[t] = Some(keep);
+        }
+    }
+    f.seeded_masks = true;
+    f
+}
+
+#[test]
+fn seeded_mask_hash_matches_the_spec_test_vectors() {
+    // codec-spec.md §4.6.1 (computed there by an independent implementation).
+    assert_eq!(seed_hash(0, 0), 0xE220_A839);
+    assert_eq!(seed_hash(2, 7), 0x7756_B8A5);
+    assert_eq!(seed_hash(4, 1000), 0x57D3_5235);
+    // Lower thresholds give nested masks; the kept fraction follows the threshold.
+    let n = 20_000;
+    let (lo, hi) = (
+        seeded_mask(2, n, u32::MAX / 4),
+        seeded_mask(2, n, u32::MAX / 2),
+    );
+    assert!(lo.iter().zip(&hi).all(|(&a, &b)| !a || b));
+    let frac = lo.iter().filter(|&&k| k).count() as f64 / n as f64;
+    assert!((frac - 0.25).abs() < 0.02, "{frac}");
+    // A threshold reproduces exactly the masks of its form, and only those.
+    assert_eq!(
+        seeded_threshold(2, &lo).map(|t| seeded_mask(2, n, t)),
+        Some(lo.clone())
+    );
+    let mut other = lo.clone();
+    let first_pruned = other.iter().position(|&k| !k).unwrap();
+    let first_kept = other.iter().position(|&k| k).unwrap();
+    other.swap(first_pruned, first_kept);
+    assert_eq!(seeded_threshold(2, &other), None);
+    assert_eq!(seeded_threshold(2, &vec![false; 50]), Some(0));
+}
+
+#[test]
+fn seeded_masks_round_trip_and_cost_four_bytes_per_tensor() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // A half-kept matrix, a fully pruned one, an all-kept one, a bias at a quarter.
+    let all = seeded_threshold(6, &vec![true; arch().tensor_lens()[6]]).unwrap();
+    let taus = [
+        None,
+        None,
+        Some(u32::MAX / 2),
+        None,
+        Some(0),
+        Some(u32::MAX / 4),
+        Some(all),
+        None,
+    ];
+    let f = seeded_file(&mut rng, &taus);
+    let bytes = write_file(&f).unwrap();
+    let g = read(&bytes).unwrap();
+    assert_eq!(g, f);
+    assert_eq!(
+        write_file(&g).unwrap(),
+        bytes,
+        "rewriting changes the bytes"
+    );
+    let flags = u16::from_le_bytes([bytes[6], bytes[7]]);
+    assert_eq!(flags, FLAG_SPARSE | FLAG_SEEDED_MASKS);
+    let sp = inspect(&bytes).unwrap().sparsity.unwrap();
+    assert!(sp.seeded);
+    assert_eq!(
+        (sp.masked_tensors, sp.section_bytes, sp.mask_stream_bytes),
+        (4, 1 + 16, 0)
+    );
+    // The same masks through the mask stream cost more.
+    let streamed = write_file(&InrFile {
+        seeded_masks: false,
+        ..f.clone()
+    })
+    .unwrap();
+    assert!(
+        streamed.len() > bytes.len(),
+        "{} vs {}",
+        streamed.len(),
+        bytes.len()
+    );
+    assert_eq!(read(&streamed).unwrap().masks, f.masks);
+    // A mask of another form cannot be written as seeded.
+    let mut bad = f.clone();
+    if let Some(Some(keep)) = bad.masks.get_mut(2) {
+        let p = keep.iter().position(|&k| !k).unwrap();
+        let k = keep.iter().position(|&k| k).unwrap();
+        keep.swap(p, k);
+        bad.tensors[2].symbols[k] = 0;
+        bad.tensors[2].symbols[p] = 1;
+    }
+    assert!(matches!(
+        write_file(&bad),
+        Err(FormatError::MaskNotSeeded { tensor: 2 })
+    ));
+}
+
+#[test]
+fn hostile_seeded_sections_give_errors_not_panics() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let taus = [
+        None,
+        None,
+        Some(1 << 31),
+        None,
+        Some(3 << 30),
+        None,
+        None,
+        None,
+    ];
+    let f = seeded_file(&mut rng, &taus);
+    let bytes = write_file(&f).unwrap();
+    // Flag bit 5 without bit 1.
+    let plain = write_file(&sparse_file(&mut rng, arch(), &[None; 8])).unwrap();
+    let mut b = plain.clone();
+    b[6] |= 32;
+    fix_crc(&mut b);
+    assert!(matches!(
+        read(&b),
+        Err(FormatError::InvalidField { field: "flags", .. })
+    ));
+    // A presence bit beyond T (T = 8 here, so none exists in a one-byte bitmap): drop a
+    // tensor's bit instead, leaving a threshold too many before the payload length.
+    let bitmap_at = 30 + 4 * arch().num_tensors();
+    let mut b = bytes.clone();
+    b[bitmap_at] &= !(1 << 4);
+    fix_crc(&mut b);
+    assert!(read(&b).is_err());
+    // Every single-byte change and every truncation: an error or another valid file.
+    assert_flips_and_truncations_are_caught(&bytes, &f, read, |b| {
+        let _ = inspect(b);
+    });
+}
+
 #[test]
 fn bpp_target_lands_within_three_percent() {
     let img = test_image(48, 40);
-    for bpp in [2.0, 3.0] {
+    let methods = [PruneMethod::Magnitude, PruneMethod::Seeded];
+    for (bpp, method) in [2.0, 3.0].into_iter().flat_map(|b| methods.map(|m| (b, m))) {
         let cfg = EncodeConfig {
             preset: Preset::Tiny,
             width: Some(24),
             depth: Some(3),
             steps: Some(300),
             target_bpp: Some(bpp),
+            prune_method: method,
             ..Default::default()
         };
         let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).unwrap();
+        if method == PruneMethod::Seeded {
+            assert!(
+                read(&e.bytes).unwrap().seeded_masks
+                    || inspect(&e.bytes).unwrap().sparsity.is_none()
+            );
+        }
         let real = 8.0 * e.bytes.len() as f64 / (48.0 * 40.0);
         assert_eq!(real, e.bpp);
         assert!(

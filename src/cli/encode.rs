@@ -85,9 +85,11 @@ pub struct EncodeArgs {
     /// How pruning shares the density among the matrices.
     #[arg(long, value_enum, default_value_t = PruneScope::PerLayer)]
     pub prune_scope: PruneScope,
-    /// How pruning finds the masks: `magnitude` (gradual magnitude pruning, cubic schedule)
-    /// or `l0` (hard-concrete L0 gates whose expected density a Lagrange multiplier drives
-    /// to --density, then exactly that density is kept).
+    /// How pruning finds the masks: `magnitude` (gradual magnitude pruning, cubic schedule),
+    /// `l0` (hard-concrete L0 gates whose expected density a Lagrange multiplier drives to
+    /// --density, then exactly that density is kept) or `seeded` (the same schedule in a
+    /// fixed pseudo-random order the decoder regenerates: the file stores 4 bytes per matrix
+    /// instead of a mask).
     #[arg(long, value_enum, default_value_t = PruneMethod::Magnitude)]
     pub prune_method: PruneMethod,
     /// Bit widths of the hidden matrices: `sensitivity` (per matrix, by measured PSNR loss

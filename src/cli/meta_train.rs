@@ -100,6 +100,11 @@ pub struct MetaTrainArgs {
     /// Seed of the initialisation and of the task sequence.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Sparse meta-learning (weights mode, images): learn the base on the seeded support of
+    /// this density (the one `inr encode --prune-method seeded --density D` uses), so that
+    /// per-image networks are sparse from their first step; validation uses it too.
+    #[arg(long, value_name = "D")]
+    pub density: Option<f64>,
     /// Validation images (a folder): mean PSNR after --val-steps encoder steps, printed every
     /// --val-every iterations, against the random initialisation.
     #[arg(long, value_name = "DIR")]
@@ -200,6 +205,12 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if args.channels == 2 {
         bail!("--channels must be 1 or 3");
     }
+    if args.density.is_some() && (args.modality == "audio" || args.mode == Mode::Modulations) {
+        bail!("--density is for the weights mode of images");
+    }
+    if args.density.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {
+        bail!("--density must be in (0, 1]");
+    }
     if args.modality == "audio" {
         if args.mode == Mode::Modulations {
             bail!("--mode modulations is for images only");
@@ -231,6 +242,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         crop_min: args.crop_min.unwrap_or(192).max(1),
         crop_max: args.crop_max.unwrap_or(768).max(1),
         seed: args.seed,
+        density: args.density,
     };
     let ckpt = checkpoint_path(&args.output);
     let (mut params, start) = if args.resume {
@@ -264,7 +276,13 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let val_random = if val.is_empty() {
         None
     } else {
-        let p = meta::validate(&arch, &val, &random, args.val_steps, vlr, vbatch);
+        let p = meta::validate(
+            &arch,
+            &val,
+            &random,
+            (args.val_steps, vlr, vbatch),
+            cfg.density,
+        );
         say(format!(
             "validation: random init, PSNR after {} steps: {p:.2} dB",
             args.val_steps
@@ -303,7 +321,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 }
             }
             if !val.is_empty() && n % args.val_every.max(1) == 0 {
-                let v = meta::validate(&arch, &val, p, args.val_steps, vlr, vbatch);
+                let v = meta::validate(&arch, &val, p, (args.val_steps, vlr, vbatch), cfg.density);
                 pb.suspend(|| {
                     eprintln!(
                     "iteration {n}: validation PSNR after {} steps {v:.2} dB (random init {:.2}), \
