@@ -353,6 +353,15 @@ pub fn prunable(arch: &Arch) -> Vec<bool> {
         .collect()
 }
 
+/// `density` clamped into `0..=1` (NaN: 1, nothing pruned).
+fn unit_density(density: f64) -> f64 {
+    if density.is_nan() {
+        1.0
+    } else {
+        density.clamp(0.0, 1.0)
+    }
+}
+
 /// Masks keeping the `round(density * n)` largest-magnitude weights of every prunable tensor
 /// (per layer) or of all of them together (global). Weights already pruned by `prev` stay
 /// pruned (they are 0, the smallest magnitude); ties break by position, so the result is
@@ -364,11 +373,7 @@ pub fn magnitude_masks(
     density: f64,
     scope: PruneScope,
 ) -> Vec<Option<Vec<bool>>> {
-    let density = if density.is_nan() {
-        1.0
-    } else {
-        density.clamp(0.0, 1.0)
-    };
+    let density = unit_density(density);
     let lens = arch.tensor_lens();
     let which = prunable(arch);
     let mut offs = Vec::with_capacity(lens.len());
@@ -427,11 +432,7 @@ pub fn magnitude_masks(
 /// the tensor (fewer only when hashes tie). Masks of decreasing density are nested.
 /// Non-prunable tensors get `None`; `density` is clamped into `0..=1`.
 pub fn seeded_masks(arch: &Arch, density: f64) -> Vec<Option<Vec<bool>>> {
-    let density = if density.is_nan() {
-        1.0
-    } else {
-        density.clamp(0.0, 1.0)
-    };
+    let density = unit_density(density);
     arch.tensor_lens()
         .into_iter()
         .zip(prunable(arch))

@@ -429,7 +429,7 @@ fn seeded_mask_hash_matches_the_spec_test_vectors() {
     let first_kept = other.iter().position(|&k| k).unwrap();
     other.swap(first_pruned, first_kept);
     assert_eq!(seeded_threshold(2, &other), None);
-    assert_eq!(seeded_threshold(2, &vec![false; 50]), Some(0));
+    assert_eq!(seeded_threshold(2, &[false; 50]), Some(0));
 }
 
 #[test]
