@@ -607,13 +607,13 @@ fn encode_with_plan(
             };
             let target = target_bytes(bpp, img);
             if seeded {
-                // The support of the warm-up: the density whose file of the initial weights
-                // hits the rate (or the given one); re-chosen on the warm weights below.
+                // The support of the warm-up: the density whose file of the initial weights,
+                // coded as they are (from a base the residuals are all 0 here and would say
+                // nothing), hits the rate; or the given one. Re-chosen on the warm weights.
                 let d = match plan.density {
                     Some(d) => d,
                     None => {
-                        let base = plan.base.as_ref().map(|b| b.params.as_slice());
-                        let q = QuantSpec::choose(&arch, &fitter.params, &tb, base);
+                        let q = QuantSpec::choose(&arch, &fitter.params, &tb, None);
                         let how = (plan.prune_method, plan.prune_scope);
                         density_for_rate(img, &arch, &fitter.params, &[], how, &q, 1.0, target)?.0
                     }
