@@ -681,11 +681,11 @@ impl<'a> Fitter<'a> {
         self.apply_masks();
     }
 
-    /// Magnitude-prune to `density` (see [`magnitude_masks`]; residuals from the anchor if
-    /// set) and apply the masks.
-    pub fn prune_to(&mut self, density: f64, scope: PruneScope) {
+    /// Prune to `density` with the masks of `method` (see [`method_masks`]; magnitudes of the
+    /// residuals from the anchor if set) and apply them.
+    pub fn prune_to(&mut self, method: PruneMethod, density: f64, scope: PruneScope) {
         let r = residual(&self.params, self.anchor.as_deref());
-        self.masks = magnitude_masks(&self.arch, &r, &self.masks, density, scope);
+        self.masks = method_masks(method, &self.arch, &r, &self.masks, density, scope);
         self.apply_masks();
     }
 
@@ -867,15 +867,9 @@ impl<'a> Fitter<'a> {
             let mut mask_final = true;
             if let Some(p) = self.prune.clone() {
                 match p.method {
-                    PruneMethod::Magnitude => {
+                    PruneMethod::Magnitude | PruneMethod::Seeded => {
                         if let Some(d) = p.density_at(s) {
-                            self.prune_to(d, p.scope);
-                        }
-                    }
-                    PruneMethod::Seeded => {
-                        if let Some(d) = p.density_at(s) {
-                            self.masks = seeded_masks(&self.arch, d);
-                            self.apply_masks();
+                            self.prune_to(p.method, d, p.scope);
                         }
                     }
                     PruneMethod::L0 => {
