@@ -639,6 +639,9 @@ pub fn decode_audio_stream_with(
     bases: &[Base],
     sink: &mut AudioSink<'_>,
 ) -> Result<AudioHeader, DecodeError> {
+    if format::is_audio_modulation_file(bytes) {
+        return crate::audio_mod_codec::decode_audio_mod_stream(bytes, limits, bases, sink);
+    }
     let file = format::read_audio_file(bytes, limits)?;
     let base = audio_base(&file, bases)?;
     let h = file.audio;
@@ -721,9 +724,12 @@ pub fn eval_audio_with(
     limits: &Limits,
     bases: &[Base],
 ) -> Result<AudioQuality, DecodeError> {
-    let h = format::read_audio_file(bytes, limits)
-        .map(|f| f.audio)
-        .map_err(DecodeError::Format)?;
+    let h = if format::is_audio_modulation_file(bytes) {
+        format::read_audio_mod_file(bytes, limits).map(|f| f.audio)
+    } else {
+        format::read_audio_file(bytes, limits).map(|f| f.audio)
+    }
+    .map_err(DecodeError::Format)?;
     let rs = reference.spec();
     if rs.channels != h.channels || reference.frames() != h.frames {
         return Err(DecodeError::Parameter(format!(

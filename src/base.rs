@@ -204,6 +204,12 @@ impl Base {
         self.arch.num_params() + self.modulation.map_or(0, |m| m.map_len(&self.arch))
     }
 
+    /// True for a base of audio networks (one coordinate): an audio weight base (§10.4) or an
+    /// audio modulation base (§10.3, modality 2).
+    pub fn is_audio(&self) -> bool {
+        self.audio_window.is_some() || (self.modulation.is_some() && self.arch.coord_dims == 1)
+    }
+
     /// Content id: the first 8 bytes (little endian) of the SHA-256 of the base file (§10.2).
     pub fn id(&self) -> u64 {
         self.id
@@ -215,7 +221,7 @@ impl Base {
     /// As [`Base::new`].
     pub fn to_bytes(&self) -> Result<Vec<u8>, BaseError> {
         let limits = Limits::default();
-        validate_arch(&self.arch, self.audio_window, &limits)?;
+        validate_arch(&self.arch, self.is_audio(), self.audio_window, &limits)?;
         if let Some(m) = &self.modulation {
             m.validate()?;
         }
@@ -268,7 +274,7 @@ impl Base {
         } else {
             BASE_VERSION
         });
-        out.push(if self.audio_window.is_some() {
+        out.push(if self.is_audio() {
             MODALITY_AUDIO
         } else {
             MODALITY_IMAGE
@@ -355,16 +361,17 @@ impl Base {
         };
         let n = u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]) as usize;
         let desc_len = u16::from_le_bytes([head[o + 4], head[o + 5]]) as usize;
-        let want_modality = if audio_window.is_some() {
-            MODALITY_AUDIO
-        } else {
-            MODALITY_IMAGE
+        let modality_ok = match version {
+            BASE_VERSION => modality == MODALITY_IMAGE,
+            BASE_VERSION_MOD => modality == MODALITY_IMAGE || modality == MODALITY_AUDIO,
+            _ => modality == MODALITY_AUDIO,
         };
-        if modality != want_modality {
+        if !modality_ok {
             return Err(FormatError::InvalidField {
                 field: "base modality",
                 value: modality.into(),
-                expected: "1 (image) in versions 1 and 2, 2 (audio) in version 3",
+                expected: "1 (image) in version 1, 1 or 2 (audio) in version 2, 2 (audio) in \
+                           version 3",
             }
             .into());
         }
@@ -376,7 +383,7 @@ impl Base {
             }
             .into());
         }
-        validate_arch(&arch, audio_window, limits)?;
+        validate_arch(&arch, modality == MODALITY_AUDIO, audio_window, limits)?;
         let modulation = match mod_block {
             None => None,
             Some([kind, latent_dim, cell, reserved]) => {
@@ -477,16 +484,18 @@ impl Base {
     }
 }
 
-/// The architecture checks of a base (§10.1): an image base's as §3.6; an audio base (§10.4)
-/// has `coord_dims` 1, 1..=16 outputs and a window length in 1..=2^20.
+/// The architecture checks of a base (§10.1): an image base's as §3.6; an audio base (an
+/// audio weight base, §10.4, or an audio modulation base, §10.3) has `coord_dims` 1 and 1..=16
+/// outputs, and an audio weight base a window length in 1..=2^20.
 fn validate_arch(
     arch: &Arch,
+    audio: bool,
     audio_window: Option<u32>,
     limits: &Limits,
 ) -> Result<(), FormatError> {
-    let Some(window) = audio_window else {
+    if !audio {
         return arch.validate(limits);
-    };
+    }
     if arch.coord_dims != 1 {
         return Err(FormatError::InvalidField {
             field: "coord_dims",
@@ -501,7 +510,7 @@ fn validate_arch(
             expected: "1..=16 (audio base)",
         });
     }
-    if window == 0 || window > crate::format::MAX_WINDOW_LEN {
+    if let Some(window) = audio_window.filter(|&w| w == 0 || w > crate::format::MAX_WINDOW_LEN) {
         return Err(FormatError::InvalidField {
             field: "base window length",
             value: window.into(),
@@ -580,9 +589,19 @@ pub fn embedded_audio_for(arch: &Arch, window_len: u32) -> Option<&'static Base>
         .find(|b| b.arch == *arch && b.audio_window == Some(window_len))
 }
 
-/// The first embedded modulation base (§10.3), if one ships with this binary.
+/// The first embedded image modulation base (§10.3), if one ships with this binary.
 pub fn embedded_modulation() -> Option<&'static Base> {
-    embedded().iter().find(|b| b.modulation.is_some())
+    embedded()
+        .iter()
+        .find(|b| b.modulation.is_some() && !b.is_audio())
+}
+
+/// The first embedded audio modulation base (§10.3, modality 2) for clips of `channels`
+/// channels, if one ships with this binary.
+pub fn embedded_audio_modulation(channels: u8) -> Option<&'static Base> {
+    embedded()
+        .iter()
+        .find(|b| b.modulation.is_some() && b.is_audio() && b.arch.out_channels == channels)
 }
 
 #[cfg(test)]

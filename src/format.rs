@@ -27,7 +27,8 @@ pub use audio::{
 #[path = "format_mod.rs"]
 mod modulation;
 pub use modulation::{
-    is_modulation_file, mod_grid_dims, read_mod_file, write_mod_file, ModInfo, ModInrFile,
+    is_audio_modulation_file, is_modulation_file, mod_grid_dims, read_audio_mod_file,
+    read_mod_file, write_audio_mod_file, write_mod_file, AudioModInrFile, ModInfo, ModInrFile,
     FLAG_MODULATIONS, MIN_CELL, MOD_FLAGS, MOD_SECTION_BYTES, VERSION_MOD,
 };
 
@@ -1570,6 +1571,9 @@ pub fn inspect(bytes: &[u8]) -> Result<FileInfo, FormatError> {
 /// # Panics
 /// Never, for any input.
 pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatError> {
+    if is_audio_modulation_file(bytes) {
+        return modulation::inspect_mod(bytes, limits);
+    }
     if peek_modality(bytes)? == MODALITY_AUDIO {
         return audio::inspect_audio(bytes);
     }

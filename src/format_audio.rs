@@ -138,7 +138,7 @@ impl AudioHeader {
         Ok(())
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    pub(super) fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.sample_rate.to_le_bytes());
         out.push(self.channels);
         out.push(self.sample_kind.code());
@@ -148,7 +148,7 @@ impl AudioHeader {
         out.extend_from_slice(&self.window_len.to_le_bytes());
     }
 
-    fn read(r: &mut Reader<'_>) -> Result<AudioHeader, FormatError> {
+    pub(super) fn read(r: &mut Reader<'_>) -> Result<AudioHeader, FormatError> {
         let sample_rate = r.u32("audio section")?;
         let channels = r.u8("audio section")?;
         let kind = r.u8("audio section")?;
@@ -437,6 +437,14 @@ fn parse_audio<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedAudio<'a>, 
     let num_tensors = arch.num_tensors();
     let step_bytes = r.take(num_tensors * STEP_BYTES, "step table")?;
     // The flags decide the layout (§11.1): checked before reading what follows the steps.
+    if flags & super::FLAG_MODULATIONS != 0 && flags & !(AUDIO_KNOWN_FLAGS | super::FLAG_MODULATIONS) == 0 {
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "0 or 1 in a windowed audio file; flag bit 2 marks an audio modulation \
+                       file: read it with format::read_audio_mod_file",
+        });
+    }
     if flags & !AUDIO_KNOWN_FLAGS != 0 {
         return Err(FormatError::UnknownFlags {
             flags,

@@ -10,6 +10,7 @@
 //! payload (one group per distinct channel bit width, ascending, channels in channel order) |
 //! CRC32.
 
+use super::audio::{AudioHeader, AudioInfo, MAX_AUDIO_WORK, MODALITY_AUDIO};
 use super::{
     group_infos, read_fixed_header, read_payload_and_crc, validate_bits, validate_dims, Arch,
     FileInfo, FixedHeader, FormatError, Limits, QTensor, Step, BASE_REF_BYTES, CODER_ADAPTIVE,
@@ -49,6 +50,30 @@ pub struct ModInrFile {
     pub channels: Vec<QTensor>,
 }
 
+/// A complete audio modulation file in memory (§12.7): a clip coded as one row of latent
+/// nodes for an audio modulation base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioModInrFile {
+    /// The clip (§11.2); its `window_len` is the latent spacing in frames and MUST equal the
+    /// base's `cell` (2..=255).
+    pub audio: AudioHeader,
+    /// The architecture of the base network: `coord_dims` 1, `out_channels` = channels.
+    pub arch: Arch,
+    /// Id of the audio modulation base (§10.3, modality 2).
+    pub base_id: u64,
+    /// Latent channels per node, 1..=255.
+    pub latent_dim: u8,
+    /// `latent_dim` entries of `ceil(frames / cell) + 1` symbols each, node order.
+    pub channels: Vec<QTensor>,
+}
+
+impl AudioModInrFile {
+    /// Latent spacing in frames (the audio section's `window_len`).
+    pub fn cell(&self) -> u8 {
+        u8::try_from(self.audio.window_len).unwrap_or(0)
+    }
+}
+
 /// Modulation summary for `inspect` (§12).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ModInfo {
@@ -82,6 +107,100 @@ pub fn is_modulation_file(bytes: &[u8]) -> bool {
             .is_some_and(|f| u16::from_le_bytes([f[0], f[1]]) & FLAG_MODULATIONS != 0)
 }
 
+/// True when `bytes` start like an audio modulation file (§12.7): magic, version 2,
+/// modality 2 and flag bit 2 set. Nothing else is validated.
+pub fn is_audio_modulation_file(bytes: &[u8]) -> bool {
+    bytes.get(..4) == Some(&MAGIC[..])
+        && bytes.get(OFF_VERSION) == Some(&VERSION_MOD)
+        && bytes.get(OFF_MODALITY) == Some(&MODALITY_AUDIO)
+        && bytes
+            .get(OFF_FLAGS..OFF_FLAGS + 2)
+            .is_some_and(|f| u16::from_le_bytes([f[0], f[1]]) & FLAG_MODULATIONS != 0)
+}
+
+/// §12.7 The clip, architecture and modulation fields of an audio modulation file against
+/// `limits`. Returns the node count.
+fn validate_audio_mod_fields(
+    audio: &AudioHeader,
+    arch: &Arch,
+    latent_dim: u8,
+    cell: u8,
+    limits: &Limits,
+) -> Result<u64, FormatError> {
+    audio.validate()?;
+    if arch.coord_dims != 1 {
+        return Err(FormatError::InvalidField {
+            field: "coord_dims",
+            value: arch.coord_dims.into(),
+            expected: "1 (audio)",
+        });
+    }
+    if arch.out_channels != audio.channels {
+        return Err(FormatError::InvalidField {
+            field: "out_channels",
+            value: arch.out_channels.into(),
+            expected: "the channel count of the audio section",
+        });
+    }
+    arch.validate_net(limits)?;
+    validate_latent_fields(latent_dim, cell)?;
+    if audio.window_len != u32::from(cell) {
+        return Err(FormatError::InvalidField {
+            field: "window length",
+            value: audio.window_len.into(),
+            expected: "the modulation section's cell in an audio modulation file",
+        });
+    }
+    let samples = audio.frames.saturating_mul(u64::from(audio.channels));
+    if samples > limits.max_samples {
+        return Err(FormatError::LimitExceeded {
+            what: "audio samples (frames x channels)",
+            value: samples,
+            limit: limits.max_samples,
+        });
+    }
+    // frames <= 2^32 - 1 (validated), so neither product overflows.
+    let nodes = audio.frames.div_ceil(u64::from(cell)) + 1;
+    let latents = nodes * u64::from(latent_dim);
+    if latents > limits.max_params {
+        return Err(FormatError::LimitExceeded {
+            what: "latent count (latent_dim x nodes)",
+            value: latents,
+            limit: limits.max_params,
+        });
+    }
+    let work = audio
+        .frames
+        .saturating_mul(mod_render_params(arch, latent_dim));
+    if work > MAX_AUDIO_WORK {
+        return Err(FormatError::LimitExceeded {
+            what: "decode work (frames x parameters per frame)",
+            value: work,
+            limit: MAX_AUDIO_WORK,
+        });
+    }
+    Ok(nodes)
+}
+
+/// §12.2: latent_dim >= 1, cell >= 2.
+fn validate_latent_fields(latent_dim: u8, cell: u8) -> Result<(), FormatError> {
+    if latent_dim == 0 {
+        return Err(FormatError::InvalidField {
+            field: "latent_dim",
+            value: 0,
+            expected: "1..=255",
+        });
+    }
+    if cell < MIN_CELL {
+        return Err(FormatError::InvalidField {
+            field: "cell",
+            value: cell.into(),
+            expected: "2..=255 pixels or frames",
+        });
+    }
+    Ok(())
+}
+
 /// §12.2, §12.5: image size, architecture, modulation fields, latent count and rendering
 /// work against `limits`. Returns the grid size.
 fn validate_mod_fields(
@@ -94,20 +213,7 @@ fn validate_mod_fields(
 ) -> Result<(u32, u32), FormatError> {
     validate_dims(width, height, limits)?;
     arch.validate(limits)?;
-    if latent_dim == 0 {
-        return Err(FormatError::InvalidField {
-            field: "latent_dim",
-            value: 0,
-            expected: "1..=255",
-        });
-    }
-    if cell < MIN_CELL {
-        return Err(FormatError::InvalidField {
-            field: "cell",
-            value: cell.into(),
-            expected: "2..=255 pixels",
-        });
-    }
+    validate_latent_fields(latent_dim, cell)?;
     let (gw, gh) = mod_grid_dims(width, height, cell);
     // <= 255 * 2^32 * 2^32 would overflow: saturate (anything that large exceeds the limit).
     let latents = u64::from(latent_dim)
@@ -145,14 +251,67 @@ fn mod_render_params(arch: &Arch, latent_dim: u8) -> u64 {
 pub fn write_mod_file(f: &ModInrFile) -> Result<Vec<u8>, FormatError> {
     let limits = Limits::default();
     let (gw, gh) = validate_mod_fields(f.width, f.height, &f.arch, f.latent_dim, f.cell, &limits)?;
-    if f.channels.len() != usize::from(f.latent_dim) {
+    let n = (u64::from(gw) * u64::from(gh)) as usize; // <= max_params after validation
+    let head = |out: &mut Vec<u8>, bits: u8| {
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION_MOD);
+        out.push(MODALITY_IMAGE);
+        out.extend_from_slice(&MOD_FLAGS.to_le_bytes());
+        out.extend_from_slice(&f.width.to_le_bytes());
+        out.extend_from_slice(&f.height.to_le_bytes());
+        f.arch.write(out);
+        out.push(bits);
+        out.push(CODER_ADAPTIVE);
+    };
+    write_mod_body(head, f.base_id, f.latent_dim, f.cell, &f.channels, n, &limits)
+}
+
+/// Serialises an audio modulation file (§12.7), validating it first with [`Limits::default`].
+///
+/// # Errors
+/// As [`write_mod_file`]; the audio section is checked as §11.2 and its `window_len` must be
+/// the cell.
+///
+/// # Panics
+/// Never.
+pub fn write_audio_mod_file(f: &AudioModInrFile) -> Result<Vec<u8>, FormatError> {
+    let limits = Limits::default();
+    let cell = f.cell();
+    let n = validate_audio_mod_fields(&f.audio, &f.arch, f.latent_dim, cell, &limits)? as usize;
+    let head = |out: &mut Vec<u8>, bits: u8| {
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION_MOD);
+        out.push(MODALITY_AUDIO);
+        out.extend_from_slice(&MOD_FLAGS.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        f.arch.write(out);
+        out.push(bits);
+        out.push(CODER_ADAPTIVE);
+        f.audio.write(out);
+    };
+    write_mod_body(head, f.base_id, f.latent_dim, cell, &f.channels, n, &limits)
+}
+
+/// Writes `head` (everything before the base reference, given the header bit width), then
+/// the base reference, modulation section, channel step table, payload and CRC of a
+/// modulation file whose channels hold `n` symbols each.
+fn write_mod_body(
+    head: impl FnOnce(&mut Vec<u8>, u8),
+    base_id: u64,
+    latent_dim: u8,
+    cell: u8,
+    channels: &[QTensor],
+    n: usize,
+    limits: &Limits,
+) -> Result<Vec<u8>, FormatError> {
+    if channels.len() != usize::from(latent_dim) {
         return Err(FormatError::TensorCount {
-            expected: f.latent_dim.into(),
-            found: f.channels.len(),
+            expected: latent_dim.into(),
+            found: channels.len(),
         });
     }
-    let n = (u64::from(gw) * u64::from(gh)) as usize; // <= max_params after validation
-    for (index, c) in f.channels.iter().enumerate() {
+    for (index, c) in channels.iter().enumerate() {
         c.step.validate()?;
         validate_bits("channel bits", c.bits)?;
         if c.symbols.len() != n {
@@ -163,48 +322,43 @@ pub fn write_mod_file(f: &ModInrFile) -> Result<Vec<u8>, FormatError> {
             });
         }
     }
-    let channel_bits: Vec<u8> = f.channels.iter().map(|c| c.bits).collect();
+    let channel_bits: Vec<u8> = channels.iter().map(|c| c.bits).collect();
     let bits = channel_bits.iter().copied().max().unwrap_or(0);
-    let refs: Vec<&QTensor> = f.channels.iter().collect();
-    let payload = super::write_groups(&refs, &limits)?;
-    super::check_section("payload", payload.len() as u64, &limits)?;
+    let refs: Vec<&QTensor> = channels.iter().collect();
+    let payload = super::write_groups(&refs, limits)?;
+    super::check_section("payload", payload.len() as u64, limits)?;
     let payload_len = u32::try_from(payload.len()).map_err(|_| FormatError::PayloadTooLarge {
         len: payload.len() as u64,
     })?;
     let mut out = Vec::with_capacity(
         HEADER_BYTES
+            + super::AUDIO_SECTION_BYTES
             + BASE_REF_BYTES
             + MOD_SECTION_BYTES
-            + STEP_BYTES * f.channels.len()
+            + STEP_BYTES * channels.len()
             + PAYLOAD_LEN_BYTES
             + payload.len()
             + CRC_BYTES,
     );
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION_MOD);
-    out.push(MODALITY_IMAGE);
-    out.extend_from_slice(&MOD_FLAGS.to_le_bytes());
-    out.extend_from_slice(&f.width.to_le_bytes());
-    out.extend_from_slice(&f.height.to_le_bytes());
-    f.arch.write(&mut out);
-    out.push(bits);
-    out.push(CODER_ADAPTIVE);
-    out.extend_from_slice(&f.base_id.to_le_bytes());
-    out.push(f.latent_dim);
-    out.push(f.cell);
-    for c in &f.channels {
+    head(&mut out, bits);
+    out.extend_from_slice(&base_id.to_le_bytes());
+    out.push(latent_dim);
+    out.push(cell);
+    for c in channels {
         out.extend_from_slice(&c.step.mantissa.to_le_bytes());
         out.push(c.step.exponent);
         out.push(c.bits);
     }
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
-    super::finish_file(out, &limits)
+    super::finish_file(out, limits)
 }
 
 /// A structurally parsed modulation file (CRC verified, all fields validated), payload not
 /// decoded.
 struct ParsedMod<'a> {
+    /// The audio section of an audio modulation file (§12.7), `None` for an image.
+    audio: Option<AudioHeader>,
     width: u32,
     height: u32,
     arch: Arch,
@@ -240,16 +394,11 @@ fn parse_mod<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedMod<'a>, Form
                        read it with the image reader (format::read_file)",
         });
     }
-    if modality != MODALITY_IMAGE {
+    if modality != MODALITY_IMAGE && modality != MODALITY_AUDIO {
         return Err(FormatError::InvalidField {
             field: "modality",
             value: modality.into(),
-            expected: if modality == super::MODALITY_AUDIO {
-                "1 (image); this is an audio file: read it with the audio reader \
-                 (format::read_audio_file)"
-            } else {
-                "1 (image)"
-            },
+            expected: "1 (image) or 2 (audio)",
         });
     }
     let known = KNOWN_FLAGS | FLAG_MODULATIONS;
@@ -258,6 +407,14 @@ fn parse_mod<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedMod<'a>, Form
             flags,
             known,
             version,
+        });
+    }
+    if flags & FLAG_MODULATIONS == 0 && modality == MODALITY_AUDIO {
+        return Err(FormatError::InvalidField {
+            field: "modality",
+            value: modality.into(),
+            expected: "1 (image), or 2 with flag bit 2; this is a windowed audio file: read it \
+                       with the audio reader (format::read_audio_file)",
         });
     }
     if flags & FLAG_MODULATIONS == 0 {
@@ -275,6 +432,11 @@ fn parse_mod<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedMod<'a>, Form
             expected: "exactly 0x0005 (base reference + modulations) in a modulation file",
         });
     }
+    let audio = if modality == MODALITY_AUDIO {
+        Some(AudioHeader::read(&mut r)?)
+    } else {
+        None
+    };
     let base_id = u64::from_le_bytes(r.array::<BASE_REF_BYTES>("base reference")?);
     let latent_dim = r.u8("modulation section")?;
     let cell = r.u8("modulation section")?;
@@ -282,7 +444,21 @@ fn parse_mod<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedMod<'a>, Form
     let step_bytes = r.take(usize::from(latent_dim) * STEP_BYTES, "channel step table")?;
     let payload = read_payload_and_crc(&mut r, bytes)?;
     // Semantics (a hostile file can carry a valid CRC, so everything is checked).
-    let grid = validate_mod_fields(width, height, &arch, latent_dim, cell, limits)?;
+    let grid = match &audio {
+        None => validate_mod_fields(width, height, &arch, latent_dim, cell, limits)?,
+        Some(a) => {
+            if width != 0 || height != 0 {
+                return Err(FormatError::InvalidField {
+                    field: "width/height",
+                    value: u64::from(width.max(height)),
+                    expected: "0 for audio (the audio section gives the sizes)",
+                });
+            }
+            let nodes = validate_audio_mod_fields(a, &arch, latent_dim, cell, limits)?;
+            // nodes * latent_dim <= max_params < 2^32 (validated).
+            (nodes as u32, 1)
+        }
+    };
     let (steps, channel_bits) = super::validate_coding(
         bits,
         coder,
@@ -293,6 +469,7 @@ fn parse_mod<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedMod<'a>, Form
     )?;
     let groups = super::split_groups(payload, &channel_bits, limits)?;
     Ok(ParsedMod {
+        audio,
         width,
         height,
         arch,
@@ -318,22 +495,15 @@ fn parse_mod<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedMod<'a>, Form
 /// Never, for any input.
 pub fn read_mod_file(bytes: &[u8], limits: &Limits) -> Result<ModInrFile, FormatError> {
     let p = parse_mod(bytes, limits)?;
-    // grid_w * grid_h * latent_dim <= limits.max_params (validated in `parse_mod`).
-    let n = (u64::from(p.grid.0) * u64::from(p.grid.1)) as usize;
-    let lens = vec![n; p.channel_bits.len()];
-    let symbols = super::decode_groups(&p.groups, &p.channel_bits, &lens)?;
-    let channels = p
-        .steps
-        .into_iter()
-        .zip(p.channel_bits)
-        .zip(symbols)
-        .map(|((step, bits), symbols)| QTensor {
-            step,
-            bits,
-            symbols,
-        })
-        .collect();
-    let _ = p.bits; // validated: equals the largest channel bit width
+    if p.audio.is_some() {
+        return Err(FormatError::InvalidField {
+            field: "modality",
+            value: MODALITY_AUDIO.into(),
+            expected: "1 (image); this is an audio modulation file: read it with \
+                       format::read_audio_mod_file",
+        });
+    }
+    let channels = decode_channels(&p)?;
     Ok(ModInrFile {
         width: p.width,
         height: p.height,
@@ -345,6 +515,56 @@ pub fn read_mod_file(bytes: &[u8], limits: &Limits) -> Result<ModInrFile, Format
     })
 }
 
+/// Parses and entropy-decodes an audio modulation file (§12.7).
+///
+/// # Errors
+/// As [`read_mod_file`]; an image modulation file is refused with an
+/// [`FormatError::InvalidField`] that names the right reader.
+///
+/// # Panics
+/// Never, for any input.
+pub fn read_audio_mod_file(bytes: &[u8], limits: &Limits) -> Result<AudioModInrFile, FormatError> {
+    let p = parse_mod(bytes, limits)?;
+    let Some(audio) = p.audio else {
+        return Err(FormatError::InvalidField {
+            field: "modality",
+            value: MODALITY_IMAGE.into(),
+            expected: "2 (audio); this is an image modulation file: read it with \
+                       format::read_mod_file",
+        });
+    };
+    let channels = decode_channels(&p)?;
+    Ok(AudioModInrFile {
+        audio,
+        arch: p.arch,
+        base_id: p.base_id,
+        latent_dim: p.latent_dim,
+        channels,
+    })
+}
+
+/// §12.5 step 6: the channels of a parsed file.
+fn decode_channels(p: &ParsedMod<'_>) -> Result<Vec<QTensor>, FormatError> {
+    // grid_w * grid_h * latent_dim <= limits.max_params (validated in `parse_mod`).
+    let n = (u64::from(p.grid.0) * u64::from(p.grid.1)) as usize;
+    let lens = vec![n; p.channel_bits.len()];
+    let symbols = super::decode_groups(&p.groups, &p.channel_bits, &lens)?;
+    let channels = p
+        .steps
+        .iter()
+        .copied()
+        .zip(p.channel_bits.iter().copied())
+        .zip(symbols)
+        .map(|((step, bits), symbols)| QTensor {
+            step,
+            bits,
+            symbols,
+        })
+        .collect();
+    let _ = p.bits; // validated: equals the largest channel bit width
+    Ok(channels)
+}
+
 /// Header and section sizes of a modulation file without entropy decoding (§12.5 steps 1–5).
 pub(super) fn inspect_mod(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatError> {
     let p = parse_mod(bytes, limits)?;
@@ -352,14 +572,30 @@ pub(super) fn inspect_mod(bytes: &[u8], limits: &Limits) -> Result<FileInfo, For
     let num_tensors = p.steps.len();
     let groups = group_infos(&p.groups, &p.channel_bits);
     let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum();
-    let pixels = u64::from(p.width) * u64::from(p.height);
     let (grid_w, grid_h) = p.grid;
     let latents = u64::from(p.latent_dim) * u64::from(grid_w) * u64::from(grid_h);
+    // Bits per pixel, or per coded sample for audio (§11.6).
+    let (pixels, audio_section, audio) = match &p.audio {
+        None => (u64::from(p.width) * u64::from(p.height), 0, None),
+        Some(a) => {
+            let d = a.duration_s();
+            (
+                a.frames * u64::from(a.channels),
+                super::AUDIO_SECTION_BYTES,
+                Some(AudioInfo {
+                    header: *a,
+                    windows: u64::from(grid_w),
+                    duration_s: d,
+                    kbps: 8.0 * total as f64 / d.max(1e-12) / 1000.0,
+                }),
+            )
+        }
+    };
     Ok(FileInfo {
         version: VERSION_MOD,
         flags: MOD_FLAGS,
         base_id: Some(format!("{:016x}", p.base_id)),
-        modality: "image",
+        modality: if p.audio.is_some() { "audio" } else { "image" },
         width: p.width,
         height: p.height,
         channels: p.arch.out_channels,
@@ -370,7 +606,7 @@ pub(super) fn inspect_mod(bytes: &[u8], limits: &Limits) -> Result<FileInfo, For
         num_tensors,
         steps: p.steps,
         tensor_bits: p.channel_bits,
-        header_bytes: HEADER_BYTES as u64,
+        header_bytes: (HEADER_BYTES + audio_section) as u64,
         side_info_bytes: (BASE_REF_BYTES
             + MOD_SECTION_BYTES
             + STEP_BYTES * num_tensors
@@ -381,7 +617,7 @@ pub(super) fn inspect_mod(bytes: &[u8], limits: &Limits) -> Result<FileInfo, For
         crc_bytes: CRC_BYTES as u64,
         total_bytes: total,
         bpp: 8.0 * total as f64 / pixels.max(1) as f64,
-        audio: None,
+        audio,
         sparsity: None,
         codebooks: None,
         modulation: Some(ModInfo {

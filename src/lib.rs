@@ -9,12 +9,14 @@
 //! - `model`, `kernel`, `fit`, `quant`: the SIREN, its fused CPU kernels, fitting and quantization.
 //! - [`modulation`] and `mod_codec`: the modulation mode (a shared meta-learned network, per
 //!   image a latent grid; codec-spec §12).
+//!   `audio_mod_codec` is the same mode for audio (a row of latents per clip; §12.7).
 //! - [`grid`] and `grid_codec`: the grid mode (per image a latent pyramid and a small SIREN
 //!   fitted under a rate–distortion objective; codec-spec §13).
 //! - [`rd`] and [`batch`]: rate–distortion sweeps and dataset compression.
 
 pub mod audio;
 mod audio_codec;
+mod audio_mod_codec;
 pub mod base;
 pub mod batch;
 mod codec;
@@ -40,6 +42,7 @@ pub use audio_codec::{
     eval_audio, eval_audio_with, output_spec, AudioEncodeConfig, AudioEncoded, AudioQuality,
     AudioSink, BLOCK_WINDOWS,
 };
+pub use audio_mod_codec::{encode_audio_modulated, AudioModEncodeConfig};
 pub use codec::{
     decode, default_lr, encode_image, inspect, inspect_with, BaseChoice, BitAllocation,
     DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded, Preset, Progress, PruneMethod,

@@ -111,6 +111,28 @@ pub fn dequantize(channels: &[QTensor]) -> Vec<f32> {
     z
 }
 
+/// The finest latent step whose rate `rate(step)` (which falls as the step grows) is at most
+/// `target`: bisection of log(step) over `[1e-3, 64]` in 20 halvings; 64 when even that is
+/// above the target.
+pub(crate) fn bisect_step(
+    target: f64,
+    rate: impl Fn(f32) -> Result<f64, EncodeError>,
+) -> Result<f32, EncodeError> {
+    let (mut lo, mut hi) = (1e-3f32.ln(), 64f32.ln());
+    if rate(hi.exp())? > target {
+        return Ok(hi.exp());
+    }
+    for _ in 0..20 {
+        let mid = 0.5 * (lo + hi);
+        if rate(mid.exp())? > target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(hi.exp())
+}
+
 fn file_for(img: &Image, b: &Base, spec: ModSpec, channels: Vec<QTensor>) -> ModInrFile {
     ModInrFile {
         width: img.width,
@@ -217,25 +239,10 @@ fn encode_inner(
                 if !(t.is_finite() && t > 0.0) {
                     return Err(EncodeError::Parameter("--bpp must be > 0".into()));
                 }
-                // Size falls as the step grows: bisect log(step) for the finest step whose file
-                // fits the target.
                 let bpp = |q: f32| -> Result<f64, EncodeError> {
                     Ok(write(z, q)?.len() as f64 * 8.0 / npx as f64)
                 };
-                let (mut lo, mut hi) = (1e-3f32.ln(), 64f32.ln());
-                if bpp(hi.exp())? > t {
-                    hi.exp()
-                } else {
-                    for _ in 0..20 {
-                        let mid = 0.5 * (lo + hi);
-                        if bpp(mid.exp())? > t {
-                            lo = mid;
-                        } else {
-                            hi = mid;
-                        }
-                    }
-                    hi.exp()
-                }
+                bisect_step(t, bpp)?
             }
         };
         Ok(Step::from_f32(q).to_f32())

@@ -141,12 +141,16 @@ pub fn grid_dims(width: u32, height: u32, cell: u32) -> (u32, u32) {
     (width.div_ceil(cell) + 1, height.div_ceil(cell) + 1)
 }
 
-/// Features and interpolation positions of a `width x height` image.
+/// Features and interpolation positions of a `width x height` image, or of a clip of `width`
+/// frames (`height` 1) when the network has one coordinate (audio, §12.7): the grid is then
+/// one row of `ceil(frames / cell) + 1` nodes and every frame blends two of them.
 pub struct ModGrid {
     pub width: u32,
     pub height: u32,
     pub gw: u32,
     pub gh: u32,
+    /// Coordinate dimensions: 2 (image) or 1 (audio).
+    dims: usize,
     per: usize,
     xs: Vec<f32>,
     ys: Vec<f32>,
@@ -161,13 +165,30 @@ impl ModGrid {
     }
     /// Grid rendering `out` pixels from latents coded for an image of `src` pixels.
     pub fn scaled(net: &ModNet, src: (u32, u32), out: (u32, u32)) -> ModGrid {
-        let (gw, gh) = grid_dims(src.0, src.1, net.cell);
         let c = net.cell;
+        if net.arch.coord_dims == 1 {
+            // A clip is rendered at its coded rate only (§12.7), where the features and the
+            // fraction of frame x depend on x mod c alone: tables of one cell, O(c) memory.
+            return ModGrid {
+                width: src.0,
+                height: 1,
+                gw: src.0.div_ceil(c) + 1,
+                gh: 1,
+                dims: 1,
+                per: 1 + 2 * net.arch.pe_freqs as usize,
+                xs: periodic_table(&net.arch, c, c, c),
+                ys: Vec::new(),
+                xi: (0..c).map(|i| axis_pos(i, c, c, c)).collect(),
+                yi: Vec::new(),
+            };
+        }
+        let (gw, gh) = grid_dims(src.0, src.1, net.cell);
         ModGrid {
             width: out.0,
             height: out.1,
             gw,
             gh,
+            dims: 2,
             per: 1 + 2 * net.arch.pe_freqs as usize,
             xs: periodic_table(&net.arch, out.0, src.0, c),
             ys: periodic_table(&net.arch, out.1, src.1, c),
@@ -179,11 +200,16 @@ impl ModGrid {
         self.gw as usize * self.gh as usize
     }
     pub fn n_features(&self) -> usize {
-        2 * self.per
+        self.dims * self.per
     }
     /// Features of pixel `(x, y)`, laid out as [`model::Grid2`] does.
     #[inline]
     fn features(&self, x: u32, y: u32, out: &mut [f32]) {
+        if self.dims == 1 {
+            let ph = (x % (self.xi.len() as u32)) as usize;
+            out[..self.per].copy_from_slice(&self.xs[ph * self.per..][..self.per]);
+            return;
+        }
         let fx = &self.xs[x as usize * self.per..][..self.per];
         let fy = &self.ys[y as usize * self.per..][..self.per];
         out[0] = fx[0];
@@ -195,9 +221,15 @@ impl ModGrid {
             out[5 + 4 * k] = fy[2 + 2 * k];
         }
     }
-    /// The four nodes of pixel `(x, y)` (`00, 10, 01, 11`) and their weights.
+    /// The four nodes of pixel `(x, y)` (`00, 10, 01, 11`) and their weights; in one
+    /// dimension the two nodes of frame `x` come first and the last two weights are 0.
     #[inline]
     fn corners(&self, x: u32, y: u32) -> ([usize; 4], [f32; 4], (f32, f32)) {
+        if self.dims == 1 {
+            let c = self.xi.len() as u32;
+            let (n0, tx) = ((x / c) as usize, self.xi[(x % c) as usize].1);
+            return ([n0, n0 + 1, n0, n0 + 1], [1.0 - tx, tx, 0.0, 0.0], (tx, 0.0));
+        }
         let (jx, tx) = self.xi[x as usize];
         let (jy, ty) = self.yi[y as usize];
         let gw = self.gw as usize;
@@ -230,6 +262,19 @@ impl ModGrid {
         st: usize,
     ) {
         let (n, _, (tx, ty)) = self.corners(x, y);
+        if self.dims == 1 {
+            // §12.7: `s = (1 - t) S0 + t S1`.
+            let (s0, s1) = (&s[n[0] * h..][..h], &s[n[1] * h..][..h]);
+            let u = 1.0 - tx;
+            for l in 0..h / width {
+                let row = &mut buf[(l * TILE + r) * st..][..width];
+                let o = l * width;
+                for j in 0..width {
+                    row[j] = u * s0[o + j] + tx * s1[o + j];
+                }
+            }
+            return;
+        }
         let (s00, s10, s01, s11) = (
             &s[n[0] * h..][..h],
             &s[n[1] * h..][..h],
@@ -329,6 +374,72 @@ impl<'a> Target<'a> {
     }
 }
 
+impl Target<'static> {
+    /// A clip for a network with one coordinate: `values` holds `frames x out_channels`
+    /// values in [-1, 1], channels interleaved.
+    pub fn audio(net: &ModNet, values: Vec<f32>) -> Target<'static> {
+        let c = usize::from(net.arch.out_channels).max(1);
+        let frames = (values.len() / c) as u32;
+        Target {
+            grid: ModGrid::new(net, frames, 1),
+            values,
+            original: &[],
+        }
+    }
+}
+
+/// Frames of a clip coded with `frames` frames: values of frames `start .. start + len`
+/// (`len x out_channels`, channels interleaved, unclamped), from node-major latents `z` of the
+/// whole clip (`(ceil(frames / cell) + 1) x latent_dim`). Only the shifts of the nodes the
+/// range touches are computed, so rendering a long clip in ranges needs memory for one range.
+/// Deterministic and independent of the number of threads (§12.7).
+pub fn render_audio(net: &ModNet, z: &[f32], frames: u32, start: u32, len: u32) -> Vec<f32> {
+    const CHUNK: usize = 4096;
+    let shape = model::shape_of(&net.arch);
+    let grid = ModGrid::new(net, frames, 1);
+    let h = ModNet::n_shift(&net.arch);
+    let d = net.latent_dim;
+    let wd = usize::from(net.arch.width);
+    let st = shape.shift_stride().unwrap_or(0);
+    let c = shape.n_out();
+    let nf = grid.n_features();
+    let cell = net.cell;
+    let mut packed = vec![0.0f32; shape.n_packed];
+    shape.pack(&net.params, &mut packed);
+    let mut out = vec![0.0f32; len as usize * c];
+    out.par_chunks_mut(CHUNK * c).enumerate().for_each_init(
+        || {
+            (
+                InferScratch::new(&shape),
+                vec![0.0f32; TILE * nf],
+                vec![0.0f32; TILE * c],
+                vec![0.0f32; shape.n_sine() * TILE * st],
+            )
+        },
+        |(scratch, x, yb, sh), (k, dst)| {
+            let a = start + (k * CHUNK) as u32;
+            let n = dst.len() / c;
+            let n0 = a / cell;
+            let n1 = (a + n as u32 - 1) / cell + 1;
+            let ls = net.node_shifts(&z[n0 as usize * d..(n1 as usize + 1) * d]);
+            let mut done = 0;
+            while done < n {
+                let rows = TILE.min(n - done);
+                for r in 0..rows {
+                    // Same phase, node index relative to n0.
+                    let px = a + (done + r) as u32 - n0 * cell;
+                    grid.features(px, 0, &mut x[r * nf..(r + 1) * nf]);
+                    grid.fill_shift(&ls, h, wd, px, 0, r, sh, st);
+                }
+                kernel::forward_tile_infer_shifted(&shape, &packed, x, rows, yb, scratch, Some(sh));
+                dst[done * c..(done + rows) * c].copy_from_slice(&yb[..rows * c]);
+                done += rows;
+            }
+        },
+    );
+    out
+}
+
 /// Packed network weights for the kernels.
 pub struct Packed {
     shape: NetShape,
@@ -344,6 +455,28 @@ impl Packed {
         shape.pack(&net.params, &mut w);
         shape.pack_transposed(&net.params, &mut wt);
         Packed { shape, w, wt }
+    }
+}
+
+/// Frames per band of a clip in [`pass`], rounded down to whole cells (at least one cell).
+pub const BAND_FRAMES_1D: u32 = 1024;
+
+/// A band of [`pass`]: a `bw x rows` rectangle of pixels from `(x0, y0)` and the `len` nodes
+/// from `lo` it touches.
+struct Band {
+    x0: u32,
+    bw: u32,
+    y0: u32,
+    rows: u32,
+    lo: usize,
+    len: usize,
+}
+
+impl Band {
+    /// Pixel `p` of the band, row-major.
+    #[inline]
+    fn pixel(&self, p: u32) -> (u32, u32) {
+        (self.x0 + p % self.bw, self.y0 + p / self.bw)
     }
 }
 
@@ -368,19 +501,44 @@ pub fn pass(
     let c = shape.n_out();
     let nf = g.n_features();
     let cell = net.cell;
-    let n_bands = g.height.div_ceil(cell) as usize;
     let gwn = g.gw as usize;
     let (w, hgt) = (g.width, g.height);
-    // Pixels per band and the subset size.
-    let band_px = |b: usize| {
-        let y0 = b as u32 * cell;
-        let y1 = (y0 + cell).min(hgt);
-        (y0, y1)
+    // Bands: `cell` pixel rows of an image (node rows b and b + 1), or about `BAND_FRAMES_1D` frames of
+    // a clip (nodes `b K ..= (b + 1) K`).
+    let k1 = (BAND_FRAMES_1D / cell).max(1);
+    let n_bands = if g.dims == 1 {
+        w.div_ceil(k1 * cell) as usize
+    } else {
+        hgt.div_ceil(cell) as usize
+    };
+    let band = |b: usize| -> Band {
+        if g.dims == 1 {
+            let x0 = b as u32 * k1 * cell;
+            let lo = b * k1 as usize;
+            Band {
+                x0,
+                bw: (k1 * cell).min(w - x0),
+                y0: 0,
+                rows: 1,
+                lo,
+                len: (k1 as usize + 1).min(gwn - lo),
+            }
+        } else {
+            let y0 = b as u32 * cell;
+            Band {
+                x0: 0,
+                bw: w,
+                y0,
+                rows: (y0 + cell).min(hgt) - y0,
+                lo: b * gwn,
+                len: 2 * gwn,
+            }
+        }
     };
     let total: usize = (0..n_bands)
         .map(|b| {
-            let (y0, y1) = band_px(b);
-            let n = (w * (y1 - y0)) as usize;
+            let bd = band(b);
+            let n = (bd.bw * bd.rows) as usize;
             ((n as f32 * frac).ceil() as usize).clamp(1, n)
         })
         .sum();
@@ -398,8 +556,8 @@ pub fn pass(
                 )
             },
             |(scratch, tg, sh, gs), b| {
-                let (y0, y1) = band_px(b);
-                let n = (w * (y1 - y0)) as usize;
+                let bd = band(b);
+                let n = (bd.bw * bd.rows) as usize;
                 let take = ((n as f32 * frac).ceil() as usize).clamp(1, n);
                 let mut idx: Vec<u32> = (0..n as u32).collect();
                 if take < n {
@@ -410,21 +568,20 @@ pub fn pass(
                     idx.truncate(take);
                     idx.sort_unstable();
                 }
-                let jy0 = b; // band b covers node rows b and b + 1
-                let mut gl = vec![0.0f32; 2 * gwn * h];
+                let mut gl = vec![0.0f32; bd.len * h];
                 let mut gp = weight_grad.then(|| vec![0.0f32; np]);
                 let mut sse = 0.0;
                 for tile in idx.chunks(TILE) {
                     let rows = tile.len();
                     let x = scratch.input_mut();
                     for (r, &p) in tile.iter().enumerate() {
-                        let (px, py) = (p % w, y0 + p / w);
+                        let (px, py) = bd.pixel(p);
                         g.features(px, py, &mut x[r * nf..(r + 1) * nf]);
                         let pi = (py * w + px) as usize;
                         tg[r * c..(r + 1) * c].copy_from_slice(&tgt.values[pi * c..(pi + 1) * c]);
                     }
                     for (r, &p) in tile.iter().enumerate() {
-                        let (px, py) = (p % w, y0 + p / w);
+                        let (px, py) = bd.pixel(p);
                         g.fill_shift(shifts, h, wd, px, py, r, sh, st);
                     }
                     let io = TileIo {
@@ -437,10 +594,10 @@ pub fn pass(
                     };
                     sse += kernel::train_tile_io(shape, &pk.w, &pk.wt, io, scratch);
                     for (r, &p) in tile.iter().enumerate() {
-                        let (px, py) = (p % w, y0 + p / w);
+                        let (px, py) = bd.pixel(p);
                         let (nodes, wts, _) = g.corners(px, py);
                         for (&nd, &wt) in nodes.iter().zip(&wts) {
-                            let local = nd - jy0 * gwn;
+                            let local = nd - bd.lo;
                             let dst = &mut gl[local * h..][..h];
                             for l in 0..h / wd {
                                 let src = &gs[(l * TILE + r) * st..][..wd];
@@ -460,7 +617,8 @@ pub fn pass(
     let mut sse = 0.0;
     for (b, (s, gl, gp)) in results.into_iter().enumerate() {
         sse += s;
-        for (a, &v) in g_nodes[b * gwn * h..][..2 * gwn * h].iter_mut().zip(&gl) {
+        let bd = band(b);
+        for (a, &v) in g_nodes[bd.lo * h..][..bd.len * h].iter_mut().zip(&gl) {
             *a += v;
         }
         if let (Some(acc), Some(gp)) = (g_packed.as_mut(), gp) {
@@ -716,8 +874,7 @@ pub fn meta_train_step(
     i: usize,
 ) -> f64 {
     let pk = Packed::new(net);
-    let np = net.params.len();
-    let mut g = vec![0.0f32; np + net.map.len()];
+    let mut g = vec![0.0f32; net.params.len() + net.map.len()];
     let mut psnr = 0.0;
     for k in 0..cfg.tasks {
         let mut rng = ChaCha8Rng::seed_from_u64(
@@ -736,24 +893,46 @@ pub fn meta_train_step(
         let d: u8 = rng.gen_range(0..8);
         let crop = crate::meta::augmented_crop(img, x0, y0, cw, ch, d);
         let tgt = Target::new(net, &crop);
-        let seed = rng.gen::<u64>();
-        let mut z = fit_latents(net, &pk, &tgt, &cfg.inner, seed, &mut |_| {});
-        if cfg.noise > 0.0 {
-            for v in &mut z {
-                *v += cfg.noise * (rng.gen::<f32>() - 0.5);
-            }
-        }
-        let shifts = net.node_shifts(&z);
-        let out = pass(net, &pk, &tgt, &shifts, 1.0, seed ^ 1, true);
-        let mse = out.sse / out.count as f64;
-        psnr += 10.0 * (4.0 / mse.max(1e-12)).log10();
-        if let Some(gp) = &out.g_params {
-            for (a, &b) in g[..np].iter_mut().zip(gp) {
-                *a += b;
-            }
-        }
-        map_grad_acc(net, &out.g_nodes, &z, &mut g[np..]);
+        psnr += task_grad(net, &pk, &tgt, cfg, &mut rng, &mut g);
     }
+    outer_update(net, opt, &g, cfg, i);
+    psnr / cfg.tasks.max(1) as f64
+}
+
+/// One task of an outer step: adapt latents to `tgt` with the encoder loop, add the first-order
+/// gradient of the final loss w.r.t. the network and the map to `g` (network, then map), and
+/// return the task's PSNR.
+fn task_grad(
+    net: &ModNet,
+    pk: &Packed,
+    tgt: &Target<'_>,
+    cfg: &ModMetaConfig,
+    rng: &mut ChaCha8Rng,
+    g: &mut [f32],
+) -> f64 {
+    let np = net.params.len();
+    let seed = rng.gen::<u64>();
+    let mut z = fit_latents(net, pk, tgt, &cfg.inner, seed, &mut |_| {});
+    if cfg.noise > 0.0 {
+        for v in &mut z {
+            *v += cfg.noise * (rng.gen::<f32>() - 0.5);
+        }
+    }
+    let shifts = net.node_shifts(&z);
+    let out = pass(net, pk, tgt, &shifts, 1.0, seed ^ 1, true);
+    let mse = out.sse / out.count as f64;
+    if let Some(gp) = &out.g_params {
+        for (a, &b) in g[..np].iter_mut().zip(gp) {
+            *a += b;
+        }
+    }
+    map_grad_acc(net, &out.g_nodes, &z, &mut g[np..]);
+    10.0 * (4.0 / mse.max(1e-12)).log10()
+}
+
+/// The outer Adam step `i` on the network and the map with the summed task gradients `g`.
+fn outer_update(net: &mut ModNet, opt: &mut Adam, g: &[f32], cfg: &ModMetaConfig, i: usize) {
+    let np = net.params.len();
     let t = i as f32 / cfg.iterations.max(1) as f32;
     let lr = cfg.outer_lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f32::consts::PI * t).cos()));
     let mut flat = net.flat();
@@ -761,7 +940,63 @@ pub fn meta_train_step(
     let (p, m) = flat.split_at(np);
     net.params.copy_from_slice(p);
     net.map.copy_from_slice(m);
+}
+
+/// One outer step `i` of an audio modulation base (a network with one coordinate): each task
+/// is a random segment of `crop_min ..= crop_max` frames of a clip, with a random gain and
+/// polarity ([`crate::meta::audio_task`]); otherwise as [`meta_train_step`]. Every clip must
+/// have the network's `out_channels` channels.
+pub fn meta_train_step_audio(
+    net: &mut ModNet,
+    opt: &mut Adam,
+    clips: &[crate::audio::Audio],
+    cfg: &ModMetaConfig,
+    i: usize,
+) -> f64 {
+    let pk = Packed::new(net);
+    let mut g = vec![0.0f32; net.params.len() + net.map.len()];
+    let mut psnr = 0.0;
+    for k in 0..cfg.tasks {
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            cfg.seed ^ ((i * cfg.tasks + k) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let lo = cfg.crop_min.min(cfg.crop_max).max(1);
+        let window = rng.gen_range(lo..=cfg.crop_max.max(lo));
+        let acfg = crate::meta::AudioMetaConfig {
+            window,
+            seed: cfg.seed,
+            ..Default::default()
+        };
+        let task = crate::meta::audio_task(clips, &acfg, i, k);
+        let tgt = Target::audio(net, task.samples);
+        psnr += task_grad(net, &pk, &tgt, cfg, &mut rng, &mut g);
+    }
+    outer_update(net, opt, &g, cfg, i);
     psnr / cfg.tasks.max(1) as f64
+}
+
+/// Mean PSNR (waveform mapped to [0, 1]) over `clips` (each `frames x out_channels` values in
+/// [-1, 1]) after the encoder loop `fit`, rendered exactly (unquantized, unclamped).
+pub fn validate_audio(net: &ModNet, clips: &[Vec<f32>], fit: &LatentFit) -> f64 {
+    let pk = Packed::new(net);
+    let c = usize::from(net.arch.out_channels).max(1);
+    let sum: f64 = clips
+        .iter()
+        .enumerate()
+        .map(|(k, v)| {
+            let tgt = Target::audio(net, v.clone());
+            let z = fit_latents(net, &pk, &tgt, fit, k as u64, &mut |_| {});
+            let frames = (v.len() / c) as u32;
+            let y = render_audio(net, &z, frames, 0, frames);
+            let se: f64 = y
+                .iter()
+                .zip(v)
+                .map(|(&a, &b)| f64::from(a.clamp(-1.0, 1.0) - b).powi(2))
+                .sum();
+            10.0 * (4.0 / (se / v.len().max(1) as f64).max(1e-12)).log10()
+        })
+        .sum();
+    sum / clips.len().max(1) as f64
 }
 
 /// Mean PSNR over `images` after the encoder loop `fit`, rendered exactly (unquantized).

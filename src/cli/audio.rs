@@ -8,7 +8,7 @@ use inr::audio::{AudioSource as _, WavSink, WavSource};
 use inr::{AudioEncodeConfig, Progress};
 
 use super::decode::DecodeArgs;
-use super::encode::EncodeArgs;
+use super::encode::{EncodeArgs, Mode};
 use super::eval::EvalArgs;
 use super::{json_psnr, path_str, print_json, say, Ctx};
 
@@ -33,9 +33,17 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         notes
             .push("--target-psnr, --batch and --ignore-alpha apply to images only; ignored".into());
     }
-    ctx.notes(&notes);
     let mut src = open_wav(&args.input)?;
     let spec = src.spec();
+    match args.mode {
+        Mode::Grid => anyhow::bail!("--mode grid is for images; audio has weights and modulations"),
+        Mode::Modulations => return encode_modulated(args, src, notes, ctx),
+        Mode::Weights => {}
+    }
+    if args.kbps.is_some() {
+        anyhow::bail!("--kbps needs --mode modulations (the weight mode's rate is set by --preset)");
+    }
+    ctx.notes(&notes);
     let cfg = AudioEncodeConfig {
         preset: args.preset,
         width: args.width,
@@ -61,6 +69,67 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let result = inr::encode_audio(&mut src, &cfg, &mut on_progress);
     pb.finish_and_clear();
     let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
+    report(&args, spec, enc, start, super::encode::preset_name(args.preset), notes, ctx)
+}
+
+/// `inr encode x.wav --mode modulations`: only a row of latents for a shared audio
+/// modulation base.
+fn encode_modulated(
+    args: EncodeArgs,
+    mut src: WavSource<std::io::BufReader<std::fs::File>>,
+    mut notes: Vec<String>,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    let spec = src.spec();
+    if args.bpp.is_some() {
+        anyhow::bail!("audio takes --kbps for a rate target, not --bpp");
+    }
+    if args.width.is_some() || args.depth.is_some() || args.bits.is_some() || args.window.is_some()
+    {
+        notes.push(
+            "--width, --depth, --bits and --window: the modulation base fixes the network; \
+             ignored"
+                .into(),
+        );
+    }
+    ctx.notes(&notes);
+    let (base, fit) = super::encode::mod_base_and_fit(
+        &args,
+        inr::base::embedded_audio_modulation(spec.channels),
+        1.0,
+    )?;
+    let cfg = inr::AudioModEncodeConfig {
+        fit,
+        latent_step: args.latent_step.unwrap_or(inr::DEFAULT_LATENT_STEP),
+        target_kbps: args.kbps,
+        qat_steps: args.latent_qat_steps.unwrap_or(inr::DEFAULT_QAT_STEPS),
+        base: Some(base),
+        seed: args.seed,
+        threads: ctx.threads,
+    };
+    let pb = super::encode::progress_bar(ctx);
+    let mut on_progress = |p: &Progress| {
+        pb.set_prefix(p.phase);
+        pb.set_length(p.total as u64);
+        pb.set_position(p.step as u64);
+    };
+    let start = Instant::now();
+    let result = inr::encode_audio_modulated(&mut src, &cfg, &mut on_progress);
+    pb.finish_and_clear();
+    let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
+    report(&args, spec, enc, start, "modulations".into(), notes, ctx)
+}
+
+/// Writes the encoded clip and reports it.
+fn report(
+    args: &EncodeArgs,
+    spec: inr::audio::AudioSpec,
+    enc: inr::AudioEncoded,
+    start: Instant,
+    preset: String,
+    notes: Vec<String>,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     inr::util::write_atomic(&args.output, &enc.bytes, args.force)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
@@ -78,7 +147,7 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             "duration_s": q.duration_s,
             "windows": enc.windows,
             "base": enc.base_id.map(|id| format!("{id:016x}")),
-            "preset": super::encode::preset_name(args.preset),
+            "preset": preset,
             "psnr": json_psnr(q.psnr),
             "snr": json_psnr(q.snr),
             "kbps": q.kbps,

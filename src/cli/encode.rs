@@ -145,6 +145,10 @@ pub struct EncodeArgs {
     /// Modulations: L2 penalty on the latents (default: the one the base was trained with).
     #[arg(long, value_name = "L")]
     pub latent_l2: Option<f32>,
+    /// Audio, modulations: rate control, aim the real file size at this many kbit/s (moves
+    /// only the latent quantization step).
+    #[arg(long, value_name = "KBPS", conflicts_with_all = ["latent_step", "bpp"])]
+    pub kbps: Option<f64>,
     /// Drop a translucent alpha channel instead of refusing the image.
     #[arg(long)]
     pub ignore_alpha: bool,
@@ -208,9 +212,15 @@ pub(super) fn grid_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::G
     Ok(cfg)
 }
 
-fn mod_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::ModEncodeConfig> {
+/// The modulation base of `--base` (`default`: `embedded`, the embedded one) and the latent
+/// fit its flags give (`frac` is the default pixel or frame fraction per step).
+pub(super) fn mod_base_and_fit(
+    args: &EncodeArgs,
+    embedded: Option<&inr::base::Base>,
+    frac: f32,
+) -> anyhow::Result<(inr::base::Base, inr::LatentFit)> {
     let base = match args.base.as_str() {
-        "default" => inr::base::embedded_modulation().cloned(),
+        "default" => embedded.cloned(),
         "none" => anyhow::bail!("--mode modulations needs a base (--base default or FILE.inrb)"),
         path => super::load_bases(&[PathBuf::from(path)])?.pop(),
     };
@@ -221,12 +231,24 @@ fn mod_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::ModEncodeConf
     let fit = inr::LatentFit {
         steps: args.steps.unwrap_or(d.steps),
         lr: args.lr.unwrap_or(d.lr),
-        frac: args.latent_frac.unwrap_or(d.frac),
+        frac: args.latent_frac.unwrap_or(frac),
         l2: args
             .latent_l2
             .or_else(|| inr::mod_codec_trained_l2(&base))
             .unwrap_or(d.l2),
     };
+    Ok((base, fit))
+}
+
+fn mod_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::ModEncodeConfig> {
+    if args.kbps.is_some() {
+        anyhow::bail!("--kbps is for audio; images take --bpp");
+    }
+    let (base, fit) = mod_base_and_fit(
+        args,
+        inr::base::embedded_modulation(),
+        inr::LatentFit::default().frac,
+    )?;
     Ok(inr::ModEncodeConfig {
         fit,
         latent_step: args.latent_step.unwrap_or(inr::DEFAULT_LATENT_STEP),

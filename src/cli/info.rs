@@ -148,8 +148,17 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(m) = info.get("modulation").filter(|m| !m.is_null()) {
         // Modulation-mode file (codec-spec §12): say so before the field list.
         out.push(format!(
-            "mode: modulations (latent grid {}x{}, {} channels, cell {} px, {} latents)",
-            m["grid_w"], m["grid_h"], m["latent_dim"], m["cell"], m["latents"]
+            "mode: modulations (latent grid {}x{}, {} channels, cell {} {}, {} latents)",
+            m["grid_w"],
+            m["grid_h"],
+            m["latent_dim"],
+            m["cell"],
+            if info["modality"] == "audio" {
+                "frames"
+            } else {
+                "px"
+            },
+            m["latents"]
         ));
     }
     if let Some(g) = info.get("grid").filter(|g| !g.is_null()) {

@@ -40,15 +40,20 @@ pub struct MetaTrainArgs {
     /// modulations`; first-order meta-learning through the encoder's latent fit).
     #[arg(long, value_enum, default_value_t = Mode::Weights)]
     pub mode: Mode,
-    /// Modulations: latent values per grid node.
-    #[arg(long, default_value_t = 24)]
-    pub latent_dim: u8,
-    /// Modulations: latent grid spacing in pixels.
-    #[arg(long, default_value_t = 16)]
-    pub cell: u8,
-    /// Modulations: periodic features per axis (frequencies 1, 2, 4, ... cycles per cell).
-    #[arg(long, default_value_t = 4)]
-    pub freqs: u8,
+    /// Modulations: latent values per grid node (default 24 for images, 16 for audio).
+    #[arg(long)]
+    pub latent_dim: Option<u8>,
+    /// Modulations: latent grid spacing in pixels, or in frames for audio (default 16 for
+    /// images, 128 for audio).
+    #[arg(long)]
+    pub cell: Option<u8>,
+    /// Modulations: periodic features per axis (frequencies 1, 2, 4, ... cycles per cell;
+    /// default 4 for images, 7 for audio).
+    #[arg(long)]
+    pub freqs: Option<u8>,
+    /// Modulations, audio: SIREN w0 of the first layer (default 30).
+    #[arg(long)]
+    pub w0: Option<u16>,
     /// Modulations: crops per outer step; audio: windows per outer step (fitted in parallel,
     /// their Reptile directions averaged).
     #[arg(long, default_value_t = 4)]
@@ -213,7 +218,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     if args.modality == "audio" {
         if args.mode == Mode::Modulations {
-            bail!("--mode modulations is for images only");
+            return super::meta_train_mod::run(args, ctx);
         }
         return super::meta_train_audio::run(args, ctx);
     }

@@ -47,7 +47,7 @@ fn to_mono(a: Audio) -> Audio {
 
 /// The WAV files of `dir` (non-recursive, sorted by name), mixed down to mono; all must have
 /// the same sample rate.
-fn load_clips(dir: &Path) -> anyhow::Result<(Vec<Audio>, Vec<String>)> {
+pub(super) fn load_clips(dir: &Path) -> anyhow::Result<(Vec<Audio>, Vec<String>)> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -15,7 +15,7 @@ use super::{say, Ctx};
 fn description(cfg: &ModMetaConfig, arch: &Arch, names: &[String], done: usize) -> String {
     serde_json::json!({
         "trainer": "inr meta-train --mode modulations (first-order, latent fit inner loop)",
-        "images": names,
+        if arch.coord_dims == 1 { "clips" } else { "images" }: names,
         "arch": arch,
         "config": cfg,
         "iterations_done": done,
@@ -23,38 +23,72 @@ fn description(cfg: &ModMetaConfig, arch: &Arch, names: &[String], done: usize) 
     .to_string()
 }
 
+/// The training signals: images, or mono clips (a modulation base for audio).
+enum Data {
+    Images(Vec<inr::media::Image>),
+    Clips(Vec<inr::audio::Audio>),
+}
+
 pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    if args.channels != 3 {
-        bail!("modulation bases are RGB (--channels 3)");
+    let audio = args.modality == "audio";
+    if !audio && args.channels != 3 {
+        bail!("image modulation bases are RGB (--channels 3)");
     }
-    if args.latent_dim == 0 || args.cell < 2 {
+    let latent_dim = args.latent_dim.unwrap_or(if audio { 16 } else { 24 });
+    let cell = args.cell.unwrap_or(if audio { 128 } else { 16 });
+    if latent_dim == 0 || cell < 2 {
         bail!("--latent-dim must be >= 1 and --cell >= 2");
     }
+    if !audio && args.w0.is_some() {
+        bail!("--w0 is for audio modulation bases");
+    }
     let arch = Arch {
-        coord_dims: 2,
-        out_channels: 3,
+        coord_dims: if audio { 1 } else { 2 },
+        out_channels: if audio { 1 } else { 3 },
         width: args.width.unwrap_or(64).clamp(1, 4096) as u16,
         depth: args.depth.unwrap_or(4).clamp(1, 64) as u8,
-        pe_freqs: args.freqs,
+        pe_freqs: args.freqs.unwrap_or(if audio { 7 } else { 4 }),
         pe_base_milli: 2000,
-        w0_first: 30,
+        w0_first: args.w0.unwrap_or(30).max(1),
         w0_hidden: 30,
     };
-    arch.validate(&inr::format::Limits::default())?;
-    let spec = ModSpec {
-        latent_dim: args.latent_dim,
-        cell: args.cell,
+    if audio {
+        arch.validate_net(&inr::format::Limits::default())?;
+    } else {
+        arch.validate(&inr::format::Limits::default())?;
+    }
+    let spec = ModSpec { latent_dim, cell };
+    let (data, names, val_images, val_clips) = if audio {
+        let (clips, names) = super::meta_train_audio::load_clips(&args.data)?;
+        let val = match &args.val {
+            Some(d) => super::meta_train_audio::load_clips(d)?
+                .0
+                .into_iter()
+                .map(|a| a.samples)
+                .collect(),
+            None => Vec::new(),
+        };
+        (Data::Clips(clips), names, Vec::new(), val)
+    } else {
+        let (images, names) = load_dir(&args.data, 3)?;
+        let val = match &args.val {
+            Some(d) => load_dir(d, 3)?.0,
+            None => Vec::new(),
+        };
+        (Data::Images(images), names, val, Vec::new())
     };
-    let (images, names) = load_dir(&args.data, 3)?;
-    let val = match &args.val {
-        Some(d) => load_dir(d, 3)?.0,
-        None => Vec::new(),
-    };
+    let has_val = !val_images.is_empty() || !val_clips.is_empty();
     let cfg = ModMetaConfig {
         iterations: args.iterations,
         tasks: args.tasks.max(1),
-        crop_min: args.crop_min.unwrap_or(48).max(1),
-        crop_max: args.crop_max.unwrap_or(96).max(1),
+        crop_min: args
+            .crop_min
+            .unwrap_or(if audio { 2048 } else { 48 })
+            .max(1),
+        crop_max: args
+            .crop_max
+            .unwrap_or(if audio { 4096 } else { 96 })
+            .max(1),
         inner: LatentFit {
             steps: args.inner_steps.unwrap_or(16),
             lr: args.inner_lr.unwrap_or(0.05),
@@ -101,8 +135,14 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         start = st.iteration;
         say(format!("resuming at iteration {start}"))?;
     }
-    let val_at = |net: &ModNet| modulation::validate(net, &val, &vfit);
-    if !val.is_empty() && start == 0 {
+    let val_at = |net: &ModNet| {
+        if audio {
+            modulation::validate_audio(net, &val_clips, &vfit)
+        } else {
+            modulation::validate(net, &val_images, &vfit)
+        }
+    };
+    if has_val && start == 0 {
         say(format!(
             "validation: initial network, PSNR after {} latent steps: {:.2} dB",
             args.val_steps,
@@ -127,7 +167,12 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Ok(())
     };
     for i in start..cfg.iterations {
-        let psnr = modulation::meta_train_step(&mut net, &mut opt, &images, &cfg, i);
+        let psnr = match &data {
+            Data::Images(images) => modulation::meta_train_step(&mut net, &mut opt, images, &cfg, i),
+            Data::Clips(clips) => {
+                modulation::meta_train_step_audio(&mut net, &mut opt, clips, &cfg, i)
+            }
+        };
         recent.push(psnr);
         if recent.len() > 50 {
             recent.remove(0);
@@ -139,7 +184,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         if n % args.checkpoint_every.max(1) == 0 || n == cfg.iterations {
             save(&net, &opt, n).with_context(|| format!("cannot write {}", ckpt.display()))?;
         }
-        if !val.is_empty() && n % args.val_every.max(1) == 0 {
+        if has_val && n % args.val_every.max(1) == 0 {
             let v = val_at(&net);
             pb.suspend(|| {
                 eprintln!(
@@ -175,13 +220,14 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }));
     }
     say(format!(
-        "wrote {} (modulation base {:016x}, {}x{} network, latent {} per {}-px cell, {done} \
+        "wrote {} (modulation base {:016x}, {}x{} network, latent {} per {}-{} cell, {done} \
          iterations, {secs:.0} s)",
         args.output.display(),
         base.id(),
         arch.depth,
         arch.width,
         spec.latent_dim,
-        spec.cell
+        spec.cell,
+        if audio { "frame" } else { "px" }
     ))
 }
