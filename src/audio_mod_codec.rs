@@ -6,8 +6,9 @@
 //! sees periodic features of the phase within the cell, so there are no window borders.
 //!
 //! Rate control moves only the quantization step, as for images. The whole clip is fitted in
-//! memory (samples and latents, the format's latent limit bounds both); decoding renders and
-//! emits a block of [`DECODE_BLOCK`] frames at a time.
+//! memory (samples, latents and their Adam state; the format's bound of 2^25 latents, §12.7,
+//! caps a clip at 2^25 / latent_dim nodes: 35 minutes at 16 kHz for 32 latents per 32 frames);
+//! decoding renders and emits a block of [`DECODE_BLOCK`] frames at a time.
 
 use crate::audio::{sample_value, to_sample, AudioSource};
 use crate::audio_codec::{output_spec, AudioEncoded, AudioQuality, AudioSink};
@@ -129,11 +130,11 @@ fn encode_inner(
     // all-zero file of the right shape must be writable.
     let nodes = frames.div_ceil(u64::from(net.cell)).saturating_add(1);
     let limits = Limits::default();
-    if frames == 0 || nodes.saturating_mul(net.latent_dim as u64) > limits.max_params {
+    let max = format::MAX_AUDIO_SYMBOLS;
+    if frames == 0 || nodes.saturating_mul(net.latent_dim as u64) > max {
         return Err(EncodeError::Parameter(format!(
             "clip of {frames} frames: modulation mode holds 1 ..= {} frames with this base",
-            (limits.max_params / net.latent_dim.max(1) as u64).saturating_sub(1)
-                * u64::from(net.cell)
+            (max / net.latent_dim.max(1) as u64).saturating_sub(1) * u64::from(net.cell)
         )));
     }
     let file_for = |channels| AudioModInrFile {
@@ -144,11 +145,7 @@ fn encode_inner(
         channels,
     };
     let d = net.latent_dim;
-    format::write_audio_mod_file(&file_for(quantize(
-        &vec![0.0; nodes as usize * d],
-        d,
-        1.0,
-    )))?;
+    format::write_audio_mod_file(&file_for(quantize(&vec![0.0; nodes as usize * d], d, 1.0)))?;
     let mut values = Vec::new();
     src.read(0, frames as usize, &mut values)?;
     let tgt = Target::audio(&net, values);
@@ -222,13 +219,18 @@ fn encode_inner(
     let out_spec = output_spec(&header);
     let mut dist = AudioDistortion::default();
     let c = usize::from(spec.channels);
-    decode_audio_mod_stream(&bytes, &limits, std::slice::from_ref(&b), &mut |_, start, s| {
-        let at = start as usize * c;
-        for (&x, &y) in tgt.values[at..at + s.len()].iter().zip(s) {
-            dist.add(f64::from(x), sample_value(&out_spec, y));
-        }
-        Ok(())
-    })
+    decode_audio_mod_stream(
+        &bytes,
+        &limits,
+        std::slice::from_ref(&b),
+        &mut |_, start, s| {
+            let at = start as usize * c;
+            for (&x, &y) in tgt.values[at..at + s.len()].iter().zip(s) {
+                dist.add(f64::from(x), sample_value(&out_spec, y));
+            }
+            Ok(())
+        },
+    )
     .map_err(|e| EncodeError::Parameter(format!("re-decoding the file failed: {e}")))?;
     Ok(AudioEncoded {
         quality: AudioQuality {

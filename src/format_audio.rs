@@ -437,7 +437,9 @@ fn parse_audio<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedAudio<'a>, 
     let num_tensors = arch.num_tensors();
     let step_bytes = r.take(num_tensors * STEP_BYTES, "step table")?;
     // The flags decide the layout (§11.1): checked before reading what follows the steps.
-    if flags & super::FLAG_MODULATIONS != 0 && flags & !(AUDIO_KNOWN_FLAGS | super::FLAG_MODULATIONS) == 0 {
+    if flags & super::FLAG_MODULATIONS != 0
+        && flags & !(AUDIO_KNOWN_FLAGS | super::FLAG_MODULATIONS) == 0
+    {
         return Err(FormatError::InvalidField {
             field: "flags",
             value: flags.into(),

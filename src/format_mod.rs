@@ -10,7 +10,7 @@
 //! payload (one group per distinct channel bit width, ascending, channels in channel order) |
 //! CRC32.
 
-use super::audio::{AudioHeader, AudioInfo, MAX_AUDIO_WORK, MODALITY_AUDIO};
+use super::audio::{AudioHeader, AudioInfo, MAX_AUDIO_SYMBOLS, MAX_AUDIO_WORK, MODALITY_AUDIO};
 use super::{
     group_infos, read_fixed_header, read_payload_and_crc, validate_bits, validate_dims, Arch,
     FileInfo, FixedHeader, FormatError, Limits, QTensor, Step, BASE_REF_BYTES, CODER_ADAPTIVE,
@@ -161,12 +161,13 @@ fn validate_audio_mod_fields(
     }
     // frames <= 2^32 - 1 (validated), so neither product overflows.
     let nodes = audio.frames.div_ceil(u64::from(cell)) + 1;
+    // The coded-symbol bound of windowed audio (§11.5): 128 MiB of symbols at most.
     let latents = nodes * u64::from(latent_dim);
-    if latents > limits.max_params {
+    if latents > MAX_AUDIO_SYMBOLS {
         return Err(FormatError::LimitExceeded {
             what: "latent count (latent_dim x nodes)",
             value: latents,
-            limit: limits.max_params,
+            limit: MAX_AUDIO_SYMBOLS,
         });
     }
     let work = audio
@@ -263,7 +264,15 @@ pub fn write_mod_file(f: &ModInrFile) -> Result<Vec<u8>, FormatError> {
         out.push(bits);
         out.push(CODER_ADAPTIVE);
     };
-    write_mod_body(head, f.base_id, f.latent_dim, f.cell, &f.channels, n, &limits)
+    write_mod_body(
+        head,
+        f.base_id,
+        f.latent_dim,
+        f.cell,
+        &f.channels,
+        n,
+        &limits,
+    )
 }
 
 /// Serialises an audio modulation file (§12.7), validating it first with [`Limits::default`].
@@ -455,7 +464,7 @@ fn parse_mod<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedMod<'a>, Form
                 });
             }
             let nodes = validate_audio_mod_fields(a, &arch, latent_dim, cell, limits)?;
-            // nodes * latent_dim <= max_params < 2^32 (validated).
+            // nodes * latent_dim <= 2^25 (validated).
             (nodes as u32, 1)
         }
     };

@@ -228,7 +228,11 @@ impl ModGrid {
         if self.dims == 1 {
             let c = self.xi.len() as u32;
             let (n0, tx) = ((x / c) as usize, self.xi[(x % c) as usize].1);
-            return ([n0, n0 + 1, n0, n0 + 1], [1.0 - tx, tx, 0.0, 0.0], (tx, 0.0));
+            return (
+                [n0, n0 + 1, n0, n0 + 1],
+                [1.0 - tx, tx, 0.0, 0.0],
+                (tx, 0.0),
+            );
         }
         let (jx, tx) = self.xi[x as usize];
         let (jy, ty) = self.yi[y as usize];
@@ -936,7 +940,7 @@ fn outer_update(net: &mut ModNet, opt: &mut Adam, g: &[f32], cfg: &ModMetaConfig
     let t = i as f32 / cfg.iterations.max(1) as f32;
     let lr = cfg.outer_lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f32::consts::PI * t).cos()));
     let mut flat = net.flat();
-    opt.step(&mut flat, &g, lr);
+    opt.step(&mut flat, g, lr);
     let (p, m) = flat.split_at(np);
     net.params.copy_from_slice(p);
     net.map.copy_from_slice(m);

@@ -24,7 +24,10 @@ fn arch(channels: u8) -> Arch {
 /// A few decaying tones whose pitches depend on `seed`; `channels` interleaved (the second
 /// channel is a phase-shifted copy at another level).
 fn clip(frames: usize, channels: u8, seed: u32) -> Audio {
-    let f = [180.0 + 40.0 * (seed % 5) as f32, 530.0 + 25.0 * (seed % 3) as f32];
+    let f = [
+        180.0 + 40.0 * (seed % 5) as f32,
+        530.0 + 25.0 * (seed % 3) as f32,
+    ];
     let mut samples = Vec::with_capacity(frames * usize::from(channels));
     for i in 0..frames {
         let t = i as f32 / 16_000.0;
@@ -91,7 +94,11 @@ fn enc_cfg(b: &Base) -> AudioModEncodeConfig {
 }
 
 fn psnr(a: &[f32], b: &[f32]) -> f64 {
-    let se: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x - y).powi(2)).sum();
+    let se: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x - y).powi(2))
+        .sum();
     10.0 * (4.0 / (se / a.len() as f64).max(1e-12)).log10()
 }
 
@@ -174,7 +181,10 @@ fn more_latent_steps_never_give_a_worse_fit() {
         assert!(p >= last - 1e-9, "{steps} steps: {p} < {last}");
         last = p;
     }
-    assert!(last > psnr(&vec![0.0; 2000], &a.samples), "fitting beats silence");
+    assert!(
+        last > psnr(&vec![0.0; 2000], &a.samples),
+        "fitting beats silence"
+    );
 }
 
 #[test]
@@ -182,7 +192,9 @@ fn rendering_in_ranges_equals_rendering_the_whole_clip() {
     let net = ModNet::init(arch(2), 3, 10, 4);
     let frames = 1234u32;
     let nodes = frames.div_ceil(10) as usize + 1;
-    let z: Vec<f32> = (0..nodes * 3).map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.05).collect();
+    let z: Vec<f32> = (0..nodes * 3)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.05)
+        .collect();
     let all = modulation::render_audio(&net, &z, frames, 0, frames);
     let mut parts = Vec::new();
     for (s, l) in [(0u32, 7u32), (7, 500), (507, 3), (510, 724)] {
@@ -333,13 +345,44 @@ fn cli_meta_train_encode_decode_info_eval_in_audio_modulation_mode() {
     let base = dir.path().join("a.inrb");
     let train = || {
         let mut c = Command::cargo_bin("inr").unwrap();
-        c.args(["--quiet", "meta-train", "--modality", "audio", "--mode", "modulations"])
-            .arg(&data)
-            .arg("-o")
-            .arg(&base)
-            .args(["--width", "8", "--depth", "2", "--latent-dim", "3", "--cell", "16"])
-            .args(["--freqs", "3", "--iterations", "4", "--inner-steps", "2", "--force"])
-            .args(["--crop-min", "256", "--crop-max", "512", "--checkpoint-every", "2"]);
+        c.args([
+            "--quiet",
+            "meta-train",
+            "--modality",
+            "audio",
+            "--mode",
+            "modulations",
+        ])
+        .arg(&data)
+        .arg("-o")
+        .arg(&base)
+        .args([
+            "--width",
+            "8",
+            "--depth",
+            "2",
+            "--latent-dim",
+            "3",
+            "--cell",
+            "16",
+        ])
+        .args([
+            "--freqs",
+            "3",
+            "--iterations",
+            "4",
+            "--inner-steps",
+            "2",
+            "--force",
+        ])
+        .args([
+            "--crop-min",
+            "256",
+            "--crop-max",
+            "512",
+            "--checkpoint-every",
+            "2",
+        ]);
         c
     };
     train().assert().success();
@@ -372,7 +415,10 @@ fn cli_meta_train_encode_decode_info_eval_in_audio_modulation_mode() {
         .assert()
         .success();
     let text = String::from_utf8_lossy(&info.get_output().stdout).to_string();
-    assert!(text.contains("mode: modulations") && text.contains("frames"), "{text}");
+    assert!(
+        text.contains("mode: modulations") && text.contains("frames"),
+        "{text}"
+    );
     // Without the base the decoder refuses the file and names the base.
     let dec = dir.path().join("y.wav");
     let fail = Command::cargo_bin("inr")
@@ -422,5 +468,29 @@ fn cli_meta_train_encode_decode_info_eval_in_audio_modulation_mode() {
             .args(extra)
             .assert()
             .failure();
+    }
+}
+
+#[test]
+fn the_training_pass_measures_exactly_what_the_renderer_outputs() {
+    for channels in [1u8, 2] {
+        let net = ModNet::init(arch(channels), 3, 12, 10);
+        let pk = Packed::new(&net);
+        let a = clip(3000, channels, 6);
+        let tgt = Target::audio(&net, a.samples.clone());
+        let nodes = 3000usize.div_ceil(12) + 1;
+        let z: Vec<f32> = (0..nodes * 3)
+            .map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.1)
+            .collect();
+        let out = modulation::pass(&net, &pk, &tgt, &net.node_shifts(&z), 1.0, 0, false);
+        let y = modulation::render_audio(&net, &z, 3000, 0, 3000);
+        let se: f64 = y
+            .iter()
+            .zip(&a.samples)
+            .map(|(&p, &q)| f64::from(p - q).powi(2))
+            .sum();
+        assert_eq!(out.count, a.samples.len());
+        let rel = (out.sse - se).abs() / se;
+        assert!(rel < 1e-4, "pass {} vs render {se}", out.sse);
     }
 }

@@ -41,7 +41,9 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Mode::Weights => {}
     }
     if args.kbps.is_some() {
-        anyhow::bail!("--kbps needs --mode modulations (the weight mode's rate is set by --preset)");
+        anyhow::bail!(
+            "--kbps needs --mode modulations (the weight mode's rate is set by --preset)"
+        );
     }
     ctx.notes(&notes);
     let cfg = AudioEncodeConfig {
@@ -69,7 +71,15 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let result = inr::encode_audio(&mut src, &cfg, &mut on_progress);
     pb.finish_and_clear();
     let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
-    report(&args, spec, enc, start, super::encode::preset_name(args.preset), notes, ctx)
+    report(
+        &args,
+        spec,
+        enc,
+        start,
+        super::encode::preset_name(args.preset),
+        notes,
+        ctx,
+    )
 }
 
 /// `inr encode x.wav --mode modulations`: only a row of latents for a shared audio

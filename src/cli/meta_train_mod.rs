@@ -168,7 +168,9 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     for i in start..cfg.iterations {
         let psnr = match &data {
-            Data::Images(images) => modulation::meta_train_step(&mut net, &mut opt, images, &cfg, i),
+            Data::Images(images) => {
+                modulation::meta_train_step(&mut net, &mut opt, images, &cfg, i)
+            }
             Data::Clips(clips) => {
                 modulation::meta_train_step_audio(&mut net, &mut opt, clips, &cfg, i)
             }
