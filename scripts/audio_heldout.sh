@@ -16,22 +16,7 @@ FRAC=${TRAIN_FRAC:-0.6667}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 mkdir -p "$OUT" "$TMP/train" "$TMP/test"
-python3 - "$DIR" "$TMP" "$FRAC" <<'PY'
-import os, sys, wave
-src, tmp, frac = sys.argv[1], sys.argv[2], float(sys.argv[3])
-for name in sorted(os.listdir(src)):
-    if not name.endswith(".wav"):
-        continue
-    with wave.open(os.path.join(src, name)) as w:
-        params, n = w.getparams(), w.getnframes()
-        data = w.readframes(n)
-    cut = int(n * frac)
-    b = params.sampwidth * params.nchannels
-    for part, chunk in (("train", data[: cut * b]), ("test", data[cut * b :])):
-        with wave.open(os.path.join(tmp, part, name), "wb") as o:
-            o.setparams(params)
-            o.writeframes(chunk)
-PY
+python3 "$(dirname "$0")/split_clips.py" "$DIR" "$TMP" "$FRAC"
 base="$OUT/heldout-base.inrb"
 "$INR" --quiet --threads "$THREADS" meta-train --modality audio "$TMP/train" -o "$TMP/base.inrb" \
   --preset medium --iterations 2000 --tasks 16 --checkpoint-every 500

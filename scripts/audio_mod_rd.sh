@@ -17,26 +17,11 @@ INR=${INR:-target/release/inr}
 FRAC=${TRAIN_FRAC:-0.6667}
 STEPS=${STEPS:-0.125 0.25 0.5 1}
 PRESETS=${PRESETS:-tiny small medium}
-META_FLAGS=${META_FLAGS:---iterations 300 --tasks 4 --inner-steps 10 --cell 32 --latent-dim 32}
+META_FLAGS=${META_FLAGS:---iterations 300 --tasks 4 --inner-steps 20 --cell 32 --latent-dim 32}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 mkdir -p "$OUT" "$TMP/train" "$TMP/test"
-python3 - "$DIR" "$TMP" "$FRAC" <<'PY'
-import os, sys, wave
-src, tmp, frac = sys.argv[1], sys.argv[2], float(sys.argv[3])
-for name in sorted(os.listdir(src)):
-    if not name.endswith(".wav"):
-        continue
-    with wave.open(os.path.join(src, name)) as w:
-        params, n = w.getparams(), w.getnframes()
-        data = w.readframes(n)
-    cut = int(n * frac)
-    b = params.sampwidth * params.nchannels
-    for part, chunk in (("train", data[: cut * b]), ("test", data[cut * b :])):
-        with wave.open(os.path.join(tmp, part, name), "wb") as o:
-            o.setparams(params)
-            o.writeframes(chunk)
-PY
+python3 "$(dirname "$0")/split_clips.py" "$DIR" "$TMP" "$FRAC"
 base="$OUT/audio-mod-heldout.inrb"
 start=$(date +%s)
 # shellcheck disable=SC2086

@@ -16,8 +16,10 @@ use crate::base::{self, Base, BaseError};
 use crate::codec::{DecodeError, EncodeError, Progress};
 use crate::format::{self, AudioHeader, AudioModInrFile, Limits, Step};
 use crate::metrics::AudioDistortion;
-use crate::mod_codec::{dequantize, mod_net, quantize, QAT_LR};
-use crate::modulation::{self, fit_latents, LatentFit, ModNet, Packed, Target};
+use crate::mod_codec::{
+    check_fit, dequantize, fit_with_progress, mod_net, quantize, quantize_latents,
+};
+use crate::modulation::{self, LatentFit, ModNet, Packed, Target};
 
 /// Frames rendered per decoded block (bounds the decoder's sample memory).
 pub const DECODE_BLOCK: u32 = 1 << 16;
@@ -109,14 +111,7 @@ fn encode_inner(
             })?,
     };
     let net = audio_mod_net(&b, spec.channels).map_err(EncodeError::Parameter)?;
-    let lr_ok = cfg.fit.lr.is_finite() && cfg.fit.lr > 0.0;
-    let frac_ok = cfg.fit.frac > 0.0 && cfg.fit.frac <= 1.0;
-    let l2_ok = cfg.fit.l2.is_finite() && cfg.fit.l2 >= 0.0;
-    if !(lr_ok && frac_ok && l2_ok) {
-        return Err(EncodeError::Parameter(
-            "latent fit: lr > 0, 0 < fraction <= 1, l2 >= 0".into(),
-        ));
-    }
+    check_fit(&cfg.fit)?;
     let frames = src.frames();
     let header = AudioHeader {
         sample_rate: spec.sample_rate,
@@ -150,15 +145,7 @@ fn encode_inner(
     src.read(0, frames as usize, &mut values)?;
     let tgt = Target::audio(&net, values);
     let pk = Packed::new(&net);
-    let total = cfg.fit.steps;
-    let z = fit_latents(&net, &pk, &tgt, &cfg.fit, cfg.seed, &mut |s| {
-        progress(&Progress {
-            step: s,
-            total,
-            psnr: None,
-            phase: "latents",
-        })
-    });
+    let z = fit_with_progress(&net, &pk, &tgt, &cfg.fit, cfg.seed, progress);
     let duration = header.duration_s();
     let write = |z: &[f32], q: f32| -> Result<Vec<u8>, EncodeError> {
         Ok(format::write_audio_mod_file(&file_for(quantize(z, d, q)))?)
@@ -183,37 +170,14 @@ fn encode_inner(
         };
         Ok(Step::from_f32(q).to_f32())
     };
-    let mut q = choose_q(&z)?;
-    let mut z = z;
-    if cfg.qat_steps > 0 {
-        let total = cfg.qat_steps;
-        progress(&Progress {
-            step: 0,
-            total,
-            psnr: None,
-            phase: "quantize",
-        });
-        z = modulation::finetune_quantized(
-            &net,
-            &pk,
-            &tgt,
-            &z,
-            q,
-            cfg.qat_steps,
-            QAT_LR,
-            cfg.fit.frac,
-            cfg.seed ^ 0x51a7,
-        );
-        progress(&Progress {
-            step: total,
-            total,
-            psnr: None,
-            phase: "quantize",
-        });
-        if cfg.target_kbps.is_some() {
-            q = choose_q(&z)?;
-        }
-    }
+    let (z, q) = quantize_latents(
+        (&net, &pk, &tgt),
+        z,
+        (cfg.qat_steps, cfg.fit.frac, cfg.seed),
+        cfg.target_kbps.is_some(),
+        &choose_q,
+        progress,
+    )?;
     let bytes = write(&z, q)?;
     // Quality of what the decoder renders from these bytes.
     let out_spec = output_spec(&header);

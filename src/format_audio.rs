@@ -236,8 +236,9 @@ pub struct AudioInfo {
     pub kbps: f64,
 }
 
-/// §11.5 checks of the architecture of an audio file (in addition to the generic ranges).
-fn validate_audio_arch(
+/// §11.5, §12.7: the network of an audio file has one coordinate and the clip's channel count
+/// as outputs, the generic ranges and parameter limit, and the clip fits the sample limit.
+pub(super) fn check_audio_net(
     arch: &Arch,
     audio: &AudioHeader,
     limits: &Limits,
@@ -264,7 +265,16 @@ fn validate_audio_arch(
             limit: limits.max_samples,
         });
     }
-    arch.validate_net(limits)?;
+    arch.validate_net(limits)
+}
+
+/// §11.5 checks of the architecture of an audio file (in addition to the generic ranges).
+fn validate_audio_arch(
+    arch: &Arch,
+    audio: &AudioHeader,
+    limits: &Limits,
+) -> Result<(), FormatError> {
+    check_audio_net(arch, audio, limits)?;
     let p = arch.num_params_u64();
     let symbols = audio.num_windows().saturating_mul(p);
     if symbols > MAX_AUDIO_SYMBOLS {

@@ -128,35 +128,13 @@ fn validate_audio_mod_fields(
     limits: &Limits,
 ) -> Result<u64, FormatError> {
     audio.validate()?;
-    if arch.coord_dims != 1 {
-        return Err(FormatError::InvalidField {
-            field: "coord_dims",
-            value: arch.coord_dims.into(),
-            expected: "1 (audio)",
-        });
-    }
-    if arch.out_channels != audio.channels {
-        return Err(FormatError::InvalidField {
-            field: "out_channels",
-            value: arch.out_channels.into(),
-            expected: "the channel count of the audio section",
-        });
-    }
-    arch.validate_net(limits)?;
+    super::audio::check_audio_net(arch, audio, limits)?;
     validate_latent_fields(latent_dim, cell)?;
     if audio.window_len != u32::from(cell) {
         return Err(FormatError::InvalidField {
             field: "window length",
             value: audio.window_len.into(),
             expected: "the modulation section's cell in an audio modulation file",
-        });
-    }
-    let samples = audio.frames.saturating_mul(u64::from(audio.channels));
-    if samples > limits.max_samples {
-        return Err(FormatError::LimitExceeded {
-            what: "audio samples (frames x channels)",
-            value: samples,
-            limit: limits.max_samples,
         });
     }
     // frames <= 2^32 - 1 (validated), so neither product overflows.

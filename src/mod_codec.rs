@@ -111,6 +111,80 @@ pub fn dequantize(channels: &[QTensor]) -> Vec<f32> {
     z
 }
 
+/// Checks the settings of a latent fit.
+pub(crate) fn check_fit(fit: &LatentFit) -> Result<(), EncodeError> {
+    let lr_ok = fit.lr.is_finite() && fit.lr > 0.0;
+    let frac_ok = fit.frac > 0.0 && fit.frac <= 1.0;
+    let l2_ok = fit.l2.is_finite() && fit.l2 >= 0.0;
+    if !(lr_ok && frac_ok && l2_ok) {
+        return Err(EncodeError::Parameter(
+            "latent fit: lr > 0, 0 < fraction <= 1, l2 >= 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// [`fit_latents`] reporting each step as phase "latents".
+pub(crate) fn fit_with_progress(
+    net: &ModNet,
+    pk: &Packed,
+    tgt: &Target<'_>,
+    fit: &LatentFit,
+    seed: u64,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Vec<f32> {
+    let total = fit.steps;
+    fit_latents(net, pk, tgt, fit, seed, &mut |s| {
+        progress(&Progress {
+            step: s,
+            total,
+            psnr: None,
+            phase: "latents",
+        })
+    })
+}
+
+/// The step `choose_q` picks for the fitted latents `z`; then, with `qat_steps > 0`,
+/// quantization-aware fine-tuning at that step (phase "quantize", the fit's fraction of the
+/// signal per step) and, when `retarget` (a rate target), the step chosen again for the tuned
+/// latents. Returns the final latents and step.
+pub(crate) fn quantize_latents(
+    (net, pk, tgt): (&ModNet, &Packed, &Target<'_>),
+    z: Vec<f32>,
+    (qat_steps, frac, seed): (usize, f32, u64),
+    retarget: bool,
+    choose_q: &dyn Fn(&[f32]) -> Result<f32, EncodeError>,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<(Vec<f32>, f32), EncodeError> {
+    let mut q = choose_q(&z)?;
+    if qat_steps == 0 {
+        return Ok((z, q));
+    }
+    let phase = |step| Progress {
+        step,
+        total: qat_steps,
+        psnr: None,
+        phase: "quantize",
+    };
+    progress(&phase(0));
+    let z = modulation::finetune_quantized(
+        net,
+        pk,
+        tgt,
+        &z,
+        q,
+        qat_steps,
+        QAT_LR,
+        frac,
+        seed ^ 0x51a7,
+    );
+    progress(&phase(qat_steps));
+    if retarget {
+        q = choose_q(&z)?;
+    }
+    Ok((z, q))
+}
+
 /// The finest latent step whose rate `rate(step)` (which falls as the step grows) is at most
 /// `target`: bisection of log(step) over `[1e-3, 64]` in 20 halvings; 64 when even that is
 /// above the target.
@@ -179,6 +253,12 @@ fn encode_inner(
             b.id()
         ))
     })?;
+    if b.is_audio() {
+        return Err(EncodeError::Parameter(format!(
+            "base {:016x} is an audio modulation base; images need an image one",
+            b.id()
+        )));
+    }
     let net = mod_net(&b).map_err(EncodeError::Parameter)?;
     // The base decides the channels; a gray image is coded as RGB (decodes to RGB).
     let rgb;
@@ -199,25 +279,10 @@ fn encode_inner(
             )))
         }
     };
-    let lr_ok = cfg.fit.lr.is_finite() && cfg.fit.lr > 0.0;
-    let frac_ok = cfg.fit.frac > 0.0 && cfg.fit.frac <= 1.0;
-    let l2_ok = cfg.fit.l2.is_finite() && cfg.fit.l2 >= 0.0;
-    if !(lr_ok && frac_ok && l2_ok) {
-        return Err(EncodeError::Parameter(
-            "latent fit: lr > 0, 0 < fraction <= 1, l2 >= 0".into(),
-        ));
-    }
+    check_fit(&cfg.fit)?;
     let pk = Packed::new(&net);
     let tgt = Target::new(&net, src);
-    let total = cfg.fit.steps;
-    let z = fit_latents(&net, &pk, &tgt, &cfg.fit, cfg.seed, &mut |s| {
-        progress(&Progress {
-            step: s,
-            total,
-            psnr: None,
-            phase: "latents",
-        })
-    });
+    let z = fit_with_progress(&net, &pk, &tgt, &cfg.fit, cfg.seed, progress);
     let d = net.latent_dim;
     let write = |z: &[f32], q: f32| -> Result<Vec<u8>, EncodeError> {
         Ok(format::write_mod_file(&file_for(
@@ -247,37 +312,14 @@ fn encode_inner(
         };
         Ok(Step::from_f32(q).to_f32())
     };
-    let mut q = choose_q(&z)?;
-    let mut z = z;
-    if cfg.qat_steps > 0 {
-        let total = cfg.qat_steps;
-        progress(&Progress {
-            step: 0,
-            total,
-            psnr: None,
-            phase: "quantize",
-        });
-        z = modulation::finetune_quantized(
-            &net,
-            &pk,
-            &tgt,
-            &z,
-            q,
-            cfg.qat_steps,
-            QAT_LR,
-            cfg.fit.frac,
-            cfg.seed ^ 0x51a7,
-        );
-        progress(&Progress {
-            step: total,
-            total,
-            psnr: None,
-            phase: "quantize",
-        });
-        if cfg.target_bpp.is_some() {
-            q = choose_q(&z)?;
-        }
-    }
+    let (z, q) = quantize_latents(
+        (&net, &pk, &tgt),
+        z,
+        (cfg.qat_steps, cfg.fit.frac, cfg.seed),
+        cfg.target_bpp.is_some(),
+        &choose_q,
+        progress,
+    )?;
     let channels = quantize(&z, d, q);
     let zq = dequantize(&channels);
     let bytes = format::write_mod_file(&file_for(src, &b, spec, channels))?;

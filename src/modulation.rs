@@ -298,6 +298,18 @@ impl ModGrid {
     }
 }
 
+/// Per-thread buffers of the renderers: inference scratch, a tile of `nf` input features, a
+/// tile of outputs and a tile of shift rows.
+fn render_scratch(shape: &NetShape, nf: usize) -> (InferScratch, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let st = shape.shift_stride().unwrap_or(0);
+    (
+        InferScratch::new(shape),
+        vec![0.0f32; TILE * nf],
+        vec![0.0f32; TILE * shape.n_out()],
+        vec![0.0f32; shape.n_sine() * TILE * st],
+    )
+}
+
 /// Renders `width x height` from node-major latents `z` (`nodes x latent_dim`). Deterministic
 /// (inference kernel, fixed order) and independent of the number of threads.
 pub fn render(net: &ModNet, z: &[f32], width: u32, height: u32) -> Vec<u8> {
@@ -320,14 +332,7 @@ pub fn render_scaled(net: &ModNet, z: &[f32], src: (u32, u32), out: (u32, u32)) 
     let mut img = vec![0u8; width as usize * height as usize * c];
     let w = width as usize;
     img.par_chunks_mut(w * c).enumerate().for_each_init(
-        || {
-            (
-                InferScratch::new(&shape),
-                vec![0.0f32; TILE * nf],
-                vec![0.0f32; TILE * c],
-                vec![0.0f32; shape.n_sine() * TILE * st],
-            )
-        },
+        || render_scratch(&shape, nf),
         |(scratch, x, yb, sh), (py, dst)| {
             let py = py as u32;
             let mut done = 0;
@@ -412,14 +417,7 @@ pub fn render_audio(net: &ModNet, z: &[f32], frames: u32, start: u32, len: u32) 
     shape.pack(&net.params, &mut packed);
     let mut out = vec![0.0f32; len as usize * c];
     out.par_chunks_mut(CHUNK * c).enumerate().for_each_init(
-        || {
-            (
-                InferScratch::new(&shape),
-                vec![0.0f32; TILE * nf],
-                vec![0.0f32; TILE * c],
-                vec![0.0f32; shape.n_sine() * TILE * st],
-            )
-        },
+        || render_scratch(&shape, nf),
         |(scratch, x, yb, sh), (k, dst)| {
             let a = start + (k * CHUNK) as u32;
             let n = dst.len() / c;

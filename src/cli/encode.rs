@@ -124,7 +124,10 @@ pub struct EncodeArgs {
     /// 0.0008), --steps the fitting steps (default 1000; 100–250 steps take 6–15 s), --lr the
     /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the
     /// synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
-    /// best of 8, 10, 12).
+    /// best of 8, 10, 12). For a WAV input, `weights` (the default) codes windows of small
+    /// networks and `modulations` codes the clip as one row of latents for an audio modulation
+    /// base (`inr meta-train --modality audio --mode modulations`; --kbps sets the rate, every
+    /// frame is used in every latent step unless --latent-frac says otherwise).
     #[arg(long, value_enum, default_value_t = Mode::Weights)]
     pub mode: Mode,
     /// Grid: rate weight λ of `MSE + λ·bpp` (overrides the preset; larger = smaller file).
@@ -136,7 +139,8 @@ pub struct EncodeArgs {
     /// Modulations: quantization step of the latents (default 0.25; larger = smaller file).
     #[arg(long, value_name = "Q", conflicts_with = "bpp")]
     pub latent_step: Option<f32>,
-    /// Modulations: fraction of the pixels used per latent step (default 0.25).
+    /// Modulations: fraction of the pixels used per latent step (default 0.25; audio: of the
+    /// frames, default 1).
     #[arg(long, value_name = "F")]
     pub latent_frac: Option<f32>,
     /// Modulations: quantization-aware fine-tuning steps of the latents (default 20; 0 = off).

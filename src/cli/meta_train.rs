@@ -40,11 +40,11 @@ pub struct MetaTrainArgs {
     /// modulations`; first-order meta-learning through the encoder's latent fit).
     #[arg(long, value_enum, default_value_t = Mode::Weights)]
     pub mode: Mode,
-    /// Modulations: latent values per grid node (default 24 for images, 16 for audio).
+    /// Modulations: latent values per grid node (default 24 for images, 32 for audio).
     #[arg(long)]
     pub latent_dim: Option<u8>,
     /// Modulations: latent grid spacing in pixels, or in frames for audio (default 16 for
-    /// images, 128 for audio).
+    /// images, 32 for audio).
     #[arg(long)]
     pub cell: Option<u8>,
     /// Modulations: periodic features per axis (frequencies 1, 2, 4, ... cycles per cell;
@@ -80,7 +80,7 @@ pub struct MetaTrainArgs {
     /// Outer iterations.
     #[arg(long, default_value_t = 1000)]
     pub iterations: usize,
-    /// Encoder steps per task (default 16).
+    /// Encoder steps per task (default 16; 20 for audio modulations).
     #[arg(long)]
     pub inner_steps: Option<usize>,
     /// Inner Adam learning rate (default: 3e-4 for weights, the encoder's at the presets' step

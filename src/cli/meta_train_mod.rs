@@ -34,8 +34,8 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if !audio && args.channels != 3 {
         bail!("image modulation bases are RGB (--channels 3)");
     }
-    let latent_dim = args.latent_dim.unwrap_or(if audio { 16 } else { 24 });
-    let cell = args.cell.unwrap_or(if audio { 128 } else { 16 });
+    let latent_dim = args.latent_dim.unwrap_or(if audio { 32 } else { 24 });
+    let cell = args.cell.unwrap_or(if audio { 32 } else { 16 });
     if latent_dim == 0 || cell < 2 {
         bail!("--latent-dim must be >= 1 and --cell >= 2");
     }
@@ -90,7 +90,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .unwrap_or(if audio { 4096 } else { 96 })
             .max(1),
         inner: LatentFit {
-            steps: args.inner_steps.unwrap_or(16),
+            steps: args.inner_steps.unwrap_or(if audio { 20 } else { 16 }),
             lr: args.inner_lr.unwrap_or(0.05),
             frac: 1.0,
             l2: args.latent_l2,
