@@ -167,17 +167,8 @@ pub(crate) fn quantize_latents(
         phase: "quantize",
     };
     progress(&phase(0));
-    let z = modulation::finetune_quantized(
-        net,
-        pk,
-        tgt,
-        &z,
-        q,
-        qat_steps,
-        QAT_LR,
-        frac,
-        seed ^ 0x51a7,
-    );
+    let z =
+        modulation::finetune_quantized(net, pk, tgt, &z, q, qat_steps, QAT_LR, frac, seed ^ 0x51a7);
     progress(&phase(qat_steps));
     if retarget {
         q = choose_q(&z)?;

@@ -494,3 +494,41 @@ fn the_training_pass_measures_exactly_what_the_renderer_outputs() {
         assert!(rel < 1e-4, "pass {} vs render {se}", out.sse);
     }
 }
+
+#[test]
+fn base_files_whose_modality_does_not_match_the_network_are_refused() {
+    let fix = |b: &mut Vec<u8>| {
+        let n = b.len();
+        let crc = crc32fast::hash(&b[..n - 4]);
+        b[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    };
+    // An audio modulation base relabelled as an image one (modality 1, coord_dims 1).
+    let audio = base_of(&ModNet::init(arch(1), 4, 16, 11))
+        .to_bytes()
+        .unwrap();
+    let mut b = audio.clone();
+    b[5] = 1;
+    fix(&mut b);
+    assert!(Base::from_bytes(&b, &Limits::default()).is_err());
+    // An image modulation base relabelled as audio (modality 2, coord_dims 2).
+    let img_arch = Arch {
+        coord_dims: 2,
+        out_channels: 3,
+        ..arch(1)
+    };
+    let img = base_of(&ModNet::init(img_arch, 4, 16, 12))
+        .to_bytes()
+        .unwrap();
+    assert_eq!(img[5], 1);
+    let mut b = img.clone();
+    b[5] = 2;
+    fix(&mut b);
+    assert!(Base::from_bytes(&b, &Limits::default()).is_err());
+    // Unchanged, both parse, and only the audio one is an audio base.
+    assert!(Base::from_bytes(&audio, &Limits::default())
+        .unwrap()
+        .is_audio());
+    assert!(!Base::from_bytes(&img, &Limits::default())
+        .unwrap()
+        .is_audio());
+}
