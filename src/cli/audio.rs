@@ -61,15 +61,7 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         init: None,
         base: super::base_choice(&args.base)?,
     };
-    let pb = super::encode::progress_bar(ctx);
-    let mut on_progress = |p: &Progress| {
-        pb.set_prefix(p.phase);
-        pb.set_length(p.total as u64);
-        pb.set_position(p.step as u64);
-    };
-    let start = Instant::now();
-    let result = inr::encode_audio(&mut src, &cfg, &mut on_progress);
-    pb.finish_and_clear();
+    let (result, start) = with_bar(ctx, |p| inr::encode_audio(&mut src, &cfg, p));
     let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
     report(
         &args,
@@ -117,6 +109,17 @@ fn encode_modulated(
         seed: args.seed,
         threads: ctx.threads,
     };
+    let (result, start) = with_bar(ctx, |p| inr::encode_audio_modulated(&mut src, &cfg, p));
+    let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
+    report(&args, spec, enc, start, "modulations".into(), notes, ctx)
+}
+
+/// Runs an encoder with a progress bar (hidden when quiet or not a TTY); returns its result
+/// and when it started.
+fn with_bar<T>(
+    ctx: &Ctx,
+    run: impl FnOnce(&mut (dyn FnMut(&Progress) + Send)) -> T,
+) -> (T, Instant) {
     let pb = super::encode::progress_bar(ctx);
     let mut on_progress = |p: &Progress| {
         pb.set_prefix(p.phase);
@@ -124,10 +127,9 @@ fn encode_modulated(
         pb.set_position(p.step as u64);
     };
     let start = Instant::now();
-    let result = inr::encode_audio_modulated(&mut src, &cfg, &mut on_progress);
+    let r = run(&mut on_progress);
     pb.finish_and_clear();
-    let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
-    report(&args, spec, enc, start, "modulations".into(), notes, ctx)
+    (r, start)
 }
 
 /// Writes the encoded clip and reports it.
