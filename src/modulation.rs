@@ -875,6 +875,34 @@ pub fn meta_train_step(
     cfg: &ModMetaConfig,
     i: usize,
 ) -> f64 {
+    outer_step(net, opt, cfg, i, |net, pk, rng, _, g| {
+        let img = &images[rng.gen_range(0..images.len())];
+        let side = |rng: &mut ChaCha8Rng, n: u32| {
+            let hi = cfg.crop_max.min(n).max(1);
+            let lo = cfg.crop_min.min(hi).max(1);
+            rng.gen_range(lo..=hi)
+        };
+        let cw = side(rng, img.width);
+        let ch = side(rng, img.height);
+        let x0 = rng.gen_range(0..=img.width - cw);
+        let y0 = rng.gen_range(0..=img.height - ch);
+        let d: u8 = rng.gen_range(0..8);
+        let crop = crate::meta::augmented_crop(img, x0, y0, cw, ch, d);
+        let tgt = Target::new(net, &crop);
+        task_grad(net, pk, &tgt, cfg, rng, g)
+    })
+}
+
+/// The outer loop of one meta-training step `i`: for each of `cfg.tasks` tasks, a task RNG
+/// from `(seed, i, k)` and `task(net, packed, rng, k, grad)`, which adds its gradient and
+/// returns its PSNR; then the outer update. Returns the mean task PSNR.
+fn outer_step(
+    net: &mut ModNet,
+    opt: &mut Adam,
+    cfg: &ModMetaConfig,
+    i: usize,
+    mut task: impl FnMut(&ModNet, &Packed, &mut ChaCha8Rng, usize, &mut [f32]) -> f64,
+) -> f64 {
     let pk = Packed::new(net);
     let mut g = vec![0.0f32; net.params.len() + net.map.len()];
     let mut psnr = 0.0;
@@ -882,20 +910,7 @@ pub fn meta_train_step(
         let mut rng = ChaCha8Rng::seed_from_u64(
             cfg.seed ^ ((i * cfg.tasks + k) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
-        let img = &images[rng.gen_range(0..images.len())];
-        let side = |rng: &mut ChaCha8Rng, n: u32| {
-            let hi = cfg.crop_max.min(n).max(1);
-            let lo = cfg.crop_min.min(hi).max(1);
-            rng.gen_range(lo..=hi)
-        };
-        let cw = side(&mut rng, img.width);
-        let ch = side(&mut rng, img.height);
-        let x0 = rng.gen_range(0..=img.width - cw);
-        let y0 = rng.gen_range(0..=img.height - ch);
-        let d: u8 = rng.gen_range(0..8);
-        let crop = crate::meta::augmented_crop(img, x0, y0, cw, ch, d);
-        let tgt = Target::new(net, &crop);
-        psnr += task_grad(net, &pk, &tgt, cfg, &mut rng, &mut g);
+        psnr += task(net, &pk, &mut rng, k, &mut g);
     }
     outer_update(net, opt, &g, cfg, i);
     psnr / cfg.tasks.max(1) as f64
@@ -955,13 +970,7 @@ pub fn meta_train_step_audio(
     cfg: &ModMetaConfig,
     i: usize,
 ) -> f64 {
-    let pk = Packed::new(net);
-    let mut g = vec![0.0f32; net.params.len() + net.map.len()];
-    let mut psnr = 0.0;
-    for k in 0..cfg.tasks {
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            cfg.seed ^ ((i * cfg.tasks + k) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
+    outer_step(net, opt, cfg, i, |net, pk, rng, k, g| {
         let lo = cfg.crop_min.min(cfg.crop_max).max(1);
         let window = rng.gen_range(lo..=cfg.crop_max.max(lo));
         let acfg = crate::meta::AudioMetaConfig {
@@ -971,10 +980,8 @@ pub fn meta_train_step_audio(
         };
         let task = crate::meta::audio_task(clips, &acfg, i, k);
         let tgt = Target::audio(net, task.samples);
-        psnr += task_grad(net, &pk, &tgt, cfg, &mut rng, &mut g);
-    }
-    outer_update(net, opt, &g, cfg, i);
-    psnr / cfg.tasks.max(1) as f64
+        task_grad(net, pk, &tgt, cfg, rng, g)
+    })
 }
 
 /// Mean PSNR (waveform mapped to [0, 1]) over `clips` (each `frames x out_channels` values in
