@@ -66,6 +66,15 @@ pub struct Taps {
 }
 
 impl Taps {
+    /// Whether output sample `i` reads grid value `i` alone (weight 1): level 0 rendered at
+    /// the coded size. Features and scatter then reduce to copies.
+    pub fn is_identity(&self) -> bool {
+        self.f.iter().all(|&f| f == 0.0)
+            && self.i0.iter().enumerate().all(|(i, &j)| j as usize == i)
+    }
+}
+
+impl Taps {
     /// Axis coded with `n` samples, rendered with `n_out`, level `level` of `n_grid` values.
     /// Value `j` sits at coded coordinate `(j + 1/2) 2^level - 1/2`; output sample `i` at coded
     /// coordinate `(i + 1/2) n / n_out - 1/2`; positions outside the first and last value are
@@ -109,21 +118,28 @@ pub struct Sampler {
     pub out_h: usize,
     tx: Vec<Taps>,
     ty: Vec<Taps>,
+    /// Per level: both axes' taps are the identity.
+    ident: Vec<bool>,
 }
 
 impl Sampler {
     pub fn new(pyr: Pyramid, out_w: u32, out_h: u32) -> Self {
-        let tx = pyr
+        let tx: Vec<Taps> = pyr
             .levels
             .iter()
             .enumerate()
             .map(|(l, &(wl, _, _))| Taps::new(pyr.width, out_w, wl, l))
             .collect();
-        let ty = pyr
+        let ty: Vec<Taps> = pyr
             .levels
             .iter()
             .enumerate()
             .map(|(l, &(_, hl, _))| Taps::new(pyr.height, out_h, hl, l))
+            .collect();
+        let ident = tx
+            .iter()
+            .zip(&ty)
+            .map(|(a, b)| a.is_identity() && b.is_identity())
             .collect();
         Sampler {
             pyr,
@@ -131,6 +147,7 @@ impl Sampler {
             out_h: out_h as usize,
             tx,
             ty,
+            ident,
         }
     }
 
@@ -139,6 +156,14 @@ impl Sampler {
     pub fn row_features(&self, lat: &[f32], y: usize, feat: &mut [f32]) {
         let n_l = self.pyr.n_levels();
         for (l, &(wl, _, off)) in self.pyr.levels.iter().enumerate() {
+            if self.ident[l] {
+                // Every weight is 0 or 1: the formula below gives the value itself.
+                let row = &lat[off + y * wl..][..self.out_w];
+                for (d, &v) in feat.chunks_exact_mut(n_l).zip(row) {
+                    d[l] = v;
+                }
+                continue;
+            }
             let (ty, tx) = (&self.ty[l], &self.tx[l]);
             let fy = ty.f[y];
             let r0 = &lat[off + ty.i0[y] as usize * wl..][..wl];
@@ -165,6 +190,15 @@ impl Sampler {
             rest = b;
         }
         parts.into_par_iter().enumerate().for_each(|(l, g)| {
+            if self.ident[l] {
+                g.par_chunks_mut(w).enumerate().for_each(|(y, gr)| {
+                    let src = &g_feat[y * w * n_l..][..w * n_l];
+                    for (d, s) in gr.iter_mut().zip(src.chunks_exact(n_l)) {
+                        *d = s[l];
+                    }
+                });
+                return;
+            }
             g.fill(0.0);
             let wl = self.pyr.levels[l].0;
             let (ty, tx) = (&self.ty[l], &self.tx[l]);
@@ -262,9 +296,7 @@ pub fn distortion_grad(
     let (w, h) = (sm.out_w, sm.out_h);
     let c = shape.n_out();
     let n_l = sm.pyr.n_levels();
-    let st = shape.shift_stride().unwrap_or(0);
-    let n_sine = shape.n_sine();
-    let first = shape.layers[0];
+    let ip = kernel::input_grad_stride(shape);
     let scale = 0.25 / (w * h * c) as f32;
     let np = shape.n_packed;
     g_feat.resize(h * w * n_l, 0.0);
@@ -276,12 +308,11 @@ pub fn distortion_grad(
                 (
                     TrainScratch::new(shape),
                     vec![0.0f32; TILE * c],
-                    vec![0.0f32; n_sine * TILE * st],
-                    vec![0.0f32; n_sine * TILE * st],
+                    vec![0.0f32; TILE * ip],
                     vec![0.0f32; w * n_l],
                 )
             },
-            |(scratch, tg, zero, gs, feat), (band, gf)| {
+            |(scratch, tg, gi, feat), (band, gf)| {
                 let mut gp = vec![0.0f32; np];
                 let mut sse = 0.0;
                 for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
@@ -294,22 +325,27 @@ pub fn distortion_grad(
                             .copy_from_slice(&feat[x0 * n_l..(x0 + rows) * n_l]);
                         tg[..rows * c]
                             .copy_from_slice(&target[(y * w + x0) * c..(y * w + x0 + rows) * c]);
+                        // The latent features' gradient comes straight out of the kernel when
+                        // its padded stride is the level count, else through `gi`.
+                        let direct = ip == n_l;
+                        let dst: &mut [f32] = if direct {
+                            &mut gfr[x0 * n_l..(x0 + rows) * n_l]
+                        } else {
+                            &mut gi[..]
+                        };
                         let io = TileIo {
                             target: tg,
                             rows,
                             grad_scale: scale,
                             grad: Some(&mut gp),
-                            shift: Some(zero),
-                            gshift: Some(gs),
+                            shift: None,
+                            gshift: None,
+                            ginput: Some(dst),
                         };
                         sse += kernel::train_tile_io(shape, &pk.w, &pk.wt, io, scratch);
-                        // d loss / d input[l] = sum_j W1[l][j] * d loss / d pre-activation[j].
-                        for rr in 0..rows {
-                            let g0 = &gs[rr * st..][..first.n_out];
-                            let dst = &mut gfr[(x0 + rr) * n_l..][..n_l];
-                            for (l, d) in dst.iter_mut().enumerate() {
-                                let wrow = &pk.w[first.pw_off + l * first.out_pad..][..first.n_out];
-                                *d = g0.iter().zip(wrow).map(|(a, b)| a * b).sum();
+                        if !direct {
+                            for (rr, src) in gi.chunks_exact(ip).take(rows).enumerate() {
+                                gfr[(x0 + rr) * n_l..][..n_l].copy_from_slice(&src[..n_l]);
                             }
                         }
                         x0 += rows;
@@ -359,6 +395,53 @@ pub fn laplace_bits(v: f32, b: f32) -> (f32, f32, f32) {
         let dp_db = -(e * inv * inv) * (0.5 * ch - a * sh);
         let d_lnb = -dp_db * b / p;
         (nlp / LN2, v.signum() * d_a / LN2, d_lnb / LN2)
+    }
+}
+
+/// The per-scale constants of [`laplace_bits`], so that the fit's rate gradient costs at most
+/// one `exp` per latent ([`LaplaceScale::grads`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LaplaceScale {
+    inv: f32,
+    /// `e^{-1/(2b)}`.
+    eh: f32,
+    /// `d(-log2 P)/d ln b` at `|v| = 1/2` on the outer branch, less its `(a - 1/2)` term.
+    big_lnb: f32,
+}
+
+impl LaplaceScale {
+    pub fn new(b: f32) -> Self {
+        let inv = 1.0 / b;
+        let e1 = (-inv).exp();
+        LaplaceScale {
+            inv,
+            eh: (-0.5 * inv).exp(),
+            big_lnb: e1 / (1.0 - e1).max(1e-30),
+        }
+    }
+
+    /// `(d bits / d v, d bits / d ln b)` of [`laplace_bits`]`(v, b)`, the same formulas with
+    /// the per-scale factors hoisted.
+    #[inline]
+    pub fn grads(&self, v: f32) -> (f32, f32) {
+        const INV_LN2: f32 = 1.0 / std::f32::consts::LN_2;
+        let a = v.abs();
+        let inv = self.inv;
+        if a >= 0.5 {
+            (
+                v.signum() * inv * INV_LN2,
+                inv * (self.big_lnb - (a - 0.5)) * INV_LN2,
+            )
+        } else {
+            let ex = (a * inv).exp();
+            let rx = 1.0 / ex;
+            let (ch, sh) = (0.5 * (ex + rx), 0.5 * (ex - rx));
+            let p = (1.0 - self.eh * ch).max(1e-30);
+            let d_a = self.eh * sh * inv / p;
+            let dp_db = -(self.eh * inv * inv) * (0.5 * ch - a * sh);
+            let d_lnb = -dp_db / (inv * p);
+            (v.signum() * d_a * INV_LN2, d_lnb * INV_LN2)
+        }
     }
 }
 
@@ -460,24 +543,21 @@ pub fn init_params(arch: &Arch, seed: u64) -> Vec<f32> {
     p
 }
 
-/// §5.9 context of element `i` of a level with `cols` columns, from rounded magnitudes `q`
-/// (the same neighbours and buckets as the coder, but from the whole current grid).
+/// §5.9 context of column `x` of a level row `cur` (rounded magnitudes, the row above `up`
+/// if any): the same neighbours and buckets as the coder, but from the whole current grid.
 #[inline]
-fn context_at(q: &[u32], i: usize, cols: usize) -> usize {
-    let x = i % cols;
-    let at = |j: usize| q.get(j).copied().unwrap_or(0);
+fn context_in_rows(cur: &[u32], up: Option<&[u32]>, x: usize) -> usize {
     let mut s = 0u32;
     if x > 0 {
-        s += 2 * at(i - 1);
+        s += 2 * cur[x - 1];
     }
-    if i >= cols {
-        let u = i - cols;
-        s += 2 * at(u);
+    if let Some(u) = up {
+        s += 2 * u[x];
         if x > 0 {
-            s += at(u - 1);
+            s += u[x - 1];
         }
-        if x + 1 < cols {
-            s += at(u + 1);
+        if let Some(&r) = u.get(x + 1) {
+            s += r;
         }
     }
     grid_context_bucket(s.min(1 << 20))
@@ -537,7 +617,8 @@ pub fn fit(
         }
         let mut g_b = vec![0.0f32; n_l * GRID_CONTEXTS];
         for (l, &(wl, hl, off)) in pyr.levels.iter().enumerate() {
-            let b: [f32; GRID_CONTEXTS] = std::array::from_fn(|c| lnb[l * GRID_CONTEXTS + c].exp());
+            let b: [LaplaceScale; GRID_CONTEXTS] =
+                std::array::from_fn(|c| LaplaceScale::new(lnb[l * GRID_CONTEXTS + c].exp()));
             let q = &rounded[off..off + wl * hl];
             // Fixed chunks of rows summed in order: deterministic whatever the thread count.
             let rows_per = 4096usize.div_ceil(wl).max(1);
@@ -547,12 +628,17 @@ pub fn fit(
                 .enumerate()
                 .map(|(ci, (g, v))| {
                     let mut acc = [0.0f32; GRID_CONTEXTS];
-                    let base = ci * rows_per * wl;
-                    for (k, (g, &v)) in g.iter_mut().zip(v).enumerate() {
-                        let ctx = context_at(q, base + k, wl);
-                        let (_, dv, db) = laplace_bits(v, b[ctx]);
-                        *g += rate_w * dv;
-                        acc[ctx] += db;
+                    let row0 = ci * rows_per;
+                    for (r, (g, v)) in g.chunks_mut(wl).zip(v.chunks(wl)).enumerate() {
+                        let y = row0 + r;
+                        let cur = &q[y * wl..(y + 1) * wl];
+                        let up = (y > 0).then(|| &q[(y - 1) * wl..y * wl]);
+                        for (x, (g, &v)) in g.iter_mut().zip(v).enumerate() {
+                            let ctx = context_in_rows(cur, up, x);
+                            let (dv, db) = b[ctx].grads(v);
+                            *g += rate_w * dv;
+                            acc[ctx] += db;
+                        }
                     }
                     acc
                 })

@@ -500,13 +500,16 @@ pub fn train_tile(
         grad: Some(grad),
         shift: None,
         gshift: None,
+        ginput: None,
     };
     train_tile_io(shape, packed, packed_t, io, s)
 }
 
 /// Inputs and outputs of one training tile beyond the network: targets, the weight gradient
 /// (skipped when `None`), per-row sine-layer shifts (layout of [`forward_tile_infer_shifted`])
-/// and their gradient (same layout; written, not accumulated).
+/// and their gradient (same layout; written, not accumulated), and the gradient of the loss
+/// with respect to the network's input rows (`rows` rows of stride `pad(n_in)`, padding
+/// lanes 0; written, not accumulated).
 pub struct TileIo<'a> {
     pub target: &'a [f32],
     pub rows: usize,
@@ -514,6 +517,12 @@ pub struct TileIo<'a> {
     pub grad: Option<&'a mut [f32]>,
     pub shift: Option<&'a [f32]>,
     pub gshift: Option<&'a mut [f32]>,
+    pub ginput: Option<&'a mut [f32]>,
+}
+
+/// Row stride of [`TileIo::ginput`]: the network's input size rounded up to [`LANES`].
+pub fn input_grad_stride(shape: &NetShape) -> usize {
+    shape.layers.first().map_or(0, |l| pad(l.n_in))
 }
 
 /// Forward and backward of one tile with the options of [`TileIo`]; returns the tile's sum
@@ -564,6 +573,7 @@ fn train_tile_generic<const FMA: bool>(
         mut grad,
         shift,
         mut gshift,
+        ginput,
     } = io;
     let n_layers = shape.layers.len();
     // Forward, storing the input of each layer and the sine derivatives.
@@ -651,11 +661,14 @@ fn train_tile_generic<const FMA: bool>(
             }
             outer_acc::<FMA>(&s.acts[l], ly.in_stride, ly.n_in, dz, op, rows, gw);
         }
+        let ip = pad(ly.n_in);
+        let wt = &packed_t[ly.pt_off..ly.pt_off + op * ip];
         if l > 0 {
-            let ip = pad(ly.n_in);
-            let wt = &packed_t[ly.pt_off..ly.pt_off + op * ip];
             gemm::<FMA>(dz, op, ly.n_out, wt, ip, None, rows, &mut s.g_b);
             std::mem::swap(&mut s.g_a, &mut s.g_b);
+        } else if let Some(gi) = ginput {
+            gemm::<FMA>(dz, op, ly.n_out, wt, ip, None, rows, &mut gi[..rows * ip]);
+            break;
         }
     }
     sse
@@ -739,6 +752,7 @@ mod tests {
             grad: None,
             shift: Some(&shift),
             gshift: Some(&mut gs),
+            ginput: None,
         };
         let sse = train_tile_io(&shape, &pk, &pt, io, &mut s);
         assert!((sse - loss(&shift)).abs() < 1e-4 * sse.max(1.0));
@@ -758,6 +772,68 @@ mod tests {
                         gs[i]
                     );
                 }
+            }
+        }
+    }
+
+    /// The input gradient of [`train_tile_io`] against finite differences of the inference.
+    #[test]
+    fn input_gradient_matches_finite_differences() {
+        let shape = NetShape::new(&[(5, 9), (9, 9), (9, 3)], 2.0, 2.0);
+        let (rows, n_in, ip) = (7, 5, input_grad_stride(&shape));
+        assert_eq!(ip, 8);
+        let mut rng = 4242u64;
+        let mut rnd = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let params: Vec<f32> = (0..shape.n_params).map(|_| rnd()).collect();
+        let x: Vec<f32> = (0..rows * n_in).map(|_| rnd()).collect();
+        let t: Vec<f32> = (0..rows * 3).map(|_| rnd()).collect();
+        let mut pk = vec![0.0; shape.n_packed];
+        shape.pack(&params, &mut pk);
+        let mut pt = vec![0.0; shape.n_packed_t];
+        shape.pack_transposed(&params, &mut pt);
+        let loss = |x: &[f32]| -> f64 {
+            let mut s = InferScratch::new(&shape);
+            let mut y = vec![0.0; rows * 3];
+            forward_tile_infer(&shape, &pk, x, rows, &mut y, &mut s);
+            y.iter()
+                .zip(&t)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum()
+        };
+        let mut gi = vec![f32::NAN; TILE * ip];
+        let mut s = TrainScratch::new(&shape);
+        s.input_mut()[..rows * n_in].copy_from_slice(&x);
+        let io = TileIo {
+            target: &t,
+            rows,
+            grad_scale: 1.0,
+            grad: None,
+            shift: None,
+            gshift: None,
+            ginput: Some(&mut gi),
+        };
+        train_tile_io(&shape, &pk, &pt, io, &mut s);
+        for r in 0..rows {
+            for k in n_in..ip {
+                assert_eq!(gi[r * ip + k], 0.0, "padding lane {k} of row {r}");
+            }
+            for k in 0..n_in {
+                let h = 1e-2f32;
+                let mut p = x.clone();
+                p[r * n_in + k] += h;
+                let lp = loss(&p);
+                p[r * n_in + k] -= 2.0 * h;
+                let fd = (lp - loss(&p)) / (2.0 * h as f64);
+                let a = gi[r * ip + k] as f64;
+                assert!(
+                    (fd - a).abs() < 2e-3 + 2e-2 * fd.abs(),
+                    "input {r},{k}: fd {fd} analytic {a}"
+                );
             }
         }
     }

@@ -593,6 +593,7 @@ pub fn pass(
                         grad: gp.as_deref_mut(),
                         shift: Some(sh),
                         gshift: Some(gs),
+                        ginput: None,
                     };
                     sse += kernel::train_tile_io(shape, &pk.w, &pk.wt, io, scratch);
                     for (r, &p) in tile.iter().enumerate() {

@@ -271,6 +271,27 @@ fn laplace_rate_derivatives_match_finite_differences() {
     }
 }
 
+/// The fit's hoisted rate gradient equals the derivatives of `laplace_bits`.
+#[test]
+fn hoisted_laplace_gradients_equal_the_reference() {
+    for &b in &[0.05f32, 0.2, 0.7, 3.0, 40.0] {
+        let k = grid::LaplaceScale::new(b);
+        for i in -200..=200 {
+            let v = i as f32 * 0.037;
+            let (_, dv, dlnb) = grid::laplace_bits(v, b);
+            let (hv, hlnb) = k.grads(v);
+            assert!(
+                (hv - dv).abs() <= 1e-4 * dv.abs().max(1.0),
+                "d/dv at v={v}, b={b}: {hv} vs {dv}"
+            );
+            assert!(
+                (hlnb - dlnb).abs() <= 1e-4 * dlnb.abs().max(1.0),
+                "d/dlnb at v={v}, b={b}: {hlnb} vs {dlnb}"
+            );
+        }
+    }
+}
+
 #[test]
 fn fitting_longer_never_gives_a_worse_objective_on_a_fixture() {
     // The fit keeps no best-of: check the objective decreases with the step count.
