@@ -785,6 +785,231 @@ pub fn decode_grids(bytes: &[u8], shapes: &[GridShape]) -> Result<Vec<Vec<i32>>,
     Ok(out)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Predicted latent grids (`codec-spec.md` §5.10): the §5.9 coder on prediction residuals.
+// ---------------------------------------------------------------------------------------------
+
+/// Taps of the latent predictor (§5.10): left, above, above-left, above-right, parent.
+pub const GRID_PRED_TAPS: usize = 5;
+/// Fixed-point shift of the predictor coefficients (§5.10): a coefficient `c` weighs its tap by
+/// `c / 2^GRID_PRED_SHIFT`.
+pub const GRID_PRED_SHIFT: u32 = 8;
+
+/// One grid of a predicted stream (§5.10): `len` values in rows of `cols`, each in
+/// `-max_abs..=max_abs`, coded as residuals in `-res_max_abs..=res_max_abs` from the
+/// prediction with `coefs`. Its parent is the previous grid of the list (none for the first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PredShape {
+    pub len: usize,
+    pub cols: usize,
+    pub max_abs: u32,
+    pub res_max_abs: u32,
+    pub coefs: [i16; GRID_PRED_TAPS],
+}
+
+/// §5.10 prediction of element `i` of grid `g` (its first `i` elements decoded) with `cols`
+/// columns: `(c_L L + c_A A + c_AL AL + c_AR AR + c_P P + 2^(S-1)) >> S` in exact integer
+/// arithmetic (floor shift), clamped to `-max_abs..=max_abs`. Neighbours outside the grid, and
+/// the parent when there is none or its position `(x >> 1, y >> 1)` is outside it, are 0.
+#[inline]
+pub fn grid_prediction(
+    g: &[i32],
+    i: usize,
+    cols: usize,
+    parent: Option<(&[i32], usize)>,
+    coefs: &[i16; GRID_PRED_TAPS],
+    max_abs: u32,
+) -> i32 {
+    let at = |j: Option<usize>| -> i64 { j.and_then(|j| g.get(j)).map_or(0, |&v| i64::from(v)) };
+    let (x, y) = if cols == 0 {
+        (0, 0)
+    } else {
+        (i % cols, i / cols)
+    };
+    let left = (x > 0).then(|| i - 1);
+    let up = (y > 0).then(|| i - cols);
+    let up_left = up.filter(|_| x > 0).map(|j| j - 1);
+    let up_right = up.filter(|_| x + 1 < cols).map(|j| j + 1);
+    let par = parent.map_or(0, |(p, pcols)| {
+        let (px, py) = (x >> 1, y >> 1);
+        if px < pcols {
+            py.checked_mul(pcols)
+                .and_then(|r| r.checked_add(px))
+                .and_then(|j| p.get(j))
+                .map_or(0, |&v| i64::from(v))
+        } else {
+            0
+        }
+    });
+    let taps = [at(left), at(up), at(up_left), at(up_right), par];
+    let sum: i64 = taps
+        .iter()
+        .zip(coefs)
+        .map(|(&t, &c)| t * i64::from(c))
+        .sum();
+    let pred = (sum + (1 << (GRID_PRED_SHIFT - 1))) >> GRID_PRED_SHIFT;
+    let m = i64::from(max_abs);
+    pred.clamp(-m, m) as i32
+}
+
+/// Residuals `value - prediction` of every grid (§5.10), grids in coding order.
+pub fn grid_residuals(grids: &[(&[i32], PredShape)]) -> Vec<Vec<i32>> {
+    let mut out = Vec::with_capacity(grids.len());
+    for (k, &(g, s)) in grids.iter().enumerate() {
+        let parent = k.checked_sub(1).map(|j| (grids[j].0, grids[j].1.cols));
+        out.push(
+            g.iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let p = grid_prediction(g, i, s.cols, parent, &s.coefs, s.max_abs);
+                    (i64::from(v) - i64::from(p)).clamp(i32::MIN.into(), i32::MAX.into()) as i32
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+fn check_pred_shape(s: &PredShape) -> Result<(), EntropyError> {
+    for m in [s.max_abs, s.res_max_abs] {
+        if m == 0 || m > MAX_ABS_LIMIT {
+            return Err(EntropyError::MaxAbsTooLarge { max_abs: m });
+        }
+    }
+    Ok(())
+}
+
+/// Encodes predicted latent grids into one range-coded stream (§5.10), grids in coding order
+/// (each one's parent is the grid before it): for every grid, [`GRID_CONTEXTS`] fresh adaptive
+/// models over the residual alphabet; each residual in row-major order is coded under the
+/// §5.9 context of the already coded *values*. Only empty grids give an empty stream.
+///
+/// # Errors
+/// [`EntropyError::MaxAbsTooLarge`] for a range outside `1..=MAX_ABS_LIMIT`,
+/// [`EntropyError::SymbolOutOfRange`] for a value outside `-max_abs..=max_abs` or a residual
+/// outside `-res_max_abs..=res_max_abs` (reported as the residual).
+///
+/// # Panics
+/// Never.
+pub fn encode_pred_grids(grids: &[(&[i32], PredShape)]) -> Result<Vec<u8>, EntropyError> {
+    for (t, &(g, s)) in grids.iter().enumerate() {
+        check_pred_shape(&s)?;
+        let m = i64::from(s.max_abs);
+        if let Some((index, &value)) = g.iter().enumerate().find(|(_, &v)| i64::from(v).abs() > m) {
+            return Err(EntropyError::SymbolOutOfRange {
+                tensor: t,
+                index,
+                value,
+                max_abs: s.max_abs,
+            });
+        }
+    }
+    let residuals = grid_residuals(grids);
+    for (t, (r, &(_, s))) in residuals.iter().zip(grids).enumerate() {
+        let m = i64::from(s.res_max_abs);
+        if let Some((index, &value)) = r.iter().enumerate().find(|(_, &v)| i64::from(v).abs() > m) {
+            return Err(EntropyError::SymbolOutOfRange {
+                tensor: t,
+                index,
+                value,
+                max_abs: s.res_max_abs,
+            });
+        }
+    }
+    if grids.iter().all(|(g, _)| g.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let coder_err = |e| EntropyError::Encoder(format!("{e:?}"));
+    let mut enc = DefaultRangeEncoder::new();
+    for (&(g, s), r) in grids.iter().zip(&residuals) {
+        let k = 2 * s.res_max_abs as usize + 1;
+        let m = i64::from(s.res_max_abs);
+        let mut models: [AdaptiveModel; GRID_CONTEXTS] =
+            std::array::from_fn(|_| AdaptiveModel::new(k, FORMAT_PARAMS));
+        for (i, &v) in r.iter().enumerate() {
+            let model = &mut models[grid_context(g, i, s.cols)];
+            let u = (i64::from(v) + m) as usize; // in 0..k, checked above
+            enc.encode_symbol(u, View(model)).map_err(coder_err)?;
+            model.update(u);
+        }
+    }
+    let words = enc.into_compressed().unwrap_infallible();
+    Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+}
+
+/// Decodes the stream of [`encode_pred_grids`] for grids of the given shapes (coding order),
+/// with the checks of §5.5 (whole words, exhausted stream, canonical re-encoding) and §5.10
+/// (every value `prediction + residual` within its grid's range).
+///
+/// The caller must bound `sum(len)` (the container checks it against the parameter limit).
+///
+/// # Errors
+/// [`EntropyError::Misaligned`], [`EntropyError::InvalidData`] (also for a value out of
+/// range), [`EntropyError::NotExhausted`], [`EntropyError::NotCanonical`],
+/// [`EntropyError::MaxAbsTooLarge`].
+///
+/// # Panics
+/// Never, for any input.
+pub fn decode_pred_grids(
+    bytes: &[u8],
+    shapes: &[PredShape],
+) -> Result<Vec<Vec<i32>>, EntropyError> {
+    const PREALLOC_CAP: usize = 1 << 20;
+    for s in shapes {
+        check_pred_shape(s)?;
+    }
+    let total: usize = shapes.iter().fold(0usize, |a, s| a.saturating_add(s.len));
+    let Some(words) = stream_words(bytes, total)? else {
+        return Ok(shapes.iter().map(|_| Vec::new()).collect());
+    };
+    let num_words = words.len();
+    let mut dec = DefaultRangeDecoder::from_compressed(words).unwrap_infallible();
+    let mut out: Vec<Vec<i32>> = Vec::with_capacity(shapes.len().min(PREALLOC_CAP));
+    let mut at = 0usize;
+    for (n, s) in shapes.iter().enumerate() {
+        let k = 2 * s.res_max_abs as usize + 1;
+        let m = i64::from(s.res_max_abs);
+        let vmax = i64::from(s.max_abs);
+        let mut models: [AdaptiveModel; GRID_CONTEXTS] =
+            std::array::from_fn(|_| AdaptiveModel::new(k, FORMAT_PARAMS));
+        let mut g = Vec::with_capacity(s.len.min(PREALLOC_CAP));
+        let parent = n
+            .checked_sub(1)
+            .and_then(|j| out.get(j).zip(shapes.get(j)))
+            .map(|(p, ps)| (p.as_slice(), ps.cols));
+        for i in 0..s.len {
+            let model = &mut models[grid_context(&g, i, s.cols)];
+            let u = dec
+                .decode_symbol(View(model))
+                .map_err(|_| EntropyError::InvalidData { at })?;
+            model.update(u);
+            let pred = grid_prediction(&g, i, s.cols, parent, &s.coefs, s.max_abs);
+            let v = i64::from(pred) + (u as i64 - m); // u < k <= 65535
+            if v.abs() > vmax {
+                return Err(EntropyError::InvalidData { at });
+            }
+            g.push(v as i32);
+            at += 1;
+        }
+        out.push(g);
+    }
+    if !dec.maybe_exhausted() {
+        return Err(EntropyError::NotExhausted {
+            words: num_words,
+            symbols: at,
+        });
+    }
+    let refs: Vec<(&[i32], PredShape)> = out
+        .iter()
+        .map(|g| g.as_slice())
+        .zip(shapes.iter().copied())
+        .collect();
+    if encode_pred_grids(&refs)? != bytes {
+        return Err(EntropyError::NotCanonical { words: num_words });
+    }
+    Ok(out)
+}
+
 /// Bits of Deep Compression's CSR relative-index scheme (Han et al. 2016, §2) for one mask,
 /// for comparison only (not a coding mode of the format): every kept element stores the gap
 /// to the previous kept element in `index_bits` bits; a gap of `2^index_bits` or more first

@@ -36,8 +36,9 @@ pub use modulation::{
 #[path = "format_grid.rs"]
 mod grid;
 pub use grid::{
-    grid_level_dims, grid_tensor_lens, is_grid_file, read_grid_file, write_grid_file, GridInfo,
-    GridInrFile, FLAG_GRID, MAX_GRID_DEPTH, MAX_GRID_LEVELS, VERSION_GRID,
+    grid_level_dims, grid_tensor_lens, is_grid_file, predicted_shapes, read_grid_file,
+    write_grid_file, GridInfo, GridInrFile, LevelPredictor, FLAG_GRID, FLAG_GRID_PREDICT,
+    MAX_GRID_DEPTH, MAX_GRID_LEVELS, PREDICTOR_ENTRY_BYTES, VERSION_GRID,
 };
 
 /// §3.1 Magic bytes: `0x89 'I' 'N' 'R'` (a high byte first, as in PNG, catches 7-bit and
@@ -1178,7 +1179,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
     if version == VERSION_GRID
         && modality == MODALITY_IMAGE
         && flags & FLAG_GRID != 0
-        && flags & !(KNOWN_FLAGS | FLAG_GRID) == 0
+        && flags & !(KNOWN_FLAGS | FLAG_GRID | FLAG_GRID_PREDICT) == 0
     {
         return Err(FormatError::InvalidField {
             field: "flags",

@@ -17,10 +17,16 @@ use super::{
     HEADER_BYTES, MAGIC, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION, PAYLOAD_LEN_BYTES,
     STEP_BYTES,
 };
-use crate::entropy::{self, EntropyError, GridShape};
+use crate::entropy::{self, EntropyError, GridShape, PredShape, GRID_PRED_TAPS};
 
 /// §3.4 Flag bit 3 (version 2): grid mode (§13). A grid file has flags exactly `FLAG_GRID`.
 pub const FLAG_GRID: u16 = 1 << 3;
+/// §3.4 Flag bit 6 (version 2, grid files only): predicted latents (§13.7). A grid file has
+/// flags exactly `FLAG_GRID` or `FLAG_GRID | FLAG_GRID_PREDICT`.
+pub const FLAG_GRID_PREDICT: u16 = 1 << 6;
+/// §13.7 Bytes of one level's entry in the predictor section: 5 `i16` coefficients and the
+/// residual bit width.
+pub const PREDICTOR_ENTRY_BYTES: usize = 2 * GRID_PRED_TAPS + 1;
 /// §13.1 The version of every grid file.
 pub const VERSION_GRID: u8 = 2;
 /// §13.2 Most latent levels (strides 1 ..= 2^15).
@@ -40,6 +46,42 @@ pub struct GridInrFile {
     /// The synthesis tensors in tensor order (§6.1), then the L latent levels; level `l` has
     /// `ceil(width / 2^l) * ceil(height / 2^l)` symbols in row-major order.
     pub tensors: Vec<QTensor>,
+    /// §13.7 With flag bit 6: one predictor per level (level order), and the latents are
+    /// coded as prediction residuals (§5.10).
+    pub predictor: Option<Vec<LevelPredictor>>,
+}
+
+/// §13.7 The latent predictor of one level: coefficients of the left, above, above-left,
+/// above-right and parent taps in units of `2^-8` (§5.10), and the bit width `b` (2 ..= 16)
+/// of the level's residual alphabet `-M(b) ..= M(b)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LevelPredictor {
+    pub coefs: [i16; GRID_PRED_TAPS],
+    pub res_bits: u8,
+}
+
+/// §13.7 The predicted stream's grids in coding order (coarsest level first), for the levels'
+/// values `levels[l]` (level order), value bit widths and predictors.
+pub fn predicted_shapes(
+    dims: &[(u32, u32)],
+    lens: &[usize],
+    value_bits: &[u8],
+    pred: &[LevelPredictor],
+) -> Vec<PredShape> {
+    (0..dims
+        .len()
+        .min(lens.len())
+        .min(value_bits.len())
+        .min(pred.len()))
+        .rev()
+        .map(|l| PredShape {
+            len: lens[l],
+            cols: dims[l].0 as usize,
+            max_abs: max_abs_for_bits(value_bits[l]),
+            res_max_abs: max_abs_for_bits(pred[l].res_bits),
+            coefs: pred[l].coefs,
+        })
+        .collect()
 }
 
 /// Grid summary for `inspect` (§13).
@@ -53,8 +95,10 @@ pub struct GridInfo {
     pub latents: u64,
     /// Parameters of the synthesis network.
     pub synth_params: u64,
-    /// Bytes of the context-coded latent stream (§5.9), without its length field.
+    /// Bytes of the context-coded latent stream (§5.9 or §5.10), without its length field.
     pub latent_stream_bytes: u64,
+    /// §13.7 The per-level predictors of a file with predicted latents.
+    pub predictor: Option<Vec<LevelPredictor>>,
 }
 
 /// §13.2 Sizes of the latent levels: level `l` is `ceil(width / 2^l) x ceil(height / 2^l)`.
@@ -170,30 +214,46 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     let refs: Vec<&QTensor> = synth.iter().collect();
     let mut payload = super::write_groups(&refs, &limits)?;
     let dims = grid_level_dims(f.width, f.height, f.arch.coord_dims);
-    let grids: Vec<(&[i32], GridShape)> = levels
-        .iter()
-        .zip(&dims)
-        .map(|(t, &(w, _))| {
-            (
-                t.symbols.as_slice(),
-                level_shape(t.bits, t.symbols.len(), w),
-            )
-        })
-        .collect();
-    let stream = entropy::encode_grids(&grids).map_err(|e| match e {
-        EntropyError::SymbolOutOfRange {
-            tensor,
-            index,
-            value,
-            max_abs,
-        } => EntropyError::SymbolOutOfRange {
-            tensor: tensor + n_synth,
-            index,
-            value,
-            max_abs,
-        },
-        other => other,
-    })?;
+    let n_levels = levels.len();
+    let stream = match &f.predictor {
+        None => {
+            let grids: Vec<(&[i32], GridShape)> = levels
+                .iter()
+                .zip(&dims)
+                .map(|(t, &(w, _))| {
+                    (
+                        t.symbols.as_slice(),
+                        level_shape(t.bits, t.symbols.len(), w),
+                    )
+                })
+                .collect();
+            entropy::encode_grids(&grids).map_err(|e| renumber(e, |t| t + n_synth))?
+        }
+        Some(pred) => {
+            if pred.len() != n_levels {
+                return Err(FormatError::InvalidField {
+                    field: "predictor levels",
+                    value: pred.len() as u64,
+                    expected: "one predictor per latent level",
+                });
+            }
+            for p in pred {
+                super::validate_bits("residual bits", p.res_bits)?;
+            }
+            let lens: Vec<usize> = levels.iter().map(|t| t.symbols.len()).collect();
+            let bits: Vec<u8> = levels.iter().map(|t| t.bits).collect();
+            let shapes = predicted_shapes(&dims, &lens, &bits, pred);
+            let grids: Vec<(&[i32], PredShape)> = levels
+                .iter()
+                .rev()
+                .map(|t| t.symbols.as_slice())
+                .zip(shapes)
+                .collect();
+            // Coding order is coarsest first: grid k is level n_levels - 1 - k.
+            entropy::encode_pred_grids(&grids)
+                .map_err(|e| renumber(e, |k| n_synth + n_levels - 1 - k))?
+        }
+    };
     super::check_section("latent stream", stream.len() as u64, &limits)?;
     let len = u32::try_from(stream.len()).map_err(|_| FormatError::PayloadTooLarge {
         len: stream.len() as u64,
@@ -210,7 +270,12 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION_GRID);
     out.push(MODALITY_IMAGE);
-    out.extend_from_slice(&FLAG_GRID.to_le_bytes());
+    let flags = if f.predictor.is_some() {
+        FLAG_GRID | FLAG_GRID_PREDICT
+    } else {
+        FLAG_GRID
+    };
+    out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&f.width.to_le_bytes());
     out.extend_from_slice(&f.height.to_le_bytes());
     f.arch.write(&mut out);
@@ -221,9 +286,33 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
         out.push(t.step.exponent);
         out.push(t.bits);
     }
+    for p in f.predictor.iter().flatten() {
+        for c in p.coefs {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        out.push(p.res_bits);
+    }
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
     super::finish_file(out, &limits)
+}
+
+/// The error `e` with a symbol-range error's tensor index mapped by `f`.
+fn renumber(e: EntropyError, f: impl Fn(usize) -> usize) -> EntropyError {
+    match e {
+        EntropyError::SymbolOutOfRange {
+            tensor,
+            index,
+            value,
+            max_abs,
+        } => EntropyError::SymbolOutOfRange {
+            tensor: f(tensor),
+            index,
+            value,
+            max_abs,
+        },
+        other => other,
+    }
 }
 
 /// §5.9 shape of a latent level of `len` symbols in rows of `cols`, alphabet of `bits`.
@@ -245,6 +334,7 @@ struct ParsedGrid<'a> {
     tensor_bits: Vec<u8>,
     groups: Vec<(u8, &'a [u8])>,
     latent_stream: &'a [u8],
+    predictor: Option<Vec<LevelPredictor>>,
 }
 
 fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, FormatError> {
@@ -273,25 +363,34 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             expected: "1 (image)",
         });
     }
-    if flags & !FLAG_GRID != 0 {
+    const KNOWN: u16 = FLAG_GRID | FLAG_GRID_PREDICT;
+    if flags & !KNOWN != 0 {
         return Err(FormatError::UnknownFlags {
             flags,
-            known: FLAG_GRID,
+            known: KNOWN,
             version,
         });
     }
-    if flags != FLAG_GRID {
+    if flags & !FLAG_GRID_PREDICT != FLAG_GRID {
         return Err(FormatError::InvalidField {
             field: "flags",
             value: flags.into(),
-            expected: "0x0008 (grid mode); without flag bit 3 this is a plain image file: \
-                       read it with the image reader (format::read_file)",
+            expected: "0x0008 or 0x0048 (grid mode); without flag bit 3 this is a plain image \
+                       file: read it with the image reader (format::read_file)",
         });
     }
     // coord_dims <= 255 levels and depth <= 255: the step table is at most 4 * (512 + 255)
     // bytes, and is only taken if present.
     let n_tensors = arch.num_tensors() + usize::from(arch.coord_dims);
     let step_bytes = r.take(n_tensors * STEP_BYTES, "step table")?;
+    let pred_bytes = if flags & FLAG_GRID_PREDICT != 0 {
+        Some(r.take(
+            usize::from(arch.coord_dims) * PREDICTOR_ENTRY_BYTES,
+            "predictor section",
+        )?)
+    } else {
+        None
+    };
     let payload = read_payload_and_crc(&mut r, bytes)?;
     let lens = grid_tensor_lens(width, height, &arch, limits)?;
     let (steps, tensor_bits) = super::validate_coding(
@@ -317,6 +416,19 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         });
     }
     let latent_stream = g.take(latent_len as usize, "latent stream")?;
+    let predictor = pred_bytes
+        .map(|b| -> Result<Vec<LevelPredictor>, FormatError> {
+            b.chunks_exact(PREDICTOR_ENTRY_BYTES)
+                .map(|e| {
+                    let coefs =
+                        std::array::from_fn(|k| i16::from_le_bytes([e[2 * k], e[2 * k + 1]]));
+                    let res_bits = e[2 * GRID_PRED_TAPS];
+                    super::validate_bits("residual bits", res_bits)?;
+                    Ok(LevelPredictor { coefs, res_bits })
+                })
+                .collect()
+        })
+        .transpose()?;
     super::check_section("latent stream", u64::from(latent_len), limits)?;
     if g.pos != payload.len() {
         return Err(FormatError::PayloadGroups {
@@ -334,6 +446,7 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         tensor_bits,
         groups,
         latent_stream,
+        predictor,
     })
 }
 
@@ -350,13 +463,25 @@ pub fn read_grid_file(bytes: &[u8], limits: &Limits) -> Result<GridInrFile, Form
     let mut symbols =
         super::decode_groups(&p.groups, &p.tensor_bits[..n_synth], &p.lens[..n_synth])?;
     let dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
-    let shapes: Vec<GridShape> = p.tensor_bits[n_synth..]
-        .iter()
-        .zip(&p.lens[n_synth..])
-        .zip(&dims)
-        .map(|((&b, &n), &(w, _))| level_shape(b, n, w))
-        .collect();
-    symbols.extend(entropy::decode_grids(p.latent_stream, &shapes)?);
+    match &p.predictor {
+        None => {
+            let shapes: Vec<GridShape> = p.tensor_bits[n_synth..]
+                .iter()
+                .zip(&p.lens[n_synth..])
+                .zip(&dims)
+                .map(|((&b, &n), &(w, _))| level_shape(b, n, w))
+                .collect();
+            symbols.extend(entropy::decode_grids(p.latent_stream, &shapes)?);
+        }
+        Some(pred) => {
+            let shapes =
+                predicted_shapes(&dims, &p.lens[n_synth..], &p.tensor_bits[n_synth..], pred);
+            // Decoded coarsest first; stored in level order.
+            let mut levels = entropy::decode_pred_grids(p.latent_stream, &shapes)?;
+            levels.reverse();
+            symbols.extend(levels);
+        }
+    }
     let tensors = p
         .steps
         .into_iter()
@@ -374,6 +499,7 @@ pub fn read_grid_file(bytes: &[u8], limits: &Limits) -> Result<GridInrFile, Form
         height: p.height,
         arch: p.arch,
         tensors,
+        predictor: p.predictor,
     })
 }
 
@@ -393,9 +519,17 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         .map(|&(w, h)| u64::from(w) * u64::from(h))
         .sum();
     let synth_params = p.arch.num_params_u64();
+    let pred_bytes = p
+        .predictor
+        .as_ref()
+        .map_or(0, |v| v.len() * PREDICTOR_ENTRY_BYTES);
     Ok(FileInfo {
         version: VERSION_GRID,
-        flags: FLAG_GRID,
+        flags: if p.predictor.is_some() {
+            FLAG_GRID | FLAG_GRID_PREDICT
+        } else {
+            FLAG_GRID
+        },
         base_id: None,
         modality: "image",
         width: p.width,
@@ -410,6 +544,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         tensor_bits: p.tensor_bits,
         header_bytes: HEADER_BYTES as u64,
         side_info_bytes: (STEP_BYTES * num_tensors
+            + pred_bytes
             + PAYLOAD_LEN_BYTES
             + GROUP_LEN_BYTES * (groups.len() + 1)) as u64,
         payload_bytes,
@@ -427,6 +562,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
             latents,
             synth_params,
             latent_stream_bytes,
+            predictor: p.predictor,
         }),
     })
 }

@@ -4,8 +4,11 @@
 //! level). Nothing is shared between files: no base is needed to decode.
 
 use crate::codec::{DecodeError, DecodeOptions, EncodeError, Encoded, Progress};
+use crate::entropy::{self, PredShape, GRID_PRED_SHIFT, GRID_PRED_TAPS};
 use crate::fit::psnr_u8;
-use crate::format::{self, max_abs_for_bits, Arch, GridInrFile, Limits, QTensor, Step};
+use crate::format::{
+    self, max_abs_for_bits, Arch, GridInrFile, LevelPredictor, Limits, QTensor, Step,
+};
 use crate::grid::{self, GridFit, Pyramid, Sampler};
 use crate::media::Image;
 use crate::quant;
@@ -120,6 +123,45 @@ fn net_tensors(arch: &Arch, params: &[f32], bits: u8) -> Vec<QTensor> {
         .collect()
 }
 
+/// §13.7 Predictors for coding `latents` (level order) with the fit's coefficients `coefs`
+/// (real numbers, rounded to units of 2^-8): each level's residual width is the smallest that
+/// holds its largest residual (`None` if a residual needs more than 16 bits).
+fn level_predictors(
+    pyr: &Pyramid,
+    latents: &[QTensor],
+    coefs: &[[f32; GRID_PRED_TAPS]],
+) -> Option<Vec<LevelPredictor>> {
+    let scale = (1u32 << GRID_PRED_SHIFT) as f32;
+    let mut pred: Vec<LevelPredictor> = coefs
+        .iter()
+        .map(|c| LevelPredictor {
+            coefs: std::array::from_fn(|k| (c[k] * scale).round().clamp(-32767.0, 32767.0) as i16),
+            res_bits: 16,
+        })
+        .collect();
+    let dims: Vec<(u32, u32)> = pyr
+        .levels
+        .iter()
+        .map(|&(w, h, _)| (w as u32, h as u32))
+        .collect();
+    let lens: Vec<usize> = latents.iter().map(|t| t.symbols.len()).collect();
+    let bits: Vec<u8> = latents.iter().map(|t| t.bits).collect();
+    let shapes = format::predicted_shapes(&dims, &lens, &bits, &pred);
+    let grids: Vec<(&[i32], PredShape)> = latents
+        .iter()
+        .rev()
+        .map(|t| t.symbols.as_slice())
+        .zip(shapes)
+        .collect();
+    // Residuals in coding order (coarsest first).
+    let res = entropy::grid_residuals(&grids);
+    for (p, r) in pred.iter_mut().rev().zip(&res) {
+        let m = r.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+        p.res_bits = (2..=16u8).find(|&b| m <= max_abs_for_bits(b))?;
+    }
+    Some(pred)
+}
+
 /// Network parameters and latents of a file, dequantized (§13.3).
 fn dequantized(f: &GridInrFile) -> (Vec<f32>, Vec<f32>) {
     let t = f.arch.num_tensors();
@@ -157,10 +199,13 @@ fn encode_inner(
         && finite_pos(f.lr_net)
         && f.lambda.is_finite()
         && f.lambda >= 0.0
-        && (0.0..=1.0).contains(&f.noise_frac);
+        && (0.0..=1.0).contains(&f.noise_frac)
+        && (0.0..=1.0).contains(&f.pred_warmup);
     if !valid {
         return Err(EncodeError::Parameter(
-            "grid fit: learning rates > 0, lambda >= 0, 0 <= noise fraction <= 1".into(),
+            "grid fit: learning rates > 0, lambda >= 0, 0 <= noise fraction and predictor \
+             warm-up <= 1"
+                .into(),
         ));
     }
     if cfg.net_bits.is_empty() || cfg.net_bits.iter().any(|b| !(2..=16).contains(b)) {
@@ -270,7 +315,6 @@ fn fit_and_code(
     max_bytes: Option<usize>,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Encoded, EncodeError> {
-    let npx = img.width as usize * img.height as usize;
     let fit_cfg = GridFit { lambda, ..cfg.fit };
     let total = fit_cfg.steps;
     let fitted = grid::fit(arch, pyr, target, &fit_cfg, cfg.seed, &mut |s| {
@@ -283,20 +327,59 @@ fn fit_and_code(
             })
         }
     });
+    code_fitted(img, cfg, arch, pyr, &fitted, lambda, max_bytes)
+}
+
+/// Codes a fit of `img` (see [`fit_and_code`]): the network at the best of `cfg.net_bits`, the
+/// latents rounded, widening the dead zone under `max_bytes`.
+///
+/// # Errors
+/// Format errors from the writer.
+pub fn code_fitted(
+    img: &Image,
+    cfg: &GridEncodeConfig,
+    arch: &Arch,
+    pyr: &Pyramid,
+    fitted: &grid::Fitted,
+    lambda: f32,
+    max_bytes: Option<usize>,
+) -> Result<Encoded, EncodeError> {
+    let npx = img.width as usize * img.height as usize;
     let latents = latent_tensors(pyr, &fitted.latents, 0.0);
     let sm = Sampler::new(pyr.clone(), img.width, img.height);
-    let file_with = |net: &[QTensor], latents: &[QTensor]| GridInrFile {
-        width: img.width,
-        height: img.height,
-        arch: *arch,
-        tensors: net.iter().chain(latents).cloned().collect(),
-    };
+    let coefs = &fitted.pred_coefs;
+    // The smaller of the plain (§5.9) and, when the fit learned a predictor, the predicted
+    // (§5.10) latent coding: both decode to the same latents.
+    let file_with =
+        |net: &[QTensor], latents: &[QTensor]| -> Result<(GridInrFile, Vec<u8>), EncodeError> {
+            let mut f = GridInrFile {
+                width: img.width,
+                height: img.height,
+                arch: *arch,
+                tensors: net.iter().chain(latents).cloned().collect(),
+                predictor: None,
+            };
+            let plain = format::write_grid_file(&f)?;
+            if coefs.len() != latents.len() {
+                return Ok((f, plain));
+            }
+            let Some(pred) = level_predictors(pyr, latents, coefs) else {
+                return Ok((f, plain));
+            };
+            f.predictor = Some(pred);
+            let predicted = format::write_grid_file(&f)?;
+            if predicted.len() < plain.len() {
+                Ok((f, predicted))
+            } else {
+                f.predictor = None;
+                Ok((f, plain))
+            }
+        };
     // Keep the network bit width with the best measured MSE + lambda * bpp.
     let mut best: Option<(f64, Vec<QTensor>, Vec<u8>)> = None;
     for &bits in &cfg.net_bits {
         let net = net_tensors(arch, &fitted.params, bits);
-        let file = file_with(&net, &latents);
-        let bytes = format::write_grid_file(&file)?;
+        let (file, bytes) = file_with(&net, &latents)?;
         let (params, lat) = dequantized(&file);
         let psnr = psnr_u8(&grid::render(arch, &params, &lat, &sm), &img.data);
         let cost =
@@ -305,18 +388,14 @@ fn fit_and_code(
             best = Some((cost, net, bytes));
         }
     }
-    let Some((_, net, mut bytes)) = best else {
+    let Some((_, net, _)) = best else {
         return Err(EncodeError::Parameter("no network bit width".into()));
     };
-    let mut file = file_with(&net, &latents);
+    let (mut file, mut bytes) = file_with(&net, &latents)?;
     if let Some(max) = max_bytes.filter(|&m| bytes.len() > m) {
         // Size falls as the dead zone grows: the smallest dead zone whose file fits.
         let (mut lo, mut hi) = (0.0f32, 0.5f32);
-        let at = |dz: f32| -> Result<(GridInrFile, Vec<u8>), EncodeError> {
-            let f = file_with(&net, &latent_tensors(pyr, &fitted.latents, dz));
-            let b = format::write_grid_file(&f)?;
-            Ok((f, b))
-        };
+        let at = |dz: f32| file_with(&net, &latent_tensors(pyr, &fitted.latents, dz));
         let (f_hi, b_hi) = at(hi)?;
         if b_hi.len() <= max {
             (file, bytes) = (f_hi, b_hi);

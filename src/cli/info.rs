@@ -163,8 +163,13 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     if let Some(g) = info.get("grid").filter(|g| !g.is_null()) {
         // Grid-mode file (codec-spec §13).
+        let pred = if g["predictor"].is_null() {
+            ""
+        } else {
+            ", predicted latents"
+        };
         out.push(format!(
-            "mode: grid ({} latent levels, {} latents in {} bytes, synthesis {} params)",
+            "mode: grid ({} latent levels, {} latents in {} bytes, synthesis {} params{pred})",
             g["levels"], g["latents"], g["latent_stream_bytes"], g["synth_params"]
         ));
     }
