@@ -316,7 +316,7 @@ fn fit_and_code(
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Encoded, EncodeError> {
     let fit_cfg = GridFit { lambda, ..cfg.fit };
-    let total = fit_cfg.steps;
+    let total = fit_cfg.total_steps(pyr.n_levels());
     let fitted = grid::fit(arch, pyr, target, &fit_cfg, cfg.seed, &mut |s| {
         if s % 10 == 0 || s == total {
             progress(&Progress {

@@ -129,6 +129,69 @@ fn short_fits_default_to_larger_latent_and_scale_rates() {
 }
 
 #[test]
+fn small_budgets_run_mostly_at_half_resolution() {
+    let mut f = GridFit::default();
+    f.set_budget(100);
+    assert_eq!((f.steps, f.coarse_steps), (30, 320));
+    assert_eq!(f.total_steps(8), 350);
+    assert_eq!(f.total_steps(1), 30, "one level: no coarse phase");
+    f.set_budget(grid::COARSE_BELOW);
+    assert_eq!((f.steps, f.coarse_steps), (grid::COARSE_BELOW, 0));
+    f.set_budget(1);
+    assert_eq!((f.steps, f.coarse_steps), (1, 4));
+}
+
+#[test]
+fn the_half_resolution_phase_fits_the_coarse_levels_only() {
+    // Only half-resolution steps: level 0 stays at 0, the others move.
+    let img = image(40, 30, 3);
+    let arch = inr::grid_arch(&cfg(1, 0.004), 3);
+    let target: Vec<f32> = img
+        .data
+        .iter()
+        .map(|&v| f32::from(v) / 127.5 - 1.0)
+        .collect();
+    let pyr = Pyramid::new(40, 30, 5);
+    let fit = GridFit {
+        steps: 0,
+        coarse_steps: 60,
+        lambda: 0.001,
+        ..Default::default()
+    };
+    let mut calls = 0;
+    let f = grid::fit(&arch, &pyr, &target, &fit, 1, &mut |_| calls += 1);
+    assert_eq!(calls, 60);
+    let n0 = 40 * 30;
+    assert!(f.latents[..n0].iter().all(|&v| v == 0.0));
+    let moved = f.latents[n0..].iter().filter(|v| v.abs() > 0.5).count();
+    assert!(moved > 10, "{moved} coarse latents moved");
+}
+
+#[test]
+fn a_split_budget_beats_full_resolution_steps_at_a_small_budget() {
+    // Same budget of 40 full-resolution steps at λ = 0.004 (levels 1.. at half resolution for
+    // 128 steps, then 12 full ones, against 40 full ones), on the fit's objective; and the
+    // coarse-to-fine file decodes to the encoder's reconstruction.
+    let img = image(64, 48, 3);
+    let run = |coarse: usize, steps: usize| {
+        let mut c = cfg(steps, 0.004);
+        c.fit.coarse_steps = coarse;
+        let mut last = (0, 0);
+        let e = encode_grid(&img, &c, &mut |p| last = (p.step, p.total)).unwrap();
+        assert_eq!(last, (coarse + steps, coarse + steps), "progress");
+        let dec = decode(&e.bytes, &DecodeOptions::default()).unwrap();
+        assert_eq!(dec, e.recon);
+        let bpp = 8.0 * e.bytes.len() as f64 / (64.0 * 48.0);
+        (10f64.powf(-e.psnr / 10.0) + 0.004 * bpp, e.psnr, bpp)
+    };
+    let mut f = GridFit::default();
+    f.set_budget(40);
+    let split = run(f.coarse_steps, f.steps);
+    let plain = run(0, 40);
+    assert!(split.0 < plain.0, "split {split:?} vs plain {plain:?}");
+}
+
+#[test]
 fn target_bpp_lands_within_three_percent() {
     // 96x64 pixels: the ~450 synthesis weights alone cost about 0.6 bpp here, so the targets
     // are higher than on a photo.

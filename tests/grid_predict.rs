@@ -360,6 +360,7 @@ fn rate_gradients_with_a_predictor_match_finite_differences() {
     let mut w = vec![0.0f32; n];
     let (_, gc) = grid::rate_grad(
         &pyr,
+        0,
         &lnb,
         Some(&coefs),
         &lat,

@@ -188,7 +188,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
                 config.fit.lambda = l;
             }
             if let Some(s) = args.steps {
-                config.fit.steps = s;
+                config.fit.set_budget(s);
             }
             grid = inr::batch::GridBatchCodec { config };
             &grid

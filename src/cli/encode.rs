@@ -121,7 +121,9 @@ pub struct EncodeArgs {
     /// latent quantization step. `grid` fits, per image, a pyramid of latent grids and a small
     /// SIREN that reads them, under a rate–distortion objective (no base needed; about a
     /// minute per Kodak image on 2 cores): the preset picks the rate weight (tiny 0.03 … huge
-    /// 0.0008), --steps the fitting steps (default 1000; 100–250 steps take 6–15 s), --lr the
+    /// 0.0008), --steps the fitting budget in full-resolution steps (default 1000, about 50 s;
+    /// 60 take 3 s, 100 take 5 s, 250 take 13 s; below 150 most of the budget is spent on
+    /// cheaper half-resolution steps first), --lr the
     /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the
     /// synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
     /// best of 8, 10, 12). For a WAV input, `weights` (the default) codes windows of small
@@ -192,7 +194,7 @@ pub(super) fn grid_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::G
         cfg.fit.lambda = l;
     }
     if let Some(s) = args.steps {
-        cfg.fit.steps = s;
+        cfg.fit.set_budget(s);
     }
     if let Some(lr) = args.lr {
         cfg.fit.lr_latent = Some(lr);

@@ -416,7 +416,7 @@ fn grid_point(
     };
     ecfg.fit.lambda = lambda;
     if let Some(s) = cfg.grid_fit_steps {
-        ecfg.fit.steps = s;
+        ecfg.fit.set_budget(s);
     }
     let opts = DecodeOptions::default();
     measure_point(img, name, "inr-grid", format!("l{lambda}"), &opts, || {
