@@ -495,6 +495,9 @@ pub struct GridFit {
     /// the image averaged over 2x2 blocks (level 0 stays 0 until the full-resolution steps).
     /// Such a step costs about a quarter of a full one.
     pub coarse_steps: usize,
+    /// A budget in full-resolution steps that, when set, replaces `steps` and `coarse_steps`
+    /// by the split [`GridFit::schedule`] picks for `lambda` (see [`GridFit::set_budget`]).
+    pub budget: Option<usize>,
 }
 
 impl Default for GridFit {
@@ -509,6 +512,7 @@ impl Default for GridFit {
             predict: true,
             pred_warmup: 0.5,
             coarse_steps: 0,
+            budget: None,
         }
     }
 }
@@ -518,39 +522,88 @@ impl Default for GridFit {
 pub const COARSE_BELOW: usize = 150;
 
 impl GridFit {
-    /// Sets the fit for a budget of `budget` full-resolution steps. From [`COARSE_BELOW`] on:
-    /// `budget` full-resolution steps. Below it, 30 % of the budget as full-resolution steps
-    /// after `3.2 × budget` half-resolution ones (about a quarter of the cost each, so the
-    /// time is about the same): kodim03/07/11, λ = 0.005, mean `MSE + λ·bpp` ×1e-3 at budget
-    /// 60: 3.66 plain, 2.86 split (3.3 and 3.2 s); at 100: 2.96 and 2.69 (5.3 and 5.4 s); at
-    /// 150: 2.69 and 2.62 (7.5 and 8.6 s); at 250 (40 % full, 600 half): 2.54 and 2.52 (13.4
-    /// and 14.6 s); at 1,000 (700 full, 1,200 half): 2.36 and 2.32 (50 and 58 s).
+    /// Fits within a budget of `budget` full-resolution steps, split by [`GridFit::schedule`]
+    /// at fitting time (so that a rate search over λ re-splits it).
     pub fn set_budget(&mut self, budget: usize) {
-        if budget < COARSE_BELOW {
-            self.steps = (budget * 3).div_ceil(10).max(1);
-            self.coarse_steps = (budget * 16).div_ceil(5);
-        } else {
-            self.steps = budget;
-            self.coarse_steps = 0;
+        self.budget = Some(budget);
+    }
+
+    /// `(full-resolution steps, half-resolution steps)` of this fit. Without a budget, `steps`
+    /// and `coarse_steps`. A budget from [`COARSE_BELOW`] on is all full-resolution steps;
+    /// below it, a fraction `f` of it (at least one step) after `4.5 × (1 - f) × budget`
+    /// half-resolution ones (about a quarter of the cost each, so the time is about the same).
+    /// `f` grows as λ falls (the finest level carries more of a high-rate image): 0.3 from
+    /// λ = 0.005 up, 0.7 at 0.002, 0.85 from 0.0008 down, linear in log λ between.
+    /// Kodim03/07/11, budget 100, mean `MSE + λ·bpp` ×1e-3 (all at about 5 s per image):
+    ///
+    /// | λ | plain | f = 0.3 | 0.5 | 0.7 | 0.85 |
+    /// |---|---|---|---|---|---|
+    /// | 0.03 | 5.37 | 4.99 | 5.10 | 5.15 | |
+    /// | 0.005 | 2.96 | 2.69 | 2.73 | 2.83 | |
+    /// | 0.002 | 2.16 | 2.11 | 2.07 | 2.03 | |
+    /// | 0.0008 | 1.56 | 1.74 | 1.66 | 1.46 | 1.43 |
+    ///
+    /// At λ = 0.005 and budget 60: 3.66 plain, 2.86 at f = 0.3; at 150: 2.69 and 2.62 (7.5 and
+    /// 8.6 s); at 250 (f = 0.4): 2.54 and 2.52; at 1,000 (f = 0.7): 2.36 and 2.32 (50 and 58 s).
+    /// A quarter-resolution phase first (levels 2.., 16 steps per full one) did worse: budget
+    /// 100 at λ = 0.005, with 30 % or 60 % of the coarse budget there, 2.83 and 2.92.
+    pub fn schedule(&self) -> Schedule {
+        match self.budget {
+            None => Schedule {
+                full: self.steps,
+                half: self.coarse_steps,
+            },
+            Some(b) if b >= COARSE_BELOW => Schedule { full: b, half: 0 },
+            Some(b) => {
+                let f = full_fraction(self.lambda);
+                let full = ((b as f32 * f).round() as usize).clamp(1, b.max(1));
+                let half = (4.5 * (b - full.min(b)) as f32).ceil() as usize;
+                Schedule { full, half }
+            }
         }
     }
 
     /// Steps the fit runs on a pyramid of `n_levels` levels, half-resolution ones included
     /// (a one-level pyramid has no coarse phase).
     pub fn total_steps(&self, n_levels: usize) -> usize {
-        self.steps + if n_levels >= 2 { self.coarse_steps } else { 0 }
+        let s = self.schedule();
+        s.full + if n_levels >= 2 { s.half } else { 0 }
     }
 
     /// The latents' starting learning rate this fit uses.
     pub fn latent_lr(&self) -> f32 {
         self.lr_latent
-            .unwrap_or_else(|| default_latent_lr(self.steps))
+            .unwrap_or_else(|| default_latent_lr(self.schedule().full))
     }
     /// The entropy model's starting learning rate this fit uses.
     pub fn scale_lr(&self) -> f32 {
         self.lr_scales
-            .unwrap_or_else(|| default_scale_lr(self.steps))
+            .unwrap_or_else(|| default_scale_lr(self.schedule().full))
     }
+}
+
+/// Steps of a fit at each resolution ([`GridFit::schedule`]), half resolution first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub full: usize,
+    pub half: usize,
+}
+
+/// The fraction of a small budget [`GridFit::schedule`] spends at full resolution at `lambda`.
+fn full_fraction(lambda: f32) -> f32 {
+    const PTS: [(f32, f32); 3] = [(0.0008, 0.85), (0.002, 0.7), (0.005, 0.3)];
+    let x = lambda.max(1e-12).ln();
+    if x <= PTS[0].0.ln() {
+        return PTS[0].1;
+    }
+    for w in PTS.windows(2) {
+        let ((l0, f0), (l1, f1)) = (w[0], w[1]);
+        if x <= l1.ln() {
+            let t = (x - l0.ln()) / (l1.ln() - l0.ln());
+            return f0 + t * (f1 - f0);
+        }
+    }
+    PTS[2].1
 }
 
 /// The Adam rate of the entropy model's log-scales when none is given: `10 / steps`, between
@@ -830,46 +883,52 @@ fn context_in_rows(cur: &[u32], up: Option<&[u32]>, x: usize) -> usize {
     grid_context_bucket(s.min(1 << 20))
 }
 
-/// The half-resolution view of a pyramid for the coarse phase of a fit: the target averaged
-/// over 2x2 blocks, and a sampler that reads levels 1.. of the pyramid at strides 1, 2, …
-/// of the half-size image, and an all-zero stand-in for level 0 (appended after the latents).
-struct HalfView {
+/// A reduced-resolution view of a pyramid for the coarse phases of a fit: the target averaged
+/// over `2^k x 2^k` blocks, and a sampler that reads levels `k..` of the pyramid at strides
+/// 1, 2, … of the reduced image, and all-zero stand-ins for levels `0..k` (appended after the
+/// latents).
+struct CoarseView {
     sm: Sampler,
     target: Vec<f32>,
     n_ext: usize,
 }
 
-impl HalfView {
-    fn new(pyr: &Pyramid, target: &[f32], c: usize) -> Self {
+impl CoarseView {
+    fn new(pyr: &Pyramid, target: &[f32], c: usize, k: usize) -> Self {
         let (w, h) = (pyr.width as usize, pyr.height as usize);
-        let (w2, h2) = (w.div_ceil(2), h.div_ceil(2));
-        let mut t = vec![0.0f32; w2 * h2 * c];
-        for y2 in 0..h2 {
-            for x2 in 0..w2 {
+        let f = 1usize << k;
+        let (wk, hk) = (w.div_ceil(f), h.div_ceil(f));
+        let mut t = vec![0.0f32; wk * hk * c];
+        for yk in 0..hk {
+            for xk in 0..wk {
                 for ch in 0..c {
                     let (mut sum, mut n) = (0.0f32, 0.0f32);
-                    for y in 2 * y2..(2 * y2 + 2).min(h) {
-                        for x in 2 * x2..(2 * x2 + 2).min(w) {
+                    for y in f * yk..(f * yk + f).min(h) {
+                        for x in f * xk..(f * xk + f).min(w) {
                             sum += target[(y * w + x) * c + ch];
                             n += 1.0;
                         }
                     }
-                    t[(y2 * w2 + x2) * c + ch] = sum / n;
+                    t[(yk * wk + xk) * c + ch] = sum / n;
                 }
             }
         }
-        let mut levels = vec![(w2, h2, pyr.n_latents)];
-        levels.extend(pyr.levels[1..].iter().copied());
-        let n_ext = pyr.n_latents + w2 * h2;
-        let exps: Vec<usize> = std::iter::once(0).chain(0..pyr.n_levels() - 1).collect();
+        let levels: Vec<(usize, usize, usize)> = (0..k)
+            .map(|j| (wk, hk, pyr.n_latents + j * wk * hk))
+            .chain(pyr.levels[k..].iter().copied())
+            .collect();
+        let n_ext = pyr.n_latents + k * wk * hk;
+        let exps: Vec<usize> = std::iter::repeat_n(0, k)
+            .chain(0..pyr.n_levels() - k)
+            .collect();
         let view = Pyramid {
-            width: w2 as u32,
-            height: h2 as u32,
+            width: wk as u32,
+            height: hk as u32,
             levels,
             n_latents: n_ext,
         };
-        HalfView {
-            sm: Sampler::with_strides(view, w2 as u32, h2 as u32, &exps),
+        CoarseView {
+            sm: Sampler::with_strides(view, wk as u32, hk as u32, &exps),
             target: t,
             n_ext,
         }
@@ -947,25 +1006,29 @@ pub fn fit_from(
     let mut w_mu = vec![0.0f32; pyr.n_latents];
     let npx = pyr.width as f32 * pyr.height as f32;
     let rate_w = cfg.lambda / npx;
-    // Coarse phase: levels 1.. only, against the half-resolution target.
+    // Coarse phase: levels 1.. against the half-resolution target (none on a one-level
+    // pyramid), then all levels.
+    let sched = cfg.schedule();
     let total = cfg.total_steps(n_l);
-    let coarse = total - cfg.steps;
-    let noise_steps = coarse + (cfg.steps as f32 * cfg.noise_frac).round() as usize;
+    let half_end = total - sched.full;
+    let noise_steps = half_end + (sched.full as f32 * cfg.noise_frac).round() as usize;
     let pred_from = (total as f32 * cfg.pred_warmup).round() as usize;
-    let half = (coarse > 0).then(|| HalfView::new(pyr, target, arch.out_channels as usize));
-    let mut ext = half
+    let view = (half_end > 0).then(|| CoarseView::new(pyr, target, arch.out_channels as usize, 1));
+    let mut ext = view
         .as_ref()
-        .map_or_else(Vec::new, |h| vec![0.0f32; h.n_ext]);
-    let n0 = pyr.levels[0].0 * pyr.levels[0].1;
-    // Level 0 has its own Adam state (and step count), so that it starts fresh after the
-    // coarse phase; without one both step together and this is one Adam.
-    let mut a_lat0 = crate::modulation::Adam::new(n0);
-    let mut a_lat = crate::modulation::Adam::new(lat.len() - n0);
+        .map_or_else(Vec::new, |v| vec![0.0f32; v.n_ext]);
+    // Adam state (and step count) per level, so that a level starts fresh when its phase
+    // begins; a fit without coarse phases steps them all together, as one Adam.
+    let mut a_lat: Vec<crate::modulation::Adam> = pyr
+        .levels
+        .iter()
+        .map(|&(wl, hl, _)| crate::modulation::Adam::new(wl * hl))
+        .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x006e_015e);
     for it in 0..total {
-        let in_coarse = it < coarse;
-        // The latents this step works on: all, or levels 1.. in the coarse phase.
-        let lo = if in_coarse { n0 } else { 0 };
+        // Levels skipped by this step (0 at full resolution) and the latents it works on.
+        let k = usize::from(it < half_end);
+        let lo = pyr.levels[k].2;
         let ste = it >= noise_steps;
         if ste {
             for (n, &v) in noisy[lo..].iter_mut().zip(&lat[lo..]) {
@@ -977,15 +1040,15 @@ pub fn fit_from(
             }
         }
         let pk = Packed::new(arch, &params);
-        let (g_net, mut g_lat) = match (&half, in_coarse) {
-            (Some(h), true) => {
+        let (g_net, mut g_lat) = match view.as_ref().filter(|_| k > 0) {
+            Some(v) => {
                 ext[lo..noisy.len()].copy_from_slice(&noisy[lo..]);
                 let (_, g_net, mut g) =
-                    distortion_grad(&params, &pk, &h.sm, &ext, &h.target, &mut g_feat);
+                    distortion_grad(&params, &pk, &v.sm, &ext, &v.target, &mut g_feat);
                 g.truncate(noisy.len());
                 (g_net, g)
             }
-            _ => {
+            None => {
                 let (_, g_net, g) = distortion_grad(&params, &pk, &sm, &noisy, target, &mut g_feat);
                 (g_net, g)
             }
@@ -1010,24 +1073,16 @@ pub fn fit_from(
         let pred_on = cfg.predict && it >= pred_from;
         let coefs_now = pred_on.then_some(coefs.as_slice());
         let (g_b, g_c) = rate_grad(
-            pyr,
-            usize::from(in_coarse),
-            &lnb,
-            coefs_now,
-            &noisy,
-            &rounded,
-            rate_w,
-            &mut g_lat,
-            &mut w_mu,
+            pyr, k, &lnb, coefs_now, &noisy, &rounded, rate_w, &mut g_lat, &mut w_mu,
         );
         let t = it as f32 / total.max(1) as f32;
         let cos = 0.5 * (1.0 + (std::f32::consts::PI * t).cos());
         let decay = 0.001 + 0.999 * cos;
-        let (l0, l1) = lat.split_at_mut(n0);
-        if !in_coarse {
-            a_lat0.step(l0, &g_lat[..n0], lr_latent * decay);
+        for (l, a) in a_lat.iter_mut().enumerate().skip(k) {
+            let (wl, hl, off) = pyr.levels[l];
+            let r = off..off + wl * hl;
+            a.step(&mut lat[r.clone()], &g_lat[r], lr_latent * decay);
         }
-        a_lat.step(l1, &g_lat[n0..], lr_latent * decay);
         let net_lr = cfg.lr_net * decay * if ste { 0.1 } else { 1.0 };
         a_net.step(&mut params, &g_net, net_lr);
         a_b.step(&mut lnb, &g_b, lr_scales * decay);

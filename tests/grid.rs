@@ -128,17 +128,39 @@ fn short_fits_default_to_larger_latent_and_scale_rates() {
     assert_eq!(grid::default_scale_lr(1000), 0.01);
 }
 
+fn sched(f: &GridFit) -> (usize, usize) {
+    let s = f.schedule();
+    (s.full, s.half)
+}
+
 #[test]
 fn small_budgets_run_mostly_at_half_resolution() {
-    let mut f = GridFit::default();
+    let mut f = GridFit {
+        lambda: 0.01,
+        ..Default::default()
+    };
+    assert_eq!(sched(&f), (1000, 0), "no budget: steps and coarse_steps");
     f.set_budget(100);
-    assert_eq!((f.steps, f.coarse_steps), (30, 320));
-    assert_eq!(f.total_steps(8), 350);
+    assert_eq!(sched(&f), (30, 315));
+    assert_eq!(f.total_steps(8), 345);
     assert_eq!(f.total_steps(1), 30, "one level: no coarse phase");
+    // More of the budget at full resolution as λ falls.
+    f.lambda = 0.002;
+    assert_eq!(sched(&f), (70, 135));
+    f.lambda = 0.0001;
+    assert_eq!(sched(&f), (85, 68));
+    f.lambda = 0.001;
+    let (full, coarse) = sched(&f);
+    assert!((71..85).contains(&full) && coarse == (4.5 * (100 - full) as f32).ceil() as usize);
+    // Large budgets stay at full resolution; the smallest still takes one full step.
     f.set_budget(grid::COARSE_BELOW);
-    assert_eq!((f.steps, f.coarse_steps), (grid::COARSE_BELOW, 0));
+    assert_eq!(sched(&f), (grid::COARSE_BELOW, 0));
     f.set_budget(1);
-    assert_eq!((f.steps, f.coarse_steps), (1, 4));
+    assert_eq!(sched(&f), (1, 0));
+    // The default learning rates follow the full-resolution steps.
+    f.set_budget(100);
+    f.lambda = 0.01;
+    assert_eq!(f.latent_lr(), grid::default_latent_lr(30));
 }
 
 #[test]
@@ -184,9 +206,13 @@ fn a_split_budget_beats_full_resolution_steps_at_a_small_budget() {
         let bpp = 8.0 * e.bytes.len() as f64 / (64.0 * 48.0);
         (10f64.powf(-e.psnr / 10.0) + 0.004 * bpp, e.psnr, bpp)
     };
-    let mut f = GridFit::default();
+    let mut f = GridFit {
+        lambda: 0.004,
+        ..Default::default()
+    };
     f.set_budget(40);
-    let split = run(f.coarse_steps, f.steps);
+    let (full, coarse) = sched(&f);
+    let split = run(coarse, full);
     let plain = run(0, 40);
     assert!(split.0 < plain.0, "split {split:?} vs plain {plain:?}");
 }
