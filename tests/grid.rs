@@ -157,10 +157,16 @@ fn small_budgets_run_mostly_at_half_resolution() {
     assert_eq!(sched(&f), (grid::COARSE_BELOW, 0));
     f.set_budget(1);
     assert_eq!(sched(&f), (1, 0));
-    // The default learning rates follow the full-resolution steps.
+    // The default latent rate: capped with a half-resolution phase, else by the steps.
     f.set_budget(100);
     f.lambda = 0.01;
-    assert_eq!(f.latent_lr(), grid::default_latent_lr(30));
+    assert_eq!(f.latent_lr(), 0.4);
+    f.lambda = 0.001;
+    assert_eq!(f.latent_lr(), 0.2);
+    f.lambda = 0.003;
+    assert!(f.latent_lr() > 0.2 && f.latent_lr() < 0.4);
+    f.set_budget(200);
+    assert_eq!(f.latent_lr(), grid::default_latent_lr(200));
 }
 
 #[test]
