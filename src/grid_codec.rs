@@ -219,7 +219,8 @@ fn encode_inner(
     let pyr = Pyramid::new(img.width, img.height, cfg.levels);
     let target: Vec<f32> = img.data.iter().map(|&v| crate::model::from_u8(v)).collect();
     let Some(t) = cfg.target_bpp else {
-        return fit_and_code(img, cfg, &arch, &pyr, &target, f.lambda, None, progress);
+        return fit_and_code(img, cfg, &arch, &pyr, &target, f.lambda, None, progress)
+            .map(|(e, _)| e);
     };
     if !(t.is_finite() && t > 0.0) {
         return Err(EncodeError::Parameter("--bpp must be > 0".into()));
@@ -231,8 +232,9 @@ fn encode_inner(
     let mut lambda = lambda_for_bpp(t * 1.1);
     let mut best: Option<Encoded> = None;
     let mut last: Option<(f64, f64)> = None; // (ln lambda, ln bpp) of the previous fit
+    let tol = crate::RATE_TOLERANCE;
     for _ in 0..3 {
-        let e = fit_and_code(
+        let (e, raw_bpp) = fit_and_code(
             img,
             cfg,
             &arch,
@@ -242,22 +244,18 @@ fn encode_inner(
             Some(max_bytes),
             progress,
         )?;
-        let bpp = e.bpp;
-        let fits = bpp <= t * (1.0 + crate::RATE_TOLERANCE);
-        let close = (bpp - t).abs() <= crate::RATE_TOLERANCE * t;
-        let better = match &best {
-            None => true,
-            Some(b) => {
-                let b_fits = b.bpp <= t * (1.0 + crate::RATE_TOLERANCE);
-                (fits && !b_fits) || (fits == b_fits && (bpp - t).abs() < (b.bpp - t).abs())
-            }
-        };
-        if better {
+        if best
+            .as_ref()
+            .is_none_or(|b| keeps_first(t, (e.bpp, e.psnr), (b.bpp, b.psnr)))
+        {
             best = Some(e);
         }
-        if close {
+        // Done when the fit itself (before any dead-zone trimming) landed in the band or at
+        // most 10 % over it (what the first λ aims at: a small trim costs little).
+        if raw_bpp >= t * (1.0 - tol) && raw_bpp <= t * 1.1 {
             break;
         }
+        let bpp = raw_bpp;
         // Secant on (ln lambda, ln bpp) once two fits are known, else the table's slope.
         let (ll, lb) = (f64::from(lambda).ln(), bpp.ln());
         let slope = match last {
@@ -265,9 +263,39 @@ fn encode_inner(
             _ => -RATE_SLOPE,
         };
         last = Some((ll, lb));
-        lambda = (ll + (t.ln() - lb) / slope).clamp(ll - 3.0, ll + 3.0).exp() as f32;
+        lambda = (ll + ((t * 1.05).ln() - lb) / slope)
+            .clamp(ll - 3.0, ll + 3.0)
+            .exp() as f32;
     }
     best.ok_or_else(|| EncodeError::Parameter("rate control found no encoding".into()))
+}
+
+/// Rate control's choice between two files `(bpp, PSNR)` for a target of `t` bpp: whether
+/// `a` is kept over `b`. Of two files under the cap, one that is both smaller and better (a fit
+/// far over the target trims down into the band at a large cost in quality); else the one
+/// within the ±[`crate::RATE_TOLERANCE`] band; else the better PSNR. Files over the cap (the
+/// dead zone could not make them fit) come last, the smaller first.
+fn keeps_first(t: f64, a: (f64, f64), b: (f64, f64)) -> bool {
+    let class = |bpp: f64| {
+        if (bpp - t).abs() <= crate::RATE_TOLERANCE * t {
+            0
+        } else if bpp < t {
+            1
+        } else {
+            2
+        }
+    };
+    let (ca, cb) = (class(a.0), class(b.0));
+    if ca == 2 || cb == 2 {
+        return ca < cb || (ca == cb && a.0 < b.0);
+    }
+    if a.0 <= b.0 && a.1 > b.1 {
+        return true;
+    }
+    if b.0 <= a.0 && b.1 >= a.1 {
+        return false;
+    }
+    ca < cb || (ca == cb && a.1 > b.1)
 }
 
 /// Mean rate of the grid presets on kodim13–16 (README): `(lambda, bpp)`.
@@ -314,7 +342,7 @@ fn fit_and_code(
     lambda: f32,
     max_bytes: Option<usize>,
     progress: &mut (dyn FnMut(&Progress) + Send),
-) -> Result<Encoded, EncodeError> {
+) -> Result<(Encoded, f64), EncodeError> {
     let fit_cfg = GridFit { lambda, ..cfg.fit };
     let total = fit_cfg.total_steps(pyr.n_levels());
     let fitted = grid::fit(arch, pyr, target, &fit_cfg, cfg.seed, &mut |s| {
@@ -327,7 +355,7 @@ fn fit_and_code(
             })
         }
     });
-    code_fitted(img, cfg, arch, pyr, &fitted, lambda, max_bytes)
+    code_fitted_raw(img, cfg, arch, pyr, &fitted, lambda, max_bytes)
 }
 
 /// Codes a fit of `img` (see [`fit_and_code`]): the network at the best of `cfg.net_bits`, the
@@ -344,6 +372,19 @@ pub fn code_fitted(
     lambda: f32,
     max_bytes: Option<usize>,
 ) -> Result<Encoded, EncodeError> {
+    code_fitted_raw(img, cfg, arch, pyr, fitted, lambda, max_bytes).map(|(e, _)| e)
+}
+
+/// [`code_fitted`], also returning the rate (bpp) before any dead-zone trimming.
+fn code_fitted_raw(
+    img: &Image,
+    cfg: &GridEncodeConfig,
+    arch: &Arch,
+    pyr: &Pyramid,
+    fitted: &grid::Fitted,
+    lambda: f32,
+    max_bytes: Option<usize>,
+) -> Result<(Encoded, f64), EncodeError> {
     let npx = img.width as usize * img.height as usize;
     let latents = latent_tensors(pyr, &fitted.latents, 0.0);
     let sm = Sampler::new(pyr.clone(), img.width, img.height);
@@ -392,6 +433,7 @@ pub fn code_fitted(
         return Err(EncodeError::Parameter("no network bit width".into()));
     };
     let (mut file, mut bytes) = file_with(&net, &latents)?;
+    let raw_bpp = bytes.len() as f64 * 8.0 / npx as f64;
     if let Some(max) = max_bytes.filter(|&m| bytes.len() > m) {
         // Size falls as the dead zone grows: the smallest dead zone whose file fits.
         let (mut lo, mut hi) = (0.0f32, 0.5f32);
@@ -416,7 +458,7 @@ pub fn code_fitted(
     let (params, lat) = dequantized(&file);
     let data = grid::render(arch, &params, &lat, &sm);
     let psnr = psnr_u8(&data, &img.data);
-    Ok(Encoded {
+    let e = Encoded {
         bpp: bytes.len() as f64 * 8.0 / npx as f64,
         bytes,
         recon: Image {
@@ -426,7 +468,8 @@ pub fn code_fitted(
             data,
         },
         psnr,
-    })
+    };
+    Ok((e, raw_bpp))
 }
 
 /// Decodes a grid-mode file (the caller has checked [`format::is_grid_file`]).
@@ -448,4 +491,25 @@ pub fn decode_grid(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeEr
         channels: file.arch.out_channels,
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keeps_first;
+
+    #[test]
+    fn rate_control_keeps_the_right_file() {
+        let t = 0.25;
+        // A smaller and better file beats a trimmed one in the band (kodim16, 100 steps).
+        assert!(keeps_first(t, (0.234, 28.43), (0.250, 26.63)));
+        assert!(!keeps_first(t, (0.250, 26.63), (0.234, 28.43)));
+        // A trade-off: the file in the band wins; in the same class, the better PSNR.
+        assert!(keeps_first(t, (0.249, 28.0), (0.20, 27.5)));
+        assert!(!keeps_first(t, (0.20, 27.5), (0.249, 28.0)));
+        assert!(keeps_first(t, (0.21, 27.6), (0.20, 27.5)));
+        // Over the cap comes last, the smaller first.
+        assert!(keeps_first(t, (0.10, 20.0), (0.30, 30.0)));
+        assert!(keeps_first(t, (0.30, 20.0), (0.40, 30.0)));
+        assert!(!keeps_first(t, (0.40, 30.0), (0.30, 20.0)));
+    }
 }
