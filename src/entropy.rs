@@ -265,21 +265,9 @@ fn encode_with(
     params: ModelParams,
 ) -> Result<Vec<u8>, EntropyError> {
     check_max_abs(max_abs)?;
-    let m = i64::from(max_abs);
     // Range check first, for every alphabet (including the degenerate one).
     for (t, tensor) in tensors.iter().enumerate() {
-        if let Some((index, &value)) = tensor
-            .iter()
-            .enumerate()
-            .find(|(_, &v)| i64::from(v).abs() > m)
-        {
-            return Err(EntropyError::SymbolOutOfRange {
-                tensor: t,
-                index,
-                value,
-                max_abs,
-            });
-        }
+        check_symbols(t, tensor, max_abs)?;
     }
     if max_abs == 0 || tensors.iter().all(|t| t.is_empty()) {
         return Ok(Vec::new()); // §5.1: nothing to code.
@@ -675,6 +663,21 @@ pub fn grid_context_bucket(s: u32) -> usize {
     }
 }
 
+/// [`EntropyError::SymbolOutOfRange`] for the first value of `g` (tensor `t`) outside
+/// `-max_abs..=max_abs`.
+fn check_symbols(t: usize, g: &[i32], max_abs: u32) -> Result<(), EntropyError> {
+    let m = i64::from(max_abs);
+    match g.iter().enumerate().find(|(_, &v)| i64::from(v).abs() > m) {
+        Some((index, &value)) => Err(EntropyError::SymbolOutOfRange {
+            tensor: t,
+            index,
+            value,
+            max_abs,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn check_grid_shape(s: &GridShape) -> Result<(), EntropyError> {
     if s.max_abs == 0 || s.max_abs > MAX_ABS_LIMIT {
         return Err(EntropyError::MaxAbsTooLarge { max_abs: s.max_abs });
@@ -696,15 +699,7 @@ fn check_grid_shape(s: &GridShape) -> Result<(), EntropyError> {
 pub fn encode_grids(grids: &[(&[i32], GridShape)]) -> Result<Vec<u8>, EntropyError> {
     for (t, &(g, s)) in grids.iter().enumerate() {
         check_grid_shape(&s)?;
-        let m = i64::from(s.max_abs);
-        if let Some((index, &value)) = g.iter().enumerate().find(|(_, &v)| i64::from(v).abs() > m) {
-            return Err(EntropyError::SymbolOutOfRange {
-                tensor: t,
-                index,
-                value,
-                max_abs: s.max_abs,
-            });
-        }
+        check_symbols(t, g, s.max_abs)?;
     }
     if grids.iter().all(|(g, _)| g.is_empty()) {
         return Ok(Vec::new());
@@ -894,27 +889,11 @@ fn check_pred_shape(s: &PredShape) -> Result<(), EntropyError> {
 pub fn encode_pred_grids(grids: &[(&[i32], PredShape)]) -> Result<Vec<u8>, EntropyError> {
     for (t, &(g, s)) in grids.iter().enumerate() {
         check_pred_shape(&s)?;
-        let m = i64::from(s.max_abs);
-        if let Some((index, &value)) = g.iter().enumerate().find(|(_, &v)| i64::from(v).abs() > m) {
-            return Err(EntropyError::SymbolOutOfRange {
-                tensor: t,
-                index,
-                value,
-                max_abs: s.max_abs,
-            });
-        }
+        check_symbols(t, g, s.max_abs)?;
     }
     let residuals = grid_residuals(grids);
     for (t, (r, &(_, s))) in residuals.iter().zip(grids).enumerate() {
-        let m = i64::from(s.res_max_abs);
-        if let Some((index, &value)) = r.iter().enumerate().find(|(_, &v)| i64::from(v).abs() > m) {
-            return Err(EntropyError::SymbolOutOfRange {
-                tensor: t,
-                index,
-                value,
-                max_abs: s.res_max_abs,
-            });
-        }
+        check_symbols(t, r, s.res_max_abs)?;
     }
     if grids.iter().all(|(g, _)| g.is_empty()) {
         return Ok(Vec::new());

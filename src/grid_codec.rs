@@ -355,28 +355,16 @@ fn fit_and_code(
             })
         }
     });
-    code_fitted_raw(img, cfg, arch, pyr, &fitted, lambda, max_bytes)
+    code_fitted(img, cfg, arch, pyr, &fitted, lambda, max_bytes)
 }
 
 /// Codes a fit of `img` (see [`fit_and_code`]): the network at the best of `cfg.net_bits`, the
-/// latents rounded, widening the dead zone under `max_bytes`.
+/// latents rounded, widening the dead zone under `max_bytes`. Also returns the rate (bpp)
+/// before any dead-zone trimming.
 ///
 /// # Errors
 /// Format errors from the writer.
 pub fn code_fitted(
-    img: &Image,
-    cfg: &GridEncodeConfig,
-    arch: &Arch,
-    pyr: &Pyramid,
-    fitted: &grid::Fitted,
-    lambda: f32,
-    max_bytes: Option<usize>,
-) -> Result<Encoded, EncodeError> {
-    code_fitted_raw(img, cfg, arch, pyr, fitted, lambda, max_bytes).map(|(e, _)| e)
-}
-
-/// [`code_fitted`], also returning the rate (bpp) before any dead-zone trimming.
-fn code_fitted_raw(
     img: &Image,
     cfg: &GridEncodeConfig,
     arch: &Arch,
