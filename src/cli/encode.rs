@@ -122,7 +122,7 @@ pub struct EncodeArgs {
     /// SIREN that reads them, under a rate–distortion objective (no base needed; about a
     /// minute per Kodak image on 2 cores): the preset picks the rate weight (tiny 0.03 … huge
     /// 0.0008), --steps the fitting budget in full-resolution steps (default 1000, about 50 s;
-    /// 60 take 3 s, 100 take 5 s, 250 take 13 s; below 150 most of the budget is spent on
+    /// 60 take 3.6 s, 100 take 5 s, 250 take 12 s; below 150 most of the budget is spent on
     /// cheaper half-resolution steps first), --lr the
     /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the
     /// synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
