@@ -600,19 +600,23 @@ pub struct Schedule {
 
 /// The fraction of a small budget [`GridFit::schedule`] spends at full resolution at `lambda`.
 fn full_fraction(lambda: f32) -> f32 {
-    const PTS: [(f32, f32); 3] = [(0.0008, 0.85), (0.002, 0.7), (0.005, 0.3)];
+    in_log_lambda(&[(0.0008, 0.85), (0.002, 0.7), (0.005, 0.3)], lambda)
+}
+
+/// Piecewise linear in log λ through `pts` (λ ascending), constant beyond the ends.
+fn in_log_lambda(pts: &[(f32, f32)], lambda: f32) -> f32 {
     let x = lambda.max(1e-12).ln();
-    if x <= PTS[0].0.ln() {
-        return PTS[0].1;
-    }
-    for w in PTS.windows(2) {
-        let ((l0, f0), (l1, f1)) = (w[0], w[1]);
-        if x <= l1.ln() {
-            let t = (x - l0.ln()) / (l1.ln() - l0.ln());
-            return f0 + t * (f1 - f0);
+    let mut prev: Option<(f32, f32)> = None;
+    for &(l, v) in pts {
+        if x <= l.ln() {
+            return match prev {
+                None => v,
+                Some((l0, v0)) => v0 + (x - l0.ln()) / (l.ln() - l0.ln()) * (v - v0),
+            };
         }
+        prev = Some((l, v));
     }
-    PTS[2].1
+    prev.map_or(0.0, |(_, v)| v)
 }
 
 /// The Adam rate of the entropy model's log-scales when none is given: `10 / steps`, between
@@ -633,9 +637,7 @@ pub fn default_scale_lr(steps: usize) -> f32 {
 /// 0.002 2.02 and 1.91; 0.0008 1.42 and 1.32 (0.14: 1.40). Only the clear gains (below 0.005)
 /// were taken.
 pub fn coarse_latent_lr(lambda: f32) -> f32 {
-    let (lo, hi) = (0.002f32.ln(), 0.005f32.ln());
-    let t = ((lambda.max(1e-12).ln() - lo) / (hi - lo)).clamp(0.0, 1.0);
-    0.2 + 0.2 * t
+    in_log_lambda(&[(0.002, 0.2), (0.005, 0.4)], lambda)
 }
 
 /// The latents' Adam rate when none is given: `40 / steps`, between 0.04 (the rate of the
