@@ -32,6 +32,14 @@ fn image(w: u32, h: u32, channels: u8) -> Image {
     }
 }
 
+/// The fit's target for `img`: its samples mapped to [-1, 1].
+fn fit_target(img: &Image) -> Vec<f32> {
+    img.data
+        .iter()
+        .map(|&v| f32::from(v) / 127.5 - 1.0)
+        .collect()
+}
+
 fn cfg(steps: usize, lambda: f32) -> GridEncodeConfig {
     let mut c = GridEncodeConfig {
         levels: 5,
@@ -174,11 +182,7 @@ fn the_half_resolution_phase_fits_the_coarse_levels_only() {
     // Only half-resolution steps: level 0 stays at 0, the others move.
     let img = image(40, 30, 3);
     let arch = inr::grid_arch(&cfg(1, 0.004), 3);
-    let target: Vec<f32> = img
-        .data
-        .iter()
-        .map(|&v| f32::from(v) / 127.5 - 1.0)
-        .collect();
+    let target = fit_target(&img);
     let pyr = Pyramid::new(40, 30, 5);
     let fit = GridFit {
         steps: 0,
@@ -292,11 +296,7 @@ fn gradients_match_finite_differences() {
         w0_hidden: 1,
     };
     let img = image(13, 9, 3);
-    let target: Vec<f32> = img
-        .data
-        .iter()
-        .map(|&v| f32::from(v) / 127.5 - 1.0)
-        .collect();
+    let target = fit_target(&img);
     let pyr = Pyramid::new(13, 9, 3);
     let sm = Sampler::new(pyr.clone(), 13, 9);
     let params = grid::init_params(&arch, 5);
@@ -392,11 +392,7 @@ fn fitting_longer_never_gives_a_worse_objective_on_a_fixture() {
     // The fit keeps no best-of: check the objective decreases with the step count.
     let img = image(32, 24, 3);
     let arch = inr::grid_arch(&cfg(1, 0.004), 3);
-    let target: Vec<f32> = img
-        .data
-        .iter()
-        .map(|&v| f32::from(v) / 127.5 - 1.0)
-        .collect();
+    let target = fit_target(&img);
     let pyr = Pyramid::new(32, 24, 5);
     let sm = Sampler::new(pyr.clone(), 32, 24);
     let mse_after = |steps: usize| {
