@@ -184,13 +184,119 @@ impl Sampler {
         }
     }
 
-    /// Adjoint of [`Sampler::row_features`] over all rows: `g_feat` is `[y][x][L]`; writes
-    /// `g_lat`. Levels run in parallel, each in a fixed order.
-    pub fn scatter(&self, g_feat: &[f32], g_lat: &mut [f32]) {
-        let (w, h) = (self.out_w, self.out_h);
+    /// [`Sampler::row_features`] for the fit: the same bilinear features, interpolated along y
+    /// first (once per level value) and then along x, so not bit-identical to the normative
+    /// order (about an ulp apart); `tmp` is scratch.
+    pub fn row_features_fit(&self, lat: &[f32], y: usize, feat: &mut [f32], tmp: &mut Vec<f32>) {
         let n_l = self.pyr.n_levels();
+        let w = self.out_w;
+        for (l, &(wl, _, off)) in self.pyr.levels.iter().enumerate() {
+            if self.ident[l] {
+                let row = &lat[off + y * wl..][..w];
+                for (d, &v) in feat.chunks_exact_mut(n_l).zip(row) {
+                    d[l] = v;
+                }
+                continue;
+            }
+            let (ty, tx) = (&self.ty[l], &self.tx[l]);
+            let fy = ty.f[y];
+            let r0 = &lat[off + ty.i0[y] as usize * wl..][..wl];
+            let r1 = &lat[off + ty.i1[y] as usize * wl..][..wl];
+            tmp.clear();
+            tmp.extend(r0.iter().zip(r1).map(|(&a, &b)| a + fy * (b - a)));
+            let mut x = 0;
+            while x < w {
+                let (a, b) = (tx.i0[x], tx.i1[x]);
+                let (va, vb) = (tmp[a as usize], tmp[b as usize]);
+                while x < w && tx.i0[x] == a && tx.i1[x] == b {
+                    feat[x * n_l + l] = va + tx.f[x] * (vb - va);
+                    x += 1;
+                }
+            }
+        }
+    }
+
+    /// Adjoint of [`Sampler::row_features`] over all rows: `g_feat` is `[y][x][L]`; writes
+    /// `g_lat`. The same result as [`Sampler::band_adjoint`] over bands of [`BAND`] rows merged
+    /// by [`Sampler::merge_adjoint`], which is how the fit computes it.
+    pub fn scatter(&self, g_feat: &[f32], g_lat: &mut [f32]) {
+        let row = self.out_w * self.pyr.n_levels();
+        let bands: Vec<BandAdjoint> = g_feat
+            .par_chunks(BAND * row)
+            .enumerate()
+            .map(|(b, g)| self.band_adjoint(g, b * BAND))
+            .collect();
+        self.merge_adjoint(&bands, g_lat);
+    }
+
+    /// One band's share of the adjoint of [`Sampler::row_features`]: `g_feat` holds the
+    /// feature gradients of the output rows from `y0` on (`[y][x][L]`). Separable: each row is
+    /// first summed along x into one row of the level, then spread over the two latent rows it
+    /// reads. Per level, the result covers only the latent rows the band reads.
+    pub fn band_adjoint(&self, g_feat: &[f32], y0: usize) -> BandAdjoint {
+        let w = self.out_w;
+        let n_l = self.pyr.n_levels();
+        let n_rows = g_feat.len() / (w * n_l);
+        let mut parts = Vec::with_capacity(n_l);
+        if n_rows == 0 {
+            return BandAdjoint { parts };
+        }
+        let mut acc = Vec::new();
+        for (l, &(wl, _, _)) in self.pyr.levels.iter().enumerate() {
+            if self.ident[l] {
+                let mut g = vec![0.0f32; n_rows * wl];
+                for (d, src) in g.chunks_exact_mut(wl).zip(g_feat.chunks_exact(w * n_l)) {
+                    for (d, s) in d.iter_mut().zip(src.chunks_exact(n_l)) {
+                        *d = s[l];
+                    }
+                }
+                parts.push((y0, g));
+                continue;
+            }
+            let (ty, tx) = (&self.ty[l], &self.tx[l]);
+            let first = ty.i0[y0] as usize;
+            let last = ty.i1[y0 + n_rows - 1] as usize;
+            let mut g = vec![0.0f32; (last + 1 - first) * wl];
+            acc.clear();
+            acc.resize(wl, 0.0f32);
+            for (r, src) in g_feat.chunks_exact(w * n_l).enumerate() {
+                acc.fill(0.0);
+                // Runs of output columns that read the same two values, summed in registers.
+                let mut x = 0;
+                while x < w {
+                    let (a, b) = (tx.i0[x], tx.i1[x]);
+                    let (mut sa, mut sb) = (0.0f32, 0.0f32);
+                    while x < w && tx.i0[x] == a && tx.i1[x] == b {
+                        let (v, fx) = (src[x * n_l + l], tx.f[x]);
+                        sa += v * (1.0 - fx);
+                        sb += v * fx;
+                        x += 1;
+                    }
+                    acc[a as usize] += sa;
+                    acc[b as usize] += sb;
+                }
+                let y = y0 + r;
+                let fy = ty.f[y];
+                let r0 = (ty.i0[y] as usize - first) * wl;
+                let r1 = (ty.i1[y] as usize - first) * wl;
+                for (d, &a) in g[r0..r0 + wl].iter_mut().zip(&acc) {
+                    *d += a * (1.0 - fy);
+                }
+                for (d, &a) in g[r1..r1 + wl].iter_mut().zip(&acc) {
+                    *d += a * fy;
+                }
+            }
+            parts.push((first, g));
+        }
+        BandAdjoint { parts }
+    }
+
+    /// Sums band shares (in band order, whatever the thread count) into `g_lat` (every
+    /// latent written; levels in parallel).
+    pub fn merge_adjoint(&self, bands: &[BandAdjoint], g_lat: &mut [f32]) {
         // Levels in memory order (a view may list them in another order and leave gaps,
         // which get 0).
+        let n_l = self.pyr.n_levels();
         let mut order: Vec<usize> = (0..n_l).collect();
         order.sort_by_key(|&l| self.pyr.levels[l].2);
         let mut parts: Vec<(usize, &mut [f32])> = Vec::with_capacity(n_l);
@@ -207,35 +313,22 @@ impl Sampler {
         }
         rest.fill(0.0);
         parts.into_par_iter().for_each(|(l, g)| {
-            if self.ident[l] {
-                g.par_chunks_mut(w).enumerate().for_each(|(y, gr)| {
-                    let src = &g_feat[y * w * n_l..][..w * n_l];
-                    for (d, s) in gr.iter_mut().zip(src.chunks_exact(n_l)) {
-                        *d = s[l];
-                    }
-                });
-                return;
-            }
             g.fill(0.0);
             let wl = self.pyr.levels[l].0;
-            let (ty, tx) = (&self.ty[l], &self.tx[l]);
-            for y in 0..h {
-                let src = &g_feat[y * w * n_l..][..w * n_l];
-                let fy = ty.f[y];
-                let (y0, y1) = (ty.i0[y] as usize * wl, ty.i1[y] as usize * wl);
-                for x in 0..w {
-                    let v = src[x * n_l + l];
-                    let (a, b, fx) = (tx.i0[x] as usize, tx.i1[x] as usize, tx.f[x]);
-                    let top = v * (1.0 - fy);
-                    let bot = v * fy;
-                    g[y0 + a] += top * (1.0 - fx);
-                    g[y0 + b] += top * fx;
-                    g[y1 + a] += bot * (1.0 - fx);
-                    g[y1 + b] += bot * fx;
+            for band in bands {
+                let (first, src) = &band.parts[l];
+                for (d, s) in g[first * wl..][..src.len()].iter_mut().zip(src) {
+                    *d += s;
                 }
             }
         });
     }
+}
+
+/// A band's share of the latent gradient ([`Sampler::band_adjoint`]): per level, the first
+/// latent row it touches and the sums over those rows.
+pub struct BandAdjoint {
+    parts: Vec<(usize, Vec<f32>)>,
 }
 
 /// Renders the network `arch`/`params` on the latents `lat` (dequantized) at the sampler's
@@ -317,7 +410,7 @@ pub fn distortion_grad(
     let scale = 0.25 / (w * h * c) as f32;
     let np = shape.n_packed;
     g_feat.resize(h * w * n_l, 0.0);
-    let parts: Vec<(f64, Vec<f32>)> = g_feat
+    let parts: Vec<(f64, Vec<f32>, BandAdjoint)> = g_feat
         .par_chunks_mut(BAND * w * n_l)
         .enumerate()
         .map_init(
@@ -327,14 +420,15 @@ pub fn distortion_grad(
                     vec![0.0f32; TILE * c],
                     vec![0.0f32; TILE * ip],
                     vec![0.0f32; w * n_l],
+                    Vec::new(),
                 )
             },
-            |(scratch, tg, gi, feat), (band, gf)| {
+            |(scratch, tg, gi, feat, tmp), (band, gf)| {
                 let mut gp = vec![0.0f32; np];
                 let mut sse = 0.0;
                 for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
                     let y = band * BAND + r;
-                    sm.row_features(lat, y, feat);
+                    sm.row_features_fit(lat, y, feat, tmp);
                     let mut x0 = 0;
                     while x0 < w {
                         let rows = TILE.min(w - x0);
@@ -368,13 +462,16 @@ pub fn distortion_grad(
                         x0 += rows;
                     }
                 }
-                (sse, gp)
+                // The band's latent gradient while its feature gradients are in cache.
+                (sse, gp, sm.band_adjoint(gf, band * BAND))
             },
         )
         .collect();
     let mut g_packed = vec![0.0f32; np];
     let mut sse = 0.0;
-    for (s, gp) in parts {
+    let mut bands = Vec::with_capacity(parts.len());
+    for (s, gp, ba) in parts {
+        bands.push(ba);
         sse += s;
         for (a, b) in g_packed.iter_mut().zip(&gp) {
             *a += b;
@@ -383,7 +480,7 @@ pub fn distortion_grad(
     let mut g_params = vec![0.0f32; params.len()];
     shape.unpack(&g_packed, &mut g_params);
     let mut g_lat = vec![0.0f32; sm.pyr.n_latents];
-    sm.scatter(g_feat, &mut g_lat);
+    sm.merge_adjoint(&bands, &mut g_lat);
     (sse * f64::from(scale), g_params, g_lat)
 }
 

@@ -581,3 +581,53 @@ fn limits_are_checked_before_decoding() {
     };
     assert!(encode_grid(&huge, &cfg(1, 0.01), &mut |_| {}).is_err());
 }
+
+/// The fit's latent gradient path: `Sampler::scatter` (band shares merged in order) is the
+/// adjoint of `row_features`, `<features(z), g> = <z, scatter(g)>`, at the coded size and at
+/// another output size, over several bands; and the fit's y-first features match the
+/// normative ones to rounding.
+#[test]
+fn sampler_scatter_is_the_adjoint_of_the_features() {
+    let pyr = Pyramid::new(37, 29, 5);
+    let n_l = pyr.n_levels();
+    let lat: Vec<f32> = (0..pyr.n_latents)
+        .map(|i| ((i * 53 % 23) as f32 - 11.0) * 0.13)
+        .collect();
+    for (ow, oh) in [(37u32, 29u32), (50, 20)] {
+        let sm = Sampler::new(pyr.clone(), ow, oh);
+        let (w, h) = (ow as usize, oh as usize);
+        let g: Vec<f32> = (0..w * h * n_l)
+            .map(|i| ((i * 31 % 19) as f32 - 9.0) * 0.07)
+            .collect();
+        let mut feat = vec![0.0f32; w * n_l];
+        let mut fast = vec![0.0f32; w * n_l];
+        let mut tmp = Vec::new();
+        let mut lhs = 0.0f64;
+        for y in 0..h {
+            sm.row_features(&lat, y, &mut feat);
+            sm.row_features_fit(&lat, y, &mut fast, &mut tmp);
+            for (a, b) in feat.iter().zip(&fast) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                    "row {y}: {a} vs {b}"
+                );
+            }
+            lhs += feat
+                .iter()
+                .zip(&g[y * w * n_l..][..w * n_l])
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum::<f64>();
+        }
+        let mut g_lat = vec![f32::NAN; pyr.n_latents];
+        sm.scatter(&g, &mut g_lat);
+        let rhs: f64 = lat
+            .iter()
+            .zip(&g_lat)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        assert!(
+            (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
+            "{ow}x{oh}: <features, g> {lhs} vs <latents, scatter(g)> {rhs}"
+        );
+    }
+}
