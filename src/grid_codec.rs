@@ -345,13 +345,21 @@ fn fit_and_code(
 ) -> Result<(Encoded, f64), EncodeError> {
     let fit_cfg = GridFit { lambda, ..cfg.fit };
     let total = fit_cfg.total_steps(pyr.n_levels());
+    // The half-resolution steps (a quarter of the cost each) are their own phase, so that
+    // each phase's count and ETA mean what they say.
+    let half = total - fit_cfg.schedule().full.min(total);
     let fitted = grid::fit(arch, pyr, target, &fit_cfg, cfg.seed, &mut |s| {
-        if s % 10 == 0 || s == total {
+        let (step, of, phase) = if s <= half {
+            (s, half, "fit 1/2")
+        } else {
+            (s - half, total - half, "fit")
+        };
+        if step % 10 == 0 || step == of {
             progress(&Progress {
-                step: s,
-                total,
+                step,
+                total: of,
                 psnr: None,
-                phase: "fit",
+                phase,
             })
         }
     });

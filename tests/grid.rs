@@ -631,3 +631,29 @@ fn sampler_scatter_is_the_adjoint_of_the_features() {
         );
     }
 }
+
+/// A short fit reports its half-resolution steps as their own phase ("fit 1/2", a quarter of
+/// the cost each) before the full-resolution ones ("fit"), each counted to its own total as
+/// `GridFit::schedule` splits the budget.
+#[test]
+fn short_fits_report_the_coarse_phase_separately() {
+    let img = image(32, 24, 3);
+    let mut c = cfg(0, 0.005);
+    c.fit.set_budget(40);
+    let s = c.fit.schedule();
+    assert!(s.half > 0 && s.full > 0, "{s:?}");
+    let mut seen: Vec<(&'static str, usize, usize)> = Vec::new();
+    encode_grid(&img, &c, &mut |p| seen.push((p.phase, p.step, p.total))).unwrap();
+    let last_of = |phase: &str| seen.iter().rev().find(|e| e.0 == phase).copied();
+    assert_eq!(
+        last_of("fit 1/2"),
+        Some(("fit 1/2", s.half, s.half)),
+        "{seen:?}"
+    );
+    assert_eq!(last_of("fit"), Some(("fit", s.full, s.full)), "{seen:?}");
+    let first_full = seen.iter().position(|e| e.0 == "fit").unwrap();
+    assert!(
+        seen[first_full..].iter().all(|e| e.0 != "fit 1/2"),
+        "{seen:?}"
+    );
+}
