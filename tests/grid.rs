@@ -208,9 +208,16 @@ fn a_split_budget_beats_full_resolution_steps_at_a_small_budget() {
     let run = |coarse: usize, steps: usize| {
         let mut c = cfg(steps, 0.004);
         c.fit.coarse_steps = coarse;
-        let mut last = (0, 0);
-        let e = encode_grid(&img, &c, &mut |p| last = (p.step, p.total)).unwrap();
-        assert_eq!(last, (coarse + steps, coarse + steps), "progress");
+        let (mut last, mut last_half) = ((0, 0), (0, 0));
+        let e = encode_grid(&img, &c, &mut |p| {
+            if p.phase == "fit 1/2" {
+                last_half = (p.step, p.total);
+            } else {
+                last = (p.step, p.total);
+            }
+        })
+        .unwrap();
+        assert_eq!((last_half, last), ((coarse, coarse), (steps, steps)), "progress");
         let dec = decode(&e.bytes, &DecodeOptions::default()).unwrap();
         assert_eq!(dec, e.recon);
         let bpp = 8.0 * e.bytes.len() as f64 / (64.0 * 48.0);
