@@ -543,18 +543,22 @@ impl LaplaceScale {
         let inv = self.inv;
         if a >= 0.5 {
             (
-                v.signum() * inv * INV_LN2,
+                (inv * INV_LN2).copysign(v),
                 inv * (self.big_lnb - (a - 0.5)) * INV_LN2,
             )
         } else {
             let ex = (a * inv).exp();
             let rx = 1.0 / ex;
             let (ch, sh) = (0.5 * (ex + rx), 0.5 * (ex - rx));
-            let p = (1.0 - self.eh * ch).max(1e-30);
-            let d_a = self.eh * sh * inv / p;
-            let dp_db = -(self.eh * inv * inv) * (0.5 * ch - a * sh);
-            let d_lnb = -dp_db / (inv * p);
-            (v.signum() * d_a * INV_LN2, d_lnb * INV_LN2)
+            let p = 1.0 - self.eh * ch;
+            // With k = e^{-1/(2b)} / (b P): d(-ln P)/da = k sh, and d(-ln P)/d ln b =
+            // -(dP/db) b / P = k (ch/2 - a sh). One division for both (and `p < tiny` rather
+            // than `max`, which would also test for NaN).
+            let k = self.eh * inv / if p < 1e-30 { 1e-30 } else { p };
+            (
+                (k * sh * INV_LN2).copysign(v),
+                k * (0.5 * ch - a * sh) * INV_LN2,
+            )
         }
     }
 }
@@ -898,12 +902,14 @@ pub fn rate_grad(
                 let mut acc = [0.0f32; GRID_CONTEXTS];
                 let mut acc_c = [0.0f32; GRID_PRED_TAPS];
                 let row0 = ci * rows_per;
+                let (mut sums, mut ctxs) = (vec![0u32; wl], vec![0u8; wl]);
                 for (r, (g, wm)) in g.chunks_mut(wl).zip(wm.chunks_mut(wl)).enumerate() {
                     let y = row0 + r;
                     let cur = &q[y * wl..(y + 1) * wl];
                     let up = (y > 0).then(|| &q[(y - 1) * wl..y * wl]);
+                    context_row(cur, up, &mut sums, &mut ctxs);
                     for (x, (g, wm)) in g.iter_mut().zip(wm.iter_mut()).enumerate() {
-                        let ctx = context_in_rows(cur, up, x);
+                        let ctx = usize::from(ctxs[x]);
                         let v = vals[y * wl + x];
                         let (d, taps) = match &c {
                             Some(c) => {
@@ -945,43 +951,78 @@ pub fn rate_grad(
         let c = coefs[l];
         let wm = &w_mu[off..off + wl * hl];
         let child = l.checked_sub(1).map(|k| (pyr.levels[k], coefs[k][4]));
+        // Row-wise slices (the same terms in the same order as latent by latent: c_0 .. c_3,
+        // then the four children), so that the loops vectorise.
         g_lat[off..off + wl * hl]
             .par_chunks_mut(wl)
             .enumerate()
-            .for_each(|(y, g)| {
-                for (x, g) in g.iter_mut().enumerate() {
-                    let i = y * wl + x;
-                    let mut s = 0.0f32;
-                    if x + 1 < wl {
-                        s += c[0] * wm[i + 1];
+            .for_each_init(
+                || (vec![0.0f32; wl], vec![0.0f32; wl]),
+                |(s, t), (y, g)| {
+                    let cur = &wm[y * wl..(y + 1) * wl];
+                    s.fill(0.0);
+                    for (d, &v) in s.iter_mut().zip(&cur[1..]) {
+                        *d += c[0] * v;
                     }
                     if y + 1 < hl {
-                        let d = i + wl;
-                        s += c[1] * wm[d];
-                        if x + 1 < wl {
-                            s += c[2] * wm[d + 1];
+                        let below = &wm[(y + 1) * wl..(y + 2) * wl];
+                        for (d, &v) in s.iter_mut().zip(below) {
+                            *d += c[1] * v;
                         }
-                        if x > 0 {
-                            s += c[3] * wm[d - 1];
+                        for (d, &v) in s.iter_mut().zip(&below[1..]) {
+                            *d += c[2] * v;
+                        }
+                        for (d, &v) in s[1..].iter_mut().zip(below) {
+                            *d += c[3] * v;
                         }
                     }
                     if let Some(((cw, ch, co), cp)) = child {
                         // Children (2x..2x+1, 2y..2y+1) of the level below, if inside it.
-                        let mut t = 0.0f32;
-                        for cy in [2 * y, 2 * y + 1] {
-                            for cx in [2 * x, 2 * x + 1] {
-                                if cx < cw && cy < ch {
-                                    t += w_mu[co + cy * cw + cx];
+                        t.fill(0.0);
+                        for cy in [2 * y, 2 * y + 1].into_iter().filter(|&cy| cy < ch) {
+                            let row = &w_mu[co + cy * cw..][..cw];
+                            for (d, pair) in t.iter_mut().zip(row.chunks(2)) {
+                                for &v in pair {
+                                    *d += v;
                                 }
                             }
                         }
-                        s += cp * t;
+                        for (d, &v) in s.iter_mut().zip(t.iter()) {
+                            *d += cp * v;
+                        }
                     }
-                    *g += s;
-                }
-            });
+                    for (d, &v) in g.iter_mut().zip(s.iter()) {
+                        *d += v;
+                    }
+                },
+            );
     }
     (g_b, g_c)
+}
+
+/// [`context_in_rows`] of every column of `cur` into `ctx` (`sums` is scratch of the same
+/// length), row-wise so that it vectorises.
+fn context_row(cur: &[u32], up: Option<&[u32]>, sums: &mut [u32], ctx: &mut [u8]) {
+    let w = cur.len();
+    sums[0] = 0;
+    for (d, &v) in sums[1..].iter_mut().zip(cur) {
+        *d = 2 * v;
+    }
+    if let Some(u) = up {
+        for (d, &v) in sums.iter_mut().zip(u) {
+            *d += 2 * v;
+        }
+        for (d, &v) in sums[1..].iter_mut().zip(u) {
+            *d += v;
+        }
+        for (d, &v) in sums[..w - 1].iter_mut().zip(&u[1..]) {
+            *d += v;
+        }
+    }
+    // grid_context_bucket, branch-free (the sums of values capped at 1e4 stay below 2^20).
+    for (c, &s) in ctx.iter_mut().zip(sums.iter()) {
+        *c = u8::from(s >= 1) + u8::from(s >= 3) + u8::from(s >= 6) + u8::from(s >= 11);
+    }
 }
 
 /// §5.9 context of column `x` of a level row `cur` (rounded magnitudes, the row above `up`
@@ -1222,5 +1263,34 @@ pub fn fit_from(
         params,
         latents: lat,
         scales: lnb.iter().map(|v| v.exp()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The row-wise contexts of the fit's rate term equal the per-latent ones (§5.9), on rows
+    /// of width 1, 2 and more, with and without a row above, small values and capped ones.
+    #[test]
+    fn row_contexts_equal_per_latent_contexts() {
+        let vals = [0u32, 1, 0, 2, 5, 0, 0, 3, 10_000, 1, 0, 4, 0, 0, 7];
+        for w in [1usize, 2, 3, 8, 15] {
+            for shift in 0..4 {
+                let cur: Vec<u32> = (0..w).map(|i| vals[(i + shift) % vals.len()]).collect();
+                let up: Vec<u32> = (0..w).map(|i| vals[(i * 3 + shift) % vals.len()]).collect();
+                for above in [None, Some(up.as_slice())] {
+                    let (mut sums, mut ctx) = (vec![0u32; w], vec![0u8; w]);
+                    context_row(&cur, above, &mut sums, &mut ctx);
+                    for (x, &c) in ctx.iter().enumerate() {
+                        assert_eq!(
+                            usize::from(c),
+                            context_in_rows(&cur, above, x),
+                            "w {w} x {x}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -217,7 +217,11 @@ fn a_split_budget_beats_full_resolution_steps_at_a_small_budget() {
             }
         })
         .unwrap();
-        assert_eq!((last_half, last), ((coarse, coarse), (steps, steps)), "progress");
+        assert_eq!(
+            (last_half, last),
+            ((coarse, coarse), (steps, steps)),
+            "progress"
+        );
         let dec = decode(&e.bytes, &DecodeOptions::default()).unwrap();
         assert_eq!(dec, e.recon);
         let bpp = 8.0 * e.bytes.len() as f64 / (64.0 * 48.0);
