@@ -158,23 +158,40 @@ impl Sampler {
         }
     }
 
+    /// Level `l`'s share of output row `y`: for a level with identity taps, copies its row
+    /// into `feat` (every weight is 0 or 1, so the bilinear formula gives the value itself) and
+    /// returns `None`; else the two latent rows that output row reads, and their y weight.
+    fn level_rows<'a>(
+        &self,
+        lat: &'a [f32],
+        l: usize,
+        y: usize,
+        feat: &mut [f32],
+    ) -> Option<(&'a [f32], &'a [f32], f32)> {
+        let (wl, _, off) = self.pyr.levels[l];
+        if self.ident[l] {
+            let row = &lat[off + y * wl..][..self.out_w];
+            let n_l = self.pyr.n_levels();
+            for (d, &v) in feat.chunks_exact_mut(n_l).zip(row) {
+                d[l] = v;
+            }
+            return None;
+        }
+        let ty = &self.ty[l];
+        let r0 = &lat[off + ty.i0[y] as usize * wl..][..wl];
+        let r1 = &lat[off + ty.i1[y] as usize * wl..][..wl];
+        Some((r0, r1, ty.f[y]))
+    }
+
     /// Features of output row `y` into `feat`, laid out `[x][L]` (the network's input rows).
     /// §13.5 step 2, operation order normative.
     pub fn row_features(&self, lat: &[f32], y: usize, feat: &mut [f32]) {
         let n_l = self.pyr.n_levels();
-        for (l, &(wl, _, off)) in self.pyr.levels.iter().enumerate() {
-            if self.ident[l] {
-                // Every weight is 0 or 1: the formula below gives the value itself.
-                let row = &lat[off + y * wl..][..self.out_w];
-                for (d, &v) in feat.chunks_exact_mut(n_l).zip(row) {
-                    d[l] = v;
-                }
+        for l in 0..n_l {
+            let Some((r0, r1, fy)) = self.level_rows(lat, l, y, feat) else {
                 continue;
-            }
-            let (ty, tx) = (&self.ty[l], &self.tx[l]);
-            let fy = ty.f[y];
-            let r0 = &lat[off + ty.i0[y] as usize * wl..][..wl];
-            let r1 = &lat[off + ty.i1[y] as usize * wl..][..wl];
+            };
+            let tx = &self.tx[l];
             for x in 0..self.out_w {
                 let (a, b, fx) = (tx.i0[x] as usize, tx.i1[x] as usize, tx.f[x]);
                 let top = r0[a] + fx * (r0[b] - r0[a]);
@@ -190,18 +207,11 @@ impl Sampler {
     pub fn row_features_fit(&self, lat: &[f32], y: usize, feat: &mut [f32], tmp: &mut Vec<f32>) {
         let n_l = self.pyr.n_levels();
         let w = self.out_w;
-        for (l, &(wl, _, off)) in self.pyr.levels.iter().enumerate() {
-            if self.ident[l] {
-                let row = &lat[off + y * wl..][..w];
-                for (d, &v) in feat.chunks_exact_mut(n_l).zip(row) {
-                    d[l] = v;
-                }
+        for l in 0..n_l {
+            let Some((r0, r1, fy)) = self.level_rows(lat, l, y, feat) else {
                 continue;
-            }
-            let (ty, tx) = (&self.ty[l], &self.tx[l]);
-            let fy = ty.f[y];
-            let r0 = &lat[off + ty.i0[y] as usize * wl..][..wl];
-            let r1 = &lat[off + ty.i1[y] as usize * wl..][..wl];
+            };
+            let tx = &self.tx[l];
             tmp.clear();
             tmp.extend(r0.iter().zip(r1).map(|(&a, &b)| a + fy * (b - a)));
             let mut x = 0;
