@@ -227,8 +227,8 @@ impl Sampler {
     }
 
     /// Adjoint of [`Sampler::row_features`] over all rows: `g_feat` is `[y][x][L]`; writes
-    /// `g_lat`. The same result as [`Sampler::band_adjoint`] over bands of [`BAND`] rows merged
-    /// by [`Sampler::merge_adjoint`], which is how the fit computes it.
+    /// `g_lat`. Computed as the fit does it: each band of [`BAND`] rows' share separately, then
+    /// the shares added in band order.
     pub fn scatter(&self, g_feat: &[f32], g_lat: &mut [f32]) {
         let row = self.out_w * self.pyr.n_levels();
         let bands: Vec<BandAdjoint> = g_feat
@@ -243,7 +243,7 @@ impl Sampler {
     /// feature gradients of the output rows from `y0` on (`[y][x][L]`). Separable: each row is
     /// first summed along x into one row of the level, then spread over the two latent rows it
     /// reads. Per level, the result covers only the latent rows the band reads.
-    pub fn band_adjoint(&self, g_feat: &[f32], y0: usize) -> BandAdjoint {
+    fn band_adjoint(&self, g_feat: &[f32], y0: usize) -> BandAdjoint {
         let w = self.out_w;
         let n_l = self.pyr.n_levels();
         let n_rows = g_feat.len() / (w * n_l);
@@ -303,7 +303,7 @@ impl Sampler {
 
     /// Sums band shares (in band order, whatever the thread count) into `g_lat` (every
     /// latent written; levels in parallel).
-    pub fn merge_adjoint(&self, bands: &[BandAdjoint], g_lat: &mut [f32]) {
+    fn merge_adjoint(&self, bands: &[BandAdjoint], g_lat: &mut [f32]) {
         // Levels in memory order (a view may list them in another order and leave gaps,
         // which get 0).
         let n_l = self.pyr.n_levels();
@@ -337,7 +337,7 @@ impl Sampler {
 
 /// A band's share of the latent gradient ([`Sampler::band_adjoint`]): per level, the first
 /// latent row it touches and the sums over those rows.
-pub struct BandAdjoint {
+struct BandAdjoint {
     parts: Vec<(usize, Vec<f32>)>,
 }
 
