@@ -1029,9 +1029,9 @@ fn context_row(cur: &[u32], up: Option<&[u32]>, sums: &mut [u32], ctx: &mut [u8]
             *d += v;
         }
     }
-    // grid_context_bucket, branch-free (the sums of values capped at 1e4 stay below 2^20).
+    // The sums of values capped at 1e4 stay below the 2^20 cap of `context_in_rows`.
     for (c, &s) in ctx.iter_mut().zip(sums.iter()) {
-        *c = u8::from(s >= 1) + u8::from(s >= 3) + u8::from(s >= 6) + u8::from(s >= 11);
+        *c = grid_context_bucket(s) as u8;
     }
 }
 
