@@ -283,23 +283,12 @@ fn outer_acc<const FMA: bool>(
     gw: &mut [f32],
 ) {
     let mut k = 0;
+    while k + 8 <= k_n {
+        outer_block::<FMA, 8>(x, xs, k, dz, ds, rows, gw);
+        k += 8;
+    }
     while k + 4 <= k_n {
-        for jc in (0..ds).step_by(LANES) {
-            let mut acc: [[f32; LANES]; 4] =
-                std::array::from_fn(|i| *lanes(&gw[(k + i) * ds + jc..]));
-            for (xr, dzr) in x.chunks(xs).zip(dz.chunks_exact(ds)).take(rows) {
-                let dv = lanes(&dzr[jc..]);
-                let xa = &xr[k..k + 4];
-                for i in 0..4 {
-                    for l in 0..LANES {
-                        acc[i][l] = madd::<FMA>(xa[i], dv[l], acc[i][l]);
-                    }
-                }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                gw[(k + i) * ds + jc..][..LANES].copy_from_slice(a);
-            }
-        }
+        outer_block::<FMA, 4>(x, xs, k, dz, ds, rows, gw);
         k += 4;
     }
     while k < k_n {
@@ -314,6 +303,36 @@ fn outer_acc<const FMA: bool>(
             gw[k * ds + jc..][..LANES].copy_from_slice(&acc);
         }
         k += 1;
+    }
+}
+
+/// Rows `k..k + KB` of [`outer_acc`]'s `gw`: `KB` accumulators of [`LANES`] per column block,
+/// summed over the rows in order.
+#[inline(always)]
+fn outer_block<const FMA: bool, const KB: usize>(
+    x: &[f32],
+    xs: usize,
+    k: usize,
+    dz: &[f32],
+    ds: usize,
+    rows: usize,
+    gw: &mut [f32],
+) {
+    for jc in (0..ds).step_by(LANES) {
+        let mut acc: [[f32; LANES]; KB] =
+            std::array::from_fn(|i| *lanes(&gw[(k + i) * ds + jc..]));
+        for r in 0..rows {
+            let dv = lanes(&dz[r * ds + jc..]);
+            let xa: &[f32; KB] = x[r * xs + k..][..KB].try_into().unwrap_or(&[0.0; KB]);
+            for i in 0..KB {
+                for l in 0..LANES {
+                    acc[i][l] = madd::<FMA>(xa[i], dv[l], acc[i][l]);
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            gw[(k + i) * ds + jc..][..LANES].copy_from_slice(a);
+        }
     }
 }
 
@@ -654,10 +673,16 @@ fn train_tile_generic<const FMA: bool>(
         }
         if let Some(grad) = grad.as_deref_mut() {
             let (gw, gb) = grad[ly.pw_off..ly.pb_off + op].split_at_mut(ly.n_in * op);
-            for dzr in dz.chunks_exact(op) {
-                for (gbj, &d) in gb.iter_mut().zip(dzr) {
-                    *gbj += d;
+            // Summed over the rows in registers, one block of lanes at a time (rows in order).
+            for jc in (0..op).step_by(LANES) {
+                let mut acc = *lanes(&gb[jc..]);
+                for dzr in dz.chunks_exact(op) {
+                    let dv = lanes(&dzr[jc..]);
+                    for l in 0..LANES {
+                        acc[l] += dv[l];
+                    }
                 }
+                gb[jc..jc + LANES].copy_from_slice(&acc);
             }
             outer_acc::<FMA>(&s.acts[l], ly.in_stride, ly.n_in, dz, op, rows, gw);
         }
