@@ -31,6 +31,11 @@ pub struct GridEncodeConfig {
     /// it can (λ chosen from the preset table, refitted at most twice, then the latents'
     /// rounding dead zone trimmed until the file fits); `fit.lambda` is then ignored.
     pub target_bpp: Option<f64>,
+    /// Quality control: the smallest file whose decoded PSNR (dB) is at least this, when a fit
+    /// reaches it (λ from the table of [`lambda_for_psnr`], refitted at most twice, then the
+    /// latents' rounding dead zone widened as far as the PSNR allows); else the best PSNR
+    /// reached. Exclusive with `target_bpp`; `fit.lambda` is then ignored.
+    pub target_psnr: Option<f64>,
     pub seed: u64,
     /// Rayon threads; `None` uses all cores.
     pub threads: Option<usize>,
@@ -46,6 +51,7 @@ impl Default for GridEncodeConfig {
             w0: 2,
             net_bits: vec![8, 10, 12],
             target_bpp: None,
+            target_psnr: None,
             seed: 0,
             threads: None,
         }
@@ -218,9 +224,26 @@ fn encode_inner(
     format::grid_tensor_lens(img.width, img.height, &arch, &Limits::default())?;
     let pyr = Pyramid::new(img.width, img.height, cfg.levels);
     let target: Vec<f32> = img.data.iter().map(|&v| crate::model::from_u8(v)).collect();
+    if let Some(t) = cfg.target_psnr {
+        if cfg.target_bpp.is_some() {
+            return Err(EncodeError::Parameter(
+                "a rate target and a quality target exclude each other".into(),
+            ));
+        }
+        return encode_for_psnr(img, cfg, &arch, &pyr, &target, t, progress);
+    }
     let Some(t) = cfg.target_bpp else {
-        return fit_and_code(img, cfg, &arch, &pyr, &target, f.lambda, None, progress)
-            .map(|(e, _)| e);
+        return fit_and_code(
+            img,
+            cfg,
+            &arch,
+            &pyr,
+            &target,
+            f.lambda,
+            Trim::None,
+            progress,
+        )
+        .map(|(e, _)| e);
     };
     if !(t.is_finite() && t > 0.0) {
         return Err(EncodeError::Parameter("--bpp must be > 0".into()));
@@ -234,14 +257,14 @@ fn encode_inner(
     let mut last: Option<(f64, f64)> = None; // (ln lambda, ln bpp) of the previous fit
     let tol = crate::RATE_TOLERANCE;
     for _ in 0..3 {
-        let (e, raw_bpp) = fit_and_code(
+        let (e, raw) = fit_and_code(
             img,
             cfg,
             &arch,
             &pyr,
             &target,
             lambda,
-            Some(max_bytes),
+            Trim::MaxBytes(max_bytes),
             progress,
         )?;
         if best
@@ -252,10 +275,10 @@ fn encode_inner(
         }
         // Done when the fit itself (before any dead-zone trimming) landed in the band or at
         // most 10 % over it (what the first λ aims at: a small trim costs little).
-        if raw_bpp >= t * (1.0 - tol) && raw_bpp <= t * 1.1 {
+        let bpp = raw.bpp;
+        if bpp >= t * (1.0 - tol) && bpp <= t * 1.1 {
             break;
         }
-        let bpp = raw_bpp;
         // Secant on (ln lambda, ln bpp) once two fits are known, else the table's slope.
         let (ll, lb) = (f64::from(lambda).ln(), bpp.ln());
         let slope = match last {
@@ -268,6 +291,104 @@ fn encode_inner(
             .exp() as f32;
     }
     best.ok_or_else(|| EncodeError::Parameter("rate control found no encoding".into()))
+}
+
+/// Quality control of [`encode_inner`]: fits at the λ [`lambda_for_psnr`] expects to give a
+/// little more than `t` dB, then (at most twice) at a λ moved along the measured slope of PSNR
+/// in ln λ (the table's slope until two fits are known), until a fit lands in
+/// `t ..= t + PSNR_BAND`; each fit's latents are trimmed by the dead zone down to `t`. Keeps the
+/// smallest file at `t` dB or more, else the best PSNR.
+fn encode_for_psnr(
+    img: &Image,
+    cfg: &GridEncodeConfig,
+    arch: &Arch,
+    pyr: &Pyramid,
+    target: &[f32],
+    t: f64,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Encoded, EncodeError> {
+    if !(t.is_finite() && t > 0.0) {
+        return Err(EncodeError::Parameter("--psnr must be > 0".into()));
+    }
+    let mut lambda = lambda_for_psnr(t + 0.5 * PSNR_BAND);
+    let mut best: Option<Encoded> = None;
+    let mut last: Option<(f64, f64)> = None; // (ln lambda, PSNR) of the previous fit
+    for _ in 0..3 {
+        let (e, raw) = fit_and_code(
+            img,
+            cfg,
+            arch,
+            pyr,
+            target,
+            lambda,
+            Trim::MinPsnr(t),
+            progress,
+        )?;
+        if best
+            .as_ref()
+            .is_none_or(|b| psnr_keeps_first(t, (e.bpp, e.psnr), (b.bpp, b.psnr)))
+        {
+            best = Some(e);
+        }
+        let p = raw.psnr;
+        if p >= t && p <= t + PSNR_BAND {
+            break;
+        }
+        let ll = f64::from(lambda).ln();
+        let slope = match last {
+            Some((pl, pp)) if (ll - pl).abs() > 1e-6 => ((p - pp) / (ll - pl)).clamp(-6.0, -0.5),
+            _ => -PSNR_SLOPE,
+        };
+        last = Some((ll, p));
+        lambda = (ll + (t + 0.5 * PSNR_BAND - p) / slope)
+            .clamp(ll - 3.0, ll + 3.0)
+            .exp() as f32;
+    }
+    best.ok_or_else(|| EncodeError::Parameter("quality control found no encoding".into()))
+}
+
+/// Quality control's choice between two files `(bpp, PSNR)` for a target of `t` dB: whether
+/// `a` is kept over `b`. Of two files at `t` dB or more, the smaller; a file at the target over
+/// one below it; of two below it, the better PSNR.
+fn psnr_keeps_first(t: f64, a: (f64, f64), b: (f64, f64)) -> bool {
+    match (a.1 >= t, b.1 >= t) {
+        (true, true) => a.0 < b.0,
+        (true, false) => true,
+        (false, true) => false,
+        (false, false) => a.1 > b.1,
+    }
+}
+
+/// The PSNR band (dB above the target) in which quality control accepts a fit as it is.
+const PSNR_BAND: f64 = 0.3;
+
+/// Mean decoded PSNR of 1,000-step fits of kodim01–12 at three λ (`bench-results/
+/// rd-grid-kodim01-16`): `(lambda, dB)`, λ descending.
+const PSNR_TABLE: [(f32, f64); 3] = [(0.012, 26.43), (0.005, 28.15), (0.002, 30.30)];
+/// `-d PSNR / d ln(lambda)` of that table (about 2.15 dB).
+const PSNR_SLOPE: f64 = 2.15;
+
+/// λ expected to give `psnr` dB on a Kodak-like image: linear in ln λ through
+/// [`PSNR_TABLE`], extrapolated with [`PSNR_SLOPE`] beyond it.
+fn lambda_for_psnr(psnr: f64) -> f32 {
+    let (l0, p0) = PSNR_TABLE[0];
+    let (l1, p1) = PSNR_TABLE[PSNR_TABLE.len() - 1];
+    let ln = if psnr <= p0 {
+        f64::from(l0).ln() + (p0 - psnr) / PSNR_SLOPE
+    } else if psnr >= p1 {
+        f64::from(l1).ln() - (psnr - p1) / PSNR_SLOPE
+    } else {
+        PSNR_TABLE
+            .windows(2)
+            .find(|w| psnr <= w[1].1)
+            .map_or(f64::from(l1).ln(), |w| {
+                let ((la, pa), (lb, pb)) = (w[0], w[1]);
+                let u = (psnr - pa) / (pb - pa);
+                f64::from(la).ln() + u * (f64::from(lb) / f64::from(la)).ln()
+            })
+    };
+    // Far-off targets (a few dB above or below anything reachable) stay finite and positive.
+    ln.clamp(-30.0, 5.0).exp() as f32
 }
 
 /// Rate control's choice between two files `(bpp, PSNR)` for a target of `t` bpp: whether
@@ -330,8 +451,27 @@ fn lambda_for_bpp(bpp: f64) -> f32 {
     l1
 }
 
-/// Fits at `lambda` and codes the result; with `max_bytes`, widens the latents' rounding
-/// dead zone (bisection) until the file fits, if it can.
+/// What [`code_fitted`] widens the latents' rounding dead zone for, by bisection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Trim {
+    /// Nothing: plain rounding.
+    None,
+    /// The smallest dead zone whose file has at most this many bytes (the widest, 1/2, when
+    /// none does).
+    MaxBytes(usize),
+    /// The widest dead zone whose decoded PSNR is still at least this many dB (none when the
+    /// plain rounding is below it).
+    MinPsnr(f64),
+}
+
+/// Rate and quality of a coded fit before any dead-zone trimming.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Untrimmed {
+    pub bpp: f64,
+    pub psnr: f64,
+}
+
+/// Fits at `lambda` and codes the result, trimmed as `trim` asks.
 #[allow(clippy::too_many_arguments)]
 fn fit_and_code(
     img: &Image,
@@ -340,9 +480,9 @@ fn fit_and_code(
     pyr: &Pyramid,
     target: &[f32],
     lambda: f32,
-    max_bytes: Option<usize>,
+    trim: Trim,
     progress: &mut (dyn FnMut(&Progress) + Send),
-) -> Result<(Encoded, f64), EncodeError> {
+) -> Result<(Encoded, Untrimmed), EncodeError> {
     let fit_cfg = GridFit { lambda, ..cfg.fit };
     let total = fit_cfg.total_steps(pyr.n_levels());
     // The half-resolution steps (a quarter of the cost each) are their own phase, so that
@@ -363,24 +503,24 @@ fn fit_and_code(
             })
         }
     });
-    code_fitted(img, cfg, arch, pyr, &fitted, lambda, max_bytes)
+    code_fitted(img, cfg, arch, pyr, &fitted, lambda, trim)
 }
 
 /// Codes a fit of `img` (see [`fit_and_code`]): the network at the best of `cfg.net_bits`, the
-/// latents rounded, widening the dead zone under `max_bytes`. Also returns the rate (bpp)
+/// latents rounded, the dead zone widened as `trim` asks. Also returns the rate and PSNR
 /// before any dead-zone trimming.
 ///
 /// # Errors
 /// Format errors from the writer.
-pub fn code_fitted(
+pub(crate) fn code_fitted(
     img: &Image,
     cfg: &GridEncodeConfig,
     arch: &Arch,
     pyr: &Pyramid,
     fitted: &grid::Fitted,
     lambda: f32,
-    max_bytes: Option<usize>,
-) -> Result<(Encoded, f64), EncodeError> {
+    trim: Trim,
+) -> Result<(Encoded, Untrimmed), EncodeError> {
     let npx = img.width as usize * img.height as usize;
     let latents = latent_tensors(pyr, &fitted.latents, 0.0);
     let sm = Sampler::new(pyr.clone(), img.width, img.height);
@@ -412,44 +552,70 @@ pub fn code_fitted(
                 Ok((f, plain))
             }
         };
+    let decoded_psnr = |file: &GridInrFile| {
+        let (params, lat) = dequantized(file);
+        psnr_u8(&grid::render(arch, &params, &lat, &sm), &img.data)
+    };
     // Keep the network bit width with the best measured MSE + lambda * bpp.
-    let mut best: Option<(f64, Vec<QTensor>, Vec<u8>)> = None;
+    let mut best: Option<(f64, Vec<QTensor>, f64)> = None;
     for &bits in &cfg.net_bits {
         let net = net_tensors(arch, &fitted.params, bits);
         let (file, bytes) = file_with(&net, &latents)?;
-        let (params, lat) = dequantized(&file);
-        let psnr = psnr_u8(&grid::render(arch, &params, &lat, &sm), &img.data);
+        let psnr = decoded_psnr(&file);
         let cost =
             10f64.powf(-psnr / 10.0) + f64::from(lambda) * bytes.len() as f64 * 8.0 / npx as f64;
         if best.as_ref().is_none_or(|b| cost < b.0) {
-            best = Some((cost, net, bytes));
+            best = Some((cost, net, psnr));
         }
     }
-    let Some((_, net, _)) = best else {
+    let Some((_, net, raw_psnr)) = best else {
         return Err(EncodeError::Parameter("no network bit width".into()));
     };
     let (mut file, mut bytes) = file_with(&net, &latents)?;
-    let raw_bpp = bytes.len() as f64 * 8.0 / npx as f64;
-    if let Some(max) = max_bytes.filter(|&m| bytes.len() > m) {
-        // Size falls as the dead zone grows: the smallest dead zone whose file fits.
-        let (mut lo, mut hi) = (0.0f32, 0.5f32);
-        let at = |dz: f32| file_with(&net, &latent_tensors(pyr, &fitted.latents, dz));
-        let (f_hi, b_hi) = at(hi)?;
-        if b_hi.len() <= max {
-            (file, bytes) = (f_hi, b_hi);
-            for _ in 0..12 {
+    let raw = Untrimmed {
+        bpp: bytes.len() as f64 * 8.0 / npx as f64,
+        psnr: raw_psnr,
+    };
+    let at = |dz: f32| file_with(&net, &latent_tensors(pyr, &fitted.latents, dz));
+    match trim {
+        Trim::MaxBytes(max) if bytes.len() > max => {
+            // Size falls as the dead zone grows: the smallest dead zone whose file fits.
+            let (mut lo, mut hi) = (0.0f32, 0.5f32);
+            let (f_hi, b_hi) = at(hi)?;
+            if b_hi.len() <= max {
+                (file, bytes) = (f_hi, b_hi);
+                for _ in 0..12 {
+                    let mid = 0.5 * (lo + hi);
+                    let (f_mid, b_mid) = at(mid)?;
+                    if b_mid.len() <= max {
+                        hi = mid;
+                        (file, bytes) = (f_mid, b_mid);
+                    } else {
+                        lo = mid;
+                    }
+                }
+            } else {
+                (file, bytes) = (f_hi, b_hi);
+            }
+        }
+        Trim::MinPsnr(t) if raw_psnr >= t => {
+            // Quality falls as the dead zone grows: the widest dead zone still at `t` dB
+            // (each probe decodes its file), kept only when it is smaller.
+            let (mut lo, mut hi) = (0.0f32, 0.5f32);
+            for _ in 0..8 {
                 let mid = 0.5 * (lo + hi);
                 let (f_mid, b_mid) = at(mid)?;
-                if b_mid.len() <= max {
-                    hi = mid;
-                    (file, bytes) = (f_mid, b_mid);
-                } else {
+                if decoded_psnr(&f_mid) >= t {
                     lo = mid;
+                    if b_mid.len() < bytes.len() {
+                        (file, bytes) = (f_mid, b_mid);
+                    }
+                } else {
+                    hi = mid;
                 }
             }
-        } else {
-            (file, bytes) = (f_hi, b_hi);
         }
+        _ => {}
     }
     let (params, lat) = dequantized(&file);
     let data = grid::render(arch, &params, &lat, &sm);
@@ -465,7 +631,7 @@ pub fn code_fitted(
         },
         psnr,
     };
-    Ok((e, raw_bpp))
+    Ok((e, raw))
 }
 
 /// Decodes a grid-mode file (the caller has checked [`format::is_grid_file`]).
@@ -491,7 +657,91 @@ pub fn decode_grid(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeEr
 
 #[cfg(test)]
 mod tests {
-    use super::keeps_first;
+    use super::*;
+
+    #[test]
+    fn quality_control_keeps_the_right_file() {
+        let t = 30.0;
+        // At the target: the smaller wins; at it beats below it; below: the better PSNR.
+        assert!(psnr_keeps_first(t, (0.20, 30.1), (0.25, 30.9)));
+        assert!(!psnr_keeps_first(t, (0.25, 30.9), (0.20, 30.1)));
+        assert!(psnr_keeps_first(t, (0.50, 30.0), (0.20, 29.9)));
+        assert!(!psnr_keeps_first(t, (0.20, 29.9), (0.50, 30.0)));
+        assert!(psnr_keeps_first(t, (0.30, 29.5), (0.20, 29.0)));
+    }
+
+    #[test]
+    fn psnr_table_is_monotone_and_finite() {
+        let mut prev = f32::INFINITY;
+        for p in [
+            0.0, 10.0, 26.0, 26.43, 27.0, 28.15, 29.5, 30.3, 35.0, 60.0, 1e6,
+        ] {
+            let l = lambda_for_psnr(p);
+            assert!(l.is_finite() && l > 0.0 && l <= prev, "{p} dB: {l}");
+            prev = l;
+        }
+        for (l, p) in PSNR_TABLE {
+            assert!((lambda_for_psnr(p) / l - 1.0).abs() < 1e-4);
+        }
+    }
+
+    /// Widening the dead zone down to a PSNR target gives a smaller file at that PSNR or more.
+    #[test]
+    fn the_dead_zone_trims_a_fit_down_to_a_psnr() {
+        let (w, h) = (64u32, 48u32);
+        let data: Vec<u8> = (0..w * h * 3)
+            .map(|i| {
+                let (p, c) = (i / 3, i % 3);
+                let (x, y) = ((p % w) as f32, (p / w) as f32);
+                let v = 0.5 + 0.3 * (x * 0.2 + c as f32).sin() * (y * 0.15).cos();
+                (v * 255.0).round() as u8
+            })
+            .collect();
+        let img = Image {
+            width: w,
+            height: h,
+            channels: 3,
+            data,
+        };
+        let mut cfg = GridEncodeConfig {
+            levels: 4,
+            width: 12,
+            ..Default::default()
+        };
+        cfg.fit.steps = 150;
+        cfg.fit.lambda = 0.0005;
+        let arch = grid_arch(&cfg, 3);
+        let pyr = Pyramid::new(w, h, cfg.levels);
+        let target: Vec<f32> = img.data.iter().map(|&v| crate::model::from_u8(v)).collect();
+        let fitted = grid::fit(&arch, &pyr, &target, &cfg.fit, 0, &mut |_| {});
+        let lam = cfg.fit.lambda;
+        let (plain, raw) = code_fitted(&img, &cfg, &arch, &pyr, &fitted, lam, Trim::None).unwrap();
+        assert_eq!(raw.bpp, plain.bpp);
+        assert_eq!(raw.psnr, plain.psnr);
+        let t = plain.psnr - 1.0;
+        let (trimmed, raw2) =
+            code_fitted(&img, &cfg, &arch, &pyr, &fitted, lam, Trim::MinPsnr(t)).unwrap();
+        assert_eq!(raw2, raw);
+        assert!(trimmed.psnr >= t, "{} < {t}", trimmed.psnr);
+        assert!(
+            trimmed.bytes.len() < plain.bytes.len(),
+            "{} vs {} bytes",
+            trimmed.bytes.len(),
+            plain.bytes.len()
+        );
+        // A target above the fit leaves it as it is.
+        let (same, _) = code_fitted(
+            &img,
+            &cfg,
+            &arch,
+            &pyr,
+            &fitted,
+            lam,
+            Trim::MinPsnr(plain.psnr + 1.0),
+        )
+        .unwrap();
+        assert_eq!(same.bytes, plain.bytes);
+    }
 
     #[test]
     fn rate_control_keeps_the_right_file() {

@@ -319,8 +319,7 @@ fn outer_block<const FMA: bool, const KB: usize>(
     gw: &mut [f32],
 ) {
     for jc in (0..ds).step_by(LANES) {
-        let mut acc: [[f32; LANES]; KB] =
-            std::array::from_fn(|i| *lanes(&gw[(k + i) * ds + jc..]));
+        let mut acc: [[f32; LANES]; KB] = std::array::from_fn(|i| *lanes(&gw[(k + i) * ds + jc..]));
         for r in 0..rows {
             let dv = lanes(&dz[r * ds + jc..]);
             let xa: &[f32; KB] = x[r * xs + k..][..KB].try_into().unwrap_or(&[0.0; KB]);

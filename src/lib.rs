@@ -51,8 +51,7 @@ pub use codec::{
 pub use format::Limits;
 pub use grid::GridFit;
 pub use grid_codec::{
-    code_fitted as grid_code_fitted, encode_grid, grid_arch, GridEncodeConfig, DEFAULT_LEVELS,
-    GRID_PRESET_LAMBDAS,
+    encode_grid, grid_arch, GridEncodeConfig, DEFAULT_LEVELS, GRID_PRESET_LAMBDAS,
 };
 pub use mod_codec::{
     encode_modulated, trained_l2 as mod_codec_trained_l2, ModEncodeConfig, DEFAULT_LATENT_STEP,

@@ -832,17 +832,34 @@ fn grid_mode_encode_decode_info_and_refusals() {
         .assert()
         .success()
         .stdout(predicate::str::contains("mode: grid (4 latent levels"));
-    // No quality target in grid mode: refused with one clean error naming the rate options.
-    let stderr = assert_clean_error(
-        inr()
-            .arg("encode")
-            .arg(fixture("rgb_24x17.png"))
-            .arg("-o")
-            .arg(dir.path().join("h.inr"))
-            .args(["--mode", "grid", "--target-psnr", "30"])
-            .assert(),
+    // A quality target: the JSON reports it, and the file reaches it (or a warning says not).
+    let o = inr()
+        .args(["--json", "encode"])
+        .arg(fixture("rgb_24x17.png"))
+        .arg("-o")
+        .arg(dir.path().join("h.inr"))
+        .args([
+            "--mode", "grid", "--steps", "40", "--levels", "4", "--psnr", "28",
+        ])
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    assert_eq!(v["config"]["target_psnr"], 28.0, "{v}");
+    let stderr = String::from_utf8_lossy(&o.get_output().stderr);
+    assert!(
+        json_f64(&v, "psnr") >= 28.0 || stderr.contains("below the target"),
+        "{v} {stderr}"
     );
-    assert!(stderr.contains("--bpp"), "{stderr}");
+    // Rate and quality targets together: a usage error.
+    inr()
+        .arg("encode")
+        .arg(fixture("rgb_24x17.png"))
+        .arg("-o")
+        .arg(dir.path().join("h2.inr"))
+        .args(["--mode", "grid", "--psnr", "30", "--bpp", "1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("cannot be used with"));
 }
 
 #[test]

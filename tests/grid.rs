@@ -260,6 +260,38 @@ fn target_bpp_lands_within_three_percent() {
 }
 
 #[test]
+fn target_psnr_gives_the_target_with_a_trimmed_file() {
+    let img = image(96, 64, 3);
+    let mut sizes = Vec::new();
+    for target in [30.0f64, 34.0] {
+        let mut c = cfg(120, 0.0);
+        c.target_psnr = Some(target);
+        let e = encode_grid(&img, &c, &mut |_| {}).unwrap();
+        // The PSNR is the decoder's, and it is at the target without much to spare (the dead
+        // zone trims the latents down to it).
+        assert_eq!(
+            decode(&e.bytes, &DecodeOptions::default()).unwrap(),
+            e.recon
+        );
+        assert!(
+            e.psnr >= target && e.psnr < target + 0.5,
+            "target {target} dB, got {}",
+            e.psnr
+        );
+        sizes.push(e.bytes.len());
+    }
+    assert!(sizes[0] < sizes[1], "sizes {sizes:?}");
+    // Out of reach: the best fit is kept, without an error.
+    let mut c = cfg(40, 0.0);
+    c.target_psnr = Some(80.0);
+    let e = encode_grid(&img, &c, &mut |_| {}).unwrap();
+    assert!(e.psnr < 80.0 && e.psnr > 25.0, "{}", e.psnr);
+    // Both targets at once are refused.
+    c.target_bpp = Some(1.0);
+    assert!(encode_grid(&img, &c, &mut |_| {}).is_err());
+}
+
+#[test]
 fn decodes_at_any_size() {
     let img = image(30, 22, 3);
     let enc = encode_grid(&img, &cfg(60, 0.004), &mut |_| {}).unwrap();

@@ -49,7 +49,10 @@ pub struct EncodeArgs {
     /// Quality target in dB (weight mode): fitting stops once the rendered network is 0.5 dB
     /// above it (checked every 100 steps), then the hidden matrices' quantization steps are
     /// made as coarse as the target allows: the smallest file at this PSNR that the network
-    /// reaches. A warning is printed when it is missed (use a larger preset or more --steps).
+    /// reaches. In grid mode: λ from a table, refitted at most twice along the measured PSNR,
+    /// then the latents' rounding dead zone widened while the PSNR stays at the target; the
+    /// smallest file at the target is kept. A warning is printed when it is missed (use a
+    /// larger preset or more --steps).
     #[arg(long, value_name = "DB", visible_alias = "psnr")]
     pub target_psnr: Option<f64>,
     /// Expert: Fourier features per coordinate (0 = plain coordinates, the default).
@@ -173,11 +176,6 @@ pub enum Mode {
 
 /// The grid-mode settings of `args`.
 pub(super) fn grid_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::GridEncodeConfig> {
-    if args.target_psnr.is_some() {
-        anyhow::bail!(
-            "--mode grid has no quality target: choose the rate with --bpp, --preset or --lambda"
-        );
-    }
     if args.density.is_some() {
         anyhow::bail!("--mode grid does not prune (--density)");
     }
@@ -215,6 +213,7 @@ pub(super) fn grid_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::G
         cfg.net_bits = vec![b];
     }
     cfg.target_bpp = args.bpp;
+    cfg.target_psnr = args.target_psnr;
     Ok(cfg)
 }
 
@@ -383,9 +382,13 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     if let Some(t) = args.target_psnr {
         if enc.psnr < t {
+            let hint = if args.mode == Mode::Grid {
+                "no fit reached it: try more --steps"
+            } else {
+                "the network did not reach it: try a larger --preset or more --steps"
+            };
             eprintln!(
-                "warning: the file has {:.2} dB, below the target {t} dB (the network did not \
-                 reach it: try a larger --preset or more --steps)",
+                "warning: the file has {:.2} dB, below the target {t} dB ({hint})",
                 enc.psnr
             );
         }
