@@ -360,7 +360,7 @@ fn psnr_keeps_first(t: f64, a: (f64, f64), b: (f64, f64)) -> bool {
 }
 
 /// The PSNR band (dB above the target) in which quality control accepts a fit as it is.
-const PSNR_BAND: f64 = 0.3;
+const PSNR_BAND: f64 = 0.2;
 
 /// Mean decoded PSNR of 1,000-step fits of kodim01–12 at three λ (`bench-results/
 /// rd-grid-kodim01-16`): `(lambda, dB)`, λ descending.
