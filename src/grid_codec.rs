@@ -335,8 +335,12 @@ fn encode_for_psnr(
             break;
         }
         let ll = f64::from(lambda).ln();
+        // The secant once two fits are known, unless the PSNR did not rise as λ fell (noise
+        // on a tiny image): then the table's slope.
         let slope = match last {
-            Some((pl, pp)) if (ll - pl).abs() > 1e-6 => ((p - pp) / (ll - pl)).clamp(-6.0, -0.5),
+            Some((pl, pp)) if (ll - pl).abs() > 1e-6 && (p - pp) / (ll - pl) < 0.0 => {
+                ((p - pp) / (ll - pl)).clamp(-6.0, -0.5)
+            }
             _ => -PSNR_SLOPE,
         };
         last = Some((ll, p));

@@ -850,6 +850,36 @@ fn grid_mode_encode_decode_info_and_refusals() {
         json_f64(&v, "psnr") >= 28.0 || stderr.contains("below the target"),
         "{v} {stderr}"
     );
+    // `batch` takes the same quality target: every file reaches it or says why not.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for f in ["rgb_16x16.png", "rgb_24x17.png"] {
+        std::fs::copy(fixture(f), data.join(f)).unwrap();
+    }
+    let batch_psnrs = |name: &str, extra: &[&str]| {
+        let out_dir = dir.path().join(name);
+        inr()
+            .args(["--quiet", "batch"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&out_dir)
+            .args(["--mode", "grid", "--steps", "40"])
+            .args(extra)
+            .assert()
+            .success();
+        let manifest = std::fs::read_to_string(out_dir.join("manifest.csv")).unwrap();
+        let mut lines = manifest.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let col = header.iter().position(|&h| h == "psnr").unwrap();
+        let psnrs: Vec<f64> = lines
+            .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(psnrs.len(), 2, "{manifest}");
+        psnrs
+    };
+    let targeted = batch_psnrs("out", &["--psnr", "26"]);
+    assert!(targeted.iter().all(|&p| p >= 26.0), "{targeted:?}");
+    assert_ne!(targeted, batch_psnrs("out_default", &[]));
     // Rate and quality targets together: a usage error.
     inr()
         .arg("encode")

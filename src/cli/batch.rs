@@ -47,6 +47,13 @@ pub struct BatchArgs {
     /// --steps the fitting steps).
     #[arg(long, value_enum, default_value_t = super::encode::Mode::Weights)]
     pub mode: super::encode::Mode,
+    /// Rate target of every file, in bits per pixel (see `inr encode --bpp`; all modes).
+    #[arg(long, value_name = "BPP", conflicts_with = "psnr")]
+    pub bpp: Option<f64>,
+    /// Quality target of every file, in dB: the smallest file at this PSNR the fit reaches
+    /// (see `inr encode --psnr`; weight and grid modes).
+    #[arg(long, value_name = "DB")]
+    pub psnr: Option<f64>,
     /// Modulations: latent quantization step (default 0.25).
     #[arg(long, value_name = "Q")]
     pub latent_step: Option<f32>,
@@ -143,6 +150,8 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         steps: args.steps,
         seed: args.seed,
         threads: Some((cores / jobs).max(1)),
+        target_bpp: args.bpp,
+        target_psnr: args.psnr,
         ..EncodeConfig::default()
     };
     let weights = InrBatchCodec { config };
@@ -158,6 +167,11 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             let Some(base) = base else {
                 anyhow::bail!("no modulation base available (pass --base FILE.inrb)");
             };
+            if args.psnr.is_some() {
+                anyhow::bail!(
+                    "--mode modulations has no quality target: use --bpp or --latent-step"
+                );
+            }
             let mut fit = inr::LatentFit::default();
             if let Some(s) = args.steps {
                 fit.steps = s;
@@ -172,6 +186,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
                     base: Some(base),
                     seed: args.seed,
                     threads: Some((cores / jobs).max(1)),
+                    target_bpp: args.bpp,
                     ..inr::ModEncodeConfig::default()
                 },
             };
@@ -190,6 +205,8 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             if let Some(s) = args.steps {
                 config.fit.set_budget(s);
             }
+            config.target_bpp = args.bpp;
+            config.target_psnr = args.psnr;
             grid = inr::batch::GridBatchCodec { config };
             &grid
         }
