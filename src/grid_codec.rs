@@ -28,11 +28,11 @@ pub struct GridEncodeConfig {
     /// `MSE + lambda * bpp` measured on the decoder's output and the real file size.
     pub net_bits: Vec<u8>,
     /// Rate control: the real file size lands within ±3 % below this many bits per pixel when
-    /// it can (λ chosen from the preset table, refitted at most twice, then the latents'
+    /// it can (λ chosen from a calibration table, refitted at most twice, then the latents'
     /// rounding dead zone trimmed until the file fits); `fit.lambda` is then ignored.
     pub target_bpp: Option<f64>,
     /// Quality control: the smallest file whose decoded PSNR (dB) is at least this, when a fit
-    /// reaches it (λ from the table of [`lambda_for_psnr`], refitted at most twice, then the
+    /// reaches it (λ from a table of mean PSNRs (`Calibration`), refitted at most twice, then the
     /// latents' rounding dead zone widened as far as the PSNR allows); else the best PSNR
     /// reached. Exclusive with `target_bpp`; `fit.lambda` is then ignored.
     pub target_psnr: Option<f64>,
@@ -250,9 +250,11 @@ fn encode_inner(
     }
     let npx_f = npx as f64;
     let max_bytes = (t * npx_f / 8.0).floor() as usize;
-    // First λ from the preset table's mean rates on Kodak, aiming a little high so that the
-    // dead zone trims the file down; then a power-law correction from the measured rate.
-    let mut lambda = lambda_for_bpp(t * 1.1);
+    // First λ from the calibration table's rates (training images), aiming a little high so
+    // that the dead zone trims the file down; then a power-law correction from the measured
+    // rate.
+    let calib = Calibration::of(f);
+    let mut lambda = calib.lambda_for_bpp(t * 1.1);
     let mut best: Option<Encoded> = None;
     let mut last: Option<(f64, f64)> = None; // (ln lambda, ln bpp) of the previous fit
     let tol = crate::RATE_TOLERANCE;
@@ -283,7 +285,7 @@ fn encode_inner(
         let (ll, lb) = (f64::from(lambda).ln(), bpp.ln());
         let slope = match last {
             Some((pl, pb)) if (ll - pl).abs() > 1e-6 => ((lb - pb) / (ll - pl)).clamp(-2.0, -0.2),
-            _ => -RATE_SLOPE,
+            _ => -calib.rate_slope,
         };
         last = Some((ll, lb));
         lambda = (ll + ((t * 1.05).ln() - lb) / slope)
@@ -293,7 +295,7 @@ fn encode_inner(
     best.ok_or_else(|| EncodeError::Parameter("rate control found no encoding".into()))
 }
 
-/// Quality control of [`encode_inner`]: fits at the λ [`lambda_for_psnr`] expects to give a
+/// Quality control of [`encode_inner`]: fits at the λ the calibration table expects to give a
 /// little more than `t` dB, then (at most twice) at a λ moved along the measured slope of PSNR
 /// in ln λ (the table's slope until two fits are known), until a fit lands in
 /// `t ..= t + PSNR_BAND`; each fit's latents are trimmed by the dead zone down to `t`. Keeps the
@@ -310,7 +312,8 @@ fn encode_for_psnr(
     if !(t.is_finite() && t > 0.0) {
         return Err(EncodeError::Parameter("--psnr must be > 0".into()));
     }
-    let mut lambda = lambda_for_psnr(t + 0.5 * PSNR_BAND);
+    let calib = Calibration::of(&cfg.fit);
+    let mut lambda = calib.lambda_for_psnr(t + 0.5 * PSNR_BAND);
     let mut best: Option<Encoded> = None;
     let mut last: Option<(f64, f64)> = None; // (ln lambda, PSNR) of the previous fit
     for _ in 0..3 {
@@ -341,7 +344,7 @@ fn encode_for_psnr(
             Some((pl, pp)) if (ll - pl).abs() > 1e-6 && (p - pp) / (ll - pl) < 0.0 => {
                 ((p - pp) / (ll - pl)).clamp(-6.0, -0.5)
             }
-            _ => -PSNR_SLOPE,
+            _ => -calib.psnr_slope,
         };
         last = Some((ll, p));
         lambda = (ll + (t + 0.5 * PSNR_BAND - p) / slope)
@@ -365,35 +368,6 @@ fn psnr_keeps_first(t: f64, a: (f64, f64), b: (f64, f64)) -> bool {
 
 /// The PSNR band (dB above the target) in which quality control accepts a fit as it is.
 const PSNR_BAND: f64 = 0.2;
-
-/// Mean decoded PSNR of 1,000-step fits of kodim01–12 at three λ (`bench-results/
-/// rd-grid-kodim01-16`): `(lambda, dB)`, λ descending.
-const PSNR_TABLE: [(f32, f64); 3] = [(0.012, 26.43), (0.005, 28.15), (0.002, 30.30)];
-/// `-d PSNR / d ln(lambda)` of that table (about 2.15 dB).
-const PSNR_SLOPE: f64 = 2.15;
-
-/// λ expected to give `psnr` dB on a Kodak-like image: linear in ln λ through
-/// [`PSNR_TABLE`], extrapolated with [`PSNR_SLOPE`] beyond it.
-fn lambda_for_psnr(psnr: f64) -> f32 {
-    let (l0, p0) = PSNR_TABLE[0];
-    let (l1, p1) = PSNR_TABLE[PSNR_TABLE.len() - 1];
-    let ln = if psnr <= p0 {
-        f64::from(l0).ln() + (p0 - psnr) / PSNR_SLOPE
-    } else if psnr >= p1 {
-        f64::from(l1).ln() - (psnr - p1) / PSNR_SLOPE
-    } else {
-        PSNR_TABLE
-            .windows(2)
-            .find(|w| psnr <= w[1].1)
-            .map_or(f64::from(l1).ln(), |w| {
-                let ((la, pa), (lb, pb)) = (w[0], w[1]);
-                let u = (psnr - pa) / (pb - pa);
-                f64::from(la).ln() + u * (f64::from(lb) / f64::from(la)).ln()
-            })
-    };
-    // Far-off targets (a few dB above or below anything reachable) stay finite and positive.
-    ln.clamp(-30.0, 5.0).exp() as f32
-}
 
 /// Rate control's choice between two files `(bpp, PSNR)` for a target of `t` bpp: whether
 /// `a` is kept over `b`. Of two files under the cap, one that is both smaller and better (a fit
@@ -423,36 +397,91 @@ fn keeps_first(t: f64, a: (f64, f64), b: (f64, f64)) -> bool {
     ca < cb || (ca == cb && a.1 > b.1)
 }
 
-/// Mean rate of the grid presets on kodim13–16 (README): `(lambda, bpp)`.
-const RATE_TABLE: [(f32, f64); 5] = [
-    (0.03, 0.074),
-    (0.012, 0.144),
-    (0.005, 0.303),
-    (0.002, 0.598),
-    (0.0008, 1.146),
-];
-/// `-d ln(bpp) / d ln(lambda)` of that table (about 0.76).
-const RATE_SLOPE: f64 = 0.76;
+/// Where rate and quality control start: per λ (descending), the geometric-mean rate and the
+/// mean decoded PSNR of kodim01–12 (training images only), with the slopes used beyond the
+/// table, for one kind of fit.
+struct Calibration {
+    /// `(lambda, bpp)`.
+    rate: &'static [(f32, f64)],
+    /// `-d ln(bpp) / d ln(lambda)` of `rate`, end to end.
+    rate_slope: f64,
+    /// `(lambda, dB)`.
+    psnr: &'static [(f32, f64)],
+    /// `-d PSNR / d ln(lambda)` of `psnr`, end to end.
+    psnr_slope: f64,
+}
 
-/// λ expected to give `bpp` on a Kodak-like image: log-log interpolation in [`RATE_TABLE`],
-/// extrapolated with [`RATE_SLOPE`] beyond it.
-fn lambda_for_bpp(bpp: f64) -> f32 {
-    let (l0, b0) = RATE_TABLE[0];
-    let (l1, b1) = RATE_TABLE[RATE_TABLE.len() - 1];
-    if bpp <= b0 {
-        return (f64::from(l0) * (b0 / bpp).powf(1.0 / RATE_SLOPE)) as f32;
-    }
-    if bpp >= b1 {
-        return (f64::from(l1) * (b1 / bpp).powf(1.0 / RATE_SLOPE)) as f32;
-    }
-    for w in RATE_TABLE.windows(2) {
-        let ((la, ba), (lb, bb)) = (w[0], w[1]);
-        if bpp >= ba && bpp <= bb {
-            let u = (bpp / ba).ln() / (bb / ba).ln();
-            return (f64::from(la).ln() + u * (f64::from(lb) / f64::from(la)).ln()).exp() as f32;
+/// Fits of 150 steps or more: 1,000-step fits (`bench-results/rd-grid-kodim01-16`, three λ).
+static FULL_FITS: Calibration = Calibration {
+    rate: &[(0.012, 0.1202), (0.005, 0.2251), (0.002, 0.4216)],
+    rate_slope: 0.70,
+    psnr: &[(0.012, 26.43), (0.005, 28.15), (0.002, 30.30)],
+    psnr_slope: 2.16,
+};
+
+/// Budgets spent coarse to fine (below [`grid::COARSE_BELOW`]): 100-step fits
+/// (`bench-results/rd-grid-kodim01-16-steps100`, five λ). They are not a scaled 1,000-step
+/// curve: at λ = 0.005 they give a smaller file than 1,000 steps, at 0.002 a larger one.
+static SHORT_FITS: Calibration = Calibration {
+    rate: &[
+        (0.03, 0.0663),
+        (0.012, 0.1190),
+        (0.005, 0.2080),
+        (0.002, 0.4786),
+        (0.0008, 0.8294),
+    ],
+    rate_slope: 0.70,
+    psnr: &[
+        (0.03, 24.30),
+        (0.012, 25.59),
+        (0.005, 26.69),
+        (0.002, 29.11),
+        (0.0008, 30.62),
+    ],
+    psnr_slope: 1.74,
+};
+
+impl Calibration {
+    fn of(fit: &GridFit) -> &'static Calibration {
+        if fit.schedule().half > 0 {
+            &SHORT_FITS
+        } else {
+            &FULL_FITS
         }
     }
-    l1
+    /// λ expected to give `bpp` on a Kodak-like image.
+    fn lambda_for_bpp(&self, bpp: f64) -> f32 {
+        let table: Vec<(f32, f64)> = self.rate.iter().map(|&(l, b)| (l, b.ln())).collect();
+        lambda_at(&table, bpp.max(1e-9).ln(), self.rate_slope)
+    }
+    /// λ expected to give `psnr` dB on a Kodak-like image.
+    fn lambda_for_psnr(&self, psnr: f64) -> f32 {
+        lambda_at(self.psnr, psnr, self.psnr_slope)
+    }
+}
+
+/// λ at which `y` (rising as λ falls) reaches `v`: ln λ piecewise linear in `y` through
+/// `table` (`(lambda, y)`, λ descending), extrapolated with `slope` (`-dy / d ln λ`) beyond it,
+/// and kept within e^-30 ..= e^5 so that far-off targets stay finite and positive.
+fn lambda_at(table: &[(f32, f64)], v: f64, slope: f64) -> f32 {
+    let ln_l = |l: f32| f64::from(l).ln();
+    let (Some(&(l0, y0)), Some(&(l1, y1))) = (table.first(), table.last()) else {
+        return 0.005;
+    };
+    let ln = if v <= y0 {
+        ln_l(l0) + (y0 - v) / slope
+    } else if v >= y1 {
+        ln_l(l1) - (v - y1) / slope
+    } else {
+        table
+            .windows(2)
+            .find(|w| v <= w[1].1)
+            .map_or(ln_l(l1), |w| {
+                let ((la, ya), (lb, yb)) = (w[0], w[1]);
+                ln_l(la) + (v - ya) / (yb - ya) * (ln_l(lb) - ln_l(la))
+            })
+    };
+    ln.clamp(-30.0, 5.0).exp() as f32
 }
 
 /// What [`code_fitted`] widens the latents' rounding dead zone for, by bisection.
@@ -675,18 +704,34 @@ mod tests {
     }
 
     #[test]
-    fn psnr_table_is_monotone_and_finite() {
-        let mut prev = f32::INFINITY;
-        for p in [
-            0.0, 10.0, 26.0, 26.43, 27.0, 28.15, 29.5, 30.3, 35.0, 60.0, 1e6,
-        ] {
-            let l = lambda_for_psnr(p);
-            assert!(l.is_finite() && l > 0.0 && l <= prev, "{p} dB: {l}");
-            prev = l;
+    fn calibration_tables_are_monotone_and_finite() {
+        for c in [&FULL_FITS, &SHORT_FITS] {
+            let mut prev = f32::INFINITY;
+            for p in [
+                0.0, 10.0, 24.0, 26.43, 27.0, 28.15, 29.5, 30.3, 35.0, 60.0, 1e6,
+            ] {
+                let l = c.lambda_for_psnr(p);
+                assert!(l.is_finite() && l > 0.0 && l <= prev, "{p} dB: {l}");
+                prev = l;
+            }
+            for &(l, p) in c.psnr {
+                assert!((c.lambda_for_psnr(p) / l - 1.0).abs() < 1e-4);
+            }
+            let mut prev = f32::INFINITY;
+            for b in [0.0, 0.01, 0.07, 0.1, 0.2, 0.25, 0.5, 1.0, 4.0, 1e9] {
+                let l = c.lambda_for_bpp(b);
+                assert!(l.is_finite() && l > 0.0 && l <= prev, "{b} bpp: {l}");
+                prev = l;
+            }
+            for &(l, b) in c.rate {
+                assert!((c.lambda_for_bpp(b) / l - 1.0).abs() < 1e-4);
+            }
         }
-        for (l, p) in PSNR_TABLE {
-            assert!((lambda_for_psnr(p) / l - 1.0).abs() < 1e-4);
-        }
+        // The two kinds of fit pick their own table.
+        let mut f = GridFit::default();
+        assert!(std::ptr::eq(Calibration::of(&f), &FULL_FITS));
+        f.set_budget(100);
+        assert!(std::ptr::eq(Calibration::of(&f), &SHORT_FITS));
     }
 
     /// Widening the dead zone down to a PSNR target gives a smaller file at that PSNR or more.

@@ -112,7 +112,7 @@ pub struct EncodeArgs {
     /// can reach it; a file further below is kept only when it is also the better one);
     /// density and step sizes are chosen on the real coded size. Use a wide
     /// network (e.g. --preset small or larger); a warning is printed when the target is missed.
-    /// In grid mode: λ from the preset table, at most two refits, then the latents' rounding
+    /// In grid mode: λ from a calibration table, at most two refits, then the latents' rounding
     /// dead zone is widened until the file fits.
     #[arg(long, value_name = "BPP", conflicts_with = "target_psnr")]
     pub bpp: Option<f64>,
