@@ -790,6 +790,19 @@ fn modulation_mode_meta_train_encode_decode_info_and_batch() {
         .assert()
         .success();
     assert!(bout.join("rgb_11x23.inr").exists());
+    // No quality target in this mode: one clean error, before any file is written.
+    let stderr = assert_clean_error(
+        inr()
+            .args(["--quiet", "batch", "--mode", "modulations", "--psnr", "30"])
+            .arg(&data)
+            .arg("-o")
+            .arg(dir.path().join("bout2"))
+            .arg("--base")
+            .arg(&base)
+            .assert(),
+    );
+    assert!(stderr.contains("--bpp"), "{stderr}");
+    assert!(!dir.path().join("bout2").join("rgb_11x23.inr").exists());
 }
 
 #[test]
