@@ -248,51 +248,74 @@ fn encode_inner(
     if !(t.is_finite() && t > 0.0) {
         return Err(EncodeError::Parameter("--bpp must be > 0".into()));
     }
-    let npx_f = npx as f64;
-    let max_bytes = (t * npx_f / 8.0).floor() as usize;
+    let max_bytes = (t * npx as f64 / 8.0).floor() as usize;
     // First λ from the calibration table's rates (training images), aiming a little high so
-    // that the dead zone trims the file down; then a power-law correction from the measured
-    // rate.
+    // that the dead zone trims the file down; the fit is done when it lands in the band or at
+    // most 10 % over it (a small trim costs little).
     let calib = Calibration::of(f);
-    let mut lambda = calib.lambda_for_bpp(t * 1.1);
+    let aim = Aim {
+        y: |u| u.bpp.ln(),
+        aim: (t * 1.05).ln(),
+        band: ((t * (1.0 - crate::RATE_TOLERANCE)).ln(), (t * 1.1).ln()),
+        slopes: (-2.0, -0.2),
+        table_slope: calib.rate_slope,
+    };
+    let first = calib.lambda_for_bpp(t * 1.1);
+    let mut fit = |lambda| {
+        let trim = Trim::MaxBytes(max_bytes);
+        fit_and_code(img, cfg, &arch, &pyr, &target, lambda, trim, progress)
+    };
+    search_lambda(first, &aim, &mut fit, &|a, b| {
+        keeps_first(t, (a.bpp, a.psnr), (b.bpp, b.psnr))
+    })?
+    .ok_or_else(|| EncodeError::Parameter("rate control found no encoding".into()))
+}
+
+/// What [`search_lambda`] aims at: `y` of an untrimmed fit (it falls as λ grows), accepted
+/// within `band`, aimed at `aim`.
+struct Aim {
+    y: fn(&Untrimmed) -> f64,
+    aim: f64,
+    band: (f64, f64),
+    /// Range of the secant's `dy / d ln λ` (negative) once two fits are known.
+    slopes: (f64, f64),
+    /// `-dy / d ln λ` of the calibration table, used before that (and when `y` did not fall as
+    /// λ grew: noise on a tiny image).
+    table_slope: f64,
+}
+
+/// At most three fits, from λ = `first`: after each one that misses `aim.band`, λ moves to
+/// where `y` would reach `aim.aim` along the slope of `aim`, by at most a factor e^3. Returns
+/// the file `keeps` prefers of all the fits'.
+fn search_lambda(
+    first: f32,
+    aim: &Aim,
+    fit: &mut dyn FnMut(f32) -> Result<(Encoded, Untrimmed), EncodeError>,
+    keeps: &dyn Fn(&Encoded, &Encoded) -> bool,
+) -> Result<Option<Encoded>, EncodeError> {
+    let mut lambda = first;
     let mut best: Option<Encoded> = None;
-    let mut last: Option<(f64, f64)> = None; // (ln lambda, ln bpp) of the previous fit
-    let tol = crate::RATE_TOLERANCE;
+    let mut last: Option<(f64, f64)> = None; // (ln lambda, y) of the previous fit
     for _ in 0..3 {
-        let (e, raw) = fit_and_code(
-            img,
-            cfg,
-            &arch,
-            &pyr,
-            &target,
-            lambda,
-            Trim::MaxBytes(max_bytes),
-            progress,
-        )?;
-        if best
-            .as_ref()
-            .is_none_or(|b| keeps_first(t, (e.bpp, e.psnr), (b.bpp, b.psnr)))
-        {
+        let (e, raw) = fit(lambda)?;
+        if best.as_ref().is_none_or(|b| keeps(&e, b)) {
             best = Some(e);
         }
-        // Done when the fit itself (before any dead-zone trimming) landed in the band or at
-        // most 10 % over it (what the first λ aims at: a small trim costs little).
-        let bpp = raw.bpp;
-        if bpp >= t * (1.0 - tol) && bpp <= t * 1.1 {
+        let y = (aim.y)(&raw);
+        if y >= aim.band.0 && y <= aim.band.1 {
             break;
         }
-        // Secant on (ln lambda, ln bpp) once two fits are known, else the table's slope.
-        let (ll, lb) = (f64::from(lambda).ln(), bpp.ln());
+        let ll = f64::from(lambda).ln();
         let slope = match last {
-            Some((pl, pb)) if (ll - pl).abs() > 1e-6 => ((lb - pb) / (ll - pl)).clamp(-2.0, -0.2),
-            _ => -calib.rate_slope,
+            Some((pl, py)) if (ll - pl).abs() > 1e-6 && (y - py) / (ll - pl) < 0.0 => {
+                ((y - py) / (ll - pl)).clamp(aim.slopes.0, aim.slopes.1)
+            }
+            _ => -aim.table_slope,
         };
-        last = Some((ll, lb));
-        lambda = (ll + ((t * 1.05).ln() - lb) / slope)
-            .clamp(ll - 3.0, ll + 3.0)
-            .exp() as f32;
+        last = Some((ll, y));
+        lambda = (ll + (aim.aim - y) / slope).clamp(ll - 3.0, ll + 3.0).exp() as f32;
     }
-    best.ok_or_else(|| EncodeError::Parameter("rate control found no encoding".into()))
+    Ok(best)
 }
 
 /// Quality control of [`encode_inner`]: fits at the λ the calibration table expects to give a
@@ -313,11 +336,16 @@ fn encode_for_psnr(
         return Err(EncodeError::Parameter("--psnr must be > 0".into()));
     }
     let calib = Calibration::of(&cfg.fit);
-    let mut lambda = calib.lambda_for_psnr(t + 0.5 * PSNR_BAND);
-    let mut best: Option<Encoded> = None;
-    let mut last: Option<(f64, f64)> = None; // (ln lambda, PSNR) of the previous fit
-    for _ in 0..3 {
-        let (e, raw) = fit_and_code(
+    let aim = Aim {
+        y: |u| u.psnr,
+        aim: t + 0.5 * PSNR_BAND,
+        band: (t, t + PSNR_BAND),
+        slopes: (-6.0, -0.5),
+        table_slope: calib.psnr_slope,
+    };
+    let first = calib.lambda_for_psnr(aim.aim);
+    let mut fit = |lambda| {
+        fit_and_code(
             img,
             cfg,
             arch,
@@ -326,32 +354,12 @@ fn encode_for_psnr(
             lambda,
             Trim::MinPsnr(t),
             progress,
-        )?;
-        if best
-            .as_ref()
-            .is_none_or(|b| psnr_keeps_first(t, (e.bpp, e.psnr), (b.bpp, b.psnr)))
-        {
-            best = Some(e);
-        }
-        let p = raw.psnr;
-        if p >= t && p <= t + PSNR_BAND {
-            break;
-        }
-        let ll = f64::from(lambda).ln();
-        // The secant once two fits are known, unless the PSNR did not rise as λ fell (noise
-        // on a tiny image): then the table's slope.
-        let slope = match last {
-            Some((pl, pp)) if (ll - pl).abs() > 1e-6 && (p - pp) / (ll - pl) < 0.0 => {
-                ((p - pp) / (ll - pl)).clamp(-6.0, -0.5)
-            }
-            _ => -calib.psnr_slope,
-        };
-        last = Some((ll, p));
-        lambda = (ll + (t + 0.5 * PSNR_BAND - p) / slope)
-            .clamp(ll - 3.0, ll + 3.0)
-            .exp() as f32;
-    }
-    best.ok_or_else(|| EncodeError::Parameter("quality control found no encoding".into()))
+        )
+    };
+    search_lambda(first, &aim, &mut fit, &|a, b| {
+        psnr_keeps_first(t, (a.bpp, a.psnr), (b.bpp, b.psnr))
+    })?
+    .ok_or_else(|| EncodeError::Parameter("quality control found no encoding".into()))
 }
 
 /// Quality control's choice between two files `(bpp, PSNR)` for a target of `t` dB: whether
