@@ -292,16 +292,7 @@ fn outer_acc<const FMA: bool>(
         k += 4;
     }
     while k < k_n {
-        for jc in (0..ds).step_by(LANES) {
-            let mut acc = *lanes(&gw[k * ds + jc..]);
-            for (xr, dzr) in x.chunks(xs).zip(dz.chunks_exact(ds)).take(rows) {
-                let dv = lanes(&dzr[jc..]);
-                for l in 0..LANES {
-                    acc[l] = madd::<FMA>(xr[k], dv[l], acc[l]);
-                }
-            }
-            gw[k * ds + jc..][..LANES].copy_from_slice(&acc);
-        }
+        outer_block::<FMA, 1>(x, xs, k, dz, ds, rows, gw);
         k += 1;
     }
 }
