@@ -601,11 +601,7 @@ fn audio_base<'a>(
     if b.audio_window.is_none() {
         return Err(BaseError::WrongKind {
             id,
-            found: if b.modulation.is_some() {
-                "modulation"
-            } else {
-                "image"
-            },
+            found: b.kind(),
             expected: "audio",
         }
         .into());

@@ -234,13 +234,7 @@ pub fn decode_audio_mod_stream(
     if b.modulation.is_none() || !b.is_audio() {
         return Err(BaseError::WrongKind {
             id: file.base_id,
-            found: if b.modulation.is_some() {
-                "image modulation"
-            } else if b.audio_window.is_some() {
-                "audio weight"
-            } else {
-                "image"
-            },
+            found: b.kind(),
             expected: "audio modulation",
         }
         .into());

@@ -18,6 +18,9 @@ pub const BASE_VERSION_MOD: u8 = 2;
 /// §10.4 The base-file version of audio weight bases (a version-1 layout with modality 2 plus
 /// the 4-byte window length after the architecture).
 pub const BASE_VERSION_AUDIO: u8 = 3;
+/// §10.5 The base-file version of grid bases (a version-1 layout whose architecture is a
+/// grid synthesis network, §13.1).
+pub const BASE_VERSION_GRID: u8 = 4;
 /// §10.4 Size of the audio block of a version-3 base (window length, `u32`).
 pub const BASE_AUDIO_BLOCK_BYTES: usize = 4;
 /// §10.1 Fixed part before the description (version 1): magic, version, modality, flags, arch,
@@ -42,7 +45,7 @@ pub enum BaseError {
     BadMagic { found: [u8; 4] },
     #[error(
         "unsupported .inrb version {found} (this build reads versions {BASE_VERSION}, \
-         {BASE_VERSION_MOD} and {BASE_VERSION_AUDIO})"
+         {BASE_VERSION_MOD}, {BASE_VERSION_AUDIO} and {BASE_VERSION_GRID})"
     )]
     UnsupportedVersion { found: u8 },
     #[error("base file: {0}")]
@@ -122,6 +125,9 @@ pub struct Base {
     /// (version 3, §10.4): the window the base was trained for; encoders use it only for that
     /// window length.
     pub audio_window: Option<u32>,
+    /// A grid base (version 4, §10.5): the synthesis network grid-mode fits start from
+    /// (`arch.coord_dims` = latent levels). Encoder-only: grid files never name a base.
+    pub grid: bool,
     /// Free text: how the base was trained (command, data, steps).
     pub description: String,
     id: u64,
@@ -139,6 +145,7 @@ impl Base {
             params,
             modulation: None,
             audio_window: None,
+            grid: false,
             description,
             id: 0,
         };
@@ -163,6 +170,7 @@ impl Base {
             params,
             modulation: None,
             audio_window: Some(window_len),
+            grid: false,
             description,
             id: 0,
         };
@@ -190,12 +198,45 @@ impl Base {
             params,
             modulation: Some(spec),
             audio_window: None,
+            grid: false,
             description,
             id: 0,
         };
         let bytes = b.to_bytes()?;
         b.id = id_of(&bytes);
         Ok(b)
+    }
+
+    /// Builds a grid base (written as a version-4 base file, §10.5): the start of grid-mode
+    /// synthesis networks; `arch` is checked as a grid file's (§13.1).
+    ///
+    /// # Errors
+    /// As [`Base::new`], for a grid architecture.
+    pub fn new_grid(arch: Arch, params: Vec<f32>, description: String) -> Result<Base, BaseError> {
+        let mut b = Base {
+            arch,
+            params,
+            modulation: None,
+            audio_window: None,
+            grid: true,
+            description,
+            id: 0,
+        };
+        let bytes = b.to_bytes()?;
+        b.id = id_of(&bytes);
+        Ok(b)
+    }
+
+    /// What the base is for, as error messages and `inr info` name it: "weight", "grid",
+    /// "modulation", "audio weight" or "audio modulation".
+    pub fn kind(&self) -> &'static str {
+        match (self.grid, self.modulation.is_some(), self.is_audio()) {
+            (true, _, _) => "grid",
+            (_, true, true) => "audio modulation",
+            (_, true, false) => "modulation",
+            (_, false, true) => "audio weight",
+            _ => "weight",
+        }
     }
 
     /// The number of weights the base file must hold: the network's, plus the map's for a
@@ -221,7 +262,19 @@ impl Base {
     /// As [`Base::new`].
     pub fn to_bytes(&self) -> Result<Vec<u8>, BaseError> {
         let limits = Limits::default();
-        validate_arch(&self.arch, self.is_audio(), self.audio_window, &limits)?;
+        if self.grid {
+            if self.modulation.is_some() || self.audio_window.is_some() {
+                return Err(FormatError::InvalidField {
+                    field: "base kind",
+                    value: 4,
+                    expected: "a grid base is neither a modulation nor an audio base",
+                }
+                .into());
+            }
+            crate::format::validate_grid_arch(&self.arch, &limits)?;
+        } else {
+            validate_arch(&self.arch, self.is_audio(), self.audio_window, &limits)?;
+        }
         if let Some(m) = &self.modulation {
             m.validate()?;
         }
@@ -267,7 +320,9 @@ impl Base {
         }
         let mut out = Vec::with_capacity(BASE_HEADER_BYTES_V2 + desc.len() + 4 * n + 4);
         out.extend_from_slice(&BASE_MAGIC);
-        out.push(if self.modulation.is_some() {
+        out.push(if self.grid {
+            BASE_VERSION_GRID
+        } else if self.modulation.is_some() {
             BASE_VERSION_MOD
         } else if self.audio_window.is_some() {
             BASE_VERSION_AUDIO
@@ -329,7 +384,7 @@ impl Base {
         }
         let version = *bytes.get(4).ok_or_else(|| trunc("base version", 1, 4))?;
         let header_bytes = match version {
-            BASE_VERSION => BASE_HEADER_BYTES,
+            BASE_VERSION | BASE_VERSION_GRID => BASE_HEADER_BYTES,
             BASE_VERSION_MOD => BASE_HEADER_BYTES_V2,
             BASE_VERSION_AUDIO => BASE_HEADER_BYTES + BASE_AUDIO_BLOCK_BYTES,
             _ => return Err(BaseError::UnsupportedVersion { found: version }),
@@ -362,7 +417,7 @@ impl Base {
         let n = u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]) as usize;
         let desc_len = u16::from_le_bytes([head[o + 4], head[o + 5]]) as usize;
         let modality_ok = match version {
-            BASE_VERSION => modality == MODALITY_IMAGE,
+            BASE_VERSION | BASE_VERSION_GRID => modality == MODALITY_IMAGE,
             BASE_VERSION_MOD => modality == MODALITY_IMAGE || modality == MODALITY_AUDIO,
             _ => modality == MODALITY_AUDIO,
         };
@@ -370,8 +425,8 @@ impl Base {
             return Err(FormatError::InvalidField {
                 field: "base modality",
                 value: modality.into(),
-                expected: "1 (image) in version 1, 1 or 2 (audio) in version 2, 2 (audio) in \
-                           version 3",
+                expected: "1 (image) in versions 1 and 4, 1 or 2 (audio) in version 2, 2 \
+                           (audio) in version 3",
             }
             .into());
         }
@@ -383,7 +438,12 @@ impl Base {
             }
             .into());
         }
-        validate_arch(&arch, modality == MODALITY_AUDIO, audio_window, limits)?;
+        let grid = version == BASE_VERSION_GRID;
+        if grid {
+            crate::format::validate_grid_arch(&arch, limits)?;
+        } else {
+            validate_arch(&arch, modality == MODALITY_AUDIO, audio_window, limits)?;
+        }
         let modulation = match mod_block {
             None => None,
             Some([kind, latent_dim, cell, reserved]) => {
@@ -478,6 +538,7 @@ impl Base {
             params,
             modulation,
             audio_window,
+            grid,
             description,
             id: id_of(bytes),
         })
@@ -547,6 +608,7 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
     ("image-medium", include_bytes!("../bases/image-medium.inrb")),
     ("image-mod", include_bytes!("../bases/image-mod.inrb")),
     ("audio-medium", include_bytes!("../bases/audio-medium.inrb")),
+    ("image-grid", include_bytes!("../bases/image-grid.inrb")),
 ];
 
 /// Finds the base with `id` among `extra` (user-supplied, searched first) and the embedded
@@ -578,7 +640,12 @@ pub fn find(id: u64, extra: &[Base]) -> Result<&Base, BaseError> {
 pub fn embedded_for(arch: &Arch) -> Option<&'static Base> {
     embedded()
         .iter()
-        .find(|b| b.arch == *arch && b.modulation.is_none() && b.audio_window.is_none())
+        .find(|b| b.arch == *arch && b.kind() == "weight")
+}
+
+/// The embedded grid base (§10.5) for a synthesis architecture, if one ships with this binary.
+pub fn embedded_grid_for(arch: &Arch) -> Option<&'static Base> {
+    embedded().iter().find(|b| b.grid && b.arch == *arch)
 }
 
 /// The embedded audio base (§10.4) for an architecture and window length, if one ships with
@@ -683,6 +750,66 @@ mod tests {
             Base::new(arch(), p, String::new()),
             Err(BaseError::NonFinite { index: 0, .. })
         ));
+    }
+
+    /// A grid synthesis network: 5 levels in, 3 colours out.
+    fn grid_arch() -> Arch {
+        Arch {
+            coord_dims: 5,
+            out_channels: 3,
+            width: 8,
+            depth: 2,
+            pe_freqs: 0,
+            pe_base_milli: 1000,
+            w0_first: 2,
+            w0_hidden: 2,
+        }
+    }
+
+    /// Rewrites byte `i` of a base file and its CRC, so that only the field check can fail.
+    fn patched(bytes: &[u8], i: usize, v: u8) -> Vec<u8> {
+        let mut c = bytes.to_vec();
+        c[i] = v;
+        let n = c.len() - 4;
+        let crc = crc32fast::hash(&c[..n]);
+        c[n..].copy_from_slice(&crc.to_le_bytes());
+        c
+    }
+
+    #[test]
+    fn grid_bases_round_trip_as_version_4_and_keep_their_kind() {
+        let n = grid_arch().num_params();
+        let p: Vec<f32> = (0..n).map(|i| i as f32 * 0.01 - 0.2).collect();
+        let g = Base::new_grid(grid_arch(), p.clone(), "grid".into()).unwrap();
+        let bytes = g.to_bytes().unwrap();
+        assert_eq!(bytes[4], BASE_VERSION_GRID);
+        let c = Base::from_bytes(&bytes, &Limits::default()).unwrap();
+        assert_eq!(c, g);
+        assert!(c.grid && !c.is_audio() && c.modulation.is_none());
+        assert_eq!(c.kind(), "grid");
+        assert_eq!(base().kind(), "weight");
+        // The same weights as a weight base are another file with another id.
+        assert_ne!(
+            Base::new(grid_arch(), p, "grid".into())
+                .map(|b| b.id())
+                .ok(),
+            Some(g.id())
+        );
+        // A version-4 file is checked as a grid network: positional encoding (offset 13 =
+        // architecture byte 5), audio modality and too many levels are refused.
+        for (i, v) in [(13usize, 4u8), (5, MODALITY_AUDIO), (8, 17)] {
+            let e = Base::from_bytes(&patched(&bytes, i, v), &Limits::default()).unwrap_err();
+            assert!(
+                matches!(e, BaseError::Format(FormatError::InvalidField { .. })),
+                "{i}: {e}"
+            );
+        }
+        // And a grid architecture that is not a valid grid network cannot be written.
+        let bad = Arch {
+            pe_freqs: 2,
+            ..grid_arch()
+        };
+        assert!(Base::new_grid(bad, vec![0.0; bad.num_params()], String::new()).is_err());
     }
 
     #[test]
@@ -861,11 +988,15 @@ mod tests {
         let mut c = bytes.clone();
         c[4] = BASE_VERSION_AUDIO;
         assert!(Base::from_bytes(&c, &l).is_err());
+        // Version 4 is a grid base (§10.5): a modulation body under it does not parse either.
         let mut c = bytes.clone();
-        c[4] = 4;
+        c[4] = BASE_VERSION_GRID;
+        assert!(Base::from_bytes(&c, &l).is_err());
+        let mut c = bytes.clone();
+        c[4] = 5;
         assert!(matches!(
             Base::from_bytes(&c, &l),
-            Err(BaseError::UnsupportedVersion { found: 4 })
+            Err(BaseError::UnsupportedVersion { found: 5 })
         ));
     }
 

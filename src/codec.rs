@@ -301,6 +301,13 @@ impl EncodeConfig {
             BaseChoice::None => None,
             BaseChoice::Default => base::embedded_for(&arch).cloned(),
             BaseChoice::Custom(b) => {
+                if b.grid {
+                    return Err(EncodeError::Parameter(format!(
+                        "base {:016x} is a grid base (codec-spec §10.5), for --mode grid; \
+                         weight coding needs a weight base",
+                        b.id()
+                    )));
+                }
                 if b.modulation.is_some() {
                     return Err(EncodeError::Parameter(format!(
                         "base {:016x} is a modulation base (codec-spec §10.3); weight coding \
@@ -1314,10 +1321,10 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
     if let Some(id) = file.base_id {
         // §6.2: w = base + q * step, one f32 addition per weight.
         let b = base::find(id, &opts.bases)?;
-        if b.modulation.is_some() {
+        if b.kind() != "weight" {
             return Err(BaseError::WrongKind {
                 id,
-                found: "modulation",
+                found: b.kind(),
                 expected: "weight",
             }
             .into());

@@ -125,18 +125,13 @@ pub fn is_grid_file(bytes: &[u8]) -> bool {
         })
 }
 
-/// §13.2, §13.4: image size, synthesis architecture, latent count and rendering work against
-/// `limits`. Returns the tensor lengths (synthesis tensors, then levels).
+/// The architecture checks of a grid synthesis network (§13.1; also grid bases, §10.5):
+/// `coord_dims` = latent levels 1 ..= 16, 1 or 3 outputs, `pe_freqs` 0, depth at most 8, and
+/// the modality-independent checks of §3.6.
 ///
 /// # Errors
-/// [`FormatError::InvalidField`] / [`FormatError::LimitExceeded`] naming the first failed check.
-pub fn grid_tensor_lens(
-    width: u32,
-    height: u32,
-    arch: &Arch,
-    limits: &Limits,
-) -> Result<Vec<usize>, FormatError> {
-    validate_dims(width, height, limits)?;
+/// [`FormatError::InvalidField`] naming the first field out of range.
+pub fn validate_grid_arch(arch: &Arch, limits: &Limits) -> Result<(), FormatError> {
     let bad = |field, value: u64, expected| {
         Err(FormatError::InvalidField {
             field,
@@ -160,7 +155,22 @@ pub fn grid_tensor_lens(
     if arch.depth > MAX_GRID_DEPTH {
         return bad("depth", arch.depth.into(), "1..=8 in a grid file");
     }
-    arch.validate_net(limits)?;
+    arch.validate_net(limits)
+}
+
+/// §13.2, §13.4: image size, synthesis architecture, latent count and rendering work against
+/// `limits`. Returns the tensor lengths (synthesis tensors, then levels).
+///
+/// # Errors
+/// [`FormatError::InvalidField`] / [`FormatError::LimitExceeded`] naming the first failed check.
+pub fn grid_tensor_lens(
+    width: u32,
+    height: u32,
+    arch: &Arch,
+    limits: &Limits,
+) -> Result<Vec<usize>, FormatError> {
+    validate_dims(width, height, limits)?;
+    validate_grid_arch(arch, limits)?;
     let dims = grid_level_dims(width, height, arch.coord_dims);
     let latents: u64 = dims.iter().map(|&(w, h)| u64::from(w) * u64::from(h)).sum();
     if latents > limits.max_params {

@@ -3,13 +3,13 @@
 //! tensor, and entropy-code everything with the adaptive coder of §5 (one "tensor" per latent
 //! level). Nothing is shared between files: no base is needed to decode.
 
-use crate::codec::{DecodeError, DecodeOptions, EncodeError, Encoded, Progress};
+use crate::codec::{BaseChoice, DecodeError, DecodeOptions, EncodeError, Encoded, Progress};
 use crate::entropy::{self, PredShape, GRID_PRED_SHIFT, GRID_PRED_TAPS};
 use crate::fit::psnr_u8;
 use crate::format::{
     self, max_abs_for_bits, Arch, GridInrFile, LevelPredictor, Limits, QTensor, Step,
 };
-use crate::grid::{self, GridFit, Pyramid, Sampler};
+use crate::grid::{self, GridFit, GridStart, Pyramid, Sampler};
 use crate::media::Image;
 use crate::quant;
 
@@ -39,6 +39,11 @@ pub struct GridEncodeConfig {
     pub seed: u64,
     /// Rayon threads; `None` uses all cores.
     pub threads: Option<usize>,
+    /// Where the synthesis network starts: the embedded grid base (§10.5) for the
+    /// architecture if this binary has one (else random), the seeded random initialisation, or
+    /// a grid base from `inr meta-train --mode grid`, whose architecture then replaces
+    /// `levels`, `width`, `depth` and `w0`. Encoder-only: files never depend on a base.
+    pub base: BaseChoice,
 }
 
 impl Default for GridEncodeConfig {
@@ -54,6 +59,7 @@ impl Default for GridEncodeConfig {
             target_psnr: None,
             seed: 0,
             threads: None,
+            base: BaseChoice::Default,
         }
     }
 }
@@ -70,6 +76,20 @@ pub const GRID_PRESET_LAMBDAS: [(&str, f32); 5] = [
     ("large", 0.002),
     ("huge", 0.0008),
 ];
+
+impl GridEncodeConfig {
+    /// The id of the grid base (§10.5) fits of an image with `channels` channels start from,
+    /// or `None` for the random start.
+    pub fn start_id(&self, channels: u8) -> Option<u64> {
+        match &self.base {
+            BaseChoice::None => None,
+            BaseChoice::Default => {
+                crate::base::embedded_grid_for(&grid_arch(self, channels)).map(|b| b.id())
+            }
+            BaseChoice::Custom(b) => Some(b.id()),
+        }
+    }
+}
 
 /// The synthesis network of a configuration for `channels` outputs.
 pub fn grid_arch(cfg: &GridEncodeConfig, channels: u8) -> Arch {
@@ -219,6 +239,8 @@ fn encode_inner(
             "network bit widths must be in 2..=16".into(),
         ));
     }
+    let (cfg, start) = &resolve_base(cfg, img.channels)?;
+    let start = start.as_ref();
     let arch = grid_arch(cfg, img.channels);
     // Refuse up front what a default decoder would reject (levels, size, latent count, work).
     format::grid_tensor_lens(img.width, img.height, &arch, &Limits::default())?;
@@ -230,13 +252,14 @@ fn encode_inner(
                 "a rate target and a quality target exclude each other".into(),
             ));
         }
-        return encode_for_psnr(img, cfg, &arch, &pyr, &target, t, progress);
+        return encode_for_psnr(img, cfg, &arch, start, &pyr, &target, t, progress);
     }
     let Some(t) = cfg.target_bpp else {
         return fit_and_code(
             img,
             cfg,
             &arch,
+            start,
             &pyr,
             &target,
             f.lambda,
@@ -263,7 +286,9 @@ fn encode_inner(
     let first = calib.lambda_for_bpp(t * 1.1);
     let mut fit = |lambda| {
         let trim = Trim::MaxBytes(max_bytes);
-        fit_and_code(img, cfg, &arch, &pyr, &target, lambda, trim, progress)
+        fit_and_code(
+            img, cfg, &arch, start, &pyr, &target, lambda, trim, progress,
+        )
     };
     search_lambda(first, &aim, &mut fit, &|a, b| {
         keeps_first(t, (a.bpp, a.psnr), (b.bpp, b.psnr))
@@ -323,10 +348,12 @@ fn search_lambda(
 /// in ln λ (the table's slope until two fits are known), until a fit lands in
 /// `t ..= t + PSNR_BAND`; each fit's latents are trimmed by the dead zone down to `t`. Keeps the
 /// smallest file at `t` dB or more, else the best PSNR.
+#[allow(clippy::too_many_arguments)]
 fn encode_for_psnr(
     img: &Image,
     cfg: &GridEncodeConfig,
     arch: &Arch,
+    start: Option<&GridStart>,
     pyr: &Pyramid,
     target: &[f32],
     t: f64,
@@ -349,6 +376,7 @@ fn encode_for_psnr(
             img,
             cfg,
             arch,
+            start,
             pyr,
             target,
             lambda,
@@ -512,12 +540,56 @@ pub(crate) struct Untrimmed {
     pub psnr: f64,
 }
 
+/// The configuration an encode runs with and where its fits start (see
+/// [`GridEncodeConfig::base`]): a custom grid base's architecture replaces the configured one.
+fn resolve_base(
+    cfg: &GridEncodeConfig,
+    channels: u8,
+) -> Result<(GridEncodeConfig, Option<GridStart>), EncodeError> {
+    let mut eff = cfg.clone();
+    let params = match &cfg.base {
+        BaseChoice::None => None,
+        BaseChoice::Default => {
+            crate::base::embedded_grid_for(&grid_arch(cfg, channels)).map(|b| b.params.clone())
+        }
+        BaseChoice::Custom(b) => {
+            if !b.grid {
+                return Err(EncodeError::Parameter(format!(
+                    "base {:016x} is a {} base; --mode grid starts from a grid base \
+                     (codec-spec §10.5, made by `inr meta-train --mode grid`)",
+                    b.id(),
+                    b.kind()
+                )));
+            }
+            eff.levels = b.arch.coord_dims;
+            eff.width = b.arch.width;
+            eff.depth = b.arch.depth;
+            eff.w0 = b.arch.w0_first;
+            let want = grid_arch(&eff, channels);
+            if b.arch != want {
+                return Err(EncodeError::Parameter(format!(
+                    "grid base {:016x} has architecture {:?}, but this image needs {:?} \
+                     ({} channels, one w0 for every layer)",
+                    b.id(),
+                    b.arch,
+                    want,
+                    channels
+                )));
+            }
+            Some(b.params.clone())
+        }
+    };
+    let start = params.map(|p| crate::grid_meta::start_of(&grid_arch(&eff, channels), p));
+    Ok((eff, start))
+}
+
 /// Fits at `lambda` and codes the result, trimmed as `trim` asks.
 #[allow(clippy::too_many_arguments)]
 fn fit_and_code(
     img: &Image,
     cfg: &GridEncodeConfig,
     arch: &Arch,
+    start: Option<&GridStart>,
     pyr: &Pyramid,
     target: &[f32],
     lambda: f32,
@@ -529,7 +601,7 @@ fn fit_and_code(
     // The half-resolution steps (a quarter of the cost each) are their own phase, so that
     // each phase's count and ETA mean what they say.
     let half = total - fit_cfg.schedule().full.min(total);
-    let fitted = grid::fit(arch, pyr, target, &fit_cfg, cfg.seed, &mut |s| {
+    let fitted = grid::fit_from(arch, pyr, target, &fit_cfg, cfg.seed, start, &mut |s| {
         let (step, of, phase) = if s <= half {
             (s, half, "fit 1/2")
         } else {

@@ -25,6 +25,7 @@ mod fit;
 pub mod format;
 pub mod grid;
 mod grid_codec;
+pub mod grid_meta;
 mod kernel;
 mod l0;
 pub mod media;

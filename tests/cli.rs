@@ -953,3 +953,107 @@ fn plot_charts_csv_columns_and_refuses_to_overwrite() {
         .failure()
         .stderr(predicate::str::contains("no column \"seconds\""));
 }
+
+#[test]
+fn grid_meta_train_then_encode_from_the_grid_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for f in ["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"] {
+        std::fs::copy(fixture(f), data.join(f)).unwrap();
+    }
+    let base = dir.path().join("g.inrb");
+    let train = |extra: &[&str]| {
+        let mut c = inr();
+        c.args(["--quiet", "meta-train", "--mode", "grid"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&base)
+            .args(["--levels", "4", "--width", "8", "--iterations", "4"])
+            .args(["--inner-steps", "20", "--crop-min", "8", "--crop-max", "16"])
+            .args(["--checkpoint-every", "2"])
+            .args(extra);
+        c
+    };
+    train(&[]).assert().success();
+    let first = std::fs::read(&base).unwrap();
+    // Deterministic, and resuming from the checkpoint (written at iteration 4) gives the same
+    // bytes; a checkpoint from other settings is refused; the output is kept without --force.
+    train(&["--force"]).assert().success();
+    assert_eq!(std::fs::read(&base).unwrap(), first);
+    train(&["--force", "--resume"]).assert().success();
+    assert_eq!(std::fs::read(&base).unwrap(), first);
+    assert_clean_error(train(&["--force", "--resume", "--seed", "3"]).assert());
+    assert_clean_error(train(&[]).assert());
+    // `--levels` belongs to grid bases.
+    assert_clean_error(
+        inr()
+            .args(["meta-train", "--levels", "4"])
+            .arg(&data)
+            .arg("-o")
+            .arg(dir.path().join("w.inrb"))
+            .assert(),
+    );
+    let info = stdout_of(inr().args(["--json", "info"]).arg(&base).assert());
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["info"]["base_kind"], "grid", "{info}");
+
+    // Encoding from it: the JSON names it, the file decodes with no base at all.
+    let img = fixture("rgb_24x17.png");
+    let out = dir.path().join("x.inr");
+    let o = inr()
+        .args(["--json", "encode"])
+        .arg(&img)
+        .arg("-o")
+        .arg(&out)
+        .args(["--mode", "grid", "--steps", "30", "--base"])
+        .arg(&base)
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    let id = info["info"]["id"].as_str().unwrap();
+    assert_eq!(v["grid_base"], id, "{v}");
+    inr()
+        .arg("decode")
+        .arg(&out)
+        .arg("-o")
+        .arg(dir.path().join("x.png"))
+        .assert()
+        .success();
+    // `--base none` starts at random (no base named); the default names the embedded one for
+    // the default architecture.
+    let grid_base = |extra: &[&str]| {
+        let o = inr()
+            .args(["--json", "encode"])
+            .arg(&img)
+            .arg("-o")
+            .arg(dir.path().join("y.inr"))
+            .args(["--force", "--mode", "grid", "--steps", "10"])
+            .args(extra)
+            .assert()
+            .success();
+        let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+        v["grid_base"].clone()
+    };
+    assert!(grid_base(&["--base", "none"]).is_null());
+    let embedded = grid_base(&[]);
+    assert_eq!(embedded.as_str().map(str::len), Some(16), "{embedded}");
+    // The grid base's architecture is fixed: architecture flags beside it are refused, and the
+    // weight mode refuses a grid base.
+    let b = base.to_str().unwrap();
+    for extra in [
+        &["--mode", "grid", "--levels", "5", "--base", b][..],
+        &["--steps", "5", "--base", b][..],
+    ] {
+        assert_clean_error(
+            inr()
+                .arg("encode")
+                .arg(&img)
+                .arg("-o")
+                .arg(dir.path().join("z.inr"))
+                .args(extra)
+                .assert(),
+        );
+    }
+    assert!(!dir.path().join("z.inr").exists());
+}

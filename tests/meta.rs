@@ -269,7 +269,7 @@ fn files_from_every_embedded_weight_base_decode() {
     let img = family_image(4, 24, 16);
     let weight_bases: Vec<&inr::base::Base> = inr::base::embedded()
         .iter()
-        .filter(|b| b.modulation.is_none() && b.audio_window.is_none())
+        .filter(|b| b.kind() == "weight")
         .collect();
     assert!(weight_bases.len() >= 2, "small and medium image bases");
     for b in weight_bases {

@@ -57,7 +57,8 @@ pub struct BatchArgs {
     /// Modulations: latent quantization step (default 0.25).
     #[arg(long, value_name = "Q")]
     pub latent_step: Option<f32>,
-    /// Modulations: the base file (default: the embedded modulation base).
+    /// Modulations: the base file (default: the embedded modulation base). Grid: a grid base
+    /// from `inr meta-train --mode grid` (default: the embedded grid base).
     #[arg(long, value_name = "FILE.inrb")]
     pub base: Option<PathBuf>,
     /// Files encoded at once (default: number of cores); each encode gets cores/jobs threads.
@@ -204,6 +205,9 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             }
             if let Some(s) = args.steps {
                 config.fit.set_budget(s);
+            }
+            if let Some(p) = &args.base {
+                config.base = super::base_choice(&p.to_string_lossy())?;
             }
             config.target_bpp = args.bpp;
             config.target_psnr = args.psnr;

@@ -71,7 +71,11 @@ pub struct EncodeArgs {
     /// Start of fitting: `default` (the meta-learned base embedded for the chosen preset, if
     /// any; else random), `none` (random SIREN init: the file then needs no base), or a base
     /// file FILE.inrb from `inr meta-train` (its architecture replaces the preset's; the
-    /// decoder then needs the same file, given with `inr decode --base`). For WAV input,
+    /// decoder then needs the same file, given with `inr decode --base`). With `--mode grid`,
+    /// `default` is the embedded grid base (the meta-learned start of the synthesis network
+    /// for the default levels, width, depth and w0), and FILE.inrb a grid base from `inr
+    /// meta-train --mode grid` (its architecture replaces the grid settings); grid files never
+    /// need a base to decode. For WAV input,
     /// `default` is the embedded audio base matching the preset's network and window (the
     /// medium preset on mono 16 kHz clips), and FILE.inrb must be an audio base from `inr
     /// meta-train --modality audio` (its network and window replace the preset's).
@@ -214,6 +218,15 @@ pub(super) fn grid_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::G
     }
     cfg.target_bpp = args.bpp;
     cfg.target_psnr = args.target_psnr;
+    cfg.base = super::base_choice(&args.base)?;
+    let arch_flags =
+        args.levels.is_some() || args.width.is_some() || args.depth.is_some() || args.w0.is_some();
+    if matches!(cfg.base, inr::BaseChoice::Custom(_)) && arch_flags {
+        anyhow::bail!(
+            "--base FILE.inrb sets the grid synthesis architecture; drop --levels, --width, \
+             --depth and --w0"
+        );
+    }
     Ok(cfg)
 }
 
@@ -407,6 +420,11 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 Mode::Grid => "grid",
             },
             "lambda": grid_cfg.as_ref().map(|g| g.fit.lambda),
+            // The grid base the synthesis started from (null: random start).
+            "grid_base": grid_cfg
+                .as_ref()
+                .and_then(|g| g.start_id(img.channels))
+                .map(|id| format!("{id:016x}")),
             "config": {
                 "width": args.width,
                 "depth": args.depth,

@@ -90,8 +90,9 @@ fn base_info(args: &InfoArgs, bytes: &[u8], ctx: &Ctx) -> anyhow::Result<()> {
         "kind": "base",
         "id": format!("{:016x}", b.id()),
         "arch": b.arch,
-        "base_kind": if b.modulation.is_some() { "modulation" } else { "weights" },
-        "modality": if b.audio_window.is_some() { "audio" } else { "image" },
+        // "weights" as before version-4 bases, for scripts.
+        "base_kind": match b.kind() { "weight" => "weights", k => k },
+        "modality": if b.is_audio() { "audio" } else { "image" },
         "audio_window": b.audio_window,
         "modulation": b.modulation,
         "network_params": b.arch.num_params(),

@@ -35,9 +35,11 @@ pub struct MetaTrainArgs {
     /// Audio: frames per window (default: the preset's window at the clips' sample rate).
     #[arg(long)]
     pub window: Option<u32>,
-    /// What to learn: `weights` (a start for per-image weight fitting, Reptile) or
+    /// What to learn: `weights` (a start for per-image weight fitting, Reptile),
     /// `modulations` (a shared network plus a latent-to-shift map for `inr encode --mode
-    /// modulations`; first-order meta-learning through the encoder's latent fit).
+    /// modulations`; first-order meta-learning through the encoder's latent fit) or `grid`
+    /// (a start for the synthesis network of `inr encode --mode grid`, Reptile over the grid
+    /// encoder's own fits at rate weights drawn from the presets' range).
     #[arg(long, value_enum, default_value_t = Mode::Weights)]
     pub mode: Mode,
     /// Modulations: latent values per grid node (default 24 for images, 32 for audio).
@@ -51,9 +53,14 @@ pub struct MetaTrainArgs {
     /// default 4 for images, 7 for audio).
     #[arg(long)]
     pub freqs: Option<u8>,
-    /// Modulations, audio: SIREN w0 of the first layer (default 30).
+    /// Modulations, audio: SIREN w0 of the first layer (default 30); grid: w0 of every layer
+    /// (default 2).
     #[arg(long)]
     pub w0: Option<u16>,
+    /// Grid: latent levels of the encoder the base is for (default 8, as `inr encode --mode
+    /// grid`).
+    #[arg(long)]
+    pub levels: Option<u8>,
     /// Modulations: crops per outer step; audio: windows per outer step (fitted in parallel,
     /// their Reptile directions averaged).
     #[arg(long, default_value_t = 4)]
@@ -77,10 +84,11 @@ pub struct MetaTrainArgs {
     /// Output channels: 3 (RGB) or 1 (gray); training images are converted.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
     pub channels: u8,
-    /// Outer iterations.
-    #[arg(long, default_value_t = 1000)]
-    pub iterations: usize,
-    /// Encoder steps per task (default 16; 20 for audio modulations).
+    /// Outer iterations (default 1000; 150 for grid).
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Encoder steps per task (default 16; 20 for audio modulations; for grid, the fitting
+    /// budget of each task, default 100).
     #[arg(long)]
     pub inner_steps: Option<usize>,
     /// Inner Adam learning rate (default: 3e-4 for weights, the encoder's at the presets' step
@@ -91,15 +99,17 @@ pub struct MetaTrainArgs {
     #[arg(long, default_value_t = 16384)]
     pub batch: usize,
     /// Reptile step size at the start (decays linearly to --outer-lr-end); for modulations,
-    /// the Adam learning rate of the base (default 1e-3, cosine decay to a tenth).
+    /// the Adam learning rate of the base (default 1e-3, cosine decay to a tenth); for grid
+    /// 0.1.
     #[arg(long)]
     pub outer_lr: Option<f32>,
-    #[arg(long, default_value_t = 0.05)]
-    pub outer_lr_end: f32,
-    /// Smallest crop side in pixels (default 192; 48 for modulations).
+    /// Reptile step size at the last iteration (default 0.05; for grid 0.1).
+    #[arg(long)]
+    pub outer_lr_end: Option<f32>,
+    /// Smallest crop side in pixels (default 192; 48 for modulations; 256 for grid).
     #[arg(long)]
     pub crop_min: Option<u32>,
-    /// Largest crop side in pixels (default 768; 96 for modulations).
+    /// Largest crop side in pixels (default 768; 96 for modulations; 256 for grid).
     #[arg(long)]
     pub crop_max: Option<u32>,
     /// Seed of the initialisation and of the task sequence.
@@ -134,6 +144,8 @@ pub struct MetaTrainArgs {
 pub enum Mode {
     Weights,
     Modulations,
+    /// A grid base: the start of the synthesis network of `inr encode --mode grid`.
+    Grid,
 }
 
 pub(super) fn load_dir(dir: &Path, channels: u8) -> anyhow::Result<(Vec<Image>, Vec<String>)> {
@@ -210,11 +222,20 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if args.channels == 2 {
         bail!("--channels must be 1 or 3");
     }
-    if args.density.is_some() && (args.modality == "audio" || args.mode == Mode::Modulations) {
+    if args.density.is_some() && (args.modality == "audio" || args.mode != Mode::Weights) {
         bail!("--density is for the weights mode of images");
     }
     if args.density.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {
         bail!("--density must be in (0, 1]");
+    }
+    if args.mode == Mode::Grid {
+        if args.modality == "audio" {
+            bail!("--mode grid is for images");
+        }
+        return super::meta_train_grid::run(args, ctx);
+    }
+    if args.levels.is_some() {
+        bail!("--levels is for --mode grid");
     }
     if args.modality == "audio" {
         if args.mode == Mode::Modulations {
@@ -238,12 +259,12 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let cfg = MetaConfig {
-        iterations: args.iterations,
+        iterations: args.iterations.unwrap_or(1000),
         inner_steps: args.inner_steps.unwrap_or(16),
         inner_lr: args.inner_lr.unwrap_or(3e-4),
         batch: args.batch.max(1),
         outer_lr: args.outer_lr.unwrap_or(0.5),
-        outer_lr_end: args.outer_lr_end,
+        outer_lr_end: args.outer_lr_end.unwrap_or(0.05),
         crop_min: args.crop_min.unwrap_or(192).max(1),
         crop_max: args.crop_max.unwrap_or(768).max(1),
         seed: args.seed,

@@ -137,12 +137,12 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let cfg = AudioMetaConfig {
-        iterations: args.iterations,
+        iterations: args.iterations.unwrap_or(1000),
         tasks: args.tasks.max(1),
         inner_steps: args.inner_steps.unwrap_or(INNER_STEPS),
         inner_lr: args.inner_lr.unwrap_or(5e-3),
         outer_lr: args.outer_lr.unwrap_or(0.5),
-        outer_lr_end: args.outer_lr_end,
+        outer_lr_end: args.outer_lr_end.unwrap_or(0.05),
         window,
         seed: args.seed,
         ..AudioMetaConfig::default()

@@ -79,7 +79,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let has_val = !val_images.is_empty() || !val_clips.is_empty();
     let cfg = ModMetaConfig {
-        iterations: args.iterations,
+        iterations: args.iterations.unwrap_or(1000),
         tasks: args.tasks.max(1),
         crop_min: args
             .crop_min

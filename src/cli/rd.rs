@@ -27,7 +27,9 @@ pub struct RdArgs {
     #[arg(long, value_name = "CSV")]
     pub baselines: Option<PathBuf>,
     /// Start of the inr presets' fits: `default` (the embedded base matching each preset, if
-    /// any), `none` (random initialisation) or a base file.
+    /// any), `none` (random initialisation) or a base file. The grid points follow it: `none`
+    /// starts them at random, a grid base (`inr meta-train --mode grid`) from that base,
+    /// anything else from the embedded grid base.
     #[arg(long, default_value = "default", value_name = "default|none|FILE.inrb")]
     pub base: String,
     /// Report folder (created if missing).

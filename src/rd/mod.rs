@@ -410,8 +410,16 @@ fn grid_point(
     cfg: &RdConfig,
     name: &str,
 ) -> Result<PointResult, RdError> {
+    // The weight presets' start choice carries over: `None` is the random start here too, a
+    // grid base is used as given, anything else means the embedded grid base.
+    let base = match &cfg.base {
+        crate::BaseChoice::None => crate::BaseChoice::None,
+        crate::BaseChoice::Custom(b) if b.grid => crate::BaseChoice::Custom(b.clone()),
+        _ => crate::BaseChoice::Default,
+    };
     let mut ecfg = crate::GridEncodeConfig {
         seed: cfg.seed,
+        base,
         ..Default::default()
     };
     ecfg.fit.lambda = lambda;
