@@ -194,6 +194,47 @@ fn to_channels(img: Image, channels: u8) -> Image {
     }
 }
 
+/// The progress of a meta-training run (every mode): the bar, the wall clock, the mean task
+/// PSNR of the last 50 iterations, and when checkpoints are due.
+pub(super) struct Meter {
+    pub pb: indicatif::ProgressBar,
+    pub t0: Instant,
+    recent: Vec<f64>,
+    every: usize,
+    total: usize,
+}
+
+impl Meter {
+    /// A run of `total` iterations resumed after `from`, checkpointing every `every`.
+    pub fn new(quiet: bool, total: usize, from: usize, every: usize) -> Meter {
+        let pb = super::counting_bar(quiet);
+        pb.set_length(total as u64);
+        pb.set_position(from as u64);
+        Meter {
+            pb,
+            t0: Instant::now(),
+            recent: Vec::new(),
+            every: every.max(1),
+            total,
+        }
+    }
+
+    /// Records the task PSNR of iteration `i`: moves the bar and shows the recent mean.
+    /// Returns the iterations done, that mean, and whether a checkpoint is due (every
+    /// `every` iterations and after the last).
+    pub fn record(&mut self, i: usize, psnr: f64) -> (usize, f64, bool) {
+        self.recent.push(psnr);
+        if self.recent.len() > 50 {
+            self.recent.remove(0);
+        }
+        let mean = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+        self.pb.set_position(i as u64 + 1);
+        self.pb.set_message(format!("task PSNR {mean:.2} dB"));
+        let n = i + 1;
+        (n, mean, n.is_multiple_of(self.every) || n == self.total)
+    }
+}
+
 pub(super) fn checkpoint_path(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".ckpt");
@@ -315,11 +356,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ))?;
         Some(p)
     };
-    let pb = super::counting_bar(ctx.quiet);
-    pb.set_length(cfg.iterations as u64);
-    pb.set_position(start as u64);
-    let t0 = Instant::now();
-    let mut recent: Vec<f64> = Vec::new();
+    let mut meter = Meter::new(ctx.quiet, cfg.iterations, start, args.checkpoint_every);
     let mut err: Option<anyhow::Error> = None;
     let done = meta::train(
         &arch,
@@ -328,15 +365,8 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &mut params,
         start,
         &mut |i, p, psnr| {
-            pb.set_position(i as u64 + 1);
-            recent.push(psnr);
-            if recent.len() > 50 {
-                recent.remove(0);
-            }
-            let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-            pb.set_message(format!("task PSNR {mean:.2} dB"));
-            let n = i + 1;
-            if n % args.checkpoint_every.max(1) == 0 || n == cfg.iterations {
+            let (n, mean, checkpoint) = meter.record(i, psnr);
+            if checkpoint {
                 let r = Base::new(arch, p.to_vec(), description(&cfg, &names, n))
                     .map_err(anyhow::Error::from)
                     .and_then(|b| Ok(b.to_bytes()?))
@@ -348,27 +378,27 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             }
             if !val.is_empty() && n % args.val_every.max(1) == 0 {
                 let v = meta::validate(&arch, &val, p, (args.val_steps, vlr, vbatch), cfg.density);
-                pb.suspend(|| {
+                meter.pb.suspend(|| {
                     eprintln!(
                     "iteration {n}: validation PSNR after {} steps {v:.2} dB (random init {:.2}), \
                      recent task PSNR {mean:.2} dB, {:.0} s",
                     args.val_steps,
                     val_random.unwrap_or(f64::NAN),
-                    t0.elapsed().as_secs_f64()
+                    meter.t0.elapsed().as_secs_f64()
                 )
                 });
             }
             true
         },
     );
-    pb.finish_and_clear();
+    meter.pb.finish_and_clear();
     if let Some(e) = err {
         return Err(e);
     }
     let base = Base::new(arch, params, description(&cfg, &names, done))?;
     inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let secs = t0.elapsed().as_secs_f64();
+    let secs = meter.t0.elapsed().as_secs_f64();
     if ctx.json {
         return super::print_json(&serde_json::json!({
             "output": super::path_str(&args.output),

@@ -2,7 +2,6 @@
 //! random windows of WAV clips, with checkpoints and resume (as the image trainer).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use inr::audio::{Audio, AudioSpec};
@@ -204,11 +203,8 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         );
         Some(p)
     };
-    let pb = super::counting_bar(ctx.quiet);
-    pb.set_length(cfg.iterations as u64);
-    pb.set_position(start as u64);
-    let t0 = Instant::now();
-    let mut recent: Vec<f64> = Vec::new();
+    let mut meter =
+        super::meta_train::Meter::new(ctx.quiet, cfg.iterations, start, args.checkpoint_every);
     let mut err: Option<anyhow::Error> = None;
     let done = meta::audio_train(
         &arch,
@@ -217,15 +213,8 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &mut params,
         start,
         &mut |i, p, psnr| {
-            pb.set_position(i as u64 + 1);
-            recent.push(psnr);
-            if recent.len() > 50 {
-                recent.remove(0);
-            }
-            let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-            pb.set_message(format!("task PSNR {mean:.2} dB"));
-            let n = i + 1;
-            if n % args.checkpoint_every.max(1) == 0 || n == cfg.iterations {
+            let (n, mean, checkpoint) = meter.record(i, psnr);
+            if checkpoint {
                 let r = Base::new_audio(
                     arch,
                     window,
@@ -242,20 +231,20 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             }
             if !val.is_empty() && n % args.val_every.max(1) == 0 {
                 let v = meta::audio_validate(&arch, &val, p, args.val_steps, vlr);
-                pb.suspend(|| {
+                meter.pb.suspend(|| {
                     eprintln!(
                         "iteration {n}: validation PSNR after {} steps {v:.2} dB (random init \
                          {:.2}), recent task PSNR {mean:.2} dB, {:.0} s",
                         args.val_steps,
                         val_random.unwrap_or(f64::NAN),
-                        t0.elapsed().as_secs_f64()
+                        meter.t0.elapsed().as_secs_f64()
                     )
                 });
             }
             true
         },
     );
-    pb.finish_and_clear();
+    meter.pb.finish_and_clear();
     if let Some(e) = err {
         return Err(e);
     }
@@ -267,7 +256,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     )?;
     inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let secs = t0.elapsed().as_secs_f64();
+    let secs = meter.t0.elapsed().as_secs_f64();
     if ctx.json {
         return super::print_json(&serde_json::json!({
             "output": super::path_str(&args.output),

@@ -1,8 +1,6 @@
 //! `inr meta-train --mode grid`: learn a grid base (the start of grid-mode synthesis networks)
 //! with Reptile over the grid encoder's own fits, with checkpoints and resume.
 
-use std::time::Instant;
-
 use anyhow::{bail, Context as _};
 use inr::base::Base;
 use inr::format::Arch;
@@ -137,22 +135,12 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ))?;
         Some(j)
     };
-    let pb = super::counting_bar(ctx.quiet);
-    pb.set_length(cfg.iterations as u64);
-    pb.set_position(from as u64);
-    let t0 = Instant::now();
-    let mut recent: Vec<f64> = Vec::new();
+    let mut meter =
+        super::meta_train::Meter::new(ctx.quiet, cfg.iterations, from, args.checkpoint_every);
     let mut err: Option<anyhow::Error> = None;
     let done = grid_meta::train(&arch, &images, &cfg, &mut start, from, &mut |i, s, psnr| {
-        pb.set_position(i as u64 + 1);
-        recent.push(psnr);
-        if recent.len() > 50 {
-            recent.remove(0);
-        }
-        let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-        pb.set_message(format!("task PSNR {mean:.2} dB"));
-        let n = i + 1;
-        if n % args.checkpoint_every.max(1) == 0 || n == cfg.iterations {
+        let (n, mean, checkpoint) = meter.record(i, psnr);
+        if checkpoint {
             let r = Base::new_grid(
                 arch,
                 s.params.clone(),
@@ -168,13 +156,13 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
         if let Some(jr) = val_random.filter(|_| n % args.val_every.max(1) == 0) {
             match validate(Some(&s.params)) {
-                Ok((j, p, b)) => pb.suspend(|| {
+                Ok((j, p, b)) => meter.pb.suspend(|| {
                     eprintln!(
                         "iteration {n}: validation MSE + λ·bpp {j:.4e} ({:+.1} % against the \
                          random start; {p:.2} dB, {b:.3} bpp), recent task PSNR {mean:.2} dB, \
                          {:.0} s",
                         100.0 * (j / jr - 1.0),
-                        t0.elapsed().as_secs_f64()
+                        meter.t0.elapsed().as_secs_f64()
                     )
                 }),
                 Err(e) => {
@@ -185,14 +173,14 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
         true
     });
-    pb.finish_and_clear();
+    meter.pb.finish_and_clear();
     if let Some(e) = err {
         return Err(e);
     }
     let base = Base::new_grid(arch, start.params, description(&cfg, &names, done, None))?;
     inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let secs = t0.elapsed().as_secs_f64();
+    let secs = meter.t0.elapsed().as_secs_f64();
     if ctx.json {
         return super::print_json(&serde_json::json!({
             "output": super::path_str(&args.output),

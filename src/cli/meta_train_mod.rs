@@ -1,8 +1,6 @@
 //! `inr meta-train --mode modulations`: learn a modulation base (shared network and
 //! latent-to-shift map) with first-order meta-learning through the encoder's latent fit.
 
-use std::time::Instant;
-
 use anyhow::{bail, Context as _};
 use inr::base::{Base, ModSpec};
 use inr::format::Arch;
@@ -149,11 +147,8 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             val_at(&net)
         ))?;
     }
-    let pb = super::counting_bar(ctx.quiet);
-    pb.set_length(cfg.iterations as u64);
-    pb.set_position(start as u64);
-    let t0 = Instant::now();
-    let mut recent: Vec<f64> = Vec::new();
+    let mut meter =
+        super::meta_train::Meter::new(ctx.quiet, cfg.iterations, start, args.checkpoint_every);
     let save = |net: &ModNet, opt: &Adam, n: usize| -> anyhow::Result<()> {
         let b = Base::new_modulation(arch, spec, net.flat(), description(&cfg, &arch, &names, n))?;
         inr::util::write_atomic(&ckpt, &b.to_bytes()?, true)?;
@@ -175,30 +170,23 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 modulation::meta_train_step_audio(&mut net, &mut opt, clips, &cfg, i)
             }
         };
-        recent.push(psnr);
-        if recent.len() > 50 {
-            recent.remove(0);
-        }
-        let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-        pb.set_position(i as u64 + 1);
-        pb.set_message(format!("task PSNR {mean:.2} dB"));
-        let n = i + 1;
-        if n % args.checkpoint_every.max(1) == 0 || n == cfg.iterations {
+        let (n, mean, checkpoint) = meter.record(i, psnr);
+        if checkpoint {
             save(&net, &opt, n).with_context(|| format!("cannot write {}", ckpt.display()))?;
         }
         if has_val && n % args.val_every.max(1) == 0 {
             let v = val_at(&net);
-            pb.suspend(|| {
+            meter.pb.suspend(|| {
                 eprintln!(
                     "iteration {n}: validation PSNR after {} latent steps {v:.2} dB, recent \
                      task PSNR {mean:.2} dB, {:.0} s",
                     args.val_steps,
-                    t0.elapsed().as_secs_f64()
+                    meter.t0.elapsed().as_secs_f64()
                 )
             });
         }
     }
-    pb.finish_and_clear();
+    meter.pb.finish_and_clear();
     let done = cfg.iterations.max(start);
     let base = Base::new_modulation(
         arch,
@@ -208,7 +196,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     )?;
     inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let secs = t0.elapsed().as_secs_f64();
+    let secs = meter.t0.elapsed().as_secs_f64();
     if ctx.json {
         return super::print_json(&serde_json::json!({
             "output": super::path_str(&args.output),
