@@ -447,3 +447,54 @@ fn cli_rd_jpeg_only_writes_report_and_refuses_to_overwrite() {
         .stderr(predicates::str::contains("--force"));
     run(&["--force"]).success();
 }
+
+/// Grid points by rate weight and by target rate: each target's real files land at or under it
+/// within the ±3 % band (or, where rate control keeps a smaller and better file, below it), a
+/// larger target gives a larger mean file, and bad targets are configuration errors.
+#[test]
+fn rd_grid_points_by_lambda_and_by_target_rate() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    tiny_images(&data);
+    // 48x40 crops: the ~500-byte network alone is about 2 bpp.
+    let cfg = RdConfig {
+        grid_lambdas: vec![0.005],
+        grid_bpps: vec![4.0, 8.0],
+        grid_fit_steps: Some(60),
+        ..jpeg_only()
+    };
+    let report = run_rd(&data, &cfg, &mut |_| {}).unwrap();
+    let by_rate = report
+        .codecs
+        .iter()
+        .find(|c| c.name == "inr-grid-bpp")
+        .unwrap();
+    assert_eq!(by_rate.results.param, ["b4", "b8"]);
+    assert!(
+        by_rate.results.bpp[0] < by_rate.results.bpp[1],
+        "{by_rate:?}"
+    );
+    assert!(by_rate.description.contains("rate control"));
+    let by_lambda = report.codecs.iter().find(|c| c.name == "inr-grid").unwrap();
+    assert_eq!(by_lambda.results.param, ["l0.005"]);
+    for img in &report.images {
+        for (p, target) in img
+            .points
+            .iter()
+            .filter(|p| p.codec == "inr-grid-bpp")
+            .zip([4.0, 8.0])
+        {
+            assert!(p.bpp <= target * 1.03 && p.psnr > 15.0, "{p:?}");
+        }
+    }
+    for bad in [0.0, -1.0, f64::NAN] {
+        let c = RdConfig {
+            grid_bpps: vec![bad],
+            ..cfg.clone()
+        };
+        assert!(matches!(
+            run_rd(&data, &c, &mut |_| {}),
+            Err(inr::rd::RdError::Config(_))
+        ));
+    }
+}

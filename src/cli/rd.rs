@@ -64,6 +64,11 @@ pub struct RdArgs {
     /// `--grid-lambdas 0.02,0.008,0.003,0.001`.
     #[arg(long, value_delimiter = ',', value_name = "L,...")]
     pub grid_lambdas: Vec<f32>,
+    /// Also measure grid mode under rate control (`inr-grid-bpp` curve): one point per target
+    /// rate, the file within ±3 % below it when it can (as `inr encode --mode grid --bpp`), e.g.
+    /// `--grid-bpps 0.125,0.25,0.5`.
+    #[arg(long, value_delimiter = ',', value_name = "BPP,...")]
+    pub grid_bpps: Vec<f64>,
     /// Fitting steps of the grid points (default 1000).
     #[arg(long, value_name = "N")]
     pub grid_fit_steps: Option<usize>,
@@ -127,6 +132,11 @@ pub fn run(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> any
             Vec::new()
         } else {
             args.grid_lambdas.clone()
+        },
+        grid_bpps: if args.jpeg_only {
+            Vec::new()
+        } else {
+            args.grid_bpps.clone()
         },
         grid_fit_steps: args.grid_fit_steps,
         mod_base: match &args.mod_base {
@@ -196,6 +206,7 @@ fn run_audio(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> a
         (args.mod_fit_steps.is_some(), "--mod-fit-steps"),
         (args.mod_base.is_some(), "--mod-base"),
         (!args.grid_lambdas.is_empty(), "--grid-lambdas"),
+        (!args.grid_bpps.is_empty(), "--grid-bpps"),
         (args.grid_fit_steps.is_some(), "--grid-fit-steps"),
     ];
     if let Some((_, flag)) = image_only.iter().find(|(set, _)| *set) {

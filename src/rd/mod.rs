@@ -61,6 +61,9 @@ pub struct RdConfig {
     pub mod_base: Option<crate::base::Base>,
     /// Grid mode (`inr-grid` curve): one point per rate weight λ. Empty: none.
     pub grid_lambdas: Vec<f32>,
+    /// Grid mode under rate control (`inr-grid-bpp` curve): one point per target in bits per
+    /// pixel (`GridEncodeConfig::target_bpp`: λ searched, the file trimmed to fit). Empty: none.
+    pub grid_bpps: Vec<f64>,
     /// Fitting steps of the grid points (default: the encoder's).
     pub grid_fit_steps: Option<usize>,
     /// Start of the weight-mode presets' fits (`Default`: the embedded base of each preset).
@@ -81,6 +84,7 @@ impl Default for RdConfig {
             mod_fit_steps: None,
             mod_base: None,
             grid_lambdas: Vec::new(),
+            grid_bpps: Vec::new(),
             grid_fit_steps: None,
             base: crate::BaseChoice::Default,
         }
@@ -404,32 +408,51 @@ fn mod_point(img: &Image, q: f32, cfg: &RdConfig, name: &str) -> Result<PointRes
     })
 }
 
+/// What a grid point fixes: the rate weight, or a target rate.
+#[derive(Clone, Copy)]
+enum GridTarget {
+    Lambda(f32),
+    Bpp(f64),
+}
+
 fn grid_point(
     img: &Image,
-    lambda: f32,
+    target: GridTarget,
     cfg: &RdConfig,
     name: &str,
 ) -> Result<PointResult, RdError> {
-    // The weight presets' start choice carries over: `None` is the random start here too, a
-    // grid base is used as given, anything else means the embedded grid base.
-    let base = match &cfg.base {
-        crate::BaseChoice::None => crate::BaseChoice::None,
-        crate::BaseChoice::Custom(b) if b.grid => crate::BaseChoice::Custom(b.clone()),
-        _ => crate::BaseChoice::Default,
-    };
     let mut ecfg = crate::GridEncodeConfig {
         seed: cfg.seed,
-        base,
+        base: grid_base(&cfg.base),
         ..Default::default()
     };
-    ecfg.fit.lambda = lambda;
     if let Some(s) = cfg.grid_fit_steps {
         ecfg.fit.set_budget(s);
     }
+    let (codec, param) = match target {
+        GridTarget::Lambda(l) => {
+            ecfg.fit.lambda = l;
+            ("inr-grid", format!("l{l}"))
+        }
+        GridTarget::Bpp(b) => {
+            ecfg.target_bpp = Some(b);
+            ("inr-grid-bpp", format!("b{b}"))
+        }
+    };
     let opts = DecodeOptions::default();
-    measure_point(img, name, "inr-grid", format!("l{lambda}"), &opts, || {
+    measure_point(img, name, codec, param, &opts, || {
         crate::encode_grid(img, &ecfg, &mut |_| {})
     })
+}
+
+/// The start of the grid points: the weight presets' choice carries over (`None` is the random
+/// start here too, a grid base is used as given, anything else means the embedded grid base).
+fn grid_base(b: &crate::BaseChoice) -> crate::BaseChoice {
+    match b {
+        crate::BaseChoice::None => crate::BaseChoice::None,
+        crate::BaseChoice::Custom(b) if b.grid => crate::BaseChoice::Custom(b.clone()),
+        _ => crate::BaseChoice::Default,
+    }
 }
 
 fn validate(cfg: &RdConfig) -> Result<(), RdError> {
@@ -439,6 +462,11 @@ fn validate(cfg: &RdConfig) -> Result<(), RdError> {
         .find(|l| !(l.is_finite() && **l >= 0.0))
     {
         return Err(RdError::Config(format!("grid lambda {l} (expected >= 0)")));
+    }
+    if let Some(b) = cfg.grid_bpps.iter().find(|b| !(b.is_finite() && **b > 0.0)) {
+        return Err(RdError::Config(format!(
+            "grid target {b} bpp (expected > 0)"
+        )));
     }
     if let Some(&q) = cfg
         .jpeg_qualities
@@ -459,6 +487,7 @@ fn validate(cfg: &RdConfig) -> Result<(), RdError> {
     if cfg.presets.is_empty()
         && cfg.mod_latent_steps.is_empty()
         && cfg.grid_lambdas.is_empty()
+        && cfg.grid_bpps.is_empty()
         && (cfg.jpeg_qualities.is_empty() || cfg.jpeg_variants.is_empty())
     {
         return Err(RdError::Config(
@@ -521,8 +550,11 @@ pub fn run_rd(
         .iter()
         .flat_map(|&v| cfg.jpeg_qualities.iter().map(move |&q| (v, q)))
         .collect();
-    let per_image =
-        jobs.len() + cfg.presets.len() + cfg.mod_latent_steps.len() + cfg.grid_lambdas.len();
+    let per_image = jobs.len()
+        + cfg.presets.len()
+        + cfg.mod_latent_steps.len()
+        + cfg.grid_lambdas.len()
+        + cfg.grid_bpps.len();
     let total = per_image * files.len();
     let mut done = 0;
     let mut images = Vec::with_capacity(files.len());
@@ -569,13 +601,15 @@ pub fn run_rd(
             });
             points.push(pt);
         }
-        let grid_points = cfg.grid_lambdas.iter().map(|&l| (true, l));
-        let mod_points = cfg.mod_latent_steps.iter().map(|&q| (false, q));
-        for (grid, v) in mod_points.chain(grid_points) {
-            let pt = if grid {
-                grid_point(&img, v, cfg, &name)?
-            } else {
-                mod_point(&img, v, cfg, &name)?
+        // Modulation points (latent steps), then grid points (rate weights, then targets).
+        let mod_points = cfg.mod_latent_steps.iter().map(|&q| Err(q));
+        let grid_points = (cfg.grid_lambdas.iter().map(|&l| GridTarget::Lambda(l)))
+            .chain(cfg.grid_bpps.iter().map(|&b| GridTarget::Bpp(b)))
+            .map(Ok);
+        for point in mod_points.chain(grid_points) {
+            let pt = match point {
+                Ok(t) => grid_point(&img, t, cfg, &name)?,
+                Err(q) => mod_point(&img, q, cfg, &name)?,
             };
             done += 1;
             progress(&RdProgress {
@@ -626,16 +660,35 @@ pub fn run_rd(
             ),
         ));
     }
-    if !cfg.grid_lambdas.is_empty() {
-        descriptions.push((
-            "inr-grid".into(),
-            format!(
-                "inr grid mode (per-image latent pyramid + SIREN, rate-distortion fit), one \
-                 point per lambda, {} fitting steps",
-                cfg.grid_fit_steps
-                    .unwrap_or(crate::GridFit::default().steps)
-            ),
-        ));
+    let grid_start = match grid_base(&cfg.base) {
+        crate::BaseChoice::None => "random start".to_string(),
+        crate::BaseChoice::Custom(b) => format!("grid base {:016x}", b.id()),
+        crate::BaseChoice::Default => "the embedded grid base where one matches".into(),
+    };
+    let grid_steps = cfg
+        .grid_fit_steps
+        .unwrap_or(crate::GridFit::default().steps);
+    for (codec, points, what) in [
+        (
+            "inr-grid",
+            cfg.grid_lambdas.is_empty(),
+            "one point per lambda",
+        ),
+        (
+            "inr-grid-bpp",
+            cfg.grid_bpps.is_empty(),
+            "one point per target rate (rate control)",
+        ),
+    ] {
+        if !points {
+            descriptions.push((
+                codec.into(),
+                format!(
+                    "inr grid mode (per-image latent pyramid + SIREN, rate-distortion fit), \
+                     {what}, {grid_steps} fitting steps, {grid_start}"
+                ),
+            ));
+        }
     }
     let codecs = summarize(&images, &descriptions);
     let bd = bd_against(&codecs, BD_ANCHOR);
