@@ -235,6 +235,37 @@ impl Meter {
     }
 }
 
+/// Writes a trained base to `args.output` (atomically; an existing file only with `--force`)
+/// and reports it: with `--json` its output path, id, architecture, iterations and seconds plus
+/// `extra`, else the line `summary(seconds)`.
+pub(super) fn finish(
+    args: &MetaTrainArgs,
+    ctx: &Ctx,
+    meter: &Meter,
+    base: &Base,
+    done: usize,
+    extra: serde_json::Value,
+    summary: impl FnOnce(f64) -> String,
+) -> anyhow::Result<()> {
+    inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let secs = meter.t0.elapsed().as_secs_f64();
+    if ctx.json {
+        let mut v = serde_json::json!({
+            "output": super::path_str(&args.output),
+            "id": format!("{:016x}", base.id()),
+            "arch": base.arch,
+            "iterations": done,
+            "seconds": secs,
+        });
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        return super::print_json(&v);
+    }
+    say(summary(secs))
+}
+
 pub(super) fn checkpoint_path(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".ckpt");
@@ -396,24 +427,16 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         return Err(e);
     }
     let base = Base::new(arch, params, description(&cfg, &names, done))?;
-    inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let secs = meter.t0.elapsed().as_secs_f64();
-    if ctx.json {
-        return super::print_json(&serde_json::json!({
-            "output": super::path_str(&args.output),
-            "id": format!("{:016x}", base.id()),
-            "arch": arch,
-            "iterations": done,
-            "seconds": secs,
-            "images": names,
-        }));
-    }
-    say(format!(
-        "wrote {} (base {:016x}, {}x{} network, {done} iterations, {secs:.0} s)",
-        args.output.display(),
-        base.id(),
-        arch.depth,
-        arch.width
-    ))
+    let extra = serde_json::json!({
+        "images": names,
+    });
+    finish(&args, ctx, &meter, &base, done, extra, |secs| {
+        format!(
+            "wrote {} (base {:016x}, {}x{} network, {done} iterations, {secs:.0} s)",
+            args.output.display(),
+            base.id(),
+            arch.depth,
+            arch.width
+        )
+    })
 }

@@ -9,8 +9,8 @@ use inr::base::Base;
 use inr::meta::{self, AudioMetaConfig, AudioTask};
 use inr::AudioEncodeConfig;
 
-use super::meta_train::{checkpoint_path, MetaTrainArgs};
-use super::{say, Ctx};
+use super::meta_train::{checkpoint_path, finish, MetaTrainArgs};
+use super::Ctx;
 
 /// Default encoder steps per window.
 const INNER_STEPS: usize = 16;
@@ -254,27 +254,19 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         params,
         description(&cfg, &preset, &names, done),
     )?;
-    inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let secs = meter.t0.elapsed().as_secs_f64();
-    if ctx.json {
-        return super::print_json(&serde_json::json!({
-            "output": super::path_str(&args.output),
-            "id": format!("{:016x}", base.id()),
-            "modality": "audio",
-            "arch": arch,
-            "window": window,
-            "iterations": done,
-            "seconds": secs,
-            "clips": names,
-        }));
-    }
-    say(format!(
-        "wrote {} (audio base {:016x}, {}x{} network, window {window}, {done} iterations, \
-         {secs:.0} s)",
-        args.output.display(),
-        base.id(),
-        arch.depth,
-        arch.width
-    ))
+    let extra = serde_json::json!({
+        "modality": "audio",
+        "window": window,
+        "clips": names,
+    });
+    finish(&args, ctx, &meter, &base, done, extra, |secs| {
+        format!(
+            "wrote {} (audio base {:016x}, {}x{} network, window {window}, {done} iterations, \
+             {secs:.0} s)",
+            args.output.display(),
+            base.id(),
+            arch.depth,
+            arch.width
+        )
+    })
 }

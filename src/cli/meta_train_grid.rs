@@ -7,7 +7,7 @@ use inr::format::Arch;
 use inr::grid::GridStart;
 use inr::grid_meta::{self, GridMetaConfig};
 
-use super::meta_train::{checkpoint_path, load_dir, MetaTrainArgs};
+use super::meta_train::{checkpoint_path, finish, load_dir, MetaTrainArgs};
 use super::{say, Ctx};
 
 /// Description stored in the base: everything needed to reproduce it (no timestamps, so the
@@ -178,28 +178,20 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         return Err(e);
     }
     let base = Base::new_grid(arch, start.params, description(&cfg, &names, done, None))?;
-    inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let secs = meter.t0.elapsed().as_secs_f64();
-    if ctx.json {
-        return super::print_json(&serde_json::json!({
-            "output": super::path_str(&args.output),
-            "id": format!("{:016x}", base.id()),
-            "kind": "grid",
-            "arch": arch,
-            "iterations": done,
-            "seconds": secs,
-            "images": names,
-        }));
-    }
-    say(format!(
-        "wrote {} (grid base {:016x}, {} levels, {}x{} synthesis, {done} iterations, {secs:.0} s)",
-        args.output.display(),
-        base.id(),
-        arch.coord_dims,
-        arch.depth,
-        arch.width
-    ))
+    let extra = serde_json::json!({
+        "kind": "grid",
+        "images": names,
+    });
+    finish(&args, ctx, &meter, &base, done, extra, |secs| {
+        format!(
+            "wrote {} (grid base {:016x}, {} levels, {}x{} synthesis, {done} iterations, {secs:.0} s)",
+            args.output.display(),
+            base.id(),
+            arch.coord_dims,
+            arch.depth,
+            arch.width
+        )
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use inr::base::{Base, ModSpec};
 use inr::format::Arch;
 use inr::modulation::{self, Adam, LatentFit, ModMetaConfig, ModMetaState, ModNet};
 
-use super::meta_train::{checkpoint_path, load_dir, MetaTrainArgs};
+use super::meta_train::{checkpoint_path, finish, load_dir, MetaTrainArgs};
 use super::{say, Ctx};
 
 /// Description stored in the base (no timestamps: the same run gives the same bytes).
@@ -194,30 +194,22 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         net.flat(),
         description(&cfg, &arch, &names, done),
     )?;
-    inr::util::write_atomic(&args.output, &base.to_bytes()?, args.force)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let secs = meter.t0.elapsed().as_secs_f64();
-    if ctx.json {
-        return super::print_json(&serde_json::json!({
-            "output": super::path_str(&args.output),
-            "id": format!("{:016x}", base.id()),
-            "arch": arch,
-            "latent_dim": spec.latent_dim,
-            "cell": spec.cell,
-            "iterations": done,
-            "seconds": secs,
-            "images": names,
-        }));
-    }
-    say(format!(
-        "wrote {} (modulation base {:016x}, {}x{} network, latent {} per {}-{} cell, {done} \
-         iterations, {secs:.0} s)",
-        args.output.display(),
-        base.id(),
-        arch.depth,
-        arch.width,
-        spec.latent_dim,
-        spec.cell,
-        if audio { "frame" } else { "px" }
-    ))
+    let extra = serde_json::json!({
+        "latent_dim": spec.latent_dim,
+        "cell": spec.cell,
+        "images": names,
+    });
+    finish(&args, ctx, &meter, &base, done, extra, |secs| {
+        format!(
+            "wrote {} (modulation base {:016x}, {}x{} network, latent {} per {}-{} cell, {done} \
+             iterations, {secs:.0} s)",
+            args.output.display(),
+            base.id(),
+            arch.depth,
+            arch.width,
+            spec.latent_dim,
+            spec.cell,
+            if audio { "frame" } else { "px" }
+        )
+    })
 }
