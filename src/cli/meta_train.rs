@@ -266,6 +266,32 @@ pub(super) fn finish(
     say(summary(secs))
 }
 
+/// A `meta-train` checkpoint: the base file at `path`, its description (JSON) and the
+/// iterations it had done. Refused, naming the saved settings, unless its `config` equals `cfg`
+/// and `matches` accepts the base (architecture, kind, window).
+pub(super) fn read_checkpoint<C: serde::de::DeserializeOwned + PartialEq>(
+    path: &Path,
+    cfg: &C,
+    matches: impl Fn(&Base) -> bool,
+) -> anyhow::Result<(Base, serde_json::Value, usize)> {
+    let bytes = super::read_limited(path, super::MAX_BASE_BYTES)?;
+    let b = Base::from_bytes(&bytes, &inr::format::Limits::default())
+        .with_context(|| format!("cannot load checkpoint {}", path.display()))?;
+    let d: serde_json::Value =
+        serde_json::from_str(&b.description).context("checkpoint description is not JSON")?;
+    let saved: C =
+        serde_json::from_value(d["config"].clone()).context("checkpoint has no config")?;
+    if saved != *cfg || !matches(&b) {
+        bail!(
+            "checkpoint {} was written with other settings ({}); rerun with the same flags",
+            path.display(),
+            d["config"]
+        );
+    }
+    let done = d["iterations_done"].as_u64().unwrap_or(0) as usize;
+    Ok((b, d, done))
+}
+
 pub(super) fn checkpoint_path(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".ckpt");
@@ -344,21 +370,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let ckpt = checkpoint_path(&args.output);
     let (mut params, start) = if args.resume {
-        let bytes = super::read_limited(&ckpt, super::MAX_BASE_BYTES)?;
-        let b = Base::from_bytes(&bytes, &inr::format::Limits::default())
-            .with_context(|| format!("cannot load checkpoint {}", ckpt.display()))?;
-        let d: serde_json::Value =
-            serde_json::from_str(&b.description).context("checkpoint description is not JSON")?;
-        let saved: MetaConfig =
-            serde_json::from_value(d["config"].clone()).context("checkpoint has no config")?;
-        if saved != cfg || b.arch != arch {
-            bail!(
-                "checkpoint {} was written with other settings ({}); rerun with the same flags",
-                ckpt.display(),
-                d["config"]
-            );
-        }
-        let done = d["iterations_done"].as_u64().unwrap_or(0) as usize;
+        let (b, _, done) = read_checkpoint(&ckpt, &cfg, |b| b.arch == arch)?;
         say(format!(
             "resuming at iteration {done} from {}",
             ckpt.display()

@@ -9,7 +9,7 @@ use inr::base::Base;
 use inr::meta::{self, AudioMetaConfig, AudioTask};
 use inr::AudioEncodeConfig;
 
-use super::meta_train::{checkpoint_path, finish, MetaTrainArgs};
+use super::meta_train::{checkpoint_path, finish, read_checkpoint, MetaTrainArgs};
 use super::Ctx;
 
 /// Default encoder steps per window.
@@ -151,21 +151,9 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let shape = inr::bench_api::shape_of(&arch);
     let random = inr::bench_api::siren_init(&shape, args.seed);
     let (mut params, start) = if args.resume {
-        let bytes = super::read_limited(&ckpt, super::MAX_BASE_BYTES)?;
-        let b = Base::from_bytes(&bytes, &inr::format::Limits::default())
-            .with_context(|| format!("cannot load checkpoint {}", ckpt.display()))?;
-        let d: serde_json::Value =
-            serde_json::from_str(&b.description).context("checkpoint description is not JSON")?;
-        let saved: AudioMetaConfig =
-            serde_json::from_value(d["config"].clone()).context("checkpoint has no config")?;
-        if saved != cfg || b.arch != arch || b.audio_window != Some(window) {
-            bail!(
-                "checkpoint {} was written with other settings ({}); rerun with the same flags",
-                ckpt.display(),
-                d["config"]
-            );
-        }
-        let done = d["iterations_done"].as_u64().unwrap_or(0) as usize;
+        let (b, _, done) = read_checkpoint(&ckpt, &cfg, |b| {
+            b.arch == arch && b.audio_window == Some(window)
+        })?;
         note(
             ctx,
             format!("resuming at iteration {done} from {}", ckpt.display()),

@@ -7,7 +7,7 @@ use inr::format::Arch;
 use inr::grid::GridStart;
 use inr::grid_meta::{self, GridMetaConfig};
 
-use super::meta_train::{checkpoint_path, finish, load_dir, MetaTrainArgs};
+use super::meta_train::{checkpoint_path, finish, load_dir, read_checkpoint, MetaTrainArgs};
 use super::{say, Ctx};
 
 /// Description stored in the base: everything needed to reproduce it (no timestamps, so the
@@ -42,20 +42,7 @@ fn load_checkpoint(
     cfg: &GridMetaConfig,
     arch: &Arch,
 ) -> anyhow::Result<(GridStart, usize)> {
-    let bytes = super::read_limited(path, super::MAX_BASE_BYTES)?;
-    let b = Base::from_bytes(&bytes, &inr::format::Limits::default())
-        .with_context(|| format!("cannot load checkpoint {}", path.display()))?;
-    let d: serde_json::Value =
-        serde_json::from_str(&b.description).context("checkpoint description is not JSON")?;
-    let saved: GridMetaConfig =
-        serde_json::from_value(d["config"].clone()).context("checkpoint has no config")?;
-    if !b.grid || saved != *cfg || b.arch != *arch {
-        bail!(
-            "checkpoint {} was written with other settings ({}); rerun with the same flags",
-            path.display(),
-            d["config"]
-        );
-    }
+    let (b, d, done) = read_checkpoint(path, cfg, |b| b.grid && b.arch == *arch)?;
     let mut start = grid_meta::start_of(arch, b.params);
     let floats = |key: &str, n: usize| -> anyhow::Result<Vec<f32>> {
         let bits: Vec<u32> = serde_json::from_value(d["state"][key].clone())
@@ -74,7 +61,7 @@ fn load_checkpoint(
     for (c, v) in start.pred_coefs.iter_mut().zip(coefs.chunks_exact(taps)) {
         c.copy_from_slice(v);
     }
-    Ok((start, d["iterations_done"].as_u64().unwrap_or(0) as usize))
+    Ok((start, done))
 }
 
 pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
