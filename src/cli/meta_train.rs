@@ -292,6 +292,17 @@ pub(super) fn read_checkpoint<C: serde::de::DeserializeOwned + PartialEq>(
     Ok((b, d, done))
 }
 
+/// Writes a checkpoint, replacing the previous one; any error names the file.
+pub(super) fn write_checkpoint(
+    path: &Path,
+    base: Result<Base, inr::base::BaseError>,
+) -> anyhow::Result<()> {
+    base.map_err(anyhow::Error::from)
+        .and_then(|b| Ok(b.to_bytes()?))
+        .and_then(|bytes| Ok(inr::util::write_atomic(path, &bytes, true)?))
+        .with_context(|| format!("cannot write checkpoint {}", path.display()))
+}
+
 pub(super) fn checkpoint_path(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".ckpt");
@@ -410,12 +421,12 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &mut |i, p, psnr| {
             let (n, mean, checkpoint) = meter.record(i, psnr);
             if checkpoint {
-                let r = Base::new(arch, p.to_vec(), description(&cfg, &names, n))
-                    .map_err(anyhow::Error::from)
-                    .and_then(|b| Ok(b.to_bytes()?))
-                    .and_then(|bytes| Ok(inr::util::write_atomic(&ckpt, &bytes, true)?));
+                let r = write_checkpoint(
+                    &ckpt,
+                    Base::new(arch, p.to_vec(), description(&cfg, &names, n)),
+                );
                 if let Err(e) = r {
-                    err = Some(e.context(format!("cannot write checkpoint {}", ckpt.display())));
+                    err = Some(e);
                     return false;
                 }
             }

@@ -9,7 +9,9 @@ use inr::base::Base;
 use inr::meta::{self, AudioMetaConfig, AudioTask};
 use inr::AudioEncodeConfig;
 
-use super::meta_train::{checkpoint_path, finish, read_checkpoint, MetaTrainArgs};
+use super::meta_train::{
+    checkpoint_path, finish, read_checkpoint, write_checkpoint, MetaTrainArgs,
+};
 use super::Ctx;
 
 /// Default encoder steps per window.
@@ -203,17 +205,17 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &mut |i, p, psnr| {
             let (n, mean, checkpoint) = meter.record(i, psnr);
             if checkpoint {
-                let r = Base::new_audio(
-                    arch,
-                    window,
-                    p.to_vec(),
-                    description(&cfg, &preset, &names, n),
-                )
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(b.to_bytes()?))
-                .and_then(|bytes| Ok(inr::util::write_atomic(&ckpt, &bytes, true)?));
+                let r = write_checkpoint(
+                    &ckpt,
+                    Base::new_audio(
+                        arch,
+                        window,
+                        p.to_vec(),
+                        description(&cfg, &preset, &names, n),
+                    ),
+                );
                 if let Err(e) = r {
-                    err = Some(e.context(format!("cannot write checkpoint {}", ckpt.display())));
+                    err = Some(e);
                     return false;
                 }
             }

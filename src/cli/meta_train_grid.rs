@@ -7,7 +7,9 @@ use inr::format::Arch;
 use inr::grid::GridStart;
 use inr::grid_meta::{self, GridMetaConfig};
 
-use super::meta_train::{checkpoint_path, finish, load_dir, read_checkpoint, MetaTrainArgs};
+use super::meta_train::{
+    checkpoint_path, finish, load_dir, read_checkpoint, write_checkpoint, MetaTrainArgs,
+};
 use super::{say, Ctx};
 
 /// Description stored in the base: everything needed to reproduce it (no timestamps, so the
@@ -128,16 +130,16 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let done = grid_meta::train(&arch, &images, &cfg, &mut start, from, &mut |i, s, psnr| {
         let (n, mean, checkpoint) = meter.record(i, psnr);
         if checkpoint {
-            let r = Base::new_grid(
-                arch,
-                s.params.clone(),
-                description(&cfg, &names, n, Some(s)),
-            )
-            .map_err(anyhow::Error::from)
-            .and_then(|b| Ok(b.to_bytes()?))
-            .and_then(|bytes| Ok(inr::util::write_atomic(&ckpt, &bytes, true)?));
+            let r = write_checkpoint(
+                &ckpt,
+                Base::new_grid(
+                    arch,
+                    s.params.clone(),
+                    description(&cfg, &names, n, Some(s)),
+                ),
+            );
             if let Err(e) = r {
-                err = Some(e.context(format!("cannot write checkpoint {}", ckpt.display())));
+                err = Some(e);
                 return false;
             }
         }
