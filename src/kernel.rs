@@ -215,12 +215,25 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 #[inline(always)]
 fn lanes(s: &[f32]) -> &[f32; LANES] {
-    s[..LANES].try_into().unwrap_or(&[0.0; LANES])
+    lanes_n::<LANES>(s)
+}
+
+#[inline(always)]
+fn lanes_n<const L: usize>(s: &[f32]) -> &[f32; L] {
+    s[..L].try_into().unwrap_or(&[0.0; L])
+}
+
+/// Column-block width of the register-blocked loops for a row stride `ws` (a multiple of
+/// [`LANES`]): 16 when it divides `ws` (one AVX-512 register, or two AVX ones), else 8.
+/// Blocking changes which sums share a register, never the order of any sum.
+#[inline(always)]
+fn wide(ws: usize) -> bool {
+    ws % (2 * LANES) == 0
 }
 
 /// `out[r, j] = bias[j] + sum_{k < k_n} x[r*xs + k] * w[k*ws + j]` for `j < ws`
 /// (`ws` a multiple of [`LANES`]), `r < rows`; out row stride `ws`.
-/// Register-blocked: 4 rows x 8 columns of accumulators; the sum over `k` runs in order, so
+/// Register-blocked: 4 rows x 8 or 16 columns of accumulators; the sum over `k` runs in order, so
 /// the result does not depend on the blocking.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -234,38 +247,58 @@ fn gemm<const FMA: bool>(
     rows: usize,
     out: &mut [f32],
 ) {
+    if wide(ws) {
+        gemm_l::<FMA, { 2 * LANES }>(x, xs, k_n, w, ws, bias, rows, out)
+    } else {
+        gemm_l::<FMA, LANES>(x, xs, k_n, w, ws, bias, rows, out)
+    }
+}
+
+/// [`gemm`] with column blocks of `L` lanes (`L` divides `ws`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_l<const FMA: bool, const L: usize>(
+    x: &[f32],
+    xs: usize,
+    k_n: usize,
+    w: &[f32],
+    ws: usize,
+    bias: Option<&[f32]>,
+    rows: usize,
+    out: &mut [f32],
+) {
     let mut r = 0;
     while r + 4 <= rows {
         let xr: [&[f32]; 4] = std::array::from_fn(|i| &x[(r + i) * xs..(r + i) * xs + k_n]);
-        for jc in (0..ws).step_by(LANES) {
-            let init = bias.map_or([0.0; LANES], |b| *lanes(&b[jc..]));
+        for jc in (0..ws).step_by(L) {
+            let init = bias.map_or([0.0; L], |b| *lanes_n::<L>(&b[jc..]));
             let mut acc = [init; 4];
             for (k, wrow) in w.chunks_exact(ws).take(k_n).enumerate() {
-                let wv = lanes(&wrow[jc..]);
+                let wv = lanes_n::<L>(&wrow[jc..]);
                 for i in 0..4 {
                     let a = xr[i][k];
-                    for l in 0..LANES {
+                    for l in 0..L {
                         acc[i][l] = madd::<FMA>(a, wv[l], acc[i][l]);
                     }
                 }
             }
             for (i, a) in acc.iter().enumerate() {
-                out[(r + i) * ws + jc..][..LANES].copy_from_slice(a);
+                out[(r + i) * ws + jc..][..L].copy_from_slice(a);
             }
         }
         r += 4;
     }
     while r < rows {
         let xr = &x[r * xs..r * xs + k_n];
-        for jc in (0..ws).step_by(LANES) {
-            let mut acc = bias.map_or([0.0; LANES], |b| *lanes(&b[jc..]));
+        for jc in (0..ws).step_by(L) {
+            let mut acc = bias.map_or([0.0; L], |b| *lanes_n::<L>(&b[jc..]));
             for (&a, wrow) in xr.iter().zip(w.chunks_exact(ws)) {
-                let wv = lanes(&wrow[jc..]);
-                for l in 0..LANES {
+                let wv = lanes_n::<L>(&wrow[jc..]);
+                for l in 0..L {
                     acc[l] = madd::<FMA>(a, wv[l], acc[l]);
                 }
             }
-            out[r * ws + jc..][..LANES].copy_from_slice(&acc);
+            out[r * ws + jc..][..L].copy_from_slice(&acc);
         }
         r += 1;
     }
@@ -282,25 +315,37 @@ fn outer_acc<const FMA: bool>(
     rows: usize,
     gw: &mut [f32],
 ) {
+    // Blocks of KB x L accumulators: at most 64 values, which stay in registers.
     let mut k = 0;
+    if wide(ds) {
+        while k + 4 <= k_n {
+            outer_block_l::<FMA, 4, { 2 * LANES }>(x, xs, k, dz, ds, rows, gw);
+            k += 4;
+        }
+        while k < k_n {
+            outer_block_l::<FMA, 1, { 2 * LANES }>(x, xs, k, dz, ds, rows, gw);
+            k += 1;
+        }
+        return;
+    }
     while k + 8 <= k_n {
-        outer_block::<FMA, 8>(x, xs, k, dz, ds, rows, gw);
+        outer_block_l::<FMA, 8, LANES>(x, xs, k, dz, ds, rows, gw);
         k += 8;
     }
     while k + 4 <= k_n {
-        outer_block::<FMA, 4>(x, xs, k, dz, ds, rows, gw);
+        outer_block_l::<FMA, 4, LANES>(x, xs, k, dz, ds, rows, gw);
         k += 4;
     }
     while k < k_n {
-        outer_block::<FMA, 1>(x, xs, k, dz, ds, rows, gw);
+        outer_block_l::<FMA, 1, LANES>(x, xs, k, dz, ds, rows, gw);
         k += 1;
     }
 }
 
-/// Rows `k..k + KB` of [`outer_acc`]'s `gw`: `KB` accumulators of [`LANES`] per column block,
-/// summed over the rows in order.
+/// Rows `k..k + KB` of [`outer_acc`]'s `gw`: `KB` accumulators of `L` lanes (`L` divides
+/// `ds`) per column block, summed over the rows in order.
 #[inline(always)]
-fn outer_block<const FMA: bool, const KB: usize>(
+fn outer_block_l<const FMA: bool, const KB: usize, const L: usize>(
     x: &[f32],
     xs: usize,
     k: usize,
@@ -309,19 +354,20 @@ fn outer_block<const FMA: bool, const KB: usize>(
     rows: usize,
     gw: &mut [f32],
 ) {
-    for jc in (0..ds).step_by(LANES) {
-        let mut acc: [[f32; LANES]; KB] = std::array::from_fn(|i| *lanes(&gw[(k + i) * ds + jc..]));
+    for jc in (0..ds).step_by(L) {
+        let mut acc: [[f32; L]; KB] =
+            std::array::from_fn(|i| *lanes_n::<L>(&gw[(k + i) * ds + jc..]));
         for r in 0..rows {
-            let dv = lanes(&dz[r * ds + jc..]);
+            let dv = lanes_n::<L>(&dz[r * ds + jc..]);
             let xa: &[f32; KB] = x[r * xs + k..][..KB].try_into().unwrap_or(&[0.0; KB]);
             for i in 0..KB {
-                for l in 0..LANES {
+                for l in 0..L {
                     acc[i][l] = madd::<FMA>(xa[i], dv[l], acc[i][l]);
                 }
             }
         }
         for (i, a) in acc.iter().enumerate() {
-            gw[(k + i) * ds + jc..][..LANES].copy_from_slice(a);
+            gw[(k + i) * ds + jc..][..L].copy_from_slice(a);
         }
     }
 }
@@ -545,6 +591,14 @@ pub fn train_tile_io(
 ) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX-512F/VL, AVX2 and FMA, checked just above.
+            return unsafe { train_tile_avx512(shape, packed, packed_t, io, s) };
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
             return unsafe { train_tile_avx2(shape, packed, packed_t, io, s) };
@@ -557,6 +611,19 @@ pub fn train_tile_io(
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn train_tile_avx2(
+    shape: &NetShape,
+    packed: &[f32],
+    packed_t: &[f32],
+    io: TileIo<'_>,
+    s: &mut TrainScratch,
+) -> f64 {
+    train_tile_generic::<true>(shape, packed, packed_t, io, s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn train_tile_avx512(
     shape: &NetShape,
     packed: &[f32],
     packed_t: &[f32],
@@ -851,6 +918,61 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The run-time selected SIMD paths (AVX-512, AVX2 or none) give the same bits as the
+    /// portable code for training (with FMA) and inference (without), on layer widths that
+    /// take the 16-lane blocks (16, 32), the 8-lane ones (8, 24) and padded ones (3, 11).
+    #[test]
+    fn simd_paths_match_the_portable_code_bit_for_bit() {
+        let shape = NetShape::new(&[(8, 16), (16, 32), (32, 24), (24, 11), (11, 3)], 30.0, 2.0);
+        let rows = 61;
+        let mut rng = 99u64;
+        let mut rnd = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let params: Vec<f32> = (0..shape.n_params).map(|_| rnd()).collect();
+        let x: Vec<f32> = (0..rows * 8).map(|_| rnd()).collect();
+        let t: Vec<f32> = (0..rows * 3).map(|_| rnd()).collect();
+        let mut pk = vec![0.0; shape.n_packed];
+        shape.pack(&params, &mut pk);
+        let mut pt = vec![0.0; shape.n_packed_t];
+        shape.pack_transposed(&params, &mut pt);
+        let train = |portable: bool| {
+            let mut g = vec![0.0f32; shape.n_packed];
+            let mut s = TrainScratch::new(&shape);
+            s.input_mut()[..rows * 8].copy_from_slice(&x);
+            let io = TileIo {
+                target: &t,
+                rows,
+                grad_scale: 0.7,
+                grad: Some(&mut g),
+                shift: None,
+                gshift: None,
+                ginput: None,
+            };
+            let sse = if portable {
+                train_tile_generic::<true>(&shape, &pk, &pt, io, &mut s)
+            } else {
+                train_tile_io(&shape, &pk, &pt, io, &mut s)
+            };
+            (sse.to_bits(), g.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        };
+        assert_eq!(train(false), train(true));
+        let infer = |portable: bool| {
+            let mut y = vec![0.0f32; rows * 3];
+            let mut s = InferScratch::new(&shape);
+            if portable {
+                forward_infer_generic(&shape, &pk, &x, rows, &mut y, &mut s, None);
+            } else {
+                forward_tile_infer(&shape, &pk, &x, rows, &mut y, &mut s);
+            }
+            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(infer(false), infer(true));
     }
 
     fn check_gradient(shape: NetShape, rows: usize) {
