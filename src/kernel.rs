@@ -228,7 +228,7 @@ fn lanes_n<const L: usize>(s: &[f32]) -> &[f32; L] {
 /// Blocking changes which sums share a register, never the order of any sum.
 #[inline(always)]
 fn wide(ws: usize) -> bool {
-    ws % (2 * LANES) == 0
+    ws.is_multiple_of(2 * LANES)
 }
 
 /// `out[r, j] = bias[j] + sum_{k < k_n} x[r*xs + k] * w[k*ws + j]` for `j < ws`
