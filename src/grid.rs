@@ -548,29 +548,32 @@ impl LaplaceScale {
     /// the per-scale factors hoisted.
     #[inline]
     pub fn grads(&self, v: f32) -> (f32, f32) {
-        const INV_LN2: f32 = 1.0 / std::f32::consts::LN_2;
-        let a = v.abs();
-        let inv = self.inv;
-        if a >= 0.5 {
-            (
-                (inv * INV_LN2).copysign(v),
-                inv * (self.big_lnb - (a - 0.5)) * INV_LN2,
-            )
-        } else {
-            let ex = (a * inv).exp();
-            let rx = 1.0 / ex;
-            let (ch, sh) = (0.5 * (ex + rx), 0.5 * (ex - rx));
-            let p = 1.0 - self.eh * ch;
-            // With k = e^{-1/(2b)} / (b P): d(-ln P)/da = k sh, and d(-ln P)/d ln b =
-            // -(dP/db) b / P = k (ch/2 - a sh). One division for both (and `p < tiny` rather
-            // than `max`, which would also test for NaN).
-            let k = self.eh * inv / if p < 1e-30 { 1e-30 } else { p };
-            (
-                (k * sh * INV_LN2).copysign(v),
-                k * (0.5 * ch - a * sh) * INV_LN2,
-            )
-        }
+        laplace_grads(v, self.inv, self.eh, self.big_lnb)
     }
+}
+
+/// [`LaplaceScale::grads`] from the scale's constants: both branches of [`laplace_bits`] are
+/// computed and one is kept (with [`kernel::exp`]), so that loops over it vectorise.
+#[inline(always)]
+fn laplace_grads(v: f32, inv: f32, eh: f32, big_lnb: f32) -> (f32, f32) {
+    const INV_LN2: f32 = 1.0 / std::f32::consts::LN_2;
+    let a = v.abs();
+    // Inner branch, P = 1 - e^{-1/(2b)} cosh(a/b). With k = e^{-1/(2b)} / (b P):
+    // d(-ln P)/da = k sh, and d(-ln P)/d ln b = -(dP/db) b / P = k (ch/2 - a sh). One division
+    // for both (and `p < tiny` rather than `max`, which would also test for NaN).
+    let ex = kernel::exp(a * inv);
+    let rx = 1.0 / ex;
+    let (ch, sh) = (0.5 * (ex + rx), 0.5 * (ex - rx));
+    let p = 1.0 - eh * ch;
+    let k = eh * inv / if p < 1e-30 { 1e-30 } else { p };
+    let outer = a >= 0.5;
+    let dv = if outer { inv } else { k * sh } * INV_LN2;
+    let db = if outer {
+        inv * (big_lnb - (a - 0.5))
+    } else {
+        k * (0.5 * ch - a * sh)
+    } * INV_LN2;
+    (dv.copysign(v), db)
 }
 
 /// Settings of a grid fit.
@@ -912,33 +915,28 @@ pub fn rate_grad(
                 let mut acc = [0.0f32; GRID_CONTEXTS];
                 let mut acc_c = [0.0f32; GRID_PRED_TAPS];
                 let row0 = ci * rows_per;
-                let (mut sums, mut ctxs) = (vec![0u32; wl], vec![0u8; wl]);
+                let mut rs = RateRow::new(wl);
                 for (r, (g, wm)) in g.chunks_mut(wl).zip(wm.chunks_mut(wl)).enumerate() {
                     let y = row0 + r;
                     let cur = &q[y * wl..(y + 1) * wl];
                     let up = (y > 0).then(|| &q[(y - 1) * wl..y * wl]);
-                    context_row(cur, up, &mut sums, &mut ctxs);
-                    for (x, (g, wm)) in g.iter_mut().zip(wm.iter_mut()).enumerate() {
-                        let ctx = usize::from(ctxs[x]);
-                        let v = vals[y * wl + x];
-                        let (d, taps) = match &c {
-                            Some(c) => {
-                                let t = taps_at(vals, wl, x, y, par);
-                                let mu: f32 = t.iter().zip(c).map(|(a, b)| a * b).sum();
-                                (v - mu, Some(t))
-                            }
-                            None => (v, None),
-                        };
-                        let (dv, db) = b[ctx].grads(d);
-                        *g += rate_w * dv;
-                        acc[ctx] += db;
-                        *wm = -rate_w * dv;
-                        if let Some(t) = taps {
-                            for (a, tv) in acc_c.iter_mut().zip(t) {
-                                *a += -dv * tv;
-                            }
-                        }
-                    }
+                    context_row(cur, up, &mut rs.sums, &mut rs.ctx);
+                    let rows = RateRowIn {
+                        v: &vals[y * wl..(y + 1) * wl],
+                        up: (y > 0).then(|| &vals[(y - 1) * wl..y * wl]),
+                        par: par.and_then(|(p, pc)| p.get((y >> 1) * pc..((y >> 1) + 1) * pc)),
+                    };
+                    rate_row(
+                        &rows,
+                        c.as_ref(),
+                        &b,
+                        rate_w,
+                        g,
+                        wm,
+                        &mut acc,
+                        &mut acc_c,
+                        &mut rs,
+                    );
                 }
                 (acc, acc_c)
             })
@@ -1008,6 +1006,195 @@ pub fn rate_grad(
             );
     }
     (g_b, g_c)
+}
+
+/// Scratch of [`rate_row`] for rows of one width.
+struct RateRow {
+    sums: Vec<u32>,
+    ctx: Vec<u8>,
+    /// The §5.10 taps of every column (left, above, above-left, above-right, parent).
+    taps: [Vec<f32>; GRID_PRED_TAPS],
+    d: Vec<f32>,
+    inv: Vec<f32>,
+    eh: Vec<f32>,
+    big: Vec<f32>,
+    dv: Vec<f32>,
+    db: Vec<f32>,
+}
+
+impl RateRow {
+    fn new(w: usize) -> Self {
+        let z = || vec![0.0f32; w];
+        RateRow {
+            sums: vec![0; w],
+            ctx: vec![0; w],
+            taps: std::array::from_fn(|_| z()),
+            d: z(),
+            inv: z(),
+            eh: z(),
+            big: z(),
+            dv: z(),
+            db: z(),
+        }
+    }
+}
+
+/// One level row of noisy latents for [`rate_row`]: the row, the row above (if any) and the
+/// parent level's row `y / 2` (if the level has a parent and that row exists).
+struct RateRowIn<'a> {
+    v: &'a [f32],
+    up: Option<&'a [f32]>,
+    par: Option<&'a [f32]>,
+}
+
+/// Pass 1 of [`rate_grad`] on one row whose contexts are in `s.ctx`: for each latent, the
+/// derivatives of its bits under `tab[ctx]` centred on its prediction (with `c`) or on 0;
+/// adds `rate_w * d bits / d v` to `g`, writes `-rate_w * d bits / d v` to `wm`, and adds
+/// `d bits / d ln b` to `acc[ctx]` and `-d bits / d v * tap_k` to `acc_c[k]`, summed over the
+/// row in order (the same sums in the same order as latent by latent). Dispatches at run
+/// time to AVX-512 or AVX2 builds of the same code (no FMA, so the same bits).
+#[allow(clippy::too_many_arguments)]
+fn rate_row(
+    rows: &RateRowIn<'_>,
+    c: Option<&[f32; GRID_PRED_TAPS]>,
+    tab: &[LaplaceScale; GRID_CONTEXTS],
+    rate_w: f32,
+    g: &mut [f32],
+    wm: &mut [f32],
+    acc: &mut [f32; GRID_CONTEXTS],
+    acc_c: &mut [f32; GRID_PRED_TAPS],
+    s: &mut RateRow,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
+            // SAFETY: the CPU supports AVX-512F/VL, checked just above.
+            return unsafe { rate_row_avx512(rows, c, tab, rate_w, g, wm, acc, acc_c, s) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { rate_row_avx2(rows, c, tab, rate_w, g, wm, acc, acc_c, s) };
+        }
+    }
+    rate_row_body(rows, c, tab, rate_w, g, wm, acc, acc_c, s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rate_row_avx512(
+    rows: &RateRowIn<'_>,
+    c: Option<&[f32; GRID_PRED_TAPS]>,
+    tab: &[LaplaceScale; GRID_CONTEXTS],
+    rate_w: f32,
+    g: &mut [f32],
+    wm: &mut [f32],
+    acc: &mut [f32; GRID_CONTEXTS],
+    acc_c: &mut [f32; GRID_PRED_TAPS],
+    s: &mut RateRow,
+) {
+    rate_row_body(rows, c, tab, rate_w, g, wm, acc, acc_c, s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rate_row_avx2(
+    rows: &RateRowIn<'_>,
+    c: Option<&[f32; GRID_PRED_TAPS]>,
+    tab: &[LaplaceScale; GRID_CONTEXTS],
+    rate_w: f32,
+    g: &mut [f32],
+    wm: &mut [f32],
+    acc: &mut [f32; GRID_CONTEXTS],
+    acc_c: &mut [f32; GRID_PRED_TAPS],
+    s: &mut RateRow,
+) {
+    rate_row_body(rows, c, tab, rate_w, g, wm, acc, acc_c, s)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rate_row_body(
+    rows: &RateRowIn<'_>,
+    c: Option<&[f32; GRID_PRED_TAPS]>,
+    tab: &[LaplaceScale; GRID_CONTEXTS],
+    rate_w: f32,
+    g: &mut [f32],
+    wm: &mut [f32],
+    acc: &mut [f32; GRID_CONTEXTS],
+    acc_c: &mut [f32; GRID_PRED_TAPS],
+    s: &mut RateRow,
+) {
+    let v = rows.v;
+    let w = v.len();
+    // Residuals from the prediction (taps as in `taps_at`, 0 outside the grids).
+    if let Some(c) = c {
+        let [tl, ta, tal, tar, tp] = &mut s.taps;
+        tl[0] = 0.0;
+        tl[1..].copy_from_slice(&v[..w - 1]);
+        match rows.up {
+            Some(u) => {
+                ta.copy_from_slice(u);
+                tal[0] = 0.0;
+                tal[1..].copy_from_slice(&u[..w - 1]);
+                tar[..w - 1].copy_from_slice(&u[1..]);
+                tar[w - 1] = 0.0;
+            }
+            None => {
+                ta.fill(0.0);
+                tal.fill(0.0);
+                tar.fill(0.0);
+            }
+        }
+        tp.fill(0.0);
+        if let Some(p) = rows.par {
+            for (pair, &pv) in tp.chunks_mut(2).zip(p) {
+                pair.fill(pv);
+            }
+        }
+        let (tl, ta, tal, tar, tp, d) = (
+            &tl[..w],
+            &ta[..w],
+            &tal[..w],
+            &tar[..w],
+            &tp[..w],
+            &mut s.d[..w],
+        );
+        for x in 0..w {
+            let mu =
+                0.0 + tl[x] * c[0] + ta[x] * c[1] + tal[x] * c[2] + tar[x] * c[3] + tp[x] * c[4];
+            d[x] = v[x] - mu;
+        }
+    } else {
+        s.d.copy_from_slice(v);
+    }
+    for (x, &k) in s.ctx.iter().enumerate() {
+        let t = &tab[usize::from(k)];
+        s.inv[x] = t.inv;
+        s.eh[x] = t.eh;
+        s.big[x] = t.big_lnb;
+    }
+    let (ds, invs, ehs, bigs) = (&s.d[..w], &s.inv[..w], &s.eh[..w], &s.big[..w]);
+    let (dvs, dbs) = (&mut s.dv[..w], &mut s.db[..w]);
+    for x in 0..w {
+        (dvs[x], dbs[x]) = laplace_grads(ds[x], invs[x], ehs[x], bigs[x]);
+    }
+    let (g, wm, dvs) = (&mut g[..w], &mut wm[..w], &s.dv[..w]);
+    for x in 0..w {
+        g[x] += rate_w * dvs[x];
+        wm[x] = -rate_w * dvs[x];
+    }
+    for (&k, &db) in s.ctx.iter().zip(&s.db) {
+        acc[usize::from(k)] += db;
+    }
+    if c.is_some() {
+        for (a, t) in acc_c.iter_mut().zip(&s.taps) {
+            for (&dv, &tv) in s.dv.iter().zip(t) {
+                *a += -dv * tv;
+            }
+        }
+    }
 }
 
 /// [`context_in_rows`] of every column of `cur` into `ctx` (`sums` is scratch of the same

@@ -333,11 +333,12 @@ fn hostile_predictor_sections_give_errors_not_panics() {
     assert!(format::read_grid_file(&with_crc(b), &Limits::default()).is_err());
 }
 
-/// The rate model's latent and coefficient gradients (with a predictor and the parent taps)
-/// against finite differences of [`grid::rate_bits`].
+/// The rate model's latent, log-scale and coefficient gradients (with a predictor and the
+/// parent taps, and zero-centred) against finite differences of [`grid::rate_bits`].
 #[test]
 fn rate_gradients_with_a_predictor_match_finite_differences() {
-    let pyr = Pyramid::new(11, 7, 3);
+    // Rows wide enough for the vectorised loops (37 and 19 columns) and a short one (10).
+    let pyr = Pyramid::new(37, 9, 3);
     let n = pyr.n_latents;
     let lat: Vec<f32> = (0..n)
         .map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.37 + 0.05)
@@ -358,7 +359,7 @@ fn rate_gradients_with_a_predictor_match_finite_differences() {
     };
     let mut g = vec![0.0f32; n];
     let mut w = vec![0.0f32; n];
-    let (_, gc) = grid::rate_grad(
+    let (gb, gc) = grid::rate_grad(
         &pyr,
         0,
         &lnb,
@@ -369,7 +370,39 @@ fn rate_gradients_with_a_predictor_match_finite_differences() {
         &mut g,
         &mut w,
     );
+    // Log-scale gradients, with and without the predictor.
+    let mut g0 = vec![0.0f32; n];
+    let (gb0, _) = grid::rate_grad(&pyr, 0, &lnb, None, &lat, &rounded, 1.0, &mut g0, &mut w);
     let h = 1e-3f32;
+    for (c, gb) in [(Some(coefs.as_slice()), &gb), (None, &gb0)] {
+        for i in 0..lnb.len() {
+            let (mut a, mut b) = (lnb.clone(), lnb.clone());
+            a[i] += h;
+            b[i] -= h;
+            let bits =
+                |s: &[f32]| -> f64 { grid::rate_bits(&pyr, s, c, &lat, &rounded).iter().sum() };
+            let fd = (bits(&a) - bits(&b)) / (2.0 * f64::from(h));
+            let an = f64::from(gb[i]);
+            assert!(
+                (fd - an).abs() <= 2e-2 * fd.abs().max(1.0),
+                "log-scale {i} (predictor {}): fd {fd} analytic {an}",
+                c.is_some()
+            );
+        }
+    }
+    for i in 0..n {
+        let (mut a, mut b) = (lat.clone(), lat.clone());
+        a[i] += h;
+        b[i] -= h;
+        let bits =
+            |z: &[f32]| -> f64 { grid::rate_bits(&pyr, &lnb, None, z, &rounded).iter().sum() };
+        let fd = (bits(&a) - bits(&b)) / (2.0 * f64::from(h));
+        let an = f64::from(g0[i]);
+        assert!(
+            (fd - an).abs() <= 2e-2 * fd.abs().max(1.0),
+            "latent {i} without predictor: fd {fd} analytic {an}"
+        );
+    }
     for i in 0..n {
         let (mut a, mut b) = (lat.clone(), lat.clone());
         a[i] += h;
