@@ -1242,6 +1242,28 @@ fn context_in_rows(cur: &[u32], up: Option<&[u32]>, x: usize) -> usize {
     grid_context_bucket(s.min(1 << 20))
 }
 
+/// `v.round()` (ties away from zero) without a libm call, so that loops over it vectorise.
+#[inline(always)]
+fn round_ties_away(v: f32) -> f32 {
+    const BIG: f32 = 8_388_608.0; // 2^23: from here on every f32 is an integer.
+    let a = v.abs();
+    if !(a < BIG) {
+        return v; // integers, infinities and NaN
+    }
+    let t = (a as u32) as f32; // floor, exact below 2^23
+    let r = if a - t >= 0.5 { t + 1.0 } else { t };
+    r.copysign(v)
+}
+
+/// `v.round().abs().min(1e4) as u32` (the magnitude the §5.9 contexts read), vectorisable:
+/// capping first gives the same value (and 10^4 for NaN, as before).
+#[inline(always)]
+fn rounded_magnitude(v: f32) -> u32 {
+    let a = v.abs().min(1e4);
+    let t = a as u32;
+    t + u32::from(a - t as f32 >= 0.5)
+}
+
 /// A reduced-resolution view of a pyramid for the coarse phases of a fit: the target averaged
 /// over `2^k x 2^k` blocks, and a sampler that reads levels `k..` of the pyramid at strides
 /// 1, 2, … of the reduced image, and all-zero stand-ins for levels `0..k` (appended after the
@@ -1391,7 +1413,7 @@ pub fn fit_from(
         let ste = it >= noise_steps;
         if ste {
             for (n, &v) in noisy[lo..].iter_mut().zip(&lat[lo..]) {
-                *n = v.round();
+                *n = round_ties_away(v);
             }
         } else {
             for (n, &v) in noisy[lo..].iter_mut().zip(&lat[lo..]) {
@@ -1427,7 +1449,7 @@ pub fn fit_from(
         // coder will see them), a Laplace with a learned scale, centred on 0 or (with
         // `cfg.predict`) on the §5.10 prediction from the noisy neighbours.
         for (r, &v) in rounded[lo..].iter_mut().zip(&lat[lo..]) {
-            *r = v.round().abs().min(1e4) as u32;
+            *r = rounded_magnitude(v);
         }
         let pred_on = cfg.predict && it >= pred_from;
         let coefs_now = pred_on.then_some(coefs.as_slice());
@@ -1466,6 +1488,59 @@ pub fn fit_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vectorisable roundings equal `f32::round` (ties away from zero) everywhere that
+    /// matters: ties, near-ties, negatives, zeros, large values, the cap, infinities and NaN.
+    #[test]
+    fn roundings_equal_the_standard_ones() {
+        let mut vals = vec![
+            0.0f32,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            0.499_999_97,
+            -0.499_999_97,
+            1e4,
+            9_999.5,
+            9_999.499,
+            1e4 + 0.5,
+            3e4,
+            -3e4,
+            8_388_607.5,
+            8_388_608.0,
+            1e20,
+            -1e20,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+        ];
+        let mut x = -40.0f32;
+        while x < 40.0 {
+            vals.push(x);
+            x += 0.061_3;
+        }
+        for v in vals {
+            assert_eq!(
+                round_ties_away(v).to_bits(),
+                v.round().to_bits(),
+                "round({v})"
+            );
+            assert_eq!(
+                rounded_magnitude(v),
+                v.round().abs().min(1e4) as u32,
+                "|round({v})|"
+            );
+        }
+        assert!(round_ties_away(f32::NAN).is_nan());
+        assert_eq!(
+            rounded_magnitude(f32::NAN),
+            f32::NAN.round().abs().min(1e4) as u32
+        );
+    }
 
     /// The row-wise contexts of the fit's rate term equal the per-latent ones (§5.9), on rows
     /// of width 1, 2 and more, with and without a row above, small values and capped ones.
