@@ -925,18 +925,17 @@ pub fn rate_grad(
                         v: &vals[y * wl..(y + 1) * wl],
                         up: (y > 0).then(|| &vals[(y - 1) * wl..y * wl]),
                         par: par.and_then(|(p, pc)| p.get((y >> 1) * pc..((y >> 1) + 1) * pc)),
-                    };
-                    rate_row(
-                        &rows,
-                        c.as_ref(),
-                        &b,
+                        c: c.as_ref(),
+                        tab: &b,
                         rate_w,
+                    };
+                    let out = RateRowOut {
                         g,
                         wm,
-                        &mut acc,
-                        &mut acc_c,
-                        &mut rs,
-                    );
+                        acc: &mut acc,
+                        acc_c: &mut acc_c,
+                    };
+                    rate_row(&rows, out, &mut rs);
                 }
                 (acc, acc_c)
             })
@@ -1041,10 +1040,24 @@ impl RateRow {
 
 /// One level row of noisy latents for [`rate_row`]: the row, the row above (if any) and the
 /// parent level's row `y / 2` (if the level has a parent and that row exists).
+#[derive(Clone, Copy)]
 struct RateRowIn<'a> {
     v: &'a [f32],
     up: Option<&'a [f32]>,
     par: Option<&'a [f32]>,
+    /// The level's predictor coefficients (when predicting), Laplace scales per context, and
+    /// the rate weight.
+    c: Option<&'a [f32; GRID_PRED_TAPS]>,
+    tab: &'a [LaplaceScale; GRID_CONTEXTS],
+    rate_w: f32,
+}
+
+/// Where [`rate_row`] writes and adds its results (see there).
+struct RateRowOut<'a> {
+    g: &'a mut [f32],
+    wm: &'a mut [f32],
+    acc: &'a mut [f32; GRID_CONTEXTS],
+    acc_c: &'a mut [f32; GRID_PRED_TAPS],
 }
 
 /// Pass 1 of [`rate_grad`] on one row whose contexts are in `s.ctx`: for each latent, the
@@ -1053,79 +1066,36 @@ struct RateRowIn<'a> {
 /// `d bits / d ln b` to `acc[ctx]` and `-d bits / d v * tap_k` to `acc_c[k]`, summed over the
 /// row in order (the same sums in the same order as latent by latent). Dispatches at run
 /// time to AVX-512 or AVX2 builds of the same code (no FMA, so the same bits).
-#[allow(clippy::too_many_arguments)]
-fn rate_row(
-    rows: &RateRowIn<'_>,
-    c: Option<&[f32; GRID_PRED_TAPS]>,
-    tab: &[LaplaceScale; GRID_CONTEXTS],
-    rate_w: f32,
-    g: &mut [f32],
-    wm: &mut [f32],
-    acc: &mut [f32; GRID_CONTEXTS],
-    acc_c: &mut [f32; GRID_PRED_TAPS],
-    s: &mut RateRow,
-) {
+fn rate_row(rows: &RateRowIn<'_>, out: RateRowOut<'_>, s: &mut RateRow) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
             // SAFETY: the CPU supports AVX-512F/VL, checked just above.
-            return unsafe { rate_row_avx512(rows, c, tab, rate_w, g, wm, acc, acc_c, s) };
+            return unsafe { rate_row_avx512(rows, out, s) };
         }
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { rate_row_avx2(rows, c, tab, rate_w, g, wm, acc, acc_c, s) };
+            return unsafe { rate_row_avx2(rows, out, s) };
         }
     }
-    rate_row_body(rows, c, tab, rate_w, g, wm, acc, acc_c, s)
+    rate_row_body(rows, out, s)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rate_row_avx512(
-    rows: &RateRowIn<'_>,
-    c: Option<&[f32; GRID_PRED_TAPS]>,
-    tab: &[LaplaceScale; GRID_CONTEXTS],
-    rate_w: f32,
-    g: &mut [f32],
-    wm: &mut [f32],
-    acc: &mut [f32; GRID_CONTEXTS],
-    acc_c: &mut [f32; GRID_PRED_TAPS],
-    s: &mut RateRow,
-) {
-    rate_row_body(rows, c, tab, rate_w, g, wm, acc, acc_c, s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rate_row_avx2(
-    rows: &RateRowIn<'_>,
-    c: Option<&[f32; GRID_PRED_TAPS]>,
-    tab: &[LaplaceScale; GRID_CONTEXTS],
-    rate_w: f32,
-    g: &mut [f32],
-    wm: &mut [f32],
-    acc: &mut [f32; GRID_CONTEXTS],
-    acc_c: &mut [f32; GRID_PRED_TAPS],
-    s: &mut RateRow,
-) {
-    rate_row_body(rows, c, tab, rate_w, g, wm, acc, acc_c, s)
+// `rate_row_body` built for each instruction set.
+kernel::simd_variants! {
+    fn [rate_row_avx2 = "avx2", rate_row_avx512 = "avx512f,avx512vl,avx2"](
+        rows: &RateRowIn<'_>,
+        out: RateRowOut<'_>,
+        s: &mut RateRow,
+    ) {
+        rate_row_body(rows, out, s)
+    }
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn rate_row_body(
-    rows: &RateRowIn<'_>,
-    c: Option<&[f32; GRID_PRED_TAPS]>,
-    tab: &[LaplaceScale; GRID_CONTEXTS],
-    rate_w: f32,
-    g: &mut [f32],
-    wm: &mut [f32],
-    acc: &mut [f32; GRID_CONTEXTS],
-    acc_c: &mut [f32; GRID_PRED_TAPS],
-    s: &mut RateRow,
-) {
+fn rate_row_body(rows: &RateRowIn<'_>, out: RateRowOut<'_>, s: &mut RateRow) {
+    let RateRowIn { c, tab, rate_w, .. } = *rows;
+    let RateRowOut { g, wm, acc, acc_c } = out;
     let v = rows.v;
     let w = v.len();
     // Residuals from the prediction (taps as in `taps_at`, 0 outside the grids).
@@ -1247,7 +1217,7 @@ fn context_in_rows(cur: &[u32], up: Option<&[u32]>, x: usize) -> usize {
 fn round_ties_away(v: f32) -> f32 {
     const BIG: f32 = 8_388_608.0; // 2^23: from here on every f32 is an integer.
     let a = v.abs();
-    if !(a < BIG) {
+    if a.is_nan() || a >= BIG {
         return v; // integers, infinities and NaN
     }
     let t = (a as u32) as f32; // floor, exact below 2^23

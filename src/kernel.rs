@@ -16,6 +16,22 @@
 //! runs over contiguous memory and vectorises without reassociating sums. The backward pass uses
 //! a transposed copy of each weight matrix so it has the same form.
 
+/// One `unsafe fn` per `name = "features"` pair, each the same body compiled with
+/// `#[target_feature(enable = features)]` (x86_64 only), for run-time dispatch: the caller
+/// checks the features with `is_x86_feature_detected!` before calling one.
+macro_rules! simd_variants {
+    (fn [] $($rest:tt)*) => {};
+    (fn [$name:ident = $feat:literal $(, $n:ident = $f:literal)* $(,)?]
+        ($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name($($a: $t),*) $(-> $r)? $body
+        $crate::kernel::simd_variants!(fn [$($n = $f),*] ($($a: $t),*) $(-> $r)? $body);
+    };
+}
+pub(crate) use simd_variants;
+
 /// Rows per tile. Activations of a tile for all layers stay in L2.
 pub const TILE: usize = 64;
 /// SIMD lanes the packed layout is padded to (8 f32 = one AVX register).
@@ -272,26 +288,46 @@ fn gemm<const FMA: bool>(
     rows: usize,
     out: &mut [f32],
 ) {
+    let a = GemmArgs {
+        x,
+        xs,
+        k_n,
+        w,
+        ws,
+        bias,
+        rows,
+    };
     if wide(ws) {
-        gemm_l::<FMA, { 2 * LANES }>(x, xs, k_n, w, ws, bias, rows, out)
+        gemm_l::<FMA, { 2 * LANES }>(a, out)
     } else {
-        gemm_l::<FMA, LANES>(x, xs, k_n, w, ws, bias, rows, out)
+        gemm_l::<FMA, LANES>(a, out)
     }
+}
+
+/// The inputs of [`gemm`].
+#[derive(Clone, Copy)]
+struct GemmArgs<'a> {
+    x: &'a [f32],
+    xs: usize,
+    k_n: usize,
+    w: &'a [f32],
+    ws: usize,
+    bias: Option<&'a [f32]>,
+    rows: usize,
 }
 
 /// [`gemm`] with column blocks of `L` lanes (`L` divides `ws`).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn gemm_l<const FMA: bool, const L: usize>(
-    x: &[f32],
-    xs: usize,
-    k_n: usize,
-    w: &[f32],
-    ws: usize,
-    bias: Option<&[f32]>,
-    rows: usize,
-    out: &mut [f32],
-) {
+fn gemm_l<const FMA: bool, const L: usize>(a: GemmArgs<'_>, out: &mut [f32]) {
+    let GemmArgs {
+        x,
+        xs,
+        k_n,
+        w,
+        ws,
+        bias,
+        rows,
+    } = a;
     let mut r = 0;
     while r + 4 <= rows {
         let xr: [&[f32]; 4] = std::array::from_fn(|i| &x[(r + i) * xs..(r + i) * xs + k_n]);
@@ -632,30 +668,17 @@ pub fn train_tile_io(
     train_tile_generic::<false>(shape, packed, packed_t, io, s)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn train_tile_avx2(
-    shape: &NetShape,
-    packed: &[f32],
-    packed_t: &[f32],
-    io: TileIo<'_>,
-    s: &mut TrainScratch,
-) -> f64 {
-    train_tile_generic::<true>(shape, packed, packed_t, io, s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn train_tile_avx512(
-    shape: &NetShape,
-    packed: &[f32],
-    packed_t: &[f32],
-    io: TileIo<'_>,
-    s: &mut TrainScratch,
-) -> f64 {
-    train_tile_generic::<true>(shape, packed, packed_t, io, s)
+// `train_tile_generic` with FMA, built for each instruction set.
+simd_variants! {
+    fn [train_tile_avx2 = "avx2,fma", train_tile_avx512 = "avx512f,avx512vl,avx2,fma"](
+        shape: &NetShape,
+        packed: &[f32],
+        packed_t: &[f32],
+        io: TileIo<'_>,
+        s: &mut TrainScratch,
+    ) -> f64 {
+        train_tile_generic::<true>(shape, packed, packed_t, io, s)
+    }
 }
 
 #[inline(always)]
@@ -784,6 +807,17 @@ fn train_tile_generic<const FMA: bool>(
 mod tests {
     use super::*;
 
+    /// Deterministic values in [-0.5, 0.5) from a linear congruential generator.
+    fn lcg(seed: u64) -> impl FnMut() -> f32 {
+        let mut rng = seed;
+        move || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        }
+    }
+
     #[test]
     fn exp_is_accurate() {
         let mut worst = 0.0f64;
@@ -835,13 +869,7 @@ mod tests {
         let st = shape.shift_stride().unwrap();
         let rows = 6;
         let n_in = 4;
-        let mut rng = 999u64;
-        let mut rnd = || {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut rnd = lcg(999);
         let params: Vec<f32> = (0..shape.n_params).map(|_| rnd()).collect();
         let x: Vec<f32> = (0..rows * n_in).map(|_| rnd()).collect();
         let t: Vec<f32> = (0..rows * 3).map(|_| rnd()).collect();
@@ -906,13 +934,7 @@ mod tests {
         let shape = NetShape::new(&[(5, 9), (9, 9), (9, 3)], 2.0, 2.0);
         let (rows, n_in, ip) = (7, 5, input_grad_stride(&shape));
         assert_eq!(ip, 8);
-        let mut rng = 4242u64;
-        let mut rnd = || {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut rnd = lcg(4242);
         let params: Vec<f32> = (0..shape.n_params).map(|_| rnd()).collect();
         let x: Vec<f32> = (0..rows * n_in).map(|_| rnd()).collect();
         let t: Vec<f32> = (0..rows * 3).map(|_| rnd()).collect();
@@ -969,13 +991,7 @@ mod tests {
     fn simd_paths_match_the_portable_code_bit_for_bit() {
         let shape = NetShape::new(&[(8, 16), (16, 32), (32, 24), (24, 11), (11, 3)], 30.0, 2.0);
         let rows = 61;
-        let mut rng = 99u64;
-        let mut rnd = || {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut rnd = lcg(99);
         let params: Vec<f32> = (0..shape.n_params).map(|_| rnd()).collect();
         let x: Vec<f32> = (0..rows * 8).map(|_| rnd()).collect();
         let t: Vec<f32> = (0..rows * 3).map(|_| rnd()).collect();
@@ -1022,13 +1038,7 @@ mod tests {
 
     fn check_gradient(shape: NetShape, rows: usize) {
         let n_in = shape.layers[0].n_in;
-        let mut rng = 12345u64;
-        let mut rnd = || {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut rnd = lcg(12345);
         let params: Vec<f32> = (0..shape.n_params).map(|_| rnd()).collect();
         let x: Vec<f32> = (0..rows * n_in).map(|_| rnd()).collect();
         let t: Vec<f32> = (0..rows * 3).map(|_| rnd()).collect();
