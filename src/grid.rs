@@ -201,29 +201,54 @@ impl Sampler {
         }
     }
 
-    /// [`Sampler::row_features`] for the fit: the same bilinear features, interpolated along y
-    /// first (once per level value) and then along x, so not bit-identical to the normative
-    /// order (about an ulp apart); `tmp` is scratch.
-    pub fn row_features_fit(&self, lat: &[f32], y: usize, feat: &mut [f32], tmp: &mut Vec<f32>) {
+    /// [`Sampler::row_features`] for the fit, the same values (`==`): each level's two latent
+    /// rows are interpolated along x into lane `l` of `st`'s rows only when the output row
+    /// reads other latent rows than the row before (so once per `2^l` rows at level `l`, a
+    /// row interpolated before being carried over), then all levels are interpolated along y
+    /// in one vectorised pass. `st` must be fresh or last used on the same `lat` (any row).
+    pub fn row_features_fit(&self, lat: &[f32], y: usize, feat: &mut [f32], st: &mut FitRows) {
         let n_l = self.pyr.n_levels();
-        let w = self.out_w;
+        st.prepare(self.out_w * n_l, n_l);
         for l in 0..n_l {
-            let Some((r0, r1, fy)) = self.level_rows(lat, l, y, feat) else {
-                continue;
-            };
-            let tx = &self.tx[l];
-            tmp.clear();
-            tmp.extend(r0.iter().zip(r1).map(|(&a, &b)| a + fy * (b - a)));
-            let mut x = 0;
-            while x < w {
-                let (a, b) = (tx.i0[x], tx.i1[x]);
-                let (va, vb) = (tmp[a as usize], tmp[b as usize]);
-                while x < w && tx.i0[x] == a && tx.i1[x] == b {
-                    feat[x * n_l + l] = va + tx.f[x] * (vb - va);
-                    x += 1;
+            let (wl, _, off) = self.pyr.levels[l];
+            if self.ident[l] {
+                let row = &lat[off + y * wl..][..self.out_w];
+                for (d, &v) in st.a.chunks_exact_mut(n_l).zip(row) {
+                    d[l] = v;
                 }
+                st.wy[l] = 0.0;
+                continue;
             }
+            let ty = &self.ty[l];
+            let pair = (ty.i0[y], ty.i1[y]);
+            if st.rows[l] != Some(pair) {
+                let tx = &self.tx[l];
+                let lerp_x = |r: u32, dst: &mut [f32]| {
+                    let r = &lat[off + r as usize * wl..][..wl];
+                    for (x, d) in dst.chunks_exact_mut(n_l).enumerate() {
+                        let (a, b, fx) = (tx.i0[x] as usize, tx.i1[x] as usize, tx.f[x]);
+                        d[l] = r[a] + fx * (r[b] - r[a]);
+                    }
+                };
+                match st.rows[l] {
+                    Some((_, prev_b)) if prev_b == pair.0 => {
+                        for (d, s) in st.a.chunks_exact_mut(n_l).zip(st.b.chunks_exact(n_l)) {
+                            d[l] = s[l];
+                        }
+                    }
+                    _ => lerp_x(pair.0, &mut st.a),
+                }
+                lerp_x(pair.1, &mut st.b);
+                st.rows[l] = Some(pair);
+            }
+            st.wy[l] = ty.f[y];
         }
+        lane_pass(LanePass::Lerp {
+            a: &st.a,
+            b: &st.b,
+            wy: &st.wy,
+            out: &mut feat[..self.out_w * n_l],
+        });
     }
 
     /// Adjoint of [`Sampler::row_features`] over all rows: `g_feat` is `[y][x][L]`; writes
@@ -240,18 +265,20 @@ impl Sampler {
     }
 
     /// One band's share of the adjoint of [`Sampler::row_features`]: `g_feat` holds the
-    /// feature gradients of the output rows from `y0` on (`[y][x][L]`). Separable: each row is
-    /// first summed along x into one row of the level, then spread over the two latent rows it
-    /// reads. Per level, the result covers only the latent rows the band reads.
+    /// feature gradients of the output rows from `y0` on (`[y][x][L]`). Separable, y first:
+    /// every output row is added, weighted by its two y weights per level, into two rows of
+    /// `[x][L]` sums in one vectorised pass; level `l`'s lane of those is summed along x into
+    /// its two latent rows only when the next output row reads other latent rows (or at the
+    /// band's end), the second sum carried over when it is the next row's first latent row.
+    /// Per level, the result covers only the latent rows the band reads.
     fn band_adjoint(&self, g_feat: &[f32], y0: usize) -> BandAdjoint {
         let w = self.out_w;
         let n_l = self.pyr.n_levels();
         let n_rows = g_feat.len() / (w * n_l);
-        let mut parts = Vec::with_capacity(n_l);
+        let mut parts: Vec<(usize, Vec<f32>)> = Vec::with_capacity(n_l);
         if n_rows == 0 {
             return BandAdjoint { parts };
         }
-        let mut acc = Vec::new();
         for (l, &(wl, _, _)) in self.pyr.levels.iter().enumerate() {
             if self.ident[l] {
                 let mut g = vec![0.0f32; n_rows * wl];
@@ -261,42 +288,78 @@ impl Sampler {
                     }
                 }
                 parts.push((y0, g));
-                continue;
+            } else {
+                let ty = &self.ty[l];
+                let first = ty.i0[y0] as usize;
+                let last = ty.i1[y0 + n_rows - 1] as usize;
+                parts.push((first, vec![0.0f32; (last + 1 - first) * wl]));
             }
-            let (ty, tx) = (&self.ty[l], &self.tx[l]);
-            let first = ty.i0[y0] as usize;
-            let last = ty.i1[y0 + n_rows - 1] as usize;
-            let mut g = vec![0.0f32; (last + 1 - first) * wl];
-            acc.clear();
-            acc.resize(wl, 0.0f32);
-            for (r, src) in g_feat.chunks_exact(w * n_l).enumerate() {
-                acc.fill(0.0);
+        }
+        let mut st = FitRows::default();
+        st.prepare(w * n_l, n_l);
+        st.a.fill(0.0);
+        st.b.fill(0.0);
+        let mut w0 = vec![0.0f32; n_l];
+        // Sums level `l`'s lane of `st` along x into its rows `rows` of the band's part;
+        // `carry` moves the second lane into the first instead of summing it.
+        let flush = |st: &mut FitRows, parts: &mut [(usize, Vec<f32>)], l: usize, carry: bool| {
+            let Some((ra, rb)) = st.rows[l] else {
+                return;
+            };
+            let (wl, tx) = (self.pyr.levels[l].0, &self.tx[l]);
+            let (first, g) = &mut parts[l];
+            let mut lane_x = |src: &mut [f32], r: u32| {
+                let g = &mut g[(r as usize - *first) * wl..][..wl];
                 // Runs of output columns that read the same two values, summed in registers.
                 let mut x = 0;
                 while x < w {
                     let (a, b) = (tx.i0[x], tx.i1[x]);
                     let (mut sa, mut sb) = (0.0f32, 0.0f32);
                     while x < w && tx.i0[x] == a && tx.i1[x] == b {
-                        let (v, fx) = (src[x * n_l + l], tx.f[x]);
+                        let (v, fx) = (std::mem::take(&mut src[x * n_l + l]), tx.f[x]);
                         sa += v * (1.0 - fx);
                         sb += v * fx;
                         x += 1;
                     }
-                    acc[a as usize] += sa;
-                    acc[b as usize] += sb;
+                    g[a as usize] += sa;
+                    g[b as usize] += sb;
                 }
-                let y = y0 + r;
-                let fy = ty.f[y];
-                let r0 = (ty.i0[y] as usize - first) * wl;
-                let r1 = (ty.i1[y] as usize - first) * wl;
-                for (d, &a) in g[r0..r0 + wl].iter_mut().zip(&acc) {
-                    *d += a * (1.0 - fy);
+            };
+            lane_x(&mut st.a, ra);
+            if carry {
+                for (d, s) in st.a.chunks_exact_mut(n_l).zip(st.b.chunks_exact_mut(n_l)) {
+                    d[l] = std::mem::take(&mut s[l]);
                 }
-                for (d, &a) in g[r1..r1 + wl].iter_mut().zip(&acc) {
-                    *d += a * fy;
-                }
+            } else {
+                lane_x(&mut st.b, rb);
             }
-            parts.push((first, g));
+        };
+        for (r, src) in g_feat.chunks_exact(w * n_l).enumerate() {
+            let y = y0 + r;
+            for (l, w0) in w0.iter_mut().enumerate() {
+                if self.ident[l] {
+                    (*w0, st.wy[l]) = (0.0, 0.0);
+                    continue;
+                }
+                let ty = &self.ty[l];
+                let pair = (ty.i0[y], ty.i1[y]);
+                if st.rows[l] != Some(pair) {
+                    let carry = st.rows[l].is_some_and(|(_, rb)| rb == pair.0);
+                    flush(&mut st, &mut parts, l, carry);
+                    st.rows[l] = Some(pair);
+                }
+                (*w0, st.wy[l]) = (1.0 - ty.f[y], ty.f[y]);
+            }
+            lane_pass(LanePass::Axpy2 {
+                s0: &mut st.a,
+                s1: &mut st.b,
+                src,
+                w0: &w0,
+                w1: &st.wy,
+            });
+        }
+        for l in 0..n_l {
+            flush(&mut st, &mut parts, l, false);
         }
         BandAdjoint { parts }
     }
@@ -339,6 +402,241 @@ impl Sampler {
 /// latent row it touches and the sums over those rows.
 struct BandAdjoint {
     parts: Vec<(usize, Vec<f32>)>,
+}
+
+/// Per-band state of the fit's separable sampling ([`Sampler::row_features_fit`] and the
+/// adjoint): two `[x][L]` rows whose lane `l` holds level `l`'s data for the latent rows
+/// `rows[l]` (x-interpolated latent rows going forward, y-weighted sums going back), and the
+/// current y weights.
+#[derive(Debug, Default)]
+pub struct FitRows {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    rows: Vec<Option<(u32, u32)>>,
+    wy: Vec<f32>,
+}
+
+impl FitRows {
+    /// Sizes the rows for `len` values and `n_l` levels; forgets the rows held if the sizes
+    /// change.
+    fn prepare(&mut self, len: usize, n_l: usize) {
+        if self.a.len() != len || self.rows.len() != n_l {
+            self.a = vec![0.0; len];
+            self.b = vec![0.0; len];
+            self.rows = vec![None; n_l];
+            self.wy = vec![0.0; n_l];
+        }
+    }
+}
+
+/// The vectorised y passes of the fit's sampling, on `[x][L]` rows with per-level weights.
+enum LanePass<'a> {
+    /// `out = a + wy * (b - a)` (§13.5 step 2's y interpolation).
+    Lerp {
+        a: &'a [f32],
+        b: &'a [f32],
+        wy: &'a [f32],
+        out: &'a mut [f32],
+    },
+    /// `s0 += w0 * src`, `s1 += w1 * src`.
+    Axpy2 {
+        s0: &'a mut [f32],
+        s1: &'a mut [f32],
+        src: &'a [f32],
+        w0: &'a [f32],
+        w1: &'a [f32],
+    },
+}
+
+/// Runs a [`LanePass`]: with AVX-512F or AVX (chosen at run time) on 16 values at a time when
+/// the level count divides 16, else in portable code. No FMA, so every path gives the same bits.
+fn lane_pass(p: LanePass<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let wts = match &p {
+            LanePass::Lerp { wy, .. } => wy,
+            LanePass::Axpy2 { w0, .. } => w0,
+        };
+        if !wts.is_empty() && 16 % wts.len() == 0 {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F, checked just above.
+                return unsafe { lane_pass_avx512(p) };
+            }
+            if std::is_x86_feature_detected!("avx") {
+                // SAFETY: the CPU supports AVX, checked just above.
+                return unsafe { lane_pass_avx(p) };
+            }
+        }
+    }
+    lane_pass_portable(p);
+}
+
+/// The per-level weights repeated over 16 lanes (the level count divides 16, so it is a power
+/// of two).
+#[cfg(target_arch = "x86_64")]
+fn pattern16(wts: &[f32]) -> [f32; 16] {
+    let mask = wts.len() - 1;
+    std::array::from_fn(|i| wts[i & mask])
+}
+
+/// [`lane_pass`] with AVX-512F intrinsics (written out: auto-vectorised, the 16-value blocks
+/// became gathers and scatters across blocks).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn lane_pass_avx512(p: LanePass<'_>) {
+    use std::arch::x86_64::*;
+    match p {
+        LanePass::Lerp { a, b, wy, out } => {
+            let n = out.len().min(a.len()).min(b.len());
+            let pv = _mm512_loadu_ps(pattern16(wy).as_ptr());
+            let k = n / 16 * 16;
+            for i in (0..k).step_by(16) {
+                // SAFETY: i + 16 <= n, within all three slices.
+                unsafe {
+                    let av = _mm512_loadu_ps(a.as_ptr().add(i));
+                    let bv = _mm512_loadu_ps(b.as_ptr().add(i));
+                    let r = _mm512_add_ps(av, _mm512_mul_ps(pv, _mm512_sub_ps(bv, av)));
+                    _mm512_storeu_ps(out.as_mut_ptr().add(i), r);
+                }
+            }
+            lane_pass_portable(LanePass::Lerp {
+                a: &a[k..],
+                b: &b[k..],
+                wy,
+                out: &mut out[k..],
+            });
+        }
+        LanePass::Axpy2 {
+            s0,
+            s1,
+            src,
+            w0,
+            w1,
+        } => {
+            let n = src.len().min(s0.len()).min(s1.len());
+            let p0 = _mm512_loadu_ps(pattern16(w0).as_ptr());
+            let p1 = _mm512_loadu_ps(pattern16(w1).as_ptr());
+            let k = n / 16 * 16;
+            for i in (0..k).step_by(16) {
+                // SAFETY: i + 16 <= n, within all three slices.
+                unsafe {
+                    let v = _mm512_loadu_ps(src.as_ptr().add(i));
+                    let x0 =
+                        _mm512_add_ps(_mm512_loadu_ps(s0.as_ptr().add(i)), _mm512_mul_ps(p0, v));
+                    let x1 =
+                        _mm512_add_ps(_mm512_loadu_ps(s1.as_ptr().add(i)), _mm512_mul_ps(p1, v));
+                    _mm512_storeu_ps(s0.as_mut_ptr().add(i), x0);
+                    _mm512_storeu_ps(s1.as_mut_ptr().add(i), x1);
+                }
+            }
+            lane_pass_portable(LanePass::Axpy2 {
+                s0: &mut s0[k..],
+                s1: &mut s1[k..],
+                src: &src[k..],
+                w0,
+                w1,
+            });
+        }
+    }
+}
+
+/// [`lane_pass`] with AVX intrinsics, 16 values as two 8-lane halves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn lane_pass_avx(p: LanePass<'_>) {
+    use std::arch::x86_64::*;
+    match p {
+        LanePass::Lerp { a, b, wy, out } => {
+            let n = out.len().min(a.len()).min(b.len());
+            let pat = pattern16(wy);
+            let pv = [
+                _mm256_loadu_ps(pat.as_ptr()),
+                _mm256_loadu_ps(pat[8..].as_ptr()),
+            ];
+            let k = n / 16 * 16;
+            for i in (0..k).step_by(8) {
+                // SAFETY: i + 8 <= n, within all three slices.
+                unsafe {
+                    let av = _mm256_loadu_ps(a.as_ptr().add(i));
+                    let bv = _mm256_loadu_ps(b.as_ptr().add(i));
+                    let d = _mm256_sub_ps(bv, av);
+                    let r = _mm256_add_ps(av, _mm256_mul_ps(pv[(i / 8) % 2], d));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+                }
+            }
+            lane_pass_portable(LanePass::Lerp {
+                a: &a[k..],
+                b: &b[k..],
+                wy,
+                out: &mut out[k..],
+            });
+        }
+        LanePass::Axpy2 {
+            s0,
+            s1,
+            src,
+            w0,
+            w1,
+        } => {
+            let n = src.len().min(s0.len()).min(s1.len());
+            let (q0, q1) = (pattern16(w0), pattern16(w1));
+            let p0 = [
+                _mm256_loadu_ps(q0.as_ptr()),
+                _mm256_loadu_ps(q0[8..].as_ptr()),
+            ];
+            let p1 = [
+                _mm256_loadu_ps(q1.as_ptr()),
+                _mm256_loadu_ps(q1[8..].as_ptr()),
+            ];
+            let k = n / 16 * 16;
+            for i in (0..k).step_by(8) {
+                let h = (i / 8) % 2;
+                // SAFETY: i + 8 <= n, within all three slices.
+                unsafe {
+                    let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                    let x0 =
+                        _mm256_add_ps(_mm256_loadu_ps(s0.as_ptr().add(i)), _mm256_mul_ps(p0[h], v));
+                    let x1 =
+                        _mm256_add_ps(_mm256_loadu_ps(s1.as_ptr().add(i)), _mm256_mul_ps(p1[h], v));
+                    _mm256_storeu_ps(s0.as_mut_ptr().add(i), x0);
+                    _mm256_storeu_ps(s1.as_mut_ptr().add(i), x1);
+                }
+            }
+            lane_pass_portable(LanePass::Axpy2 {
+                s0: &mut s0[k..],
+                s1: &mut s1[k..],
+                src: &src[k..],
+                w0,
+                w1,
+            });
+        }
+    }
+}
+
+/// [`lane_pass`] in portable code; on a tail, weights stay aligned as long as the tail starts
+/// at a multiple of the level count.
+fn lane_pass_portable(p: LanePass<'_>) {
+    match p {
+        LanePass::Lerp { a, b, wy, out } => {
+            let n = wy.len();
+            for (i, ((o, &a), &b)) in out.iter_mut().zip(a).zip(b).enumerate() {
+                *o = a + wy[i % n] * (b - a);
+            }
+        }
+        LanePass::Axpy2 {
+            s0,
+            s1,
+            src,
+            w0,
+            w1,
+        } => {
+            let n = w0.len();
+            for (i, ((a, b), &v)) in s0.iter_mut().zip(s1.iter_mut()).zip(src).enumerate() {
+                *a += w0[i % n] * v;
+                *b += w1[i % n] * v;
+            }
+        }
+    }
 }
 
 /// Renders the network `arch`/`params` on the latents `lat` (dequantized) at the sampler's
@@ -430,15 +728,15 @@ pub fn distortion_grad(
                     vec![0.0f32; TILE * c],
                     vec![0.0f32; TILE * ip],
                     vec![0.0f32; w * n_l],
-                    Vec::new(),
+                    FitRows::default(),
                 )
             },
-            |(scratch, tg, gi, feat, tmp), (band, gf)| {
+            |(scratch, tg, gi, feat, rows), (band, gf)| {
                 let mut gp = vec![0.0f32; np];
                 let mut sse = 0.0;
                 for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
                     let y = band * BAND + r;
-                    sm.row_features_fit(lat, y, feat, tmp);
+                    sm.row_features_fit(lat, y, feat, rows);
                     let mut x0 = 0;
                     while x0 < w {
                         let rows = TILE.min(w - x0);
@@ -1510,6 +1808,59 @@ mod tests {
             rounded_magnitude(f32::NAN),
             f32::NAN.round().abs().min(1e4) as u32
         );
+    }
+
+    /// The run-time selected y passes of the fit's sampling (AVX-512 or AVX when the level
+    /// count divides 16) give the bits of the portable code, tails included.
+    #[test]
+    fn lane_passes_match_the_portable_code_bit_for_bit() {
+        let val = |i: usize, k: usize| ((i * 37 + k * 11) % 29) as f32 * 0.173 - 2.4;
+        for n_l in [1usize, 2, 4, 5, 8, 16] {
+            for w in [1usize, 3, 7, 16, 37] {
+                let len = w * n_l;
+                let a: Vec<f32> = (0..len).map(|i| val(i, 1)).collect();
+                let b: Vec<f32> = (0..len).map(|i| val(i, 2)).collect();
+                let wy: Vec<f32> = (0..n_l).map(|l| val(l, 3) * 0.2).collect();
+                let w0: Vec<f32> = wy.iter().map(|v| 1.0 - v).collect();
+                let (mut o1, mut o2) = (vec![0.0f32; len], vec![0.0f32; len]);
+                lane_pass(LanePass::Lerp {
+                    a: &a,
+                    b: &b,
+                    wy: &wy,
+                    out: &mut o1,
+                });
+                lane_pass_portable(LanePass::Lerp {
+                    a: &a,
+                    b: &b,
+                    wy: &wy,
+                    out: &mut o2,
+                });
+                assert_eq!(o1, o2, "lerp, {n_l} levels, width {w}");
+                let (mut s0, mut s1) = (a.clone(), b.clone());
+                let (mut t0, mut t1) = (a.clone(), b.clone());
+                let src: Vec<f32> = (0..len).map(|i| val(i, 4)).collect();
+                lane_pass(LanePass::Axpy2 {
+                    s0: &mut s0,
+                    s1: &mut s1,
+                    src: &src,
+                    w0: &w0,
+                    w1: &wy,
+                });
+                lane_pass_portable(LanePass::Axpy2 {
+                    s0: &mut t0,
+                    s1: &mut t1,
+                    src: &src,
+                    w0: &w0,
+                    w1: &wy,
+                });
+                assert_eq!((&s0, &s1), (&t0, &t1), "axpy, {n_l} levels, width {w}");
+                // The portable code is the formula, lane by lane.
+                for i in 0..len {
+                    assert_eq!(o2[i], a[i] + wy[i % n_l] * (b[i] - a[i]));
+                    assert_eq!(t0[i], a[i] + w0[i % n_l] * src[i]);
+                }
+            }
+        }
     }
 
     /// The row-wise contexts of the fit's rate term equal the per-latent ones (§5.9), on rows

@@ -133,7 +133,7 @@ pub struct EncodeArgs {
     /// cheaper half-resolution steps first), --lr the
     /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the
     /// synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
-    /// best of 8, 10, 12). For a WAV input, `weights` (the default) codes windows of small
+    /// best of 5, 6, 7, 8, 10). For a WAV input, `weights` (the default) codes windows of small
     /// networks and `modulations` codes the clip as one row of latents for an audio modulation
     /// base (`inr meta-train --modality audio --mode modulations`; --kbps sets the rate, every
     /// frame is used in every latent step unless --latent-frac says otherwise).
