@@ -686,16 +686,27 @@ pub(crate) fn code_fitted(
         let (params, lat) = dequantized(file);
         psnr_u8(&grid::render(arch, &params, &lat, &sm), &img.data)
     };
-    // Keep the network bit width with the best measured MSE + lambda * bpp.
+    // Keep the network bit width with the best measured MSE + lambda * bpp; under a byte
+    // budget, the best PSNR among the widths whose file fits it, if any (rate control spends
+    // the budget: a cheaper width by the λ cost can leave the file well under the target on a
+    // small image, where a bit of every weight is a large part of the file).
     let mut best: Option<(f64, Vec<QTensor>, f64)> = None;
     let mut choice = None;
+    let budget = match trim {
+        Trim::MaxBytes(max) => Some(max),
+        _ => None,
+    };
     for &bits in &cfg.net_bits {
         let net = net_tensors(arch, &fitted.params, bits);
         let (file, bytes, predicted) = file_with(&net, &latents, choice)?;
         choice = Some(predicted);
         let psnr = decoded_psnr(&file);
-        let cost =
-            10f64.powf(-psnr / 10.0) + f64::from(lambda) * bytes.len() as f64 * 8.0 / npx as f64;
+        let mse = 10f64.powf(-psnr / 10.0);
+        let cost = match budget {
+            // Fitting files rank by MSE alone, below every file over the budget.
+            Some(max) if bytes.len() <= max => mse - 1e9,
+            _ => mse + f64::from(lambda) * bytes.len() as f64 * 8.0 / npx as f64,
+        };
         if best.as_ref().is_none_or(|b| cost < b.0) {
             best = Some((cost, net, psnr));
         }
