@@ -278,7 +278,7 @@ fn wide(ws: usize) -> bool {
 /// the result does not depend on the blocking.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn gemm<const FMA: bool>(
+fn gemm<const FMA: bool, const X512: bool>(
     x: &[f32],
     xs: usize,
     k_n: usize,
@@ -298,6 +298,18 @@ fn gemm<const FMA: bool>(
         rows,
     };
     if wide(ws) {
+        #[cfg(target_arch = "x86_64")]
+        if FMA && X512 {
+            // SAFETY: `X512` is only set by `train_tile_avx512`, whose caller checked AVX-512F
+            // and FMA.
+            let r = unsafe { gemm_rows8_avx512(a, out) };
+            let rest = GemmArgs {
+                x: &x[r * xs..],
+                rows: rows - r,
+                ..a
+            };
+            return gemm_l::<FMA, { 2 * LANES }>(rest, &mut out[r * ws..]);
+        }
         gemm_l::<FMA, { 2 * LANES }>(a, out)
     } else {
         gemm_l::<FMA, LANES>(a, out)
@@ -367,7 +379,7 @@ fn gemm_l<const FMA: bool, const L: usize>(a: GemmArgs<'_>, out: &mut [f32]) {
 
 /// `gw[k, j] += sum_r x[r*xs + k] * dz[r*ds + j]` for `k < k_n`, `j < ds` (rows in order).
 #[inline(always)]
-fn outer_acc<const FMA: bool>(
+fn outer_acc<const FMA: bool, const X512: bool>(
     x: &[f32],
     xs: usize,
     k_n: usize,
@@ -379,6 +391,14 @@ fn outer_acc<const FMA: bool>(
     // Blocks of KB x L accumulators: at most 64 values, which stay in registers.
     let mut k = 0;
     if wide(ds) {
+        #[cfg(target_arch = "x86_64")]
+        if FMA && X512 {
+            while k + 8 <= k_n {
+                // SAFETY: as in `gemm`; rows `k..k + 8` exist (`k + 8 <= k_n`).
+                unsafe { outer_block8_avx512(x, xs, k, dz, ds, rows, gw) };
+                k += 8;
+            }
+        }
         while k + 4 <= k_n {
             outer_block_l::<FMA, 4, { 2 * LANES }>(x, xs, k, dz, ds, rows, gw);
             k += 4;
@@ -429,6 +449,102 @@ fn outer_block_l<const FMA: bool, const KB: usize, const L: usize>(
         }
         for (i, a) in acc.iter().enumerate() {
             gw[(k + i) * ds + jc..][..L].copy_from_slice(a);
+        }
+    }
+}
+
+/// The 8-row blocks of [`gemm_l`] with 16-lane columns, written with AVX-512 intrinsics:
+/// 8 independent accumulators per column block (auto-vectorised, 8-row blocks spilled or
+/// became gathers). Each output still sums `k` in order with one FMA per term, so the bits
+/// are those of [`gemm_l`]. Returns the rows done (a multiple of 8); the caller does the rest.
+///
+/// # Safety
+/// The CPU must support AVX-512F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn gemm_rows8_avx512(a: GemmArgs<'_>, out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let GemmArgs {
+        x,
+        xs,
+        k_n,
+        w,
+        ws,
+        bias,
+        rows,
+    } = a;
+    let blocks = rows / 8;
+    // Every access below is within these bounds.
+    assert!(ws.is_multiple_of(16) && w.len() >= k_n * ws && bias.is_none_or(|b| b.len() >= ws));
+    assert!(
+        blocks == 0 || (x.len() >= (blocks * 8 - 1) * xs + k_n && out.len() >= blocks * 8 * ws)
+    );
+    for rb in 0..blocks {
+        let r = rb * 8;
+        for jc in (0..ws).step_by(16) {
+            let init = match bias {
+                // SAFETY: jc + 16 <= ws <= the bias length (asserted above).
+                Some(b) => unsafe { _mm512_loadu_ps(b.as_ptr().add(jc)) },
+                None => _mm512_setzero_ps(),
+            };
+            let mut acc = [init; 8];
+            for k in 0..k_n {
+                // SAFETY: k * ws + jc + 16 <= k_n * ws <= w.len() (asserted above).
+                let wv = unsafe { _mm512_loadu_ps(w.as_ptr().add(k * ws + jc)) };
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: (r + i) * xs + k < (blocks * 8 - 1) * xs + k_n <= x.len().
+                    let xv = unsafe { *x.as_ptr().add((r + i) * xs + k) };
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(xv), wv, *acc);
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                // SAFETY: (r + i) * ws + jc + 16 <= blocks * 8 * ws <= out.len() (asserted).
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((r + i) * ws + jc), *a) };
+            }
+        }
+    }
+    blocks * 8
+}
+
+/// [`outer_block_l`] for 8 rows of `gw` and 16-lane columns, with AVX-512 intrinsics: 8
+/// independent accumulators (auto-vectorised, this block size spilled or became gathers).
+/// Every weight gradient still adds the rows in order with one FMA per term: the bits of
+/// [`outer_block_l`].
+///
+/// # Safety
+/// The CPU must support AVX-512F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn outer_block8_avx512(
+    x: &[f32],
+    xs: usize,
+    k: usize,
+    dz: &[f32],
+    ds: usize,
+    rows: usize,
+    gw: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    // Every access below is within these bounds.
+    assert!(ds.is_multiple_of(16) && gw.len() >= (k + 8) * ds);
+    assert!(rows == 0 || (dz.len() >= rows * ds && x.len() >= (rows - 1) * xs + k + 8));
+    for jc in (0..ds).step_by(16) {
+        let mut acc: [__m512; 8] = std::array::from_fn(|i| {
+            // SAFETY: (k + i) * ds + jc + 16 <= (k + 8) * ds <= gw.len() (asserted above).
+            unsafe { _mm512_loadu_ps(gw.as_ptr().add((k + i) * ds + jc)) }
+        });
+        for r in 0..rows {
+            // SAFETY: r * ds + jc + 16 <= rows * ds <= dz.len() (asserted above).
+            let dv = unsafe { _mm512_loadu_ps(dz.as_ptr().add(r * ds + jc)) };
+            for (i, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: r * xs + k + i < (rows - 1) * xs + k + 8 <= x.len() (asserted above).
+                let xv = unsafe { *x.as_ptr().add(r * xs + k + i) };
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(xv), dv, *acc);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            // SAFETY: as for the loads.
+            unsafe { _mm512_storeu_ps(gw.as_mut_ptr().add((k + i) * ds + jc), *a) };
         }
     }
 }
@@ -518,7 +634,7 @@ fn forward_infer_generic(
         let w = &packed[ly.pw_off..ly.pb_off];
         let b = &packed[ly.pb_off..ly.pb_off + ly.out_pad];
         let input: &[f32] = if l == 0 { x } else { &cur[..] };
-        gemm::<false>(
+        gemm::<false, false>(
             input,
             ly.in_stride,
             ly.n_in,
@@ -665,25 +781,39 @@ pub fn train_tile_io(
             return unsafe { train_tile_avx2(shape, packed, packed_t, io, s) };
         }
     }
-    train_tile_generic::<false>(shape, packed, packed_t, io, s)
+    train_tile_generic::<false, false>(shape, packed, packed_t, io, s)
 }
 
-// `train_tile_generic` with FMA, built for each instruction set.
+// `train_tile_generic` with FMA, built for AVX2.
 simd_variants! {
-    fn [train_tile_avx2 = "avx2,fma", train_tile_avx512 = "avx512f,avx512vl,avx2,fma"](
+    fn [train_tile_avx2 = "avx2,fma"](
         shape: &NetShape,
         packed: &[f32],
         packed_t: &[f32],
         io: TileIo<'_>,
         s: &mut TrainScratch,
     ) -> f64 {
-        train_tile_generic::<true>(shape, packed, packed_t, io, s)
+        train_tile_generic::<true, false>(shape, packed, packed_t, io, s)
+    }
+}
+
+// `train_tile_generic` with FMA, built for AVX-512, whose 16-lane blocks use the intrinsics
+// kernels below.
+simd_variants! {
+    fn [train_tile_avx512 = "avx512f,avx512vl,avx2,fma"](
+        shape: &NetShape,
+        packed: &[f32],
+        packed_t: &[f32],
+        io: TileIo<'_>,
+        s: &mut TrainScratch,
+    ) -> f64 {
+        train_tile_generic::<true, true>(shape, packed, packed_t, io, s)
     }
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn train_tile_generic<const FMA: bool>(
+fn train_tile_generic<const FMA: bool, const X512: bool>(
     shape: &NetShape,
     packed: &[f32],
     packed_t: &[f32],
@@ -708,7 +838,7 @@ fn train_tile_generic<const FMA: bool>(
         let input = &before[l];
         if let Some(w0) = ly.w0 {
             let out = &mut after[0];
-            gemm::<FMA>(
+            gemm::<FMA, X512>(
                 input,
                 ly.in_stride,
                 ly.n_in,
@@ -731,7 +861,7 @@ fn train_tile_generic<const FMA: bool>(
                 *dv = w0 * cs;
             }
         } else {
-            gemm::<FMA>(
+            gemm::<FMA, X512>(
                 input,
                 ly.in_stride,
                 ly.n_in,
@@ -789,15 +919,15 @@ fn train_tile_generic<const FMA: bool>(
                 }
                 gb[jc..jc + LANES].copy_from_slice(&acc);
             }
-            outer_acc::<FMA>(&s.acts[l], ly.in_stride, ly.n_in, dz, op, rows, gw);
+            outer_acc::<FMA, X512>(&s.acts[l], ly.in_stride, ly.n_in, dz, op, rows, gw);
         }
         let ip = pad(ly.n_in);
         let wt = &packed_t[ly.pt_off..ly.pt_off + op * ip];
         if l > 0 {
-            gemm::<FMA>(dz, op, ly.n_out, wt, ip, None, rows, &mut s.g_b);
+            gemm::<FMA, X512>(dz, op, ly.n_out, wt, ip, None, rows, &mut s.g_b);
             std::mem::swap(&mut s.g_a, &mut s.g_b);
         } else if let Some(gi) = ginput {
-            gemm::<FMA>(dz, op, ly.n_out, wt, ip, None, rows, &mut gi[..rows * ip]);
+            gemm::<FMA, X512>(dz, op, ly.n_out, wt, ip, None, rows, &mut gi[..rows * ip]);
             break;
         }
     }
@@ -1001,6 +1131,7 @@ mod tests {
         shape.pack_transposed(&params, &mut pt);
         let train = |portable: bool| {
             let mut g = vec![0.0f32; shape.n_packed];
+            let mut gi = vec![0.0f32; rows * 8];
             let mut s = TrainScratch::new(&shape);
             s.input_mut()[..rows * 8].copy_from_slice(&x);
             let io = TileIo {
@@ -1010,16 +1141,17 @@ mod tests {
                 grad: Some(&mut g),
                 shift: None,
                 gshift: None,
-                ginput: None,
+                ginput: Some(&mut gi),
             };
             let sse = if portable {
-                train_tile_generic::<true>(&shape, &pk, &pt, io, &mut s)
+                train_tile_generic::<true, false>(&shape, &pk, &pt, io, &mut s)
             } else {
                 train_tile_io(&shape, &pk, &pt, io, &mut s)
             };
             (
                 sse.to_bits(),
                 g.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                gi.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             )
         };
         assert_eq!(train(false), train(true));
