@@ -207,6 +207,13 @@ impl Sampler {
     /// row interpolated before being carried over), then all levels are interpolated along y
     /// in one vectorised pass. `st` must be fresh or last used on the same `lat` (any row).
     pub fn row_features_fit(&self, lat: &[f32], y: usize, feat: &mut [f32], st: &mut FitRows) {
+        self.row_lanes_fit(lat, y, st);
+        st.features(0, self.out_w, feat);
+    }
+
+    /// The first half of [`Sampler::row_features_fit`]: readies `st` for output row `y`, whose
+    /// features [`FitRows::features`] then gives, a run of columns at a time.
+    pub fn row_lanes_fit(&self, lat: &[f32], y: usize, st: &mut FitRows) {
         let n_l = self.pyr.n_levels();
         st.prepare(self.out_w * n_l, n_l);
         for l in 0..n_l {
@@ -243,12 +250,6 @@ impl Sampler {
             }
             st.wy[l] = ty.f[y];
         }
-        lane_pass(LanePass::Lerp {
-            a: &st.a,
-            b: &st.b,
-            wy: &st.wy,
-            out: &mut feat[..self.out_w * n_l],
-        });
     }
 
     /// Adjoint of [`Sampler::row_features`] over all rows: `g_feat` is `[y][x][L]`; writes
@@ -417,6 +418,19 @@ pub struct FitRows {
 }
 
 impl FitRows {
+    /// Features (`[x][L]`) of the `n` output columns from `x0` of the row readied by
+    /// [`Sampler::row_lanes_fit`] into `out[..n * L]`.
+    pub fn features(&self, x0: usize, n: usize, out: &mut [f32]) {
+        let n_l = self.wy.len();
+        let r = x0 * n_l..(x0 + n) * n_l;
+        lane_pass(LanePass::Lerp {
+            a: &self.a[r.clone()],
+            b: &self.b[r],
+            wy: &self.wy,
+            out: &mut out[..n * n_l],
+        });
+    }
+
     /// Sizes the rows for `len` values and `n_l` levels; forgets the rows held if the sizes
     /// change.
     fn prepare(&mut self, len: usize, n_l: usize) {
@@ -725,25 +739,20 @@ pub fn distortion_grad(
             || {
                 (
                     TrainScratch::new(shape),
-                    vec![0.0f32; TILE * c],
                     vec![0.0f32; TILE * ip],
-                    vec![0.0f32; w * n_l],
                     FitRows::default(),
                 )
             },
-            |(scratch, tg, gi, feat, rows), (band, gf)| {
+            |(scratch, gi, rows_st), (band, gf)| {
                 let mut gp = vec![0.0f32; np];
                 let mut sse = 0.0;
                 for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
                     let y = band * BAND + r;
-                    sm.row_features_fit(lat, y, feat, rows);
+                    sm.row_lanes_fit(lat, y, rows_st);
                     let mut x0 = 0;
                     while x0 < w {
                         let rows = TILE.min(w - x0);
-                        scratch.input_mut()[..rows * n_l]
-                            .copy_from_slice(&feat[x0 * n_l..(x0 + rows) * n_l]);
-                        tg[..rows * c]
-                            .copy_from_slice(&target[(y * w + x0) * c..(y * w + x0 + rows) * c]);
+                        rows_st.features(x0, rows, scratch.input_mut());
                         // The latent features' gradient comes straight out of the kernel when
                         // its padded stride is the level count, else through `gi`.
                         let direct = ip == n_l;
@@ -753,7 +762,7 @@ pub fn distortion_grad(
                             &mut gi[..]
                         };
                         let io = TileIo {
-                            target: tg,
+                            target: &target[(y * w + x0) * c..(y * w + x0 + rows) * c],
                             rows,
                             grad_scale: scale,
                             grad: Some(&mut gp),
