@@ -127,9 +127,10 @@ pub struct EncodeArgs {
     /// (default 50), --lr is the latents' Adam rate (default 0.05) and --bpp moves only the
     /// latent quantization step. `grid` fits, per image, a pyramid of latent grids and a small
     /// SIREN that reads them, under a rate–distortion objective (no base needed; about
-    /// 30 s per Kodak image on 2 cores): the preset picks the rate weight (tiny 0.03 … huge
-    /// 0.0008), --steps the fitting budget in full-resolution steps (default 1000, about 30 s;
-    /// 60 take 2.5 s, 100 take 3.6 s, 160 take 5 s, 250 take 8.4 s; below 150 most of the budget is spent on
+    /// 21 s per Kodak image on 2 cores): the preset picks the rate weight (tiny 0.03 … huge
+    /// 0.0008), --steps the fitting budget in full-resolution steps (default 1000, about 21 s;
+    /// 60 take 1.8 s, 100 take 3.2 s, 160 take 4.2 s, 200 take 5.2 s, 250 take 6.3 s on
+    /// kodim14; below 150 most of the budget is spent on
     /// cheaper half-resolution steps first), --lr the
     /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the
     /// synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
