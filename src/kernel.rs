@@ -18,16 +18,22 @@
 
 /// One `unsafe fn` per `name = "features"` pair, each the same body compiled with
 /// `#[target_feature(enable = features)]` (x86_64 only), for run-time dispatch: the caller
-/// checks the features with `is_x86_feature_detected!` before calling one.
+/// checks the features with `is_x86_feature_detected!` before calling one. A pair may add
+/// `; const NAME: Type = value`, a constant the body sees in that variant only.
 macro_rules! simd_variants {
     (fn [] $($rest:tt)*) => {};
-    (fn [$name:ident = $feat:literal $(, $n:ident = $f:literal)* $(,)?]
+    (fn [$name:ident = $feat:literal $(; const $cn:ident: $ct:ty = $cv:expr)?
+         $(, $n:ident = $f:literal $(; const $cn2:ident: $ct2:ty = $cv2:expr)?)* $(,)?]
         ($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feat)]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn $name($($a: $t),*) $(-> $r)? $body
-        $crate::kernel::simd_variants!(fn [$($n = $f),*] ($($a: $t),*) $(-> $r)? $body);
+        unsafe fn $name($($a: $t),*) $(-> $r)? {
+            $(const $cn: $ct = $cv;)?
+            $body
+        }
+        $crate::kernel::simd_variants!(fn [$($n = $f $(; const $cn2: $ct2 = $cv2)?),*]
+            ($($a: $t),*) $(-> $r)? $body);
     };
 }
 pub(crate) use simd_variants;
@@ -784,30 +790,20 @@ pub fn train_tile_io(
     train_tile_generic::<false, false>(shape, packed, packed_t, io, s)
 }
 
-// `train_tile_generic` with FMA, built for AVX2.
+// `train_tile_generic` with FMA, built for each instruction set; with AVX-512 its 16-lane
+// blocks use the intrinsics kernels below.
 simd_variants! {
-    fn [train_tile_avx2 = "avx2,fma"](
+    fn [
+        train_tile_avx2 = "avx2,fma"; const X512: bool = false,
+        train_tile_avx512 = "avx512f,avx512vl,avx2,fma"; const X512: bool = true,
+    ](
         shape: &NetShape,
         packed: &[f32],
         packed_t: &[f32],
         io: TileIo<'_>,
         s: &mut TrainScratch,
     ) -> f64 {
-        train_tile_generic::<true, false>(shape, packed, packed_t, io, s)
-    }
-}
-
-// `train_tile_generic` with FMA, built for AVX-512, whose 16-lane blocks use the intrinsics
-// kernels below.
-simd_variants! {
-    fn [train_tile_avx512 = "avx512f,avx512vl,avx2,fma"](
-        shape: &NetShape,
-        packed: &[f32],
-        packed_t: &[f32],
-        io: TileIo<'_>,
-        s: &mut TrainScratch,
-    ) -> f64 {
-        train_tile_generic::<true, true>(shape, packed, packed_t, io, s)
+        train_tile_generic::<true, X512>(shape, packed, packed_t, io, s)
     }
 }
 
