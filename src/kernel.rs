@@ -470,15 +470,7 @@ fn outer_block_l<const FMA: bool, const KB: usize, const L: usize>(
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn gemm_rows8_avx512(a: GemmArgs<'_>, out: &mut [f32]) -> usize {
     use std::arch::x86_64::*;
-    let GemmArgs {
-        x,
-        xs,
-        k_n,
-        w,
-        ws,
-        bias,
-        rows,
-    } = a;
+    let (x, xs, k_n, w, ws, bias, rows) = (a.x, a.xs, a.k_n, a.w, a.ws, a.bias, a.rows);
     let blocks = rows / 8;
     // Every access below is within these bounds.
     assert!(ws.is_multiple_of(16) && w.len() >= k_n * ws && bias.is_none_or(|b| b.len() >= ws));
