@@ -690,7 +690,9 @@ pub(crate) fn code_fitted(
     // budget, the best PSNR among the widths whose file fits it, if any (rate control spends
     // the budget: a cheaper width by the λ cost can leave the file well under the target on a
     // small image, where a bit of every weight is a large part of the file).
-    let mut best: Option<(f64, Vec<QTensor>, f64)> = None;
+    // (cost, network, PSNR, file, bytes) of the best width so far.
+    type Best = (f64, Vec<QTensor>, f64, (GridInrFile, Vec<u8>));
+    let mut best: Option<Best> = None;
     let mut choice = None;
     let budget = match trim {
         Trim::MaxBytes(max) => Some(max),
@@ -708,13 +710,12 @@ pub(crate) fn code_fitted(
             _ => mse + f64::from(lambda) * bytes.len() as f64 * 8.0 / npx as f64,
         };
         if best.as_ref().is_none_or(|b| cost < b.0) {
-            best = Some((cost, net, psnr));
+            best = Some((cost, net, psnr, (file, bytes)));
         }
     }
-    let Some((_, net, raw_psnr)) = best else {
+    let Some((_, net, raw_psnr, (mut file, mut bytes))) = best else {
         return Err(EncodeError::Parameter("no network bit width".into()));
     };
-    let (mut file, mut bytes, _) = file_with(&net, &latents, choice)?;
     let raw = Untrimmed {
         bpp: bytes.len() as f64 * 8.0 / npx as f64,
         psnr: raw_psnr,
