@@ -638,6 +638,9 @@ pub fn decode_audio_stream_with(
     if format::is_audio_modulation_file(bytes) {
         return crate::audio_mod_codec::decode_audio_mod_stream(bytes, limits, bases, sink);
     }
+    if format::is_audio_grid_file(bytes) {
+        return crate::audio_grid_codec::decode_audio_grid_stream(bytes, limits, sink);
+    }
     let file = format::read_audio_file(bytes, limits)?;
     let base = audio_base(&file, bases)?;
     let h = file.audio;
@@ -722,6 +725,8 @@ pub fn eval_audio_with(
 ) -> Result<AudioQuality, DecodeError> {
     let h = if format::is_audio_modulation_file(bytes) {
         format::read_audio_mod_file(bytes, limits).map(|f| f.audio)
+    } else if format::is_audio_grid_file(bytes) {
+        format::read_audio_grid_file(bytes, limits).map(|f| f.audio)
     } else {
         format::read_audio_file(bytes, limits).map(|f| f.audio)
     }

@@ -32,6 +32,14 @@ pub use modulation::{
     FLAG_MODULATIONS, MIN_CELL, MOD_FLAGS, MOD_SECTION_BYTES, VERSION_MOD,
 };
 
+// §14 Audio grid files (modality 2, flag bit 3, version 2) live in their own child module.
+#[path = "format_audio_grid.rs"]
+mod audio_grid;
+pub use audio_grid::{
+    audio_grid_segment_bytes, check_audio_grid, is_audio_grid_file, read_audio_grid_file,
+    write_audio_grid_file, AudioGridInrFile, GridSegment, SEGMENT_PREDICTED,
+};
+
 // §13 Grid-mode files (flag bit 3, version 2) live in their own child module.
 #[path = "format_grid.rs"]
 mod grid;
@@ -1574,6 +1582,9 @@ pub fn inspect(bytes: &[u8]) -> Result<FileInfo, FormatError> {
 pub fn inspect_with(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatError> {
     if is_audio_modulation_file(bytes) {
         return modulation::inspect_mod(bytes, limits);
+    }
+    if is_audio_grid_file(bytes) {
+        return audio_grid::inspect_audio_grid(bytes, limits);
     }
     if peek_modality(bytes)? == MODALITY_AUDIO {
         return audio::inspect_audio(bytes);

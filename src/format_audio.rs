@@ -457,6 +457,14 @@ fn parse_audio<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedAudio<'a>, 
                        file: read it with format::read_audio_mod_file",
         });
     }
+    if flags == super::FLAG_GRID {
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "0 or 1 in a windowed audio file; flag bit 3 marks an audio grid file: \
+                       read it with format::read_audio_grid_file",
+        });
+    }
     if flags & !AUDIO_KNOWN_FLAGS != 0 {
         return Err(FormatError::UnknownFlags {
             flags,

@@ -149,6 +149,29 @@ pub fn validate_grid_arch(arch: &Arch, limits: &Limits) -> Result<(), FormatErro
     if !matches!(arch.out_channels, 1 | 3) {
         return bad("out_channels", arch.out_channels.into(), "1 or 3");
     }
+    validate_grid_levels(arch, limits)
+}
+
+/// The checks of [`validate_grid_arch`] but the output count (an audio grid file, §14, has
+/// the clip's channels as outputs).
+///
+/// # Errors
+/// As [`validate_grid_arch`].
+pub(super) fn validate_grid_levels(arch: &Arch, limits: &Limits) -> Result<(), FormatError> {
+    let bad = |field, value: u64, expected| {
+        Err(FormatError::InvalidField {
+            field,
+            value,
+            expected,
+        })
+    };
+    if arch.coord_dims == 0 || arch.coord_dims > MAX_GRID_LEVELS {
+        return bad(
+            "coord_dims (latent levels)",
+            arch.coord_dims.into(),
+            "1..=16 latent levels in a grid file",
+        );
+    }
     if arch.pe_freqs != 0 {
         return bad("pe_freqs", arch.pe_freqs.into(), "0 in a grid file");
     }
@@ -201,13 +224,56 @@ pub fn grid_tensor_lens(
 pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     let limits = Limits::default();
     let lens = grid_tensor_lens(f.width, f.height, &f.arch, &limits)?;
-    if f.tensors.len() != lens.len() {
+    let dims = grid_level_dims(f.width, f.height, f.arch.coord_dims);
+    let (bits, body) = write_grid_body(
+        &f.arch,
+        &dims,
+        &lens,
+        &f.tensors,
+        f.predictor.as_deref(),
+        &limits,
+    )?;
+    let mut out = Vec::with_capacity(HEADER_BYTES + body.len() + CRC_BYTES);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION_GRID);
+    out.push(MODALITY_IMAGE);
+    let flags = if f.predictor.is_some() {
+        FLAG_GRID | FLAG_GRID_PREDICT
+    } else {
+        FLAG_GRID
+    };
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&f.width.to_le_bytes());
+    out.extend_from_slice(&f.height.to_le_bytes());
+    f.arch.write(&mut out);
+    out.push(bits);
+    out.push(CODER_ADAPTIVE);
+    out.extend_from_slice(&body);
+    super::finish_file(out, &limits)
+}
+
+/// The body of a grid (§13.1 from the step table to the payload's end; also an audio grid
+/// segment, §14): step table, predictor section (with `predictor`), payload length and payload
+/// (§13.3) of `tensors` (synthesis tensors, then levels of `dims`), which must have the
+/// lengths `lens`. Returns the largest bit width of its entries and the bytes.
+///
+/// # Errors
+/// As [`write_grid_file`].
+pub(super) fn write_grid_body(
+    arch: &Arch,
+    dims: &[(u32, u32)],
+    lens: &[usize],
+    tensors: &[QTensor],
+    predictor: Option<&[LevelPredictor]>,
+    limits: &Limits,
+) -> Result<(u8, Vec<u8>), FormatError> {
+    if tensors.len() != lens.len() {
         return Err(FormatError::TensorCount {
             expected: lens.len(),
-            found: f.tensors.len(),
+            found: tensors.len(),
         });
     }
-    for (index, (t, &n)) in f.tensors.iter().zip(&lens).enumerate() {
+    for (index, (t, &n)) in tensors.iter().zip(lens).enumerate() {
         t.step.validate()?;
         super::validate_bits("tensor bits", t.bits)?;
         if t.symbols.len() != n {
@@ -218,18 +284,17 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
             });
         }
     }
-    let bits = f.tensors.iter().map(|t| t.bits).max().unwrap_or(0);
-    let n_synth = f.arch.num_tensors();
-    let (synth, levels) = f.tensors.split_at(n_synth.min(f.tensors.len()));
+    let bits = tensors.iter().map(|t| t.bits).max().unwrap_or(0);
+    let n_synth = arch.num_tensors();
+    let (synth, levels) = tensors.split_at(n_synth.min(tensors.len()));
     let refs: Vec<&QTensor> = synth.iter().collect();
-    let mut payload = super::write_groups(&refs, &limits)?;
-    let dims = grid_level_dims(f.width, f.height, f.arch.coord_dims);
+    let mut payload = super::write_groups(&refs, limits)?;
     let n_levels = levels.len();
-    let stream = match &f.predictor {
+    let stream = match predictor {
         None => {
             let grids: Vec<(&[i32], GridShape)> = levels
                 .iter()
-                .zip(&dims)
+                .zip(dims)
                 .map(|(t, &(w, _))| {
                     (
                         t.symbols.as_slice(),
@@ -252,7 +317,7 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
             }
             let lens: Vec<usize> = levels.iter().map(|t| t.symbols.len()).collect();
             let bits: Vec<u8> = levels.iter().map(|t| t.bits).collect();
-            let shapes = predicted_shapes(&dims, &lens, &bits, pred);
+            let shapes = predicted_shapes(dims, &lens, &bits, pred);
             let grids: Vec<(&[i32], PredShape)> = levels
                 .iter()
                 .rev()
@@ -264,39 +329,28 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
                 .map_err(|e| renumber(e, |k| n_synth + n_levels - 1 - k))?
         }
     };
-    super::check_section("latent stream", stream.len() as u64, &limits)?;
+    super::check_section("latent stream", stream.len() as u64, limits)?;
     let len = u32::try_from(stream.len()).map_err(|_| FormatError::PayloadTooLarge {
         len: stream.len() as u64,
     })?;
     payload.extend_from_slice(&len.to_le_bytes());
     payload.extend_from_slice(&stream);
-    super::check_section("payload", payload.len() as u64, &limits)?;
+    super::check_section("payload", payload.len() as u64, limits)?;
     let payload_len = u32::try_from(payload.len()).map_err(|_| FormatError::PayloadTooLarge {
         len: payload.len() as u64,
     })?;
     let mut out = Vec::with_capacity(
-        HEADER_BYTES + STEP_BYTES * lens.len() + PAYLOAD_LEN_BYTES + payload.len() + CRC_BYTES,
+        STEP_BYTES * lens.len()
+            + predictor.map_or(0, |p| p.len() * PREDICTOR_ENTRY_BYTES)
+            + PAYLOAD_LEN_BYTES
+            + payload.len(),
     );
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION_GRID);
-    out.push(MODALITY_IMAGE);
-    let flags = if f.predictor.is_some() {
-        FLAG_GRID | FLAG_GRID_PREDICT
-    } else {
-        FLAG_GRID
-    };
-    out.extend_from_slice(&flags.to_le_bytes());
-    out.extend_from_slice(&f.width.to_le_bytes());
-    out.extend_from_slice(&f.height.to_le_bytes());
-    f.arch.write(&mut out);
-    out.push(bits);
-    out.push(CODER_ADAPTIVE);
-    for t in &f.tensors {
+    for t in tensors {
         out.extend_from_slice(&t.step.mantissa.to_le_bytes());
         out.push(t.step.exponent);
         out.push(t.bits);
     }
-    for p in f.predictor.iter().flatten() {
+    for p in predictor.into_iter().flatten() {
         for c in p.coefs {
             out.extend_from_slice(&c.to_le_bytes());
         }
@@ -304,7 +358,7 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     }
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
-    super::finish_file(out, &limits)
+    Ok((bits, out))
 }
 
 /// The error `e` with a symbol-range error's tensor index mapped by `f`.
@@ -340,11 +394,96 @@ struct ParsedGrid<'a> {
     arch: Arch,
     bits: u8,
     lens: Vec<usize>,
+    body: GridBody<'a>,
+}
+
+/// The tables and payload of a grid body (§13.1, §14 segments), validated but not
+/// entropy-decoded.
+pub(super) struct GridBody<'a> {
+    pub(super) steps: Vec<super::Step>,
+    pub(super) tensor_bits: Vec<u8>,
+    pub(super) groups: Vec<(u8, &'a [u8])>,
+    pub(super) latent_stream: &'a [u8],
+    pub(super) predictor: Option<Vec<LevelPredictor>>,
+}
+
+/// Takes the step table and, when `predicted`, the predictor section of a body of `arch`
+/// from `r`. `coord_dims` <= 255 levels and depth <= 255: the step table is at most
+/// 4 * (512 + 255) bytes, and is only taken if present.
+pub(super) fn take_tables<'a>(
+    r: &mut Reader<'a>,
+    arch: &Arch,
+    predicted: bool,
+) -> Result<(&'a [u8], Option<&'a [u8]>), FormatError> {
+    let n_tensors = arch.num_tensors() + usize::from(arch.coord_dims);
+    let step_bytes = r.take(n_tensors * STEP_BYTES, "step table")?;
+    let pred_bytes = if predicted {
+        Some(r.take(
+            usize::from(arch.coord_dims) * PREDICTOR_ENTRY_BYTES,
+            "predictor section",
+        )?)
+    } else {
+        None
+    };
+    Ok((step_bytes, pred_bytes))
+}
+
+/// Splits a body's `payload` (§13.3) into the synthesis groups and the latent stream and
+/// reads its predictor section, for the validated step entries `steps` / `tensor_bits`.
+pub(super) fn parse_body<'a>(
+    arch: &Arch,
     steps: Vec<super::Step>,
     tensor_bits: Vec<u8>,
-    groups: Vec<(u8, &'a [u8])>,
-    latent_stream: &'a [u8],
-    predictor: Option<Vec<LevelPredictor>>,
+    pred_bytes: Option<&'a [u8]>,
+    payload: &'a [u8],
+    limits: &Limits,
+) -> Result<GridBody<'a>, FormatError> {
+    let n_synth = arch.num_tensors();
+    let mut g = Reader {
+        bytes: payload,
+        pos: 0,
+    };
+    let groups = super::read_groups(
+        &mut g,
+        &tensor_bits[..n_synth.min(tensor_bits.len())],
+        limits,
+    )?;
+    let latent_len = g.u32("latent stream length")?;
+    if latent_len % 4 != 0 {
+        return Err(FormatError::InvalidField {
+            field: "latent stream length",
+            value: latent_len.into(),
+            expected: "a multiple of 4 (whole 32-bit words)",
+        });
+    }
+    let latent_stream = g.take(latent_len as usize, "latent stream")?;
+    let predictor = pred_bytes
+        .map(|b| -> Result<Vec<LevelPredictor>, FormatError> {
+            b.chunks_exact(PREDICTOR_ENTRY_BYTES)
+                .map(|e| {
+                    let coefs =
+                        std::array::from_fn(|k| i16::from_le_bytes([e[2 * k], e[2 * k + 1]]));
+                    let res_bits = e[2 * GRID_PRED_TAPS];
+                    super::validate_bits("residual bits", res_bits)?;
+                    Ok(LevelPredictor { coefs, res_bits })
+                })
+                .collect()
+        })
+        .transpose()?;
+    super::check_section("latent stream", u64::from(latent_len), limits)?;
+    if g.pos != payload.len() {
+        return Err(FormatError::PayloadGroups {
+            used: g.pos as u64,
+            len: payload.len() as u64,
+        });
+    }
+    Ok(GridBody {
+        steps,
+        tensor_bits,
+        groups,
+        latent_stream,
+        predictor,
+    })
 }
 
 fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, FormatError> {
@@ -389,18 +528,7 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
                        file: read it with the image reader (format::read_file)",
         });
     }
-    // coord_dims <= 255 levels and depth <= 255: the step table is at most 4 * (512 + 255)
-    // bytes, and is only taken if present.
-    let n_tensors = arch.num_tensors() + usize::from(arch.coord_dims);
-    let step_bytes = r.take(n_tensors * STEP_BYTES, "step table")?;
-    let pred_bytes = if flags & FLAG_GRID_PREDICT != 0 {
-        Some(r.take(
-            usize::from(arch.coord_dims) * PREDICTOR_ENTRY_BYTES,
-            "predictor section",
-        )?)
-    } else {
-        None
-    };
+    let (step_bytes, pred_bytes) = take_tables(&mut r, &arch, flags & FLAG_GRID_PREDICT != 0)?;
     let payload = read_payload_and_crc(&mut r, bytes)?;
     let lens = grid_tensor_lens(width, height, &arch, limits)?;
     let (steps, tensor_bits) = super::validate_coding(
@@ -411,53 +539,60 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         "tensor bits",
         limits,
     )?;
-    let n_synth = arch.num_tensors();
-    let mut g = Reader {
-        bytes: payload,
-        pos: 0,
-    };
-    let groups = super::read_groups(&mut g, &tensor_bits[..n_synth], limits)?;
-    let latent_len = g.u32("latent stream length")?;
-    if latent_len % 4 != 0 {
-        return Err(FormatError::InvalidField {
-            field: "latent stream length",
-            value: latent_len.into(),
-            expected: "a multiple of 4 (whole 32-bit words)",
-        });
-    }
-    let latent_stream = g.take(latent_len as usize, "latent stream")?;
-    let predictor = pred_bytes
-        .map(|b| -> Result<Vec<LevelPredictor>, FormatError> {
-            b.chunks_exact(PREDICTOR_ENTRY_BYTES)
-                .map(|e| {
-                    let coefs =
-                        std::array::from_fn(|k| i16::from_le_bytes([e[2 * k], e[2 * k + 1]]));
-                    let res_bits = e[2 * GRID_PRED_TAPS];
-                    super::validate_bits("residual bits", res_bits)?;
-                    Ok(LevelPredictor { coefs, res_bits })
-                })
-                .collect()
-        })
-        .transpose()?;
-    super::check_section("latent stream", u64::from(latent_len), limits)?;
-    if g.pos != payload.len() {
-        return Err(FormatError::PayloadGroups {
-            used: g.pos as u64,
-            len: payload.len() as u64,
-        });
-    }
+    let body = parse_body(&arch, steps, tensor_bits, pred_bytes, payload, limits)?;
     Ok(ParsedGrid {
         width,
         height,
         arch,
         bits,
         lens,
-        steps,
-        tensor_bits,
-        groups,
-        latent_stream,
-        predictor,
+        body,
     })
+}
+
+/// Entropy-decodes a body of `arch` whose levels have the sizes `dims` and whose tensors have
+/// the lengths `lens` (§13.4 step 6): the tensors (synthesis, then levels in level order) and
+/// the predictors.
+pub(super) fn decode_body(
+    body: GridBody<'_>,
+    arch: &Arch,
+    dims: &[(u32, u32)],
+    lens: &[usize],
+) -> Result<(Vec<QTensor>, Option<Vec<LevelPredictor>>), FormatError> {
+    let n_synth = arch.num_tensors();
+    let mut symbols =
+        super::decode_groups(&body.groups, &body.tensor_bits[..n_synth], &lens[..n_synth])?;
+    match &body.predictor {
+        None => {
+            let shapes: Vec<GridShape> = body.tensor_bits[n_synth..]
+                .iter()
+                .zip(&lens[n_synth..])
+                .zip(dims)
+                .map(|((&b, &n), &(w, _))| level_shape(b, n, w))
+                .collect();
+            symbols.extend(entropy::decode_grids(body.latent_stream, &shapes)?);
+        }
+        Some(pred) => {
+            let shapes =
+                predicted_shapes(dims, &lens[n_synth..], &body.tensor_bits[n_synth..], pred);
+            // Decoded coarsest first; stored in level order.
+            let mut levels = entropy::decode_pred_grids(body.latent_stream, &shapes)?;
+            levels.reverse();
+            symbols.extend(levels);
+        }
+    }
+    let tensors = body
+        .steps
+        .into_iter()
+        .zip(body.tensor_bits)
+        .zip(symbols)
+        .map(|((step, bits), symbols)| QTensor {
+            step,
+            bits,
+            symbols,
+        })
+        .collect();
+    Ok((tensors, body.predictor))
 }
 
 /// Parses and entropy-decodes a grid file (§13.4).
@@ -469,47 +604,15 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
 /// Never, for any input.
 pub fn read_grid_file(bytes: &[u8], limits: &Limits) -> Result<GridInrFile, FormatError> {
     let p = parse_grid(bytes, limits)?;
-    let n_synth = p.arch.num_tensors();
-    let mut symbols =
-        super::decode_groups(&p.groups, &p.tensor_bits[..n_synth], &p.lens[..n_synth])?;
     let dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
-    match &p.predictor {
-        None => {
-            let shapes: Vec<GridShape> = p.tensor_bits[n_synth..]
-                .iter()
-                .zip(&p.lens[n_synth..])
-                .zip(&dims)
-                .map(|((&b, &n), &(w, _))| level_shape(b, n, w))
-                .collect();
-            symbols.extend(entropy::decode_grids(p.latent_stream, &shapes)?);
-        }
-        Some(pred) => {
-            let shapes =
-                predicted_shapes(&dims, &p.lens[n_synth..], &p.tensor_bits[n_synth..], pred);
-            // Decoded coarsest first; stored in level order.
-            let mut levels = entropy::decode_pred_grids(p.latent_stream, &shapes)?;
-            levels.reverse();
-            symbols.extend(levels);
-        }
-    }
-    let tensors = p
-        .steps
-        .into_iter()
-        .zip(p.tensor_bits)
-        .zip(symbols)
-        .map(|((step, bits), symbols)| QTensor {
-            step,
-            bits,
-            symbols,
-        })
-        .collect();
     let _ = p.bits; // validated: equals the largest tensor bit width
+    let (tensors, predictor) = decode_body(p.body, &p.arch, &dims, &p.lens)?;
     Ok(GridInrFile {
         width: p.width,
         height: p.height,
         arch: p.arch,
         tensors,
-        predictor: p.predictor,
+        predictor,
     })
 }
 
@@ -517,10 +620,10 @@ pub fn read_grid_file(bytes: &[u8], limits: &Limits) -> Result<GridInrFile, Form
 pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, FormatError> {
     let p = parse_grid(bytes, limits)?;
     let total = bytes.len() as u64;
-    let num_tensors = p.steps.len();
+    let num_tensors = p.body.steps.len();
     let n_synth = p.arch.num_tensors();
-    let groups = group_infos(&p.groups, &p.tensor_bits[..n_synth]);
-    let latent_stream_bytes = p.latent_stream.len() as u64;
+    let groups = group_infos(&p.body.groups, &p.body.tensor_bits[..n_synth]);
+    let latent_stream_bytes = p.body.latent_stream.len() as u64;
     let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum::<u64>() + latent_stream_bytes;
     let pixels = u64::from(p.width) * u64::from(p.height);
     let level_dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
@@ -530,12 +633,13 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         .sum();
     let synth_params = p.arch.num_params_u64();
     let pred_bytes = p
+        .body
         .predictor
         .as_ref()
         .map_or(0, |v| v.len() * PREDICTOR_ENTRY_BYTES);
     Ok(FileInfo {
         version: VERSION_GRID,
-        flags: if p.predictor.is_some() {
+        flags: if p.body.predictor.is_some() {
             FLAG_GRID | FLAG_GRID_PREDICT
         } else {
             FLAG_GRID
@@ -550,8 +654,8 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         bits: p.bits,
         coder: CODER_ADAPTIVE,
         num_tensors,
-        steps: p.steps,
-        tensor_bits: p.tensor_bits,
+        steps: p.body.steps,
+        tensor_bits: p.body.tensor_bits,
         header_bytes: HEADER_BYTES as u64,
         side_info_bytes: (STEP_BYTES * num_tensors
             + pred_bytes
@@ -572,7 +676,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
             latents,
             synth_params,
             latent_stream_bytes,
-            predictor: p.predictor,
+            predictor: p.body.predictor,
         }),
     })
 }

@@ -656,13 +656,29 @@ fn lane_pass_portable(p: LanePass<'_>) {
 /// Renders the network `arch`/`params` on the latents `lat` (dequantized) at the sampler's
 /// output size: 8-bit interleaved samples (§13.5, §8.1). Bit-exact on every machine.
 pub fn render(arch: &Arch, params: &[f32], lat: &[f32], sm: &Sampler) -> Vec<u8> {
+    render_with(arch, params, lat, sm, model::to_u8)
+}
+
+/// The network's outputs of [`render`] before the 8-bit mapping (§13.5 step 3 without §8.1;
+/// audio grid segments map them to samples, §14.4).
+pub fn render_values(arch: &Arch, params: &[f32], lat: &[f32], sm: &Sampler) -> Vec<f32> {
+    render_with(arch, params, lat, sm, |v| v)
+}
+
+fn render_with<T: Copy + Default + Send>(
+    arch: &Arch,
+    params: &[f32],
+    lat: &[f32],
+    sm: &Sampler,
+    map: impl Fn(f32) -> T + Sync,
+) -> Vec<T> {
     let shape = model::shape_of(arch);
     let mut packed = vec![0.0f32; shape.n_packed];
     shape.pack(params, &mut packed);
     let c = shape.n_out();
     let n_l = sm.pyr.n_levels();
     let w = sm.out_w;
-    let mut out = vec![0u8; w * sm.out_h * c];
+    let mut out = vec![T::default(); w * sm.out_h * c];
     out.par_chunks_mut(w * c).enumerate().for_each_init(
         || {
             (
@@ -685,7 +701,7 @@ pub fn render(arch: &Arch, params: &[f32], lat: &[f32], sm: &Sampler) -> Vec<u8>
                     scratch,
                 );
                 for (d, &v) in dst[x0 * c..(x0 + rows) * c].iter_mut().zip(y.iter()) {
-                    *d = model::to_u8(v);
+                    *d = map(v);
                 }
                 x0 += rows;
             }

@@ -111,7 +111,7 @@ pub fn grid_arch(cfg: &GridEncodeConfig, channels: u8) -> Arch {
 /// Latent tensors: each level rounded to integers (step 1; `dead_zone` in [0, 1/2) moves the
 /// rounding threshold of every magnitude up by that much), with the smallest bit width that
 /// holds its largest magnitude.
-fn latent_tensors(pyr: &Pyramid, lat: &[f32], dead_zone: f32) -> Vec<QTensor> {
+pub(crate) fn latent_tensors(pyr: &Pyramid, lat: &[f32], dead_zone: f32) -> Vec<QTensor> {
     let step = Step::from_f32(1.0);
     pyr.levels
         .iter()
@@ -135,7 +135,7 @@ fn latent_tensors(pyr: &Pyramid, lat: &[f32], dead_zone: f32) -> Vec<QTensor> {
         .collect()
 }
 
-fn net_tensors(arch: &Arch, params: &[f32], bits: u8) -> Vec<QTensor> {
+pub(crate) fn net_tensors(arch: &Arch, params: &[f32], bits: u8) -> Vec<QTensor> {
     let mut off = 0;
     arch.tensor_lens()
         .into_iter()
@@ -155,7 +155,7 @@ fn net_tensors(arch: &Arch, params: &[f32], bits: u8) -> Vec<QTensor> {
 /// §13.7 Predictors for coding `latents` (level order) with the fit's coefficients `coefs`
 /// (real numbers, rounded to units of 2^-8): each level's residual width is the smallest that
 /// holds its largest residual (`None` if a residual needs more than 16 bits).
-fn level_predictors(
+pub(crate) fn level_predictors(
     pyr: &Pyramid,
     latents: &[QTensor],
     coefs: &[[f32; GRID_PRED_TAPS]],

@@ -16,6 +16,7 @@
 
 pub mod audio;
 mod audio_codec;
+mod audio_grid_codec;
 mod audio_mod_codec;
 pub mod base;
 pub mod batch;
@@ -42,6 +43,10 @@ pub use audio_codec::{
     decode_audio, decode_audio_stream, decode_audio_stream_with, decode_audio_with, encode_audio,
     eval_audio, eval_audio_with, output_spec, AudioEncodeConfig, AudioEncoded, AudioQuality,
     AudioSink, BLOCK_WINDOWS,
+};
+pub use audio_grid_codec::{
+    decode_audio_grid_stream, encode_audio_grid, AudioGridEncodeConfig, AUDIO_GRID_PRESET_LAMBDAS,
+    DEFAULT_AUDIO_GRID_STEPS, DEFAULT_SEGMENT,
 };
 pub use audio_mod_codec::{encode_audio_modulated, AudioModEncodeConfig};
 pub use codec::{

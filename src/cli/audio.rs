@@ -36,7 +36,7 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut src = open_wav(&args.input)?;
     let spec = src.spec();
     match args.mode {
-        Mode::Grid => anyhow::bail!("--mode grid is for images; audio has weights and modulations"),
+        Mode::Grid => return encode_grid(args, src, notes, ctx),
         Mode::Modulations => return encode_modulated(args, src, notes, ctx),
         Mode::Weights => {}
     }
@@ -112,6 +112,69 @@ fn encode_modulated(
     let (result, start) = with_bar(ctx, |p| inr::encode_audio_modulated(&mut src, &cfg, p));
     let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
     report(&args, spec, enc, start, "modulations".into(), notes, ctx)
+}
+
+/// `inr encode x.wav --mode grid`: per segment, a row of latent levels and a small synthesis
+/// network fitted under a rate–distortion objective (§14).
+fn encode_grid(
+    args: EncodeArgs,
+    mut src: WavSource<std::io::BufReader<std::fs::File>>,
+    mut notes: Vec<String>,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    let spec = src.spec();
+    if args.bpp.is_some() || args.kbps.is_some() {
+        anyhow::bail!(
+            "--mode grid for audio has no rate target yet: pick the rate with --preset or \
+             --lambda"
+        );
+    }
+    if args.base != "default" {
+        notes.push("--base: the audio grid mode starts from random weights; ignored".into());
+    }
+    ctx.notes(&notes);
+    let mut cfg = inr::AudioGridEncodeConfig {
+        seed: args.seed,
+        threads: ctx.threads,
+        ..Default::default()
+    };
+    let name = super::encode::preset_name(args.preset);
+    if let Some(&(_, l)) = inr::AUDIO_GRID_PRESET_LAMBDAS
+        .iter()
+        .find(|(n, _)| *n == name)
+    {
+        cfg.fit.lambda = l;
+    }
+    if let Some(l) = args.lambda {
+        cfg.fit.lambda = l;
+    }
+    if let Some(s) = args.steps {
+        cfg.fit.steps = s;
+    }
+    if let Some(lr) = args.lr {
+        cfg.fit.lr_latent = Some(lr);
+    }
+    if let Some(n) = args.levels {
+        cfg.levels = n;
+    }
+    if let Some(w) = args.width {
+        cfg.width = u16::try_from(w).context("--width")?;
+    }
+    if let Some(d) = args.depth {
+        cfg.depth = u8::try_from(d).context("--depth")?;
+    }
+    if let Some(w0) = args.w0 {
+        cfg.w0 = w0;
+    }
+    if let Some(b) = args.bits {
+        cfg.net_bits = vec![b];
+    }
+    if let Some(w) = args.window {
+        cfg.segment = w;
+    }
+    let (result, start) = with_bar(ctx, |p| inr::encode_audio_grid(&mut src, &cfg, p));
+    let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
+    report(&args, spec, enc, start, format!("grid-{name}"), notes, ctx)
 }
 
 /// Runs an encoder with a progress bar (hidden when quiet or not a TTY); returns its result
