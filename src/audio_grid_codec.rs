@@ -58,6 +58,11 @@ pub struct AudioGridEncodeConfig {
     pub net_bits: Vec<u8>,
     /// Frames per segment, 1 ..= 2^20.
     pub segment: u32,
+    /// Rate control: the real file size at most this many kbit/s, within
+    /// [`crate::RATE_TOLERANCE`] below it when a fit lands there (λ from a table of measured
+    /// rates, then at most five refits along log rate over log λ); `fit.lambda`
+    /// is then ignored.
+    pub target_kbps: Option<f64>,
     pub seed: u64,
     /// Rayon threads; `None` uses all cores.
     pub threads: Option<usize>,
@@ -77,6 +82,7 @@ impl Default for AudioGridEncodeConfig {
             w0: 2,
             net_bits: vec![5, 6, 7, 8, 10],
             segment: DEFAULT_SEGMENT,
+            target_kbps: None,
             seed: 0,
             threads: None,
         }
@@ -164,7 +170,180 @@ fn encode_inner(
     // Refuse up front what a default decoder would reject (sizes, symbols, work).
     format::check_audio_grid(&header, &arch, &limits)?;
     let n_seg = header.num_windows() as usize;
-    let total_steps = cfg.fit.total_steps(usize::from(cfg.levels)) * n_seg;
+    let duration = header.duration_s();
+    let bytes = match cfg.target_kbps {
+        None => code_clip(src, cfg, &header, &arch, cfg.fit.lambda, progress)?,
+        Some(t) => {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(EncodeError::Parameter("--kbps must be > 0".into()));
+            }
+            let per_sample = t * 1000.0 / (f64::from(spec.sample_rate) * f64::from(spec.channels));
+            let mut lambda = lambda_for_bits(per_sample);
+            let mut tried: Vec<(f32, Vec<u8>)> = Vec::new();
+            let lo = t * (1.0 - crate::RATE_TOLERANCE);
+            for _ in 0..RATE_FITS {
+                let b = code_clip(src, cfg, &header, &arch, lambda, progress)?;
+                let kbps = crate::metrics::kbps(b.len() as u64, duration);
+                tried.push((lambda, b));
+                if (lo..=t).contains(&kbps) {
+                    break;
+                }
+                lambda = next_lambda(&tried, duration, t);
+            }
+            pick_for_rate(tried, duration, t)
+        }
+    };
+    // Quality of what the decoder renders from these bytes.
+    let out_spec = output_spec(&header);
+    let mut dist = AudioDistortion::default();
+    let c = u64::from(spec.channels);
+    let mut reference = Vec::new();
+    decode_audio_grid_stream(&bytes, &limits, &mut |_, start, s| {
+        src.read(start, (s.len() as u64 / c) as usize, &mut reference)?;
+        for (&x, &y) in reference.iter().zip(s) {
+            dist.add(f64::from(x), sample_value(&out_spec, y));
+        }
+        Ok(())
+    })
+    .map_err(|e| EncodeError::Parameter(format!("re-decoding the file failed: {e}")))?;
+    Ok(AudioEncoded {
+        quality: AudioQuality {
+            psnr: dist.psnr(),
+            snr: dist.snr(),
+            kbps: crate::metrics::kbps(bytes.len() as u64, duration),
+            duration_s: duration,
+            frames,
+        },
+        bytes,
+        windows: n_seg as u64,
+        base_id: None,
+    })
+}
+
+/// Most fits of a rate search.
+const RATE_FITS: usize = 6;
+
+/// Rates of the audio grid mode (bits per coded sample) at rate weights λ, measured on the
+/// shared 16 kHz speech clip with the default settings (the presets' points): where rate
+/// control starts.
+const RATE_TABLE: [(f32, f64); 5] = [
+    (0.002, 0.314),
+    (0.0006, 0.442),
+    (0.0002, 0.749),
+    (0.00005, 1.487),
+    (0.00001, 2.537),
+];
+
+/// λ for `bits` bits per sample, log-linear in the table (its end slopes beyond it).
+fn lambda_for_bits(bits: f64) -> f32 {
+    let t = &RATE_TABLE;
+    let b = bits.max(1e-6).ln();
+    let i = (0..t.len() - 1)
+        .find(|&i| b <= t[i + 1].1.ln())
+        .unwrap_or(t.len() - 2);
+    let (l0, b0) = (f64::from(t[i].0).ln(), t[i].1.ln());
+    let (l1, b1) = (f64::from(t[i + 1].0).ln(), t[i + 1].1.ln());
+    let l = l0 + (b - b0) * (l1 - l0) / (b1 - b0);
+    (l.clamp(-30.0, 5.0).exp() as f32).max(1e-12)
+}
+
+/// The next λ of the rate search, in log λ against log rate: between the closest tried rates
+/// below and above the target when both exist (regula falsi), else from the closest one along
+/// the slope of the two closest (the table's, about -0.4, after one fit), by at most a
+/// factor e^3; aimed a little below the target so that the file lands inside the band.
+fn next_lambda(tried: &[(f32, Vec<u8>)], duration: f64, target: f64) -> f32 {
+    let pts: Vec<(f64, f64)> = tried
+        .iter()
+        .map(|(l, b)| {
+            (
+                f64::from(*l).ln(),
+                crate::metrics::kbps(b.len() as u64, duration)
+                    .max(1e-9)
+                    .ln(),
+            )
+        })
+        .collect();
+    let aim = (target * (1.0 - crate::RATE_TOLERANCE / 2.0)).ln();
+    let y = target.ln();
+    let below = pts
+        .iter()
+        .filter(|p| p.1 <= y)
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let above = pts
+        .iter()
+        .filter(|p| p.1 > y)
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    let l = match (below, above) {
+        (Some(&(l0, y0)), Some(&(l1, y1))) if (y1 - y0).abs() > 1e-9 => {
+            let t = ((aim - y0) / (y1 - y0)).clamp(0.05, 0.95);
+            l0 + t * (l1 - l0)
+        }
+        _ => {
+            // All on one side: step on from the tried λ nearest the target's side (the largest
+            // λ when every rate is above it, the smallest when below), by at least a factor
+            // e^0.15 so that noise in the rate cannot stall the search.
+            let all_above = below.is_none();
+            let extreme = pts
+                .iter()
+                .copied()
+                .max_by(|a, b| {
+                    if all_above {
+                        a.0.total_cmp(&b.0)
+                    } else {
+                        b.0.total_cmp(&a.0)
+                    }
+                })
+                .unwrap_or((0.0, y));
+            let (l0, y0) = extreme;
+            let mut slope = -0.4;
+            let mut by: Vec<(f64, f64)> = pts.clone();
+            by.sort_by(|a, b| (a.1 - y).abs().total_cmp(&(b.1 - y).abs()));
+            if let (Some(&(la, ya)), Some(&(lb, yb))) = (by.first(), by.get(1)) {
+                if (lb - la).abs() > 1e-6 {
+                    let s = (yb - ya) / (lb - la);
+                    if s < -0.05 {
+                        slope = s.max(-2.0);
+                    }
+                }
+            }
+            let step = ((aim - y0) / slope).clamp(-3.0, 3.0);
+            let min = if all_above { 0.15 } else { -0.15 };
+            l0 + if all_above {
+                step.max(min)
+            } else {
+                step.min(min)
+            }
+        }
+    };
+    (l.exp() as f32).max(1e-12)
+}
+
+/// The file a rate search keeps: of those at or under the target, the largest (the best
+/// quality: the rate only falls as λ grows); if none fits, the smallest.
+fn pick_for_rate(tried: Vec<(f32, Vec<u8>)>, duration: f64, target: f64) -> Vec<u8> {
+    let kbps = |b: &Vec<u8>| crate::metrics::kbps(b.len() as u64, duration);
+    let (fit, over): (Vec<_>, Vec<_>) = tried.into_iter().partition(|(_, b)| kbps(b) <= target);
+    let pick = if fit.is_empty() {
+        over.into_iter().min_by_key(|(_, b)| b.len())
+    } else {
+        fit.into_iter().max_by_key(|(_, b)| b.len())
+    };
+    pick.map(|p| p.1).unwrap_or_default()
+}
+
+/// Fits and codes every segment of the clip at rate weight `lambda`; returns the file.
+fn code_clip(
+    src: &mut dyn AudioSource,
+    cfg: &AudioGridEncodeConfig,
+    header: &AudioHeader,
+    arch: &Arch,
+    lambda: f32,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Vec<u8>, EncodeError> {
+    let arch = *arch;
+    let fit = GridFit { lambda, ..cfg.fit };
+    let n_seg = header.num_windows() as usize;
+    let total_steps = fit.total_steps(usize::from(cfg.levels)) * n_seg;
     let done = std::sync::atomic::AtomicUsize::new(0);
     let progress = Mutex::new(progress);
     let group = rayon::current_num_threads().max(1);
@@ -183,7 +362,7 @@ fn encode_inner(
             .map(|(k, n, target)| {
                 let pyr = Pyramid::new(*n as u32, 1, cfg.levels);
                 let seed = cfg.seed.wrapping_add(*k as u64);
-                let fitted = grid::fit_from(&arch, &pyr, target, &cfg.fit, seed, None, &mut |_| {
+                let fitted = grid::fit_from(&arch, &pyr, target, &fit, seed, None, &mut |_| {
                     let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     if d.is_multiple_of(10) || d == total_steps {
                         if let Ok(mut p) = progress.lock() {
@@ -196,7 +375,7 @@ fn encode_inner(
                         }
                     }
                 });
-                code_segment(&arch, &pyr, &fitted, target, cfg)
+                code_segment(&arch, &pyr, &fitted, target, lambda, &cfg.net_bits)
             })
             .collect();
         for c in coded {
@@ -204,37 +383,11 @@ fn encode_inner(
         }
     }
     let file = AudioGridInrFile {
-        audio: header,
+        audio: *header,
         arch,
         segments,
     };
-    let bytes = format::write_audio_grid_file(&file)?;
-    // Quality of what the decoder renders from these bytes.
-    let out_spec = output_spec(&header);
-    let mut dist = AudioDistortion::default();
-    let c = u64::from(spec.channels);
-    let mut reference = Vec::new();
-    decode_audio_grid_stream(&bytes, &limits, &mut |_, start, s| {
-        src.read(start, (s.len() as u64 / c) as usize, &mut reference)?;
-        for (&x, &y) in reference.iter().zip(s) {
-            dist.add(f64::from(x), sample_value(&out_spec, y));
-        }
-        Ok(())
-    })
-    .map_err(|e| EncodeError::Parameter(format!("re-decoding the file failed: {e}")))?;
-    let duration = header.duration_s();
-    Ok(AudioEncoded {
-        quality: AudioQuality {
-            psnr: dist.psnr(),
-            snr: dist.snr(),
-            kbps: crate::metrics::kbps(bytes.len() as u64, duration),
-            duration_s: duration,
-            frames,
-        },
-        bytes,
-        windows: n_seg as u64,
-        base_id: None,
-    })
+    Ok(format::write_audio_grid_file(&file)?)
 }
 
 /// Network parameters and latents of a segment, dequantized (§13.3).
@@ -268,14 +421,15 @@ fn segment_mse(arch: &Arch, pyr: &Pyramid, seg: &GridSegment, target: &[f32]) ->
 }
 
 /// Codes a fitted segment: latents rounded, plain or predicted latent coding (whichever is
-/// smaller), the network at the bit width of `cfg.net_bits` with the lowest measured
+/// smaller), the network at the bit width of `net_bits` with the lowest measured
 /// `MSE + λ · bits per frame`.
 fn code_segment(
     arch: &Arch,
     pyr: &Pyramid,
     fitted: &grid::Fitted,
     target: &[f32],
-    cfg: &AudioGridEncodeConfig,
+    lambda: f32,
+    net_bits: &[u8],
 ) -> Result<GridSegment, EncodeError> {
     let frames = pyr.width as usize;
     let latents = latent_tensors(pyr, &fitted.latents, 0.0);
@@ -291,7 +445,7 @@ fn code_segment(
     let size = |s: &GridSegment| format::audio_grid_segment_bytes(arch, frames, s);
     let mut predicted = None;
     let mut best: Option<(f64, GridSegment)> = None;
-    for &bits in &cfg.net_bits {
+    for &bits in net_bits {
         let net = net_tensors(arch, &fitted.params, bits);
         let plain = segment(&net, None);
         let mut bytes = size(&plain)?;
@@ -317,7 +471,7 @@ fn code_segment(
             bytes = size(&seg)?;
         }
         let mse = segment_mse(arch, pyr, &seg, target);
-        let cost = mse + f64::from(cfg.fit.lambda) * bytes as f64 * 8.0 / frames.max(1) as f64;
+        let cost = mse + f64::from(lambda) * bytes as f64 * 8.0 / frames.max(1) as f64;
         if best.as_ref().is_none_or(|b| cost < b.0) {
             best = Some((cost, seg));
         }
@@ -336,7 +490,7 @@ fn code_segment(
         flat[n - c + k] = (m / frames.max(1) as f64) as f32;
     }
     let zero = latent_tensors(pyr, &vec![0.0; fitted.latents.len()], 0.0);
-    let bits = cfg.net_bits.iter().copied().max().unwrap_or(8);
+    let bits = net_bits.iter().copied().max().unwrap_or(8);
     let dc = GridSegment {
         tensors: net_tensors(arch, &flat, bits)
             .into_iter()
@@ -345,7 +499,7 @@ fn code_segment(
         predictor: None,
     };
     let mse = segment_mse(arch, pyr, &dc, target);
-    let cost = mse + f64::from(cfg.fit.lambda) * size(&dc)? as f64 * 8.0 / frames.max(1) as f64;
+    let cost = mse + f64::from(lambda) * size(&dc)? as f64 * 8.0 / frames.max(1) as f64;
     if best.as_ref().is_none_or(|b| cost < b.0) {
         best = Some((cost, dc));
     }

@@ -272,3 +272,108 @@ fn bad_settings_are_refused_before_fitting() {
         assert!(r.is_err(), "{c:?}");
     }
 }
+
+#[test]
+fn kbps_target_lands_at_or_just_under_the_rate() {
+    let a = tone(spec(8000, 1, SampleKind::Int, 16), 8000, 0.5);
+    for t in [8.0, 20.0] {
+        let c = AudioGridEncodeConfig {
+            target_kbps: Some(t),
+            ..cfg(60)
+        };
+        let e = encode(&a, &c);
+        let k = e.quality.kbps;
+        assert!(k <= t && k >= 0.85 * t, "target {t}: {k} kbit/s");
+        let (psnr, _) = decode_and_measure(&e.bytes, &a);
+        assert!((psnr - e.quality.psnr).abs() < 1e-9);
+    }
+    let bad = AudioGridEncodeConfig {
+        target_kbps: Some(0.0),
+        ..cfg(5)
+    };
+    assert!(encode_audio_grid(&mut a.clone(), &bad, &mut |_: &inr::Progress| {}).is_err());
+}
+
+#[test]
+fn cli_encode_decode_info_eval_in_grid_mode() {
+    use assert_cmd::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let a = tone(spec(8000, 2, SampleKind::Int, 24), 2000, 0.5);
+    let wav = dir.path().join("in.wav");
+    inr::audio::save_wav(&wav, &a, false).unwrap();
+    let inr_path = dir.path().join("x.inr");
+    let out = dir.path().join("out.wav");
+    let enc = Command::cargo_bin("inr")
+        .unwrap()
+        .args(["--json", "--threads", "2", "encode"])
+        .arg(&wav)
+        .arg("-o")
+        .arg(&inr_path)
+        .args(["--mode", "grid", "--steps", "60", "--preset", "small"])
+        .output()
+        .unwrap();
+    assert!(
+        enc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enc.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&enc.stdout).unwrap();
+    assert_eq!(j["modality"], "audio");
+    assert_eq!(j["preset"], "grid-small");
+    let bytes = std::fs::read(&inr_path).unwrap();
+    assert!(format::is_audio_grid_file(&bytes));
+    assert_eq!(j["bytes"].as_u64().unwrap(), bytes.len() as u64);
+    let dec = Command::cargo_bin("inr")
+        .unwrap()
+        .args(["--json", "decode"])
+        .arg(&inr_path)
+        .arg("-o")
+        .arg(&out)
+        .arg("--ref")
+        .arg(&wav)
+        .output()
+        .unwrap();
+    assert!(
+        dec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dec.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&dec.stdout).unwrap();
+    let back = inr::audio::load_wav(&out).unwrap();
+    assert_eq!(back.spec, a.spec);
+    assert_eq!(back.frames(), a.frames());
+    assert!((d["psnr"].as_f64().unwrap() - j["psnr"].as_f64().unwrap()).abs() < 1e-9);
+    let info = Command::cargo_bin("inr")
+        .unwrap()
+        .args(["--json", "info"])
+        .arg(&inr_path)
+        .output()
+        .unwrap();
+    assert!(info.status.success());
+    let i: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(i["info"]["modality"], "audio");
+    assert_eq!(i["info"]["grid"]["levels"], 8);
+    assert_eq!(i["info"]["audio"]["channels"], 2);
+    // --bpp is for images; an existing output is kept without --force.
+    let again = Command::cargo_bin("inr")
+        .unwrap()
+        .args(["encode"])
+        .arg(&wav)
+        .arg("-o")
+        .arg(&inr_path)
+        .args(["--mode", "grid", "--steps", "5"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert_eq!(std::fs::read(&inr_path).unwrap(), bytes);
+    let bpp = Command::cargo_bin("inr")
+        .unwrap()
+        .args(["encode"])
+        .arg(&wav)
+        .arg("-o")
+        .arg(dir.path().join("y.inr"))
+        .args(["--mode", "grid", "--bpp", "0.5"])
+        .output()
+        .unwrap();
+    assert!(!bpp.status.success());
+}

@@ -123,11 +123,8 @@ fn encode_grid(
     ctx: &Ctx,
 ) -> anyhow::Result<()> {
     let spec = src.spec();
-    if args.bpp.is_some() || args.kbps.is_some() {
-        anyhow::bail!(
-            "--mode grid for audio has no rate target yet: pick the rate with --preset or \
-             --lambda"
-        );
+    if args.bpp.is_some() {
+        anyhow::bail!("audio takes --kbps for a rate target, not --bpp");
     }
     if args.base != "default" {
         notes.push("--base: the audio grid mode starts from random weights; ignored".into());
@@ -172,7 +169,17 @@ fn encode_grid(
     if let Some(w) = args.window {
         cfg.segment = w;
     }
+    cfg.target_kbps = args.kbps;
     let (result, start) = with_bar(ctx, |p| inr::encode_audio_grid(&mut src, &cfg, p));
+    if let (Ok(e), Some(t)) = (&result, args.kbps) {
+        if e.quality.kbps < t * (1.0 - inr::RATE_TOLERANCE) || e.quality.kbps > t {
+            notes.push(format!(
+                "--kbps {t}: the file came out at {:.2} kbit/s (outside -3 % .. 0 %)",
+                e.quality.kbps
+            ));
+            ctx.notes(&notes[notes.len() - 1..]);
+        }
+    }
     let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
     report(&args, spec, enc, start, format!("grid-{name}"), notes, ctx)
 }

@@ -61,7 +61,8 @@ pub struct RdArgs {
     #[arg(long, value_name = "N")]
     pub mod_fit_steps: Option<usize>,
     /// Also measure grid mode (`inr-grid` curve): one point per rate weight λ, e.g.
-    /// `--grid-lambdas 0.02,0.008,0.003,0.001`.
+    /// `--grid-lambdas 0.02,0.008,0.003,0.001` (audio: the audio grid mode's λ per frame, e.g.
+    /// `0.002,0.0006,0.0002,0.00005,0.00001`).
     #[arg(long, value_delimiter = ',', value_name = "L,...")]
     pub grid_lambdas: Vec<f32>,
     /// Also measure grid mode under rate control (`inr-grid-bpp` curve): one point per target
@@ -69,7 +70,7 @@ pub struct RdArgs {
     /// `--grid-bpps 0.125,0.25,0.5`.
     #[arg(long, value_delimiter = ',', value_name = "BPP,...")]
     pub grid_bpps: Vec<f64>,
-    /// Fitting steps of the grid points (default 1000).
+    /// Fitting steps of the grid points (default 1000; audio: 200).
     #[arg(long, value_name = "N")]
     pub grid_fit_steps: Option<usize>,
     /// Skip the weight-mode presets (e.g. to measure only --mod-steps against JPEG).
@@ -205,9 +206,7 @@ fn run_audio(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> a
         (!args.mod_steps.is_empty(), "--mod-steps"),
         (args.mod_fit_steps.is_some(), "--mod-fit-steps"),
         (args.mod_base.is_some(), "--mod-base"),
-        (!args.grid_lambdas.is_empty(), "--grid-lambdas"),
         (!args.grid_bpps.is_empty(), "--grid-bpps"),
-        (args.grid_fit_steps.is_some(), "--grid-fit-steps"),
     ];
     if let Some((_, flag)) = image_only.iter().find(|(set, _)| *set) {
         anyhow::bail!("{flag} applies to images only (not to --modality audio)");
@@ -234,6 +233,8 @@ fn run_audio(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> a
         limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         baselines,
         published_anchors: args.anchors,
+        grid_lambdas: args.grid_lambdas.clone(),
+        grid_steps: args.grid_fit_steps,
     };
     if !args.force {
         let names = rd::audio::planned_audio_report_files(&args.data_dir, &cfg)?;

@@ -28,6 +28,8 @@ use crate::{AudioEncodeConfig, BaseChoice, Limits, Preset};
 
 /// Name of the `inr` audio curve.
 pub const INR_AUDIO: &str = "inr";
+/// Codec name of the audio grid mode's points (`codec-spec.md` §14).
+pub const INR_AUDIO_GRID: &str = "inr-grid";
 
 /// Published COIN++ points on LibriSpeech (kbit/s, PSNR dB; `shared/anchors.md`, coinpp
 /// `results/librispeech/coinpp.json`).
@@ -141,6 +143,10 @@ pub struct AudioRdConfig {
     pub baselines: Vec<BaselineRow>,
     /// Draw the published COIN++ LibriSpeech curve on the PSNR plot.
     pub published_anchors: bool,
+    /// Also measure the audio grid mode (`inr-grid` curve), one point per rate weight λ.
+    pub grid_lambdas: Vec<f32>,
+    /// Fitting steps of the grid points (`None`: the grid mode's default).
+    pub grid_steps: Option<usize>,
 }
 
 impl Default for AudioRdConfig {
@@ -154,6 +160,8 @@ impl Default for AudioRdConfig {
             limit: None,
             baselines: Vec::new(),
             published_anchors: false,
+            grid_lambdas: Vec::new(),
+            grid_steps: None,
         }
     }
 }
@@ -355,6 +363,57 @@ fn inr_point(
     })
 }
 
+/// One audio grid-mode point (§14) at rate weight `lambda`.
+fn inr_grid_point(
+    path: &Path,
+    name: &str,
+    lambda: f32,
+    cfg: &AudioRdConfig,
+    fit: &mut (dyn FnMut(&str, usize, usize) + Send),
+) -> Result<AudioPoint, RdError> {
+    let param = format!("lambda={lambda}");
+    let mut ecfg = crate::AudioGridEncodeConfig {
+        seed: cfg.seed,
+        threads: cfg.threads,
+        ..Default::default()
+    };
+    ecfg.fit.lambda = lambda;
+    if let Some(s) = cfg.grid_steps {
+        ecfg.fit.steps = s;
+    }
+    let mut src = open(path)?;
+    let t = Instant::now();
+    let enc = crate::encode_audio_grid(&mut src, &ecfg, &mut |pr| fit(&param, pr.step, pr.total))
+        .map_err(|source| RdError::Encode {
+        image: name.to_string(),
+        preset: param.clone(),
+        source,
+    })?;
+    let encode_s = t.elapsed().as_secs_f64();
+    let dec_err = |source| RdError::Decode {
+        image: name.to_string(),
+        preset: param.clone(),
+        source,
+    };
+    let t = Instant::now();
+    crate::decode_audio_stream(&enc.bytes, &Limits::default(), &mut |_, _, _| Ok(()))
+        .map_err(dec_err)?;
+    let decode_s = t.elapsed().as_secs_f64();
+    let mut reference = open(path)?;
+    let q = crate::eval_audio(&enc.bytes, &mut reference, &Limits::default()).map_err(dec_err)?;
+    Ok(AudioPoint {
+        codec: INR_AUDIO_GRID.into(),
+        param,
+        bytes: Some(enc.bytes.len() as u64),
+        kbps: q.kbps,
+        psnr: q.psnr,
+        snr: q.snr,
+        encode_s: Some(encode_s),
+        decode_s: Some(decode_s),
+        base: None,
+    })
+}
+
 /// Measure every clip in `data_dir` with every configured preset, and place the baseline rows
 /// of the same clips beside them.
 ///
@@ -367,9 +426,9 @@ pub fn run_audio_rd(
     cfg: &AudioRdConfig,
     progress: &mut (dyn FnMut(&AudioRdProgress) + Send),
 ) -> Result<AudioRdReport, RdError> {
-    if cfg.presets.is_empty() && cfg.baselines.is_empty() {
+    if cfg.presets.is_empty() && cfg.baselines.is_empty() && cfg.grid_lambdas.is_empty() {
         return Err(RdError::Config(
-            "nothing to measure (expected at least one preset or a baseline CSV)".into(),
+            "nothing to measure (expected at least one preset, grid λ or a baseline CSV)".into(),
         ));
     }
     if cfg.limit == Some(0) {
@@ -386,7 +445,7 @@ pub fn run_audio_rd(
         )));
     }
     let csvs = super::csv_names(&files);
-    let total = files.len() * cfg.presets.len();
+    let total = files.len() * (cfg.presets.len() + cfg.grid_lambdas.len());
     let mut done = 0;
     let mut clips = Vec::with_capacity(files.len());
     for (path, csv) in files.iter().zip(csvs) {
@@ -401,6 +460,26 @@ pub fn run_audio_rd(
         let mut points = Vec::new();
         for &p in &cfg.presets {
             let pt = inr_point(path, &name, p, cfg, &mut |param, step, steps| {
+                progress(&AudioRdProgress {
+                    done,
+                    total,
+                    clip: &name,
+                    param,
+                    fit: Some((step, steps)),
+                });
+            })?;
+            done += 1;
+            progress(&AudioRdProgress {
+                done,
+                total,
+                clip: &name,
+                param: &pt.param,
+                fit: None,
+            });
+            points.push(pt);
+        }
+        for &l in &cfg.grid_lambdas {
+            let pt = inr_grid_point(path, &name, l, cfg, &mut |param, step, steps| {
                 progress(&AudioRdProgress {
                     done,
                     total,
@@ -475,6 +554,19 @@ pub fn run_audio_rd(
             ),
         ));
     }
+    if !cfg.grid_lambdas.is_empty() {
+        let steps = cfg
+            .grid_steps
+            .map(|s| format!(", {s} fitting steps"))
+            .unwrap_or_default();
+        names.push((
+            INR_AUDIO_GRID.into(),
+            format!(
+                "inr audio grid mode (codec-spec §14), one point per rate weight λ, seed {}{steps}",
+                cfg.seed
+            ),
+        ));
+    }
     for r in &cfg.baselines {
         if !names.iter().any(|(n, _)| *n == r.codec) && stems.contains(&r.clip) {
             names.push((
@@ -487,14 +579,20 @@ pub fn run_audio_rd(
         }
     }
     let codecs = summarize(&clips, &names);
-    let bd = match codecs.iter().find(|c| c.name == INR_AUDIO) {
-        Some(inr) => codecs
-            .iter()
-            .filter(|c| c.name != INR_AUDIO)
-            .map(|a| bd_of(inr, a))
-            .collect(),
-        None => Vec::new(),
-    };
+    // Each inr curve against every other curve (the grid mode also against the weight mode).
+    let bd = [INR_AUDIO, INR_AUDIO_GRID]
+        .iter()
+        .filter_map(|&t| codecs.iter().find(|c| c.name == t))
+        .flat_map(|inr| {
+            codecs
+                .iter()
+                .filter(|a| {
+                    a.name != inr.name && !(inr.name == INR_AUDIO && a.name == INR_AUDIO_GRID)
+                })
+                .map(|a| bd_of(inr, a))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     Ok(AudioRdReport {
         description: format!(
             "audio rate-distortion sweep over {} clip(s) of {}; PSNR with the waveform mapped \
