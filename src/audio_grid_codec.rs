@@ -13,11 +13,12 @@
 
 use crate::audio::{sample_value, to_sample, AudioSource};
 use crate::audio_codec::{output_spec, AudioEncoded, AudioQuality, AudioSink};
-use crate::codec::{DecodeError, EncodeError, Progress};
+use crate::base::Base;
+use crate::codec::{BaseChoice, DecodeError, EncodeError, Progress};
 use crate::format::{
     self, Arch, AudioGridInrFile, AudioHeader, GridSegment, Limits, QTensor, MAX_WINDOW_LEN,
 };
-use crate::grid::{self, GridFit, Pyramid, Sampler};
+use crate::grid::{self, GridFit, GridStart, Pyramid, Sampler};
 use crate::grid_codec::{latent_tensors, level_predictors, net_tensors};
 use crate::metrics::AudioDistortion;
 use rayon::prelude::*;
@@ -66,6 +67,12 @@ pub struct AudioGridEncodeConfig {
     pub seed: u64,
     /// Rayon threads; `None` uses all cores.
     pub threads: Option<usize>,
+    /// Where every segment's synthesis network starts: the embedded audio grid base (§10.5)
+    /// for the architecture if this binary has one (else random), the seeded random
+    /// initialisation, or an audio grid base from `inr meta-train --modality audio --mode
+    /// grid`, whose architecture then replaces `levels`, `width`, `depth` and `w0`.
+    /// Encoder-only: files never depend on a base.
+    pub base: BaseChoice,
 }
 
 impl Default for AudioGridEncodeConfig {
@@ -85,11 +92,67 @@ impl Default for AudioGridEncodeConfig {
             target_kbps: None,
             seed: 0,
             threads: None,
+            base: BaseChoice::Default,
         }
     }
 }
 
 impl AudioGridEncodeConfig {
+    /// The configuration an encode of `channels` channels runs with and the synthesis start
+    /// of its fits (see [`AudioGridEncodeConfig::base`]).
+    ///
+    /// # Errors
+    /// [`EncodeError::Parameter`] for a base that is not an audio grid base for `channels`.
+    pub fn resolve_base(
+        &self,
+        channels: u8,
+    ) -> Result<(AudioGridEncodeConfig, Option<Base>), EncodeError> {
+        let mut eff = self.clone();
+        let base = match &self.base {
+            BaseChoice::None => None,
+            BaseChoice::Default => {
+                crate::base::embedded_audio_grid_for(&self.arch(channels)).cloned()
+            }
+            BaseChoice::Custom(b) => {
+                if !b.grid_audio {
+                    return Err(EncodeError::Parameter(format!(
+                        "base {:016x} is a {} base; audio --mode grid starts from an audio grid \
+                         base (codec-spec §10.5, made by `inr meta-train --modality audio --mode \
+                         grid`)",
+                        b.id(),
+                        b.kind()
+                    )));
+                }
+                if b.arch.out_channels != channels {
+                    return Err(EncodeError::Parameter(format!(
+                        "audio grid base {:016x} is for {} channel(s), the clip has {channels}",
+                        b.id(),
+                        b.arch.out_channels
+                    )));
+                }
+                eff.levels = b.arch.coord_dims;
+                eff.width = b.arch.width;
+                eff.depth = b.arch.depth;
+                eff.w0 = b.arch.w0_first;
+                if b.arch != eff.arch(channels) {
+                    return Err(EncodeError::Parameter(format!(
+                        "audio grid base {:016x} has architecture {:?}; this encoder uses one \
+                         w0 for every layer",
+                        b.id(),
+                        b.arch
+                    )));
+                }
+                Some(b.clone())
+            }
+        };
+        Ok((eff, base))
+    }
+
+    /// The id of the base the fits of a clip of `channels` channels start from, if any.
+    pub fn start_id(&self, channels: u8) -> Option<u64> {
+        self.resolve_base(channels).ok()?.1.map(|b| b.id())
+    }
+
     /// The synthesis network for `channels` outputs.
     pub fn arch(&self, channels: u8) -> Arch {
         Arch {
@@ -156,6 +219,11 @@ fn encode_inner(
 ) -> Result<AudioEncoded, EncodeError> {
     check_config(cfg)?;
     let spec = src.spec();
+    let (cfg, base) = &cfg.resolve_base(spec.channels)?;
+    let start = base
+        .as_ref()
+        .map(|b| crate::grid_meta::start_of(&cfg.arch(spec.channels), b.params.clone()));
+    let start = start.as_ref();
     let frames = src.frames();
     let header = AudioHeader {
         sample_rate: spec.sample_rate,
@@ -172,7 +240,7 @@ fn encode_inner(
     let n_seg = header.num_windows() as usize;
     let duration = header.duration_s();
     let bytes = match cfg.target_kbps {
-        None => code_clip(src, cfg, &header, &arch, cfg.fit.lambda, progress)?,
+        None => code_clip(src, cfg, start, &header, &arch, cfg.fit.lambda, progress)?,
         Some(t) => {
             if !(t.is_finite() && t > 0.0) {
                 return Err(EncodeError::Parameter("--kbps must be > 0".into()));
@@ -182,7 +250,7 @@ fn encode_inner(
             let mut tried: Vec<(f32, Vec<u8>)> = Vec::new();
             let lo = t * (1.0 - crate::RATE_TOLERANCE);
             for _ in 0..RATE_FITS {
-                let b = code_clip(src, cfg, &header, &arch, lambda, progress)?;
+                let b = code_clip(src, cfg, start, &header, &arch, lambda, progress)?;
                 let kbps = crate::metrics::kbps(b.len() as u64, duration);
                 tried.push((lambda, b));
                 if (lo..=t).contains(&kbps) {
@@ -335,6 +403,7 @@ fn pick_for_rate(tried: Vec<(f32, Vec<u8>)>, duration: f64, target: f64) -> Vec<
 fn code_clip(
     src: &mut dyn AudioSource,
     cfg: &AudioGridEncodeConfig,
+    start: Option<&GridStart>,
     header: &AudioHeader,
     arch: &Arch,
     lambda: f32,
@@ -362,7 +431,7 @@ fn code_clip(
             .map(|(k, n, target)| {
                 let pyr = Pyramid::new(*n as u32, 1, cfg.levels);
                 let seed = cfg.seed.wrapping_add(*k as u64);
-                let fitted = grid::fit_from(&arch, &pyr, target, &fit, seed, None, &mut |_| {
+                let fitted = grid::fit_from(&arch, &pyr, target, &fit, seed, start, &mut |_| {
                     let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     if d.is_multiple_of(10) || d == total_steps {
                         if let Ok(mut p) = progress.lock() {

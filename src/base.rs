@@ -128,6 +128,9 @@ pub struct Base {
     /// A grid base (version 4, §10.5): the synthesis network grid-mode fits start from
     /// (`arch.coord_dims` = latent levels). Encoder-only: grid files never name a base.
     pub grid: bool,
+    /// With `grid`: an audio grid base (modality 2, §10.5), the start of the segment networks
+    /// of `inr encode clip.wav --mode grid` (`out_channels` = the clip's channels, 1..=16).
+    pub grid_audio: bool,
     /// Free text: how the base was trained (command, data, steps).
     pub description: String,
     id: u64,
@@ -146,6 +149,7 @@ impl Base {
             modulation: None,
             audio_window: None,
             grid: false,
+            grid_audio: false,
             description,
             id: 0,
         };
@@ -171,6 +175,7 @@ impl Base {
             modulation: None,
             audio_window: Some(window_len),
             grid: false,
+            grid_audio: false,
             description,
             id: 0,
         };
@@ -199,6 +204,7 @@ impl Base {
             modulation: Some(spec),
             audio_window: None,
             grid: false,
+            grid_audio: false,
             description,
             id: 0,
         };
@@ -219,6 +225,33 @@ impl Base {
             modulation: None,
             audio_window: None,
             grid: true,
+            grid_audio: false,
+            description,
+            id: 0,
+        };
+        let bytes = b.to_bytes()?;
+        b.id = id_of(&bytes);
+        Ok(b)
+    }
+
+    /// Builds an audio grid base (a version-4 base file of modality 2, §10.5): the start of
+    /// the synthesis networks of audio grid segments (§14); `arch` is checked as an audio grid
+    /// file's (§14.1).
+    ///
+    /// # Errors
+    /// As [`Base::new`], for an audio grid architecture.
+    pub fn new_audio_grid(
+        arch: Arch,
+        params: Vec<f32>,
+        description: String,
+    ) -> Result<Base, BaseError> {
+        let mut b = Base {
+            arch,
+            params,
+            modulation: None,
+            audio_window: None,
+            grid: true,
+            grid_audio: true,
             description,
             id: 0,
         };
@@ -231,6 +264,7 @@ impl Base {
     /// "modulation", "audio weight" or "audio modulation".
     pub fn kind(&self) -> &'static str {
         match (self.grid, self.modulation.is_some(), self.is_audio()) {
+            (true, _, true) => "audio grid",
             (true, _, _) => "grid",
             (_, true, true) => "audio modulation",
             (_, true, false) => "modulation",
@@ -248,7 +282,9 @@ impl Base {
     /// True for a base of audio networks (one coordinate): an audio weight base (§10.4) or an
     /// audio modulation base (§10.3, modality 2).
     pub fn is_audio(&self) -> bool {
-        self.audio_window.is_some() || (self.modulation.is_some() && self.arch.coord_dims == 1)
+        self.audio_window.is_some()
+            || (self.modulation.is_some() && self.arch.coord_dims == 1)
+            || (self.grid && self.grid_audio)
     }
 
     /// Content id: the first 8 bytes (little endian) of the SHA-256 of the base file (§10.2).
@@ -271,7 +307,11 @@ impl Base {
                 }
                 .into());
             }
-            crate::format::validate_grid_arch(&self.arch, &limits)?;
+            if self.grid_audio {
+                crate::format::validate_audio_grid_arch(&self.arch, &limits)?;
+            } else {
+                crate::format::validate_grid_arch(&self.arch, &limits)?;
+            }
         } else {
             validate_arch(&self.arch, self.is_audio(), self.audio_window, &limits)?;
         }
@@ -417,15 +457,17 @@ impl Base {
         let n = u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]) as usize;
         let desc_len = u16::from_le_bytes([head[o + 4], head[o + 5]]) as usize;
         let modality_ok = match version {
-            BASE_VERSION | BASE_VERSION_GRID => modality == MODALITY_IMAGE,
-            BASE_VERSION_MOD => modality == MODALITY_IMAGE || modality == MODALITY_AUDIO,
+            BASE_VERSION => modality == MODALITY_IMAGE,
+            BASE_VERSION_MOD | BASE_VERSION_GRID => {
+                modality == MODALITY_IMAGE || modality == MODALITY_AUDIO
+            }
             _ => modality == MODALITY_AUDIO,
         };
         if !modality_ok {
             return Err(FormatError::InvalidField {
                 field: "base modality",
                 value: modality.into(),
-                expected: "1 (image) in versions 1 and 4, 1 or 2 (audio) in version 2, 2 \
+                expected: "1 (image) in version 1, 1 or 2 (audio) in versions 2 and 4, 2 \
                            (audio) in version 3",
             }
             .into());
@@ -439,7 +481,10 @@ impl Base {
             .into());
         }
         let grid = version == BASE_VERSION_GRID;
-        if grid {
+        let grid_audio = grid && modality == MODALITY_AUDIO;
+        if grid_audio {
+            crate::format::validate_audio_grid_arch(&arch, limits)?;
+        } else if grid {
             crate::format::validate_grid_arch(&arch, limits)?;
         } else {
             validate_arch(&arch, modality == MODALITY_AUDIO, audio_window, limits)?;
@@ -539,6 +584,7 @@ impl Base {
             modulation,
             audio_window,
             grid,
+            grid_audio,
             description,
             id: id_of(bytes),
         })
@@ -609,6 +655,7 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
     ("image-mod", include_bytes!("../bases/image-mod.inrb")),
     ("audio-medium", include_bytes!("../bases/audio-medium.inrb")),
     ("image-grid", include_bytes!("../bases/image-grid.inrb")),
+    ("audio-grid", include_bytes!("../bases/audio-grid.inrb")),
 ];
 
 /// Finds the base with `id` among `extra` (user-supplied, searched first) and the embedded
@@ -645,7 +692,15 @@ pub fn embedded_for(arch: &Arch) -> Option<&'static Base> {
 
 /// The embedded grid base (§10.5) for a synthesis architecture, if one ships with this binary.
 pub fn embedded_grid_for(arch: &Arch) -> Option<&'static Base> {
-    embedded().iter().find(|b| b.grid && b.arch == *arch)
+    embedded()
+        .iter()
+        .find(|b| b.grid && !b.grid_audio && b.arch == *arch)
+}
+
+/// The embedded audio grid base (§10.5, modality 2) for a segment synthesis architecture, if
+/// one ships with this binary.
+pub fn embedded_audio_grid_for(arch: &Arch) -> Option<&'static Base> {
+    embedded().iter().find(|b| b.grid_audio && b.arch == *arch)
 }
 
 /// The embedded audio base (§10.4) for an architecture and window length, if one ships with
@@ -796,14 +851,37 @@ mod tests {
             Some(g.id())
         );
         // A version-4 file is checked as a grid network: positional encoding (offset 13 =
-        // architecture byte 5), audio modality and too many levels are refused.
-        for (i, v) in [(13usize, 4u8), (5, MODALITY_AUDIO), (8, 17)] {
+        // architecture byte 5), an unknown modality and too many levels are refused.
+        for (i, v) in [(13usize, 4u8), (5, 3), (8, 17)] {
             let e = Base::from_bytes(&patched(&bytes, i, v), &Limits::default()).unwrap_err();
             assert!(
                 matches!(e, BaseError::Format(FormatError::InvalidField { .. })),
                 "{i}: {e}"
             );
         }
+        // Modality 2 makes it an audio grid base (§10.5): another kind and id, 1..=16 outputs.
+        let a = Base::from_bytes(&patched(&bytes, 5, MODALITY_AUDIO), &Limits::default()).unwrap();
+        assert!(a.grid && a.grid_audio && a.is_audio());
+        assert_eq!(a.kind(), "audio grid");
+        assert_ne!(a.id(), g.id());
+        let stereo = Arch {
+            out_channels: 2,
+            ..grid_arch()
+        };
+        let n2 = stereo.num_params();
+        let s2 = Base::new_audio_grid(stereo, vec![0.1; n2], String::new()).unwrap();
+        assert_eq!(
+            Base::from_bytes(&s2.to_bytes().unwrap(), &Limits::default()).unwrap(),
+            s2
+        );
+        assert!(Base::new_grid(stereo, vec![0.1; n2], String::new()).is_err());
+        let wide = Arch {
+            out_channels: 17,
+            ..grid_arch()
+        };
+        let n17 = wide.num_params();
+        assert!(Base::new_audio_grid(wide, vec![0.1; n17], String::new()).is_err());
+        assert!(embedded_grid_for(&grid_arch()).is_none_or(|b| !b.grid_audio));
         // And a grid architecture that is not a valid grid network cannot be written.
         let bad = Arch {
             pe_freqs: 2,

@@ -37,7 +37,8 @@ pub use modulation::{
 mod audio_grid;
 pub use audio_grid::{
     audio_grid_segment_bytes, check_audio_grid, is_audio_grid_file, read_audio_grid_file,
-    write_audio_grid_file, AudioGridInrFile, GridSegment, SEGMENT_PREDICTED,
+    validate_audio_grid_arch, write_audio_grid_file, AudioGridInrFile, GridSegment,
+    SEGMENT_PREDICTED,
 };
 
 // §13 Grid-mode files (flag bit 3, version 2) live in their own child module.

@@ -55,6 +55,22 @@ pub fn is_audio_grid_file(bytes: &[u8]) -> bool {
             .is_some_and(|f| u16::from_le_bytes([f[0], f[1]]) & FLAG_GRID != 0)
 }
 
+/// §14.1 The architecture of an audio grid file (and of an audio grid base, §10.5): the grid
+/// checks of §13.1 but with 1 ..= 16 outputs.
+///
+/// # Errors
+/// [`FormatError::InvalidField`] naming the first field out of range.
+pub fn validate_audio_grid_arch(arch: &Arch, limits: &Limits) -> Result<(), FormatError> {
+    if arch.out_channels == 0 || arch.out_channels > super::MAX_AUDIO_CHANNELS {
+        return Err(FormatError::InvalidField {
+            field: "out_channels",
+            value: arch.out_channels.into(),
+            expected: "1..=16 (audio channels)",
+        });
+    }
+    validate_grid_levels(arch, limits)
+}
+
 /// §14.3 Field checks before anything is decoded (an encoder runs them before fitting): the audio section, the architecture (grid
 /// levels and depth, `out_channels` = C), the sample limit, the coded symbol count (all
 /// segments' synthesis parameters and latents) and the rendering work. Returns the latent
@@ -65,7 +81,7 @@ pub fn check_audio_grid(
     limits: &Limits,
 ) -> Result<u64, FormatError> {
     audio.validate()?;
-    validate_grid_levels(arch, limits)?;
+    validate_audio_grid_arch(arch, limits)?;
     if arch.out_channels != audio.channels {
         return Err(FormatError::InvalidField {
             field: "out_channels",

@@ -559,7 +559,7 @@ fn resolve_base(
             crate::base::embedded_grid_for(&grid_arch(cfg, channels)).map(|b| b.params.clone())
         }
         BaseChoice::Custom(b) => {
-            if !b.grid {
+            if !b.grid || b.grid_audio {
                 return Err(EncodeError::Parameter(format!(
                     "base {:016x} is a {} base; --mode grid starts from a grid base \
                      (codec-spec §10.5, made by `inr meta-train --mode grid`)",

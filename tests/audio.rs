@@ -398,7 +398,9 @@ fn cli_encode_decode_info_eval_on_wav() {
         .arg(&wav)
         .arg("-o")
         .arg(&inr_path)
-        .args(["--steps", "60", "--window", "256", "--width", "8"])
+        .args([
+            "--mode", "weights", "--steps", "60", "--window", "256", "--width", "8",
+        ])
         .output()
         .unwrap();
     assert!(

@@ -389,7 +389,7 @@ fn cli_meta_train_audio_encode_decode_with_the_base_file() {
     let inr_path = dir.path().join("x.inr");
     let enc = Command::cargo_bin("inr")
         .expect("bin")
-        .args(["--json", "encode"])
+        .args(["--json", "encode", "--mode", "weights"])
         .arg(&wav)
         .arg("-o")
         .arg(&inr_path)

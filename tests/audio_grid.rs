@@ -377,3 +377,133 @@ fn cli_encode_decode_info_eval_in_grid_mode() {
         .unwrap();
     assert!(!bpp.status.success());
 }
+
+/// Clips of one family: a few partials whose frequencies and envelope depend on the seed.
+fn family_clip(seed: u64, frames: usize) -> Audio {
+    let s = spec(8000, 1, SampleKind::Int, 16);
+    let f0 = 150.0 + 40.0 * (seed % 5) as f32;
+    let samples = (0..frames)
+        .map(|i| {
+            let t = i as f32 / 8000.0;
+            let env =
+                0.5 + 0.4 * (2.0 * std::f32::consts::PI * (1.0 + seed as f32 * 0.3) * t).sin();
+            let v = (2.0 * std::f32::consts::PI * f0 * t).sin()
+                + 0.5 * (2.0 * std::f32::consts::PI * 2.0 * f0 * t + 0.7).sin()
+                + 0.25 * (2.0 * std::f32::consts::PI * 3.0 * f0 * t + 1.3).sin();
+            sample_value(&s, to_sample(&s, 0.35 * env * v)) as f32
+        })
+        .collect();
+    Audio { spec: s, samples }
+}
+
+#[test]
+fn audio_grid_meta_training_helps_held_out_clips_and_is_deterministic() {
+    use inr::grid_meta::{self, AudioGridMetaConfig};
+    let ecfg = AudioGridEncodeConfig {
+        threads: Some(2),
+        ..AudioGridEncodeConfig::default()
+    };
+    let arch = ecfg.arch(1);
+    let train: Vec<Audio> = (0..4).map(|s| family_clip(s, 4000)).collect();
+    let mcfg = AudioGridMetaConfig {
+        iterations: 40,
+        budget: 40,
+        crop: 2048,
+        ..AudioGridMetaConfig::default()
+    };
+    let init = inr::grid::init_params(&arch, 0);
+    let mut params = init.clone();
+    grid_meta::train_audio(&arch, &train, &mcfg, &mut params, 0, &mut |_, _, _| true);
+    // Deterministic, and resuming after 15 iterations gives the same bits.
+    let mut again = init.clone();
+    grid_meta::train_audio(&arch, &train, &mcfg, &mut again, 0, &mut |i, _, _| {
+        i + 1 < 15
+    });
+    grid_meta::train_audio(&arch, &train, &mcfg, &mut again, 15, &mut |_, _, _| true);
+    assert_eq!(params, again);
+    let base = inr::base::Base::new_audio_grid(arch, params, "test".into()).unwrap();
+    // Held-out clips of the family, 40-step encodes: MSE + λ·bits per frame falls.
+    let cost = |b: inr::BaseChoice| {
+        let mut c = AudioGridEncodeConfig {
+            base: b,
+            ..ecfg.clone()
+        };
+        c.fit.steps = 40;
+        let mut total = 0.0;
+        for s in 10..13 {
+            let a = family_clip(s, 3000);
+            let e = encode(&a, &c);
+            let mse = 10f64.powf(-e.quality.psnr / 10.0);
+            total += mse + f64::from(c.fit.lambda) * e.bytes.len() as f64 * 8.0 / 3000.0;
+        }
+        total
+    };
+    let random = cost(inr::BaseChoice::None);
+    let learned = cost(inr::BaseChoice::Custom(base.clone()));
+    assert!(
+        learned < 0.95 * random,
+        "base {learned:.3e} vs random {random:.3e}"
+    );
+    // The base round-trips as an audio grid base and is refused where it does not belong.
+    let back = inr::base::Base::from_bytes(&base.to_bytes().unwrap(), &Limits::default()).unwrap();
+    assert!(back.grid && back.grid_audio && back.is_audio());
+    assert_eq!(back.kind(), "audio grid");
+    assert_eq!(back.id(), base.id());
+    let img = inr::media::Image {
+        width: 8,
+        height: 8,
+        channels: 1,
+        data: vec![100; 64],
+    };
+    let g = inr::GridEncodeConfig {
+        base: inr::BaseChoice::Custom(base.clone()),
+        ..Default::default()
+    };
+    let err = inr::encode_grid(&img, &g, &mut |_: &inr::Progress| {}).unwrap_err();
+    assert!(err.to_string().contains("audio grid"), "{err}");
+    // A stereo clip cannot start from a mono base; an image grid base is refused for audio.
+    let stereo = tone(spec(8000, 2, SampleKind::Int, 16), 500, 0.5);
+    let c = AudioGridEncodeConfig {
+        base: inr::BaseChoice::Custom(base),
+        ..cfg(5)
+    };
+    assert!(encode_audio_grid(&mut stereo.clone(), &c, &mut |_: &inr::Progress| {}).is_err());
+    let image_base = inr::base::embedded_grid_for(&inr::grid_arch(&Default::default(), 3))
+        .expect("embedded image grid base")
+        .clone();
+    let c = AudioGridEncodeConfig {
+        base: inr::BaseChoice::Custom(image_base),
+        ..cfg(5)
+    };
+    let mono = tone(spec(8000, 1, SampleKind::Int, 16), 500, 0.5);
+    assert!(encode_audio_grid(&mut mono.clone(), &c, &mut |_: &inr::Progress| {}).is_err());
+}
+
+#[test]
+fn mono_clips_start_from_the_embedded_audio_grid_base() {
+    let c = AudioGridEncodeConfig::default();
+    let embedded = inr::base::embedded_audio_grid_for(&c.arch(1)).expect("embedded base");
+    assert!(embedded.grid_audio);
+    assert_eq!(c.start_id(1), Some(embedded.id()));
+    assert_eq!(c.start_id(2), None);
+    let none = AudioGridEncodeConfig {
+        base: inr::BaseChoice::None,
+        ..AudioGridEncodeConfig::default()
+    };
+    assert_eq!(none.start_id(1), None);
+    // The start changes the file; both decode without any base.
+    let a = tone(spec(8000, 1, SampleKind::Int, 16), 1500, 0.5);
+    let from_base = encode(&a, &cfg(30));
+    let random = encode(
+        &a,
+        &AudioGridEncodeConfig {
+            base: inr::BaseChoice::None,
+            ..cfg(30)
+        },
+    );
+    assert_ne!(from_base.bytes, random.bytes);
+    for e in [&from_base, &random] {
+        let (psnr, _) = decode_and_measure(&e.bytes, &a);
+        assert!((psnr - e.quality.psnr).abs() < 1e-9);
+    }
+}

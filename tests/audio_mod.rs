@@ -457,8 +457,11 @@ fn cli_meta_train_encode_decode_info_eval_in_audio_modulation_mode() {
         (e["psnr"].as_f64().unwrap() - j["psnr"].as_f64().unwrap()).abs() < 1e-6,
         "eval measures what encode reported"
     );
-    // --kbps needs the modulation mode; --mode grid is for images.
-    for extra in [&["--kbps", "8"][..], &["--mode", "grid"][..]] {
+    // --kbps needs the modulation or grid mode; audio takes no --bpp.
+    for extra in [
+        &["--mode", "weights", "--kbps", "8"][..],
+        &["--bpp", "0.5"][..],
+    ] {
         Command::cargo_bin("inr")
             .unwrap()
             .arg("encode")

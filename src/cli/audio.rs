@@ -35,14 +35,14 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let mut src = open_wav(&args.input)?;
     let spec = src.spec();
-    match args.mode {
+    match args.mode.unwrap_or(Mode::Grid) {
         Mode::Grid => return encode_grid(args, src, notes, ctx),
         Mode::Modulations => return encode_modulated(args, src, notes, ctx),
         Mode::Weights => {}
     }
     if args.kbps.is_some() {
         anyhow::bail!(
-            "--kbps needs --mode modulations (the weight mode's rate is set by --preset)"
+            "--kbps needs --mode grid or modulations (the weight mode's rate is set by --preset)"
         );
     }
     ctx.notes(&notes);
@@ -71,6 +71,7 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         super::encode::preset_name(args.preset),
         notes,
         ctx,
+        None,
     )
 }
 
@@ -111,7 +112,16 @@ fn encode_modulated(
     };
     let (result, start) = with_bar(ctx, |p| inr::encode_audio_modulated(&mut src, &cfg, p));
     let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
-    report(&args, spec, enc, start, "modulations".into(), notes, ctx)
+    report(
+        &args,
+        spec,
+        enc,
+        start,
+        "modulations".into(),
+        notes,
+        ctx,
+        None,
+    )
 }
 
 /// `inr encode x.wav --mode grid`: per segment, a row of latent levels and a small synthesis
@@ -125,9 +135,6 @@ fn encode_grid(
     let spec = src.spec();
     if args.bpp.is_some() {
         anyhow::bail!("audio takes --kbps for a rate target, not --bpp");
-    }
-    if args.base != "default" {
-        notes.push("--base: the audio grid mode starts from random weights; ignored".into());
     }
     ctx.notes(&notes);
     let mut cfg = inr::AudioGridEncodeConfig {
@@ -170,6 +177,15 @@ fn encode_grid(
         cfg.segment = w;
     }
     cfg.target_kbps = args.kbps;
+    cfg.base = super::base_choice(&args.base)?;
+    let arch_flags =
+        args.levels.is_some() || args.width.is_some() || args.depth.is_some() || args.w0.is_some();
+    if matches!(cfg.base, inr::BaseChoice::Custom(_)) && arch_flags {
+        anyhow::bail!(
+            "--base FILE.inrb sets the grid synthesis architecture; drop --levels, --width, \
+             --depth and --w0"
+        );
+    }
     let (result, start) = with_bar(ctx, |p| inr::encode_audio_grid(&mut src, &cfg, p));
     if let (Ok(e), Some(t)) = (&result, args.kbps) {
         if e.quality.kbps < t * (1.0 - inr::RATE_TOLERANCE) || e.quality.kbps > t {
@@ -181,7 +197,17 @@ fn encode_grid(
         }
     }
     let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
-    report(&args, spec, enc, start, format!("grid-{name}"), notes, ctx)
+    let grid_base = cfg.start_id(spec.channels);
+    report(
+        &args,
+        spec,
+        enc,
+        start,
+        format!("grid-{name}"),
+        notes,
+        ctx,
+        grid_base,
+    )
 }
 
 /// Runs an encoder with a progress bar (hidden when quiet or not a TTY); returns its result
@@ -211,6 +237,7 @@ fn report(
     preset: String,
     notes: Vec<String>,
     ctx: &Ctx,
+    grid_base: Option<u64>,
 ) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     inr::util::write_atomic(&args.output, &enc.bytes, args.force)
@@ -229,6 +256,8 @@ fn report(
             "duration_s": q.duration_s,
             "windows": enc.windows,
             "base": enc.base_id.map(|id| format!("{id:016x}")),
+            // Grid mode: the audio grid base the segment networks started from (null: random).
+            "grid_base": grid_base.map(|id| format!("{id:016x}")),
             "preset": preset,
             "psnr": json_psnr(q.psnr),
             "snr": json_psnr(q.snr),

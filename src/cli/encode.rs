@@ -135,16 +135,18 @@ pub struct EncodeArgs {
     /// cheaper half-resolution steps first), --lr the
     /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the
     /// synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
-    /// best of 5, 6, 7, 8, 10). For a WAV input, `weights` (the default) codes windows of small
-    /// networks, `modulations` codes the clip as one row of latents for an audio modulation
-    /// base (`inr meta-train --modality audio --mode modulations`; --kbps sets the rate, every
-    /// frame is used in every latent step unless --latent-frac says otherwise), and `grid`
-    /// (the best audio mode: about 12 kbit/s and 41.6 dB on 16 kHz speech at medium) codes
-    /// segments of --window frames (default 262144) as rows of latent levels and a small
-    /// synthesis network: the preset picks λ (tiny 0.002 … huge 0.00001), --steps the fit
-    /// (default 200, about 0.6 s per second of 16 kHz audio per core).
-    #[arg(long, value_enum, default_value_t = Mode::Weights)]
-    pub mode: Mode,
+    /// best of 5, 6, 7, 8, 10). Default for images: `weights`. For a WAV input, `grid` (the
+    /// default) codes segments of --window frames (default 262144) as rows of latent levels
+    /// and a small synthesis network per segment, started from the embedded audio grid base
+    /// for mono clips (--base none: random; about 12 kbit/s and 42 dB on 16 kHz speech at
+    /// medium): the preset picks λ (tiny 0.002 … huge 0.00001), --kbps aims at a rate, --steps
+    /// sets the fit (default 200, about 0.6 s per second of 16 kHz audio on one core);
+    /// `weights` codes windows of small networks (its medium preset starts from the embedded
+    /// audio weight base); `modulations` codes the clip as one row of latents for an audio
+    /// modulation base (`inr meta-train --modality audio --mode modulations`; --kbps sets the
+    /// rate, every frame is used in every latent step unless --latent-frac says otherwise).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
     /// Grid: rate weight λ of `MSE + λ·bpp` (audio: bits per frame; overrides the preset;
     /// larger = smaller file).
     #[arg(long, value_name = "L")]
@@ -311,7 +313,9 @@ pub(super) fn progress_bar(ctx: &Ctx) -> ProgressBar {
 
 pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     check_output(&args.input, &args.output, args.force)?;
-    if args.kmeans.is_some() && (args.mode != Mode::Weights || super::audio::is_wav(&args.input)) {
+    if args.kmeans.is_some()
+        && (args.mode.is_some_and(|m| m != Mode::Weights) || super::audio::is_wav(&args.input))
+    {
         anyhow::bail!("--kmeans (weight sharing) works in image weight mode only");
     }
     if super::audio::is_wav(&args.input) {
@@ -320,12 +324,13 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let loaded = load_input(&args.input, args.ignore_alpha)?;
     ctx.notes(&loaded.notes);
     let img = &loaded.image;
+    let mode = args.mode.unwrap_or(Mode::Weights);
 
-    let mod_cfg = match args.mode {
+    let mod_cfg = match mode {
         Mode::Modulations => Some(mod_config(&args, ctx)?),
         Mode::Weights | Mode::Grid => None,
     };
-    let grid_cfg = match args.mode {
+    let grid_cfg = match mode {
         Mode::Grid => Some(grid_config(&args, ctx)?),
         _ => None,
     };
@@ -404,7 +409,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     if let Some(t) = args.target_psnr {
         if enc.psnr < t {
-            let hint = if args.mode == Mode::Grid {
+            let hint = if mode == Mode::Grid {
                 "no fit reached it: try more --steps"
             } else {
                 "the network did not reach it: try a larger --preset or more --steps"
@@ -423,7 +428,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             "height": img.height,
             "channels": img.channels,
             "preset": preset_name(args.preset),
-            "mode": match args.mode {
+            "mode": match mode {
                 Mode::Weights => "weights",
                 Mode::Modulations => "modulations",
                 Mode::Grid => "grid",

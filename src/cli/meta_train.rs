@@ -32,14 +32,17 @@ pub struct MetaTrainArgs {
     /// `inr encode clip.wav` with the same preset and window).
     #[arg(long, default_value = "image", value_parser = ["image", "audio"])]
     pub modality: String,
-    /// Audio: frames per window (default: the preset's window at the clips' sample rate).
+    /// Audio: frames per window (default: the preset's window at the clips' sample rate);
+    /// with --mode grid, frames per task crop (default 8192).
     #[arg(long)]
     pub window: Option<u32>,
     /// What to learn: `weights` (a start for per-image weight fitting, Reptile),
     /// `modulations` (a shared network plus a latent-to-shift map for `inr encode --mode
     /// modulations`; first-order meta-learning through the encoder's latent fit) or `grid`
     /// (a start for the synthesis network of `inr encode --mode grid`, Reptile over the grid
-    /// encoder's own fits at rate weights drawn from the presets' range).
+    /// encoder's own fits at rate weights drawn from the presets' range; with --modality
+    /// audio, of the audio grid mode's segment networks, on random crops of the clips with a
+    /// random gain and polarity, 300 iterations of 100-step fits by default).
     #[arg(long, value_enum, default_value_t = Mode::Weights)]
     pub mode: Mode,
     /// Modulations: latent values per grid node (default 24 for images, 32 for audio).
@@ -84,7 +87,7 @@ pub struct MetaTrainArgs {
     /// Output channels: 3 (RGB) or 1 (gray); training images are converted.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
     pub channels: u8,
-    /// Outer iterations (default 1000; 150 for grid).
+    /// Outer iterations (default 1000; 150 for grid, 300 for audio grid).
     #[arg(long)]
     pub iterations: Option<usize>,
     /// Encoder steps per task (default 16; 20 for audio modulations; for grid, the fitting
@@ -339,7 +342,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     if args.mode == Mode::Grid {
         if args.modality == "audio" {
-            bail!("--mode grid is for images");
+            return super::meta_train_audio_grid::run(args, ctx);
         }
         return super::meta_train_grid::run(args, ctx);
     }

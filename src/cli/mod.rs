@@ -13,6 +13,7 @@ mod eval;
 mod info;
 mod meta_train;
 mod meta_train_audio;
+mod meta_train_audio_grid;
 mod meta_train_grid;
 mod meta_train_mod;
 mod plot;

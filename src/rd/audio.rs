@@ -372,9 +372,17 @@ fn inr_grid_point(
     fit: &mut (dyn FnMut(&str, usize, usize) + Send),
 ) -> Result<AudioPoint, RdError> {
     let param = format!("lambda={lambda}");
+    // The weight presets' start carries over: `None` is the random start here too, an audio
+    // grid base is used as given, anything else means the embedded audio grid base.
+    let base = match &cfg.base {
+        BaseChoice::None => BaseChoice::None,
+        BaseChoice::Custom(b) if b.grid_audio => BaseChoice::Custom(b.clone()),
+        _ => BaseChoice::Default,
+    };
     let mut ecfg = crate::AudioGridEncodeConfig {
         seed: cfg.seed,
         threads: cfg.threads,
+        base,
         ..Default::default()
     };
     ecfg.fit.lambda = lambda;
