@@ -68,10 +68,9 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         spec,
         enc,
         start,
-        super::encode::preset_name(args.preset),
+        super::encode::preset_name(args.preset).into(),
         notes,
         ctx,
-        None,
     )
 }
 
@@ -117,10 +116,9 @@ fn encode_modulated(
         spec,
         enc,
         start,
-        "modulations".into(),
+        String::from("modulations").into(),
         notes,
         ctx,
-        None,
     )
 }
 
@@ -198,16 +196,11 @@ fn encode_grid(
     }
     let enc = result.with_context(|| format!("cannot encode {}", args.input.display()))?;
     let grid_base = cfg.start_id(spec.channels);
-    report(
-        &args,
-        spec,
-        enc,
-        start,
-        format!("grid-{name}"),
-        notes,
-        ctx,
+    let how = How {
+        preset: format!("grid-{name}"),
         grid_base,
-    )
+    };
+    report(&args, spec, enc, start, how, notes, ctx)
 }
 
 /// Runs an encoder with a progress bar (hidden when quiet or not a TTY); returns its result
@@ -228,17 +221,33 @@ fn with_bar<T>(
     (r, start)
 }
 
+/// How a clip was coded, for the report: the preset (or mode) name and, in grid mode, the
+/// audio grid base the segment networks started from.
+struct How {
+    preset: String,
+    grid_base: Option<u64>,
+}
+
+impl From<String> for How {
+    fn from(preset: String) -> How {
+        How {
+            preset,
+            grid_base: None,
+        }
+    }
+}
+
 /// Writes the encoded clip and reports it.
 fn report(
     args: &EncodeArgs,
     spec: inr::audio::AudioSpec,
     enc: inr::AudioEncoded,
     start: Instant,
-    preset: String,
+    how: How,
     notes: Vec<String>,
     ctx: &Ctx,
-    grid_base: Option<u64>,
 ) -> anyhow::Result<()> {
+    let How { preset, grid_base } = how;
     let secs = start.elapsed().as_secs_f64();
     inr::util::write_atomic(&args.output, &enc.bytes, args.force)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
