@@ -25,7 +25,7 @@ echo "clip,start,kbps,psnr_db,snr_db,encode_s_per_s,base" > "$OUT/heldout.csv"
 for wav in "$TMP/test"/*.wav; do
   clip=$(basename "$wav" .wav)
   for start in none "$base"; do
-    enc=$("$INR" --json --threads "$THREADS" encode "$wav" -o "$TMP/$clip.inr" --base "$start" --force)
+    enc=$("$INR" --json --threads "$THREADS" encode "$wav" -o "$TMP/$clip.inr" --mode weights --base "$start" --force)
     python3 - "$enc" "$clip" "$(basename "$start")" >> "$OUT/heldout.csv" <<'PY'
 import json, sys
 d = json.loads(sys.argv[1])

@@ -46,7 +46,7 @@ for wav in "$TMP/test"/*.wav; do
       --base "$base" --latent-step "$q" --force)" "$clip" modulations "$q"
   done
   for p in $PRESETS; do
-    row "$("$INR" --json --threads "$THREADS" encode "$wav" -o "$TMP/w.inr" --preset "$p" \
+    row "$("$INR" --json --threads "$THREADS" encode "$wav" -o "$TMP/w.inr" --mode weights --preset "$p" \
       --base none --force)" "$clip" weights "$p"
   done
 done

@@ -21,7 +21,7 @@ for wav in "$DIR"/*.wav; do
   clip=$(basename "$wav" .wav)
   for preset in $PRESETS; do
     for base in $BASES; do
-      enc=$("$INR" --json --threads "$THREADS" encode "$wav" -o "$TMP/$clip.inr" --preset "$preset" --base "$base" --force)
+      enc=$("$INR" --json --threads "$THREADS" encode "$wav" -o "$TMP/$clip.inr" --mode weights --preset "$preset" --base "$base" --force)
       # Skip a "default" run that used no base (identical to --base none).
       if [ "$base" = default ] && [[ "$BASES" == *none* ]] && [[ "$enc" == *'"base":null'* ]]; then
         continue

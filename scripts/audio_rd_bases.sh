@@ -19,7 +19,7 @@ for wav in "$DIR"/*.wav; do
     for base in none "$b"; do
       extra=()
       if [ "$base" != none ] && [ "$base" != default ]; then extra=(--base "$base"); fi
-      enc=$("$INR" --json --threads "$THREADS" encode "$wav" -o "$TMP/$clip.inr" --preset "$preset" --base "$base" --force)
+      enc=$("$INR" --json --threads "$THREADS" encode "$wav" -o "$TMP/$clip.inr" --mode weights --preset "$preset" --base "$base" --force)
       t0=$(date +%s.%N)
       "$INR" --quiet --threads "$THREADS" decode "$TMP/$clip.inr" -o "$TMP/$clip.wav" --force "${extra[@]}"
       t1=$(date +%s.%N)
