@@ -600,6 +600,48 @@ fn cli_rd_audio_measures_clips_beside_baselines() {
     let img_flag = run(&["--force", "--jpeg-qualities", "50"]);
     assert!(!img_flag.status.success());
     assert!(String::from_utf8_lossy(&img_flag.stderr).contains("applies to images only"));
+    // The audio grid mode's curve beside them, with BD-rates against both.
+    let g = run(&[
+        "--force",
+        "--grid-lambdas",
+        "0.002,0.0002",
+        "--grid-fit-steps",
+        "30",
+    ]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&g.stdout).unwrap();
+    let names: Vec<&str> = v["codecs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["inr", "inr-grid", "opus"]);
+    let grid = &v["codecs"][1]["results"];
+    assert_eq!(
+        grid["param"],
+        serde_json::json!(["lambda=0.002", "lambda=0.0002"])
+    );
+    assert!(grid["kbps"][1].as_f64().unwrap() > grid["kbps"][0].as_f64().unwrap());
+    let pairs: Vec<(String, String)> = v["bd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["codec"].as_str().unwrap_or_default().to_string(),
+                b["anchor"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        pairs.contains(&("inr-grid".into(), "opus".into())),
+        "{pairs:?}"
+    );
+    assert!(
+        pairs.contains(&("inr-grid".into(), "inr".into())),
+        "{pairs:?}"
+    );
 }
 
 #[test]
