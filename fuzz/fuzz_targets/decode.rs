@@ -18,6 +18,7 @@ fn limits() -> Limits {
     Limits {
         max_pixels: 1 << 14,
         max_params: 1 << 14,
+        max_samples: 1 << 14,
         ..Limits::default()
     }
 }
@@ -67,8 +68,37 @@ fn check_grid(bytes: &[u8], limits: &Limits, opts: &DecodeOptions) {
     }
 }
 
+/// Audio grid files (modality 2, flag bit 3, §14): `decode_audio` must agree with
+/// `read_audio_grid_file` (no base is involved); on success the sample count matches the
+/// header and an accepted file re-serialises to the same contents.
+fn check_audio_grid(bytes: &[u8], limits: &Limits) {
+    let parsed = format::read_audio_grid_file(bytes, limits);
+    let decoded = inr::decode_audio(bytes, limits);
+    match (&parsed, &decoded) {
+        (Ok(f), Ok((h, samples))) => {
+            assert_eq!(h, &f.audio);
+            assert_eq!(
+                samples.len() as u64,
+                f.audio.frames * u64::from(f.audio.channels)
+            );
+            let again = format::write_audio_grid_file(f).expect("an accepted file re-serialises");
+            let back =
+                format::read_audio_grid_file(&again, limits).expect("and is accepted again");
+            assert_eq!(&back, f);
+        }
+        (Err(e), Err(_)) => {
+            let _ = e.to_string();
+        }
+        (Ok(_), Err(e)) => panic!("decode_audio rejected a file read_audio_grid_file accepts: {e}"),
+        (Err(e), Ok(_)) => panic!("decode_audio accepted a file read_audio_grid_file rejects: {e}"),
+    }
+}
+
 fn check(bytes: &[u8]) {
     let limits = limits();
+    if format::is_audio_grid_file(bytes) {
+        return check_audio_grid(bytes, &limits);
+    }
     if format::is_grid_file(bytes) {
         let opts = DecodeOptions {
             limits: limits.clone(),
