@@ -182,26 +182,10 @@ pub fn encode_audio_grid(
 }
 
 fn check_config(cfg: &AudioGridEncodeConfig) -> Result<(), EncodeError> {
-    let f = &cfg.fit;
-    let finite_pos = |v: f32| v.is_finite() && v > 0.0;
-    let valid = finite_pos(f.latent_lr())
-        && finite_pos(f.scale_lr())
-        && finite_pos(f.lr_net)
-        && f.lambda.is_finite()
-        && f.lambda >= 0.0
-        && (0.0..=1.0).contains(&f.noise_frac)
-        && (0.0..=1.0).contains(&f.pred_warmup)
-        && f.total_steps(usize::from(cfg.levels)) >= 1;
-    if !valid {
+    crate::grid_codec::check_fit(&cfg.fit, &cfg.net_bits)?;
+    if cfg.fit.total_steps(usize::from(cfg.levels)) == 0 {
         return Err(EncodeError::Parameter(
-            "audio grid fit: at least one step, learning rates > 0, lambda >= 0, 0 <= noise \
-             fraction and predictor warm-up <= 1"
-                .into(),
-        ));
-    }
-    if cfg.net_bits.is_empty() || cfg.net_bits.iter().any(|b| !(2..=16).contains(b)) {
-        return Err(EncodeError::Parameter(
-            "network bit widths must be in 2..=16".into(),
+            "audio grid fit: at least one step".into(),
         ));
     }
     if cfg.segment == 0 || cfg.segment > MAX_WINDOW_LEN {

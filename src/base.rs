@@ -219,19 +219,7 @@ impl Base {
     /// # Errors
     /// As [`Base::new`], for a grid architecture.
     pub fn new_grid(arch: Arch, params: Vec<f32>, description: String) -> Result<Base, BaseError> {
-        let mut b = Base {
-            arch,
-            params,
-            modulation: None,
-            audio_window: None,
-            grid: true,
-            grid_audio: false,
-            description,
-            id: 0,
-        };
-        let bytes = b.to_bytes()?;
-        b.id = id_of(&bytes);
-        Ok(b)
+        Base::grid_base(arch, params, description, false)
     }
 
     /// Builds an audio grid base (a version-4 base file of modality 2, §10.5): the start of
@@ -245,13 +233,22 @@ impl Base {
         params: Vec<f32>,
         description: String,
     ) -> Result<Base, BaseError> {
+        Base::grid_base(arch, params, description, true)
+    }
+
+    fn grid_base(
+        arch: Arch,
+        params: Vec<f32>,
+        description: String,
+        audio: bool,
+    ) -> Result<Base, BaseError> {
         let mut b = Base {
             arch,
             params,
             modulation: None,
             audio_window: None,
             grid: true,
-            grid_audio: true,
+            grid_audio: audio,
             description,
             id: 0,
         };

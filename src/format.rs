@@ -789,6 +789,19 @@ impl<'a> Reader<'a> {
     fn u16(&mut self, what: &'static str) -> Result<u16, FormatError> {
         Ok(u16::from_le_bytes(self.array(what)?))
     }
+    /// A `u32` length field that must count whole 32-bit words (a multiple of 4).
+    fn word_len(&mut self, what: &'static str) -> Result<u32, FormatError> {
+        let len = self.u32(what)?;
+        if len % 4 != 0 {
+            return Err(FormatError::InvalidField {
+                field: what,
+                value: len.into(),
+                expected: "a multiple of 4 (whole 32-bit words)",
+            });
+        }
+        Ok(len)
+    }
+
     fn u32(&mut self, what: &'static str) -> Result<u32, FormatError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
@@ -1057,14 +1070,7 @@ fn read_groups<'a>(
 ) -> Result<Vec<(u8, &'a [u8])>, FormatError> {
     let mut groups = Vec::new(); // <= 15 entries
     for b in group_bits(tensor_bits) {
-        let len = g.u32("payload group length")?;
-        if len % 4 != 0 {
-            return Err(FormatError::InvalidField {
-                field: "payload group length",
-                value: len.into(),
-                expected: "a multiple of 4 (whole 32-bit words)",
-            });
-        }
+        let len = g.word_len("payload group length")?;
         let group = g.take(len as usize, "payload group")?;
         check_section("payload group", u64::from(len), limits)?;
         groups.push((b, group));

@@ -250,6 +250,17 @@ pub(super) fn check_audio_net(
             expected: "1 (audio)",
         });
     }
+    check_channels_and_samples(arch, audio, limits)?;
+    arch.validate_net(limits)
+}
+
+/// §11.5, §14.3: the network's outputs are the audio section's channels, and the clip fits
+/// the sample limit.
+pub(super) fn check_channels_and_samples(
+    arch: &Arch,
+    audio: &AudioHeader,
+    limits: &Limits,
+) -> Result<(), FormatError> {
     if arch.out_channels != audio.channels {
         return Err(FormatError::InvalidField {
             field: "out_channels",
@@ -265,7 +276,7 @@ pub(super) fn check_audio_net(
             limit: limits.max_samples,
         });
     }
-    arch.validate_net(limits)
+    Ok(())
 }
 
 /// §11.5 checks of the architecture of an audio file (in addition to the generic ranges).

@@ -11,7 +11,7 @@
 
 use super::audio::{AudioHeader, AUDIO_SECTION_BYTES, MAX_AUDIO_SYMBOLS, MAX_AUDIO_WORK};
 use super::grid::{
-    decode_body, parse_body, take_tables, validate_grid_levels, write_grid_body, LevelPredictor,
+    decode_body, parse_body, take_tables, validate_grid_net, write_grid_body, LevelPredictor,
     FLAG_GRID, VERSION_GRID,
 };
 use super::{
@@ -61,14 +61,12 @@ pub fn is_audio_grid_file(bytes: &[u8]) -> bool {
 /// # Errors
 /// [`FormatError::InvalidField`] naming the first field out of range.
 pub fn validate_audio_grid_arch(arch: &Arch, limits: &Limits) -> Result<(), FormatError> {
-    if arch.out_channels == 0 || arch.out_channels > super::MAX_AUDIO_CHANNELS {
-        return Err(FormatError::InvalidField {
-            field: "out_channels",
-            value: arch.out_channels.into(),
-            expected: "1..=16 (audio channels)",
-        });
-    }
-    validate_grid_levels(arch, limits)
+    validate_grid_net(
+        arch,
+        limits,
+        |c| (1..=super::MAX_AUDIO_CHANNELS).contains(&c),
+        "1..=16 (audio channels)",
+    )
 }
 
 /// §14.3 Field checks before anything is decoded (an encoder runs them before fitting): the audio section, the architecture (grid
@@ -82,21 +80,7 @@ pub fn check_audio_grid(
 ) -> Result<u64, FormatError> {
     audio.validate()?;
     validate_audio_grid_arch(arch, limits)?;
-    if arch.out_channels != audio.channels {
-        return Err(FormatError::InvalidField {
-            field: "out_channels",
-            value: arch.out_channels.into(),
-            expected: "the channel count of the audio section",
-        });
-    }
-    let samples = audio.frames.saturating_mul(u64::from(audio.channels));
-    if samples > limits.max_samples {
-        return Err(FormatError::LimitExceeded {
-            what: "audio samples (frames x channels)",
-            value: samples,
-            limit: limits.max_samples,
-        });
-    }
+    super::audio::check_channels_and_samples(arch, audio, limits)?;
     let n = audio.num_windows();
     let p = arch.num_params_u64();
     // Latents of a segment of `len` frames: sum over levels of ceil(len / 2^l).
@@ -323,14 +307,7 @@ fn parse_audio_grid<'a>(
             });
         }
         let (step_bytes, pred_bytes) = take_tables(&mut g, &arch, seg_flags != 0)?;
-        let len = g.u32("segment payload length")?;
-        if len % 4 != 0 {
-            return Err(FormatError::InvalidField {
-                field: "segment payload length",
-                value: len.into(),
-                expected: "a multiple of 4 (whole 32-bit words)",
-            });
-        }
+        let len = g.word_len("segment payload length")?;
         let seg_payload = g.take(len as usize, "segment payload")?;
         let (steps, tensor_bits) = super::read_step_table(step_bytes, "tensor bits")?;
         max_bits = tensor_bits.iter().copied().fold(max_bits, u8::max);

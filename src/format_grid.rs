@@ -132,32 +132,20 @@ pub fn is_grid_file(bytes: &[u8]) -> bool {
 /// # Errors
 /// [`FormatError::InvalidField`] naming the first field out of range.
 pub fn validate_grid_arch(arch: &Arch, limits: &Limits) -> Result<(), FormatError> {
-    let bad = |field, value: u64, expected| {
-        Err(FormatError::InvalidField {
-            field,
-            value,
-            expected,
-        })
-    };
-    if arch.coord_dims == 0 || arch.coord_dims > MAX_GRID_LEVELS {
-        return bad(
-            "coord_dims (latent levels)",
-            arch.coord_dims.into(),
-            "1..=16 latent levels in a grid file",
-        );
-    }
-    if !matches!(arch.out_channels, 1 | 3) {
-        return bad("out_channels", arch.out_channels.into(), "1 or 3");
-    }
-    validate_grid_levels(arch, limits)
+    validate_grid_net(arch, limits, |c| matches!(c, 1 | 3), "1 or 3")
 }
 
-/// The checks of [`validate_grid_arch`] but the output count (an audio grid file, §14, has
-/// the clip's channels as outputs).
+/// The checks of [`validate_grid_arch`] with another rule for the output count (`outputs`,
+/// described by `expected`): an audio grid file (§14) has the clip's channels as outputs.
 ///
 /// # Errors
 /// As [`validate_grid_arch`].
-pub(super) fn validate_grid_levels(arch: &Arch, limits: &Limits) -> Result<(), FormatError> {
+pub(super) fn validate_grid_net(
+    arch: &Arch,
+    limits: &Limits,
+    outputs: fn(u8) -> bool,
+    expected: &'static str,
+) -> Result<(), FormatError> {
     let bad = |field, value: u64, expected| {
         Err(FormatError::InvalidField {
             field,
@@ -171,6 +159,9 @@ pub(super) fn validate_grid_levels(arch: &Arch, limits: &Limits) -> Result<(), F
             arch.coord_dims.into(),
             "1..=16 latent levels in a grid file",
         );
+    }
+    if !outputs(arch.out_channels) {
+        return bad("out_channels", arch.out_channels.into(), expected);
     }
     if arch.pe_freqs != 0 {
         return bad("pe_freqs", arch.pe_freqs.into(), "0 in a grid file");
@@ -448,14 +439,7 @@ pub(super) fn parse_body<'a>(
         &tensor_bits[..n_synth.min(tensor_bits.len())],
         limits,
     )?;
-    let latent_len = g.u32("latent stream length")?;
-    if latent_len % 4 != 0 {
-        return Err(FormatError::InvalidField {
-            field: "latent stream length",
-            value: latent_len.into(),
-            expected: "a multiple of 4 (whole 32-bit words)",
-        });
-    }
+    let latent_len = g.word_len("latent stream length")?;
     let latent_stream = g.take(latent_len as usize, "latent stream")?;
     let predictor = pred_bytes
         .map(|b| -> Result<Vec<LevelPredictor>, FormatError> {

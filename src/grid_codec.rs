@@ -222,26 +222,7 @@ fn encode_inner(
         return Err(EncodeError::Parameter("empty or inconsistent image".into()));
     }
     let f = &cfg.fit;
-    let finite_pos = |v: f32| v.is_finite() && v > 0.0;
-    let valid = finite_pos(f.latent_lr())
-        && finite_pos(f.scale_lr())
-        && finite_pos(f.lr_net)
-        && f.lambda.is_finite()
-        && f.lambda >= 0.0
-        && (0.0..=1.0).contains(&f.noise_frac)
-        && (0.0..=1.0).contains(&f.pred_warmup);
-    if !valid {
-        return Err(EncodeError::Parameter(
-            "grid fit: learning rates > 0, lambda >= 0, 0 <= noise fraction and predictor \
-             warm-up <= 1"
-                .into(),
-        ));
-    }
-    if cfg.net_bits.is_empty() || cfg.net_bits.iter().any(|b| !(2..=16).contains(b)) {
-        return Err(EncodeError::Parameter(
-            "network bit widths must be in 2..=16".into(),
-        ));
-    }
+    check_fit(f, &cfg.net_bits)?;
     let (cfg, start) = &resolve_base(cfg, img.channels)?;
     let start = start.as_ref();
     let arch = grid_arch(cfg, img.channels);
@@ -297,6 +278,34 @@ fn encode_inner(
         keeps_first(t, (a.bpp, a.psnr), (b.bpp, b.psnr))
     })?
     .ok_or_else(|| EncodeError::Parameter("rate control found no encoding".into()))
+}
+
+/// The checks of a grid fit's settings and network bit widths (image and audio grid modes).
+///
+/// # Errors
+/// [`EncodeError::Parameter`] naming the rule.
+pub(crate) fn check_fit(f: &GridFit, net_bits: &[u8]) -> Result<(), EncodeError> {
+    let finite_pos = |v: f32| v.is_finite() && v > 0.0;
+    let valid = finite_pos(f.latent_lr())
+        && finite_pos(f.scale_lr())
+        && finite_pos(f.lr_net)
+        && f.lambda.is_finite()
+        && f.lambda >= 0.0
+        && (0.0..=1.0).contains(&f.noise_frac)
+        && (0.0..=1.0).contains(&f.pred_warmup);
+    if !valid {
+        return Err(EncodeError::Parameter(
+            "grid fit: learning rates > 0, lambda >= 0, 0 <= noise fraction and predictor \
+             warm-up <= 1"
+                .into(),
+        ));
+    }
+    if net_bits.is_empty() || net_bits.iter().any(|b| !(2..=16).contains(b)) {
+        return Err(EncodeError::Parameter(
+            "network bit widths must be in 2..=16".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// What [`search_lambda`] aims at: `y` of an untrimmed fit (it falls as λ grows), accepted

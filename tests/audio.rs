@@ -6,41 +6,13 @@ use std::path::Path;
 
 use assert_cmd::Command;
 use inr::audio::{
-    decode_wav_bytes, load_wav, sample_value, to_sample, Audio, AudioError, AudioSpec, Sample,
-    SampleKind,
+    decode_wav_bytes, load_wav, sample_value, to_sample, Audio, AudioError, Sample, SampleKind,
 };
 use inr::format::{self, FormatError, Limits};
+
+mod common;
+use common::{decode_and_measure, fix_crc, spec, tone};
 use inr::{decode_audio, encode_audio, eval_audio, AudioEncodeConfig, Preset};
-
-fn spec(rate: u32, channels: u8, kind: SampleKind, bits: u8) -> AudioSpec {
-    AudioSpec {
-        sample_rate: rate,
-        channels,
-        kind,
-        bits_per_sample: bits,
-    }
-}
-
-/// A few partials with an envelope; channel c is detuned so channels differ.
-fn tone(spec: AudioSpec, frames: usize, amp: f32) -> Audio {
-    let mut samples = Vec::with_capacity(frames * usize::from(spec.channels));
-    for i in 0..frames {
-        let t = i as f32 / spec.sample_rate as f32;
-        let env = 0.6 + 0.4 * (2.0 * std::f32::consts::PI * 3.0 * t).sin();
-        for c in 0..spec.channels {
-            let f = 220.0 * (1.0 + 0.25 * f32::from(c));
-            let v = (2.0 * std::f32::consts::PI * f * t).sin()
-                + 0.4 * (2.0 * std::f32::consts::PI * 2.0 * f * t + 0.3).sin();
-            samples.push(amp * env * v / 1.4);
-        }
-    }
-    // Store exactly representable values (as a WAV of this format holds them).
-    let samples = samples
-        .into_iter()
-        .map(|v| sample_value(&spec, to_sample(&spec, v)) as f32)
-        .collect();
-    Audio { spec, samples }
-}
 
 fn cfg() -> AudioEncodeConfig {
     AudioEncodeConfig {
@@ -55,26 +27,6 @@ fn cfg() -> AudioEncodeConfig {
 fn encode(a: &Audio, c: &AudioEncodeConfig) -> inr::AudioEncoded {
     let mut src = a.clone();
     encode_audio(&mut src, c, &mut |_: &inr::Progress| {}).unwrap()
-}
-
-/// Decode, check the restored format and length, and return PSNR and SNR recomputed here.
-fn decode_and_measure(bytes: &[u8], a: &Audio) -> (f64, f64) {
-    let (h, samples) = decode_audio(bytes, &Limits::default()).unwrap();
-    assert_eq!(h.sample_rate, a.spec.sample_rate);
-    assert_eq!(h.channels, a.spec.channels);
-    assert_eq!(h.sample_kind, a.spec.kind);
-    assert_eq!(h.bits_per_sample, a.spec.bits_per_sample);
-    assert_eq!(h.frames, a.frames());
-    assert_eq!(samples.len(), a.samples.len());
-    let mut d = inr::metrics::AudioDistortion::default();
-    for (&x, &s) in a.samples.iter().zip(&samples) {
-        match (a.spec.kind, s) {
-            (SampleKind::Int, Sample::Int(_)) | (SampleKind::Float, Sample::Float(_)) => {}
-            other => panic!("sample type {other:?}"),
-        }
-        d.add(f64::from(x), sample_value(&a.spec, s));
-    }
-    (d.psnr(), d.snr())
 }
 
 #[test]
@@ -294,12 +246,6 @@ fn wav_io_round_trips_and_rejects_corrupt_files() {
     let mut b = good.clone();
     b[20] = 3; // WAVE_FORMAT_IEEE_FLOAT with 16 bits per sample
     assert!(decode_wav_bytes(&b).is_err());
-}
-
-fn fix_crc(b: &mut [u8]) {
-    let n = b.len() - 4;
-    let crc = crc32fast::hash(&b[..n]);
-    b[n..].copy_from_slice(&crc.to_le_bytes());
 }
 
 #[test]

@@ -2,38 +2,12 @@
 //! lengths over several segments, silence, determinism across thread counts, the rate weight
 //! moving the rate, and hostile files (truncation, damage, lying headers, wrong readers).
 
-use inr::audio::{sample_value, to_sample, Audio, AudioSpec, Sample, SampleKind};
+use inr::audio::{sample_value, to_sample, Audio, SampleKind};
 use inr::format::{self, FormatError, Limits};
+
+mod common;
+use common::{decode_and_measure, fix_crc, spec, tone};
 use inr::{decode_audio, encode_audio_grid, eval_audio, AudioGridEncodeConfig};
-
-fn spec(rate: u32, channels: u8, kind: SampleKind, bits: u8) -> AudioSpec {
-    AudioSpec {
-        sample_rate: rate,
-        channels,
-        kind,
-        bits_per_sample: bits,
-    }
-}
-
-/// A few partials with an envelope; channel c is detuned so channels differ.
-fn tone(spec: AudioSpec, frames: usize, amp: f32) -> Audio {
-    let mut samples = Vec::with_capacity(frames * usize::from(spec.channels));
-    for i in 0..frames {
-        let t = i as f32 / spec.sample_rate as f32;
-        let env = 0.6 + 0.4 * (2.0 * std::f32::consts::PI * 3.0 * t).sin();
-        for c in 0..spec.channels {
-            let f = 220.0 * (1.0 + 0.25 * f32::from(c));
-            let v = (2.0 * std::f32::consts::PI * f * t).sin()
-                + 0.4 * (2.0 * std::f32::consts::PI * 2.0 * f * t + 0.3).sin();
-            samples.push(amp * env * v / 1.4);
-        }
-    }
-    let samples = samples
-        .into_iter()
-        .map(|v| sample_value(&spec, to_sample(&spec, v)) as f32)
-        .collect();
-    Audio { spec, samples }
-}
 
 fn cfg(steps: usize) -> AudioGridEncodeConfig {
     let mut c = AudioGridEncodeConfig::default();
@@ -44,26 +18,6 @@ fn cfg(steps: usize) -> AudioGridEncodeConfig {
 fn encode(a: &Audio, c: &AudioGridEncodeConfig) -> inr::AudioEncoded {
     let mut src = a.clone();
     encode_audio_grid(&mut src, c, &mut |_: &inr::Progress| {}).unwrap()
-}
-
-/// Decode, check the restored format and length, and return PSNR and SNR recomputed here.
-fn decode_and_measure(bytes: &[u8], a: &Audio) -> (f64, f64) {
-    let (h, samples) = decode_audio(bytes, &Limits::default()).unwrap();
-    assert_eq!(h.sample_rate, a.spec.sample_rate);
-    assert_eq!(h.channels, a.spec.channels);
-    assert_eq!(h.sample_kind, a.spec.kind);
-    assert_eq!(h.bits_per_sample, a.spec.bits_per_sample);
-    assert_eq!(h.frames, a.frames());
-    assert_eq!(samples.len(), a.samples.len());
-    let mut d = inr::metrics::AudioDistortion::default();
-    for (&x, &s) in a.samples.iter().zip(&samples) {
-        match (a.spec.kind, s) {
-            (SampleKind::Int, Sample::Int(_)) | (SampleKind::Float, Sample::Float(_)) => {}
-            other => panic!("sample type {other:?}"),
-        }
-        d.add(f64::from(x), sample_value(&a.spec, s));
-    }
-    (d.psnr(), d.snr())
 }
 
 #[test]
@@ -163,12 +117,6 @@ fn silence_stays_silent() {
     // The encoder's constant candidate codes a silent segment exactly.
     assert_eq!(peak, 0.0);
     assert!(e.quality.psnr.is_infinite() || e.quality.psnr > 100.0);
-}
-
-fn fix_crc(b: &mut [u8]) {
-    let n = b.len() - 4;
-    let crc = crc32fast::hash(&b[..n]);
-    b[n..].copy_from_slice(&crc.to_le_bytes());
 }
 
 #[test]

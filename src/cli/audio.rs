@@ -141,49 +141,23 @@ fn encode_grid(
         ..Default::default()
     };
     let name = super::encode::preset_name(args.preset);
-    if let Some(&(_, l)) = inr::AUDIO_GRID_PRESET_LAMBDAS
-        .iter()
-        .find(|(n, _)| *n == name)
-    {
-        cfg.fit.lambda = l;
-    }
-    if let Some(l) = args.lambda {
-        cfg.fit.lambda = l;
-    }
+    let g = super::encode::GridFlags {
+        fit: &mut cfg.fit,
+        levels: &mut cfg.levels,
+        width: &mut cfg.width,
+        depth: &mut cfg.depth,
+        w0: &mut cfg.w0,
+        net_bits: &mut cfg.net_bits,
+        base: &mut cfg.base,
+    };
+    g.apply(&args, &inr::AUDIO_GRID_PRESET_LAMBDAS)?;
     if let Some(s) = args.steps {
         cfg.fit.steps = s;
-    }
-    if let Some(lr) = args.lr {
-        cfg.fit.lr_latent = Some(lr);
-    }
-    if let Some(n) = args.levels {
-        cfg.levels = n;
-    }
-    if let Some(w) = args.width {
-        cfg.width = u16::try_from(w).context("--width")?;
-    }
-    if let Some(d) = args.depth {
-        cfg.depth = u8::try_from(d).context("--depth")?;
-    }
-    if let Some(w0) = args.w0 {
-        cfg.w0 = w0;
-    }
-    if let Some(b) = args.bits {
-        cfg.net_bits = vec![b];
     }
     if let Some(w) = args.window {
         cfg.segment = w;
     }
     cfg.target_kbps = args.kbps;
-    cfg.base = super::base_choice(&args.base)?;
-    let arch_flags =
-        args.levels.is_some() || args.width.is_some() || args.depth.is_some() || args.w0.is_some();
-    if matches!(cfg.base, inr::BaseChoice::Custom(_)) && arch_flags {
-        anyhow::bail!(
-            "--base FILE.inrb sets the grid synthesis architecture; drop --levels, --width, \
-             --depth and --w0"
-        );
-    }
     let (result, start) = with_bar(ctx, |p| inr::encode_audio_grid(&mut src, &cfg, p));
     if let (Ok(e), Some(t)) = (&result, args.kbps) {
         if e.quality.kbps < t * (1.0 - inr::RATE_TOLERANCE) || e.quality.kbps > t {

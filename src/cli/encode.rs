@@ -189,6 +189,61 @@ pub enum Mode {
     Grid,
 }
 
+/// The settings of a grid encoder (image or audio) that the shared flags set.
+pub(super) struct GridFlags<'a> {
+    pub fit: &'a mut inr::GridFit,
+    pub levels: &'a mut u8,
+    pub width: &'a mut u16,
+    pub depth: &'a mut u8,
+    pub w0: &'a mut u16,
+    pub net_bits: &'a mut Vec<u8>,
+    pub base: &'a mut inr::BaseChoice,
+}
+
+impl GridFlags<'_> {
+    /// Applies the preset's λ (from `lambdas`), --lambda, --lr, --levels, --width, --depth,
+    /// --w0, --bits and --base of `args` (not --steps, whose meaning differs by modality).
+    pub fn apply(self, args: &EncodeArgs, lambdas: &[(&str, f32)]) -> anyhow::Result<()> {
+        let name = preset_name(args.preset);
+        if let Some(&(_, l)) = lambdas.iter().find(|(n, _)| *n == name) {
+            self.fit.lambda = l;
+        }
+        if let Some(l) = args.lambda {
+            self.fit.lambda = l;
+        }
+        if let Some(lr) = args.lr {
+            self.fit.lr_latent = Some(lr);
+        }
+        if let Some(n) = args.levels {
+            *self.levels = n;
+        }
+        if let Some(w) = args.width {
+            *self.width = u16::try_from(w).context("--width")?;
+        }
+        if let Some(d) = args.depth {
+            *self.depth = u8::try_from(d).context("--depth")?;
+        }
+        if let Some(w0) = args.w0 {
+            *self.w0 = w0;
+        }
+        if let Some(b) = args.bits {
+            *self.net_bits = vec![b];
+        }
+        *self.base = super::base_choice(&args.base)?;
+        let arch_flags = args.levels.is_some()
+            || args.width.is_some()
+            || args.depth.is_some()
+            || args.w0.is_some();
+        if matches!(self.base, inr::BaseChoice::Custom(_)) && arch_flags {
+            anyhow::bail!(
+                "--base FILE.inrb sets the grid synthesis architecture; drop --levels, --width, \
+                 --depth and --w0"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The grid-mode settings of `args`.
 pub(super) fn grid_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::GridEncodeConfig> {
     if args.density.is_some() {
@@ -199,45 +254,22 @@ pub(super) fn grid_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::G
         threads: ctx.threads,
         ..Default::default()
     };
-    let name = preset_name(args.preset);
-    if let Some(&(_, l)) = inr::GRID_PRESET_LAMBDAS.iter().find(|(n, _)| *n == name) {
-        cfg.fit.lambda = l;
-    }
-    if let Some(l) = args.lambda {
-        cfg.fit.lambda = l;
-    }
+    let lambdas = &inr::GRID_PRESET_LAMBDAS;
+    let g = GridFlags {
+        fit: &mut cfg.fit,
+        levels: &mut cfg.levels,
+        width: &mut cfg.width,
+        depth: &mut cfg.depth,
+        w0: &mut cfg.w0,
+        net_bits: &mut cfg.net_bits,
+        base: &mut cfg.base,
+    };
+    g.apply(args, lambdas)?;
     if let Some(s) = args.steps {
         cfg.fit.set_budget(s);
     }
-    if let Some(lr) = args.lr {
-        cfg.fit.lr_latent = Some(lr);
-    }
-    if let Some(n) = args.levels {
-        cfg.levels = n;
-    }
-    if let Some(w) = args.width {
-        cfg.width = u16::try_from(w).context("--width")?;
-    }
-    if let Some(d) = args.depth {
-        cfg.depth = u8::try_from(d).context("--depth")?;
-    }
-    if let Some(w0) = args.w0 {
-        cfg.w0 = w0;
-    }
-    if let Some(b) = args.bits {
-        cfg.net_bits = vec![b];
-    }
     cfg.target_bpp = args.bpp;
     cfg.target_psnr = args.target_psnr;
-    cfg.base = super::base_choice(&args.base)?;
-    let arch_flags =
-        args.levels.is_some() || args.width.is_some() || args.depth.is_some() || args.w0.is_some();
-    if matches!(cfg.base, inr::BaseChoice::Custom(_)) && arch_flags {
-        anyhow::bail!(
-            "--base FILE.inrb sets the grid synthesis architecture; drop --levels, --width, \
-             --depth and --w0"
-        );
-    }
     Ok(cfg)
 }
 

@@ -64,27 +64,18 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut meter =
         super::meta_train::Meter::new(ctx.quiet, cfg.iterations, from, args.checkpoint_every);
     let mut err: Option<anyhow::Error> = None;
-    let mut run = || {
-        grid_meta::train_audio(&arch, &clips, &cfg, &mut params, from, &mut |i, p, psnr| {
-            let (n, _, checkpoint) = meter.record(i, psnr);
-            if checkpoint {
-                let b = Base::new_audio_grid(arch, p.to_vec(), description(&cfg, &names, n));
-                if let Err(e) = write_checkpoint(&ckpt, b) {
-                    err = Some(e);
-                    return false;
-                }
+    // The global thread pool (`--threads`) runs the fits.
+    let done = grid_meta::train_audio(&arch, &clips, &cfg, &mut params, from, &mut |i, p, psnr| {
+        let (n, _, checkpoint) = meter.record(i, psnr);
+        if checkpoint {
+            let b = Base::new_audio_grid(arch, p.to_vec(), description(&cfg, &names, n));
+            if let Err(e) = write_checkpoint(&ckpt, b) {
+                err = Some(e);
+                return false;
             }
-            true
-        })
-    };
-    let done = match ctx.threads {
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .context("thread pool")?
-            .install(run),
-        None => run(),
-    };
+        }
+        true
+    });
     meter.pb.finish_and_clear();
     if let Some(e) = err {
         return Err(e);

@@ -363,6 +363,12 @@ fn inr_point(
     })
 }
 
+/// One `inr` point of a clip: a weight-mode preset or a grid-mode rate weight.
+enum Job {
+    Preset(Preset),
+    Grid(f32),
+}
+
 /// One audio grid-mode point (§14) at rate weight `lambda`.
 fn inr_grid_point(
     path: &Path,
@@ -466,8 +472,14 @@ pub fn run_audio_rd(
         let frames = src.frames();
         let ms = mean_square(&mut src, path)?;
         let mut points = Vec::new();
-        for &p in &cfg.presets {
-            let pt = inr_point(path, &name, p, cfg, &mut |param, step, steps| {
+        // The weight presets' points, then the grid mode's.
+        let jobs = cfg
+            .presets
+            .iter()
+            .map(|&p| Job::Preset(p))
+            .chain(cfg.grid_lambdas.iter().map(|&l| Job::Grid(l)));
+        for job in jobs {
+            let fit = &mut |param: &str, step, steps| {
                 progress(&AudioRdProgress {
                     done,
                     total,
@@ -475,27 +487,11 @@ pub fn run_audio_rd(
                     param,
                     fit: Some((step, steps)),
                 });
-            })?;
-            done += 1;
-            progress(&AudioRdProgress {
-                done,
-                total,
-                clip: &name,
-                param: &pt.param,
-                fit: None,
-            });
-            points.push(pt);
-        }
-        for &l in &cfg.grid_lambdas {
-            let pt = inr_grid_point(path, &name, l, cfg, &mut |param, step, steps| {
-                progress(&AudioRdProgress {
-                    done,
-                    total,
-                    clip: &name,
-                    param,
-                    fit: Some((step, steps)),
-                });
-            })?;
+            };
+            let pt = match job {
+                Job::Preset(p) => inr_point(path, &name, p, cfg, fit)?,
+                Job::Grid(l) => inr_grid_point(path, &name, l, cfg, fit)?,
+            };
             done += 1;
             progress(&AudioRdProgress {
                 done,

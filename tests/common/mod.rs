@@ -1,4 +1,4 @@
-//! Helpers shared by the sparsity and weight-sharing tests.
+//! Helpers shared by the sparsity, weight-sharing and audio tests.
 #![allow(dead_code)]
 
 use inr::media::Image;
@@ -59,4 +59,60 @@ pub fn assert_flips_and_truncations_are_caught<T: PartialEq + std::fmt::Debug, E
             "truncation to {n} bytes accepted"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audio (tests/audio.rs, tests/audio_grid.rs).
+// ---------------------------------------------------------------------------------------------
+
+use inr::audio::{sample_value, to_sample, Audio, AudioSpec, Sample, SampleKind};
+
+pub fn spec(rate: u32, channels: u8, kind: SampleKind, bits: u8) -> AudioSpec {
+    AudioSpec {
+        sample_rate: rate,
+        channels,
+        kind,
+        bits_per_sample: bits,
+    }
+}
+
+/// A few partials with an envelope; channel c is detuned so channels differ.
+pub fn tone(spec: AudioSpec, frames: usize, amp: f32) -> Audio {
+    let mut samples = Vec::with_capacity(frames * usize::from(spec.channels));
+    for i in 0..frames {
+        let t = i as f32 / spec.sample_rate as f32;
+        let env = 0.6 + 0.4 * (2.0 * std::f32::consts::PI * 3.0 * t).sin();
+        for c in 0..spec.channels {
+            let f = 220.0 * (1.0 + 0.25 * f32::from(c));
+            let v = (2.0 * std::f32::consts::PI * f * t).sin()
+                + 0.4 * (2.0 * std::f32::consts::PI * 2.0 * f * t + 0.3).sin();
+            samples.push(amp * env * v / 1.4);
+        }
+    }
+    // Store exactly representable values (as a WAV of this format holds them).
+    let samples = samples
+        .into_iter()
+        .map(|v| sample_value(&spec, to_sample(&spec, v)) as f32)
+        .collect();
+    Audio { spec, samples }
+}
+
+/// Decode, check the restored format and length, and return PSNR and SNR recomputed here.
+pub fn decode_and_measure(bytes: &[u8], a: &Audio) -> (f64, f64) {
+    let (h, samples) = inr::decode_audio(bytes, &inr::Limits::default()).unwrap();
+    assert_eq!(h.sample_rate, a.spec.sample_rate);
+    assert_eq!(h.channels, a.spec.channels);
+    assert_eq!(h.sample_kind, a.spec.kind);
+    assert_eq!(h.bits_per_sample, a.spec.bits_per_sample);
+    assert_eq!(h.frames, a.frames());
+    assert_eq!(samples.len(), a.samples.len());
+    let mut d = inr::metrics::AudioDistortion::default();
+    for (&x, &s) in a.samples.iter().zip(&samples) {
+        match (a.spec.kind, s) {
+            (SampleKind::Int, Sample::Int(_)) | (SampleKind::Float, Sample::Float(_)) => {}
+            other => panic!("sample type {other:?}"),
+        }
+        d.add(f64::from(x), sample_value(&a.spec, s));
+    }
+    (d.psnr(), d.snr())
 }
