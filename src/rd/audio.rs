@@ -330,36 +330,55 @@ fn inr_point(
             source,
         })?;
     let encode_s = t.elapsed().as_secs_f64();
-    let bases = cfg.base.extra_bases();
+    let base = enc.base_id.map(|id| format!("{id:016x}"));
+    let coded = Coded {
+        codec: INR_AUDIO,
+        param: preset,
+        encode_s,
+        base,
+    };
+    measure(path, name, &enc.bytes, &cfg.base.extra_bases(), coded)
+}
+
+/// What [`measure`] reports besides the measurements.
+struct Coded {
+    codec: &'static str,
+    param: String,
+    encode_s: f64,
+    base: Option<String>,
+}
+
+/// The point of an encoded clip: the decoder's time (rendering every block), and the quality
+/// of its output streamed against the WAV at `path`.
+fn measure(
+    path: &Path,
+    name: &str,
+    bytes: &[u8],
+    bases: &[crate::base::Base],
+    c: Coded,
+) -> Result<AudioPoint, RdError> {
     let dec_err = |source| RdError::Decode {
         image: name.to_string(),
-        preset: preset.clone(),
+        preset: c.param.clone(),
         source,
     };
     let t = Instant::now();
-    // The decoder's time: render every block (the samples are measured below, streamed
-    // against the WAV).
-    crate::decode_audio_stream_with(
-        &enc.bytes,
-        &Limits::default(),
-        &bases,
-        &mut |_, _, _| Ok(()),
-    )
-    .map_err(dec_err)?;
+    crate::decode_audio_stream_with(bytes, &Limits::default(), bases, &mut |_, _, _| Ok(()))
+        .map_err(dec_err)?;
     let decode_s = t.elapsed().as_secs_f64();
     let mut reference = open(path)?;
-    let q = crate::eval_audio_with(&enc.bytes, &mut reference, &Limits::default(), &bases)
+    let q = crate::eval_audio_with(bytes, &mut reference, &Limits::default(), bases)
         .map_err(dec_err)?;
     Ok(AudioPoint {
-        codec: INR_AUDIO.into(),
-        param: preset,
-        bytes: Some(enc.bytes.len() as u64),
+        codec: c.codec.into(),
+        param: c.param,
+        bytes: Some(bytes.len() as u64),
         kbps: q.kbps,
         psnr: q.psnr,
         snr: q.snr,
-        encode_s: Some(encode_s),
+        encode_s: Some(c.encode_s),
         decode_s: Some(decode_s),
-        base: enc.base_id.map(|id| format!("{id:016x}")),
+        base: c.base,
     })
 }
 
@@ -404,28 +423,13 @@ fn inr_grid_point(
         source,
     })?;
     let encode_s = t.elapsed().as_secs_f64();
-    let dec_err = |source| RdError::Decode {
-        image: name.to_string(),
-        preset: param.clone(),
-        source,
-    };
-    let t = Instant::now();
-    crate::decode_audio_stream(&enc.bytes, &Limits::default(), &mut |_, _, _| Ok(()))
-        .map_err(dec_err)?;
-    let decode_s = t.elapsed().as_secs_f64();
-    let mut reference = open(path)?;
-    let q = crate::eval_audio(&enc.bytes, &mut reference, &Limits::default()).map_err(dec_err)?;
-    Ok(AudioPoint {
-        codec: INR_AUDIO_GRID.into(),
+    let coded = Coded {
+        codec: INR_AUDIO_GRID,
         param,
-        bytes: Some(enc.bytes.len() as u64),
-        kbps: q.kbps,
-        psnr: q.psnr,
-        snr: q.snr,
-        encode_s: Some(encode_s),
-        decode_s: Some(decode_s),
+        encode_s,
         base: None,
-    })
+    };
+    measure(path, name, &enc.bytes, &[], coded)
 }
 
 /// Measure every clip in `data_dir` with every configured preset, and place the baseline rows
