@@ -224,6 +224,8 @@ struct ParsedAudioGrid<'a> {
     bits: u8,
     latents: u64,
     segments: Vec<ParsedSegment<'a>>,
+    /// Zero bytes after the last segment (0 ..= 3).
+    padding: u64,
 }
 
 fn parse_audio_grid<'a>(
@@ -338,6 +340,7 @@ fn parse_audio_grid<'a>(
         bits,
         latents,
         segments,
+        padding: rest.len() as u64,
     })
 }
 
@@ -421,7 +424,7 @@ pub(super) fn inspect_audio_grid(bytes: &[u8], limits: &Limits) -> Result<FileIn
         steps: first.map_or_else(Vec::new, |s| s.body.steps.clone()),
         tensor_bits: first.map_or_else(Vec::new, |s| s.body.tensor_bits.clone()),
         header_bytes: (HEADER_BYTES + AUDIO_SECTION_BYTES) as u64,
-        side_info_bytes: PAYLOAD_LEN_BYTES as u64 + side,
+        side_info_bytes: PAYLOAD_LEN_BYTES as u64 + side + p.padding,
         payload_bytes,
         groups,
         crc_bytes: CRC_BYTES as u64,

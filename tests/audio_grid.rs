@@ -64,6 +64,10 @@ fn mono_16bit_round_trip_quality_rate_and_determinism() {
     let info = format::inspect(&e.bytes).unwrap();
     assert_eq!(info.modality, "audio");
     assert_eq!(info.total_bytes, e.bytes.len() as u64);
+    assert_eq!(
+        info.header_bytes + info.side_info_bytes + info.payload_bytes + info.crc_bytes,
+        info.total_bytes
+    );
     let g = info.grid.expect("grid summary");
     assert_eq!(g.levels, c.levels);
     assert_eq!(info.audio.expect("audio summary").windows, 1);
@@ -98,6 +102,13 @@ fn odd_lengths_span_several_segments() {
         assert!(psnr > 33.0, "segment {segment}: {psnr}");
         // Writing the parsed file again gives the same bytes (a canonical layout).
         assert_eq!(format::write_audio_grid_file(&f).unwrap(), e.bytes);
+        let info = format::inspect(&e.bytes).unwrap();
+        assert_eq!(
+            info.header_bytes + info.side_info_bytes + info.payload_bytes + info.crc_bytes,
+            e.bytes.len() as u64,
+            "segment {segment}"
+        );
+        assert_eq!(info.audio.expect("audio").windows, n_seg);
     }
 }
 

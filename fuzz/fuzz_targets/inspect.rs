@@ -27,6 +27,7 @@ fn check(bytes: &[u8]) {
             info.header_bytes
                 + info.side_info_bytes
                 + info.sparsity.as_ref().map_or(0, |s| s.section_bytes)
+                + info.codebooks.as_ref().map_or(0, |c| c.section_bytes)
                 + info.payload_bytes
                 + info.crc_bytes,
             info.total_bytes,
@@ -37,6 +38,11 @@ fn check(bytes: &[u8]) {
         assert_eq!(info.steps.len(), info.num_tensors);
         assert_eq!(info.tensor_bits.len(), info.num_tensors);
         match &info.modulation {
+            // Grid files (§13, §14): the synthesis tensors, then one entry per latent level.
+            None if info.grid.is_some() => assert_eq!(
+                info.arch.num_tensors() + usize::from(info.arch.coord_dims),
+                info.num_tensors
+            ),
             None => assert_eq!(info.arch.num_tensors(), info.num_tensors),
             Some(m) => {
                 assert_eq!(usize::from(m.latent_dim), info.num_tensors);
