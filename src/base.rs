@@ -653,6 +653,14 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
     ("audio-medium", include_bytes!("../bases/audio-medium.inrb")),
     ("image-grid", include_bytes!("../bases/image-grid.inrb")),
     ("audio-grid", include_bytes!("../bases/audio-grid.inrb")),
+    (
+        "image-grid-shared",
+        include_bytes!("../bases/image-grid-shared.inrb"),
+    ),
+    (
+        "image-grid-shared-low",
+        include_bytes!("../bases/image-grid-shared-low.inrb"),
+    ),
 ];
 
 /// Finds the base with `id` among `extra` (user-supplied, searched first) and the embedded
@@ -687,11 +695,44 @@ pub fn embedded_for(arch: &Arch) -> Option<&'static Base> {
         .find(|b| b.arch == *arch && b.kind() == "weight")
 }
 
-/// The embedded grid base (§10.5) for a synthesis architecture, if one ships with this binary.
+/// The embedded grid base (§10.5) fits start from for a synthesis architecture, if one ships
+/// with this binary (never a shared synthesis, [`embedded_grid_shared`]).
 pub fn embedded_grid_for(arch: &Arch) -> Option<&'static Base> {
     embedded()
         .iter()
-        .find(|b| b.grid && !b.grid_audio && b.arch == *arch)
+        .find(|b| b.grid && !b.grid_audio && b.arch == *arch && !is_embedded_grid_shared(b.id))
+}
+
+/// Names in [`EMBEDDED`] of the shared synthesis networks of `--mode grid-shared` files
+/// (§13.8), each with the smallest rate weight λ it is used for: each was trained at one λ
+/// and codes best near it (`bases/README.md`).
+pub const EMBEDDED_GRID_SHARED: &[(&str, f32)] =
+    &[("image-grid-shared-low", 0.01), ("image-grid-shared", 0.0)];
+
+/// The embedded shared synthesis network (an image grid base used as the fixed synthesis of
+/// §13.8 files) for encodes at rate weight `lambda`, if one ships with this binary: the first
+/// of [`EMBEDDED_GRID_SHARED`] whose smallest λ is at most `lambda`.
+pub fn embedded_grid_shared(lambda: f32) -> Option<&'static Base> {
+    let (name, _) = EMBEDDED_GRID_SHARED
+        .iter()
+        .find(|(_, min)| lambda >= *min)
+        .or(EMBEDDED_GRID_SHARED.last())?;
+    embedded_named(name)
+}
+
+/// Whether `id` is one of the embedded shared synthesis networks.
+pub fn is_embedded_grid_shared(id: u64) -> bool {
+    EMBEDDED_GRID_SHARED
+        .iter()
+        .filter_map(|(n, _)| embedded_named(n))
+        .any(|b| b.id == id)
+}
+
+/// The embedded base of that name in [`EMBEDDED`].
+fn embedded_named(name: &str) -> Option<&'static Base> {
+    let bytes = EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)?;
+    let id = id_of(bytes);
+    embedded().iter().find(|b| b.id == id)
 }
 
 /// The embedded audio grid base (§10.5, modality 2) for a segment synthesis architecture, if

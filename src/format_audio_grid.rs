@@ -139,6 +139,7 @@ pub fn audio_grid_segment_bytes(
         &dims,
         &lens,
         &seg.tensors,
+        None,
         seg.predictor.as_deref(),
         &Limits::default(),
     )?;
@@ -175,6 +176,7 @@ pub fn write_audio_grid_file(f: &AudioGridInrFile) -> Result<Vec<u8>, FormatErro
             &dims,
             &lens,
             &seg.tensors,
+            None,
             seg.predictor.as_deref(),
             &limits,
         )?;
@@ -308,7 +310,8 @@ fn parse_audio_grid<'a>(
                 expected: "0 or 1",
             });
         }
-        let (step_bytes, pred_bytes) = take_tables(&mut g, &arch, seg_flags != 0)?;
+        let t = take_tables(&mut g, &arch, false, seg_flags != 0)?;
+        let (step_bytes, pred_bytes) = (t.step_bytes, t.pred_bytes);
         let len = g.word_len("segment payload length")?;
         let seg_payload = g.take(len as usize, "segment payload")?;
         let (steps, tensor_bits) = super::read_step_table(step_bytes, "tensor bits")?;
@@ -359,7 +362,7 @@ pub fn read_audio_grid_file(
     let mut segments = Vec::with_capacity(p.segments.len());
     for (k, s) in p.segments.into_iter().enumerate() {
         let (dims, lens) = segment_shape(&p.arch, p.audio.window_frames(k as u64));
-        let (tensors, predictor) = decode_body(s.body, &p.arch, &dims, &lens)?;
+        let (tensors, predictor) = decode_body(s.body, &dims, &lens)?;
         segments.push(GridSegment { tensors, predictor });
     }
     Ok(AudioGridInrFile {

@@ -13,9 +13,9 @@
 use super::max_abs_for_bits;
 use super::{
     group_infos, read_fixed_header, read_payload_and_crc, validate_dims, Arch, FileInfo,
-    FixedHeader, FormatError, Limits, QTensor, Reader, CODER_ADAPTIVE, CRC_BYTES, GROUP_LEN_BYTES,
-    HEADER_BYTES, MAGIC, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION, PAYLOAD_LEN_BYTES,
-    STEP_BYTES,
+    FixedHeader, FormatError, Limits, QTensor, Reader, BASE_REF_BYTES, CODER_ADAPTIVE, CRC_BYTES,
+    GROUP_LEN_BYTES, HEADER_BYTES, MAGIC, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION,
+    PAYLOAD_LEN_BYTES, STEP_BYTES,
 };
 use crate::entropy::{self, EntropyError, GridShape, PredShape, GRID_PRED_TAPS};
 
@@ -49,6 +49,9 @@ pub struct GridInrFile {
     /// §13.7 With flag bit 6: one predictor per level (level order), and the latents are
     /// coded as prediction residuals (§5.10).
     pub predictor: Option<Vec<LevelPredictor>>,
+    /// §13.8 With flag bit 0: the id of the shared synthesis network (an image grid base,
+    /// §10.5) the file is rendered with; `tensors` then holds the L latent levels only.
+    pub base_id: Option<u64>,
 }
 
 /// §13.7 The latent predictor of one level: coefficients of the left, above, above-left,
@@ -93,7 +96,7 @@ pub struct GridInfo {
     pub level_dims: Vec<(u32, u32)>,
     /// Latents in all levels.
     pub latents: u64,
-    /// Parameters of the synthesis network.
+    /// Parameters of the synthesis network (coded in the file unless it is shared, §13.8).
     pub synth_params: u64,
     /// Bytes of the context-coded latent stream (§5.9 or §5.10), without its length field.
     pub latent_stream_bytes: u64,
@@ -214,13 +217,18 @@ pub fn grid_tensor_lens(
 /// Never.
 pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     let limits = Limits::default();
-    let lens = grid_tensor_lens(f.width, f.height, &f.arch, &limits)?;
+    let lens = file_lens(
+        grid_tensor_lens(f.width, f.height, &f.arch, &limits)?,
+        &f.arch,
+        f.base_id.is_some(),
+    );
     let dims = grid_level_dims(f.width, f.height, f.arch.coord_dims);
     let (bits, body) = write_grid_body(
         &f.arch,
         &dims,
         &lens,
         &f.tensors,
+        f.base_id,
         f.predictor.as_deref(),
         &limits,
     )?;
@@ -228,11 +236,7 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION_GRID);
     out.push(MODALITY_IMAGE);
-    let flags = if f.predictor.is_some() {
-        FLAG_GRID | FLAG_GRID_PREDICT
-    } else {
-        FLAG_GRID
-    };
+    let flags = grid_flags(f.base_id.is_some(), f.predictor.is_some());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&f.width.to_le_bytes());
     out.extend_from_slice(&f.height.to_le_bytes());
@@ -243,10 +247,33 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     super::finish_file(out, &limits)
 }
 
+/// The flags of an image grid file (§3.4, §13.1): bit 3, bit 0 with a shared synthesis
+/// (§13.8), bit 6 with predicted latents (§13.7).
+fn grid_flags(shared: bool, predicted: bool) -> u16 {
+    let mut flags = FLAG_GRID;
+    if shared {
+        flags |= super::FLAG_BASE;
+    }
+    if predicted {
+        flags |= FLAG_GRID_PREDICT;
+    }
+    flags
+}
+
+/// The coded tensors' lengths of a file of `arch` (`lens`: synthesis tensors, then levels):
+/// without the synthesis tensors when the synthesis is shared (§13.8).
+fn file_lens(mut lens: Vec<usize>, arch: &Arch, shared: bool) -> Vec<usize> {
+    if shared {
+        lens.drain(..arch.num_tensors().min(lens.len()));
+    }
+    lens
+}
+
 /// The body of a grid (§13.1 from the step table to the payload's end; also an audio grid
-/// segment, §14): step table, predictor section (with `predictor`), payload length and payload
-/// (§13.3) of `tensors` (synthesis tensors, then levels of `dims`), which must have the
-/// lengths `lens`. Returns the largest bit width of its entries and the bytes.
+/// segment, §14): step table, base reference (with `base_id`, §13.8), predictor section (with
+/// `predictor`), payload length and payload (§13.3) of `tensors` (the synthesis tensors unless
+/// the synthesis is shared, then the levels of `dims`), which must have the lengths `lens`.
+/// Returns the largest bit width of its entries and the bytes.
 ///
 /// # Errors
 /// As [`write_grid_file`].
@@ -255,6 +282,7 @@ pub(super) fn write_grid_body(
     dims: &[(u32, u32)],
     lens: &[usize],
     tensors: &[QTensor],
+    base_id: Option<u64>,
     predictor: Option<&[LevelPredictor]>,
     limits: &Limits,
 ) -> Result<(u8, Vec<u8>), FormatError> {
@@ -276,7 +304,18 @@ pub(super) fn write_grid_body(
         }
     }
     let bits = tensors.iter().map(|t| t.bits).max().unwrap_or(0);
-    let n_synth = arch.num_tensors();
+    // The synthesis tensors are those before the levels (none when shared).
+    let n_synth = if base_id.is_some() {
+        0
+    } else {
+        arch.num_tensors()
+    };
+    if lens.len() != n_synth + dims.len() {
+        return Err(FormatError::TensorCount {
+            expected: n_synth + dims.len(),
+            found: lens.len(),
+        });
+    }
     let (synth, levels) = tensors.split_at(n_synth.min(tensors.len()));
     let refs: Vec<&QTensor> = synth.iter().collect();
     let mut payload = super::write_groups(&refs, limits)?;
@@ -332,6 +371,7 @@ pub(super) fn write_grid_body(
     })?;
     let mut out = Vec::with_capacity(
         STEP_BYTES * lens.len()
+            + BASE_REF_BYTES
             + predictor.map_or(0, |p| p.len() * PREDICTOR_ENTRY_BYTES)
             + PAYLOAD_LEN_BYTES
             + payload.len(),
@@ -340,6 +380,9 @@ pub(super) fn write_grid_body(
         out.extend_from_slice(&t.step.mantissa.to_le_bytes());
         out.push(t.step.exponent);
         out.push(t.bits);
+    }
+    if let Some(id) = base_id {
+        out.extend_from_slice(&id.to_le_bytes());
     }
     for p in predictor.into_iter().flatten() {
         for c in p.coefs {
@@ -385,6 +428,7 @@ struct ParsedGrid<'a> {
     arch: Arch,
     bits: u8,
     lens: Vec<usize>,
+    base_id: Option<u64>,
     body: GridBody<'a>,
 }
 
@@ -398,16 +442,32 @@ pub(super) struct GridBody<'a> {
     pub(super) predictor: Option<Vec<LevelPredictor>>,
 }
 
-/// Takes the step table and, when `predicted`, the predictor section of a body of `arch`
-/// from `r`. `coord_dims` <= 255 levels and depth <= 255: the step table is at most
-/// 4 * (512 + 255) bytes, and is only taken if present.
+/// The tables of a grid body before its payload length.
+pub(super) struct Tables<'a> {
+    pub(super) step_bytes: &'a [u8],
+    /// §13.8 The shared synthesis's base id.
+    pub(super) base_id: Option<u64>,
+    pub(super) pred_bytes: Option<&'a [u8]>,
+}
+
+/// Takes the step table, when `shared` the base reference (§13.8) and, when `predicted`, the
+/// predictor section of a body of `arch` from `r`. `coord_dims` <= 255 levels and depth <=
+/// 255: the step table is at most 4 * (512 + 255) bytes, and is only taken if present.
 pub(super) fn take_tables<'a>(
     r: &mut Reader<'a>,
     arch: &Arch,
+    shared: bool,
     predicted: bool,
-) -> Result<(&'a [u8], Option<&'a [u8]>), FormatError> {
-    let n_tensors = arch.num_tensors() + usize::from(arch.coord_dims);
+) -> Result<Tables<'a>, FormatError> {
+    let n_synth = if shared { 0 } else { arch.num_tensors() };
+    let n_tensors = n_synth + usize::from(arch.coord_dims);
     let step_bytes = r.take(n_tensors * STEP_BYTES, "step table")?;
+    let base_id = if shared {
+        let b = r.take(BASE_REF_BYTES, "base reference")?;
+        Some(u64::from_le_bytes(std::array::from_fn(|k| b[k])))
+    } else {
+        None
+    };
     let pred_bytes = if predicted {
         Some(r.take(
             usize::from(arch.coord_dims) * PREDICTOR_ENTRY_BYTES,
@@ -416,7 +476,11 @@ pub(super) fn take_tables<'a>(
     } else {
         None
     };
-    Ok((step_bytes, pred_bytes))
+    Ok(Tables {
+        step_bytes,
+        base_id,
+        pred_bytes,
+    })
 }
 
 /// Splits a body's `payload` (§13.3) into the synthesis groups and the latent stream and
@@ -429,7 +493,10 @@ pub(super) fn parse_body<'a>(
     payload: &'a [u8],
     limits: &Limits,
 ) -> Result<GridBody<'a>, FormatError> {
-    let n_synth = arch.num_tensors();
+    // The step entries before the levels are the synthesis tensors (none when shared).
+    let n_synth = tensor_bits
+        .len()
+        .saturating_sub(usize::from(arch.coord_dims));
     let mut g = Reader {
         bytes: payload,
         pos: 0,
@@ -496,7 +563,7 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             expected: "1 (image)",
         });
     }
-    const KNOWN: u16 = FLAG_GRID | FLAG_GRID_PREDICT;
+    const KNOWN: u16 = FLAG_GRID | FLAG_GRID_PREDICT | super::FLAG_BASE;
     if flags & !KNOWN != 0 {
         return Err(FormatError::UnknownFlags {
             flags,
@@ -504,46 +571,51 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             version,
         });
     }
-    if flags & !FLAG_GRID_PREDICT != FLAG_GRID {
+    if flags & FLAG_GRID == 0 {
         return Err(FormatError::InvalidField {
             field: "flags",
             value: flags.into(),
-            expected: "0x0008 or 0x0048 (grid mode); without flag bit 3 this is a plain image \
-                       file: read it with the image reader (format::read_file)",
+            expected: "0x0008, 0x0009, 0x0048 or 0x0049 (grid mode); without flag bit 3 this is \
+                       a plain image file: read it with the image reader (format::read_file)",
         });
     }
-    let (step_bytes, pred_bytes) = take_tables(&mut r, &arch, flags & FLAG_GRID_PREDICT != 0)?;
+    let shared = flags & super::FLAG_BASE != 0;
+    let t = take_tables(&mut r, &arch, shared, flags & FLAG_GRID_PREDICT != 0)?;
     let payload = read_payload_and_crc(&mut r, bytes)?;
-    let lens = grid_tensor_lens(width, height, &arch, limits)?;
+    let lens = file_lens(
+        grid_tensor_lens(width, height, &arch, limits)?,
+        &arch,
+        shared,
+    );
     let (steps, tensor_bits) = super::validate_coding(
         bits,
         coder,
         payload.len(),
-        step_bytes,
+        t.step_bytes,
         "tensor bits",
         limits,
     )?;
-    let body = parse_body(&arch, steps, tensor_bits, pred_bytes, payload, limits)?;
+    let body = parse_body(&arch, steps, tensor_bits, t.pred_bytes, payload, limits)?;
     Ok(ParsedGrid {
         width,
         height,
         arch,
         bits,
         lens,
+        base_id: t.base_id,
         body,
     })
 }
 
-/// Entropy-decodes a body of `arch` whose levels have the sizes `dims` and whose tensors have
-/// the lengths `lens` (§13.4 step 6): the tensors (synthesis, then levels in level order) and
-/// the predictors.
+/// Entropy-decodes a body whose levels have the sizes `dims` and whose tensors have the
+/// lengths `lens` (§13.4 step 6): the tensors (synthesis unless shared, then levels in level
+/// order) and the predictors.
 pub(super) fn decode_body(
     body: GridBody<'_>,
-    arch: &Arch,
     dims: &[(u32, u32)],
     lens: &[usize],
 ) -> Result<(Vec<QTensor>, Option<Vec<LevelPredictor>>), FormatError> {
-    let n_synth = arch.num_tensors();
+    let n_synth = lens.len().saturating_sub(dims.len());
     let mut symbols =
         super::decode_groups(&body.groups, &body.tensor_bits[..n_synth], &lens[..n_synth])?;
     match &body.predictor {
@@ -590,13 +662,14 @@ pub fn read_grid_file(bytes: &[u8], limits: &Limits) -> Result<GridInrFile, Form
     let p = parse_grid(bytes, limits)?;
     let dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
     let _ = p.bits; // validated: equals the largest tensor bit width
-    let (tensors, predictor) = decode_body(p.body, &p.arch, &dims, &p.lens)?;
+    let (tensors, predictor) = decode_body(p.body, &dims, &p.lens)?;
     Ok(GridInrFile {
         width: p.width,
         height: p.height,
         arch: p.arch,
         tensors,
         predictor,
+        base_id: p.base_id,
     })
 }
 
@@ -605,7 +678,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
     let p = parse_grid(bytes, limits)?;
     let total = bytes.len() as u64;
     let num_tensors = p.body.steps.len();
-    let n_synth = p.arch.num_tensors();
+    let n_synth = num_tensors.saturating_sub(usize::from(p.arch.coord_dims));
     let groups = group_infos(&p.body.groups, &p.body.tensor_bits[..n_synth]);
     let latent_stream_bytes = p.body.latent_stream.len() as u64;
     let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum::<u64>() + latent_stream_bytes;
@@ -623,18 +696,14 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         .map_or(0, |v| v.len() * PREDICTOR_ENTRY_BYTES);
     Ok(FileInfo {
         version: VERSION_GRID,
-        flags: if p.body.predictor.is_some() {
-            FLAG_GRID | FLAG_GRID_PREDICT
-        } else {
-            FLAG_GRID
-        },
-        base_id: None,
+        flags: grid_flags(p.base_id.is_some(), p.body.predictor.is_some()),
+        base_id: p.base_id.map(|id| format!("{id:016x}")),
         modality: "image",
         width: p.width,
         height: p.height,
         channels: p.arch.out_channels,
         arch: p.arch,
-        num_params: synth_params + latents,
+        num_params: latents + p.base_id.map_or(synth_params, |_| 0),
         bits: p.bits,
         coder: CODER_ADAPTIVE,
         num_tensors,
@@ -642,6 +711,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         tensor_bits: p.body.tensor_bits,
         header_bytes: HEADER_BYTES as u64,
         side_info_bytes: (STEP_BYTES * num_tensors
+            + p.base_id.map_or(0, |_| BASE_REF_BYTES)
             + pred_bytes
             + PAYLOAD_LEN_BYTES
             + GROUP_LEN_BYTES * (groups.len() + 1)) as u64,

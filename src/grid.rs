@@ -740,6 +740,20 @@ pub fn distortion_grad(
     target: &[f32],
     g_feat: &mut Vec<f32>,
 ) -> (f64, Vec<f32>, Vec<f32>) {
+    distortion_grad_with(params, pk, sm, lat, target, g_feat, true)
+}
+
+/// [`distortion_grad`], skipping the parameters' gradient (returned empty) unless `net_grad`:
+/// the fit of a shared, frozen synthesis (§13.8) needs only the latents'.
+pub fn distortion_grad_with(
+    params: &[f32],
+    pk: &Packed,
+    sm: &Sampler,
+    lat: &[f32],
+    target: &[f32],
+    g_feat: &mut Vec<f32>,
+    net_grad: bool,
+) -> (f64, Vec<f32>, Vec<f32>) {
     let shape = &pk.shape;
     let (w, h) = (sm.out_w, sm.out_h);
     let c = shape.n_out();
@@ -760,7 +774,7 @@ pub fn distortion_grad(
                 )
             },
             |(scratch, gi, rows_st), (band, gf)| {
-                let mut gp = vec![0.0f32; np];
+                let mut gp = vec![0.0f32; if net_grad { np } else { 0 }];
                 let mut sse = 0.0;
                 for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
                     let y = band * BAND + r;
@@ -781,7 +795,7 @@ pub fn distortion_grad(
                             target: &target[(y * w + x0) * c..(y * w + x0 + rows) * c],
                             rows,
                             grad_scale: scale,
-                            grad: Some(&mut gp),
+                            grad: net_grad.then_some(&mut gp[..]),
                             shift: None,
                             gshift: None,
                             ginput: Some(dst),
@@ -810,8 +824,11 @@ pub fn distortion_grad(
             *a += b;
         }
     }
-    let mut g_params = vec![0.0f32; params.len()];
-    shape.unpack(&g_packed, &mut g_params);
+    let mut g_params = Vec::new();
+    if net_grad {
+        g_params = vec![0.0f32; params.len()];
+        shape.unpack(&g_packed, &mut g_params);
+    }
     let mut g_lat = vec![0.0f32; sm.pyr.n_latents];
     sm.merge_adjoint(&bands, &mut g_lat);
     (sse * f64::from(scale), g_params, g_lat)
@@ -910,6 +927,9 @@ pub struct GridFit {
     pub lr_latent: Option<f32>,
     /// Adam learning rate of the network (cosine decay).
     pub lr_net: f32,
+    /// Fit the network too; `false` keeps it at its start (a shared synthesis, §13.8), which
+    /// also skips its gradient.
+    pub train_net: bool,
     /// Adam learning rate of the entropy model's log-scales (cosine decay); `None` =
     /// [`default_scale_lr`] of `steps`.
     pub lr_scales: Option<f32>,
@@ -944,6 +964,7 @@ impl Default for GridFit {
             lambda: 0.004,
             lr_latent: None,
             lr_net: 0.01,
+            train_net: true,
             lr_scales: None,
             noise_frac: 0.8,
             predict: true,
@@ -1743,13 +1764,28 @@ pub fn fit_from(
         let (g_net, mut g_lat) = match view.as_ref().filter(|_| k > 0) {
             Some(v) => {
                 ext[lo..noisy.len()].copy_from_slice(&noisy[lo..]);
-                let (_, g_net, mut g) =
-                    distortion_grad(&params, &pk, &v.sm, &ext, &v.target, &mut g_feat);
+                let (_, g_net, mut g) = distortion_grad_with(
+                    &params,
+                    &pk,
+                    &v.sm,
+                    &ext,
+                    &v.target,
+                    &mut g_feat,
+                    cfg.train_net,
+                );
                 g.truncate(noisy.len());
                 (g_net, g)
             }
             None => {
-                let (_, g_net, g) = distortion_grad(&params, &pk, &sm, &noisy, target, &mut g_feat);
+                let (_, g_net, g) = distortion_grad_with(
+                    &params,
+                    &pk,
+                    &sm,
+                    &noisy,
+                    target,
+                    &mut g_feat,
+                    cfg.train_net,
+                );
                 (g_net, g)
             }
         };
@@ -1786,8 +1822,10 @@ pub fn fit_from(
             let r = off..off + wl * hl;
             a.step(&mut lat[r.clone()], &g_lat[r], lr_latent * decay);
         }
-        let net_lr = cfg.lr_net * decay * if ste { 0.1 } else { 1.0 };
-        a_net.step(&mut params, &g_net, net_lr);
+        if cfg.train_net {
+            let net_lr = cfg.lr_net * decay * if ste { 0.1 } else { 1.0 };
+            a_net.step(&mut params, &g_net, net_lr);
+        }
         a_b.step(&mut lnb, &g_b, lr_scales * decay);
         if pred_on {
             let flat: Vec<f32> = g_c.iter().flatten().copied().collect();

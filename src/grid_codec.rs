@@ -3,6 +3,7 @@
 //! tensor, and entropy-code everything with the adaptive coder of §5 (one "tensor" per latent
 //! level). Nothing is shared between files: no base is needed to decode.
 
+use crate::base::{Base, BaseError};
 use crate::codec::{BaseChoice, DecodeError, DecodeOptions, EncodeError, Encoded, Progress};
 use crate::entropy::{self, PredShape, GRID_PRED_SHIFT, GRID_PRED_TAPS};
 use crate::fit::psnr_u8;
@@ -45,8 +46,15 @@ pub struct GridEncodeConfig {
     /// Where the synthesis network starts: the embedded grid base (§10.5) for the
     /// architecture if this binary has one (else random), the seeded random initialisation, or
     /// a grid base from `inr meta-train --mode grid`, whose architecture then replaces
-    /// `levels`, `width`, `depth` and `w0`. Encoder-only: files never depend on a base.
+    /// `levels`, `width`, `depth` and `w0`. Encoder-only: files never depend on a base (unless
+    /// `shared`).
     pub base: BaseChoice,
+    /// §13.8 A shared synthesis: the network is the base's, fixed; only the latents are fitted
+    /// and coded, and the file names the base (the decoder needs it). `base` is then the
+    /// embedded shared synthesis ([`crate::base::embedded_grid_shared`], `Default`) or a grid
+    /// base from `inr meta-train --mode grid-shared` (`Custom`); `None` is refused. `net_bits`
+    /// is unused.
+    pub shared: bool,
 }
 
 impl Default for GridEncodeConfig {
@@ -63,12 +71,17 @@ impl Default for GridEncodeConfig {
             seed: 0,
             threads: None,
             base: BaseChoice::Default,
+            shared: false,
         }
     }
 }
 
 /// Default number of latent levels.
 pub const DEFAULT_LEVELS: u8 = 8;
+
+/// Default fitting budget (full-resolution steps) of a shared-synthesis encode (§13.8,
+/// `inr encode --mode grid-shared`): about 4 s for a 768x512 image on 2 cores.
+pub const GRID_SHARED_STEPS: usize = 200;
 
 /// Rate weights of the grid presets, from the smallest file to the best quality (see the
 /// README's grid-mode table for the rates they give on Kodak).
@@ -86,11 +99,28 @@ impl GridEncodeConfig {
     pub fn start_id(&self, channels: u8) -> Option<u64> {
         match &self.base {
             BaseChoice::None => None,
+            BaseChoice::Default if self.shared => {
+                crate::base::embedded_grid_shared(self.fit.lambda).map(|b| b.id())
+            }
             BaseChoice::Default => {
                 crate::base::embedded_grid_for(&grid_arch(self, channels)).map(|b| b.id())
             }
             BaseChoice::Custom(b) => Some(b.id()),
         }
+    }
+
+    /// §13.8 The shared synthesis of a fit at rate weight `lambda`: its base id and weights
+    /// (the embedded network for that λ unless a base is given).
+    fn shared_net(&self, lambda: f32) -> Option<(u64, &[f32])> {
+        if !self.shared {
+            return None;
+        }
+        let b = match &self.base {
+            BaseChoice::Custom(b) => b,
+            BaseChoice::Default => crate::base::embedded_grid_shared(lambda)?,
+            BaseChoice::None => return None,
+        };
+        Some((b.id(), b.params.as_slice()))
     }
 }
 
@@ -191,10 +221,17 @@ pub(crate) fn level_predictors(
     Some(pred)
 }
 
-/// Network parameters and latents of a file, dequantized (§13.3).
-fn dequantized(f: &GridInrFile) -> (Vec<f32>, Vec<f32>) {
-    let t = f.arch.num_tensors();
-    let params = f.tensors[..t].iter().flat_map(|q| q.dequantize()).collect();
+/// Network parameters and latents of a file, dequantized (§13.3); the network is `shared`
+/// when the file's synthesis is shared (§13.8).
+fn dequantized(f: &GridInrFile, shared: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+    let t = f
+        .tensors
+        .len()
+        .saturating_sub(usize::from(f.arch.coord_dims));
+    let params = match shared {
+        Some(p) => p.to_vec(),
+        None => f.tensors[..t].iter().flat_map(|q| q.dequantize()).collect(),
+    };
     let lat = f.tensors[t..].iter().flat_map(|q| q.dequantize()).collect();
     (params, lat)
 }
@@ -274,7 +311,7 @@ fn encode_inner(
             img, cfg, &arch, start, &pyr, &target, lambda, trim, progress,
         )
     };
-    search_lambda(first, &aim, &mut fit, &|a, b| {
+    search_lambda(first, max_fits(cfg), &aim, &mut fit, &|a, b| {
         keeps_first(t, (a.bpp, a.psnr), (b.bpp, b.psnr))
     })?
     .ok_or_else(|| EncodeError::Parameter("rate control found no encoding".into()))
@@ -321,11 +358,14 @@ struct Aim {
     table_slope: f64,
 }
 
-/// At most three fits, from λ = `first`: after each one that misses `aim.band`, λ moves to
-/// where `y` would reach `aim.aim` along the slope of `aim`, by at most a factor e^3. Returns
-/// the file `keeps` prefers of all the fits'.
+/// At most `max_fits` fits, from λ = `first`: after each one that misses `aim.band`, λ moves
+/// to where `y` would reach `aim.aim` along the slope of `aim`, by at most a factor e^3, and
+/// stays strictly inside the bracket of the fits so far (the midpoint in ln λ when the step
+/// would leave it: the shared-synthesis curve jumps where the embedded networks change).
+/// Returns the file `keeps` prefers of all the fits'.
 fn search_lambda(
     first: f32,
+    max_fits: usize,
     aim: &Aim,
     fit: &mut dyn FnMut(f32) -> Result<(Encoded, Untrimmed), EncodeError>,
     keeps: &dyn Fn(&Encoded, &Encoded) -> bool,
@@ -333,7 +373,10 @@ fn search_lambda(
     let mut lambda = first;
     let mut best: Option<Encoded> = None;
     let mut last: Option<(f64, f64)> = None; // (ln lambda, y) of the previous fit
-    for _ in 0..3 {
+                                             // ln λ of the largest fit with y above the aim and of the smallest with y below it (y
+                                             // falls as λ grows).
+    let (mut above, mut below) = (f64::NEG_INFINITY, f64::INFINITY);
+    for _ in 0..max_fits {
         let (e, raw) = fit(lambda)?;
         if best.as_ref().is_none_or(|b| keeps(&e, b)) {
             best = Some(e);
@@ -343,6 +386,11 @@ fn search_lambda(
             break;
         }
         let ll = f64::from(lambda).ln();
+        if y > aim.aim {
+            above = above.max(ll);
+        } else {
+            below = below.min(ll);
+        }
         let slope = match last {
             Some((pl, py)) if (ll - pl).abs() > 1e-6 && (y - py) / (ll - pl) < 0.0 => {
                 ((y - py) / (ll - pl)).clamp(aim.slopes.0, aim.slopes.1)
@@ -350,9 +398,23 @@ fn search_lambda(
             _ => -aim.table_slope,
         };
         last = Some((ll, y));
-        lambda = (ll + (aim.aim - y) / slope).clamp(ll - 3.0, ll + 3.0).exp() as f32;
+        let mut next = (ll + (aim.aim - y) / slope).clamp(ll - 3.0, ll + 3.0);
+        if above.is_finite() && below.is_finite() && !(next > above && next < below) {
+            next = 0.5 * (above + below);
+        }
+        lambda = next.exp() as f32;
     }
     Ok(best)
+}
+
+/// Fits a rate or quality search may run: three, or five with a shared synthesis (whose fits
+/// are cheaper, and whose curve jumps where the embedded networks change).
+fn max_fits(cfg: &GridEncodeConfig) -> usize {
+    if cfg.shared {
+        5
+    } else {
+        3
+    }
 }
 
 /// Quality control of [`encode_inner`]: fits at the λ the calibration table expects to give a
@@ -396,7 +458,7 @@ fn encode_for_psnr(
             progress,
         )
     };
-    search_lambda(first, &aim, &mut fit, &|a, b| {
+    search_lambda(first, max_fits(cfg), &aim, &mut fit, &|a, b| {
         psnr_keeps_first(t, (a.bpp, a.psnr), (b.bpp, b.psnr))
     })?
     .ok_or_else(|| EncodeError::Parameter("quality control found no encoding".into()))
@@ -562,40 +624,68 @@ fn resolve_base(
     channels: u8,
 ) -> Result<(GridEncodeConfig, Option<GridStart>), EncodeError> {
     let mut eff = cfg.clone();
+    if cfg.shared {
+        // The synthesis is the base's: its architecture replaces the configured one. The
+        // embedded networks (one per range of λ, picked per fit) share one architecture.
+        let b = match &cfg.base {
+            BaseChoice::None => {
+                return Err(EncodeError::Parameter(
+                    "a shared synthesis (--mode grid-shared) needs a base: the embedded one \
+                     (--base default) or a file from `inr meta-train --mode grid-shared`"
+                        .into(),
+                ))
+            }
+            BaseChoice::Default => {
+                crate::base::embedded_grid_shared(cfg.fit.lambda).ok_or_else(|| {
+                    EncodeError::Parameter("this binary has no embedded shared synthesis".into())
+                })?
+            }
+            BaseChoice::Custom(b) => b,
+        };
+        check_grid_base(b, &mut eff, channels)?;
+        return Ok((eff, None));
+    }
     let params = match &cfg.base {
         BaseChoice::None => None,
         BaseChoice::Default => {
             crate::base::embedded_grid_for(&grid_arch(cfg, channels)).map(|b| b.params.clone())
         }
         BaseChoice::Custom(b) => {
-            if !b.grid || b.grid_audio {
-                return Err(EncodeError::Parameter(format!(
-                    "base {:016x} is a {} base; --mode grid starts from a grid base \
-                     (codec-spec §10.5, made by `inr meta-train --mode grid`)",
-                    b.id(),
-                    b.kind()
-                )));
-            }
-            eff.levels = b.arch.coord_dims;
-            eff.width = b.arch.width;
-            eff.depth = b.arch.depth;
-            eff.w0 = b.arch.w0_first;
-            let want = grid_arch(&eff, channels);
-            if b.arch != want {
-                return Err(EncodeError::Parameter(format!(
-                    "grid base {:016x} has architecture {:?}, but this image needs {:?} \
-                     ({} channels, one w0 for every layer)",
-                    b.id(),
-                    b.arch,
-                    want,
-                    channels
-                )));
-            }
+            check_grid_base(b, &mut eff, channels)?;
             Some(b.params.clone())
         }
     };
     let start = params.map(|p| crate::grid_meta::start_of(&grid_arch(&eff, channels), p));
     Ok((eff, start))
+}
+
+/// Checks that `b` is an image grid base for `channels` channels and makes its architecture
+/// `eff`'s.
+fn check_grid_base(b: &Base, eff: &mut GridEncodeConfig, channels: u8) -> Result<(), EncodeError> {
+    if !b.grid || b.grid_audio {
+        return Err(EncodeError::Parameter(format!(
+            "base {:016x} is a {} base; --mode grid and grid-shared need an image grid base \
+             (codec-spec §10.5, made by `inr meta-train --mode grid` or `--mode grid-shared`)",
+            b.id(),
+            b.kind()
+        )));
+    }
+    eff.levels = b.arch.coord_dims;
+    eff.width = b.arch.width;
+    eff.depth = b.arch.depth;
+    eff.w0 = b.arch.w0_first;
+    let want = grid_arch(eff, channels);
+    if b.arch != want {
+        return Err(EncodeError::Parameter(format!(
+            "grid base {:016x} has architecture {:?}, but this image needs {:?} \
+             ({} channels, one w0 for every layer)",
+            b.id(),
+            b.arch,
+            want,
+            channels
+        )));
+    }
+    Ok(())
 }
 
 /// Fits at `lambda` and codes the result, trimmed as `trim` asks.
@@ -611,7 +701,16 @@ fn fit_and_code(
     trim: Trim,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<(Encoded, Untrimmed), EncodeError> {
-    let fit_cfg = GridFit { lambda, ..cfg.fit };
+    let fit_cfg = GridFit {
+        lambda,
+        train_net: cfg.fit.train_net && !cfg.shared,
+        ..cfg.fit
+    };
+    // A shared synthesis (§13.8) is the start, held fixed: the one for this λ.
+    let shared = cfg
+        .shared_net(lambda)
+        .map(|(_, p)| crate::grid_meta::start_of(arch, p.to_vec()));
+    let start = shared.as_ref().or(start);
     let total = fit_cfg.total_steps(pyr.n_levels());
     // The half-resolution steps (a quarter of the cost each) are their own phase, so that
     // each phase's count and ETA mean what they say.
@@ -653,6 +752,7 @@ pub(crate) fn code_fitted(
     let latents = latent_tensors(pyr, &fitted.latents, 0.0);
     let sm = Sampler::new(pyr.clone(), img.width, img.height);
     let coefs = &fitted.pred_coefs;
+    let shared = cfg.shared_net(lambda);
     // The smaller of the plain (§5.9) and, when the fit learned a predictor, the predicted
     // (§5.10) latent coding: both decode to the same latents. The synthesis groups come first
     // in the payload and do not depend on the choice, so it is made once per set of latents
@@ -667,6 +767,7 @@ pub(crate) fn code_fitted(
             arch: *arch,
             tensors: net.iter().chain(latents).cloned().collect(),
             predictor: None,
+            base_id: shared.map(|(id, _)| id),
         };
         let pred = if coefs.len() == latents.len() && choice != Some(false) {
             level_predictors(pyr, latents, coefs)
@@ -692,7 +793,7 @@ pub(crate) fn code_fitted(
         }
     };
     let decoded_psnr = |file: &GridInrFile| {
-        let (params, lat) = dequantized(file);
+        let (params, lat) = dequantized(file, shared.map(|(_, p)| p));
         psnr_u8(&grid::render(arch, &params, &lat, &sm), &img.data)
     };
     // Keep the network bit width with the best measured MSE + lambda * bpp; under a byte
@@ -707,8 +808,18 @@ pub(crate) fn code_fitted(
         Trim::MaxBytes(max) => Some(max),
         _ => None,
     };
-    for &bits in &cfg.net_bits {
-        let net = net_tensors(arch, &fitted.params, bits);
+    // A shared synthesis is not coded: one candidate without network tensors.
+    let widths: &[u8] = if shared.is_some() {
+        &[0]
+    } else {
+        &cfg.net_bits
+    };
+    for &bits in widths {
+        let net = if shared.is_some() {
+            Vec::new()
+        } else {
+            net_tensors(arch, &fitted.params, bits)
+        };
         let (file, bytes, predicted) = file_with(&net, &latents, choice)?;
         choice = Some(predicted);
         let psnr = decoded_psnr(&file);
@@ -772,7 +883,7 @@ pub(crate) fn code_fitted(
         }
         _ => {}
     }
-    let (params, lat) = dequantized(&file);
+    let (params, lat) = dequantized(&file, shared.map(|(_, p)| p));
     let data = grid::render(arch, &params, &lat, &sm);
     let psnr = psnr_u8(&data, &img.data);
     let e = Encoded {
@@ -789,6 +900,32 @@ pub(crate) fn code_fitted(
     Ok((e, raw))
 }
 
+/// §13.8 The shared synthesis a file names: the base with `id` among `extra` and the
+/// embedded ones, which must be an image grid base of the file's architecture.
+///
+/// # Errors
+/// [`BaseError::Missing`] naming the id, [`BaseError::ArchMismatch`], or
+/// [`DecodeError::Parameter`] for a base of another kind.
+fn shared_synthesis<'a>(id: u64, arch: &Arch, extra: &'a [Base]) -> Result<&'a Base, DecodeError> {
+    let b = crate::base::find(id, extra)?;
+    if !b.grid || b.grid_audio {
+        return Err(DecodeError::Parameter(format!(
+            "base {id:016x} is a {} base, but the file's synthesis is shared: it needs an \
+             image grid base (codec-spec §13.8)",
+            b.kind()
+        )));
+    }
+    if b.arch != *arch {
+        return Err(BaseError::ArchMismatch {
+            id,
+            base: b.arch,
+            file: *arch,
+        }
+        .into());
+    }
+    Ok(b)
+}
+
 /// Decodes a grid-mode file (the caller has checked [`format::is_grid_file`]).
 ///
 /// # Errors
@@ -798,7 +935,11 @@ pub fn decode_grid(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeEr
     let (w, h) = opts.output_size(file.width, file.height)?;
     let per_px = file.arch.num_params() as u64 + 4 * u64::from(file.arch.coord_dims);
     opts.limits.check_render(w, h, per_px)?;
-    let (params, lat) = dequantized(&file);
+    let shared = match file.base_id {
+        Some(id) => Some(shared_synthesis(id, &file.arch, &opts.bases)?),
+        None => None,
+    };
+    let (params, lat) = dequantized(&file, shared.map(|b| b.params.as_slice()));
     let pyr = Pyramid::new(file.width, file.height, file.arch.coord_dims);
     let sm = Sampler::new(pyr, w, h);
     let data = grid::render(&file.arch, &params, &lat, &sm);

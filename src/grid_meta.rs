@@ -218,6 +218,112 @@ pub fn start_of(arch: &Arch, params: Vec<f32>) -> GridStart {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Shared synthesis networks (§13.8): one network for every image, learned jointly with the
+// latents of a mosaic of training crops.
+// ---------------------------------------------------------------------------------------------
+
+/// Hyperparameters of `inr meta-train --mode grid-shared` (recorded in the base's description).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SharedConfig {
+    /// Full-resolution steps of the joint fit.
+    pub steps: usize,
+    /// Rate weight of the joint fit.
+    pub lambda: f32,
+    /// Side of the square centre crop taken from every training image (clamped to the image).
+    pub crop: u32,
+    /// Adam learning rate of the network (cosine decay).
+    pub lr_net: f32,
+    pub seed: u64,
+}
+
+impl Default for SharedConfig {
+    /// The recipe of the embedded shared synthesis (`bases/README.md`).
+    fn default() -> Self {
+        SharedConfig {
+            steps: 1000,
+            lambda: 0.005,
+            crop: 512,
+            lr_net: 0.01,
+            seed: 0,
+        }
+    }
+}
+
+/// The training mosaic: a centre crop of `crop` x `crop` pixels (each side clamped to the
+/// image) of every image, placed in reading order on a grid of `ceil(sqrt(n))` columns of
+/// cells of the largest crop's size; the rest of a cell is mid grey. Crops start at multiples
+/// of the cell size, so a coarse latent spans at most a few images.
+pub fn mosaic(images: &[Image], crop: u32) -> Option<Image> {
+    let channels = images.first()?.channels;
+    if images.iter().any(|i| i.channels != channels) {
+        return None;
+    }
+    let crops: Vec<Image> = images
+        .iter()
+        .map(|img| {
+            let (w, h) = (crop.min(img.width).max(1), crop.min(img.height).max(1));
+            meta::augmented_crop(img, (img.width - w) / 2, (img.height - h) / 2, w, h, 0)
+        })
+        .collect();
+    let cols = (crops.len() as f64).sqrt().ceil().max(1.0) as u32;
+    let rows = (crops.len() as u32).div_ceil(cols);
+    let cw = crops.iter().map(|c| c.width).max()?;
+    let ch = crops.iter().map(|c| c.height).max()?;
+    let (w, h) = (cw * cols, ch * rows);
+    let c = usize::from(channels);
+    let mut data = vec![128u8; w as usize * h as usize * c];
+    for (k, cr) in crops.iter().enumerate() {
+        let (x0, y0) = ((k as u32 % cols) * cw, (k as u32 / cols) * ch);
+        for y in 0..cr.height {
+            let src = (y * cr.width) as usize * c;
+            let dst = ((y0 + y) * w + x0) as usize * c;
+            let n = cr.width as usize * c;
+            data[dst..dst + n].copy_from_slice(&cr.data[src..src + n]);
+        }
+    }
+    Some(Image {
+        width: w,
+        height: h,
+        channels,
+        data,
+    })
+}
+
+/// Learns a shared synthesis network for `arch`: one grid fit ([`grid::fit_from`], network
+/// and latents together) of the [`mosaic`] of `images`, from `start` (the grid base fits start
+/// from, or the seeded random network). The latents are thrown away; the network is the
+/// result. `progress(step)` is called after every step. Deterministic for given inputs (a
+/// grid fit does not depend on the thread count).
+pub fn train_shared(
+    arch: &Arch,
+    images: &[Image],
+    cfg: &SharedConfig,
+    start: Option<&[f32]>,
+    progress: &mut dyn FnMut(usize),
+) -> Option<Vec<f32>> {
+    let m = mosaic(images, cfg.crop)?;
+    let pyr = Pyramid::new(m.width, m.height, arch.coord_dims);
+    let target: Vec<f32> = m.data.iter().map(|&v| crate::model::from_u8(v)).collect();
+    let fit = GridFit {
+        steps: cfg.steps,
+        lambda: cfg.lambda,
+        lr_net: cfg.lr_net,
+        ..GridFit::default()
+    };
+    let start = start.map(|p| start_of(arch, p.to_vec()));
+    let r = grid::fit_from(
+        arch,
+        &pyr,
+        &target,
+        &fit,
+        cfg.seed,
+        start.as_ref(),
+        progress,
+    );
+    Some(r.params)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Audio grid bases (§10.5, modality 2): the start of the segment networks of the audio grid
 // mode (§14), learned the same way on random crops of training clips.
 // ---------------------------------------------------------------------------------------------

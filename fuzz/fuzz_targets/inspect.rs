@@ -38,9 +38,14 @@ fn check(bytes: &[u8]) {
         assert_eq!(info.steps.len(), info.num_tensors);
         assert_eq!(info.tensor_bits.len(), info.num_tensors);
         match &info.modulation {
-            // Grid files (§13, §14): the synthesis tensors, then one entry per latent level.
+            // Grid files (§13, §14): the synthesis tensors (none when shared, §13.8), then
+            // one entry per latent level.
             None if info.grid.is_some() => assert_eq!(
-                info.arch.num_tensors() + usize::from(info.arch.coord_dims),
+                if info.base_id.is_some() {
+                    0
+                } else {
+                    info.arch.num_tensors()
+                } + usize::from(info.arch.coord_dims),
                 info.num_tensors
             ),
             None => assert_eq!(info.arch.num_tensors(), info.num_tensors),

@@ -39,6 +39,9 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Mode::Grid => return encode_grid(args, src, notes, ctx),
         Mode::Modulations => return encode_modulated(args, src, notes, ctx),
         Mode::Weights => {}
+        Mode::GridShared => {
+            anyhow::bail!("--mode grid-shared is for images (WAV input: --mode grid)")
+        }
     }
     if args.kbps.is_some() {
         anyhow::bail!(

@@ -44,7 +44,8 @@ pub struct BatchArgs {
     /// Coding mode (see `inr encode --help`): `modulations` encodes in seconds from the
     /// embedded modulation base (or --base FILE.inrb); `grid` fits a latent pyramid and a
     /// small SIREN per image (about a minute per Kodak image; --preset sets the rate weight,
-    /// --steps the fitting steps).
+    /// --steps the fitting steps); `grid-shared` fits only the latent pyramid of a shared
+    /// synthesis network (the embedded one, or --base FILE.inrb; a few seconds per image).
     #[arg(long, value_enum, default_value_t = super::encode::Mode::Weights)]
     pub mode: super::encode::Mode,
     /// Rate target of every file, in bits per pixel (see `inr encode --bpp`; all modes).
@@ -193,12 +194,17 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             };
             &modulations
         }
-        super::encode::Mode::Grid => {
+        mode @ (super::encode::Mode::Grid | super::encode::Mode::GridShared) => {
+            let shared = mode == super::encode::Mode::GridShared;
             let mut config = inr::GridEncodeConfig {
                 seed: args.seed,
                 threads: Some((cores / jobs).max(1)),
+                shared,
                 ..Default::default()
             };
+            if shared {
+                config.fit.set_budget(inr::GRID_SHARED_STEPS);
+            }
             let name = super::encode::preset_name(args.preset);
             if let Some(&(_, l)) = inr::GRID_PRESET_LAMBDAS.iter().find(|(n, _)| *n == name) {
                 config.fit.lambda = l;

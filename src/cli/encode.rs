@@ -187,6 +187,19 @@ pub enum Mode {
     Weights,
     Modulations,
     Grid,
+    /// Grid latents for a shared synthesis network (codec-spec §13.8).
+    GridShared,
+}
+
+impl Mode {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Mode::Weights => "weights",
+            Mode::Modulations => "modulations",
+            Mode::Grid => "grid",
+            Mode::GridShared => "grid-shared",
+        }
+    }
 }
 
 /// The settings of a grid encoder (image or audio) that the shared flags set.
@@ -244,16 +257,36 @@ impl GridFlags<'_> {
     }
 }
 
-/// The grid-mode settings of `args`.
-pub(super) fn grid_config(args: &EncodeArgs, ctx: &Ctx) -> anyhow::Result<inr::GridEncodeConfig> {
+/// The grid-mode settings of `args` (`shared`: `--mode grid-shared`).
+pub(super) fn grid_config(
+    args: &EncodeArgs,
+    ctx: &Ctx,
+    shared: bool,
+) -> anyhow::Result<inr::GridEncodeConfig> {
     if args.density.is_some() {
         anyhow::bail!("--mode grid does not prune (--density)");
+    }
+    if shared
+        && (args.bits.is_some()
+            || args.levels.is_some()
+            || args.width.is_some()
+            || args.depth.is_some()
+            || args.w0.is_some())
+    {
+        anyhow::bail!(
+            "--mode grid-shared: the shared synthesis network (the base) sets --levels, --width, \
+             --depth and --w0, and is not coded (--bits)"
+        );
     }
     let mut cfg = inr::GridEncodeConfig {
         seed: args.seed,
         threads: ctx.threads,
+        shared,
         ..Default::default()
     };
+    if shared {
+        cfg.fit.set_budget(inr::GRID_SHARED_STEPS);
+    }
     let lambdas = &inr::GRID_PRESET_LAMBDAS;
     let g = GridFlags {
         fit: &mut cfg.fit,
@@ -360,10 +393,10 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
     let mod_cfg = match mode {
         Mode::Modulations => Some(mod_config(&args, ctx)?),
-        Mode::Weights | Mode::Grid => None,
+        Mode::Weights | Mode::Grid | Mode::GridShared => None,
     };
     let grid_cfg = match mode {
-        Mode::Grid => Some(grid_config(&args, ctx)?),
+        Mode::Grid | Mode::GridShared => Some(grid_config(&args, ctx, mode == Mode::GridShared)?),
         _ => None,
     };
     let cfg = EncodeConfig {
@@ -441,7 +474,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     if let Some(t) = args.target_psnr {
         if enc.psnr < t {
-            let hint = if mode == Mode::Grid {
+            let hint = if matches!(mode, Mode::Grid | Mode::GridShared) {
                 "no fit reached it: try more --steps"
             } else {
                 "the network did not reach it: try a larger --preset or more --steps"
@@ -460,11 +493,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             "height": img.height,
             "channels": img.channels,
             "preset": preset_name(args.preset),
-            "mode": match mode {
-                Mode::Weights => "weights",
-                Mode::Modulations => "modulations",
-                Mode::Grid => "grid",
-            },
+            "mode": mode.name(),
             "lambda": grid_cfg.as_ref().map(|g| g.fit.lambda),
             // The grid base the synthesis started from (null: random start).
             "grid_base": grid_cfg

@@ -169,9 +169,16 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
         } else {
             ", predicted latents"
         };
+        let synth = match info.get("base_id").and_then(Value::as_str) {
+            Some(id) => format!(
+                "shared synthesis of base {id}, {} params",
+                g["synth_params"]
+            ),
+            None => format!("synthesis {} params", g["synth_params"]),
+        };
         out.push(format!(
-            "mode: grid ({} latent levels, {} latents in {} bytes, synthesis {} params{pred})",
-            g["levels"], g["latents"], g["latent_stream_bytes"], g["synth_params"]
+            "mode: grid ({} latent levels, {} latents in {} bytes, {synth}{pred})",
+            g["levels"], g["latents"], g["latent_stream_bytes"]
         ));
     }
     lines(&info, 0, &mut out);
@@ -255,7 +262,11 @@ fn grid_stats(bytes: &[u8]) -> Value {
     let Ok(f) = inr::format::read_grid_file(bytes, &inr::format::Limits::default()) else {
         return Value::Null;
     };
-    let n_synth = f.arch.num_tensors();
+    // A shared synthesis (codec-spec §13.8) is not in the file.
+    let n_synth = f
+        .tensors
+        .len()
+        .saturating_sub(usize::from(f.arch.coord_dims));
     let tensors: Vec<Value> = f
         .tensors
         .iter()

@@ -42,7 +42,11 @@ pub struct MetaTrainArgs {
     /// (a start for the synthesis network of `inr encode --mode grid`, Reptile over the grid
     /// encoder's own fits at rate weights drawn from the presets' range; with --modality
     /// audio, of the audio grid mode's segment networks, on random crops of the clips with a
-    /// random gain and polarity, 300 iterations of 100-step fits by default).
+    /// random gain and polarity, 300 iterations of 100-step fits by default) or `grid-shared`
+    /// (a shared synthesis network for `inr encode --mode grid-shared`: one grid fit, network
+    /// and latents together, of a mosaic of --crop-max centre crops of the images, for
+    /// --iterations steps at rate weight --lambda; no checkpoints, about 3 minutes on
+    /// kodim01-12).
     #[arg(long, value_enum, default_value_t = Mode::Weights)]
     pub mode: Mode,
     /// Modulations: latent values per grid node (default 24 for images, 32 for audio).
@@ -60,6 +64,9 @@ pub struct MetaTrainArgs {
     /// (default 2).
     #[arg(long)]
     pub w0: Option<u16>,
+    /// Grid-shared: rate weight λ of the joint fit (default 0.005).
+    #[arg(long)]
+    pub lambda: Option<f32>,
     /// Grid: latent levels of the encoder the base is for (default 8, as `inr encode --mode
     /// grid`).
     #[arg(long)]
@@ -87,7 +94,8 @@ pub struct MetaTrainArgs {
     /// Output channels: 3 (RGB) or 1 (gray); training images are converted.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
     pub channels: u8,
-    /// Outer iterations (default 1000; 150 for grid, 300 for audio grid).
+    /// Outer iterations (default 1000; 150 for grid, 300 for audio grid); grid-shared: steps
+    /// of the joint fit (default 1000).
     #[arg(long)]
     pub iterations: Option<usize>,
     /// Encoder steps per task (default 16; 20 for audio modulations; for grid, the fitting
@@ -112,7 +120,8 @@ pub struct MetaTrainArgs {
     /// Smallest crop side in pixels (default 192; 48 for modulations; 256 for grid).
     #[arg(long)]
     pub crop_min: Option<u32>,
-    /// Largest crop side in pixels (default 768; 96 for modulations; 256 for grid).
+    /// Largest crop side in pixels (default 768; 96 for modulations; 256 for grid); grid-shared:
+    /// the side of every crop (default 512).
     #[arg(long)]
     pub crop_max: Option<u32>,
     /// Seed of the initialisation and of the task sequence.
@@ -149,6 +158,8 @@ pub enum Mode {
     Modulations,
     /// A grid base: the start of the synthesis network of `inr encode --mode grid`.
     Grid,
+    /// A shared synthesis network for `inr encode --mode grid-shared` (codec-spec §13.8).
+    GridShared,
 }
 
 pub(super) fn load_dir(dir: &Path, channels: u8) -> anyhow::Result<(Vec<Image>, Vec<String>)> {
@@ -339,6 +350,12 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     if args.density.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {
         bail!("--density must be in (0, 1]");
+    }
+    if args.mode == Mode::GridShared {
+        if args.modality == "audio" {
+            bail!("--mode grid-shared is for images");
+        }
+        return super::meta_train_grid::run_shared(args, ctx);
     }
     if args.mode == Mode::Grid {
         if args.modality == "audio" {

@@ -183,6 +183,78 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     })
 }
 
+/// `inr meta-train --mode grid-shared`: a shared synthesis network (§13.8) from one joint fit
+/// of a mosaic of the images' centre crops, starting from the embedded grid base when the
+/// architecture matches.
+pub fn run_shared(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    if args.resume {
+        bail!("--mode grid-shared has no checkpoints (one fit of a few minutes): rerun it");
+    }
+    let d = grid_meta::SharedConfig::default();
+    let cfg = grid_meta::SharedConfig {
+        steps: args.iterations.unwrap_or(d.steps).max(1),
+        lambda: args.lambda.unwrap_or(d.lambda),
+        crop: args.crop_max.unwrap_or(d.crop).max(1),
+        lr_net: args.inner_lr.unwrap_or(d.lr_net),
+        seed: args.seed,
+    };
+    if !(cfg.lambda.is_finite() && cfg.lambda >= 0.0 && cfg.lr_net.is_finite() && cfg.lr_net > 0.0)
+    {
+        bail!("--lambda must be >= 0 and --inner-lr > 0");
+    }
+    let enc = inr::GridEncodeConfig::default();
+    let mut ecfg = inr::GridEncodeConfig {
+        w0: args.w0.unwrap_or(enc.w0),
+        levels: args.levels.unwrap_or(enc.levels),
+        threads: ctx.threads,
+        ..enc
+    };
+    if let Some(w) = args.width {
+        ecfg.width = u16::try_from(w).context("--width must be at most 65535")?;
+    }
+    if let Some(dp) = args.depth {
+        ecfg.depth = u8::try_from(dp).context("--depth must be at most 8")?;
+    }
+    let arch = inr::grid_arch(&ecfg, args.channels);
+    inr::format::validate_grid_arch(&arch, &inr::format::Limits::default())?;
+    let (images, names) = load_dir(&args.data, args.channels)?;
+    let start = inr::base::embedded_grid_for(&arch);
+    let meter = super::meta_train::Meter::new(ctx.quiet, cfg.steps, 0, cfg.steps);
+    let params = grid_meta::train_shared(
+        &arch,
+        &images,
+        &cfg,
+        start.map(|b| b.params.as_slice()),
+        &mut |s| meter.pb.set_position(s as u64),
+    )
+    .context("no training images")?;
+    meter.pb.finish_and_clear();
+    let desc = serde_json::json!({
+        "trainer": "inr meta-train --mode grid-shared (one joint grid fit of a mosaic)",
+        "images": names,
+        "config": cfg,
+        "start": start.map(|b| format!("{:016x}", b.id())),
+    });
+    let base = Base::new_grid(arch, params, desc.to_string())?;
+    let extra = serde_json::json!({
+        "kind": "grid-shared",
+        "images": names,
+    });
+    finish(&args, ctx, &meter, &base, cfg.steps, extra, |secs| {
+        format!(
+            "wrote {} (shared synthesis {:016x}, {} levels, {}x{} network, {} steps at λ = {}, \
+             {secs:.0} s)",
+            args.output.display(),
+            base.id(),
+            arch.coord_dims,
+            arch.depth,
+            arch.width,
+            cfg.steps,
+            cfg.lambda
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,9 +70,17 @@ pub struct RdArgs {
     /// `--grid-bpps 0.125,0.25,0.5`.
     #[arg(long, value_delimiter = ',', value_name = "BPP,...")]
     pub grid_bpps: Vec<f64>,
-    /// Fitting steps of the grid points (default 1000; audio: 200).
+    /// Fitting steps of the grid points (default 1000; audio: 200; --shared-lambdas: 200).
     #[arg(long, value_name = "N")]
     pub grid_fit_steps: Option<usize>,
+    /// Also measure grid mode with a shared synthesis (`inr-grid-shared` curve, as `inr encode
+    /// --mode grid-shared`): one point per rate weight λ, e.g. `--shared-lambdas
+    /// 0.03,0.012,0.005,0.002`.
+    #[arg(long, value_delimiter = ',', value_name = "L,...")]
+    pub shared_lambdas: Vec<f32>,
+    /// The shared synthesis of the `inr-grid-shared` points (default: the embedded one).
+    #[arg(long, value_name = "FILE.inrb")]
+    pub shared_base: Option<PathBuf>,
     /// Skip the weight-mode presets (e.g. to measure only --mod-steps against JPEG).
     #[arg(long)]
     pub no_presets: bool,
@@ -140,6 +148,15 @@ pub fn run(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> any
             args.grid_bpps.clone()
         },
         grid_fit_steps: args.grid_fit_steps,
+        shared_lambdas: if args.jpeg_only {
+            Vec::new()
+        } else {
+            args.shared_lambdas.clone()
+        },
+        shared_base: match &args.shared_base {
+            Some(p) => super::base_choice(&p.to_string_lossy())?,
+            None => inr::BaseChoice::Default,
+        },
         mod_base: match &args.mod_base {
             Some(p) => super::load_bases(std::slice::from_ref(p))?.pop(),
             None => None,
@@ -207,6 +224,8 @@ fn run_audio(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> a
         (args.mod_fit_steps.is_some(), "--mod-fit-steps"),
         (args.mod_base.is_some(), "--mod-base"),
         (!args.grid_bpps.is_empty(), "--grid-bpps"),
+        (!args.shared_lambdas.is_empty(), "--shared-lambdas"),
+        (args.shared_base.is_some(), "--shared-base"),
     ];
     if let Some((_, flag)) = image_only.iter().find(|(set, _)| *set) {
         anyhow::bail!("{flag} applies to images only (not to --modality audio)");

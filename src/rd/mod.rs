@@ -66,6 +66,12 @@ pub struct RdConfig {
     pub grid_bpps: Vec<f64>,
     /// Fitting steps of the grid points (default: the encoder's).
     pub grid_fit_steps: Option<usize>,
+    /// Grid mode with a shared synthesis (`inr-grid-shared` curve, §13.8): one point per rate
+    /// weight λ, [`crate::GRID_SHARED_STEPS`] latent steps unless `grid_fit_steps` says
+    /// otherwise. Empty: none.
+    pub shared_lambdas: Vec<f32>,
+    /// The shared synthesis of those points (`Default`: the embedded one).
+    pub shared_base: crate::BaseChoice,
     /// Start of the weight-mode presets' fits (`Default`: the embedded base of each preset).
     pub base: crate::BaseChoice,
 }
@@ -86,6 +92,8 @@ impl Default for RdConfig {
             grid_lambdas: Vec::new(),
             grid_bpps: Vec::new(),
             grid_fit_steps: None,
+            shared_lambdas: Vec::new(),
+            shared_base: crate::BaseChoice::Default,
             base: crate::BaseChoice::Default,
         }
     }
@@ -413,6 +421,8 @@ fn mod_point(img: &Image, q: f32, cfg: &RdConfig, name: &str) -> Result<PointRes
 enum GridTarget {
     Lambda(f32),
     Bpp(f64),
+    /// A rate weight with the shared synthesis (§13.8).
+    Shared(f32),
 }
 
 fn grid_point(
@@ -438,8 +448,22 @@ fn grid_point(
             ecfg.target_bpp = Some(b);
             ("inr-grid-bpp", format!("b{b}"))
         }
+        GridTarget::Shared(l) => {
+            ecfg.shared = true;
+            ecfg.base = cfg.shared_base.clone();
+            ecfg.fit
+                .set_budget(cfg.grid_fit_steps.unwrap_or(crate::GRID_SHARED_STEPS));
+            ecfg.fit.lambda = l;
+            ("inr-grid-shared", format!("l{l}"))
+        }
     };
-    let opts = DecodeOptions::default();
+    let opts = DecodeOptions {
+        bases: match &cfg.shared_base {
+            crate::BaseChoice::Custom(b) => vec![b.clone()],
+            _ => Vec::new(),
+        },
+        ..Default::default()
+    };
     measure_point(img, name, codec, param, &opts, || {
         crate::encode_grid(img, &ecfg, &mut |_| {})
     })
@@ -459,6 +483,7 @@ fn validate(cfg: &RdConfig) -> Result<(), RdError> {
     if let Some(l) = cfg
         .grid_lambdas
         .iter()
+        .chain(&cfg.shared_lambdas)
         .find(|l| !(l.is_finite() && **l >= 0.0))
     {
         return Err(RdError::Config(format!("grid lambda {l} (expected >= 0)")));
@@ -488,6 +513,7 @@ fn validate(cfg: &RdConfig) -> Result<(), RdError> {
         && cfg.mod_latent_steps.is_empty()
         && cfg.grid_lambdas.is_empty()
         && cfg.grid_bpps.is_empty()
+        && cfg.shared_lambdas.is_empty()
         && (cfg.jpeg_qualities.is_empty() || cfg.jpeg_variants.is_empty())
     {
         return Err(RdError::Config(
@@ -554,7 +580,8 @@ pub fn run_rd(
         + cfg.presets.len()
         + cfg.mod_latent_steps.len()
         + cfg.grid_lambdas.len()
-        + cfg.grid_bpps.len();
+        + cfg.grid_bpps.len()
+        + cfg.shared_lambdas.len();
     let total = per_image * files.len();
     let mut done = 0;
     let mut images = Vec::with_capacity(files.len());
@@ -605,6 +632,7 @@ pub fn run_rd(
         let mod_points = cfg.mod_latent_steps.iter().map(|&q| Err(q));
         let grid_points = (cfg.grid_lambdas.iter().map(|&l| GridTarget::Lambda(l)))
             .chain(cfg.grid_bpps.iter().map(|&b| GridTarget::Bpp(b)))
+            .chain(cfg.shared_lambdas.iter().map(|&l| GridTarget::Shared(l)))
             .map(Ok);
         for point in mod_points.chain(grid_points) {
             let pt = match point {
@@ -689,6 +717,20 @@ pub fn run_rd(
                 ),
             ));
         }
+    }
+    if !cfg.shared_lambdas.is_empty() {
+        let net = match &cfg.shared_base {
+            crate::BaseChoice::Custom(b) => format!("shared synthesis {:016x}", b.id()),
+            _ => "the embedded shared synthesis for each lambda".to_string(),
+        };
+        descriptions.push((
+            "inr-grid-shared".into(),
+            format!(
+                "inr grid mode with a shared synthesis (only the latent pyramid is coded), one \
+                 point per lambda, {} latent steps, {net}",
+                cfg.grid_fit_steps.unwrap_or(crate::GRID_SHARED_STEPS)
+            ),
+        ));
     }
     let codecs = summarize(&images, &descriptions);
     let bd = bd_against(&codecs, BD_ANCHOR);
