@@ -1,7 +1,9 @@
 //! Grid mode (codec-spec §13) on a 768x512 image with the default synthesis (8 levels,
 //! 16 x 2 SIREN): one fitting step's distortion pass (forward + backward through the fused
 //! kernels, latent scatter), the per-step rate term and Adam update as `grid::fit` does them
-//! (measured as 10 whole fitting steps), and the decoder's render. `cargo bench --bench grid`.
+//! (measured as 10 whole fitting steps), and the decoder's render; and the same pass and steps
+//! with the network held fixed (a shared synthesis, codec-spec §13.8: no weight gradient).
+//! `cargo bench --bench grid`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use inr::grid::{self, GridFit, Packed, Pyramid, Sampler};
@@ -40,12 +42,22 @@ fn bench(c: &mut Criterion) {
     g.bench_function("distortion_pass", |b| {
         b.iter(|| grid::distortion_grad(&params, &pk, &sm, &lat, &tgt, &mut scratch))
     });
+    g.bench_function("distortion_pass_latents_only", |b| {
+        b.iter(|| grid::distortion_grad_with(&params, &pk, &sm, &lat, &tgt, &mut scratch, false))
+    });
     let fit = GridFit {
         steps: 10,
         ..Default::default()
     };
     g.bench_function("fit_10_steps", |b| {
         b.iter(|| grid::fit(&arch, &pyr, &tgt, &fit, 0, &mut |_| {}))
+    });
+    let frozen = GridFit {
+        train_net: false,
+        ..fit
+    };
+    g.bench_function("fit_10_steps_latents_only", |b| {
+        b.iter(|| grid::fit(&arch, &pyr, &tgt, &frozen, 0, &mut |_| {}))
     });
     g.bench_function("render", |b| {
         b.iter(|| grid::render(&arch, &params, &lat, &sm))

@@ -142,6 +142,19 @@ fn the_encoder_keeps_the_network_and_refuses_bad_bases() {
     let audio = base::embedded().iter().find(|x| x.grid_audio).unwrap();
     c.base = BaseChoice::Custom(audio.clone());
     assert!(encode_grid(&img, &c, &mut |_| {}).is_err());
+    // The embedded networks are RGB: a gray image is refused, naming the architecture.
+    let gray = Image {
+        width: 16,
+        height: 12,
+        channels: 1,
+        data: vec![100; 16 * 12],
+    };
+    let c = GridEncodeConfig {
+        shared: true,
+        ..Default::default()
+    };
+    let e = encode_grid(&gray, &c, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("architecture"), "{e}");
     // Files do not depend on the thread count.
     let mut c = shared_cfg(&b, 20, 0.004);
     c.threads = Some(1);

@@ -66,19 +66,10 @@ fn load_checkpoint(
     Ok((start, done))
 }
 
-pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let d = GridMetaConfig::default();
+/// The grid encoder settings of `args` (levels, width, depth, w0 over the defaults) and its
+/// synthesis architecture, checked as a grid file's.
+fn grid_encoder(args: &MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<(inr::GridEncodeConfig, Arch)> {
     let enc = inr::GridEncodeConfig::default();
-    let cfg = GridMetaConfig {
-        iterations: args.iterations.unwrap_or(d.iterations),
-        budget: args.inner_steps.unwrap_or(d.budget).max(1),
-        outer_lr: args.outer_lr.unwrap_or(d.outer_lr),
-        outer_lr_end: args.outer_lr_end.unwrap_or(d.outer_lr_end),
-        crop_min: args.crop_min.unwrap_or(d.crop_min).max(1),
-        crop_max: args.crop_max.unwrap_or(d.crop_max).max(1),
-        seed: args.seed,
-        ..d
-    };
     let mut ecfg = inr::GridEncodeConfig {
         w0: args.w0.unwrap_or(enc.w0),
         levels: args.levels.unwrap_or(enc.levels),
@@ -93,6 +84,22 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let arch = inr::grid_arch(&ecfg, args.channels);
     inr::format::validate_grid_arch(&arch, &inr::format::Limits::default())?;
+    Ok((ecfg, arch))
+}
+
+pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let d = GridMetaConfig::default();
+    let cfg = GridMetaConfig {
+        iterations: args.iterations.unwrap_or(d.iterations),
+        budget: args.inner_steps.unwrap_or(d.budget).max(1),
+        outer_lr: args.outer_lr.unwrap_or(d.outer_lr),
+        outer_lr_end: args.outer_lr_end.unwrap_or(d.outer_lr_end),
+        crop_min: args.crop_min.unwrap_or(d.crop_min).max(1),
+        crop_max: args.crop_max.unwrap_or(d.crop_max).max(1),
+        seed: args.seed,
+        ..d
+    };
+    let (ecfg, arch) = grid_encoder(&args, ctx)?;
     let (images, names) = load_dir(&args.data, args.channels)?;
     let val = match &args.val {
         Some(dir) => load_dir(dir, args.channels)?.0,
@@ -202,21 +209,7 @@ pub fn run_shared(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     {
         bail!("--lambda must be >= 0 and --inner-lr > 0");
     }
-    let enc = inr::GridEncodeConfig::default();
-    let mut ecfg = inr::GridEncodeConfig {
-        w0: args.w0.unwrap_or(enc.w0),
-        levels: args.levels.unwrap_or(enc.levels),
-        threads: ctx.threads,
-        ..enc
-    };
-    if let Some(w) = args.width {
-        ecfg.width = u16::try_from(w).context("--width must be at most 65535")?;
-    }
-    if let Some(dp) = args.depth {
-        ecfg.depth = u8::try_from(dp).context("--depth must be at most 8")?;
-    }
-    let arch = inr::grid_arch(&ecfg, args.channels);
-    inr::format::validate_grid_arch(&arch, &inr::format::Limits::default())?;
+    let (_, arch) = grid_encoder(&args, ctx)?;
     let (images, names) = load_dir(&args.data, args.channels)?;
     let start = inr::base::embedded_grid_for(&arch);
     let meter = super::meta_train::Meter::new(ctx.quiet, cfg.steps, 0, cfg.steps);
