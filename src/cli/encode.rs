@@ -75,7 +75,9 @@ pub struct EncodeArgs {
     /// `default` is the embedded grid base (the meta-learned start of the synthesis network
     /// for the default levels, width, depth and w0), and FILE.inrb a grid base from `inr
     /// meta-train --mode grid` (its architecture replaces the grid settings); grid files never
-    /// need a base to decode. For WAV input,
+    /// need a base to decode. With `--mode grid-shared`, `default` is the embedded shared
+    /// synthesis for the rate weight and FILE.inrb a network from `inr meta-train --mode
+    /// grid-shared` (the decoder then needs it); `none` is refused. For WAV input,
     /// `default` is the embedded audio base matching the preset's network and window (the
     /// medium preset on mono 16 kHz clips), and FILE.inrb must be an audio base from `inr
     /// meta-train --modality audio` (its network and window replace the preset's).
@@ -135,7 +137,12 @@ pub struct EncodeArgs {
     /// cheaper half-resolution steps first), --lr the
     /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the
     /// synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
-    /// best of 5, 6, 7, 8, 10). Default for images: `weights`. For a WAV input, `grid` (the
+    /// best of 5, 6, 7, 8, 10). `grid-shared` fits and stores only the latent pyramid, read
+    /// by a shared synthesis network embedded in the binary (codec-spec §13.8; one network for
+    /// λ >= 0.01, another below; --base FILE.inrb from `inr meta-train --mode grid-shared`
+    /// instead, which the decoder then needs): about 3.5 s per Kodak image at the default
+    /// --steps 200; the preset, --lambda, --bpp and --psnr work as in `grid`. Default for
+    /// images: `weights`. For a WAV input, `grid` (the
     /// default) codes segments of --window frames (default 262144) as rows of latent levels
     /// and a small synthesis network per segment, started from the embedded audio grid base
     /// for mono clips (--base none: random; about 12 kbit/s and 42 dB on 16 kHz speech at
