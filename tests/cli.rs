@@ -1057,3 +1057,95 @@ fn grid_meta_train_then_encode_from_the_grid_base() {
     }
     assert!(!dir.path().join("z.inr").exists());
 }
+
+/// `--mode grid-shared` (codec-spec §13.8): the JSON names the embedded network the file uses,
+/// which depends on λ (tiny and medium use different ones); decoding and `info` need no flag;
+/// a custom network must be given to the decoder; flags that would change the shared network
+/// are refused.
+#[test]
+fn grid_shared_mode_encode_decode_info_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    // `encode_json` passes --preset tiny (λ 0.03); --lambda 0.005 is the medium preset's.
+    for (preset, extra) in [("tiny", &[][..]), ("medium", &["--lambda", "0.005"][..])] {
+        let out = dir.path().join(format!("{preset}.inr"));
+        let mut args = vec!["--mode", "grid-shared"];
+        args.extend_from_slice(extra);
+        let v = encode_json(&fixture("rgb_24x17.png"), &out, &args);
+        assert_eq!(v["mode"], "grid-shared", "{v}");
+        let id = v["grid_base"]
+            .as_str()
+            .expect("the network's id")
+            .to_string();
+        inr()
+            .arg("decode")
+            .arg(&out)
+            .arg("-o")
+            .arg(dir.path().join(format!("{preset}.png")))
+            .assert()
+            .success();
+        inr()
+            .arg("info")
+            .arg(&out)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(format!(
+                "shared synthesis of base {id}"
+            )));
+        ids.push(id);
+    }
+    assert_ne!(
+        ids[0], ids[1],
+        "tiny and medium use different shared networks"
+    );
+    for bad in [&["--bits", "6"][..], &["--width", "8"], &["--base", "none"]] {
+        let a = inr()
+            .arg("encode")
+            .arg(fixture("rgb_24x17.png"))
+            .arg("-o")
+            .arg(dir.path().join("bad.inr"))
+            .args(["--mode", "grid-shared"])
+            .args(bad)
+            .assert()
+            .failure();
+        assert_clean_error(a);
+    }
+    // A custom shared network from `inr meta-train --mode grid-shared` (tiny run): the file
+    // decodes only with it.
+    let train = dir.path().join("train");
+    std::fs::create_dir(&train).unwrap();
+    std::fs::copy(fixture("rgb_24x17.png"), train.join("a.png")).unwrap();
+    std::fs::copy(fixture("rgb_11x23.png"), train.join("b.png")).unwrap();
+    let net = dir.path().join("net.inrb");
+    inr()
+        .args(["--quiet", "meta-train", "--mode", "grid-shared"])
+        .arg(&train)
+        .arg("-o")
+        .arg(&net)
+        .args(["--iterations", "20", "--lambda", "0.01"])
+        .assert()
+        .success();
+    let out = dir.path().join("custom.inr");
+    encode_json(
+        &fixture("rgb_24x17.png"),
+        &out,
+        &["--mode", "grid-shared", "--base", net.to_str().unwrap()],
+    );
+    let a = inr()
+        .arg("decode")
+        .arg(&out)
+        .arg("-o")
+        .arg(dir.path().join("c.png"))
+        .assert()
+        .failure();
+    assert!(assert_clean_error(a).contains("--base"));
+    inr()
+        .arg("decode")
+        .arg(&out)
+        .arg("-o")
+        .arg(dir.path().join("c.png"))
+        .arg("--base")
+        .arg(&net)
+        .assert()
+        .success();
+}

@@ -502,11 +502,16 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             "preset": preset_name(args.preset),
             "mode": mode.name(),
             "lambda": grid_cfg.as_ref().map(|g| g.fit.lambda),
-            // The grid base the synthesis started from (null: random start).
-            "grid_base": grid_cfg
-                .as_ref()
-                .and_then(|g| g.start_id(img.channels))
-                .map(|id| format!("{id:016x}")),
+            // The grid base the synthesis started from (null: random start); with a shared
+            // synthesis, the network the file names (rate control may have changed it).
+            "grid_base": if mode == Mode::GridShared {
+                inr::inspect(&enc.bytes).ok().and_then(|i| i.base_id)
+            } else {
+                grid_cfg
+                    .as_ref()
+                    .and_then(|g| g.start_id(img.channels))
+                    .map(|id| format!("{id:016x}"))
+            },
             "config": {
                 "width": args.width,
                 "depth": args.depth,
