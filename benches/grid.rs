@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| grid::distortion_grad(&params, &pk, &sm, &lat, &tgt, &mut scratch))
     });
     g.bench_function("distortion_pass_latents_only", |b| {
-        b.iter(|| grid::distortion_grad_with(&params, &pk, &sm, &lat, &tgt, &mut scratch, false))
+        b.iter(|| grid::distortion_grad_with(&params, &pk, &sm, &lat, &tgt, &mut scratch, None))
     });
     let fit = GridFit {
         steps: 10,
@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| grid::fit(&arch, &pyr, &tgt, &fit, 0, &mut |_| {}))
     });
     let frozen = GridFit {
-        train_net: false,
+        net: grid::NetTraining::Frozen,
         ..fit
     };
     g.bench_function("fit_10_steps_latents_only", |b| {

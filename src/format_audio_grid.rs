@@ -12,7 +12,7 @@
 use super::audio::{AudioHeader, AUDIO_SECTION_BYTES, MAX_AUDIO_SYMBOLS, MAX_AUDIO_WORK};
 use super::grid::{
     decode_body, parse_body, take_tables, validate_grid_net, write_grid_body, LevelPredictor,
-    FLAG_GRID, VERSION_GRID,
+    Synthesis, FLAG_GRID, VERSION_GRID,
 };
 use super::{
     grid_level_dims, read_payload_and_crc, Arch, FileInfo, FormatError, Limits, QTensor, Reader,
@@ -310,7 +310,7 @@ fn parse_audio_grid<'a>(
                 expected: "0 or 1",
             });
         }
-        let t = take_tables(&mut g, &arch, false, seg_flags != 0)?;
+        let t = take_tables(&mut g, &arch, Synthesis::Own, seg_flags != 0)?;
         let (step_bytes, pred_bytes) = (t.step_bytes, t.pred_bytes);
         let len = g.word_len("segment payload length")?;
         let seg_payload = g.take(len as usize, "segment payload")?;

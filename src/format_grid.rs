@@ -24,6 +24,11 @@ pub const FLAG_GRID: u16 = 1 << 3;
 /// §3.4 Flag bit 6 (version 2, grid files only): predicted latents (§13.7). A grid file has
 /// flags exactly `FLAG_GRID` or `FLAG_GRID | FLAG_GRID_PREDICT`.
 pub const FLAG_GRID_PREDICT: u16 = 1 << 6;
+/// §3.4 Flag bit 7 (version 2, image grid files with flag bit 0 only): the shared synthesis's
+/// output layer is coded in the file (§13.8): its weights and biases, in place of the base's.
+pub const FLAG_GRID_HEAD: u16 = 1 << 7;
+/// §13.8 Synthesis tensors a file with flag bit 7 codes: the output layer's weights and biases.
+pub const GRID_HEAD_TENSORS: usize = 2;
 /// §13.7 Bytes of one level's entry in the predictor section: 5 `i16` coefficients and the
 /// residual bit width.
 pub const PREDICTOR_ENTRY_BYTES: usize = 2 * GRID_PRED_TAPS + 1;
@@ -50,8 +55,48 @@ pub struct GridInrFile {
     /// coded as prediction residuals (§5.10).
     pub predictor: Option<Vec<LevelPredictor>>,
     /// §13.8 With flag bit 0: the id of the shared synthesis network (an image grid base,
-    /// §10.5) the file is rendered with; `tensors` then holds the L latent levels only.
+    /// §10.5) the file is rendered with; `tensors` then holds the L latent levels only, or
+    /// (flag bit 7) the output layer's weights and biases, then the levels.
     pub base_id: Option<u64>,
+}
+
+/// Which synthesis tensors a grid file codes (§13.1, §13.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synthesis {
+    /// All of them: the file's own network (no flag bit 0).
+    Own,
+    /// None: a shared network (flag bit 0).
+    Shared,
+    /// The output layer's two tensors, the rest shared (flag bits 0 and 7).
+    SharedHead,
+}
+
+impl Synthesis {
+    /// The synthesis tensors coded in the file: the last this many of `arch`'s.
+    pub fn coded_tensors(self, arch: &Arch) -> usize {
+        match self {
+            Synthesis::Own => arch.num_tensors(),
+            Synthesis::Shared => 0,
+            Synthesis::SharedHead => GRID_HEAD_TENSORS.min(arch.num_tensors()),
+        }
+    }
+
+    /// Whether the file names a shared network (flag bit 0).
+    pub fn is_shared(self) -> bool {
+        self != Synthesis::Own
+    }
+
+    /// The kind of `f`: [`Synthesis::Own`] without a base id; with one, [`Synthesis::SharedHead`]
+    /// when its tensors are the levels and two more, else [`Synthesis::Shared`].
+    pub fn of(f: &GridInrFile) -> Synthesis {
+        if f.base_id.is_none() {
+            Synthesis::Own
+        } else if f.tensors.len() == usize::from(f.arch.coord_dims) + GRID_HEAD_TENSORS {
+            Synthesis::SharedHead
+        } else {
+            Synthesis::Shared
+        }
+    }
 }
 
 /// §13.7 The latent predictor of one level: coefficients of the left, above, above-left,
@@ -217,10 +262,11 @@ pub fn grid_tensor_lens(
 /// Never.
 pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     let limits = Limits::default();
+    let synth = Synthesis::of(f);
     let lens = file_lens(
         grid_tensor_lens(f.width, f.height, &f.arch, &limits)?,
         &f.arch,
-        f.base_id.is_some(),
+        synth,
     );
     let dims = grid_level_dims(f.width, f.height, f.arch.coord_dims);
     let (bits, body) = write_grid_body(
@@ -236,7 +282,7 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION_GRID);
     out.push(MODALITY_IMAGE);
-    let flags = grid_flags(f.base_id.is_some(), f.predictor.is_some());
+    let flags = grid_flags(synth, f.predictor.is_some());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&f.width.to_le_bytes());
     out.extend_from_slice(&f.height.to_le_bytes());
@@ -248,11 +294,14 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
 }
 
 /// The flags of an image grid file (§3.4, §13.1): bit 3, bit 0 with a shared synthesis
-/// (§13.8), bit 6 with predicted latents (§13.7).
-fn grid_flags(shared: bool, predicted: bool) -> u16 {
+/// (§13.8) and bit 7 when its output layer is coded, bit 6 with predicted latents (§13.7).
+fn grid_flags(synth: Synthesis, predicted: bool) -> u16 {
     let mut flags = FLAG_GRID;
-    if shared {
+    if synth.is_shared() {
         flags |= super::FLAG_BASE;
+    }
+    if synth == Synthesis::SharedHead {
+        flags |= FLAG_GRID_HEAD;
     }
     if predicted {
         flags |= FLAG_GRID_PREDICT;
@@ -261,18 +310,17 @@ fn grid_flags(shared: bool, predicted: bool) -> u16 {
 }
 
 /// The coded tensors' lengths of a file of `arch` (`lens`: synthesis tensors, then levels):
-/// without the synthesis tensors when the synthesis is shared (§13.8).
-fn file_lens(mut lens: Vec<usize>, arch: &Arch, shared: bool) -> Vec<usize> {
-    if shared {
-        lens.drain(..arch.num_tensors().min(lens.len()));
-    }
+/// only the synthesis tensors `synth` codes (§13.8), then the levels.
+fn file_lens(mut lens: Vec<usize>, arch: &Arch, synth: Synthesis) -> Vec<usize> {
+    let t = arch.num_tensors();
+    lens.drain(..(t - synth.coded_tensors(arch)).min(lens.len()));
     lens
 }
 
 /// The body of a grid (§13.1 from the step table to the payload's end; also an audio grid
 /// segment, §14): step table, base reference (with `base_id`, §13.8), predictor section (with
-/// `predictor`), payload length and payload (§13.3) of `tensors` (the synthesis tensors unless
-/// the synthesis is shared, then the levels of `dims`), which must have the lengths `lens`.
+/// `predictor`), payload length and payload (§13.3) of `tensors` (the coded synthesis tensors,
+/// then the levels of `dims`), which must have the lengths `lens`.
 /// Returns the largest bit width of its entries and the bytes.
 ///
 /// # Errors
@@ -304,15 +352,11 @@ pub(super) fn write_grid_body(
         }
     }
     let bits = tensors.iter().map(|t| t.bits).max().unwrap_or(0);
-    // The synthesis tensors are those before the levels (none when shared).
-    let n_synth = if base_id.is_some() {
-        0
-    } else {
-        arch.num_tensors()
-    };
-    if lens.len() != n_synth + dims.len() {
+    // The synthesis tensors are those before the levels (all, none or the output layer's).
+    let n_synth = lens.len().saturating_sub(dims.len());
+    if n_synth > arch.num_tensors() || lens.len() < dims.len() {
         return Err(FormatError::TensorCount {
-            expected: n_synth + dims.len(),
+            expected: arch.num_tensors() + dims.len(),
             found: lens.len(),
         });
     }
@@ -429,6 +473,7 @@ struct ParsedGrid<'a> {
     bits: u8,
     lens: Vec<usize>,
     base_id: Option<u64>,
+    synth: Synthesis,
     body: GridBody<'a>,
 }
 
@@ -450,19 +495,19 @@ pub(super) struct Tables<'a> {
     pub(super) pred_bytes: Option<&'a [u8]>,
 }
 
-/// Takes the step table, when `shared` the base reference (§13.8) and, when `predicted`, the
-/// predictor section of a body of `arch` from `r`. `coord_dims` <= 255 levels and depth <=
-/// 255: the step table is at most 4 * (512 + 255) bytes, and is only taken if present.
+/// Takes the step table (the synthesis tensors `synth` codes, then the levels), when the
+/// synthesis is shared the base reference (§13.8) and, when `predicted`, the predictor section
+/// of a body of `arch` from `r`. `coord_dims` <= 255 levels and depth <= 255: the step table is
+/// at most 4 * (512 + 255) bytes, and is only taken if present.
 pub(super) fn take_tables<'a>(
     r: &mut Reader<'a>,
     arch: &Arch,
-    shared: bool,
+    synth: Synthesis,
     predicted: bool,
 ) -> Result<Tables<'a>, FormatError> {
-    let n_synth = if shared { 0 } else { arch.num_tensors() };
-    let n_tensors = n_synth + usize::from(arch.coord_dims);
+    let n_tensors = synth.coded_tensors(arch) + usize::from(arch.coord_dims);
     let step_bytes = r.take(n_tensors * STEP_BYTES, "step table")?;
-    let base_id = if shared {
+    let base_id = if synth.is_shared() {
         let b = r.take(BASE_REF_BYTES, "base reference")?;
         Some(u64::from_le_bytes(std::array::from_fn(|k| b[k])))
     } else {
@@ -493,7 +538,7 @@ pub(super) fn parse_body<'a>(
     payload: &'a [u8],
     limits: &Limits,
 ) -> Result<GridBody<'a>, FormatError> {
-    // The step entries before the levels are the synthesis tensors (none when shared).
+    // The step entries before the levels are the coded synthesis tensors.
     let n_synth = tensor_bits
         .len()
         .saturating_sub(usize::from(arch.coord_dims));
@@ -563,7 +608,7 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             expected: "1 (image)",
         });
     }
-    const KNOWN: u16 = FLAG_GRID | FLAG_GRID_PREDICT | super::FLAG_BASE;
+    const KNOWN: u16 = FLAG_GRID | FLAG_GRID_PREDICT | super::FLAG_BASE | FLAG_GRID_HEAD;
     if flags & !KNOWN != 0 {
         return Err(FormatError::UnknownFlags {
             flags,
@@ -575,17 +620,29 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         return Err(FormatError::InvalidField {
             field: "flags",
             value: flags.into(),
-            expected: "0x0008, 0x0009, 0x0048 or 0x0049 (grid mode); without flag bit 3 this is \
-                       a plain image file: read it with the image reader (format::read_file)",
+            expected: "0x0008, 0x0009, 0x0048, 0x0049, 0x0089 or 0x00c9 (grid mode); without flag \
+                       bit 3 this is a plain image file: read it with the image reader \
+                       (format::read_file)",
         });
     }
-    let shared = flags & super::FLAG_BASE != 0;
-    let t = take_tables(&mut r, &arch, shared, flags & FLAG_GRID_PREDICT != 0)?;
+    let synth = match (flags & super::FLAG_BASE != 0, flags & FLAG_GRID_HEAD != 0) {
+        (false, false) => Synthesis::Own,
+        (true, false) => Synthesis::Shared,
+        (true, true) => Synthesis::SharedHead,
+        (false, true) => {
+            return Err(FormatError::InvalidField {
+                field: "flags",
+                value: flags.into(),
+                expected: "flag bit 7 (a coded output layer) only with bit 0 (a shared synthesis)",
+            })
+        }
+    };
+    let t = take_tables(&mut r, &arch, synth, flags & FLAG_GRID_PREDICT != 0)?;
     let payload = read_payload_and_crc(&mut r, bytes)?;
     let lens = file_lens(
         grid_tensor_lens(width, height, &arch, limits)?,
         &arch,
-        shared,
+        synth,
     );
     let (steps, tensor_bits) = super::validate_coding(
         bits,
@@ -603,6 +660,7 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         bits,
         lens,
         base_id: t.base_id,
+        synth,
         body,
     })
 }
@@ -689,6 +747,15 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         .map(|&(w, h)| u64::from(w) * u64::from(h))
         .sum();
     let synth_params = p.arch.num_params_u64();
+    // The synthesis parameters the file codes: all, none, or the output layer's.
+    let coded_synth: u64 = p
+        .arch
+        .tensor_lens()
+        .iter()
+        .rev()
+        .take(p.synth.coded_tensors(&p.arch))
+        .map(|&n| n as u64)
+        .sum();
     let pred_bytes = p
         .body
         .predictor
@@ -696,14 +763,14 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         .map_or(0, |v| v.len() * PREDICTOR_ENTRY_BYTES);
     Ok(FileInfo {
         version: VERSION_GRID,
-        flags: grid_flags(p.base_id.is_some(), p.body.predictor.is_some()),
+        flags: grid_flags(p.synth, p.body.predictor.is_some()),
         base_id: p.base_id.map(|id| format!("{id:016x}")),
         modality: "image",
         width: p.width,
         height: p.height,
         channels: p.arch.out_channels,
         arch: p.arch,
-        num_params: latents + p.base_id.map_or(synth_params, |_| 0),
+        num_params: latents + coded_synth,
         bits: p.bits,
         coder: CODER_ADAPTIVE,
         num_tensors,

@@ -740,11 +740,12 @@ pub fn distortion_grad(
     target: &[f32],
     g_feat: &mut Vec<f32>,
 ) -> (f64, Vec<f32>, Vec<f32>) {
-    distortion_grad_with(params, pk, sm, lat, target, g_feat, true)
+    distortion_grad_with(params, pk, sm, lat, target, g_feat, Some(0))
 }
 
-/// [`distortion_grad`], skipping the parameters' gradient (returned empty) unless `net_grad`:
-/// the fit of a shared, frozen synthesis (§13.8) needs only the latents'.
+/// [`distortion_grad`] with the parameters' gradient only for the layers `grad_from..` (the
+/// others' entries are 0), or none at all (returned empty) when `grad_from` is `None`: the fit
+/// of a shared synthesis (§13.8) needs only the latents' and at most the output layer's.
 pub fn distortion_grad_with(
     params: &[f32],
     pk: &Packed,
@@ -752,8 +753,9 @@ pub fn distortion_grad_with(
     lat: &[f32],
     target: &[f32],
     g_feat: &mut Vec<f32>,
-    net_grad: bool,
+    grad_from: Option<usize>,
 ) -> (f64, Vec<f32>, Vec<f32>) {
+    let net_grad = grad_from.is_some();
     let shape = &pk.shape;
     let (w, h) = (sm.out_w, sm.out_h);
     let c = shape.n_out();
@@ -799,6 +801,7 @@ pub fn distortion_grad_with(
                             shift: None,
                             gshift: None,
                             ginput: Some(dst),
+                            grad_from: grad_from.unwrap_or(0),
                         };
                         sse += kernel::train_tile_io(shape, &pk.w, &pk.wt, io, scratch);
                         if !direct {
@@ -927,9 +930,9 @@ pub struct GridFit {
     pub lr_latent: Option<f32>,
     /// Adam learning rate of the network (cosine decay).
     pub lr_net: f32,
-    /// Fit the network too; `false` keeps it at its start (a shared synthesis, §13.8), which
-    /// also skips its gradient.
-    pub train_net: bool,
+    /// Which part of the network is fitted (the rest stays at its start and gets no
+    /// gradient).
+    pub net: NetTraining,
     /// Adam learning rate of the entropy model's log-scales (cosine decay); `None` =
     /// [`default_scale_lr`] of `steps`.
     pub lr_scales: Option<f32>,
@@ -964,13 +967,37 @@ impl Default for GridFit {
             lambda: 0.004,
             lr_latent: None,
             lr_net: 0.01,
-            train_net: true,
+            net: NetTraining::All,
             lr_scales: None,
             noise_frac: 0.8,
             predict: true,
             pred_warmup: 0.5,
             coarse_steps: 0,
             budget: None,
+        }
+    }
+}
+
+/// What a grid fit trains of the synthesis network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum NetTraining {
+    /// Every tensor (a per-image synthesis, §13).
+    All,
+    /// Only the output layer (its weights and biases), the rest fixed: a shared synthesis
+    /// with a per-image output layer (§13.8, flag bit 7).
+    Head,
+    /// Nothing: a shared synthesis used as it is (§13.8).
+    Frozen,
+}
+
+impl NetTraining {
+    /// The first layer that gets a gradient in a network of `n_layers` linear maps (`None`:
+    /// none does).
+    pub fn grad_from(self, n_layers: usize) -> Option<usize> {
+        match self {
+            NetTraining::All => Some(0),
+            NetTraining::Head => Some(n_layers.saturating_sub(1)),
+            NetTraining::Frozen => None,
         }
     }
 }
@@ -1649,6 +1676,12 @@ fn add_noise(out: &mut [f32], lat: &[f32], key: u64) {
         });
 }
 
+/// Offset (real layout) of linear map `layer`'s weights: the parameters from there on are
+/// that layer's and the later ones'.
+pub fn head_offset(arch: &Arch, layer: usize) -> usize {
+    arch.tensor_lens().iter().take(2 * layer).sum()
+}
+
 /// Result of [`fit`]: network parameters, latents (not yet rounded) and the Laplace scales
 /// (per level and context, level-major) the rate model learned.
 pub struct Fitted {
@@ -1707,7 +1740,10 @@ pub fn fit_from(
         |s| s.log_scales.clone(),
     );
     let mut rounded = vec![0u32; pyr.n_latents];
-    let mut a_net = crate::modulation::Adam::new(params.len());
+    let grad_from = cfg.net.grad_from(arch.num_tensors() / 2);
+    let mut a_net = crate::modulation::Adam::new(
+        params.len() - grad_from.map_or(params.len(), |l| head_offset(arch, l)),
+    );
     let (lr_latent, lr_scales) = (cfg.latent_lr(), cfg.scale_lr());
     let mut a_b = crate::modulation::Adam::new(n_l * GRID_CONTEXTS);
     let mut noisy = vec![0.0f32; lat.len()];
@@ -1771,21 +1807,14 @@ pub fn fit_from(
                     &ext,
                     &v.target,
                     &mut g_feat,
-                    cfg.train_net,
+                    grad_from,
                 );
                 g.truncate(noisy.len());
                 (g_net, g)
             }
             None => {
-                let (_, g_net, g) = distortion_grad_with(
-                    &params,
-                    &pk,
-                    &sm,
-                    &noisy,
-                    target,
-                    &mut g_feat,
-                    cfg.train_net,
-                );
+                let (_, g_net, g) =
+                    distortion_grad_with(&params, &pk, &sm, &noisy, target, &mut g_feat, grad_from);
                 (g_net, g)
             }
         };
@@ -1822,9 +1851,10 @@ pub fn fit_from(
             let r = off..off + wl * hl;
             a.step(&mut lat[r.clone()], &g_lat[r], lr_latent * decay);
         }
-        if cfg.train_net {
+        if let Some(l) = grad_from {
             let net_lr = cfg.lr_net * decay * if ste { 0.1 } else { 1.0 };
-            a_net.step(&mut params, &g_net, net_lr);
+            let from = head_offset(arch, l);
+            a_net.step(&mut params[from..], &g_net[from..], net_lr);
         }
         a_b.step(&mut lnb, &g_b, lr_scales * decay);
         if pred_on {

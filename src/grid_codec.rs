@@ -53,8 +53,12 @@ pub struct GridEncodeConfig {
     /// and coded, and the file names the base (the decoder needs it). `base` is then the
     /// embedded shared synthesis ([`crate::base::embedded_grid_shared`], `Default`) or a grid
     /// base from `inr meta-train --mode grid-shared` (`Custom`); `None` is refused. `net_bits`
-    /// is unused.
+    /// is unused unless `shared_head`.
     pub shared: bool,
+    /// §13.8 flag bit 7: with `shared`, also fit the synthesis's output layer (its weights and
+    /// biases, 51 values for RGB at width 16) per image and code it at the best of `net_bits`;
+    /// the rest of the network stays the base's.
+    pub shared_head: bool,
 }
 
 impl Default for GridEncodeConfig {
@@ -72,6 +76,7 @@ impl Default for GridEncodeConfig {
             threads: None,
             base: BaseChoice::Default,
             shared: false,
+            shared_head: true,
         }
     }
 }
@@ -222,15 +227,29 @@ pub(crate) fn level_predictors(
 }
 
 /// Network parameters and latents of a file, dequantized (§13.3); the network is `shared`
-/// when the file's synthesis is shared (§13.8).
+/// when the file's synthesis is shared (§13.8), with its last tensors replaced by those the
+/// file codes (its output layer with flag bit 7).
 fn dequantized(f: &GridInrFile, shared: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
     let t = f
         .tensors
         .len()
         .saturating_sub(usize::from(f.arch.coord_dims));
+    let coded = f.tensors[..t].iter().flat_map(|q| q.dequantize());
     let params = match shared {
-        Some(p) => p.to_vec(),
-        None => f.tensors[..t].iter().flat_map(|q| q.dequantize()).collect(),
+        Some(p) => {
+            let mut p = p.to_vec();
+            let from = p.len().saturating_sub(
+                f.tensors[..t]
+                    .iter()
+                    .map(|q| q.symbols.len())
+                    .sum::<usize>(),
+            );
+            for (d, v) in p[from..].iter_mut().zip(coded) {
+                *d = v;
+            }
+            p
+        }
+        None => coded.collect(),
     };
     let lat = f.tensors[t..].iter().flat_map(|q| q.dequantize()).collect();
     (params, lat)
@@ -703,7 +722,11 @@ fn fit_and_code(
 ) -> Result<(Encoded, Untrimmed), EncodeError> {
     let fit_cfg = GridFit {
         lambda,
-        train_net: cfg.fit.train_net && !cfg.shared,
+        net: match (cfg.shared, cfg.shared_head) {
+            (false, _) => cfg.fit.net,
+            (true, true) => grid::NetTraining::Head,
+            (true, false) => grid::NetTraining::Frozen,
+        },
         ..cfg.fit
     };
     // A shared synthesis (§13.8) is the start, held fixed: the one for this λ.
@@ -808,18 +831,25 @@ pub(crate) fn code_fitted(
         Trim::MaxBytes(max) => Some(max),
         _ => None,
     };
-    // A shared synthesis is not coded: one candidate without network tensors.
-    let widths: &[u8] = if shared.is_some() {
+    // A shared synthesis is not coded (one candidate without network tensors), except its
+    // output layer with `shared_head`.
+    let synth = match (shared.is_some(), cfg.shared_head) {
+        (false, _) => format::Synthesis::Own,
+        (true, true) => format::Synthesis::SharedHead,
+        (true, false) => format::Synthesis::Shared,
+    };
+    let widths: &[u8] = if synth == format::Synthesis::Shared {
         &[0]
     } else {
         &cfg.net_bits
     };
     for &bits in widths {
-        let net = if shared.is_some() {
+        let mut net = if synth == format::Synthesis::Shared {
             Vec::new()
         } else {
             net_tensors(arch, &fitted.params, bits)
         };
+        net.drain(..net.len() - synth.coded_tensors(arch).min(net.len()));
         let (file, bytes, predicted) = file_with(&net, &latents, choice)?;
         choice = Some(predicted);
         let psnr = decoded_psnr(&file);

@@ -731,6 +731,7 @@ pub fn train_tile(
         shift: None,
         gshift: None,
         ginput: None,
+        grad_from: 0,
     };
     train_tile_io(shape, packed, packed_t, io, s)
 }
@@ -748,6 +749,9 @@ pub struct TileIo<'a> {
     pub shift: Option<&'a [f32]>,
     pub gshift: Option<&'a mut [f32]>,
     pub ginput: Option<&'a mut [f32]>,
+    /// The first layer whose weights and biases get a gradient in `grad` (0: all of them); the
+    /// layers before it are skipped (their part of `grad` is left as it is).
+    pub grad_from: usize,
 }
 
 /// Row stride of [`TileIo::ginput`]: the network's input size rounded up to [`LANES`].
@@ -816,6 +820,7 @@ fn train_tile_generic<const FMA: bool, const X512: bool>(
         shift,
         mut gshift,
         ginput,
+        grad_from,
     } = io;
     let n_layers = shape.layers.len();
     // Forward, storing the input of each layer and the sine derivatives.
@@ -894,7 +899,7 @@ fn train_tile_generic<const FMA: bool, const X512: bool>(
                 gs[off..off + rows * op].copy_from_slice(dz);
             }
         }
-        if let Some(grad) = grad.as_deref_mut() {
+        if let Some(grad) = grad.as_deref_mut().filter(|_| l >= grad_from) {
             let (gw, gb) = grad[ly.pw_off..ly.pb_off + op].split_at_mut(ly.n_in * op);
             // Summed over the rows in registers, one block of lanes at a time (rows in order).
             for jc in (0..op).step_by(LANES) {
@@ -1023,6 +1028,7 @@ mod tests {
             shift: Some(&shift),
             gshift: Some(&mut gs),
             ginput: None,
+            grad_from: 0,
         };
         let sse = train_tile_io(&shape, &pk, &pt, io, &mut s);
         assert!((sse - loss(&shift)).abs() < 1e-4 * sse.max(1.0));
@@ -1080,6 +1086,7 @@ mod tests {
             shift: None,
             gshift: None,
             ginput: Some(&mut gi),
+            grad_from: 0,
         };
         train_tile_io(&shape, &pk, &pt, io, &mut s);
         for r in 0..rows {
@@ -1099,6 +1106,51 @@ mod tests {
                     "input {r},{k}: fd {fd} analytic {a}"
                 );
             }
+        }
+    }
+
+    /// `grad_from` leaves the earlier layers' part of the gradient untouched and gives the
+    /// later layers' the bits of the full pass, with the same loss and input gradient.
+    #[test]
+    fn grad_from_skips_only_the_earlier_layers() {
+        let shape = NetShape::new(&[(5, 9), (9, 9), (9, 3)], 2.0, 2.0);
+        let rows = 13;
+        let mut rnd = lcg(7);
+        let params: Vec<f32> = (0..shape.n_params).map(|_| rnd()).collect();
+        let x: Vec<f32> = (0..rows * 5).map(|_| rnd()).collect();
+        let t: Vec<f32> = (0..rows * 3).map(|_| rnd()).collect();
+        let mut pk = vec![0.0; shape.n_packed];
+        shape.pack(&params, &mut pk);
+        let mut pt = vec![0.0; shape.n_packed_t];
+        shape.pack_transposed(&params, &mut pt);
+        let ip = input_grad_stride(&shape);
+        let run = |from: usize| {
+            let mut g = vec![7.0f32; shape.n_packed];
+            let mut gi = vec![0.0f32; rows * ip];
+            let mut s = TrainScratch::new(&shape);
+            s.input_mut()[..rows * 5].copy_from_slice(&x);
+            let io = TileIo {
+                target: &t,
+                rows,
+                grad_scale: 0.5,
+                grad: Some(&mut g),
+                shift: None,
+                gshift: None,
+                ginput: Some(&mut gi),
+                grad_from: from,
+            };
+            let sse = train_tile_io(&shape, &pk, &pt, io, &mut s);
+            (sse, g, gi)
+        };
+        let all = run(0);
+        for from in 1..3 {
+            let part = run(from);
+            assert_eq!(part.0.to_bits(), all.0.to_bits());
+            assert_eq!(part.2, all.2, "input gradient");
+            let split = shape.layers[from].pw_off;
+            assert!(part.1[..split].iter().all(|&v| v == 7.0), "from {from}");
+            assert_eq!(part.1[split..], all.1[split..], "from {from}");
+            assert!(all.1[..split].iter().any(|&v| v != 7.0));
         }
     }
 
@@ -1130,6 +1182,7 @@ mod tests {
                 shift: None,
                 gshift: None,
                 ginput: Some(&mut gi),
+                grad_from: 0,
             };
             let sse = if portable {
                 train_tile_generic::<true, false>(&shape, &pk, &pt, io, &mut s)

@@ -594,6 +594,7 @@ pub fn pass(
                         shift: Some(sh),
                         gshift: Some(gs),
                         ginput: None,
+                        grad_from: 0,
                     };
                     sse += kernel::train_tile_io(shape, &pk.w, &pk.wt, io, scratch);
                     for (r, &p) in tile.iter().enumerate() {

@@ -322,6 +322,18 @@ fn encode_json(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).expect("encode --json prints one JSON object")
 }
 
+/// `inr --json info FILE`.
+fn info_json(file: &Path) -> serde_json::Value {
+    let o = inr()
+        .args(["--json", "info"])
+        .arg(file)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    serde_json::from_slice(&o.stdout).expect("info --json prints one JSON object")
+}
+
 fn json_f64(v: &serde_json::Value, key: &str) -> f64 {
     v[key]
         .as_f64()
@@ -1090,21 +1102,47 @@ fn grid_shared_mode_encode_decode_info_and_refusals() {
             .assert()
             .success()
             .stdout(predicate::str::contains(format!(
-                "shared synthesis of base {id}"
-            )));
+                "shared synthesis of base {id}, "
+            )))
+            .stdout(predicate::str::contains("params, output layer coded"));
         ids.push(id);
     }
     assert_ne!(
         ids[0], ids[1],
         "tiny and medium use different shared networks"
     );
-    for bad in [&["--bits", "6"][..], &["--width", "8"], &["--base", "none"]] {
+    // --frozen-output: no network value in the file (flag bit 7 clear); --bits sets the output
+    // layer's width otherwise.
+    let frozen = dir.path().join("frozen.inr");
+    encode_json(
+        &fixture("rgb_24x17.png"),
+        &frozen,
+        &["--mode", "grid-shared", "--frozen-output"],
+    );
+    let v = &info_json(&frozen)["info"];
+    assert_eq!(v["flags"].as_u64().unwrap() & 0x89, 0x09, "{v}");
+    assert_eq!(v["groups"].as_array().map(Vec::len), Some(0), "{v}");
+    let six = dir.path().join("six.inr");
+    encode_json(
+        &fixture("rgb_24x17.png"),
+        &six,
+        &["--mode", "grid-shared", "--bits", "6"],
+    );
+    let v = &info_json(&six)["info"];
+    assert_eq!(v["flags"].as_u64().unwrap() & 0x89, 0x89, "{v}");
+    assert_eq!(v["tensor_bits"][0], 6, "{v}");
+    assert_eq!(v["tensor_bits"][1], 6, "{v}");
+    for bad in [
+        &["--mode", "grid-shared", "--frozen-output", "--bits", "6"][..],
+        &["--mode", "grid-shared", "--width", "8"],
+        &["--mode", "grid-shared", "--base", "none"],
+        &["--mode", "grid", "--frozen-output"],
+    ] {
         let a = inr()
             .arg("encode")
             .arg(fixture("rgb_24x17.png"))
             .arg("-o")
             .arg(dir.path().join("bad.inr"))
-            .args(["--mode", "grid-shared"])
             .args(bad)
             .assert()
             .failure();

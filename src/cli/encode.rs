@@ -123,6 +123,11 @@ pub struct EncodeArgs {
     /// dead zone is widened until the file fits.
     #[arg(long, value_name = "BPP", conflicts_with = "target_psnr")]
     pub bpp: Option<f64>,
+    /// `--mode grid-shared`: keep the shared network's output layer as it is, so that the file
+    /// codes no network weights at all (by default the output layer, 51 values, is fitted per
+    /// image and coded at the best of --bits' widths: on kodim13-16 +0.3 dB at 0.13 bpp).
+    #[arg(long)]
+    pub frozen_output: bool,
     /// Coding mode: `weights` fits and stores a whole network per image (best quality, minutes);
     /// `modulations` stores only a grid of latent vectors for a shared meta-learned network
     /// (seconds; needs a modulation base: the embedded one by default, or --base FILE.inrb
@@ -137,11 +142,12 @@ pub struct EncodeArgs {
     /// cheaper half-resolution steps first), --lr the
     /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the
     /// synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
-    /// best of 5, 6, 7, 8, 10). `grid-shared` fits and stores only the latent pyramid, read
-    /// by a shared synthesis network embedded in the binary (codec-spec §13.8; one network for
-    /// λ >= 0.01, another below; --base FILE.inrb from `inr meta-train --mode grid-shared`
-    /// instead, which the decoder then needs): about 3.5 s per Kodak image at the default
-    /// --steps 200; the preset, --lambda, --bpp and --psnr work as in `grid`. Default for
+    /// best of 5, 6, 7, 8, 10). `grid-shared` fits and stores the latent pyramid and the
+    /// output layer (51 values; none with --frozen-output) of a shared synthesis network
+    /// embedded in the binary (codec-spec §13.8; one network for λ >= 0.01, another below;
+    /// --base FILE.inrb from `inr meta-train --mode grid-shared` instead, which the decoder
+    /// then needs): about 3.7 s per Kodak image at the default --steps 200; the preset,
+    /// --lambda, --bpp and --psnr work as in `grid`, --bits sets the output layer's width. Default for
     /// images: `weights`. For a WAV input, `grid` (the
     /// default) codes segments of --window frames (default 262144) as rows of latent levels
     /// and a small synthesis network per segment, started from the embedded audio grid base
@@ -274,21 +280,27 @@ pub(super) fn grid_config(
         anyhow::bail!("--mode grid does not prune (--density)");
     }
     if shared
-        && (args.bits.is_some()
-            || args.levels.is_some()
+        && (args.levels.is_some()
             || args.width.is_some()
             || args.depth.is_some()
             || args.w0.is_some())
     {
         anyhow::bail!(
             "--mode grid-shared: the shared synthesis network (the base) sets --levels, --width, \
-             --depth and --w0, and is not coded (--bits)"
+             --depth and --w0"
+        );
+    }
+    if shared && args.frozen_output && args.bits.is_some() {
+        anyhow::bail!(
+            "--mode grid-shared --frozen-output codes no network weights: drop --bits (without \
+             --frozen-output it sets the output layer's bit width)"
         );
     }
     let mut cfg = inr::GridEncodeConfig {
         seed: args.seed,
         threads: ctx.threads,
         shared,
+        shared_head: !args.frozen_output,
         ..Default::default()
     };
     if shared {
@@ -389,6 +401,9 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         && (args.mode.is_some_and(|m| m != Mode::Weights) || super::audio::is_wav(&args.input))
     {
         anyhow::bail!("--kmeans (weight sharing) works in image weight mode only");
+    }
+    if args.frozen_output && args.mode != Some(Mode::GridShared) {
+        anyhow::bail!("--frozen-output is for --mode grid-shared");
     }
     if super::audio::is_wav(&args.input) {
         return super::audio::encode(args, ctx);

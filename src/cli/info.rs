@@ -171,8 +171,14 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
         };
         let synth = match info.get("base_id").and_then(Value::as_str) {
             Some(id) => format!(
-                "shared synthesis of base {id}, {} params",
-                g["synth_params"]
+                "shared synthesis of base {id}, {} params{}",
+                g["synth_params"],
+                // Flag bit 7 (codec-spec §13.8): the output layer is coded in the file.
+                if info["flags"].as_u64().is_some_and(|f| f & 0x80 != 0) {
+                    ", output layer coded"
+                } else {
+                    ""
+                }
             ),
             None => format!("synthesis {} params", g["synth_params"]),
         };
@@ -262,7 +268,8 @@ fn grid_stats(bytes: &[u8]) -> Value {
     let Ok(f) = inr::format::read_grid_file(bytes, &inr::format::Limits::default()) else {
         return Value::Null;
     };
-    // A shared synthesis (codec-spec §13.8) is not in the file.
+    // A shared synthesis (codec-spec §13.8) is not in the file, except its output layer with
+    // flag bit 7.
     let n_synth = f
         .tensors
         .len()

@@ -81,6 +81,10 @@ pub struct RdArgs {
     /// The shared synthesis of the `inr-grid-shared` points (default: the embedded one).
     #[arg(long, value_name = "FILE.inrb")]
     pub shared_base: Option<PathBuf>,
+    /// The `--shared-lambdas` points keep the shared network's output layer (as `inr encode
+    /// --frozen-output`; curve `inr-grid-shared-frozen`).
+    #[arg(long, requires = "shared_lambdas")]
+    pub shared_frozen_output: bool,
     /// Skip the weight-mode presets (e.g. to measure only --mod-steps against JPEG).
     #[arg(long)]
     pub no_presets: bool,
@@ -157,6 +161,7 @@ pub fn run(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> any
             Some(p) => super::base_choice(&p.to_string_lossy())?,
             None => inr::BaseChoice::Default,
         },
+        shared_frozen: args.shared_frozen_output,
         mod_base: match &args.mod_base {
             Some(p) => super::load_bases(std::slice::from_ref(p))?.pop(),
             None => None,

@@ -72,6 +72,9 @@ pub struct RdConfig {
     pub shared_lambdas: Vec<f32>,
     /// The shared synthesis of those points (`Default`: the embedded one).
     pub shared_base: crate::BaseChoice,
+    /// Those points keep the shared network's output layer (§13.8 without flag bit 7, as
+    /// `inr encode --frozen-output`; curve `inr-grid-shared-frozen`).
+    pub shared_frozen: bool,
     /// Start of the weight-mode presets' fits (`Default`: the embedded base of each preset).
     pub base: crate::BaseChoice,
 }
@@ -94,6 +97,7 @@ impl Default for RdConfig {
             grid_fit_steps: None,
             shared_lambdas: Vec::new(),
             shared_base: crate::BaseChoice::Default,
+            shared_frozen: false,
             base: crate::BaseChoice::Default,
         }
     }
@@ -454,7 +458,8 @@ fn grid_point(
             ecfg.fit
                 .set_budget(cfg.grid_fit_steps.unwrap_or(crate::GRID_SHARED_STEPS));
             ecfg.fit.lambda = l;
-            ("inr-grid-shared", format!("l{l}"))
+            ecfg.shared_head = !cfg.shared_frozen;
+            (shared_curve(cfg), format!("l{l}"))
         }
     };
     let opts = DecodeOptions {
@@ -723,11 +728,16 @@ pub fn run_rd(
             crate::BaseChoice::Custom(b) => format!("shared synthesis {:016x}", b.id()),
             _ => "the embedded shared synthesis for each lambda".to_string(),
         };
+        let coded = if cfg.shared_frozen {
+            "only the latent pyramid is coded"
+        } else {
+            "the latent pyramid and the output layer are coded"
+        };
         descriptions.push((
-            "inr-grid-shared".into(),
+            shared_curve(cfg).into(),
             format!(
-                "inr grid mode with a shared synthesis (only the latent pyramid is coded), one \
-                 point per lambda, {} latent steps, {net}",
+                "inr grid mode with a shared synthesis ({coded}), one point per lambda, {} \
+                 fitting steps, {net}",
                 cfg.grid_fit_steps.unwrap_or(crate::GRID_SHARED_STEPS)
             ),
         ));
@@ -839,6 +849,15 @@ pub(crate) fn bd_result(
         bd_rate_percent: r.ok(),
         bd_psnr_db: p.ok(),
         error,
+    }
+}
+
+/// The curve name of the shared-synthesis points of `cfg`.
+fn shared_curve(cfg: &RdConfig) -> &'static str {
+    if cfg.shared_frozen {
+        "inr-grid-shared-frozen"
+    } else {
+        "inr-grid-shared"
     }
 }
 
