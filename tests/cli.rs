@@ -1104,20 +1104,20 @@ fn grid_shared_mode_encode_decode_info_and_refusals() {
             .stdout(predicate::str::contains(format!(
                 "shared synthesis of base {id}, "
             )))
-            .stdout(predicate::str::contains("params, output layer coded"));
+            .stdout(predicate::str::contains("output layer coded").not());
         ids.push(id);
     }
     assert_ne!(
         ids[0], ids[1],
         "tiny and medium use different shared networks"
     );
-    // --frozen-output: no network value in the file (flag bit 7 clear); --bits sets the output
-    // layer's width otherwise.
+    // --output-layer frozen: no network value in the file (flag bit 7 clear); --bits sets the
+    // output layer's width otherwise. (On this 24x17 image, `auto` means frozen.)
     let frozen = dir.path().join("frozen.inr");
     encode_json(
         &fixture("rgb_24x17.png"),
         &frozen,
-        &["--mode", "grid-shared", "--frozen-output"],
+        &["--mode", "grid-shared"],
     );
     let v = &info_json(&frozen)["info"];
     assert_eq!(v["flags"].as_u64().unwrap() & 0x89, 0x09, "{v}");
@@ -1126,17 +1126,37 @@ fn grid_shared_mode_encode_decode_info_and_refusals() {
     encode_json(
         &fixture("rgb_24x17.png"),
         &six,
-        &["--mode", "grid-shared", "--bits", "6"],
+        &[
+            "--mode",
+            "grid-shared",
+            "--output-layer",
+            "fitted",
+            "--bits",
+            "6",
+        ],
     );
+    inr()
+        .arg("info")
+        .arg(&six)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("params, output layer coded"));
     let v = &info_json(&six)["info"];
     assert_eq!(v["flags"].as_u64().unwrap() & 0x89, 0x89, "{v}");
     assert_eq!(v["tensor_bits"][0], 6, "{v}");
     assert_eq!(v["tensor_bits"][1], 6, "{v}");
     for bad in [
-        &["--mode", "grid-shared", "--frozen-output", "--bits", "6"][..],
+        &[
+            "--mode",
+            "grid-shared",
+            "--output-layer",
+            "frozen",
+            "--bits",
+            "6",
+        ][..],
         &["--mode", "grid-shared", "--width", "8"],
         &["--mode", "grid-shared", "--base", "none"],
-        &["--mode", "grid", "--frozen-output"],
+        &["--mode", "grid", "--output-layer", "fitted"],
     ] {
         let a = inr()
             .arg("encode")

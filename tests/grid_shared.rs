@@ -12,7 +12,9 @@ use inr::format::{self, Limits};
 use inr::grid::{self, GridFit, Pyramid};
 use inr::grid_meta::{self, SharedConfig};
 use inr::media::Image;
-use inr::{decode, encode_grid, BaseChoice, DecodeError, DecodeOptions, GridEncodeConfig};
+use inr::{
+    decode, encode_grid, BaseChoice, DecodeError, DecodeOptions, GridEncodeConfig, OutputLayer,
+};
 
 /// A small synthesis architecture and a shared network for it (seeded SIREN weights).
 fn small_base(seed: u64) -> Base {
@@ -25,11 +27,13 @@ fn small_base(seed: u64) -> Base {
     Base::new_grid(arch, grid::init_params(&arch, seed), format!("test {seed}")).unwrap()
 }
 
-/// A shared-synthesis encode with base `b` (the output layer fitted and coded: the default).
+/// A shared-synthesis encode with base `b`, the output layer fitted and coded (on any image
+/// size: [`OutputLayer::Auto`] does so from 128x128 pixels).
 fn shared_cfg(b: &Base, steps: usize, lambda: f32) -> GridEncodeConfig {
     let mut c = GridEncodeConfig {
         shared: true,
         base: BaseChoice::Custom(b.clone()),
+        output_layer: OutputLayer::Fitted,
         ..Default::default()
     };
     c.fit.steps = steps;
@@ -44,10 +48,10 @@ fn opts_with(b: &Base) -> DecodeOptions {
     }
 }
 
-/// [`shared_cfg`] with the network used as it is (`--frozen-output`, no flag bit 7).
+/// [`shared_cfg`] with the network used as it is (`--output-layer frozen`, no flag bit 7).
 fn frozen_cfg(b: &Base, steps: usize, lambda: f32) -> GridEncodeConfig {
     GridEncodeConfig {
-        shared_head: false,
+        output_layer: OutputLayer::Frozen,
         ..shared_cfg(b, steps, lambda)
     }
 }
@@ -186,7 +190,11 @@ fn a_fitted_output_layer_beats_the_frozen_one_at_a_low_rate() {
     let cost = |head: bool| {
         let mut c = GridEncodeConfig {
             shared: true,
-            shared_head: head,
+            output_layer: if head {
+                OutputLayer::Fitted
+            } else {
+                OutputLayer::Frozen
+            },
             ..Default::default()
         };
         c.fit.steps = 60;
@@ -448,5 +456,24 @@ fn target_bpp_lands_at_or_just_under_the_target() {
             decode(&e.bytes, &DecodeOptions::default()).unwrap(),
             e.recon
         );
+    }
+}
+
+/// `OutputLayer::Auto` fits and codes the output layer from 128x128 pixels up, not below (where
+/// its ~40 bytes cost more than they buy).
+#[test]
+fn auto_codes_the_output_layer_from_128x128_pixels() {
+    for (w, h, coded) in [(128u32, 128u32, true), (127, 128, false), (256, 64, true)] {
+        let img = test_image(w, h);
+        let mut c = GridEncodeConfig {
+            shared: true,
+            ..Default::default()
+        };
+        assert_eq!(c.output_layer, OutputLayer::Auto);
+        c.fit.steps = 3;
+        let bytes = encode_grid(&img, &c, &mut |_| {}).unwrap().bytes;
+        let flags = inr::inspect(&bytes).unwrap().flags;
+        assert_eq!(flags & 0x0080 != 0, coded, "{w}x{h}: flags {flags:#06x}");
+        assert_eq!(flags & 0x0009, 0x0009);
     }
 }

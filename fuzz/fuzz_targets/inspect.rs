@@ -38,13 +38,14 @@ fn check(bytes: &[u8]) {
         assert_eq!(info.steps.len(), info.num_tensors);
         assert_eq!(info.tensor_bits.len(), info.num_tensors);
         match &info.modulation {
-            // Grid files (§13, §14): the synthesis tensors (none when shared, §13.8), then
-            // one entry per latent level.
+            // Grid files (§13, §14): the synthesis tensors (none when shared, §13.8, or the
+            // output layer's two with flag bit 7), then one entry per latent level.
             None if info.grid.is_some() => assert_eq!(
-                if info.base_id.is_some() {
-                    0
-                } else {
-                    info.arch.num_tensors()
+                match (info.base_id.is_some(), info.flags & 0x80 != 0) {
+                    (false, false) => info.arch.num_tensors(),
+                    (true, false) => 0,
+                    (true, true) => 2,
+                    (false, true) => panic!("flag bit 7 accepted without bit 0"),
                 } + usize::from(info.arch.coord_dims),
                 info.num_tensors
             ),

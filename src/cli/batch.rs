@@ -44,10 +44,16 @@ pub struct BatchArgs {
     /// Coding mode (see `inr encode --help`): `modulations` encodes in seconds from the
     /// embedded modulation base (or --base FILE.inrb); `grid` fits a latent pyramid and a
     /// small SIREN per image (about a minute per Kodak image; --preset sets the rate weight,
-    /// --steps the fitting steps); `grid-shared` fits only the latent pyramid of a shared
-    /// synthesis network (the embedded one, or --base FILE.inrb; a few seconds per image).
+    /// --steps the fitting steps); `grid-shared` fits only the latent pyramid (and the output
+    /// layer, see --output-layer) of a shared synthesis network (the embedded one, or --base
+    /// FILE.inrb; a few seconds per image).
     #[arg(long, value_enum, default_value_t = super::encode::Mode::Weights)]
     pub mode: super::encode::Mode,
+    /// `--mode grid-shared`: fit and code the shared network's output layer per image
+    /// (`fitted`), use it as it is (`frozen`), or `auto` (fitted from 128x128 pixels; see `inr
+    /// encode --help`).
+    #[arg(long, value_enum, value_name = "WHICH")]
+    pub output_layer: Option<super::encode::OutputLayerArg>,
     /// Rate target of every file, in bits per pixel (see `inr encode --bpp`; all modes).
     #[arg(long, value_name = "BPP", conflicts_with = "psnr")]
     pub bpp: Option<f64>,
@@ -156,6 +162,9 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         target_psnr: args.psnr,
         ..EncodeConfig::default()
     };
+    if args.output_layer.is_some() && args.mode != super::encode::Mode::GridShared {
+        anyhow::bail!("--output-layer is for --mode grid-shared");
+    }
     let weights = InrBatchCodec { config };
     let modulations;
     let grid;
@@ -200,6 +209,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
                 seed: args.seed,
                 threads: Some((cores / jobs).max(1)),
                 shared,
+                output_layer: args.output_layer.map_or(inr::OutputLayer::Auto, Into::into),
                 ..Default::default()
             };
             if shared {

@@ -123,11 +123,12 @@ pub struct EncodeArgs {
     /// dead zone is widened until the file fits.
     #[arg(long, value_name = "BPP", conflicts_with = "target_psnr")]
     pub bpp: Option<f64>,
-    /// `--mode grid-shared`: keep the shared network's output layer as it is, so that the file
-    /// codes no network weights at all (by default the output layer, 51 values, is fitted per
-    /// image and coded at the best of --bits' widths: on kodim13-16 +0.3 dB at 0.13 bpp).
-    #[arg(long)]
-    pub frozen_output: bool,
+    /// `--mode grid-shared`: whether the shared network's output layer (51 values) is also
+    /// fitted per image and coded, at the best of --bits' widths (`fitted`: on kodim13-16
+    /// +0.3 dB at 0.13 bpp), or used as it is, so that the file codes no network weights at
+    /// all (`frozen`). `auto`: fitted for images of 128x128 pixels or more.
+    #[arg(long, value_enum, value_name = "WHICH")]
+    pub output_layer: Option<OutputLayerArg>,
     /// Coding mode: `weights` fits and stores a whole network per image (best quality, minutes);
     /// `modulations` stores only a grid of latent vectors for a shared meta-learned network
     /// (seconds; needs a modulation base: the embedded one by default, or --base FILE.inrb
@@ -143,7 +144,7 @@ pub struct EncodeArgs {
     /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the
     /// synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
     /// best of 5, 6, 7, 8, 10). `grid-shared` fits and stores the latent pyramid and the
-    /// output layer (51 values; none with --frozen-output) of a shared synthesis network
+    /// output layer (51 values; see --output-layer) of a shared synthesis network
     /// embedded in the binary (codec-spec §13.8; one network for λ >= 0.01, another below;
     /// --base FILE.inrb from `inr meta-train --mode grid-shared` instead, which the decoder
     /// then needs): about 3.7 s per Kodak image at the default --steps 200; the preset,
@@ -211,6 +212,24 @@ impl Mode {
             Mode::Modulations => "modulations",
             Mode::Grid => "grid",
             Mode::GridShared => "grid-shared",
+        }
+    }
+}
+
+/// `--output-layer` (see [`inr::OutputLayer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputLayerArg {
+    Auto,
+    Fitted,
+    Frozen,
+}
+
+impl From<OutputLayerArg> for inr::OutputLayer {
+    fn from(a: OutputLayerArg) -> Self {
+        match a {
+            OutputLayerArg::Auto => inr::OutputLayer::Auto,
+            OutputLayerArg::Fitted => inr::OutputLayer::Fitted,
+            OutputLayerArg::Frozen => inr::OutputLayer::Frozen,
         }
     }
 }
@@ -290,17 +309,18 @@ pub(super) fn grid_config(
              --depth and --w0"
         );
     }
-    if shared && args.frozen_output && args.bits.is_some() {
+    let output_layer = args.output_layer.map_or(inr::OutputLayer::Auto, Into::into);
+    if output_layer == inr::OutputLayer::Frozen && args.bits.is_some() {
         anyhow::bail!(
-            "--mode grid-shared --frozen-output codes no network weights: drop --bits (without \
-             --frozen-output it sets the output layer's bit width)"
+            "--output-layer frozen codes no network weights: drop --bits (otherwise it sets the \
+             output layer's bit width)"
         );
     }
     let mut cfg = inr::GridEncodeConfig {
         seed: args.seed,
         threads: ctx.threads,
         shared,
-        shared_head: !args.frozen_output,
+        output_layer,
         ..Default::default()
     };
     if shared {
@@ -402,8 +422,8 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     {
         anyhow::bail!("--kmeans (weight sharing) works in image weight mode only");
     }
-    if args.frozen_output && args.mode != Some(Mode::GridShared) {
-        anyhow::bail!("--frozen-output is for --mode grid-shared");
+    if args.output_layer.is_some() && args.mode != Some(Mode::GridShared) {
+        anyhow::bail!("--output-layer is for --mode grid-shared");
     }
     if super::audio::is_wav(&args.input) {
         return super::audio::encode(args, ctx);

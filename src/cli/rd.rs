@@ -82,7 +82,8 @@ pub struct RdArgs {
     #[arg(long, value_name = "FILE.inrb")]
     pub shared_base: Option<PathBuf>,
     /// The `--shared-lambdas` points keep the shared network's output layer (as `inr encode
-    /// --frozen-output`; curve `inr-grid-shared-frozen`).
+    /// --output-layer frozen`; curve `inr-grid-shared-frozen`); by default they fit it on
+    /// every image (`--output-layer fitted`).
     #[arg(long, requires = "shared_lambdas")]
     pub shared_frozen_output: bool,
     /// Skip the weight-mode presets (e.g. to measure only --mod-steps against JPEG).

@@ -73,7 +73,8 @@ pub struct RdConfig {
     /// The shared synthesis of those points (`Default`: the embedded one).
     pub shared_base: crate::BaseChoice,
     /// Those points keep the shared network's output layer (§13.8 without flag bit 7, as
-    /// `inr encode --frozen-output`; curve `inr-grid-shared-frozen`).
+    /// `inr encode --output-layer frozen`; curve `inr-grid-shared-frozen`); else it is fitted
+    /// on every image (`--output-layer fitted`).
     pub shared_frozen: bool,
     /// Start of the weight-mode presets' fits (`Default`: the embedded base of each preset).
     pub base: crate::BaseChoice,
@@ -458,7 +459,11 @@ fn grid_point(
             ecfg.fit
                 .set_budget(cfg.grid_fit_steps.unwrap_or(crate::GRID_SHARED_STEPS));
             ecfg.fit.lambda = l;
-            ecfg.shared_head = !cfg.shared_frozen;
+            ecfg.output_layer = if cfg.shared_frozen {
+                crate::OutputLayer::Frozen
+            } else {
+                crate::OutputLayer::Fitted
+            };
             (shared_curve(cfg), format!("l{l}"))
         }
     };
