@@ -45,6 +45,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("distortion_pass_latents_only", |b| {
         b.iter(|| grid::distortion_grad_with(&params, &pk, &sm, &lat, &tgt, &mut scratch, None))
     });
+    let last = usize::from(arch.depth);
+    g.bench_function("distortion_pass_output_layer", |b| {
+        b.iter(|| {
+            grid::distortion_grad_with(&params, &pk, &sm, &lat, &tgt, &mut scratch, Some(last))
+        })
+    });
     let fit = GridFit {
         steps: 10,
         ..Default::default()
@@ -58,6 +64,13 @@ fn bench(c: &mut Criterion) {
     };
     g.bench_function("fit_10_steps_latents_only", |b| {
         b.iter(|| grid::fit(&arch, &pyr, &tgt, &frozen, 0, &mut |_| {}))
+    });
+    let head = GridFit {
+        net: grid::NetTraining::Head,
+        ..fit
+    };
+    g.bench_function("fit_10_steps_output_layer", |b| {
+        b.iter(|| grid::fit(&arch, &pyr, &tgt, &head, 0, &mut |_| {}))
     });
     g.bench_function("render", |b| {
         b.iter(|| grid::render(&arch, &params, &lat, &sm))
