@@ -448,9 +448,10 @@ fn cli_rd_jpeg_only_writes_report_and_refuses_to_overwrite() {
     run(&["--force"]).success();
 }
 
-/// Grid points by rate weight and by target rate: each target's real files land at or under it
-/// within the ±3 % band (or, where rate control keeps a smaller and better file, below it), a
-/// larger target gives a larger mean file, and bad targets are configuration errors.
+/// Grid points by rate weight, by target rate and by target PSNR: each target's real files
+/// land at or under the rate within the ±3 % band (or, where rate control keeps a smaller and
+/// better file, below it), a larger rate target gives a larger mean file, a PSNR target reached
+/// is met by every decoded file, and bad targets are configuration errors.
 #[test]
 fn rd_grid_points_by_lambda_and_by_target_rate() {
     let t = tempfile::tempdir().unwrap();
@@ -460,6 +461,7 @@ fn rd_grid_points_by_lambda_and_by_target_rate() {
     let cfg = RdConfig {
         grid_lambdas: vec![0.005],
         grid_bpps: vec![4.0, 8.0],
+        grid_psnrs: vec![24.0],
         grid_fit_steps: Some(60),
         ..jpeg_only()
     };
@@ -487,14 +489,36 @@ fn rd_grid_points_by_lambda_and_by_target_rate() {
             assert!(p.bpp <= target * 1.03 && p.psnr > 15.0, "{p:?}");
         }
     }
+    let by_psnr = report
+        .codecs
+        .iter()
+        .find(|c| c.name == "inr-grid-psnr")
+        .unwrap();
+    assert_eq!(by_psnr.results.param, ["q24"]);
+    assert!(by_psnr.description.contains("quality control"));
+    for img in &report.images {
+        let p = img
+            .points
+            .iter()
+            .find(|p| p.codec == "inr-grid-psnr")
+            .unwrap();
+        assert!(p.psnr >= 24.0, "{p:?}");
+    }
     for bad in [0.0, -1.0, f64::NAN] {
-        let c = RdConfig {
-            grid_bpps: vec![bad],
-            ..cfg.clone()
-        };
-        assert!(matches!(
-            run_rd(&data, &c, &mut |_| {}),
-            Err(inr::rd::RdError::Config(_))
-        ));
+        for c in [
+            RdConfig {
+                grid_bpps: vec![bad],
+                ..cfg.clone()
+            },
+            RdConfig {
+                grid_psnrs: vec![bad],
+                ..cfg.clone()
+            },
+        ] {
+            assert!(matches!(
+                run_rd(&data, &c, &mut |_| {}),
+                Err(inr::rd::RdError::Config(_))
+            ));
+        }
     }
 }

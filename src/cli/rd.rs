@@ -70,6 +70,11 @@ pub struct RdArgs {
     /// `--grid-bpps 0.125,0.25,0.5`.
     #[arg(long, value_delimiter = ',', value_name = "BPP,...")]
     pub grid_bpps: Vec<f64>,
+    /// Also measure grid mode under quality control (`inr-grid-psnr` curve): one point per
+    /// target PSNR, the smallest file at that PSNR the fit reaches (as `inr encode --mode grid
+    /// --psnr`), e.g. `--grid-psnrs 26,28,30`.
+    #[arg(long, value_delimiter = ',', value_name = "DB,...")]
+    pub grid_psnrs: Vec<f64>,
     /// Fitting steps of the grid points (default 1000; audio: 200; --shared-lambdas: 200).
     #[arg(long, value_name = "N")]
     pub grid_fit_steps: Option<usize>,
@@ -152,6 +157,11 @@ pub fn run(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> any
         } else {
             args.grid_bpps.clone()
         },
+        grid_psnrs: if args.jpeg_only {
+            Vec::new()
+        } else {
+            args.grid_psnrs.clone()
+        },
         grid_fit_steps: args.grid_fit_steps,
         shared_lambdas: if args.jpeg_only {
             Vec::new()
@@ -230,6 +240,7 @@ fn run_audio(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> a
         (args.mod_fit_steps.is_some(), "--mod-fit-steps"),
         (args.mod_base.is_some(), "--mod-base"),
         (!args.grid_bpps.is_empty(), "--grid-bpps"),
+        (!args.grid_psnrs.is_empty(), "--grid-psnrs"),
         (!args.shared_lambdas.is_empty(), "--shared-lambdas"),
         (args.shared_base.is_some(), "--shared-base"),
     ];

@@ -64,6 +64,10 @@ pub struct RdConfig {
     /// Grid mode under rate control (`inr-grid-bpp` curve): one point per target in bits per
     /// pixel (`GridEncodeConfig::target_bpp`: λ searched, the file trimmed to fit). Empty: none.
     pub grid_bpps: Vec<f64>,
+    /// Grid mode under quality control (`inr-grid-psnr` curve): one point per target PSNR in
+    /// dB (the smallest file at that PSNR the fit reaches, as `inr encode --mode grid --psnr`).
+    /// Empty: none.
+    pub grid_psnrs: Vec<f64>,
     /// Fitting steps of the grid points (default: the encoder's).
     pub grid_fit_steps: Option<usize>,
     /// Grid mode with a shared synthesis (`inr-grid-shared` curve, §13.8): one point per rate
@@ -95,6 +99,7 @@ impl Default for RdConfig {
             mod_base: None,
             grid_lambdas: Vec::new(),
             grid_bpps: Vec::new(),
+            grid_psnrs: Vec::new(),
             grid_fit_steps: None,
             shared_lambdas: Vec::new(),
             shared_base: crate::BaseChoice::Default,
@@ -426,6 +431,8 @@ fn mod_point(img: &Image, q: f32, cfg: &RdConfig, name: &str) -> Result<PointRes
 enum GridTarget {
     Lambda(f32),
     Bpp(f64),
+    /// A target PSNR (dB).
+    Psnr(f64),
     /// A rate weight with the shared synthesis (§13.8).
     Shared(f32),
 }
@@ -452,6 +459,10 @@ fn grid_point(
         GridTarget::Bpp(b) => {
             ecfg.target_bpp = Some(b);
             ("inr-grid-bpp", format!("b{b}"))
+        }
+        GridTarget::Psnr(p) => {
+            ecfg.target_psnr = Some(p);
+            ("inr-grid-psnr", format!("q{p}"))
         }
         GridTarget::Shared(l) => {
             ecfg.shared = true;
@@ -503,6 +514,15 @@ fn validate(cfg: &RdConfig) -> Result<(), RdError> {
             "grid target {b} bpp (expected > 0)"
         )));
     }
+    if let Some(p) = cfg
+        .grid_psnrs
+        .iter()
+        .find(|p| !(p.is_finite() && **p > 0.0))
+    {
+        return Err(RdError::Config(format!(
+            "grid target {p} dB (expected > 0)"
+        )));
+    }
     if let Some(&q) = cfg
         .jpeg_qualities
         .iter()
@@ -523,6 +543,7 @@ fn validate(cfg: &RdConfig) -> Result<(), RdError> {
         && cfg.mod_latent_steps.is_empty()
         && cfg.grid_lambdas.is_empty()
         && cfg.grid_bpps.is_empty()
+        && cfg.grid_psnrs.is_empty()
         && cfg.shared_lambdas.is_empty()
         && (cfg.jpeg_qualities.is_empty() || cfg.jpeg_variants.is_empty())
     {
@@ -591,6 +612,7 @@ pub fn run_rd(
         + cfg.mod_latent_steps.len()
         + cfg.grid_lambdas.len()
         + cfg.grid_bpps.len()
+        + cfg.grid_psnrs.len()
         + cfg.shared_lambdas.len();
     let total = per_image * files.len();
     let mut done = 0;
@@ -642,6 +664,7 @@ pub fn run_rd(
         let mod_points = cfg.mod_latent_steps.iter().map(|&q| Err(q));
         let grid_points = (cfg.grid_lambdas.iter().map(|&l| GridTarget::Lambda(l)))
             .chain(cfg.grid_bpps.iter().map(|&b| GridTarget::Bpp(b)))
+            .chain(cfg.grid_psnrs.iter().map(|&p| GridTarget::Psnr(p)))
             .chain(cfg.shared_lambdas.iter().map(|&l| GridTarget::Shared(l)))
             .map(Ok);
         for point in mod_points.chain(grid_points) {
@@ -716,6 +739,11 @@ pub fn run_rd(
             "inr-grid-bpp",
             cfg.grid_bpps.is_empty(),
             "one point per target rate (rate control)",
+        ),
+        (
+            "inr-grid-psnr",
+            cfg.grid_psnrs.is_empty(),
+            "one point per target PSNR (quality control)",
         ),
     ] {
         if !points {
