@@ -147,13 +147,10 @@ fn a_coded_output_layer_round_trips_and_replaces_the_bases() {
     ));
 }
 
-/// A fit of the output layer leaves every other tensor of the shared network bit-identical.
-#[test]
-fn an_output_layer_fit_moves_only_the_output_layer() {
-    let b = small_base(3);
+/// A 15-step fit of a 24x18 test image from base `b`, training `net` of it.
+fn fit_with(b: &Base, net: grid::NetTraining) -> grid::Fitted {
     let img = test_image(24, 18);
-    let arch = b.arch;
-    let pyr = Pyramid::new(img.width, img.height, arch.coord_dims);
+    let pyr = Pyramid::new(img.width, img.height, b.arch.coord_dims);
     let target: Vec<f32> = img
         .data
         .iter()
@@ -161,11 +158,19 @@ fn an_output_layer_fit_moves_only_the_output_layer() {
         .collect();
     let fit = GridFit {
         steps: 15,
-        net: grid::NetTraining::Head,
+        net,
         ..GridFit::default()
     };
-    let start = grid_meta::start_of(&arch, b.params.clone());
-    let r = grid::fit_from(&arch, &pyr, &target, &fit, 0, Some(&start), &mut |_| {});
+    let start = grid_meta::start_of(&b.arch, b.params.clone());
+    grid::fit_from(&b.arch, &pyr, &target, &fit, 0, Some(&start), &mut |_| {})
+}
+
+/// A fit of the output layer leaves every other tensor of the shared network bit-identical.
+#[test]
+fn an_output_layer_fit_moves_only_the_output_layer() {
+    let b = small_base(3);
+    let arch = b.arch;
+    let r = fit_with(&b, grid::NetTraining::Head);
     let head = grid::head_offset(&arch, usize::from(arch.depth));
     assert_eq!(head, b.params.len() - 27);
     assert_eq!(r.params[..head], b.params[..head]);
@@ -259,20 +264,7 @@ fn the_encoder_keeps_the_network_and_refuses_bad_bases() {
     let b = small_base(3);
     let img = test_image(24, 18);
     // The fit does not move a frozen network.
-    let arch = b.arch;
-    let pyr = Pyramid::new(img.width, img.height, arch.coord_dims);
-    let target: Vec<f32> = img
-        .data
-        .iter()
-        .map(|&v| f32::from(v) / 127.5 - 1.0)
-        .collect();
-    let fit = GridFit {
-        steps: 15,
-        net: grid::NetTraining::Frozen,
-        ..GridFit::default()
-    };
-    let start = grid_meta::start_of(&arch, b.params.clone());
-    let r = grid::fit_from(&arch, &pyr, &target, &fit, 0, Some(&start), &mut |_| {});
+    let r = fit_with(&b, grid::NetTraining::Frozen);
     assert_eq!(r.params, b.params);
     assert!(r.latents.iter().any(|&v| v != 0.0));
     // No base, or a base that is not an image grid base: refused before fitting.
