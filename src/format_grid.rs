@@ -4,11 +4,13 @@
 //! header, the step table, the payload groups and the payload/CRC tail of the image container;
 //! nothing here imports the model.
 //!
-//! Layout (§13.1): fixed header (30 bytes, version 2, modality 1, flags exactly `FLAG_GRID`,
-//! `coord_dims` = number of latent levels L, `pe_freqs` = 0) | step table (the T synthesis
-//! tensors of §6.1, then the L latent levels) | payload length | payload (§4.2 groups of the T
-//! synthesis tensors, then the latent stream: a `u32` length and the §5.9 context-coded
-//! levels) | CRC32.
+//! Layout (§13.1): fixed header (30 bytes, version 2, modality 1, flags `FLAG_GRID` plus bits
+//! 0, 6 and 7 below, `coord_dims` = number of latent levels L, `pe_freqs` = 0) | step table (the
+//! T synthesis tensors of §6.1, then the L latent levels) | payload length | payload (§4.2
+//! groups of the T synthesis tensors, then the latent stream: a `u32` length and the §5.9
+//! context-coded levels) | CRC32. With a shared synthesis (§13.8, bit 0) a base reference
+//! follows the step table and only the output layer's two tensors (bit 7) or none are coded;
+//! with predicted latents (§13.7, bit 6) a predictor section comes before the payload length.
 
 use super::max_abs_for_bits;
 use super::{
@@ -19,10 +21,11 @@ use super::{
 };
 use crate::entropy::{self, EntropyError, GridShape, PredShape, GRID_PRED_TAPS};
 
-/// §3.4 Flag bit 3 (version 2): grid mode (§13). A grid file has flags exactly `FLAG_GRID`.
+/// §3.4 Flag bit 3 (version 2): grid mode (§13). A grid file has flags `FLAG_GRID`, with
+/// optionally bit 0 (§13.8), bit 6 ([`FLAG_GRID_PREDICT`]) and, with bit 0, bit 7
+/// ([`FLAG_GRID_HEAD`]).
 pub const FLAG_GRID: u16 = 1 << 3;
-/// §3.4 Flag bit 6 (version 2, grid files only): predicted latents (§13.7). A grid file has
-/// flags exactly `FLAG_GRID` or `FLAG_GRID | FLAG_GRID_PREDICT`.
+/// §3.4 Flag bit 6 (version 2, grid files only): predicted latents (§13.7).
 pub const FLAG_GRID_PREDICT: u16 = 1 << 6;
 /// §3.4 Flag bit 7 (version 2, image grid files with flag bit 0 only): the shared synthesis's
 /// output layer is coded in the file (§13.8): its weights and biases, in place of the base's.

@@ -1,7 +1,9 @@
 //! The grid-mode image codec (`codec-spec.md` §13): fit a latent pyramid and a small SIREN
 //! jointly under a rate–distortion objective, round the latents, quantize the network per
 //! tensor, and entropy-code everything with the adaptive coder of §5 (one "tensor" per latent
-//! level). Nothing is shared between files: no base is needed to decode.
+//! level). Nothing is shared between files (no base is needed to decode) unless the synthesis
+//! is shared (§13.8): then the file names a base and codes only the latents and, with flag bit
+//! 7, the network's output layer.
 
 use crate::base::{Base, BaseError};
 use crate::codec::{BaseChoice, DecodeError, DecodeOptions, EncodeError, Encoded, Progress};
