@@ -147,7 +147,7 @@ pub struct EncodeArgs {
     /// output layer (51 values; see --output-layer) of a shared synthesis network
     /// embedded in the binary (codec-spec §13.8; one network for λ >= 0.01, another below;
     /// --base FILE.inrb from `inr meta-train --mode grid-shared` instead, which the decoder
-    /// then needs): about 3.7 s per Kodak image at the default --steps 200; the preset,
+    /// then needs): about 4 s per Kodak image at the default --steps 200; the preset,
     /// --lambda, --bpp and --psnr work as in `grid`, --bits sets the output layer's width. Default for
     /// images: `weights`. For a WAV input, `grid` (the
     /// default) codes segments of --window frames (default 262144) as rows of latent levels
