@@ -355,10 +355,12 @@ fn encode_inner(
     // per image. (For the per-image grid mode at 100 steps it changed nothing: 24.88 / 25.79 /
     // 27.32 against 24.85 / 25.77 / 27.28 dB, and took longer.)
     let calib = Calibration::of(cfg);
-    let (aim_at, over) = if cfg.shared {
-        (1.0 - 0.5 * crate::RATE_TOLERANCE, 1.0)
+    // (aim, top of the accepted band, first fit's aim), as multiples of the target.
+    let (aim_at, over, first_at) = if cfg.shared {
+        let under = 1.0 - 0.5 * crate::RATE_TOLERANCE;
+        (under, 1.0, under)
     } else {
-        (1.05, 1.1)
+        (1.05, 1.1, 1.1)
     };
     let aim = Aim {
         y: |u| u.bpp.ln(),
@@ -367,7 +369,7 @@ fn encode_inner(
         slopes: (-2.0, -0.2),
         table_slope: calib.rate_slope,
     };
-    let first = calib.lambda_for_bpp(t * if cfg.shared { aim_at } else { 1.1 });
+    let first = calib.lambda_for_bpp(t * first_at);
     let mut fit = |lambda| {
         let trim = Trim::MaxBytes(max_bytes);
         fit_and_code(
