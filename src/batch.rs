@@ -2,8 +2,9 @@
 //! manifest.
 //!
 //! - Inputs: every file under the input folder (recursively, symlinked folders not followed,
-//!   the output folder skipped if it lies inside) that [`looks_like_image`]; sorted by relative
-//!   path so every run sees the same order.
+//!   the output folder skipped if it lies inside) that [`looks_like_image`] or is a WAV file
+//!   ([`crate::audio::looks_like_wav_file`]); sorted by relative path so every run sees the
+//!   same order. Images go to the [`BatchCodec`], WAV files to [`BatchOptions::audio`].
 //! - Outputs: `OUT/<relative path>.with_extension("inr")`, written atomically; never replaced
 //!   unless `force`.
 //! - Manifest: `OUT/manifest.csv` (or `manifest-<i>-of-<n>.csv` for a shard) with columns
@@ -35,7 +36,10 @@ use crate::media::Image;
 use crate::EncodeConfig;
 
 /// Manifest columns.
-pub const MANIFEST_HEADER: &str = "input,output,bytes,bpp,psnr,seconds,status,error";
+/// `bpp` is bits per pixel (images), `kbps` kilobits per second of audio (WAV inputs); each row
+/// fills the one that fits its input. Manifests of earlier versions (without `kbps`) are read
+/// too.
+pub const MANIFEST_HEADER: &str = "input,output,bytes,bpp,kbps,psnr,seconds,status,error";
 
 /// Largest existing output read back to check it (bigger files count as invalid).
 const MAX_OUTPUT_CHECK: u64 = 1 << 30;
@@ -125,7 +129,11 @@ pub struct ManifestRow {
     pub input: String,
     pub output: String,
     pub bytes: Option<u64>,
+    /// Bits per pixel (image inputs).
     pub bpp: Option<f64>,
+    /// Kilobits per second (audio inputs).
+    pub kbps: Option<f64>,
+    /// PSNR in dB (audio: the waveform mapped from [-1, 1] to [0, 1], as `inr encode`).
     pub psnr: Option<f64>,
     /// Wall-clock seconds to load, encode and write; `None` when unknown (rebuilt rows).
     pub seconds: Option<f64>,
@@ -142,11 +150,12 @@ impl ManifestRow {
     pub fn to_csv_line(&self) -> String {
         let f = crate::rd::csv_field;
         format!(
-            "{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{}\n",
             f(&self.input),
             f(&self.output),
             opt(self.bytes),
             opt(self.bpp.map(|x| format!("{x:.6}"))),
+            opt(self.kbps.map(|x| format!("{x:.4}"))),
             opt(self.psnr.map(|x| format!("{x:.4}"))),
             opt(self.seconds.map(|x| format!("{x:.3}"))),
             match self.status {
@@ -158,9 +167,12 @@ impl ManifestRow {
     }
 
     fn from_fields(f: &[String]) -> Option<ManifestRow> {
-        if f.len() != 8 {
-            return None;
-        }
+        // 9 fields; 8 in manifests written before the `kbps` column (no audio rows).
+        let (kbps, f): (&str, Vec<&String>) = match f.len() {
+            9 => (&f[4], f.iter().take(4).chain(&f[5..]).collect()),
+            8 => ("", f.iter().collect()),
+            _ => return None,
+        };
         let num = |s: &str| -> Option<Option<f64>> {
             if s.is_empty() {
                 Some(None)
@@ -176,9 +188,10 @@ impl ManifestRow {
             } else {
                 Some(f[2].parse().ok()?)
             },
-            bpp: num(&f[3])?,
-            psnr: num(&f[4])?,
-            seconds: num(&f[5])?,
+            bpp: num(f[3])?,
+            kbps: num(kbps)?,
+            psnr: num(f[4])?,
+            seconds: num(f[5])?,
             status: match f[6].as_str() {
                 "ok" => RowStatus::Ok,
                 "failed" => RowStatus::Failed,
@@ -261,7 +274,7 @@ fn rel_string(p: &Path) -> String {
         .join("/")
 }
 
-/// Image files under `dir`, as paths relative to `dir`, sorted. Folders that are symlinks are
+/// Image and WAV files under `dir` ([`is_input`]), as paths relative to `dir`, sorted. Folders that are symlinks are
 /// not followed; `exclude` (e.g. an output folder inside `dir`) is skipped.
 ///
 /// # Errors
@@ -280,7 +293,7 @@ pub fn list_inputs(dir: &Path, exclude: Option<&Path>) -> Result<Vec<PathBuf>, B
                 if !skip {
                     stack.push(path);
                 }
-            } else if path.is_file() && looks_like_image(&path) {
+            } else if path.is_file() && is_input(&path) {
                 if let Ok(rel) = path.strip_prefix(dir) {
                     out.push(rel.to_path_buf());
                 }
@@ -400,6 +413,45 @@ impl BatchCodec for GridBatchCodec {
     }
 }
 
+/// How a batch codes WAV files (`inr encode`'s audio modes).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AudioMode {
+    /// The audio grid mode (§14), `inr encode`'s default for WAV input.
+    Grid(crate::AudioGridEncodeConfig),
+    /// The audio weight mode (§11).
+    Weights(crate::AudioEncodeConfig),
+    /// WAV files are not coded: each gets a `failed` row with this reason.
+    Refused(String),
+}
+
+impl Default for AudioMode {
+    fn default() -> Self {
+        AudioMode::Grid(crate::AudioGridEncodeConfig::default())
+    }
+}
+
+impl AudioMode {
+    /// Encode the WAV file at `path`; returns the file bytes, kbit/s and PSNR of the decoded
+    /// clip.
+    fn encode(&self, path: &Path) -> Result<(Vec<u8>, f64, f64), String> {
+        let mut src =
+            crate::audio::WavSource::open(path).map_err(|e| format!("cannot read audio: {e}"))?;
+        let enc = match self {
+            AudioMode::Grid(cfg) => crate::encode_audio_grid(&mut src, cfg, &mut |_| {}),
+            AudioMode::Weights(cfg) => crate::encode_audio(&mut src, cfg, &mut |_| {}),
+            AudioMode::Refused(why) => return Err(why.clone()),
+        }
+        .map_err(|e| format!("encode failed: {e}"))?;
+        Ok((enc.bytes, enc.quality.kbps, enc.quality.psnr))
+    }
+}
+
+/// Whether `path` is a batch input: an image ([`looks_like_image`]) or a WAV file.
+pub fn is_input(path: &Path) -> bool {
+    crate::audio::looks_like_wav_file(path) || looks_like_image(path)
+}
+
 /// Load an image with the codec's input policy (`media::load_image`).
 fn load_image(path: &Path) -> Result<Image, String> {
     crate::media::load_image(path)
@@ -417,6 +469,8 @@ pub struct BatchOptions {
     pub jobs: usize,
     /// Stop request: once true, files not yet started are skipped (see the module docs).
     pub cancel: Option<&'static AtomicBool>,
+    /// How WAV inputs are coded (default: the audio grid mode at its defaults).
+    pub audio: AudioMode,
 }
 
 impl Default for BatchOptions {
@@ -426,6 +480,7 @@ impl Default for BatchOptions {
             force: false,
             jobs: 1,
             cancel: None,
+            audio: AudioMode::default(),
         }
     }
 }
@@ -472,6 +527,7 @@ fn failed(input: &str, output: &str, seconds: Option<f64>, error: String) -> Man
         output: output.to_string(),
         bytes: None,
         bpp: None,
+        kbps: None,
         psnr: None,
         seconds,
         status: RowStatus::Failed,
@@ -487,42 +543,79 @@ fn read_existing(path: &Path) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
+/// Size, rate and quality of one coded file.
+struct Coded {
+    bytes: u64,
+    /// `(bpp, None)` for an image, `(None, kbps)` for audio.
+    bpp: Option<f64>,
+    kbps: Option<f64>,
+    psnr: f64,
+}
+
 fn encode_one(
     codec: &dyn BatchCodec,
+    audio: &AudioMode,
     in_path: &Path,
     out_path: &Path,
     force: bool,
-) -> Result<(u64, f64, f64), String> {
-    let img = load_image(in_path).map_err(|e| format!("cannot read image: {e}"))?;
-    let enc = codec
-        .encode(&img)
-        .map_err(|e| format!("encode failed: {e}"))?;
+) -> Result<Coded, String> {
+    let (bytes, coded) = if crate::audio::looks_like_wav_file(in_path) {
+        let (bytes, kbps, psnr) = audio.encode(in_path)?;
+        let coded = Coded {
+            bytes: bytes.len() as u64,
+            bpp: None,
+            kbps: Some(kbps),
+            psnr,
+        };
+        (bytes, coded)
+    } else {
+        let img = load_image(in_path).map_err(|e| format!("cannot read image: {e}"))?;
+        let enc = codec
+            .encode(&img)
+            .map_err(|e| format!("encode failed: {e}"))?;
+        let coded = Coded {
+            bytes: enc.bytes.len() as u64,
+            bpp: Some(bpp_of(enc.bytes.len(), &img)),
+            kbps: None,
+            psnr: enc.psnr,
+        };
+        (enc.bytes, coded)
+    };
     if let Some(parent) = out_path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
-    crate::util::write_atomic(out_path, &enc.bytes, force)
+    crate::util::write_atomic(out_path, &bytes, force)
         .map_err(|e| format!("cannot write {}: {e}", out_path.display()))?;
-    Ok((
-        enc.bytes.len() as u64,
-        bpp_of(enc.bytes.len(), &img),
-        enc.psnr,
-    ))
+    Ok(coded)
 }
 
-fn rebuild_one(
-    codec: &dyn BatchCodec,
-    in_path: &Path,
-    out_path: &Path,
-) -> Result<(u64, f64, f64), String> {
+fn rebuild_one(codec: &dyn BatchCodec, in_path: &Path, out_path: &Path) -> Result<Coded, String> {
     let bytes = std::fs::read(out_path).map_err(|e| format!("cannot read output: {e}"))?;
+    if crate::audio::looks_like_wav_file(in_path) {
+        let mut src = crate::audio::WavSource::open(in_path)
+            .map_err(|e| format!("cannot read audio: {e}"))?;
+        let q = crate::eval_audio(&bytes, &mut src, &crate::Limits::default())
+            .map_err(|e| format!("existing output does not decode against its input: {e}"))?;
+        return Ok(Coded {
+            bytes: bytes.len() as u64,
+            bpp: None,
+            kbps: Some(q.kbps),
+            psnr: q.psnr,
+        });
+    }
     let img = load_image(in_path).map_err(|e| format!("cannot read image: {e}"))?;
     let dec = codec
         .decode(&bytes)
         .map_err(|e| format!("existing output does not decode: {e}"))?;
     let psnr = crate::rd::psnr(&img, &dec)
         .ok_or("existing output decodes to a different size than the input")?;
-    Ok((bytes.len() as u64, bpp_of(bytes.len(), &img), psnr))
+    Ok(Coded {
+        bytes: bytes.len() as u64,
+        bpp: Some(bpp_of(bytes.len(), &img)),
+        kbps: None,
+        psnr,
+    })
 }
 
 /// Compress every image under `in_dir` into `out_dir` (see the module docs).
@@ -559,7 +652,15 @@ pub fn run_batch(
         .map(|r| (r.input.clone(), r))
         .collect();
 
-    // Plan every file.
+    // Plan every file. An existing output of a WAV input is checked by `inspect` (the
+    // image codec only knows its own files).
+    let valid = |rel: &Path, b: &[u8]| {
+        if crate::audio::looks_like_wav_file(&in_dir.join(rel)) {
+            crate::inspect(b).is_ok()
+        } else {
+            codec.is_valid(b)
+        }
+    };
     let mut claimed: HashMap<PathBuf, String> = HashMap::new();
     let mut plans = Vec::with_capacity(files.len());
     for rel in &files {
@@ -571,7 +672,7 @@ pub fn run_batch(
             Plan::Fail(format!("output {output} is also the output of {first}"))
         } else if !opts.force && out_path.exists() {
             match read_existing(&out_path) {
-                Some(b) if codec.is_valid(&b) => match previous.get(&input) {
+                Some(b) if valid(rel, &b) => match previous.get(&input) {
                     Some(r) if r.output == output && r.bytes == Some(b.len() as u64) => {
                         Plan::Keep(r.clone())
                     }
@@ -627,16 +728,17 @@ pub fn run_batch(
                 let res = if rebuild {
                     rebuild_one(codec, &in_path, out_path)
                 } else {
-                    encode_one(codec, &in_path, out_path, opts.force)
+                    encode_one(codec, &opts.audio, &in_path, out_path, opts.force)
                 };
                 let secs = (!rebuild).then(|| t.elapsed().as_secs_f64());
                 match res {
-                    Ok((bytes, bpp, psnr)) => ManifestRow {
+                    Ok(c) => ManifestRow {
                         input: input.clone(),
                         output: output.clone(),
-                        bytes: Some(bytes),
-                        bpp: Some(bpp),
-                        psnr: Some(psnr),
+                        bytes: Some(c.bytes),
+                        bpp: c.bpp,
+                        kbps: c.kbps,
+                        psnr: Some(c.psnr),
                         seconds: secs,
                         status: RowStatus::Ok,
                         error: String::new(),
@@ -732,6 +834,7 @@ mod tests {
             output: "a.inr".into(),
             bytes: Some(12),
             bpp: Some(0.5),
+            kbps: None,
             psnr: None,
             seconds: Some(1.25),
             status: RowStatus::Failed,

@@ -376,3 +376,187 @@ fn cli_batch_real_codec_then_resume() {
     assert_eq!(second["kept"], 2);
     assert!(out.join("sub/b.inr").is_file());
 }
+
+/// `frames` of an 8 kHz mono tone as a 16-bit WAV file.
+fn wav(path: &Path, hz: f32, frames: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..frames {
+        let v = (std::f32::consts::TAU * hz * i as f32 / 8000.0).sin() * 12000.0;
+        w.write_sample(v as i16).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+fn audio_grid(steps: usize) -> inr::batch::AudioMode {
+    let mut c = inr::AudioGridEncodeConfig::default();
+    c.fit.steps = steps;
+    inr::batch::AudioMode::Grid(c)
+}
+
+#[test]
+fn wav_files_are_coded_as_audio_beside_images_and_resume() {
+    let t = tempfile::tempdir().unwrap();
+    let inp = t.path().join("in");
+    png(&inp.join("a.png"), 1, false);
+    wav(&inp.join("clips/tone.wav"), 220.0, 800);
+    wav(&inp.join("clips/named.bin"), 330.0, 800); // a WAV by content, whatever its name
+    std::fs::write(inp.join("clips/broken.wav"), b"RIFF\x10\0\0\0WAVEfmt ").unwrap();
+    let out = t.path().join("out");
+    let codec = FakeCodec::default();
+    let opts = BatchOptions {
+        audio: audio_grid(40),
+        ..BatchOptions::default()
+    };
+    let s = run_batch(&inp, &out, &codec, &opts, &quiet).unwrap();
+    let inputs: Vec<&str> = s.rows.iter().map(|r| r.input.as_str()).collect();
+    assert_eq!(
+        inputs,
+        [
+            "a.png",
+            "clips/broken.wav",
+            "clips/named.bin",
+            "clips/tone.wav"
+        ]
+    );
+    assert_eq!((s.encoded, s.failed), (3, 1), "{:?}", s.rows);
+    assert_eq!(
+        codec.encodes.load(Ordering::SeqCst),
+        1,
+        "only the image goes to the codec"
+    );
+    // The image row has bpp, the audio rows kbps; both have the decoder's PSNR.
+    let row = |i: &str| s.rows.iter().find(|r| r.input == i).unwrap();
+    assert!(row("a.png").bpp.is_some() && row("a.png").kbps.is_none());
+    assert!(row("clips/broken.wav").error.contains("cannot read audio"));
+    for name in ["clips/named.bin", "clips/tone.wav"] {
+        let r = row(name);
+        assert_eq!(r.status, RowStatus::Ok);
+        assert!(r.bpp.is_none());
+        let bytes = std::fs::read(out.join(&r.output)).unwrap();
+        assert!(inr::format::is_audio_grid_file(&bytes));
+        assert_eq!(r.bytes, Some(bytes.len() as u64));
+        let mut src = inr::audio::WavSource::open(&inp.join(name)).unwrap();
+        let q = inr::eval_audio(&bytes, &mut src, &inr::Limits::default()).unwrap();
+        assert!((r.kbps.unwrap() - q.kbps).abs() < 1e-3, "{r:?} vs {q:?}");
+        assert!((r.psnr.unwrap() - q.psnr).abs() < 1e-3, "{r:?} vs {q:?}");
+        assert!(q.psnr > 25.0, "{name}: {q:?}");
+        // The same bytes as the audio encoder on its own with that configuration.
+        let inr::batch::AudioMode::Grid(cfg) = &opts.audio else {
+            unreachable!()
+        };
+        let mut src = inr::audio::WavSource::open(&inp.join(name)).unwrap();
+        let alone = inr::encode_audio_grid(&mut src, cfg, &mut |_| {}).unwrap();
+        assert_eq!(alone.bytes, bytes);
+    }
+    assert_eq!(read_manifest(&s.manifest).unwrap(), s.rows);
+
+    // Resume: the valid outputs are kept; an output without its row is rebuilt by decoding,
+    // audio included.
+    let manifest = std::fs::read_to_string(&s.manifest).unwrap();
+    let cut: String = manifest
+        .lines()
+        .filter(|l| !l.starts_with("clips/tone.wav"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&s.manifest, cut).unwrap();
+    let again = run_batch(&inp, &out, &codec, &opts, &quiet).unwrap();
+    assert_eq!((again.encoded, again.kept, again.failed), (1, 2, 1));
+    let rebuilt = again
+        .rows
+        .iter()
+        .find(|r| r.input == "clips/tone.wav")
+        .unwrap();
+    assert_eq!(rebuilt.seconds, None, "rebuilt, not encoded again");
+    let before = row("clips/tone.wav");
+    assert_eq!(
+        (rebuilt.bytes, rebuilt.kbps, rebuilt.psnr),
+        (before.bytes, before.kbps, before.psnr)
+    );
+    assert_eq!(codec.encodes.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn an_image_only_mode_fails_wav_files_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let inp = t.path().join("in");
+    png(&inp.join("a.png"), 1, false);
+    wav(&inp.join("b.wav"), 220.0, 800);
+    let out = t.path().join("out");
+    let opts = BatchOptions {
+        audio: inr::batch::AudioMode::Refused("images only here".into()),
+        ..BatchOptions::default()
+    };
+    let s = run_batch(&inp, &out, &FakeCodec::default(), &opts, &quiet).unwrap();
+    assert_eq!((s.encoded, s.failed), (1, 1));
+    assert_eq!(s.rows[1].input, "b.wav");
+    assert_eq!(s.rows[1].error, "images only here");
+    assert!(!out.join("b.inr").exists());
+}
+
+#[test]
+fn manifests_without_the_kbps_column_are_still_read() {
+    let old = "input,output,bytes,bpp,psnr,seconds,status,error\n\
+               a.png,a.inr,120,0.500000,31.2500,1.500,ok,\n\
+               b.png,b.inr,,,,,failed,\"cannot read image: x, y\"\n";
+    let rows = inr::batch::parse_manifest(old);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0].bytes, rows[0].bpp, rows[0].kbps),
+        (Some(120), Some(0.5), None)
+    );
+    assert_eq!((rows[0].psnr, rows[0].seconds), (Some(31.25), Some(1.5)));
+    assert_eq!(rows[1].error, "cannot read image: x, y");
+    // Written back, they have the new column and parse to the same rows.
+    let text: String = rows
+        .iter()
+        .map(inr::batch::ManifestRow::to_csv_line)
+        .collect();
+    assert!(text.starts_with("a.png,a.inr,120,0.500000,,31.2500,1.500,ok,\n"));
+    assert_eq!(inr::batch::parse_manifest(&text), rows);
+}
+
+#[test]
+fn cli_batch_codes_wav_in_the_audio_grid_mode_and_refuses_kbps_elsewhere() {
+    let t = tempfile::tempdir().unwrap();
+    let inp = t.path().join("in");
+    wav(&inp.join("tone.wav"), 220.0, 8000);
+    let out = t.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut c = assert_cmd::Command::cargo_bin("inr").unwrap();
+        c.arg("batch")
+            .arg(&inp)
+            .arg("-o")
+            .arg(&out)
+            .args(["--json", "--quiet", "--steps", "30"])
+            .args(extra);
+        c.assert()
+    };
+    let a = run(&["--kbps", "16"]).success();
+    let v: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(v["encoded"], 1);
+    let kbps = v["rows"][0]["kbps"].as_f64().unwrap();
+    assert!((16.0 * 0.97..=16.0).contains(&kbps), "{v}");
+    assert!(v["rows"][0]["bpp"].is_null());
+    let bytes = std::fs::read(out.join("tone.inr")).unwrap();
+    assert!(inr::format::is_audio_grid_file(&bytes));
+    // --kbps with the weight mode is a clean error; grid-shared fails the WAV file alone.
+    run(&["--mode", "weights", "--kbps", "12", "--force"])
+        .failure()
+        .stderr(predicates::str::contains(
+            "--kbps needs the audio grid mode",
+        ));
+    let r = run(&["--mode", "grid-shared", "--force"]).failure();
+    let v: serde_json::Value = serde_json::from_slice(&r.get_output().stdout).unwrap();
+    assert_eq!(v["failed"], 1);
+    assert!(v["rows"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("codes images only"));
+}

@@ -7,11 +7,17 @@ use anyhow::{bail, Context};
 use inr::batch::{self, BatchEvent, BatchOptions, InrBatchCodec, RowStatus, Shard};
 use inr::{EncodeConfig, Preset};
 
-/// Compress every image under IN_DIR into OUT_DIR (mirrored paths, `.inr`), with a resumable
-/// manifest; or merge shard manifests with `--merge OUT_DIR`.
+/// Compress every image and WAV file under IN_DIR into OUT_DIR (mirrored paths, `.inr`), with a
+/// resumable manifest; or merge shard manifests with `--merge OUT_DIR`.
+///
+/// WAV files are coded as `inr encode` codes them: the audio grid mode by default, the weight
+/// mode with `--mode weights`; `--preset`, `--steps`, `--seed` and `--kbps` apply to them
+/// (`--width`, `--depth` and `--bits` too in the weight mode); `--bpp`, `--psnr`, `--base`
+/// and `--output-layer` are for images. The manifest gives images' rates in `bpp` and audio's
+/// in `kbps`.
 #[derive(Debug, clap::Args)]
 pub struct BatchArgs {
-    /// Input folder (searched recursively; non-images are skipped).
+    /// Input folder (searched recursively; files that are neither images nor WAV are skipped).
     #[arg(required_unless_present = "merge")]
     pub in_dir: Option<PathBuf>,
     /// Output folder.
@@ -47,8 +53,10 @@ pub struct BatchArgs {
     /// --steps the fitting steps); `grid-shared` fits only the latent pyramid (and the output
     /// layer, see --output-layer) of a shared synthesis network (the embedded one, or --base
     /// FILE.inrb; a few seconds per image).
-    #[arg(long, value_enum, default_value_t = super::encode::Mode::Weights)]
-    pub mode: super::encode::Mode,
+    /// Default: `weights` for images and `grid` for WAV files, as in `inr encode`; WAV files
+    /// take `grid` or `weights` only (other modes give them a failed row).
+    #[arg(long, value_enum)]
+    pub mode: Option<super::encode::Mode>,
     /// `--mode grid-shared`: fit and code the shared network's output layer per image
     /// (`fitted`), use it as it is (`frozen`), or `auto` (fitted from 128x128 pixels; see `inr
     /// encode --help`).
@@ -61,6 +69,9 @@ pub struct BatchArgs {
     /// (see `inr encode --psnr`; weight and grid modes).
     #[arg(long, value_name = "DB")]
     pub psnr: Option<f64>,
+    /// Rate target of every WAV file, in kbit/s (audio grid mode; see `inr encode --kbps`).
+    #[arg(long, value_name = "KBPS")]
+    pub kbps: Option<f64>,
     /// Modulations: latent quantization step (default 0.25).
     #[arg(long, value_name = "Q")]
     pub latent_step: Option<f32>,
@@ -125,6 +136,62 @@ fn install_stop_handler() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the batch codes WAV files: `inr encode`'s audio modes with the batch's flags.
+fn audio_mode(args: &BatchArgs, threads: usize) -> anyhow::Result<batch::AudioMode> {
+    use super::encode::Mode;
+    let name = super::encode::preset_name(args.preset);
+    Ok(match args.mode.unwrap_or(Mode::Grid) {
+        Mode::Grid => {
+            let mut cfg = inr::AudioGridEncodeConfig {
+                seed: args.seed,
+                threads: Some(threads),
+                target_kbps: args.kbps,
+                ..Default::default()
+            };
+            if let Some(&(_, l)) = inr::AUDIO_GRID_PRESET_LAMBDAS
+                .iter()
+                .find(|(n, _)| *n == name)
+            {
+                cfg.fit.lambda = l;
+            }
+            if let Some(s) = args.steps {
+                cfg.fit.steps = s;
+            }
+            batch::AudioMode::Grid(cfg)
+        }
+        Mode::Weights => {
+            if args.kbps.is_some() {
+                bail!(
+                    "--kbps needs the audio grid mode (the weight mode's rate is set by --preset)"
+                );
+            }
+            batch::AudioMode::Weights(inr::AudioEncodeConfig {
+                preset: args.preset,
+                width: args.width,
+                depth: args.depth,
+                bits: args.bits,
+                steps: args.steps,
+                seed: args.seed,
+                threads: Some(threads),
+                ..Default::default()
+            })
+        }
+        m @ (Mode::Modulations | Mode::GridShared) => {
+            if args.kbps.is_some() {
+                bail!("--kbps needs the audio grid mode (--mode grid, or no --mode)");
+            }
+            let m = if m == Mode::Modulations {
+                "modulations"
+            } else {
+                "grid-shared"
+            };
+            batch::AudioMode::Refused(format!(
+                "WAV input: `inr batch --mode {m}` codes images only (audio: --mode grid or weights)"
+            ))
+        }
+    })
+}
+
 /// Run the batch (or the merge).
 ///
 /// # Errors
@@ -162,13 +229,15 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         target_psnr: args.psnr,
         ..EncodeConfig::default()
     };
-    if args.output_layer.is_some() && args.mode != super::encode::Mode::GridShared {
+    let image_mode = args.mode.unwrap_or(super::encode::Mode::Weights);
+    if args.output_layer.is_some() && image_mode != super::encode::Mode::GridShared {
         anyhow::bail!("--output-layer is for --mode grid-shared");
     }
+    let audio = audio_mode(&args, (cores / jobs).max(1))?;
     let weights = InrBatchCodec { config };
     let modulations;
     let grid;
-    let codec: &dyn inr::batch::BatchCodec = match args.mode {
+    let codec: &dyn inr::batch::BatchCodec = match image_mode {
         super::encode::Mode::Weights => &weights,
         super::encode::Mode::Modulations => {
             let base = match &args.base {
@@ -236,6 +305,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         force: args.force,
         jobs,
         cancel: Some(&INTERRUPTED),
+        audio,
     };
     install_stop_handler()?;
     let bar = super::counting_bar(quiet);
