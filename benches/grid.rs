@@ -2,7 +2,9 @@
 //! 16 x 2 SIREN): one fitting step's distortion pass (forward + backward through the fused
 //! kernels, latent scatter), the per-step rate term and Adam update as `grid::fit` does them
 //! (measured as 10 whole fitting steps), and the decoder's render; and the same pass and steps
-//! with the network held fixed (a shared synthesis, codec-spec §13.8: no weight gradient).
+//! with the network held fixed (a shared synthesis, codec-spec §13.8: no weight gradient);
+//! and an audio segment (codec-spec §14: one row of 262,144 mono frames, the default audio
+//! grid synthesis): its distortion pass and 10 fitting steps.
 //! `cargo bench --bench grid`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -78,5 +80,36 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn bench_audio(c: &mut Criterion) {
+    let cfg = inr::AudioGridEncodeConfig::default();
+    let arch = cfg.arch(1);
+    let n = inr::DEFAULT_SEGMENT as usize;
+    let pyr = Pyramid::new(n as u32, 1, cfg.levels);
+    let sm = Sampler::new(pyr.clone(), n as u32, 1);
+    let tgt: Vec<f32> = (0..n)
+        .map(|i| (i as f32 * 0.031).sin() * 0.5 + (i as f32 * 0.0017).sin() * 0.3)
+        .collect();
+    let params = grid::init_params(&arch, 0);
+    let lat: Vec<f32> = (0..pyr.n_latents)
+        .map(|i| ((i % 7) as f32 - 3.0) * 0.3)
+        .collect();
+    let pk = Packed::new(&arch, &params);
+    let mut scratch = Vec::new();
+    let mut g = c.benchmark_group("audio_grid_segment_262144");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("distortion_pass", |b| {
+        b.iter(|| grid::distortion_grad(&params, &pk, &sm, &lat, &tgt, &mut scratch))
+    });
+    let fit = GridFit {
+        steps: 10,
+        ..cfg.fit
+    };
+    g.bench_function("fit_10_steps", |b| {
+        b.iter(|| grid::fit(&arch, &pyr, &tgt, &fit, 0, &mut |_| {}))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_audio);
 criterion_main!(benches);

@@ -252,6 +252,58 @@ impl Sampler {
         }
     }
 
+    /// [`Sampler::row_lanes_fit`] for the columns `xs` of a one-row output only (`out_h` = 1,
+    /// so every level has one latent row and y weight 0): `st` then holds those columns, from
+    /// `xs.start` on, for [`FitRows::features`] (columns counted from `xs.start`).
+    fn row_lanes_span(&self, lat: &[f32], xs: std::ops::Range<usize>, st: &mut FitRows) {
+        debug_assert_eq!(self.out_h, 1);
+        let n_l = self.pyr.n_levels();
+        st.prepare(xs.len() * n_l, n_l);
+        st.rows.fill(None);
+        for l in 0..n_l {
+            let (wl, _, off) = self.pyr.levels[l];
+            let row = &lat[off..off + wl];
+            let lanes = st.a.chunks_exact_mut(n_l);
+            if self.ident[l] {
+                for (d, &v) in lanes.zip(&row[xs.clone()]) {
+                    d[l] = v;
+                }
+            } else {
+                let tx = &self.tx[l];
+                for (d, x) in lanes.zip(xs.clone()) {
+                    let (a, b, fx) = (tx.i0[x] as usize, tx.i1[x] as usize, tx.f[x]);
+                    d[l] = row[a] + fx * (row[b] - row[a]);
+                }
+            }
+            st.wy[l] = 0.0;
+        }
+    }
+
+    /// The adjoint of [`Sampler::row_lanes_span`]: per level, the first latent the columns
+    /// `xs` read and the sums of their feature gradients `g_feat` (`[x][L]` from `xs.start`)
+    /// into the latents from there on.
+    fn span_adjoint(&self, g_feat: &[f32], xs: std::ops::Range<usize>) -> SpanSums {
+        let n_l = self.pyr.n_levels();
+        (0..n_l)
+            .map(|l| {
+                if self.ident[l] {
+                    let g = g_feat.chunks_exact(n_l).map(|d| d[l]).collect();
+                    return (xs.start, g);
+                }
+                let tx = &self.tx[l];
+                let first = tx.i0[xs.start] as usize;
+                let last = tx.i1[xs.end - 1] as usize;
+                let mut g = vec![0.0f32; last + 1 - first];
+                for (d, x) in g_feat.chunks_exact(n_l).zip(xs.clone()) {
+                    let (a, b, fx) = (tx.i0[x] as usize, tx.i1[x] as usize, tx.f[x]);
+                    g[a - first] += (1.0 - fx) * d[l];
+                    g[b - first] += fx * d[l];
+                }
+                (first, g)
+            })
+            .collect()
+    }
+
     /// Adjoint of [`Sampler::row_features`] over all rows: `g_feat` is `[y][x][L]`; writes
     /// `g_lat`. Computed as the fit does it: each band of [`BAND`] rows' share separately, then
     /// the shares added in band order.
@@ -398,6 +450,10 @@ impl Sampler {
         });
     }
 }
+
+/// A run of columns' share of a one-row output's latent gradient
+/// ([`Sampler::span_adjoint`]): per level, the first latent it touches and the sums from there.
+type SpanSums = Vec<(usize, Vec<f32>)>;
 
 /// A band's share of the latent gradient ([`Sampler::band_adjoint`]): per level, the first
 /// latent row it touches and the sums over those rows.
@@ -764,64 +820,66 @@ pub fn distortion_grad_with(
     let scale = 0.25 / (w * h * c) as f32;
     let np = shape.n_packed;
     g_feat.resize(h * w * n_l, 0.0);
-    let parts: Vec<(f64, Vec<f32>, BandAdjoint)> = g_feat
-        .par_chunks_mut(BAND * w * n_l)
-        .enumerate()
-        .map_init(
-            || {
-                (
-                    TrainScratch::new(shape),
-                    vec![0.0f32; TILE * ip],
-                    FitRows::default(),
-                )
-            },
-            |(scratch, gi, rows_st), (band, gf)| {
+    let span = SpanArgs {
+        shape,
+        pk,
+        target,
+        w,
+        scale,
+        grad_from,
+    };
+    let scratch = || {
+        (
+            TrainScratch::new(shape),
+            vec![0.0f32; TILE * ip],
+            FitRows::default(),
+        )
+    };
+    // A one-row output's latent sums per run of columns (added in run order below).
+    let mut spans: Vec<SpanSums> = Vec::new();
+    let parts: Vec<(f64, Vec<f32>, Option<BandAdjoint>)> = if h == 1 && w > ROW_SPLIT {
+        // One row (an audio segment, §14): its columns in parallel, in runs of ROW_SPLIT (a
+        // split fixed by the width, so the sums do not depend on the thread count).
+        let runs: Vec<(f64, Vec<f32>, SpanSums)> = g_feat
+            .par_chunks_mut(ROW_SPLIT * n_l)
+            .enumerate()
+            .map_init(scratch, |(scratch, gi, st), (run, gf)| {
+                let mut gp = vec![0.0f32; if net_grad { np } else { 0 }];
+                let x0 = run * ROW_SPLIT;
+                let xs = x0..x0 + gf.len() / n_l;
+                sm.row_lanes_span(lat, xs.clone(), st);
+                let sse = span.run(st, 0, xs.clone(), x0, gf, &mut gp, scratch, gi);
+                (sse, gp, sm.span_adjoint(gf, xs))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|(sse, gp, adj)| {
+                spans.push(adj);
+                (sse, gp, None)
+            })
+            .collect()
+    } else {
+        g_feat
+            .par_chunks_mut(BAND * w * n_l)
+            .enumerate()
+            .map_init(scratch, |(scratch, gi, rows_st), (band, gf)| {
                 let mut gp = vec![0.0f32; if net_grad { np } else { 0 }];
                 let mut sse = 0.0;
                 for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
                     let y = band * BAND + r;
                     sm.row_lanes_fit(lat, y, rows_st);
-                    let mut x0 = 0;
-                    while x0 < w {
-                        let rows = TILE.min(w - x0);
-                        rows_st.features(x0, rows, scratch.input_mut());
-                        // The latent features' gradient comes straight out of the kernel when
-                        // its padded stride is the level count, else through `gi`.
-                        let direct = ip == n_l;
-                        let dst: &mut [f32] = if direct {
-                            &mut gfr[x0 * n_l..(x0 + rows) * n_l]
-                        } else {
-                            &mut gi[..]
-                        };
-                        let io = TileIo {
-                            target: &target[(y * w + x0) * c..(y * w + x0 + rows) * c],
-                            rows,
-                            grad_scale: scale,
-                            grad: net_grad.then_some(&mut gp[..]),
-                            shift: None,
-                            gshift: None,
-                            ginput: Some(dst),
-                            grad_from: grad_from.unwrap_or(0),
-                        };
-                        sse += kernel::train_tile_io(shape, &pk.w, &pk.wt, io, scratch);
-                        if !direct {
-                            for (rr, src) in gi.chunks_exact(ip).take(rows).enumerate() {
-                                gfr[(x0 + rr) * n_l..][..n_l].copy_from_slice(&src[..n_l]);
-                            }
-                        }
-                        x0 += rows;
-                    }
+                    sse += span.run(rows_st, y, 0..w, 0, gfr, &mut gp, scratch, gi);
                 }
                 // The band's latent gradient while its feature gradients are in cache.
-                (sse, gp, sm.band_adjoint(gf, band * BAND))
-            },
-        )
-        .collect();
+                (sse, gp, Some(sm.band_adjoint(gf, band * BAND)))
+            })
+            .collect()
+    };
     let mut g_packed = vec![0.0f32; np];
     let mut sse = 0.0;
     let mut bands = Vec::with_capacity(parts.len());
     for (s, gp, ba) in parts {
-        bands.push(ba);
+        bands.extend(ba);
         sse += s;
         for (a, b) in g_packed.iter_mut().zip(&gp) {
             *a += b;
@@ -834,7 +892,84 @@ pub fn distortion_grad_with(
     }
     let mut g_lat = vec![0.0f32; sm.pyr.n_latents];
     sm.merge_adjoint(&bands, &mut g_lat);
+    for run in &spans {
+        for (&(_, _, off), (first, g)) in sm.pyr.levels.iter().zip(run) {
+            for (d, v) in g_lat[off + first..].iter_mut().zip(g) {
+                *d += v;
+            }
+        }
+    }
     (sse * f64::from(scale), g_params, g_lat)
+}
+
+/// Columns per parallel run of a one-row fit (an audio segment): a multiple of [`TILE`].
+const ROW_SPLIT: usize = 64 * TILE;
+
+/// What the training kernel needs for runs of one output row (see [`SpanArgs::run`]).
+struct SpanArgs<'a> {
+    shape: &'a kernel::NetShape,
+    pk: &'a Packed,
+    target: &'a [f32],
+    w: usize,
+    scale: f32,
+    grad_from: Option<usize>,
+}
+
+impl SpanArgs<'_> {
+    /// Forward and backward of output row `y`'s columns `xs` (features from `rows_st`, readied
+    /// for row `y` from column `st_x0` on), a tile at a time: their feature gradients into
+    /// `gfr` (`[x][L]` from `xs.start`), the network's gradient added into `gp` (when not
+    /// empty); returns their sum of squared errors.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        rows_st: &FitRows,
+        y: usize,
+        xs: std::ops::Range<usize>,
+        st_x0: usize,
+        gfr: &mut [f32],
+        gp: &mut [f32],
+        scratch: &mut TrainScratch,
+        gi: &mut [f32],
+    ) -> f64 {
+        let n_l = rows_st.wy.len();
+        let c = self.shape.n_out();
+        let ip = kernel::input_grad_stride(self.shape);
+        let mut sse = 0.0;
+        let mut x0 = xs.start;
+        while x0 < xs.end {
+            let rows = TILE.min(xs.end - x0);
+            rows_st.features(x0 - st_x0, rows, scratch.input_mut());
+            // The latent features' gradient comes straight out of the kernel when its padded
+            // stride is the level count, else through `gi`.
+            let direct = ip == n_l;
+            let at = (x0 - xs.start) * n_l;
+            let dst: &mut [f32] = if direct {
+                &mut gfr[at..at + rows * n_l]
+            } else {
+                &mut gi[..]
+            };
+            let pos = y * self.w + x0;
+            let io = TileIo {
+                target: &self.target[pos * c..(pos + rows) * c],
+                rows,
+                grad_scale: self.scale,
+                grad: (!gp.is_empty()).then_some(&mut gp[..]),
+                shift: None,
+                gshift: None,
+                ginput: Some(dst),
+                grad_from: self.grad_from.unwrap_or(0),
+            };
+            sse += kernel::train_tile_io(self.shape, &self.pk.w, &self.pk.wt, io, scratch);
+            if !direct {
+                for (rr, src) in gi.chunks_exact(ip).take(rows).enumerate() {
+                    gfr[at + rr * n_l..][..n_l].copy_from_slice(&src[..n_l]);
+                }
+            }
+            x0 += rows;
+        }
+        sse
+    }
 }
 
 /// Bits of one value `v` (noisy or rounded) under a zero-mean Laplace of scale `b` integrated

@@ -385,6 +385,96 @@ fn gradients_match_finite_differences() {
     assert!(checked > 30);
 }
 
+/// A one-row signal wider than one parallel run of columns (an audio segment, §14) takes the
+/// column-split distortion pass: its loss is the rendered output's, its gradients match
+/// finite differences, at the runs' seams too, and its bits do not depend on the thread count.
+#[test]
+fn one_row_fits_split_by_columns_match_finite_differences_and_any_thread_count() {
+    let arch = Arch {
+        coord_dims: 6,
+        out_channels: 2,
+        width: 8,
+        depth: 2,
+        pe_freqs: 0,
+        pe_base_milli: 1000,
+        w0_first: 2,
+        w0_hidden: 1,
+    };
+    let w = 2 * 4096 + 333;
+    let target: Vec<f32> = (0..w * 2)
+        .map(|i| (i as f32 * 0.013).sin() * 0.6 + ((i * 7) % 5) as f32 * 0.03)
+        .collect();
+    let pyr = Pyramid::new(w as u32, 1, 6);
+    let sm = Sampler::new(pyr.clone(), w as u32, 1);
+    let params = grid::init_params(&arch, 3);
+    let lat: Vec<f32> = (0..pyr.n_latents)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.2)
+        .collect();
+    let pk = Packed::new(&arch, &params);
+    let pass = |p: &[f32], z: &[f32]| {
+        let pk = Packed::new(&arch, p);
+        grid::distortion_grad(p, &pk, &sm, z, &target, &mut Vec::new())
+    };
+    let (loss, gp, gl) = grid::distortion_grad(&params, &pk, &sm, &lat, &target, &mut Vec::new());
+    // The loss is a quarter of the mean squared error of the rendered output.
+    let out = grid::render_values(&arch, &params, &lat, &sm);
+    let mse: f64 = out
+        .iter()
+        .zip(&target)
+        .map(|(&o, &t)| f64::from(o - t).powi(2))
+        .sum::<f64>()
+        / target.len() as f64;
+    assert!(
+        (loss - 0.25 * mse).abs() <= 1e-4 * loss,
+        "{loss} vs {}",
+        0.25 * mse
+    );
+    // Latents at and around the seams of the runs (columns 4096 and 8192), level by level.
+    let eps = 1e-2f32;
+    let mut idx = Vec::new();
+    for &(wl, _, off) in &pyr.levels {
+        let s = (4096 * wl).div_ceil(w);
+        for i in [0, s.saturating_sub(1), s, s + 1, 2 * s, wl - 1] {
+            idx.push(off + i.min(wl - 1));
+        }
+    }
+    for &i in &idx {
+        let (mut a, mut b) = (lat.clone(), lat.clone());
+        a[i] += eps;
+        b[i] -= eps;
+        let fd = (pass(&params, &a).0 - pass(&params, &b).0) / (2.0 * f64::from(eps));
+        let g = f64::from(gl[i]);
+        assert!(
+            (fd - g).abs() <= 3e-3 * fd.abs().max(g.abs()) + 1e-7,
+            "latent {i}: finite difference {fd}, gradient {g}"
+        );
+    }
+    for i in (0..params.len()).step_by(9) {
+        let (mut a, mut b) = (params.clone(), params.clone());
+        a[i] += eps;
+        b[i] -= eps;
+        let fd = (pass(&a, &lat).0 - pass(&b, &lat).0) / (2.0 * f64::from(eps));
+        let g = f64::from(gp[i]);
+        assert!(
+            (fd - g).abs() <= 3e-3 * fd.abs().max(g.abs()) + 1e-6,
+            "param {i}: finite difference {fd}, gradient {g}"
+        );
+    }
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| pass(&params, &lat))
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (one, three) = (on(1), on(3));
+    assert_eq!(one.0.to_bits(), three.0.to_bits());
+    assert_eq!(bits(&one.1), bits(&three.1));
+    assert_eq!(bits(&one.2), bits(&three.2));
+    assert_eq!(bits(&one.2), bits(&gl));
+}
+
 #[test]
 fn laplace_rate_derivatives_match_finite_differences() {
     for &b in &[0.2f32, 0.7, 3.0] {
