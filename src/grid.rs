@@ -1412,6 +1412,51 @@ pub fn rate_grad(
             .get(l + 1)
             .map(|&(pw, ph, po)| (&noisy[po..po + pw * ph], pw));
         let c = coefs.map(|c| c[l]);
+        if hl == 1 && wl > RATE_SPLIT {
+            // One wide row (an audio segment's level): runs of RATE_SPLIT columns in parallel,
+            // each seeing its left neighbour as the whole row would (so every latent's terms are
+            // the row's; only the scale and coefficient sums are added in another order, fixed
+            // by the width).
+            let partial: Vec<([f32; GRID_CONTEXTS], [f32; GRID_PRED_TAPS])> = g_lat[off..off + wl]
+                .par_chunks_mut(RATE_SPLIT)
+                .zip(w_mu[off..off + wl].par_chunks_mut(RATE_SPLIT))
+                .enumerate()
+                .map(|(ci, (g, wm))| {
+                    let mut acc = [0.0f32; GRID_CONTEXTS];
+                    let mut acc_c = [0.0f32; GRID_PRED_TAPS];
+                    let (x0, n) = (ci * RATE_SPLIT, g.len());
+                    let mut rs = RateRow::new(n);
+                    let left_q = if x0 > 0 { q[x0 - 1] } else { 0 };
+                    context_run(&q[x0..x0 + n], left_q, None, &mut rs.sums, &mut rs.ctx);
+                    let rows = RateRowIn {
+                        v: &vals[x0..x0 + n],
+                        left: if x0 > 0 { vals[x0 - 1] } else { 0.0 },
+                        up: None,
+                        par: par.map(|(p, pw)| &p[(x0 / 2).min(pw)..]),
+                        c: c.as_ref(),
+                        tab: &b,
+                        rate_w,
+                    };
+                    let out = RateRowOut {
+                        g,
+                        wm,
+                        acc: &mut acc,
+                        acc_c: &mut acc_c,
+                    };
+                    rate_row(&rows, out, &mut rs);
+                    (acc, acc_c)
+                })
+                .collect();
+            for (p, pc) in &partial {
+                for k in 0..GRID_CONTEXTS {
+                    g_b[l * GRID_CONTEXTS + k] += rate_w * p[k];
+                }
+                for k in 0..GRID_PRED_TAPS {
+                    g_c[l][k] += rate_w * pc[k];
+                }
+            }
+            continue;
+        }
         let rows_per = 4096usize.div_ceil(wl).max(1);
         let partial: Vec<([f32; GRID_CONTEXTS], [f32; GRID_PRED_TAPS])> = g_lat[off..off + wl * hl]
             .par_chunks_mut(rows_per * wl)
@@ -1429,6 +1474,7 @@ pub fn rate_grad(
                     context_row(cur, up, &mut rs.sums, &mut rs.ctx);
                     let rows = RateRowIn {
                         v: &vals[y * wl..(y + 1) * wl],
+                        left: 0.0,
                         up: (y > 0).then(|| &vals[(y - 1) * wl..y * wl]),
                         par: par.and_then(|(p, pc)| p.get((y >> 1) * pc..((y >> 1) + 1) * pc)),
                         c: c.as_ref(),
@@ -1464,6 +1510,34 @@ pub fn rate_grad(
         let c = coefs[l];
         let wm = &w_mu[off..off + wl * hl];
         let child = l.checked_sub(1).map(|k| (pyr.levels[k], coefs[k][4]));
+        if hl == 1 && wl > RATE_SPLIT {
+            // One wide row: the same gather in runs of columns (one row, no row below; the
+            // children are in the one row of the level below).
+            let (g_lo, g_hi) = g_lat.split_at_mut(off);
+            let _ = g_lo;
+            g_hi[..wl]
+                .par_chunks_mut(RATE_SPLIT)
+                .enumerate()
+                .for_each(|(ci, g)| {
+                    let x0 = ci * RATE_SPLIT;
+                    for (i, d) in g.iter_mut().enumerate() {
+                        let x = x0 + i;
+                        let mut v = 0.0f32;
+                        if x + 1 < wl {
+                            v += c[0] * wm[x + 1];
+                        }
+                        if let Some(((cw, _, co), cp)) = child {
+                            let mut t = 0.0f32;
+                            for cx in [2 * x, 2 * x + 1].into_iter().filter(|&cx| cx < cw) {
+                                t += w_mu[co + cx];
+                            }
+                            v += cp * t;
+                        }
+                        *d += v;
+                    }
+                });
+            continue;
+        }
         // Row-wise slices (the same terms in the same order as latent by latent: c_0 .. c_3,
         // then the four children), so that the loops vectorise.
         g_lat[off..off + wl * hl]
@@ -1513,6 +1587,9 @@ pub fn rate_grad(
     (g_b, g_c)
 }
 
+/// Columns per parallel run of the rate term's passes over a level of one wide row.
+const RATE_SPLIT: usize = 1 << 14;
+
 /// Scratch of [`rate_row`] for rows of one width.
 struct RateRow {
     sums: Vec<u32>,
@@ -1549,6 +1626,9 @@ impl RateRow {
 #[derive(Clone, Copy)]
 struct RateRowIn<'a> {
     v: &'a [f32],
+    /// The value left of `v[0]` when `v` is a run of columns that does not start the row (0
+    /// at a row's start, outside the grid).
+    left: f32,
     up: Option<&'a [f32]>,
     par: Option<&'a [f32]>,
     /// The level's predictor coefficients (when predicting), Laplace scales per context, and
@@ -1607,7 +1687,7 @@ fn rate_row_body(rows: &RateRowIn<'_>, out: RateRowOut<'_>, s: &mut RateRow) {
     // Residuals from the prediction (taps as in `taps_at`, 0 outside the grids).
     if let Some(c) = c {
         let [tl, ta, tal, tar, tp] = &mut s.taps;
-        tl[0] = 0.0;
+        tl[0] = rows.left;
         tl[1..].copy_from_slice(&v[..w - 1]);
         match rows.up {
             Some(u) => {
@@ -1676,8 +1756,14 @@ fn rate_row_body(rows: &RateRowIn<'_>, out: RateRowOut<'_>, s: &mut RateRow) {
 /// [`context_in_rows`] of every column of `cur` into `ctx` (`sums` is scratch of the same
 /// length), row-wise so that it vectorises.
 fn context_row(cur: &[u32], up: Option<&[u32]>, sums: &mut [u32], ctx: &mut [u8]) {
+    context_run(cur, 0, up, sums, ctx);
+}
+
+/// [`context_row`] of a run of columns `cur` of a row without a row above, whose left
+/// neighbour's magnitude is `left` (0 at the row's start); `up` is only for whole rows.
+fn context_run(cur: &[u32], left: u32, up: Option<&[u32]>, sums: &mut [u32], ctx: &mut [u8]) {
     let w = cur.len();
-    sums[0] = 0;
+    sums[0] = 2 * left;
     for (d, &v) in sums[1..].iter_mut().zip(cur) {
         *d = 2 * v;
     }

@@ -428,3 +428,100 @@ fn rate_gradients_with_a_predictor_match_finite_differences() {
         }
     }
 }
+
+/// A wide one-row pyramid (an audio segment's levels) takes the rate term's column-split
+/// passes: its latent, log-scale and coefficient gradients match finite differences of
+/// [`grid::rate_bits`] at and around the runs' seams (16,384 columns), the parents' too.
+#[test]
+fn one_row_rate_gradients_split_by_columns_match_finite_differences() {
+    let w = 2 * 16384 + 777;
+    let pyr = Pyramid::new(w as u32, 1, 3);
+    let n = pyr.n_latents;
+    // Small values, where the Laplace's slope depends on the prediction.
+    let lat: Vec<f32> = (0..n)
+        .map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.11 + 0.02)
+        .collect();
+    let rounded: Vec<u32> = lat.iter().map(|v| v.round().abs() as u32).collect();
+    let lnb: Vec<f32> = (0..3 * inr::entropy::GRID_CONTEXTS)
+        .map(|i| (i % 4) as f32 * 0.3 - 0.2)
+        .collect();
+    let coefs = vec![
+        [0.3f32, 0.4, -0.1, 0.2, 0.15],
+        [0.5, 0.2, 0.05, -0.1, 0.3],
+        [0.2, 0.6, -0.2, 0.1, 0.0],
+    ];
+    let total = |z: &[f32], s: &[f32], c: &[[f32; 5]]| -> f64 {
+        grid::rate_bits(&pyr, s, Some(c), z, &rounded).iter().sum()
+    };
+    let mut g = vec![0.0f32; n];
+    let mut wm = vec![0.0f32; n];
+    let (gb, gc) = grid::rate_grad(
+        &pyr,
+        0,
+        &lnb,
+        Some(&coefs),
+        &lat,
+        &rounded,
+        1.0,
+        &mut g,
+        &mut wm,
+    );
+    let h = 1e-3f32;
+    let close = |fd: f64, an: f64, what: String| {
+        assert!(
+            (fd - an).abs() <= 2e-2 * fd.abs().max(1.0),
+            "{what}: fd {fd} analytic {an}"
+        );
+    };
+    let mut idx = Vec::new();
+    for &(wl, _, off) in &pyr.levels {
+        for x in [
+            0,
+            1,
+            16382,
+            16383,
+            16384,
+            16385,
+            32767,
+            32768,
+            32769,
+            wl - 1,
+        ] {
+            if x < wl {
+                idx.push(off + x);
+            }
+        }
+    }
+    for &i in &idx {
+        let (mut a, mut b) = (lat.clone(), lat.clone());
+        a[i] += h;
+        b[i] -= h;
+        let fd = (total(&a, &lnb, &coefs) - total(&b, &lnb, &coefs)) / (2.0 * f64::from(h));
+        close(fd, f64::from(g[i]), format!("latent {i}"));
+    }
+    for i in 0..lnb.len() {
+        let (mut a, mut b) = (lnb.clone(), lnb.clone());
+        a[i] += h;
+        b[i] -= h;
+        let fd = (total(&lat, &a, &coefs) - total(&lat, &b, &coefs)) / (2.0 * f64::from(h));
+        // Sums over tens of thousands of latents (in f32 in `rate_bits`): a relative tolerance.
+        let an = f64::from(gb[i]);
+        assert!(
+            (fd - an).abs() <= 2e-2 * fd.abs().max(10.0),
+            "log-scale {i}: fd {fd} analytic {an}"
+        );
+    }
+    for l in 0..3 {
+        for k in 0..5 {
+            let (mut a, mut b) = (coefs.clone(), coefs.clone());
+            a[l][k] += h;
+            b[l][k] -= h;
+            let fd = (total(&lat, &lnb, &a) - total(&lat, &lnb, &b)) / (2.0 * f64::from(h));
+            let an = f64::from(gc[l][k]);
+            assert!(
+                (fd - an).abs() <= 2e-2 * fd.abs().max(10.0),
+                "coefficient {l},{k}: fd {fd} analytic {an}"
+            );
+        }
+    }
+}
