@@ -378,7 +378,16 @@ impl EncodeConfig {
             }
         }
         let batch = self.batch.unwrap_or(batch);
-        let lr = self.lr.unwrap_or_else(|| default_lr(steps, base.is_some()));
+        // The width the learning rate's cap sees: a seeded support of density d is fixed from
+        // the first step, so each hidden unit sums about d · width weights; magnitude and L0
+        // pruning start dense.
+        let fan_in = match (self.prune_method, self.density) {
+            (PruneMethod::Seeded, Some(d)) => (f64::from(arch.width) * d).round().max(1.0) as usize,
+            _ => usize::from(arch.width),
+        };
+        let lr = self
+            .lr
+            .unwrap_or_else(|| default_lr(steps, base.is_some(), fan_in));
         let qat_steps = (steps / 5).max(1);
         Ok(Plan {
             arch,
@@ -1016,14 +1025,26 @@ fn scaled_spec(arch: &Arch, q: &QuantSpec, scale: f64) -> QuantSpec {
 }
 
 /// Adam learning rate of the fitting phase when `--lr` is not given: `0.6 / steps`, at least
-/// 3e-4 (the rate of the presets' 2,000–3,000 steps) and at most 2e-3 from a random start or
-/// 1.2e-3 from a base. A short fit needs a larger rate to travel as far: on kodim07 (small
-/// preset, `--bpp 0.25`, random start) 500 steps gave 25.25 dB at 3e-4, 26.26 at 1e-3 and 26.54
-/// at 2e-3, while at 2,000 steps 3e-4, 1e-3 and 2e-3 were within 0.13 dB of each other. From
-/// the embedded base 2e-3 diverged at 500 steps (14–16 dB on kodim05/07) and 1e-3 did not.
-pub fn default_lr(steps: usize, from_base: bool) -> f32 {
-    let cap = if from_base { 1.2e-3 } else { 2e-3 };
-    (0.6 / steps.max(1) as f32).clamp(3e-4, cap)
+/// 3e-4 (the rate of the presets' 2,000–3,000 steps) and at most `2e-3 · min(1, 32 / width)`
+/// from a random start (`width`: the hidden width, or the weights a hidden unit keeps on a
+/// seeded support: `density · width`) or 1.2e-3 from a base. A short fit needs a
+/// larger rate to travel as far: on kodim07 (small preset, width 32, `--bpp 0.25`, random
+/// start) 500 steps gave 25.25 dB at 3e-4, 26.26 at 1e-3 and 26.54 at 2e-3, while at 2,000
+/// steps 3e-4, 1e-3 and 2e-3 were within 0.13 dB of each other. A wider network takes a
+/// smaller one (each hidden unit sums more coherent updates): on kodim15 at 300 steps from a
+/// random start the large preset (width 60) diverged at 2e-3 (9.84 dB, dense, magnitude, L0
+/// and under `--bpp 0.25` alike) and gave 26.99 dB at 1.5e-3 and 27.86 at 1e-3; the medium
+/// preset (44) 25.90 dB at 2e-3 and 26.34 at 1.45e-3. On its seeded support of density 0.5
+/// (30 weights a unit, `--bpp 0.25`) the large preset did not diverge at 2e-3: kodim13–16 gave
+/// 24.73 dB (mean) there and 24.59 dB at 1.07e-3, so a seeded support counts its kept weights. From the embedded base
+/// 2e-3 diverged at 500 steps (14–16 dB on kodim05/07) and 1e-3 did not.
+pub fn default_lr(steps: usize, from_base: bool, width: usize) -> f32 {
+    let cap = if from_base {
+        1.2e-3
+    } else {
+        2e-3 * (32.0 / width.max(1) as f32).min(1.0)
+    };
+    (0.6 / steps.max(1) as f32).clamp(3e-4, cap.max(3e-4))
 }
 
 /// Moves masks / steps until the real file of `params` is within ±[`RATE_TOLERANCE`] of

@@ -61,8 +61,8 @@ pub struct EncodeArgs {
     /// Expert: SIREN w0 of the first layer (default 30).
     #[arg(long, value_name = "N")]
     pub w0: Option<u16>,
-    /// Expert: Adam learning rate (default 0.6/steps, within 3e-4 ..= 2e-3, at most 1.2e-3 from a
-    /// base: 3e-4 at the presets' step counts, more for short fits).
+    /// Expert: Adam learning rate (default 0.6/steps, within 3e-4 ..= 2e-3·min(1, 32/width), at
+    /// most 1.2e-3 from a base: 3e-4 at the presets' step counts, more for short fits).
     #[arg(long, value_name = "LR")]
     pub lr: Option<f32>,
     /// Expert: pixels per minibatch (default 65536 or 32768 by preset).
