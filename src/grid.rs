@@ -1412,12 +1412,14 @@ pub fn rate_grad(
             .get(l + 1)
             .map(|&(pw, ph, po)| (&noisy[po..po + pw * ph], pw));
         let c = coefs.map(|c| c[l]);
-        if hl == 1 && wl > RATE_SPLIT {
+        let partial: Vec<([f32; GRID_CONTEXTS], [f32; GRID_PRED_TAPS])> = if hl == 1
+            && wl > RATE_SPLIT
+        {
             // One wide row (an audio segment's level): runs of RATE_SPLIT columns in parallel,
             // each seeing its left neighbour as the whole row would (so every latent's terms are
             // the row's; only the scale and coefficient sums are added in another order, fixed
             // by the width).
-            let partial: Vec<([f32; GRID_CONTEXTS], [f32; GRID_PRED_TAPS])> = g_lat[off..off + wl]
+            g_lat[off..off + wl]
                 .par_chunks_mut(RATE_SPLIT)
                 .zip(w_mu[off..off + wl].par_chunks_mut(RATE_SPLIT))
                 .enumerate()
@@ -1446,52 +1448,44 @@ pub fn rate_grad(
                     rate_row(&rows, out, &mut rs);
                     (acc, acc_c)
                 })
-                .collect();
-            for (p, pc) in &partial {
-                for k in 0..GRID_CONTEXTS {
-                    g_b[l * GRID_CONTEXTS + k] += rate_w * p[k];
-                }
-                for k in 0..GRID_PRED_TAPS {
-                    g_c[l][k] += rate_w * pc[k];
-                }
-            }
-            continue;
-        }
-        let rows_per = 4096usize.div_ceil(wl).max(1);
-        let partial: Vec<([f32; GRID_CONTEXTS], [f32; GRID_PRED_TAPS])> = g_lat[off..off + wl * hl]
-            .par_chunks_mut(rows_per * wl)
-            .zip(w_mu[off..off + wl * hl].par_chunks_mut(rows_per * wl))
-            .enumerate()
-            .map(|(ci, (g, wm))| {
-                let mut acc = [0.0f32; GRID_CONTEXTS];
-                let mut acc_c = [0.0f32; GRID_PRED_TAPS];
-                let row0 = ci * rows_per;
-                let mut rs = RateRow::new(wl);
-                for (r, (g, wm)) in g.chunks_mut(wl).zip(wm.chunks_mut(wl)).enumerate() {
-                    let y = row0 + r;
-                    let cur = &q[y * wl..(y + 1) * wl];
-                    let up = (y > 0).then(|| &q[(y - 1) * wl..y * wl]);
-                    context_row(cur, up, &mut rs.sums, &mut rs.ctx);
-                    let rows = RateRowIn {
-                        v: &vals[y * wl..(y + 1) * wl],
-                        left: 0.0,
-                        up: (y > 0).then(|| &vals[(y - 1) * wl..y * wl]),
-                        par: par.and_then(|(p, pc)| p.get((y >> 1) * pc..((y >> 1) + 1) * pc)),
-                        c: c.as_ref(),
-                        tab: &b,
-                        rate_w,
-                    };
-                    let out = RateRowOut {
-                        g,
-                        wm,
-                        acc: &mut acc,
-                        acc_c: &mut acc_c,
-                    };
-                    rate_row(&rows, out, &mut rs);
-                }
-                (acc, acc_c)
-            })
-            .collect();
+                .collect()
+        } else {
+            let rows_per = 4096usize.div_ceil(wl).max(1);
+            g_lat[off..off + wl * hl]
+                .par_chunks_mut(rows_per * wl)
+                .zip(w_mu[off..off + wl * hl].par_chunks_mut(rows_per * wl))
+                .enumerate()
+                .map(|(ci, (g, wm))| {
+                    let mut acc = [0.0f32; GRID_CONTEXTS];
+                    let mut acc_c = [0.0f32; GRID_PRED_TAPS];
+                    let row0 = ci * rows_per;
+                    let mut rs = RateRow::new(wl);
+                    for (r, (g, wm)) in g.chunks_mut(wl).zip(wm.chunks_mut(wl)).enumerate() {
+                        let y = row0 + r;
+                        let cur = &q[y * wl..(y + 1) * wl];
+                        let up = (y > 0).then(|| &q[(y - 1) * wl..y * wl]);
+                        context_row(cur, up, &mut rs.sums, &mut rs.ctx);
+                        let rows = RateRowIn {
+                            v: &vals[y * wl..(y + 1) * wl],
+                            left: 0.0,
+                            up: (y > 0).then(|| &vals[(y - 1) * wl..y * wl]),
+                            par: par.and_then(|(p, pc)| p.get((y >> 1) * pc..((y >> 1) + 1) * pc)),
+                            c: c.as_ref(),
+                            tab: &b,
+                            rate_w,
+                        };
+                        let out = RateRowOut {
+                            g,
+                            wm,
+                            acc: &mut acc,
+                            acc_c: &mut acc_c,
+                        };
+                        rate_row(&rows, out, &mut rs);
+                    }
+                    (acc, acc_c)
+                })
+                .collect()
+        };
         for (p, pc) in &partial {
             for k in 0..GRID_CONTEXTS {
                 g_b[l * GRID_CONTEXTS + k] += rate_w * p[k];
@@ -1513,9 +1507,7 @@ pub fn rate_grad(
         if hl == 1 && wl > RATE_SPLIT {
             // One wide row: the same gather in runs of columns (one row, no row below; the
             // children are in the one row of the level below).
-            let (g_lo, g_hi) = g_lat.split_at_mut(off);
-            let _ = g_lo;
-            g_hi[..wl]
+            g_lat[off..off + wl]
                 .par_chunks_mut(RATE_SPLIT)
                 .enumerate()
                 .for_each(|(ci, g)| {
