@@ -274,8 +274,9 @@ fn rel_string(p: &Path) -> String {
         .join("/")
 }
 
-/// Image and WAV files under `dir` ([`is_input`]), as paths relative to `dir`, sorted. Folders that are symlinks are
-/// not followed; `exclude` (e.g. an output folder inside `dir`) is skipped.
+/// Image and WAV files under `dir` ([`is_input`]), as paths relative to `dir`, sorted. Folders
+/// that are symlinks are not followed; `exclude` (e.g. an output folder inside `dir`) is
+/// skipped.
 ///
 /// # Errors
 /// [`BatchError::Io`] if a folder cannot be read.
@@ -435,15 +436,18 @@ impl AudioMode {
     /// Encode the WAV file at `path`; returns the file bytes, kbit/s and PSNR of the decoded
     /// clip.
     fn encode(&self, path: &Path) -> Result<(Vec<u8>, f64, f64), String> {
-        let mut src =
-            crate::audio::WavSource::open(path).map_err(|e| format!("cannot read audio: {e}"))?;
-        let enc = match self {
-            AudioMode::Grid(cfg) => crate::encode_audio_grid(&mut src, cfg, &mut |_| {}),
-            AudioMode::Weights(cfg) => crate::encode_audio(&mut src, cfg, &mut |_| {}),
-            AudioMode::Refused(why) => return Err(why.clone()),
+        type Src = crate::audio::WavSource<std::io::BufReader<std::fs::File>>;
+        let run = |f: &dyn Fn(&mut Src) -> Result<crate::AudioEncoded, crate::EncodeError>| {
+            let mut src = crate::audio::WavSource::open(path)
+                .map_err(|e| format!("cannot read audio: {e}"))?;
+            let enc = f(&mut src).map_err(|e| format!("encode failed: {e}"))?;
+            Ok((enc.bytes, enc.quality.kbps, enc.quality.psnr))
+        };
+        match self {
+            AudioMode::Grid(cfg) => run(&|src| crate::encode_audio_grid(src, cfg, &mut |_| {})),
+            AudioMode::Weights(cfg) => run(&|src| crate::encode_audio(src, cfg, &mut |_| {})),
+            AudioMode::Refused(why) => Err(why.clone()),
         }
-        .map_err(|e| format!("encode failed: {e}"))?;
-        Ok((enc.bytes, enc.quality.kbps, enc.quality.psnr))
     }
 }
 
