@@ -1412,68 +1412,39 @@ pub fn rate_grad(
             .get(l + 1)
             .map(|&(pw, ph, po)| (&noisy[po..po + pw * ph], pw));
         let c = coefs.map(|c| c[l]);
-        let partial: Vec<([f32; GRID_CONTEXTS], [f32; GRID_PRED_TAPS])> = if hl == 1
-            && wl > RATE_SPLIT
-        {
-            // One wide row (an audio segment's level): runs of RATE_SPLIT columns in parallel,
-            // each seeing its left neighbour as the whole row would (so every latent's terms are
-            // the row's; only the scale and coefficient sums are added in another order, fixed
-            // by the width).
-            g_lat[off..off + wl]
-                .par_chunks_mut(RATE_SPLIT)
-                .zip(w_mu[off..off + wl].par_chunks_mut(RATE_SPLIT))
-                .enumerate()
-                .map(|(ci, (g, wm))| {
-                    let mut acc = [0.0f32; GRID_CONTEXTS];
-                    let mut acc_c = [0.0f32; GRID_PRED_TAPS];
-                    let (x0, n) = (ci * RATE_SPLIT, g.len());
-                    let mut rs = RateRow::new(n);
-                    let left_q = if x0 > 0 { q[x0 - 1] } else { 0 };
-                    context_run(&q[x0..x0 + n], left_q, None, &mut rs.sums, &mut rs.ctx);
-                    let rows = RateRowIn {
-                        v: &vals[x0..x0 + n],
-                        left: if x0 > 0 { vals[x0 - 1] } else { 0.0 },
-                        up: None,
-                        par: par.map(|(p, pw)| &p[(x0 / 2).min(pw)..]),
-                        c: c.as_ref(),
-                        tab: &b,
-                        rate_w,
-                    };
-                    let out = RateRowOut {
-                        g,
-                        wm,
-                        acc: &mut acc,
-                        acc_c: &mut acc_c,
-                    };
-                    rate_row(&rows, out, &mut rs);
-                    (acc, acc_c)
-                })
-                .collect()
-        } else {
-            let rows_per = 4096usize.div_ceil(wl).max(1);
-            g_lat[off..off + wl * hl]
-                .par_chunks_mut(rows_per * wl)
-                .zip(w_mu[off..off + wl * hl].par_chunks_mut(rows_per * wl))
-                .enumerate()
-                .map(|(ci, (g, wm))| {
-                    let mut acc = [0.0f32; GRID_CONTEXTS];
-                    let mut acc_c = [0.0f32; GRID_PRED_TAPS];
-                    let row0 = ci * rows_per;
-                    let mut rs = RateRow::new(wl);
-                    for (r, (g, wm)) in g.chunks_mut(wl).zip(wm.chunks_mut(wl)).enumerate() {
-                        let y = row0 + r;
-                        let cur = &q[y * wl..(y + 1) * wl];
-                        let up = (y > 0).then(|| &q[(y - 1) * wl..y * wl]);
-                        context_row(cur, up, &mut rs.sums, &mut rs.ctx);
-                        let rows = RateRowIn {
-                            v: &vals[y * wl..(y + 1) * wl],
-                            left: 0.0,
-                            up: (y > 0).then(|| &vals[(y - 1) * wl..y * wl]),
-                            par: par.and_then(|(p, pc)| p.get((y >> 1) * pc..((y >> 1) + 1) * pc)),
-                            c: c.as_ref(),
-                            tab: &b,
-                            rate_w,
-                        };
+        // One row, or a run of columns of one, as `rate_row` reads it.
+        let row_in = |v, left, up, par| RateRowIn {
+            v,
+            left,
+            up,
+            par,
+            c: c.as_ref(),
+            tab: &b,
+            rate_w,
+        };
+        let partial: Vec<([f32; GRID_CONTEXTS], [f32; GRID_PRED_TAPS])> =
+            if hl == 1 && wl > RATE_SPLIT {
+                // One wide row (an audio segment's level): runs of RATE_SPLIT columns in parallel,
+                // each seeing its left neighbour as the whole row would (so every latent's terms are
+                // the row's; only the scale and coefficient sums are added in another order, fixed
+                // by the width).
+                g_lat[off..off + wl]
+                    .par_chunks_mut(RATE_SPLIT)
+                    .zip(w_mu[off..off + wl].par_chunks_mut(RATE_SPLIT))
+                    .enumerate()
+                    .map(|(ci, (g, wm))| {
+                        let mut acc = [0.0f32; GRID_CONTEXTS];
+                        let mut acc_c = [0.0f32; GRID_PRED_TAPS];
+                        let (x0, n) = (ci * RATE_SPLIT, g.len());
+                        let mut rs = RateRow::new(n);
+                        let left_q = if x0 > 0 { q[x0 - 1] } else { 0 };
+                        context_run(&q[x0..x0 + n], left_q, None, &mut rs.sums, &mut rs.ctx);
+                        let rows = row_in(
+                            &vals[x0..x0 + n],
+                            if x0 > 0 { vals[x0 - 1] } else { 0.0 },
+                            None,
+                            par.map(|(p, pw)| &p[(x0 / 2).min(pw)..]),
+                        );
                         let out = RateRowOut {
                             g,
                             wm,
@@ -1481,11 +1452,43 @@ pub fn rate_grad(
                             acc_c: &mut acc_c,
                         };
                         rate_row(&rows, out, &mut rs);
-                    }
-                    (acc, acc_c)
-                })
-                .collect()
-        };
+                        (acc, acc_c)
+                    })
+                    .collect()
+            } else {
+                let rows_per = 4096usize.div_ceil(wl).max(1);
+                g_lat[off..off + wl * hl]
+                    .par_chunks_mut(rows_per * wl)
+                    .zip(w_mu[off..off + wl * hl].par_chunks_mut(rows_per * wl))
+                    .enumerate()
+                    .map(|(ci, (g, wm))| {
+                        let mut acc = [0.0f32; GRID_CONTEXTS];
+                        let mut acc_c = [0.0f32; GRID_PRED_TAPS];
+                        let row0 = ci * rows_per;
+                        let mut rs = RateRow::new(wl);
+                        for (r, (g, wm)) in g.chunks_mut(wl).zip(wm.chunks_mut(wl)).enumerate() {
+                            let y = row0 + r;
+                            let cur = &q[y * wl..(y + 1) * wl];
+                            let up = (y > 0).then(|| &q[(y - 1) * wl..y * wl]);
+                            context_row(cur, up, &mut rs.sums, &mut rs.ctx);
+                            let rows = row_in(
+                                &vals[y * wl..(y + 1) * wl],
+                                0.0,
+                                (y > 0).then(|| &vals[(y - 1) * wl..y * wl]),
+                                par.and_then(|(p, pc)| p.get((y >> 1) * pc..((y >> 1) + 1) * pc)),
+                            );
+                            let out = RateRowOut {
+                                g,
+                                wm,
+                                acc: &mut acc,
+                                acc_c: &mut acc_c,
+                            };
+                            rate_row(&rows, out, &mut rs);
+                        }
+                        (acc, acc_c)
+                    })
+                    .collect()
+            };
         for (p, pc) in &partial {
             for k in 0..GRID_CONTEXTS {
                 g_b[l * GRID_CONTEXTS + k] += rate_w * p[k];

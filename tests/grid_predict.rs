@@ -333,6 +333,19 @@ fn hostile_predictor_sections_give_errors_not_panics() {
     assert!(format::read_grid_file(&with_crc(b), &Limits::default()).is_err());
 }
 
+/// Log-scales and predictor coefficients of a three-level rate model for the gradient tests.
+fn rate_model() -> (Vec<f32>, Vec<[f32; 5]>) {
+    let lnb = (0..3 * inr::entropy::GRID_CONTEXTS)
+        .map(|i| (i % 4) as f32 * 0.3 - 0.2)
+        .collect();
+    let coefs = vec![
+        [0.3f32, 0.4, -0.1, 0.2, 0.15],
+        [0.5, 0.2, 0.05, -0.1, 0.3],
+        [0.2, 0.6, -0.2, 0.1, 0.0],
+    ];
+    (lnb, coefs)
+}
+
 /// The rate model's latent, log-scale and coefficient gradients (with a predictor and the
 /// parent taps, and zero-centred) against finite differences of [`grid::rate_bits`].
 #[test]
@@ -344,14 +357,7 @@ fn rate_gradients_with_a_predictor_match_finite_differences() {
         .map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.37 + 0.05)
         .collect();
     let rounded: Vec<u32> = lat.iter().map(|v| v.round().abs() as u32).collect();
-    let lnb: Vec<f32> = (0..3 * inr::entropy::GRID_CONTEXTS)
-        .map(|i| (i % 4) as f32 * 0.3 - 0.2)
-        .collect();
-    let coefs = vec![
-        [0.3f32, 0.4, -0.1, 0.2, 0.15],
-        [0.5, 0.2, 0.05, -0.1, 0.3],
-        [0.2, 0.6, -0.2, 0.1, 0.0],
-    ];
+    let (lnb, coefs) = rate_model();
     let total = |z: &[f32], c: &[[f32; 5]]| -> f64 {
         grid::rate_bits(&pyr, &lnb, Some(c), z, &rounded)
             .iter()
@@ -442,14 +448,7 @@ fn one_row_rate_gradients_split_by_columns_match_finite_differences() {
         .map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.11 + 0.02)
         .collect();
     let rounded: Vec<u32> = lat.iter().map(|v| v.round().abs() as u32).collect();
-    let lnb: Vec<f32> = (0..3 * inr::entropy::GRID_CONTEXTS)
-        .map(|i| (i % 4) as f32 * 0.3 - 0.2)
-        .collect();
-    let coefs = vec![
-        [0.3f32, 0.4, -0.1, 0.2, 0.15],
-        [0.5, 0.2, 0.05, -0.1, 0.3],
-        [0.2, 0.6, -0.2, 0.1, 0.0],
-    ];
+    let (lnb, coefs) = rate_model();
     let total = |z: &[f32], s: &[f32], c: &[[f32; 5]]| -> f64 {
         grid::rate_bits(&pyr, s, Some(c), z, &rounded).iter().sum()
     };
