@@ -514,6 +514,21 @@ pub struct BatchSummary {
     pub interrupted: usize,
 }
 
+/// The coded rows of `rows` that miss a rate target: an image's `bpp` outside
+/// [`crate::bpp_meets`] of `bpp`, an audio file's `kbps` outside [`crate::kbps_meets`] of
+/// `kbps` (each target `None`: not checked). Rate control keeps the best file it found when
+/// it cannot reach a target, so a batch lists those files rather than failing them.
+pub fn off_target(rows: &[ManifestRow], bpp: Option<f64>, kbps: Option<f64>) -> Vec<&ManifestRow> {
+    rows.iter()
+        .filter(|r| r.status == RowStatus::Ok)
+        .filter(|r| {
+            let image = matches!((r.bpp, bpp), (Some(v), Some(t)) if !crate::bpp_meets(v, t));
+            let audio = matches!((r.kbps, kbps), (Some(v), Some(t)) if !crate::kbps_meets(v, t));
+            image || audio
+        })
+        .collect()
+}
+
 enum Plan {
     Keep(ManifestRow),
     Encode,

@@ -867,6 +867,19 @@ fn target_bytes(bpp: f64, img: &Image) -> u64 {
 /// Relative tolerance of rate control: the file lands within ±3 % of the target.
 pub const RATE_TOLERANCE: f64 = 0.03;
 
+/// Whether an image file of `bpp` bits per pixel meets a `--bpp` target `t`: within
+/// ±[`RATE_TOLERANCE`] of it.
+pub fn bpp_meets(bpp: f64, t: f64) -> bool {
+    (bpp - t).abs() <= RATE_TOLERANCE * t
+}
+
+/// Whether an audio file of `kbps` kilobits per second meets a `--kbps` target `t`: at most
+/// the target and at most [`RATE_TOLERANCE`] below it (the audio grid mode's rate control
+/// aims under the target, as a bitrate is a cap).
+pub fn kbps_meets(kbps: f64, t: f64) -> bool {
+    kbps >= t * (1.0 - RATE_TOLERANCE) && kbps <= t
+}
+
 /// Largest density in `lo..=hi` whose file (weights pruned by magnitude from `prev`, or by
 /// seeded masks for [`PruneMethod::Seeded`]) is at most `target` bytes, by bisection on the
 /// real coded size; `lo` if even that is too big.

@@ -50,9 +50,9 @@ pub use audio_grid_codec::{
 };
 pub use audio_mod_codec::{encode_audio_modulated, AudioModEncodeConfig};
 pub use codec::{
-    decode, default_lr, encode_image, inspect, inspect_with, BaseChoice, BitAllocation,
-    DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded, Preset, Progress, PruneMethod,
-    PruneScope, RATE_TOLERANCE,
+    bpp_meets, decode, default_lr, encode_image, inspect, inspect_with, kbps_meets, BaseChoice,
+    BitAllocation, DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded, Preset,
+    Progress, PruneMethod, PruneScope, RATE_TOLERANCE,
 };
 pub use format::Limits;
 pub use grid::GridFit;

@@ -523,6 +523,47 @@ fn manifests_without_the_kbps_column_are_still_read() {
 }
 
 #[test]
+fn rows_off_their_rate_target_are_listed() {
+    let row = |input: &str, bpp: Option<f64>, kbps: Option<f64>, status: RowStatus| {
+        inr::batch::ManifestRow {
+            input: input.into(),
+            output: String::new(),
+            bytes: Some(100),
+            bpp,
+            kbps,
+            psnr: Some(30.0),
+            seconds: None,
+            status,
+            error: String::new(),
+        }
+    };
+    let rows = vec![
+        row("in.png", Some(0.2574), None, RowStatus::Ok),
+        row("over.png", Some(0.2576), None, RowStatus::Ok),
+        row("under.png", Some(0.2424), None, RowStatus::Ok),
+        row("low.png", Some(0.2426), None, RowStatus::Ok),
+        row("failed.png", None, None, RowStatus::Failed),
+        row("in.wav", None, Some(15.6), RowStatus::Ok),
+        row("over.wav", None, Some(16.01), RowStatus::Ok),
+        row("under.wav", None, Some(15.5), RowStatus::Ok),
+    ];
+    let names = |bpp, kbps| -> Vec<String> {
+        inr::batch::off_target(&rows, bpp, kbps)
+            .iter()
+            .map(|r| r.input.clone())
+            .collect()
+    };
+    // Images: ±3 %; audio: −3 % … 0 % (a bitrate is a cap).
+    assert_eq!(
+        names(Some(0.25), Some(16.0)),
+        ["over.png", "under.png", "over.wav", "under.wav"]
+    );
+    assert_eq!(names(Some(0.25), None), ["over.png", "under.png"]);
+    assert_eq!(names(None, Some(16.0)), ["over.wav", "under.wav"]);
+    assert!(names(None, None).is_empty());
+}
+
+#[test]
 fn cli_batch_codes_wav_in_the_audio_grid_mode_and_refuses_kbps_elsewhere() {
     let t = tempfile::tempdir().unwrap();
     let inp = t.path().join("in");
@@ -544,8 +585,20 @@ fn cli_batch_codes_wav_in_the_audio_grid_mode_and_refuses_kbps_elsewhere() {
     let kbps = v["rows"][0]["kbps"].as_f64().unwrap();
     assert!((16.0 * 0.97..=16.0).contains(&kbps), "{v}");
     assert!(v["rows"][0]["bpp"].is_null());
+    assert_eq!(v["off_target"], serde_json::json!([]));
     let bytes = std::fs::read(out.join("tone.inr")).unwrap();
     assert!(inr::format::is_audio_grid_file(&bytes));
+    // A target below what the header alone costs: the file is kept, warned about and listed.
+    let a = run(&["--kbps", "0.05", "--force"]).success();
+    let v: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(v["encoded"], 1, "{v}");
+    assert!(v["rows"][0]["kbps"].as_f64().unwrap() > 0.05, "{v}");
+    assert_eq!(v["off_target"], serde_json::json!(["tone.wav"]));
+    let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(
+        err.contains("tone.wav") && err.contains("off the target 0.05 kbit/s"),
+        "{err}"
+    );
     // --kbps with the weight mode is a clean error; grid-shared fails the WAV file alone.
     run(&["--mode", "weights", "--kbps", "12", "--force"])
         .failure()

@@ -163,7 +163,7 @@ fn encode_grid(
     cfg.target_kbps = args.kbps;
     let (result, start) = with_bar(ctx, |p| inr::encode_audio_grid(&mut src, &cfg, p));
     if let (Ok(e), Some(t)) = (&result, args.kbps) {
-        if e.quality.kbps < t * (1.0 - inr::RATE_TOLERANCE) || e.quality.kbps > t {
+        if !inr::kbps_meets(e.quality.kbps, t) {
             notes.push(format!(
                 "--kbps {t}: the file came out at {:.2} kbit/s (outside -3 % .. 0 %)",
                 e.quality.kbps

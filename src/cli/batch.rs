@@ -14,7 +14,9 @@ use inr::{EncodeConfig, Preset};
 /// mode with `--mode weights`; `--preset`, `--steps`, `--seed` and `--kbps` apply to them
 /// (`--width`, `--depth` and `--bits` too in the weight mode); `--bpp`, `--psnr`, `--base`
 /// and `--output-layer` are for images. The manifest gives images' rates in `bpp` and audio's
-/// in `kbps`.
+/// in `kbps`. A file that misses its `--bpp` (±3 %) or `--kbps` (−3 % … 0 %) target is kept
+/// (rate control keeps the best file it found), warned about and listed in `off_target`
+/// with `--json`.
 #[derive(Debug, clap::Args)]
 pub struct BatchArgs {
     /// Input folder (searched recursively; files that are neither images nor WAV are skipped).
@@ -324,6 +326,20 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
     let s = batch::run_batch(in_dir, out_dir, codec, &opts, &progress)
         .with_context(|| format!("batch {} -> {}", in_dir.display(), out_dir.display()))?;
     bar.finish_and_clear();
+    let missed = batch::off_target(&s.rows, args.bpp, args.kbps);
+    // Warnings, like `inr encode`'s, even with --quiet.
+    for r in &missed {
+        let (v, unit, t) = match (r.bpp, r.kbps) {
+            (Some(v), _) => (v, "bpp", args.bpp.unwrap_or_default()),
+            (_, Some(v)) => (v, "kbit/s", args.kbps.unwrap_or_default()),
+            _ => continue,
+        };
+        eprintln!(
+            "warning: {}: {v:.4} {unit}, off the target {t} {unit} (the best file rate \
+             control found was kept)",
+            r.input
+        );
+    }
     if json {
         println!(
             "{}",
@@ -333,12 +349,18 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
                 "kept": s.kept,
                 "failed": s.failed,
                 "interrupted": s.interrupted,
+                "off_target": missed.iter().map(|r| &r.input).collect::<Vec<_>>(),
                 "rows": s.rows,
             }))?
         );
     } else if !quiet {
+        let off = if missed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} off the rate target)", missed.len())
+        };
         println!(
-            "{} files: {} encoded, {} kept, {} failed; manifest {}",
+            "{} files: {} encoded, {} kept, {} failed{off}; manifest {}",
             s.rows.len() + s.interrupted,
             s.encoded,
             s.kept,

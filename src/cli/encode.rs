@@ -502,7 +502,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let bytes = enc.bytes.len() as u64;
     let bpp = inr::metrics::bpp(bytes, img.width, img.height)?;
     if let Some(t) = args.bpp {
-        if (bpp - t).abs() > inr::RATE_TOLERANCE * t {
+        if !inr::bpp_meets(bpp, t) {
             let why = if bpp < t {
                 "the network cannot reach it, or spending more bytes after quantization-aware \
                  fine-tuning lowered the PSNR, so the smaller file was kept"
