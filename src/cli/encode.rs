@@ -154,7 +154,7 @@ pub struct EncodeArgs {
     /// and a small synthesis network per segment, started from the embedded audio grid base
     /// for mono clips (--base none: random; about 12 kbit/s and 42 dB on 16 kHz speech at
     /// medium): the preset picks λ (tiny 0.002 … huge 0.00001), --kbps aims at a rate, --steps
-    /// sets the fit (default 200, about 0.6 s per second of 16 kHz audio on one core);
+    /// sets the fit (default 200, about 0.25 s per second of 16 kHz audio on two cores);
     /// `weights` codes windows of small networks (its medium preset starts from the embedded
     /// audio weight base); `modulations` codes the clip as one row of latents for an audio
     /// modulation base (`inr meta-train --modality audio --mode modulations`; --kbps sets the
