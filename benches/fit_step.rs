@@ -59,7 +59,8 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("render_768x512");
     g.sample_size(10);
     g.throughput(Throughput::Elements(w as u64 * h as u64));
-    for (width, depth) in [(28u16, 10u8), (48, 10)] {
+    // 10x60: the large preset, the width of the seeded-support comparisons.
+    for (width, depth) in [(28u16, 10u8), (48, 10), (60, 10)] {
         let a = arch(width, depth, 0);
         let p = siren_init(&shape_of(&a), 1);
         g.bench_function(format!("{depth}x{width}"), |b| {

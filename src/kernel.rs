@@ -305,10 +305,10 @@ fn gemm<const FMA: bool, const X512: bool>(
     };
     if wide(ws) {
         #[cfg(target_arch = "x86_64")]
-        if FMA && X512 {
-            // SAFETY: `X512` is only set by `train_tile_avx512`, whose caller checked AVX-512F
-            // and FMA.
-            let r = unsafe { gemm_rows8_avx512(a, out) };
+        if X512 {
+            // SAFETY: `X512` is only set by `train_tile_avx512` and `forward_infer_avx512`,
+            // whose callers checked AVX-512F and FMA.
+            let r = unsafe { gemm_rows8_avx512::<FMA>(a, out) };
             let rest = GemmArgs {
                 x: &x[r * xs..],
                 rows: rows - r,
@@ -461,14 +461,16 @@ fn outer_block_l<const FMA: bool, const KB: usize, const L: usize>(
 
 /// The 8-row blocks of [`gemm_l`] with 16-lane columns, written with AVX-512 intrinsics:
 /// 8 independent accumulators per column block (auto-vectorised, 8-row blocks spilled or
-/// became gathers). Each output still sums `k` in order with one FMA per term, so the bits
-/// are those of [`gemm_l`]. Returns the rows done (a multiple of 8); the caller does the rest.
+/// became gathers). Each output still sums `k` in order with one FMA per term (`FMA`), or
+/// one rounded product then one rounded sum (not `FMA`: the decoder's arithmetic, §8), so
+/// the bits are those of [`gemm_l`]. Returns the rows done (a multiple of 8); the caller
+/// does the rest.
 ///
 /// # Safety
 /// The CPU must support AVX-512F and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn gemm_rows8_avx512(a: GemmArgs<'_>, out: &mut [f32]) -> usize {
+unsafe fn gemm_rows8_avx512<const FMA: bool>(a: GemmArgs<'_>, out: &mut [f32]) -> usize {
     use std::arch::x86_64::*;
     let (x, xs, k_n, w, ws, bias, rows) = (a.x, a.xs, a.k_n, a.w, a.ws, a.bias, a.rows);
     let blocks = rows / 8;
@@ -491,8 +493,13 @@ unsafe fn gemm_rows8_avx512(a: GemmArgs<'_>, out: &mut [f32]) -> usize {
                 let wv = unsafe { _mm512_loadu_ps(w.as_ptr().add(k * ws + jc)) };
                 for (i, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: (r + i) * xs + k < (blocks * 8 - 1) * xs + k_n <= x.len().
-                    let xv = unsafe { *x.as_ptr().add((r + i) * xs + k) };
-                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(xv), wv, *acc);
+                    let xv = _mm512_set1_ps(unsafe { *x.as_ptr().add((r + i) * xs + k) });
+                    // Separate intrinsics are never contracted into an FMA.
+                    *acc = if FMA {
+                        _mm512_fmadd_ps(xv, wv, *acc)
+                    } else {
+                        _mm512_add_ps(_mm512_mul_ps(xv, wv), *acc)
+                    };
                 }
             }
             for (i, a) in acc.iter().enumerate() {
@@ -594,13 +601,18 @@ pub fn forward_tile_infer_shifted(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX-512F and FMA, checked just above.
+            unsafe { forward_infer_avx512(shape, packed, x, rows, y, s, shift) };
+            return;
+        }
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
             unsafe { forward_infer_avx2(shape, packed, x, rows, y, s, shift) };
             return;
         }
     }
-    forward_infer_generic(shape, packed, x, rows, y, s, shift)
+    forward_infer_generic::<false>(shape, packed, x, rows, y, s, shift)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -614,11 +626,29 @@ unsafe fn forward_infer_avx2(
     s: &mut InferScratch,
     shift: Option<&[f32]>,
 ) {
-    forward_infer_generic(shape, packed, x, rows, y, s, shift)
+    forward_infer_generic::<false>(shape, packed, x, rows, y, s, shift)
+}
+
+/// The inference pass compiled for AVX-512, with the 8-row AVX-512 blocks of [`gemm`] (no
+/// FMA: every product and sum is rounded on its own, as on every other path, so the bits do
+/// not depend on the path; the FMA feature is only enabled because those blocks' function
+/// also serves training).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn forward_infer_avx512(
+    shape: &NetShape,
+    packed: &[f32],
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+    s: &mut InferScratch,
+    shift: Option<&[f32]>,
+) {
+    forward_infer_generic::<true>(shape, packed, x, rows, y, s, shift)
 }
 
 #[inline(always)]
-fn forward_infer_generic(
+fn forward_infer_generic<const X512: bool>(
     shape: &NetShape,
     packed: &[f32],
     x: &[f32],
@@ -632,7 +662,7 @@ fn forward_infer_generic(
         let w = &packed[ly.pw_off..ly.pb_off];
         let b = &packed[ly.pb_off..ly.pb_off + ly.out_pad];
         let input: &[f32] = if l == 0 { x } else { &cur[..] };
-        gemm::<false, false>(
+        gemm::<false, X512>(
             input,
             ly.in_stride,
             ly.n_in,
@@ -1200,7 +1230,7 @@ mod tests {
             let mut y = vec![0.0f32; rows * 3];
             let mut s = InferScratch::new(&shape);
             if portable {
-                forward_infer_generic(&shape, &pk, &x, rows, &mut y, &mut s, None);
+                forward_infer_generic::<false>(&shape, &pk, &x, rows, &mut y, &mut s, None);
             } else {
                 forward_tile_infer(&shape, &pk, &x, rows, &mut y, &mut s);
             }
