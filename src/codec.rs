@@ -439,21 +439,28 @@ fn allocate_bits(fitter: &mut Fitter<'_>, plan: &Plan, tb: &[u8]) -> Result<Vec<
     let lens = arch.tensor_lens();
     let mse = |psnr: f64| 255.0f64.powi(2) * 10f64.powf(-psnr / 10.0);
     let fine = vec![16u8; tb.len()];
-    let ref_mse = mse(fitter.eval_params(
-        &params,
-        Some(&QuantSpec::choose(&arch, &params, &fine, base)),
-    ));
     let widths: Vec<u8> =
         (plan.bits.saturating_sub(2).max(2)..=plan.bits.saturating_add(2).min(12)).collect();
-    // table[h][i] = (ΔMSE, bytes) of hidden matrix h at widths[i].
-    let mut table = Vec::with_capacity(hidden.len());
+    // The reference, then one probe per (hidden matrix, width), rendered in one pass: a probe
+    // differs from the reference in one matrix only.
+    let mut quants = vec![QuantSpec::choose(&arch, &params, &fine, base)];
     for &t in &hidden {
-        let mut row = Vec::with_capacity(widths.len());
         for &b in &widths {
             let mut bits = fine.clone();
             bits[t] = b;
-            let q = QuantSpec::choose(&arch, &params, &bits, base);
-            let d = (mse(fitter.eval_params(&params, Some(&q))) - ref_mse).max(0.0);
+            quants.push(QuantSpec::choose(&arch, &params, &bits, base));
+        }
+    }
+    let psnrs = fitter.eval_params_many(&params, &quants);
+    let ref_mse = mse(psnrs[0]);
+    // table[h][i] = (ΔMSE, bytes) of hidden matrix h at widths[i].
+    let mut table = Vec::with_capacity(hidden.len());
+    for (h, &t) in hidden.iter().enumerate() {
+        let mut row = Vec::with_capacity(widths.len());
+        for (i, &b) in widths.iter().enumerate() {
+            let k = 1 + h * widths.len() + i;
+            let q = &quants[k];
+            let d = (mse(psnrs[k]) - ref_mse).max(0.0);
             let sym = q.symbols(&arch, &params).swap_remove(t);
             debug_assert_eq!(sym.len(), lens[t]);
             let bytes = crate::entropy::encode_tensors(&[&sym], format::max_abs_for_bits(b))

@@ -30,6 +30,11 @@ pub trait FitTarget: Sync {
     fn target(&self, idx: usize) -> &[f32];
     /// PSNR (dB) of the decoder's output for real-layout `params` against the original.
     fn eval(&self, arch: &Arch, params: &[f32]) -> f64;
+    /// [`FitTarget::eval`] of each of `params` (equal results; an implementation may share
+    /// the work of variants of `params[0]`).
+    fn eval_many(&self, arch: &Arch, params: &[Vec<f32>]) -> Vec<f64> {
+        params.iter().map(|p| self.eval(arch, p)).collect()
+    }
 }
 
 /// The signal being fitted: features come from `grid`, targets are in [-1, 1].
@@ -60,6 +65,13 @@ impl FitTarget for Signal<'_> {
     fn eval(&self, arch: &Arch, params: &[f32]) -> f64 {
         let img = model::render(arch, params, self.grid.width, self.grid.height);
         psnr_u8(&img, self.original)
+    }
+    fn eval_many(&self, arch: &Arch, params: &[Vec<f32>]) -> Vec<f64> {
+        let (w, h) = (self.grid.width, self.grid.height);
+        model::render_sse_many(arch, params, w, h, self.original)
+            .into_iter()
+            .map(|sse| psnr_of_sse(sse as f64, self.original.len()))
+            .collect()
     }
 }
 
@@ -510,15 +522,21 @@ pub struct FitEvent {
 
 /// PSNR in dB of 8-bit data (peak 255, one MSE over all samples).
 pub fn psnr_u8(a: &[u8], b: &[u8]) -> f64 {
+    // Exact: every term and partial sum is an integer below 2^53.
     let sse: f64 = a
         .iter()
         .zip(b)
         .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
         .sum();
+    psnr_of_sse(sse, a.len())
+}
+
+/// PSNR (dB) of 8-bit samples from their sum of squared errors over `n` samples.
+fn psnr_of_sse(sse: f64, n: usize) -> f64 {
     if sse == 0.0 {
         return f64::INFINITY;
     }
-    let mse = sse / a.len() as f64;
+    let mse = sse / n as f64;
     10.0 * (255.0f64 * 255.0 / mse).log10()
 }
 
@@ -847,6 +865,20 @@ impl<'a> Fitter<'a> {
             None => self.eff.copy_from_slice(params),
         }
         self.sig.eval(&self.arch, &self.eff)
+    }
+
+    /// [`Fitter::eval_params`] of `params` under each of `quants`, in one pass when the
+    /// target can share it (the first quantization is the reference the others vary).
+    pub fn eval_params_many(&mut self, params: &[f32], quants: &[QuantSpec]) -> Vec<f64> {
+        let effs: Vec<Vec<f32>> = quants
+            .iter()
+            .map(|q| {
+                let mut e = vec![0.0f32; params.len()];
+                q.apply(&self.arch, params, &mut e);
+                e
+            })
+            .collect();
+        self.sig.eval_many(&self.arch, &effs)
     }
 
     /// Run a phase; keeps and restores the latent weights with the best exact PSNR

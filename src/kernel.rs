@@ -599,20 +599,87 @@ pub fn forward_tile_infer_shifted(
     s: &mut InferScratch,
     shift: Option<&[f32]>,
 ) {
+    let io = InferIo {
+        from: 0,
+        shift,
+        capture: None,
+    };
+    forward_infer_dispatch(shape, packed, x, rows, y, s, io)
+}
+
+/// Where an inference pass starts and what else it reads or keeps.
+struct InferIo<'a> {
+    /// The first layer run; the input `x` is that layer's input (stride `in_stride`).
+    from: usize,
+    /// See [`forward_tile_infer_shifted`] (only with `from == 0`).
+    shift: Option<&'a [f32]>,
+    /// `capture[l]` receives the input of every layer `l > from` (`rows * in_stride`).
+    capture: Option<&'a mut [Vec<f32>]>,
+}
+
+/// As [`forward_tile_infer`], from layer `from` on: `x` is that layer's input (`rows *
+/// in_stride`, as [`forward_tile_infer_capture`] keeps it). The outputs are bit-identical to a
+/// whole pass whose earlier layers produced `x`: the same operations in the same order.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_tile_infer_from(
+    shape: &NetShape,
+    packed: &[f32],
+    from: usize,
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+    s: &mut InferScratch,
+) {
+    let io = InferIo {
+        from,
+        shift: None,
+        capture: None,
+    };
+    forward_infer_dispatch(shape, packed, x, rows, y, s, io)
+}
+
+/// As [`forward_tile_infer`], keeping the input of every layer `l >= 1` in `capture[l]`
+/// (`rows * in_stride` values; `capture` has one buffer per layer, each at least that long).
+pub fn forward_tile_infer_capture(
+    shape: &NetShape,
+    packed: &[f32],
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+    s: &mut InferScratch,
+    capture: &mut [Vec<f32>],
+) {
+    let io = InferIo {
+        from: 0,
+        shift: None,
+        capture: Some(capture),
+    };
+    forward_infer_dispatch(shape, packed, x, rows, y, s, io)
+}
+
+fn forward_infer_dispatch(
+    shape: &NetShape,
+    packed: &[f32],
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+    s: &mut InferScratch,
+    io: InferIo<'_>,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX-512F and FMA, checked just above.
-            unsafe { forward_infer_avx512(shape, packed, x, rows, y, s, shift) };
+            unsafe { forward_infer_avx512(shape, packed, x, rows, y, s, io) };
             return;
         }
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { forward_infer_avx2(shape, packed, x, rows, y, s, shift) };
+            unsafe { forward_infer_avx2(shape, packed, x, rows, y, s, io) };
             return;
         }
     }
-    forward_infer_generic::<false>(shape, packed, x, rows, y, s, shift)
+    forward_infer_generic::<false>(shape, packed, x, rows, y, s, io)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -624,9 +691,9 @@ unsafe fn forward_infer_avx2(
     rows: usize,
     y: &mut [f32],
     s: &mut InferScratch,
-    shift: Option<&[f32]>,
+    io: InferIo<'_>,
 ) {
-    forward_infer_generic::<false>(shape, packed, x, rows, y, s, shift)
+    forward_infer_generic::<false>(shape, packed, x, rows, y, s, io)
 }
 
 /// The inference pass compiled for AVX-512, with the 8-row AVX-512 blocks of [`gemm`] (no
@@ -642,9 +709,9 @@ unsafe fn forward_infer_avx512(
     rows: usize,
     y: &mut [f32],
     s: &mut InferScratch,
-    shift: Option<&[f32]>,
+    io: InferIo<'_>,
 ) {
-    forward_infer_generic::<true>(shape, packed, x, rows, y, s, shift)
+    forward_infer_generic::<true>(shape, packed, x, rows, y, s, io)
 }
 
 #[inline(always)]
@@ -655,13 +722,22 @@ fn forward_infer_generic<const X512: bool>(
     rows: usize,
     y: &mut [f32],
     s: &mut InferScratch,
-    shift: Option<&[f32]>,
+    io: InferIo<'_>,
 ) {
+    let InferIo {
+        from,
+        shift,
+        mut capture,
+    } = io;
     let (mut cur, mut next) = (&mut s.a, &mut s.b);
-    for (l, ly) in shape.layers.iter().enumerate() {
+    for (l, ly) in shape.layers.iter().enumerate().skip(from) {
         let w = &packed[ly.pw_off..ly.pb_off];
         let b = &packed[ly.pb_off..ly.pb_off + ly.out_pad];
-        let input: &[f32] = if l == 0 { x } else { &cur[..] };
+        let input: &[f32] = if l == from { x } else { &cur[..] };
+        if let Some(c) = capture.as_deref_mut().filter(|_| l > from) {
+            let n = rows * ly.in_stride;
+            c[l][..n].copy_from_slice(&input[..n]);
+        }
         gemm::<false, X512>(
             input,
             ly.in_stride,
@@ -1230,7 +1306,19 @@ mod tests {
             let mut y = vec![0.0f32; rows * 3];
             let mut s = InferScratch::new(&shape);
             if portable {
-                forward_infer_generic::<false>(&shape, &pk, &x, rows, &mut y, &mut s, None);
+                forward_infer_generic::<false>(
+                    &shape,
+                    &pk,
+                    &x,
+                    rows,
+                    &mut y,
+                    &mut s,
+                    InferIo {
+                        from: 0,
+                        shift: None,
+                        capture: None,
+                    },
+                );
             } else {
                 forward_tile_infer(&shape, &pk, &x, rows, &mut y, &mut s);
             }

@@ -167,6 +167,121 @@ pub fn render(arch: &Arch, params: &[f32], width: u32, height: u32) -> Vec<u8> {
     out
 }
 
+/// Sums of squared errors (8-bit samples, against `original`) of [`render`] for each of
+/// `params[0]` (the reference) and the variants `params[1..]`, in one pass over the pixels.
+/// A variant is evaluated from the first layer whose parameters differ from the reference's,
+/// on the reference's activations there, so a probe of a late layer costs only the layers from
+/// it on; every sum equals that of rendering the variant whole (the same operations in the same
+/// order, and an exact integer sum).
+pub fn render_sse_many(
+    arch: &Arch,
+    params: &[Vec<f32>],
+    width: u32,
+    height: u32,
+    original: &[u8],
+) -> Vec<u64> {
+    let Some(reference) = params.first() else {
+        return Vec::new();
+    };
+    let shape = shape_of(arch);
+    let grid = Grid2::new(arch, width, height);
+    let c = shape.n_out();
+    let nf = grid.n_features();
+    let n = width as usize * height as usize;
+    // The first layer each variant changes (layers.len(): none).
+    let from: Vec<usize> = params
+        .iter()
+        .map(|p| {
+            let first = p
+                .iter()
+                .zip(reference)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            first.map_or(shape.layers.len(), |i| {
+                shape
+                    .layers
+                    .iter()
+                    .position(|ly| i < ly.b_off + ly.n_out)
+                    .unwrap_or(0)
+            })
+        })
+        .collect();
+    let packed: Vec<Vec<f32>> = params
+        .iter()
+        .map(|p| {
+            let mut pk = vec![0.0f32; shape.n_packed];
+            shape.pack(p, &mut pk);
+            pk
+        })
+        .collect();
+    let chunk_px = TILE * 16;
+    let sse_tile = |y: &[f32], orig: &[u8]| -> u64 {
+        y.iter()
+            .zip(orig)
+            .map(|(&v, &o)| {
+                let d = i64::from(to_u8(v)) - i64::from(o);
+                (d * d) as u64
+            })
+            .sum()
+    };
+    let chunks = n.div_ceil(chunk_px);
+    (0..chunks)
+        .into_par_iter()
+        .map_init(
+            || {
+                let capture: Vec<Vec<f32>> = shape
+                    .layers
+                    .iter()
+                    .map(|ly| vec![0.0f32; TILE * ly.in_stride])
+                    .collect();
+                (
+                    InferScratch::new(&shape),
+                    vec![0.0f32; TILE * nf],
+                    vec![0.0f32; TILE * c],
+                    capture,
+                )
+            },
+            |(scratch, x, y, capture), ci| {
+                let mut sums = vec![0u64; params.len()];
+                let start = ci * chunk_px;
+                let npx = chunk_px.min(n - start);
+                let mut done = 0;
+                while done < npx {
+                    let rows = TILE.min(npx - done);
+                    for r in 0..rows {
+                        grid.features(start + done + r, &mut x[r * nf..(r + 1) * nf]);
+                    }
+                    let orig = &original[(start + done) * c..(start + done + rows) * c];
+                    kernel::forward_tile_infer_capture(
+                        &shape, &packed[0], x, rows, y, scratch, capture,
+                    );
+                    let ref_sse = sse_tile(&y[..rows * c], orig);
+                    sums[0] += ref_sse;
+                    for (i, pk) in packed.iter().enumerate().skip(1) {
+                        let f = from[i];
+                        sums[i] += if f == shape.layers.len() {
+                            ref_sse
+                        } else {
+                            let input: &[f32] = if f == 0 { x } else { &capture[f] };
+                            kernel::forward_tile_infer_from(&shape, pk, f, input, rows, y, scratch);
+                            sse_tile(&y[..rows * c], orig)
+                        };
+                    }
+                    done += rows;
+                }
+                sums
+            },
+        )
+        .reduce(
+            || vec![0u64; params.len()],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                a
+            },
+        )
+}
+
 /// Input features of one audio window of `len` frames (`coord_dims = 1`, codec-spec §11.7):
 /// frame `i` has the coordinate `(2i + 1) / len - 1` followed by its Fourier features, exactly
 /// as one axis of [`Grid2`]. A shorter last window keeps the coordinates of a full window.
@@ -218,4 +333,59 @@ pub fn render_window(arch: &Arch, params: &[f32], grid: &Grid1, frames: usize) -
         done += rows;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One pass over the pixels gives every variant's exact sum of squared errors: variants of
+    /// the first layer, a hidden layer, the last layer, several layers and none, on an image
+    /// of several chunks with a partial last tile.
+    #[test]
+    fn render_sse_many_equals_rendering_each_variant() {
+        let arch = Arch {
+            coord_dims: 2,
+            out_channels: 3,
+            width: 20,
+            depth: 4,
+            pe_freqs: 2,
+            pe_base_milli: 2000,
+            w0_first: 30,
+            w0_hidden: 1,
+        };
+        let shape = shape_of(&arch);
+        let (w, h) = (77u32, 29u32);
+        let reference = siren_init(&shape, 5);
+        let original: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
+        let lens = arch.tensor_lens();
+        let nudge = |p: &mut Vec<f32>, tensor: usize| {
+            let off: usize = lens[..tensor].iter().sum();
+            for (i, v) in p[off..off + lens[tensor]].iter_mut().enumerate() {
+                *v += 0.01 * ((i % 7) as f32 - 3.0);
+            }
+        };
+        let mut variants = vec![reference.clone(), reference.clone()];
+        for tensors in [&[0usize][..], &[3], &[4, 5], &[lens.len() - 2], &[2, 7]] {
+            let mut p = reference.clone();
+            for &t in tensors {
+                nudge(&mut p, t);
+            }
+            variants.push(p);
+        }
+        let got = render_sse_many(&arch, &variants, w, h, &original);
+        let want: Vec<u64> = variants
+            .iter()
+            .map(|p| {
+                render(&arch, p, w, h)
+                    .iter()
+                    .zip(&original)
+                    .map(|(&a, &b)| (i64::from(a) - i64::from(b)).pow(2) as u64)
+                    .sum()
+            })
+            .collect();
+        assert_eq!(got, want);
+        // The variants do differ from the reference.
+        assert!(want[2..].iter().all(|&s| s != want[0]), "{want:?}");
+    }
 }
