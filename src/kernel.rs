@@ -682,36 +682,25 @@ fn forward_infer_dispatch(
     forward_infer_generic::<false>(shape, packed, x, rows, y, s, io)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn forward_infer_avx2(
-    shape: &NetShape,
-    packed: &[f32],
-    x: &[f32],
-    rows: usize,
-    y: &mut [f32],
-    s: &mut InferScratch,
-    io: InferIo<'_>,
-) {
-    forward_infer_generic::<false>(shape, packed, x, rows, y, s, io)
-}
-
-/// The inference pass compiled for AVX-512, with the 8-row AVX-512 blocks of [`gemm`] (no
-/// FMA: every product and sum is rounded on its own, as on every other path, so the bits do
-/// not depend on the path; the FMA feature is only enabled because those blocks' function
-/// also serves training).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn forward_infer_avx512(
-    shape: &NetShape,
-    packed: &[f32],
-    x: &[f32],
-    rows: usize,
-    y: &mut [f32],
-    s: &mut InferScratch,
-    io: InferIo<'_>,
-) {
-    forward_infer_generic::<true>(shape, packed, x, rows, y, s, io)
+// The inference pass compiled for AVX2, and for AVX-512 with the 8-row AVX-512 blocks of
+// [`gemm`]. Neither uses an FMA (every product and sum is rounded on its own, as on the
+// portable path, so the bits do not depend on the path); AVX-512's variant enables the FMA
+// feature only because those blocks' function also serves training.
+simd_variants! {
+    fn [
+        forward_infer_avx2 = "avx2"; const X512: bool = false,
+        forward_infer_avx512 = "avx512f,fma"; const X512: bool = true,
+    ](
+        shape: &NetShape,
+        packed: &[f32],
+        x: &[f32],
+        rows: usize,
+        y: &mut [f32],
+        s: &mut InferScratch,
+        io: InferIo<'_>,
+    ) {
+        forward_infer_generic::<X512>(shape, packed, x, rows, y, s, io)
+    }
 }
 
 #[inline(always)]
