@@ -620,7 +620,6 @@ struct InferIo<'a> {
 /// As [`forward_tile_infer`], from layer `from` on: `x` is that layer's input (`rows *
 /// in_stride`, as [`forward_tile_infer_capture`] keeps it). The outputs are bit-identical to a
 /// whole pass whose earlier layers produced `x`: the same operations in the same order.
-#[allow(clippy::too_many_arguments)]
 pub fn forward_tile_infer_from(
     shape: &NetShape,
     packed: &[f32],
