@@ -2,7 +2,7 @@
 # PSNR vs encode seconds (issue 5): on every PNG of a directory, weight mode at a fixed target
 # rate, for each preset of $PRESETS, each start of $BASES (`default` = the embedded meta-learned
 # base, `none` = random init) and each step count of $STEPS:
-#   inr encode IMG --preset P --base B --steps S --bpp $BPP
+#   inr encode IMG --mode weights --preset P --base B --steps S --bpp $BPP
 # Real file sizes, decoded PSNR, wall-clock encode seconds as `inr encode --json` reports them
 # (fitting, rate control, quantization-aware fine-tuning, coding).
 # Usage: [BPP=0.25] [PRESETS="small medium"] [BASES="default none"] [STEPS="125 250 500 1000 2000"] \
@@ -27,7 +27,7 @@ for png in "$DIR"/*.png; do
   for p in $PRESETS; do
     for b in $BASES; do
       for s in $STEPS; do
-        enc=$("$INR" --json --threads "$THREADS" encode "$png" -o "$TMP/x.inr" --force \
+        enc=$("$INR" --json --threads "$THREADS" encode "$png" -o "$TMP/x.inr" --force --mode weights \
           --preset "$p" --base "$b" --steps "$s" --bpp "$BPP")
         python3 - "$img" "$p" "$b" "$s" "$BPP" "$enc" >> "$OUT" <<'PY'
 import json, sys

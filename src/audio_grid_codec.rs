@@ -116,11 +116,11 @@ impl AudioGridEncodeConfig {
             BaseChoice::Custom(b) => {
                 if !b.grid_audio {
                     return Err(EncodeError::Parameter(format!(
-                        "base {:016x} is a {} base; audio --mode grid starts from an audio grid \
+                        "base {:016x} is {} base; audio --mode grid starts from an audio grid \
                          base (codec-spec §10.5, made by `inr meta-train --modality audio --mode \
                          grid`)",
                         b.id(),
-                        b.kind()
+                        b.a_kind()
                     )));
                 }
                 if b.arch.out_channels != channels {

@@ -270,6 +270,17 @@ impl Base {
         }
     }
 
+    /// [`Base::kind`] with its article, e.g. `an audio weight`.
+    pub fn a_kind(&self) -> String {
+        let k = self.kind();
+        let a = if k.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        format!("{a} {k}")
+    }
+
     /// The number of weights the base file must hold: the network's, plus the map's for a
     /// modulation base (§10.1, §10.3).
     pub fn expected_params(&self) -> usize {

@@ -361,7 +361,11 @@ impl BatchCodec for InrBatchCodec {
         crate::inspect(bytes).is_ok()
     }
     fn decode(&self, bytes: &[u8]) -> Result<Image, String> {
-        crate::decode(bytes, &crate::DecodeOptions::default()).map_err(|e| e.to_string())
+        let mut opts = crate::DecodeOptions::default();
+        if let crate::BaseChoice::Custom(b) = &self.config.base {
+            opts.bases.push(b.clone());
+        }
+        crate::decode(bytes, &opts).map_err(|e| e.to_string())
     }
 }
 
@@ -396,10 +400,21 @@ impl BatchCodec for ModBatchCodec {
 /// The grid mode (§13) with a fixed configuration.
 pub struct GridBatchCodec {
     pub config: crate::GridEncodeConfig,
+    /// The weight mode's configuration for images too large for the grid mode
+    /// ([`crate::GridEncodeConfig::too_large`]); `None`: such images fail.
+    pub fallback: Option<EncodeConfig>,
 }
 
 impl BatchCodec for GridBatchCodec {
     fn encode(&self, img: &Image) -> Result<EncodedFile, String> {
+        if let Some(weights) = &self.fallback {
+            if self.config.too_large(img.width, img.height, img.channels) {
+                return InrBatchCodec {
+                    config: weights.clone(),
+                }
+                .encode(img);
+            }
+        }
         let e = crate::encode_grid(img, &self.config, &mut |_| {}).map_err(|e| e.to_string())?;
         Ok(EncodedFile {
             bytes: e.bytes,

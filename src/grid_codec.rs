@@ -148,6 +148,37 @@ impl GridEncodeConfig {
         }
     }
 
+    /// [`encode_grid`]'s up-front checks of an image of `width` x `height` pixels and
+    /// `channels` channels, without fitting: the base, the synthesis and what a default
+    /// decoder accepts (§13.2, §13.4).
+    ///
+    /// # Errors
+    /// [`EncodeError::Parameter`] for a base that does not suit the settings,
+    /// [`EncodeError::Format`] for an image a default decoder would reject in this mode (a
+    /// `LimitExceeded` one when it has too many latents: above about 3 Mpx at 8 levels).
+    pub fn check_image(&self, width: u32, height: u32, channels: u8) -> Result<(), EncodeError> {
+        let (eff, _) = resolve_base(self, channels)?;
+        format::grid_tensor_lens(
+            width,
+            height,
+            &grid_arch(&eff, channels),
+            &Limits::default(),
+        )?;
+        Ok(())
+    }
+
+    /// Whether [`GridEncodeConfig::check_image`] refuses the image only because it is too
+    /// large for the grid mode (a default decoder's limits); the weight mode then still codes
+    /// it, so `inr encode` and `inr batch` fall back to that mode when none was asked for.
+    pub fn too_large(&self, width: u32, height: u32, channels: u8) -> bool {
+        matches!(
+            self.check_image(width, height, channels),
+            Err(EncodeError::Format(
+                format::FormatError::LimitExceeded { .. }
+            ))
+        )
+    }
+
     /// §13.8 The shared synthesis of a fit at rate weight `lambda`: its base id and weights
     /// (the embedded network for that λ unless a base is given).
     fn shared_net(&self, lambda: f32) -> Option<(u64, &[f32])> {
@@ -754,10 +785,10 @@ fn resolve_base(
 fn check_grid_base(b: &Base, eff: &mut GridEncodeConfig, channels: u8) -> Result<(), EncodeError> {
     if !b.grid || b.grid_audio {
         return Err(EncodeError::Parameter(format!(
-            "base {:016x} is a {} base; --mode grid and grid-shared need an image grid base \
+            "base {:016x} is {} base; --mode grid and grid-shared need an image grid base \
              (codec-spec §10.5, made by `inr meta-train --mode grid` or `--mode grid-shared`)",
             b.id(),
-            b.kind()
+            b.a_kind()
         )));
     }
     eff.levels = b.arch.coord_dims;
@@ -1014,9 +1045,9 @@ fn shared_synthesis<'a>(id: u64, arch: &Arch, extra: &'a [Base]) -> Result<&'a B
     let b = crate::base::find(id, extra)?;
     if !b.grid || b.grid_audio {
         return Err(DecodeError::Parameter(format!(
-            "base {id:016x} is a {} base, but the file's synthesis is shared: it needs an \
+            "base {id:016x} is {} base, but the file's synthesis is shared: it needs an \
              image grid base (codec-spec §13.8)",
-            b.kind()
+            b.a_kind()
         )));
     }
     if b.arch != *arch {

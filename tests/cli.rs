@@ -305,6 +305,9 @@ fn rd_and_batch_without_arguments_fail_cleanly() {
 // Needs the codec: encode/decode round trips on tiny fixtures.
 // ---------------------------------------------------------------------------------------------
 
+/// The default image mode (grid) and the weight mode, as extra `encode` flags.
+const MODES: [&[&str]; 2] = [&[], &["--mode", "weights"]];
+
 /// Encode `input` with the tiny preset into `out`; returns the JSON summary.
 fn encode_json(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let o = inr()
@@ -376,10 +379,21 @@ fn codec_encode_prints_summary_and_writes_file() {
 #[test]
 
 fn codec_encode_json_and_determinism() {
+    for mode in MODES {
+        encode_json_and_determinism(mode);
+    }
+}
+
+fn encode_json_and_determinism(mode: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.inr"), dir.path().join("b.inr"));
-    let ja = encode_json(&fixture("rgb_24x17.png"), &a, &[]);
-    let jb = encode_json(&fixture("rgb_24x17.png"), &b, &["--threads", "1"]);
+    let ja = encode_json(&fixture("rgb_24x17.png"), &a, mode);
+    let jb = encode_json(
+        &fixture("rgb_24x17.png"),
+        &b,
+        &[mode, &["--threads", "1"]].concat(),
+    );
+    assert_eq!(ja["mode"], mode.get(1).copied().unwrap_or("grid"), "{ja}");
     let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert_eq!(ba, bb, "same input and flags give the same bytes");
     assert_eq!(ja["bytes"].as_u64(), Some(ba.len() as u64));
@@ -393,7 +407,11 @@ fn codec_encode_json_and_determinism() {
     assert!(json_f64(&ja, "psnr") > 10.0, "{ja}");
     // A different seed gives a different file.
     let c = dir.path().join("c.inr");
-    encode_json(&fixture("rgb_24x17.png"), &c, &["--seed", "7"]);
+    encode_json(
+        &fixture("rgb_24x17.png"),
+        &c,
+        &[mode, &["--seed", "7"]].concat(),
+    );
     assert_ne!(std::fs::read(&c).unwrap(), ba);
 }
 
@@ -497,9 +515,15 @@ fn codec_round_trip_decode_info_eval() {
 #[test]
 
 fn codec_renders_at_other_sizes() {
+    for mode in MODES {
+        renders_at_other_sizes(mode);
+    }
+}
+
+fn renders_at_other_sizes(mode: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let coded = dir.path().join("a.inr");
-    encode_json(&fixture("rgb_24x17.png"), &coded, &[]);
+    encode_json(&fixture("rgb_24x17.png"), &coded, mode);
     for (flag, value, want) in [
         ("--size", "40x30", (40, 30)),
         ("--size", "7x5", (7, 5)),
@@ -536,16 +560,23 @@ fn codec_renders_at_other_sizes() {
 fn codec_gray_and_16_bit_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let coded = dir.path().join("g.inr");
-    encode_json(&fixture("gray_16x16.png"), &coded, &[]);
     let png = dir.path().join("g.png");
-    inr()
-        .arg("decode")
-        .arg(&coded)
-        .arg("-o")
-        .arg(&png)
-        .assert()
-        .success();
-    assert_eq!(inr::media::load_image(&png).unwrap().image.channels, 1);
+    for mode in MODES {
+        encode_json(
+            &fixture("gray_16x16.png"),
+            &coded,
+            &[mode, &["--force"]].concat(),
+        );
+        inr()
+            .arg("decode")
+            .arg(&coded)
+            .arg("-o")
+            .arg(&png)
+            .arg("--force")
+            .assert()
+            .success();
+        assert_eq!(inr::media::load_image(&png).unwrap().image.channels, 1);
+    }
 
     // 16-bit input: encodes with a note on stderr (and in the JSON).
     let o = inr()
@@ -585,9 +616,15 @@ fn codec_gray_and_16_bit_inputs() {
 #[test]
 
 fn codec_corrupted_files_never_panic() {
+    for mode in MODES {
+        corrupted_files_never_panic(mode);
+    }
+}
+
+fn corrupted_files_never_panic(mode: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let coded = dir.path().join("a.inr");
-    encode_json(&fixture("rgb_16x16.png"), &coded, &[]);
+    encode_json(&fixture("rgb_16x16.png"), &coded, mode);
     let good = std::fs::read(&coded).unwrap();
     let bad = dir.path().join("bad.inr");
     let out = dir.path().join("o.png");
@@ -1010,7 +1047,8 @@ fn grid_meta_train_then_encode_from_the_grid_base() {
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["info"]["base_kind"], "grid", "{info}");
 
-    // Encoding from it: the JSON names it, the file decodes with no base at all.
+    // Encoding from it (the base's kind picks the grid mode without --mode): the JSON names
+    // it, the file decodes with no base at all.
     let img = fixture("rgb_24x17.png");
     let out = dir.path().join("x.inr");
     let o = inr()
@@ -1018,13 +1056,14 @@ fn grid_meta_train_then_encode_from_the_grid_base() {
         .arg(&img)
         .arg("-o")
         .arg(&out)
-        .args(["--mode", "grid", "--steps", "30", "--base"])
+        .args(["--steps", "30", "--base"])
         .arg(&base)
         .assert()
         .success();
     let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
     let id = info["info"]["id"].as_str().unwrap();
     assert_eq!(v["grid_base"], id, "{v}");
+    assert_eq!(v["mode"], "grid", "{v}");
     inr()
         .arg("decode")
         .arg(&out)
@@ -1051,11 +1090,13 @@ fn grid_meta_train_then_encode_from_the_grid_base() {
     let embedded = grid_base(&[]);
     assert_eq!(embedded.as_str().map(str::len), Some(16), "{embedded}");
     // The grid base's architecture is fixed: architecture flags beside it are refused, and the
-    // weight mode refuses a grid base.
+    // weight mode refuses a grid base, as does a weight-only flag without --mode (the base
+    // and the flag name different modes).
     let b = base.to_str().unwrap();
     for extra in [
         &["--mode", "grid", "--levels", "5", "--base", b][..],
-        &["--steps", "5", "--base", b][..],
+        &["--mode", "weights", "--steps", "5", "--base", b][..],
+        &["--steps", "5", "--density", "0.5", "--base", b][..],
     ] {
         assert_clean_error(
             inr()
@@ -1206,4 +1247,98 @@ fn grid_shared_mode_encode_decode_info_and_refusals() {
         .arg(&net)
         .assert()
         .success();
+}
+
+/// Without `--mode`, an image is coded in the grid mode unless flags of one other mode say
+/// otherwise (flags of two modes are a usage error), and an image too large for the grid mode
+/// (more than 2^22 latents) falls back to the weight mode with a note, in `encode` and in
+/// `batch`.
+#[test]
+fn default_image_mode_follows_the_flags_and_the_image_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixture("rgb_24x17.png");
+    let out = dir.path().join("x.inr");
+    for (extra, want) in [
+        (&[][..], "grid"),
+        (&["--bits", "8"][..], "grid"),
+        (&["--bit-allocation", "uniform"][..], "weights"),
+        (&["--density", "0.5"][..], "weights"),
+        (
+            &["--prune-method", "seeded", "--density", "0.5"][..],
+            "weights",
+        ),
+        (&["--latent-step", "0.3"][..], "modulations"),
+        (&["--lambda", "0.01"][..], "grid"),
+        (&["--output-layer", "frozen"][..], "grid-shared"),
+    ] {
+        let v = encode_json(&img, &out, &[extra, &["--force"]].concat());
+        assert_eq!(v["mode"], want, "{extra:?}: {v}");
+        let is_grid = info_json(&out)["info"]["grid"].is_object();
+        assert_eq!(is_grid, want.starts_with("grid"), "{extra:?}");
+    }
+    for extra in [
+        &["--density", "0.5", "--lambda", "0.01"][..],
+        &["--latent-step", "0.3", "--kmeans", "4"][..],
+    ] {
+        let err = assert_clean_error(
+            inr()
+                .arg("encode")
+                .arg(&img)
+                .arg("-o")
+                .arg(dir.path().join("bad.inr"))
+                .args(extra)
+                .assert(),
+        );
+        assert!(err.contains("--mode"), "{extra:?}: {err}");
+    }
+
+    // 2100x1600 has about 4.5M latents at 8 levels: over the grid mode's 2^22.
+    let big = dir.path().join("in").join("big.ppm");
+    std::fs::create_dir(big.parent().unwrap()).unwrap();
+    let mut ppm = b"P6\n2100 1600\n255\n".to_vec();
+    ppm.extend((0..2100 * 1600 * 3).map(|i| (i % 251) as u8));
+    write(&big, &ppm);
+    std::fs::copy(&img, dir.path().join("in").join("small.png")).unwrap();
+    // A tiny network keeps the weight-mode encode of 3.4 Mpx well under a second.
+    let small_net = [
+        "--preset", "tiny", "--steps", "1", "--bits", "8", "--width", "4",
+    ];
+    let o = inr()
+        .args(["--json", "encode"])
+        .arg(&big)
+        .arg("-o")
+        .arg(dir.path().join("big.inr"))
+        .args(small_net)
+        .args(["--depth", "1"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("too large for the grid mode"));
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    assert_eq!(v["mode"], "weights", "{v}");
+    // Asked for, the grid mode refuses it.
+    assert_clean_error(
+        inr()
+            .arg("encode")
+            .arg(&big)
+            .arg("-o")
+            .arg(dir.path().join("big2.inr"))
+            .args(small_net)
+            .args(["--mode", "grid"])
+            .assert(),
+    );
+    // A batch codes the small image in the grid mode and the large one in the weight mode.
+    let outdir = dir.path().join("out");
+    inr()
+        .args(["--quiet", "batch"])
+        .arg(dir.path().join("in"))
+        .arg("-o")
+        .arg(&outdir)
+        .args(small_net)
+        .args(["--depth", "1"])
+        .assert()
+        .success();
+    assert!(info_json(&outdir.join("small.inr"))["info"]["grid"].is_object());
+    let big_info = info_json(&outdir.join("big.inr"));
+    assert!(big_info["info"]["grid"].is_null(), "{big_info}");
+    assert_eq!(big_info["info"]["arch"]["width"], 4, "{big_info}");
 }

@@ -279,7 +279,9 @@ fn full_disk_leaves_no_partial_output_and_no_temporary_file() {
     let out = out_dir.join("x.inr");
     let o = with_file_size_limit(
         Command::new(BIN)
-            .args(["encode", "-q", "--preset", "tiny", "--steps", "5"])
+            .args([
+                "encode", "-q", "--mode", "weights", "--preset", "tiny", "--steps", "5",
+            ])
             .arg(fixture("rgb_16x16.png"))
             .arg("-o")
             .arg(&out),

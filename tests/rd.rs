@@ -522,3 +522,61 @@ fn rd_grid_points_by_lambda_and_by_target_rate() {
         }
     }
 }
+
+/// `inr rd --presets` measures the presets in `inr encode`'s default image mode (the grid
+/// mode: one `inr-grid` point per preset's λ), or in the weight mode with `--mode weights`;
+/// `--mode` is refused for audio.
+#[test]
+fn cli_rd_presets_follow_the_default_image_mode() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    tiny_images(&data);
+    let codecs = |extra: &[&str]| -> Vec<(String, Vec<String>)> {
+        let out = t.path().join(format!("report{}", extra.len()));
+        let o = assert_cmd::Command::cargo_bin("inr")
+            .unwrap()
+            .args(["--json", "--quiet", "rd"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&out)
+            .args(["--presets", "tiny,medium", "--steps", "20", "--no-mozjpeg"])
+            .args(["--jpeg-qualities", "50"])
+            .args(extra)
+            .assert()
+            .success();
+        let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+        v["codecs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let params = c["results"]["param"].as_array().unwrap();
+                let params = params.iter().map(|p| p.as_str().unwrap().to_string());
+                (c["name"].as_str().unwrap().to_string(), params.collect())
+            })
+            .collect()
+    };
+    let grid = codecs(&[]);
+    assert!(grid.iter().all(|(name, _)| name != "inr"), "{grid:?}");
+    let (_, params) = grid
+        .iter()
+        .find(|(n, _)| n == "inr-grid")
+        .expect("inr-grid");
+    assert_eq!(params, &["l0.03", "l0.005"], "tiny and medium λ");
+    let weights = codecs(&["--mode", "weights"]);
+    assert!(
+        weights.iter().all(|(name, _)| name != "inr-grid"),
+        "{weights:?}"
+    );
+    let (_, params) = weights.iter().find(|(n, _)| n == "inr").expect("inr");
+    assert_eq!(params, &["tiny", "medium"]);
+    assert_cmd::Command::cargo_bin("inr")
+        .unwrap()
+        .args(["rd", "--modality", "audio", "--mode", "grid"])
+        .arg(&data)
+        .arg("-o")
+        .arg(t.path().join("a"))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("--mode"));
+}

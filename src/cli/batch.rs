@@ -49,14 +49,17 @@ pub struct BatchArgs {
     /// Only the files whose index in the sorted list is i mod n (e.g. 0/4).
     #[arg(long, value_name = "i/n")]
     pub shard: Option<Shard>,
-    /// Coding mode (see `inr encode --help`): `modulations` encodes in seconds from the
-    /// embedded modulation base (or --base FILE.inrb); `grid` fits a latent pyramid and a
-    /// small SIREN per image (about a minute per Kodak image; --preset sets the rate weight,
-    /// --steps the fitting steps); `grid-shared` fits only the latent pyramid (and the output
-    /// layer, see --output-layer) of a shared synthesis network (the embedded one, or --base
-    /// FILE.inrb; a few seconds per image).
-    /// Default: `weights` for images and `grid` for WAV files, as in `inr encode`; WAV files
-    /// take `grid` or `weights` only (other modes give them a failed row).
+    /// Coding mode (see `inr encode --help`): `grid` fits a latent pyramid and a small SIREN
+    /// per image (about 21 s per Kodak image on two cores; --preset sets the rate weight,
+    /// --steps the fitting steps, --width/--depth/--bits the synthesis); `weights` a whole
+    /// network per image (minutes); `modulations` encodes in seconds from the embedded
+    /// modulation base (or --base FILE.inrb); `grid-shared` fits only the latent pyramid (and
+    /// the output layer, see --output-layer) of a shared synthesis network (the embedded one,
+    /// or --base FILE.inrb; a few seconds per image).
+    /// Default: as in `inr encode`: `grid` for images and WAV files, unless --latent-step
+    /// (`modulations`) or a --base file's kind says otherwise; without --mode an image too
+    /// large for the grid mode (about 3 Mpx) is coded in the weight mode. WAV files take
+    /// `grid` or `weights` only (other modes give them a failed row).
     #[arg(long, value_enum)]
     pub mode: Option<super::encode::Mode>,
     /// `--mode grid-shared`: fit and code the shared network's output layer per image
@@ -78,7 +81,9 @@ pub struct BatchArgs {
     #[arg(long, value_name = "Q")]
     pub latent_step: Option<f32>,
     /// Modulations: the base file (default: the embedded modulation base). Grid: a grid base
-    /// from `inr meta-train --mode grid` (default: the embedded grid base).
+    /// from `inr meta-train --mode grid` (default: the embedded grid base). Weights: a weight
+    /// base from `inr meta-train` (default: the embedded one for the preset). Without --mode,
+    /// the base's kind picks the mode.
     #[arg(long, value_name = "FILE.inrb")]
     pub base: Option<PathBuf>,
     /// Files encoded at once (default: number of cores); each encode gets cores/jobs threads.
@@ -197,6 +202,32 @@ fn audio_mode(args: &BatchArgs, threads: usize) -> anyhow::Result<batch::AudioMo
 /// Run the batch (or the merge).
 ///
 /// # Errors
+/// The images' coding mode: `--mode`; without it, `modulations` for `--latent-step`, the
+/// `--base` file's kind, else `grid` (each image too large for it then falls back to the
+/// weight mode).
+fn image_mode(args: &BatchArgs) -> anyhow::Result<super::encode::Mode> {
+    use super::encode::Mode;
+    if let Some(m) = args.mode {
+        return Ok(m);
+    }
+    let from_base = match &args.base {
+        Some(p) => super::load_bases(std::slice::from_ref(p))?
+            .pop()
+            .filter(|b| !b.is_audio())
+            .map(|b| super::encode::base_mode(&b)),
+        None => None,
+    };
+    match (args.latent_step.is_some(), from_base) {
+        (true, Some(m)) if m != Mode::Modulations => bail!(
+            "--latent-step is for --mode modulations and --base is for --mode {}: pick one \
+             with --mode",
+            m.name()
+        ),
+        (true, _) => Ok(Mode::Modulations),
+        (false, m) => Ok(m.unwrap_or(Mode::Grid)),
+    }
+}
+
 /// Folder/manifest problems, or at least one failed file (after the whole batch ran).
 pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
     if let Some(dir) = &args.merge {
@@ -216,6 +247,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         .jobs
         .map_or(cores, |j| usize::try_from(j).unwrap_or(cores))
         .max(1);
+    let image_mode = image_mode(&args)?;
     // `..Default` keeps the expert options the encoder grows (pe_freqs, w0, ...) at their
     // defaults; on a branch where every field is listed, clippy calls the update needless.
     #[allow(clippy::needless_update)]
@@ -229,9 +261,14 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         threads: Some((cores / jobs).max(1)),
         target_bpp: args.bpp,
         target_psnr: args.psnr,
+        base: match &args.base {
+            Some(p) if image_mode == super::encode::Mode::Weights => {
+                super::base_choice(&p.to_string_lossy())?
+            }
+            _ => inr::BaseChoice::Default,
+        },
         ..EncodeConfig::default()
     };
-    let image_mode = args.mode.unwrap_or(super::encode::Mode::Weights);
     if args.output_layer.is_some() && image_mode != super::encode::Mode::GridShared {
         anyhow::bail!("--output-layer is for --mode grid-shared");
     }
@@ -296,9 +333,24 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             if let Some(p) = &args.base {
                 config.base = super::base_choice(&p.to_string_lossy())?;
             }
+            if shared && (args.width.is_some() || args.depth.is_some()) {
+                bail!("--mode grid-shared: the shared synthesis network sets --width and --depth");
+            }
+            if let Some(w) = args.width {
+                config.width = u16::try_from(w).context("--width")?;
+            }
+            if let Some(d) = args.depth {
+                config.depth = u8::try_from(d).context("--depth")?;
+            }
+            if let Some(b) = args.bits {
+                config.net_bits = vec![b];
+            }
             config.target_bpp = args.bpp;
             config.target_psnr = args.psnr;
-            grid = inr::batch::GridBatchCodec { config };
+            // Without --mode, an image too large for the grid mode is coded in the weight mode
+            // (as `inr encode` does).
+            let fallback = args.mode.is_none().then(|| weights.config.clone());
+            grid = inr::batch::GridBatchCodec { config, fallback };
             &grid
         }
     };

@@ -11,7 +11,12 @@ use inr::{BitAllocation, EncodeConfig, Preset, Progress, PruneMethod, PruneScope
 
 use super::{check_output, json_psnr, load_input, path_str, print_json, say, Ctx};
 
-/// Fit a SIREN to an image, quantize and entropy-code it into a .inr file.
+/// Fit a neural representation to an image, quantize and entropy-code it into a .inr file.
+///
+/// By default (`--mode grid`) the encoder fits a pyramid of latent grids and a small SIREN that
+/// reads them, under a rate–distortion objective (`--preset` sets the rate weight: tiny is the
+/// smallest file, huge the best quality); about 21 s per 768x512 image on two cores. See
+/// `--mode` for the other modes and when they are picked without it.
 ///
 /// WAV input (detected from the content) is coded as audio: one small 1-D SIREN per window
 /// of --window frames; prints PSNR (waveform mapped to [0, 1]), SNR, kbit/s and the time.
@@ -28,7 +33,10 @@ pub struct EncodeArgs {
     /// Output .inr file.
     #[arg(short, long, value_name = "OUT.inr")]
     pub output: PathBuf,
-    /// Quality preset, from the smallest file to the best quality.
+    /// Quality preset, from the smallest file to the best quality. Grid mode: the rate weight λ
+    /// (tiny 0.03, small 0.012, medium 0.005, large 0.002, huge 0.0008: about 0.07, 0.14, 0.29,
+    /// 0.58 and 1.1 bpp on the Kodak images kodim13-16); weight mode: the network's size, bits
+    /// and steps.
     #[arg(long, value_enum, default_value_t = Preset::Medium)]
     pub preset: Preset,
     /// Hidden layer width (overrides the preset).
@@ -92,21 +100,21 @@ pub struct EncodeArgs {
     /// With --bpp: fixed density (1 = dense), only the step sizes move to hit the rate.
     #[arg(long, value_name = "D")]
     pub density: Option<f64>,
-    /// How pruning shares the density among the matrices.
-    #[arg(long, value_enum, default_value_t = PruneScope::PerLayer)]
-    pub prune_scope: PruneScope,
+    /// How pruning shares the density among the matrices (default: per-layer).
+    #[arg(long, value_enum)]
+    pub prune_scope: Option<PruneScope>,
     /// How pruning finds the masks: `magnitude` (gradual magnitude pruning, cubic schedule),
     /// `l0` (hard-concrete L0 gates whose expected density a Lagrange multiplier drives to
     /// --density, then exactly that density is kept) or `seeded` (the same schedule in a
     /// fixed pseudo-random order the decoder regenerates: the file stores 4 bytes per matrix
-    /// instead of a mask).
-    #[arg(long, value_enum, default_value_t = PruneMethod::Magnitude)]
-    pub prune_method: PruneMethod,
+    /// instead of a mask). Default: magnitude.
+    #[arg(long, value_enum)]
+    pub prune_method: Option<PruneMethod>,
     /// Bit widths of the hidden matrices: `sensitivity` (per matrix, by measured PSNR loss
     /// per byte, under the budget of the uniform allocation) or `uniform` (the preset's or
-    /// --bits for all). --bpp's rate control picks the widths itself.
-    #[arg(long, value_enum, default_value_t = BitAllocation::Sensitivity)]
-    pub bit_allocation: BitAllocation,
+    /// --bits for all). --bpp's rate control picks the widths itself. Default: sensitivity.
+    #[arg(long, value_enum)]
+    pub bit_allocation: Option<BitAllocation>,
     /// Weight sharing (Deep Compression): each hidden matrix keeps only K distinct values,
     /// 1-D k-means centroids (linear initialisation) fine-tuned with the shared gradient in
     /// the quantization phase; the file stores the codebooks and entropy-codes the indices.
@@ -129,8 +137,13 @@ pub struct EncodeArgs {
     /// all (`frozen`). `auto`: fitted for images of 128x128 pixels or more.
     #[arg(long, value_enum, value_name = "WHICH")]
     pub output_layer: Option<OutputLayerArg>,
-    /// Coding mode: `weights` fits and stores a whole network per image (best quality, minutes);
-    /// `modulations` stores only a grid of latent vectors for a shared meta-learned network
+    /// Coding mode. Default for images: `grid`, unless flags of one other mode are given
+    /// (`--density`, `--kmeans`, `--prune-*`, `--bit-allocation`, `--pe-freqs`, `--batch`:
+    /// `weights`; `--latent-*`: `modulations`; `--output-layer`: `grid-shared`) or `--base`
+    /// names a weight or modulation base; an image too large for the grid mode (more than
+    /// 2^22 latents, about 3 Mpx) is coded in the weight mode, with a note.
+    /// `weights` fits and stores a whole network per image (minutes; below the grid mode at
+    /// every measured rate on Kodak); `modulations` stores only a grid of latent vectors for a shared meta-learned network
     /// (seconds; needs a modulation base: the embedded one by default, or --base FILE.inrb
     /// from `inr meta-train --mode modulations`). In this mode --steps counts latent steps
     /// (default 50), --lr is the latents' Adam rate (default 0.05) and --bpp moves only the
@@ -148,8 +161,8 @@ pub struct EncodeArgs {
     /// embedded in the binary (codec-spec §13.8; one network for λ >= 0.01, another below;
     /// --base FILE.inrb from `inr meta-train --mode grid-shared` instead, which the decoder
     /// then needs): about 4 s per Kodak image at the default --steps 200; the preset,
-    /// --lambda, --bpp and --psnr work as in `grid`, --bits sets the output layer's width. Default for
-    /// images: `weights`. For a WAV input, `grid` (the
+    /// --lambda, --bpp and --psnr work as in `grid`, --bits sets the output layer's width.
+    /// For a WAV input, `grid` (the
     /// default) codes segments of --window frames (default 262144) as rows of latent levels
     /// and a small synthesis network per segment, started from the embedded audio grid base
     /// for mono clips (--base none: random; about 12 kbit/s and 42 dB on 16 kHz speech at
@@ -415,6 +428,105 @@ pub(super) fn progress_bar(ctx: &Ctx) -> ProgressBar {
     pb
 }
 
+/// The image mode a base file is for (its kind).
+pub(super) fn base_mode(b: &inr::base::Base) -> Mode {
+    if b.grid {
+        Mode::Grid
+    } else if b.modulation.is_some() {
+        Mode::Modulations
+    } else {
+        Mode::Weights
+    }
+}
+
+/// The coding mode of an image: `--mode`; without it, the mode that the given mode-specific
+/// flags or the `--base` file's kind imply (an error when they imply different modes), else
+/// `grid`, or `weights` (with a note) for an image too large for the grid mode.
+fn image_mode(
+    args: &EncodeArgs,
+    ctx: &Ctx,
+    img: &inr::media::Image,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Mode> {
+    if let Some(m) = args.mode {
+        return Ok(m);
+    }
+    let flags = [
+        (args.density.is_some(), "--density", Mode::Weights),
+        (args.kmeans.is_some(), "--kmeans", Mode::Weights),
+        (args.pe_freqs.is_some(), "--pe-freqs", Mode::Weights),
+        (args.batch.is_some(), "--batch", Mode::Weights),
+        (args.prune_scope.is_some(), "--prune-scope", Mode::Weights),
+        (args.prune_method.is_some(), "--prune-method", Mode::Weights),
+        (
+            args.bit_allocation.is_some(),
+            "--bit-allocation",
+            Mode::Weights,
+        ),
+        (
+            args.latent_step.is_some(),
+            "--latent-step",
+            Mode::Modulations,
+        ),
+        (
+            args.latent_frac.is_some(),
+            "--latent-frac",
+            Mode::Modulations,
+        ),
+        (
+            args.latent_qat_steps.is_some(),
+            "--latent-qat-steps",
+            Mode::Modulations,
+        ),
+        (args.latent_l2.is_some(), "--latent-l2", Mode::Modulations),
+        (args.lambda.is_some(), "--lambda", Mode::Grid),
+        (args.levels.is_some(), "--levels", Mode::Grid),
+        (
+            args.output_layer.is_some(),
+            "--output-layer",
+            Mode::GridShared,
+        ),
+    ];
+    let mut implied: Vec<(String, Mode)> = flags
+        .iter()
+        .filter(|f| f.0)
+        .map(|&(_, name, m)| (name.to_string(), m))
+        .collect();
+    if !matches!(args.base.as_str(), "default" | "none") {
+        if let Some(b) = super::load_bases(&[PathBuf::from(&args.base)])?.pop() {
+            if b.is_audio() {
+                anyhow::bail!(
+                    "base {:016x} is an audio base ({}), for WAV input; images need an image \
+                     base",
+                    b.id(),
+                    b.kind()
+                );
+            }
+            implied.push((format!("--base ({} base)", b.a_kind()), base_mode(&b)));
+        }
+    }
+    if let Some((name, m)) = implied.first() {
+        if let Some((other, o)) = implied.iter().find(|(_, o)| o != m) {
+            anyhow::bail!(
+                "{name} is for --mode {} and {other} for --mode {}: pick one with --mode",
+                m.name(),
+                o.name()
+            );
+        }
+        return Ok(*m);
+    }
+    let grid = grid_config(args, ctx, false)?;
+    if grid.too_large(img.width, img.height, img.channels) {
+        notes.push(format!(
+            "{}x{} is too large for the grid mode (default decoder limits, codec-spec §13.4): \
+             coding in the weight mode (slower; pass --mode to choose)",
+            img.width, img.height
+        ));
+        return Ok(Mode::Weights);
+    }
+    Ok(Mode::Grid)
+}
+
 pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     check_output(&args.input, &args.output, args.force)?;
     if args.kmeans.is_some()
@@ -422,16 +534,17 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     {
         anyhow::bail!("--kmeans (weight sharing) works in image weight mode only");
     }
-    if args.output_layer.is_some() && args.mode != Some(Mode::GridShared) {
+    let wav = super::audio::is_wav(&args.input);
+    if args.output_layer.is_some() && (args.mode.is_some_and(|m| m != Mode::GridShared) || wav) {
         anyhow::bail!("--output-layer is for --mode grid-shared");
     }
-    if super::audio::is_wav(&args.input) {
+    if wav {
         return super::audio::encode(args, ctx);
     }
-    let loaded = load_input(&args.input, args.ignore_alpha)?;
+    let mut loaded = load_input(&args.input, args.ignore_alpha)?;
+    let mode = image_mode(&args, ctx, &loaded.image, &mut loaded.notes)?;
     ctx.notes(&loaded.notes);
     let img = &loaded.image;
-    let mode = args.mode.unwrap_or(Mode::Weights);
 
     let mod_cfg = match mode {
         Mode::Modulations => Some(mod_config(&args, ctx)?),
@@ -461,11 +574,11 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             path => super::base_choice(path)?,
         },
         density: args.density,
-        prune_scope: args.prune_scope,
-        prune_method: args.prune_method,
+        prune_scope: args.prune_scope.unwrap_or(PruneScope::PerLayer),
+        prune_method: args.prune_method.unwrap_or(PruneMethod::Magnitude),
         target_bpp: args.bpp,
         kmeans: args.kmeans,
-        bit_allocation: args.bit_allocation,
+        bit_allocation: args.bit_allocation.unwrap_or(BitAllocation::Sensitivity),
     };
 
     let pb = progress_bar(ctx);
@@ -555,8 +668,8 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 "seed": args.seed,
                 "density": args.density,
                 "kmeans": args.kmeans,
-                "prune_method": args.prune_method,
-                "bit_allocation": args.bit_allocation,
+                "prune_method": cfg.prune_method,
+                "bit_allocation": cfg.bit_allocation,
                 "target_bpp": args.bpp,
                 "target_psnr": args.target_psnr,
             },

@@ -35,9 +35,15 @@ pub struct RdArgs {
     /// Report folder (created if missing).
     #[arg(short, long, value_name = "REPORT_DIR")]
     pub output: PathBuf,
-    /// inr presets to measure, comma-separated.
+    /// inr presets to measure, comma-separated. Images: in the mode of --mode (the grid mode
+    /// by default, as `inr encode`: each preset's rate weight λ is an `inr-grid` point, fitted
+    /// for --grid-fit-steps); audio: the audio weight mode's presets.
     #[arg(long, value_delimiter = ',', default_value = "tiny,small,medium")]
     pub presets: Vec<Preset>,
+    /// Images: the mode of the --presets points: `grid` (the default, as `inr encode`) or
+    /// `weights` (the weight mode's presets, `inr` curve; --steps and --base apply to them).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<PresetMode>,
     /// JPEG qualities, comma-separated (1-100) [default: 5,10,15,20,30,40,50,60,70,80,90].
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_qualities: Option<Vec<u8>>,
@@ -50,7 +56,8 @@ pub struct RdArgs {
     /// Only the first N images.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
-    /// Override the presets' fitting steps.
+    /// Override the presets' fitting steps (grid presets: as --grid-fit-steps, unless that is
+    /// given).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Also measure modulation mode (`inr-mod` curve): one point per latent quantization step,
@@ -91,7 +98,7 @@ pub struct RdArgs {
     /// every image (`--output-layer fitted`).
     #[arg(long, requires = "shared_lambdas")]
     pub shared_frozen_output: bool,
-    /// Skip the weight-mode presets (e.g. to measure only --mod-steps against JPEG).
+    /// Skip the presets (e.g. to measure only --mod-steps or --grid-lambdas against JPEG).
     #[arg(long)]
     pub no_presets: bool,
     /// Modulation base for the `inr-mod` points (default: the embedded one).
@@ -106,6 +113,13 @@ pub struct RdArgs {
     /// Overwrite existing report files.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `inr rd --mode`: the coding mode of the image presets.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresetMode {
+    Grid,
+    Weights,
 }
 
 /// Run the sweep and write the report.
@@ -125,11 +139,24 @@ pub fn run(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> any
     if !args.no_mozjpeg {
         jpeg_variants.push(JpegVariant::Moz);
     }
-    let presets = if args.jpeg_only || args.no_presets {
+    let all_presets = if args.jpeg_only || args.no_presets {
         Vec::new()
     } else {
         args.presets.clone()
     };
+    // Grid presets become rate weights: the `inr-grid` curve, beside any --grid-lambdas.
+    let grid_presets = args.mode.unwrap_or(PresetMode::Grid) == PresetMode::Grid;
+    let (presets, mut grid_lambdas) = match args.mode.unwrap_or(PresetMode::Grid) {
+        PresetMode::Weights => (all_presets, Vec::new()),
+        PresetMode::Grid => (Vec::new(), grid_preset_lambdas(&all_presets)),
+    };
+    if !args.jpeg_only {
+        for &l in &args.grid_lambdas {
+            if !grid_lambdas.contains(&l) {
+                grid_lambdas.push(l);
+            }
+        }
+    }
     let cfg = RdConfig {
         presets,
         jpeg_qualities: args
@@ -147,11 +174,7 @@ pub fn run(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> any
             args.mod_steps.clone()
         },
         mod_fit_steps: args.mod_fit_steps,
-        grid_lambdas: if args.jpeg_only {
-            Vec::new()
-        } else {
-            args.grid_lambdas.clone()
-        },
+        grid_lambdas,
         grid_bpps: if args.jpeg_only {
             Vec::new()
         } else {
@@ -162,7 +185,7 @@ pub fn run(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> any
         } else {
             args.grid_psnrs.clone()
         },
-        grid_fit_steps: args.grid_fit_steps,
+        grid_fit_steps: args.grid_fit_steps.or(args.steps.filter(|_| grid_presets)),
         shared_lambdas: if args.jpeg_only {
             Vec::new()
         } else {
@@ -243,6 +266,7 @@ fn run_audio(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> a
         (!args.grid_psnrs.is_empty(), "--grid-psnrs"),
         (!args.shared_lambdas.is_empty(), "--shared-lambdas"),
         (args.shared_base.is_some(), "--shared-base"),
+        (args.mode.is_some(), "--mode"),
     ];
     if let Some((_, flag)) = image_only.iter().find(|(set, _)| *set) {
         anyhow::bail!("{flag} applies to images only (not to --modality audio)");
@@ -352,4 +376,18 @@ fn print_bd(bd: &[rd::BdResult]) {
             ),
         }
     }
+}
+
+/// The grid mode's rate weights of `presets` (`inr encode`'s λ per preset), in that order.
+fn grid_preset_lambdas(presets: &[Preset]) -> Vec<f32> {
+    presets
+        .iter()
+        .filter_map(|&p| {
+            let name = super::encode::preset_name(p);
+            inr::GRID_PRESET_LAMBDAS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|&(_, l)| l)
+        })
+        .collect()
 }
