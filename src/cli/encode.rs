@@ -616,7 +616,10 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let bpp = inr::metrics::bpp(bytes, img.width, img.height)?;
     if let Some(t) = args.bpp {
         if !inr::bpp_meets(bpp, t) {
-            let why = if bpp < t {
+            let why = if matches!(mode, Mode::Grid | Mode::GridShared) {
+                "the fits and the latents' dead zone did not land in the band: the best file \
+                 found was kept (more --steps may help)"
+            } else if bpp < t {
                 "the network cannot reach it, or spending more bytes after quantization-aware \
                  fine-tuning lowered the PSNR, so the smaller file was kept"
             } else {
