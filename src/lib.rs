@@ -1,7 +1,9 @@
-//! `inr`: a codec that stores images (and later audio) as small sine-activated neural networks
+//! `inr`: a codec that stores images and audio as small sine-activated neural networks
 //! (SIREN implicit neural representations), in the family of COIN, COIN++ and Strümpler et al.
 //!
-//! The public API is small: [`encode_image`], [`decode`], [`inspect`], plus media I/O helpers.
+//! The public API is small: [`encode_grid`] (the grid mode, `inr encode`'s default for images),
+//! [`encode_image`] (the weight mode), [`decode`], [`inspect`], plus media I/O helpers.
+//! [`GridEncodeConfig::too_large`] says when an image needs the weight mode instead.
 //! Module map (dependencies point one way; `format` and `entropy` never import the model):
 //! - [`format`](mod@format): the `.inr` container, byte for byte as in `codec-spec.md` (no candle).
 //! - [`entropy`]: constriction wrappers; rate estimates use the same code path as coding.

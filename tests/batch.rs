@@ -613,3 +613,66 @@ fn cli_batch_codes_wav_in_the_audio_grid_mode_and_refuses_kbps_elsewhere() {
         .unwrap()
         .contains("codes images only"));
 }
+
+/// The fake codec run the way the real encoders run: inside a thread pool of its own (as
+/// `threads: Some(n)` does), recording how many files are in flight at once.
+struct PooledCodec {
+    inner: FakeCodec,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl BatchCodec for PooledCodec {
+    fn encode(&self, img: &Image) -> Result<EncodedFile, String> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let r = pool.install(|| {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            self.inner.encode(img)
+        });
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+    fn is_valid(&self, bytes: &[u8]) -> bool {
+        self.inner.is_valid(bytes)
+    }
+    fn decode(&self, b: &[u8]) -> Result<Image, String> {
+        self.inner.decode(b)
+    }
+}
+
+/// At most `jobs` files are encoded at once, also when each encode runs in a thread pool of
+/// its own (a rayon worker waiting on another pool would start the next file meanwhile).
+#[test]
+fn jobs_bound_the_files_in_flight() {
+    let t = tempfile::tempdir().unwrap();
+    let inp = t.path().join("in");
+    for i in 0..8 {
+        png(&inp.join(format!("f{i}.png")), i, false);
+    }
+    for jobs in [1, 2] {
+        let codec = PooledCodec {
+            inner: FakeCodec::default(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        };
+        let opts = BatchOptions {
+            jobs,
+            ..BatchOptions::default()
+        };
+        let out = t.path().join(format!("out{jobs}"));
+        let s = run_batch(&inp, &out, &codec, &opts, &quiet).unwrap();
+        assert_eq!((s.encoded, s.failed), (8, 0));
+        let names: Vec<&str> = s.rows.iter().map(|r| r.input.as_str()).collect();
+        assert_eq!(
+            names,
+            ["f0.png", "f1.png", "f2.png", "f3.png", "f4.png", "f5.png", "f6.png", "f7.png"]
+        );
+        let max = codec.max_in_flight.load(Ordering::SeqCst);
+        assert!(max <= jobs, "{max} files in flight with {jobs} jobs");
+    }
+}
