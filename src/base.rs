@@ -1081,9 +1081,9 @@ mod tests {
         // latent_dim 2 instead of 3: N no longer matches.
         assert_eq!(field(with(21, &[2])), "base parameter count");
         // A network within the parameter limit whose map takes the total beyond it is
-        // refused before allocating (width 256, depth 64: 4.1M weights + 4.2M map values).
+        // refused before allocating (width 512, depth 64: 16.6M weights + 8.4M map values).
         let mut c = bytes.clone();
-        c[10..12].copy_from_slice(&256u16.to_le_bytes());
+        c[10..12].copy_from_slice(&512u16.to_le_bytes());
         c[12] = 64;
         c[21] = 255;
         assert!(matches!(

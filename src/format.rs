@@ -460,11 +460,12 @@ impl Limits {
     pub const DEFAULT_MAX_DIM: u32 = 65535;
     /// Default largest pixel count: 2^28 (16384 x 16384).
     pub const DEFAULT_MAX_PIXELS: u64 = 1 << 28;
-    /// Default largest parameter count: 2^22 (about 4M; the `huge` preset has about 60k).
-    pub const DEFAULT_MAX_PARAMS: u64 = 1 << 22;
+    /// Default largest parameter count: 2^24 (about 16.8M; the `huge` preset has about 60k; a
+    /// grid file's latent pyramid has about 4/3 latents per pixel, so 2^24 is about 12.6 Mpx).
+    pub const DEFAULT_MAX_PARAMS: u64 = 1 << 24;
     /// Default largest file: 256 MiB.
     pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 << 20;
-    /// Default largest section: 64 MiB (2^22 parameters at 16 bits need at most 8 MiB).
+    /// Default largest section: 64 MiB (2^24 parameters at 16 bits need at most 32 MiB).
     pub const DEFAULT_MAX_SECTION_BYTES: u64 = 64 << 20;
     /// Default largest rendering work: 2^40 multiply-adds (about a minute on 2 cores; a
     /// 768x512 image with the `huge` preset needs 2.6e10).
@@ -509,7 +510,7 @@ impl Limits {
 }
 
 impl Default for Limits {
-    /// The `DEFAULT_*` constants: 65535 per side, 2^28 pixels, 2^22 parameters, 256 MiB per
+    /// The `DEFAULT_*` constants: 65535 per side, 2^28 pixels, 2^24 parameters, 256 MiB per
     /// file, 64 MiB per section, 2^40 multiply-adds of rendering, 2^32 audio samples.
     fn default() -> Self {
         Limits {

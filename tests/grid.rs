@@ -710,9 +710,9 @@ fn limits_are_checked_before_decoding() {
     // The encoder refuses an image whose latent count a default decoder would reject.
     let huge = Image {
         width: 4096,
-        height: 2048,
+        height: 4096,
         channels: 1,
-        data: vec![0; 4096 * 2048],
+        data: vec![0; 4096 * 4096],
     };
     assert!(encode_grid(&huge, &cfg(1, 0.01), &mut |_| {}).is_err());
 }

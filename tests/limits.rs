@@ -134,14 +134,14 @@ fn every_limit_is_enforced_by_decode() {
     ));
 }
 
-/// A v1 file with a network of more than 2^22 parameters (default limit): width 2048, depth
+/// A v1 file with a network of more than 2^24 parameters (default limit): width 4096, depth
 /// 2, one gray output, every weight 0 with 2-bit symbols, 1x1 pixels. Built byte by byte
 /// (codec-spec §3–§5) because the writer refuses files a default decoder would refuse.
 fn oversized_network_file() -> (Vec<u8>, u64) {
     let arch = inr::format::Arch {
         coord_dims: 2,
         out_channels: 1,
-        width: 2048,
+        width: 4096,
         depth: 2,
         pe_freqs: 0,
         pe_base_milli: 2000,
@@ -304,7 +304,7 @@ fn encoder_refuses_up_front_what_a_default_decoder_would_refuse() {
         "{r:?}"
     );
     assert!(t.elapsed().as_secs() < 5, "refused before fitting");
-    // Too many parameters: 1024 wide, 10 deep is 9.4M > 2^22.
+    // Too many parameters: 1024 wide, 20 deep is 20M > 2^24.
     let small = inr::media::Image {
         width: 8,
         height: 8,
@@ -313,7 +313,7 @@ fn encoder_refuses_up_front_what_a_default_decoder_would_refuse() {
     };
     let cfg = inr::EncodeConfig {
         width: Some(1024),
-        depth: Some(10),
+        depth: Some(20),
         steps: Some(1_000_000),
         ..Default::default()
     };

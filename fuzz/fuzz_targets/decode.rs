@@ -1,7 +1,7 @@
 //! Full decode (`inr::decode`: container, entropy decoding, dequantization, rendering) and
 //! the container round trip (`format::read_file` -> `write_file` -> `read_file`).
 //!
-//! Limits are lowered so that one input costs milliseconds (the defaults allow 2^22
+//! Limits are lowered so that one input costs milliseconds (the defaults allow 2^24
 //! parameters and 2^28 pixels: bounded, but seconds per input). Invariants checked on
 //! success: output size matches the header, and a file the reader accepts re-serialises to a
 //! file the reader accepts with identical contents (the writer may pick the other entropy

@@ -141,7 +141,7 @@ pub struct EncodeArgs {
     /// (`--density`, `--kmeans`, `--prune-*`, `--bit-allocation`, `--pe-freqs`, `--batch`:
     /// `weights`; `--latent-*`: `modulations`; `--output-layer`: `grid-shared`) or `--base`
     /// names a weight or modulation base; an image too large for the grid mode (more than
-    /// 2^22 latents, about 3 Mpx) is coded in the weight mode, with a note.
+    /// 2^24 latents, about 12.6 Mpx) is coded in the weight mode, with a note.
     /// `weights` fits and stores a whole network per image (minutes; below the grid mode at
     /// every measured rate on Kodak); `modulations` stores only a grid of latent vectors for a shared meta-learned network
     /// (seconds; needs a modulation base: the embedded one by default, or --base FILE.inrb
@@ -671,8 +671,9 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 "seed": args.seed,
                 "density": args.density,
                 "kmeans": args.kmeans,
-                "prune_method": cfg.prune_method,
-                "bit_allocation": cfg.bit_allocation,
+                // The weight mode's choices (null in the other modes).
+                "prune_method": (mode == Mode::Weights).then_some(cfg.prune_method),
+                "bit_allocation": (mode == Mode::Weights).then_some(cfg.bit_allocation),
                 "target_bpp": args.bpp,
                 "target_psnr": args.target_psnr,
             },

@@ -238,7 +238,7 @@ pub struct LimitArgs {
     /// Largest image, coded or rendered, in pixels (default 268435456 = 2^28).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pixels: Option<u64>,
-    /// Largest network, in parameters (default 4194304 = 2^22).
+    /// Largest network, in parameters (default 16777216 = 2^24; a grid file counts its latents).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_params: Option<u64>,
     /// Largest rendering work, in output pixels x parameters (default 2^40).
