@@ -7,6 +7,8 @@ use anyhow::{bail, Context};
 use inr::batch::{self, BatchEvent, BatchOptions, InrBatchCodec, RowStatus, Shard};
 use inr::{EncodeConfig, Preset};
 
+/// Compress every image and WAV file of a folder tree into .inr files (resumable).
+///
 /// Compress every image and WAV file under IN_DIR into OUT_DIR (mirrored paths, `.inr`), with a
 /// resumable manifest; or merge shard manifests with `--merge OUT_DIR`.
 ///

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use super::{check_output, json_psnr, load_input, path_str, print_json, read_inr, say, Ctx};
 
-/// Decode a .inr file into an image.
+/// Decode a .inr file into an image (PNG, BMP, PPM/PGM or TIFF by extension) or a WAV file.
 ///
 /// The network is a continuous function, so it can be rendered at any size with --size or
 /// --scale. With --ref, the PSNR of the decoded image against the original and the bpp

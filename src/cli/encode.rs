@@ -11,15 +11,17 @@ use inr::{BitAllocation, EncodeConfig, Preset, Progress, PruneMethod, PruneScope
 
 use super::{check_output, json_psnr, load_input, path_str, print_json, say, Ctx};
 
-/// Fit a neural representation to an image, quantize and entropy-code it into a .inr file.
+/// Encode an image or a WAV file into a .inr file.
+///
+/// Fits a neural representation to the signal, quantizes and entropy-codes it.
 ///
 /// By default (`--mode grid`) the encoder fits a pyramid of latent grids and a small SIREN that
 /// reads them, under a rate–distortion objective (`--preset` sets the rate weight: tiny is the
 /// smallest file, huge the best quality); about 21 s per 768x512 image on two cores. See
 /// `--mode` for the other modes and when they are picked without it.
 ///
-/// WAV input (detected from the content) is coded as audio: one small 1-D SIREN per window
-/// of --window frames; prints PSNR (waveform mapped to [0, 1]), SNR, kbit/s and the time.
+/// WAV input (detected from the content) is coded as audio, by default in the audio grid mode
+/// (per segment of --window frames, rows of latents and a small 1-D SIREN; see --mode); prints PSNR (waveform mapped to [0, 1]), SNR, kbit/s and the time.
 ///
 /// Prints `PSNR <dB>  bpp <bits/pixel>  bytes <file size>  time <s>` (or a JSON object with
 /// --json). The output is written atomically; an existing file is replaced only with --force,

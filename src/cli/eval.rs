@@ -7,7 +7,9 @@ use anyhow::Context as _;
 
 use super::{json_psnr, load_input, path_str, print_json, read_inr, say, Ctx};
 
-/// Decode a .inr file at its coded size and compare it with the original image.
+/// Decode a .inr file and compare it with the original: PSNR and bpp (audio: PSNR, SNR, kbit/s).
+///
+/// The file is decoded at its coded size.
 ///
 /// For an audio file the reference is the original WAV; prints PSNR (waveform mapped to
 /// [0, 1]), SNR and kbit/s from the real file size.

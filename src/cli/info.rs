@@ -7,6 +7,8 @@ use serde_json::Value;
 
 use super::{path_str, print_json, read_inr, say, Ctx};
 
+/// Show the header, architecture and section sizes of a .inr file without decoding it.
+///
 /// Show what a .inr file contains without decoding the network: header, architecture,
 /// parameter count, quantization bits and section sizes, plus the file size and bpp.
 /// Also reads .inrb base files: id, architecture and how the base was trained.

@@ -11,6 +11,8 @@ use inr::{EncodeConfig, Preset};
 
 use super::{say, Ctx};
 
+/// Meta-learn a base network (.inrb) that encoding starts from.
+///
 /// Meta-learn a base network (.inrb) from a folder of images with Reptile: each iteration fits
 /// a random augmented crop (flips, transpositions, crop sizes between --crop-min and
 /// --crop-max) for --inner-steps encoder steps from the current base and moves the base

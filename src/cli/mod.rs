@@ -73,9 +73,10 @@ from the file content, not the extension.
   - 16-bit images are rounded to 8 bits (format v1 codes 8-bit precision); a note says so.
   - Float images are clamped to [0, 1] and rounded to 8 bits (no tone mapping).";
 
-/// Store images as small sine-activated neural networks (SIREN implicit neural
-/// representations): encoding fits a network to the image and entropy-codes its quantized
-/// weights; decoding evaluates the network on the pixel grid, at any resolution.
+/// Store images and audio as small sine-activated neural networks (SIREN implicit neural
+/// representations): encoding fits a network (by default with a pyramid of latent grids it
+/// reads) to the signal and entropy-codes its quantized values; decoding evaluates the network
+/// on the pixel grid, at any resolution.
 #[derive(Parser, Debug)]
 #[command(name = "inr", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -95,19 +96,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Encode an image or a WAV file into a .inr file.
+    // The help texts of these commands are their argument structs' doc comments.
     Encode(encode::EncodeArgs),
-    /// Decode a .inr file into an image (PNG, BMP, PPM/PGM or TIFF by extension) or a WAV file.
     Decode(decode::DecodeArgs),
-    /// Show the header, architecture and section sizes of a .inr file without decoding it.
     Info(info::InfoArgs),
-    /// Decode a .inr file and compare it with the original: PSNR and bpp (audio: PSNR, SNR, kbit/s).
     Eval(eval::EvalArgs),
-    /// Rate–distortion sweep over presets and images.
     Rd(rd::RdArgs),
-    /// Compress a whole directory or list of images.
     Batch(batch::BatchArgs),
-    /// Meta-learn a base network (.inrb) that encoding starts from.
     MetaTrain(meta_train::MetaTrainArgs),
     /// Chart two columns of a CSV table (benchmark results) as SVG or PNG.
     Plot(plot::PlotArgs),

@@ -8,6 +8,8 @@ use inr::rd::jpeg::JpegVariant;
 use inr::rd::{self, RdConfig};
 use inr::Preset;
 
+/// Rate–distortion sweep of inr against JPEG (or audio baselines) over a folder.
+///
 /// Measure every image of a folder with inr presets and JPEG; write rd.json, per-image CSVs,
 /// rd.svg and rd.png. With `--modality audio`, every WAV clip with the audio presets, beside
 /// the points of a `--baselines` CSV; rd.svg/png then plot PSNR and snr.svg/png SNR against
