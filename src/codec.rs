@@ -1291,14 +1291,14 @@ fn rate_control(
     Ok(q)
 }
 
-/// Rate-control trace on stderr when `INR_RC_DEBUG` is set (diagnostics only).
 /// Whether `INR_RC_DEBUG` asks for rate-control traces (so that a trace needing extra work,
 /// such as an entropy-coding pass, costs nothing otherwise).
 fn rc_debug() -> bool {
     std::env::var_os("INR_RC_DEBUG").is_some()
 }
 
-fn dbg_rc(args: std::fmt::Arguments<'_>) {
+/// Rate-control trace on stderr when `INR_RC_DEBUG` is set (diagnostics only).
+pub(crate) fn dbg_rc(args: std::fmt::Arguments<'_>) {
     if rc_debug() {
         eprintln!("rc: {args}");
     }
