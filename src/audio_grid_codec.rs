@@ -505,7 +505,7 @@ fn code_segment(
     net_bits: &[u8],
 ) -> Result<GridSegment, EncodeError> {
     let frames = pyr.width as usize;
-    let latents = latent_tensors(pyr, &fitted.latents, 0.0);
+    let latents = latent_tensors(pyr, &fitted.latents, 0.0, 0.0);
     let pred = if fitted.pred_coefs.len() == latents.len() {
         level_predictors(pyr, &latents, &fitted.pred_coefs)
     } else {
@@ -562,7 +562,7 @@ fn code_segment(
     for (k, m) in means.iter().enumerate() {
         flat[n - c + k] = (m / frames.max(1) as f64) as f32;
     }
-    let zero = latent_tensors(pyr, &vec![0.0; fitted.latents.len()], 0.0);
+    let zero = latent_tensors(pyr, &vec![0.0; fitted.latents.len()], 0.0, 0.0);
     let bits = net_bits.iter().copied().max().unwrap_or(8);
     let dc = GridSegment {
         tensors: net_tensors(arch, &flat, bits)
