@@ -147,10 +147,11 @@ pub fn run(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> any
         args.presets.clone()
     };
     // Grid presets become rate weights: the `inr-grid` curve, beside any --grid-lambdas.
-    let grid_presets = args.mode.unwrap_or(PresetMode::Grid) == PresetMode::Grid;
-    let (presets, mut grid_lambdas) = match args.mode.unwrap_or(PresetMode::Grid) {
-        PresetMode::Weights => (all_presets, Vec::new()),
-        PresetMode::Grid => (Vec::new(), grid_preset_lambdas(&all_presets)),
+    let grid_presets = args.mode != Some(PresetMode::Weights);
+    let (presets, mut grid_lambdas) = if grid_presets {
+        (Vec::new(), grid_preset_lambdas(&all_presets))
+    } else {
+        (all_presets, Vec::new())
     };
     if !args.jpeg_only {
         for &l in &args.grid_lambdas {
