@@ -46,9 +46,9 @@ pub use audio_grid::{
 mod grid;
 pub use grid::{
     grid_level_dims, grid_tensor_lens, is_grid_file, predicted_shapes, read_grid_file,
-    validate_grid_arch, write_grid_file, GridInfo, GridInrFile, LevelPredictor, Synthesis,
-    FLAG_GRID, FLAG_GRID_HEAD, FLAG_GRID_PREDICT, GRID_HEAD_TENSORS, MAX_GRID_DEPTH,
-    MAX_GRID_LEVELS, PREDICTOR_ENTRY_BYTES, VERSION_GRID,
+    read_grid_file_with, validate_grid_arch, write_grid_file, GridInfo, GridInrFile,
+    LevelPredictor, Synthesis, FLAG_GRID, FLAG_GRID_HEAD, FLAG_GRID_PREDICT, GRID_HEAD_TENSORS,
+    MAX_GRID_DEPTH, MAX_GRID_LEVELS, PREDICTOR_ENTRY_BYTES, VERSION_GRID,
 };
 
 /// §3.1 Magic bytes: `0x89 'I' 'N' 'R'` (a high byte first, as in PNG, catches 7-bit and

@@ -3,8 +3,9 @@
 //! each grid by bilinear interpolation, and a small per-image SIREN (the header's `Arch` with
 //! `coord_dims` = L inputs) maps those L values to the pixel's colour. The encoder fits latents
 //! and network jointly under a rate–distortion objective `MSE + λ·bpp`, the rate taken from a
-//! Laplace model of the latents (scale learned per level and §5.9 context), first with additive uniform noise, then with
-//! straight-through rounding (the recipe of Cool-chic and C3, with sine activations).
+//! Laplace model of the latents (scale learned per level and §5.9 context), first through C3's
+//! soft-rounded noise proxy (or plain additive uniform noise), then with straight-through
+//! rounding (the recipe of Cool-chic and C3, with sine activations).
 //!
 //! The network runs on the fused kernels of [`crate::kernel`] (the decoder's inference path,
 //! and the training path with the gradient of the first layer's pre-activations, from which
@@ -1077,6 +1078,13 @@ pub struct GridFit {
     /// its noise): 0.6 2.88, 0.7 2.44 (with it), 0.8 2.42, 0.9 2.37, 0.95 2.43, 1.0 2.44; with
     /// the rate keeping its noise 0.8 gives 2.36 and 0.9 2.38.
     pub noise_frac: f32,
+    /// Soft rounding in the noise steps (C3): distortion and rate see `sr(sr(y) + n)` instead of
+    /// `y + n`, at a temperature going linearly from `.0` to `.1`; `None` = plain noise.
+    /// kodim03/07/11, 1,000 steps, λ = 0.005, mean change of `MSE + λ·bpp` against plain noise:
+    /// 0.3→0.1 −1.7 %, 0.5→0.1 −4.5 %, 0.5→0.2 −4.5 %, 0.8→0.3 −4.4 %, 0.3→0.3 −2.6 %. With
+    /// the rate on `y + n` instead (0.3→0.1) +4.1 %; with Kumaraswamy noise (2→1) −0.3 %; with
+    /// the straight-through steps' gradient through `sr` −0.6 %.
+    pub soft_round: Option<(f32, f32)>,
     /// Learn a §5.10 linear predictor per level and centre the rate model on it (the file is
     /// then coded with predicted latents when that is smaller).
     pub predict: bool,
@@ -1105,6 +1113,7 @@ impl Default for GridFit {
             net: NetTraining::All,
             lr_scales: None,
             noise_frac: 0.8,
+            soft_round: Some((0.5, 0.2)),
             predict: true,
             pred_warmup: 0.5,
             coarse_steps: 0,
@@ -1892,6 +1901,82 @@ fn add_noise(out: &mut [f32], lat: &[f32], key: u64) {
         });
 }
 
+/// `floor(v)` for |v| up to 10^6 (beyond, the value is clamped first), vectorisable (no libm
+/// call): truncation, then one down for negative non-integers.
+#[inline(always)]
+fn floor_small(v: f32) -> f32 {
+    #[allow(clippy::manual_clamp)]
+    let c = v.max(-1e6).min(1e6);
+    let t = (c as i32) as f32;
+    t - f32::from(u8::from(t > c))
+}
+
+/// Soft rounding (Agustsson & Theis, as in C3 and Cool-chic) at temperature `t`, written
+/// through its fractional part: `floor(v) + 1/2 + c tanh(d / t)` with `d = v - floor(v) - 1/2`
+/// and `c = 1 / (2 tanh(1 / 2t))`. Returns the value and `tanh(d / t)` (for the derivative
+/// `(1 - tanh²) c / t`). `tanh` from [`kernel::exp`], so every machine gets the same bits.
+#[inline(always)]
+fn soft_round(v: f32, inv_t: f32, c: f32) -> (f32, f32) {
+    let fl = floor_small(v);
+    let z = (v - fl - 0.5) * inv_t;
+    let th = 1.0 - 2.0 / (kernel::exp(2.0 * z) + 1.0);
+    (fl + 0.5 + c * th, th)
+}
+
+/// The noise proxy of a fit with soft rounding: `out = sr(sr(lat) + n)` with `n` uniform on
+/// [-1/2, 1/2) (drawn as in [`add_noise`]) and `dq` its derivative in `lat`, at temperature
+/// `t`. Distortion and rate both see `out`; their gradients are multiplied by `dq`.
+fn soft_noise(out: &mut [f32], dq: &mut [f32], lat: &[f32], key: u64, t: f32) {
+    add_noise(out, lat, key);
+    let inv_t = 1.0 / t;
+    let c = 0.5 / (1.0 - 2.0 / (kernel::exp(inv_t) + 1.0)); // 1 / (2 tanh(1 / 2t))
+    let k = (c * inv_t) * (c * inv_t);
+    out.par_chunks_mut(NOISE_CHUNK)
+        .zip(dq.par_chunks_mut(NOISE_CHUNK))
+        .zip(lat.par_chunks(NOISE_CHUNK))
+        .for_each(|((o, d), l)| soft_chunk(o, d, l, [inv_t, c, k]));
+}
+
+/// [`soft_noise`]'s per-latent pass on one chunk (`o` holds `lat + n` on entry). Dispatches at
+/// run time to AVX-512 or AVX2 builds of the same code (no FMA, so the same bits).
+fn soft_chunk(o: &mut [f32], d: &mut [f32], l: &[f32], ck: [f32; 3]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
+            // SAFETY: the CPU supports AVX-512F/VL, checked just above.
+            return unsafe { soft_chunk_avx512(o, d, l, ck) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { soft_chunk_avx2(o, d, l, ck) };
+        }
+    }
+    soft_chunk_body(o, d, l, ck)
+}
+
+// `soft_chunk_body` built for each instruction set.
+kernel::simd_variants! {
+    fn [soft_chunk_avx2 = "avx2", soft_chunk_avx512 = "avx512f,avx512vl,avx2"](
+        o: &mut [f32],
+        d: &mut [f32],
+        l: &[f32],
+        ck: [f32; 3],
+    ) {
+        soft_chunk_body(o, d, l, ck)
+    }
+}
+
+#[inline(always)]
+fn soft_chunk_body(o: &mut [f32], d: &mut [f32], l: &[f32], [inv_t, c, k]: [f32; 3]) {
+    for ((o, d), &v) in o.iter_mut().zip(d.iter_mut()).zip(l) {
+        let n = *o - v;
+        let (s, th1) = soft_round(v, inv_t, c);
+        let (q, th2) = soft_round(s + n, inv_t, c);
+        *o = q;
+        *d = k * (1.0 - th1 * th1) * (1.0 - th2 * th2);
+    }
+}
+
 /// Offset (real layout) of linear map `layer`'s weights: the parameters from there on are
 /// that layer's and the later ones'.
 pub fn head_offset(arch: &Arch, layer: usize) -> usize {
@@ -1995,6 +2080,11 @@ pub fn fit_from(
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .wrapping_add((it as u64) << 1 | pass)
     };
+    let mut dq = if cfg.soft_round.is_some() {
+        vec![0.0f32; lat.len()]
+    } else {
+        Vec::new()
+    };
     for it in 0..total {
         // Levels skipped by this step (0 at full resolution) and the latents it works on.
         let k = usize::from(it < half_end);
@@ -2009,6 +2099,17 @@ pub fn fit_from(
                         *n = round_ties_away(v);
                     }
                 });
+        } else if let Some((t0, t1)) = cfg.soft_round {
+            // Temperature from t0 to t1 over the noise steps (the coarse phase at t0).
+            let f = it.saturating_sub(half_end) as f32 / (noise_steps - half_end).max(1) as f32;
+            let t = t0 + (t1 - t0) * f;
+            soft_noise(
+                &mut noisy[lo..],
+                &mut dq[lo..],
+                &lat[lo..],
+                noise_key(it, 0),
+                t,
+            );
         } else {
             add_noise(&mut noisy[lo..], &lat[lo..], noise_key(it, 0));
         }
@@ -2059,6 +2160,12 @@ pub fn fit_from(
         let (g_b, g_c) = rate_grad(
             pyr, k, &lnb, coefs_now, &noisy, &rounded, rate_w, &mut g_lat, &mut w_mu,
         );
+        if !ste && cfg.soft_round.is_some() {
+            // Both terms saw the soft-rounded proxy: back to the latents themselves.
+            for (g, d) in g_lat[lo..].iter_mut().zip(&dq[lo..]) {
+                *g *= d;
+            }
+        }
         let t = it as f32 / total.max(1) as f32;
         let cos = 0.5 * (1.0 + (std::f32::consts::PI * t).cos());
         let decay = 0.001 + 0.999 * cos;
@@ -2094,6 +2201,72 @@ pub fn fit_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Soft rounding: `floor_small` is `floor`; the rounding tends to `round` at low
+    /// temperature and to the identity at high; its derivative matches finite differences; the
+    /// noise pass gives the same bits on every instruction set and its `dq` is the derivative
+    /// of its output.
+    #[test]
+    fn soft_rounding_and_its_derivative() {
+        for v in [
+            -3.5f32,
+            -2.0,
+            -1.25,
+            -0.5,
+            -1e-7,
+            0.0,
+            1e-7,
+            0.49,
+            0.5,
+            2.75,
+            1e5 + 0.5,
+        ] {
+            assert_eq!(floor_small(v), v.floor(), "floor({v})");
+        }
+        let sr = |v: f32, t: f32| {
+            let inv = 1.0 / t;
+            soft_round(v, inv, 0.5 / (0.5 * inv).tanh())
+        };
+        for v in [-1.3f32, -0.2, 0.1, 0.4, 0.6, 1.7, 3.2] {
+            assert!(
+                (sr(v, 0.02).0 - v.round()).abs() < 1e-3,
+                "sr({v}) at t = 0.02"
+            );
+            assert!((sr(v, 20.0).0 - v).abs() < 1e-3, "sr({v}) at t = 20");
+            let t = 0.3;
+            let (_, th) = sr(v, t);
+            let c = 0.5 / (0.5f32 / t).tanh();
+            let d = (1.0 - th * th) * c / t;
+            let h = 1e-3;
+            let fd = (sr(v + h, t).0 - sr(v - h, t).0) / (2.0 * h);
+            assert!((d - fd).abs() < 2e-3 * d.max(1.0), "sr'({v}) {d} vs {fd}");
+        }
+        let lat: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.071)
+            .collect();
+        let (mut out, mut dq) = (vec![0.0f32; lat.len()], vec![0.0f32; lat.len()]);
+        soft_noise(&mut out, &mut dq, &lat, 7, 0.4);
+        let mut plain = vec![0.0f32; lat.len()];
+        add_noise(&mut plain, &lat, 7);
+        let (mut o2, mut d2) = (plain.clone(), vec![0.0f32; lat.len()]);
+        let inv_t = 1.0 / 0.4f32;
+        let c = 0.5 / (1.0 - 2.0 / (kernel::exp(inv_t) + 1.0));
+        soft_chunk_body(
+            &mut o2,
+            &mut d2,
+            &lat,
+            [inv_t, c, (c * inv_t) * (c * inv_t)],
+        );
+        assert_eq!(out, o2, "dispatched and portable soft rounding differ");
+        assert_eq!(dq, d2);
+        for ((&v, &o), (&p, &d)) in lat.iter().zip(&out).zip(plain.iter().zip(&dq)) {
+            let n = p - v;
+            let f = |x: f32| sr(sr(x, 0.4).0 + n, 0.4).0;
+            let fd = (f(v + 1e-3) - f(v - 1e-3)) / 2e-3;
+            assert!((o - f(v)).abs() < 1e-4, "proxy at {v}");
+            assert!((d - fd).abs() < 1e-2 * d.max(1.0), "dq at {v}: {d} vs {fd}");
+        }
+    }
 
     /// The vectorisable roundings equal `f32::round` (ties away from zero) everywhere that
     /// matters: ties, near-ties, negatives, zeros, large values, the cap, infinities and NaN.

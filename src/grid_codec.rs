@@ -602,9 +602,15 @@ fn psnr_keeps_first(t: f64, a: (f64, f64), b: (f64, f64)) -> bool {
 /// The PSNR band (dB above the target) in which quality control accepts a fit as it is.
 const PSNR_BAND: f64 = 0.2;
 
+/// How much better (dB) a file below the rate band must be than a larger one in the band to be
+/// kept over it: the size asked for wins unless the smaller file is clearly better (the last
+/// 3 % of the rate buys about 0.1–0.25 dB at these rates).
+const BELOW_BAND_MARGIN: f64 = 0.25;
+
 /// Rate control's choice between two files `(bpp, PSNR)` for a target of `t` bpp: whether
 /// `a` is kept over `b`. Of two files under the cap, one that is both smaller and better (a fit
-/// far over the target trims down into the band at a large cost in quality); else the one
+/// far over the target trims down into the band at a large cost in quality; a file below the
+/// band must be better than one in it by more than [`BELOW_BAND_MARGIN`]); else the one
 /// within the ±[`crate::RATE_TOLERANCE`] band; else the better PSNR. Files over the cap (the
 /// dead zone could not make them fit) come last, the smaller first.
 fn keeps_first(t: f64, a: (f64, f64), b: (f64, f64)) -> bool {
@@ -621,10 +627,17 @@ fn keeps_first(t: f64, a: (f64, f64), b: (f64, f64)) -> bool {
     if ca == 2 || cb == 2 {
         return ca < cb || (ca == cb && a.0 < b.0);
     }
-    if a.0 <= b.0 && a.1 > b.1 {
+    let margin = |cx: u8, cy: u8| {
+        if (cx, cy) == (1, 0) {
+            BELOW_BAND_MARGIN
+        } else {
+            0.0
+        }
+    };
+    if a.0 <= b.0 && a.1 > b.1 + margin(ca, cb) {
         return true;
     }
-    if b.0 <= a.0 && b.1 >= a.1 {
+    if b.0 <= a.0 && b.1 >= a.1 + margin(cb, ca) {
         return false;
     }
     ca < cb || (ca == cb && a.1 > b.1)
@@ -1118,14 +1131,18 @@ fn shared_synthesis<'a>(id: u64, arch: &Arch, extra: &'a [Base]) -> Result<&'a B
 /// # Errors
 /// Format errors and limits.
 pub fn decode_grid(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> {
-    let file = format::read_grid_file(bytes, &opts.limits)?;
+    // The shared synthesis is looked up (and checked against the header) before the payload
+    // is decoded.
+    let mut shared = None;
+    let file = format::read_grid_file_with(bytes, &opts.limits, |arch, id| {
+        if let Some(id) = id {
+            shared = Some(shared_synthesis(id, arch, &opts.bases)?);
+        }
+        Ok::<(), DecodeError>(())
+    })?;
     let (w, h) = opts.output_size(file.width, file.height)?;
     let per_px = file.arch.num_params() as u64 + 4 * u64::from(file.arch.coord_dims);
     opts.limits.check_render(w, h, per_px)?;
-    let shared = match file.base_id {
-        Some(id) => Some(shared_synthesis(id, &file.arch, &opts.bases)?),
-        None => None,
-    };
     let (params, lat) = dequantized(&file, shared.map(|b| b.params.as_slice()));
     let pyr = Pyramid::new(file.width, file.height, file.arch.coord_dims);
     let sm = Sampler::new(pyr, w, h);
@@ -1250,6 +1267,12 @@ mod tests {
         // A smaller and better file beats a trimmed one in the band (kodim16, 100 steps).
         assert!(keeps_first(t, (0.234, 28.43), (0.250, 26.63)));
         assert!(!keeps_first(t, (0.250, 26.63), (0.234, 28.43)));
+        // ... but only when clearly better: 0.16 dB is not enough (a 96x64 image at 1 bpp).
+        assert!(keeps_first(1.0, (0.9961, 32.98), (0.9648, 33.14)));
+        assert!(!keeps_first(1.0, (0.9648, 33.14), (0.9961, 32.98)));
+        assert!(keeps_first(1.0, (0.9648, 33.24), (0.9961, 32.98)));
+        // Below the band both, the smaller and better wins with no margin.
+        assert!(keeps_first(t, (0.20, 27.01), (0.21, 27.0)));
         // A trade-off: the file in the band wins; in the same class, the better PSNR.
         assert!(keeps_first(t, (0.249, 28.0), (0.20, 27.5)));
         assert!(!keeps_first(t, (0.20, 27.5), (0.249, 28.0)));

@@ -420,6 +420,7 @@ pub fn iterate_audio(
         steps,
         lambda,
         lr_latent: Some(crate::audio_grid_codec::latent_lr(lambda, steps)),
+        soft_round: None,
         ..GridFit::default()
     };
     let start = start_of(arch, params.to_vec());
