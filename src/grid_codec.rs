@@ -448,11 +448,13 @@ pub(crate) fn check_fit(f: &GridFit, net_bits: &[u8]) -> Result<(), EncodeError>
         && f.lambda.is_finite()
         && f.lambda >= 0.0
         && (0.0..=1.0).contains(&f.noise_frac)
-        && (0.0..=1.0).contains(&f.pred_warmup);
+        && (0.0..=1.0).contains(&f.pred_warmup)
+        && f.soft_round
+            .is_none_or(|(a, b)| (0.01..=100.0).contains(&a) && (0.01..=100.0).contains(&b));
     if !valid {
         return Err(EncodeError::Parameter(
             "grid fit: learning rates > 0, lambda >= 0, 0 <= noise fraction and predictor \
-             warm-up <= 1"
+             warm-up <= 1, soft-rounding temperatures in 0.01..=100"
                 .into(),
         ));
     }

@@ -793,3 +793,25 @@ fn short_fits_report_the_coarse_phase_separately() {
         "{seen:?}"
     );
 }
+
+/// Fit settings out of range are refused before any work: soft-rounding temperatures at 0,
+/// negative, NaN or huge (a zero temperature would divide by zero), a noise fraction above 1.
+/// Plain noise (`None`) and in-range temperatures are accepted.
+#[test]
+fn bad_fit_settings_are_refused() {
+    let img = image(16, 12, 3);
+    for sr in [(0.0, 0.2), (0.5, -0.1), (f32::NAN, 0.2), (0.5, 1e9)] {
+        let mut c = cfg(5, 0.004);
+        c.fit.soft_round = Some(sr);
+        let e = encode_grid(&img, &c, &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("soft-rounding"), "{sr:?}: {e}");
+    }
+    let mut c = cfg(5, 0.004);
+    c.fit.noise_frac = 1.5;
+    assert!(encode_grid(&img, &c, &mut |_| {}).is_err());
+    for sr in [None, Some((0.5, 0.2))] {
+        let mut c = cfg(5, 0.004);
+        c.fit.soft_round = sr;
+        encode_grid(&img, &c, &mut |_| {}).unwrap();
+    }
+}
