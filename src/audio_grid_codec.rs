@@ -15,6 +15,7 @@ use crate::audio::{sample_value, to_sample, AudioSource};
 use crate::audio_codec::{output_spec, AudioEncoded, AudioQuality, AudioSink};
 use crate::base::Base;
 use crate::codec::{BaseChoice, DecodeError, EncodeError, Progress};
+use crate::entropy::GridContexts;
 use crate::format::{
     self, Arch, AudioGridInrFile, AudioHeader, GridSegment, Limits, QTensor, MAX_WINDOW_LEN,
 };
@@ -85,6 +86,8 @@ impl Default for AudioGridEncodeConfig {
                 // audio (speech and trumpet clips at the default λ: +6 % / +8 % rate for
                 // +0.69 / +0.43 dB).
                 soft_round: None,
+                // Audio grid files code their latents with the five contexts of §5.9.
+                contexts: GridContexts::Five,
                 ..GridFit::default()
             },
             levels: 8,

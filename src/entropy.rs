@@ -620,11 +620,49 @@ pub fn decode_masks(bytes: &[u8], shapes: &[MaskShape]) -> Result<Vec<Vec<bool>>
 }
 
 // ---------------------------------------------------------------------------------------------
-// Latent grids (`codec-spec.md` §5.9): 2-D integer grids with 5 adaptive contexts each.
+// Latent grids (`codec-spec.md` §5.9): 2-D integer grids with 5 or 12 adaptive contexts each.
 // ---------------------------------------------------------------------------------------------
 
-/// Number of contexts of the latent-grid coder (§5.9).
-pub const GRID_CONTEXTS: usize = 5;
+/// The context sets of the latent-grid coders (§5.9): how the neighbour sum `s` picks a
+/// model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum GridContexts {
+    /// Five contexts (grid files without flag bit 8, audio grid files).
+    Five,
+    /// Twelve contexts (image grid files with flag bit 8).
+    Twelve,
+}
+
+/// Most contexts of any [`GridContexts`] set.
+pub const MAX_GRID_CONTEXTS: usize = 12;
+
+impl GridContexts {
+    /// The number of contexts (models per grid).
+    pub const fn count(self) -> usize {
+        match self {
+            GridContexts::Five => 5,
+            GridContexts::Twelve => 12,
+        }
+    }
+
+    /// The context of the neighbour sum `s = 2|L| + 2|A| + |AL| + |AR|` (§5.9).
+    #[inline]
+    pub fn bucket(self, s: u32) -> usize {
+        match self {
+            GridContexts::Five => grid_context_bucket(s),
+            GridContexts::Twelve => match s {
+                0..=4 => s as usize,
+                5..=6 => 5,
+                7..=8 => 6,
+                9..=11 => 7,
+                12..=15 => 8,
+                16..=21 => 9,
+                22..=30 => 10,
+                _ => 11,
+            },
+        }
+    }
+}
 
 /// Shape of one latent grid for the grid coder: `len` symbols in rows of `cols`, each in
 /// `-max_abs..=max_abs` (`1 <= max_abs <= MAX_ABS_LIMIT`).
@@ -637,17 +675,20 @@ pub struct GridShape {
 
 /// §5.9 context of element `i` of a grid with `cols` columns whose first `i` elements are
 /// `g[..i]`: from the magnitudes of the left, above, above-left and above-right neighbours
-/// (0 outside the grid), `s = 2|L| + 2|A| + |AL| + |AR|`, bucketed 0 | 1..=2 | 3..=5 | 6..=10
-/// | more.
+/// (0 outside the grid), `s = 2|L| + 2|A| + |AL| + |AR|`, bucketed by `ctxs`.
 #[inline]
-fn grid_context(g: &[i32], i: usize, cols: usize) -> usize {
+fn grid_context(g: &[i32], i: usize, cols: usize, ctxs: GridContexts) -> usize {
     let at = |j: Option<usize>| -> u32 { j.and_then(|j| g.get(j)).map_or(0, |v| v.unsigned_abs()) };
     let x = if cols == 0 { 0 } else { i % cols };
     let left = (x > 0).then(|| i - 1);
     let up = (cols > 0 && i >= cols).then(|| i - cols);
     let up_left = up.filter(|_| x > 0).map(|j| j - 1);
     let up_right = up.filter(|_| x + 1 < cols).map(|j| j + 1);
-    grid_context_bucket(2 * at(left) + 2 * at(up) + at(up_left) + at(up_right))
+    let s = 2 * u64::from(at(left))
+        + 2 * u64::from(at(up))
+        + u64::from(at(up_left))
+        + u64::from(at(up_right));
+    ctxs.bucket(s.min(u64::from(u32::MAX)) as u32)
 }
 
 /// §5.9 context of the neighbour sum `s = 2|L| + 2|A| + |AL| + |AR|`:
@@ -686,7 +727,7 @@ fn check_grid_shape(s: &GridShape) -> Result<(), EntropyError> {
 }
 
 /// Encodes latent grids into one range-coded stream (§5.9): for every grid in order,
-/// [`GRID_CONTEXTS`] fresh adaptive models (§5.2 constants) over its alphabet; each symbol
+/// `ctxs.count()` fresh adaptive models (§5.2 constants) over its alphabet; each symbol
 /// in row-major order is coded under the model of its context. No mode symbol. Only empty
 /// grids give an empty stream.
 ///
@@ -696,7 +737,10 @@ fn check_grid_shape(s: &GridShape) -> Result<(), EntropyError> {
 ///
 /// # Panics
 /// Never.
-pub fn encode_grids(grids: &[(&[i32], GridShape)]) -> Result<Vec<u8>, EntropyError> {
+pub fn encode_grids(
+    grids: &[(&[i32], GridShape)],
+    ctxs: GridContexts,
+) -> Result<Vec<u8>, EntropyError> {
     for (t, &(g, s)) in grids.iter().enumerate() {
         check_grid_shape(&s)?;
         check_symbols(t, g, s.max_abs)?;
@@ -709,10 +753,11 @@ pub fn encode_grids(grids: &[(&[i32], GridShape)]) -> Result<Vec<u8>, EntropyErr
     for &(g, s) in grids {
         let k = 2 * s.max_abs as usize + 1;
         let m = i64::from(s.max_abs);
-        let mut models: [AdaptiveModel; GRID_CONTEXTS] =
-            std::array::from_fn(|_| AdaptiveModel::new(k, FORMAT_PARAMS));
+        let mut models: Vec<AdaptiveModel> = (0..ctxs.count())
+            .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
+            .collect();
         for (i, &v) in g.iter().enumerate() {
-            let model = &mut models[grid_context(g, i, s.cols)];
+            let model = &mut models[grid_context(g, i, s.cols, ctxs)];
             let u = (i64::from(v) + m) as usize; // in 0..k, checked above
             enc.encode_symbol(u, View(model)).map_err(coder_err)?;
             model.update(u);
@@ -733,7 +778,11 @@ pub fn encode_grids(grids: &[(&[i32], GridShape)]) -> Result<Vec<u8>, EntropyErr
 ///
 /// # Panics
 /// Never, for any input.
-pub fn decode_grids(bytes: &[u8], shapes: &[GridShape]) -> Result<Vec<Vec<i32>>, EntropyError> {
+pub fn decode_grids(
+    bytes: &[u8],
+    shapes: &[GridShape],
+    ctxs: GridContexts,
+) -> Result<Vec<Vec<i32>>, EntropyError> {
     const PREALLOC_CAP: usize = 1 << 20;
     for s in shapes {
         check_grid_shape(s)?;
@@ -749,11 +798,12 @@ pub fn decode_grids(bytes: &[u8], shapes: &[GridShape]) -> Result<Vec<Vec<i32>>,
     for s in shapes {
         let k = 2 * s.max_abs as usize + 1;
         let m = i64::from(s.max_abs);
-        let mut models: [AdaptiveModel; GRID_CONTEXTS] =
-            std::array::from_fn(|_| AdaptiveModel::new(k, FORMAT_PARAMS));
+        let mut models: Vec<AdaptiveModel> = (0..ctxs.count())
+            .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
+            .collect();
         let mut g = Vec::with_capacity(s.len.min(PREALLOC_CAP));
         for i in 0..s.len {
-            let model = &mut models[grid_context(&g, i, s.cols)];
+            let model = &mut models[grid_context(&g, i, s.cols, ctxs)];
             let u = dec
                 .decode_symbol(View(model))
                 .map_err(|_| EntropyError::InvalidData { at })?;
@@ -774,7 +824,7 @@ pub fn decode_grids(bytes: &[u8], shapes: &[GridShape]) -> Result<Vec<Vec<i32>>,
         .map(|g| g.as_slice())
         .zip(shapes.iter().copied())
         .collect();
-    if encode_grids(&refs)? != bytes {
+    if encode_grids(&refs, ctxs)? != bytes {
         return Err(EntropyError::NotCanonical { words: num_words });
     }
     Ok(out)
@@ -875,7 +925,7 @@ fn check_pred_shape(s: &PredShape) -> Result<(), EntropyError> {
 }
 
 /// Encodes predicted latent grids into one range-coded stream (§5.10), grids in coding order
-/// (each one's parent is the grid before it): for every grid, [`GRID_CONTEXTS`] fresh adaptive
+/// (each one's parent is the grid before it): for every grid, `ctxs.count()` fresh adaptive
 /// models over the residual alphabet; each residual in row-major order is coded under the
 /// §5.9 context of the already coded *values*. Only empty grids give an empty stream.
 ///
@@ -886,7 +936,10 @@ fn check_pred_shape(s: &PredShape) -> Result<(), EntropyError> {
 ///
 /// # Panics
 /// Never.
-pub fn encode_pred_grids(grids: &[(&[i32], PredShape)]) -> Result<Vec<u8>, EntropyError> {
+pub fn encode_pred_grids(
+    grids: &[(&[i32], PredShape)],
+    ctxs: GridContexts,
+) -> Result<Vec<u8>, EntropyError> {
     for (t, &(g, s)) in grids.iter().enumerate() {
         check_pred_shape(&s)?;
         check_symbols(t, g, s.max_abs)?;
@@ -903,10 +956,11 @@ pub fn encode_pred_grids(grids: &[(&[i32], PredShape)]) -> Result<Vec<u8>, Entro
     for (&(g, s), r) in grids.iter().zip(&residuals) {
         let k = 2 * s.res_max_abs as usize + 1;
         let m = i64::from(s.res_max_abs);
-        let mut models: [AdaptiveModel; GRID_CONTEXTS] =
-            std::array::from_fn(|_| AdaptiveModel::new(k, FORMAT_PARAMS));
+        let mut models: Vec<AdaptiveModel> = (0..ctxs.count())
+            .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
+            .collect();
         for (i, &v) in r.iter().enumerate() {
-            let model = &mut models[grid_context(g, i, s.cols)];
+            let model = &mut models[grid_context(g, i, s.cols, ctxs)];
             let u = (i64::from(v) + m) as usize; // in 0..k, checked above
             enc.encode_symbol(u, View(model)).map_err(coder_err)?;
             model.update(u);
@@ -932,6 +986,7 @@ pub fn encode_pred_grids(grids: &[(&[i32], PredShape)]) -> Result<Vec<u8>, Entro
 pub fn decode_pred_grids(
     bytes: &[u8],
     shapes: &[PredShape],
+    ctxs: GridContexts,
 ) -> Result<Vec<Vec<i32>>, EntropyError> {
     const PREALLOC_CAP: usize = 1 << 20;
     for s in shapes {
@@ -949,15 +1004,16 @@ pub fn decode_pred_grids(
         let k = 2 * s.res_max_abs as usize + 1;
         let m = i64::from(s.res_max_abs);
         let vmax = i64::from(s.max_abs);
-        let mut models: [AdaptiveModel; GRID_CONTEXTS] =
-            std::array::from_fn(|_| AdaptiveModel::new(k, FORMAT_PARAMS));
+        let mut models: Vec<AdaptiveModel> = (0..ctxs.count())
+            .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
+            .collect();
         let mut g = Vec::with_capacity(s.len.min(PREALLOC_CAP));
         let parent = n
             .checked_sub(1)
             .and_then(|j| out.get(j).zip(shapes.get(j)))
             .map(|(p, ps)| (p.as_slice(), ps.cols));
         for i in 0..s.len {
-            let model = &mut models[grid_context(&g, i, s.cols)];
+            let model = &mut models[grid_context(&g, i, s.cols, ctxs)];
             let u = dec
                 .decode_symbol(View(model))
                 .map_err(|_| EntropyError::InvalidData { at })?;
@@ -983,7 +1039,7 @@ pub fn decode_pred_grids(
         .map(|g| g.as_slice())
         .zip(shapes.iter().copied())
         .collect();
-    if encode_pred_grids(&refs)? != bytes {
+    if encode_pred_grids(&refs, ctxs)? != bytes {
         return Err(EntropyError::NotCanonical { words: num_words });
     }
     Ok(out)

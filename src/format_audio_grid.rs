@@ -19,6 +19,7 @@ use super::{
     CODER_ADAPTIVE, CRC_BYTES, HEADER_BYTES, MAGIC, MODALITY_AUDIO, OFF_FLAGS, OFF_MODALITY,
     OFF_VERSION, PAYLOAD_LEN_BYTES,
 };
+use crate::entropy::GridContexts;
 
 /// §14.2 Segment flag bit 0: the segment's latents are predicted (§13.7).
 pub const SEGMENT_PREDICTED: u8 = 1;
@@ -141,6 +142,7 @@ pub fn audio_grid_segment_bytes(
         &seg.tensors,
         None,
         seg.predictor.as_deref(),
+        GridContexts::Five,
         &Limits::default(),
     )?;
     Ok(1 + body.len())
@@ -178,6 +180,7 @@ pub fn write_audio_grid_file(f: &AudioGridInrFile) -> Result<Vec<u8>, FormatErro
             &seg.tensors,
             None,
             seg.predictor.as_deref(),
+            GridContexts::Five,
             &limits,
         )?;
         bits = bits.max(b);
@@ -362,7 +365,7 @@ pub fn read_audio_grid_file(
     let mut segments = Vec::with_capacity(p.segments.len());
     for (k, s) in p.segments.into_iter().enumerate() {
         let (dims, lens) = segment_shape(&p.arch, p.audio.window_frames(k as u64));
-        let (tensors, predictor) = decode_body(s.body, &dims, &lens)?;
+        let (tensors, predictor) = decode_body(s.body, &dims, &lens, GridContexts::Five)?;
         segments.push(GridSegment { tensors, predictor });
     }
     Ok(AudioGridInrFile {
@@ -448,6 +451,7 @@ pub(super) fn inspect_audio_grid(bytes: &[u8], limits: &Limits) -> Result<FileIn
             latents: p.latents,
             synth_params,
             latent_stream_bytes,
+            latent_contexts: GridContexts::Five.count() as u8,
             predictor: (predicted == n && n > 0)
                 .then(|| first.and_then(|s| s.body.predictor.clone()))
                 .flatten(),

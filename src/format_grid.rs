@@ -19,7 +19,7 @@ use super::{
     GROUP_LEN_BYTES, HEADER_BYTES, MAGIC, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION,
     PAYLOAD_LEN_BYTES, STEP_BYTES,
 };
-use crate::entropy::{self, EntropyError, GridShape, PredShape, GRID_PRED_TAPS};
+use crate::entropy::{self, EntropyError, GridContexts, GridShape, PredShape, GRID_PRED_TAPS};
 
 /// §3.4 Flag bit 3 (version 2): grid mode (§13). A grid file has flags `FLAG_GRID`, with
 /// optionally bit 0 (§13.8), bit 6 ([`FLAG_GRID_PREDICT`]) and, with bit 0, bit 7
@@ -30,6 +30,9 @@ pub const FLAG_GRID_PREDICT: u16 = 1 << 6;
 /// §3.4 Flag bit 7 (version 2, image grid files with flag bit 0 only): the shared synthesis's
 /// output layer is coded in the file (§13.8): its weights and biases, in place of the base's.
 pub const FLAG_GRID_HEAD: u16 = 1 << 7;
+/// §13.1 Flag bit 8 (grid files): the latent stream uses the twelve contexts of §5.9 instead
+/// of five.
+pub const FLAG_GRID_CONTEXTS: u16 = 1 << 8;
 /// §13.8 Synthesis tensors a file with flag bit 7 codes: the output layer's weights and biases.
 pub const GRID_HEAD_TENSORS: usize = 2;
 /// §13.7 Bytes of one level's entry in the predictor section: 5 `i16` coefficients and the
@@ -61,6 +64,8 @@ pub struct GridInrFile {
     /// §10.5) the file is rendered with; `tensors` then holds the L latent levels only, or
     /// (flag bit 7) the output layer's weights and biases, then the levels.
     pub base_id: Option<u64>,
+    /// §5.9 The latent stream's context set: [`GridContexts::Twelve`] with flag bit 8.
+    pub contexts: GridContexts,
 }
 
 /// Which synthesis tensors a grid file codes (§13.1, §13.8).
@@ -148,6 +153,8 @@ pub struct GridInfo {
     pub synth_params: u64,
     /// Bytes of the context-coded latent stream (§5.9 or §5.10), without its length field.
     pub latent_stream_bytes: u64,
+    /// §5.9 Contexts of the latent stream: 5, or 12 with flag bit 8.
+    pub latent_contexts: u8,
     /// §13.7 The per-level predictors of a file with predicted latents.
     pub predictor: Option<Vec<LevelPredictor>>,
 }
@@ -279,13 +286,14 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
         &f.tensors,
         f.base_id,
         f.predictor.as_deref(),
+        f.contexts,
         &limits,
     )?;
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len() + CRC_BYTES);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION_GRID);
     out.push(MODALITY_IMAGE);
-    let flags = grid_flags(synth, f.predictor.is_some());
+    let flags = grid_flags(synth, f.predictor.is_some(), f.contexts);
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&f.width.to_le_bytes());
     out.extend_from_slice(&f.height.to_le_bytes());
@@ -297,9 +305,13 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
 }
 
 /// The flags of an image grid file (§3.4, §13.1): bit 3, bit 0 with a shared synthesis
-/// (§13.8) and bit 7 when its output layer is coded, bit 6 with predicted latents (§13.7).
-fn grid_flags(synth: Synthesis, predicted: bool) -> u16 {
+/// (§13.8) and bit 7 when its output layer is coded, bit 6 with predicted latents (§13.7), bit
+/// 8 with the twelve latent contexts (§5.9).
+fn grid_flags(synth: Synthesis, predicted: bool, contexts: GridContexts) -> u16 {
     let mut flags = FLAG_GRID;
+    if contexts == GridContexts::Twelve {
+        flags |= FLAG_GRID_CONTEXTS;
+    }
     if synth.is_shared() {
         flags |= super::FLAG_BASE;
     }
@@ -328,6 +340,7 @@ fn file_lens(mut lens: Vec<usize>, arch: &Arch, synth: Synthesis) -> Vec<usize> 
 ///
 /// # Errors
 /// As [`write_grid_file`].
+#[allow(clippy::too_many_arguments)]
 pub(super) fn write_grid_body(
     arch: &Arch,
     dims: &[(u32, u32)],
@@ -335,6 +348,7 @@ pub(super) fn write_grid_body(
     tensors: &[QTensor],
     base_id: Option<u64>,
     predictor: Option<&[LevelPredictor]>,
+    contexts: GridContexts,
     limits: &Limits,
 ) -> Result<(u8, Vec<u8>), FormatError> {
     if tensors.len() != lens.len() {
@@ -379,7 +393,7 @@ pub(super) fn write_grid_body(
                     )
                 })
                 .collect();
-            entropy::encode_grids(&grids).map_err(|e| renumber(e, |t| t + n_synth))?
+            entropy::encode_grids(&grids, contexts).map_err(|e| renumber(e, |t| t + n_synth))?
         }
         Some(pred) => {
             if pred.len() != n_levels {
@@ -402,7 +416,7 @@ pub(super) fn write_grid_body(
                 .zip(shapes)
                 .collect();
             // Coding order is coarsest first: grid k is level n_levels - 1 - k.
-            entropy::encode_pred_grids(&grids)
+            entropy::encode_pred_grids(&grids, contexts)
                 .map_err(|e| renumber(e, |k| n_synth + n_levels - 1 - k))?
         }
     };
@@ -477,6 +491,7 @@ struct ParsedGrid<'a> {
     lens: Vec<usize>,
     base_id: Option<u64>,
     synth: Synthesis,
+    contexts: GridContexts,
     body: GridBody<'a>,
 }
 
@@ -611,7 +626,8 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             expected: "1 (image)",
         });
     }
-    const KNOWN: u16 = FLAG_GRID | FLAG_GRID_PREDICT | super::FLAG_BASE | FLAG_GRID_HEAD;
+    const KNOWN: u16 =
+        FLAG_GRID | FLAG_GRID_PREDICT | super::FLAG_BASE | FLAG_GRID_HEAD | FLAG_GRID_CONTEXTS;
     if flags & !KNOWN != 0 {
         return Err(FormatError::UnknownFlags {
             flags,
@@ -623,9 +639,9 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         return Err(FormatError::InvalidField {
             field: "flags",
             value: flags.into(),
-            expected: "0x0008, 0x0009, 0x0048, 0x0049, 0x0089 or 0x00c9 (grid mode); without flag \
-                       bit 3 this is a plain image file: read it with the image reader \
-                       (format::read_file)",
+            expected: "0x0008, 0x0009, 0x0048, 0x0049, 0x0089 or 0x00c9, each also with \
+                       0x0100 (grid mode); without flag bit 3 this is a plain image file: read \
+                       it with the image reader (format::read_file)",
         });
     }
     let synth = match (flags & super::FLAG_BASE != 0, flags & FLAG_GRID_HEAD != 0) {
@@ -664,6 +680,11 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         lens,
         base_id: t.base_id,
         synth,
+        contexts: if flags & FLAG_GRID_CONTEXTS != 0 {
+            GridContexts::Twelve
+        } else {
+            GridContexts::Five
+        },
         body,
     })
 }
@@ -675,6 +696,7 @@ pub(super) fn decode_body(
     body: GridBody<'_>,
     dims: &[(u32, u32)],
     lens: &[usize],
+    contexts: GridContexts,
 ) -> Result<(Vec<QTensor>, Option<Vec<LevelPredictor>>), FormatError> {
     let n_synth = lens.len().saturating_sub(dims.len());
     let mut symbols =
@@ -687,13 +709,17 @@ pub(super) fn decode_body(
                 .zip(dims)
                 .map(|((&b, &n), &(w, _))| level_shape(b, n, w))
                 .collect();
-            symbols.extend(entropy::decode_grids(body.latent_stream, &shapes)?);
+            symbols.extend(entropy::decode_grids(
+                body.latent_stream,
+                &shapes,
+                contexts,
+            )?);
         }
         Some(pred) => {
             let shapes =
                 predicted_shapes(dims, &lens[n_synth..], &body.tensor_bits[n_synth..], pred);
             // Decoded coarsest first; stored in level order.
-            let mut levels = entropy::decode_pred_grids(body.latent_stream, &shapes)?;
+            let mut levels = entropy::decode_pred_grids(body.latent_stream, &shapes, contexts)?;
             levels.reverse();
             symbols.extend(levels);
         }
@@ -738,7 +764,7 @@ pub fn read_grid_file_with<E: From<FormatError>>(
     check(&p.arch, p.base_id)?;
     let dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
     let _ = p.bits; // validated: equals the largest tensor bit width
-    let (tensors, predictor) = decode_body(p.body, &dims, &p.lens)?;
+    let (tensors, predictor) = decode_body(p.body, &dims, &p.lens, p.contexts)?;
     Ok(GridInrFile {
         width: p.width,
         height: p.height,
@@ -746,6 +772,7 @@ pub fn read_grid_file_with<E: From<FormatError>>(
         tensors,
         predictor,
         base_id: p.base_id,
+        contexts: p.contexts,
     })
 }
 
@@ -781,7 +808,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         .map_or(0, |v| v.len() * PREDICTOR_ENTRY_BYTES);
     Ok(FileInfo {
         version: VERSION_GRID,
-        flags: grid_flags(p.synth, p.body.predictor.is_some()),
+        flags: grid_flags(p.synth, p.body.predictor.is_some(), p.contexts),
         base_id: p.base_id.map(|id| format!("{id:016x}")),
         modality: "image",
         width: p.width,
@@ -815,6 +842,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
             latents,
             synth_params,
             latent_stream_bytes,
+            latent_contexts: p.contexts.count() as u8,
             predictor: p.body.predictor,
         }),
     })

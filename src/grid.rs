@@ -15,7 +15,7 @@
 //! weight gradient goes to its own buffer and the buffers are summed in band order; latent
 //! gradients are scattered level by level in a fixed order.
 
-use crate::entropy::{grid_context_bucket, GRID_CONTEXTS, GRID_PRED_TAPS};
+use crate::entropy::{GridContexts, GRID_PRED_TAPS, MAX_GRID_CONTEXTS};
 use crate::format::{grid_level_dims, Arch};
 use crate::kernel::{self, InferScratch, NetShape, TileIo, TrainScratch, TILE};
 use crate::model;
@@ -1088,6 +1088,8 @@ pub struct GridFit {
     /// With it, `noise_frac` 0.9 / 0.95 / 1.0 gave −0.8 / −0.7 / −0.5 % against 0.8 (λ = 0.002:
     /// 0.9 −0.4 %); not taken (too small to retune the rate control's tables for).
     pub soft_round: Option<(f32, f32)>,
+    /// The §5.9 context set of the rate model (the coder's: the file is coded with it).
+    pub contexts: GridContexts,
     /// Learn a §5.10 linear predictor per level and centre the rate model on it (the file is
     /// then coded with predicted latents when that is smaller).
     pub predict: bool,
@@ -1117,6 +1119,7 @@ impl Default for GridFit {
             lr_scales: None,
             noise_frac: 0.8,
             soft_round: Some((0.5, 0.2)),
+            contexts: GridContexts::Twelve,
             predict: true,
             pred_warmup: 0.5,
             coarse_steps: 0,
@@ -1216,12 +1219,36 @@ impl GridFit {
             }
         })
     }
+    /// The settings of a refit: a fit that starts from an earlier fit of the same image
+    /// ([`Fitted::into_start`]) at another λ, as a rate or quality search's later fits do.
+    /// 30 % of the full-resolution steps (at least one), no half-resolution phase, the
+    /// predictor on from the first step, lower learning rates (latents 0.02, network 0.3×,
+    /// entropy model 0.01) and soft rounding from 0.3 instead of 0.5 (the latents are
+    /// already near their integers).
+    pub fn refit(&self) -> GridFit {
+        let s = self.schedule();
+        GridFit {
+            steps: (s.full * 3 / 10).max(1),
+            coarse_steps: 0,
+            budget: None,
+            lr_latent: Some(REFIT_LATENT_LR),
+            lr_net: 0.3 * self.lr_net,
+            lr_scales: Some(0.01),
+            soft_round: self.soft_round.map(|(t0, t1)| (t0.min(0.3).max(t1), t1)),
+            pred_warmup: 0.0,
+            ..*self
+        }
+    }
+
     /// The entropy model's starting learning rate this fit uses.
     pub fn scale_lr(&self) -> f32 {
         self.lr_scales
             .unwrap_or_else(|| default_scale_lr(self.schedule().full))
     }
 }
+
+/// The latents' Adam rate of a refit ([`GridFit::refit`]).
+pub const REFIT_LATENT_LR: f32 = 0.02;
 
 /// Steps of a fit at each resolution ([`GridFit::schedule`]), half resolution first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1359,7 +1386,9 @@ pub fn rate_bits(
     coefs: Option<&[[f32; GRID_PRED_TAPS]]>,
     noisy: &[f32],
     rounded: &[u32],
+    ctxs: GridContexts,
 ) -> Vec<f64> {
+    let table = context_table(ctxs);
     pyr.levels
         .iter()
         .enumerate()
@@ -1375,8 +1404,8 @@ pub fn rate_bits(
                 let cur = &q[y * wl..(y + 1) * wl];
                 let up = (y > 0).then(|| &q[(y - 1) * wl..y * wl]);
                 for x in 0..wl {
-                    let ctx = context_in_rows(cur, up, x);
-                    let b = lnb[l * GRID_CONTEXTS + ctx].exp();
+                    let ctx = context_in_rows(cur, up, x, &table);
+                    let b = lnb[l * MAX_GRID_CONTEXTS + ctx].exp();
                     let mu: f32 = coefs.map_or(0.0, |c| {
                         taps_at(vals, wl, x, y, par)
                             .iter()
@@ -1409,14 +1438,16 @@ pub fn rate_grad(
     rate_w: f32,
     g_lat: &mut [f32],
     w_mu: &mut [f32],
+    ctxs: GridContexts,
 ) -> (Vec<f32>, Vec<[f32; GRID_PRED_TAPS]>) {
     let n_l = pyr.n_levels();
-    let mut g_b = vec![0.0f32; n_l * GRID_CONTEXTS];
+    let table = context_table(ctxs);
+    let mut g_b = vec![0.0f32; n_l * MAX_GRID_CONTEXTS];
     let mut g_c = vec![[0.0f32; GRID_PRED_TAPS]; n_l];
     // Pass 1: each latent's own term; w_mu[i] = rate_w * d bits / d mu_i.
     for (l, &(wl, hl, off)) in pyr.levels.iter().enumerate().skip(from_level) {
-        let b: [LaplaceScale; GRID_CONTEXTS] =
-            std::array::from_fn(|c| LaplaceScale::new(lnb[l * GRID_CONTEXTS + c].exp()));
+        let b: [LaplaceScale; MAX_GRID_CONTEXTS] =
+            std::array::from_fn(|c| LaplaceScale::new(lnb[l * MAX_GRID_CONTEXTS + c].exp()));
         let q = &rounded[off..off + wl * hl];
         let vals = &noisy[off..off + wl * hl];
         let par = pyr
@@ -1434,7 +1465,7 @@ pub fn rate_grad(
             tab: &b,
             rate_w,
         };
-        let partial: Vec<([f32; GRID_CONTEXTS], [f32; GRID_PRED_TAPS])> =
+        let partial: Vec<([f32; MAX_GRID_CONTEXTS], [f32; GRID_PRED_TAPS])> =
             if hl == 1 && wl > RATE_SPLIT {
                 // One wide row (an audio segment's level): runs of RATE_SPLIT columns in parallel,
                 // each seeing its left neighbour as the whole row would (so every latent's terms are
@@ -1445,12 +1476,19 @@ pub fn rate_grad(
                     .zip(w_mu[off..off + wl].par_chunks_mut(RATE_SPLIT))
                     .enumerate()
                     .map(|(ci, (g, wm))| {
-                        let mut acc = [0.0f32; GRID_CONTEXTS];
+                        let mut acc = [0.0f32; MAX_GRID_CONTEXTS];
                         let mut acc_c = [0.0f32; GRID_PRED_TAPS];
                         let (x0, n) = (ci * RATE_SPLIT, g.len());
                         let mut rs = RateRow::new(n);
                         let left_q = if x0 > 0 { q[x0 - 1] } else { 0 };
-                        context_run(&q[x0..x0 + n], left_q, None, &mut rs.sums, &mut rs.ctx);
+                        context_run(
+                            &q[x0..x0 + n],
+                            left_q,
+                            None,
+                            &table,
+                            &mut rs.sums,
+                            &mut rs.ctx,
+                        );
                         let rows = row_in(
                             &vals[x0..x0 + n],
                             if x0 > 0 { vals[x0 - 1] } else { 0.0 },
@@ -1474,7 +1512,7 @@ pub fn rate_grad(
                     .zip(w_mu[off..off + wl * hl].par_chunks_mut(rows_per * wl))
                     .enumerate()
                     .map(|(ci, (g, wm))| {
-                        let mut acc = [0.0f32; GRID_CONTEXTS];
+                        let mut acc = [0.0f32; MAX_GRID_CONTEXTS];
                         let mut acc_c = [0.0f32; GRID_PRED_TAPS];
                         let row0 = ci * rows_per;
                         let mut rs = RateRow::new(wl);
@@ -1482,7 +1520,7 @@ pub fn rate_grad(
                             let y = row0 + r;
                             let cur = &q[y * wl..(y + 1) * wl];
                             let up = (y > 0).then(|| &q[(y - 1) * wl..y * wl]);
-                            context_row(cur, up, &mut rs.sums, &mut rs.ctx);
+                            context_row(cur, up, &table, &mut rs.sums, &mut rs.ctx);
                             let rows = row_in(
                                 &vals[y * wl..(y + 1) * wl],
                                 0.0,
@@ -1502,8 +1540,8 @@ pub fn rate_grad(
                     .collect()
             };
         for (p, pc) in &partial {
-            for k in 0..GRID_CONTEXTS {
-                g_b[l * GRID_CONTEXTS + k] += rate_w * p[k];
+            for k in 0..MAX_GRID_CONTEXTS {
+                g_b[l * MAX_GRID_CONTEXTS + k] += rate_w * p[k];
             }
             for k in 0..GRID_PRED_TAPS {
                 g_c[l][k] += rate_w * pc[k];
@@ -1641,7 +1679,7 @@ struct RateRowIn<'a> {
     /// The level's predictor coefficients (when predicting), Laplace scales per context, and
     /// the rate weight.
     c: Option<&'a [f32; GRID_PRED_TAPS]>,
-    tab: &'a [LaplaceScale; GRID_CONTEXTS],
+    tab: &'a [LaplaceScale; MAX_GRID_CONTEXTS],
     rate_w: f32,
 }
 
@@ -1649,7 +1687,7 @@ struct RateRowIn<'a> {
 struct RateRowOut<'a> {
     g: &'a mut [f32],
     wm: &'a mut [f32],
-    acc: &'a mut [f32; GRID_CONTEXTS],
+    acc: &'a mut [f32; MAX_GRID_CONTEXTS],
     acc_c: &'a mut [f32; GRID_PRED_TAPS],
 }
 
@@ -1762,13 +1800,35 @@ fn rate_row_body(rows: &RateRowIn<'_>, out: RateRowOut<'_>, s: &mut RateRow) {
 
 /// [`context_in_rows`] of every column of `cur` into `ctx` (`sums` is scratch of the same
 /// length), row-wise so that it vectorises.
-fn context_row(cur: &[u32], up: Option<&[u32]>, sums: &mut [u32], ctx: &mut [u8]) {
-    context_run(cur, 0, up, sums, ctx);
+fn context_row(
+    cur: &[u32],
+    up: Option<&[u32]>,
+    table: &ContextTable,
+    sums: &mut [u32],
+    ctx: &mut [u8],
+) {
+    context_run(cur, 0, up, table, sums, ctx);
+}
+
+/// A context set (§5.9) as a table: the context of the neighbour sum `s` is
+/// `table[min(s, 31)]` (every set's last bucket starts at or below 31).
+type ContextTable = [u8; 32];
+
+/// The [`ContextTable`] of `ctxs`.
+fn context_table(ctxs: GridContexts) -> ContextTable {
+    std::array::from_fn(|s| ctxs.bucket(s as u32) as u8)
 }
 
 /// [`context_row`] of a run of columns `cur` of a row without a row above, whose left
 /// neighbour's magnitude is `left` (0 at the row's start); `up` is only for whole rows.
-fn context_run(cur: &[u32], left: u32, up: Option<&[u32]>, sums: &mut [u32], ctx: &mut [u8]) {
+fn context_run(
+    cur: &[u32],
+    left: u32,
+    up: Option<&[u32]>,
+    table: &ContextTable,
+    sums: &mut [u32],
+    ctx: &mut [u8],
+) {
     let w = cur.len();
     sums[0] = 2 * left;
     for (d, &v) in sums[1..].iter_mut().zip(cur) {
@@ -1785,16 +1845,16 @@ fn context_run(cur: &[u32], left: u32, up: Option<&[u32]>, sums: &mut [u32], ctx
             *d += v;
         }
     }
-    // The sums of values capped at 1e4 stay below the 2^20 cap of `context_in_rows`.
+    // Sums of values capped at 1e4: at most 6e4, no overflow.
     for (c, &s) in ctx.iter_mut().zip(sums.iter()) {
-        *c = grid_context_bucket(s) as u8;
+        *c = table[s.min(31) as usize];
     }
 }
 
 /// §5.9 context of column `x` of a level row `cur` (rounded magnitudes, the row above `up`
 /// if any): the same neighbours and buckets as the coder, but from the whole current grid.
 #[inline]
-fn context_in_rows(cur: &[u32], up: Option<&[u32]>, x: usize) -> usize {
+fn context_in_rows(cur: &[u32], up: Option<&[u32]>, x: usize, table: &ContextTable) -> usize {
     let mut s = 0u32;
     if x > 0 {
         s += 2 * cur[x - 1];
@@ -1808,7 +1868,7 @@ fn context_in_rows(cur: &[u32], up: Option<&[u32]>, x: usize) -> usize {
             s += r;
         }
     }
-    grid_context_bucket(s.min(1 << 20))
+    usize::from(table[s.min(31) as usize])
 }
 
 /// `v.round()` (ties away from zero) without a libm call, so that loops over it vectorise.
@@ -1996,6 +2056,19 @@ pub struct Fitted {
     pub pred_coefs: Vec<[f32; GRID_PRED_TAPS]>,
 }
 
+impl Fitted {
+    /// The start of a refit ([`GridFit::refit`]) of this fit: its network, entropy model,
+    /// predictor and latents.
+    pub fn into_start(self) -> GridStart {
+        GridStart {
+            params: self.params,
+            log_scales: self.scales.iter().map(|b| b.ln()).collect(),
+            pred_coefs: self.pred_coefs,
+            latents: Some(self.latents),
+        }
+    }
+}
+
 /// Fits latents and network to `target` (interleaved, [-1, 1]) at the pyramid's coded size.
 /// `progress(step)` is called after every step.
 pub fn fit(
@@ -2017,6 +2090,8 @@ pub struct GridStart {
     pub log_scales: Vec<f32>,
     /// §5.10 predictor coefficients per level (as real numbers, not fixed point).
     pub pred_coefs: Vec<[f32; GRID_PRED_TAPS]>,
+    /// Starting latents (a refit of an earlier fit); `None` = all 0.
+    pub latents: Option<Vec<f32>>,
 }
 
 /// [`fit`] from `start` instead of the seeded random synthesis and unit scales. A start whose
@@ -2034,13 +2109,16 @@ pub fn fit_from(
     let n_l = pyr.n_levels();
     let start = start.filter(|s| {
         s.params.len() == model::shape_of(arch).n_params
-            && s.log_scales.len() == n_l * GRID_CONTEXTS
+            && s.log_scales.len() == n_l * MAX_GRID_CONTEXTS
             && s.pred_coefs.len() == n_l
     });
     let mut params = start.map_or_else(|| init_params(arch, seed), |s| s.params.clone());
-    let mut lat = vec![0.0f32; pyr.n_latents];
+    let mut lat = start
+        .and_then(|s| s.latents.clone())
+        .filter(|l| l.len() == pyr.n_latents)
+        .unwrap_or_else(|| vec![0.0f32; pyr.n_latents]);
     let mut lnb = start.map_or_else(
-        || vec![0.0f32; n_l * GRID_CONTEXTS],
+        || vec![0.0f32; n_l * MAX_GRID_CONTEXTS],
         |s| s.log_scales.clone(),
     );
     let mut rounded = vec![0u32; pyr.n_latents];
@@ -2049,7 +2127,7 @@ pub fn fit_from(
         params.len() - grad_from.map_or(params.len(), |l| head_offset(arch, l)),
     );
     let (lr_latent, lr_scales) = (cfg.latent_lr(), cfg.scale_lr());
-    let mut a_b = crate::modulation::Adam::new(n_l * GRID_CONTEXTS);
+    let mut a_b = crate::modulation::Adam::new(n_l * MAX_GRID_CONTEXTS);
     let mut noisy = vec![0.0f32; lat.len()];
     let mut g_feat = Vec::new();
     let mut coefs = start.map_or_else(
@@ -2161,7 +2239,16 @@ pub fn fit_from(
         let pred_on = cfg.predict && it >= pred_from;
         let coefs_now = pred_on.then_some(coefs.as_slice());
         let (g_b, g_c) = rate_grad(
-            pyr, k, &lnb, coefs_now, &noisy, &rounded, rate_w, &mut g_lat, &mut w_mu,
+            pyr,
+            k,
+            &lnb,
+            coefs_now,
+            &noisy,
+            &rounded,
+            rate_w,
+            &mut g_lat,
+            &mut w_mu,
+            cfg.contexts,
         );
         if !ste && cfg.soft_round.is_some() {
             // Both terms saw the soft-rounded proxy: back to the latents themselves.
@@ -2378,9 +2465,25 @@ mod tests {
     }
 
     /// The row-wise contexts of the fit's rate term equal the per-latent ones (§5.9), on rows
-    /// of width 1, 2 and more, with and without a row above, small values and capped ones.
+    /// of width 1, 2 and more, with and without a row above, small values and capped ones, for
+    /// both context sets; the tables are the coder's buckets.
     #[test]
     fn row_contexts_equal_per_latent_contexts() {
+        for ctxs in [GridContexts::Five, GridContexts::Twelve] {
+            let table = context_table(ctxs);
+            for s in 0..100_000u32 {
+                assert_eq!(
+                    usize::from(table[s.min(31) as usize]),
+                    ctxs.bucket(s),
+                    "{s}"
+                );
+            }
+            assert_eq!(usize::from(table[31]) + 1, ctxs.count());
+            row_contexts_with(&table);
+        }
+    }
+
+    fn row_contexts_with(table: &ContextTable) {
         let vals = [0u32, 1, 0, 2, 5, 0, 0, 3, 10_000, 1, 0, 4, 0, 0, 7];
         for w in [1usize, 2, 3, 8, 15] {
             for shift in 0..4 {
@@ -2388,11 +2491,11 @@ mod tests {
                 let up: Vec<u32> = (0..w).map(|i| vals[(i * 3 + shift) % vals.len()]).collect();
                 for above in [None, Some(up.as_slice())] {
                     let (mut sums, mut ctx) = (vec![0u32; w], vec![0u8; w]);
-                    context_row(&cur, above, &mut sums, &mut ctx);
+                    context_row(&cur, above, table, &mut sums, &mut ctx);
                     for (x, &c) in ctx.iter().enumerate() {
                         assert_eq!(
                             usize::from(c),
-                            context_in_rows(&cur, above, x),
+                            context_in_rows(&cur, above, x, table),
                             "w {w} x {x}"
                         );
                     }

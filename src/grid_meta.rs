@@ -71,8 +71,9 @@ pub fn initial_start(arch: &Arch, seed: u64) -> GridStart {
     let n_l = usize::from(arch.coord_dims);
     GridStart {
         params: grid::init_params(arch, seed),
-        log_scales: vec![0.0; n_l * crate::entropy::GRID_CONTEXTS],
+        log_scales: vec![0.0; n_l * crate::entropy::MAX_GRID_CONTEXTS],
         pred_coefs: vec![[0.0; crate::entropy::GRID_PRED_TAPS]; n_l],
+        latents: None,
     }
 }
 
@@ -212,8 +213,9 @@ pub fn start_of(arch: &Arch, params: Vec<f32>) -> GridStart {
     let n_l = usize::from(arch.coord_dims);
     GridStart {
         params,
-        log_scales: vec![0.0; n_l * crate::entropy::GRID_CONTEXTS],
+        log_scales: vec![0.0; n_l * crate::entropy::MAX_GRID_CONTEXTS],
         pred_coefs: vec![[0.0; crate::entropy::GRID_PRED_TAPS]; n_l],
+        latents: None,
     }
 }
 
@@ -421,6 +423,7 @@ pub fn iterate_audio(
         lambda,
         lr_latent: Some(crate::audio_grid_codec::latent_lr(lambda, steps)),
         soft_round: None,
+        contexts: crate::entropy::GridContexts::Five,
         ..GridFit::default()
     };
     let start = start_of(arch, params.to_vec());

@@ -2,7 +2,7 @@
 //! against finite differences, the latent-grid coder, hostile files and reader separation.
 //! Small images and few steps, so it runs in seconds.
 
-use inr::entropy::{decode_grids, encode_grids, EntropyError, GridShape};
+use inr::entropy::{decode_grids, encode_grids, EntropyError, GridContexts, GridShape};
 use inr::format::{self, Arch, FormatError, Limits};
 use inr::grid::{self, FitRows, GridFit, Packed, Pyramid, Sampler};
 use inr::media::Image;
@@ -253,6 +253,44 @@ fn target_bpp_lands_within_three_percent() {
         assert!(
             (bpp - target).abs() <= 0.03 * target,
             "target {target} bpp, got {bpp}"
+        );
+        assert_eq!(
+            decode(&e.bytes, &DecodeOptions::default()).unwrap(),
+            e.recon
+        );
+    }
+}
+
+/// With fits long enough to be refitted (500 steps), a rate search lands within ±3 % and
+/// spends at most three fits' worth of steps (a refit runs 30 % of them).
+#[test]
+fn target_bpp_with_refits_lands_within_budget() {
+    let img = image(96, 64, 3);
+    for target in [1.0f64, 1.6] {
+        let mut c = cfg(500, 0.0);
+        c.target_bpp = Some(target);
+        // Completed fits and refits, with their step counts.
+        let (mut fits, mut refits) = (Vec::new(), Vec::new());
+        let e = encode_grid(&img, &c, &mut |p| {
+            if p.step == p.total {
+                match p.phase {
+                    "fit" => fits.push(p.total),
+                    "refit" => refits.push(p.total),
+                    _ => {}
+                }
+            }
+        })
+        .unwrap();
+        let bpp = e.bytes.len() as f64 * 8.0 / (96.0 * 64.0);
+        assert!(
+            (bpp - target).abs() <= 0.03 * target,
+            "target {target} bpp, got {bpp}"
+        );
+        assert!(fits.iter().all(|&s| s == 500) && refits.iter().all(|&s| s == 150));
+        let cost = fits.len() as f64 + 0.3 * refits.len() as f64;
+        assert!(
+            !fits.is_empty() && cost <= 3.0 + 1e-9,
+            "{fits:?} {refits:?}"
         );
         assert_eq!(
             decode(&e.bytes, &DecodeOptions::default()).unwrap(),
@@ -587,13 +625,22 @@ fn latent_grid_coder_round_trips_and_rejects_damage() {
         (&g1[..], shapes[1]),
         (&g2[..], shapes[2]),
     ];
-    let bytes = encode_grids(&grids).unwrap();
-    assert_eq!(bytes.len() % 4, 0);
-    let back = decode_grids(&bytes, &shapes).unwrap();
-    assert_eq!(back, vec![g0.clone(), g1.clone(), g2.clone()]);
+    // Both context sets round-trip, and their streams differ (the twelve contexts split the
+    // five's models).
+    let mut streams = Vec::new();
+    for ctxs in [GridContexts::Five, GridContexts::Twelve] {
+        let bytes = encode_grids(&grids, ctxs).unwrap();
+        assert_eq!(bytes.len() % 4, 0);
+        let back = decode_grids(&bytes, &shapes, ctxs).unwrap();
+        assert_eq!(back, vec![g0.clone(), g1.clone(), g2.clone()]);
+        streams.push(bytes);
+    }
+    assert_ne!(streams[0], streams[1]);
+    let ctxs = GridContexts::Twelve;
+    let bytes = streams.pop().unwrap();
     // Context modelling pays on sparse structured grids: fewer bytes than the plain model.
     let plain = inr::entropy::encode_tensors(&[&g0[..]], 3).unwrap();
-    let ctx = encode_grids(&[(&g0[..], shapes[0])]).unwrap();
+    let ctx = encode_grids(&[(&g0[..], shapes[0])], ctxs).unwrap();
     assert!(
         ctx.len() <= plain.len() + 4,
         "context {} vs plain {}",
@@ -603,14 +650,17 @@ fn latent_grid_coder_round_trips_and_rejects_damage() {
     // Out of range, bad alphabet, trailing words, truncation.
     let bad = [5i32];
     assert!(matches!(
-        encode_grids(&[(
-            &bad[..],
-            GridShape {
-                len: 1,
-                cols: 1,
-                max_abs: 3
-            }
-        )]),
+        encode_grids(
+            &[(
+                &bad[..],
+                GridShape {
+                    len: 1,
+                    cols: 1,
+                    max_abs: 3
+                }
+            )],
+            ctxs
+        ),
         Err(EntropyError::SymbolOutOfRange { .. })
     ));
     assert!(decode_grids(
@@ -619,14 +669,15 @@ fn latent_grid_coder_round_trips_and_rejects_damage() {
             len: 1,
             cols: 1,
             max_abs: 0
-        }]
+        }],
+        ctxs
     )
     .is_err());
     let mut longer = bytes.clone();
     longer.extend_from_slice(&[0, 0, 0, 0]);
-    assert!(decode_grids(&longer, &shapes).is_err());
-    assert!(decode_grids(&bytes[..bytes.len() - 4], &shapes).is_err());
-    assert!(decode_grids(&bytes[..3], &shapes).is_err());
+    assert!(decode_grids(&longer, &shapes, ctxs).is_err());
+    assert!(decode_grids(&bytes[..bytes.len() - 4], &shapes, ctxs).is_err());
+    assert!(decode_grids(&bytes[..3], &shapes, ctxs).is_err());
 }
 
 fn small_file() -> Vec<u8> {

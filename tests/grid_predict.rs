@@ -3,7 +3,8 @@
 //! and the rate model's gradients with a predictor.
 
 use inr::entropy::{
-    decode_pred_grids, encode_pred_grids, grid_prediction, grid_residuals, EntropyError, PredShape,
+    decode_pred_grids, encode_pred_grids, grid_prediction, grid_residuals, EntropyError,
+    GridContexts, PredShape,
 };
 use inr::format::{self, FormatError, GridInrFile, LevelPredictor, Limits, FLAG_GRID_PREDICT};
 use inr::grid::{self, Pyramid};
@@ -106,9 +107,13 @@ fn predicted_coder_round_trips_and_rejects_damage() {
         },
     ];
     let grids = [(&coarse[..], shapes[0]), (&fine[..], shapes[1])];
-    let bytes = encode_pred_grids(&grids).unwrap();
-    let back = decode_pred_grids(&bytes, &shapes).unwrap();
-    assert_eq!(back, vec![coarse.clone(), fine.clone()]);
+    for ctxs in [GridContexts::Five, GridContexts::Twelve] {
+        let bytes = encode_pred_grids(&grids, ctxs).unwrap();
+        let back = decode_pred_grids(&bytes, &shapes, ctxs).unwrap();
+        assert_eq!(back, vec![coarse.clone(), fine.clone()]);
+    }
+    let ctxs = GridContexts::Twelve;
+    let bytes = encode_pred_grids(&grids, ctxs).unwrap();
     // Residuals of a smooth ramp are smaller than its values.
     let res = grid_residuals(&grids);
     let abs_sum = |v: &[i32]| v.iter().map(|x| x.unsigned_abs()).sum::<u32>();
@@ -118,31 +123,31 @@ fn predicted_coder_round_trips_and_rejects_damage() {
     tight[1].res_max_abs = 1;
     tight[1].coefs = [-32767, 0, 0, 0, 0];
     assert!(matches!(
-        encode_pred_grids(&[(&coarse[..], tight[0]), (&fine[..], tight[1])]),
+        encode_pred_grids(&[(&coarse[..], tight[0]), (&fine[..], tight[1])], ctxs),
         Err(EntropyError::SymbolOutOfRange { .. })
     ));
     // Damage: trailing words, truncation, a zero alphabet, wrong shapes: errors, no panic.
     let mut longer = bytes.clone();
     longer.extend_from_slice(&[0, 0, 0, 0]);
-    assert!(decode_pred_grids(&longer, &shapes).is_err());
-    assert!(decode_pred_grids(&bytes[..bytes.len() - 4], &shapes).is_err());
+    assert!(decode_pred_grids(&longer, &shapes, ctxs).is_err());
+    assert!(decode_pred_grids(&bytes[..bytes.len() - 4], &shapes, ctxs).is_err());
     let mut zero = shapes;
     zero[0].res_max_abs = 0;
     assert!(matches!(
-        decode_pred_grids(&bytes, &zero),
+        decode_pred_grids(&bytes, &zero, ctxs),
         Err(EntropyError::MaxAbsTooLarge { .. })
     ));
     for i in 0..bytes.len() {
         let mut b = bytes.clone();
         b[i] ^= 0x10;
-        let _ = decode_pred_grids(&b, &shapes);
+        let _ = decode_pred_grids(&b, &shapes, ctxs);
     }
     // Hostile coefficients against the real stream: any result but a panic, and decoded values
     // always inside their range.
     for coefs in [[32767i16; 5], [-32768; 5], [0, 0, 0, 0, -32768]] {
         let mut h = shapes;
         h[1].coefs = coefs;
-        if let Ok(v) = decode_pred_grids(&bytes, &h) {
+        if let Ok(v) = decode_pred_grids(&bytes, &h, ctxs) {
             assert!(v[1].iter().all(|x| x.unsigned_abs() <= 7));
         }
     }
@@ -202,7 +207,8 @@ fn predicted_file() -> Vec<u8> {
 fn predicted_files_round_trip_and_show_their_predictor() {
     let bytes = predicted_file();
     let flags = u16::from_le_bytes([bytes[6], bytes[7]]);
-    assert_eq!(flags, 0x0048);
+    // Bit 6 (predicted latents) and bit 8 (the twelve latent contexts, the encoder's default).
+    assert_eq!(flags, 0x0148);
     let f = format::read_grid_file(&bytes, &Limits::default()).unwrap();
     assert_eq!(
         format::write_grid_file(&f).unwrap(),
@@ -221,7 +227,7 @@ fn predicted_files_round_trip_and_show_their_predictor() {
         decode(&plain_bytes, &opts).unwrap()
     );
     let info = inr::inspect(&bytes).unwrap();
-    assert_eq!(info.flags, 0x0048);
+    assert_eq!(info.flags, 0x0148);
     let g = info.grid.unwrap();
     assert_eq!(g.predictor.as_ref().map(Vec::len), Some(5));
     assert_eq!(g.predictor, f.predictor);
@@ -257,7 +263,52 @@ fn the_encoder_codes_predicted_latents_when_they_are_smaller() {
     // Without the predictor the fit learns none and the file is plain.
     let without = encode_grid(&img, &cfg(160, 0.0005, false), &mut |_| {}).unwrap();
     let flags = u16::from_le_bytes([without.bytes[6], without.bytes[7]]);
-    assert_eq!(flags, 0x0008);
+    assert_eq!(flags, 0x0108);
+}
+
+/// Flag bit 8 selects the latent stream's context set (§5.9): the same latents coded with
+/// five contexts (the files before it) and with twelve both round-trip, canonically, to the
+/// same image; the flag is set exactly for twelve; flipping it (CRC fixed) gives an error or
+/// other latents, never a panic.
+#[test]
+fn the_context_flag_selects_the_latent_contexts() {
+    let bytes = predicted_file();
+    let twelve = format::read_grid_file(&bytes, &Limits::default()).unwrap();
+    assert_eq!(twelve.contexts, GridContexts::Twelve);
+    for predictor in [twelve.predictor.clone(), None] {
+        let mut files = Vec::new();
+        for contexts in [GridContexts::Five, GridContexts::Twelve] {
+            let f = GridInrFile {
+                predictor: predictor.clone(),
+                contexts,
+                ..twelve.clone()
+            };
+            let b = format::write_grid_file(&f).unwrap();
+            let flags = u16::from_le_bytes([b[6], b[7]]);
+            assert_eq!(
+                flags & format::FLAG_GRID_CONTEXTS != 0,
+                contexts == GridContexts::Twelve
+            );
+            let back = format::read_grid_file(&b, &Limits::default()).unwrap();
+            assert_eq!(back, f);
+            assert_eq!(format::write_grid_file(&back).unwrap(), b, "canonical");
+            files.push(b);
+        }
+        assert_eq!(
+            decode(&files[0], &DecodeOptions::default()).unwrap(),
+            decode(&files[1], &DecodeOptions::default()).unwrap()
+        );
+        for b in &files {
+            let mut b = b.clone();
+            b[7] ^= 1; // flag bit 8
+            let body = b.len() - 4;
+            let crc = crc32fast::hash(&b[..body]);
+            b[body..].copy_from_slice(&crc.to_le_bytes());
+            if let Ok(f) = format::read_grid_file(&b, &Limits::default()) {
+                assert_ne!(f.tensors, twelve.tensors);
+            }
+        }
+    }
 }
 
 #[test]
@@ -335,7 +386,7 @@ fn hostile_predictor_sections_give_errors_not_panics() {
 
 /// Log-scales and predictor coefficients of a three-level rate model for the gradient tests.
 fn rate_model() -> (Vec<f32>, Vec<[f32; 5]>) {
-    let lnb = (0..3 * inr::entropy::GRID_CONTEXTS)
+    let lnb = (0..3 * inr::entropy::MAX_GRID_CONTEXTS)
         .map(|i| (i % 4) as f32 * 0.3 - 0.2)
         .collect();
     let coefs = vec![
@@ -359,7 +410,7 @@ fn rate_gradients_with_a_predictor_match_finite_differences() {
     let rounded: Vec<u32> = lat.iter().map(|v| v.round().abs() as u32).collect();
     let (lnb, coefs) = rate_model();
     let total = |z: &[f32], c: &[[f32; 5]]| -> f64 {
-        grid::rate_bits(&pyr, &lnb, Some(c), z, &rounded)
+        grid::rate_bits(&pyr, &lnb, Some(c), z, &rounded, GridContexts::Twelve)
             .iter()
             .sum()
     };
@@ -375,18 +426,33 @@ fn rate_gradients_with_a_predictor_match_finite_differences() {
         1.0,
         &mut g,
         &mut w,
+        GridContexts::Twelve,
     );
     // Log-scale gradients, with and without the predictor.
     let mut g0 = vec![0.0f32; n];
-    let (gb0, _) = grid::rate_grad(&pyr, 0, &lnb, None, &lat, &rounded, 1.0, &mut g0, &mut w);
+    let (gb0, _) = grid::rate_grad(
+        &pyr,
+        0,
+        &lnb,
+        None,
+        &lat,
+        &rounded,
+        1.0,
+        &mut g0,
+        &mut w,
+        GridContexts::Twelve,
+    );
     let h = 1e-3f32;
     for (c, gb) in [(Some(coefs.as_slice()), &gb), (None, &gb0)] {
         for i in 0..lnb.len() {
             let (mut a, mut b) = (lnb.clone(), lnb.clone());
             a[i] += h;
             b[i] -= h;
-            let bits =
-                |s: &[f32]| -> f64 { grid::rate_bits(&pyr, s, c, &lat, &rounded).iter().sum() };
+            let bits = |s: &[f32]| -> f64 {
+                grid::rate_bits(&pyr, s, c, &lat, &rounded, GridContexts::Twelve)
+                    .iter()
+                    .sum()
+            };
             let fd = (bits(&a) - bits(&b)) / (2.0 * f64::from(h));
             let an = f64::from(gb[i]);
             assert!(
@@ -400,8 +466,11 @@ fn rate_gradients_with_a_predictor_match_finite_differences() {
         let (mut a, mut b) = (lat.clone(), lat.clone());
         a[i] += h;
         b[i] -= h;
-        let bits =
-            |z: &[f32]| -> f64 { grid::rate_bits(&pyr, &lnb, None, z, &rounded).iter().sum() };
+        let bits = |z: &[f32]| -> f64 {
+            grid::rate_bits(&pyr, &lnb, None, z, &rounded, GridContexts::Twelve)
+                .iter()
+                .sum()
+        };
         let fd = (bits(&a) - bits(&b)) / (2.0 * f64::from(h));
         let an = f64::from(g0[i]);
         assert!(
@@ -450,7 +519,9 @@ fn one_row_rate_gradients_split_by_columns_match_finite_differences() {
     let rounded: Vec<u32> = lat.iter().map(|v| v.round().abs() as u32).collect();
     let (lnb, coefs) = rate_model();
     let total = |z: &[f32], s: &[f32], c: &[[f32; 5]]| -> f64 {
-        grid::rate_bits(&pyr, s, Some(c), z, &rounded).iter().sum()
+        grid::rate_bits(&pyr, s, Some(c), z, &rounded, GridContexts::Five)
+            .iter()
+            .sum()
     };
     let mut g = vec![0.0f32; n];
     let mut wm = vec![0.0f32; n];
@@ -464,6 +535,7 @@ fn one_row_rate_gradients_split_by_columns_match_finite_differences() {
         1.0,
         &mut g,
         &mut wm,
+        GridContexts::Five,
     );
     let h = 1e-3f32;
     let close = |fd: f64, an: f64, what: String| {

@@ -185,8 +185,8 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
             None => format!("synthesis {} params", g["synth_params"]),
         };
         out.push(format!(
-            "mode: grid ({} latent levels, {} latents in {} bytes, {synth}{pred})",
-            g["levels"], g["latents"], g["latent_stream_bytes"]
+            "mode: grid ({} latent levels, {} latents in {} bytes ({} contexts), {synth}{pred})",
+            g["levels"], g["latents"], g["latent_stream_bytes"], g["latent_contexts"]
         ));
     }
     lines(&info, 0, &mut out);
