@@ -581,7 +581,7 @@ fn encode_for_psnr(
     let first = calib.lambda_for_psnr(aim.aim);
     let mut warm = Warm::new(cfg);
     // A refit may start from a fit up to about REFIT_WITHIN's rate ratio above the target.
-    let refit_below = t + PSNR_BAND + REFIT_WITHIN.log2() * calib.psnr_slope / calib.rate_slope;
+    let refit_below = t + PSNR_BAND + REFIT_WITHIN.ln() * calib.psnr_slope / calib.rate_slope;
     let mut fit = |lambda| {
         let Some(from) = warm.choose(lambda, refit_below) else {
             return Ok(None);

@@ -262,7 +262,8 @@ fn target_bpp_lands_within_three_percent() {
 }
 
 /// With fits long enough to be refitted (500 steps), a rate search lands within ±3 % and
-/// spends at most three fits' worth of steps (a refit runs 30 % of them).
+/// spends at most three fits' worth of steps (a refit runs 30 % of them); a quality search
+/// lands at its target.
 #[test]
 fn target_bpp_with_refits_lands_within_budget() {
     let img = image(96, 64, 3);
@@ -291,6 +292,21 @@ fn target_bpp_with_refits_lands_within_budget() {
         assert!(
             !fits.is_empty() && cost <= 3.0 + 1e-9,
             "{fits:?} {refits:?}"
+        );
+        assert_eq!(
+            decode(&e.bytes, &DecodeOptions::default()).unwrap(),
+            e.recon
+        );
+    }
+    // A quality target with refits: at the target, not far above it.
+    for target in [31.0f64, 35.0] {
+        let mut c = cfg(500, 0.0);
+        c.target_psnr = Some(target);
+        let e = encode_grid(&img, &c, &mut |_| {}).unwrap();
+        assert!(
+            e.psnr >= target && e.psnr < target + 0.5,
+            "target {target} dB, got {}",
+            e.psnr
         );
         assert_eq!(
             decode(&e.bytes, &DecodeOptions::default()).unwrap(),
