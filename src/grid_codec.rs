@@ -495,6 +495,11 @@ struct Aim {
     table_slope: f64,
 }
 
+/// One fit of [`search_lambda`]: the coded file, the fit before trimming, and the λ it was
+/// fitted at (the search's, or the one [`Warm::choose`] moved it to). `None` from the fitting
+/// closure: the budget is spent.
+type SearchFit = (Encoded, Untrimmed, f32);
+
 /// At most `max_fits` fits, from λ = `first`: after each one that misses `aim.band`, λ moves
 /// to where `y` would reach `aim.aim` along the slope of `aim`, by at most a factor e^3, and
 /// stays strictly inside the bracket of the fits so far (the midpoint in ln λ when the step
@@ -504,7 +509,7 @@ fn search_lambda(
     first: f32,
     max_fits: usize,
     aim: &Aim,
-    fit: &mut dyn FnMut(f32) -> Result<Option<(Encoded, Untrimmed, f32)>, EncodeError>,
+    fit: &mut dyn FnMut(f32) -> Result<Option<SearchFit>, EncodeError>,
     keeps: &dyn Fn(&Encoded, &Encoded) -> bool,
 ) -> Result<Option<Encoded>, EncodeError> {
     let mut lambda = first;
