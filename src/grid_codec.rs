@@ -890,18 +890,26 @@ fn check_grid_base(b: &Base, eff: &mut GridEncodeConfig, channels: u8) -> Result
 struct Warm {
     on: bool,
     budget: f64,
-    /// `(λ, y, start, refitted)` of every fit so far (`y` as in [`Aim`]; `refitted`: a refit
-    /// started from it).
-    fits: Vec<(f32, f64, GridStart, bool)>,
+    /// Every fit so far.
+    fits: Vec<SearchedFit>,
     /// Cost so far, in fits afresh (a refit costs [`REFIT_COST`]).
     spent: f64,
-    /// Whether each fit of `fits` was itself a refit (refits are not refitted: a chain of
-    /// refits at about the same λ drifted down by a few % each, kodim15 at 0.5 bpp from 0.519 to
-    /// 0.479 bpp).
-    derived: Vec<bool>,
     /// Where a rate search's first refit of a fit goes: `(aim, drop, slope)` in `y` units
     /// ([`REFIT_DROP`], [`REFIT_SLOPE`]); `None`: where the search says.
     model: Option<(f64, f64, f64)>,
+}
+
+/// One fit of a search, as [`Warm`] keeps it.
+struct SearchedFit {
+    lambda: f32,
+    /// Its untrimmed `y` (as in [`Aim`]).
+    y: f64,
+    start: GridStart,
+    /// It was itself a refit (refits are not refitted: a chain of refits at about the same λ
+    /// drifted down by a few % each, kodim15 at 0.5 bpp from 0.519 to 0.479 bpp).
+    derived: bool,
+    /// A refit started from it.
+    refitted: bool,
 }
 
 /// A search refits (instead of fitting afresh) only fits of at least this many full-resolution
@@ -935,7 +943,6 @@ impl Warm {
             on: !cfg.shared && s.half == 0 && s.full >= REFIT_MIN_STEPS,
             budget: if cfg.shared { 5.0 } else { 3.0 },
             fits: Vec::new(),
-            derived: Vec::new(),
             spent: 0.0,
             model: None,
         }
@@ -957,10 +964,8 @@ impl Warm {
             .fits
             .iter()
             .enumerate()
-            .filter(|(i, f)| {
-                f.0 <= lambda && f.1 <= y_max && !self.derived.get(*i).copied().unwrap_or(false)
-            })
-            .max_by(|a, b| a.1 .0.total_cmp(&b.1 .0))
+            .filter(|(_, f)| f.lambda <= lambda && f.y <= y_max && !f.derived)
+            .max_by(|a, b| a.1.lambda.total_cmp(&b.1.lambda))
             .map(|(i, _)| i);
         let cost = if source.is_some() { REFIT_COST } else { 1.0 };
         if self.spent + cost > self.budget + 1e-9 {
@@ -977,22 +982,27 @@ impl Warm {
             };
             return Some((None, lambda));
         };
-        let (ls, ys, start, refitted) = &mut self.fits[i];
+        let f = &mut self.fits[i];
         let lambda = match self.model {
             // The first refit of a fit: where the refits measured put the aim.
-            Some((aim, drop, slope)) if !*refitted => {
-                (f64::from(*ls) * ((*ys - drop - aim).max(0.0) / slope).exp()) as f32
+            Some((aim, drop, slope)) if !f.refitted => {
+                (f64::from(f.lambda) * ((f.y - drop - aim).max(0.0) / slope).exp()) as f32
             }
             _ => lambda,
         };
-        *refitted = true;
-        Some((Some(start.clone()), lambda))
+        f.refitted = true;
+        Some((Some(f.start.clone()), lambda))
     }
 
     fn keep(&mut self, lambda: f32, y: f64, fitted: grid::Fitted, refit: bool) {
         if self.on {
-            self.fits.push((lambda, y, fitted.into_start(), false));
-            self.derived.push(refit);
+            self.fits.push(SearchedFit {
+                lambda,
+                y,
+                start: fitted.into_start(),
+                derived: refit,
+                refitted: false,
+            });
         }
     }
 }
@@ -1374,13 +1384,20 @@ mod tests {
             latents: None,
         };
         let fitted = start;
+        let searched = |lambda: f32, y: f64, start: GridStart| SearchedFit {
+            lambda,
+            y,
+            start,
+            derived: false,
+            refitted: false,
+        };
         let pick = |w: &mut Warm, l: f32, y: f64| w.choose(l, y, &FULL_FITS).map(|(f, _)| f);
         let cfg = GridEncodeConfig::default();
         let mut w = Warm::new(&cfg);
         assert!(w.on);
         // First fit: afresh.
         assert_eq!(pick(&mut w, 0.004, 0.0), Some(None));
-        w.fits.push((0.004, (0.30f64).ln(), fitted(1.0), false));
+        w.fits.push(searched(0.004, (0.30f64).ln(), fitted(1.0)));
         // Higher λ (lower rate): refit it, if its rate is under the cap.
         assert_eq!(pick(&mut w, 0.006, (0.34f64).ln()), Some(Some(start(1.0))));
         assert_eq!(pick(&mut w, 0.006, (0.29f64).ln()), Some(None));
@@ -1402,24 +1419,26 @@ mod tests {
         // next refit of the same fit where the search says.
         let mut m = Warm::new(&cfg);
         m.model = Some(((0.25f64).ln(), REFIT_DROP, REFIT_SLOPE));
-        m.fits.push((0.004, (0.30f64).ln(), fitted(1.0), false));
+        m.fits.push(searched(0.004, (0.30f64).ln(), fitted(1.0)));
         let (_, l) = m.choose(0.0045, 0.0, &FULL_FITS).unwrap();
         let expect = 0.004 * (((0.30f64 / 0.25).ln() - REFIT_DROP) / REFIT_SLOPE).exp();
         assert!((f64::from(l) - expect).abs() < 1e-8, "{l} {expect}");
         assert_eq!(m.choose(0.0045, 0.0, &FULL_FITS).unwrap().1, 0.0045);
         // A source under the aim plus the drop is refitted at its own λ.
-        m.fits.push((0.005, (0.26f64).ln(), fitted(3.0), false));
+        m.fits.push(searched(0.005, (0.26f64).ln(), fitted(3.0)));
         assert_eq!(m.choose(0.0052, 0.0, &FULL_FITS).unwrap().1, 0.005);
         // A refit is not refitted.
         let mut d = Warm::new(&cfg);
-        d.fits.push((0.004, (0.30f64).ln(), fitted(1.0), false));
-        d.derived = vec![true];
+        d.fits.push(SearchedFit {
+            derived: true,
+            ..searched(0.004, (0.30f64).ln(), fitted(1.0))
+        });
         assert_eq!(pick(&mut d, 0.005, 0.0), Some(None));
         // Lower λ (higher rate): afresh, or from a fit further down if under the cap. (Each
         // `choose` spends: start the count again.)
         w.spent = 0.0;
-        w.fits.push((0.002, (0.45f64).ln(), fitted(2.0), false));
-        w.fits.push((0.005, (0.26f64).ln(), fitted(3.0), false));
+        w.fits.push(searched(0.002, (0.45f64).ln(), fitted(2.0)));
+        w.fits.push(searched(0.005, (0.26f64).ln(), fitted(3.0)));
         assert_eq!(pick(&mut w, 0.003, (0.35f64).ln()), Some(None));
         assert_eq!(pick(&mut w, 0.003, 0.0), Some(Some(start(2.0))));
         // The nearest one below.
@@ -1427,7 +1446,7 @@ mod tests {
         assert_eq!(pick(&mut w, 0.0055, 0.0), Some(Some(start(3.0))));
         // The budget: ten refits, or three fits afresh.
         let mut w = Warm::new(&cfg);
-        w.fits.push((0.004, 0.0, fitted(1.0), false));
+        w.fits.push(searched(0.004, 0.0, fitted(1.0)));
         let mut costs = Vec::new();
         while let Some(from) = pick(&mut w, 0.005, 1.0) {
             costs.push(from.is_some());
