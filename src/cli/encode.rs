@@ -59,9 +59,10 @@ pub struct EncodeArgs {
     /// Quality target in dB (weight mode): fitting stops once the rendered network is 0.5 dB
     /// above it (checked every 100 steps), then the hidden matrices' quantization steps are
     /// made as coarse as the target allows: the smallest file at this PSNR that the network
-    /// reaches. In grid mode: λ from a table, refitted at most twice along the measured PSNR,
-    /// then the latents' rounding dead zone widened while the PSNR stays at the target; the
-    /// smallest file at the target is kept. A warning is printed when it is missed (use a
+    /// reaches. In grid mode: λ placed by one or two 100-step probes (fits of 500 steps or
+    /// more; else from a table), then fits and refits along the measured PSNR, the latents'
+    /// rounding dead zone widened while the PSNR stays at the target; the smallest file at the
+    /// target is kept. A warning is printed when it is missed (use a
     /// larger preset or more --steps).
     #[arg(long, value_name = "DB", visible_alias = "psnr")]
     pub target_psnr: Option<f64>,
@@ -129,8 +130,10 @@ pub struct EncodeArgs {
     /// can reach it; a file further below is kept only when it is also the better one);
     /// density and step sizes are chosen on the real coded size. Use a wide
     /// network (e.g. --preset small or larger); a warning is printed when the target is missed.
-    /// In grid mode: λ from a calibration table, at most two refits, then the latents' rounding
-    /// dead zone is widened until the file fits.
+    /// In grid mode: λ placed by one or two 100-step probes (fits of 500 steps or more; else
+    /// from a calibration table), then fits and shorter refits until one lands within −3 … +1 %
+    /// (at most 2.6 fits' worth of steps), the latents' rounding dead zone widened if the kept
+    /// file is still over.
     #[arg(long, value_name = "BPP", conflicts_with = "target_psnr")]
     pub bpp: Option<f64>,
     /// `--mode grid-shared`: whether the shared network's output layer (51 values) is also
