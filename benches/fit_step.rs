@@ -105,6 +105,7 @@ fn bench(c: &mut Criterion) {
         base_id: None,
         masks: Vec::new(),
         seeded_masks: false,
+        base_masks: false,
         codebooks: Vec::new(),
     };
     let bytes = write_file(&file).expect("valid file");

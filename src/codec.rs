@@ -381,8 +381,14 @@ impl EncodeConfig {
         // The width the learning rate's cap sees: a seeded support of density d is fixed from
         // the first step, so each hidden unit sums about d · width weights; magnitude and L0
         // pruning start dense.
-        let fan_in = match (self.prune_method, self.density) {
-            (PruneMethod::Seeded, Some(d)) => (f64::from(arch.width) * d).round().max(1.0) as usize,
+        let density = match self.prune_method {
+            PruneMethod::Base => Some(base_density(&arch, base.as_ref(), self.density)?),
+            _ => self.density,
+        };
+        let fan_in = match (self.prune_method, density) {
+            (PruneMethod::Seeded | PruneMethod::Base, Some(d)) => {
+                (f64::from(arch.width) * d).round().max(1.0) as usize
+            }
             _ => usize::from(arch.width),
         };
         let lr = self
@@ -410,13 +416,61 @@ impl EncodeConfig {
                 stop_at_psnr: None,
             },
             base,
-            density: self.density,
+            density,
             prune_scope: self.prune_scope,
             prune_method: self.prune_method,
             target_bpp: self.target_bpp,
             kmeans: self.kmeans,
             bit_allocation: self.bit_allocation,
         })
+    }
+}
+
+/// The density of a sparse base's support (`--prune-method base`): kept / total over the
+/// prunable matrices. An error without a base, for a base with no zero in its hidden matrices,
+/// or when `--density` asks for another density.
+fn base_density(arch: &Arch, base: Option<&Base>, asked: Option<f64>) -> Result<f64, EncodeError> {
+    let Some(b) = base else {
+        return Err(EncodeError::Parameter(
+            "--prune-method base needs a sparse --base (inr meta-train --density D --support \
+             learned)"
+                .into(),
+        ));
+    };
+    let masks = crate::fit::base_support_masks(arch, &b.params);
+    let (mut kept, mut total) = (0usize, 0usize);
+    for (m, n) in masks
+        .iter()
+        .zip(arch.tensor_lens())
+        .zip(crate::fit::prunable(arch))
+        .filter_map(|((m, n), p)| p.then_some((m, n)))
+    {
+        total += n;
+        kept += m.as_ref().map_or(n, |k| k.iter().filter(|&&k| k).count());
+    }
+    if kept == total {
+        return Err(EncodeError::Parameter(format!(
+            "--prune-method base: base {:016x} is dense (no zero weight in its hidden matrices)",
+            b.id()
+        )));
+    }
+    let d = kept as f64 / total.max(1) as f64;
+    if let Some(a) = asked.filter(|a| (a - d).abs() > 0.005) {
+        return Err(EncodeError::Parameter(format!(
+            "--density {a} differs from the density of base {:016x}'s support ({d:.3}); \
+             --prune-method base keeps that support",
+            b.id()
+        )));
+    }
+    Ok(d)
+}
+
+/// The fixed support of a plan whose masks are set before the first step: the base's
+/// (`PruneMethod::Base`) or the seeded one of `density`.
+fn fixed_support(plan: &Plan, density: f64) -> Vec<Option<Vec<bool>>> {
+    match (plan.prune_method, plan.base.as_ref()) {
+        (PruneMethod::Base, Some(b)) => crate::fit::base_support_masks(&plan.arch, &b.params),
+        _ => crate::fit::seeded_masks(&plan.arch, density),
     }
 }
 
@@ -596,11 +650,11 @@ fn encode_with_plan(
     // trained network costs more than never having them (kodim14, large preset, density 0.25,
     // 1,000 steps: 23.14 dB at 0.145 bpp with the support fixed from the start, 22.14 dB at
     // 0.144 bpp with the gradual schedule in hash order).
-    let seeded = plan.prune_method == PruneMethod::Seeded;
+    let seeded = matches!(plan.prune_method, PruneMethod::Seeded | PruneMethod::Base);
     match plan.target_bpp {
         None => {
             if let (true, Some(d)) = (seeded, plan.density.filter(|&d| d < 1.0)) {
-                fitter.masks = crate::fit::seeded_masks(&arch, d);
+                fitter.masks = fixed_support(plan, d);
                 fitter.apply_masks();
             } else if let Some(d) = plan.density.filter(|&d| d < 1.0) {
                 fitter.prune = Some(prune_schedule(
@@ -641,7 +695,7 @@ fn encode_with_plan(
                         density_for_rate(img, &arch, &fitter.params, &[], how, &q, 1.0, target)?.0
                     }
                 };
-                fitter.masks = crate::fit::seeded_masks(&arch, d);
+                fitter.masks = fixed_support(plan, d);
                 fitter.apply_masks();
             }
             fitter.run_phase(&warm, None, 0, total, &mut |e: &FitEvent| report("fit", e));
@@ -659,7 +713,7 @@ fn encode_with_plan(
             if seeded {
                 // Nested supports: a lower density drops weights, a higher one adds weights
                 // that start from 0 (their base value with a base).
-                fitter.masks = crate::fit::seeded_masks(&arch, d0);
+                fitter.masks = fixed_support(plan, d0);
                 fitter.apply_masks();
             } else if d0 < 1.0 {
                 fitter.prune = Some(prune_schedule(
@@ -829,6 +883,7 @@ fn build_file(
         tensors,
         masks: Vec::new(),
         seeded_masks: false,
+        base_masks: false,
         codebooks: q.codebooks.clone(),
         base_id,
     };
@@ -840,9 +895,20 @@ fn build_file(
         m.as_ref()
             .is_none_or(|keep| format::seeded_threshold(t, keep).is_some())
     });
+    // Base masks (§4.6.2) cost one count per tensor too, when every mask is the base's support.
+    let from_base = !seeded
+        && base_id.is_some()
+        && q.base.as_deref().is_some_and(|b| {
+            let support = format::base_support(arch, b);
+            masks
+                .iter()
+                .zip(&support)
+                .all(|(m, s)| m.as_ref().is_none_or(|keep| keep == s))
+        });
     let sparse = InrFile {
         masks: masks.to_vec(),
         seeded_masks: seeded,
+        base_masks: from_base,
         ..plain.clone()
     };
     let plain_bits = format::estimate_file_bits(&plain)?;
@@ -986,7 +1052,7 @@ fn choose_density_and_bits(
     target: u64,
 ) -> Result<(f64, u8), EncodeError> {
     let arch = plan.arch;
-    let (lo, hi) = if plan.prune_method == PruneMethod::Seeded {
+    let (lo, hi) = if matches!(plan.prune_method, PruneMethod::Seeded | PruneMethod::Base) {
         // The warm network has trained only its support: a lower density's PSNR would count
         // the removal of trained weights, so the widths are not compared (the sensitivity
         // allocation after the fit spends them instead).
@@ -1087,7 +1153,10 @@ fn adjust_to_rate(
     }
     // A seeded support stays as fitted (dropping trained weights at random costs more than
     // coarser steps).
-    if bytes > target && plan.density.is_none() && plan.prune_method != PruneMethod::Seeded {
+    if bytes > target
+        && plan.density.is_none()
+        && !matches!(plan.prune_method, PruneMethod::Seeded | PruneMethod::Base)
+    {
         let current = current_density(&arch, masks);
         let (_, m, _) = density_for_rate(
             img,
@@ -1354,22 +1423,21 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
     if format::is_grid_file(bytes) {
         return crate::grid_codec::decode_grid(bytes, opts);
     }
-    let file = format::read_file(bytes, &opts.limits)?;
+    // §4.6.2: a file whose masks are its base's support is read with the base's weights.
+    let file = match format::base_masks_id(bytes, &opts.limits)? {
+        Some(id) => {
+            let b = weight_base(id, opts)?;
+            format::read_file_with_base(bytes, &opts.limits, Some(&b.params))?
+        }
+        None => format::read_file(bytes, &opts.limits)?,
+    };
     let (w, h) = opts.output_size(file.width, file.height)?;
     opts.limits
         .check_render(w, h, file.arch.num_params() as u64)?;
     let mut params: Vec<f32> = file.weights();
     if let Some(id) = file.base_id {
         // §6.2: w = base + q * step, one f32 addition per weight.
-        let b = base::find(id, &opts.bases)?;
-        if b.kind() != "weight" {
-            return Err(BaseError::WrongKind {
-                id,
-                found: b.kind(),
-                expected: "weight",
-            }
-            .into());
-        }
+        let b = weight_base(id, opts)?;
         if b.arch != file.arch {
             return Err(BaseError::ArchMismatch {
                 id,
@@ -1389,6 +1457,20 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
         channels: file.arch.out_channels,
         data,
     })
+}
+
+/// The weight base `id` among the decoder's bases (an error naming it otherwise).
+fn weight_base(id: u64, opts: &DecodeOptions) -> Result<&Base, DecodeError> {
+    let b = base::find(id, &opts.bases)?;
+    if b.kind() != "weight" {
+        return Err(BaseError::WrongKind {
+            id,
+            found: b.kind(),
+            expected: "weight",
+        }
+        .into());
+    }
+    Ok(b)
 }
 
 /// Parse the header and section table without decoding the network ([`Limits::default`]).

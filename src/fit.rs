@@ -316,6 +316,11 @@ pub enum PruneMethod {
     /// fixes it before the first step (a schedule, if one is given, removes weights in hash
     /// order). The prune scope does not apply (every tensor keeps the same fraction).
     Seeded,
+    /// The support of a sparse base (`inr meta-train --density D --support learned`): its
+    /// non-zero hidden-matrix weights, fixed before the first step. The file stores one kept
+    /// count per matrix and the decoder takes the masks from the base (`codec-spec.md`
+    /// §4.6.2), so the mask costs nothing. The density is the base's.
+    Base,
 }
 
 /// How a target density is shared among the prunable tensors.
@@ -463,6 +468,16 @@ pub fn seeded_masks(arch: &Arch, density: f64) -> Vec<Option<Vec<bool>>> {
         .collect()
 }
 
+/// The support of a sparse base (`codec-spec.md` §4.6.2) as masks: for every prunable tensor
+/// with a zero weight in `base`, its non-zero weights; `None` elsewhere.
+pub fn base_support_masks(arch: &Arch, base: &[f32]) -> Vec<Option<Vec<bool>>> {
+    format::base_support(arch, base)
+        .into_iter()
+        .zip(prunable(arch))
+        .map(|(keep, p)| (p && keep.iter().any(|&k| !k)).then_some(keep))
+        .collect()
+}
+
 /// Masks of `method` at `density`: [`seeded_masks`] for [`PruneMethod::Seeded`], else
 /// [`magnitude_masks`] of `params` (what rate control uses for L0 too, once its gates are
 /// gone).
@@ -476,7 +491,7 @@ pub fn method_masks(
 ) -> Vec<Option<Vec<bool>>> {
     match method {
         PruneMethod::Seeded => seeded_masks(arch, density),
-        PruneMethod::Magnitude | PruneMethod::L0 => {
+        PruneMethod::Magnitude | PruneMethod::L0 | PruneMethod::Base => {
             magnitude_masks(arch, params, prev, density, scope)
         }
     }
@@ -899,7 +914,7 @@ impl<'a> Fitter<'a> {
             let mut mask_final = true;
             if let Some(p) = self.prune.clone() {
                 match p.method {
-                    PruneMethod::Magnitude | PruneMethod::Seeded => {
+                    PruneMethod::Magnitude | PruneMethod::Seeded | PruneMethod::Base => {
                         if let Some(d) = p.density_at(s) {
                             self.prune_to(p.method, d, p.scope);
                         }

@@ -63,7 +63,8 @@ pub const MIN_VERSION: u8 = 1;
 pub const FLAG_BASE: u16 = 1 << 0;
 /// §3.4 Flags of the image layout in version 2 (flag bit 2, [`FLAG_MODULATIONS`], selects the
 /// modulation layout of §12 instead).
-pub const KNOWN_FLAGS: u16 = FLAG_BASE | FLAG_SPARSE | FLAG_CODEBOOK | FLAG_SEEDED_MASKS;
+pub const KNOWN_FLAGS: u16 =
+    FLAG_BASE | FLAG_SPARSE | FLAG_CODEBOOK | FLAG_SEEDED_MASKS | FLAG_BASE_MASKS;
 /// §4.5 Size of the base-reference section: the base id (`u64`).
 pub const BASE_REF_BYTES: usize = 8;
 /// §3.2 Version 2 (the current version; alias kept for the sparsity code).
@@ -73,6 +74,10 @@ pub const FLAG_SPARSE: u16 = 1 << 1;
 /// §3.4 Flag bit 5 (version 2, with bit 1): the sparsity section holds one threshold per
 /// masked tensor instead of a mask stream; the decoder regenerates the masks (§4.6.1).
 pub const FLAG_SEEDED_MASKS: u16 = 1 << 5;
+/// §3.4 Flag bit 9 (version 2, with bits 0 and 1, not 5): the masks are the support of the
+/// base (its non-zero weights); the sparsity section holds one kept count per masked tensor
+/// (§4.6.2).
+pub const FLAG_BASE_MASKS: u16 = 1 << 9;
 /// §3.4 The flags this implementation understands in a version-2 file.
 pub const KNOWN_FLAGS_V2: u16 = KNOWN_FLAGS;
 /// §3.3 Modality code for images (the only modality of version 1; 2 is reserved for audio).
@@ -394,6 +399,11 @@ pub struct InrFile {
     /// the file stores only `tau_t`. The writer rejects a mask of no such form
     /// ([`FormatError::MaskNotSeeded`]; [`seeded_threshold`] tells). Ignored without masks.
     pub seeded_masks: bool,
+    /// Base masks (§4.6.2, flag bit 9): every mask is the support of the base (its non-zero
+    /// weights, [`base_support`]) and the file stores only the kept counts. Needs `base_id`;
+    /// the writer cannot check the masks against the base (the encoder builds them from it).
+    /// Ignored without masks.
+    pub base_masks: bool,
     /// Codebooks (§4.7, weight sharing): either empty (no codebook section, flag bit 4 clear)
     /// or one entry per tensor, `Some(codebook)` for a tensor whose symbols are indices into
     /// it (each symbol MUST lie in [`Codebook::symbol_range`]). All entries `None` is the
@@ -607,6 +617,10 @@ pub enum FormatError {
     /// (Writer) a mask of a file with seeded masks is not of the seeded form (§4.6.1).
     #[error("mask of tensor {tensor} is not a seeded mask (keep = seed_hash < threshold, §4.6.1)")]
     MaskNotSeeded { tensor: usize },
+    /// (Reader) the masks of the file are the support of its base (§4.6.2): it can only be
+    /// read with that base's weights ([`read_file_with_base`]).
+    #[error("the masks of this file are the support of base {id:016x}: read it with that base")]
+    BaseMasksNeedBase { id: u64 },
     /// The entropy-coded payload is invalid (or, when writing, a symbol is out of range).
     #[error("entropy payload: {0}")]
     Entropy(#[from] EntropyError),
@@ -696,6 +710,9 @@ pub struct SparsityInfo {
     pub mask_stream_bytes: u64,
     /// The masks are seeded (§4.6.1): the section holds one threshold per masked tensor.
     pub seeded: bool,
+    /// The masks are the base's support (§4.6.2): the section holds one kept count per masked
+    /// tensor (what [`inspect`] reports without the base; the CSR comparison is then NaN).
+    pub from_base: bool,
     /// Number of masked tensors.
     pub masked_tensors: usize,
     /// Per tensor, in tensor order: kept values / values (1 for an unmasked tensor).
@@ -744,6 +761,8 @@ struct Parsed<'a> {
     mask_stream: &'a [u8],
     /// §4.6.1 One threshold per masked tensor, in tensor order (empty unless flag bit 5).
     mask_seeds: Vec<u32>,
+    /// §4.6.2 One kept count per masked tensor, in tensor order (empty unless flag bit 9).
+    mask_counts: Vec<u32>,
     /// §4.7 Per tensor: its codebook (empty without the codebook section).
     codebooks: Vec<Option<Codebook>>,
     width: u32,
@@ -1231,10 +1250,28 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
             expected: "flag bit 5 (seeded masks) only together with bit 1 (sparsity section)",
         });
     }
+    if flags & FLAG_BASE_MASKS != 0
+        && (flags & (FLAG_BASE | FLAG_SPARSE) != FLAG_BASE | FLAG_SPARSE
+            || flags & FLAG_SEEDED_MASKS != 0)
+    {
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "flag bit 9 (base masks) only together with bits 0 and 1, without bit 5",
+        });
+    }
     let mut mask_seeds = Vec::new();
+    let mut mask_counts = Vec::new();
     let (presence, mask_stream) = if flags & FLAG_SPARSE != 0 {
         let presence = r.take(num_tensors.div_ceil(8), "mask presence bitmap")?;
-        if flags & FLAG_SEEDED_MASKS != 0 {
+        if flags & FLAG_BASE_MASKS != 0 {
+            // One kept count per set bit (as the thresholds of §4.6.1).
+            let k: u32 = presence.iter().map(|b| b.count_ones()).sum();
+            for _ in 0..k {
+                mask_counts.push(r.u32("mask count")?);
+            }
+            (presence, &[][..])
+        } else if flags & FLAG_SEEDED_MASKS != 0 {
             // One threshold per set bit (at most 8 * ceil(T/8); stray bits are rejected below).
             let k: u32 = presence.iter().map(|b| b.count_ones()).sum();
             for _ in 0..k {
@@ -1338,6 +1375,7 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         mask_present,
         mask_stream,
         mask_seeds,
+        mask_counts,
         codebooks,
         width,
         height,
@@ -1447,10 +1485,11 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
     })?;
 
     let flags = if f.base_id.is_some() { FLAG_BASE } else { 0 }
-        | match (&sparse, f.seeded_masks) {
-            (None, _) => 0,
-            (Some(_), false) => FLAG_SPARSE,
-            (Some(_), true) => FLAG_SPARSE | FLAG_SEEDED_MASKS,
+        | match (&sparse, f.seeded_masks, f.base_masks) {
+            (None, _, _) => 0,
+            (Some(_), _, true) => FLAG_SPARSE | FLAG_BASE_MASKS,
+            (Some(_), true, false) => FLAG_SPARSE | FLAG_SEEDED_MASKS,
+            (Some(_), false, false) => FLAG_SPARSE,
         }
         | if codebooks.is_some() {
             FLAG_CODEBOOK
@@ -1516,10 +1555,41 @@ pub fn estimate_file_bits(f: &InrFile) -> Result<u64, FormatError> {
 /// # Panics
 /// Never, for any input.
 pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> {
+    read_file_with_base(bytes, limits, None)
+}
+
+/// The base id a file with base masks (§4.6.2, flag bit 9) needs before it can be read
+/// ([`read_file_with_base`]), or `None` for another image file of §2.
+///
+/// # Errors
+/// As [`read_file`], for what it checks before the masks (the whole structure and the CRC).
+///
+/// # Panics
+/// Never, for any input.
+pub fn base_masks_id(bytes: &[u8], limits: &Limits) -> Result<Option<u64>, FormatError> {
+    let p = parse(bytes, limits)?;
+    Ok(p.base_id.filter(|_| p.flags & FLAG_BASE_MASKS != 0))
+}
+
+/// As [`read_file`]; `base` are the weights of the file's base (§4.5), needed by a file whose
+/// masks are the base's support (§4.6.2, flag bit 9: without them such a file gives
+/// [`FormatError::BaseMasksNeedBase`]) and ignored by any other.
+///
+/// # Errors
+/// As [`read_file`]; for flag bit 9 also a `base` of another length than the header's
+/// parameter count, or a kept count that is not the base support's.
+///
+/// # Panics
+/// Never, for any input.
+pub fn read_file_with_base(
+    bytes: &[u8],
+    limits: &Limits,
+    base: Option<&[f32]>,
+) -> Result<InrFile, FormatError> {
     let p = parse(bytes, limits)?;
     // Tensor lengths are bounded by limits.max_params (validated in `parse`).
     let lens = p.arch.tensor_lens();
-    let masks = decode_mask_section(&p)?;
+    let masks = decode_mask_section(&p, base)?;
     // §4.6: a masked tensor codes only its kept values.
     let coded_lens: Vec<usize> = lens
         .iter()
@@ -1567,6 +1637,7 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
         base_id: p.base_id,
         masks,
         seeded_masks: !p.mask_seeds.is_empty(),
+        base_masks: p.flags & FLAG_BASE_MASKS != 0,
         codebooks: p.codebooks,
     })
 }
@@ -1761,11 +1832,47 @@ fn parse_mask_presence(
 
 /// Decodes the masks of a parsed file (§4.6, §5.8): empty without the section, else one
 /// entry per tensor. Sizes are bounded by the validated parameter count.
-fn decode_mask_section(p: &Parsed<'_>) -> Result<Vec<Option<Vec<bool>>>, FormatError> {
+fn decode_mask_section(
+    p: &Parsed<'_>,
+    base: Option<&[f32]>,
+) -> Result<Vec<Option<Vec<bool>>>, FormatError> {
     if p.mask_present.is_empty() {
         return Ok(Vec::new());
     }
     let lens = p.arch.tensor_lens();
+    if p.flags & FLAG_BASE_MASKS != 0 {
+        // §4.6.2: the base's support, with the kept counts as a check.
+        let id = p.base_id.unwrap_or(0); // flag bit 9 requires bit 0 (checked in `parse`)
+        let Some(base) = base else {
+            return Err(FormatError::BaseMasksNeedBase { id });
+        };
+        if base.len() != p.arch.num_params() {
+            return Err(FormatError::InvalidField {
+                field: "base weight count",
+                value: base.len() as u64,
+                expected: "the header's parameter count (§3.6)",
+            });
+        }
+        let support = base_support(&p.arch, base);
+        let mut counts = p.mask_counts.iter();
+        let mut masks = Vec::with_capacity(lens.len());
+        for (&m, keep) in p.mask_present.iter().zip(support) {
+            let count = if m { counts.next().copied() } else { None };
+            let Some(count) = count else {
+                masks.push(None);
+                continue;
+            };
+            if keep.iter().filter(|&&k| k).count() as u64 != u64::from(count) {
+                return Err(FormatError::InvalidField {
+                    field: "mask count",
+                    value: count.into(),
+                    expected: "the number of non-zero weights of the base's tensor (§4.6.2)",
+                });
+            }
+            masks.push(Some(keep));
+        }
+        return Ok(masks);
+    }
     if !p.mask_seeds.is_empty() {
         // §4.6.1: one threshold per masked tensor, each the canonical one of its mask.
         let mut seeds = p.mask_seeds.iter();
@@ -1801,6 +1908,21 @@ fn decode_mask_section(p: &Parsed<'_>) -> Result<Vec<Option<Vec<bool>>>, FormatE
         .iter()
         .map(|&m| if m { decoded.next() } else { None })
         .collect())
+}
+
+/// §4.6.2 The support of a base: per tensor (all of them, in order), which of its weights
+/// `base` (the parameter vector of `arch`) are non-zero (`+0.0` and `-0.0` are zero). `base`
+/// shorter than the architecture gives shorter (possibly empty) tensors.
+pub fn base_support(arch: &Arch, base: &[f32]) -> Vec<Vec<bool>> {
+    let mut off = 0;
+    arch.tensor_lens()
+        .into_iter()
+        .map(|n| {
+            let w = base.get(off..off + n).unwrap_or(&[]);
+            off += n;
+            w.iter().map(|&v| v != 0.0).collect()
+        })
+        .collect()
 }
 
 /// §4.6.1 The seeded-mask hash of element `i` of tensor `t`: the high 32 bits of the
@@ -1896,6 +2018,21 @@ fn write_masks_prepare(f: &InrFile) -> Result<Option<Vec<u8>>, FormatError> {
         refs.push((keep.as_slice(), cols.get(index).copied().unwrap_or(1)));
     }
     let mut out = write_presence(f.masks.iter().map(Option::is_some), lens.len());
+    if f.base_masks {
+        // §4.6.2: the kept counts replace the mask stream; the masks are the base's support.
+        if f.base_id.is_none() || f.seeded_masks {
+            return Err(FormatError::InvalidField {
+                field: "flags",
+                value: u64::from(FLAG_BASE_MASKS),
+                expected: "base masks only with a base reference and without seeded masks",
+            });
+        }
+        for keep in f.masks.iter().flatten() {
+            let kept = keep.iter().filter(|&&k| k).count() as u32; // <= max_params
+            out.extend_from_slice(&kept.to_le_bytes());
+        }
+        return Ok(Some(out));
+    }
     if f.seeded_masks {
         // §4.6.1: the thresholds replace the mask stream.
         for (tensor, m) in f.masks.iter().enumerate() {
@@ -1916,9 +2053,46 @@ fn write_masks_prepare(f: &InrFile) -> Result<Option<Vec<u8>>, FormatError> {
     Ok(Some(out))
 }
 
+/// Mask statistics of a file with base masks (§4.6.2), from its kept counts alone.
+fn base_mask_info(p: &Parsed<'_>) -> SparsityInfo {
+    let lens = p.arch.tensor_lens();
+    let mut counts = p.mask_counts.iter();
+    let (mut values, mut kept) = (0u64, 0u64);
+    let tensor_density = p
+        .mask_present
+        .iter()
+        .zip(&lens)
+        .map(|(&m, &n)| match m.then(|| counts.next()).flatten() {
+            Some(&k) => {
+                values += n as u64;
+                kept += u64::from(k);
+                f64::from(k) / (n as f64).max(1.0)
+            }
+            None => 1.0,
+        })
+        .collect();
+    let mask_bits = 32 * p.mask_counts.len() as u64;
+    SparsityInfo {
+        section_bytes: p.mask_present.len().div_ceil(8) as u64 + mask_bits / 8,
+        mask_stream_bytes: 0,
+        seeded: false,
+        from_base: true,
+        masked_tensors: p.mask_counts.len(),
+        tensor_density,
+        masked_values: values,
+        kept_values: kept,
+        density: kept as f64 / (values as f64).max(1.0),
+        mask_bits_per_kept: mask_bits as f64 / (kept as f64).max(1.0),
+        csr5_bits_per_kept: f64::NAN,
+    }
+}
+
 /// Mask statistics of a parsed file for [`inspect`] (decodes the mask stream only).
 fn sparsity_info(p: &Parsed<'_>) -> Result<Option<SparsityInfo>, FormatError> {
-    let masks = decode_mask_section(p)?;
+    if p.flags & FLAG_BASE_MASKS != 0 {
+        return Ok(Some(base_mask_info(p)));
+    }
+    let masks = decode_mask_section(p, None)?;
     if masks.is_empty() {
         return Ok(None);
     }
@@ -1951,6 +2125,7 @@ fn sparsity_info(p: &Parsed<'_>) -> Result<Option<SparsityInfo>, FormatError> {
         section_bytes: bitmap + if seeded { mask_bits / 8 } else { 4 + stream },
         mask_stream_bytes: stream,
         seeded,
+        from_base: false,
         masked_tensors: masks.iter().filter(|m| m.is_some()).count(),
         tensor_density,
         masked_values: values,
@@ -2146,6 +2321,7 @@ mod tests {
             base_id: None,
             masks: Vec::new(),
             seeded_masks: false,
+            base_masks: false,
             codebooks: Vec::new(),
         };
         let bytes = write_file(&f).unwrap();

@@ -47,7 +47,22 @@ pub struct MetaConfig {
     /// step. `None`: dense.
     #[serde(default)]
     pub density: Option<f64>,
+    /// A **learned** support instead of the seeded one (Meta-Sparse INR): the base starts
+    /// dense and its hidden matrices are pruned by magnitude, every [`PRUNE_EVERY`]
+    /// iterations, along the cubic schedule from density 1 to `density`, reached after this
+    /// fraction of the iterations (0: pruned once, before the first iteration); the inner fits
+    /// keep the current support. The support of the result is its non-zero hidden-matrix
+    /// weights (`inr encode --prune-method base` keeps exactly those). `None`: seeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned_support: Option<f64>,
+    /// The base id (16 hex digits) of the starting point, when it is a base file rather than
+    /// the random initialisation of `seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
+
+/// Iterations between two prunings of a learned support (see [`MetaConfig::learned_support`]).
+pub const PRUNE_EVERY: usize = 10;
 
 impl Default for MetaConfig {
     fn default() -> Self {
@@ -62,6 +77,8 @@ impl Default for MetaConfig {
             crop_max: 768,
             seed: 0,
             density: None,
+            learned_support: None,
+            init: None,
         }
     }
 }
@@ -112,8 +129,8 @@ pub fn task(images: &[Image], cfg: &MetaConfig, i: usize) -> Image {
     augmented_crop(img, x0, y0, w, h, d)
 }
 
-/// Runs `steps` encoder steps on `img` from `init` (on the seeded support of `density`, if
-/// given); returns the adapted weights and the exact rendered PSNR after them.
+/// Runs `steps` encoder steps on `img` from `init` (on the support `masks`, if not empty);
+/// returns the adapted weights and the exact rendered PSNR after them.
 #[allow(clippy::too_many_arguments)]
 pub fn adapt(
     arch: &Arch,
@@ -123,7 +140,7 @@ pub fn adapt(
     lr: f32,
     batch: usize,
     seed: u64,
-    density: Option<f64>,
+    masks: &[Option<Vec<bool>>],
 ) -> (Vec<f32>, f64) {
     let grid = Grid2::new(arch, img.width, img.height);
     let sig = Signal {
@@ -131,13 +148,13 @@ pub fn adapt(
         target: img.data.iter().map(|&v| model::from_u8(v)).collect(),
         original: &img.data,
     };
-    adapt_target(arch, &sig, init, steps, lr, batch, seed, density)
+    adapt_target(arch, &sig, init, steps, lr, batch, seed, masks)
 }
 
 /// The inner loop of every meta-training: `steps` encoder steps (Adam, constant `lr`,
 /// minibatches of `batch` points) on any fitting target from `init`, with the weights outside
-/// the seeded support of `density` held at 0 when it is given (as the encoder does); returns
-/// the adapted weights and the exact rendered PSNR after them.
+/// the support `masks` held at 0 when it is not empty (as the encoder does); returns the
+/// adapted weights and the exact rendered PSNR after them.
 #[allow(clippy::too_many_arguments)]
 pub fn adapt_target(
     arch: &Arch,
@@ -147,11 +164,11 @@ pub fn adapt_target(
     lr: f32,
     batch: usize,
     seed: u64,
-    density: Option<f64>,
+    masks: &[Option<Vec<bool>>],
 ) -> (Vec<f32>, f64) {
     let mut f = Fitter::new(*arch, sig, init.to_vec(), seed);
-    if let Some(d) = density {
-        f.masks = crate::fit::seeded_masks(arch, d);
+    if masks.iter().any(Option::is_some) {
+        f.masks = masks.to_vec();
         f.apply_masks();
     }
     for _ in 0..steps {
@@ -161,23 +178,57 @@ pub fn adapt_target(
     (f.params, psnr)
 }
 
-/// Sets the weights outside the seeded support of `density` to 0 (a sparse base's start; the
-/// inner fits keep them there, so Reptile does too).
-pub fn restrict_to_support(arch: &Arch, params: &mut [f32], density: f64) {
-    let mut off = 0;
-    for (n, m) in arch
-        .tensor_lens()
-        .into_iter()
-        .zip(crate::fit::seeded_masks(arch, density))
-    {
-        if let Some(keep) = m {
-            for (p, &k) in params[off..off + n].iter_mut().zip(&keep) {
-                if !k {
-                    *p = 0.0;
-                }
-            }
-        }
-        off += n;
+/// Sets the weights outside the support `masks` to 0 (a sparse base's start; the inner fits
+/// keep them there, so Reptile does too).
+pub fn restrict_to_support(arch: &Arch, params: &mut [f32], masks: &[Option<Vec<bool>>]) {
+    let kept = crate::fit::masked(arch, params, masks, None);
+    params.copy_from_slice(&kept);
+}
+
+/// The support of a sparse base: per hidden matrix, its non-zero weights (the form a learned
+/// support is stored in; `inr encode --prune-method base` keeps exactly these). Matrices
+/// without a zero, and the tensors pruning never touches, get `None`.
+pub fn nonzero_support(arch: &Arch, params: &[f32]) -> Vec<Option<Vec<bool>>> {
+    crate::fit::base_support_masks(arch, params)
+}
+
+/// The seeded support of `density` (`codec-spec.md` §4.6.1).
+pub fn seeded_support(arch: &Arch, density: f64) -> Vec<Option<Vec<bool>>> {
+    crate::fit::seeded_masks(arch, density)
+}
+
+/// The density a learned support has at iteration `i` (see [`MetaConfig::learned_support`]):
+/// `d + (1 - d) (1 - t)^3` with `t` the fraction of the schedule done at the last multiple
+/// of [`PRUNE_EVERY`].
+pub fn learned_density(cfg: &MetaConfig, i: usize) -> f64 {
+    let d = cfg.density.unwrap_or(1.0);
+    let end = (cfg.learned_support.unwrap_or(0.0).clamp(0.0, 1.0) * cfg.iterations as f64).round();
+    if end <= 0.0 {
+        return d;
+    }
+    let t = (((i / PRUNE_EVERY) * PRUNE_EVERY) as f64 / end).min(1.0);
+    d + (1.0 - d) * (1.0 - t).powi(3)
+}
+
+/// The support the inner fits of iteration `i` keep (empty: dense): the seeded masks of
+/// `density`, or for a learned support the largest-magnitude weights of `params` (the base
+/// before the iteration) at [`learned_density`], nested in the base's current support.
+pub fn support_at(
+    arch: &Arch,
+    cfg: &MetaConfig,
+    params: &[f32],
+    i: usize,
+) -> Vec<Option<Vec<bool>>> {
+    match (cfg.density, cfg.learned_support) {
+        (None, _) => Vec::new(),
+        (Some(d), None) => seeded_support(arch, d),
+        (Some(_), Some(_)) => crate::fit::magnitude_masks(
+            arch,
+            params,
+            &nonzero_support(arch, params),
+            learned_density(cfg, i),
+            crate::fit::PruneScope::PerLayer,
+        ),
     }
 }
 
@@ -189,18 +240,18 @@ pub fn reptile_update(params: &mut [f32], adapted: &[f32], eps: f32) {
 }
 
 /// Mean PSNR after `steps` encoder steps from `init` over `images` (the meta-learning
-/// validation metric: "PSNR after k steps"), on the seeded support of `density` if given.
+/// validation metric: "PSNR after k steps"), on the support `masks` if not empty.
 pub fn validate(
     arch: &Arch,
     images: &[Image],
     init: &[f32],
     (steps, lr, batch): (usize, f32, usize),
-    density: Option<f64>,
+    masks: &[Option<Vec<bool>>],
 ) -> f64 {
     let sum: f64 = images
         .iter()
         .enumerate()
-        .map(|(k, img)| adapt(arch, img, init, steps, lr, batch, k as u64, density).1)
+        .map(|(k, img)| adapt(arch, img, init, steps, lr, batch, k as u64, masks).1)
         .sum();
     sum / images.len().max(1) as f64
 }
@@ -220,6 +271,8 @@ pub fn iterate(
     i: usize,
 ) -> f64 {
     let img = task(images, cfg, i);
+    let masks = support_at(arch, cfg, params, i);
+    restrict_to_support(arch, params, &masks);
     let (adapted, psnr) = adapt(
         arch,
         &img,
@@ -228,7 +281,7 @@ pub fn iterate(
         cfg.inner_lr,
         cfg.batch,
         cfg.seed.wrapping_add(i as u64),
-        cfg.density,
+        &masks,
     );
     reptile_update(params, &adapted, outer_lr(cfg, i));
     psnr
@@ -247,9 +300,6 @@ pub fn train(
 ) -> usize {
     if images.is_empty() {
         return start;
-    }
-    if let Some(d) = cfg.density {
-        restrict_to_support(arch, params, d);
     }
     for i in start..cfg.iterations {
         let psnr = iterate(arch, images, cfg, params, i);
@@ -395,7 +445,7 @@ pub fn audio_adapt(
             bits_per_sample: 16,
         },
     };
-    adapt_target(arch, &sig, init, steps, lr, frames, seed, None)
+    adapt_target(arch, &sig, init, steps, lr, frames, seed, &[])
 }
 
 /// Mean PSNR after `steps` encoder steps from `init` over `tasks` (the validation metric).

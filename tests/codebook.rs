@@ -71,6 +71,7 @@ fn codebook_file(rng: &mut ChaCha8Rng, ks: &[Option<usize>], masked: &[bool]) ->
         base_id: None,
         masks,
         seeded_masks: false,
+        base_masks: false,
         codebooks,
     }
 }
@@ -115,6 +116,7 @@ fn codebooks_survive_the_round_trip_and_define_the_weights() {
     // Without codebooks the flag stays clear.
     let plain = InrFile {
         seeded_masks: false,
+        base_masks: false,
         codebooks: vec![None; 8],
         tensors: f
             .tensors

@@ -57,6 +57,7 @@ fn golden() -> InrFile {
         base_id: None,
         masks: Vec::new(),
         seeded_masks: false,
+        base_masks: false,
         codebooks: Vec::new(),
     }
 }
@@ -87,6 +88,7 @@ fn random_file_bits(rng: &mut ChaCha8Rng, arch: Arch, bits: &[u8]) -> InrFile {
         base_id: None,
         masks: Vec::new(),
         seeded_masks: false,
+        base_masks: false,
         codebooks: Vec::new(),
     }
 }

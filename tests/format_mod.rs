@@ -460,6 +460,7 @@ fn plain_image() -> InrFile {
         base_id: Some(7),
         masks: Vec::new(),
         seeded_masks: false,
+        base_masks: false,
         codebooks: Vec::new(),
     }
 }

@@ -67,6 +67,8 @@ fn meta_cfg(iterations: usize) -> MetaConfig {
         crop_max: 32,
         seed: 7,
         density: None,
+        learned_support: None,
+        init: None,
     }
 }
 
@@ -87,8 +89,8 @@ fn reptile_improves_psnr_after_k_steps_on_held_out_images() {
     let (arch, random, learned) = train_base(80);
     let held_out: Vec<Image> = (1000..1006).map(|s| family_image(s, 32, 32)).collect();
     for k in [8, 24] {
-        let r = meta::validate(&arch, &held_out, &random, (k, 1e-3, 1024), None);
-        let m = meta::validate(&arch, &held_out, &learned, (k, 1e-3, 1024), None);
+        let r = meta::validate(&arch, &held_out, &random, (k, 1e-3, 1024), &[]);
+        let m = meta::validate(&arch, &held_out, &learned, (k, 1e-3, 1024), &[]);
         assert!(
             m > r + 1.0,
             "after {k} steps: meta init {m:.2} dB, random init {r:.2} dB"
@@ -110,7 +112,7 @@ fn sparse_reptile_learns_a_base_on_the_seeded_support() {
     // Exactly the seeded support of the hidden matrices is non-zero (§4.6.1); the rest of
     // the network is dense.
     let mut expect = random.clone();
-    meta::restrict_to_support(&arch, &mut expect, 0.4);
+    meta::restrict_to_support(&arch, &mut expect, &meta::seeded_support(&arch, 0.4));
     let off = arch.tensor_lens()[..2].iter().sum::<usize>();
     let n2 = arch.tensor_lens()[2];
     let zeros = |p: &[f32]| p[off..off + n2].iter().filter(|&&v| v == 0.0).count();
@@ -122,13 +124,91 @@ fn sparse_reptile_learns_a_base_on_the_seeded_support() {
     // It beats a random start on the same support after k steps on held-out images.
     let held_out: Vec<Image> = (1000..1006).map(|s| family_image(s, 32, 32)).collect();
     for k in [8, 24] {
-        let r = meta::validate(&arch, &held_out, &expect, (k, 1e-3, 1024), Some(0.4));
-        let m = meta::validate(&arch, &held_out, &learned, (k, 1e-3, 1024), Some(0.4));
+        let seeded = meta::seeded_support(&arch, 0.4);
+        let r = meta::validate(&arch, &held_out, &expect, (k, 1e-3, 1024), &seeded);
+        let m = meta::validate(&arch, &held_out, &learned, (k, 1e-3, 1024), &seeded);
         assert!(
             m > r + 1.0,
             "after {k} steps: sparse meta {m:.2} dB, random sparse {r:.2} dB"
         );
     }
+}
+
+#[test]
+fn sparse_reptile_learns_its_own_support_by_magnitude() {
+    let arch = tiny_config().arch(3).expect("arch");
+    let train: Vec<Image> = (0..24).map(|s| family_image(s, 32, 32)).collect();
+    let random = inr::bench_api::siren_init(&inr::bench_api::shape_of(&arch), 0);
+    let cfg = MetaConfig {
+        density: Some(0.4),
+        learned_support: Some(0.5),
+        ..meta_cfg(80)
+    };
+    // The cubic schedule: dense at first, held between prunings, the target from half on.
+    assert_eq!(meta::learned_density(&cfg, 0), 1.0);
+    assert_eq!(meta::learned_density(&cfg, 9), 1.0);
+    let d20 = 0.4 + 0.6 * (1.0f64 - 20.0 / 40.0).powi(3);
+    assert!((meta::learned_density(&cfg, 25) - d20).abs() < 1e-12);
+    assert_eq!(meta::learned_density(&cfg, 40), 0.4);
+    assert_eq!(meta::learned_density(&cfg, 79), 0.4);
+    let one_shot = MetaConfig {
+        learned_support: Some(0.0),
+        ..cfg.clone()
+    };
+    assert_eq!(meta::learned_density(&one_shot, 0), 0.4);
+    let mut learned = random.clone();
+    let mut seen = Vec::new();
+    meta::train(&arch, &train, &cfg, &mut learned, 0, &mut |i, p, _| {
+        // Supports only shrink: once a weight is 0 it stays 0.
+        let support = meta::nonzero_support(&arch, p);
+        seen.push((i, support));
+        true
+    });
+    for w in seen.windows(2) {
+        let ((_, a), (_, b)) = (&w[0], &w[1]);
+        for (ma, mb) in a.iter().zip(b) {
+            if let (Some(ka), Some(kb)) = (ma, mb) {
+                assert!(ka.iter().zip(kb).all(|(&x, &y)| x || !y), "support grew");
+            }
+            if ma.is_some() {
+                assert!(mb.is_some(), "a pruned matrix became dense");
+            }
+        }
+    }
+    // Every hidden matrix keeps exactly round(0.4 n) weights: its largest, not the seeded ones.
+    let support = meta::nonzero_support(&arch, &learned);
+    let seeded = meta::seeded_support(&arch, 0.4);
+    let lens = arch.tensor_lens();
+    let mut differs = false;
+    for (t, (m, s)) in support.iter().zip(&seeded).enumerate() {
+        match (m, s) {
+            (Some(k), Some(sk)) => {
+                let kept = k.iter().filter(|&&x| x).count();
+                assert_eq!(kept, (0.4 * lens[t] as f64).round() as usize, "tensor {t}");
+                differs |= k != sk;
+            }
+            (None, None) => {}
+            _ => panic!("tensor {t}: support {m:?} where the seeded one is {s:?}"),
+        }
+    }
+    assert!(differs, "the learned support is the seeded one");
+    // On its own support it beats a random start on the seeded support after k steps.
+    let held_out: Vec<Image> = (1000..1006).map(|s| family_image(s, 32, 32)).collect();
+    let mut expect = random.clone();
+    meta::restrict_to_support(&arch, &mut expect, &seeded);
+    for k in [8, 24] {
+        let r = meta::validate(&arch, &held_out, &expect, (k, 1e-3, 1024), &seeded);
+        let m = meta::validate(&arch, &held_out, &learned, (k, 1e-3, 1024), &support);
+        assert!(
+            m > r + 1.0,
+            "after {k} steps: learned sparse {m:.2} dB, random sparse {r:.2} dB"
+        );
+    }
+    // Interrupted after a pruning and resumed from the weights alone: the same base.
+    let mut resumed = random.clone();
+    let done = meta::train(&arch, &train, &cfg, &mut resumed, 0, &mut |i, _, _| i < 24);
+    meta::train(&arch, &train, &cfg, &mut resumed, done, &mut |_, _, _| true);
+    assert_eq!(resumed, learned);
 }
 
 #[test]
@@ -289,6 +369,104 @@ fn files_from_every_embedded_weight_base_decode() {
             inr::base::embedded_for(&b.arch).map(Base::id),
             Some(b.id()),
             "one embedded base per architecture"
+        );
+    }
+}
+
+/// A sparse base of the tiny architecture: its hidden matrices pruned by magnitude to
+/// `density` (the support `inr meta-train --support learned` leaves).
+fn sparse_base(density: f64, seed: u64) -> Base {
+    let arch = tiny_config().arch(3).expect("arch");
+    let mut params = inr::bench_api::siren_init(&inr::bench_api::shape_of(&arch), seed);
+    let cfg = MetaConfig {
+        density: Some(density),
+        learned_support: Some(0.0),
+        ..meta_cfg(1)
+    };
+    let support = meta::support_at(&arch, &cfg, &params, 0);
+    meta::restrict_to_support(&arch, &mut params, &support);
+    Base::new(arch, params, format!("sparse {density}")).expect("base")
+}
+
+#[test]
+fn prune_method_base_keeps_the_bases_support_and_codes_no_mask() {
+    let base = sparse_base(0.5, 42);
+    let arch = base.arch;
+    let support = meta::nonzero_support(&arch, &base.params);
+    let img = family_image(5, 48, 40);
+    for target in [None, Some(3.0)] {
+        let cfg = EncodeConfig {
+            base: BaseChoice::Custom(base.clone()),
+            prune_method: inr::PruneMethod::Base,
+            target_bpp: target,
+            steps: Some(120),
+            ..tiny_config()
+        };
+        let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).expect("encode");
+        let flags = u16::from_le_bytes([e.bytes[6], e.bytes[7]]);
+        assert_eq!(
+            flags & 0x0223,
+            inr::format::FLAG_BASE | inr::format::FLAG_SPARSE | inr::format::FLAG_BASE_MASKS,
+            "flags {flags:#06x}"
+        );
+        let sp = inr::inspect(&e.bytes)
+            .expect("inspect")
+            .sparsity
+            .expect("masks");
+        assert!(sp.from_base && !sp.seeded);
+        assert_eq!(sp.mask_stream_bytes, 0);
+        assert!((sp.density - 0.5).abs() < 0.01, "density {}", sp.density);
+        if let Some(bpp) = target {
+            assert!((e.bpp - bpp).abs() <= 0.03 * bpp, "{} bpp for {bpp}", e.bpp);
+        }
+        // The decoder takes the masks from the base: without it, an error naming it.
+        let err = decode(&e.bytes, &DecodeOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Base(BaseError::Missing { id, .. }) if id == base.id()),
+            "{err:?}"
+        );
+        let with = DecodeOptions {
+            bases: vec![base.clone()],
+            ..Default::default()
+        };
+        assert_eq!(decode(&e.bytes, &with).expect("decode"), e.recon);
+        // The coded network is zero exactly off the base's support.
+        let file = inr::format::read_file_with_base(
+            &e.bytes,
+            &inr::format::Limits::default(),
+            Some(&base.params),
+        )
+        .expect("read");
+        assert_eq!(file.masks, support);
+        for (m, t) in file.masks.iter().zip(&file.tensors) {
+            if let Some(keep) = m {
+                assert!(keep.iter().zip(&t.symbols).all(|(&k, &s)| k || s == 0));
+            }
+        }
+    }
+    // A dense base, no base, or another density: refused before fitting.
+    let dense = Base::new(
+        arch,
+        inr::bench_api::siren_init(&inr::bench_api::shape_of(&arch), 1),
+        "d".into(),
+    )
+    .expect("base");
+    for (b, density) in [
+        (BaseChoice::Custom(dense), None),
+        (BaseChoice::None, None),
+        (BaseChoice::Custom(base.clone()), Some(0.3)),
+    ] {
+        let cfg = EncodeConfig {
+            base: b,
+            prune_method: inr::PruneMethod::Base,
+            density,
+            ..tiny_config()
+        };
+        let r = encode_image(&img, &cfg, &mut |_: &inr::Progress| {});
+        assert!(
+            matches!(r, Err(inr::EncodeError::Parameter(_))),
+            "{:?}",
+            r.err()
         );
     }
 }

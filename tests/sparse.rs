@@ -5,8 +5,9 @@ mod common;
 use common::{assert_flips_and_truncations_are_caught, fix_crc, test_image};
 use inr::entropy::{self, MaskShape};
 use inr::format::{
-    inspect, read_file, seed_hash, seeded_mask, seeded_threshold, write_file, Arch, FormatError,
-    InrFile, Limits, QTensor, Step, FLAG_SEEDED_MASKS, FLAG_SPARSE, VERSION, VERSION_2,
+    base_masks_id, base_support, inspect, read_file, read_file_with_base, seed_hash, seeded_mask,
+    seeded_threshold, write_file, Arch, FormatError, InrFile, Limits, QTensor, Step, FLAG_BASE,
+    FLAG_BASE_MASKS, FLAG_SEEDED_MASKS, FLAG_SPARSE, VERSION, VERSION_2,
 };
 use inr::{decode, encode_image, DecodeOptions, EncodeConfig, Preset, PruneMethod, PruneScope};
 use rand::{Rng, SeedableRng};
@@ -55,6 +56,7 @@ fn sparse_file(rng: &mut ChaCha8Rng, a: Arch, dens: &[Option<f64>]) -> InrFile {
         tensors,
         masks,
         seeded_masks: false,
+        base_masks: false,
         codebooks: Vec::new(),
         base_id: None,
     }
@@ -159,6 +161,7 @@ fn fully_pruned_layers_and_constant_tensors_are_legal() {
         masks: lens.iter().map(|&n| Some(vec![false; n])).collect(),
         base_id: None,
         seeded_masks: false,
+        base_masks: false,
         codebooks: Vec::new(),
     };
     let bytes = write_file(&f).unwrap();
@@ -704,5 +707,181 @@ fn an_unreachable_high_rate_never_clips_the_weights() {
         "{} dB vs {} dB",
         high.psnr,
         ok.psnr
+    );
+}
+
+/// A sparse base of `arch()` (random non-zero weights, the hidden matrices `W_1`, `W_2` at
+/// about half density, `W_3` dense) and a file coded from it with its support as masks.
+fn base_masks_file(rng: &mut ChaCha8Rng) -> (InrFile, Vec<f32>) {
+    let a = arch();
+    let lens = a.tensor_lens();
+    let mut base = Vec::new();
+    for (t, &n) in lens.iter().enumerate() {
+        for _ in 0..n {
+            let v: f32 = rng.gen_range(0.1..1.0) * if rng.gen_bool(0.5) { 1.0 } else { -1.0 };
+            base.push(if (t == 2 || t == 4) && rng.gen_bool(0.5) {
+                0.0
+            } else {
+                v
+            });
+        }
+    }
+    // One pruned weight is -0.0: zero too (§4.6.2).
+    let first_zero = lens[..2].iter().sum::<usize>()
+        + base[lens[..2].iter().sum::<usize>()..]
+            .iter()
+            .position(|&v| v == 0.0)
+            .unwrap();
+    base[first_zero] = -0.0;
+    let support = base_support(&a, &base);
+    let mut f = sparse_file(rng, a, &[None; 8]);
+    f.masks = (0..lens.len())
+        .map(|t| (t == 2 || t == 4).then(|| support[t].clone()))
+        .collect();
+    for (t, m) in f.masks.iter().enumerate() {
+        if let Some(keep) = m {
+            for (s, &k) in f.tensors[t].symbols.iter_mut().zip(keep) {
+                if !k {
+                    *s = 0;
+                }
+            }
+        }
+    }
+    f.base_masks = true;
+    f.base_id = Some(0x0123_4567_89ab_cdef);
+    (f, base)
+}
+
+#[test]
+fn base_masks_round_trip_with_the_base_only() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let (f, base) = base_masks_file(&mut rng);
+    let bytes = write_file(&f).unwrap();
+    let flags = u16::from_le_bytes([bytes[6], bytes[7]]);
+    assert_eq!(flags, FLAG_BASE | FLAG_SPARSE | FLAG_BASE_MASKS);
+    let limits = Limits::default();
+    assert_eq!(base_masks_id(&bytes, &limits).unwrap(), f.base_id);
+    // Without the base's weights: a typed error naming the base.
+    let err = read(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FormatError::BaseMasksNeedBase {
+                id: 0x0123_4567_89ab_cdef
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("0123456789abcdef"), "{err}");
+    let g = read_file_with_base(&bytes, &limits, Some(&base)).unwrap();
+    assert_eq!(g, f);
+    assert_eq!(
+        write_file(&g).unwrap(),
+        bytes,
+        "rewriting changes the bytes"
+    );
+    // Inspection needs no base: the counts give the density; 4 bytes per masked tensor.
+    let sp = inspect(&bytes).unwrap().sparsity.unwrap();
+    assert!(sp.from_base && !sp.seeded);
+    let kept: u64 = f
+        .masks
+        .iter()
+        .flatten()
+        .map(|m| m.iter().filter(|&&k| k).count() as u64)
+        .sum();
+    assert_eq!(
+        (sp.masked_tensors, sp.section_bytes, sp.kept_values),
+        (2, 1 + 8, kept)
+    );
+    // The same masks through the mask stream cost more.
+    let streamed = write_file(&InrFile {
+        base_masks: false,
+        ..f.clone()
+    })
+    .unwrap();
+    assert!(
+        streamed.len() > bytes.len(),
+        "{} vs {}",
+        streamed.len(),
+        bytes.len()
+    );
+    assert_eq!(base_masks_id(&streamed, &limits).unwrap(), None);
+    // Another base: one weight more or less in a support breaks its count.
+    for delta in [0.0f32, 0.5] {
+        let mut other = base.clone();
+        let off = arch().tensor_lens()[..2].iter().sum::<usize>();
+        let i = other[off..]
+            .iter()
+            .position(|&v| (v == 0.0) == (delta != 0.0))
+            .unwrap();
+        other[off + i] = delta;
+        assert!(matches!(
+            read_file_with_base(&bytes, &limits, Some(&other)),
+            Err(FormatError::InvalidField {
+                field: "mask count",
+                ..
+            })
+        ));
+    }
+    assert!(matches!(
+        read_file_with_base(&bytes, &limits, Some(&base[1..])),
+        Err(FormatError::InvalidField {
+            field: "base weight count",
+            ..
+        })
+    ));
+    // The writer needs a base reference, and base masks are not seeded ones.
+    for bad in [
+        InrFile {
+            base_id: None,
+            ..f.clone()
+        },
+        InrFile {
+            seeded_masks: true,
+            ..f.clone()
+        },
+    ] {
+        assert!(matches!(
+            write_file(&bad),
+            Err(FormatError::InvalidField { .. })
+        ));
+    }
+}
+
+#[test]
+fn hostile_base_mask_sections_give_errors_not_panics() {
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let (f, base) = base_masks_file(&mut rng);
+    let bytes = write_file(&f).unwrap();
+    let limits = Limits::default();
+    // Flag bit 9 without bit 0, or with bit 5.
+    let plain = write_file(&sparse_file(
+        &mut rng,
+        arch(),
+        &[None, None, Some(0.5), None, None, None, None, None],
+    ))
+    .unwrap();
+    for (extra, on) in [(FLAG_BASE_MASKS, &plain), (FLAG_SEEDED_MASKS, &bytes)] {
+        let mut b = on.clone();
+        let flags = u16::from_le_bytes([b[6], b[7]]) | extra | FLAG_BASE_MASKS;
+        b[6..8].copy_from_slice(&flags.to_le_bytes());
+        fix_crc(&mut b);
+        assert!(
+            matches!(
+                read_file_with_base(&b, &limits, Some(&base)),
+                Err(FormatError::InvalidField { field: "flags", .. })
+            ),
+            "flags {flags:#06x}"
+        );
+    }
+    // Every single-byte change and every truncation: an error or another valid file.
+    assert_flips_and_truncations_are_caught(
+        &bytes,
+        &f,
+        |b| read_file_with_base(b, &limits, Some(&base)),
+        |b| {
+            let _ = inspect(b);
+            let _ = base_masks_id(b, &limits);
+        },
     );
 }

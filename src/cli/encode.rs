@@ -108,9 +108,11 @@ pub struct EncodeArgs {
     pub prune_scope: Option<PruneScope>,
     /// How pruning finds the masks: `magnitude` (gradual magnitude pruning, cubic schedule),
     /// `l0` (hard-concrete L0 gates whose expected density a Lagrange multiplier drives to
-    /// --density, then exactly that density is kept) or `seeded` (the same schedule in a
-    /// fixed pseudo-random order the decoder regenerates: the file stores 4 bytes per matrix
-    /// instead of a mask). Default: magnitude.
+    /// --density, then exactly that density is kept), `seeded` (a fixed pseudo-random support
+    /// the decoder regenerates: the file stores 4 bytes per matrix instead of a mask) or
+    /// `base` (the support of a sparse --base from `inr meta-train --support learned`, fixed
+    /// from the first step; 4 bytes per matrix, the decoder needs that base anyway).
+    /// Default: magnitude.
     #[arg(long, value_enum)]
     pub prune_method: Option<PruneMethod>,
     /// Bit widths of the hidden matrices: `sensitivity` (per matrix, by measured PSNR loss

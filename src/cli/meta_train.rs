@@ -134,6 +134,21 @@ pub struct MetaTrainArgs {
     /// per-image networks are sparse from their first step; validation uses it too.
     #[arg(long, value_name = "D")]
     pub density: Option<f64>,
+    /// With --density: `seeded` (the pseudo-random support above) or `learned` (Meta-Sparse
+    /// INR: the base starts dense, or from --init, and its hidden matrices are pruned by
+    /// magnitude every 10 iterations along a cubic schedule down to --density, reached after
+    /// --prune-until of the iterations; the inner fits keep the current support; the result's
+    /// support is its non-zero weights, which `inr encode --prune-method base` keeps).
+    #[arg(long, value_enum, default_value_t = SupportArg::Seeded)]
+    pub support: SupportArg,
+    /// Learned support: fraction of the iterations after which the density reaches --density
+    /// (0: prune once, before the first iteration).
+    #[arg(long, default_value_t = 0.5, value_name = "F")]
+    pub prune_until: f64,
+    /// Weights mode: start from this base (same architecture) instead of the random
+    /// initialisation of --seed (for example a dense base to prune with --support learned).
+    #[arg(long, value_name = "BASE.inrb")]
+    pub init: Option<PathBuf>,
     /// Validation images (a folder): mean PSNR after --val-steps encoder steps, printed every
     /// --val-every iterations, against the random initialisation.
     #[arg(long, value_name = "DIR")]
@@ -151,6 +166,13 @@ pub struct MetaTrainArgs {
     /// Overwrite OUT if it exists.
     #[arg(long)]
     pub force: bool,
+}
+
+/// How the support of a sparse base is chosen (`--support`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SupportArg {
+    Seeded,
+    Learned,
 }
 
 /// What `inr meta-train` learns.
@@ -353,6 +375,15 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if args.density.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {
         bail!("--density must be in (0, 1]");
     }
+    if args.support == SupportArg::Learned && args.density.is_none() {
+        bail!("--support learned needs --density");
+    }
+    if !(0.0..=1.0).contains(&args.prune_until) {
+        bail!("--prune-until must be in [0, 1]");
+    }
+    if args.init.is_some() && (args.modality == "audio" || args.mode != Mode::Weights) {
+        bail!("--init is for the weights mode of images");
+    }
     if args.mode == Mode::GridShared {
         if args.modality == "audio" {
             bail!("--mode grid-shared is for images");
@@ -400,7 +431,26 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         crop_max: args.crop_max.unwrap_or(768).max(1),
         seed: args.seed,
         density: args.density,
+        learned_support: (args.support == SupportArg::Learned).then_some(args.prune_until),
+        init: None,
     };
+    let init = match &args.init {
+        Some(path) => {
+            let bytes = super::read_limited(path, super::MAX_BASE_BYTES)?;
+            let b = Base::from_bytes(&bytes, &inr::format::Limits::default())
+                .with_context(|| format!("cannot load --init {}", path.display()))?;
+            if b.arch != arch {
+                bail!(
+                    "--init {} is for another architecture than --preset/--width/--depth",
+                    path.display()
+                );
+            }
+            Some(b)
+        }
+        None => None,
+    };
+    let mut cfg = cfg;
+    cfg.init = init.as_ref().map(|b| format!("{:016x}", b.id()));
     let ckpt = checkpoint_path(&args.output);
     let (mut params, start) = if args.resume {
         let (b, _, done) = read_checkpoint(&ckpt, &cfg, |b| b.arch == arch)?;
@@ -409,9 +459,23 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             ckpt.display()
         ))?;
         (b.params, done)
+    } else if let Some(b) = init {
+        (b.params, 0)
     } else {
         let shape = inr::bench_api::shape_of(&arch);
         (inr::bench_api::siren_init(&shape, args.seed), 0)
+    };
+    // Validation on the support the encoder will use: the seeded one, or the base's own
+    // (non-zero weights) for a learned support; the random start on the seeded one.
+    let seeded = cfg
+        .density
+        .map_or_else(Vec::new, |d| meta::seeded_support(&arch, d));
+    let val_masks = |p: &[f32]| {
+        if cfg.learned_support.is_some() {
+            meta::nonzero_support(&arch, p)
+        } else {
+            seeded.clone()
+        }
     };
     let random = inr::bench_api::siren_init(&inr::bench_api::shape_of(&arch), args.seed);
     let vlr = cfg.inner_lr;
@@ -419,13 +483,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let val_random = if val.is_empty() {
         None
     } else {
-        let p = meta::validate(
-            &arch,
-            &val,
-            &random,
-            (args.val_steps, vlr, vbatch),
-            cfg.density,
-        );
+        let p = meta::validate(&arch, &val, &random, (args.val_steps, vlr, vbatch), &seeded);
         say(format!(
             "validation: random init, PSNR after {} steps: {p:.2} dB",
             args.val_steps
@@ -453,7 +511,8 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 }
             }
             if !val.is_empty() && n % args.val_every.max(1) == 0 {
-                let v = meta::validate(&arch, &val, p, (args.val_steps, vlr, vbatch), cfg.density);
+                let v =
+                    meta::validate(&arch, &val, p, (args.val_steps, vlr, vbatch), &val_masks(p));
                 meter.pb.suspend(|| {
                     eprintln!(
                     "iteration {n}: validation PSNR after {} steps {v:.2} dB (random init {:.2}), \
