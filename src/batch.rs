@@ -35,9 +35,10 @@ use crate::EncodeConfig;
 
 /// Manifest columns.
 /// `bpp` is bits per pixel (images), `kbps` kilobits per second of audio (WAV inputs); each row
-/// fills the one that fits its input. Manifests of earlier versions (without `kbps`) are read
-/// too.
-pub const MANIFEST_HEADER: &str = "input,output,bytes,bpp,kbps,psnr,seconds,status,error";
+/// fills the one that fits its input. `mode` is the output's coding mode
+/// ([`crate::format::mode_name`]: `grid`, `grid-shared`, `modulations` or `weights`; empty for a
+/// failed row). Manifests of earlier versions (without `kbps`, or without `mode`) are read too.
+pub const MANIFEST_HEADER: &str = "input,output,bytes,bpp,kbps,psnr,seconds,status,error,mode";
 
 /// Largest existing output read back to check it (bigger files count as invalid).
 const MAX_OUTPUT_CHECK: u64 = 1 << 30;
@@ -137,6 +138,9 @@ pub struct ManifestRow {
     pub seconds: Option<f64>,
     pub status: RowStatus,
     pub error: String,
+    /// The output's coding mode (`grid`, `grid-shared`, `modulations`, `weights`); empty for a
+    /// failed row and in rows read from manifests written before this column.
+    pub mode: String,
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
@@ -148,7 +152,7 @@ impl ManifestRow {
     pub fn to_csv_line(&self) -> String {
         let f = crate::rd::csv_field;
         format!(
-            "{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{}\n",
             f(&self.input),
             f(&self.output),
             opt(self.bytes),
@@ -160,16 +164,22 @@ impl ManifestRow {
                 RowStatus::Ok => "ok",
                 RowStatus::Failed => "failed",
             },
-            f(&self.error)
+            f(&self.error),
+            f(&self.mode)
         )
     }
 
     fn from_fields(f: &[String]) -> Option<ManifestRow> {
-        // 9 fields; 8 in manifests written before the `kbps` column (no audio rows).
+        // 10 fields; 9 in manifests written before the `mode` column, 8 before `kbps` (no
+        // audio rows).
+        let (mode, f) = match f.len() {
+            10 => (f[9].clone(), &f[..9]),
+            8 | 9 => (String::new(), f),
+            _ => return None,
+        };
         let (kbps, f): (&str, Vec<&String>) = match f.len() {
             9 => (&f[4], f.iter().take(4).chain(&f[5..]).collect()),
-            8 => ("", f.iter().collect()),
-            _ => return None,
+            _ => ("", f.iter().collect()),
         };
         let num = |s: &str| -> Option<Option<f64>> {
             if s.is_empty() {
@@ -196,6 +206,7 @@ impl ManifestRow {
                 _ => return None,
             },
             error: f[7].clone(),
+            mode,
         })
     }
 }
@@ -564,6 +575,7 @@ fn failed(input: &str, output: &str, seconds: Option<f64>, error: String) -> Man
         seconds,
         status: RowStatus::Failed,
         error,
+        mode: String::new(),
     }
 }
 
@@ -582,6 +594,8 @@ struct Coded {
     bpp: Option<f64>,
     kbps: Option<f64>,
     psnr: f64,
+    /// [`crate::format::mode_name`] of the output.
+    mode: &'static str,
 }
 
 fn encode_one(
@@ -598,6 +612,7 @@ fn encode_one(
             bpp: None,
             kbps: Some(kbps),
             psnr,
+            mode: crate::format::mode_name(&bytes).unwrap_or_default(),
         };
         (bytes, coded)
     } else {
@@ -610,6 +625,7 @@ fn encode_one(
             bpp: Some(bpp_of(enc.bytes.len(), &img)),
             kbps: None,
             psnr: enc.psnr,
+            mode: crate::format::mode_name(&enc.bytes).unwrap_or_default(),
         };
         (enc.bytes, coded)
     };
@@ -634,6 +650,7 @@ fn rebuild_one(codec: &dyn BatchCodec, in_path: &Path, out_path: &Path) -> Resul
             bpp: None,
             kbps: Some(q.kbps),
             psnr: q.psnr,
+            mode: crate::format::mode_name(&bytes).unwrap_or_default(),
         });
     }
     let img = load_image(in_path).map_err(|e| format!("cannot read image: {e}"))?;
@@ -647,6 +664,7 @@ fn rebuild_one(codec: &dyn BatchCodec, in_path: &Path, out_path: &Path) -> Resul
         bpp: Some(bpp_of(bytes.len(), &img)),
         kbps: None,
         psnr,
+        mode: crate::format::mode_name(&bytes).unwrap_or_default(),
     })
 }
 
@@ -813,6 +831,7 @@ pub fn run_batch(
                         seconds: secs,
                         status: RowStatus::Ok,
                         error: String::new(),
+                        mode: c.mode.to_string(),
                     },
                     Err(e) => failed(input, output, secs, e),
                 }
@@ -910,10 +929,12 @@ mod tests {
             seconds: Some(1.25),
             status: RowStatus::Failed,
             error: "bad, very".into(),
+            mode: "grid-shared".into(),
         };
         let text = manifest_text(std::slice::from_ref(&row));
         let back = parse_manifest(&text);
         assert_eq!(back.len(), 1);
+        assert_eq!(back[0].mode, "grid-shared");
         assert_eq!(back[0].input, row.input);
         assert_eq!(back[0].error, row.error);
         assert_eq!(back[0].bytes, Some(12));

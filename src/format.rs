@@ -1558,6 +1558,30 @@ pub fn read_file(bytes: &[u8], limits: &Limits) -> Result<InrFile, FormatError> 
     read_file_with_base(bytes, limits, None)
 }
 
+/// The coding mode of a file, from its header alone (no validation: [`read_file`] and its
+/// siblings check it): `"grid"`, `"grid-shared"` (a grid file with a shared synthesis,
+/// §13.8), `"modulations"` or `"weights"`, for images and audio alike (§11–§14); `None` when
+/// the bytes do not start like an `.inr` file.
+pub fn mode_name(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.get(..4) != Some(&MAGIC[..]) {
+        return None;
+    }
+    let flags = u16::from_le_bytes([*bytes.get(OFF_FLAGS)?, *bytes.get(OFF_FLAGS + 1)?]);
+    Some(if is_grid_file(bytes) {
+        if flags & FLAG_BASE != 0 {
+            "grid-shared"
+        } else {
+            "grid"
+        }
+    } else if is_audio_grid_file(bytes) {
+        "grid"
+    } else if is_modulation_file(bytes) || is_audio_modulation_file(bytes) {
+        "modulations"
+    } else {
+        "weights"
+    })
+}
+
 /// The base id a file with base masks (§4.6.2, flag bit 9) needs before it can be read
 /// ([`read_file_with_base`]), or `None` for another image file of §2.
 ///

@@ -518,8 +518,20 @@ fn manifests_without_the_kbps_column_are_still_read() {
         .iter()
         .map(inr::batch::ManifestRow::to_csv_line)
         .collect();
-    assert!(text.starts_with("a.png,a.inr,120,0.500000,,31.2500,1.500,ok,\n"));
+    assert!(text.starts_with("a.png,a.inr,120,0.500000,,31.2500,1.500,ok,,\n"));
     assert_eq!(inr::batch::parse_manifest(&text), rows);
+    // Manifests with `kbps` but without `mode` (before stop 34) too.
+    let nine = "input,output,bytes,bpp,kbps,psnr,seconds,status,error\n\
+                a.png,a.inr,120,0.500000,,31.2500,1.500,ok,\n\
+                t.wav,t.inr,99,,12.5000,40.0000,,ok,\n";
+    let rows9 = inr::batch::parse_manifest(nine);
+    assert_eq!(rows9[0], rows[0]);
+    assert_eq!((rows9[1].kbps, rows9[1].mode.as_str()), (Some(12.5), ""));
+    assert_eq!(
+        inr::batch::parse_manifest("x,y,1,,,,,ok,,,\n"),
+        vec![],
+        "11 fields"
+    );
 }
 
 #[test]
@@ -535,6 +547,7 @@ fn rows_off_their_rate_target_are_listed() {
             seconds: None,
             status,
             error: String::new(),
+            mode: String::new(),
         }
     };
     let rows = vec![
@@ -588,6 +601,16 @@ fn cli_batch_codes_wav_in_the_audio_grid_mode_and_refuses_kbps_elsewhere() {
     assert_eq!(v["off_target"], serde_json::json!([]));
     let bytes = std::fs::read(out.join("tone.inr")).unwrap();
     assert!(inr::format::is_audio_grid_file(&bytes));
+    assert_eq!(v["rows"][0]["mode"], "grid", "{v}");
+    let manifest = std::fs::read_to_string(out.join("manifest.csv")).unwrap();
+    assert!(
+        manifest.starts_with(inr::batch::MANIFEST_HEADER),
+        "{manifest}"
+    );
+    assert!(
+        manifest.lines().nth(1).unwrap().ends_with(",ok,,grid"),
+        "{manifest}"
+    );
     // A target below what the header alone costs: the file is kept, warned about and listed.
     let a = run(&["--kbps", "0.05", "--force"]).success();
     let v: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
