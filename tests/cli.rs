@@ -741,6 +741,100 @@ fn codec_meta_train_then_encode_and_decode_with_the_base() {
 }
 
 #[test]
+fn a_learned_support_goes_from_meta_train_to_encode_info_and_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for f in ["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"] {
+        std::fs::copy(fixture(f), data.join(f)).unwrap();
+    }
+    let base = dir.path().join("sparse.inrb");
+    let train = |extra: &[&str]| {
+        let mut c = inr();
+        c.args(["--quiet", "meta-train"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&base)
+            .args(["--width", "12", "--depth", "3", "--iterations", "30"])
+            .args(["--inner-steps", "3", "--batch", "256", "--crop-min", "8"])
+            .args([
+                "--density",
+                "0.5",
+                "--support",
+                "learned",
+                "--prune-until",
+                "0.4",
+            ])
+            .args(["--checkpoint-every", "10"])
+            .args(extra);
+        c
+    };
+    train(&[]).assert().success();
+    let first = std::fs::read(&base).unwrap();
+    train(&["--force", "--resume"]).assert().success();
+    assert_eq!(std::fs::read(&base).unwrap(), first, "resumed run differs");
+    // A learned support needs a density; --init must match the architecture.
+    assert_clean_error(
+        inr()
+            .args(["meta-train", "--support", "learned", "-o"])
+            .arg(dir.path().join("x.inrb"))
+            .arg(&data)
+            .assert(),
+    );
+    assert_clean_error(
+        inr()
+            .args(["meta-train", "--width", "8", "--depth", "3", "-o"])
+            .arg(dir.path().join("y.inrb"))
+            .arg(&data)
+            .arg("--init")
+            .arg(&base)
+            .assert(),
+    );
+
+    let out = dir.path().join("x.inr");
+    inr()
+        .args(["--quiet", "encode"])
+        .arg(fixture("rgb_24x17.png"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--steps", "40", "--prune-method", "base", "--base"])
+        .arg(&base)
+        .assert()
+        .success();
+    let info = |with_base: bool| {
+        let mut c = inr();
+        c.args(["--json", "info"]).arg(&out);
+        if with_base {
+            c.arg("--base").arg(&base);
+        }
+        let v: serde_json::Value = serde_json::from_str(&stdout_of(c.assert().success())).unwrap();
+        v
+    };
+    let v = info(false);
+    assert_eq!(v["info"]["sparsity"]["from_base"], true, "{v}");
+    assert_eq!(v["info"]["sparsity"]["density"], 0.5, "{v}");
+    assert!(v["weights"].is_null(), "{v}");
+    let v = info(true);
+    assert!(
+        v["weights"]["hidden_density"].as_f64().unwrap() <= 0.5,
+        "{v}"
+    );
+    let png = dir.path().join("x.png");
+    let err = assert_clean_error(inr().arg("decode").arg(&out).arg("-o").arg(&png).assert());
+    assert!(err.contains("base"), "{err}");
+    inr()
+        .arg("decode")
+        .arg(&out)
+        .arg("-o")
+        .arg(&png)
+        .arg("--base")
+        .arg(&base)
+        .assert()
+        .success();
+    assert!(png.exists());
+}
+
+#[test]
 fn modulation_mode_meta_train_encode_decode_info_and_batch() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

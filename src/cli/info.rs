@@ -22,6 +22,11 @@ pub struct InfoArgs {
     pub input: PathBuf,
     #[command(flatten)]
     pub limits: super::LimitArgs,
+    /// A base file (.inrb) the input may have been coded from, besides the embedded ones
+    /// (repeatable): the weight statistics of a file whose masks are its base's support
+    /// (codec-spec §4.6.2) need it.
+    #[arg(long = "base", value_name = "FILE.inrb")]
+    pub bases: Vec<PathBuf>,
 }
 
 /// The coded image size, when the header exposes top-level `width` and `height` fields.
@@ -128,7 +133,8 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
         )
     })?;
     let info = serde_json::to_value(&info)?;
-    let weights = weight_stats(&bytes);
+    let bases = super::load_bases(&args.bases)?;
+    let weights = weight_stats(&bytes, &bases);
     let file_bytes = bytes.len() as u64;
     let bpp = match coded_size(&info) {
         Some((w, h)) => inr::metrics::bpp(file_bytes, w, h).ok(),
@@ -200,15 +206,24 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
 /// Per-tensor statistics of the decoded symbols (bits, values, non-zero values, coded bytes
 /// when the tensor is entropy-coded alone), and the non-zero fraction ("density") of the
 /// hidden matrices `W_1 .. W_D`, whether the zeros are coded through the mask section or as
-/// plain symbols. `null` when the payload does not decode.
-fn weight_stats(bytes: &[u8]) -> Value {
+/// plain symbols. `null` when the payload does not decode (or when the masks are the support
+/// of a base, §4.6.2, that is neither embedded nor in `bases`).
+fn weight_stats(bytes: &[u8], bases: &[inr::base::Base]) -> Value {
     if inr::format::is_modulation_file(bytes) {
         return latent_stats(bytes);
     }
     if inr::format::is_grid_file(bytes) {
         return grid_stats(bytes);
     }
-    let Ok(f) = inr::format::read_file(bytes, &inr::format::Limits::default()) else {
+    let limits = inr::format::Limits::default();
+    let base = match inr::format::base_masks_id(bytes, &limits) {
+        Ok(Some(id)) => match inr::base::find(id, bases) {
+            Ok(b) => Some(b.params.as_slice()),
+            Err(_) => return Value::Null,
+        },
+        _ => None,
+    };
+    let Ok(f) = inr::format::read_file_with_base(bytes, &limits, base) else {
         return Value::Null;
     };
     let (mut nz_hidden, mut n_hidden) = (0usize, 0usize);
