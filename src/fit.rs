@@ -591,6 +591,9 @@ pub struct Fitter<'a> {
     /// ranks `|w − base|`, a pruned weight is held at its base value (residual 0) and the
     /// L0 gates act on the residual.
     pub anchor: Option<Vec<f32>>,
+    /// Per-tensor multipliers of the learning rate (Meta-SGD-style, per tensor rather than
+    /// per parameter; see `meta::MetaConfig::meta_sgd`), or empty for 1 everywhere.
+    pub lr_scale: Vec<f32>,
 }
 
 impl<'a> Fitter<'a> {
@@ -620,6 +623,7 @@ impl<'a> Fitter<'a> {
             shared: None,
             gates: None,
             anchor: None,
+            lr_scale: Vec::new(),
         }
     }
 
@@ -768,6 +772,20 @@ impl<'a> Fitter<'a> {
     /// (straight-through: the gradient w.r.t. the fake-quantized weights updates the latent
     /// ones). Returns the minibatch mean squared error in the [-1, 1] target scale.
     pub fn step(&mut self, batch: usize, lr: f32, quant: Option<&QuantSpec>) -> f64 {
+        let mse = self.gradient(batch, quant);
+        if let Some(sh) = &mut self.shared {
+            sh.update(&mut self.grad, lr);
+        }
+        if let Some(g) = &mut self.gates {
+            g.backward(&self.params, &mut self.grad);
+        }
+        self.adam(lr);
+        mse
+    }
+
+    /// The loss gradient on the next minibatch of `batch` points into `self.grad` (real
+    /// layout; [`Fitter::grad`] reads it), without an update; returns the minibatch MSE.
+    pub fn gradient(&mut self, batch: usize, quant: Option<&QuantSpec>) -> f64 {
         let idx = self.next_batch(batch);
         self.effective(quant);
         if let Some(g) = &mut self.gates {
@@ -815,14 +833,12 @@ impl<'a> Fitter<'a> {
             }
         }
         self.shape.unpack(&first[0], &mut self.grad);
-        if let Some(sh) = &mut self.shared {
-            sh.update(&mut self.grad, lr);
-        }
-        if let Some(g) = &mut self.gates {
-            g.backward(&self.params, &mut self.grad);
-        }
-        self.adam(lr);
         sse / (idx.len() * c) as f64
+    }
+
+    /// The gradient of the last [`Fitter::gradient`] or [`Fitter::step`] (real layout).
+    pub fn grad(&self) -> &[f32] {
+        &self.grad
     }
 
     fn adam(&mut self, lr: f32) {
@@ -833,17 +849,21 @@ impl<'a> Fitter<'a> {
         let bc1 = 1.0 - B1.powi(self.t as i32);
         let bc2 = 1.0 - B2.powi(self.t as i32);
         let a = lr * bc2.sqrt() / bc1;
-        let g = &self.grad;
-        for (((p, m), v), &g) in self
-            .params
-            .iter_mut()
-            .zip(&mut self.m)
-            .zip(&mut self.v)
-            .zip(g)
-        {
-            *m = B1 * *m + (1.0 - B1) * g;
-            *v = B2 * *v + (1.0 - B2) * g * g;
-            *p -= a * *m / (v.sqrt() + EPS * bc2.sqrt());
+        let mut off = 0;
+        for (t, n) in self.arch.tensor_lens().into_iter().enumerate() {
+            let a = a * self.lr_scale.get(t).copied().unwrap_or(1.0);
+            let r = off..off + n;
+            off += n;
+            for (((p, m), v), &g) in self.params[r.clone()]
+                .iter_mut()
+                .zip(&mut self.m[r.clone()])
+                .zip(&mut self.v[r.clone()])
+                .zip(&self.grad[r])
+            {
+                *m = B1 * *m + (1.0 - B1) * g;
+                *v = B2 * *v + (1.0 - B2) * g * g;
+                *p -= a * *m / (v.sqrt() + EPS * bc2.sqrt());
+            }
         }
         self.apply_masks();
     }

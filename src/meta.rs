@@ -59,7 +59,18 @@ pub struct MetaConfig {
     /// the random initialisation of `seed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
+    /// Meta-SGD, per tensor: learn a learning-rate multiplier for every tensor of the network
+    /// alongside the base, by a first-order hypergradient. After each task's inner fit from
+    /// `θ_0` to `θ_K`, `h_t = ⟨∇_t L(θ_K), (θ_K − θ_0)_t⟩` (one more minibatch gradient) is the
+    /// derivative of the task loss with respect to `ln s_t` to first order (every update of
+    /// tensor `t` scales with `s_t`), and `ln s_t` moves by this step against the sign of
+    /// `h_t`, within `[ln 1/8, ln 8]`. `None`: no multipliers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_sgd: Option<f32>,
 }
+
+/// Bounds of a Meta-SGD learning-rate multiplier (see [`MetaConfig::meta_sgd`]).
+pub const LR_SCALE_RANGE: (f32, f32) = (0.125, 8.0);
 
 /// Iterations between two prunings of a learned support (see [`MetaConfig::learned_support`]).
 pub const PRUNE_EVERY: usize = 10;
@@ -79,6 +90,7 @@ impl Default for MetaConfig {
             density: None,
             learned_support: None,
             init: None,
+            meta_sgd: None,
         }
     }
 }
@@ -142,13 +154,30 @@ pub fn adapt(
     seed: u64,
     masks: &[Option<Vec<bool>>],
 ) -> (Vec<f32>, f64) {
+    let (p, psnr, _) = adapt_scaled(arch, img, init, (steps, lr, batch), seed, masks, &[], false);
+    (p, psnr)
+}
+
+/// As [`adapt`], with per-tensor learning-rate multipliers `lr_scale` (empty: 1), and with the
+/// Meta-SGD hypergradient per tensor (see [`MetaConfig::meta_sgd`]) when `hyper` (else empty).
+#[allow(clippy::too_many_arguments)]
+pub fn adapt_scaled(
+    arch: &Arch,
+    img: &Image,
+    init: &[f32],
+    inner: (usize, f32, usize),
+    seed: u64,
+    masks: &[Option<Vec<bool>>],
+    lr_scale: &[f32],
+    hyper: bool,
+) -> (Vec<f32>, f64, Vec<f64>) {
     let grid = Grid2::new(arch, img.width, img.height);
     let sig = Signal {
         grid: &grid,
         target: img.data.iter().map(|&v| model::from_u8(v)).collect(),
         original: &img.data,
     };
-    adapt_target(arch, &sig, init, steps, lr, batch, seed, masks)
+    adapt_target_scaled(arch, &sig, init, inner, seed, masks, lr_scale, hyper)
 }
 
 /// The inner loop of every meta-training: `steps` encoder steps (Adam, constant `lr`,
@@ -166,7 +195,27 @@ pub fn adapt_target(
     seed: u64,
     masks: &[Option<Vec<bool>>],
 ) -> (Vec<f32>, f64) {
+    let (p, psnr, _) =
+        adapt_target_scaled(arch, sig, init, (steps, lr, batch), seed, masks, &[], false);
+    (p, psnr)
+}
+
+/// As [`adapt_target`], with per-tensor learning-rate multipliers `lr_scale` (empty: 1), and
+/// with the Meta-SGD hypergradient per tensor (see [`MetaConfig::meta_sgd`]) when `hyper`
+/// (else empty).
+#[allow(clippy::too_many_arguments)]
+pub fn adapt_target_scaled(
+    arch: &Arch,
+    sig: &dyn FitTarget,
+    init: &[f32],
+    (steps, lr, batch): (usize, f32, usize),
+    seed: u64,
+    masks: &[Option<Vec<bool>>],
+    lr_scale: &[f32],
+    hyper: bool,
+) -> (Vec<f32>, f64, Vec<f64>) {
     let mut f = Fitter::new(*arch, sig, init.to_vec(), seed);
+    f.lr_scale = lr_scale.to_vec();
     if masks.iter().any(Option::is_some) {
         f.masks = masks.to_vec();
         f.apply_masks();
@@ -175,7 +224,24 @@ pub fn adapt_target(
         f.step(batch, lr, None);
     }
     let psnr = f.eval(None);
-    (f.params, psnr)
+    let mut h = Vec::new();
+    if hyper {
+        f.gradient(batch, None);
+        let mut off = 0;
+        for n in arch.tensor_lens() {
+            let r = off..off + n;
+            off += n;
+            h.push(
+                f.grad()[r.clone()]
+                    .iter()
+                    .zip(&f.params[r.clone()])
+                    .zip(&init[r])
+                    .map(|((&g, &p), &p0)| f64::from(g) * f64::from(p - p0))
+                    .sum(),
+            );
+        }
+    }
+    (f.params, psnr, h)
 }
 
 /// Sets the weights outside the support `masks` to 0 (a sparse base's start; the inner fits
@@ -245,13 +311,25 @@ pub fn validate(
     arch: &Arch,
     images: &[Image],
     init: &[f32],
-    (steps, lr, batch): (usize, f32, usize),
+    inner: (usize, f32, usize),
     masks: &[Option<Vec<bool>>],
+) -> f64 {
+    validate_scaled(arch, images, init, inner, masks, &[])
+}
+
+/// As [`validate`], with per-tensor learning-rate multipliers (empty: 1).
+pub fn validate_scaled(
+    arch: &Arch,
+    images: &[Image],
+    init: &[f32],
+    inner: (usize, f32, usize),
+    masks: &[Option<Vec<bool>>],
+    lr_scale: &[f32],
 ) -> f64 {
     let sum: f64 = images
         .iter()
         .enumerate()
-        .map(|(k, img)| adapt(arch, img, init, steps, lr, batch, k as u64, masks).1)
+        .map(|(k, img)| adapt_scaled(arch, img, init, inner, k as u64, masks, lr_scale, false).1)
         .sum();
     sum / images.len().max(1) as f64
 }
@@ -262,27 +340,41 @@ pub fn outer_lr(cfg: &MetaConfig, i: usize) -> f32 {
     cfg.outer_lr + (cfg.outer_lr_end - cfg.outer_lr) * t
 }
 
-/// One Reptile iteration `i` on `params` (in place). Returns the task's PSNR after adaptation.
+/// One Reptile iteration `i` on `params` (in place), and with [`MetaConfig::meta_sgd`] one
+/// update of the per-tensor learning-rate multipliers `lr_scale` (filled with 1 when empty).
+/// Returns the task's PSNR after adaptation.
 pub fn iterate(
     arch: &Arch,
     images: &[Image],
     cfg: &MetaConfig,
     params: &mut [f32],
+    lr_scale: &mut Vec<f32>,
     i: usize,
 ) -> f64 {
     let img = task(images, cfg, i);
     let masks = support_at(arch, cfg, params, i);
     restrict_to_support(arch, params, &masks);
-    let (adapted, psnr) = adapt(
+    if cfg.meta_sgd.is_some() && lr_scale.is_empty() {
+        *lr_scale = vec![1.0; arch.num_tensors()];
+    }
+    let (adapted, psnr, h) = adapt_scaled(
         arch,
         &img,
         params,
-        cfg.inner_steps,
-        cfg.inner_lr,
-        cfg.batch,
+        (cfg.inner_steps, cfg.inner_lr, cfg.batch),
         cfg.seed.wrapping_add(i as u64),
         &masks,
+        lr_scale,
+        cfg.meta_sgd.is_some(),
     );
+    if let Some(beta) = cfg.meta_sgd {
+        let (lo, hi) = LR_SCALE_RANGE;
+        for (s, &h) in lr_scale.iter_mut().zip(&h) {
+            if h != 0.0 {
+                *s = (*s * (-beta * h.signum() as f32).exp()).clamp(lo, hi);
+            }
+        }
+    }
     reptile_update(params, &adapted, outer_lr(cfg, i));
     psnr
 }
@@ -298,12 +390,39 @@ pub fn train(
     start: usize,
     on_iter: &mut dyn FnMut(usize, &[f32], f64) -> bool,
 ) -> usize {
+    let mut lr_scale = Vec::new();
+    train_scaled(
+        arch,
+        images,
+        cfg,
+        params,
+        &mut lr_scale,
+        start,
+        &mut |i, p, _, psnr| on_iter(i, p, psnr),
+    )
+}
+
+/// The callback of [`train_scaled`]: `(iteration, base, learning-rate multipliers, task
+/// PSNR)`, returning whether to go on.
+pub type OnIteration<'a> = dyn FnMut(usize, &[f32], &[f32], f64) -> bool + 'a;
+
+/// As [`train`], with the Meta-SGD learning-rate multipliers `lr_scale` (see
+/// [`MetaConfig::meta_sgd`]; the state to resume from, with the base) passed to `on_iter`.
+pub fn train_scaled(
+    arch: &Arch,
+    images: &[Image],
+    cfg: &MetaConfig,
+    params: &mut [f32],
+    lr_scale: &mut Vec<f32>,
+    start: usize,
+    on_iter: &mut OnIteration<'_>,
+) -> usize {
     if images.is_empty() {
         return start;
     }
     for i in start..cfg.iterations {
-        let psnr = iterate(arch, images, cfg, params, i);
-        if !on_iter(i, params, psnr) {
+        let psnr = iterate(arch, images, cfg, params, lr_scale, i);
+        if !on_iter(i, params, lr_scale, psnr) {
             return i + 1;
         }
     }

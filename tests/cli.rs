@@ -835,6 +835,42 @@ fn a_learned_support_goes_from_meta_train_to_encode_info_and_decode() {
 }
 
 #[test]
+fn meta_sgd_multipliers_are_reported_stored_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for f in ["rgb_16x16.png", "rgb_24x17.png"] {
+        std::fs::copy(fixture(f), data.join(f)).unwrap();
+    }
+    let base = dir.path().join("m.inrb");
+    let train = |extra: &[&str]| {
+        let mut c = inr();
+        c.args(["--json", "--quiet", "meta-train"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&base)
+            .args(["--width", "8", "--depth", "2", "--iterations", "8"])
+            .args(["--inner-steps", "3", "--batch", "256", "--crop-min", "8"])
+            .args(["--checkpoint-every", "4", "--meta-sgd", "0.05"])
+            .args(extra);
+        c
+    };
+    let out = stdout_of(train(&[]).assert().success());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let scale = v["lr_scale"].as_array().expect("lr_scale").len();
+    assert_eq!(scale, 6, "{v}");
+    let first = std::fs::read(&base).unwrap();
+    let text = String::from_utf8_lossy(&first).to_string();
+    assert!(
+        text.contains("\"lr_scale\""),
+        "the base's description lacks the multipliers"
+    );
+    train(&["--force", "--resume"]).assert().success();
+    assert_eq!(std::fs::read(&base).unwrap(), first, "resumed run differs");
+    assert_clean_error(train(&["--force", "--mode", "grid"]).assert());
+}
+
+#[test]
 fn modulation_mode_meta_train_encode_decode_info_and_batch() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -69,6 +69,7 @@ fn meta_cfg(iterations: usize) -> MetaConfig {
         density: None,
         learned_support: None,
         init: None,
+        meta_sgd: None,
     }
 }
 
@@ -469,4 +470,79 @@ fn prune_method_base_keeps_the_bases_support_and_codes_no_mask() {
             r.err()
         );
     }
+}
+
+#[test]
+fn meta_sgd_raises_learning_rates_that_are_too_small_and_resumes_exactly() {
+    let arch = tiny_config().arch(3).expect("arch");
+    let train: Vec<Image> = (0..6).map(|s| family_image(s, 32, 32)).collect();
+    let init = inr::bench_api::siren_init(&inr::bench_api::shape_of(&arch), 0);
+    // An inner rate far too small: lowering the loss means raising every multiplier.
+    let cfg = MetaConfig {
+        inner_lr: 1e-6,
+        meta_sgd: Some(0.05),
+        ..meta_cfg(20)
+    };
+    let (mut params, mut scale) = (init.clone(), Vec::new());
+    meta::train_scaled(
+        &arch,
+        &train,
+        &cfg,
+        &mut params,
+        &mut scale,
+        0,
+        &mut |_, _, _, _| true,
+    );
+    assert_eq!(scale.len(), arch.num_tensors());
+    let (lo, hi) = meta::LR_SCALE_RANGE;
+    assert!(scale.iter().all(|&s| (lo..=hi).contains(&s)), "{scale:?}");
+    let raised = scale.iter().filter(|&&s| s > 1.0).count();
+    assert!(
+        raised * 4 >= scale.len() * 3,
+        "only {raised} raised: {scale:?}"
+    );
+    // Interrupted and resumed from the base and the multipliers: the same result.
+    let (mut p2, mut s2) = (init.clone(), Vec::new());
+    let done = meta::train_scaled(
+        &arch,
+        &train,
+        &cfg,
+        &mut p2,
+        &mut s2,
+        0,
+        &mut |i, _, _, _| i < 7,
+    );
+    meta::train_scaled(
+        &arch,
+        &train,
+        &cfg,
+        &mut p2,
+        &mut s2,
+        done,
+        &mut |_, _, _, _| true,
+    );
+    assert_eq!((p2, s2), (params, scale.clone()));
+    // Multipliers change what an inner fit does; all ones are no multipliers at all.
+    let img = family_image(99, 24, 24);
+    let inner = (10, 1e-3, 1024);
+    let plain = meta::adapt_scaled(&arch, &img, &init, inner, 1, &[], &[], false);
+    let ones = vec![1.0; arch.num_tensors()];
+    let same = meta::adapt_scaled(&arch, &img, &init, inner, 1, &[], &ones, false);
+    let scaled = meta::adapt_scaled(&arch, &img, &init, inner, 1, &[], &scale, true);
+    assert_eq!(plain.0, same.0);
+    assert_ne!(plain.0, scaled.0);
+    assert_eq!(scaled.2.len(), arch.num_tensors());
+    // Without Meta-SGD no multipliers are made.
+    let mut s3 = Vec::new();
+    let mut p3 = init;
+    meta::train_scaled(
+        &arch,
+        &train,
+        &meta_cfg(2),
+        &mut p3,
+        &mut s3,
+        0,
+        &mut |_, _, _, _| true,
+    );
+    assert!(s3.is_empty());
 }

@@ -149,6 +149,13 @@ pub struct MetaTrainArgs {
     /// initialisation of --seed (for example a dense base to prune with --support learned).
     #[arg(long, value_name = "BASE.inrb")]
     pub init: Option<PathBuf>,
+    /// Weights mode: Meta-SGD per tensor, with this step on the log learning-rate multipliers
+    /// (e.g. 0.01): a learning-rate multiplier per tensor is learned with the base by a
+    /// first-order hypergradient and used by the inner fits and the validation; it is stored
+    /// in the base's description (`lr_scale`). The encoder does not read it (yet): this
+    /// measures what such rates would buy.
+    #[arg(long, value_name = "BETA")]
+    pub meta_sgd: Option<f32>,
     /// Validation images (a folder): mean PSNR after --val-steps encoder steps, printed every
     /// --val-every iterations, against the random initialisation.
     #[arg(long, value_name = "DIR")]
@@ -349,14 +356,17 @@ pub(super) fn checkpoint_path(out: &Path) -> PathBuf {
 
 /// Description stored in the base: everything needed to reproduce it (no timestamps, so the
 /// same run gives the same bytes and id).
-fn description(cfg: &MetaConfig, names: &[String], done: usize) -> String {
-    serde_json::json!({
+fn description(cfg: &MetaConfig, names: &[String], done: usize, lr_scale: &[f32]) -> String {
+    let mut d = serde_json::json!({
         "trainer": "inr meta-train (Reptile)",
         "images": names,
         "config": cfg,
         "iterations_done": done,
-    })
-    .to_string()
+    });
+    if !lr_scale.is_empty() {
+        d["lr_scale"] = serde_json::json!(lr_scale);
+    }
+    d.to_string()
 }
 
 pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -383,6 +393,12 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     if args.init.is_some() && (args.modality == "audio" || args.mode != Mode::Weights) {
         bail!("--init is for the weights mode of images");
+    }
+    if args.meta_sgd.is_some() && (args.modality == "audio" || args.mode != Mode::Weights) {
+        bail!("--meta-sgd is for the weights mode of images");
+    }
+    if args.meta_sgd.is_some_and(|b| !(b > 0.0 && b <= 1.0)) {
+        bail!("--meta-sgd must be in (0, 1]");
     }
     if args.mode == Mode::GridShared {
         if args.modality == "audio" {
@@ -433,6 +449,7 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         density: args.density,
         learned_support: (args.support == SupportArg::Learned).then_some(args.prune_until),
         init: None,
+        meta_sgd: args.meta_sgd,
     };
     let init = match &args.init {
         Some(path) => {
@@ -452,12 +469,23 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut cfg = cfg;
     cfg.init = init.as_ref().map(|b| format!("{:016x}", b.id()));
     let ckpt = checkpoint_path(&args.output);
+    let mut lr_scale: Vec<f32> = Vec::new();
     let (mut params, start) = if args.resume {
-        let (b, _, done) = read_checkpoint(&ckpt, &cfg, |b| b.arch == arch)?;
+        let (b, d, done) = read_checkpoint(&ckpt, &cfg, |b| b.arch == arch)?;
         say(format!(
             "resuming at iteration {done} from {}",
             ckpt.display()
         ))?;
+        if let Some(v) = d.get("lr_scale") {
+            lr_scale = serde_json::from_value(v.clone())
+                .context("checkpoint has malformed learning-rate multipliers")?;
+            if lr_scale.len() != arch.num_tensors() {
+                bail!(
+                    "checkpoint has {} learning-rate multipliers",
+                    lr_scale.len()
+                );
+            }
+        }
         (b.params, done)
     } else if let Some(b) = init {
         (b.params, 0)
@@ -492,18 +520,19 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let mut meter = Meter::new(ctx.quiet, cfg.iterations, start, args.checkpoint_every);
     let mut err: Option<anyhow::Error> = None;
-    let done = meta::train(
+    let done = meta::train_scaled(
         &arch,
         &images,
         &cfg,
         &mut params,
+        &mut lr_scale,
         start,
-        &mut |i, p, psnr| {
+        &mut |i, p, s, psnr| {
             let (n, mean, checkpoint) = meter.record(i, psnr);
             if checkpoint {
                 let r = write_checkpoint(
                     &ckpt,
-                    Base::new(arch, p.to_vec(), description(&cfg, &names, n)),
+                    Base::new(arch, p.to_vec(), description(&cfg, &names, n, s)),
                 );
                 if let Err(e) = r {
                     err = Some(e);
@@ -511,16 +540,26 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 }
             }
             if !val.is_empty() && n % args.val_every.max(1) == 0 {
-                let v =
-                    meta::validate(&arch, &val, p, (args.val_steps, vlr, vbatch), &val_masks(p));
+                let inner = (args.val_steps, vlr, vbatch);
+                let v = meta::validate_scaled(&arch, &val, p, inner, &val_masks(p), s);
+                // With Meta-SGD, also without the multipliers: what the rates alone buy.
+                let plain = (!s.is_empty())
+                    .then(|| meta::validate(&arch, &val, p, inner, &val_masks(p)))
+                    .map_or(String::new(), |u| {
+                        format!(" ({u:.2} dB without the multipliers)")
+                    });
                 meter.pb.suspend(|| {
                     eprintln!(
-                    "iteration {n}: validation PSNR after {} steps {v:.2} dB (random init {:.2}), \
-                     recent task PSNR {mean:.2} dB, {:.0} s",
-                    args.val_steps,
-                    val_random.unwrap_or(f64::NAN),
-                    meter.t0.elapsed().as_secs_f64()
-                )
+                        "iteration {n}: validation PSNR after {} steps {v:.2} dB{plain} (random \
+                     init {:.2}), recent task PSNR {mean:.2} dB, {:.0} s",
+                        args.val_steps,
+                        val_random.unwrap_or(f64::NAN),
+                        meter.t0.elapsed().as_secs_f64()
+                    );
+                    if !s.is_empty() {
+                        let r: Vec<String> = s.iter().map(|x| format!("{x:.2}")).collect();
+                        eprintln!("  learning-rate multipliers: {}", r.join(" "));
+                    }
                 });
             }
             true
@@ -530,9 +569,10 @@ pub fn run(args: MetaTrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(e) = err {
         return Err(e);
     }
-    let base = Base::new(arch, params, description(&cfg, &names, done))?;
+    let base = Base::new(arch, params, description(&cfg, &names, done, &lr_scale))?;
     let extra = serde_json::json!({
         "images": names,
+        "lr_scale": lr_scale,
     });
     finish(&args, ctx, &meter, &base, done, extra, |secs| {
         format!(
