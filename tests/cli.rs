@@ -19,6 +19,16 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A folder `data` under `dir` holding copies of the named fixtures (a training set).
+fn fixture_dir(dir: &Path, names: &[&str]) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    for f in names {
+        std::fs::copy(fixture(f), data.join(f)).unwrap();
+    }
+    data
+}
+
 /// The command failed with exit code 1, one `error:` line on stderr, and no panic.
 fn assert_clean_error(assert: assert_cmd::assert::Assert) -> String {
     let out = assert.code(1).get_output().clone();
@@ -660,11 +670,10 @@ fn corrupted_files_never_panic(mode: &[&str]) {
 #[test]
 fn codec_meta_train_then_encode_and_decode_with_the_base() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    for f in ["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"] {
-        std::fs::copy(fixture(f), data.join(f)).unwrap();
-    }
+    let data = fixture_dir(
+        dir.path(),
+        &["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"],
+    );
     std::fs::write(data.join("notes.txt"), "not an image").unwrap();
     let base = dir.path().join("b.inrb");
     let train = |extra: &[&str]| {
@@ -743,11 +752,10 @@ fn codec_meta_train_then_encode_and_decode_with_the_base() {
 #[test]
 fn a_learned_support_goes_from_meta_train_to_encode_info_and_decode() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    for f in ["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"] {
-        std::fs::copy(fixture(f), data.join(f)).unwrap();
-    }
+    let data = fixture_dir(
+        dir.path(),
+        &["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"],
+    );
     let base = dir.path().join("sparse.inrb");
     let train = |extra: &[&str]| {
         let mut c = inr();
@@ -837,11 +845,7 @@ fn a_learned_support_goes_from_meta_train_to_encode_info_and_decode() {
 #[test]
 fn meta_sgd_multipliers_are_reported_stored_and_resumed() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    for f in ["rgb_16x16.png", "rgb_24x17.png"] {
-        std::fs::copy(fixture(f), data.join(f)).unwrap();
-    }
+    let data = fixture_dir(dir.path(), &["rgb_16x16.png", "rgb_24x17.png"]);
     let base = dir.path().join("m.inrb");
     let train = |extra: &[&str]| {
         let mut c = inr();
@@ -873,11 +877,10 @@ fn meta_sgd_multipliers_are_reported_stored_and_resumed() {
 #[test]
 fn modulation_mode_meta_train_encode_decode_info_and_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    for f in ["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"] {
-        std::fs::copy(fixture(f), data.join(f)).unwrap();
-    }
+    let data = fixture_dir(
+        dir.path(),
+        &["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"],
+    );
     let base = dir.path().join("m.inrb");
     let train = |extra: &[&str]| {
         let mut c = inr();
@@ -1043,11 +1046,7 @@ fn grid_mode_encode_decode_info_and_refusals() {
         "{v} {stderr}"
     );
     // `batch` takes the same quality target: every file reaches it or says why not.
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    for f in ["rgb_16x16.png", "rgb_24x17.png"] {
-        std::fs::copy(fixture(f), data.join(f)).unwrap();
-    }
+    let data = fixture_dir(dir.path(), &["rgb_16x16.png", "rgb_24x17.png"]);
     let batch_psnrs = |name: &str, extra: &[&str]| {
         let out_dir = dir.path().join(name);
         inr()
@@ -1136,11 +1135,10 @@ fn plot_charts_csv_columns_and_refuses_to_overwrite() {
 #[test]
 fn grid_meta_train_then_encode_from_the_grid_base() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    for f in ["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"] {
-        std::fs::copy(fixture(f), data.join(f)).unwrap();
-    }
+    let data = fixture_dir(
+        dir.path(),
+        &["rgb_16x16.png", "rgb_24x17.png", "rgb_11x23.png"],
+    );
     let base = dir.path().join("g.inrb");
     let train = |extra: &[&str]| {
         let mut c = inr();
