@@ -465,6 +465,27 @@ fn base_density(arch: &Arch, base: Option<&Base>, asked: Option<f64>) -> Result<
     Ok(d)
 }
 
+/// The per-tensor learning-rate multipliers a base learned with Meta-SGD (`inr meta-train
+/// --meta-sgd`) records in its description (`"lr_scale"`, one positive finite number per
+/// tensor of `arch`); empty (no multipliers) for any other description.
+pub fn base_lr_scale(base: &Base, arch: &Arch) -> Vec<f32> {
+    let Ok(d) = serde_json::from_str::<serde_json::Value>(&base.description) else {
+        return Vec::new();
+    };
+    let Some(Ok(s)) = d
+        .get("lr_scale")
+        .map(|v| serde_json::from_value::<Vec<f32>>(v.clone()))
+    else {
+        return Vec::new();
+    };
+    let (lo, hi) = crate::meta::LR_SCALE_RANGE;
+    if s.len() == arch.num_tensors() && s.iter().all(|x| (lo..=hi).contains(x)) {
+        s
+    } else {
+        Vec::new()
+    }
+}
+
 /// The fixed support of a plan whose masks are set before the first step: the base's
 /// (`PruneMethod::Base`) or the seeded one of `density`.
 fn fixed_support(plan: &Plan, density: f64) -> Vec<Option<Vec<bool>>> {
@@ -636,6 +657,11 @@ fn encode_with_plan(
     let mut fitter = Fitter::new(arch, &sig, init, seed);
     // Pruning from a base ranks and codes residuals: pruned weights keep their base value.
     fitter.anchor = plan.base.as_ref().map(|b| b.params.clone());
+    // A base meta-learned with Meta-SGD carries per-tensor learning-rate multipliers.
+    fitter.lr_scale = plan
+        .base
+        .as_ref()
+        .map_or_else(Vec::new, |b| base_lr_scale(b, &arch));
     let total = plan.fit.steps + plan.qat.steps;
     let mut report = |phase: &'static str, e: &FitEvent| {
         progress(&Progress {

@@ -64,7 +64,9 @@ pub struct MetaConfig {
     /// `θ_0` to `θ_K`, `h_t = ⟨∇_t L(θ_K), (θ_K − θ_0)_t⟩` (one more minibatch gradient) is the
     /// derivative of the task loss with respect to `ln s_t` to first order (every update of
     /// tensor `t` scales with `s_t`), and `ln s_t` moves by this step against the sign of
-    /// `h_t`, within `[ln 1/8, ln 8]`. `None`: no multipliers.
+    /// `h_t`, within `[ln 1/8, ln 8]`. `None`: no multipliers. The CLI stores them in the
+    /// base's description (`"lr_scale"`), where the encoder finds them
+    /// (`codec::base_lr_scale`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta_sgd: Option<f32>,
 }

@@ -546,3 +546,32 @@ fn meta_sgd_raises_learning_rates_that_are_too_small_and_resumes_exactly() {
     );
     assert!(s3.is_empty());
 }
+
+#[test]
+fn the_encoder_uses_a_bases_learning_rate_multipliers() {
+    let arch = tiny_config().arch(3).expect("arch");
+    let params = inr::bench_api::siren_init(&inr::bench_api::shape_of(&arch), 3);
+    let img = family_image(8, 24, 16);
+    let encode_with = |description: String| {
+        let base = Base::new(arch, params.clone(), description).expect("base");
+        let cfg = EncodeConfig {
+            base: BaseChoice::Custom(base.clone()),
+            ..tiny_config()
+        };
+        let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).expect("encode");
+        let with = DecodeOptions {
+            bases: vec![base],
+            ..Default::default()
+        };
+        assert_eq!(decode(&e.bytes, &with).expect("decode"), e.recon);
+        e.psnr
+    };
+    let n = arch.num_tensors();
+    let plain = encode_with("plain".into());
+    let lr = |v: Vec<f32>| serde_json::json!({ "lr_scale": v }).to_string();
+    // Multipliers of 1 change nothing; others change the fit; malformed ones are ignored.
+    assert_eq!(encode_with(lr(vec![1.0; n])), plain);
+    assert_ne!(encode_with(lr(vec![4.0; n])), plain);
+    assert_eq!(encode_with(lr(vec![4.0; n - 1])), plain);
+    assert_eq!(encode_with(lr(vec![100.0; n])), plain);
+}

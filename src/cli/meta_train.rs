@@ -152,8 +152,7 @@ pub struct MetaTrainArgs {
     /// Weights mode: Meta-SGD per tensor, with this step on the log learning-rate multipliers
     /// (e.g. 0.01): a learning-rate multiplier per tensor is learned with the base by a
     /// first-order hypergradient and used by the inner fits and the validation; it is stored
-    /// in the base's description (`lr_scale`). The encoder does not read it (yet): this
-    /// measures what such rates would buy.
+    /// in the base's description (`lr_scale`), and `inr encode --base` fits with it.
     #[arg(long, value_name = "BETA")]
     pub meta_sgd: Option<f32>,
     /// Validation images (a folder): mean PSNR after --val-steps encoder steps, printed every
