@@ -548,7 +548,7 @@ fn meta_sgd_raises_learning_rates_that_are_too_small_and_resumes_exactly() {
 }
 
 #[test]
-fn the_encoder_uses_a_bases_learning_rate_multipliers() {
+fn the_encoder_uses_a_bases_learning_rate_multipliers_when_asked() {
     let arch = tiny_config().arch(3).expect("arch");
     let params = inr::bench_api::siren_init(&inr::bench_api::shape_of(&arch), 3);
     let img = family_image(8, 24, 16);
@@ -556,6 +556,7 @@ fn the_encoder_uses_a_bases_learning_rate_multipliers() {
         let base = Base::new(arch, params.clone(), description).expect("base");
         let cfg = EncodeConfig {
             base: BaseChoice::Custom(base.clone()),
+            base_lr_scale: true,
             ..tiny_config()
         };
         let e = encode_image(&img, &cfg, &mut |_: &inr::Progress| {}).expect("encode");
@@ -564,14 +565,23 @@ fn the_encoder_uses_a_bases_learning_rate_multipliers() {
             ..Default::default()
         };
         assert_eq!(decode(&e.bytes, &with).expect("decode"), e.recon);
-        e.psnr
+        // Without the opt-in the multipliers are not used.
+        let off = EncodeConfig {
+            base_lr_scale: false,
+            ..cfg
+        };
+        let e0 = encode_image(&img, &off, &mut |_: &inr::Progress| {}).expect("encode");
+        (e.psnr, e0.psnr)
     };
     let n = arch.num_tensors();
-    let plain = encode_with("plain".into());
+    let (plain, _) = encode_with("plain".into());
     let lr = |v: Vec<f32>| serde_json::json!({ "lr_scale": v }).to_string();
-    // Multipliers of 1 change nothing; others change the fit; malformed ones are ignored.
-    assert_eq!(encode_with(lr(vec![1.0; n])), plain);
-    assert_ne!(encode_with(lr(vec![4.0; n])), plain);
-    assert_eq!(encode_with(lr(vec![4.0; n - 1])), plain);
-    assert_eq!(encode_with(lr(vec![100.0; n])), plain);
+    // Multipliers of 1 change nothing; others change the fit (only when asked for);
+    // malformed ones are ignored.
+    assert_eq!(encode_with(lr(vec![1.0; n])), (plain, plain));
+    let (with, without) = encode_with(lr(vec![4.0; n]));
+    assert_ne!(with, plain);
+    assert_eq!(without, plain);
+    assert_eq!(encode_with(lr(vec![4.0; n - 1])), (plain, plain));
+    assert_eq!(encode_with(lr(vec![100.0; n])), (plain, plain));
 }
