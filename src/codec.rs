@@ -71,7 +71,7 @@ pub struct EncodeConfig {
     /// How the hidden matrices' bit widths are chosen (without `target_bpp`).
     pub bit_allocation: BitAllocation,
     /// Fit with the per-tensor learning-rate multipliers a Meta-SGD base records
-    /// ([`base_lr_scale`]; `inr encode --base-lr-scale`). Off by default: on kodim13–16 they
+    /// (the `"lr_scale"` of its description; `inr encode --base-lr-scale`). Off by default: on kodim13–16 they
     /// cost 0.7 dB at 300 steps (README, "Meta-SGD").
     pub base_lr_scale: bool,
     /// Weight sharing: the matrices `W_1 .. W_D` each keep only this many distinct values
@@ -1458,13 +1458,13 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeError> 
     if format::is_grid_file(bytes) {
         return crate::grid_codec::decode_grid(bytes, opts);
     }
-    // §4.6.2: a file whose masks are its base's support is read with the base's weights.
-    let file = match format::base_masks_id(bytes, &opts.limits)? {
-        Some(id) => {
+    // §4.6.2: a file whose masks are its base's support is read again with the base's weights.
+    let file = match format::read_file(bytes, &opts.limits) {
+        Err(format::FormatError::BaseMasksNeedBase { id }) => {
             let b = weight_base(id, opts)?;
             format::read_file_with_base(bytes, &opts.limits, Some(&b.params))?
         }
-        None => format::read_file(bytes, &opts.limits)?,
+        other => other?,
     };
     let (w, h) = opts.output_size(file.width, file.height)?;
     opts.limits

@@ -1582,19 +1582,6 @@ pub fn mode_name(bytes: &[u8]) -> Option<&'static str> {
     })
 }
 
-/// The base id a file with base masks (§4.6.2, flag bit 9) needs before it can be read
-/// ([`read_file_with_base`]), or `None` for another image file of §2.
-///
-/// # Errors
-/// As [`read_file`], for what it checks before the masks (the whole structure and the CRC).
-///
-/// # Panics
-/// Never, for any input.
-pub fn base_masks_id(bytes: &[u8], limits: &Limits) -> Result<Option<u64>, FormatError> {
-    let p = parse(bytes, limits)?;
-    Ok(p.base_id.filter(|_| p.flags & FLAG_BASE_MASKS != 0))
-}
-
 /// As [`read_file`]; `base` are the weights of the file's base (§4.5), needed by a file whose
 /// masks are the base's support (§4.6.2, flag bit 9: without them such a file gives
 /// [`FormatError::BaseMasksNeedBase`]) and ignored by any other.

@@ -216,14 +216,16 @@ fn weight_stats(bytes: &[u8], bases: &[inr::base::Base]) -> Value {
         return grid_stats(bytes);
     }
     let limits = inr::format::Limits::default();
-    let base = match inr::format::base_masks_id(bytes, &limits) {
-        Ok(Some(id)) => match inr::base::find(id, bases) {
-            Ok(b) => Some(b.params.as_slice()),
-            Err(_) => return Value::Null,
-        },
-        _ => None,
+    let f = match inr::format::read_file(bytes, &limits) {
+        Err(inr::format::FormatError::BaseMasksNeedBase { id }) => {
+            let Ok(b) = inr::base::find(id, bases) else {
+                return Value::Null;
+            };
+            inr::format::read_file_with_base(bytes, &limits, Some(&b.params))
+        }
+        other => other,
     };
-    let Ok(f) = inr::format::read_file_with_base(bytes, &limits, base) else {
+    let Ok(f) = f else {
         return Value::Null;
     };
     let (mut nz_hidden, mut n_hidden) = (0usize, 0usize);
