@@ -453,6 +453,9 @@ pub struct Limits {
     pub max_dim: u32,
     /// Largest network parameter count (bounds the entropy decoder's work and memory).
     pub max_params: u64,
+    /// Largest latent count of an image grid file's pyramid (all levels, §13.4): it bounds the
+    /// latent decoder's work and memory as `max_params` does the network's.
+    pub max_latents: u64,
     /// Largest accepted file size in bytes.
     pub max_file_bytes: u64,
     /// Largest length-prefixed section (the payload, each payload group; §4.2) in bytes.
@@ -470,9 +473,11 @@ impl Limits {
     pub const DEFAULT_MAX_DIM: u32 = 65535;
     /// Default largest pixel count: 2^28 (16384 x 16384).
     pub const DEFAULT_MAX_PIXELS: u64 = 1 << 28;
-    /// Default largest parameter count: 2^24 (about 16.8M; the `huge` preset has about 60k; a
-    /// grid file's latent pyramid has about 4/3 latents per pixel, so 2^24 is about 12.6 Mpx).
+    /// Default largest parameter count: 2^24 (about 16.8M; the `huge` preset has about 60k).
     pub const DEFAULT_MAX_PARAMS: u64 = 1 << 24;
+    /// Default largest latent count of an image grid file: 2^26 (about 67M; a pyramid has
+    /// about 4/3 latents per pixel, so this is about 50 Mpx; 256 MiB of decoded latents).
+    pub const DEFAULT_MAX_LATENTS: u64 = 1 << 26;
     /// Default largest file: 256 MiB.
     pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 << 20;
     /// Default largest section: 64 MiB (2^24 parameters at 16 bits need at most 32 MiB).
@@ -520,13 +525,15 @@ impl Limits {
 }
 
 impl Default for Limits {
-    /// The `DEFAULT_*` constants: 65535 per side, 2^28 pixels, 2^24 parameters, 256 MiB per
-    /// file, 64 MiB per section, 2^40 multiply-adds of rendering, 2^32 audio samples.
+    /// The `DEFAULT_*` constants: 65535 per side, 2^28 pixels, 2^24 parameters, 2^26 grid
+    /// latents, 256 MiB per file, 64 MiB per section, 2^40 multiply-adds of rendering, 2^32
+    /// audio samples.
     fn default() -> Self {
         Limits {
             max_pixels: Self::DEFAULT_MAX_PIXELS,
             max_dim: Self::DEFAULT_MAX_DIM,
             max_params: Self::DEFAULT_MAX_PARAMS,
+            max_latents: Self::DEFAULT_MAX_LATENTS,
             max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
             max_section_bytes: Self::DEFAULT_MAX_SECTION_BYTES,
             max_work: Self::DEFAULT_MAX_WORK,

@@ -245,11 +245,11 @@ pub fn grid_tensor_lens(
     validate_grid_arch(arch, limits)?;
     let dims = grid_level_dims(width, height, arch.coord_dims);
     let latents: u64 = dims.iter().map(|&(w, h)| u64::from(w) * u64::from(h)).sum();
-    if latents > limits.max_params {
+    if latents > limits.max_latents {
         return Err(FormatError::LimitExceeded {
             what: "latent count (all grid levels)",
             value: latents,
-            limit: limits.max_params,
+            limit: limits.max_latents,
         });
     }
     // Per pixel: the network and 4 bilinear taps per level.

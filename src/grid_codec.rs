@@ -155,7 +155,7 @@ impl GridEncodeConfig {
     /// # Errors
     /// [`EncodeError::Parameter`] for a base that does not suit the settings,
     /// [`EncodeError::Format`] for an image a default decoder would reject in this mode (a
-    /// `LimitExceeded` one when it has too many latents: above about 12.6 Mpx at 8 levels).
+    /// `LimitExceeded` one when it has too many latents: above about 50 Mpx at 8 levels).
     pub fn check_image(&self, width: u32, height: u32, channels: u8) -> Result<(), EncodeError> {
         let (eff, _) = resolve_base(self, channels)?;
         format::grid_tensor_lens(

@@ -1379,7 +1379,7 @@ fn grid_shared_mode_encode_decode_info_and_refusals() {
 
 /// Without `--mode`, an image is coded in the grid mode unless flags of one other mode say
 /// otherwise (flags of two modes are a usage error), and an image too large for the grid mode
-/// (more than 2^24 latents) falls back to the weight mode with a note, in `encode` and in
+/// (more than 2^26 latents) falls back to the weight mode with a note, in `encode` and in
 /// `batch`.
 #[test]
 fn default_image_mode_follows_the_flags_and_the_image_size() {
@@ -1420,15 +1420,15 @@ fn default_image_mode_follows_the_flags_and_the_image_size() {
         assert!(err.contains("--mode"), "{extra:?}: {err}");
     }
 
-    // 4400x3000 has about 17.6M latents at 8 levels: over the grid mode's 2^24 (gray, to keep
+    // 8192x6160 has about 67.3M latents at 8 levels: over the grid mode's 2^26 (gray, to keep
     // the file small: the latent count does not depend on the channels).
     let big = dir.path().join("in").join("big.pgm");
     std::fs::create_dir(big.parent().unwrap()).unwrap();
-    let mut pgm = b"P5\n4400 3000\n255\n".to_vec();
-    pgm.extend((0..4400 * 3000).map(|i| (i % 251) as u8));
+    let mut pgm = b"P5\n8192 6160\n255\n".to_vec();
+    pgm.extend((0..8192 * 6160).map(|i| (i % 251) as u8));
     write(&big, &pgm);
     std::fs::copy(&img, dir.path().join("in").join("small.png")).unwrap();
-    // A tiny network keeps the weight-mode encode of 13.2 Mpx under a second.
+    // A tiny network keeps the weight-mode encode of 50.5 Mpx to a few seconds.
     let small_net = [
         "--preset", "tiny", "--steps", "1", "--bits", "8", "--width", "4",
     ];

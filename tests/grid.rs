@@ -767,7 +767,7 @@ fn readers_refuse_each_others_files_by_name() {
 fn limits_are_checked_before_decoding() {
     let bytes = small_file();
     let tight = Limits {
-        max_params: 100, // the pyramid of a 17x11 image has 187 + 54 + 15 latents
+        max_latents: 100, // the pyramid of a 17x11 image has 187 + 54 + 15 latents
         ..Limits::default()
     };
     let e = format::read_grid_file(&bytes, &tight).unwrap_err();
@@ -778,13 +778,15 @@ fn limits_are_checked_before_decoding() {
     };
     assert!(decode(&bytes, &opts).is_err());
     // The encoder refuses an image whose latent count a default decoder would reject.
+    // 8192x6160 at 5 levels: 67,217,920 latents, just over the default 2^26.
     let huge = Image {
-        width: 4096,
-        height: 4096,
+        width: 8192,
+        height: 6160,
         channels: 1,
-        data: vec![0; 4096 * 4096],
+        data: vec![0; 8192 * 6160],
     };
-    assert!(encode_grid(&huge, &cfg(1, 0.01), &mut |_| {}).is_err());
+    let e = encode_grid(&huge, &cfg(1, 0.01), &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("latent count"), "{e}");
 }
 
 /// The fit's latent gradient path: `Sampler::scatter` (band shares merged in order) is the

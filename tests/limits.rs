@@ -1,5 +1,5 @@
 //! Decoder limits (`inr::Limits`): each one refuses before allocating or rendering, the CLI
-//! flags `--max-pixels/--max-params/--max-work/--max-file-bytes` lower and raise them, the
+//! flags `--max-pixels/--max-params/--max-latents/--max-work/--max-file-bytes` lower and raise them, the
 //! error names the flag, and the encoder refuses up front what a default decoder would refuse.
 
 use std::path::PathBuf;
@@ -259,6 +259,39 @@ fn cli_flags_lower_limits_and_name_themselves() {
     assert!(run(&["--max-work", "1000"]).contains("--max-work"));
     assert!(run(&["--max-file-bytes", "100"]).contains("--max-file-bytes"));
     assert!(!out.exists());
+    // A grid file's latents have their own limit (2^26 by default), named by its flag.
+    let grid = t.path().join("g.inr");
+    Command::cargo_bin("inr")
+        .unwrap()
+        .args(["--quiet", "encode"])
+        .arg(fixture("rgb_16x16.png"))
+        .arg("-o")
+        .arg(&grid)
+        .args(["--steps", "5", "--mode", "grid"])
+        .assert()
+        .success();
+    let decode_grid = |args: &[&str]| {
+        Command::cargo_bin("inr")
+            .unwrap()
+            .arg("decode")
+            .arg(&grid)
+            .arg("-o")
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // 16x16 at 8 levels: 256 + 64 + 16 + 4 + 1 + 1 + 1 + 1 = 344 latents.
+    let o = decode_grid(&["--max-latents", "343"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("latent count") && err.contains("--max-latents"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert!(decode_grid(&["--max-latents", "344"]).status.success());
+    std::fs::remove_file(&out).unwrap();
     // eval takes them too.
     Command::cargo_bin("inr")
         .unwrap()

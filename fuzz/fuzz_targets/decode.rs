@@ -2,7 +2,7 @@
 //! the container round trip (`format::read_file` -> `write_file` -> `read_file`).
 //!
 //! Limits are lowered so that one input costs milliseconds (the defaults allow 2^24
-//! parameters and 2^28 pixels: bounded, but seconds per input). Invariants checked on
+//! parameters, 2^26 grid latents and 2^28 pixels: bounded, but seconds per input). Invariants checked on
 //! success: output size matches the header, and a file the reader accepts re-serialises to a
 //! file the reader accepts with identical contents (the writer may pick the other entropy
 //! model mode, so bytes need not be identical).
@@ -18,6 +18,7 @@ fn limits() -> Limits {
     Limits {
         max_pixels: 1 << 14,
         max_params: 1 << 14,
+        max_latents: 1 << 14,
         max_samples: 1 << 14,
         ..Limits::default()
     }

@@ -60,7 +60,7 @@ pub struct BatchArgs {
     /// or --base FILE.inrb; a few seconds per image).
     /// Default: as in `inr encode`: `grid` for images and WAV files, unless --latent-step
     /// (`modulations`) or a --base file's kind says otherwise; without --mode an image too
-    /// large for the grid mode (about 12.6 Mpx) is coded in the weight mode. WAV files take
+    /// large for the grid mode (about 50 Mpx) is coded in the weight mode. WAV files take
     /// `grid` or `weights` only (other modes give them a failed row).
     #[arg(long, value_enum)]
     pub mode: Option<super::encode::Mode>,

@@ -153,7 +153,7 @@ pub struct EncodeArgs {
     /// (`--density`, `--kmeans`, `--prune-*`, `--bit-allocation`, `--pe-freqs`, `--batch`:
     /// `weights`; `--latent-*`: `modulations`; `--output-layer`: `grid-shared`) or `--base`
     /// names a weight or modulation base; an image too large for the grid mode (more than
-    /// 2^24 latents, about 12.6 Mpx) is coded in the weight mode, with a note.
+    /// 2^26 latents, about 50 Mpx) is coded in the weight mode, with a note.
     /// `weights` fits and stores a whole network per image (minutes; below the grid mode at
     /// every measured rate on Kodak); `modulations` stores only a grid of latent vectors for a shared meta-learned network
     /// (seconds; needs a modulation base: the embedded one by default, or --base FILE.inrb

@@ -233,9 +233,12 @@ pub struct LimitArgs {
     /// Largest image, coded or rendered, in pixels (default 268435456 = 2^28).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pixels: Option<u64>,
-    /// Largest network, in parameters (default 16777216 = 2^24; a grid file counts its latents).
+    /// Largest network, in parameters (default 16777216 = 2^24).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_params: Option<u64>,
+    /// Largest latent pyramid of an image grid file (default 67108864 = 2^26, about 50 Mpx).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_latents: Option<u64>,
     /// Largest rendering work, in output pixels x parameters (default 2^40).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_work: Option<u64>,
@@ -251,6 +254,7 @@ impl LimitArgs {
         inr::Limits {
             max_pixels: self.max_pixels.unwrap_or(d.max_pixels),
             max_params: self.max_params.unwrap_or(d.max_params),
+            max_latents: self.max_latents.unwrap_or(d.max_latents),
             max_work: self.max_work.unwrap_or(d.max_work),
             max_file_bytes: self.max_file_bytes.unwrap_or(d.max_file_bytes),
             ..d
@@ -264,6 +268,8 @@ pub fn limit_hint(what: &str) -> &'static str {
         " (raise it with --max-work N, or render at a smaller --size)"
     } else if what.contains("pixel") {
         " (raise it with --max-pixels N)"
+    } else if what.contains("latent count") {
+        " (raise it with --max-latents N)"
     } else if what.contains("parameter") {
         " (raise it with --max-params N)"
     } else if what.contains("file size") {
