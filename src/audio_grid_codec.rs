@@ -71,8 +71,9 @@ pub struct AudioGridEncodeConfig {
     /// Where every segment's synthesis network starts: the embedded audio grid base (§10.5)
     /// for the architecture if this binary has one (else random), the seeded random
     /// initialisation, or an audio grid base from `inr meta-train --modality audio --mode
-    /// grid`, whose architecture then replaces `levels`, `width`, `depth` and `w0`.
-    /// Encoder-only: files never depend on a base.
+    /// grid`, whose architecture then replaces `levels`, `width`, `depth` and `w0`. A mono
+    /// base (the embedded one is mono) starts a clip of several channels with its output layer
+    /// copied to every channel. Encoder-only: files never depend on a base.
     pub base: BaseChoice,
 }
 
@@ -109,7 +110,8 @@ impl AudioGridEncodeConfig {
     /// of its fits (see [`AudioGridEncodeConfig::base`]).
     ///
     /// # Errors
-    /// [`EncodeError::Parameter`] for a base that is not an audio grid base for `channels`.
+    /// [`EncodeError::Parameter`] for a base that is not an audio grid base for `channels`
+    /// channels or for one.
     pub fn resolve_base(
         &self,
         channels: u8,
@@ -117,9 +119,11 @@ impl AudioGridEncodeConfig {
         let mut eff = self.clone();
         let base = match &self.base {
             BaseChoice::None => None,
-            BaseChoice::Default => {
-                crate::base::embedded_audio_grid_for(&self.arch(channels)).cloned()
-            }
+            // A clip of several channels without a base of its own starts from the mono base
+            // (see `start_params`).
+            BaseChoice::Default => crate::base::embedded_audio_grid_for(&self.arch(channels))
+                .or_else(|| crate::base::embedded_audio_grid_for(&self.arch(1)))
+                .cloned(),
             BaseChoice::Custom(b) => {
                 if !b.grid_audio {
                     return Err(EncodeError::Parameter(format!(
@@ -130,9 +134,10 @@ impl AudioGridEncodeConfig {
                         b.a_kind()
                     )));
                 }
-                if b.arch.out_channels != channels {
+                if b.arch.out_channels != channels && b.arch.out_channels != 1 {
                     return Err(EncodeError::Parameter(format!(
-                        "audio grid base {:016x} is for {} channel(s), the clip has {channels}",
+                        "audio grid base {:016x} is for {} channel(s), the clip has {channels} \
+                         (a mono base starts a clip of any channel count)",
                         b.id(),
                         b.arch.out_channels
                     )));
@@ -141,7 +146,7 @@ impl AudioGridEncodeConfig {
                 eff.width = b.arch.width;
                 eff.depth = b.arch.depth;
                 eff.w0 = b.arch.w0_first;
-                if b.arch != eff.arch(channels) {
+                if b.arch != eff.arch(b.arch.out_channels) {
                     return Err(EncodeError::Parameter(format!(
                         "audio grid base {:016x} has architecture {:?}; this encoder uses one \
                          w0 for every layer",
@@ -203,6 +208,27 @@ fn check_config(cfg: &AudioGridEncodeConfig) -> Result<(), EncodeError> {
     Ok(())
 }
 
+/// The synthesis weights every segment's fit starts from: the base's, with a mono base's
+/// output layer copied to every channel of a clip of several (each channel starts as the mono
+/// network's output; they part as the fit goes on: channels of a clip are mostly alike).
+fn start_params(base: &Base, channels: u8) -> Vec<f32> {
+    let from = usize::from(base.arch.out_channels);
+    let to = usize::from(channels);
+    if from == to {
+        return base.params.clone();
+    }
+    debug_assert_eq!(from, 1, "resolve_base admits mono bases only");
+    let lens = base.arch.tensor_lens();
+    let (w_last, b_last) = (lens[lens.len() - 2], lens[lens.len() - 1]);
+    let head = base.params.len() - w_last - b_last;
+    let mut p = base.params[..head].to_vec();
+    // W_D is [width][1] row-major (§6.1): each row's value repeated `to` times; then b_D.
+    for &v in &base.params[head..] {
+        p.extend(std::iter::repeat_n(v, to));
+    }
+    p
+}
+
 fn encode_inner(
     src: &mut dyn AudioSource,
     cfg: &AudioGridEncodeConfig,
@@ -211,9 +237,10 @@ fn encode_inner(
     check_config(cfg)?;
     let spec = src.spec();
     let (cfg, base) = &cfg.resolve_base(spec.channels)?;
-    let start = base
-        .as_ref()
-        .map(|b| crate::grid_meta::start_of(&cfg.arch(spec.channels), b.params.clone()));
+    let start = base.as_ref().map(|b| {
+        let arch = cfg.arch(spec.channels);
+        crate::grid_meta::start_of(&arch, start_params(b, spec.channels))
+    });
     let start = start.as_ref();
     let frames = src.frames();
     let header = AudioHeader {
@@ -624,4 +651,75 @@ pub fn decode_audio_grid_stream(
         sink(&h, b0 as u64 * u64::from(h.window_len), &blocks.concat())?;
     }
     Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// §6.1/§8.3 forward pass of a synthesis network (weights `[in][out]` row-major), written
+    /// out here so the check does not share the encoder's code.
+    fn forward(arch: &Arch, p: &[f32], x: &[f32]) -> Vec<f32> {
+        let lens = arch.tensor_lens();
+        let (mut at, mut h) = (0, x.to_vec());
+        for l in 0..=usize::from(arch.depth) {
+            let n_in = h.len();
+            let n_out = lens[2 * l] / n_in;
+            let (w, b) = (&p[at..at + n_in * n_out], &p[at + n_in * n_out..][..n_out]);
+            at += n_in * n_out + n_out;
+            let w0 = if l == 0 {
+                arch.w0_first
+            } else {
+                arch.w0_hidden
+            } as f32;
+            h = (0..n_out)
+                .map(|o| {
+                    let z = (0..n_in).fold(b[o], |s, i| s + h[i] * w[i * n_out + o]);
+                    if l < usize::from(arch.depth) {
+                        (w0 * z).sin()
+                    } else {
+                        z
+                    }
+                })
+                .collect();
+        }
+        assert_eq!(at, p.len());
+        h
+    }
+
+    #[test]
+    fn a_mono_base_starts_every_channel_as_the_mono_network() {
+        let cfg = AudioGridEncodeConfig::default();
+        let mono = cfg.arch(1);
+        let params: Vec<f32> = (0..mono.num_params())
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 60.0)
+            .collect();
+        let base = Base::new_audio_grid(mono, params, String::new()).unwrap();
+        for channels in [1u8, 2, 5] {
+            let wide = start_params(&base, channels);
+            assert_eq!(wide.len(), cfg.arch(channels).num_params());
+            for k in 0..4 {
+                let x: Vec<f32> = (0..usize::from(mono.coord_dims))
+                    .map(|i| ((i + 3 * k) as f32 * 0.37).sin())
+                    .collect();
+                let y = forward(&mono, &base.params, &x);
+                let yw = forward(&cfg.arch(channels), &wide, &x);
+                assert_eq!(yw, vec![y[0]; usize::from(channels)]);
+            }
+        }
+        // The default start of a clip of several channels is the embedded mono base; a custom
+        // mono base is accepted for any channel count, a stereo one only for stereo clips.
+        let embedded = crate::base::embedded_audio_grid_for(&mono).expect("embedded base");
+        assert_eq!(cfg.start_id(2), Some(embedded.id()));
+        let custom = |b: &Base| AudioGridEncodeConfig {
+            base: BaseChoice::Custom(b.clone()),
+            ..AudioGridEncodeConfig::default()
+        };
+        assert_eq!(custom(&base).start_id(3), Some(base.id()));
+        let stereo =
+            Base::new_audio_grid(cfg.arch(2), start_params(&base, 2), String::new()).unwrap();
+        assert!(custom(&stereo).resolve_base(2).is_ok());
+        let e = custom(&stereo).resolve_base(3).unwrap_err();
+        assert!(e.to_string().contains("2 channel(s)"), "{e}");
+    }
 }

@@ -420,13 +420,17 @@ fn audio_grid_meta_training_helps_held_out_clips_and_is_deterministic() {
     };
     let err = inr::encode_grid(&img, &g, &mut |_: &inr::Progress| {}).unwrap_err();
     assert!(err.to_string().contains("audio grid"), "{err}");
-    // A stereo clip cannot start from a mono base; an image grid base is refused for audio.
+    // A stereo clip starts from a mono base (its output copied per channel) and decodes
+    // without it; an image grid base is refused for audio.
     let stereo = tone(spec(8000, 2, SampleKind::Int, 16), 500, 0.5);
     let c = AudioGridEncodeConfig {
-        base: inr::BaseChoice::Custom(base),
+        base: inr::BaseChoice::Custom(base.clone()),
         ..cfg(5)
     };
-    assert!(encode_audio_grid(&mut stereo.clone(), &c, &mut |_: &inr::Progress| {}).is_err());
+    assert_eq!(c.start_id(2), Some(base.id()));
+    let e = encode(&stereo, &c);
+    let (psnr, _) = decode_and_measure(&e.bytes, &stereo);
+    assert!((psnr - e.quality.psnr).abs() < 1e-9);
     let image_base = inr::base::embedded_grid_for(&inr::grid_arch(&Default::default(), 3))
         .expect("embedded image grid base")
         .clone();
@@ -444,7 +448,8 @@ fn mono_clips_start_from_the_embedded_audio_grid_base() {
     let embedded = inr::base::embedded_audio_grid_for(&c.arch(1)).expect("embedded base");
     assert!(embedded.grid_audio);
     assert_eq!(c.start_id(1), Some(embedded.id()));
-    assert_eq!(c.start_id(2), None);
+    // Clips of several channels start from it too (its output copied to every channel).
+    assert_eq!(c.start_id(2), Some(embedded.id()));
     let none = AudioGridEncodeConfig {
         base: inr::BaseChoice::None,
         ..AudioGridEncodeConfig::default()
