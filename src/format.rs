@@ -47,8 +47,9 @@ mod grid;
 pub use grid::{
     grid_level_dims, grid_tensor_lens, is_grid_file, predicted_shapes, read_grid_file,
     read_grid_file_with, validate_grid_arch, write_grid_file, GridInfo, GridInrFile,
-    LevelPredictor, Synthesis, FLAG_GRID, FLAG_GRID_CONTEXTS, FLAG_GRID_HEAD, FLAG_GRID_PREDICT,
-    GRID_HEAD_TENSORS, MAX_GRID_DEPTH, MAX_GRID_LEVELS, PREDICTOR_ENTRY_BYTES, VERSION_GRID,
+    LevelPredictor, Synthesis, Upsampling, FLAG_GRID, FLAG_GRID_BSPLINE, FLAG_GRID_CONTEXTS,
+    FLAG_GRID_HEAD, FLAG_GRID_PREDICT, GRID_HEAD_TENSORS, MAX_GRID_DEPTH, MAX_GRID_LEVELS,
+    PREDICTOR_ENTRY_BYTES, VERSION_GRID,
 };
 
 /// §3.1 Magic bytes: `0x89 'I' 'N' 'R'` (a high byte first, as in PNG, catches 7-bit and
@@ -1223,7 +1224,12 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, FormatError
         && modality == MODALITY_IMAGE
         && flags & FLAG_GRID != 0
         && flags
-            & !(KNOWN_FLAGS | FLAG_GRID | FLAG_GRID_PREDICT | FLAG_GRID_HEAD | FLAG_GRID_CONTEXTS)
+            & !(KNOWN_FLAGS
+                | FLAG_GRID
+                | FLAG_GRID_PREDICT
+                | FLAG_GRID_HEAD
+                | FLAG_GRID_CONTEXTS
+                | FLAG_GRID_BSPLINE)
             == 0
     {
         return Err(FormatError::InvalidField {

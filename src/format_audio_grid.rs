@@ -452,6 +452,7 @@ pub(super) fn inspect_audio_grid(bytes: &[u8], limits: &Limits) -> Result<FileIn
             synth_params,
             latent_stream_bytes,
             latent_contexts: GridContexts::Five.count() as u8,
+            upsampling: super::Upsampling::Bilinear.name(),
             predictor: (predicted == n && n > 0)
                 .then(|| first.and_then(|s| s.body.predictor.clone()))
                 .flatten(),

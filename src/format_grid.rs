@@ -33,6 +33,32 @@ pub const FLAG_GRID_HEAD: u16 = 1 << 7;
 /// §13.1 Flag bit 8 (grid files): the latent stream uses the twelve contexts of §5.9 instead
 /// of five.
 pub const FLAG_GRID_CONTEXTS: u16 = 1 << 8;
+/// §13.5 Flag bit 10 (image grid files): the levels are upsampled with cubic B-spline taps
+/// (four per axis) instead of bilinear ones.
+pub const FLAG_GRID_BSPLINE: u16 = 1 << 10;
+
+/// §13.5 How an image grid file's latent levels are upsampled to the output grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Upsampling {
+    /// Two taps per axis (§13.5 steps 1–2), every file without flag bit 10.
+    #[default]
+    Bilinear,
+    /// Four cubic B-spline taps per axis (§13.5 step 2b, flag bit 10): smoother features at
+    /// about twice the sampling work.
+    BSpline,
+}
+
+impl Upsampling {
+    /// The name `inr info` and `--upsampling` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Upsampling::Bilinear => "bilinear",
+            Upsampling::BSpline => "b-spline",
+        }
+    }
+}
+
 /// §13.8 Synthesis tensors a file with flag bit 7 codes: the output layer's weights and biases.
 pub const GRID_HEAD_TENSORS: usize = 2;
 /// §13.7 Bytes of one level's entry in the predictor section: 5 `i16` coefficients and the
@@ -66,6 +92,8 @@ pub struct GridInrFile {
     pub base_id: Option<u64>,
     /// §5.9 The latent stream's context set: [`GridContexts::Twelve`] with flag bit 8.
     pub contexts: GridContexts,
+    /// §13.5 The levels' upsampling: [`Upsampling::BSpline`] with flag bit 10.
+    pub upsampling: Upsampling,
 }
 
 /// Which synthesis tensors a grid file codes (§13.1, §13.8).
@@ -155,6 +183,8 @@ pub struct GridInfo {
     pub latent_stream_bytes: u64,
     /// §5.9 Contexts of the latent stream: 5, or 12 with flag bit 8.
     pub latent_contexts: u8,
+    /// §13.5 "bilinear", or "b-spline" with flag bit 10.
+    pub upsampling: &'static str,
     /// §13.7 The per-level predictors of a file with predicted latents.
     pub predictor: Option<Vec<LevelPredictor>>,
 }
@@ -293,7 +323,7 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION_GRID);
     out.push(MODALITY_IMAGE);
-    let flags = grid_flags(synth, f.predictor.is_some(), f.contexts);
+    let flags = grid_flags(synth, f.predictor.is_some(), f.contexts, f.upsampling);
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&f.width.to_le_bytes());
     out.extend_from_slice(&f.height.to_le_bytes());
@@ -306,9 +336,17 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
 
 /// The flags of an image grid file (§3.4, §13.1): bit 3, bit 0 with a shared synthesis
 /// (§13.8) and bit 7 when its output layer is coded, bit 6 with predicted latents (§13.7), bit
-/// 8 with the twelve latent contexts (§5.9).
-fn grid_flags(synth: Synthesis, predicted: bool, contexts: GridContexts) -> u16 {
+/// 8 with the twelve latent contexts (§5.9), bit 10 with B-spline upsampling (§13.5).
+fn grid_flags(
+    synth: Synthesis,
+    predicted: bool,
+    contexts: GridContexts,
+    upsampling: Upsampling,
+) -> u16 {
     let mut flags = FLAG_GRID;
+    if upsampling == Upsampling::BSpline {
+        flags |= FLAG_GRID_BSPLINE;
+    }
     if contexts == GridContexts::Twelve {
         flags |= FLAG_GRID_CONTEXTS;
     }
@@ -492,6 +530,7 @@ struct ParsedGrid<'a> {
     base_id: Option<u64>,
     synth: Synthesis,
     contexts: GridContexts,
+    upsampling: Upsampling,
     body: GridBody<'a>,
 }
 
@@ -626,8 +665,12 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             expected: "1 (image)",
         });
     }
-    const KNOWN: u16 =
-        FLAG_GRID | FLAG_GRID_PREDICT | super::FLAG_BASE | FLAG_GRID_HEAD | FLAG_GRID_CONTEXTS;
+    const KNOWN: u16 = FLAG_GRID
+        | FLAG_GRID_PREDICT
+        | super::FLAG_BASE
+        | FLAG_GRID_HEAD
+        | FLAG_GRID_CONTEXTS
+        | FLAG_GRID_BSPLINE;
     if flags & !KNOWN != 0 {
         return Err(FormatError::UnknownFlags {
             flags,
@@ -640,7 +683,7 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             field: "flags",
             value: flags.into(),
             expected: "0x0008, 0x0009, 0x0048, 0x0049, 0x0089 or 0x00c9, each also with \
-                       0x0100 (grid mode); without flag bit 3 this is a plain image file: read \
+                       0x0100 and 0x0400 (grid mode); without flag bit 3 this is a plain image file: read \
                        it with the image reader (format::read_file)",
         });
     }
@@ -684,6 +727,11 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             GridContexts::Twelve
         } else {
             GridContexts::Five
+        },
+        upsampling: if flags & FLAG_GRID_BSPLINE != 0 {
+            Upsampling::BSpline
+        } else {
+            Upsampling::Bilinear
         },
         body,
     })
@@ -773,6 +821,7 @@ pub fn read_grid_file_with<E: From<FormatError>>(
         predictor,
         base_id: p.base_id,
         contexts: p.contexts,
+        upsampling: p.upsampling,
     })
 }
 
@@ -808,7 +857,12 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         .map_or(0, |v| v.len() * PREDICTOR_ENTRY_BYTES);
     Ok(FileInfo {
         version: VERSION_GRID,
-        flags: grid_flags(p.synth, p.body.predictor.is_some(), p.contexts),
+        flags: grid_flags(
+            p.synth,
+            p.body.predictor.is_some(),
+            p.contexts,
+            p.upsampling,
+        ),
         base_id: p.base_id.map(|id| format!("{id:016x}")),
         modality: "image",
         width: p.width,
@@ -843,6 +897,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
             synth_params,
             latent_stream_bytes,
             latent_contexts: p.contexts.count() as u8,
+            upsampling: p.upsampling.name(),
             predictor: p.body.predictor,
         }),
     })

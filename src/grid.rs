@@ -16,7 +16,7 @@
 //! gradients are scattered level by level in a fixed order.
 
 use crate::entropy::{GridContexts, GRID_PRED_TAPS, MAX_GRID_CONTEXTS};
-use crate::format::{grid_level_dims, Arch};
+use crate::format::{grid_level_dims, Arch, Upsampling};
 use crate::kernel::{self, InferScratch, NetShape, TileIo, TrainScratch, TILE};
 use crate::model;
 use rand::{Rng, SeedableRng};
@@ -121,12 +121,81 @@ pub struct Sampler {
     ty: Vec<Taps>,
     /// Per level: both axes' taps are the identity.
     ident: Vec<bool>,
+    /// With B-spline upsampling (§13.5 step 2b): per level, the x and the y taps.
+    cubic: Option<(Vec<Taps4>, Vec<Taps4>)>,
+}
+
+/// Four taps per output sample along one axis (§13.5 step 2b, B-spline upsampling): the
+/// values `idx` (clamped to the level) and their weights `w`.
+#[derive(Debug, Clone)]
+pub struct Taps4 {
+    pub idx: Vec<[u32; 4]>,
+    pub w: Vec<[f32; 4]>,
+}
+
+impl Taps4 {
+    /// From an axis's bilinear taps (§13.5 step 1: `j0 = i0` and `t = f`): values `j0 − 1 ..=
+    /// j0 + 2` clamped to `0 ..= n_grid − 1`, uniform cubic B-spline weights of `t` in binary32,
+    /// in the order written (no fused multiply-add).
+    pub fn bspline(t: &Taps, n_grid: usize) -> Taps4 {
+        let last = n_grid.saturating_sub(1) as i64;
+        let idx =
+            t.i0.iter()
+                .map(|&j| {
+                    let c = |k: i64| (i64::from(j) + k).clamp(0, last) as u32;
+                    [c(-1), c(0), c(1), c(2)]
+                })
+                .collect();
+        let w = t.f.iter().map(|&f| bspline_weights(f)).collect();
+        Taps4 { idx, w }
+    }
+}
+
+/// §13.5 step 2b: the uniform cubic B-spline weights of fraction `t`, `u = 1 − t`:
+/// `u³/6, (3t³ − 6t² + 4)/6, (−3t³ + 3t² + 3t + 1)/6, t³/6`, each operation rounded to binary32
+/// in the order written.
+#[inline]
+pub fn bspline_weights(t: f32) -> [f32; 4] {
+    let u = 1.0 - t;
+    let t2 = t * t;
+    let t3 = t2 * t;
+    [
+        u * u * u / 6.0,
+        (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0,
+        (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0,
+        t3 / 6.0,
+    ]
 }
 
 impl Sampler {
     pub fn new(pyr: Pyramid, out_w: u32, out_h: u32) -> Self {
         let exps: Vec<usize> = (0..pyr.n_levels()).collect();
         Self::with_strides(pyr, out_w, out_h, &exps)
+    }
+
+    /// [`Sampler::new`] with the given upsampling (§13.5).
+    pub fn with_upsampling(pyr: Pyramid, out_w: u32, out_h: u32, up: Upsampling) -> Self {
+        Self::new(pyr, out_w, out_h).upsampled(up)
+    }
+
+    /// This sampler with the given upsampling (§13.5): B-spline taps are derived from the
+    /// bilinear ones of every level.
+    pub fn upsampled(mut self, up: Upsampling) -> Self {
+        self.cubic = (up == Upsampling::BSpline).then(|| {
+            let levels = &self.pyr.levels;
+            let cx = self
+                .tx
+                .iter()
+                .zip(levels)
+                .map(|(t, l)| Taps4::bspline(t, l.0));
+            let cy = self
+                .ty
+                .iter()
+                .zip(levels)
+                .map(|(t, l)| Taps4::bspline(t, l.1));
+            (cx.collect(), cy.collect())
+        });
+        self
     }
 
     /// As [`Sampler::new`], with level `l` at stride `2^exps[l]` of the pyramid's own size
@@ -156,6 +225,7 @@ impl Sampler {
             tx,
             ty,
             ident,
+            cubic: None,
         }
     }
 
@@ -188,6 +258,24 @@ impl Sampler {
     /// §13.5 step 2, operation order normative.
     pub fn row_features(&self, lat: &[f32], y: usize, feat: &mut [f32]) {
         let n_l = self.pyr.n_levels();
+        if let Some((cx, cy)) = &self.cubic {
+            // §13.5 step 2b: each of the four rows interpolated along x, then those along y.
+            for l in 0..n_l {
+                let (wl, _, off) = self.pyr.levels[l];
+                let (iy, wy) = (&cy[l].idx[y], &cy[l].w[y]);
+                let rows = iy.map(|r| &lat[off + r as usize * wl..][..wl]);
+                for (x, (ix, wx)) in cx[l].idx.iter().zip(&cx[l].w).enumerate() {
+                    let h = rows.map(|r| {
+                        wx[0] * r[ix[0] as usize]
+                            + wx[1] * r[ix[1] as usize]
+                            + wx[2] * r[ix[2] as usize]
+                            + wx[3] * r[ix[3] as usize]
+                    });
+                    feat[x * n_l + l] = wy[0] * h[0] + wy[1] * h[1] + wy[2] * h[2] + wy[3] * h[3];
+                }
+            }
+            return;
+        }
         for l in 0..n_l {
             let Some((r0, r1, fy)) = self.level_rows(lat, l, y, feat) else {
                 continue;
@@ -305,10 +393,60 @@ impl Sampler {
             .collect()
     }
 
+    /// Adjoint of [`Sampler::row_features`] with B-spline upsampling over all rows (`g_feat`
+    /// is `[y][x][L]`; writes every latent of `g_lat`): per level (levels in parallel), each
+    /// output row summed along x into one row of sums, which is added into its four latent
+    /// rows; rows in order, so the result does not depend on the thread count.
+    fn bspline_scatter(&self, g_feat: &[f32], g_lat: &mut [f32]) {
+        let Some((cx, cy)) = self.cubic.as_ref() else {
+            return;
+        };
+        let n_l = self.pyr.n_levels();
+        let w = self.out_w;
+        let parts: Vec<Vec<f32>> = (0..n_l)
+            .into_par_iter()
+            .map(|l| {
+                let (wl, hl, _) = self.pyr.levels[l];
+                let mut g = vec![0.0f32; wl * hl];
+                let mut s = vec![0.0f32; wl];
+                for y in 0..self.out_h {
+                    s.fill(0.0);
+                    let row = &g_feat[y * w * n_l..][..w * n_l];
+                    for x in 0..w {
+                        let v = row[x * n_l + l];
+                        let (i, ww) = (&cx[l].idx[x], &cx[l].w[x]);
+                        for k in 0..4 {
+                            s[i[k] as usize] += ww[k] * v;
+                        }
+                    }
+                    for k in 0..4 {
+                        let wy = cy[l].w[y][k];
+                        if wy == 0.0 {
+                            continue;
+                        }
+                        let r = &mut g[cy[l].idx[y][k] as usize * wl..][..wl];
+                        for (d, &v) in r.iter_mut().zip(&s) {
+                            *d += wy * v;
+                        }
+                    }
+                }
+                g
+            })
+            .collect();
+        g_lat.fill(0.0);
+        for (l, g) in parts.into_iter().enumerate() {
+            let (_, _, off) = self.pyr.levels[l];
+            g_lat[off..off + g.len()].copy_from_slice(&g);
+        }
+    }
+
     /// Adjoint of [`Sampler::row_features`] over all rows: `g_feat` is `[y][x][L]`; writes
     /// `g_lat`. Computed as the fit does it: each band of [`BAND`] rows' share separately, then
     /// the shares added in band order.
     pub fn scatter(&self, g_feat: &[f32], g_lat: &mut [f32]) {
+        if self.cubic.is_some() {
+            return self.bspline_scatter(g_feat, g_lat);
+        }
         let row = self.out_w * self.pyr.n_levels();
         let bands: Vec<BandAdjoint> = g_feat
             .par_chunks(BAND * row)
@@ -838,7 +976,28 @@ pub fn distortion_grad_with(
     };
     // A one-row output's latent sums per run of columns (added in run order below).
     let mut spans: Vec<SpanSums> = Vec::new();
-    let parts: Vec<(f64, Vec<f32>, Option<BandAdjoint>)> = if h == 1 && w > ROW_SPLIT {
+    let parts: Vec<(f64, Vec<f32>, Option<BandAdjoint>)> = if sm.cubic.is_some() {
+        g_feat
+            .par_chunks_mut(BAND * w * n_l)
+            .enumerate()
+            .map_init(scratch, |(scratch, gi, rows_st), (band, gf)| {
+                let mut gp = vec![0.0f32; if net_grad { np } else { 0 }];
+                let mut sse = 0.0;
+                let mut feat = vec![0.0f32; w * n_l];
+                for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
+                    let y = band * BAND + r;
+                    sm.row_features(lat, y, &mut feat);
+                    rows_st.prepare(w * n_l, n_l);
+                    rows_st.a.copy_from_slice(&feat);
+                    rows_st.b.copy_from_slice(&feat);
+                    rows_st.wy.iter_mut().for_each(|v| *v = 0.0);
+                    rows_st.rows.iter_mut().for_each(|v| *v = None);
+                    sse += span.run(rows_st, y, 0..w, 0, gfr, &mut gp, scratch, gi);
+                }
+                (sse, gp, None)
+            })
+            .collect()
+    } else if h == 1 && w > ROW_SPLIT {
         // One row (an audio segment, §14): its columns in parallel, in runs of ROW_SPLIT (a
         // split fixed by the width, so the sums do not depend on the thread count).
         let runs: Vec<(f64, Vec<f32>, SpanSums)> = g_feat
@@ -892,7 +1051,11 @@ pub fn distortion_grad_with(
         shape.unpack(&g_packed, &mut g_params);
     }
     let mut g_lat = vec![0.0f32; sm.pyr.n_latents];
-    sm.merge_adjoint(&bands, &mut g_lat);
+    if sm.cubic.is_some() {
+        sm.bspline_scatter(g_feat, &mut g_lat);
+    } else {
+        sm.merge_adjoint(&bands, &mut g_lat);
+    }
     for run in &spans {
         for (&(_, _, off), (first, g)) in sm.pyr.levels.iter().zip(run) {
             for (d, v) in g_lat[off + first..].iter_mut().zip(g) {
@@ -1090,6 +1253,8 @@ pub struct GridFit {
     pub soft_round: Option<(f32, f32)>,
     /// The §5.9 context set of the rate model (the coder's: the file is coded with it).
     pub contexts: GridContexts,
+    /// §13.5 How the latents are upsampled, in the fit and in the file (flag bit 10).
+    pub upsampling: Upsampling,
     /// Learn a §5.10 linear predictor per level and centre the rate model on it (the file is
     /// then coded with predicted latents when that is smaller).
     pub predict: bool,
@@ -1120,6 +1285,7 @@ impl Default for GridFit {
             noise_frac: 0.8,
             soft_round: Some((0.5, 0.2)),
             contexts: GridContexts::Twelve,
+            upsampling: Upsampling::Bilinear,
             predict: true,
             pred_warmup: 0.5,
             coarse_steps: 0,
@@ -1904,7 +2070,7 @@ struct CoarseView {
 }
 
 impl CoarseView {
-    fn new(pyr: &Pyramid, target: &[f32], c: usize, k: usize) -> Self {
+    fn new(pyr: &Pyramid, target: &[f32], c: usize, k: usize, up: Upsampling) -> Self {
         let (w, h) = (pyr.width as usize, pyr.height as usize);
         let f = 1usize << k;
         let (wk, hk) = (w.div_ceil(f), h.div_ceil(f));
@@ -1938,7 +2104,7 @@ impl CoarseView {
             n_latents: n_ext,
         };
         CoarseView {
-            sm: Sampler::with_strides(view, wk as u32, hk as u32, &exps),
+            sm: Sampler::with_strides(view, wk as u32, hk as u32, &exps).upsampled(up),
             target: t,
             n_ext,
         }
@@ -2105,7 +2271,7 @@ pub fn fit_from(
     start: Option<&GridStart>,
     progress: &mut dyn FnMut(usize),
 ) -> Fitted {
-    let sm = Sampler::new(pyr.clone(), pyr.width, pyr.height);
+    let sm = Sampler::with_upsampling(pyr.clone(), pyr.width, pyr.height, cfg.upsampling);
     let n_l = pyr.n_levels();
     let start = start.filter(|s| {
         s.params.len() == model::shape_of(arch).n_params
@@ -2145,7 +2311,8 @@ pub fn fit_from(
     let half_end = total - sched.full;
     let noise_steps = half_end + (sched.full as f32 * cfg.noise_frac).round() as usize;
     let pred_from = (total as f32 * cfg.pred_warmup).round() as usize;
-    let view = (half_end > 0).then(|| CoarseView::new(pyr, target, arch.out_channels as usize, 1));
+    let view = (half_end > 0)
+        .then(|| CoarseView::new(pyr, target, arch.out_channels as usize, 1, cfg.upsampling));
     let mut ext = view
         .as_ref()
         .map_or_else(Vec::new, |v| vec![0.0f32; v.n_ext]);

@@ -1299,7 +1299,7 @@ pub(crate) fn code_fitted(
 ) -> Result<(Encoded, Untrimmed), EncodeError> {
     let npx = img.width as usize * img.height as usize;
     let latents = latent_tensors(pyr, &fitted.latents, 0.0, 0.0);
-    let sm = Sampler::new(pyr.clone(), img.width, img.height);
+    let sm = Sampler::with_upsampling(pyr.clone(), img.width, img.height, cfg.fit.upsampling);
     let coefs = &fitted.pred_coefs;
     let shared = cfg.shared_net(lambda);
     // The smaller of the plain (§5.9) and, when the fit learned a predictor, the predicted
@@ -1318,6 +1318,7 @@ pub(crate) fn code_fitted(
             predictor: None,
             base_id: shared.map(|(id, _)| id),
             contexts: cfg.fit.contexts,
+            upsampling: cfg.fit.upsampling,
         };
         let pred = if coefs.len() == latents.len() && choice != Some(false) {
             level_predictors(pyr, latents, coefs)
@@ -1546,7 +1547,7 @@ pub fn decode_grid(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeEr
     opts.limits.check_render(w, h, per_px)?;
     let (params, lat) = dequantized(&file, shared.map(|b| b.params.as_slice()));
     let pyr = Pyramid::new(file.width, file.height, file.arch.coord_dims);
-    let sm = Sampler::new(pyr, w, h);
+    let sm = Sampler::with_upsampling(pyr, w, h, file.upsampling);
     let data = grid::render(&file.arch, &params, &lat, &sm);
     Ok(Image {
         width: w,

@@ -1471,3 +1471,50 @@ fn default_image_mode_follows_the_flags_and_the_image_size() {
     assert!(big_info["info"]["grid"].is_null(), "{big_info}");
     assert_eq!(big_info["info"]["arch"]["width"], 4, "{big_info}");
 }
+
+/// `inr encode --upsampling b-spline`: the grid mode with flag bit 10, reported by `encode
+/// --json` and `info` (both forms); the flag alone picks the grid mode, and contradicts a
+/// weight-mode flag.
+#[test]
+fn upsampling_flag_writes_bspline_grid_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b.inr");
+    let o = inr()
+        .args(["--json", "encode"])
+        .arg(fixture("rgb_24x17.png"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--steps", "30", "--upsampling", "b-spline"])
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    assert_eq!(
+        (v["mode"].as_str(), v["upsampling"].as_str()),
+        (Some("grid"), Some("b-spline")),
+        "{v}"
+    );
+    assert_eq!(info_json(&out)["info"]["grid"]["upsampling"], "b-spline");
+    let text = inr().arg("info").arg(&out).assert().success();
+    let text = String::from_utf8_lossy(&text.get_output().stdout).to_string();
+    assert!(text.contains("b-spline upsampling"), "{text}");
+    let plain = dir.path().join("p.inr");
+    inr()
+        .args(["--quiet", "encode"])
+        .arg(fixture("rgb_24x17.png"))
+        .arg("-o")
+        .arg(&plain)
+        .args(["--steps", "30"])
+        .assert()
+        .success();
+    assert_eq!(info_json(&plain)["info"]["grid"]["upsampling"], "bilinear");
+    let err = assert_clean_error(
+        inr()
+            .arg("encode")
+            .arg(fixture("rgb_24x17.png"))
+            .arg("-o")
+            .arg(dir.path().join("x.inr"))
+            .args(["--upsampling", "b-spline", "--density", "0.5"])
+            .assert(),
+    );
+    assert!(err.contains("--mode"), "{err}");
+}

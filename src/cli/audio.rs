@@ -29,9 +29,16 @@ fn open_wav(path: &Path) -> anyhow::Result<WavSource<std::io::BufReader<std::fs:
 /// `inr encode x.wav -o x.inr`.
 pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut notes = Vec::new();
-    if args.target_psnr.is_some() || args.batch.is_some() || args.ignore_alpha {
-        notes
-            .push("--target-psnr, --batch and --ignore-alpha apply to images only; ignored".into());
+    if args.target_psnr.is_some()
+        || args.batch.is_some()
+        || args.ignore_alpha
+        || args.upsampling.is_some()
+    {
+        notes.push(
+            "--target-psnr, --batch, --ignore-alpha and --upsampling apply to images only; \
+             ignored"
+                .into(),
+        );
     }
     let mut src = open_wav(&args.input)?;
     let spec = src.spec();

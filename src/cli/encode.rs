@@ -193,6 +193,12 @@ pub struct EncodeArgs {
     /// Grid: number of latent levels (strides 1, 2, 4, …; default 8).
     #[arg(long, value_name = "N")]
     pub levels: Option<u8>,
+    /// Grid (images): how the latent levels are upsampled to the pixels. `b-spline` (four cubic
+    /// B-spline taps per axis, flag bit 10 of codec-spec §13.5) gave 2 % lower `MSE + λ·bpp`
+    /// than `bilinear` on Kodak at λ = 0.005, for about twice the encode time (README, "B-spline
+    /// upsampling").
+    #[arg(long, value_enum)]
+    pub upsampling: Option<UpsamplingArg>,
     /// Modulations: quantization step of the latents (default 0.25; larger = smaller file).
     #[arg(long, value_name = "Q", conflicts_with = "bpp")]
     pub latent_step: Option<f32>,
@@ -255,6 +261,25 @@ impl From<OutputLayerArg> for inr::OutputLayer {
             OutputLayerArg::Auto => inr::OutputLayer::Auto,
             OutputLayerArg::Fitted => inr::OutputLayer::Fitted,
             OutputLayerArg::Frozen => inr::OutputLayer::Frozen,
+        }
+    }
+}
+
+/// `--upsampling` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsamplingArg {
+    /// Two taps per axis (the default).
+    Bilinear,
+    /// Four cubic B-spline taps per axis.
+    #[value(name = "b-spline")]
+    BSpline,
+}
+
+impl From<UpsamplingArg> for inr::format::Upsampling {
+    fn from(u: UpsamplingArg) -> Self {
+        match u {
+            UpsamplingArg::Bilinear => inr::format::Upsampling::Bilinear,
+            UpsamplingArg::BSpline => inr::format::Upsampling::BSpline,
         }
     }
 }
@@ -364,6 +389,9 @@ pub(super) fn grid_config(
     g.apply(args, lambdas)?;
     if let Some(s) = args.steps {
         cfg.fit.set_budget(s);
+    }
+    if let Some(u) = args.upsampling {
+        cfg.fit.upsampling = u.into();
     }
     cfg.target_bpp = args.bpp;
     cfg.target_psnr = args.target_psnr;
@@ -494,6 +522,7 @@ fn image_mode(
         (args.latent_l2.is_some(), "--latent-l2", Mode::Modulations),
         (args.lambda.is_some(), "--lambda", Mode::Grid),
         (args.levels.is_some(), "--levels", Mode::Grid),
+        (args.upsampling.is_some(), "--upsampling", Mode::Grid),
         (
             args.output_layer.is_some(),
             "--output-layer",
@@ -667,6 +696,7 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             "preset": preset_name(args.preset),
             "mode": mode.name(),
             "lambda": grid_cfg.as_ref().map(|g| g.fit.lambda),
+            "upsampling": grid_cfg.as_ref().map(|g| g.fit.upsampling.name()),
             // The grid base the synthesis started from (null: random start); with a shared
             // synthesis, the network the file names (rate control may have changed it).
             "grid_base": if mode == Mode::GridShared {

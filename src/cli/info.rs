@@ -190,8 +190,13 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
             ),
             None => format!("synthesis {} params", g["synth_params"]),
         };
+        let up = match g["upsampling"].as_str() {
+            Some("bilinear") | None => String::new(),
+            Some(u) => format!(", {u} upsampling"),
+        };
         out.push(format!(
-            "mode: grid ({} latent levels, {} latents in {} bytes ({} contexts), {synth}{pred})",
+            "mode: grid ({} latent levels, {} latents in {} bytes ({} contexts), \
+             {synth}{pred}{up})",
             g["levels"], g["latents"], g["latent_stream_bytes"], g["latent_contexts"]
         ));
     }
