@@ -983,15 +983,15 @@ pub fn distortion_grad_with(
             .map_init(scratch, |(scratch, gi, rows_st), (band, gf)| {
                 let mut gp = vec![0.0f32; if net_grad { np } else { 0 }];
                 let mut sse = 0.0;
-                let mut feat = vec![0.0f32; w * n_l];
+                // Each row's features (§13.5 step 2b) in both lanes with y weight 0, so the
+                // kernel's lane pass reads them unchanged.
+                rows_st.prepare(w * n_l, n_l);
+                rows_st.wy.fill(0.0);
+                rows_st.rows.fill(None);
                 for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
                     let y = band * BAND + r;
-                    sm.row_features(lat, y, &mut feat);
-                    rows_st.prepare(w * n_l, n_l);
-                    rows_st.a.copy_from_slice(&feat);
-                    rows_st.b.copy_from_slice(&feat);
-                    rows_st.wy.iter_mut().for_each(|v| *v = 0.0);
-                    rows_st.rows.iter_mut().for_each(|v| *v = None);
+                    sm.row_features(lat, y, &mut rows_st.a);
+                    rows_st.b.copy_from_slice(&rows_st.a);
                     sse += span.run(rows_st, y, 0..w, 0, gfr, &mut gp, scratch, gi);
                 }
                 (sse, gp, None)
