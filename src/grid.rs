@@ -305,6 +305,15 @@ impl Sampler {
     pub fn row_lanes_fit(&self, lat: &[f32], y: usize, st: &mut FitRows) {
         let n_l = self.pyr.n_levels();
         st.prepare(self.out_w * n_l, n_l);
+        if self.cubic.is_some() {
+            // B-spline taps (§13.5 step 2b): the row's features in both lanes with y weight 0,
+            // so that the lane pass reads them unchanged.
+            self.row_features(lat, y, &mut st.a);
+            st.b.copy_from_slice(&st.a);
+            st.wy.fill(0.0);
+            st.rows.fill(None);
+            return;
+        }
         for l in 0..n_l {
             let (wl, _, off) = self.pyr.levels[l];
             if self.ident[l] {
@@ -976,65 +985,47 @@ pub fn distortion_grad_with(
     };
     // A one-row output's latent sums per run of columns (added in run order below).
     let mut spans: Vec<SpanSums> = Vec::new();
-    let parts: Vec<(f64, Vec<f32>, Option<BandAdjoint>)> = if sm.cubic.is_some() {
-        g_feat
-            .par_chunks_mut(BAND * w * n_l)
-            .enumerate()
-            .map_init(scratch, |(scratch, gi, rows_st), (band, gf)| {
-                let mut gp = vec![0.0f32; if net_grad { np } else { 0 }];
-                let mut sse = 0.0;
-                // Each row's features (§13.5 step 2b) in both lanes with y weight 0, so the
-                // kernel's lane pass reads them unchanged.
-                rows_st.prepare(w * n_l, n_l);
-                rows_st.wy.fill(0.0);
-                rows_st.rows.fill(None);
-                for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
-                    let y = band * BAND + r;
-                    sm.row_features(lat, y, &mut rows_st.a);
-                    rows_st.b.copy_from_slice(&rows_st.a);
-                    sse += span.run(rows_st, y, 0..w, 0, gfr, &mut gp, scratch, gi);
-                }
-                (sse, gp, None)
-            })
-            .collect()
-    } else if h == 1 && w > ROW_SPLIT {
-        // One row (an audio segment, §14): its columns in parallel, in runs of ROW_SPLIT (a
-        // split fixed by the width, so the sums do not depend on the thread count).
-        let runs: Vec<(f64, Vec<f32>, SpanSums)> = g_feat
-            .par_chunks_mut(ROW_SPLIT * n_l)
-            .enumerate()
-            .map_init(scratch, |(scratch, gi, st), (run, gf)| {
-                let mut gp = vec![0.0f32; if net_grad { np } else { 0 }];
-                let x0 = run * ROW_SPLIT;
-                let xs = x0..x0 + gf.len() / n_l;
-                sm.row_lanes_span(lat, xs.clone(), st);
-                let sse = span.run(st, 0, xs.clone(), x0, gf, &mut gp, scratch, gi);
-                (sse, gp, sm.span_adjoint(gf, xs))
-            })
-            .collect();
-        runs.into_iter()
-            .map(|(sse, gp, adj)| {
-                spans.push(adj);
-                (sse, gp, None)
-            })
-            .collect()
-    } else {
-        g_feat
-            .par_chunks_mut(BAND * w * n_l)
-            .enumerate()
-            .map_init(scratch, |(scratch, gi, rows_st), (band, gf)| {
-                let mut gp = vec![0.0f32; if net_grad { np } else { 0 }];
-                let mut sse = 0.0;
-                for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
-                    let y = band * BAND + r;
-                    sm.row_lanes_fit(lat, y, rows_st);
-                    sse += span.run(rows_st, y, 0..w, 0, gfr, &mut gp, scratch, gi);
-                }
-                // The band's latent gradient while its feature gradients are in cache.
-                (sse, gp, Some(sm.band_adjoint(gf, band * BAND)))
-            })
-            .collect()
-    };
+    let parts: Vec<(f64, Vec<f32>, Option<BandAdjoint>)> =
+        if h == 1 && w > ROW_SPLIT && sm.cubic.is_none() {
+            // One row (an audio segment, §14): its columns in parallel, in runs of ROW_SPLIT (a
+            // split fixed by the width, so the sums do not depend on the thread count).
+            let runs: Vec<(f64, Vec<f32>, SpanSums)> = g_feat
+                .par_chunks_mut(ROW_SPLIT * n_l)
+                .enumerate()
+                .map_init(scratch, |(scratch, gi, st), (run, gf)| {
+                    let mut gp = vec![0.0f32; if net_grad { np } else { 0 }];
+                    let x0 = run * ROW_SPLIT;
+                    let xs = x0..x0 + gf.len() / n_l;
+                    sm.row_lanes_span(lat, xs.clone(), st);
+                    let sse = span.run(st, 0, xs.clone(), x0, gf, &mut gp, scratch, gi);
+                    (sse, gp, sm.span_adjoint(gf, xs))
+                })
+                .collect();
+            runs.into_iter()
+                .map(|(sse, gp, adj)| {
+                    spans.push(adj);
+                    (sse, gp, None)
+                })
+                .collect()
+        } else {
+            g_feat
+                .par_chunks_mut(BAND * w * n_l)
+                .enumerate()
+                .map_init(scratch, |(scratch, gi, rows_st), (band, gf)| {
+                    let mut gp = vec![0.0f32; if net_grad { np } else { 0 }];
+                    let mut sse = 0.0;
+                    for (r, gfr) in gf.chunks_mut(w * n_l).enumerate() {
+                        let y = band * BAND + r;
+                        sm.row_lanes_fit(lat, y, rows_st);
+                        sse += span.run(rows_st, y, 0..w, 0, gfr, &mut gp, scratch, gi);
+                    }
+                    // The band's latent gradient while its feature gradients are in cache (with
+                    // B-spline taps, for all bands at once below).
+                    let adj = sm.cubic.is_none().then(|| sm.band_adjoint(gf, band * BAND));
+                    (sse, gp, adj)
+                })
+                .collect()
+        };
     let mut g_packed = vec![0.0f32; np];
     let mut sse = 0.0;
     let mut bands = Vec::with_capacity(parts.len());

@@ -789,6 +789,24 @@ fn limits_are_checked_before_decoding() {
     assert!(e.to_string().contains("latent count"), "{e}");
 }
 
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum()
+}
+
+/// `<latents, scatter(g)>` equals `lhs = <features(latents), g>` (scatter is the adjoint).
+fn assert_scatter_is_adjoint(sm: &Sampler, lat: &[f32], g: &[f32], lhs: f64, what: &str) {
+    let mut g_lat = vec![f32::NAN; lat.len()];
+    sm.scatter(g, &mut g_lat);
+    let rhs = dot(lat, &g_lat);
+    assert!(
+        (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
+        "{what}: <features, g> {lhs} vs <latents, scatter(g)> {rhs}"
+    );
+}
+
 /// The fit's latent gradient path: `Sampler::scatter` (band shares merged in order) is the
 /// adjoint of `row_features`, `<features(z), g> = <z, scatter(g)>`, at the coded size and at
 /// another output size, over several bands; and the fit's features (latent rows interpolated
@@ -820,23 +838,9 @@ fn sampler_scatter_is_the_adjoint_of_the_features() {
             sm.row_features_fit(&lat, back, &mut fast, &mut rows_back);
             assert_eq!(feat, fast, "row {back}, backwards");
             sm.row_features(&lat, y, &mut feat);
-            lhs += feat
-                .iter()
-                .zip(&g[y * w * n_l..][..w * n_l])
-                .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                .sum::<f64>();
+            lhs += dot(&feat, &g[y * w * n_l..][..w * n_l]);
         }
-        let mut g_lat = vec![f32::NAN; pyr.n_latents];
-        sm.scatter(&g, &mut g_lat);
-        let rhs: f64 = lat
-            .iter()
-            .zip(&g_lat)
-            .map(|(a, b)| f64::from(*a) * f64::from(*b))
-            .sum();
-        assert!(
-            (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
-            "{ow}x{oh}: <features, g> {lhs} vs <latents, scatter(g)> {rhs}"
-        );
+        assert_scatter_is_adjoint(&sm, &lat, &g, lhs, &format!("{ow}x{oh}"));
     }
 }
 
@@ -946,24 +950,10 @@ fn bspline_sampler_follows_the_spec_and_its_scatter_is_the_adjoint() {
                     );
                 }
             }
-            lhs += feat
-                .iter()
-                .zip(&g[y * w * n_l..][..w * n_l])
-                .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                .sum::<f64>();
+            lhs += dot(&feat, &g[y * w * n_l..][..w * n_l]);
         }
         assert!(differs, "B-spline features equal the bilinear ones");
-        let mut g_lat = vec![f32::NAN; pyr.n_latents];
-        sm.scatter(&g, &mut g_lat);
-        let rhs: f64 = lat
-            .iter()
-            .zip(&g_lat)
-            .map(|(a, b)| f64::from(*a) * f64::from(*b))
-            .sum();
-        assert!(
-            (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
-            "{ow}x{oh}: <features, g> {lhs} vs <latents, scatter(g)> {rhs}"
-        );
+        assert_scatter_is_adjoint(&sm, &lat, &g, lhs, &format!("{ow}x{oh}"));
     }
 }
 
