@@ -377,6 +377,35 @@ fn cli_batch_real_codec_then_resume() {
     assert!(out.join("sub/b.inr").is_file());
 }
 
+/// `inr batch --upsampling b-spline` writes grid files with flag bit 10 (codec-spec §13.5);
+/// the flag is refused outside the grid modes.
+#[test]
+fn cli_batch_upsampling_reaches_the_files() {
+    let t = tempfile::tempdir().unwrap();
+    let inp = t.path().join("in");
+    png(&inp.join("a.png"), 1, false);
+    let out = t.path().join("out");
+    let batch = |extra: &[&str]| {
+        let mut c = assert_cmd::Command::cargo_bin("inr").unwrap();
+        c.arg("batch")
+            .arg(&inp)
+            .arg("-o")
+            .arg(&out)
+            .args(["--steps", "30", "--quiet", "--force"])
+            .args(extra);
+        c.assert()
+    };
+    batch(&["--upsampling", "b-spline"]).success();
+    let bytes = std::fs::read(out.join("a.inr")).unwrap();
+    let f = inr::format::read_grid_file(&bytes, &inr::Limits::default()).unwrap();
+    assert_eq!(f.upsampling, inr::format::Upsampling::BSpline);
+    batch(&["--upsampling", "b-spline", "--mode", "weights"])
+        .failure()
+        .stderr(predicates::str::contains(
+            "--upsampling is for the grid modes",
+        ));
+}
+
 /// `frames` of an 8 kHz mono tone as a 16-bit WAV file.
 fn wav(path: &Path, hz: f32, frames: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

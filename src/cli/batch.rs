@@ -69,6 +69,10 @@ pub struct BatchArgs {
     /// encode --help`).
     #[arg(long, value_enum, value_name = "WHICH")]
     pub output_layer: Option<super::encode::OutputLayerArg>,
+    /// Grid modes (images): how the latent levels are upsampled (see `inr encode --help`;
+    /// `b-spline` is opt-in).
+    #[arg(long, value_enum)]
+    pub upsampling: Option<super::encode::UpsamplingArg>,
     /// Rate target of every file, in bits per pixel (see `inr encode --bpp`; all modes).
     #[arg(long, value_name = "BPP", conflicts_with = "psnr")]
     pub bpp: Option<f64>,
@@ -274,6 +278,14 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
     if args.output_layer.is_some() && image_mode != super::encode::Mode::GridShared {
         anyhow::bail!("--output-layer is for --mode grid-shared");
     }
+    if args.upsampling.is_some()
+        && !matches!(
+            image_mode,
+            super::encode::Mode::Grid | super::encode::Mode::GridShared
+        )
+    {
+        anyhow::bail!("--upsampling is for the grid modes");
+    }
     let audio = audio_mode(&args, (cores / jobs).max(1))?;
     let weights = InrBatchCodec { config };
     let modulations;
@@ -331,6 +343,9 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             }
             if let Some(s) = args.steps {
                 config.fit.set_budget(s);
+            }
+            if let Some(u) = args.upsampling {
+                config.fit.upsampling = u.into();
             }
             if let Some(p) = &args.base {
                 config.base = super::base_choice(&p.to_string_lossy())?;
