@@ -28,12 +28,7 @@ for wav in "$TMP/test"/*.wav; do
     for start in none "$base"; do
       enc=$("$INR" --json --threads "$THREADS" encode "$wav" -o "$TMP/$clip.inr" --mode grid \
         --preset "$preset" --base "$start" --force)
-      python3 - "$enc" "$clip" "$preset" "$(basename "$start")" >> "$OUT/heldout.csv" <<'PY'
-import json, sys
-d = json.loads(sys.argv[1])
-print("%s,%s,%s,%.3f,%.3f,%.3f,%.3f" % (sys.argv[2], sys.argv[3], sys.argv[4], d["kbps"],
-      d["psnr"], d["snr"], d["encode_s_per_audio_s"]))
-PY
+      python3 "$(dirname "$0")/audio_row.py" "$enc" "$clip" "$preset" "$(basename "$start")" >> "$OUT/heldout.csv"
     done
   done
 done
