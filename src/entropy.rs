@@ -631,18 +631,45 @@ pub enum GridContexts {
     Five,
     /// Twelve contexts (image grid files with flag bit 8).
     Twelve,
+    /// Twelve contexts, each split in three by the fractional part of the prediction
+    /// (§5.10, image grid files with flag bits 6, 8 and 11): 36 models per grid in a
+    /// predicted stream. A plain stream (§5.9) has no prediction and never uses this set.
+    TwelveSplit,
 }
 
 /// Most contexts of any [`GridContexts`] set.
 pub const MAX_GRID_CONTEXTS: usize = 12;
 
 impl GridContexts {
-    /// The number of contexts (models per grid).
+    /// The number of neighbour contexts (§5.9; the models per grid of a plain stream).
     pub const fn count(self) -> usize {
         match self {
             GridContexts::Five => 5,
-            GridContexts::Twelve => 12,
+            GridContexts::Twelve | GridContexts::TwelveSplit => 12,
         }
+    }
+
+    /// Models per grid of a predicted stream (§5.10): [`GridContexts::count`], times
+    /// [`FRACTION_CLASSES`] with the fractional split.
+    pub const fn pred_models(self) -> usize {
+        match self {
+            GridContexts::TwelveSplit => 12 * FRACTION_CLASSES,
+            _ => self.count(),
+        }
+    }
+
+    /// The set with the fractional split of a predicted stream, where there is one (twelve
+    /// contexts); else the set itself.
+    pub const fn split(self) -> GridContexts {
+        match self {
+            GridContexts::Twelve | GridContexts::TwelveSplit => GridContexts::TwelveSplit,
+            GridContexts::Five => GridContexts::Five,
+        }
+    }
+
+    /// Whether a predicted stream splits each context by the prediction's fractional part.
+    pub const fn splits_fraction(self) -> bool {
+        matches!(self, GridContexts::TwelveSplit)
     }
 
     /// The context of the neighbour sum `s = 2|L| + 2|A| + |AL| + |AR|` (§5.9).
@@ -650,7 +677,7 @@ impl GridContexts {
     pub fn bucket(self, s: u32) -> usize {
         match self {
             GridContexts::Five => grid_context_bucket(s),
-            GridContexts::Twelve => match s {
+            GridContexts::Twelve | GridContexts::TwelveSplit => match s {
                 0..=4 => s as usize,
                 5..=6 => 5,
                 7..=8 => 6,
@@ -865,6 +892,34 @@ pub fn grid_prediction(
     coefs: &[i16; GRID_PRED_TAPS],
     max_abs: u32,
 ) -> i32 {
+    grid_prediction_parts(g, i, cols, parent, coefs, max_abs).0
+}
+
+/// Classes of the prediction's fractional part in a split predicted stream (§5.10).
+pub const FRACTION_CLASSES: usize = 3;
+
+/// §5.10 class of the prediction's fractional part `f = s - 256·pred` (in `-128..=127`; 0
+/// when the prediction was clamped): 0 if `|f| < 32`, 1 if `32 <= |f| < 80`, else 2.
+#[inline]
+pub fn fraction_class(f: i64) -> usize {
+    match f.unsigned_abs() {
+        0..=31 => 0,
+        32..=79 => 1,
+        _ => 2,
+    }
+}
+
+/// [`grid_prediction`] and the fractional part of the prediction before rounding, `f = s -
+/// 256·pred` in `-128..=127` (0 when the prediction is clamped).
+#[inline]
+pub fn grid_prediction_parts(
+    g: &[i32],
+    i: usize,
+    cols: usize,
+    parent: Option<(&[i32], usize)>,
+    coefs: &[i16; GRID_PRED_TAPS],
+    max_abs: u32,
+) -> (i32, i64) {
     let at = |j: Option<usize>| -> i64 { j.and_then(|j| g.get(j)).map_or(0, |&v| i64::from(v)) };
     let (x, y) = if cols == 0 {
         (0, 0)
@@ -894,7 +949,25 @@ pub fn grid_prediction(
         .sum();
     let pred = (sum + (1 << (GRID_PRED_SHIFT - 1))) >> GRID_PRED_SHIFT;
     let m = i64::from(max_abs);
-    pred.clamp(-m, m) as i32
+    let clamped = pred.clamp(-m, m);
+    let frac = if clamped == pred {
+        sum - (pred << GRID_PRED_SHIFT)
+    } else {
+        0
+    };
+    (clamped as i32, frac)
+}
+
+/// The model index and coded residual of a predicted element (§5.10): the §5.9 context `ctx`;
+/// with the fractional split, `3·ctx + class` and the residual negated when `f < 0`.
+#[inline]
+fn split_symbol(ctxs: GridContexts, ctx: usize, frac: i64, r: i64) -> (usize, i64) {
+    if ctxs.splits_fraction() {
+        let r = if frac < 0 { -r } else { r };
+        (ctx * FRACTION_CLASSES + fraction_class(frac), r)
+    } else {
+        (ctx, r)
+    }
 }
 
 /// Residuals `value - prediction` of every grid (§5.10), grids in coding order.
@@ -953,15 +1026,22 @@ pub fn encode_pred_grids(
     }
     let coder_err = |e| EntropyError::Encoder(format!("{e:?}"));
     let mut enc = DefaultRangeEncoder::new();
-    for (&(g, s), r) in grids.iter().zip(&residuals) {
+    for (k_grid, (&(g, s), r)) in grids.iter().zip(&residuals).enumerate() {
         let k = 2 * s.res_max_abs as usize + 1;
         let m = i64::from(s.res_max_abs);
-        let mut models: Vec<AdaptiveModel> = (0..ctxs.count())
+        let mut models: Vec<AdaptiveModel> = (0..ctxs.pred_models())
             .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
             .collect();
+        let parent = k_grid.checked_sub(1).map(|j| (grids[j].0, grids[j].1.cols));
         for (i, &v) in r.iter().enumerate() {
-            let model = &mut models[grid_context(g, i, s.cols, ctxs)];
-            let u = (i64::from(v) + m) as usize; // in 0..k, checked above
+            let frac = if ctxs.splits_fraction() {
+                grid_prediction_parts(g, i, s.cols, parent, &s.coefs, s.max_abs).1
+            } else {
+                0
+            };
+            let (j, coded) = split_symbol(ctxs, grid_context(g, i, s.cols, ctxs), frac, v.into());
+            let model = &mut models[j];
+            let u = (coded + m) as usize; // in 0..k: |coded| = |v|, checked above
             enc.encode_symbol(u, View(model)).map_err(coder_err)?;
             model.update(u);
         }
@@ -1004,7 +1084,7 @@ pub fn decode_pred_grids(
         let k = 2 * s.res_max_abs as usize + 1;
         let m = i64::from(s.res_max_abs);
         let vmax = i64::from(s.max_abs);
-        let mut models: Vec<AdaptiveModel> = (0..ctxs.count())
+        let mut models: Vec<AdaptiveModel> = (0..ctxs.pred_models())
             .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
             .collect();
         let mut g = Vec::with_capacity(s.len.min(PREALLOC_CAP));
@@ -1013,13 +1093,14 @@ pub fn decode_pred_grids(
             .and_then(|j| out.get(j).zip(shapes.get(j)))
             .map(|(p, ps)| (p.as_slice(), ps.cols));
         for i in 0..s.len {
-            let model = &mut models[grid_context(&g, i, s.cols, ctxs)];
+            let (pred, frac) = grid_prediction_parts(&g, i, s.cols, parent, &s.coefs, s.max_abs);
+            let (j, sign) = split_symbol(ctxs, grid_context(&g, i, s.cols, ctxs), frac, 1);
+            let model = &mut models[j];
             let u = dec
                 .decode_symbol(View(model))
                 .map_err(|_| EntropyError::InvalidData { at })?;
             model.update(u);
-            let pred = grid_prediction(&g, i, s.cols, parent, &s.coefs, s.max_abs);
-            let v = i64::from(pred) + (u as i64 - m); // u < k <= 65535
+            let v = i64::from(pred) + sign * (u as i64 - m); // u < k <= 65535
             if v.abs() > vmax {
                 return Err(EntropyError::InvalidData { at });
             }

@@ -36,6 +36,10 @@ pub const FLAG_GRID_CONTEXTS: u16 = 1 << 8;
 /// §13.5 Flag bit 10 (image grid files): the levels are upsampled with cubic B-spline taps
 /// (four per axis) instead of bilinear ones.
 pub const FLAG_GRID_BSPLINE: u16 = 1 << 10;
+/// §5.10 Flag bit 11 (image grid files, with bits 6 and 8): the predicted latent stream splits
+/// each of the twelve contexts in three by the prediction's fractional part
+/// ([`GridContexts::TwelveSplit`]).
+pub const FLAG_GRID_FRACTION: u16 = 1 << 11;
 
 /// §13.5 How an image grid file's latent levels are upsampled to the output grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -302,6 +306,13 @@ pub fn grid_tensor_lens(
 /// Never.
 pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
     let limits = Limits::default();
+    if f.contexts.splits_fraction() && f.predictor.is_none() {
+        return Err(FormatError::InvalidField {
+            field: "latent contexts",
+            value: f.contexts.pred_models() as u64,
+            expected: "the fractional split (flag bit 11) only with predicted latents",
+        });
+    }
     let synth = Synthesis::of(f);
     let lens = file_lens(
         grid_tensor_lens(f.width, f.height, &f.arch, &limits)?,
@@ -336,7 +347,8 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
 
 /// The flags of an image grid file (§3.4, §13.1): bit 3, bit 0 with a shared synthesis
 /// (§13.8) and bit 7 when its output layer is coded, bit 6 with predicted latents (§13.7), bit
-/// 8 with the twelve latent contexts (§5.9), bit 10 with B-spline upsampling (§13.5).
+/// 8 with the twelve latent contexts (§5.9), bit 11 with their fractional split (§5.10), bit 10
+/// with B-spline upsampling (§13.5).
 fn grid_flags(
     synth: Synthesis,
     predicted: bool,
@@ -347,8 +359,11 @@ fn grid_flags(
     if upsampling == Upsampling::BSpline {
         flags |= FLAG_GRID_BSPLINE;
     }
-    if contexts == GridContexts::Twelve {
+    if contexts != GridContexts::Five {
         flags |= FLAG_GRID_CONTEXTS;
+    }
+    if contexts.splits_fraction() {
+        flags |= FLAG_GRID_FRACTION;
     }
     if synth.is_shared() {
         flags |= super::FLAG_BASE;
@@ -670,7 +685,8 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         | super::FLAG_BASE
         | FLAG_GRID_HEAD
         | FLAG_GRID_CONTEXTS
-        | FLAG_GRID_BSPLINE;
+        | FLAG_GRID_BSPLINE
+        | FLAG_GRID_FRACTION;
     if flags & !KNOWN != 0 {
         return Err(FormatError::UnknownFlags {
             flags,
@@ -683,7 +699,7 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             field: "flags",
             value: flags.into(),
             expected: "0x0008, 0x0009, 0x0048, 0x0049, 0x0089 or 0x00c9, each also with \
-                       0x0100 and 0x0400 (grid mode); without flag bit 3 this is a plain image file: read \
+                       0x0100 and 0x0400, and 0x0800 with 0x0140 (grid mode); without flag bit 3 this is a plain image file: read \
                        it with the image reader (format::read_file)",
         });
     }
@@ -699,6 +715,15 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             })
         }
     };
+    let split = FLAG_GRID_FRACTION | FLAG_GRID_PREDICT | FLAG_GRID_CONTEXTS;
+    if flags & FLAG_GRID_FRACTION != 0 && flags & split != split {
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "flag bit 11 (split latent contexts) only with bits 6 (predicted latents) \
+                       and 8 (twelve contexts)",
+        });
+    }
     let t = take_tables(&mut r, &arch, synth, flags & FLAG_GRID_PREDICT != 0)?;
     let payload = read_payload_and_crc(&mut r, bytes)?;
     let lens = file_lens(
@@ -723,7 +748,9 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         lens,
         base_id: t.base_id,
         synth,
-        contexts: if flags & FLAG_GRID_CONTEXTS != 0 {
+        contexts: if flags & FLAG_GRID_FRACTION != 0 {
+            GridContexts::TwelveSplit
+        } else if flags & FLAG_GRID_CONTEXTS != 0 {
             GridContexts::Twelve
         } else {
             GridContexts::Five
@@ -896,7 +923,11 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
             latents,
             synth_params,
             latent_stream_bytes,
-            latent_contexts: p.contexts.count() as u8,
+            latent_contexts: if p.body.predictor.is_some() {
+                p.contexts.pred_models()
+            } else {
+                p.contexts.count()
+            } as u8,
             upsampling: p.upsampling.name(),
             predictor: p.body.predictor,
         }),

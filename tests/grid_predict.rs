@@ -3,8 +3,8 @@
 //! and the rate model's gradients with a predictor.
 
 use inr::entropy::{
-    decode_pred_grids, encode_pred_grids, grid_prediction, grid_residuals, EntropyError,
-    GridContexts, PredShape,
+    decode_pred_grids, encode_pred_grids, fraction_class, grid_prediction, grid_prediction_parts,
+    grid_residuals, EntropyError, GridContexts, PredShape,
 };
 use inr::format::{self, FormatError, GridInrFile, LevelPredictor, Limits, FLAG_GRID_PREDICT};
 use inr::grid::{self, Pyramid};
@@ -107,11 +107,19 @@ fn predicted_coder_round_trips_and_rejects_damage() {
         },
     ];
     let grids = [(&coarse[..], shapes[0]), (&fine[..], shapes[1])];
-    for ctxs in [GridContexts::Five, GridContexts::Twelve] {
+    let mut streams = Vec::new();
+    for ctxs in [
+        GridContexts::Five,
+        GridContexts::Twelve,
+        GridContexts::TwelveSplit,
+    ] {
         let bytes = encode_pred_grids(&grids, ctxs).unwrap();
         let back = decode_pred_grids(&bytes, &shapes, ctxs).unwrap();
         assert_eq!(back, vec![coarse.clone(), fine.clone()]);
+        streams.push(bytes);
     }
+    // The fractional split is another stream of the same values.
+    assert_ne!(streams[1], streams[2]);
     let ctxs = GridContexts::Twelve;
     let bytes = encode_pred_grids(&grids, ctxs).unwrap();
     // Residuals of a smooth ramp are smaller than its values.
@@ -594,5 +602,165 @@ fn one_row_rate_gradients_split_by_columns_match_finite_differences() {
                 "coefficient {l},{k}: fd {fd} analytic {an}"
             );
         }
+    }
+}
+
+/// §5.10 fractional split (flag bit 11): the spec's examples of `f` and its class; on a grid
+/// whose values follow a half-weight predictor (so the prediction's fraction says which way
+/// the value rounds) the split stream round-trips and is smaller than the unsplit one; hostile
+/// bytes give errors or other values, never a panic.
+#[test]
+fn the_fractional_split_follows_the_spec_and_pays_on_fractional_predictions() {
+    // s = -384, 40, 20 through c_L = 1 and L = s (no other neighbour, no parent).
+    let c = [1, 0, 0, 0, 0];
+    for (l, pred, f, class) in [(-384, -1, -128, 2), (40, 0, 40, 1), (20, 0, 20, 0)] {
+        let (p, fr) = grid_prediction_parts(&[l, 0], 1, 2, None, &c, 1000);
+        assert_eq!((p, fr, fraction_class(fr)), (pred, f, class), "s = {l}");
+        assert_eq!(grid_prediction(&[l, 0], 1, 2, None, &c, 1000), pred);
+    }
+    for (f, class) in [
+        (0, 0),
+        (31, 0),
+        (-31, 0),
+        (32, 1),
+        (-79, 1),
+        (80, 2),
+        (-128, 2),
+        (127, 2),
+    ] {
+        assert_eq!(fraction_class(f), class, "f = {f}");
+    }
+    // A clamped prediction has no fraction.
+    assert_eq!(
+        grid_prediction_parts(&[300, 0], 1, 2, None, &[100, 0, 0, 0, 0], 15),
+        (15, 0)
+    );
+    // Values v = 0.5 L + 0.25 A rounded stochastically (up with the probability of its
+    // fraction), with an occasional jump: the prediction's rounding (coefficients 128, 64)
+    // loses exactly the part that says which way v went, which the split keeps.
+    let (w, h) = (64usize, 48usize);
+    let mut g = vec![0i32; w * h];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..w * h {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let (x, y) = (i % w, i / w);
+        let l = if x > 0 { g[i - 1] } else { 0 };
+        let a = if y > 0 { g[i - w] } else { 0 };
+        let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+        let jump = if state.is_multiple_of(8) {
+            (state >> 32) % 25
+        } else {
+            12
+        } as f64
+            - 12.0;
+        g[i] = (0.5 * f64::from(l) + 0.25 * f64::from(a) + u + jump).floor() as i32;
+    }
+    let shape = PredShape {
+        len: g.len(),
+        cols: w,
+        max_abs: 63,
+        res_max_abs: 31,
+        coefs: [128, 64, 0, 0, 0],
+    };
+    let grids = [(&g[..], shape)];
+    let unsplit = encode_pred_grids(&grids, GridContexts::Twelve).unwrap();
+    let split = encode_pred_grids(&grids, GridContexts::TwelveSplit).unwrap();
+    assert_eq!(
+        decode_pred_grids(&split, &[shape], GridContexts::TwelveSplit).unwrap(),
+        vec![g.clone()]
+    );
+    assert!(
+        split.len() * 100 < unsplit.len() * 97,
+        "split {} vs unsplit {} (want at least 3 % less)",
+        split.len(),
+        unsplit.len()
+    );
+    // Read with the other context set: an error or other values.
+    if let Ok(v) = decode_pred_grids(&split, &[shape], GridContexts::Twelve) {
+        assert_ne!(v, vec![g.clone()]);
+    }
+    for i in 0..split.len() {
+        let mut b = split.clone();
+        b[i] ^= 0x21;
+        let _ = decode_pred_grids(&b, &[shape], GridContexts::TwelveSplit);
+    }
+    assert!(decode_pred_grids(
+        &split[..split.len() - 4],
+        &[shape],
+        GridContexts::TwelveSplit
+    )
+    .is_err());
+}
+
+/// Flag bit 11 in files: set exactly for the split set, which needs predicted latents (the
+/// writer refuses it without them) and the twelve contexts (the reader refuses bit 11 without
+/// bits 6 and 8, CRC valid); split files round-trip canonically to the same image as the
+/// unsplit file; `inspect` reports 36 models.
+#[test]
+fn the_fraction_flag_needs_predicted_twelve_context_files() {
+    let bytes = predicted_file();
+    let f = format::read_grid_file(&bytes, &Limits::default()).unwrap();
+    let unsplit = GridInrFile {
+        contexts: GridContexts::Twelve,
+        ..f.clone()
+    };
+    let split = GridInrFile {
+        contexts: GridContexts::TwelveSplit,
+        ..f.clone()
+    };
+    let (ub, sb) = (
+        format::write_grid_file(&unsplit).unwrap(),
+        format::write_grid_file(&split).unwrap(),
+    );
+    let flags = |b: &[u8]| u16::from_le_bytes([b[6], b[7]]);
+    assert_eq!(flags(&ub), 0x0148);
+    assert_eq!(flags(&sb), 0x0948);
+    assert_ne!(ub, sb);
+    let back = format::read_grid_file(&sb, &Limits::default()).unwrap();
+    assert_eq!(back, split);
+    assert_eq!(format::write_grid_file(&back).unwrap(), sb, "canonical");
+    let opts = DecodeOptions::default();
+    assert_eq!(decode(&sb, &opts).unwrap(), decode(&ub, &opts).unwrap());
+    assert_eq!(inr::inspect(&sb).unwrap().grid.unwrap().latent_contexts, 36);
+    // The writer refuses the split without a predictor.
+    let bad = GridInrFile {
+        predictor: None,
+        ..split.clone()
+    };
+    assert!(matches!(
+        format::write_grid_file(&bad),
+        Err(FormatError::InvalidField { .. })
+    ));
+    // Bit 11 on a plain file and on a five-context predicted file: refused.
+    let plain = format::write_grid_file(&GridInrFile {
+        predictor: None,
+        ..unsplit.clone()
+    })
+    .unwrap();
+    let five = format::write_grid_file(&GridInrFile {
+        contexts: GridContexts::Five,
+        ..unsplit.clone()
+    })
+    .unwrap();
+    for b in [plain, five] {
+        let mut b = b.clone();
+        b[7] |= 0x08;
+        let body = b.len() - 4;
+        let crc = crc32fast::hash(&b[..body]);
+        b[body..].copy_from_slice(&crc.to_le_bytes());
+        let e = format::read_grid_file(&b, &Limits::default()).unwrap_err();
+        assert!(matches!(e, FormatError::InvalidField { .. }), "{e}");
+        assert!(e.to_string().contains("bit 11"), "{e}");
+    }
+    // The split file without its flag: an error or other latents.
+    let mut b = sb.clone();
+    b[7] &= !0x08;
+    let body = b.len() - 4;
+    let crc = crc32fast::hash(&b[..body]);
+    b[body..].copy_from_slice(&crc.to_le_bytes());
+    if let Ok(g) = format::read_grid_file(&b, &Limits::default()) {
+        assert_ne!(g.tensors, f.tensors);
     }
 }
