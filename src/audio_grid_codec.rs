@@ -545,12 +545,15 @@ fn code_segment(
     } else {
         None
     };
-    let segment = |net: &[QTensor], predictor: Option<Vec<format::LevelPredictor>>| GridSegment {
+    let segment = |net: &[QTensor], coding: Option<GridContexts>| GridSegment {
         tensors: net.iter().chain(&latents).cloned().collect(),
-        predictor,
+        predictor: coding.and(pred.clone()),
+        contexts: coding.unwrap_or(GridContexts::Five),
     };
     let size = |s: &GridSegment| format::audio_grid_segment_bytes(arch, frames, s);
-    let mut predicted = None;
+    // The latent coding: plain (None) or predicted with the five contexts, unsplit or split
+    // by the prediction's fraction (§5.10); the smallest.
+    let mut coding: Option<Option<GridContexts>> = None;
     let mut best: Option<(f64, GridSegment)> = None;
     for &bits in net_bits {
         let net = net_tensors(arch, &fitted.params, bits);
@@ -558,23 +561,25 @@ fn code_segment(
         let mut bytes = size(&plain)?;
         let mut seg = plain;
         // The latent coding choice does not depend on the network: made with the first width.
-        let use_pred = match predicted {
-            Some(p) => p,
+        let chosen = match coding {
+            Some(c) => c,
             None => {
-                let p = match &pred {
-                    Some(p) => {
-                        let s = segment(&net, Some(p.clone()));
-                        let b = size(&s)?;
-                        b < bytes
+                let mut c = None;
+                if pred.is_some() {
+                    let mut least = bytes;
+                    for ctxs in [GridContexts::Five, GridContexts::FiveSplit] {
+                        let b = size(&segment(&net, Some(ctxs)))?;
+                        if b < least {
+                            (least, c) = (b, Some(ctxs));
+                        }
                     }
-                    None => false,
-                };
-                predicted = Some(p);
-                p
+                }
+                coding = Some(c);
+                c
             }
         };
-        if use_pred {
-            seg = segment(&net, pred.clone());
+        if chosen.is_some() {
+            seg = segment(&net, chosen);
             bytes = size(&seg)?;
         }
         let mse = segment_mse(arch, pyr, &seg, target);
@@ -604,6 +609,7 @@ fn code_segment(
             .chain(zero)
             .collect(),
         predictor: None,
+        contexts: GridContexts::Five,
     };
     let mse = segment_mse(arch, pyr, &dc, target);
     let cost = mse + f64::from(lambda) * size(&dc)? as f64 * 8.0 / frames.max(1) as f64;

@@ -635,6 +635,9 @@ pub enum GridContexts {
     /// (§5.10, image grid files with flag bits 6, 8 and 11): 36 models per grid in a
     /// predicted stream. A plain stream (§5.9) has no prediction and never uses this set.
     TwelveSplit,
+    /// Five contexts split the same way (§5.10, audio grid segments with segment flag bit 1):
+    /// 15 models per grid in a predicted stream.
+    FiveSplit,
 }
 
 /// Most contexts of any [`GridContexts`] set.
@@ -644,7 +647,7 @@ impl GridContexts {
     /// The number of neighbour contexts (§5.9; the models per grid of a plain stream).
     pub const fn count(self) -> usize {
         match self {
-            GridContexts::Five => 5,
+            GridContexts::Five | GridContexts::FiveSplit => 5,
             GridContexts::Twelve | GridContexts::TwelveSplit => 12,
         }
     }
@@ -652,31 +655,39 @@ impl GridContexts {
     /// Models per grid of a predicted stream (§5.10): [`GridContexts::count`], times
     /// [`FRACTION_CLASSES`] with the fractional split.
     pub const fn pred_models(self) -> usize {
-        match self {
-            GridContexts::TwelveSplit => 12 * FRACTION_CLASSES,
-            _ => self.count(),
+        if self.splits_fraction() {
+            self.count() * FRACTION_CLASSES
+        } else {
+            self.count()
         }
     }
 
-    /// The set with the fractional split of a predicted stream, where there is one (twelve
-    /// contexts); else the set itself.
+    /// The set with the fractional split of a predicted stream.
     pub const fn split(self) -> GridContexts {
         match self {
             GridContexts::Twelve | GridContexts::TwelveSplit => GridContexts::TwelveSplit,
-            GridContexts::Five => GridContexts::Five,
+            GridContexts::Five | GridContexts::FiveSplit => GridContexts::FiveSplit,
+        }
+    }
+
+    /// The set without the fractional split (the neighbour contexts alone).
+    pub const fn unsplit(self) -> GridContexts {
+        match self {
+            GridContexts::Twelve | GridContexts::TwelveSplit => GridContexts::Twelve,
+            GridContexts::Five | GridContexts::FiveSplit => GridContexts::Five,
         }
     }
 
     /// Whether a predicted stream splits each context by the prediction's fractional part.
     pub const fn splits_fraction(self) -> bool {
-        matches!(self, GridContexts::TwelveSplit)
+        matches!(self, GridContexts::TwelveSplit | GridContexts::FiveSplit)
     }
 
     /// The context of the neighbour sum `s = 2|L| + 2|A| + |AL| + |AR|` (§5.9).
     #[inline]
     pub fn bucket(self, s: u32) -> usize {
         match self {
-            GridContexts::Five => grid_context_bucket(s),
+            GridContexts::Five | GridContexts::FiveSplit => grid_context_bucket(s),
             GridContexts::Twelve | GridContexts::TwelveSplit => match s {
                 0..=4 => s as usize,
                 5..=6 => 5,

@@ -38,7 +38,7 @@ mod audio_grid;
 pub use audio_grid::{
     audio_grid_segment_bytes, check_audio_grid, is_audio_grid_file, read_audio_grid_file,
     validate_audio_grid_arch, write_audio_grid_file, AudioGridInrFile, GridSegment,
-    SEGMENT_PREDICTED,
+    SEGMENT_PREDICTED, SEGMENT_SPLIT,
 };
 
 // §13 Grid-mode files (flag bit 3, version 2) live in their own child module.
@@ -48,8 +48,8 @@ pub use grid::{
     grid_level_dims, grid_tensor_lens, is_grid_file, predicted_shapes, read_grid_file,
     read_grid_file_with, validate_grid_arch, write_grid_file, GridInfo, GridInrFile,
     LevelPredictor, Synthesis, Upsampling, FLAG_GRID, FLAG_GRID_BSPLINE, FLAG_GRID_CONTEXTS,
-    FLAG_GRID_HEAD, FLAG_GRID_PREDICT, GRID_HEAD_TENSORS, MAX_GRID_DEPTH, MAX_GRID_LEVELS,
-    PREDICTOR_ENTRY_BYTES, VERSION_GRID,
+    FLAG_GRID_FRACTION, FLAG_GRID_HEAD, FLAG_GRID_PREDICT, GRID_HEAD_TENSORS, MAX_GRID_DEPTH,
+    MAX_GRID_LEVELS, PREDICTOR_ENTRY_BYTES, VERSION_GRID,
 };
 
 /// §3.1 Magic bytes: `0x89 'I' 'N' 'R'` (a high byte first, as in PNG, catches 7-bit and

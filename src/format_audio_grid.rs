@@ -23,6 +23,9 @@ use crate::entropy::GridContexts;
 
 /// §14.2 Segment flag bit 0: the segment's latents are predicted (§13.7).
 pub const SEGMENT_PREDICTED: u8 = 1;
+/// §14.2 Segment flag bit 1 (with bit 0): the predicted stream's five contexts are split by the
+/// prediction's fractional part (§5.10, [`GridContexts::FiveSplit`]).
+pub const SEGMENT_SPLIT: u8 = 2;
 
 /// One segment of an audio grid file (§14.2): the synthesis tensors then the L latent levels
 /// (level `l` holds `ceil(n / 2^l)` symbols for a segment of `n` frames), and the predictors
@@ -31,6 +34,25 @@ pub const SEGMENT_PREDICTED: u8 = 1;
 pub struct GridSegment {
     pub tensors: Vec<QTensor>,
     pub predictor: Option<Vec<LevelPredictor>>,
+    /// The latent stream's contexts: [`GridContexts::Five`], or [`GridContexts::FiveSplit`]
+    /// (segment flag bit 1, predicted segments only).
+    pub contexts: GridContexts,
+}
+
+impl GridSegment {
+    /// The segment's flags byte (§14.2), after checking that its context set is one an audio
+    /// segment can have.
+    fn flags(&self) -> Result<u8, FormatError> {
+        match (self.contexts, self.predictor.is_some()) {
+            (GridContexts::Five, p) => Ok(u8::from(p) * SEGMENT_PREDICTED),
+            (GridContexts::FiveSplit, true) => Ok(SEGMENT_PREDICTED | SEGMENT_SPLIT),
+            (c, _) => Err(FormatError::InvalidField {
+                field: "segment latent contexts",
+                value: c.pred_models() as u64,
+                expected: "five, or five split by the prediction's fraction with a predictor",
+            }),
+        }
+    }
 }
 
 /// A complete audio grid file in memory (§14).
@@ -135,6 +157,7 @@ pub fn audio_grid_segment_bytes(
     seg: &GridSegment,
 ) -> Result<usize, FormatError> {
     let (dims, lens) = segment_shape(arch, frames);
+    seg.flags()?;
     let (_, body) = write_grid_body(
         arch,
         &dims,
@@ -142,7 +165,7 @@ pub fn audio_grid_segment_bytes(
         &seg.tensors,
         None,
         seg.predictor.as_deref(),
-        GridContexts::Five,
+        seg.contexts,
         &Limits::default(),
     )?;
     Ok(1 + body.len())
@@ -173,6 +196,7 @@ pub fn write_audio_grid_file(f: &AudioGridInrFile) -> Result<Vec<u8>, FormatErro
     let mut bits = 0u8;
     for (k, seg) in f.segments.iter().enumerate() {
         let (dims, lens) = segment_shape(&f.arch, f.audio.window_frames(k as u64));
+        let seg_flags = seg.flags()?;
         let (b, body) = write_grid_body(
             &f.arch,
             &dims,
@@ -180,15 +204,11 @@ pub fn write_audio_grid_file(f: &AudioGridInrFile) -> Result<Vec<u8>, FormatErro
             &seg.tensors,
             None,
             seg.predictor.as_deref(),
-            GridContexts::Five,
+            seg.contexts,
             &limits,
         )?;
         bits = bits.max(b);
-        payload.push(if seg.predictor.is_some() {
-            SEGMENT_PREDICTED
-        } else {
-            0
-        });
+        payload.push(seg_flags);
         payload.extend_from_slice(&body);
     }
     // Segments are a flags byte and whole words: pad the payload to whole words (§14.1).
@@ -221,6 +241,7 @@ pub fn write_audio_grid_file(f: &AudioGridInrFile) -> Result<Vec<u8>, FormatErro
 struct ParsedSegment<'a> {
     body: super::grid::GridBody<'a>,
     bytes: u64,
+    contexts: GridContexts,
 }
 
 struct ParsedAudioGrid<'a> {
@@ -306,11 +327,13 @@ fn parse_audio_grid<'a>(
     for _ in 0..n {
         let start = g.pos;
         let seg_flags = g.u8("segment flags")?;
-        if seg_flags & !SEGMENT_PREDICTED != 0 {
+        if !matches!(seg_flags, 0 | SEGMENT_PREDICTED)
+            && seg_flags != SEGMENT_PREDICTED | SEGMENT_SPLIT
+        {
             return Err(FormatError::InvalidField {
                 field: "segment flags",
                 value: seg_flags.into(),
-                expected: "0 or 1",
+                expected: "0, 1 or 3",
             });
         }
         let t = take_tables(&mut g, &arch, Synthesis::Own, seg_flags != 0)?;
@@ -323,6 +346,11 @@ fn parse_audio_grid<'a>(
         segments.push(ParsedSegment {
             body,
             bytes: (g.pos - start) as u64,
+            contexts: if seg_flags & SEGMENT_SPLIT != 0 {
+                GridContexts::FiveSplit
+            } else {
+                GridContexts::Five
+            },
         });
     }
     // Zero padding to whole words, then nothing.
@@ -365,8 +393,12 @@ pub fn read_audio_grid_file(
     let mut segments = Vec::with_capacity(p.segments.len());
     for (k, s) in p.segments.into_iter().enumerate() {
         let (dims, lens) = segment_shape(&p.arch, p.audio.window_frames(k as u64));
-        let (tensors, predictor) = decode_body(s.body, &dims, &lens, GridContexts::Five)?;
-        segments.push(GridSegment { tensors, predictor });
+        let (tensors, predictor) = decode_body(s.body, &dims, &lens, s.contexts)?;
+        segments.push(GridSegment {
+            tensors,
+            predictor,
+            contexts: s.contexts,
+        });
     }
     Ok(AudioGridInrFile {
         audio: p.audio,

@@ -36,9 +36,9 @@ pub const FLAG_GRID_CONTEXTS: u16 = 1 << 8;
 /// §13.5 Flag bit 10 (image grid files): the levels are upsampled with cubic B-spline taps
 /// (four per axis) instead of bilinear ones.
 pub const FLAG_GRID_BSPLINE: u16 = 1 << 10;
-/// §5.10 Flag bit 11 (image grid files, with bits 6 and 8): the predicted latent stream splits
-/// each of the twelve contexts in three by the prediction's fractional part
-/// ([`GridContexts::TwelveSplit`]).
+/// §5.10 Flag bit 11 (image grid files, with bit 6): the predicted latent stream splits each
+/// context in three by the prediction's fractional part ([`GridContexts::TwelveSplit`], or
+/// [`GridContexts::FiveSplit`] without bit 8).
 pub const FLAG_GRID_FRACTION: u16 = 1 << 11;
 
 /// §13.5 How an image grid file's latent levels are upsampled to the output grid.
@@ -347,8 +347,8 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
 
 /// The flags of an image grid file (§3.4, §13.1): bit 3, bit 0 with a shared synthesis
 /// (§13.8) and bit 7 when its output layer is coded, bit 6 with predicted latents (§13.7), bit
-/// 8 with the twelve latent contexts (§5.9), bit 11 with their fractional split (§5.10), bit 10
-/// with B-spline upsampling (§13.5).
+/// 8 with the twelve latent contexts (§5.9), bit 11 with the contexts' fractional split (§5.10),
+/// bit 10 with B-spline upsampling (§13.5).
 fn grid_flags(
     synth: Synthesis,
     predicted: bool,
@@ -359,7 +359,7 @@ fn grid_flags(
     if upsampling == Upsampling::BSpline {
         flags |= FLAG_GRID_BSPLINE;
     }
-    if contexts != GridContexts::Five {
+    if contexts.count() == GridContexts::Twelve.count() {
         flags |= FLAG_GRID_CONTEXTS;
     }
     if contexts.splits_fraction() {
@@ -699,7 +699,7 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             field: "flags",
             value: flags.into(),
             expected: "0x0008, 0x0009, 0x0048, 0x0049, 0x0089 or 0x00c9, each also with \
-                       0x0100 and 0x0400, and 0x0800 with 0x0140 (grid mode); without flag bit 3 this is a plain image file: read \
+                       0x0100 and 0x0400, and 0x0800 with 0x0040 (grid mode); without flag bit 3 this is a plain image file: read \
                        it with the image reader (format::read_file)",
         });
     }
@@ -715,13 +715,11 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             })
         }
     };
-    let split = FLAG_GRID_FRACTION | FLAG_GRID_PREDICT | FLAG_GRID_CONTEXTS;
-    if flags & FLAG_GRID_FRACTION != 0 && flags & split != split {
+    if flags & FLAG_GRID_FRACTION != 0 && flags & FLAG_GRID_PREDICT == 0 {
         return Err(FormatError::InvalidField {
             field: "flags",
             value: flags.into(),
-            expected: "flag bit 11 (split latent contexts) only with bits 6 (predicted latents) \
-                       and 8 (twelve contexts)",
+            expected: "flag bit 11 (split latent contexts) only with bit 6 (predicted latents)",
         });
     }
     let t = take_tables(&mut r, &arch, synth, flags & FLAG_GRID_PREDICT != 0)?;
@@ -748,12 +746,17 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         lens,
         base_id: t.base_id,
         synth,
-        contexts: if flags & FLAG_GRID_FRACTION != 0 {
-            GridContexts::TwelveSplit
-        } else if flags & FLAG_GRID_CONTEXTS != 0 {
-            GridContexts::Twelve
-        } else {
-            GridContexts::Five
+        contexts: {
+            let set = if flags & FLAG_GRID_CONTEXTS != 0 {
+                GridContexts::Twelve
+            } else {
+                GridContexts::Five
+            };
+            if flags & FLAG_GRID_FRACTION != 0 {
+                set.split()
+            } else {
+                set
+            }
         },
         upsampling: if flags & FLAG_GRID_BSPLINE != 0 {
             Upsampling::BSpline

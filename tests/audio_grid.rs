@@ -471,3 +471,102 @@ fn mono_clips_start_from_the_embedded_audio_grid_base() {
         assert!((psnr - e.quality.psnr).abs() < 1e-9);
     }
 }
+
+/// Segment flags 3 (§14.2, §5.10): a predicted segment's five contexts split by the
+/// prediction's fraction. Both predicted codings round-trip to the same samples; the flags
+/// byte says which; the writer refuses a split without a predictor or another context set;
+/// the reader refuses flags 2; the encoder keeps the smallest coding of each segment.
+#[test]
+fn segments_split_by_the_prediction_fraction_round_trip_and_are_checked() {
+    use inr::entropy::GridContexts;
+    use inr::format::{GridSegment, LevelPredictor, SEGMENT_PREDICTED, SEGMENT_SPLIT};
+    let a = tone(spec(8000, 1, SampleKind::Int, 16), 700, 0.5);
+    let e = encode(
+        &a,
+        &AudioGridEncodeConfig {
+            segment: 300,
+            ..cfg(60)
+        },
+    );
+    let l = Limits::default();
+    let f = format::read_audio_grid_file(&e.bytes, &l).unwrap();
+    let levels = usize::from(f.arch.coord_dims);
+    // The encoder's choice per segment is the smallest of its codings.
+    for (k, seg) in f.segments.iter().enumerate() {
+        let frames = f.audio.window_frames(k as u64);
+        let own = format::audio_grid_segment_bytes(&f.arch, frames, seg).unwrap();
+        if seg.predictor.is_some() {
+            for contexts in [GridContexts::Five, GridContexts::FiveSplit] {
+                let other = GridSegment {
+                    contexts,
+                    ..seg.clone()
+                };
+                let n = format::audio_grid_segment_bytes(&f.arch, frames, &other).unwrap();
+                assert!(own <= n, "segment {k}: {own} vs {n}");
+            }
+            let plain = GridSegment {
+                predictor: None,
+                contexts: GridContexts::Five,
+                ..seg.clone()
+            };
+            let n = format::audio_grid_segment_bytes(&f.arch, frames, &plain).unwrap();
+            assert!(own <= n, "segment {k}: {own} vs plain {n}");
+        }
+    }
+    // Segment 0 predicted with a fixed predictor, unsplit and split.
+    let pred = vec![
+        LevelPredictor {
+            coefs: [100, 0, 0, 0, 20],
+            res_bits: 16,
+        };
+        levels
+    ];
+    let with = |contexts| {
+        let mut g = f.clone();
+        g.segments[0].predictor = Some(pred.clone());
+        g.segments[0].contexts = contexts;
+        g
+    };
+    let (unsplit, split) = (with(GridContexts::Five), with(GridContexts::FiveSplit));
+    let (ub, sb) = (
+        format::write_audio_grid_file(&unsplit).unwrap(),
+        format::write_audio_grid_file(&split).unwrap(),
+    );
+    // The first segment's flags byte follows the header, the audio section and the length.
+    let seg0 = 30 + 20 + 4;
+    assert_eq!(ub[seg0], SEGMENT_PREDICTED);
+    assert_eq!(sb[seg0], SEGMENT_PREDICTED | SEGMENT_SPLIT);
+    assert_ne!(ub, sb);
+    assert_eq!(format::read_audio_grid_file(&sb, &l).unwrap(), split);
+    assert_eq!(format::read_audio_grid_file(&ub, &l).unwrap(), unsplit);
+    let samples = |b: &[u8]| decode_audio(b, &l).unwrap().1;
+    assert_eq!(samples(&sb), samples(&ub));
+    assert_eq!(samples(&ub), samples(&e.bytes));
+    // The writer refuses a split without a predictor, and the image files' context sets.
+    for (predictor, contexts) in [
+        (None, GridContexts::FiveSplit),
+        (Some(pred.clone()), GridContexts::Twelve),
+        (Some(pred.clone()), GridContexts::TwelveSplit),
+    ] {
+        let mut g = f.clone();
+        g.segments[0].predictor = predictor;
+        g.segments[0].contexts = contexts;
+        assert!(matches!(
+            format::write_audio_grid_file(&g),
+            Err(FormatError::InvalidField { .. })
+        ));
+    }
+    // Flags 2 (split without prediction) is invalid; flags 3 on an unsplit stream decodes to
+    // an error or other samples, never a panic.
+    let mut b = sb.clone();
+    b[seg0] = SEGMENT_SPLIT;
+    fix_crc(&mut b);
+    let err = format::read_audio_grid_file(&b, &l).unwrap_err();
+    assert!(err.to_string().contains("segment flags"), "{err}");
+    let mut b = ub.clone();
+    b[seg0] = SEGMENT_PREDICTED | SEGMENT_SPLIT;
+    fix_crc(&mut b);
+    if let Ok(d) = decode_audio(&b, &l) {
+        assert_ne!(d.1, samples(&ub));
+    }
+}

@@ -694,12 +694,12 @@ fn the_fractional_split_follows_the_spec_and_pays_on_fractional_predictions() {
     .is_err());
 }
 
-/// Flag bit 11 in files: set exactly for the split set, which needs predicted latents (the
-/// writer refuses it without them) and the twelve contexts (the reader refuses bit 11 without
-/// bits 6 and 8, CRC valid); split files round-trip canonically to the same image as the
-/// unsplit file; `inspect` reports 36 models.
+/// Flag bit 11 in files: set exactly for the split sets (twelve or five contexts), which need
+/// predicted latents (the writer refuses them without; the reader refuses bit 11 without bit
+/// 6, CRC valid); split files round-trip canonically to the same image as the unsplit file;
+/// `inspect` reports 36 models.
 #[test]
-fn the_fraction_flag_needs_predicted_twelve_context_files() {
+fn the_fraction_flag_needs_predicted_files() {
     let bytes = predicted_file();
     let f = format::read_grid_file(&bytes, &Limits::default()).unwrap();
     let unsplit = GridInrFile {
@@ -733,27 +733,31 @@ fn the_fraction_flag_needs_predicted_twelve_context_files() {
         format::write_grid_file(&bad),
         Err(FormatError::InvalidField { .. })
     ));
-    // Bit 11 on a plain file and on a five-context predicted file: refused.
-    let plain = format::write_grid_file(&GridInrFile {
+    // Five contexts split: flags 0x0848, the same image.
+    let five_split = GridInrFile {
+        contexts: GridContexts::FiveSplit,
+        ..f.clone()
+    };
+    let fb = format::write_grid_file(&five_split).unwrap();
+    assert_eq!(flags(&fb), 0x0848);
+    assert_eq!(
+        format::read_grid_file(&fb, &Limits::default()).unwrap(),
+        five_split
+    );
+    assert_eq!(decode(&fb, &opts).unwrap(), decode(&ub, &opts).unwrap());
+    // Bit 11 on a plain file: refused.
+    let mut b = format::write_grid_file(&GridInrFile {
         predictor: None,
         ..unsplit.clone()
     })
     .unwrap();
-    let five = format::write_grid_file(&GridInrFile {
-        contexts: GridContexts::Five,
-        ..unsplit.clone()
-    })
-    .unwrap();
-    for b in [plain, five] {
-        let mut b = b.clone();
-        b[7] |= 0x08;
-        let body = b.len() - 4;
-        let crc = crc32fast::hash(&b[..body]);
-        b[body..].copy_from_slice(&crc.to_le_bytes());
-        let e = format::read_grid_file(&b, &Limits::default()).unwrap_err();
-        assert!(matches!(e, FormatError::InvalidField { .. }), "{e}");
-        assert!(e.to_string().contains("bit 11"), "{e}");
-    }
+    b[7] |= 0x08;
+    let body = b.len() - 4;
+    let crc = crc32fast::hash(&b[..body]);
+    b[body..].copy_from_slice(&crc.to_le_bytes());
+    let e = format::read_grid_file(&b, &Limits::default()).unwrap_err();
+    assert!(matches!(e, FormatError::InvalidField { .. }), "{e}");
+    assert!(e.to_string().contains("bit 11"), "{e}");
     // The split file without its flag: an error or other latents.
     let mut b = sb.clone();
     b[7] &= !0x08;
