@@ -327,9 +327,7 @@ fn parse_audio_grid<'a>(
     for _ in 0..n {
         let start = g.pos;
         let seg_flags = g.u8("segment flags")?;
-        if !matches!(seg_flags, 0 | SEGMENT_PREDICTED)
-            && seg_flags != SEGMENT_PREDICTED | SEGMENT_SPLIT
-        {
+        if ![0, SEGMENT_PREDICTED, SEGMENT_PREDICTED | SEGMENT_SPLIT].contains(&seg_flags) {
             return Err(FormatError::InvalidField {
                 field: "segment flags",
                 value: seg_flags.into(),
