@@ -969,34 +969,43 @@ pub fn grid_prediction_parts(
     (clamped as i32, frac)
 }
 
-/// The model index and coded residual of a predicted element (§5.10): the §5.9 context `ctx`;
-/// with the fractional split, `3·ctx + class` and the residual negated when `f < 0`.
+/// The model of a predicted element (§5.10) and the sign its residual is coded with: the §5.9
+/// context `ctx` and +1; with the fractional split, `3·ctx + class` and −1 when `f < 0`.
 #[inline]
-fn split_symbol(ctxs: GridContexts, ctx: usize, frac: i64, r: i64) -> (usize, i64) {
+fn pred_model(ctxs: GridContexts, ctx: usize, frac: i64) -> (usize, i64) {
     if ctxs.splits_fraction() {
-        let r = if frac < 0 { -r } else { r };
-        (ctx * FRACTION_CLASSES + fraction_class(frac), r)
+        let sign = if frac < 0 { -1 } else { 1 };
+        (ctx * FRACTION_CLASSES + fraction_class(frac), sign)
     } else {
-        (ctx, r)
+        (ctx, 1)
     }
 }
 
 /// Residuals `value - prediction` of every grid (§5.10), grids in coding order.
 pub fn grid_residuals(grids: &[(&[i32], PredShape)]) -> Vec<Vec<i32>> {
-    let mut out = Vec::with_capacity(grids.len());
+    residuals_and_fractions(grids).0
+}
+
+/// [`grid_residuals`], and the fractional part of every prediction ([`grid_prediction_parts`],
+/// in `-128..=127`).
+fn residuals_and_fractions(grids: &[(&[i32], PredShape)]) -> (Vec<Vec<i32>>, Vec<Vec<i16>>) {
+    let mut res = Vec::with_capacity(grids.len());
+    let mut fracs = Vec::with_capacity(grids.len());
     for (k, &(g, s)) in grids.iter().enumerate() {
         let parent = k.checked_sub(1).map(|j| (grids[j].0, grids[j].1.cols));
-        out.push(
-            g.iter()
-                .enumerate()
-                .map(|(i, &v)| {
-                    let p = grid_prediction(g, i, s.cols, parent, &s.coefs, s.max_abs);
-                    (i64::from(v) - i64::from(p)).clamp(i32::MIN.into(), i32::MAX.into()) as i32
-                })
-                .collect(),
-        );
+        let (r, f): (Vec<i32>, Vec<i16>) = g
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let (p, f) = grid_prediction_parts(g, i, s.cols, parent, &s.coefs, s.max_abs);
+                let r = (i64::from(v) - i64::from(p)).clamp(i32::MIN.into(), i32::MAX.into());
+                (r as i32, f as i16) // |f| <= 128
+            })
+            .unzip();
+        res.push(r);
+        fracs.push(f);
     }
-    out
+    (res, fracs)
 }
 
 fn check_pred_shape(s: &PredShape) -> Result<(), EntropyError> {
@@ -1028,7 +1037,7 @@ pub fn encode_pred_grids(
         check_pred_shape(&s)?;
         check_symbols(t, g, s.max_abs)?;
     }
-    let residuals = grid_residuals(grids);
+    let (residuals, fractions) = residuals_and_fractions(grids);
     for (t, (r, &(_, s))) in residuals.iter().zip(grids).enumerate() {
         check_symbols(t, r, s.res_max_abs)?;
     }
@@ -1037,22 +1046,16 @@ pub fn encode_pred_grids(
     }
     let coder_err = |e| EntropyError::Encoder(format!("{e:?}"));
     let mut enc = DefaultRangeEncoder::new();
-    for (k_grid, (&(g, s), r)) in grids.iter().zip(&residuals).enumerate() {
+    for ((&(g, s), r), f) in grids.iter().zip(&residuals).zip(&fractions) {
         let k = 2 * s.res_max_abs as usize + 1;
         let m = i64::from(s.res_max_abs);
         let mut models: Vec<AdaptiveModel> = (0..ctxs.pred_models())
             .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
             .collect();
-        let parent = k_grid.checked_sub(1).map(|j| (grids[j].0, grids[j].1.cols));
-        for (i, &v) in r.iter().enumerate() {
-            let frac = if ctxs.splits_fraction() {
-                grid_prediction_parts(g, i, s.cols, parent, &s.coefs, s.max_abs).1
-            } else {
-                0
-            };
-            let (j, coded) = split_symbol(ctxs, grid_context(g, i, s.cols, ctxs), frac, v.into());
+        for (i, (&v, &frac)) in r.iter().zip(f).enumerate() {
+            let (j, sign) = pred_model(ctxs, grid_context(g, i, s.cols, ctxs), frac.into());
             let model = &mut models[j];
-            let u = (coded + m) as usize; // in 0..k: |coded| = |v|, checked above
+            let u = (sign * i64::from(v) + m) as usize; // in 0..k: |v| <= m, checked above
             enc.encode_symbol(u, View(model)).map_err(coder_err)?;
             model.update(u);
         }
@@ -1105,7 +1108,7 @@ pub fn decode_pred_grids(
             .map(|(p, ps)| (p.as_slice(), ps.cols));
         for i in 0..s.len {
             let (pred, frac) = grid_prediction_parts(&g, i, s.cols, parent, &s.coefs, s.max_abs);
-            let (j, sign) = split_symbol(ctxs, grid_context(&g, i, s.cols, ctxs), frac, 1);
+            let (j, sign) = pred_model(ctxs, grid_context(&g, i, s.cols, ctxs), frac);
             let model = &mut models[j];
             let u = dec
                 .decode_symbol(View(model))
