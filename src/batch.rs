@@ -446,6 +446,11 @@ pub enum AudioMode {
     Grid(crate::AudioGridEncodeConfig),
     /// The audio weight mode (§11).
     Weights(crate::AudioEncodeConfig),
+    /// The audio modulation mode (`inr encode --mode modulations`). With `base: None` each clip
+    /// uses the embedded audio modulation base for its channel count, with that base's trained
+    /// latent L2 in place of `fit.l2` (as `inr encode` does); a clip no embedded base fits
+    /// gets a `failed` row naming its channel count.
+    Modulations(crate::AudioModEncodeConfig),
     /// WAV files are not coded: each gets a `failed` row with this reason.
     Refused(String),
 }
@@ -470,6 +475,20 @@ impl AudioMode {
         match self {
             AudioMode::Grid(cfg) => run(&|src| crate::encode_audio_grid(src, cfg, &mut |_| {})),
             AudioMode::Weights(cfg) => run(&|src| crate::encode_audio(src, cfg, &mut |_| {})),
+            AudioMode::Modulations(cfg) => run(&|src| {
+                let mut cfg = cfg.clone();
+                if cfg.base.is_none() {
+                    if let Some(b) = crate::base::embedded_audio_modulation(
+                        crate::audio::AudioSource::spec(src).channels,
+                    ) {
+                        if let Some(l2) = crate::mod_codec::trained_l2(b) {
+                            cfg.fit.l2 = l2;
+                        }
+                        cfg.base = Some(b.clone());
+                    }
+                }
+                crate::encode_audio_modulated(src, &cfg, &mut |_| {})
+            }),
             AudioMode::Refused(why) => Err(why.clone()),
         }
     }

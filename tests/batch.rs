@@ -606,7 +606,7 @@ fn rows_off_their_rate_target_are_listed() {
 }
 
 #[test]
-fn cli_batch_codes_wav_in_the_audio_grid_mode_and_refuses_kbps_elsewhere() {
+fn cli_batch_codes_wav_in_the_audio_grid_mode_and_refuses_kbps_in_the_weight_mode() {
     let t = tempfile::tempdir().unwrap();
     let inp = t.path().join("in");
     wav(&inp.join("tone.wav"), 220.0, 8000);
@@ -655,7 +655,7 @@ fn cli_batch_codes_wav_in_the_audio_grid_mode_and_refuses_kbps_elsewhere() {
     run(&["--mode", "weights", "--kbps", "12", "--force"])
         .failure()
         .stderr(predicates::str::contains(
-            "--kbps needs the audio grid mode",
+            "--kbps needs the audio grid or modulation mode",
         ));
     let r = run(&["--mode", "grid-shared", "--force"]).failure();
     let v: serde_json::Value = serde_json::from_slice(&r.get_output().stdout).unwrap();
@@ -727,4 +727,103 @@ fn jobs_bound_the_files_in_flight() {
         let max = codec.max_in_flight.load(Ordering::SeqCst);
         assert!(max <= jobs, "{max} files in flight with {jobs} jobs");
     }
+}
+
+#[test]
+fn cli_batch_codes_wav_in_the_modulation_mode_with_an_audio_base() {
+    use assert_cmd::Command;
+    let t = tempfile::tempdir().unwrap();
+    let clips = t.path().join("clips");
+    wav(&clips.join("c0.wav"), 220.0, 3000);
+    wav(&clips.join("c1.wav"), 330.0, 3000);
+    let base = t.path().join("a.inrb");
+    Command::cargo_bin("inr")
+        .unwrap()
+        .args(["--quiet", "meta-train", "--modality", "audio"])
+        .args(["--mode", "modulations"])
+        .arg(&clips)
+        .arg("-o")
+        .arg(&base)
+        .args([
+            "--width",
+            "8",
+            "--depth",
+            "2",
+            "--latent-dim",
+            "3",
+            "--cell",
+            "16",
+        ])
+        .args(["--freqs", "3", "--iterations", "4", "--inner-steps", "2"])
+        .args(["--crop-min", "256", "--crop-max", "512"])
+        .assert()
+        .success();
+
+    let inp = t.path().join("in");
+    png(&inp.join("a.png"), 1, false);
+    wav(&inp.join("tone.wav"), 440.0, 2000);
+    let out = t.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut c = Command::cargo_bin("inr").unwrap();
+        c.arg("batch")
+            .arg(&inp)
+            .arg("-o")
+            .arg(&out)
+            .args(["--json", "--quiet", "--steps", "5", "--force"])
+            .args(extra);
+        c.assert()
+    };
+    let rows = |a: &assert_cmd::assert::Assert| -> serde_json::Value {
+        serde_json::from_slice(&a.get_output().stdout).unwrap()
+    };
+    let row = |v: &serde_json::Value, name: &str| -> serde_json::Value {
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["input"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for {name}: {v}"))
+    };
+
+    // The audio base codes the WAV file (and, without --mode, picks the modulation mode for
+    // it); the image takes the embedded image modulation base with --mode modulations.
+    let base_arg = base.to_str().unwrap();
+    let a = run(&["--mode", "modulations", "--base", base_arg]).success();
+    let v = rows(&a);
+    assert_eq!(v["encoded"], 2, "{v}");
+    assert_eq!(row(&v, "tone.wav")["mode"], "modulations", "{v}");
+    assert!(row(&v, "tone.wav")["kbps"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(row(&v, "a.png")["mode"], "modulations", "{v}");
+    let bytes = std::fs::read(out.join("tone.inr")).unwrap();
+    assert!(inr::format::is_audio_modulation_file(&bytes));
+    let b =
+        inr::base::Base::from_bytes(&std::fs::read(&base).unwrap(), &Default::default()).unwrap();
+    let (header, samples) = inr::decode_audio_with(&bytes, &inr::Limits::default(), &[b]).unwrap();
+    assert_eq!((header.frames, samples.len()), (2000, 2000));
+    // Without --mode the audio base's kind picks the WAV file's mode; images stay in grid mode.
+    let v = rows(&run(&["--base", base_arg]).success());
+    assert_eq!(row(&v, "tone.wav")["mode"], "modulations", "{v}");
+    assert_eq!(row(&v, "a.png")["mode"], "grid", "{v}");
+
+    // An audio base of another kind than --mode asks for: a clean error before any work.
+    run(&["--mode", "weights", "--base", base_arg])
+        .failure()
+        .stderr(predicates::str::contains(
+            "audio modulations base: WAV files take it with --mode modulations",
+        ));
+    run(&["--mode", "modulations", "--base", "none"])
+        .failure()
+        .stderr(predicates::str::contains("needs a base"));
+    // This binary embeds no audio modulation base: without --base the WAV file alone fails,
+    // with a row naming the missing base, and the image is still coded.
+    let r = run(&["--mode", "modulations"]).failure();
+    let v = rows(&r);
+    assert_eq!(
+        (v["encoded"].clone(), v["failed"].clone()),
+        (1.into(), 1.into()),
+        "{v}"
+    );
+    let err = row(&v, "tone.wav")["error"].as_str().unwrap().to_string();
+    assert!(err.contains("no embedded audio modulation base"), "{err}");
 }

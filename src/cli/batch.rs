@@ -13,9 +13,11 @@ use inr::{EncodeConfig, Preset};
 /// resumable manifest; or merge shard manifests with `--merge OUT_DIR`.
 ///
 /// WAV files are coded as `inr encode` codes them: the audio grid mode by default, the weight
-/// mode with `--mode weights`; `--preset`, `--steps`, `--seed` and `--kbps` apply to them
-/// (`--width`, `--depth` and `--bits` too in the weight mode); `--bpp`, `--psnr`, `--base`
-/// and `--output-layer` are for images. The manifest gives images' rates in `bpp` and audio's
+/// mode with `--mode weights`, the modulation mode with `--mode modulations` (the embedded
+/// audio modulation base for each clip's channel count); `--preset`, `--steps`, `--seed` and
+/// `--kbps` apply to them (`--width`, `--depth` and `--bits` too in the weight mode,
+/// `--latent-step` in the modulation mode); an audio `--base` file codes them (and picks their
+/// mode without --mode); `--bpp`, `--psnr` and `--output-layer` are for images. The manifest gives images' rates in `bpp` and audio's
 /// in `kbps`. A file that misses its `--bpp` (±3 %) or `--kbps` (−3 % … 0 %) target is kept
 /// (rate control keeps the best file it found), warned about and listed in `off_target`
 /// with `--json`.
@@ -89,7 +91,8 @@ pub struct BatchArgs {
     /// Modulations: the base file (default: the embedded modulation base). Grid: a grid base
     /// from `inr meta-train --mode grid` (default: the embedded grid base). Weights: a weight
     /// base from `inr meta-train` (default: the embedded one for the preset). Without --mode,
-    /// the base's kind picks the mode.
+    /// the base's kind picks the mode. An audio base (`inr meta-train --modality audio`) is
+    /// for the WAV files instead, and the images keep their default. `none`: random starts.
     #[arg(long, value_name = "FILE.inrb")]
     pub base: Option<PathBuf>,
     /// Files encoded at once (default: number of cores); each encode gets cores/jobs threads.
@@ -153,12 +156,30 @@ fn install_stop_handler() -> anyhow::Result<()> {
 fn audio_mode(args: &BatchArgs, threads: usize) -> anyhow::Result<batch::AudioMode> {
     use super::encode::Mode;
     let name = super::encode::preset_name(args.preset);
-    Ok(match args.mode.unwrap_or(Mode::Grid) {
+    // An audio `--base` codes the WAV files and, without --mode, picks their mode by its kind.
+    let base = split_base(args)?.1;
+    let mode = args
+        .mode
+        .or_else(|| custom_base(&base).map(super::encode::base_mode))
+        .unwrap_or(Mode::Grid);
+    if let Some(b) = custom_base(&base) {
+        let kind = super::encode::base_mode(b);
+        if kind != mode {
+            bail!(
+                "--base is an audio {} base: WAV files take it with --mode {} (not {})",
+                kind.name(),
+                kind.name(),
+                mode.name()
+            );
+        }
+    }
+    Ok(match mode {
         Mode::Grid => {
             let mut cfg = inr::AudioGridEncodeConfig {
                 seed: args.seed,
                 threads: Some(threads),
                 target_kbps: args.kbps,
+                base: base.clone(),
                 ..Default::default()
             };
             if let Some(&(_, l)) = inr::AUDIO_GRID_PRESET_LAMBDAS
@@ -175,7 +196,8 @@ fn audio_mode(args: &BatchArgs, threads: usize) -> anyhow::Result<batch::AudioMo
         Mode::Weights => {
             if args.kbps.is_some() {
                 bail!(
-                    "--kbps needs the audio grid mode (the weight mode's rate is set by --preset)"
+                    "--kbps needs the audio grid or modulation mode (the weight mode's rate is set by \
+                     --preset)"
                 );
             }
             batch::AudioMode::Weights(inr::AudioEncodeConfig {
@@ -186,23 +208,70 @@ fn audio_mode(args: &BatchArgs, threads: usize) -> anyhow::Result<batch::AudioMo
                 steps: args.steps,
                 seed: args.seed,
                 threads: Some(threads),
+                base: base.clone(),
                 ..Default::default()
             })
         }
-        m @ (Mode::Modulations | Mode::GridShared) => {
-            if args.kbps.is_some() {
-                bail!("--kbps needs the audio grid mode (--mode grid, or no --mode)");
+        Mode::Modulations => {
+            let d = inr::AudioModEncodeConfig::default();
+            let mut fit = d.fit;
+            if let Some(s) = args.steps {
+                fit.steps = s;
             }
-            let m = if m == Mode::Modulations {
-                "modulations"
-            } else {
-                "grid-shared"
+            // Without an audio modulation `--base`, each clip takes the embedded audio
+            // modulation base for its channel count (the library's `base: None`).
+            let base = match base {
+                inr::BaseChoice::None => {
+                    bail!("--mode modulations needs a base (--base default or FILE.inrb)")
+                }
+                c => custom_base(&c).cloned(),
             };
-            batch::AudioMode::Refused(format!(
-                "WAV input: `inr batch --mode {m}` codes images only (audio: --mode grid or weights)"
-            ))
+            if let Some(l2) = base.as_ref().and_then(inr::mod_codec_trained_l2) {
+                fit.l2 = l2;
+            }
+            batch::AudioMode::Modulations(inr::AudioModEncodeConfig {
+                fit,
+                latent_step: args.latent_step.unwrap_or(d.latent_step),
+                target_kbps: args.kbps,
+                base,
+                seed: args.seed,
+                threads: Some(threads),
+                ..d
+            })
+        }
+        Mode::GridShared => {
+            if args.kbps.is_some() {
+                bail!("--kbps is for the audio grid and modulation modes, not --mode grid-shared");
+            }
+            batch::AudioMode::Refused(
+                "WAV input: `inr batch --mode grid-shared` codes images only (audio: --mode \
+                 grid, modulations or weights)"
+                    .into(),
+            )
         }
     })
+}
+
+/// `--base` as the images' base and as the WAV files': `default` and `none` for both, a file for
+/// the modality its kind is for (the other keeps its default).
+fn split_base(args: &BatchArgs) -> anyhow::Result<(inr::BaseChoice, inr::BaseChoice)> {
+    use inr::BaseChoice;
+    Ok(match &args.base {
+        None => (BaseChoice::Default, BaseChoice::Default),
+        Some(p) => match super::base_choice(&p.to_string_lossy())? {
+            BaseChoice::Custom(b) if b.is_audio() => (BaseChoice::Default, BaseChoice::Custom(b)),
+            c @ BaseChoice::Custom(_) => (c, BaseChoice::Default),
+            c => (c.clone(), c),
+        },
+    })
+}
+
+/// The base of a [`inr::BaseChoice::Custom`].
+fn custom_base(c: &inr::BaseChoice) -> Option<&inr::base::Base> {
+    match c {
+        inr::BaseChoice::Custom(b) => Some(b),
+        _ => None,
+    }
 }
 
 /// Run the batch (or the merge).
@@ -216,13 +285,7 @@ fn image_mode(args: &BatchArgs) -> anyhow::Result<super::encode::Mode> {
     if let Some(m) = args.mode {
         return Ok(m);
     }
-    let from_base = match &args.base {
-        Some(p) => super::load_bases(std::slice::from_ref(p))?
-            .pop()
-            .filter(|b| !b.is_audio())
-            .map(|b| super::encode::base_mode(&b)),
-        None => None,
-    };
+    let from_base = custom_base(&split_base(args)?.0).map(super::encode::base_mode);
     match (args.latent_step.is_some(), from_base) {
         (true, Some(m)) if m != Mode::Modulations => bail!(
             "--latent-step is for --mode modulations and --base is for --mode {}: pick one \
@@ -254,6 +317,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         .map_or(cores, |j| usize::try_from(j).unwrap_or(cores))
         .max(1);
     let image_mode = image_mode(&args)?;
+    let image_base = split_base(&args)?.0;
     // `..Default` keeps the expert options the encoder grows (pe_freqs, w0, ...) at their
     // defaults; on a branch where every field is listed, clippy calls the update needless.
     #[allow(clippy::needless_update)]
@@ -267,11 +331,10 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         threads: Some((cores / jobs).max(1)),
         target_bpp: args.bpp,
         target_psnr: args.psnr,
-        base: match &args.base {
-            Some(p) if image_mode == super::encode::Mode::Weights => {
-                super::base_choice(&p.to_string_lossy())?
-            }
-            _ => inr::BaseChoice::Default,
+        base: if image_mode == super::encode::Mode::Weights {
+            image_base.clone()
+        } else {
+            inr::BaseChoice::Default
         },
         ..EncodeConfig::default()
     };
@@ -293,10 +356,13 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
     let codec: &dyn inr::batch::BatchCodec = match image_mode {
         super::encode::Mode::Weights => &weights,
         super::encode::Mode::Modulations => {
-            let base = match &args.base {
-                Some(p) => super::load_bases(std::slice::from_ref(p))?.pop(),
-                None => inr::base::embedded_modulation().cloned(),
-            };
+            let base = match image_base {
+                inr::BaseChoice::None => {
+                    bail!("--mode modulations needs a base (--base default or FILE.inrb)")
+                }
+                c => custom_base(&c).cloned(),
+            }
+            .or_else(|| inr::base::embedded_modulation().cloned());
             let Some(base) = base else {
                 anyhow::bail!("no modulation base available (pass --base FILE.inrb)");
             };
@@ -347,9 +413,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             if let Some(u) = args.upsampling {
                 config.fit.upsampling = u.into();
             }
-            if let Some(p) = &args.base {
-                config.base = super::base_choice(&p.to_string_lossy())?;
-            }
+            config.base = image_base;
             if shared && (args.width.is_some() || args.depth.is_some()) {
                 bail!("--mode grid-shared: the shared synthesis network sets --width and --depth");
             }
