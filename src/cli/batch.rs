@@ -13,12 +13,12 @@ use inr::{EncodeConfig, Preset};
 /// resumable manifest; or merge shard manifests with `--merge OUT_DIR`.
 ///
 /// WAV files are coded as `inr encode` codes them: the audio grid mode by default, the weight
-/// mode with `--mode weights`, the modulation mode with `--mode modulations` (the embedded
-/// audio modulation base for each clip's channel count); `--preset`, `--steps`, `--seed` and
-/// `--kbps` apply to them (`--width`, `--depth` and `--bits` too in the weight mode,
-/// `--latent-step` in the modulation mode); an audio `--base` file codes them (and picks their
-/// mode without --mode); `--bpp`, `--psnr` and `--output-layer` are for images. The manifest gives images' rates in `bpp` and audio's
-/// in `kbps`. A file that misses its `--bpp` (±3 %) or `--kbps` (−3 % … 0 %) target is kept
+/// mode with `--mode weights`, the modulation mode with `--mode modulations` and an audio
+/// modulation `--base` (this binary embeds none); `--preset`, `--steps`, `--seed` and `--kbps`
+/// apply to them (`--width`, `--depth` and `--bits` too in the weight mode, `--latent-step` in
+/// the modulation mode). An audio `--base` file codes them (and picks their mode without
+/// --mode); `--bpp`, `--psnr` and `--output-layer` are for images. The manifest gives images'
+/// rates in `bpp` and audio's in `kbps`. A file that misses its `--bpp` (±3 %) or `--kbps` (−3 % … 0 %) target is kept
 /// (rate control keeps the best file it found), warned about and listed in `off_target`
 /// with `--json`.
 #[derive(Debug, clap::Args)]
