@@ -2,6 +2,8 @@
 //! base checks, step monotonicity, rate control, meta-learning, hostile files. Tiny networks
 //! and clips so it runs in seconds.
 
+mod common;
+
 use inr::audio::{Audio, AudioSpec, SampleKind};
 use inr::base::{Base, BaseError, ModSpec};
 use inr::format::{self, Arch, FormatError, Limits};
@@ -356,33 +358,8 @@ fn cli_meta_train_encode_decode_info_eval_in_audio_modulation_mode() {
         .arg(&data)
         .arg("-o")
         .arg(&base)
-        .args([
-            "--width",
-            "8",
-            "--depth",
-            "2",
-            "--latent-dim",
-            "3",
-            "--cell",
-            "16",
-        ])
-        .args([
-            "--freqs",
-            "3",
-            "--iterations",
-            "4",
-            "--inner-steps",
-            "2",
-            "--force",
-        ])
-        .args([
-            "--crop-min",
-            "256",
-            "--crop-max",
-            "512",
-            "--checkpoint-every",
-            "2",
-        ]);
+        .args(common::TINY_AUDIO_MOD_BASE_ARGS)
+        .args(["--force", "--checkpoint-every", "2"]);
         c
     };
     train().assert().success();

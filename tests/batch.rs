@@ -1,5 +1,7 @@
 //! `inr batch`: failures, resume after interruption, sharding, merging.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -744,18 +746,7 @@ fn cli_batch_codes_wav_in_the_modulation_mode_with_an_audio_base() {
         .arg(&clips)
         .arg("-o")
         .arg(&base)
-        .args([
-            "--width",
-            "8",
-            "--depth",
-            "2",
-            "--latent-dim",
-            "3",
-            "--cell",
-            "16",
-        ])
-        .args(["--freqs", "3", "--iterations", "4", "--inner-steps", "2"])
-        .args(["--crop-min", "256", "--crop-max", "512"])
+        .args(common::TINY_AUDIO_MOD_BASE_ARGS)
         .assert()
         .success();
 

@@ -3,6 +3,29 @@
 
 use inr::media::Image;
 
+/// `inr meta-train --modality audio --mode modulations` arguments (after the data folder and
+/// `-o`) for a tiny audio modulation base that trains in well under a second.
+pub const TINY_AUDIO_MOD_BASE_ARGS: [&str; 18] = [
+    "--width",
+    "8",
+    "--depth",
+    "2",
+    "--latent-dim",
+    "3",
+    "--cell",
+    "16",
+    "--freqs",
+    "3",
+    "--iterations",
+    "4",
+    "--inner-steps",
+    "2",
+    "--crop-min",
+    "256",
+    "--crop-max",
+    "512",
+];
+
 /// A smooth RGB test image with some texture (deterministic).
 pub fn test_image(w: u32, h: u32) -> Image {
     let mut data = Vec::with_capacity((w * h * 3) as usize);
