@@ -61,9 +61,11 @@ pub struct BatchArgs {
     /// the output layer, see --output-layer) of a shared synthesis network (the embedded one,
     /// or --base FILE.inrb; a few seconds per image).
     /// Default: as in `inr encode`: `grid` for images and WAV files, unless --latent-step
-    /// (`modulations`) or a --base file's kind says otherwise; without --mode an image too
-    /// large for the grid mode (about 50 Mpx) is coded in the weight mode. WAV files take
-    /// `grid` or `weights` only (other modes give them a failed row).
+    /// (images: `modulations`) or a --base file's kind says otherwise (an audio base for the
+    /// WAV files, an image base for the images); without --mode an image too large for the
+    /// grid mode (about 50 Mpx) is coded in the weight mode. WAV files take `grid`, `weights`
+    /// or `modulations` (with an audio modulation --base); `grid-shared` gives them a failed
+    /// row.
     #[arg(long, value_enum)]
     pub mode: Option<super::encode::Mode>,
     /// `--mode grid-shared`: fit and code the shared network's output layer per image
@@ -82,7 +84,8 @@ pub struct BatchArgs {
     /// (see `inr encode --psnr`; weight and grid modes).
     #[arg(long, value_name = "DB")]
     pub psnr: Option<f64>,
-    /// Rate target of every WAV file, in kbit/s (audio grid mode; see `inr encode --kbps`).
+    /// Rate target of every WAV file, in kbit/s (audio grid and modulation modes; see `inr encode
+    /// --kbps`).
     #[arg(long, value_name = "KBPS")]
     pub kbps: Option<f64>,
     /// Modulations: latent quantization step (default 0.25).
