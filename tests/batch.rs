@@ -793,9 +793,13 @@ fn cli_batch_codes_wav_in_the_modulation_mode_with_an_audio_base() {
     let (header, samples) = inr::decode_audio_with(&bytes, &inr::Limits::default(), &[b]).unwrap();
     assert_eq!((header.frames, samples.len()), (2000, 2000));
     // Without --mode the audio base's kind picks the WAV file's mode; images stay in grid mode.
-    let v = rows(&run(&["--base", base_arg]).success());
+    // --kbps reaches the WAV file's rate control (−3 % … 0 %).
+    let v = rows(&run(&["--base", base_arg, "--kbps", "4"]).success());
     assert_eq!(row(&v, "tone.wav")["mode"], "modulations", "{v}");
     assert_eq!(row(&v, "a.png")["mode"], "grid", "{v}");
+    let kbps = row(&v, "tone.wav")["kbps"].as_f64().unwrap();
+    assert!((4.0 * 0.97..=4.0).contains(&kbps), "{v}");
+    assert_eq!(v["off_target"], serde_json::json!([]), "{v}");
 
     // An audio base of another kind than --mode asks for: a clean error before any work.
     run(&["--mode", "weights", "--base", base_arg])
