@@ -321,6 +321,17 @@ fn real_codec_batch_roundtrip() {
     assert_eq!(s.kept, 2);
 }
 
+/// `inr batch IN -o OUT` with `args`, run to completion.
+fn cli_batch(inp: &Path, out: &Path, args: &[&[&str]]) -> assert_cmd::assert::Assert {
+    let mut c = assert_cmd::Command::cargo_bin("inr").unwrap();
+    c.arg("batch")
+        .arg(inp)
+        .arg("-o")
+        .arg(out)
+        .args(args.concat());
+    c.assert()
+}
+
 #[test]
 fn cli_batch_rejects_bad_shard_and_merges() {
     let t = tempfile::tempdir().unwrap();
@@ -364,13 +375,8 @@ fn cli_batch_real_codec_then_resume() {
     png(&inp.join("sub/b.png"), 2, true);
     let out = t.path().join("out");
     let run = || {
-        let mut c = assert_cmd::Command::cargo_bin("inr").unwrap();
-        c.arg("batch")
-            .arg(&inp)
-            .arg("-o")
-            .arg(&out)
-            .args(["--preset", "tiny", "--steps", "50", "--json", "--quiet"]);
-        c.assert().success()
+        let args = ["--preset", "tiny", "--steps", "50", "--json", "--quiet"];
+        cli_batch(&inp, &out, &[&args]).success()
     };
     let first: serde_json::Value = serde_json::from_slice(&run().get_output().stdout).unwrap();
     assert_eq!(first["encoded"], 2);
@@ -388,14 +394,11 @@ fn cli_batch_upsampling_reaches_the_files() {
     png(&inp.join("a.png"), 1, false);
     let out = t.path().join("out");
     let batch = |extra: &[&str]| {
-        let mut c = assert_cmd::Command::cargo_bin("inr").unwrap();
-        c.arg("batch")
-            .arg(&inp)
-            .arg("-o")
-            .arg(&out)
-            .args(["--steps", "30", "--quiet", "--force"])
-            .args(extra);
-        c.assert()
+        cli_batch(
+            &inp,
+            &out,
+            &[&["--steps", "30", "--quiet", "--force"], extra],
+        )
     };
     batch(&["--upsampling", "b-spline"]).success();
     let bytes = std::fs::read(out.join("a.inr")).unwrap();
@@ -614,14 +617,11 @@ fn cli_batch_codes_wav_in_the_audio_grid_mode_and_refuses_kbps_in_the_weight_mod
     wav(&inp.join("tone.wav"), 220.0, 8000);
     let out = t.path().join("out");
     let run = |extra: &[&str]| {
-        let mut c = assert_cmd::Command::cargo_bin("inr").unwrap();
-        c.arg("batch")
-            .arg(&inp)
-            .arg("-o")
-            .arg(&out)
-            .args(["--json", "--quiet", "--steps", "30"])
-            .args(extra);
-        c.assert()
+        cli_batch(
+            &inp,
+            &out,
+            &[&["--json", "--quiet", "--steps", "30"], extra],
+        )
     };
     let a = run(&["--kbps", "16"]).success();
     let v: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
@@ -755,14 +755,11 @@ fn cli_batch_codes_wav_in_the_modulation_mode_with_an_audio_base() {
     wav(&inp.join("tone.wav"), 440.0, 2000);
     let out = t.path().join("out");
     let run = |extra: &[&str]| {
-        let mut c = Command::cargo_bin("inr").unwrap();
-        c.arg("batch")
-            .arg(&inp)
-            .arg("-o")
-            .arg(&out)
-            .args(["--json", "--quiet", "--steps", "5", "--force"])
-            .args(extra);
-        c.assert()
+        cli_batch(
+            &inp,
+            &out,
+            &[&["--json", "--quiet", "--steps", "5", "--force"], extra],
+        )
     };
     let rows = |a: &assert_cmd::assert::Assert| -> serde_json::Value {
         serde_json::from_slice(&a.get_output().stdout).unwrap()
