@@ -155,12 +155,16 @@ fn install_stop_handler() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How the batch codes WAV files: `inr encode`'s audio modes with the batch's flags.
-fn audio_mode(args: &BatchArgs, threads: usize) -> anyhow::Result<batch::AudioMode> {
+/// How the batch codes WAV files: `inr encode`'s audio modes with the batch's flags. `base` is
+/// the WAV files' side of `--base` ([`split_base`]): an audio base codes them and, without
+/// --mode, picks their mode by its kind.
+fn audio_mode(
+    args: &BatchArgs,
+    base: inr::BaseChoice,
+    threads: usize,
+) -> anyhow::Result<batch::AudioMode> {
     use super::encode::Mode;
     let name = super::encode::preset_name(args.preset);
-    // An audio `--base` codes the WAV files and, without --mode, picks their mode by its kind.
-    let base = split_base(args)?.1;
     let mode = args
         .mode
         .or_else(|| custom_base(&base).map(super::encode::base_mode))
@@ -277,18 +281,15 @@ fn custom_base(c: &inr::BaseChoice) -> Option<&inr::base::Base> {
     }
 }
 
-/// Run the batch (or the merge).
-///
-/// # Errors
 /// The images' coding mode: `--mode`; without it, `modulations` for `--latent-step`, the
-/// `--base` file's kind, else `grid` (each image too large for it then falls back to the
-/// weight mode).
-fn image_mode(args: &BatchArgs) -> anyhow::Result<super::encode::Mode> {
+/// kind of an image `--base` (`base`, from [`split_base`]), else `grid` (each image too large
+/// for it then falls back to the weight mode).
+fn image_mode(args: &BatchArgs, base: &inr::BaseChoice) -> anyhow::Result<super::encode::Mode> {
     use super::encode::Mode;
     if let Some(m) = args.mode {
         return Ok(m);
     }
-    let from_base = custom_base(&split_base(args)?.0).map(super::encode::base_mode);
+    let from_base = custom_base(base).map(super::encode::base_mode);
     match (args.latent_step.is_some(), from_base) {
         (true, Some(m)) if m != Mode::Modulations => bail!(
             "--latent-step is for --mode modulations and --base is for --mode {}: pick one \
@@ -300,6 +301,9 @@ fn image_mode(args: &BatchArgs) -> anyhow::Result<super::encode::Mode> {
     }
 }
 
+/// Run the batch (or the merge).
+///
+/// # Errors
 /// Folder/manifest problems, or at least one failed file (after the whole batch ran).
 pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
     if let Some(dir) = &args.merge {
@@ -319,8 +323,8 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         .jobs
         .map_or(cores, |j| usize::try_from(j).unwrap_or(cores))
         .max(1);
-    let image_mode = image_mode(&args)?;
-    let image_base = split_base(&args)?.0;
+    let (image_base, audio_base) = split_base(&args)?;
+    let image_mode = image_mode(&args, &image_base)?;
     // `..Default` keeps the expert options the encoder grows (pe_freqs, w0, ...) at their
     // defaults; on a branch where every field is listed, clippy calls the update needless.
     #[allow(clippy::needless_update)]
@@ -352,7 +356,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
     {
         anyhow::bail!("--upsampling is for the grid modes");
     }
-    let audio = audio_mode(&args, (cores / jobs).max(1))?;
+    let audio = audio_mode(&args, audio_base, (cores / jobs).max(1))?;
     let weights = InrBatchCodec { config };
     let modulations;
     let grid;
