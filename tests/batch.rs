@@ -798,6 +798,27 @@ fn cli_batch_codes_wav_in_the_modulation_mode_with_an_audio_base() {
     assert!((4.0 * 0.97..=4.0).contains(&kbps), "{v}");
     assert_eq!(v["off_target"], serde_json::json!([]), "{v}");
 
+    // One base for each modality: the image modulation base (the embedded one, as a file)
+    // and the audio one; two of one kind, or `none` beside a file, are refused.
+    let image_base = concat!(env!("CARGO_MANIFEST_DIR"), "/bases/image-mod.inrb");
+    let both = [
+        "--mode",
+        "modulations",
+        "--base",
+        image_base,
+        "--base",
+        base_arg,
+    ];
+    let v = rows(&run(&both).success());
+    assert_eq!(v["encoded"], 2, "{v}");
+    assert_eq!(row(&v, "a.png")["mode"], "modulations", "{v}");
+    assert_eq!(row(&v, "tone.wav")["mode"], "modulations", "{v}");
+    run(&["--base", base_arg, "--base", base_arg])
+        .failure()
+        .stderr(predicates::str::contains("two audio bases"));
+    run(&["--base", "none", "--base", base_arg])
+        .failure()
+        .stderr(predicates::str::contains("stands alone"));
     // An audio base of another kind than --mode asks for: a clean error before any work.
     run(&["--mode", "weights", "--base", base_arg])
         .failure()

@@ -95,9 +95,10 @@ pub struct BatchArgs {
     /// from `inr meta-train --mode grid` (default: the embedded grid base). Weights: a weight
     /// base from `inr meta-train` (default: the embedded one for the preset). Without --mode,
     /// the base's kind picks the mode. An audio base (`inr meta-train --modality audio`) is
-    /// for the WAV files instead, and the images keep their default. `none`: random starts.
+    /// for the WAV files instead; repeat --base to give one of each (a folder of images and
+    /// WAV files). `none` (alone): random starts.
     #[arg(long, value_name = "FILE.inrb")]
-    pub base: Option<PathBuf>,
+    pub base: Vec<PathBuf>,
     /// Files encoded at once (default: number of cores); each encode gets cores/jobs threads.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub jobs: Option<u64>,
@@ -259,18 +260,31 @@ fn audio_mode(
     })
 }
 
-/// `--base` as the images' base and as the WAV files': `default` and `none` for both, a file for
-/// the modality its kind is for (the other keeps its default).
+/// `--base` as the images' base and as the WAV files': `default` and `none` (alone) for both;
+/// files for the modality each one's kind is for, at most one each (the other keeps its
+/// default).
 fn split_base(args: &BatchArgs) -> anyhow::Result<(inr::BaseChoice, inr::BaseChoice)> {
     use inr::BaseChoice;
-    Ok(match &args.base {
-        None => (BaseChoice::Default, BaseChoice::Default),
-        Some(p) => match super::base_choice(&p.to_string_lossy())? {
-            BaseChoice::Custom(b) if b.is_audio() => (BaseChoice::Default, BaseChoice::Custom(b)),
-            c @ BaseChoice::Custom(_) => (c, BaseChoice::Default),
-            c => (c.clone(), c),
-        },
-    })
+    let (mut image, mut audio) = (BaseChoice::Default, BaseChoice::Default);
+    for p in &args.base {
+        let c = super::base_choice(&p.to_string_lossy())?;
+        let BaseChoice::Custom(b) = &c else {
+            if args.base.len() > 1 {
+                bail!("--base default or none stands alone (it applies to images and WAV files)");
+            }
+            return Ok((c.clone(), c));
+        };
+        let (side, what) = if b.is_audio() {
+            (&mut audio, "audio")
+        } else {
+            (&mut image, "image")
+        };
+        if !matches!(side, BaseChoice::Default) {
+            bail!("--base: two {what} bases; give at most one for images and one for WAV files");
+        }
+        *side = c;
+    }
+    Ok((image, audio))
 }
 
 /// The base of a [`inr::BaseChoice::Custom`].
