@@ -12,6 +12,7 @@
 //! Rate estimates ([`estimate_bits`]) run the real encoder and count its output, so they are
 //! exact by construction (one code path, see conventions §7).
 
+use crate::arm::{Arm, ArmOut};
 use constriction::stream::model::{DecoderModel, EncoderModel, EntropyModel};
 use constriction::stream::queue::{DefaultRangeDecoder, DefaultRangeEncoder};
 use constriction::stream::{Decode, Encode};
@@ -1135,6 +1136,272 @@ pub fn decode_pred_grids(
         .zip(shapes.iter().copied())
         .collect();
     if encode_pred_grids(&refs, ctxs)? != bytes {
+        return Err(EntropyError::NotCanonical { words: num_words });
+    }
+    Ok(out)
+}
+
+/// One grid of an ARM-coded stream (§5.11): `len` values in rows of `cols`, each in
+/// `-max_abs..=max_abs`, coded as residuals in `-res_max_abs..=res_max_abs` from the ARM's
+/// prediction; `level` selects the ARM's layer-1 biases. Its parent is the previous grid of
+/// the list (none for the first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArmShape {
+    pub len: usize,
+    pub cols: usize,
+    pub max_abs: u32,
+    pub res_max_abs: u32,
+    pub level: usize,
+}
+
+/// Models of one grid in an ARM-coded stream: one per scale context and fraction class.
+pub const ARM_MODELS: usize = crate::arm::ARM_SCALE_CONTEXTS * FRACTION_CLASSES;
+
+/// The model index and residual sign of an element with ARM output `o` (§5.11): the scale
+/// context and the class of the mean's fraction, `3·ctx + class`, and −1 when the fraction is
+/// negative; with the prediction.
+#[inline]
+fn arm_model(o: ArmOut, max_abs: u32) -> (i32, usize, i64) {
+    let (pred, frac) = crate::arm::arm_prediction(o.mean, max_abs);
+    let sign = if frac < 0 { -1 } else { 1 };
+    let j = crate::arm::scale_context(o.log_scale) * FRACTION_CLASSES + fraction_class(frac);
+    (pred, j, sign)
+}
+
+fn check_arm_shapes(shapes: &[ArmShape], arm: &Arm) -> Result<(), EntropyError> {
+    for s in shapes {
+        for m in [s.max_abs, s.res_max_abs] {
+            if m == 0 || m > MAX_ABS_LIMIT {
+                return Err(EntropyError::MaxAbsTooLarge { max_abs: m });
+            }
+        }
+        if s.level >= arm.levels {
+            return Err(EntropyError::Encoder(format!(
+                "grid level {} outside the ARM's {} levels",
+                s.level, arm.levels
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The ARM's prediction, model and sign of every element of every grid (coding order), all
+/// values known: computed in parallel over rows (the encoder's side of §5.11).
+fn arm_plan(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Vec<Vec<(i32, usize, i64)>> {
+    use rayon::prelude::*;
+    grids
+        .iter()
+        .enumerate()
+        .map(|(k, &(g, s))| {
+            let parent = k.checked_sub(1).map(|j| (grids[j].0, grids[j].1.cols));
+            let cols = s.cols.max(1);
+            let mut plan = vec![(0, 0, 1); g.len()];
+            plan.par_chunks_mut(cols * 8)
+                .enumerate()
+                .for_each(|(c, out)| {
+                    for (r, o) in out.iter_mut().enumerate() {
+                        let i = c * cols * 8 + r;
+                        let x = crate::arm::arm_inputs(g, i, s.cols, parent);
+                        *o = arm_model(arm.eval(s.level, &x), s.max_abs);
+                    }
+                });
+            plan
+        })
+        .collect()
+}
+
+/// Encodes latent grids with the ARM `arm` into one range-coded stream (§5.11), grids in
+/// coding order (each one's parent is the grid before it): for every grid, [`ARM_MODELS`]
+/// fresh adaptive models over its residual alphabet; each element in row-major order is coded
+/// as its residual from the ARM's prediction under the model of its scale context and
+/// fraction class. Only empty grids give an empty stream.
+///
+/// # Errors
+/// [`EntropyError::MaxAbsTooLarge`], [`EntropyError::SymbolOutOfRange`] (a value outside its
+/// range, or a residual outside `-res_max_abs..=res_max_abs`, reported as the residual), and
+/// [`EntropyError::Encoder`] for a grid level the ARM does not cover or a wrong length.
+///
+/// # Panics
+/// Never.
+pub fn encode_arm_grids(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Result<Vec<u8>, EntropyError> {
+    check_arm_grids(grids, arm)?;
+    let plan = arm_plan(grids, arm);
+    encode_arm_planned(grids, &plan)
+}
+
+/// [`encode_arm_grids`] with each grid's residual range the smallest bit width's
+/// (`2^(b-1) - 1`, b in 2..=16) that holds its residuals (each `ArmShape::res_max_abs` is
+/// ignored): returns those bit widths (coding order) and the stream.
+///
+/// # Errors
+/// As [`encode_arm_grids`], and [`EntropyError::MaxAbsTooLarge`] for a residual that needs
+/// more than 16 bits.
+pub fn encode_arm_grids_fitted(
+    grids: &[(&[i32], ArmShape)],
+    arm: &Arm,
+) -> Result<(Vec<u8>, Vec<u8>), EntropyError> {
+    let probe: Vec<(&[i32], ArmShape)> = grids
+        .iter()
+        .map(|&(g, s)| {
+            (
+                g,
+                ArmShape {
+                    res_max_abs: MAX_ABS_LIMIT,
+                    ..s
+                },
+            )
+        })
+        .collect();
+    check_arm_grids(&probe, arm)?;
+    let plan = arm_plan(grids, arm);
+    let mut bits = Vec::with_capacity(grids.len());
+    let mut shaped = Vec::with_capacity(grids.len());
+    for (&(g, s), p) in grids.iter().zip(&plan) {
+        let r = g
+            .iter()
+            .zip(p)
+            .map(|(&v, &(pred, _, _))| (i64::from(v) - i64::from(pred)).unsigned_abs())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        if r > u64::from(MAX_ABS_LIMIT) {
+            return Err(EntropyError::MaxAbsTooLarge {
+                max_abs: r.min(u64::from(u32::MAX)) as u32,
+            });
+        }
+        let b = (65 - r.leading_zeros()) as u8; // smallest b with 2^(b-1) - 1 >= r
+        bits.push(b.max(2));
+        shaped.push((
+            g,
+            ArmShape {
+                res_max_abs: (1u32 << (b.max(2) - 1)) - 1,
+                ..s
+            },
+        ));
+    }
+    Ok((bits, encode_arm_planned(&shaped, &plan)?))
+}
+
+fn check_arm_grids(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Result<(), EntropyError> {
+    let shapes: Vec<ArmShape> = grids.iter().map(|g| g.1).collect();
+    check_arm_shapes(&shapes, arm)?;
+    for (t, &(g, s)) in grids.iter().enumerate() {
+        check_symbols(t, g, s.max_abs)?;
+        if g.len() != s.len {
+            return Err(EntropyError::Encoder(format!(
+                "grid {t} has {} values, not {}",
+                g.len(),
+                s.len
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn encode_arm_planned(
+    grids: &[(&[i32], ArmShape)],
+    plan: &[Vec<(i32, usize, i64)>],
+) -> Result<Vec<u8>, EntropyError> {
+    if grids.iter().all(|(g, _)| g.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let coder_err = |e| EntropyError::Encoder(format!("{e:?}"));
+    let mut enc = DefaultRangeEncoder::new();
+    for (t, (&(g, s), p)) in grids.iter().zip(plan).enumerate() {
+        let k = 2 * s.res_max_abs as usize + 1;
+        let m = i64::from(s.res_max_abs);
+        let mut models: Vec<AdaptiveModel> = (0..ARM_MODELS)
+            .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
+            .collect();
+        for (index, (&v, &(pred, j, sign))) in g.iter().zip(p).enumerate() {
+            let r = sign * (i64::from(v) - i64::from(pred));
+            if r.abs() > m {
+                return Err(EntropyError::SymbolOutOfRange {
+                    tensor: t,
+                    index,
+                    value: r.clamp(i32::MIN.into(), i32::MAX.into()) as i32,
+                    max_abs: s.res_max_abs,
+                });
+            }
+            let u = (r + m) as usize;
+            let model = &mut models[j];
+            enc.encode_symbol(u, View(model)).map_err(coder_err)?;
+            model.update(u);
+        }
+    }
+    let words = enc.into_compressed().unwrap_infallible();
+    Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+}
+
+/// Decodes the stream of [`encode_arm_grids`] for grids of the given shapes (coding order),
+/// with the checks of §5.5 (whole words, exhausted stream, canonical re-encoding) and §5.11
+/// (every value `prediction + residual` within its grid's range).
+///
+/// The caller must bound `sum(len)` (the container checks it against the parameter limit).
+///
+/// # Errors
+/// [`EntropyError::Misaligned`], [`EntropyError::InvalidData`] (also for a value out of
+/// range), [`EntropyError::NotExhausted`], [`EntropyError::NotCanonical`],
+/// [`EntropyError::MaxAbsTooLarge`], [`EntropyError::Encoder`] (a level the ARM lacks).
+///
+/// # Panics
+/// Never, for any input.
+pub fn decode_arm_grids(
+    bytes: &[u8],
+    shapes: &[ArmShape],
+    arm: &Arm,
+) -> Result<Vec<Vec<i32>>, EntropyError> {
+    const PREALLOC_CAP: usize = 1 << 20;
+    check_arm_shapes(shapes, arm)?;
+    let total: usize = shapes.iter().fold(0usize, |a, s| a.saturating_add(s.len));
+    let Some(words) = stream_words(bytes, total)? else {
+        return Ok(shapes.iter().map(|_| Vec::new()).collect());
+    };
+    let num_words = words.len();
+    let mut dec = DefaultRangeDecoder::from_compressed(words).unwrap_infallible();
+    let mut out: Vec<Vec<i32>> = Vec::with_capacity(shapes.len().min(PREALLOC_CAP));
+    let mut at = 0usize;
+    for (n, s) in shapes.iter().enumerate() {
+        let k = 2 * s.res_max_abs as usize + 1;
+        let m = i64::from(s.res_max_abs);
+        let vmax = i64::from(s.max_abs);
+        let mut models: Vec<AdaptiveModel> = (0..ARM_MODELS)
+            .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
+            .collect();
+        let mut g = Vec::with_capacity(s.len.min(PREALLOC_CAP));
+        let parent = n
+            .checked_sub(1)
+            .and_then(|j| out.get(j).zip(shapes.get(j)))
+            .map(|(p, ps)| (p.as_slice(), ps.cols));
+        for i in 0..s.len {
+            let x = crate::arm::arm_inputs(&g, i, s.cols, parent);
+            let (pred, j, sign) = arm_model(arm.eval(s.level, &x), s.max_abs);
+            let model = &mut models[j];
+            let u = dec
+                .decode_symbol(View(model))
+                .map_err(|_| EntropyError::InvalidData { at })?;
+            model.update(u);
+            let v = i64::from(pred) + sign * (u as i64 - m); // u < k <= 65535
+            if v.abs() > vmax {
+                return Err(EntropyError::InvalidData { at });
+            }
+            g.push(v as i32);
+            at += 1;
+        }
+        out.push(g);
+    }
+    if !dec.maybe_exhausted() {
+        return Err(EntropyError::NotExhausted {
+            words: num_words,
+            symbols: at,
+        });
+    }
+    let refs: Vec<(&[i32], ArmShape)> = out
+        .iter()
+        .map(|g| g.as_slice())
+        .zip(shapes.iter().copied())
+        .collect();
+    if encode_arm_grids(&refs, arm)? != bytes {
         return Err(EntropyError::NotCanonical { words: num_words });
     }
     Ok(out)

@@ -166,6 +166,7 @@ pub fn audio_grid_segment_bytes(
         None,
         seg.predictor.as_deref(),
         seg.contexts,
+        None,
         &Limits::default(),
     )?;
     Ok(1 + body.len())
@@ -205,6 +206,7 @@ pub fn write_audio_grid_file(f: &AudioGridInrFile) -> Result<Vec<u8>, FormatErro
             None,
             seg.predictor.as_deref(),
             seg.contexts,
+            None,
             &limits,
         )?;
         bits = bits.max(b);
@@ -340,7 +342,15 @@ fn parse_audio_grid<'a>(
         let seg_payload = g.take(len as usize, "segment payload")?;
         let (steps, tensor_bits) = super::read_step_table(step_bytes, "tensor bits")?;
         max_bits = tensor_bits.iter().copied().fold(max_bits, u8::max);
-        let body = parse_body(&arch, steps, tensor_bits, pred_bytes, seg_payload, limits)?;
+        let body = parse_body(
+            &arch,
+            steps,
+            tensor_bits,
+            pred_bytes,
+            None,
+            seg_payload,
+            limits,
+        )?;
         segments.push(ParsedSegment {
             body,
             bytes: (g.pos - start) as u64,
@@ -391,7 +401,7 @@ pub fn read_audio_grid_file(
     let mut segments = Vec::with_capacity(p.segments.len());
     for (k, s) in p.segments.into_iter().enumerate() {
         let (dims, lens) = segment_shape(&p.arch, p.audio.window_frames(k as u64));
-        let (tensors, predictor) = decode_body(s.body, &dims, &lens, s.contexts)?;
+        let (tensors, predictor, _) = decode_body(s.body, &dims, &lens, s.contexts)?;
         segments.push(GridSegment {
             tensors,
             predictor,
@@ -486,6 +496,7 @@ pub(super) fn inspect_audio_grid(bytes: &[u8], limits: &Limits) -> Result<FileIn
             predictor: (predicted == n && n > 0)
                 .then(|| first.and_then(|s| s.body.predictor.clone()))
                 .flatten(),
+            arm: None,
         }),
     })
 }

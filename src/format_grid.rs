@@ -19,7 +19,10 @@ use super::{
     GROUP_LEN_BYTES, HEADER_BYTES, MAGIC, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION,
     PAYLOAD_LEN_BYTES, STEP_BYTES,
 };
-use crate::entropy::{self, EntropyError, GridContexts, GridShape, PredShape, GRID_PRED_TAPS};
+use crate::arm::{Arm, ARM_MAX_FRAC_BITS, ARM_MAX_WIDTH};
+use crate::entropy::{
+    self, ArmShape, EntropyError, GridContexts, GridShape, PredShape, GRID_PRED_TAPS,
+};
 
 /// §3.4 Flag bit 3 (version 2): grid mode (§13). A grid file has flags `FLAG_GRID`, with
 /// optionally bit 0 (§13.8), bit 6 ([`FLAG_GRID_PREDICT`]) and, with bit 0, bit 7
@@ -40,6 +43,12 @@ pub const FLAG_GRID_BSPLINE: u16 = 1 << 10;
 /// context in three by the prediction's fractional part ([`GridContexts::TwelveSplit`], or
 /// [`GridContexts::FiveSplit`] without bit 8).
 pub const FLAG_GRID_FRACTION: u16 = 1 << 11;
+/// §5.11 Flag bit 12 (image grid files, without bits 6, 8 and 11): the latents are coded with
+/// an autoregressive context model (ARM) that the file carries (§13.9).
+pub const FLAG_GRID_ARM: u16 = 1 << 12;
+/// §13.9 Bytes of the ARM header before the per-level residual bit widths: hidden width,
+/// fractional bits, bit width of the ARM's integers.
+pub const ARM_HEADER_BYTES: usize = 3;
 
 /// §13.5 How an image grid file's latent levels are upsampled to the output grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -98,6 +107,9 @@ pub struct GridInrFile {
     pub contexts: GridContexts,
     /// §13.5 The levels' upsampling: [`Upsampling::BSpline`] with flag bit 10.
     pub upsampling: Upsampling,
+    /// §13.9 With flag bit 12: the ARM the latents are coded with (§5.11); `predictor` is then
+    /// `None` and `contexts` [`GridContexts::Five`] (no context flag).
+    pub arm: Option<Arm>,
 }
 
 /// Which synthesis tensors a grid file codes (§13.1, §13.8).
@@ -191,6 +203,25 @@ pub struct GridInfo {
     pub upsampling: &'static str,
     /// §13.7 The per-level predictors of a file with predicted latents.
     pub predictor: Option<Vec<LevelPredictor>>,
+    /// §13.9 The ARM of a file with flag bit 12.
+    pub arm: Option<ArmInfo>,
+}
+
+/// §13.9 Summary of a file's ARM for `inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ArmInfo {
+    /// Hidden width.
+    pub width: u8,
+    /// Fractional bits of its fixed-point weights.
+    pub frac_bits: u8,
+    /// Bit width its integers are coded at.
+    pub bits: u8,
+    /// Weights and biases.
+    pub params: u64,
+    /// Bytes of its coded integers (without the 4-byte length field).
+    pub stream_bytes: u64,
+    /// Residual bit width of each level (level order).
+    pub res_bits: Vec<u8>,
 }
 
 /// §13.2 Sizes of the latent levels: level `l` is `ceil(width / 2^l) x ceil(height / 2^l)`.
@@ -313,6 +344,22 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
             expected: "the fractional split (flag bit 11) only with predicted latents",
         });
     }
+    if let Some(arm) = &f.arm {
+        if f.predictor.is_some() || f.contexts != GridContexts::Five {
+            return Err(FormatError::InvalidField {
+                field: "latent coding",
+                value: u64::from(FLAG_GRID_ARM),
+                expected: "an ARM-coded file (flag bit 12) without predictor or context flags",
+            });
+        }
+        if arm.levels != usize::from(f.arch.coord_dims) {
+            return Err(FormatError::InvalidField {
+                field: "ARM levels",
+                value: arm.levels as u64,
+                expected: "one layer-1 bias row per latent level",
+            });
+        }
+    }
     let synth = Synthesis::of(f);
     let lens = file_lens(
         grid_tensor_lens(f.width, f.height, &f.arch, &limits)?,
@@ -328,13 +375,20 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
         f.base_id,
         f.predictor.as_deref(),
         f.contexts,
+        f.arm.as_ref(),
         &limits,
     )?;
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len() + CRC_BYTES);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION_GRID);
     out.push(MODALITY_IMAGE);
-    let flags = grid_flags(synth, f.predictor.is_some(), f.contexts, f.upsampling);
+    let flags = grid_flags(
+        synth,
+        f.predictor.is_some(),
+        f.contexts,
+        f.upsampling,
+        f.arm.is_some(),
+    );
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&f.width.to_le_bytes());
     out.extend_from_slice(&f.height.to_le_bytes());
@@ -348,14 +402,18 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
 /// The flags of an image grid file (§3.4, §13.1): bit 3, bit 0 with a shared synthesis
 /// (§13.8) and bit 7 when its output layer is coded, bit 6 with predicted latents (§13.7), bit
 /// 8 with the twelve latent contexts (§5.9), bit 11 with the contexts' fractional split (§5.10),
-/// bit 10 with B-spline upsampling (§13.5).
+/// bit 10 with B-spline upsampling (§13.5), bit 12 with an ARM (§13.9).
 fn grid_flags(
     synth: Synthesis,
     predicted: bool,
     contexts: GridContexts,
     upsampling: Upsampling,
+    arm: bool,
 ) -> u16 {
     let mut flags = FLAG_GRID;
+    if arm {
+        flags |= FLAG_GRID_ARM;
+    }
     if upsampling == Upsampling::BSpline {
         flags |= FLAG_GRID_BSPLINE;
     }
@@ -402,6 +460,7 @@ pub(super) fn write_grid_body(
     base_id: Option<u64>,
     predictor: Option<&[LevelPredictor]>,
     contexts: GridContexts,
+    arm: Option<&Arm>,
     limits: &Limits,
 ) -> Result<(u8, Vec<u8>), FormatError> {
     if tensors.len() != lens.len() {
@@ -434,8 +493,46 @@ pub(super) fn write_grid_body(
     let refs: Vec<&QTensor> = synth.iter().collect();
     let mut payload = super::write_groups(&refs, limits)?;
     let n_levels = levels.len();
-    let stream = match predictor {
-        None => {
+    let mut arm_header = Vec::new();
+    let stream = match (predictor, arm) {
+        (Some(_), Some(_)) => {
+            return Err(FormatError::InvalidField {
+                field: "latent coding",
+                value: u64::from(FLAG_GRID_ARM),
+                expected: "an ARM or a predictor, not both",
+            })
+        }
+        (None, Some(arm)) => {
+            let grids: Vec<(&[i32], ArmShape)> = levels
+                .iter()
+                .zip(dims)
+                .enumerate()
+                .rev()
+                .map(|(l, (t, &(w, _)))| {
+                    let shape = ArmShape {
+                        len: t.symbols.len(),
+                        cols: w as usize,
+                        max_abs: max_abs_for_bits(t.bits),
+                        res_max_abs: 0,
+                        level: l,
+                    };
+                    (t.symbols.as_slice(), shape)
+                })
+                .collect();
+            let (mut res_bits, stream) = entropy::encode_arm_grids_fitted(&grids, arm)
+                .map_err(|e| renumber(e, |k| n_synth + n_levels - 1 - k))?;
+            res_bits.reverse(); // level order
+            let (arm_bits, arm_stream) = write_arm_tensors(arm)?;
+            arm_header.push(arm.width as u8); // <= ARM_MAX_WIDTH, checked by write_arm_tensors
+            arm_header.push(arm.frac_bits);
+            arm_header.push(arm_bits);
+            arm_header.extend_from_slice(&res_bits);
+            super::check_section("ARM stream", arm_stream.len() as u64, limits)?;
+            payload.extend_from_slice(&(arm_stream.len() as u32).to_le_bytes());
+            payload.extend_from_slice(&arm_stream);
+            stream
+        }
+        (None, None) => {
             let grids: Vec<(&[i32], GridShape)> = levels
                 .iter()
                 .zip(dims)
@@ -448,7 +545,7 @@ pub(super) fn write_grid_body(
                 .collect();
             entropy::encode_grids(&grids, contexts).map_err(|e| renumber(e, |t| t + n_synth))?
         }
-        Some(pred) => {
+        (Some(pred), None) => {
             if pred.len() != n_levels {
                 return Err(FormatError::InvalidField {
                     field: "predictor levels",
@@ -487,6 +584,7 @@ pub(super) fn write_grid_body(
         STEP_BYTES * lens.len()
             + BASE_REF_BYTES
             + predictor.map_or(0, |p| p.len() * PREDICTOR_ENTRY_BYTES)
+            + arm_header.len()
             + PAYLOAD_LEN_BYTES
             + payload.len(),
     );
@@ -504,9 +602,53 @@ pub(super) fn write_grid_body(
         }
         out.push(p.res_bits);
     }
+    out.extend_from_slice(&arm_header);
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
     Ok((bits, out))
+}
+
+/// §13.9 The ARM's integers (tensors in [`Arm::tensors`] order) coded as one §5 group at the
+/// smallest bit width that holds them: `(bit width, stream)`.
+fn write_arm_tensors(arm: &Arm) -> Result<(u8, Vec<u8>), FormatError> {
+    let bad = |field, value: u64, expected| FormatError::InvalidField {
+        field,
+        value,
+        expected,
+    };
+    if arm.width == 0 || arm.width > ARM_MAX_WIDTH {
+        return Err(bad("ARM width", arm.width as u64, "1..=32"));
+    }
+    if !(1..=ARM_MAX_FRAC_BITS).contains(&arm.frac_bits) {
+        return Err(bad("ARM fractional bits", arm.frac_bits.into(), "1..=8"));
+    }
+    let lens = Arm::tensor_lens(arm.width, arm.levels);
+    let tensors = arm.tensors();
+    if tensors.iter().zip(lens).any(|(t, n)| t.len() != n) {
+        return Err(bad("ARM tensors", 0, "the sizes of its width and levels"));
+    }
+    let m = tensors
+        .iter()
+        .flat_map(|t| t.iter())
+        .map(|v| v.unsigned_abs())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    if m > entropy::MAX_ABS_LIMIT {
+        return Err(bad("ARM weight", m.into(), "at most 32767 in magnitude"));
+    }
+    let bits = (33 - m.leading_zeros()).max(2) as u8;
+    let stream = entropy::encode_tensors(&tensors, max_abs_for_bits(bits))?;
+    Ok((bits, stream))
+}
+
+/// Bytes the ARM section of a file with `arm` takes (§13.9: header, residual widths, the
+/// ARM stream and its length field), for an encoder choosing among ARMs.
+///
+/// # Errors
+/// As [`write_grid_file`] for an invalid ARM.
+pub fn arm_coded_bytes(arm: &Arm) -> Result<usize, FormatError> {
+    Ok(ARM_HEADER_BYTES + arm.levels + GROUP_LEN_BYTES + write_arm_tensors(arm)?.1.len())
 }
 
 /// The error `e` with a symbol-range error's tensor index mapped by `f`.
@@ -557,6 +699,61 @@ pub(super) struct GridBody<'a> {
     pub(super) groups: Vec<(u8, &'a [u8])>,
     pub(super) latent_stream: &'a [u8],
     pub(super) predictor: Option<Vec<LevelPredictor>>,
+    /// §13.9 The ARM header and the ARM's stream (flag bit 12).
+    pub(super) arm: Option<(ArmHeader, &'a [u8])>,
+}
+
+/// §13.9 The ARM header of a file with flag bit 12, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ArmHeader {
+    width: usize,
+    frac_bits: u8,
+    bits: u8,
+    /// Residual bit width of each level (level order).
+    res_bits: Vec<u8>,
+}
+
+impl ArmHeader {
+    /// Reads and checks the header of an ARM over `levels` levels from `b` (§13.9).
+    fn parse(b: &[u8], levels: usize) -> Result<ArmHeader, FormatError> {
+        let bad = |field, value: u8, expected| FormatError::InvalidField {
+            field,
+            value: value.into(),
+            expected,
+        };
+        let (&[w, f, bits], res) = (
+            b.first_chunk::<ARM_HEADER_BYTES>()
+                .ok_or(FormatError::Truncated {
+                    what: "ARM header",
+                    needed: ARM_HEADER_BYTES as u64,
+                    available: b.len() as u64,
+                })?,
+            &b[ARM_HEADER_BYTES.min(b.len())..],
+        );
+        if w == 0 || usize::from(w) > ARM_MAX_WIDTH {
+            return Err(bad("ARM width", w, "1..=32"));
+        }
+        if !(1..=ARM_MAX_FRAC_BITS).contains(&f) {
+            return Err(bad("ARM fractional bits", f, "1..=8"));
+        }
+        super::validate_bits("ARM bits", bits)?;
+        if res.len() != levels {
+            return Err(FormatError::Truncated {
+                what: "ARM residual bit widths",
+                needed: levels as u64,
+                available: res.len() as u64,
+            });
+        }
+        for &r in res {
+            super::validate_bits("residual bits", r)?;
+        }
+        Ok(ArmHeader {
+            width: w.into(),
+            frac_bits: f,
+            bits,
+            res_bits: res.to_vec(),
+        })
+    }
 }
 
 /// The tables of a grid body before its payload length.
@@ -607,6 +804,7 @@ pub(super) fn parse_body<'a>(
     steps: Vec<super::Step>,
     tensor_bits: Vec<u8>,
     pred_bytes: Option<&'a [u8]>,
+    arm: Option<ArmHeader>,
     payload: &'a [u8],
     limits: &Limits,
 ) -> Result<GridBody<'a>, FormatError> {
@@ -623,6 +821,14 @@ pub(super) fn parse_body<'a>(
         &tensor_bits[..n_synth.min(tensor_bits.len())],
         limits,
     )?;
+    let arm = match arm {
+        Some(h) => {
+            let len = g.word_len("ARM stream length")?;
+            super::check_section("ARM stream", u64::from(len), limits)?;
+            Some((h, g.take(len as usize, "ARM stream")?))
+        }
+        None => None,
+    };
     let latent_len = g.word_len("latent stream length")?;
     let latent_stream = g.take(latent_len as usize, "latent stream")?;
     let predictor = pred_bytes
@@ -651,6 +857,7 @@ pub(super) fn parse_body<'a>(
         groups,
         latent_stream,
         predictor,
+        arm,
     })
 }
 
@@ -686,7 +893,8 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         | FLAG_GRID_HEAD
         | FLAG_GRID_CONTEXTS
         | FLAG_GRID_BSPLINE
-        | FLAG_GRID_FRACTION;
+        | FLAG_GRID_FRACTION
+        | FLAG_GRID_ARM;
     if flags & !KNOWN != 0 {
         return Err(FormatError::UnknownFlags {
             flags,
@@ -722,7 +930,25 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             expected: "flag bit 11 (split latent contexts) only with bit 6 (predicted latents)",
         });
     }
+    let with_arm = flags & FLAG_GRID_ARM != 0;
+    if with_arm && flags & (FLAG_GRID_PREDICT | FLAG_GRID_CONTEXTS | FLAG_GRID_FRACTION) != 0 {
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "flag bit 12 (an ARM) without bits 6, 8 and 11",
+        });
+    }
     let t = take_tables(&mut r, &arch, synth, flags & FLAG_GRID_PREDICT != 0)?;
+    let arm = if with_arm {
+        let levels = usize::from(arch.coord_dims);
+        let h = ArmHeader::parse(r.take(ARM_HEADER_BYTES + levels, "ARM header")?, levels)?;
+        // Decoding evaluates the ARM once per latent (at most 4/3 per pixel).
+        let params: usize = Arm::tensor_lens(h.width, levels).iter().sum();
+        limits.check_render(width, height, 2 * params as u64)?;
+        Some(h)
+    } else {
+        None
+    };
     let payload = read_payload_and_crc(&mut r, bytes)?;
     let lens = file_lens(
         grid_tensor_lens(width, height, &arch, limits)?,
@@ -737,7 +963,15 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         "tensor bits",
         limits,
     )?;
-    let body = parse_body(&arch, steps, tensor_bits, t.pred_bytes, payload, limits)?;
+    let body = parse_body(
+        &arch,
+        steps,
+        tensor_bits,
+        t.pred_bytes,
+        arm,
+        payload,
+        limits,
+    )?;
     Ok(ParsedGrid {
         width,
         height,
@@ -775,12 +1009,42 @@ pub(super) fn decode_body(
     dims: &[(u32, u32)],
     lens: &[usize],
     contexts: GridContexts,
-) -> Result<(Vec<QTensor>, Option<Vec<LevelPredictor>>), FormatError> {
+) -> Result<DecodedBody, FormatError> {
     let n_synth = lens.len().saturating_sub(dims.len());
     let mut symbols =
         super::decode_groups(&body.groups, &body.tensor_bits[..n_synth], &lens[..n_synth])?;
-    match &body.predictor {
-        None => {
+    let mut arm = None;
+    match (&body.predictor, &body.arm) {
+        (_, Some((h, arm_stream))) => {
+            let levels = dims.len();
+            let t = entropy::decode_tensors(
+                arm_stream,
+                &Arm::tensor_lens(h.width, levels),
+                max_abs_for_bits(h.bits),
+            )?;
+            let a = Arm::from_tensors(h.width, h.frac_bits, levels, t).ok_or(
+                FormatError::InvalidField {
+                    field: "ARM",
+                    value: h.width as u64,
+                    expected: "an ARM of its header's width and levels",
+                },
+            )?;
+            let shapes: Vec<ArmShape> = (0..levels)
+                .rev()
+                .map(|l| ArmShape {
+                    len: lens[n_synth + l],
+                    cols: dims[l].0 as usize,
+                    max_abs: max_abs_for_bits(body.tensor_bits[n_synth + l]),
+                    res_max_abs: max_abs_for_bits(h.res_bits[l]),
+                    level: l,
+                })
+                .collect();
+            let mut levels = entropy::decode_arm_grids(body.latent_stream, &shapes, &a)?;
+            levels.reverse();
+            symbols.extend(levels);
+            arm = Some(a);
+        }
+        (None, None) => {
             let shapes: Vec<GridShape> = body.tensor_bits[n_synth..]
                 .iter()
                 .zip(&lens[n_synth..])
@@ -793,7 +1057,7 @@ pub(super) fn decode_body(
                 contexts,
             )?);
         }
-        Some(pred) => {
+        (Some(pred), None) => {
             let shapes =
                 predicted_shapes(dims, &lens[n_synth..], &body.tensor_bits[n_synth..], pred);
             // Decoded coarsest first; stored in level order.
@@ -813,8 +1077,11 @@ pub(super) fn decode_body(
             symbols,
         })
         .collect();
-    Ok((tensors, body.predictor))
+    Ok((tensors, body.predictor, arm))
 }
+
+/// A decoded grid body: tensors, predictors (§13.7) and ARM (§13.9).
+pub(super) type DecodedBody = (Vec<QTensor>, Option<Vec<LevelPredictor>>, Option<Arm>);
 
 /// Parses and entropy-decodes a grid file (§13.4).
 ///
@@ -842,8 +1109,9 @@ pub fn read_grid_file_with<E: From<FormatError>>(
     check(&p.arch, p.base_id)?;
     let dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
     let _ = p.bits; // validated: equals the largest tensor bit width
-    let (tensors, predictor) = decode_body(p.body, &dims, &p.lens, p.contexts)?;
+    let (tensors, predictor, arm) = decode_body(p.body, &dims, &p.lens, p.contexts)?;
     Ok(GridInrFile {
+        arm,
         width: p.width,
         height: p.height,
         arch: p.arch,
@@ -863,7 +1131,19 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
     let n_synth = num_tensors.saturating_sub(usize::from(p.arch.coord_dims));
     let groups = group_infos(&p.body.groups, &p.body.tensor_bits[..n_synth]);
     let latent_stream_bytes = p.body.latent_stream.len() as u64;
-    let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum::<u64>() + latent_stream_bytes;
+    let arm = p.body.arm.as_ref().map(|(h, st)| ArmInfo {
+        width: h.width as u8,
+        frac_bits: h.frac_bits,
+        bits: h.bits,
+        params: Arm::tensor_lens(h.width, usize::from(p.arch.coord_dims))
+            .iter()
+            .sum::<usize>() as u64,
+        stream_bytes: st.len() as u64,
+        res_bits: h.res_bits.clone(),
+    });
+    let arm_bytes = arm.as_ref().map_or(0, |a| a.stream_bytes);
+    let payload_bytes: u64 =
+        groups.iter().map(|g| g.bytes).sum::<u64>() + latent_stream_bytes + arm_bytes;
     let pixels = u64::from(p.width) * u64::from(p.height);
     let level_dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
     let latents: u64 = level_dims
@@ -892,6 +1172,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
             p.body.predictor.is_some(),
             p.contexts,
             p.upsampling,
+            p.body.arm.is_some(),
         ),
         base_id: p.base_id.map(|id| format!("{id:016x}")),
         modality: "image",
@@ -909,6 +1190,9 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
         side_info_bytes: (STEP_BYTES * num_tensors
             + p.base_id.map_or(0, |_| BASE_REF_BYTES)
             + pred_bytes
+            + p.body.arm.as_ref().map_or(0, |(h, _)| {
+                ARM_HEADER_BYTES + h.res_bits.len() + GROUP_LEN_BYTES
+            })
             + PAYLOAD_LEN_BYTES
             + GROUP_LEN_BYTES * (groups.len() + 1)) as u64,
         payload_bytes,
@@ -926,13 +1210,16 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
             latents,
             synth_params,
             latent_stream_bytes,
-            latent_contexts: if p.body.predictor.is_some() {
+            latent_contexts: if arm.is_some() {
+                entropy::ARM_MODELS
+            } else if p.body.predictor.is_some() {
                 p.contexts.pred_models()
             } else {
                 p.contexts.count()
             } as u8,
             upsampling: p.upsampling.name(),
             predictor: p.body.predictor,
+            arm,
         }),
     })
 }

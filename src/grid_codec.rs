@@ -5,9 +5,11 @@
 //! is shared (§13.8): then the file names a base and codes only the latents and, with flag bit
 //! 7, the network's output layer.
 
+use crate::arm::Arm;
+use crate::arm_fit::{fit_arm, ArmFit};
 use crate::base::{Base, BaseError};
 use crate::codec::{BaseChoice, DecodeError, DecodeOptions, EncodeError, Encoded, Progress};
-use crate::entropy::{self, PredShape, GRID_PRED_SHIFT, GRID_PRED_TAPS};
+use crate::entropy::{self, ArmShape, GridContexts, PredShape, GRID_PRED_SHIFT, GRID_PRED_TAPS};
 use crate::fit::psnr_u8;
 use crate::format::{
     self, max_abs_for_bits, Arch, GridInrFile, LevelPredictor, Limits, QTensor, Step,
@@ -20,6 +22,9 @@ use crate::quant;
 #[derive(Debug, Clone)]
 pub struct GridEncodeConfig {
     pub fit: GridFit,
+    /// §13.9 Code the latents with an autoregressive context model fitted to them with these
+    /// settings when that makes the file smaller; `None`: never (§5.9 or §5.10 coding only).
+    pub arm: Option<ArmFit>,
     /// Latent levels L (strides 1 ..= 2^(L-1)).
     pub levels: u8,
     /// Hidden width and number of sine layers of the synthesis network.
@@ -111,6 +116,7 @@ impl Default for GridEncodeConfig {
             base: BaseChoice::Default,
             shared: false,
             output_layer: OutputLayer::Auto,
+            arm: Some(ArmFit::default()),
         }
     }
 }
@@ -596,6 +602,9 @@ fn probe_at(
 ) -> Result<Untrimmed, EncodeError> {
     let mut probe_cfg = job.cfg.clone();
     probe_cfg.fit.set_budget(PROBE_STEPS);
+    // A probe predicts a full fit's untrimmed rate from its own (`PROBE_MAP`, measured
+    // without ARMs); fitting it an ARM would cost more than the probe.
+    probe_cfg.arm = None;
     let job = Job {
         cfg: &probe_cfg,
         ..*job
@@ -1326,10 +1335,16 @@ pub(crate) fn code_fitted(
     // (§5.10) latent coding: both decode to the same latents. The synthesis groups come first
     // in the payload and do not depend on the choice, so it is made once per set of latents
     // (with the first candidate network), not once per network bit width.
+    // The smallest of the plain (§5.9), the predicted (§5.10, when the fit learned a
+    // predictor) and the ARM-coded (§5.11, with `arm`) latent coding: all decode to the same
+    // latents. The synthesis groups come first in the payload and do not depend on the choice,
+    // so it is made once per set of latents (with the first candidate network), not once per
+    // network bit width.
     let file_with = |net: &[QTensor],
                      latents: &[QTensor],
-                     choice: Option<bool>|
-     -> Result<(GridInrFile, Vec<u8>, bool), EncodeError> {
+                     choice: Option<Coding>,
+                     arm: Option<&Arm>|
+     -> Result<(GridInrFile, Vec<u8>, Coding), EncodeError> {
         let mut f = GridInrFile {
             width: img.width,
             height: img.height,
@@ -1339,42 +1354,71 @@ pub(crate) fn code_fitted(
             base_id: shared.map(|(id, _)| id),
             contexts: cfg.fit.contexts.unsplit(),
             upsampling: cfg.fit.upsampling,
+            arm: None,
         };
-        let pred = if coefs.len() == latents.len() && choice != Some(false) {
+        let with_arm =
+            |f: &GridInrFile, arm: &Arm| -> Result<(GridInrFile, Vec<u8>), EncodeError> {
+                let mut fa = f.clone();
+                fa.predictor = None;
+                fa.contexts = GridContexts::Five;
+                fa.arm = Some(arm.clone());
+                let b = format::write_grid_file(&fa)?;
+                Ok((fa, b))
+            };
+        if let (Some(Coding::Arm), Some(arm)) = (choice, arm) {
+            let (fa, b) = with_arm(&f, arm)?;
+            return Ok((fa, b, Coding::Arm));
+        }
+        let pred = if coefs.len() == latents.len() && choice != Some(Coding::Plain) {
             level_predictors(pyr, latents, coefs)
         } else {
             None
         };
-        let Some(pred) = pred else {
+        let (f, bytes, coding) = if let Some(pred) = pred {
+            let plain = match choice {
+                Some(Coding::Predicted) => None,
+                _ => Some(format::write_grid_file(&f)?),
+            };
+            f.predictor = Some(pred);
+            let mut predicted = format::write_grid_file(&f)?;
+            // The contexts split by the prediction's fraction (§5.10, flag bit 11) when
+            // smaller: kodim13-16 at 0.25 bpp, 4.9-9.3 % fewer latent bytes.
+            let split = f.contexts.split();
+            if split != f.contexts {
+                let unsplit = std::mem::replace(&mut f.contexts, split);
+                let bytes = format::write_grid_file(&f)?;
+                if bytes.len() < predicted.len() {
+                    predicted = bytes;
+                } else {
+                    f.contexts = unsplit;
+                }
+            }
+            match plain {
+                Some(plain) if plain.len() <= predicted.len() => {
+                    f.predictor = None;
+                    f.contexts = cfg.fit.contexts.unsplit();
+                    (f, plain, Coding::Plain)
+                }
+                _ => (f, predicted, Coding::Predicted),
+            }
+        } else {
             let plain = format::write_grid_file(&f)?;
-            return Ok((f, plain, false));
+            (f, plain, Coding::Plain)
         };
-        let plain = match choice {
-            Some(true) => None,
-            _ => Some(format::write_grid_file(&f)?),
-        };
-        f.predictor = Some(pred);
-        let mut predicted = format::write_grid_file(&f)?;
-        // The contexts split by the prediction's fraction (§5.10, flag bit 11) when smaller:
-        // kodim13-16 at 0.25 bpp, 4.9-9.3 % fewer latent bytes.
-        let split = f.contexts.split();
-        if split != f.contexts {
-            let unsplit = std::mem::replace(&mut f.contexts, split);
-            let bytes = format::write_grid_file(&f)?;
-            if bytes.len() < predicted.len() {
-                predicted = bytes;
-            } else {
-                f.contexts = unsplit;
+        match arm {
+            Some(arm) if choice.is_none() => {
+                let (fa, b) = with_arm(&f, arm)?;
+                if b.len() < bytes.len() {
+                    return Ok((fa, b, Coding::Arm));
+                }
+                Ok((f, bytes, coding))
             }
+            _ => Ok((f, bytes, coding)),
         }
-        match plain {
-            Some(plain) if plain.len() <= predicted.len() => {
-                f.predictor = None;
-                f.contexts = cfg.fit.contexts.unsplit();
-                Ok((f, plain, false))
-            }
-            _ => Ok((f, predicted, true)),
-        }
+    };
+    let arm = match &cfg.arm {
+        Some(af) => best_arm(pyr, &latents, af)?,
+        None => None,
     };
     let decoded_psnr = |file: &GridInrFile| {
         let (params, lat) = dequantized(file, shared.map(|(_, p)| p));
@@ -1416,8 +1460,8 @@ pub(crate) fn code_fitted(
             net_tensors(arch, &fitted.params, bits)
         };
         net.drain(..net.len() - synth.coded_tensors(arch).min(net.len()));
-        let (file, bytes, predicted) = file_with(&net, &latents, choice)?;
-        choice = Some(predicted);
+        let (file, bytes, coding) = file_with(&net, &latents, choice, arm.as_ref())?;
+        choice = Some(coding);
         let psnr = decoded_psnr(&file);
         let mse = 10f64.powf(-psnr / 10.0);
         let cost = mse + f64::from(lambda) * bytes.len() as f64 * 8.0 / npx as f64;
@@ -1444,7 +1488,8 @@ pub(crate) fn code_fitted(
     };
     let at = |dz: f32, spread: f32| {
         let lat = latent_tensors(pyr, &fitted.latents, dz, spread);
-        file_with(&net, &lat, None).map(|(f, b, _)| (f, b))
+        // Trimmed latents keep the ARM fitted to the untrimmed ones.
+        file_with(&net, &lat, None, arm.as_ref()).map(|(f, b, _)| (f, b))
     };
     // Each trim is searched with one threshold for all latents and with spread ones
     // ([`latent_tensors`]); the better file is kept (the spread one lands closer to a byte
@@ -1533,6 +1578,62 @@ pub(crate) fn code_fitted(
         psnr,
     };
     Ok((e, raw))
+}
+
+/// How a file's latents are coded: §5.9, §5.10 or §5.11.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Plain,
+    Predicted,
+    Arm,
+}
+
+/// Fewest latents for which the encoder fits an ARM (about a 340x256 image). Its weights cost
+/// 400-800 bytes, about what it saves on the latent stream of a Kodak image at 0.13 bpp
+/// (README, "ARM"): below this size it would not pay for its own fit.
+const ARM_MIN_LATENTS: usize = 1 << 17;
+
+/// §5.11 The latents `latents` (level order, integer) as an ARM-coded stream's grids, coarsest
+/// first.
+fn arm_grids<'a>(pyr: &Pyramid, latents: &'a [QTensor]) -> Vec<(&'a [i32], ArmShape)> {
+    pyr.levels
+        .iter()
+        .zip(latents)
+        .enumerate()
+        .rev()
+        .map(|(l, (&(w, _, _), t))| {
+            let shape = ArmShape {
+                len: t.symbols.len(),
+                cols: w,
+                max_abs: max_abs_for_bits(t.bits),
+                res_max_abs: 0,
+                level: l,
+            };
+            (t.symbols.as_slice(), shape)
+        })
+        .collect()
+}
+
+/// An ARM fitted to `latents` ([`fit_arm`]) at the fractional bits whose ARM section and
+/// latent stream together are smallest; `None` when there are no latents.
+fn best_arm(pyr: &Pyramid, latents: &[QTensor], af: &ArmFit) -> Result<Option<Arm>, EncodeError> {
+    if pyr.n_latents < ARM_MIN_LATENTS {
+        return Ok(None);
+    }
+    let grids = arm_grids(pyr, latents);
+    let Some(cands) = fit_arm(&grids, pyr.n_levels(), af) else {
+        return Ok(None);
+    };
+    let mut best: Option<(usize, Arm)> = None;
+    for a in cands {
+        let (_, stream) =
+            entropy::encode_arm_grids_fitted(&grids, &a).map_err(format::FormatError::from)?;
+        let n = stream.len() + format::arm_coded_bytes(&a)?;
+        if best.as_ref().is_none_or(|b| n < b.0) {
+            best = Some((n, a));
+        }
+    }
+    Ok(best.map(|b| b.1))
 }
 
 /// §13.8 The shared synthesis a file names: the base with `id` among `extra` and the

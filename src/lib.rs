@@ -16,6 +16,8 @@
 //!   fitted under a rate–distortion objective; codec-spec §13).
 //! - [`rd`] and [`batch`]: rate–distortion sweeps and dataset compression.
 
+pub mod arm;
+pub mod arm_fit;
 pub mod audio;
 mod audio_codec;
 mod audio_grid_codec;
