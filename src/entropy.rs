@@ -1168,6 +1168,26 @@ fn arm_model(o: ArmOut, max_abs: u32) -> (i32, usize, i64) {
     (pred, j, sign)
 }
 
+/// The ARM's output for all-zero inputs of one level, computed once: most latents of the
+/// finest levels have no non-zero neighbour at low rates. (The same values as
+/// [`Arm::eval`]: a cache, not an approximation.)
+struct ArmZero(ArmOut);
+
+impl ArmZero {
+    fn new(arm: &Arm, level: usize) -> Self {
+        ArmZero(arm.eval(level, &[0; crate::arm::ARM_INPUTS]))
+    }
+
+    #[inline]
+    fn eval(&self, arm: &Arm, level: usize, x: &[i64; crate::arm::ARM_INPUTS]) -> ArmOut {
+        if x.iter().all(|&v| v == 0) {
+            self.0
+        } else {
+            arm.eval(level, x)
+        }
+    }
+}
+
 fn check_arm_shapes(shapes: &[ArmShape], arm: &Arm) -> Result<(), EntropyError> {
     for s in shapes {
         for m in [s.max_abs, s.res_max_abs] {
@@ -1196,13 +1216,14 @@ fn arm_plan(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Vec<Vec<(i32, usize, i64
             let parent = k.checked_sub(1).map(|j| (grids[j].0, grids[j].1.cols));
             let cols = s.cols.max(1);
             let mut plan = vec![(0, 0, 1); g.len()];
+            let zero = ArmZero::new(arm, s.level);
             plan.par_chunks_mut(cols * 8)
                 .enumerate()
                 .for_each(|(c, out)| {
                     for (r, o) in out.iter_mut().enumerate() {
                         let i = c * cols * 8 + r;
                         let x = crate::arm::arm_inputs(g, i, s.cols, parent);
-                        *o = arm_model(arm.eval(s.level, &x), s.max_abs);
+                        *o = arm_model(zero.eval(arm, s.level, &x), s.max_abs);
                     }
                 });
             plan
@@ -1373,9 +1394,10 @@ pub fn decode_arm_grids(
             .checked_sub(1)
             .and_then(|j| out.get(j).zip(shapes.get(j)))
             .map(|(p, ps)| (p.as_slice(), ps.cols));
+        let zero = ArmZero::new(arm, s.level);
         for i in 0..s.len {
             let x = crate::arm::arm_inputs(&g, i, s.cols, parent);
-            let (pred, j, sign) = arm_model(arm.eval(s.level, &x), s.max_abs);
+            let (pred, j, sign) = arm_model(zero.eval(arm, s.level, &x), s.max_abs);
             let model = &mut models[j];
             let u = dec
                 .decode_symbol(View(model))

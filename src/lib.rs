@@ -43,6 +43,7 @@ mod quant;
 pub mod rd;
 pub mod util;
 
+pub use arm_fit::ArmFit;
 pub use audio_codec::{
     decode_audio, decode_audio_stream, decode_audio_stream_with, decode_audio_with, encode_audio,
     eval_audio, eval_audio_with, output_spec, AudioEncodeConfig, AudioEncoded, AudioQuality,

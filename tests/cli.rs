@@ -1518,3 +1518,69 @@ fn upsampling_flag_writes_bspline_grid_files() {
     );
     assert!(err.contains("--mode"), "{err}");
 }
+
+/// `inr encode --arm`: on a textured image of 2^17 latents or more the default codes the
+/// latents with an ARM (flag bit 12, reported by `info` in both forms) and `--arm off` does
+/// not; both decode to the same pixels (one fit, two codings); the flag picks the grid mode
+/// and contradicts a weight-mode flag.
+#[test]
+fn arm_flag_chooses_the_latent_coding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (400u32, 336u32);
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+        let hash = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) % 41;
+        image::Rgb(std::array::from_fn(|c| {
+            let v = 0.3 + 0.4 * fx * fy + 0.15 * ((fx * 9.0 + c as f32) * (1.0 + 4.0 * fy)).sin();
+            (v * 235.0) as u8 + hash as u8 / 2
+        }))
+    });
+    let src = dir.path().join("tex.png");
+    img.save(&src).unwrap();
+    let code = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        inr()
+            .args(["--quiet", "encode"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&out)
+            .args(["--steps", "40", "--lambda", "0.002"])
+            .args(extra)
+            .assert()
+            .success();
+        out
+    };
+    let with = code("a.inr", &[]);
+    let off = code("o.inr", &["--arm", "off"]);
+    let a = info_json(&with);
+    assert_eq!(a["info"]["grid"]["arm"]["width"], 12, "{a}");
+    assert_eq!(a["info"]["flags"].as_u64().unwrap() & 0x1000, 0x1000, "{a}");
+    let o = info_json(&off);
+    assert!(o["info"]["grid"]["arm"].is_null(), "{o}");
+    assert!(a["bytes"].as_u64() < o["bytes"].as_u64(), "{a} {o}");
+    let text = inr().arg("info").arg(&with).assert().success();
+    let text = String::from_utf8_lossy(&text.get_output().stdout).to_string();
+    assert!(text.contains("ARM of width 12"), "{text}");
+    let decoded = |f: &std::path::Path, name: &str| {
+        let p = dir.path().join(name);
+        inr()
+            .args(["--quiet", "decode"])
+            .arg(f)
+            .arg("-o")
+            .arg(&p)
+            .assert()
+            .success();
+        image::open(&p).unwrap().to_rgb8().into_raw()
+    };
+    assert_eq!(decoded(&with, "a.png"), decoded(&off, "o.png"));
+    let err = assert_clean_error(
+        inr()
+            .arg("encode")
+            .arg(&src)
+            .arg("-o")
+            .arg(dir.path().join("x.inr"))
+            .args(["--arm", "off", "--density", "0.5"])
+            .assert(),
+    );
+    assert!(err.contains("--mode"), "{err}");
+}

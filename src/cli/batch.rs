@@ -77,6 +77,10 @@ pub struct BatchArgs {
     /// `b-spline` is opt-in).
     #[arg(long, value_enum)]
     pub upsampling: Option<super::encode::UpsamplingArg>,
+    /// Grid modes (images): code the latents with an autoregressive context model when the
+    /// file is smaller (`auto`, the default) or never (`off`; see `inr encode --help`).
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub arm: Option<super::encode::ArmArg>,
     /// Rate target of every file, in bits per pixel (see `inr encode --bpp`; all modes).
     #[arg(long, value_name = "BPP", conflicts_with = "psnr")]
     pub bpp: Option<f64>,
@@ -370,6 +374,14 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
     {
         anyhow::bail!("--upsampling is for the grid modes");
     }
+    if args.arm.is_some()
+        && !matches!(
+            image_mode,
+            super::encode::Mode::Grid | super::encode::Mode::GridShared
+        )
+    {
+        anyhow::bail!("--arm is for the grid modes");
+    }
     let audio = audio_mode(&args, audio_base, (cores / jobs).max(1))?;
     let weights = InrBatchCodec { config };
     let modulations;
@@ -433,6 +445,9 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             }
             if let Some(u) = args.upsampling {
                 config.fit.upsampling = u.into();
+            }
+            if let Some(a) = args.arm {
+                config.arm = a.fit();
             }
             config.base = image_base;
             if shared && (args.width.is_some() || args.depth.is_some()) {

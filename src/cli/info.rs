@@ -194,9 +194,17 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
             Some("bilinear") | None => String::new(),
             Some(u) => format!(", {u} upsampling"),
         };
+        // Flag bit 12 (codec-spec §13.9): the latents are coded with the file's ARM.
+        let arm = match g.get("arm") {
+            Some(a) if !a.is_null() => format!(
+                ", ARM of width {} ({} params in {} bytes)",
+                a["width"], a["params"], a["stream_bytes"]
+            ),
+            _ => String::new(),
+        };
         out.push(format!(
             "mode: grid ({} latent levels, {} latents in {} bytes ({} contexts), \
-             {synth}{pred}{up})",
+             {synth}{pred}{up}{arm})",
             g["levels"], g["latents"], g["latent_stream_bytes"], g["latent_contexts"]
         ));
     }
