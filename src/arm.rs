@@ -120,6 +120,18 @@ impl Arm {
         })
     }
 
+    /// Whether the width, fractional bits and tensor sizes are in range and agree (as
+    /// [`Arm::from_tensors`] guarantees; the fields are public).
+    pub fn is_valid(&self) -> bool {
+        (1..=ARM_MAX_WIDTH).contains(&self.width)
+            && (1..=ARM_MAX_FRAC_BITS).contains(&self.frac_bits)
+            && self
+                .tensors()
+                .iter()
+                .zip(Arm::tensor_lens(self.width, self.levels))
+                .all(|(t, n)| t.len() == n)
+    }
+
     /// Number of weights and biases.
     pub fn num_params(&self) -> usize {
         Arm::tensor_lens(self.width, self.levels).iter().sum()
@@ -127,6 +139,10 @@ impl Arm {
 
     /// The output for `inputs` (the neighbours in [`ARM_OFFSETS`] order, then the parent) of a
     /// latent of level `level` (`< levels`), §5.11. Exact integer arithmetic.
+    ///
+    /// # Panics
+    /// When the ARM is not [`Arm::is_valid`] or `level >= levels` (the entropy coder checks
+    /// both first).
     pub fn eval(&self, level: usize, inputs: &[i64; ARM_INPUTS]) -> ArmOut {
         let h = self.width;
         let f = u32::from(self.frac_bits);

@@ -1189,6 +1189,11 @@ impl ArmZero {
 }
 
 fn check_arm_shapes(shapes: &[ArmShape], arm: &Arm) -> Result<(), EntropyError> {
+    if !arm.is_valid() {
+        return Err(EntropyError::Encoder(
+            "the ARM's width, fractional bits or tensor sizes are out of range".into(),
+        ));
+    }
     for s in shapes {
         for m in [s.max_abs, s.res_max_abs] {
             if m == 0 || m > MAX_ABS_LIMIT {

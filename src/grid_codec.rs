@@ -1486,10 +1486,13 @@ pub(crate) fn code_fitted(
         bpp: bytes.len() as f64 * 8.0 / npx as f64,
         psnr: raw_psnr,
     };
+    // Trimmed latents of an ARM-coded file are coded with the ARM fitted to the untrimmed ones
+    // (and only so: each trim writes dozens of files); the others as before, without it.
+    let trim_arm = file.arm.clone();
+    let trim_coding = trim_arm.as_ref().map(|_| Coding::Arm);
     let at = |dz: f32, spread: f32| {
         let lat = latent_tensors(pyr, &fitted.latents, dz, spread);
-        // Trimmed latents keep the ARM fitted to the untrimmed ones.
-        file_with(&net, &lat, None, arm.as_ref()).map(|(f, b, _)| (f, b))
+        file_with(&net, &lat, trim_coding, trim_arm.as_ref()).map(|(f, b, _)| (f, b))
     };
     // Each trim is searched with one threshold for all latents and with spread ones
     // ([`latent_tensors`]); the better file is kept (the spread one lands closer to a byte

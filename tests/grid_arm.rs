@@ -227,6 +227,32 @@ fn hostile_arm_headers_and_truncations_give_errors() {
         a.b1.extend(vec![0; a.width]);
     }
     assert!(format::write_grid_file(&bad).is_err());
+    // An ARM whose public fields disagree (a width beyond 32, a short tensor, no fractional
+    // bits) is an error of the writer and of the coder, not a panic.
+    let breaks: [fn(&mut Arm); 3] = [
+        |a| a.width = 40,
+        |a| {
+            a.w2.pop();
+        },
+        |a| a.frac_bits = 0,
+    ];
+    for broken in breaks {
+        let mut bad = f.clone();
+        let a = bad.arm.as_mut().unwrap();
+        broken(a);
+        assert!(!a.is_valid());
+        let a = a.clone();
+        assert!(format::write_grid_file(&bad).is_err());
+        let g = [0i32; 6];
+        let s = ArmShape {
+            len: 6,
+            cols: 3,
+            max_abs: 7,
+            res_max_abs: 7,
+            level: 0,
+        };
+        assert!(entropy::encode_arm_grids(&[(&g[..], s)], &a).is_err());
+    }
     assert_eq!(
         u16::from_le_bytes([bytes[6], bytes[7]]) & FLAG_GRID_ARM,
         FLAG_GRID_ARM
