@@ -208,17 +208,7 @@ pub fn arm_inputs(
             }
         }
     }
-    x[ARM_NEIGHBOURS] = parent.map_or(0, |(p, pcols)| {
-        let (px, py) = ((cx >> 1) as usize, (cy >> 1) as usize);
-        if px < pcols {
-            py.checked_mul(pcols)
-                .and_then(|r| r.checked_add(px))
-                .and_then(|j| p.get(j))
-                .map_or(0, |&v| i64::from(v))
-        } else {
-            0
-        }
-    });
+    x[ARM_NEIGHBOURS] = crate::entropy::grid_parent(parent, cx as usize, cy as usize);
     x
 }
 

@@ -907,6 +907,24 @@ pub fn grid_prediction(
     grid_prediction_parts(g, i, cols, parent, coefs, max_abs).0
 }
 
+/// §5.10 The parent of the element at column `x`, row `y`: element `(x >> 1, y >> 1)` of
+/// `parent` (a grid and its columns), 0 when there is none or that position is outside it.
+/// (The §5.11 ARM takes the same input.)
+#[inline]
+pub fn grid_parent(parent: Option<(&[i32], usize)>, x: usize, y: usize) -> i64 {
+    parent.map_or(0, |(p, pcols)| {
+        let (px, py) = (x >> 1, y >> 1);
+        if px < pcols {
+            py.checked_mul(pcols)
+                .and_then(|r| r.checked_add(px))
+                .and_then(|j| p.get(j))
+                .map_or(0, |&v| i64::from(v))
+        } else {
+            0
+        }
+    })
+}
+
 /// Classes of the prediction's fractional part in a split predicted stream (§5.10).
 pub const FRACTION_CLASSES: usize = 3;
 
@@ -942,17 +960,7 @@ pub fn grid_prediction_parts(
     let up = (y > 0).then(|| i - cols);
     let up_left = up.filter(|_| x > 0).map(|j| j - 1);
     let up_right = up.filter(|_| x + 1 < cols).map(|j| j + 1);
-    let par = parent.map_or(0, |(p, pcols)| {
-        let (px, py) = (x >> 1, y >> 1);
-        if px < pcols {
-            py.checked_mul(pcols)
-                .and_then(|r| r.checked_add(px))
-                .and_then(|j| p.get(j))
-                .map_or(0, |&v| i64::from(v))
-        } else {
-            0
-        }
-    });
+    let par = grid_parent(parent, x, y);
     let taps = [at(left), at(up), at(up_left), at(up_right), par];
     let sum: i64 = taps
         .iter()
@@ -1065,51 +1073,52 @@ pub fn encode_pred_grids(
     Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
 }
 
-/// Decodes the stream of [`encode_pred_grids`] for grids of the given shapes (coding order),
-/// with the checks of §5.5 (whole words, exhausted stream, canonical re-encoding) and §5.10
-/// (every value `prediction + residual` within its grid's range).
-///
-/// The caller must bound `sum(len)` (the container checks it against the parameter limit).
-///
-/// # Errors
-/// [`EntropyError::Misaligned`], [`EntropyError::InvalidData`] (also for a value out of
-/// range), [`EntropyError::NotExhausted`], [`EntropyError::NotCanonical`],
-/// [`EntropyError::MaxAbsTooLarge`].
-///
-/// # Panics
-/// Never, for any input.
-pub fn decode_pred_grids(
+/// One grid of a residual-coded stream (§5.10, §5.11) for [`decode_residual_grids`]: `len`
+/// values in rows of `cols` within `-max_abs..=max_abs`, residuals within
+/// `-res_max_abs..=res_max_abs`.
+struct ResidualGrid {
+    len: usize,
+    cols: usize,
+    max_abs: u32,
+    res_max_abs: u32,
+}
+
+/// The decoder shared by the §5.10 and §5.11 streams: for each grid (coding order, each one's
+/// parent the grid before it), `n_models` fresh adaptive models over its residual alphabet;
+/// `plan(k, g, i, parent)` gives element `i` of grid `k` (its first `i` values `g`) its
+/// prediction, model and residual sign. With the §5.5 checks of whole words and an exhausted
+/// stream, and every value within its grid's range; the caller checks canonical re-encoding.
+/// `None` for a stream with nothing to code. `max_abs` values must be in
+/// `1..=MAX_ABS_LIMIT` (checked by the callers).
+fn decode_residual_grids(
     bytes: &[u8],
-    shapes: &[PredShape],
-    ctxs: GridContexts,
-) -> Result<Vec<Vec<i32>>, EntropyError> {
+    grids: &[ResidualGrid],
+    n_models: usize,
+    mut plan: impl FnMut(usize, &[i32], usize, Option<(&[i32], usize)>) -> (i32, usize, i64),
+) -> Result<Option<Vec<Vec<i32>>>, EntropyError> {
     const PREALLOC_CAP: usize = 1 << 20;
-    for s in shapes {
-        check_pred_shape(s)?;
-    }
-    let total: usize = shapes.iter().fold(0usize, |a, s| a.saturating_add(s.len));
+    let total: usize = grids.iter().fold(0usize, |a, s| a.saturating_add(s.len));
     let Some(words) = stream_words(bytes, total)? else {
-        return Ok(shapes.iter().map(|_| Vec::new()).collect());
+        return Ok(None);
     };
     let num_words = words.len();
     let mut dec = DefaultRangeDecoder::from_compressed(words).unwrap_infallible();
-    let mut out: Vec<Vec<i32>> = Vec::with_capacity(shapes.len().min(PREALLOC_CAP));
+    let mut out: Vec<Vec<i32>> = Vec::with_capacity(grids.len().min(PREALLOC_CAP));
     let mut at = 0usize;
-    for (n, s) in shapes.iter().enumerate() {
+    for (n, s) in grids.iter().enumerate() {
         let k = 2 * s.res_max_abs as usize + 1;
         let m = i64::from(s.res_max_abs);
         let vmax = i64::from(s.max_abs);
-        let mut models: Vec<AdaptiveModel> = (0..ctxs.pred_models())
+        let mut models: Vec<AdaptiveModel> = (0..n_models)
             .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
             .collect();
         let mut g = Vec::with_capacity(s.len.min(PREALLOC_CAP));
         let parent = n
             .checked_sub(1)
-            .and_then(|j| out.get(j).zip(shapes.get(j)))
+            .and_then(|j| out.get(j).zip(grids.get(j)))
             .map(|(p, ps)| (p.as_slice(), ps.cols));
         for i in 0..s.len {
-            let (pred, frac) = grid_prediction_parts(&g, i, s.cols, parent, &s.coefs, s.max_abs);
-            let (j, sign) = pred_model(ctxs, grid_context(&g, i, s.cols, ctxs), frac);
+            let (pred, j, sign) = plan(n, &g, i, parent);
             let model = &mut models[j];
             let u = dec
                 .decode_symbol(View(model))
@@ -1130,13 +1139,57 @@ pub fn decode_pred_grids(
             symbols: at,
         });
     }
+    Ok(Some(out))
+}
+
+/// Decodes the stream of [`encode_pred_grids`] for grids of the given shapes (coding order),
+/// with the checks of §5.5 (whole words, exhausted stream, canonical re-encoding) and §5.10
+/// (every value `prediction + residual` within its grid's range).
+///
+/// The caller must bound `sum(len)` (the container checks it against the parameter limit).
+///
+/// # Errors
+/// [`EntropyError::Misaligned`], [`EntropyError::InvalidData`] (also for a value out of
+/// range), [`EntropyError::NotExhausted`], [`EntropyError::NotCanonical`],
+/// [`EntropyError::MaxAbsTooLarge`].
+///
+/// # Panics
+/// Never, for any input.
+pub fn decode_pred_grids(
+    bytes: &[u8],
+    shapes: &[PredShape],
+    ctxs: GridContexts,
+) -> Result<Vec<Vec<i32>>, EntropyError> {
+    for s in shapes {
+        check_pred_shape(s)?;
+    }
+    let grids: Vec<ResidualGrid> = shapes
+        .iter()
+        .map(|s| ResidualGrid {
+            len: s.len,
+            cols: s.cols,
+            max_abs: s.max_abs,
+            res_max_abs: s.res_max_abs,
+        })
+        .collect();
+    let plan = |k: usize, g: &[i32], i: usize, parent: Option<(&[i32], usize)>| {
+        let s = &shapes[k];
+        let (pred, frac) = grid_prediction_parts(g, i, s.cols, parent, &s.coefs, s.max_abs);
+        let (j, sign) = pred_model(ctxs, grid_context(g, i, s.cols, ctxs), frac);
+        (pred, j, sign)
+    };
+    let Some(out) = decode_residual_grids(bytes, &grids, ctxs.pred_models(), plan)? else {
+        return Ok(shapes.iter().map(|_| Vec::new()).collect());
+    };
     let refs: Vec<(&[i32], PredShape)> = out
         .iter()
         .map(|g| g.as_slice())
         .zip(shapes.iter().copied())
         .collect();
     if encode_pred_grids(&refs, ctxs)? != bytes {
-        return Err(EntropyError::NotCanonical { words: num_words });
+        return Err(EntropyError::NotCanonical {
+            words: bytes.len() / 4,
+        });
     }
     Ok(out)
 }
@@ -1377,59 +1430,34 @@ pub fn decode_arm_grids(
     shapes: &[ArmShape],
     arm: &Arm,
 ) -> Result<Vec<Vec<i32>>, EntropyError> {
-    const PREALLOC_CAP: usize = 1 << 20;
     check_arm_shapes(shapes, arm)?;
-    let total: usize = shapes.iter().fold(0usize, |a, s| a.saturating_add(s.len));
-    let Some(words) = stream_words(bytes, total)? else {
+    let grids: Vec<ResidualGrid> = shapes
+        .iter()
+        .map(|s| ResidualGrid {
+            len: s.len,
+            cols: s.cols,
+            max_abs: s.max_abs,
+            res_max_abs: s.res_max_abs,
+        })
+        .collect();
+    let zeros: Vec<ArmZero> = shapes.iter().map(|s| ArmZero::new(arm, s.level)).collect();
+    let plan = |k: usize, g: &[i32], i: usize, parent: Option<(&[i32], usize)>| {
+        let s = &shapes[k];
+        let x = crate::arm::arm_inputs(g, i, s.cols, parent);
+        arm_model(zeros[k].eval(arm, s.level, &x), s.max_abs)
+    };
+    let Some(out) = decode_residual_grids(bytes, &grids, ARM_MODELS, plan)? else {
         return Ok(shapes.iter().map(|_| Vec::new()).collect());
     };
-    let num_words = words.len();
-    let mut dec = DefaultRangeDecoder::from_compressed(words).unwrap_infallible();
-    let mut out: Vec<Vec<i32>> = Vec::with_capacity(shapes.len().min(PREALLOC_CAP));
-    let mut at = 0usize;
-    for (n, s) in shapes.iter().enumerate() {
-        let k = 2 * s.res_max_abs as usize + 1;
-        let m = i64::from(s.res_max_abs);
-        let vmax = i64::from(s.max_abs);
-        let mut models: Vec<AdaptiveModel> = (0..ARM_MODELS)
-            .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
-            .collect();
-        let mut g = Vec::with_capacity(s.len.min(PREALLOC_CAP));
-        let parent = n
-            .checked_sub(1)
-            .and_then(|j| out.get(j).zip(shapes.get(j)))
-            .map(|(p, ps)| (p.as_slice(), ps.cols));
-        let zero = ArmZero::new(arm, s.level);
-        for i in 0..s.len {
-            let x = crate::arm::arm_inputs(&g, i, s.cols, parent);
-            let (pred, j, sign) = arm_model(zero.eval(arm, s.level, &x), s.max_abs);
-            let model = &mut models[j];
-            let u = dec
-                .decode_symbol(View(model))
-                .map_err(|_| EntropyError::InvalidData { at })?;
-            model.update(u);
-            let v = i64::from(pred) + sign * (u as i64 - m); // u < k <= 65535
-            if v.abs() > vmax {
-                return Err(EntropyError::InvalidData { at });
-            }
-            g.push(v as i32);
-            at += 1;
-        }
-        out.push(g);
-    }
-    if !dec.maybe_exhausted() {
-        return Err(EntropyError::NotExhausted {
-            words: num_words,
-            symbols: at,
-        });
-    }
     let refs: Vec<(&[i32], ArmShape)> = out
         .iter()
         .map(|g| g.as_slice())
         .zip(shapes.iter().copied())
         .collect();
     if encode_arm_grids(&refs, arm)? != bytes {
-        return Err(EntropyError::NotCanonical { words: num_words });
+        return Err(EntropyError::NotCanonical {
+            words: bytes.len() / 4,
+        });
     }
     Ok(out)
 }
