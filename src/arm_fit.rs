@@ -155,8 +155,8 @@ impl Net {
         bits
     }
 
-    /// Rounded to fixed point with `frac_bits`.
-    fn quantize(&self, frac_bits: u8) -> Arm {
+    /// Rounded to fixed point with `frac_bits` (`None` only outside the ARM's ranges).
+    fn quantize(&self, frac_bits: u8) -> Option<Arm> {
         let o = self.offsets();
         let sc = f32::from(1u16 << frac_bits);
         let t: Vec<Vec<i32>> = (0..6)
@@ -167,7 +167,7 @@ impl Net {
                     .collect()
             })
             .collect();
-        Arm::from_tensors(self.h, frac_bits, self.levels, t).expect("shapes match")
+        Arm::from_tensors(self.h, frac_bits, self.levels, t)
     }
 }
 
@@ -294,5 +294,6 @@ pub fn fit_arm(grids: &[(&[i32], ArmShape)], levels: usize, cfg: &ArmFit) -> Opt
             net.p[k] -= lr * (m[k] / c1) / ((v[k] / c2).sqrt() + eps);
         }
     }
-    Some((4..=7).map(|f| net.quantize(f)).collect())
+    let arms: Vec<Arm> = (4..=7).filter_map(|f| net.quantize(f)).collect();
+    (!arms.is_empty()).then_some(arms)
 }
