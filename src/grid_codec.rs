@@ -1331,10 +1331,6 @@ pub(crate) fn code_fitted(
     let sm = Sampler::with_upsampling(pyr.clone(), img.width, img.height, cfg.fit.upsampling);
     let coefs = &fitted.pred_coefs;
     let shared = cfg.shared_net(lambda);
-    // The smaller of the plain (§5.9) and, when the fit learned a predictor, the predicted
-    // (§5.10) latent coding: both decode to the same latents. The synthesis groups come first
-    // in the payload and do not depend on the choice, so it is made once per set of latents
-    // (with the first candidate network), not once per network bit width.
     // The smallest of the plain (§5.9), the predicted (§5.10, when the fit learned a
     // predictor) and the ARM-coded (§5.11, with `arm`) latent coding: all decode to the same
     // latents. The synthesis groups come first in the payload and do not depend on the choice,
@@ -1592,8 +1588,9 @@ enum Coding {
 }
 
 /// Fewest latents for which the encoder fits an ARM (about a 340x256 image). Its weights cost
-/// 400-800 bytes, about what it saves on the latent stream of a Kodak image at 0.13 bpp
-/// (README, "ARM"): below this size it would not pay for its own fit.
+/// 350-600 bytes at width 12, as much as it saves on some whole Kodak images at 0.08-0.15 bpp
+/// (kodim14 at λ = 0.012 kept no ARM; README, "An autoregressive context model"): below this
+/// size it would not pay for its own fit.
 const ARM_MIN_LATENTS: usize = 1 << 17;
 
 /// §5.11 The latents `latents` (level order, integer) as an ARM-coded stream's grids, coarsest
