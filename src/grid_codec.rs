@@ -1168,12 +1168,16 @@ impl Warm {
     /// λ'))` fits afresh, `None`: the budget is spent. A fit afresh after the first, when
     /// refits are on and one can follow it, moves to the λ' where `calib` expects
     /// [`FRESH_OVER`] times the rate (so that a refit can land it, however the fit misses).
+    /// After a refit that landed over the aim, [`Warm::along_refits`] decides first.
     fn choose(
         &mut self,
         lambda: f32,
         y_max: f64,
         calib: &Calibration,
     ) -> Option<(Option<GridStart>, f32)> {
+        if let Some(next) = self.along_refits() {
+            return Some(next);
+        }
         let source = self
             .fits
             .iter()
@@ -1181,9 +1185,6 @@ impl Warm {
             .filter(|(_, f)| f.lambda <= lambda && f.y <= y_max && f.source.is_none())
             .max_by(|a, b| a.1.lambda.total_cmp(&b.1.lambda))
             .map(|(i, _)| i);
-        if let Some(next) = self.along_refits() {
-            return Some(next);
-        }
         let cost = if source.is_some() { REFIT_COST } else { 1.0 };
         if self.spent + cost > self.budget + 1e-9 {
             return None;
