@@ -240,15 +240,28 @@ pub(crate) fn latent_tensors(
     dead_zone: f32,
     spread: f32,
 ) -> Vec<QTensor> {
+    latent_tensors_w(pyr, lat, dead_zone, spread, &vec![1.0; pyr.n_levels()])
+}
+
+/// [`latent_tensors`] with level `l`'s dead zone and spread scaled by `lw[l]` (the weights of
+/// [`trim_weights`]; each latent's shift still within 0 ..= 1/2).
+pub(crate) fn latent_tensors_w(
+    pyr: &Pyramid,
+    lat: &[f32],
+    dead_zone: f32,
+    spread: f32,
+    lw: &[f32],
+) -> Vec<QTensor> {
     let step = Step::from_f32(1.0);
     pyr.levels
         .iter()
-        .map(|&(wl, hl, off)| {
+        .zip(lw)
+        .map(|(&(wl, hl, off), &lw)| {
             let symbols: Vec<i32> = lat[off..off + wl * hl]
                 .iter()
                 .enumerate()
                 .map(|(i, &v)| {
-                    let dz = (dead_zone - spread * latent_tie(off + i)).clamp(0.0, 0.5);
+                    let dz = ((dead_zone - spread * latent_tie(off + i)) * lw).clamp(0.0, 0.5);
                     let m = (v.abs() + 0.5 - dz).floor().max(0.0);
                     (m.copysign(v)).clamp(-32767.0, 32767.0) as i32
                 })
@@ -1545,8 +1558,21 @@ pub(crate) fn code_fitted(
     // (and only so: each trim writes dozens of files); the others as before, without it.
     let trim_arm = file.arm.clone();
     let trim_coding = trim_arm.as_ref().map(|_| Coding::Arm);
+    // Each level's dead zone scaled by its weight ([`trim_weights`]), computed only when a
+    // trim will run.
+    let trims = match trim {
+        Trim::MaxBytes(max) => bytes.len() > max,
+        Trim::MinPsnr(t) => raw_psnr >= t,
+        Trim::None => false,
+    };
+    let lw = if trims {
+        trim_weights(arch, &fitted.params, &fitted.latents, &sm)
+    } else {
+        vec![1.0; pyr.n_levels()]
+    };
+    let lw_min = lw.iter().copied().fold(1.0f32, f32::min);
     let at = |dz: f32, spread: f32| {
-        let lat = latent_tensors(pyr, &fitted.latents, dz, spread);
+        let lat = latent_tensors_w(pyr, &fitted.latents, dz, spread, &lw);
         file_with(&net, &lat, trim_coding, trim_arm.as_ref()).map(|(f, b, _)| (f, b))
     };
     // Each trim is searched with one threshold for all latents and with spread ones
@@ -1559,11 +1585,11 @@ pub(crate) fn code_fitted(
             // each spread; the better PSNR among those that fit, else the smaller file.
             let mut found: Option<(GridInrFile, Vec<u8>, f64)> = None;
             for spread in [0.0, TRIM_SPREAD] {
-                let (mut lo, mut hi) = (0.0f32, 0.5 + spread);
+                let (mut lo, mut hi) = (TRIM_MIN, (0.5 + spread) / lw_min);
                 let (mut f_best, mut b_best) = at(hi, spread)?;
                 if b_best.len() <= max {
                     for _ in 0..12 {
-                        let mid = 0.5 * (lo + hi);
+                        let mid = (lo * hi).sqrt();
                         let (f_mid, b_mid) = at(mid, spread)?;
                         if b_mid.len() <= max {
                             hi = mid;
@@ -1596,9 +1622,9 @@ pub(crate) fn code_fitted(
             // (each probe decodes its file), at each spread; the smallest such file is kept
             // when it is smaller.
             for spread in [0.0, TRIM_SPREAD] {
-                let (mut lo, mut hi) = (0.0f32, 0.5 + spread);
+                let (mut lo, mut hi) = (TRIM_MIN, (0.5 + spread) / lw_min);
                 for _ in 0..8 {
-                    let mid = 0.5 * (lo + hi);
+                    let mid = (lo * hi).sqrt();
                     let (f_mid, b_mid) = at(mid, spread)?;
                     if decoded_psnr(&f_mid) >= t {
                         lo = mid;
@@ -1636,6 +1662,42 @@ pub(crate) fn code_fitted(
         psnr,
     };
     Ok((e, raw))
+}
+
+/// The smallest dead zone a trim's bisection tries (it bisects in log scale, the weights of
+/// [`trim_weights`] spanning several decades).
+const TRIM_MIN: f32 = 1e-3;
+
+/// Per-level weights of a dead-zone trim (§13.6): level `l`'s dead zone is the trim's times
+/// `w_l = h_min / h_l`, where `h_l` is the mean squared change of the rendered output per latent
+/// of level `l` when each of them moves by ±0.5 (pseudo-random signs, all of a level at once:
+/// a Gauss-Newton estimate of the distortion's curvature per latent of the level). Rounding a
+/// latent of fraction `a` down instead of up costs about `h_l (2a − 1)`, and the bits it saves
+/// vary much less across levels than `h_l` (which grows about 4x per level with the latent's
+/// footprint), so the levels whose latents cost least are trimmed first. The weights are 1 for
+/// the cheapest level and in (0, 1] for the others.
+fn trim_weights(arch: &Arch, params: &[f32], lat: &[f32], sm: &Sampler) -> Vec<f32> {
+    let base = grid::render_values(arch, params, lat, sm);
+    let h: Vec<f64> = sm
+        .pyr
+        .levels
+        .iter()
+        .map(|&(w, hl, off)| {
+            let mut moved = lat.to_vec();
+            for (i, v) in moved[off..off + w * hl].iter_mut().enumerate() {
+                *v += if latent_tie(off + i) < 0.5 { 0.5 } else { -0.5 };
+            }
+            let r = grid::render_values(arch, params, &moved, sm);
+            let d: f64 = r
+                .iter()
+                .zip(&base)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            (d / (w * hl) as f64 / 0.25).max(1e-12)
+        })
+        .collect();
+    let h_min = h.iter().copied().fold(f64::INFINITY, f64::min);
+    h.iter().map(|&x| (h_min / x) as f32).collect()
 }
 
 /// How a file's latents are coded: §5.9, §5.10 or §5.11.
@@ -2079,6 +2141,43 @@ mod tests {
         let target: Vec<f32> = img.data.iter().map(|&v| crate::model::from_u8(v)).collect();
         let fitted = grid::fit(&arch, &pyr, &target, &cfg.fit, 0, &mut |_| {});
         (img, cfg, arch, pyr, fitted)
+    }
+
+    /// A trim's level weights are 1 for the level whose latents change the image least and in
+    /// (0, 1) for the others, smaller for coarser levels (a latent's footprint grows with its
+    /// stride); a level of weight 0 keeps plain rounding, one of weight 1 gets the whole dead
+    /// zone, and weights of 1 are the unweighted trim.
+    #[test]
+    fn trims_weigh_each_level_by_what_its_latents_cost() {
+        let (img, _, arch, pyr, fitted) = small_fit(0.2, 0.15);
+        let sm = Sampler::new(pyr.clone(), img.width, img.height);
+        let w = trim_weights(&arch, &fitted.params, &fitted.latents, &sm);
+        assert_eq!(w.len(), 4);
+        assert!(w.iter().all(|&x| x > 0.0 && x <= 1.0), "{w:?}");
+        assert_eq!(w.iter().copied().fold(0.0, f32::max), 1.0);
+        assert_eq!(w[0], 1.0, "{w:?}");
+        assert!(w.windows(2).all(|p| p[1] < p[0]), "{w:?}");
+        let lat = &fitted.latents;
+        let plain = latent_tensors(&pyr, lat, 0.0, 0.0);
+        assert_eq!(
+            latent_tensors_w(&pyr, lat, 0.3, 0.0, &[1.0; 4]),
+            latent_tensors(&pyr, lat, 0.3, 0.0)
+        );
+        // A level the whole dead zone changes: weighted alone, only it changes.
+        let all = latent_tensors(&pyr, lat, 0.5, 0.0);
+        let k = (0..4)
+            .find(|&k| all[k] != plain[k])
+            .expect("a level the trim changes");
+        let mut lw = [0.0; 4];
+        lw[k] = 1.0;
+        let only = latent_tensors_w(&pyr, lat, 0.5, 0.0, &lw);
+        for j in 0..4 {
+            assert_eq!(
+                &only[j],
+                if j == k { &all[j] } else { &plain[j] },
+                "level {j}"
+            );
+        }
     }
 
     /// Widening the dead zone down to a PSNR target gives a smaller file at that PSNR or more.
