@@ -1678,16 +1678,19 @@ const TRIM_MIN: f32 = 1e-3;
 /// the cheapest level and in (0, 1] for the others.
 fn trim_weights(arch: &Arch, params: &[f32], lat: &[f32], sm: &Sampler) -> Vec<f32> {
     let base = grid::render_values(arch, params, lat, sm);
+    // One copy of the latents; each level is moved, rendered and put back in turn.
+    let mut moved = lat.to_vec();
     let h: Vec<f64> = sm
         .pyr
         .levels
         .iter()
         .map(|&(w, hl, off)| {
-            let mut moved = lat.to_vec();
-            for (i, v) in moved[off..off + w * hl].iter_mut().enumerate() {
+            let level = off..off + w * hl;
+            for (i, v) in moved[level.clone()].iter_mut().enumerate() {
                 *v += if latent_tie(off + i) < 0.5 { 0.5 } else { -0.5 };
             }
             let r = grid::render_values(arch, params, &moved, sm);
+            moved[level.clone()].copy_from_slice(&lat[level]);
             let d: f64 = r
                 .iter()
                 .zip(&base)
