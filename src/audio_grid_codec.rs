@@ -34,7 +34,7 @@ pub const DEFAULT_AUDIO_GRID_STEPS: usize = 200;
 
 /// Rate weights of the audio grid presets (λ of `MSE + λ · bits per frame`, MSE in [0, 1]
 /// units), smallest file first. On the shared 16 kHz speech clip they give about 5, 8, 12,
-/// 24 and 45 kbit/s (README, "Audio grid mode").
+/// 24 and 45 kbit/s (`docs/audio.md`, "Audio grid mode").
 pub const AUDIO_GRID_PRESET_LAMBDAS: [(&str, f32); 5] = [
     ("tiny", 0.002),
     ("small", 0.0006),

@@ -72,7 +72,7 @@ pub struct EncodeConfig {
     pub bit_allocation: BitAllocation,
     /// Fit with the per-tensor learning-rate multipliers a Meta-SGD base records
     /// (the `"lr_scale"` of its description; `inr encode --base-lr-scale`). Off by default: on kodim13–16 they
-    /// cost 0.7 dB at 300 steps (README, "Meta-SGD").
+    /// cost 0.7 dB at 300 steps (`bench-results/bases-v2/README.md`, "Meta-SGD").
     pub base_lr_scale: bool,
     /// Weight sharing: the matrices `W_1 .. W_D` each keep only this many distinct values
     /// (1-D k-means centroids, linear initialisation, fine-tuned with the shared gradient;

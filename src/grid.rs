@@ -1238,7 +1238,7 @@ pub struct GridFit {
     /// 0.3→0.1 −1.7 %, 0.5→0.1 −4.5 %, 0.5→0.2 −4.5 %, 0.8→0.3 −4.4 %, 0.3→0.3 −2.2 %. At
     /// 0.3→0.1: with the rate on `y + n` instead +4.1 %; with Kumaraswamy noise (2→1) +0.3 %;
     /// with the straight-through steps' gradient through `sr` +3.0 %. At 0.5→0.2: λ = 0.002
-    /// −4.6 %, λ = 0.015 −4.6 %, 100 steps −2.7 %, 250 steps −1.8 % (README, "Soft rounding").
+    /// −4.6 %, λ = 0.015 −4.6 %, 100 steps −2.7 %, 250 steps −1.8 % (`docs/benchmarks.md`, "Soft rounding").
     /// With it, `noise_frac` 0.9 / 0.95 / 1.0 gave −0.8 / −0.7 / −0.5 % against 0.8 (λ = 0.002:
     /// 0.9 −0.4 %); not taken (too small to retune the rate control's tables for).
     pub soft_round: Option<(f32, f32)>,

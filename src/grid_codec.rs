@@ -129,7 +129,7 @@ pub const DEFAULT_LEVELS: u8 = 8;
 pub const GRID_SHARED_STEPS: usize = 200;
 
 /// Rate weights of the grid presets, from the smallest file to the best quality (see the
-/// README's grid-mode table for the rates they give on Kodak).
+/// grid-mode tables of `docs/benchmarks.md` for the rates they give on Kodak).
 pub const GRID_PRESET_LAMBDAS: [(&str, f32); 5] = [
     ("tiny", 0.03),
     ("small", 0.012),
@@ -1713,7 +1713,7 @@ enum Coding {
 
 /// Fewest latents for which the encoder fits an ARM (about a 340x256 image). Its weights cost
 /// 350-600 bytes at width 12, as much as it saves on some whole Kodak images at 0.08-0.15 bpp
-/// (kodim14 at λ = 0.012 kept no ARM; README, "An autoregressive context model"): below this
+/// (kodim14 at λ = 0.012 kept no ARM; `docs/benchmarks.md`, "An autoregressive context model"): below this
 /// size it would not pay for its own fit.
 const ARM_MIN_LATENTS: usize = 1 << 17;
 

@@ -7,7 +7,7 @@
 //! The start has three parts: the synthesis network (what a grid base stores and the encoder
 //! starts from), and the entropy model's log-scales and the predictor's coefficients, which
 //! the inner fits start from during training but which are not shipped (a start for them
-//! made fits at small λ worse: see the README). The latents always start at 0.
+//! made fits at small λ worse: see `docs/benchmarks.md`). The latents always start at 0.
 //!
 //! Determinism and resumption: task `i` (crop, symmetry, λ) is drawn from an RNG seeded by
 //! `(seed, i)` alone and a grid fit does not depend on the thread count, so a run resumed from

@@ -254,7 +254,7 @@ fn decoded_images_have_no_cell_seams() {
     );
     // Tile seams of 12 levels are plainly detected; the decoded image stays far below that.
     // (This tiny 2x16 network shows some excess at cell borders; the shipped base on kodim15
-    // measures 0.98 at its cell period against 0.99-1.00 at other periods: README.)
+    // measures 0.98 at its cell period against 0.99-1.00 at other periods: docs/benchmarks.md.)
     assert!(rb > 1.6, "blocky {rb}");
     assert!(r < 1.3, "decoded {r}");
 }

@@ -122,7 +122,7 @@ pub struct EncodeArgs {
     pub bit_allocation: Option<BitAllocation>,
     /// Fit with the per-tensor learning-rate multipliers of a --base trained with `inr
     /// meta-train --meta-sgd` (weights mode). Off by default: they cost 0.7 dB at 300 steps on
-    /// kodim13-16 (see the README, Meta-SGD).
+    /// kodim13-16 (bench-results/bases-v2/README.md, "Meta-SGD").
     #[arg(long)]
     pub base_lr_scale: bool,
     /// Weight sharing (Deep Compression): each hidden matrix keeps only K distinct values,
@@ -196,7 +196,7 @@ pub struct EncodeArgs {
     /// Grid (images): how the latent levels are upsampled to the pixels. `b-spline` (four cubic
     /// B-spline taps per axis, flag bit 10 of codec-spec §13.5): 1.5 % lower `MSE + λ·bpp`
     /// than `bilinear` on seven Kodak images at λ = 0.005 (from −4.7 % to +2.1 %), 1.6x the
-    /// encode time, and worse under --bpp, whose tables are bilinear (README, "B-spline
+    /// encode time, and worse under --bpp, whose tables are bilinear (docs/benchmarks.md, "B-spline
     /// upsampling").
     #[arg(long, value_enum)]
     pub upsampling: Option<UpsamplingArg>,
