@@ -687,6 +687,10 @@ fn rebuild_one(codec: &dyn BatchCodec, in_path: &Path, out_path: &Path) -> Resul
     })
 }
 
+/// A planned file of [`run_batch`]: its path relative to the input folder, its manifest
+/// input and output names, the output path and what to do.
+type Planned<'a> = (&'a PathBuf, String, String, PathBuf, Plan);
+
 /// Runs `work` on every item with `jobs` plain threads that take the next item when done: at
 /// most `jobs` files are in flight. (A rayon pool would not bound them: an encode installs its
 /// own thread pool, and a rayon worker waiting on another pool steals the next file meanwhile,
@@ -798,12 +802,12 @@ pub fn run_batch(
             Plan::Encode
         };
         claimed.entry(out_rel).or_insert_with(|| input.clone());
-        plans.push((input, output, out_path, plan));
+        plans.push((rel, input, output, out_path, plan));
     }
 
     let kept_rows: Vec<ManifestRow> = plans
         .iter()
-        .filter_map(|(_, _, _, p)| match p {
+        .filter_map(|(_, _, _, _, p)| match p {
             Plan::Keep(r) => Some(r.clone()),
             _ => None,
         })
@@ -822,8 +826,10 @@ pub fn run_batch(
     });
 
     let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::SeqCst));
-    let work = |(input, output, out_path, plan): &(String, String, PathBuf, Plan)| {
-        let in_path = in_dir.join(input);
+    // The input is opened by its path, not by its manifest name: a file name that is not
+    // UTF-8 is written lossily in the manifest but must still be read.
+    let work = |(rel, input, output, out_path, plan): &Planned<'_>| {
+        let in_path = in_dir.join(rel);
         let t = Instant::now();
         if !matches!(plan, Plan::Keep(_)) && cancelled() {
             return None;

@@ -126,6 +126,28 @@ fn corrupt_input_fails_alone_and_outputs_mirror_the_tree() {
     assert_eq!(read_manifest(&out.join("manifest.csv")).unwrap(), s.rows);
 }
 
+/// A file name that is not UTF-8 is coded (the manifest names it lossily) and kept on resume.
+#[cfg(unix)]
+#[test]
+fn non_utf8_file_names_are_coded_and_resumed() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = tempfile::tempdir().unwrap();
+    let inp = t.path().join("in");
+    let name = std::ffi::OsStr::from_bytes(b"n\xffame.png");
+    png(&inp.join(name), 1, false);
+    let out = t.path().join("out");
+    let codec = FakeCodec::default();
+    let s = run_batch(&inp, &out, &codec, &BatchOptions::default(), &quiet).unwrap();
+    assert_eq!((s.encoded, s.kept, s.failed), (1, 0, 0), "{:?}", s.rows);
+    assert_eq!(s.rows[0].input, "n\u{fffd}ame.png");
+    assert!(out
+        .join(std::ffi::OsStr::from_bytes(b"n\xffame.inr"))
+        .is_file());
+    let s = run_batch(&inp, &out, &codec, &BatchOptions::default(), &quiet).unwrap();
+    assert_eq!((s.encoded, s.kept, s.failed), (0, 1, 0), "{:?}", s.rows);
+    assert_eq!(codec.encodes.load(Ordering::SeqCst), 1);
+}
+
 #[test]
 fn resume_after_interruption_redoes_only_missing_work() {
     let t = tempfile::tempdir().unwrap();
