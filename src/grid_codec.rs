@@ -427,7 +427,7 @@ fn encode_inner(
     // per image. (For the per-image grid mode at 100 steps it changed nothing: 24.88 / 25.79 /
     // 27.32 against 24.85 / 25.77 / 27.28 dB, and took longer.)
     let calib = Calibration::of(cfg);
-    let mut warm = Warm::new(cfg);
+    let mut warm = Warm::new(cfg, npx);
     // (aim, bottom and top of the accepted band, first fit's aim), as multiples of the target.
     // With refits, the later fits land the untrimmed file at the target: trimming with the
     // dead zone costs far more than the rate it saves (kodim07: 0.2776 → 0.25 bpp lost 1.28 dB,
@@ -475,7 +475,7 @@ fn encode_inner(
         }
         Ok(Some((e, u, lambda)))
     };
-    search_lambda(first, MAX_FITS, &aim, &mut fit, &|a, b| {
+    search_lambda(first, max_fits(npx), &aim, &mut fit, &|a, b| {
         keeps_first(t, (a.bpp, a.psnr), (b.bpp, b.psnr))
     })?
     .ok_or_else(|| EncodeError::Parameter("rate control found no encoding".into()))
@@ -585,8 +585,30 @@ fn search_lambda(
     Ok(best)
 }
 
-/// Most fits of a rate or quality search; [`Warm`]'s cost budget usually stops it first.
+/// Most fits of a rate or quality search on a 768x512 image (times [`size_factor`] on
+/// smaller ones); [`Warm`]'s cost budget usually stops it first.
 const MAX_FITS: usize = 5;
+
+/// Pixels at which a search's budget ([`REFIT_BUDGET`], [`MAX_FITS`]) is set: a Kodak image.
+const BUDGET_PX: f64 = 768.0 * 512.0;
+/// The largest [`size_factor`].
+const SMALL_BUDGET_MAX: f64 = 2.5;
+
+/// How many times a 768x512 image's fits a search of an image of `pixels` may make: the
+/// budget bounds the search's time, and a fit's time is about proportional to the pixels, so
+/// smaller images get more fits (at most [`SMALL_BUDGET_MAX`] times as many) in less time. With
+/// the Kodak budget, small images missed their `--bpp` where the network's bytes are a large
+/// part of the file and the rate moves little with λ: kodim05's 64x64 crop at 2 bpp ended at
+/// 2.36 bpp and 22.7 dB (the fits at 3.36 and 3.02 bpp, trimmed), kodim07's 128x128 crop at
+/// 1 bpp at 0.85.
+fn size_factor(pixels: usize) -> f64 {
+    (BUDGET_PX / pixels.max(1) as f64).clamp(1.0, SMALL_BUDGET_MAX)
+}
+
+/// [`MAX_FITS`] for an image of `pixels`.
+fn max_fits(pixels: usize) -> usize {
+    (MAX_FITS as f64 * size_factor(pixels)).round() as usize
+}
 
 /// A rate or quality search with refits ([`Warm::on`]) first runs a probe: a fit of
 /// [`PROBE_STEPS`] steps (mostly at half resolution, [`GridFit::set_budget`]) at the table's λ,
@@ -750,6 +772,7 @@ fn encode_for_psnr(
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Encoded, EncodeError> {
     let cfg = job.cfg;
+    let npx = job.img.width as usize * job.img.height as usize;
     if !(t.is_finite() && t > 0.0) {
         return Err(EncodeError::Parameter("--psnr must be > 0".into()));
     }
@@ -762,7 +785,7 @@ fn encode_for_psnr(
         table_slope: calib.psnr_slope,
     };
     let mut first = calib.lambda_for_psnr(aim.aim);
-    let mut warm = Warm::new(cfg);
+    let mut warm = Warm::new(cfg, npx);
     if warm.on {
         // Aimed a little high, so that a refit can land it.
         let (l, n) = place_first(
@@ -786,7 +809,7 @@ fn encode_for_psnr(
         warm.keep(lambda, u.psnr, fitted, refit);
         Ok(Some((e, u, lambda)))
     };
-    search_lambda(first, MAX_FITS, &aim, &mut fit, &|a, b| {
+    search_lambda(first, max_fits(npx), &aim, &mut fit, &|a, b| {
         psnr_keeps_first(t, (a.bpp, a.psnr), (b.bpp, b.psnr))
     })?
     .ok_or_else(|| EncodeError::Parameter("quality control found no encoding".into()))
@@ -1155,16 +1178,18 @@ const REFIT_COST: f64 = 0.3;
 const REFIT_BUDGET: f64 = 2.6;
 
 impl Warm {
-    fn new(cfg: &GridEncodeConfig) -> Self {
+    /// The search of an image of `pixels` with `cfg`'s fits.
+    fn new(cfg: &GridEncodeConfig, pixels: usize) -> Self {
         let s = cfg.fit.schedule();
         let on = !cfg.shared && s.half == 0 && s.full >= REFIT_MIN_STEPS;
+        let budget = match (cfg.shared, on) {
+            (true, _) => 5.0,
+            (false, true) => REFIT_BUDGET,
+            (false, false) => 3.0,
+        };
         Warm {
             on,
-            budget: match (cfg.shared, on) {
-                (true, _) => 5.0,
-                (false, true) => REFIT_BUDGET,
-                (false, false) => 3.0,
-            },
+            budget: budget * size_factor(pixels),
             fits: Vec::new(),
             spent: 0.0,
             tried: Vec::new(),
@@ -1819,6 +1844,26 @@ pub fn decode_grid(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeEr
 mod tests {
     use super::*;
 
+    /// A Kodak image's pixels, where the searches' budgets are set.
+    const KODAK_PX: usize = 768 * 512;
+
+    #[test]
+    fn small_images_get_more_fits_in_less_time() {
+        let cfg = GridEncodeConfig::default();
+        let kodak = Warm::new(&cfg, KODAK_PX).budget;
+        assert_eq!(kodak, REFIT_BUDGET);
+        assert_eq!(Warm::new(&cfg, 4 * KODAK_PX).budget, kodak);
+        assert_eq!(max_fits(KODAK_PX), MAX_FITS);
+        // Half the pixels: twice the fits, the same pixel-steps.
+        let half = Warm::new(&cfg, KODAK_PX / 2).budget;
+        assert!((half - 2.0 * kodak).abs() < 1e-9, "{half}");
+        assert_eq!(max_fits(KODAK_PX / 2), 2 * MAX_FITS);
+        // Tiny images: at most SMALL_BUDGET_MAX times as many.
+        let tiny = Warm::new(&cfg, 64 * 64).budget;
+        assert!((tiny - SMALL_BUDGET_MAX * kodak).abs() < 1e-9, "{tiny}");
+        assert!(max_fits(0) >= MAX_FITS);
+    }
+
     #[test]
     fn quality_control_keeps_the_right_file() {
         let t = 30.0;
@@ -1935,7 +1980,7 @@ mod tests {
         };
         let pick = |w: &mut Warm, l: f32, y: f64| w.choose(l, y, &FULL_FITS).map(|(f, _)| f);
         let cfg = GridEncodeConfig::default();
-        let mut w = Warm::new(&cfg);
+        let mut w = Warm::new(&cfg, KODAK_PX);
         assert!(w.on);
         // First fit: afresh.
         assert_eq!(pick(&mut w, 0.004, 0.0), Some(None));
@@ -1955,12 +2000,12 @@ mod tests {
         let expect = 0.003 * FRESH_OVER.powf(-1.0 / FULL_FITS.rate_slope);
         assert!((f64::from(l) - expect).abs() < 1e-9 && l < 0.003);
         assert_eq!(
-            Warm::new(&cfg).choose(0.003, 0.0, &FULL_FITS),
+            Warm::new(&cfg, KODAK_PX).choose(0.003, 0.0, &FULL_FITS),
             Some((None, 0.003))
         );
         // A rate search's first refit of a fit goes where the refit model puts the aim; the
         // next refit of the same fit where the search says.
-        let mut m = Warm::new(&cfg);
+        let mut m = Warm::new(&cfg, KODAK_PX);
         m.model = Some(((0.25f64).ln(), REFIT_DROP, REFIT_SLOPE));
         m.fits.push(searched(0.004, (0.30f64).ln(), fitted(1.0)));
         let (_, l) = m.choose(0.0045, 0.0, &FULL_FITS).unwrap();
@@ -1984,7 +2029,7 @@ mod tests {
         );
         // A refit that landed over the aim is followed by another refit of its source, along
         // the refits' curve (whatever the search asks), within the budget.
-        let mut r = Warm::new(&cfg);
+        let mut r = Warm::new(&cfg, KODAK_PX);
         let aim = (0.25f64).ln();
         r.model = Some((aim, REFIT_DROP, REFIT_SLOPE));
         r.fits.push(searched(0.004, (0.27f64).ln(), fitted(1.0)));
@@ -2014,7 +2059,7 @@ mod tests {
         r.keep(l2, (0.24f64).ln(), as_fitted(6.0), true);
         assert_eq!(r.choose(0.0035, 0.0, &FULL_FITS).map(|c| c.0), Some(None));
         // Not when the budget has no refit left, nor in a search without the refit model.
-        let mut b = Warm::new(&cfg);
+        let mut b = Warm::new(&cfg, KODAK_PX);
         b.model = r.model;
         b.fits = r.fits.drain(..2).collect();
         b.spent = b.budget - 0.5 * REFIT_COST;
@@ -2023,7 +2068,7 @@ mod tests {
         b.model = None;
         assert_eq!(b.choose(0.0035, 0.0, &FULL_FITS).map(|c| c.0), Some(None));
         // A refit is not refitted.
-        let mut d = Warm::new(&cfg);
+        let mut d = Warm::new(&cfg, KODAK_PX);
         d.fits.push(SearchedFit {
             source: Some(0),
             ..searched(0.004, (0.30f64).ln(), fitted(1.0))
@@ -2042,7 +2087,7 @@ mod tests {
         assert_eq!(pick(&mut w, 0.0055, 0.0), Some(Some(start(3.0))));
         // The budget (2.6 fits afresh): eight refits, or two fits afresh and a refit after a
         // probe.
-        let mut w = Warm::new(&cfg);
+        let mut w = Warm::new(&cfg, KODAK_PX);
         w.fits.push(searched(0.004, 0.0, fitted(1.0)));
         let mut costs = Vec::new();
         while let Some(from) = pick(&mut w, 0.005 + 1e-4 * costs.len() as f32, 1.0) {
@@ -2050,15 +2095,15 @@ mod tests {
         }
         assert_eq!(costs, vec![true; 8]);
         // The same fit twice (same source, same λ) is refused: it would give the same file.
-        let mut w = Warm::new(&cfg);
+        let mut w = Warm::new(&cfg, KODAK_PX);
         w.fits.push(searched(0.004, 0.0, fitted(1.0)));
         assert_eq!(pick(&mut w, 0.005, 1.0), Some(Some(start(1.0))));
         assert_eq!(pick(&mut w, 0.005, 1.0), None);
         assert_eq!(pick(&mut w, 0.0051, 1.0), Some(Some(start(1.0))));
-        let mut w = Warm::new(&cfg);
+        let mut w = Warm::new(&cfg, KODAK_PX);
         assert_eq!(pick(&mut w, 0.003, 1.0), Some(None));
         assert_eq!(pick(&mut w, 0.003, 1.0), None);
-        let mut w = Warm::new(&cfg);
+        let mut w = Warm::new(&cfg, KODAK_PX);
         assert_eq!(w.probe_cost, PROBE_COST);
         w.spent = w.probe_cost;
         assert_eq!(pick(&mut w, 0.004, 0.0), Some(None));
@@ -2070,7 +2115,7 @@ mod tests {
         // A settled rate search makes no last fit afresh (one no refit could follow); a fit
         // afresh that a refit can still follow, and refits, are made as before.
         let settled = |spent: f64| {
-            let mut w = Warm::new(&cfg);
+            let mut w = Warm::new(&cfg, KODAK_PX);
             w.spent = spent;
             w.settled = true;
             w.fits.push(searched(0.004, 0.0, fitted(1.0)));
@@ -2094,7 +2139,7 @@ mod tests {
             ..Default::default()
         };
         for (c, n) in [(&short, 3), (&shared, 5)] {
-            let mut w = Warm::new(c);
+            let mut w = Warm::new(c, KODAK_PX);
             assert!(!w.on);
             for k in 0..n {
                 assert_eq!(pick(&mut w, 0.004 + 1e-4 * k as f32, 1.0), Some(None));
