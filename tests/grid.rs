@@ -1028,8 +1028,10 @@ fn a_small_image_gets_the_fits_its_rate_target_needs() {
         channels: 3,
         data,
     };
-    let mut c = GridEncodeConfig::default();
-    c.target_bpp = Some(1.0);
+    let c = GridEncodeConfig {
+        target_bpp: Some(1.0),
+        ..Default::default()
+    };
     let e = encode_grid(&img, &c, &mut |_| {}).unwrap();
     let bpp = e.bytes.len() as f64 * 8.0 / (s * s) as f64;
     assert!((bpp - 1.0).abs() <= 0.03, "{bpp} bpp");
