@@ -1083,9 +1083,10 @@ fn check_grid_base(b: &Base, eff: &mut GridEncodeConfig, channels: u8) -> Result
 
 /// The earlier fits of a rate or quality search that later ones may start from (refits,
 /// [`GridFit::refit`]), and the search's cost so far. Refits only for a per-image synthesis
-/// fitted at full resolution for at least [`REFIT_MIN_STEPS`] steps. The budget: three fits
-/// afresh (a refit costs [`REFIT_COST`] of one), or five with a shared synthesis (whose fits
-/// are cheaper, and whose curve jumps where the embedded networks change).
+/// fitted at full resolution for at least [`REFIT_MIN_STEPS`] steps. The budget: [`REFIT_BUDGET`]
+/// fits afresh with refits (a refit costs [`REFIT_COST`] of one), three without, or five with a
+/// shared synthesis (whose fits are cheaper, and whose curve jumps where the embedded networks
+/// change); on images smaller than 768x512, times [`size_factor`].
 struct Warm {
     on: bool,
     budget: f64,
