@@ -1016,18 +1016,8 @@ fn a_small_image_gets_the_fits_its_rate_target_needs() {
     let full = inr::media::load_image(std::path::Path::new("samples/kodim15_center256.png"))
         .unwrap()
         .image;
-    let (x0, y0, s) = (96usize, 96usize, 64usize);
-    let mut data = Vec::with_capacity(s * s * 3);
-    for y in y0..y0 + s {
-        let row = (y * full.width as usize + x0) * 3;
-        data.extend_from_slice(&full.data[row..row + s * 3]);
-    }
-    let img = Image {
-        width: s as u32,
-        height: s as u32,
-        channels: 3,
-        data,
-    };
+    let s = 64usize;
+    let img = inr::meta::augmented_crop(&full, 96, 96, s as u32, s as u32, 0);
     let c = GridEncodeConfig {
         target_bpp: Some(1.0),
         ..Default::default()
