@@ -462,6 +462,7 @@ fn encode_inner(
     }
     let refit_below = (t * REFIT_WITHIN).ln();
     warm.model = Some((aim.aim, refit_drop(t), REFIT_SLOPE));
+    let fits = warm.max_fits;
     let mut fit = |lambda| {
         let trim = Trim::MaxBytes(max_bytes);
         let Some((from, lambda)) = warm.choose(lambda, refit_below, calib) else {
@@ -475,7 +476,7 @@ fn encode_inner(
         }
         Ok(Some((e, u, lambda)))
     };
-    search_lambda(first, max_fits(npx), &aim, &mut fit, &|a, b| {
+    search_lambda(first, fits, &aim, &mut fit, &|a, b| {
         keeps_first(t, (a.bpp, a.psnr), (b.bpp, b.psnr))
     })?
     .ok_or_else(|| EncodeError::Parameter("rate control found no encoding".into()))
@@ -772,7 +773,6 @@ fn encode_for_psnr(
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Encoded, EncodeError> {
     let cfg = job.cfg;
-    let npx = job.img.width as usize * job.img.height as usize;
     if !(t.is_finite() && t > 0.0) {
         return Err(EncodeError::Parameter("--psnr must be > 0".into()));
     }
@@ -785,7 +785,7 @@ fn encode_for_psnr(
         table_slope: calib.psnr_slope,
     };
     let mut first = calib.lambda_for_psnr(aim.aim);
-    let mut warm = Warm::new(cfg, npx);
+    let mut warm = Warm::new(cfg, job.img.width as usize * job.img.height as usize);
     if warm.on {
         // Aimed a little high, so that a refit can land it.
         let (l, n) = place_first(
@@ -798,6 +798,7 @@ fn encode_for_psnr(
         warm.spent += n as f64 * warm.probe_cost;
         first = l;
     }
+    let fits = warm.max_fits;
     // A refit may start from a fit up to about REFIT_WITHIN's rate ratio above the target.
     let refit_below = t + PSNR_BAND + REFIT_WITHIN.ln() * calib.psnr_slope / calib.rate_slope;
     let mut fit = |lambda| {
@@ -809,7 +810,7 @@ fn encode_for_psnr(
         warm.keep(lambda, u.psnr, fitted, refit);
         Ok(Some((e, u, lambda)))
     };
-    search_lambda(first, max_fits(npx), &aim, &mut fit, &|a, b| {
+    search_lambda(first, fits, &aim, &mut fit, &|a, b| {
         psnr_keeps_first(t, (a.bpp, a.psnr), (b.bpp, b.psnr))
     })?
     .ok_or_else(|| EncodeError::Parameter("quality control found no encoding".into()))
@@ -1090,6 +1091,8 @@ fn check_grid_base(b: &Base, eff: &mut GridEncodeConfig, channels: u8) -> Result
 struct Warm {
     on: bool,
     budget: f64,
+    /// Most fits of the search: [`MAX_FITS`] times [`size_factor`].
+    max_fits: usize,
     /// Every fit so far.
     fits: Vec<SearchedFit>,
     /// Cost so far, in fits afresh (a refit costs [`REFIT_COST`]).
@@ -1191,6 +1194,7 @@ impl Warm {
         Warm {
             on,
             budget: budget * size_factor(pixels),
+            max_fits: max_fits(pixels),
             fits: Vec::new(),
             spent: 0.0,
             tried: Vec::new(),
@@ -1854,11 +1858,11 @@ mod tests {
         let kodak = Warm::new(&cfg, KODAK_PX).budget;
         assert_eq!(kodak, REFIT_BUDGET);
         assert_eq!(Warm::new(&cfg, 4 * KODAK_PX).budget, kodak);
-        assert_eq!(max_fits(KODAK_PX), MAX_FITS);
+        assert_eq!(Warm::new(&cfg, KODAK_PX).max_fits, MAX_FITS);
         // Half the pixels: twice the fits, the same pixel-steps.
         let half = Warm::new(&cfg, KODAK_PX / 2).budget;
         assert!((half - 2.0 * kodak).abs() < 1e-9, "{half}");
-        assert_eq!(max_fits(KODAK_PX / 2), 2 * MAX_FITS);
+        assert_eq!(Warm::new(&cfg, KODAK_PX / 2).max_fits, 2 * MAX_FITS);
         // Tiny images: at most SMALL_BUDGET_MAX times as many.
         let tiny = Warm::new(&cfg, 64 * 64).budget;
         assert!((tiny - SMALL_BUDGET_MAX * kodak).abs() < 1e-9, "{tiny}");
