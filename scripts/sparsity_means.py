@@ -28,10 +28,10 @@ def main(paths):
                 r.setdefault("target_bpp", target)
                 if not r["target_bpp"]:
                     sys.exit("%s has no target_bpp column: name it as %s@TARGET" % (path, path))
-                rows[(r["image"], r["target_bpp"], r["method"])] = r
+                rows[(r["image"], float(r["target_bpp"]), r["method"])] = r
     groups = {}
     for (_, target, method), r in rows.items():
-        groups.setdefault((method, float(target)), []).append(r)
+        groups.setdefault((method, target), []).append(r)
     print("method     target  images  bpp     PSNR   encode_s  density      worst_rate  vs_COIN")
     for (method, target), rs in sorted(groups.items()):
         n = len(rs)
