@@ -1456,14 +1456,19 @@ pub fn coarse_latent_lr(lambda: f32) -> f32 {
     in_log_lambda(&[(0.002, 0.2), (0.005, 0.4)], lambda)
 }
 
-/// The latents' Adam rate when none is given: `40 / steps`, between 0.04 (the rate of the
-/// presets' 1,000 steps) and 0.4. A short fit needs a larger rate to move the latents as far.
-/// Chosen on kodim03/07/11 (λ = 0.005, mean of `MSE + λ·bpp` over the three, ×1e-3): 100
-/// steps: 3.50 at 0.2, 3.44 at 0.4; 250 steps: 3.17 at 0.04, 2.78 at 0.1, 2.73 at 0.2, 2.75 at
-/// 0.3; 500 steps: 2.59 at 0.04, 2.52 at 0.08, 2.61 at 0.16; 1,000 steps: 2.43 at 0.04, 2.51 at
-/// 0.1, 2.66 at 0.2.
+/// The latents' Adam rate when none is given: `40 / steps`, between 0.02 (the rate of 2,000
+/// steps; 0.04 at the presets' 1,000) and 0.4. A short fit needs a larger rate to move the
+/// latents as far, a long one a smaller rate to settle. Chosen on kodim03/07/11 (λ = 0.005,
+/// mean of `MSE + λ·bpp` over the three, ×1e-3): 100 steps: 3.50 at 0.2, 3.44 at 0.4; 250
+/// steps: 3.17 at 0.04, 2.78 at 0.1, 2.73 at 0.2, 2.75 at 0.3; 500 steps: 2.59 at 0.04, 2.52 at
+/// 0.08, 2.61 at 0.16; 1,000 steps: 2.43 at 0.04, 2.51 at 0.1, 2.66 at 0.2. Stop 43 (the
+/// encoder of that time, whole `inr encode --lambda 0.005` runs): 1,000 steps 2.097 at 0.04,
+/// 2.095 at 0.025; 2,000 steps 2.153 at 0.04 (the floor until then: worse than 1,000 steps on
+/// the mean) and 2.078 at 0.02 (+1.2 / −4.7 / −5.1 % against 0.04 on kodim03 / 07 / 11); on
+/// the unseen kodim13–16 2,000 steps at 0.02 are −1.9 % BD-rate against 1,000
+/// (`docs/benchmarks.md`).
 pub fn default_latent_lr(steps: usize) -> f32 {
-    (40.0 / steps.max(1) as f32).clamp(0.04, 0.4)
+    (40.0 / steps.max(1) as f32).clamp(0.02, 0.4)
 }
 
 /// Initial synthesis weights: SIREN-style uniform bounds from a seeded RNG, a small output

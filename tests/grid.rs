@@ -133,7 +133,8 @@ fn short_fits_default_to_larger_latent_and_scale_rates() {
     assert_eq!(grid::default_latent_lr(100), 0.4);
     assert_eq!(grid::default_latent_lr(500), 0.08);
     assert_eq!(grid::default_latent_lr(1000), 0.04);
-    assert_eq!(grid::default_latent_lr(5000), 0.04);
+    assert_eq!(grid::default_latent_lr(2000), 0.02);
+    assert_eq!(grid::default_latent_lr(5000), 0.02);
     assert_eq!(grid::default_scale_lr(100), 0.1);
     assert_eq!(grid::default_scale_lr(1000), 0.01);
 }
