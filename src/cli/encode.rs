@@ -166,8 +166,8 @@ pub struct EncodeArgs {
     /// 60 take 1.8 s, 100 take 3.2 s, 160 take 4.2 s, 200 take 5.2 s, 250 take 6.3 s on
     /// kodim14; below 150 most of the budget is spent on
     /// cheaper half-resolution steps first), --lr the
-    /// latents' Adam rate (default 40 / steps within 0.04 … 0.4), --width/--depth/--w0 the
-    /// synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
+    /// latents' Adam rate (default for images 40 / steps within 0.02 … 0.4), --width/--depth/--w0
+    /// the synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
     /// best of 5, 6, 7, 8, 10). `grid-shared` fits and stores the latent pyramid and the
     /// output layer (51 values; see --output-layer) of a shared synthesis network
     /// embedded in the binary (codec-spec §13.8; one network for λ >= 0.01, another below;
