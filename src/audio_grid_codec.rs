@@ -696,6 +696,18 @@ mod tests {
     }
 
     #[test]
+    fn audio_latent_rates_keep_the_old_floor_of_the_image_rule() {
+        // The image rule goes below 0.04 above 1,000 steps; audio was not measured there.
+        assert!(grid::default_latent_lr(4000) < 0.04);
+        assert_eq!(latent_lr(0.001, 4000), 0.04);
+        assert_eq!(latent_lr(0.001, 200), grid::default_latent_lr(200));
+        assert_eq!(
+            latent_lr(0.00005, 4000),
+            0.04 * (0.0002f32 / 0.00005).powf(0.46)
+        );
+    }
+
+    #[test]
     fn a_mono_base_starts_every_channel_as_the_mono_network() {
         let cfg = AudioGridEncodeConfig::default();
         let mono = cfg.arch(1);
