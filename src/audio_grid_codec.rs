@@ -418,15 +418,14 @@ fn pick_for_rate(tried: Vec<(f32, Vec<u8>)>, duration: f64, target: f64) -> Vec<
 }
 
 /// The latents' starting learning rate of an audio grid fit of `steps` steps at rate weight
-/// `lambda` (when not set): the image grid mode's ([`grid::default_latent_lr`], 0.2 at 200
-/// steps, at least 0.04) down to λ = 0.0002, growing as λ falls below it, `(0.0002 / λ)^0.46`
-/// times (2x at 0.00005, 4x at 0.00001), at most 1. At high rates the latents must grow
-/// further than the image rate lets them in a short fit. Measured on the three shared clips at 200 steps
-/// (kbit/s, PSNR dB at 0.2 / 0.4 / 0.8): λ = 0.00005 speech 21.78, 45.95 / 23.83, 46.86 /
-/// 26.34, 47.57, Brahms 28.86, 44.61 / 28.75, 45.51 / 31.97, 46.05, trumpet 33.30, 45.36 /
-/// 33.11, 46.34 / 37.90, 46.99; λ = 0.00001 speech 32.49, 47.70 / 36.35, 50.39 / 44.79, 52.28;
-/// at λ = 0.0002 and above, 0.4 and 0.8 were within about ±0.4 dB of 0.2 at equal rate, in
-/// both directions.
+/// `lambda` (when not set): the image grid mode's ([`grid::default_latent_lr`], 0.2 at 200 steps,
+/// at least 0.04) down to λ = 0.0002, growing as λ falls below it, `(0.0002 / λ)^0.46` times (2x at
+/// 0.00005, 4x at 0.00001), at most 1. At high rates the latents must grow further than the image
+/// rate lets them in a short fit. Measured on the three shared clips at 200 steps (kbit/s, PSNR dB
+/// at 0.2 / 0.4 / 0.8): λ = 0.00005 speech 21.78, 45.95 / 23.83, 46.86 / 26.34, 47.57, Brahms
+/// 28.86, 44.61 / 28.75, 45.51 / 31.97, 46.05, trumpet 33.30, 45.36 / 33.11, 46.34 / 37.90, 46.99;
+/// λ = 0.00001 speech 32.49, 47.70 / 36.35, 50.39 / 44.79, 52.28; at λ = 0.0002 and above, 0.4 and
+/// 0.8 were within about ±0.4 dB of 0.2 at equal rate, in both directions.
 pub fn latent_lr(lambda: f32, steps: usize) -> f32 {
     // At least 0.04, the image rule's floor before stop 43: its lower rate above 1,000 steps
     // was measured on images only.
