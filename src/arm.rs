@@ -184,14 +184,27 @@ impl Arm {
     }
 }
 
+/// How the twelve own-level inputs of §5.11 are laid out; the container says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArmLayout {
+    /// Image grids (§13.9): the [`ARM_OFFSETS`] neighbours in the two rows above and to the left.
+    #[default]
+    Image,
+    /// One-row grids (audio grid segments, §14.2): the twelve previous elements `i − 1, …,
+    /// i − 12`.
+    Line,
+}
+
 /// The inputs of element `i` of a grid `g` with `cols` columns (its first `i` elements known):
-/// the [`ARM_OFFSETS`] neighbours (0 outside the grid) and the parent, element `(x >> 1, y >>
-/// 1)` of `parent` (0 when there is none or that position is outside it), as in §5.10.
+/// the twelve own-level neighbours of `layout` (0 outside the grid or not yet coded) and the
+/// parent, element `(x >> 1, y >> 1)` of `parent` (0 when there is none or that position is
+/// outside it), as in §5.10.
 #[inline]
 pub fn arm_inputs(
     g: &[i32],
     i: usize,
     cols: usize,
+    layout: ArmLayout,
     parent: Option<(&[i32], usize)>,
 ) -> [i64; ARM_INPUTS] {
     let mut x = [0i64; ARM_INPUTS];
@@ -199,12 +212,23 @@ pub fn arm_inputs(
         return x;
     }
     let (cx, cy) = ((i % cols) as i64, (i / cols) as i64);
-    for (slot, &(dx, dy)) in x.iter_mut().zip(&ARM_OFFSETS) {
-        let (nx, ny) = (cx + i64::from(dx), cy + i64::from(dy));
-        if nx >= 0 && (nx as usize) < cols && ny >= 0 {
-            let j = ny as usize * cols + nx as usize;
-            if j < i {
-                *slot = g.get(j).map_or(0, |&v| i64::from(v));
+    match layout {
+        ArmLayout::Image => {
+            for (slot, &(dx, dy)) in x.iter_mut().zip(&ARM_OFFSETS) {
+                let (nx, ny) = (cx + i64::from(dx), cy + i64::from(dy));
+                if nx >= 0 && (nx as usize) < cols && ny >= 0 {
+                    let j = ny as usize * cols + nx as usize;
+                    if j < i {
+                        *slot = g.get(j).map_or(0, |&v| i64::from(v));
+                    }
+                }
+            }
+        }
+        ArmLayout::Line => {
+            for (k, slot) in x.iter_mut().take(ARM_NEIGHBOURS).enumerate() {
+                if let Some(j) = i.checked_sub(k + 1) {
+                    *slot = g.get(j).map_or(0, |&v| i64::from(v));
+                }
             }
         }
     }
@@ -274,13 +298,30 @@ mod tests {
     fn inputs_are_causal_and_zero_outside() {
         // 3 columns: element 4 is (1, 1); its left is 3, above 1, above-left 0, above-right 2.
         let g = [1, 2, 3, 4, 5, 6];
-        let x = arm_inputs(&g, 4, 3, Some((&[7, 8], 2)));
+        let x = arm_inputs(&g, 4, 3, ArmLayout::Image, Some((&[7, 8], 2)));
         assert_eq!(&x[..4], &[4, 2, 1, 3]);
         assert_eq!(x[4], 0); // (-2, 0) is outside
         assert_eq!(x[ARM_NEIGHBOURS], 7); // parent (0, 0)
                                           // Elements not yet coded (j >= i) read as 0 even when present in the slice.
-        let x = arm_inputs(&g, 0, 3, None);
+        let x = arm_inputs(&g, 0, 3, ArmLayout::Image, None);
         assert!(x.iter().all(|&v| v == 0));
+        // One row: the previous elements, nearest first, then the parent (x >> 1).
+        let line: Vec<i32> = (1..=20).collect();
+        let x = arm_inputs(
+            &line,
+            14,
+            line.len(),
+            ArmLayout::Line,
+            Some((&[9, 8, 7, 6, 5, 4, 3, 2], 8)),
+        );
+        assert_eq!(
+            &x[..ARM_NEIGHBOURS],
+            &[14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3]
+        );
+        assert_eq!(x[ARM_NEIGHBOURS], 2); // parent element 7
+        let x = arm_inputs(&line, 2, line.len(), ArmLayout::Line, None);
+        assert_eq!(&x[..4], &[2, 1, 0, 0]);
+        assert!(x[2..].iter().all(|&v| v == 0));
     }
 
     #[test]

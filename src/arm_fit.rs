@@ -176,7 +176,7 @@ impl Net {
 fn sample(grids: &[(&[i32], ArmShape)], k: usize, i: usize) -> Sample {
     let (g, s) = grids[k];
     let parent = k.checked_sub(1).map(|j| (grids[j].0, grids[j].1.cols));
-    let xi = arm_inputs(g, i, s.cols, parent);
+    let xi = arm_inputs(g, i, s.cols, s.layout, parent);
     Sample {
         x: xi.map(|v| v.clamp(-32767, 32767) as f32),
         level: s.level as u16,
@@ -216,7 +216,10 @@ pub fn fit_arm(grids: &[(&[i32], ArmShape)], levels: usize, cfg: &ArmFit) -> Opt
     for (k, &(g, s)) in grids.iter().enumerate() {
         let parent = k.checked_sub(1).map(|j| (grids[j].0, grids[j].1.cols));
         for (i, &v) in g.iter().enumerate() {
-            if arm_inputs(g, i, s.cols, parent).iter().all(|&x| x == 0) {
+            if arm_inputs(g, i, s.cols, s.layout, parent)
+                .iter()
+                .all(|&x| x == 0)
+            {
                 *trivial.entry((s.level, v)).or_default() += 1.0;
             } else {
                 hard.push((k as u8, i as u32));

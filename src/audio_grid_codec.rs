@@ -11,6 +11,8 @@
 //! there are threads at a time, so encoding memory is bounded by that group, and the decoder
 //! renders and emits them in order. Files do not depend on the thread count.
 
+use crate::arm::ArmLayout;
+use crate::arm_fit::ArmFit;
 use crate::audio::{sample_value, to_sample, AudioSource};
 use crate::audio_codec::{output_spec, AudioEncoded, AudioQuality, AudioSink};
 use crate::base::Base;
@@ -20,7 +22,7 @@ use crate::format::{
     self, Arch, AudioGridInrFile, AudioHeader, GridSegment, Limits, QTensor, MAX_WINDOW_LEN,
 };
 use crate::grid::{self, GridFit, GridStart, Pyramid, Sampler};
-use crate::grid_codec::{latent_tensors, level_predictors, net_tensors};
+use crate::grid_codec::{best_arm, latent_tensors, level_predictors, net_tensors};
 use crate::metrics::AudioDistortion;
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -75,6 +77,10 @@ pub struct AudioGridEncodeConfig {
     /// base (the embedded one is mono) starts a clip of several channels with its output layer
     /// copied to every channel. Encoder-only: files never depend on a base.
     pub base: BaseChoice,
+    /// The ARM fit of each segment's latents (§5.11 with one-row inputs; segments of at least
+    /// 2^15 latents; default [`AUDIO_ARM_FIT`]), coded with it when that is smallest; `None`
+    /// never fits one.
+    pub arm: Option<ArmFit>,
 }
 
 impl Default for AudioGridEncodeConfig {
@@ -101,6 +107,7 @@ impl Default for AudioGridEncodeConfig {
             seed: 0,
             threads: None,
             base: BaseChoice::Default,
+            arm: Some(AUDIO_ARM_FIT),
         }
     }
 }
@@ -483,7 +490,15 @@ fn code_clip(
                         }
                     }
                 });
-                code_segment(&arch, &pyr, &fitted, target, lambda, &cfg.net_bits)
+                code_segment(
+                    &arch,
+                    &pyr,
+                    &fitted,
+                    target,
+                    lambda,
+                    &cfg.net_bits,
+                    cfg.arm.as_ref(),
+                )
             })
             .collect();
         for c in coded {
@@ -528,9 +543,38 @@ fn segment_mse(arch: &Arch, pyr: &Pyramid, seg: &GridSegment, target: &[f32]) ->
     0.25 * sse / target.len().max(1) as f64
 }
 
-/// Codes a fitted segment: latents rounded, plain or predicted latent coding (whichever is
-/// smaller), the network at the bit width of `net_bits` with the lowest measured
-/// `MSE + λ · bits per frame`.
+/// How a segment's latents are coded (§14.2 segment flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LatentCoding {
+    Plain,
+    /// Predicted (§5.10) with the five contexts, unsplit or split by the fraction.
+    Predicted(GridContexts),
+    /// ARM-coded (§5.11, one-row inputs).
+    Arm,
+}
+
+/// Fewest latents of a segment for which the encoder fits an ARM (a segment of about 16,400
+/// frames, 1 s at 16 kHz). Below it the ARM's 300–450 bytes outweigh what it saves: on the
+/// 2–3 s shared clips at the default λ it took 5–27 % off the latent stream before its own
+/// bytes (`docs/audio.md`, "ARM-coded segments").
+const AUDIO_ARM_MIN_LATENTS: usize = 1 << 15;
+
+/// The ARM fit of audio segments: twice the image fit's steps (2,400) on a quarter of its
+/// minibatch (1,024 latents). On the three shared clips' medium files it gave 0.3–3.4 %
+/// smaller latent streams than the image fit's 1,200 steps of 4,096, in about half the time
+/// (0.7 s against 1.1–1.5 s per segment on two busy cores); 1,200 steps of 1,024 and 600
+/// of 2,048 were 0.4–7 % larger (`docs/audio.md`, "ARM-coded segments").
+pub const AUDIO_ARM_FIT: ArmFit = ArmFit {
+    width: 12,
+    steps: 2400,
+    batch: 1024,
+    lr: 1e-2,
+    seed: 0x41_524d,
+};
+
+/// Codes a fitted segment: latents rounded, coded plain, predicted or with an ARM fitted by
+/// `arm_fit` (whichever is smallest), the network at the bit width of `net_bits` with the
+/// lowest measured `MSE + λ · bits per frame`.
 fn code_segment(
     arch: &Arch,
     pyr: &Pyramid,
@@ -538,6 +582,7 @@ fn code_segment(
     target: &[f32],
     lambda: f32,
     net_bits: &[u8],
+    arm_fit: Option<&ArmFit>,
 ) -> Result<GridSegment, EncodeError> {
     let frames = pyr.width as usize;
     let latents = latent_tensors(pyr, &fitted.latents, 0.0, 0.0);
@@ -546,43 +591,58 @@ fn code_segment(
     } else {
         None
     };
-    let segment = |net: &[QTensor], coding: Option<GridContexts>| GridSegment {
+    let arm = match arm_fit {
+        Some(af) => best_arm(pyr, &latents, af, ArmLayout::Line, AUDIO_ARM_MIN_LATENTS)?,
+        None => None,
+    };
+    let segment = |net: &[QTensor], coding: LatentCoding| GridSegment {
         tensors: net.iter().chain(&latents).cloned().collect(),
-        predictor: coding.and(pred.clone()),
-        contexts: coding.unwrap_or(GridContexts::Five),
+        predictor: match coding {
+            LatentCoding::Predicted(_) => pred.clone(),
+            _ => None,
+        },
+        contexts: match coding {
+            LatentCoding::Predicted(c) => c,
+            _ => GridContexts::Five,
+        },
+        arm: match coding {
+            LatentCoding::Arm => arm.clone(),
+            _ => None,
+        },
     };
     let size = |s: &GridSegment| format::audio_grid_segment_bytes(arch, frames, s);
-    // The latent coding: plain (None) or predicted with the five contexts, unsplit or split
-    // by the prediction's fraction (§5.10); the smallest.
-    let mut coding: Option<Option<GridContexts>> = None;
+    // The latent coding: plain, predicted with the five contexts (unsplit or split by the
+    // prediction's fraction, §5.10) or ARM-coded; the smallest.
+    let mut coding: Option<LatentCoding> = None;
     let mut best: Option<(f64, GridSegment)> = None;
     for &bits in net_bits {
         let net = net_tensors(arch, &fitted.params, bits);
-        let plain = segment(&net, None);
-        let mut bytes = size(&plain)?;
-        let mut seg = plain;
         // The latent coding choice does not depend on the network: made with the first width.
         let chosen = match coding {
             Some(c) => c,
             None => {
-                let mut c = None;
+                let mut cands = vec![LatentCoding::Plain];
                 if pred.is_some() {
-                    let mut least = bytes;
-                    for ctxs in [GridContexts::Five, GridContexts::FiveSplit] {
-                        let b = size(&segment(&net, Some(ctxs)))?;
-                        if b < least {
-                            (least, c) = (b, Some(ctxs));
-                        }
+                    cands.push(LatentCoding::Predicted(GridContexts::Five));
+                    cands.push(LatentCoding::Predicted(GridContexts::FiveSplit));
+                }
+                if arm.is_some() {
+                    cands.push(LatentCoding::Arm);
+                }
+                let mut least: Option<(usize, LatentCoding)> = None;
+                for c in cands {
+                    let b = size(&segment(&net, c))?;
+                    if least.is_none_or(|l| b < l.0) {
+                        least = Some((b, c));
                     }
                 }
+                let c = least.map_or(LatentCoding::Plain, |l| l.1);
                 coding = Some(c);
                 c
             }
         };
-        if chosen.is_some() {
-            seg = segment(&net, chosen);
-            bytes = size(&seg)?;
-        }
+        let seg = segment(&net, chosen);
+        let bytes = size(&seg)?;
         let mse = segment_mse(arch, pyr, &seg, target);
         let cost = mse + f64::from(lambda) * bytes as f64 * 8.0 / frames.max(1) as f64;
         if best.as_ref().is_none_or(|b| cost < b.0) {
@@ -611,6 +671,7 @@ fn code_segment(
             .collect(),
         predictor: None,
         contexts: GridContexts::Five,
+        arm: None,
     };
     let mse = segment_mse(arch, pyr, &dc, target);
     let cost = mse + f64::from(lambda) * size(&dc)? as f64 * 8.0 / frames.max(1) as f64;

@@ -1197,7 +1197,7 @@ pub fn decode_pred_grids(
 /// One grid of an ARM-coded stream (§5.11): `len` values in rows of `cols`, each in
 /// `-max_abs..=max_abs`, coded as residuals in `-res_max_abs..=res_max_abs` from the ARM's
 /// prediction; `level` selects the ARM's layer-1 biases. Its parent is the previous grid of
-/// the list (none for the first).
+/// the list (none for the first); `layout` says where its twelve own-level inputs lie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArmShape {
     pub len: usize,
@@ -1205,6 +1205,7 @@ pub struct ArmShape {
     pub max_abs: u32,
     pub res_max_abs: u32,
     pub level: usize,
+    pub layout: crate::arm::ArmLayout,
 }
 
 /// Models of one grid in an ARM-coded stream: one per scale context and fraction class.
@@ -1272,18 +1273,17 @@ fn arm_plan(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Vec<Vec<(i32, usize, i64
         .enumerate()
         .map(|(k, &(g, s))| {
             let parent = k.checked_sub(1).map(|j| (grids[j].0, grids[j].1.cols));
-            let cols = s.cols.max(1);
+            // Eight image rows (or 16,384 elements of a line) per task.
+            let chunk = (s.cols.max(1) * 8).min(1 << 14);
             let mut plan = vec![(0, 0, 1); g.len()];
             let zero = ArmZero::new(arm, s.level);
-            plan.par_chunks_mut(cols * 8)
-                .enumerate()
-                .for_each(|(c, out)| {
-                    for (r, o) in out.iter_mut().enumerate() {
-                        let i = c * cols * 8 + r;
-                        let x = crate::arm::arm_inputs(g, i, s.cols, parent);
-                        *o = arm_model(zero.eval(arm, s.level, &x), s.max_abs);
-                    }
-                });
+            plan.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+                for (r, o) in out.iter_mut().enumerate() {
+                    let i = c * chunk + r;
+                    let x = crate::arm::arm_inputs(g, i, s.cols, s.layout, parent);
+                    *o = arm_model(zero.eval(arm, s.level, &x), s.max_abs);
+                }
+            });
             plan
         })
         .collect()
@@ -1443,7 +1443,7 @@ pub fn decode_arm_grids(
     let zeros: Vec<ArmZero> = shapes.iter().map(|s| ArmZero::new(arm, s.level)).collect();
     let plan = |k: usize, g: &[i32], i: usize, parent: Option<(&[i32], usize)>| {
         let s = &shapes[k];
-        let x = crate::arm::arm_inputs(g, i, s.cols, parent);
+        let x = crate::arm::arm_inputs(g, i, s.cols, s.layout, parent);
         arm_model(zeros[k].eval(arm, s.level, &x), s.max_abs)
     };
     let Some(out) = decode_residual_grids(bytes, &grids, ARM_MODELS, plan)? else {

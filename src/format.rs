@@ -37,7 +37,7 @@ pub use modulation::{
 mod audio_grid;
 pub use audio_grid::{
     audio_grid_segment_bytes, check_audio_grid, is_audio_grid_file, read_audio_grid_file,
-    validate_audio_grid_arch, write_audio_grid_file, AudioGridInrFile, GridSegment,
+    validate_audio_grid_arch, write_audio_grid_file, AudioGridInrFile, GridSegment, SEGMENT_ARM,
     SEGMENT_PREDICTED, SEGMENT_SPLIT,
 };
 

@@ -11,14 +11,15 @@
 
 use super::audio::{AudioHeader, AUDIO_SECTION_BYTES, MAX_AUDIO_SYMBOLS, MAX_AUDIO_WORK};
 use super::grid::{
-    decode_body, parse_body, take_tables, validate_grid_net, write_grid_body, LevelPredictor,
-    Synthesis, FLAG_GRID, VERSION_GRID,
+    arm_info, decode_body, parse_body, take_tables, validate_grid_net, write_grid_body, ArmHeader,
+    LevelPredictor, Synthesis, ARM_HEADER_BYTES, FLAG_GRID, VERSION_GRID,
 };
 use super::{
     grid_level_dims, read_payload_and_crc, Arch, FileInfo, FormatError, Limits, QTensor, Reader,
     CODER_ADAPTIVE, CRC_BYTES, HEADER_BYTES, MAGIC, MODALITY_AUDIO, OFF_FLAGS, OFF_MODALITY,
     OFF_VERSION, PAYLOAD_LEN_BYTES,
 };
+use crate::arm::{Arm, ArmLayout};
 use crate::entropy::GridContexts;
 
 /// §14.2 Segment flag bit 0: the segment's latents are predicted (§13.7).
@@ -26,10 +27,13 @@ pub const SEGMENT_PREDICTED: u8 = 1;
 /// §14.2 Segment flag bit 1 (with bit 0): the predicted stream's five contexts are split by the
 /// prediction's fractional part (§5.10, [`GridContexts::FiveSplit`]).
 pub const SEGMENT_SPLIT: u8 = 2;
+/// §14.2 Segment flag bit 2 (alone): the segment's latents are ARM-coded (§5.11 with the
+/// one-row inputs); its ARM header (§13.9) follows the step table.
+pub const SEGMENT_ARM: u8 = 4;
 
 /// One segment of an audio grid file (§14.2): the synthesis tensors then the L latent levels
 /// (level `l` holds `ceil(n / 2^l)` symbols for a segment of `n` frames), and the predictors
-/// when its latents are predicted.
+/// when its latents are predicted, or the ARM when they are ARM-coded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GridSegment {
     pub tensors: Vec<QTensor>,
@@ -37,12 +41,32 @@ pub struct GridSegment {
     /// The latent stream's contexts: [`GridContexts::Five`], or [`GridContexts::FiveSplit`]
     /// (segment flag bit 1, predicted segments only).
     pub contexts: GridContexts,
+    /// The ARM of ARM-coded latents (segment flag bit 2: no predictor, five contexts, one
+    /// layer-1 bias row per latent level).
+    pub arm: Option<Arm>,
 }
 
 impl GridSegment {
-    /// The segment's flags byte (§14.2), after checking that its context set is one an audio
-    /// segment can have.
-    fn flags(&self) -> Result<u8, FormatError> {
+    /// The segment's flags byte (§14.2), after checking that its latent coding is one an
+    /// audio segment of `levels` latent levels can have.
+    fn flags(&self, levels: usize) -> Result<u8, FormatError> {
+        if let Some(arm) = &self.arm {
+            if self.predictor.is_some() || self.contexts != GridContexts::Five {
+                return Err(FormatError::InvalidField {
+                    field: "segment latent coding",
+                    value: u64::from(SEGMENT_ARM),
+                    expected: "an ARM-coded segment (flag bit 2) without predictor or split",
+                });
+            }
+            if arm.levels != levels {
+                return Err(FormatError::InvalidField {
+                    field: "ARM levels",
+                    value: arm.levels as u64,
+                    expected: "one layer-1 bias row per latent level",
+                });
+            }
+            return Ok(SEGMENT_ARM);
+        }
         match (self.contexts, self.predictor.is_some()) {
             (GridContexts::Five, p) => Ok(u8::from(p) * SEGMENT_PREDICTED),
             (GridContexts::FiveSplit, true) => Ok(SEGMENT_PREDICTED | SEGMENT_SPLIT),
@@ -157,7 +181,7 @@ pub fn audio_grid_segment_bytes(
     seg: &GridSegment,
 ) -> Result<usize, FormatError> {
     let (dims, lens) = segment_shape(arch, frames);
-    seg.flags()?;
+    seg.flags(dims.len())?;
     let (_, body) = write_grid_body(
         arch,
         &dims,
@@ -166,7 +190,7 @@ pub fn audio_grid_segment_bytes(
         None,
         seg.predictor.as_deref(),
         seg.contexts,
-        None,
+        seg.arm.as_ref().map(|a| (a, ArmLayout::Line)),
         &Limits::default(),
     )?;
     Ok(1 + body.len())
@@ -197,7 +221,7 @@ pub fn write_audio_grid_file(f: &AudioGridInrFile) -> Result<Vec<u8>, FormatErro
     let mut bits = 0u8;
     for (k, seg) in f.segments.iter().enumerate() {
         let (dims, lens) = segment_shape(&f.arch, f.audio.window_frames(k as u64));
-        let seg_flags = seg.flags()?;
+        let seg_flags = seg.flags(dims.len())?;
         let (b, body) = write_grid_body(
             &f.arch,
             &dims,
@@ -206,7 +230,7 @@ pub fn write_audio_grid_file(f: &AudioGridInrFile) -> Result<Vec<u8>, FormatErro
             None,
             seg.predictor.as_deref(),
             seg.contexts,
-            None,
+            seg.arm.as_ref().map(|a| (a, ArmLayout::Line)),
             &limits,
         )?;
         bits = bits.max(b);
@@ -329,15 +353,39 @@ fn parse_audio_grid<'a>(
     for _ in 0..n {
         let start = g.pos;
         let seg_flags = g.u8("segment flags")?;
-        if ![0, SEGMENT_PREDICTED, SEGMENT_PREDICTED | SEGMENT_SPLIT].contains(&seg_flags) {
+        if ![
+            0,
+            SEGMENT_PREDICTED,
+            SEGMENT_PREDICTED | SEGMENT_SPLIT,
+            SEGMENT_ARM,
+        ]
+        .contains(&seg_flags)
+        {
             return Err(FormatError::InvalidField {
                 field: "segment flags",
                 value: seg_flags.into(),
-                expected: "0, 1 or 3",
+                expected: "0, 1, 3 or 4",
             });
         }
-        let t = take_tables(&mut g, &arch, Synthesis::Own, seg_flags != 0)?;
+        let predicted = seg_flags & SEGMENT_PREDICTED != 0;
+        let t = take_tables(&mut g, &arch, Synthesis::Own, predicted)?;
         let (step_bytes, pred_bytes) = (t.step_bytes, t.pred_bytes);
+        let arm = if seg_flags == SEGMENT_ARM {
+            let levels = usize::from(arch.coord_dims);
+            let h = ArmHeader::parse(g.take(ARM_HEADER_BYTES + levels, "ARM header")?, levels)?;
+            // Decoding evaluates the ARM once per latent (fewer than 2 per frame).
+            let work = audio.frames.saturating_mul(2 * h.params(levels) as u64);
+            if work > MAX_AUDIO_WORK {
+                return Err(FormatError::LimitExceeded {
+                    what: "ARM work (2 x frames x ARM parameters)",
+                    value: work,
+                    limit: MAX_AUDIO_WORK,
+                });
+            }
+            Some(h)
+        } else {
+            None
+        };
         let len = g.word_len("segment payload length")?;
         let seg_payload = g.take(len as usize, "segment payload")?;
         let (steps, tensor_bits) = super::read_step_table(step_bytes, "tensor bits")?;
@@ -347,7 +395,7 @@ fn parse_audio_grid<'a>(
             steps,
             tensor_bits,
             pred_bytes,
-            None,
+            arm,
             seg_payload,
             limits,
         )?;
@@ -401,11 +449,13 @@ pub fn read_audio_grid_file(
     let mut segments = Vec::with_capacity(p.segments.len());
     for (k, s) in p.segments.into_iter().enumerate() {
         let (dims, lens) = segment_shape(&p.arch, p.audio.window_frames(k as u64));
-        let (tensors, predictor, _) = decode_body(s.body, &dims, &lens, s.contexts)?;
+        let (tensors, predictor, arm) =
+            decode_body(s.body, &dims, &lens, s.contexts, ArmLayout::Line)?;
         segments.push(GridSegment {
             tensors,
             predictor,
             contexts: s.contexts,
+            arm,
         });
     }
     Ok(AudioGridInrFile {
@@ -425,6 +475,7 @@ pub(super) fn inspect_audio_grid(bytes: &[u8], limits: &Limits) -> Result<FileIn
     let mut latent_stream_bytes = 0u64;
     let mut side = 0u64;
     let mut predicted = 0u64;
+    let mut arm_stream_bytes = 0u64;
     for s in &p.segments {
         for gi in super::group_infos(&s.body.groups, &s.body.tensor_bits[..n_synth]) {
             match groups.iter_mut().find(|g| g.bits == gi.bits) {
@@ -436,6 +487,8 @@ pub(super) fn inspect_audio_grid(bytes: &[u8], limits: &Limits) -> Result<FileIn
             }
         }
         latent_stream_bytes += s.body.latent_stream.len() as u64;
+        let arm_bytes = s.body.arm.as_ref().map_or(0, |(_, st)| st.len() as u64);
+        arm_stream_bytes += arm_bytes;
         let pred = s.body.predictor.as_ref().map_or(0, |v| v.len());
         predicted += u64::from(pred > 0);
         let payload: u64 = s
@@ -444,14 +497,26 @@ pub(super) fn inspect_audio_grid(bytes: &[u8], limits: &Limits) -> Result<FileIn
             .iter()
             .map(|(_, b)| b.len() as u64)
             .sum::<u64>()
-            + s.body.latent_stream.len() as u64;
+            + s.body.latent_stream.len() as u64
+            + arm_bytes;
         side += s.bytes - payload;
     }
     groups.sort_by_key(|g| g.bits);
     let first = p.segments.first();
     let samples = p.audio.frames.saturating_mul(u64::from(p.audio.channels));
     let duration_s = p.audio.duration_s();
-    let payload_bytes: u64 = groups.iter().map(|g| g.bytes).sum::<u64>() + latent_stream_bytes;
+    let payload_bytes: u64 =
+        groups.iter().map(|g| g.bytes).sum::<u64>() + latent_stream_bytes + arm_stream_bytes;
+    let levels = usize::from(p.arch.coord_dims);
+    // The first ARM-coded segment's ARM, with the ARM streams of all segments.
+    let arm = p
+        .segments
+        .iter()
+        .find_map(|s| s.body.arm.as_ref())
+        .map(|(h, _)| super::ArmInfo {
+            stream_bytes: arm_stream_bytes,
+            ..arm_info(h, &[], levels)
+        });
     let synth_params = p.arch.num_params_u64();
     let n = p.segments.len() as u64;
     Ok(FileInfo {
@@ -496,7 +561,7 @@ pub(super) fn inspect_audio_grid(bytes: &[u8], limits: &Limits) -> Result<FileIn
             predictor: (predicted == n && n > 0)
                 .then(|| first.and_then(|s| s.body.predictor.clone()))
                 .flatten(),
-            arm: None,
+            arm,
         }),
     })
 }

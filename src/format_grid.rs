@@ -19,7 +19,7 @@ use super::{
     GROUP_LEN_BYTES, HEADER_BYTES, MAGIC, MODALITY_IMAGE, OFF_FLAGS, OFF_MODALITY, OFF_VERSION,
     PAYLOAD_LEN_BYTES, STEP_BYTES,
 };
-use crate::arm::{Arm, ARM_MAX_FRAC_BITS, ARM_MAX_WIDTH};
+use crate::arm::{Arm, ArmLayout, ARM_MAX_FRAC_BITS, ARM_MAX_WIDTH};
 use crate::entropy::{
     self, ArmShape, EntropyError, GridContexts, GridShape, PredShape, GRID_PRED_TAPS,
 };
@@ -375,7 +375,7 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
         f.base_id,
         f.predictor.as_deref(),
         f.contexts,
-        f.arm.as_ref(),
+        f.arm.as_ref().map(|a| (a, ArmLayout::Image)),
         &limits,
     )?;
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len() + CRC_BYTES);
@@ -460,7 +460,7 @@ pub(super) fn write_grid_body(
     base_id: Option<u64>,
     predictor: Option<&[LevelPredictor]>,
     contexts: GridContexts,
-    arm: Option<&Arm>,
+    arm: Option<(&Arm, ArmLayout)>,
     limits: &Limits,
 ) -> Result<(u8, Vec<u8>), FormatError> {
     if tensors.len() != lens.len() {
@@ -502,7 +502,7 @@ pub(super) fn write_grid_body(
                 expected: "an ARM or a predictor, not both",
             })
         }
-        (None, Some(arm)) => {
+        (None, Some((arm, layout))) => {
             let grids: Vec<(&[i32], ArmShape)> = levels
                 .iter()
                 .zip(dims)
@@ -515,6 +515,7 @@ pub(super) fn write_grid_body(
                         max_abs: max_abs_for_bits(t.bits),
                         res_max_abs: 0,
                         level: l,
+                        layout,
                     };
                     (t.symbols.as_slice(), shape)
                 })
@@ -713,9 +714,26 @@ pub(super) struct ArmHeader {
     res_bits: Vec<u8>,
 }
 
+/// What `inspect` reports of an ARM with header `h` over `levels` levels and ARM stream `stream`.
+pub(super) fn arm_info(h: &ArmHeader, stream: &[u8], levels: usize) -> ArmInfo {
+    ArmInfo {
+        width: h.width as u8,
+        frac_bits: h.frac_bits,
+        bits: h.bits,
+        params: h.params(levels) as u64,
+        stream_bytes: stream.len() as u64,
+        res_bits: h.res_bits.clone(),
+    }
+}
+
 impl ArmHeader {
+    /// The ARM's weights and biases over `levels` levels.
+    pub(super) fn params(&self, levels: usize) -> usize {
+        Arm::tensor_lens(self.width, levels).iter().sum()
+    }
+
     /// Reads and checks the header of an ARM over `levels` levels from `b` (§13.9).
-    fn parse(b: &[u8], levels: usize) -> Result<ArmHeader, FormatError> {
+    pub(super) fn parse(b: &[u8], levels: usize) -> Result<ArmHeader, FormatError> {
         let bad = |field, value: u8, expected| FormatError::InvalidField {
             field,
             value: value.into(),
@@ -943,7 +961,7 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         let levels = usize::from(arch.coord_dims);
         let h = ArmHeader::parse(r.take(ARM_HEADER_BYTES + levels, "ARM header")?, levels)?;
         // Decoding evaluates the ARM once per latent (at most 4/3 per pixel).
-        let params: usize = Arm::tensor_lens(h.width, levels).iter().sum();
+        let params = h.params(levels);
         limits.check_render(width, height, 2 * params as u64)?;
         Some(h)
     } else {
@@ -1009,6 +1027,7 @@ pub(super) fn decode_body(
     dims: &[(u32, u32)],
     lens: &[usize],
     contexts: GridContexts,
+    layout: ArmLayout,
 ) -> Result<DecodedBody, FormatError> {
     let n_synth = lens.len().saturating_sub(dims.len());
     let mut symbols =
@@ -1037,6 +1056,7 @@ pub(super) fn decode_body(
                     max_abs: max_abs_for_bits(body.tensor_bits[n_synth + l]),
                     res_max_abs: max_abs_for_bits(h.res_bits[l]),
                     level: l,
+                    layout,
                 })
                 .collect();
             let mut levels = entropy::decode_arm_grids(body.latent_stream, &shapes, &a)?;
@@ -1109,7 +1129,8 @@ pub fn read_grid_file_with<E: From<FormatError>>(
     check(&p.arch, p.base_id)?;
     let dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
     let _ = p.bits; // validated: equals the largest tensor bit width
-    let (tensors, predictor, arm) = decode_body(p.body, &dims, &p.lens, p.contexts)?;
+    let (tensors, predictor, arm) =
+        decode_body(p.body, &dims, &p.lens, p.contexts, ArmLayout::Image)?;
     Ok(GridInrFile {
         arm,
         width: p.width,
@@ -1131,16 +1152,11 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
     let n_synth = num_tensors.saturating_sub(usize::from(p.arch.coord_dims));
     let groups = group_infos(&p.body.groups, &p.body.tensor_bits[..n_synth]);
     let latent_stream_bytes = p.body.latent_stream.len() as u64;
-    let arm = p.body.arm.as_ref().map(|(h, st)| ArmInfo {
-        width: h.width as u8,
-        frac_bits: h.frac_bits,
-        bits: h.bits,
-        params: Arm::tensor_lens(h.width, usize::from(p.arch.coord_dims))
-            .iter()
-            .sum::<usize>() as u64,
-        stream_bytes: st.len() as u64,
-        res_bits: h.res_bits.clone(),
-    });
+    let arm = p
+        .body
+        .arm
+        .as_ref()
+        .map(|(h, st)| arm_info(h, st, usize::from(p.arch.coord_dims)));
     let arm_bytes = arm.as_ref().map_or(0, |a| a.stream_bytes);
     let payload_bytes: u64 =
         groups.iter().map(|g| g.bytes).sum::<u64>() + latent_stream_bytes + arm_bytes;

@@ -5,7 +5,7 @@
 //! is shared (§13.8): then the file names a base and codes only the latents and, with flag bit
 //! 7, the network's output layer.
 
-use crate::arm::Arm;
+use crate::arm::{Arm, ArmLayout};
 use crate::arm_fit::{fit_arm, ArmFit};
 use crate::base::{Base, BaseError};
 use crate::codec::{BaseChoice, DecodeError, DecodeOptions, EncodeError, Encoded, Progress};
@@ -1515,7 +1515,7 @@ pub(crate) fn code_fitted(
         }
     };
     let arm = match &cfg.arm {
-        Some(af) => best_arm(pyr, &latents, af)?,
+        Some(af) => best_arm(pyr, &latents, af, ArmLayout::Image, ARM_MIN_LATENTS)?,
         None => None,
     };
     let decoded_psnr = |file: &GridInrFile| {
@@ -1748,8 +1748,12 @@ enum Coding {
 const ARM_MIN_LATENTS: usize = 1 << 17;
 
 /// §5.11 The latents `latents` (level order, integer) as an ARM-coded stream's grids, coarsest
-/// first.
-fn arm_grids<'a>(pyr: &Pyramid, latents: &'a [QTensor]) -> Vec<(&'a [i32], ArmShape)> {
+/// first, their inputs laid out as `layout`.
+fn arm_grids<'a>(
+    pyr: &Pyramid,
+    latents: &'a [QTensor],
+    layout: ArmLayout,
+) -> Vec<(&'a [i32], ArmShape)> {
     pyr.levels
         .iter()
         .zip(latents)
@@ -1762,19 +1766,27 @@ fn arm_grids<'a>(pyr: &Pyramid, latents: &'a [QTensor]) -> Vec<(&'a [i32], ArmSh
                 max_abs: max_abs_for_bits(t.bits),
                 res_max_abs: 0,
                 level: l,
+                layout,
             };
             (t.symbols.as_slice(), shape)
         })
         .collect()
 }
 
-/// An ARM fitted to `latents` ([`fit_arm`]) at the fractional bits whose ARM section and
-/// latent stream together are smallest; `None` when there are no latents.
-fn best_arm(pyr: &Pyramid, latents: &[QTensor], af: &ArmFit) -> Result<Option<Arm>, EncodeError> {
-    if pyr.n_latents < ARM_MIN_LATENTS {
+/// An ARM fitted to `latents` ([`fit_arm`]) with the inputs of `layout`, at the fractional
+/// bits whose ARM section and latent stream together are smallest; `None` when there are no
+/// latents or fewer than `min_latents`. (Image grid files and audio grid segments.)
+pub(crate) fn best_arm(
+    pyr: &Pyramid,
+    latents: &[QTensor],
+    af: &ArmFit,
+    layout: ArmLayout,
+    min_latents: usize,
+) -> Result<Option<Arm>, EncodeError> {
+    if pyr.n_latents < min_latents {
         return Ok(None);
     }
-    let grids = arm_grids(pyr, latents);
+    let grids = arm_grids(pyr, latents, layout);
     let Some(cands) = fit_arm(&grids, pyr.n_levels(), af) else {
         return Ok(None);
     };

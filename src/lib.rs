@@ -50,8 +50,8 @@ pub use audio_codec::{
     AudioSink, BLOCK_WINDOWS,
 };
 pub use audio_grid_codec::{
-    decode_audio_grid_stream, encode_audio_grid, AudioGridEncodeConfig, AUDIO_GRID_PRESET_LAMBDAS,
-    DEFAULT_AUDIO_GRID_STEPS, DEFAULT_SEGMENT,
+    decode_audio_grid_stream, encode_audio_grid, AudioGridEncodeConfig, AUDIO_ARM_FIT,
+    AUDIO_GRID_PRESET_LAMBDAS, DEFAULT_AUDIO_GRID_STEPS, DEFAULT_SEGMENT,
 };
 pub use audio_mod_codec::{encode_audio_modulated, AudioModEncodeConfig};
 pub use codec::{

@@ -570,3 +570,151 @@ fn segments_split_by_the_prediction_fraction_round_trip_and_are_checked() {
         assert_ne!(d.1, samples(&ub));
     }
 }
+
+/// Segment flags 4 (§14.2, §5.11 with one-row inputs): a segment of at least 2^15 latents
+/// gets an ARM when that is its smallest coding; the ARM-coded latents decode to the same
+/// samples as the same latents coded plain; the writer and reader check the combination;
+/// damaged ARM headers are typed errors; `arm: None` never fits one.
+#[test]
+fn arm_coded_segments_round_trip_and_are_checked() {
+    use inr::entropy::GridContexts;
+    use inr::format::{GridSegment, LevelPredictor, SEGMENT_ARM};
+    // 20,000 frames: 39,998 latents in one segment (8 levels).
+    let a = family_clip(3, 20_000);
+    let e = encode(&a, &cfg(60));
+    let l = Limits::default();
+    let f = format::read_audio_grid_file(&e.bytes, &l).unwrap();
+    let seg = &f.segments[0];
+    let arm = seg
+        .arm
+        .clone()
+        .expect("the ARM is the smallest coding of this clip");
+    assert!(seg.predictor.is_none() && seg.contexts == GridContexts::Five);
+    assert_eq!(arm.levels, usize::from(f.arch.coord_dims));
+    let seg0 = 30 + 20 + 4;
+    assert_eq!(e.bytes[seg0], SEGMENT_ARM);
+    assert_eq!(format::write_audio_grid_file(&f).unwrap(), e.bytes);
+    // The same latents coded plain: a larger file, the same samples.
+    let mut plain = f.clone();
+    plain.segments[0].arm = None;
+    let pb = format::write_audio_grid_file(&plain).unwrap();
+    assert!(
+        pb.len() > e.bytes.len(),
+        "{} vs {}",
+        pb.len(),
+        e.bytes.len()
+    );
+    let samples = |b: &[u8]| decode_audio(b, &l).unwrap().1;
+    assert_eq!(samples(&pb), samples(&e.bytes));
+    let frames = f.audio.window_frames(0);
+    let own = format::audio_grid_segment_bytes(&f.arch, frames, seg).unwrap();
+    let n = format::audio_grid_segment_bytes(&f.arch, frames, &plain.segments[0]).unwrap();
+    assert!(own < n, "{own} vs {n}");
+    // The writer refuses an ARM with a predictor or a split, or of other levels.
+    let pred = vec![
+        LevelPredictor {
+            coefs: [100, 0, 0, 0, 20],
+            res_bits: 16,
+        };
+        arm.levels
+    ];
+    let mut fewer = arm.clone();
+    fewer.levels -= 1;
+    fewer.b1.truncate(fewer.levels * fewer.width);
+    for s in [
+        GridSegment {
+            predictor: Some(pred),
+            ..seg.clone()
+        },
+        GridSegment {
+            contexts: GridContexts::FiveSplit,
+            ..seg.clone()
+        },
+        GridSegment {
+            arm: Some(fewer),
+            ..seg.clone()
+        },
+    ] {
+        let mut g = f.clone();
+        g.segments[0] = s;
+        assert!(matches!(
+            format::write_audio_grid_file(&g),
+            Err(FormatError::InvalidField { .. })
+        ));
+    }
+    // The reader refuses flags 5 and 6, and an ARM header of width 0 or 33 or 9 fractional
+    // bits; every byte of the header damaged, and every truncation, is an error or other
+    // samples, never a panic.
+    let t = f.arch.tensor_lens().len() + usize::from(f.arch.coord_dims);
+    let hdr = seg0 + 1 + 4 * t;
+    for (at, v) in [(seg0, 5u8), (seg0, 6), (hdr, 0), (hdr, 33), (hdr + 1, 9)] {
+        let mut b = e.bytes.clone();
+        b[at] = v;
+        fix_crc(&mut b);
+        assert!(
+            format::read_audio_grid_file(&b, &l).is_err(),
+            "byte {at} = {v}"
+        );
+    }
+    for at in hdr..hdr + 3 + arm.levels {
+        for v in [0u8, 1, 2, 7, 16, 17, 255] {
+            let mut b = e.bytes.clone();
+            b[at] = v;
+            fix_crc(&mut b);
+            let _ = decode_audio(&b, &l);
+        }
+    }
+    for cut in (0..e.bytes.len()).step_by(97) {
+        assert!(format::read_audio_grid_file(&e.bytes[..cut], &l).is_err());
+    }
+    // Without the ARM fit, no segment has one.
+    let off = encode(
+        &a,
+        &AudioGridEncodeConfig {
+            arm: None,
+            ..cfg(60)
+        },
+    );
+    let g = format::read_audio_grid_file(&off.bytes, &l).unwrap();
+    assert!(g.segments.iter().all(|s| s.arm.is_none()));
+    assert!(off.bytes.len() > e.bytes.len());
+    // The CLI: `info` shows the ARM, `--arm off` writes the file without one, and `--arm` is
+    // refused outside the grid mode.
+    use assert_cmd::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("clip.wav");
+    inr::audio::save_wav(&wav, &a, false).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        Command::cargo_bin("inr")
+            .unwrap()
+            .args(["--threads", "2", "encode"])
+            .arg(&wav)
+            .arg("-o")
+            .arg(dir.path().join(out))
+            .args(["--steps", "60"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let info = |out: &str| -> serde_json::Value {
+        let o = Command::cargo_bin("inr")
+            .unwrap()
+            .args(["--json", "info"])
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    assert!(run("a.inr", &[]).status.success());
+    assert!(run("b.inr", &["--arm", "off"]).status.success());
+    assert_eq!(std::fs::read(dir.path().join("a.inr")).unwrap(), e.bytes);
+    assert_eq!(std::fs::read(dir.path().join("b.inr")).unwrap(), off.bytes);
+    let (ia, ib) = (info("a.inr"), info("b.inr"));
+    assert_eq!(ia["info"]["grid"]["arm"]["width"], 12);
+    assert!(ia["info"]["grid"]["arm"]["stream_bytes"].as_u64().unwrap() > 0);
+    assert!(ib["info"]["grid"]["arm"].is_null());
+    let w = run("c.inr", &["--mode", "weights", "--arm", "off"]);
+    assert!(!w.status.success());
+    assert!(String::from_utf8_lossy(&w.stderr).contains("--arm"));
+}

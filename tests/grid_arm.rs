@@ -1,6 +1,6 @@
 //! §5.11 / §13.9: latents coded with an autoregressive context model (ARM, flag bit 12).
 
-use inr::arm::{Arm, ARM_INPUTS};
+use inr::arm::{Arm, ArmLayout, ARM_INPUTS};
 use inr::arm_fit::{fit_arm, ArmFit};
 use inr::entropy::{self, ArmShape, GridContexts};
 use inr::format::{self, max_abs_for_bits, GridInrFile, Limits, FLAG_GRID_ARM};
@@ -75,6 +75,7 @@ fn arm_file() -> (Vec<u8>, GridInrFile, Vec<u8>) {
                 max_abs: max_abs_for_bits(t.bits),
                 res_max_abs: 0,
                 level: l,
+                layout: ArmLayout::Image,
             };
             (t.symbols.as_slice(), s)
         })
@@ -143,6 +144,7 @@ fn the_arm_stream_round_trips_random_grids_and_refuses_garbage() {
                     max_abs: 31,
                     res_max_abs: 0,
                     level: l,
+                    layout: ArmLayout::Image,
                 };
                 (vals[l].as_slice(), s)
             })
@@ -250,6 +252,7 @@ fn hostile_arm_headers_and_truncations_give_errors() {
             max_abs: 7,
             res_max_abs: 7,
             level: 0,
+            layout: ArmLayout::Image,
         };
         assert!(entropy::encode_arm_grids(&[(&g[..], s)], &a).is_err());
     }

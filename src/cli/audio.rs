@@ -42,7 +42,11 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let mut src = open_wav(&args.input)?;
     let spec = src.spec();
-    match args.mode.unwrap_or(Mode::Grid) {
+    let mode = args.mode.unwrap_or(Mode::Grid);
+    if args.arm.is_some() && mode != Mode::Grid {
+        anyhow::bail!("--arm is for the grid mode (WAV input: --mode grid, the default)");
+    }
+    match mode {
         Mode::Grid => return encode_grid(args, src, notes, ctx),
         Mode::Modulations => return encode_modulated(args, src, notes, ctx),
         Mode::Weights => {}
@@ -168,6 +172,9 @@ fn encode_grid(
         cfg.segment = w;
     }
     cfg.target_kbps = args.kbps;
+    if args.arm == Some(super::encode::ArmArg::Off) {
+        cfg.arm = None; // `auto` keeps the audio ARM fit (inr::AUDIO_ARM_FIT)
+    }
     let (result, start) = with_bar(ctx, |p| inr::encode_audio_grid(&mut src, &cfg, p));
     if let (Ok(e), Some(t)) = (&result, args.kbps) {
         if !inr::kbps_meets(e.quality.kbps, t) {

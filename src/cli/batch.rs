@@ -203,6 +203,9 @@ fn audio_mode(
             if let Some(s) = args.steps {
                 cfg.fit.steps = s;
             }
+            if args.arm == Some(super::encode::ArmArg::Off) {
+                cfg.arm = None; // `auto` keeps the audio ARM fit (inr::AUDIO_ARM_FIT)
+            }
             batch::AudioMode::Grid(cfg)
         }
         Mode::Weights => {

@@ -200,11 +200,11 @@ pub struct EncodeArgs {
     /// upsampling").
     #[arg(long, value_enum)]
     pub upsampling: Option<UpsamplingArg>,
-    /// Grid (images): `auto` (the default) fits an autoregressive context model (ARM, a
-    /// 12-unit network over each latent's coded neighbours, codec-spec §5.11) to the latents of
-    /// images of 2^17 latents or more and codes them with it when the file is smaller: 2-11 %
-    /// smaller latent streams on kodim13-16, about 1 s more per fit, 0.2 s instead of 0.05 s to
-    /// decode a Kodak image. `off` never does.
+    /// Grid: `auto` (the default) fits an autoregressive context model (ARM, a 12-unit network
+    /// over each latent's coded neighbours, codec-spec §5.11) to the latents of images of 2^17
+    /// latents or more, and of audio segments of 2^15 or more, and codes them with it when the
+    /// file is smaller: 2-11 % smaller latent streams on kodim13-16, about 1 s more per fit,
+    /// 0.2 s instead of 0.05 s to decode a Kodak image. `off` never does.
     #[arg(long, value_enum, value_name = "WHEN")]
     pub arm: Option<ArmArg>,
     /// Modulations: quantization step of the latents (default 0.25; larger = smaller file).
