@@ -554,9 +554,10 @@ enum LatentCoding {
 }
 
 /// Fewest latents of a segment for which the encoder fits an ARM (a segment of about 16,400
-/// frames, 1 s at 16 kHz). Below it the ARM's 300–450 bytes outweigh what it saves: on the
-/// 2–3 s shared clips at the default λ it took 5–27 % off the latent stream before its own
-/// bytes (`docs/audio.md`, "ARM-coded segments").
+/// frames, 1 s at 16 kHz): its section (about 320 bytes at width 12 on the shared clips) must
+/// be outweighed by what it saves, which on those 2–3 s clips at the default λ was 5–27 % of
+/// the latent stream (`docs/audio.md`, "ARM-coded segments"); the encoder keeps it only when
+/// the segment is smaller with it.
 const AUDIO_ARM_MIN_LATENTS: usize = 1 << 15;
 
 /// The ARM fit of audio segments: twice the image fit's steps (2,400) on a quarter of its
