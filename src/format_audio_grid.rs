@@ -11,8 +11,9 @@
 
 use super::audio::{AudioHeader, AUDIO_SECTION_BYTES, MAX_AUDIO_SYMBOLS, MAX_AUDIO_WORK};
 use super::grid::{
-    arm_info, decode_body, parse_body, take_tables, validate_grid_net, write_grid_body, ArmHeader,
-    LevelPredictor, Synthesis, ARM_HEADER_BYTES, FLAG_GRID, VERSION_GRID,
+    arm_info, check_arm_coding, decode_body, parse_body, take_tables, validate_grid_net,
+    write_grid_body, ArmHeader, LevelPredictor, Synthesis, ARM_HEADER_BYTES, FLAG_GRID,
+    VERSION_GRID,
 };
 use super::{
     grid_level_dims, read_payload_and_crc, Arch, FileInfo, FormatError, Limits, QTensor, Reader,
@@ -51,20 +52,17 @@ impl GridSegment {
     /// audio segment of `levels` latent levels can have.
     fn flags(&self, levels: usize) -> Result<u8, FormatError> {
         if let Some(arm) = &self.arm {
-            if self.predictor.is_some() || self.contexts != GridContexts::Five {
-                return Err(FormatError::InvalidField {
+            check_arm_coding(
+                arm,
+                self.predictor.is_some(),
+                self.contexts,
+                levels,
+                FormatError::InvalidField {
                     field: "segment latent coding",
                     value: u64::from(SEGMENT_ARM),
                     expected: "an ARM-coded segment (flag bit 2) without predictor or split",
-                });
-            }
-            if arm.levels != levels {
-                return Err(FormatError::InvalidField {
-                    field: "ARM levels",
-                    value: arm.levels as u64,
-                    expected: "one layer-1 bias row per latent level",
-                });
-            }
+                },
+            )?;
             return Ok(SEGMENT_ARM);
         }
         match (self.contexts, self.predictor.is_some()) {

@@ -345,20 +345,17 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
         });
     }
     if let Some(arm) = &f.arm {
-        if f.predictor.is_some() || f.contexts != GridContexts::Five {
-            return Err(FormatError::InvalidField {
+        check_arm_coding(
+            arm,
+            f.predictor.is_some(),
+            f.contexts,
+            usize::from(f.arch.coord_dims),
+            FormatError::InvalidField {
                 field: "latent coding",
                 value: u64::from(FLAG_GRID_ARM),
                 expected: "an ARM-coded file (flag bit 12) without predictor or context flags",
-            });
-        }
-        if arm.levels != usize::from(f.arch.coord_dims) {
-            return Err(FormatError::InvalidField {
-                field: "ARM levels",
-                value: arm.levels as u64,
-                expected: "one layer-1 bias row per latent level",
-            });
-        }
+            },
+        )?;
     }
     let synth = Synthesis::of(f);
     let lens = file_lens(
@@ -607,6 +604,28 @@ pub(super) fn write_grid_body(
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
     Ok((bits, out))
+}
+
+/// §13.9, §14.2 An ARM codes latents without a predictor, with the five plain contexts, and
+/// has one layer-1 bias row per latent level: `coding` is the error for the first rule.
+pub(super) fn check_arm_coding(
+    arm: &Arm,
+    predicted: bool,
+    contexts: GridContexts,
+    levels: usize,
+    coding: FormatError,
+) -> Result<(), FormatError> {
+    if predicted || contexts != GridContexts::Five {
+        return Err(coding);
+    }
+    if arm.levels != levels {
+        return Err(FormatError::InvalidField {
+            field: "ARM levels",
+            value: arm.levels as u64,
+            expected: "one layer-1 bias row per latent level",
+        });
+    }
+    Ok(())
 }
 
 /// §13.9 The ARM's integers (tensors in [`Arm::tensors`] order) coded as one §5 group at the
