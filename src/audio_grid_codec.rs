@@ -613,16 +613,19 @@ fn code_segment(
     };
     let size = |s: &GridSegment| format::audio_grid_segment_bytes(arch, frames, s);
     // The latent coding: plain, predicted with the five contexts (unsplit or split by the
-    // prediction's fraction, §5.10) or ARM-coded; the smallest.
-    let mut coding: Option<LatentCoding> = None;
+    // prediction's fraction, §5.10) or ARM-coded; the smallest. It does not depend on the
+    // network, so it is chosen with the first width, as its bytes over the plain coding's:
+    // a segment's sections add up (§14.2), so every width's size is its plain size plus
+    // that, and the latents are ARM-coded or predicted only once here.
+    let mut chosen: Option<(LatentCoding, isize)> = None;
     let mut best: Option<(f64, GridSegment)> = None;
     for &bits in net_bits {
         let net = net_tensors(arch, &fitted.params, bits);
-        // The latent coding choice does not depend on the network: made with the first width.
-        let chosen = match coding {
-            Some(c) => c,
+        let plain = size(&segment(&net, LatentCoding::Plain))?;
+        let (coding, extra) = match chosen {
+            Some(ce) => ce,
             None => {
-                let mut cands = vec![LatentCoding::Plain];
+                let mut cands = Vec::new();
                 if pred.is_some() {
                     cands.push(LatentCoding::Predicted(GridContexts::Five));
                     cands.push(LatentCoding::Predicted(GridContexts::FiveSplit));
@@ -630,20 +633,20 @@ fn code_segment(
                 if arm.is_some() {
                     cands.push(LatentCoding::Arm);
                 }
-                let mut least: Option<(usize, LatentCoding)> = None;
+                let mut least = (LatentCoding::Plain, plain);
                 for c in cands {
                     let b = size(&segment(&net, c))?;
-                    if least.is_none_or(|l| b < l.0) {
-                        least = Some((b, c));
+                    if b < least.1 {
+                        least = (c, b);
                     }
                 }
-                let c = least.map_or(LatentCoding::Plain, |l| l.1);
-                coding = Some(c);
-                c
+                let ce = (least.0, least.1 as isize - plain as isize);
+                chosen = Some(ce);
+                ce
             }
         };
-        let seg = segment(&net, chosen);
-        let bytes = size(&seg)?;
+        let seg = segment(&net, coding);
+        let bytes = plain.saturating_add_signed(extra);
         let mse = segment_mse(arch, pyr, &seg, target);
         let cost = mse + f64::from(lambda) * bytes as f64 * 8.0 / frames.max(1) as f64;
         if best.as_ref().is_none_or(|b| cost < b.0) {
