@@ -12,7 +12,11 @@
 #   seeded     --preset $SPARSE --bpp B --prune-method seeded   (a fixed pseudo-random
 #                                                    support, no mask bits, codec-spec §4.6.1)
 # all with --steps $STEPS --base none (equal fitting steps). Real file sizes, decoded PSNR.
-# Usage: [BPPS="0.25"] [METHODS="dense magnitude l0 kmeans"] [DENSE=small] [SPARSE=large] [STEPS=1000] [K=256] [PRUNE_SCOPE=per-layer] \
+# Since stop 45 --bpp from a random start picks the width from the byte budget
+# (codec::width_for_rate), so the presets then set only the steps' minibatch; WIDTH=N passes
+# --width N to every method (WIDTH=60 with the default presets gives the earlier 10x60 rows,
+# but DENSE=small then needs its own run with WIDTH=32).
+# Usage: [BPPS="0.25"] [METHODS="dense magnitude l0 kmeans"] [DENSE=small] [SPARSE=large] [STEPS=1000] [K=256] [PRUNE_SCOPE=per-layer] [WIDTH=N] \
 #        scripts/sparsity_bench.sh IMAGE_DIR OUT_CSV [THREADS]
 # Writes image,target_bpp,method,bpp,psnr_db,encode_s,density,kmeans (kmeans: the largest
 # codebook in the file; density: non-zero
@@ -52,7 +56,7 @@ density_of() { # file -> non-zero fraction of the hidden matrices W_1..W_D
 for png in "$DIR"/*.png; do
   img=$(basename "$png" .png)
   for b in $BPPS; do
-    common=(--json --threads "$THREADS" encode "$png" --steps "$STEPS" --base none --prune-scope "$SCOPE" --force --preset)
+    common=(--json --threads "$THREADS" encode "$png" --steps "$STEPS" --base none --prune-scope "$SCOPE" --force ${WIDTH:+--width "$WIDTH"} --preset)
     f="$TMP/$img.inr"
     has() { [[ " $METHODS " == *" $1 "* ]]; }
     if has dense; then

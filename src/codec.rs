@@ -29,7 +29,8 @@ pub enum Preset {
 #[derive(Debug, Clone)]
 pub struct EncodeConfig {
     pub preset: Preset,
-    /// Hidden width (overrides the preset).
+    /// Hidden width (overrides the preset). `None`: the preset's, except under `target_bpp`
+    /// from a random start, where it is [`width_for_rate`] of the byte budget.
     pub width: Option<usize>,
     /// Number of sine layers (overrides the preset).
     pub depth: Option<usize>,
@@ -68,7 +69,8 @@ pub struct EncodeConfig {
     /// control (`target_bpp`) work on the residuals `w − base`: a pruned weight is the base
     /// weight.
     pub base: BaseChoice,
-    /// How the hidden matrices' bit widths are chosen (without `target_bpp`).
+    /// How the hidden matrices' bit widths are chosen (under `target_bpp`, around the width
+    /// rate control chose; not with `kmeans`).
     pub bit_allocation: BitAllocation,
     /// Fit with the per-tensor learning-rate multipliers a Meta-SGD base records
     /// (the `"lr_scale"` of its description; `inr encode --base-lr-scale`). Off by default: on kodim13–16 they
@@ -303,6 +305,18 @@ impl EncodeConfig {
             w0_first: self.w0.unwrap_or(30),
             w0_hidden: 30,
         };
+        // Under a rate target from a random start (no base fixes the architecture), the width
+        // is the one the byte budget buys, unless given.
+        let from_random = match &self.base {
+            BaseChoice::None => true,
+            BaseChoice::Default => base::embedded_for(&arch).is_none(),
+            BaseChoice::Custom(_) => false,
+        };
+        if let (None, Some(bpp), true) = (self.width, self.target_bpp, from_random) {
+            if bpp.is_finite() && bpp > 0.0 {
+                arch.width = width_for_rate(target_bytes(bpp, img), depth) as u16;
+            }
+        }
         let base = match &self.base {
             _ if !use_base => None,
             BaseChoice::None => None,
@@ -438,6 +452,23 @@ impl EncodeConfig {
     }
 }
 
+/// Hidden weights per target byte that [`width_for_rate`] aims at.
+pub const WEIGHTS_PER_BYTE: f64 = 1.3;
+
+/// The hidden width of a `depth`-layer network coded from a random start in `target` bytes:
+/// the width whose `depth − 1` hidden matrices hold about [`WEIGHTS_PER_BYTE`] weights per
+/// byte, rounded to a multiple of 8 (the kernels' SIMD lanes, so no padded lane is wasted),
+/// within 8 ..= 256. Fitted on the training images (seeded supports, 1,000 steps; "Width by
+/// rate" in docs/benchmarks.md): on kodim03/07 the best of the widths tried were 32, 40 and
+/// 56–60 at 0.125, 0.25 and 0.5 bpp, where this rule gives 32, 40 and 56.
+pub fn width_for_rate(target: u64, depth: usize) -> usize {
+    let hidden = depth.saturating_sub(1).max(1) as f64;
+    let w = (WEIGHTS_PER_BYTE * target as f64 / hidden)
+        .sqrt()
+        .min(256.0);
+    ((w / 8.0).round() as usize * 8).clamp(8, 256)
+}
+
 /// The density of a sparse base's support (`--prune-method base`): kept / total over the
 /// prunable matrices. An error without a base, for a base with no zero in its hidden matrices,
 /// or when `--density` asks for another density.
@@ -508,17 +539,23 @@ fn fixed_support(plan: &Plan, density: f64) -> Vec<Option<Vec<bool>>> {
 }
 
 /// Per-matrix bit widths by measured sensitivity (mixed precision under a bit budget). For
-/// each hidden matrix t and width b within ±2 of the plan's (2 ..= 12): the MSE added when only
+/// each hidden matrix t and width b within ±2 of `bits` (2 ..= 12): the MSE added when only
 /// t is quantized at b (every other tensor at 16 bits; the network as the decoder renders it),
 /// and the bytes of t alone from the real entropy coder. Then the Lagrangian allocation: each
 /// matrix takes the b minimising `ΔMSE_t(b) + λ · bytes_t(b)`, with the smallest λ (bisection)
-/// whose total bytes do not exceed those of the uniform allocation `tb`. Returns the new
-/// widths (`tb` unchanged for fewer than two matrices or a plan above 12 bits).
-fn allocate_bits(fitter: &mut Fitter<'_>, plan: &Plan, tb: &[u8]) -> Result<Vec<u8>, EncodeError> {
+/// whose total bytes do not exceed those of the uniform allocation `tb` (every hidden matrix
+/// at `bits`). Returns the new widths (`tb` unchanged for fewer than two matrices or `bits`
+/// above 12).
+fn allocate_bits(
+    fitter: &mut Fitter<'_>,
+    plan: &Plan,
+    tb: &[u8],
+    bits: u8,
+) -> Result<Vec<u8>, EncodeError> {
     let arch = plan.arch;
     let which = crate::fit::prunable(&arch);
     let hidden: Vec<usize> = (0..which.len()).filter(|&t| which[t]).collect();
-    if hidden.len() < 2 || plan.bits > 12 {
+    if hidden.len() < 2 || bits > 12 {
         return Ok(tb.to_vec());
     }
     let base = plan.base.as_ref().map(|b| b.params.as_slice());
@@ -527,7 +564,7 @@ fn allocate_bits(fitter: &mut Fitter<'_>, plan: &Plan, tb: &[u8]) -> Result<Vec<
     let mse = |psnr: f64| 255.0f64.powi(2) * 10f64.powf(-psnr / 10.0);
     let fine = vec![16u8; tb.len()];
     let widths: Vec<u8> =
-        (plan.bits.saturating_sub(2).max(2)..=plan.bits.saturating_add(2).min(12)).collect();
+        (bits.saturating_sub(2).max(2)..=bits.saturating_add(2).min(12)).collect();
     // The reference, then one probe per (hidden matrix, width), rendered in one pass: a probe
     // differs from the reference in one matrix only.
     let mut quants = vec![QuantSpec::choose(&arch, &params, &fine, base)];
@@ -575,7 +612,7 @@ fn allocate_bits(fitter: &mut Fitter<'_>, plan: &Plan, tb: &[u8]) -> Result<Vec<
             .collect();
         (choice, total)
     };
-    let uniform = widths.iter().position(|&b| b == plan.bits).unwrap_or(0);
+    let uniform = widths.iter().position(|&b| b == bits).unwrap_or(0);
     let budget: f64 = table.iter().map(|row| row[uniform].1).sum();
     // Bisection on log λ: the smallest λ whose allocation fits the budget.
     let (mut lo, mut hi) = (-30.0f64, 30.0f64);
@@ -703,7 +740,7 @@ fn encode_with_plan(
                 report("fit", e)
             });
             if plan.bit_allocation == BitAllocation::Sensitivity && plan.kmeans.is_none() {
-                tb = allocate_bits(&mut fitter, plan, &tb)?;
+                tb = allocate_bits(&mut fitter, plan, &tb, plan.bits)?;
             }
         }
         Some(bpp) => {
@@ -761,9 +798,12 @@ fn encode_with_plan(
             fitter.run_phase(&rest, None, warm.steps, total, &mut |e: &FitEvent| {
                 report("prune", e)
             });
-            let sensitivity = plan.bit_allocation == BitAllocation::Sensitivity;
-            if seeded && sensitivity && plan.kmeans.is_none() {
-                tb = allocate_bits(&mut fitter, plan, &tb)?;
+            // The bits are spent by sensitivity on the final support, whatever found it (on
+            // kodim03 at 0.125 bpp the dense network coded at one width for every hidden
+            // matrix was 0.67 dB below the same network with this allocation: "Width by rate"
+            // in docs/benchmarks.md).
+            if plan.bit_allocation == BitAllocation::Sensitivity && plan.kmeans.is_none() {
+                tb = allocate_bits(&mut fitter, plan, &tb, bits)?;
             }
         }
     }

@@ -35,7 +35,9 @@ pub struct BatchArgs {
     /// Quality preset.
     #[arg(long, value_enum, default_value = "medium")]
     pub preset: Preset,
-    /// Hidden width (overrides the preset).
+    /// Hidden layer width (overrides the preset). Weight mode: by default the preset's, but
+    /// under --bpp from a random start (no base for the preset, or --base none) the width
+    /// the byte budget buys, about 1.3 hidden weights per byte (codec::width_for_rate).
     #[arg(long)]
     pub width: Option<usize>,
     /// Number of sine layers (overrides the preset).

@@ -41,7 +41,9 @@ pub struct EncodeArgs {
     /// and steps.
     #[arg(long, value_enum, default_value_t = Preset::Medium)]
     pub preset: Preset,
-    /// Hidden layer width (overrides the preset).
+    /// Hidden layer width (overrides the preset). Weight mode: by default the preset's, but
+    /// under --bpp from a random start (no base for the preset, or --base none) the width
+    /// the byte budget buys, about 1.3 hidden weights per byte (codec::width_for_rate).
     #[arg(long, value_name = "N")]
     pub width: Option<usize>,
     /// Number of sine layers (overrides the preset).
@@ -117,7 +119,8 @@ pub struct EncodeArgs {
     pub prune_method: Option<PruneMethod>,
     /// Bit widths of the hidden matrices: `sensitivity` (per matrix, by measured PSNR loss
     /// per byte, under the budget of the uniform allocation) or `uniform` (the preset's or
-    /// --bits for all). --bpp's rate control picks the widths itself. Default: sensitivity.
+    /// --bits for all). Under --bpp, sensitivity spends the budget of the width rate control
+    /// chose, for every --prune-method (k-means aside). Default: sensitivity.
     #[arg(long, value_enum)]
     pub bit_allocation: Option<BitAllocation>,
     /// Fit with the per-tensor learning-rate multipliers of a --base trained with `inr
