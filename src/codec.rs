@@ -248,7 +248,8 @@ pub(crate) struct Plan {
 
 impl EncodeConfig {
     /// The network architecture the preset and overrides give for `channels` outputs (without
-    /// a custom base, whose architecture would replace it).
+    /// a custom base, whose architecture would replace it, and with the preset's width where
+    /// the encoder would take [`width_for_rate`] of the image's byte budget).
     ///
     /// # Errors
     /// [`EncodeError::Parameter`] for an out-of-range override.
@@ -312,7 +313,7 @@ impl EncodeConfig {
             BaseChoice::Default => base::embedded_for(&arch).is_none(),
             BaseChoice::Custom(_) => false,
         };
-        if let (None, Some(bpp), true) = (self.width, self.target_bpp, from_random) {
+        if let (None, Some(bpp), true) = (self.width, self.target_bpp, from_random && use_base) {
             if bpp.is_finite() && bpp > 0.0 {
                 arch.width = width_for_rate(target_bytes(bpp, img), depth) as u16;
             }

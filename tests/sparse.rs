@@ -607,6 +607,8 @@ fn a_rate_target_from_a_random_start_picks_the_width() {
     let e = encode_image(&img, &low, &mut |_: &inr::Progress| {}).unwrap();
     assert_eq!(usize::from(read(&e.bytes).unwrap().arch.width), 16);
     assert_eq!(width_for_rate(240, 3), 16);
+    // Without an image, `arch` reports the preset's width.
+    assert_eq!(low.arch(3).unwrap().width, 24);
     let given = EncodeConfig {
         width: Some(12),
         ..cfg.clone()
