@@ -306,18 +306,6 @@ impl EncodeConfig {
             w0_first: self.w0.unwrap_or(30),
             w0_hidden: 30,
         };
-        // Under a rate target from a random start (no base fixes the architecture), the width
-        // is the one the byte budget buys, unless given.
-        let from_random = match &self.base {
-            BaseChoice::None => true,
-            BaseChoice::Default => base::embedded_for(&arch).is_none(),
-            BaseChoice::Custom(_) => false,
-        };
-        if let (None, Some(bpp), true) = (self.width, self.target_bpp, from_random && use_base) {
-            if bpp.is_finite() && bpp > 0.0 {
-                arch.width = width_for_rate(target_bytes(bpp, img), depth) as u16;
-            }
-        }
         let base = match &self.base {
             _ if !use_base => None,
             BaseChoice::None => None,
@@ -356,6 +344,13 @@ impl EncodeConfig {
                 Some(b.clone())
             }
         };
+        // Under a rate target from a random start (no base fixes the architecture), the width
+        // is the one the byte budget buys, unless given.
+        if let (true, None, None, Some(bpp)) = (use_base, &base, self.width, self.target_bpp) {
+            if bpp.is_finite() && bpp > 0.0 {
+                arch.width = width_for_rate(target_bytes(bpp, img), depth) as u16;
+            }
+        }
         // Encoders MUST NOT write files the default limits reject (codec-spec §7): refuse
         // before fitting, not after minutes of work.
         let limits = Limits::default();
