@@ -344,12 +344,22 @@ impl EncodeConfig {
                 Some(b.clone())
             }
         };
+        if let Some(b) = self.target_bpp {
+            if !(b.is_finite() && b > 0.0) {
+                return Err(EncodeError::Parameter(format!(
+                    "target bpp {b} (expected a positive number)"
+                )));
+            }
+            if self.target_psnr.is_some() {
+                return Err(EncodeError::Parameter(
+                    "a target bpp cannot be combined with a target PSNR".into(),
+                ));
+            }
+        }
         // Under a rate target from a random start (no base fixes the architecture), the width
         // is the one the byte budget buys, unless given.
         if let (true, None, None, Some(bpp)) = (use_base, &base, self.width, self.target_bpp) {
-            if bpp.is_finite() && bpp > 0.0 {
-                arch.width = width_for_rate(target_bytes(bpp, img), depth) as u16;
-            }
+            arch.width = width_for_rate(target_bytes(bpp, img), depth) as u16;
         }
         // Encoders MUST NOT write files the default limits reject (codec-spec §7): refuse
         // before fitting, not after minutes of work.
@@ -373,18 +383,6 @@ impl EncodeConfig {
                 return Err(EncodeError::Parameter(format!(
                     "density {d} (expected 0..=1)"
                 )));
-            }
-        }
-        if let Some(b) = self.target_bpp {
-            if !(b.is_finite() && b > 0.0) {
-                return Err(EncodeError::Parameter(format!(
-                    "target bpp {b} (expected a positive number)"
-                )));
-            }
-            if self.target_psnr.is_some() {
-                return Err(EncodeError::Parameter(
-                    "a target bpp cannot be combined with a target PSNR".into(),
-                ));
             }
         }
         if let Some(k) = self.kmeans {
