@@ -250,6 +250,7 @@ impl AudioEncodeConfig {
                 batch,
                 eval_every: 50,
                 stop_at_psnr: None,
+                guard: false,
             },
             qat: Phase {
                 steps: (steps / 5).max(1),
@@ -258,6 +259,7 @@ impl AudioEncodeConfig {
                 batch,
                 eval_every: 25,
                 stop_at_psnr: None,
+                guard: false,
             },
             base: None,
         })

@@ -88,6 +88,9 @@ pub struct Phase {
     pub eval_every: usize,
     /// Stop as soon as an evaluation reaches this PSNR (evaluations then run from the start).
     pub stop_at_psnr: Option<f64>,
+    /// Roll back and halve the rate when the loss jumps (`DivergenceGuard`; the image weight
+    /// mode's fitting phases, where it was measured).
+    pub guard: bool,
 }
 
 /// Quantization applied in the forward pass (QAT): a step and a bit width per tensor, fixed
@@ -594,6 +597,91 @@ pub struct Fitter<'a> {
     /// Per-tensor multipliers of the learning rate (Meta-SGD-style, per tensor rather than
     /// per parameter; see `meta::MetaConfig::meta_sgd`), or empty for 1 everywhere.
     pub lr_scale: Vec<f32>,
+    /// How many times a diverging fit was rolled back and its learning rate halved (see
+    /// `DivergenceGuard`), over every phase run so far.
+    pub backoffs: u32,
+}
+
+/// Recovery from a diverging fit. A sine network trained near the largest stable learning rate
+/// can leave its basin in a few steps and never come back (kodim05, 10x56 from a random
+/// start, `--bpp 0.5`, 1,000 steps at 1e-3: 14.42 dB, where 6e-4 gave 23.55), or jump out of
+/// it and settle lower (at 1.05e-3 its minibatch MSE went from 0.054 to 0.14 in ten steps
+/// around step 115, took 130 steps to come back, and the file ended at 22.04 dB). The guard
+/// follows the minibatch MSE (an exponential average over about ten steps, and its lowest
+/// value), keeps the optimiser state (weights, Adam moments and step) at the phase's start and
+/// every [`Self::EVERY`] steps while the average is near its lowest and, when the average rises
+/// above [`Self::RISE`] times its lowest value (or the loss is not finite), restores that state
+/// and halves the learning rate for the rest of the phase. A fit whose loss never jumps is
+/// untouched (the same steps, the same bytes).
+struct DivergenceGuard {
+    ema: f64,
+    floor: f64,
+    /// Parameters, Adam moments and step count of the last healthy snapshot.
+    snap: (Vec<f32>, Vec<f32>, Vec<f32>, u32),
+    seen: usize,
+    lr_mult: f32,
+    backoffs: u32,
+}
+
+impl DivergenceGuard {
+    /// A guard whose first snapshot is the state before the phase's first step.
+    fn new(f: &Fitter<'_>) -> Self {
+        Self {
+            ema: f64::NAN,
+            floor: f64::INFINITY,
+            snap: (f.params.clone(), f.m.clone(), f.v.clone(), f.t),
+            seen: 0,
+            lr_mult: 1.0,
+            backoffs: 0,
+        }
+    }
+
+    /// Steps between snapshots.
+    const EVERY: usize = 25;
+    /// Rise of the averaged loss over its lowest value that counts as divergence.
+    const RISE: f64 = 1.5;
+    /// Most halvings of the learning rate in one phase.
+    const MAX_BACKOFFS: u32 = 6;
+
+    fn watch(&mut self, f: &mut Fitter<'_>, mse: f64) {
+        self.seen += 1;
+        self.ema = if self.ema.is_nan() {
+            mse
+        } else {
+            0.9 * self.ema + 0.1 * mse
+        };
+        let diverged = !mse.is_finite() || self.ema > Self::RISE * self.floor;
+        if diverged {
+            if self.backoffs < Self::MAX_BACKOFFS {
+                let (p, m, v, t) = &self.snap;
+                f.params.copy_from_slice(p);
+                f.m.copy_from_slice(m);
+                f.v.copy_from_slice(v);
+                f.t = *t;
+                if std::env::var_os("INR_RC_DEBUG").is_some() {
+                    eprintln!(
+                        "fit: divergence at step {} (loss average {:.3e}, lowest {:.3e}): rolled back to step {t}, rate x{}",
+                        self.seen, self.ema, self.floor, self.lr_mult * 0.5
+                    );
+                }
+                self.lr_mult *= 0.5;
+                self.backoffs += 1;
+                f.backoffs += 1;
+                // Measure afresh from the restored state.
+                self.ema = f64::NAN;
+                self.floor = f64::INFINITY;
+            }
+            return;
+        }
+        self.floor = self.floor.min(self.ema);
+        if self.seen.is_multiple_of(Self::EVERY) && self.ema <= 1.2 * self.floor {
+            let (p, m, v, t) = &mut self.snap;
+            p.copy_from_slice(&f.params);
+            m.copy_from_slice(&f.m);
+            v.copy_from_slice(&f.v);
+            *t = f.t;
+        }
+    }
 }
 
 impl<'a> Fitter<'a> {
@@ -624,6 +712,7 @@ impl<'a> Fitter<'a> {
             gates: None,
             anchor: None,
             lr_scale: Vec::new(),
+            backoffs: 0,
         }
     }
 
@@ -928,6 +1017,7 @@ impl<'a> Fitter<'a> {
         on_event: &mut dyn FnMut(&FitEvent),
     ) -> f64 {
         let mut best: Option<(f64, Vec<f32>, Option<SharedWeights>)> = None;
+        let mut guard = ph.guard.then(|| DivergenceGuard::new(self));
         for s in 0..ph.steps {
             // Gradual pruning: the weights kept as "best" must carry the final mask, so
             // keep-best and early stopping only start once the schedule has ended.
@@ -962,8 +1052,17 @@ impl<'a> Fitter<'a> {
             }
             let prog = s as f32 / ph.steps.max(1) as f32;
             let cosine = 0.5 * (1.0 + (std::f32::consts::PI * prog).cos());
-            let lr = ph.lr * (ph.lr_end_frac + (1.0 - ph.lr_end_frac) * cosine);
-            self.step(ph.batch, lr, quant);
+            let mult = guard.as_ref().map_or(1.0, |g| g.lr_mult);
+            let lr = ph.lr * mult * (ph.lr_end_frac + (1.0 - ph.lr_end_frac) * cosine);
+            let mse = self.step(ph.batch, lr, quant);
+            // Only a fixed problem is guarded: while masks move, gates sample or centroids
+            // are shared, a rising loss is expected.
+            if let Some(g) = guard
+                .as_mut()
+                .filter(|_| self.prune.is_none() && self.gates.is_none() && self.shared.is_none())
+            {
+                g.watch(self, mse);
+            }
             let last = s + 1 == ph.steps;
             let eval_now = last
                 || (mask_final
@@ -1140,6 +1239,59 @@ mod tests {
                 assert!(cb.len() <= 4 && q.bits[t] == cb.min_bits());
             }
         }
+    }
+
+    #[test]
+    fn a_diverging_fit_is_rolled_back_and_a_stable_one_is_untouched() {
+        let a = Arch {
+            width: 32,
+            depth: 4,
+            ..arch()
+        };
+        let (w, h) = (32u32, 24u32);
+        let data: Vec<u8> = (0..w * h * 3)
+            .map(|i| (128.0 + 90.0 * ((i % 37) as f32 * 0.3).sin()) as u8)
+            .collect();
+        let grid = Grid2::new(&a, w, h);
+        let sig = Signal {
+            grid: &grid,
+            target: data.iter().map(|&v| model::from_u8(v)).collect(),
+            original: &data,
+        };
+        let init = model::siren_init(&model::shape_of(&a), 5);
+        let phase = |lr: f32| Phase {
+            steps: 300,
+            lr,
+            lr_end_frac: 1.0,
+            batch: 1 << 16,
+            eval_every: 0,
+            stop_at_psnr: None,
+            guard: true,
+        };
+        // A stable rate: no rollback, the same weights as plain steps.
+        let mut f = Fitter::new(a, &sig, init.clone(), 5);
+        let stable = f.run_phase(&phase(3e-4), None, 0, 0, &mut |_: &FitEvent| {});
+        assert_eq!(f.backoffs, 0);
+        let mut g = Fitter::new(a, &sig, init, 5);
+        for _ in 0..300 {
+            g.step(1 << 16, 3e-4, None);
+        }
+        assert_eq!(f.params, g.params);
+        // Then far too large a rate from the fitted state: plain steps leave the basin, the
+        // guarded phase rolls back and goes on at a smaller rate.
+        let lr = 0.01;
+        f.reset_optimizer();
+        let guarded = f.run_phase(&phase(lr), None, 0, 0, &mut |_: &FitEvent| {});
+        g.reset_optimizer();
+        for _ in 0..300 {
+            g.step(1 << 16, lr, None);
+        }
+        let wild = g.eval(None);
+        assert!(f.backoffs > 0, "no rollback: {guarded:.2} dB");
+        assert!(
+            guarded > stable - 3.0 && wild < stable - 10.0,
+            "guarded {guarded:.2}, unguarded {wild:.2}, before {stable:.2} dB"
+        );
     }
 
     #[test]

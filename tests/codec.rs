@@ -323,7 +323,13 @@ fn short_fits_default_to_a_larger_learning_rate() {
     assert_eq!(inr::default_lr(150, false, 32), 2e-3);
     assert_eq!(inr::default_lr(150, false, 24), 2e-3);
     assert_eq!(inr::default_lr(1000, true, 44), 6e-4);
-    assert_eq!(inr::default_lr(3000, false, 60), 3e-4);
+    assert_eq!(inr::default_lr(3000, false, 24), 3e-4);
+    // A longer fit of a wider network takes a larger rate, up to the cap.
+    assert!((inr::default_lr(3000, false, 60) - 2e-4 * 60.0 / 32.0).abs() < 1e-9);
+    assert!((inr::default_lr(1000, false, 56) - 6e-4 * 56.0 / 32.0).abs() < 1e-9);
+    assert!((inr::default_lr(1000, false, 40) - 6e-4 * 40.0 / 32.0).abs() < 1e-9);
+    assert_eq!(inr::default_lr(1000, false, 32), 6e-4);
+    assert_eq!(inr::default_lr(3000, true, 60), 3e-4);
     // Wider networks from a random start take a smaller cap (the large preset diverged at
     // 2e-3 in a 300-step fit of kodim15), never below the floor.
     assert!((inr::default_lr(300, false, 60) - 2e-3 * 32.0 / 60.0).abs() < 1e-9);
