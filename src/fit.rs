@@ -1114,6 +1114,21 @@ mod tests {
         }
     }
 
+    /// A `w`x`h` RGB test image: a sine wave along the samples.
+    fn wave(w: u32, h: u32) -> Vec<u8> {
+        (0..w * h * 3)
+            .map(|i| (128.0 + 90.0 * ((i % 37) as f32 * 0.3).sin()) as u8)
+            .collect()
+    }
+
+    fn signal<'a>(grid: &'a Grid2, data: &'a [u8]) -> Signal<'a> {
+        Signal {
+            grid,
+            target: data.iter().map(|&v| model::from_u8(v)).collect(),
+            original: data,
+        }
+    }
+
     fn kept(m: &Option<Vec<bool>>) -> usize {
         m.as_ref().map_or(0, |k| k.iter().filter(|&&k| k).count())
     }
@@ -1189,15 +1204,9 @@ mod tests {
             ..arch()
         };
         let (w, h) = (24u32, 16u32);
-        let data: Vec<u8> = (0..w * h * 3)
-            .map(|i| (128.0 + 90.0 * ((i % 37) as f32 * 0.3).sin()) as u8)
-            .collect();
+        let data = wave(w, h);
         let grid = Grid2::new(&a, w, h);
-        let sig = Signal {
-            grid: &grid,
-            target: data.iter().map(|&v| model::from_u8(v)).collect(),
-            original: &data,
-        };
+        let sig = signal(&grid, &data);
         let mut f = Fitter::new(a, &sig, model::siren_init(&model::shape_of(&a), 3), 3);
         for _ in 0..300 {
             f.step(1 << 16, 1e-3, None);
@@ -1249,15 +1258,9 @@ mod tests {
             ..arch()
         };
         let (w, h) = (32u32, 24u32);
-        let data: Vec<u8> = (0..w * h * 3)
-            .map(|i| (128.0 + 90.0 * ((i % 37) as f32 * 0.3).sin()) as u8)
-            .collect();
+        let data = wave(w, h);
         let grid = Grid2::new(&a, w, h);
-        let sig = Signal {
-            grid: &grid,
-            target: data.iter().map(|&v| model::from_u8(v)).collect(),
-            original: &data,
-        };
+        let sig = signal(&grid, &data);
         let init = model::siren_init(&model::shape_of(&a), 5);
         let phase = |lr: f32| Phase {
             steps: 300,
