@@ -251,6 +251,7 @@ impl AudioEncodeConfig {
                 eval_every: 50,
                 stop_at_psnr: None,
                 guard: false,
+                warmup: 0,
             },
             qat: Phase {
                 steps: (steps / 5).max(1),
@@ -260,6 +261,7 @@ impl AudioEncodeConfig {
                 eval_every: 25,
                 stop_at_psnr: None,
                 guard: false,
+                warmup: 0,
             },
             base: None,
         })

@@ -91,6 +91,8 @@ pub struct Phase {
     /// Roll back and halve the rate when the loss jumps (`DivergenceGuard`; the image weight
     /// mode's fitting phases, where it was measured).
     pub guard: bool,
+    /// Steps over which the learning rate rises linearly from `lr / warmup` to `lr` (0 = none).
+    pub warmup: usize,
 }
 
 /// Quantization applied in the forward pass (QAT): a step and a bit width per tensor, fixed
@@ -1053,7 +1055,12 @@ impl<'a> Fitter<'a> {
             let prog = s as f32 / ph.steps.max(1) as f32;
             let cosine = 0.5 * (1.0 + (std::f32::consts::PI * prog).cos());
             let mult = guard.as_ref().map_or(1.0, |g| g.lr_mult);
-            let lr = ph.lr * mult * (ph.lr_end_frac + (1.0 - ph.lr_end_frac) * cosine);
+            let ramp = if s < ph.warmup {
+                (s + 1) as f32 / ph.warmup as f32
+            } else {
+                1.0
+            };
+            let lr = ph.lr * mult * ramp * (ph.lr_end_frac + (1.0 - ph.lr_end_frac) * cosine);
             let mse = self.step(ph.batch, lr, quant);
             // Only a fixed problem is guarded: while masks move, gates sample or centroids
             // are shared, a rising loss is expected.
@@ -1270,6 +1277,7 @@ mod tests {
             eval_every: 0,
             stop_at_psnr: None,
             guard: true,
+            warmup: 0,
         };
         // A stable rate: no rollback, the same weights as plain steps.
         let mut f = Fitter::new(a, &sig, init.clone(), 5);
@@ -1295,6 +1303,45 @@ mod tests {
             guarded > stable - 3.0 && wild < stable - 10.0,
             "guarded {guarded:.2}, unguarded {wild:.2}, before {stable:.2} dB"
         );
+    }
+
+    #[test]
+    fn a_warmup_ramps_the_rate_linearly_then_keeps_it() {
+        let (w, h) = (16u32, 12u32);
+        let data = wave(w, h);
+        let grid = Grid2::new(&arch(), w, h);
+        let sig = signal(&grid, &data);
+        let init = model::siren_init(&model::shape_of(&arch()), 9);
+        let ph = Phase {
+            steps: 6,
+            lr: 1e-3,
+            lr_end_frac: 1.0,
+            batch: 1 << 16,
+            eval_every: 0,
+            stop_at_psnr: None,
+            guard: false,
+            warmup: 4,
+        };
+        let mut f = Fitter::new(arch(), &sig, init.clone(), 9);
+        f.run_phase(&ph, None, 0, 0, &mut |_: &FitEvent| {});
+        let mut g = Fitter::new(arch(), &sig, init.clone(), 9);
+        for lr in [0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 1e-3] {
+            g.step(1 << 16, lr, None);
+        }
+        assert_eq!(f.params, g.params);
+        // Without the ramp the first steps are full-size: other weights.
+        let mut h = Fitter::new(arch(), &sig, init, 9);
+        h.run_phase(
+            &Phase {
+                warmup: 0,
+                ..ph.clone()
+            },
+            None,
+            0,
+            0,
+            &mut |_: &FitEvent| {},
+        );
+        assert_ne!(f.params, h.params);
     }
 
     #[test]

@@ -55,9 +55,10 @@ pub use audio_grid_codec::{
 };
 pub use audio_mod_codec::{encode_audio_modulated, AudioModEncodeConfig};
 pub use codec::{
-    bpp_meets, decode, default_lr, encode_image, inspect, inspect_with, kbps_meets, width_for_rate,
-    BaseChoice, BitAllocation, DecodeError, DecodeOptions, EncodeConfig, EncodeError, Encoded,
-    Preset, Progress, PruneMethod, PruneScope, RATE_TOLERANCE, WEIGHTS_PER_BYTE,
+    bpp_meets, decode, default_lr, default_warmup, encode_image, inspect, inspect_with, kbps_meets,
+    width_for_rate, BaseChoice, BitAllocation, DecodeError, DecodeOptions, EncodeConfig,
+    EncodeError, Encoded, Preset, Progress, PruneMethod, PruneScope, RATE_TOLERANCE,
+    WEIGHTS_PER_BYTE,
 };
 pub use format::Limits;
 pub use grid::GridFit;

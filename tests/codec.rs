@@ -324,10 +324,11 @@ fn short_fits_default_to_a_larger_learning_rate() {
     assert_eq!(inr::default_lr(150, false, 24), 2e-3);
     assert_eq!(inr::default_lr(1000, true, 44), 6e-4);
     assert_eq!(inr::default_lr(3000, false, 24), 3e-4);
-    // A longer fit of a wider network takes a larger rate, up to the cap.
-    assert!((inr::default_lr(3000, false, 60) - 2e-4 * 60.0 / 32.0).abs() < 1e-9);
-    assert!((inr::default_lr(1000, false, 56) - 6e-4 * 56.0 / 32.0).abs() < 1e-9);
-    assert!((inr::default_lr(1000, false, 40) - 6e-4 * 40.0 / 32.0).abs() < 1e-9);
+    // A longer fit of a wider network takes a larger rate, (width / 32)^1.5, up to the cap.
+    let wider = |w: f32| (w / 32.0f32).powf(1.5);
+    assert!((inr::default_lr(3000, false, 60) - 2e-4 * wider(60.0)).abs() < 1e-9);
+    assert!((inr::default_lr(1000, false, 40) - 6e-4 * wider(40.0)).abs() < 1e-9);
+    assert!((inr::default_lr(1000, false, 56) - 2e-3 * 32.0 / 56.0).abs() < 1e-9);
     assert_eq!(inr::default_lr(1000, false, 32), 6e-4);
     assert_eq!(inr::default_lr(3000, true, 60), 3e-4);
     // Wider networks from a random start take a smaller cap (the large preset diverged at
@@ -336,4 +337,10 @@ fn short_fits_default_to_a_larger_learning_rate() {
     assert!((inr::default_lr(300, false, 44) - 2e-3 * 32.0 / 44.0).abs() < 1e-9);
     assert_eq!(inr::default_lr(300, true, 60), 1.2e-3);
     assert_eq!(inr::default_lr(10, false, 1000), 3e-4);
+    // Where the rate is raised (wider than 32, random start), it ramps up over the first
+    // steps; not from a base, not at width 32.
+    assert_eq!(inr::default_warmup(1000, false, 56), 50);
+    assert_eq!(inr::default_warmup(300, false, 60), 15);
+    assert_eq!(inr::default_warmup(1000, false, 32), 0);
+    assert_eq!(inr::default_warmup(1000, true, 56), 0);
 }
