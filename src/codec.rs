@@ -1233,11 +1233,14 @@ pub fn default_lr(steps: usize, from_base: bool, width: usize) -> f32 {
 }
 
 /// Steps of the linear learning-rate warm-up at the start of a fit from a random start wider
-/// than 32 (where [`default_lr`] raises the rate): `steps / 20`, at most 50; none from a base
+/// than 32 (where [`default_lr`] raises the rate): `steps / 10`, at most 100; none from a base
 /// or at width 32 and below. Without it the first full-size Adam steps can throw a wide sine
 /// network onto a flat plateau it never leaves and the divergence guard cannot see (kodim03,
 /// `--bpp 0.5`, width 56, 1.4e-3: the minibatch MSE stuck at 0.118 from step 8, 15.31 dB; with
-/// 50 warm-up steps 32.36 dB). At 6e-4 and width 32 (`--bpp 0.125`) a warm-up did not help:
+/// 50 warm-up steps 32.36 dB). 50 steps were too few at the rule's 1.14e-3 on kodim02: its MSE
+/// fell to 0.025 by step 45, rose to 0.043 as the ramp ended (just under the guard's 1.5x) and
+/// stayed near 0.035 for 250 steps (27.89 dB, against 30.84 without a warm-up at 1.05e-3);
+/// over 100 steps it kept falling (0.009 at step 150). At 6e-4 and width 32 (`--bpp 0.125`) a warm-up did not help:
 /// 50 steps, and 25 more after the support is re-chosen, gave 28.74 / 19.88 / 24.99 / 24.70 dB
 /// on kodim03/05/07/11, against 28.72 (the stop-46 encoder) and 20.08 / 24.91 / 24.75 (the
 /// stop-45 rows).
@@ -1245,7 +1248,7 @@ pub fn default_warmup(steps: usize, from_base: bool, width: usize) -> usize {
     if from_base || width <= 32 {
         0
     } else {
-        (steps / 20).min(50)
+        (steps / 10).min(100)
     }
 }
 

@@ -339,8 +339,9 @@ fn short_fits_default_to_a_larger_learning_rate() {
     assert_eq!(inr::default_lr(10, false, 1000), 3e-4);
     // Where the rate is raised (wider than 32, random start), it ramps up over the first
     // steps; not from a base, not at width 32.
-    assert_eq!(inr::default_warmup(1000, false, 56), 50);
-    assert_eq!(inr::default_warmup(300, false, 60), 15);
+    assert_eq!(inr::default_warmup(1000, false, 56), 100);
+    assert_eq!(inr::default_warmup(300, false, 60), 30);
+    assert_eq!(inr::default_warmup(3000, false, 60), 100);
     assert_eq!(inr::default_warmup(1000, false, 32), 0);
     assert_eq!(inr::default_warmup(1000, true, 56), 0);
 }
