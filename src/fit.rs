@@ -1154,6 +1154,15 @@ mod tests {
         }
     }
 
+    /// Runs `test` on a 16x12 wave image and SIREN initial weights of `arch()` from `seed`.
+    fn on_small_wave(seed: u64, test: impl FnOnce(&Signal<'_>, Vec<f32>)) {
+        let (w, h) = (16u32, 12u32);
+        let data = wave(w, h);
+        let grid = Grid2::new(&arch(), w, h);
+        let sig = signal(&grid, &data);
+        test(&sig, model::siren_init(&model::shape_of(&arch()), seed));
+    }
+
     fn kept(m: &Option<Vec<bool>>) -> usize {
         m.as_ref().map_or(0, |k| k.iter().filter(|&&k| k).count())
     }
@@ -1325,74 +1334,68 @@ mod tests {
 
     #[test]
     fn the_guard_lets_an_early_transient_pass_but_not_a_later_rise() {
-        let (w, h) = (16u32, 12u32);
-        let data = wave(w, h);
-        let grid = Grid2::new(&arch(), w, h);
-        let sig = signal(&grid, &data);
-        let init = model::siren_init(&model::shape_of(&arch()), 3);
-        let mut f = Fitter::new(arch(), &sig, init, 3);
-        let feed = |f: &mut Fitter<'_>, losses: &[f64]| {
-            let mut g = DivergenceGuard::new(f);
-            for &l in losses {
-                g.watch(f, l);
-            }
-            g.backoffs
-        };
-        // A phase on a re-chosen support: 2x for its first 40 steps, then back down.
-        let transient: Vec<f64> = (0..200)
-            .map(|s| match s {
-                0 => 1.0,
-                1..=40 => 2.0,
-                _ => 2.0 * 0.99f64.powi(s - 40),
-            })
-            .collect();
-        assert_eq!(feed(&mut f, &transient), 0);
-        // The same 2x rise after the phase has settled is a divergence.
-        let later: Vec<f64> = (0..200).map(|s| if s < 100 { 1.0 } else { 2.0 }).collect();
-        assert!(feed(&mut f, &later) > 0);
-        // So is a large rise at once, and a loss that is not finite.
-        let wild: Vec<f64> = (0..20).map(|s| if s == 0 { 1.0 } else { 10.0 }).collect();
-        assert!(feed(&mut f, &wild) > 0);
-        assert!(feed(&mut f, &[1.0, f64::NAN]) > 0);
+        on_small_wave(3, |sig, init| {
+            let mut f = Fitter::new(arch(), sig, init, 3);
+            let feed = |f: &mut Fitter<'_>, losses: &[f64]| {
+                let mut g = DivergenceGuard::new(f);
+                for &l in losses {
+                    g.watch(f, l);
+                }
+                g.backoffs
+            };
+            // A phase on a re-chosen support: 2x for its first 40 steps, then back down.
+            let transient: Vec<f64> = (0..200)
+                .map(|s| match s {
+                    0 => 1.0,
+                    1..=40 => 2.0,
+                    _ => 2.0 * 0.99f64.powi(s - 40),
+                })
+                .collect();
+            assert_eq!(feed(&mut f, &transient), 0);
+            // The same 2x rise after the phase has settled is a divergence.
+            let later: Vec<f64> = (0..200).map(|s| if s < 100 { 1.0 } else { 2.0 }).collect();
+            assert!(feed(&mut f, &later) > 0);
+            // So is a large rise at once, and a loss that is not finite.
+            let wild: Vec<f64> = (0..20).map(|s| if s == 0 { 1.0 } else { 10.0 }).collect();
+            assert!(feed(&mut f, &wild) > 0);
+            assert!(feed(&mut f, &[1.0, f64::NAN]) > 0);
+        });
     }
 
     #[test]
     fn a_warmup_ramps_the_rate_linearly_then_keeps_it() {
-        let (w, h) = (16u32, 12u32);
-        let data = wave(w, h);
-        let grid = Grid2::new(&arch(), w, h);
-        let sig = signal(&grid, &data);
-        let init = model::siren_init(&model::shape_of(&arch()), 9);
-        let ph = Phase {
-            steps: 6,
-            lr: 1e-3,
-            lr_end_frac: 1.0,
-            batch: 1 << 16,
-            eval_every: 0,
-            stop_at_psnr: None,
-            guard: false,
-            warmup: 4,
-        };
-        let mut f = Fitter::new(arch(), &sig, init.clone(), 9);
-        f.run_phase(&ph, None, 0, 0, &mut |_: &FitEvent| {});
-        let mut g = Fitter::new(arch(), &sig, init.clone(), 9);
-        for lr in [0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 1e-3] {
-            g.step(1 << 16, lr, None);
-        }
-        assert_eq!(f.params, g.params);
-        // Without the ramp the first steps are full-size: other weights.
-        let mut h = Fitter::new(arch(), &sig, init, 9);
-        h.run_phase(
-            &Phase {
-                warmup: 0,
-                ..ph.clone()
-            },
-            None,
-            0,
-            0,
-            &mut |_: &FitEvent| {},
-        );
-        assert_ne!(f.params, h.params);
+        on_small_wave(9, |sig, init| {
+            let ph = Phase {
+                steps: 6,
+                lr: 1e-3,
+                lr_end_frac: 1.0,
+                batch: 1 << 16,
+                eval_every: 0,
+                stop_at_psnr: None,
+                guard: false,
+                warmup: 4,
+            };
+            let mut f = Fitter::new(arch(), sig, init.clone(), 9);
+            f.run_phase(&ph, None, 0, 0, &mut |_: &FitEvent| {});
+            let mut g = Fitter::new(arch(), sig, init.clone(), 9);
+            for lr in [0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 1e-3] {
+                g.step(1 << 16, lr, None);
+            }
+            assert_eq!(f.params, g.params);
+            // Without the ramp the first steps are full-size: other weights.
+            let mut h = Fitter::new(arch(), sig, init, 9);
+            h.run_phase(
+                &Phase {
+                    warmup: 0,
+                    ..ph.clone()
+                },
+                None,
+                0,
+                0,
+                &mut |_: &FitEvent| {},
+            );
+            assert_ne!(f.params, h.params);
+        });
     }
 
     #[test]
