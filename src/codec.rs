@@ -1240,8 +1240,9 @@ pub fn default_lr(steps: usize, from_base: bool, width: usize) -> f32 {
 /// 50 warm-up steps 32.36 dB). 50 steps were too few at the rule's 1.14e-3 on kodim02: its MSE
 /// fell to 0.025 by step 45, rose to 0.043 as the ramp ended (just under the guard's 1.5x) and
 /// stayed near 0.035 for 250 steps (27.89 dB, against 30.84 without a warm-up at 1.05e-3);
-/// over 100 steps it kept falling (0.009 at step 150). At 6e-4 and width 32 (`--bpp 0.125`) a warm-up did not help:
-/// 50 steps, and 25 more after the support is re-chosen, gave 28.74 / 19.88 / 24.99 / 24.70 dB
+/// over 100 steps it kept falling (0.009 at step 150). At 6e-4 and width 32 (`--bpp 0.125`) a
+/// warm-up did not help: 50 steps, and 25 more after the support is re-chosen, gave
+/// 28.74 / 19.88 / 24.99 / 24.70 dB
 /// on kodim03/05/07/11, against 28.72 (the stop-46 encoder) and 20.08 / 24.91 / 24.75 (the
 /// stop-45 rows).
 pub fn default_warmup(steps: usize, from_base: bool, width: usize) -> usize {

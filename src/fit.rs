@@ -613,8 +613,10 @@ pub struct Fitter<'a> {
 /// value), keeps the optimiser state (weights, Adam moments and step) at the phase's start and
 /// every [`Self::EVERY`] steps while the average is near its lowest and, when the average rises
 /// above [`Self::RISE`] times its lowest value (or the loss is not finite), restores that state
-/// and halves the learning rate for the rest of the phase. A fit whose loss never jumps is
-/// untouched (the same steps, the same bytes).
+/// and halves the learning rate for the rest of the phase. In a phase's first
+/// [`Self::SETTLE`] steps only a rise above [`Self::EARLY_RISE`] counts, and the lowest value
+/// restarts after them: a phase that starts on a re-chosen support rises for a while and comes
+/// back by itself. A fit whose loss never jumps is untouched (the same steps, the same bytes).
 struct DivergenceGuard {
     ema: f64,
     floor: f64,
