@@ -1156,13 +1156,12 @@ mod tests {
         }
     }
 
-    /// Runs `test` on a 16x12 wave image and SIREN initial weights of `arch()` from `seed`.
-    fn on_small_wave(seed: u64, test: impl FnOnce(&Signal<'_>, Vec<f32>)) {
-        let (w, h) = (16u32, 12u32);
+    /// Runs `test` on a `w`x`h` wave image and SIREN initial weights of `a` from `seed`.
+    fn on_wave(a: &Arch, w: u32, h: u32, seed: u64, test: impl FnOnce(&Signal<'_>, Vec<f32>)) {
         let data = wave(w, h);
-        let grid = Grid2::new(&arch(), w, h);
+        let grid = Grid2::new(a, w, h);
         let sig = signal(&grid, &data);
-        test(&sig, model::siren_init(&model::shape_of(&arch()), seed));
+        test(&sig, model::siren_init(&model::shape_of(a), seed));
     }
 
     fn kept(m: &Option<Vec<bool>>) -> usize {
@@ -1239,51 +1238,49 @@ mod tests {
             width: 16,
             ..arch()
         };
-        let (w, h) = (24u32, 16u32);
-        let data = wave(w, h);
-        let grid = Grid2::new(&a, w, h);
-        let sig = signal(&grid, &data);
-        let mut f = Fitter::new(a, &sig, model::siren_init(&model::shape_of(&a), 3), 3);
-        for _ in 0..300 {
-            f.step(1 << 16, 1e-3, None);
-        }
-        let tb = tensor_bits(&a, 8, 14);
-        let mut q = QuantSpec::choose(&a, &f.params, &tb, None);
-        f.share_weights(4, &prunable(&a), None);
-        let before = f.eval(Some(&q));
-        let assign: Vec<Vec<u16>> = f
-            .shared
-            .as_ref()
-            .unwrap()
-            .tensors
-            .iter()
-            .map(|t| t.assign.clone())
-            .collect();
-        f.reset_optimizer();
-        for _ in 0..150 {
-            f.step(1 << 16, 1e-3, Some(&q));
-        }
-        let after = f.eval(Some(&q));
-        assert!(
-            after > before + 0.3,
-            "fine-tuning {before:.2} -> {after:.2} dB"
-        );
-        // Assignments stay fixed; only the centroids move.
-        let sh = f.shared.as_ref().unwrap();
-        for (t, a0) in sh.tensors.iter().zip(&assign) {
-            assert_eq!(&t.assign, a0);
-        }
-        // The integer codebooks reproduce the fine-tuned network.
-        f.finish_shared(&mut q);
-        assert!(f.shared.is_none());
-        let exact = f.eval(Some(&q));
-        assert!((exact - after).abs() < 0.05, "{after:.3} vs {exact:.3} dB");
-        for (t, cb) in q.codebooks.iter().enumerate() {
-            assert_eq!(cb.is_some(), prunable(&a)[t]);
-            if let Some(cb) = cb {
-                assert!(cb.len() <= 4 && q.bits[t] == cb.min_bits());
+        on_wave(&a, 24, 16, 3, |sig, init| {
+            let mut f = Fitter::new(a, sig, init, 3);
+            for _ in 0..300 {
+                f.step(1 << 16, 1e-3, None);
             }
-        }
+            let tb = tensor_bits(&a, 8, 14);
+            let mut q = QuantSpec::choose(&a, &f.params, &tb, None);
+            f.share_weights(4, &prunable(&a), None);
+            let before = f.eval(Some(&q));
+            let assign: Vec<Vec<u16>> = f
+                .shared
+                .as_ref()
+                .unwrap()
+                .tensors
+                .iter()
+                .map(|t| t.assign.clone())
+                .collect();
+            f.reset_optimizer();
+            for _ in 0..150 {
+                f.step(1 << 16, 1e-3, Some(&q));
+            }
+            let after = f.eval(Some(&q));
+            assert!(
+                after > before + 0.3,
+                "fine-tuning {before:.2} -> {after:.2} dB"
+            );
+            // Assignments stay fixed; only the centroids move.
+            let sh = f.shared.as_ref().unwrap();
+            for (t, a0) in sh.tensors.iter().zip(&assign) {
+                assert_eq!(&t.assign, a0);
+            }
+            // The integer codebooks reproduce the fine-tuned network.
+            f.finish_shared(&mut q);
+            assert!(f.shared.is_none());
+            let exact = f.eval(Some(&q));
+            assert!((exact - after).abs() < 0.05, "{after:.3} vs {exact:.3} dB");
+            for (t, cb) in q.codebooks.iter().enumerate() {
+                assert_eq!(cb.is_some(), prunable(&a)[t]);
+                if let Some(cb) = cb {
+                    assert!(cb.len() <= 4 && q.bits[t] == cb.min_bits());
+                }
+            }
+        });
     }
 
     #[test]
@@ -1293,50 +1290,47 @@ mod tests {
             depth: 4,
             ..arch()
         };
-        let (w, h) = (32u32, 24u32);
-        let data = wave(w, h);
-        let grid = Grid2::new(&a, w, h);
-        let sig = signal(&grid, &data);
-        let init = model::siren_init(&model::shape_of(&a), 5);
-        let phase = |lr: f32| Phase {
-            steps: 300,
-            lr,
-            lr_end_frac: 1.0,
-            batch: 1 << 16,
-            eval_every: 0,
-            stop_at_psnr: None,
-            guard: true,
-            warmup: 0,
-        };
-        // A stable rate: no rollback, the same weights as plain steps.
-        let mut f = Fitter::new(a, &sig, init.clone(), 5);
-        let stable = f.run_phase(&phase(3e-4), None, 0, 0, &mut |_: &FitEvent| {});
-        assert_eq!(f.backoffs, 0);
-        let mut g = Fitter::new(a, &sig, init, 5);
-        for _ in 0..300 {
-            g.step(1 << 16, 3e-4, None);
-        }
-        assert_eq!(f.params, g.params);
-        // Then far too large a rate from the fitted state: plain steps leave the basin, the
-        // guarded phase rolls back and goes on at a smaller rate.
-        let lr = 0.01;
-        f.reset_optimizer();
-        let guarded = f.run_phase(&phase(lr), None, 0, 0, &mut |_: &FitEvent| {});
-        g.reset_optimizer();
-        for _ in 0..300 {
-            g.step(1 << 16, lr, None);
-        }
-        let wild = g.eval(None);
-        assert!(f.backoffs > 0, "no rollback: {guarded:.2} dB");
-        assert!(
-            guarded > stable - 3.0 && wild < stable - 10.0,
-            "guarded {guarded:.2}, unguarded {wild:.2}, before {stable:.2} dB"
-        );
+        on_wave(&a, 32, 24, 5, |sig, init| {
+            let phase = |lr: f32| Phase {
+                steps: 300,
+                lr,
+                lr_end_frac: 1.0,
+                batch: 1 << 16,
+                eval_every: 0,
+                stop_at_psnr: None,
+                guard: true,
+                warmup: 0,
+            };
+            // A stable rate: no rollback, the same weights as plain steps.
+            let mut f = Fitter::new(a, sig, init.clone(), 5);
+            let stable = f.run_phase(&phase(3e-4), None, 0, 0, &mut |_: &FitEvent| {});
+            assert_eq!(f.backoffs, 0);
+            let mut g = Fitter::new(a, sig, init, 5);
+            for _ in 0..300 {
+                g.step(1 << 16, 3e-4, None);
+            }
+            assert_eq!(f.params, g.params);
+            // Then far too large a rate from the fitted state: plain steps leave the basin, the
+            // guarded phase rolls back and goes on at a smaller rate.
+            let lr = 0.01;
+            f.reset_optimizer();
+            let guarded = f.run_phase(&phase(lr), None, 0, 0, &mut |_: &FitEvent| {});
+            g.reset_optimizer();
+            for _ in 0..300 {
+                g.step(1 << 16, lr, None);
+            }
+            let wild = g.eval(None);
+            assert!(f.backoffs > 0, "no rollback: {guarded:.2} dB");
+            assert!(
+                guarded > stable - 3.0 && wild < stable - 10.0,
+                "guarded {guarded:.2}, unguarded {wild:.2}, before {stable:.2} dB"
+            );
+        });
     }
 
     #[test]
     fn the_guard_lets_an_early_transient_pass_but_not_a_later_rise() {
-        on_small_wave(3, |sig, init| {
+        on_wave(&arch(), 16, 12, 3, |sig, init| {
             let mut f = Fitter::new(arch(), sig, init, 3);
             let feed = |f: &mut Fitter<'_>, losses: &[f64]| {
                 let mut g = DivergenceGuard::new(f);
@@ -1366,7 +1360,7 @@ mod tests {
 
     #[test]
     fn a_warmup_ramps_the_rate_linearly_then_keeps_it() {
-        on_small_wave(9, |sig, init| {
+        on_wave(&arch(), 16, 12, 9, |sig, init| {
             let ph = Phase {
                 steps: 6,
                 lr: 1e-3,
