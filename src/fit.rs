@@ -1247,14 +1247,16 @@ mod tests {
             let mut q = QuantSpec::choose(&a, &f.params, &tb, None);
             f.share_weights(4, &prunable(&a), None);
             let before = f.eval(Some(&q));
-            let assign: Vec<Vec<u16>> = f
-                .shared
-                .as_ref()
-                .unwrap()
-                .tensors
-                .iter()
-                .map(|t| t.assign.clone())
-                .collect();
+            let assignments = |f: &Fitter<'_>| {
+                f.shared.as_ref().map(|s| {
+                    s.tensors
+                        .iter()
+                        .map(|t| t.assign.clone())
+                        .collect::<Vec<_>>()
+                })
+            };
+            let assign = assignments(&f);
+            assert!(assign.is_some(), "no shared weights after share_weights");
             f.reset_optimizer();
             for _ in 0..150 {
                 f.step(1 << 16, 1e-3, Some(&q));
@@ -1265,10 +1267,7 @@ mod tests {
                 "fine-tuning {before:.2} -> {after:.2} dB"
             );
             // Assignments stay fixed; only the centroids move.
-            let sh = f.shared.as_ref().unwrap();
-            for (t, a0) in sh.tensors.iter().zip(&assign) {
-                assert_eq!(&t.assign, a0);
-            }
+            assert_eq!(assignments(&f), assign);
             // The integer codebooks reproduce the fine-tuned network.
             f.finish_shared(&mut q);
             assert!(f.shared.is_none());
