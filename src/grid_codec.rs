@@ -1069,6 +1069,21 @@ fn check_grid_base(b: &Base, eff: &mut GridEncodeConfig, channels: u8) -> Result
     eff.depth = b.arch.depth;
     eff.w0 = b.arch.w0_first;
     let want = grid_arch(eff, channels);
+    if b.arch.out_channels != want.out_channels {
+        let kind = |c: u8| match c {
+            1 => "1-channel (grey)".to_string(),
+            3 => "3-channel (RGB)".to_string(),
+            c => format!("{c}-channel"),
+        };
+        return Err(EncodeError::Parameter(format!(
+            "grid base {:016x} codes {} images, but this image is {}; use --mode grid (whose \
+             synthesis is fitted per image) or a base trained on {} images",
+            b.id(),
+            kind(b.arch.out_channels),
+            kind(want.out_channels),
+            kind(want.out_channels)
+        )));
+    }
     if b.arch != want {
         return Err(EncodeError::Parameter(format!(
             "grid base {:016x} has architecture {:?}, but this image needs {:?} \

@@ -1337,6 +1337,23 @@ fn grid_shared_mode_encode_decode_info_and_refusals() {
             .failure();
         assert_clean_error(a);
     }
+    // The embedded shared networks code RGB: a grey image gets a plain answer, not two
+    // architecture dumps.
+    let a = inr()
+        .arg("encode")
+        .arg(fixture("gray_16x16.png"))
+        .arg("-o")
+        .arg(dir.path().join("grey.inr"))
+        .args(["--mode", "grid-shared"])
+        .assert()
+        .failure();
+    let err = assert_clean_error(a);
+    assert!(
+        err.contains("3-channel (RGB) images, but this image is 1-channel (grey)")
+            && err.contains("--mode grid")
+            && !err.contains("Arch {"),
+        "{err}"
+    );
     // A custom shared network from `inr meta-train --mode grid-shared` (tiny run): the file
     // decodes only with it.
     let train = dir.path().join("train");
