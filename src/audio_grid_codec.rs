@@ -277,11 +277,22 @@ fn encode_inner(
             for _ in 0..RATE_FITS {
                 let b = code_clip(src, cfg, start, &header, &arch, lambda, progress)?;
                 let kbps = crate::metrics::kbps(b.len() as u64, duration);
+                crate::codec::dbg_rc(format_args!(
+                    "audio fit {}: lambda {lambda:.3e} -> {kbps:.3} kbit/s (target {t})",
+                    tried.len()
+                ));
                 tried.push((lambda, b));
                 if (lo..=t).contains(&kbps) {
                     break;
                 }
-                lambda = next_lambda(&tried, duration, t);
+                let pts: Vec<(f32, f64)> = tried
+                    .iter()
+                    .map(|(l, b)| (*l, crate::metrics::kbps(b.len() as u64, duration)))
+                    .collect();
+                match next_lambda(&pts, t) {
+                    Some(l) => lambda = l,
+                    None => break,
+                }
             }
             pick_for_rate(tried, duration, t)
         }
@@ -340,54 +351,52 @@ fn lambda_for_bits(bits: f64) -> f32 {
     (l.clamp(-30.0, 5.0).exp() as f32).max(1e-12)
 }
 
-/// The next λ of the rate search, in log λ against log rate: between the closest tried rates
-/// below and above the target when both exist (regula falsi), else from the closest one along
-/// the slope of the two closest (the table's, about -0.4, after one fit), by at most a
-/// factor e^3; aimed a little below the target so that the file lands inside the band.
-fn next_lambda(tried: &[(f32, Vec<u8>)], duration: f64, target: f64) -> f32 {
+/// The next λ of the rate search from the tried `(λ, kbit/s)` points, in log λ against log
+/// rate, aimed a little below the target so that the file lands inside the band; `None` when
+/// it would repeat a tried λ (a fit is deterministic, so a repeat cannot land elsewhere).
+/// With tried rates on both sides of the target, between the largest λ over it and the
+/// smallest λ at or under it (regula falsi; the bracket is taken by λ, not by rate, so a
+/// rate that is not monotone in λ still narrows it; a crossed bracket is bisected). Else from
+/// the tried λ nearest the target's side along the slope of the two rates closest to it (the
+/// table's, about -0.4, after one fit), by at most a factor e^3.
+fn next_lambda(tried: &[(f32, f64)], target: f64) -> Option<f32> {
     let pts: Vec<(f64, f64)> = tried
         .iter()
-        .map(|(l, b)| {
-            (
-                f64::from(*l).ln(),
-                crate::metrics::kbps(b.len() as u64, duration)
-                    .max(1e-9)
-                    .ln(),
-            )
-        })
+        .map(|&(l, k)| (f64::from(l).ln(), k.max(1e-9).ln()))
         .collect();
     let aim = (target * (1.0 - crate::RATE_TOLERANCE / 2.0)).ln();
     let y = target.ln();
-    let below = pts
-        .iter()
-        .filter(|p| p.1 <= y)
-        .max_by(|a, b| a.1.total_cmp(&b.1));
-    let above = pts
+    // Over the target: λ too small; the largest such λ is the bracket's low end.
+    let lo = pts
         .iter()
         .filter(|p| p.1 > y)
-        .min_by(|a, b| a.1.total_cmp(&b.1));
-    let l = match (below, above) {
-        (Some(&(l0, y0)), Some(&(l1, y1))) if (y1 - y0).abs() > 1e-9 => {
-            let t = ((aim - y0) / (y1 - y0)).clamp(0.05, 0.95);
-            l0 + t * (l1 - l0)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let hi = pts
+        .iter()
+        .filter(|p| p.1 <= y)
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    let l = match (lo, hi) {
+        (Some(&(l0, y0)), Some(&(l1, y1))) => {
+            if l0 < l1 && y0 - y1 > 1e-9 {
+                let t = ((aim - y0) / (y1 - y0)).clamp(0.05, 0.95);
+                l0 + t * (l1 - l0)
+            } else {
+                // Crossed (the rate rose with λ somewhere between): halve the gap.
+                0.5 * (l0 + l1)
+            }
         }
         _ => {
             // All on one side: step on from the tried λ nearest the target's side (the largest
             // λ when every rate is above it, the smallest when below), by at least a factor
             // e^0.15 so that noise in the rate cannot stall the search.
-            let all_above = below.is_none();
-            let extreme = pts
-                .iter()
-                .copied()
-                .max_by(|a, b| {
-                    if all_above {
-                        a.0.total_cmp(&b.0)
-                    } else {
-                        b.0.total_cmp(&a.0)
-                    }
-                })
-                .unwrap_or((0.0, y));
-            let (l0, y0) = extreme;
+            let all_above = hi.is_none();
+            let (l0, y0) = pts.iter().copied().max_by(|a, b| {
+                if all_above {
+                    a.0.total_cmp(&b.0)
+                } else {
+                    b.0.total_cmp(&a.0)
+                }
+            })?;
             let mut slope = -0.4;
             let mut by: Vec<(f64, f64)> = pts.clone();
             by.sort_by(|a, b| (a.1 - y).abs().total_cmp(&(b.1 - y).abs()));
@@ -408,7 +417,10 @@ fn next_lambda(tried: &[(f32, Vec<u8>)], duration: f64, target: f64) -> f32 {
             }
         }
     };
-    (l.exp() as f32).max(1e-12)
+    let next = (l.exp() as f32).max(1e-12);
+    // f32 λ within 0.1 % of a tried one: the same fit, or one the noise decides.
+    let repeat = tried.iter().any(|&(t, _)| ((next / t).ln()).abs() < 1e-3);
+    (!repeat).then_some(next)
 }
 
 /// The file a rate search keeps: of those at or under the target, the largest (the best
@@ -757,6 +769,32 @@ mod tests {
         }
         assert_eq!(at, p.len());
         h
+    }
+
+    #[test]
+    fn the_rate_search_brackets_by_lambda_and_never_repeats_a_fit() {
+        // Speech at --kbps 6 (a measured trace): the rate rose with λ between the two fits
+        // over the target, and a bracket taken by rate (the closest rates on either side)
+        // kept proposing 8.648e-4, the third fit's λ, for the last four fits.
+        let tried = [(1.394e-3f32, 4.752), (8.081e-4, 6.096), (8.648e-4, 6.181)];
+        let l = next_lambda(&tried, 6.0).expect("a new λ");
+        assert!(l > 8.648e-4 * 1.001 && l < 1.394e-3, "{l}");
+        // Monotone: strictly inside the bracket, nearer the end whose rate is nearer the aim.
+        let l = next_lambda(&[(1e-3, 5.0), (5e-4, 7.0)], 6.0).expect("a new λ");
+        assert!(l > 5e-4 && l < 1e-3, "{l}");
+        // A crossed bracket (the largest λ over the target above the smallest under it) is
+        // bisected in log λ; when that midpoint was already fitted there is nothing to gain.
+        let mid = (2e-3f32 * 1e-3).sqrt();
+        let l = next_lambda(&[(1e-3, 5.0), (2e-3, 6.5)], 6.0).expect("a new λ");
+        assert!((l / mid - 1.0).abs() < 1e-5, "{l}");
+        assert_eq!(
+            next_lambda(&[(1e-3, 5.0), (2e-3, 6.5), (mid, 6.2)], 6.0),
+            None
+        );
+        // One side only: λ grows while every rate is over the target, falls while under.
+        assert!(next_lambda(&[(1e-3, 9.0)], 6.0).is_some_and(|l| l > 1e-3));
+        assert!(next_lambda(&[(1e-3, 3.0)], 6.0).is_some_and(|l| l < 1e-3));
+        assert_eq!(next_lambda(&[], 6.0), None);
     }
 
     #[test]
