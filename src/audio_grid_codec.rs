@@ -777,16 +777,19 @@ mod tests {
         // over the target, and a bracket taken by rate (the closest rates on either side)
         // kept proposing 8.648e-4, the third fit's λ, for the last four fits.
         let tried = [(1.394e-3f32, 4.752), (8.081e-4, 6.096), (8.648e-4, 6.181)];
-        let l = next_lambda(&tried, 6.0).expect("a new λ");
-        assert!(l > 8.648e-4 * 1.001 && l < 1.394e-3, "{l}");
-        // Monotone: strictly inside the bracket, nearer the end whose rate is nearer the aim.
-        let l = next_lambda(&[(1e-3, 5.0), (5e-4, 7.0)], 6.0).expect("a new λ");
-        assert!(l > 5e-4 && l < 1e-3, "{l}");
+        let l = next_lambda(&tried, 6.0);
+        assert!(
+            l.is_some_and(|l| l > 8.648e-4 * 1.001 && l < 1.394e-3),
+            "{l:?}"
+        );
+        // Monotone: strictly inside the bracket.
+        let l = next_lambda(&[(1e-3, 5.0), (5e-4, 7.0)], 6.0);
+        assert!(l.is_some_and(|l| l > 5e-4 && l < 1e-3), "{l:?}");
         // A crossed bracket (the largest λ over the target above the smallest under it) is
         // bisected in log λ; when that midpoint was already fitted there is nothing to gain.
         let mid = (2e-3f32 * 1e-3).sqrt();
-        let l = next_lambda(&[(1e-3, 5.0), (2e-3, 6.5)], 6.0).expect("a new λ");
-        assert!((l / mid - 1.0).abs() < 1e-5, "{l}");
+        let l = next_lambda(&[(1e-3, 5.0), (2e-3, 6.5)], 6.0);
+        assert!(l.is_some_and(|l| (l / mid - 1.0).abs() < 1e-5), "{l:?}");
         assert_eq!(
             next_lambda(&[(1e-3, 5.0), (2e-3, 6.5), (mid, 6.2)], 6.0),
             None
