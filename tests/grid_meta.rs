@@ -149,7 +149,11 @@ fn encoders_take_grid_bases_only_where_they_belong() {
         ..img.clone()
     };
     let e = encode_grid(&gray, &cfg, &mut |_| {}).unwrap_err();
-    assert!(e.to_string().contains("architecture"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("codes 3-channel (RGB) images, but this image is 1-channel (grey)"),
+        "{e}"
+    );
     // A weight base is refused by grid mode, a grid base by weight mode.
     let wcfg = EncodeConfig::default();
     let warch = wcfg.arch(3).unwrap();
