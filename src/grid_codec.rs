@@ -1076,8 +1076,9 @@ fn check_grid_base(b: &Base, eff: &mut GridEncodeConfig, channels: u8) -> Result
             c => format!("{c}-channel"),
         };
         return Err(EncodeError::Parameter(format!(
-            "grid base {:016x} codes {} images, but this image is {}; use --mode grid (whose \
-             synthesis is fitted per image) or a base trained on {} images",
+            "grid base {:016x} codes {} images, but this image is {}; code it with --mode \
+             grid and no --base (a synthesis fitted per image), or with a base trained on {} \
+             images",
             b.id(),
             kind(b.arch.out_channels),
             kind(want.out_channels),
