@@ -66,7 +66,22 @@ pub struct GridEncodeConfig {
     /// biases, 51 values for RGB at width 16) is also fitted per image and coded, at the best
     /// of `net_bits`; the rest of the network stays the base's.
     pub output_layer: OutputLayer,
+    /// Images of fewer pixels than this (and 3 channels) are also encoded with the embedded
+    /// shared synthesis (§13.8, [`GRID_SHARED_STEPS`]) when `shared` is off and `base` is
+    /// `Default`, and the better of the two files is kept: `MSE + λ·bpp` at a rate weight,
+    /// else the rate or quality control's own choice between two files. A small image pays
+    /// dearly for its own network (about 350 bytes). 0: never (the default here; `inr
+    /// encode` and `inr batch` use [`SHARED_TRY_PIXELS`] when no mode is asked for).
+    pub shared_below: usize,
 }
+
+/// [`GridEncodeConfig::shared_below`] of `inr encode` and `inr batch` without `--mode`.
+/// Measured on centre crops of kodim03/05/07/11 (training images), small / medium / large
+/// presets, the per-image and the shared synthesis's `MSE + λ·bpp`: see `docs/benchmarks.md`,
+/// "Small images: the shared synthesis when it is better".
+/// From 384x384 crops up the image's own synthesis won every time, at 256x256 half of them (by
+/// up to 5 %) at the small preset, below 128x128 the shared one every time (by 13–57 %).
+pub const SHARED_TRY_PIXELS: usize = 320 * 320;
 
 /// Whether a shared-synthesis encode (§13.8) fits and codes the network's output layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -117,6 +132,7 @@ impl Default for GridEncodeConfig {
             shared: false,
             output_layer: OutputLayer::Auto,
             arm: Some(ArmFit::default()),
+            shared_below: 0,
         }
     }
 }
@@ -375,7 +391,45 @@ pub fn encode_grid(
     crate::codec::with_threads(cfg.threads, || encode_inner(img, cfg, progress))
 }
 
+/// [`encode_one`], and for a small image also the shared synthesis's file when that is better
+/// (see [`GridEncodeConfig::shared_below`]).
 fn encode_inner(
+    img: &Image,
+    cfg: &GridEncodeConfig,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Encoded, EncodeError> {
+    let own = encode_one(img, cfg, progress)?;
+    let npx = img.width as usize * img.height as usize;
+    let try_shared = !cfg.shared
+        && npx < cfg.shared_below
+        && img.channels == 3
+        && matches!(cfg.base, BaseChoice::Default);
+    if !try_shared {
+        return Ok(own);
+    }
+    let mut alt = cfg.clone();
+    alt.shared = true;
+    alt.fit.set_budget(GRID_SHARED_STEPS);
+    // A binary without embedded shared networks, or settings they do not take: the image's own
+    // file stands.
+    let Ok(shared) = encode_one(img, &alt, progress) else {
+        return Ok(own);
+    };
+    let (a, b) = ((shared.bpp, shared.psnr), (own.bpp, own.psnr));
+    let shared_better = if let Some(t) = cfg.target_psnr {
+        psnr_keeps_first(t, a, b)
+    } else if let Some(t) = cfg.target_bpp {
+        keeps_first(t, a, b)
+    } else {
+        let cost =
+            |(bpp, psnr): (f64, f64)| 10f64.powf(-psnr / 10.0) + f64::from(cfg.fit.lambda) * bpp;
+        cost(a) < cost(b)
+    };
+    Ok(if shared_better { shared } else { own })
+}
+
+/// One grid-mode encode with the settings of `cfg`.
+fn encode_one(
     img: &Image,
     cfg: &GridEncodeConfig,
     progress: &mut (dyn FnMut(&Progress) + Send),

@@ -811,11 +811,13 @@ fn cli_batch_codes_wav_in_the_modulation_mode_with_an_audio_base() {
         inr::base::Base::from_bytes(&std::fs::read(&base).unwrap(), &Default::default()).unwrap();
     let (header, samples) = inr::decode_audio_with(&bytes, &inr::Limits::default(), &[b]).unwrap();
     assert_eq!((header.frames, samples.len()), (2000, 2000));
-    // Without --mode the audio base's kind picks the WAV file's mode; images stay in grid mode.
+    // Without --mode the audio base's kind picks the WAV file's mode; images stay in a grid
+    // mode (this small one may take the shared synthesis, when that codes it better).
     // --kbps reaches the WAV file's rate control (−3 % … 0 %).
     let v = rows(&run(&["--base", base_arg, "--kbps", "4"]).success());
     assert_eq!(row(&v, "tone.wav")["mode"], "modulations", "{v}");
-    assert_eq!(row(&v, "a.png")["mode"], "grid", "{v}");
+    let image_mode = row(&v, "a.png")["mode"].clone();
+    assert!(image_mode == "grid" || image_mode == "grid-shared", "{v}");
     let kbps = row(&v, "tone.wav")["kbps"].as_f64().unwrap();
     assert!((4.0 * 0.97..=4.0).contains(&kbps), "{v}");
     assert_eq!(v["off_target"], serde_json::json!([]), "{v}");

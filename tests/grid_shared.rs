@@ -469,3 +469,60 @@ fn auto_codes_the_output_layer_from_128x128_pixels() {
         assert_eq!(flags & 0x0009, 0x0009);
     }
 }
+
+/// `GridEncodeConfig::shared_below` (what `inr encode` does without `--mode`): a small image is
+/// also coded with the embedded shared synthesis, and the file with the lower `MSE + λ·bpp` is
+/// kept; not with a base other than the default, nor from that many pixels up.
+#[test]
+fn a_small_image_keeps_the_better_of_its_own_and_the_shared_synthesis() {
+    let full = inr::media::load_image(std::path::Path::new("samples/kodim15_center256.png"))
+        .unwrap()
+        .image;
+    let img = inr::meta::augmented_crop(&full, 100, 80, 64, 48, 0);
+    let lambda = 0.005f32;
+    let mut own = GridEncodeConfig::default();
+    own.fit.steps = 60;
+    own.fit.lambda = lambda;
+    let mut shared = GridEncodeConfig {
+        shared: true,
+        ..own.clone()
+    };
+    shared.fit.set_budget(inr::GRID_SHARED_STEPS);
+    let enc = |c: &GridEncodeConfig| encode_grid(&img, c, &mut |_| {}).unwrap();
+    let (a, b) = (enc(&own), enc(&shared));
+    let cost = |e: &inr::Encoded| 10f64.powf(-e.psnr / 10.0) + f64::from(lambda) * e.bpp;
+    // On this photo crop the shared network is far cheaper than the image's own (~350 bytes).
+    assert!(
+        cost(&b) < cost(&a),
+        "{} {} / {} {}",
+        a.bpp,
+        a.psnr,
+        b.bpp,
+        b.psnr
+    );
+    let auto = GridEncodeConfig {
+        shared_below: inr::SHARED_TRY_PIXELS,
+        ..own.clone()
+    };
+    let c = enc(&auto);
+    assert_eq!(c.bytes, b.bytes);
+    assert!(inr::inspect(&c.bytes).unwrap().base_id.is_some());
+    assert_eq!(
+        decode(&c.bytes, &DecodeOptions::default()).unwrap(),
+        c.recon
+    );
+    // Not tried from `shared_below` pixels up (the image's own file), nor from a random start.
+    let random = GridEncodeConfig {
+        base: BaseChoice::None,
+        ..auto.clone()
+    };
+    assert!(inr::inspect(&enc(&random).bytes).unwrap().base_id.is_none());
+    assert_eq!(
+        enc(&GridEncodeConfig {
+            shared_below: 64 * 48,
+            ..own
+        })
+        .bytes,
+        a.bytes
+    );
+}

@@ -65,7 +65,8 @@ pub struct BatchArgs {
     /// Default: as in `inr encode`: `grid` for images and WAV files, unless --latent-step
     /// (images: `modulations`) or a --base file's kind says otherwise (an audio base for the
     /// WAV files, an image base for the images); without --mode an image too large for the
-    /// grid mode (about 50 Mpx) is coded in the weight mode. WAV files take `grid`, `weights`
+    /// grid mode (about 50 Mpx) is coded in the weight mode, and one of fewer than 320x320
+    /// pixels may take `grid-shared` when that codes it better. WAV files take `grid`, `weights`
     /// or `modulations` (with an audio modulation --base); `grid-shared` gives them a failed
     /// row.
     #[arg(long, value_enum)]
@@ -472,6 +473,15 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             // Without --mode, an image too large for the grid mode is coded in the weight mode
             // (as `inr encode` does).
             let fallback = args.mode.is_none().then(|| weights.config.clone());
+            // Without --mode, a small image may be coded with the shared synthesis when that
+            // is better (as `inr encode` does).
+            if args.mode.is_none()
+                && matches!(config.base, inr::BaseChoice::Default)
+                && args.width.is_none()
+                && args.depth.is_none()
+            {
+                config.shared_below = inr::SHARED_TRY_PIXELS;
+            }
             grid = inr::batch::GridBatchCodec { config, fallback };
             &grid
         }
