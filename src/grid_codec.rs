@@ -67,8 +67,9 @@ pub struct GridEncodeConfig {
     /// of `net_bits`; the rest of the network stays the base's.
     pub output_layer: OutputLayer,
     /// Images of fewer pixels than this (and 3 channels) are also encoded with the embedded
-    /// shared synthesis (§13.8, [`GRID_SHARED_STEPS`]) when `shared` is off and `base` is
-    /// `Default`, and the better of the two files is kept: `MSE + λ·bpp` at a rate weight,
+    /// shared synthesis (§13.8, [`GRID_SHARED_STEPS`]) when `shared` is off, `base` is
+    /// `Default` and the synthesis settings (`levels`, `width`, `depth`, `w0`) are the
+    /// defaults, which the embedded networks have; the better of the two files is kept: `MSE + λ·bpp` at a rate weight,
     /// else the rate or quality control's own choice between two files. A small image pays
     /// dearly for its own network (about 350 bytes). 0: never (the default here; `inr
     /// encode` and `inr batch` use [`SHARED_TRY_PIXELS`] when no mode is asked for).
@@ -400,10 +401,12 @@ fn encode_inner(
 ) -> Result<Encoded, EncodeError> {
     let own = encode_one(img, cfg, progress)?;
     let npx = img.width as usize * img.height as usize;
+    let d = GridEncodeConfig::default();
     let try_shared = !cfg.shared
         && npx < cfg.shared_below
         && img.channels == 3
-        && matches!(cfg.base, BaseChoice::Default);
+        && matches!(cfg.base, BaseChoice::Default)
+        && (cfg.levels, cfg.width, cfg.depth, cfg.w0) == (d.levels, d.width, d.depth, d.w0);
     if !try_shared {
         return Ok(own);
     }
@@ -421,11 +424,16 @@ fn encode_inner(
     } else if let Some(t) = cfg.target_bpp {
         keeps_first(t, a, b)
     } else {
-        let cost =
-            |(bpp, psnr): (f64, f64)| 10f64.powf(-psnr / 10.0) + f64::from(cfg.fit.lambda) * bpp;
-        cost(a) < cost(b)
+        rd_cost(shared.psnr, shared.bpp, cfg.fit.lambda)
+            < rd_cost(own.psnr, own.bpp, cfg.fit.lambda)
     };
     Ok(if shared_better { shared } else { own })
+}
+
+/// `MSE + λ·bpp` of a file of `psnr` dB (the MSE in [0, 1] units) and `bpp` bits per pixel:
+/// the objective grid files are compared by.
+pub(crate) fn rd_cost(psnr: f64, bpp: f64, lambda: f32) -> f64 {
+    10f64.powf(-psnr / 10.0) + f64::from(lambda) * bpp
 }
 
 /// One grid-mode encode with the settings of `cfg`.

@@ -200,7 +200,7 @@ pub fn validate(
             None => BaseChoice::None,
         };
         let e = encode_grid(img, &cfg, &mut |_| {})?;
-        j += 10f64.powf(-e.psnr / 10.0) + f64::from(lambda) * e.bpp;
+        j += crate::grid_codec::rd_cost(e.psnr, e.bpp, lambda);
         p += e.psnr;
         b += e.bpp;
     }

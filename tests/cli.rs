@@ -1415,7 +1415,8 @@ fn default_image_mode_follows_the_flags_and_the_image_size() {
     for (extra, want) in [
         (&[][..], "grid-shared"),
         (&["--bits", "8"][..], "grid-shared"),
-        (&["--width", "16"][..], "grid"),
+        (&["--width", "12"][..], "grid"),
+        (&["--depth", "3"][..], "grid"),
         (&["--base", "none"][..], "grid"),
         (&["--bit-allocation", "uniform"][..], "weights"),
         (&["--density", "0.5"][..], "weights"),

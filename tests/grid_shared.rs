@@ -511,12 +511,20 @@ fn a_small_image_keeps_the_better_of_its_own_and_the_shared_synthesis() {
         decode(&c.bytes, &DecodeOptions::default()).unwrap(),
         c.recon
     );
-    // Not tried from `shared_below` pixels up (the image's own file), nor from a random start.
-    let random = GridEncodeConfig {
-        base: BaseChoice::None,
-        ..auto.clone()
-    };
-    assert!(inr::inspect(&enc(&random).bytes).unwrap().base_id.is_none());
+    // Not tried from `shared_below` pixels up (the image's own file), nor from a random start
+    // or with a synthesis other than the embedded networks' architecture.
+    for other in [
+        GridEncodeConfig {
+            base: BaseChoice::None,
+            ..auto.clone()
+        },
+        GridEncodeConfig {
+            width: 12,
+            ..auto.clone()
+        },
+    ] {
+        assert!(inr::inspect(&enc(&other).bytes).unwrap().base_id.is_none());
+    }
     assert_eq!(
         enc(&GridEncodeConfig {
             shared_below: 64 * 48,

@@ -475,11 +475,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             let fallback = args.mode.is_none().then(|| weights.config.clone());
             // Without --mode, a small image may be coded with the shared synthesis when that
             // is better (as `inr encode` does).
-            if args.mode.is_none()
-                && matches!(config.base, inr::BaseChoice::Default)
-                && args.width.is_none()
-                && args.depth.is_none()
-            {
+            if args.mode.is_none() {
                 config.shared_below = inr::SHARED_TRY_PIXELS;
             }
             grid = inr::batch::GridBatchCodec { config, fallback };

@@ -159,8 +159,8 @@ pub struct EncodeArgs {
     /// 2^26 latents, about 50 Mpx) is coded in the weight mode, with a note; an RGB image
     /// of fewer than 320x320 pixels in the grid mode is also coded with the shared synthesis
     /// (`grid-shared`, about a fifth of the time) and the better file is kept (lower `MSE +
-    /// λ·bpp`, or the one --bpp or --psnr prefers; not with --base, --levels, --width, --depth
-    /// or --w0): its own network costs about 350 bytes, which on 64x64 crops bought less
+    /// λ·bpp`, or the one --bpp or --psnr prefers; not with --base, nor with --levels,
+    /// --width, --depth or --w0 other than the defaults): its own network costs about 350 bytes, which on 64x64 crops bought less
     /// than the shared one's 40–60 % smaller files lose.
     /// `weights` fits and stores a whole network per image (minutes; below the grid mode at
     /// every measured rate on Kodak); `modulations` stores only a grid of latent vectors for a shared meta-learned network
@@ -608,17 +608,6 @@ fn image_mode(
     Ok(Mode::Grid)
 }
 
-/// Whether a grid encode without `--mode` may also try the shared synthesis on a small image
-/// (`GridEncodeConfig::shared_below`): not with flags that only the per-image synthesis takes,
-/// nor with a `--base` other than the default.
-pub(super) fn auto_shared_ok(args: &EncodeArgs) -> bool {
-    args.base == "default"
-        && args.levels.is_none()
-        && args.width.is_none()
-        && args.depth.is_none()
-        && args.w0.is_none()
-}
-
 /// Whether `bytes` is a grid file with a shared synthesis (§13.8: only those name a base).
 pub(super) fn is_shared_grid(bytes: &[u8]) -> bool {
     inr::inspect(bytes).is_ok_and(|i| i.base_id.is_some())
@@ -651,10 +640,8 @@ pub fn run(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Mode::Grid | Mode::GridShared => Some(grid_config(&args, ctx, mode == Mode::GridShared)?),
         _ => None,
     };
-    if let Some(g) = grid_cfg.as_mut() {
-        if args.mode.is_none() && auto_shared_ok(&args) {
-            g.shared_below = inr::SHARED_TRY_PIXELS;
-        }
+    if let Some(g) = grid_cfg.as_mut().filter(|_| args.mode.is_none()) {
+        g.shared_below = inr::SHARED_TRY_PIXELS;
     }
     let cfg = EncodeConfig {
         preset: args.preset,
