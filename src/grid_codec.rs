@@ -69,10 +69,11 @@ pub struct GridEncodeConfig {
     /// Images of fewer pixels than this (and 3 channels) are also encoded with the embedded
     /// shared synthesis (§13.8, [`GRID_SHARED_STEPS`]) when `shared` is off, `base` is
     /// `Default` and the synthesis settings (`levels`, `width`, `depth`, `w0`) are the
-    /// defaults, which the embedded networks have; the better of the two files is kept: `MSE + λ·bpp` at a rate weight,
-    /// else the rate or quality control's own choice between two files. A small image pays
-    /// dearly for its own network (about 350 bytes). 0: never (the default here; `inr
-    /// encode` and `inr batch` use [`SHARED_TRY_PIXELS`] when no mode is asked for).
+    /// defaults, which the embedded networks have. The better of the two files is kept: the
+    /// lower `MSE + λ·bpp` at a rate weight, else the rate or quality control's own choice
+    /// between two files. A small image pays dearly for its own network (about 350 bytes).
+    /// 0: never (the default here; `inr encode` and `inr batch` use [`SHARED_TRY_PIXELS`]
+    /// when no mode is asked for).
     pub shared_below: usize,
 }
 
@@ -80,8 +81,9 @@ pub struct GridEncodeConfig {
 /// Measured on centre crops of kodim03/05/07/11 (training images), small / medium / large
 /// presets, the per-image and the shared synthesis's `MSE + λ·bpp`: see `docs/benchmarks.md`,
 /// "Small images: the shared synthesis when it is better".
-/// From 384x384 crops up the image's own synthesis won every time, at 256x256 half of them (by
-/// up to 5 %) at the small preset, below 128x128 the shared one every time (by 13–57 %).
+/// At 384x384 the image's own synthesis won every time; at 256x256 the shared one won two of
+/// the four crops at the small preset (by 2.2 %); below 128x128 it won every time (by 13–57 %
+/// on the mean of four).
 pub const SHARED_TRY_PIXELS: usize = 320 * 320;
 
 /// Whether a shared-synthesis encode (§13.8) fits and codes the network's output layer.

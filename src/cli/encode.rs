@@ -160,8 +160,9 @@ pub struct EncodeArgs {
     /// of fewer than 320x320 pixels in the grid mode is also coded with the shared synthesis
     /// (`grid-shared`, about a fifth of the time) and the better file is kept (lower `MSE +
     /// λ·bpp`, or the one --bpp or --psnr prefers; not with --base, nor with --levels,
-    /// --width, --depth or --w0 other than the defaults): its own network costs about 350 bytes, which on 64x64 crops bought less
-    /// than the shared one's 40–60 % smaller files lose.
+    /// --width, --depth or --w0 other than the defaults): its own network costs about 350
+    /// bytes, too much for a small image (on 64x64 crops the shared synthesis's `MSE + λ·bpp`
+    /// was 13–36 % lower).
     /// `weights` fits and stores a whole network per image (minutes; below the grid mode at
     /// every measured rate on Kodak); `modulations` stores only a grid of latent vectors for a shared meta-learned network
     /// (seconds; needs a modulation base: the embedded one by default, or --base FILE.inrb
