@@ -41,6 +41,13 @@ fn shared_cfg(b: &Base, steps: usize, lambda: f32) -> GridEncodeConfig {
     c
 }
 
+/// The 256x256 photo sample (the embedded shared networks were trained on photos).
+fn sample_photo() -> Image {
+    inr::media::load_image(std::path::Path::new("samples/kodim15_center256.png"))
+        .unwrap()
+        .image
+}
+
 fn opts_with(b: &Base) -> DecodeOptions {
     DecodeOptions {
         bases: vec![b.clone()],
@@ -185,12 +192,9 @@ fn an_output_layer_fit_moves_only_the_output_layer() {
 /// kodim13-16), its 51 coded values included.
 #[test]
 fn a_fitted_output_layer_beats_the_frozen_one_at_a_low_rate() {
-    let full = inr::media::load_image(std::path::Path::new("samples/kodim15_center256.png"))
-        .unwrap()
-        .image;
     // (On a 128x96 crop the layer's ~40 bytes are 0.026 bpp, and there the frozen network
     // was the better of the two at this λ: 24.54 dB at 0.387 bpp against 25.42 at 0.431.)
-    let img = full;
+    let img = sample_photo();
     let lambda = 0.018f32;
     let cost = |head: bool| {
         let mut c = GridEncodeConfig {
@@ -427,10 +431,7 @@ fn target_bpp_lands_at_or_just_under_the_target() {
     // A photo (the embedded networks were trained on photos; on the synthetic test image they
     // reach only about 21 dB and a file at a smaller λ can be both smaller and better than
     // any in the band, which rate control then rightly keeps).
-    let full = inr::media::load_image(std::path::Path::new("samples/kodim15_center256.png"))
-        .unwrap()
-        .image;
-    let img = inr::meta::augmented_crop(&full, 60, 90, 96, 64, 0);
+    let img = inr::meta::augmented_crop(&sample_photo(), 60, 90, 96, 64, 0);
     for target in [0.5f64, 1.0] {
         let mut c = GridEncodeConfig {
             shared: true,
@@ -472,13 +473,10 @@ fn auto_codes_the_output_layer_from_128x128_pixels() {
 
 /// `GridEncodeConfig::shared_below` (what `inr encode` does without `--mode`): a small image is
 /// also coded with the embedded shared synthesis, and the file with the lower `MSE + λ·bpp` is
-/// kept; not with a base other than the default, nor from that many pixels up.
+/// kept; not with a base or a synthesis other than the default, nor from that many pixels up.
 #[test]
 fn a_small_image_keeps_the_better_of_its_own_and_the_shared_synthesis() {
-    let full = inr::media::load_image(std::path::Path::new("samples/kodim15_center256.png"))
-        .unwrap()
-        .image;
-    let img = inr::meta::augmented_crop(&full, 100, 80, 64, 48, 0);
+    let img = inr::meta::augmented_crop(&sample_photo(), 100, 80, 64, 48, 0);
     let lambda = 0.005f32;
     let mut own = GridEncodeConfig::default();
     own.fit.steps = 60;
