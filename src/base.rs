@@ -136,6 +136,15 @@ pub struct Base {
     id: u64,
 }
 
+/// What [`Base::build`] makes.
+#[derive(Clone, Copy)]
+enum Kind {
+    Weights,
+    AudioWeights(u32),
+    Modulation(ModSpec),
+    Grid { audio: bool },
+}
+
 impl Base {
     /// Builds a base and computes its id from its serialisation.
     ///
@@ -143,19 +152,7 @@ impl Base {
     /// When the arch is invalid, the weight count does not match it, a weight is not finite or
     /// the description is too long.
     pub fn new(arch: Arch, params: Vec<f32>, description: String) -> Result<Base, BaseError> {
-        let mut b = Base {
-            arch,
-            params,
-            modulation: None,
-            audio_window: None,
-            grid: false,
-            grid_audio: false,
-            description,
-            id: 0,
-        };
-        let bytes = b.to_bytes()?;
-        b.id = id_of(&bytes);
-        Ok(b)
+        Base::build(arch, params, description, Kind::Weights)
     }
 
     /// Builds an audio weight base (written as a version-3 base file, §10.4) for windows of
@@ -169,19 +166,7 @@ impl Base {
         params: Vec<f32>,
         description: String,
     ) -> Result<Base, BaseError> {
-        let mut b = Base {
-            arch,
-            params,
-            modulation: None,
-            audio_window: Some(window_len),
-            grid: false,
-            grid_audio: false,
-            description,
-            id: 0,
-        };
-        let bytes = b.to_bytes()?;
-        b.id = id_of(&bytes);
-        Ok(b)
+        Base::build(arch, params, description, Kind::AudioWeights(window_len))
     }
 
     /// Builds a modulation base (written as a version-2 base file, §10.3): `params` holds the
@@ -198,19 +183,7 @@ impl Base {
         params: Vec<f32>,
         description: String,
     ) -> Result<Base, BaseError> {
-        let mut b = Base {
-            arch,
-            params,
-            modulation: Some(spec),
-            audio_window: None,
-            grid: false,
-            grid_audio: false,
-            description,
-            id: 0,
-        };
-        let bytes = b.to_bytes()?;
-        b.id = id_of(&bytes);
-        Ok(b)
+        Base::build(arch, params, description, Kind::Modulation(spec))
     }
 
     /// Builds a grid base (written as a version-4 base file, §10.5): the start of grid-mode
@@ -219,7 +192,7 @@ impl Base {
     /// # Errors
     /// As [`Base::new`], for a grid architecture.
     pub fn new_grid(arch: Arch, params: Vec<f32>, description: String) -> Result<Base, BaseError> {
-        Base::grid_base(arch, params, description, false)
+        Base::build(arch, params, description, Kind::Grid { audio: false })
     }
 
     /// Builds an audio grid base (a version-4 base file of modality 2, §10.5): the start of
@@ -233,22 +206,30 @@ impl Base {
         params: Vec<f32>,
         description: String,
     ) -> Result<Base, BaseError> {
-        Base::grid_base(arch, params, description, true)
+        Base::build(arch, params, description, Kind::Grid { audio: true })
     }
 
-    fn grid_base(
+    /// The one constructor: every field from `kind`, then the id from the serialisation (which
+    /// validates the base).
+    fn build(
         arch: Arch,
         params: Vec<f32>,
         description: String,
-        audio: bool,
+        kind: Kind,
     ) -> Result<Base, BaseError> {
         let mut b = Base {
             arch,
             params,
-            modulation: None,
-            audio_window: None,
-            grid: true,
-            grid_audio: audio,
+            modulation: match kind {
+                Kind::Modulation(spec) => Some(spec),
+                _ => None,
+            },
+            audio_window: match kind {
+                Kind::AudioWeights(window_len) => Some(window_len),
+                _ => None,
+            },
+            grid: matches!(kind, Kind::Grid { .. }),
+            grid_audio: matches!(kind, Kind::Grid { audio: true }),
             description,
             id: 0,
         };

@@ -978,15 +978,26 @@ fn read_payload_and_crc<'a>(r: &mut Reader<'a>, bytes: &'a [u8]) -> Result<&'a [
 /// its tensors in order; each a `u32` length and one §5 stream). Shared by the modulation
 /// (§12) and grid (§13) layouts. Symbol errors name the tensor's index in `tensors`.
 fn write_groups(tensors: &[&QTensor], limits: &Limits) -> Result<Vec<u8>, FormatError> {
-    let tensor_bits: Vec<u8> = tensors.iter().map(|t| t.bits).collect();
-    let lens: Vec<usize> = tensors.iter().map(|t| t.symbols.len()).collect();
+    let symbols: Vec<&[i32]> = tensors.iter().map(|t| t.symbols.as_slice()).collect();
+    let bits: Vec<u8> = tensors.iter().map(|t| t.bits).collect();
+    write_symbol_groups(&symbols, &bits, limits)
+}
+
+/// The §4.2 payload groups of `symbols[i]` coded at `bits[i]` (the symbols each tensor codes:
+/// its kept ones under a mask, §4.6). Every group is checked against the section limit, as
+/// the decoder checks it. Symbol errors name the tensor's index in `symbols`.
+fn write_symbol_groups(
+    symbols: &[&[i32]],
+    bits: &[u8],
+    limits: &Limits,
+) -> Result<Vec<u8>, FormatError> {
+    let lens: Vec<usize> = symbols.iter().map(|t| t.len()).collect();
     let mut payload = Vec::new();
-    for b in group_bits(&tensor_bits) {
-        let (members, _) = group_members(&tensor_bits, &lens, b);
+    for b in group_bits(bits) {
+        let (members, _) = group_members(bits, &lens, b);
         let refs: Vec<&[i32]> = members
             .iter()
-            .filter_map(|&i| tensors.get(i))
-            .map(|t| t.symbols.as_slice())
+            .filter_map(|&i| symbols.get(i).copied())
             .collect();
         let group = entropy::encode_tensors(&refs, max_abs_for_bits(b)).map_err(|e| match e {
             EntropyError::SymbolOutOfRange {
@@ -1465,34 +1476,8 @@ pub fn write_file(f: &InrFile) -> Result<Vec<u8>, FormatError> {
         .collect();
 
     // §4.2: one group per distinct bit width, ascending; tensors in file order inside a group.
-    let mut payload = Vec::new();
-    for b in group_bits(&tensor_bits) {
-        let (members, _) = group_members(&tensor_bits, &lens, b);
-        let refs: Vec<&[i32]> = members
-            .iter()
-            .filter_map(|&i| coded.get(i))
-            .map(|t| t.as_ref())
-            .collect();
-        let group = entropy::encode_tensors(&refs, max_abs_for_bits(b)).map_err(|e| match e {
-            EntropyError::SymbolOutOfRange {
-                tensor,
-                index,
-                value,
-                max_abs,
-            } => EntropyError::SymbolOutOfRange {
-                tensor: members.get(tensor).copied().unwrap_or(tensor),
-                index,
-                value,
-                max_abs,
-            },
-            other => other,
-        })?;
-        let group_len = u32::try_from(group.len()).map_err(|_| FormatError::PayloadTooLarge {
-            len: group.len() as u64,
-        })?;
-        payload.extend_from_slice(&group_len.to_le_bytes());
-        payload.extend_from_slice(&group);
-    }
+    let coded: Vec<&[i32]> = coded.iter().map(|t| t.as_ref()).collect();
+    let payload = write_symbol_groups(&coded, &tensor_bits, &limits)?;
     let payload_len = u32::try_from(payload.len()).map_err(|_| FormatError::PayloadTooLarge {
         len: payload.len() as u64,
     })?;

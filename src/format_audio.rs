@@ -428,20 +428,7 @@ struct ParsedAudio<'a> {
 
 /// Structure, CRC and field validation of an audio file (§11.5 steps 1–5).
 fn parse_audio<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedAudio<'a>, FormatError> {
-    let total = bytes.len() as u64;
-    if total > limits.max_file_bytes {
-        return Err(FormatError::LimitExceeded {
-            what: "file size",
-            value: total,
-            limit: limits.max_file_bytes,
-        });
-    }
-    let mut r = Reader { bytes, pos: 0 };
-    let found: [u8; 4] = r.array("magic")?;
-    if found != MAGIC {
-        return Err(FormatError::BadMagic { found });
-    }
-    let version = r.u8("version byte")?;
+    let (mut r, version) = super::read_prelude(bytes, limits)?;
     if version != VERSION_AUDIO {
         return Err(FormatError::UnsupportedVersion { found: version });
     }
