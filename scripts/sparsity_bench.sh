@@ -16,6 +16,8 @@
 # (codec::width_for_rate), so the presets then set only the steps' minibatch; WIDTH=N passes
 # --width N to every method (WIDTH=60 with the default presets gives the earlier 10x60 rows,
 # but DENSE=small then needs its own run with WIDTH=32).
+# DENSITY_CSV=FILE (with METHODS without magnitude) takes the k-means density from an earlier
+# run's magnitude rows instead of rerunning magnitude.
 # Usage: [BPPS="0.25"] [METHODS="dense magnitude l0 kmeans"] [DENSE=small] [SPARSE=large] [STEPS=1000] [K=256] [PRUNE_SCOPE=per-layer] [WIDTH=N] \
 #        scripts/sparsity_bench.sh IMAGE_DIR OUT_CSV [THREADS]
 # Writes image,target_bpp,method,bpp,psnr_db,encode_s,density,kmeans (kmeans: the largest
@@ -62,7 +64,11 @@ for png in "$DIR"/*.png; do
     if has dense; then
       enc=$("$INR" "${common[@]}" "$DENSE" -o "$f" --bpp "$b" --density 1); row "$img" "$b" dense - "$f" "$enc"
     fi
-    if has magnitude || has kmeans; then
+    if [[ -n "${DENSITY_CSV:-}" ]] && ! has magnitude; then
+      # k-means at the density an earlier magnitude run chose (its CSV), without rerunning it
+      d=$(awk -F, -v i="$img" -v t="$b" '$1 == i && $2 == t && $3 == "magnitude" {print $7}' "$DENSITY_CSV")
+      [[ -n "$d" ]] || { echo "no magnitude row for $img at $b in $DENSITY_CSV" >&2; exit 1; }
+    elif has magnitude || has kmeans; then
       enc=$("$INR" "${common[@]}" "$SPARSE" -o "$f" --bpp "$b"); row "$img" "$b" magnitude - "$f" "$enc"
       d=$(density_of "$f")
     fi
