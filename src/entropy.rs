@@ -344,8 +344,7 @@ fn encode_mode(
             model.update(u);
         }
     }
-    let words = enc.into_compressed().unwrap_infallible();
-    Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+    Ok(stream_bytes(enc))
 }
 
 fn decode_with(
@@ -563,8 +562,7 @@ pub fn encode_masks(masks: &[(&[bool], usize)]) -> Result<Vec<u8>, EntropyError>
             model.update(u);
         }
     }
-    let words = enc.into_compressed().unwrap_infallible();
-    Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+    Ok(stream_bytes(enc))
 }
 
 /// Decodes the stream of [`encode_masks`] for masks of the given shapes, with the checks of
@@ -802,8 +800,7 @@ pub fn encode_grids(
             model.update(u);
         }
     }
-    let words = enc.into_compressed().unwrap_infallible();
-    Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+    Ok(stream_bytes(enc))
 }
 
 /// Decodes the stream of [`encode_grids`] for grids of the given shapes, with the checks of
@@ -1069,8 +1066,7 @@ pub fn encode_pred_grids(
             model.update(u);
         }
     }
-    let words = enc.into_compressed().unwrap_infallible();
-    Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+    Ok(stream_bytes(enc))
 }
 
 /// One grid of a residual-coded stream (§5.10, §5.11) for [`decode_residual_grids`]: `len`
@@ -1408,8 +1404,7 @@ fn encode_arm_planned(
             model.update(u);
         }
     }
-    let words = enc.into_compressed().unwrap_infallible();
-    Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+    Ok(stream_bytes(enc))
 }
 
 /// Decodes the stream of [`encode_arm_grids`] for grids of the given shapes (coding order),
@@ -1480,6 +1475,12 @@ pub fn csr_relative_index_entries(mask: &[bool], index_bits: u32) -> (u64, u64) 
         }
     }
     (entries, fillers)
+}
+
+/// A finished range coder's §5.5 stream: its 32-bit words, little-endian.
+fn stream_bytes(enc: DefaultRangeEncoder) -> Vec<u8> {
+    let words = enc.into_compressed().unwrap_infallible();
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
 #[cfg(test)]
