@@ -1471,14 +1471,20 @@ fn fit_and_code(
     // each phase's count and ETA mean what they say.
     let half = total - fit_cfg.schedule().full.min(total);
     let fitted = grid::fit_from(arch, pyr, target, &fit_cfg, cfg.seed, start, &mut |s| {
+        // A shared synthesis's fit says so: without `--mode` a small image is fitted twice,
+        // its own synthesis first (see `shared_below`), and the second bar is not a repeat.
         let (step, of, phase) = if probe {
             (s, total, "probe")
         } else if s <= half {
-            (s, half, "fit 1/2")
+            (s, half, if cfg.shared { "shared 1/2" } else { "fit 1/2" })
         } else if refit {
             (s - half, total - half, "refit")
         } else {
-            (s - half, total - half, "fit")
+            (
+                s - half,
+                total - half,
+                if cfg.shared { "shared" } else { "fit" },
+            )
         };
         if step % 10 == 0 || step == of {
             progress(&Progress {

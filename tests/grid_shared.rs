@@ -502,7 +502,21 @@ fn a_small_image_keeps_the_better_of_its_own_and_the_shared_synthesis() {
         shared_below: inr::SHARED_TRY_PIXELS,
         ..own.clone()
     };
-    let c = enc(&auto);
+    // Both fits report progress, the shared one under its own phase names, after the other.
+    let mut phases: Vec<&'static str> = Vec::new();
+    let c = encode_grid(&img, &auto, &mut |p| {
+        if phases.last() != Some(&p.phase) {
+            phases.push(p.phase);
+        }
+    })
+    .unwrap();
+    let own_end = phases.iter().rposition(|p| p.starts_with("fit"));
+    let shared_start = phases.iter().position(|p| p.starts_with("shared"));
+    assert!(
+        matches!((own_end, shared_start), (Some(o), Some(s)) if o < s)
+            && phases.last() == Some(&"shared"),
+        "{phases:?}"
+    );
     assert_eq!(c.bytes, b.bytes);
     assert!(inr::inspect(&c.bytes).unwrap().base_id.is_some());
     assert_eq!(
