@@ -42,7 +42,7 @@ pub struct EncodeConfig {
     /// Rayon threads; `None` uses all cores.
     pub threads: Option<usize>,
     /// Quality target (dB): fitting stops early once the exact rendered PSNR is
-    /// [`PSNR_MARGIN_DB`] above it, and after quantization-aware fine-tuning the steps of the
+    /// `PSNR_MARGIN_DB` above it, and after quantization-aware fine-tuning the steps of the
     /// matrices `W_1 .. W_D` are made as coarse as the target allows (finer if the quantized
     /// network is below it): the smallest file at this quality that the network reaches.
     pub target_psnr: Option<f64>,

@@ -7,7 +7,7 @@
 //! soft-rounded noise proxy (or plain additive uniform noise), then with straight-through
 //! rounding (the recipe of Cool-chic and C3, with sine activations).
 //!
-//! The network runs on the fused kernels of [`crate::kernel`] (the decoder's inference path,
+//! The network runs on the fused kernels of the `kernel` module (the decoder's inference path,
 //! and the training path with the gradient of the first layer's pre-activations, from which
 //! the latent gradient follows).
 //!

@@ -72,7 +72,7 @@ pub struct LayerSpec {
 /// Shape information for a whole network.
 ///
 /// Kernels work on a *packed* copy of the parameters whose rows are zero-padded to a multiple
-/// of [`LANES`], so every inner loop runs on whole SIMD registers; padded outputs are
+/// of `LANES`, so every inner loop runs on whole SIMD registers; padded outputs are
 /// `sin(0) = 0` and padded weights receive zero gradient.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetShape {
@@ -573,7 +573,7 @@ impl InferScratch {
     }
 }
 
-/// Evaluate up to [`TILE`] rows of input features `x` (`rows * n_in`) with packed parameters
+/// Evaluate up to `TILE` rows of input features `x` (`rows * n_in`) with packed parameters
 /// into `y` (`rows * n_out`). Deterministic on every machine (see module docs).
 pub fn forward_tile_infer(
     shape: &NetShape,
@@ -803,7 +803,7 @@ impl TrainScratch {
 }
 
 /// Forward and backward on `rows` rows whose features the caller has written with
-/// [`TrainScratch::input_mut`]. `target` is `rows * n_out`. Adds the gradient of
+/// `TrainScratch::input_mut`. `target` is `rows * n_out`. Adds the gradient of
 /// `grad_scale * sum((y - target)^2)` to `grad` (packed layout) and returns the tile's sum of
 /// squared errors. `packed_t` comes from [`NetShape::pack_transposed`].
 #[allow(clippy::too_many_arguments)]

@@ -11,7 +11,7 @@
 //! Determinism and resumption: task `i` is drawn from an RNG seeded by `(seed, i)` alone, and
 //! the only state is the base weights and the iteration count, so a run interrupted at any
 //! checkpoint and resumed gives bit-for-bit the same base as an uninterrupted one (for a given
-//! number of threads or not: fitting is thread-count independent, see [`crate::fit`]).
+//! number of threads or not: fitting is thread-count independent, see the `fit` module).
 
 use crate::audio::{Audio, AudioSpec, SampleKind};
 use crate::audio_codec::WindowTarget;

@@ -20,7 +20,7 @@ pub struct ModEncodeConfig {
     /// Rate control: aim the real file size at this many bits per pixel.
     pub target_bpp: Option<f64>,
     /// Quantization-aware fine-tuning steps of the latents at the final step size (Adam at
-    /// [`QAT_LR`], straight-through rounding, same pixel fraction as the fit; 0 = off).
+    /// `QAT_LR`, straight-through rounding, same pixel fraction as the fit; 0 = off).
     pub qat_steps: usize,
     /// The modulation base; `None` = the embedded default.
     pub base: Option<Base>,
