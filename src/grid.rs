@@ -16,7 +16,7 @@
 //! gradients are scattered level by level in a fixed order.
 
 use crate::entropy::{GridContexts, GRID_PRED_TAPS, MAX_GRID_CONTEXTS};
-use crate::format::{grid_level_dims, Arch, Upsampling};
+use crate::format::{grid_level_dims, Arch, Upsampling, MAX_GRID_LEVELS};
 use crate::kernel::{self, InferScratch, NetShape, TileIo, TrainScratch, TILE};
 use crate::model;
 use rand::{Rng, SeedableRng};
@@ -666,8 +666,8 @@ enum LanePass<'a> {
     },
 }
 
-/// Runs a [`LanePass`]: with AVX-512F or AVX (chosen at run time) on 16 values at a time when
-/// the level count divides 16, else in portable code. No FMA, so every path gives the same bits.
+/// Runs a [`LanePass`]: with AVX-512F or AVX (chosen at run time) on 16 values at a time, else
+/// in portable code. No FMA, so every path gives the same bits.
 fn lane_pass(p: LanePass<'_>) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -675,7 +675,7 @@ fn lane_pass(p: LanePass<'_>) {
             LanePass::Lerp { wy, .. } => wy,
             LanePass::Axpy2 { w0, .. } => w0,
         };
-        if !wts.is_empty() && 16 % wts.len() == 0 {
+        if (1..=usize::from(MAX_GRID_LEVELS)).contains(&wts.len()) {
             if std::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports AVX-512F, checked just above.
                 return unsafe { lane_pass_avx512(p) };
@@ -686,15 +686,42 @@ fn lane_pass(p: LanePass<'_>) {
             }
         }
     }
-    lane_pass_portable(p);
+    lane_pass_portable(p, 0);
 }
 
-/// The per-level weights repeated over 16 lanes (the level count divides 16, so it is a power
-/// of two).
+/// Longest [`LanePattern`]: lcm(L, 16) for at most 16 levels L.
 #[cfg(target_arch = "x86_64")]
-fn pattern16(wts: &[f32]) -> [f32; 16] {
-    let mask = wts.len() - 1;
-    std::array::from_fn(|i| wts[i & mask])
+const PATTERN_MAX: usize = 240;
+
+/// The per-level weights of a `[x][L]` row repeated over lcm(L, 16) values (a multiple of
+/// 16), so that the weights of the values from any multiple `i` of 8 start at `i % len`.
+#[cfg(target_arch = "x86_64")]
+struct LanePattern {
+    vals: [f32; PATTERN_MAX],
+    len: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl LanePattern {
+    /// `wts`: the weights of 1 ..= 16 levels.
+    fn new(wts: &[f32]) -> Self {
+        let n = wts.len();
+        let (mut a, mut b) = (n, 16);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        let len = n / a * 16;
+        let mut vals = [0.0; PATTERN_MAX];
+        for (j, v) in vals[..len].iter_mut().enumerate() {
+            *v = wts[j % n];
+        }
+        LanePattern { vals, len }
+    }
+
+    /// The weights from value `i` on (`i` a multiple of 8; at least 8 of them).
+    fn at(&self, i: usize) -> *const f32 {
+        self.vals[i % self.len..].as_ptr()
+    }
 }
 
 /// [`lane_pass`] with AVX-512F intrinsics (written out: auto-vectorised, the 16-value blocks
@@ -706,23 +733,28 @@ unsafe fn lane_pass_avx512(p: LanePass<'_>) {
     match p {
         LanePass::Lerp { a, b, wy, out } => {
             let n = out.len().min(a.len()).min(b.len());
-            let pv = _mm512_loadu_ps(pattern16(wy).as_ptr());
+            let pat = LanePattern::new(wy);
             let k = n / 16 * 16;
             for i in (0..k).step_by(16) {
-                // SAFETY: i + 16 <= n, within all three slices.
+                // SAFETY: i + 16 <= n, within all three slices; the pattern has 16 values
+                // from `at(i)` (its length is a multiple of 16).
                 unsafe {
+                    let pv = _mm512_loadu_ps(pat.at(i));
                     let av = _mm512_loadu_ps(a.as_ptr().add(i));
                     let bv = _mm512_loadu_ps(b.as_ptr().add(i));
                     let r = _mm512_add_ps(av, _mm512_mul_ps(pv, _mm512_sub_ps(bv, av)));
                     _mm512_storeu_ps(out.as_mut_ptr().add(i), r);
                 }
             }
-            lane_pass_portable(LanePass::Lerp {
-                a: &a[k..],
-                b: &b[k..],
-                wy,
-                out: &mut out[k..],
-            });
+            lane_pass_portable(
+                LanePass::Lerp {
+                    a: &a[k..],
+                    b: &b[k..],
+                    wy,
+                    out: &mut out[k..],
+                },
+                k,
+            );
         }
         LanePass::Axpy2 {
             s0,
@@ -732,12 +764,12 @@ unsafe fn lane_pass_avx512(p: LanePass<'_>) {
             w1,
         } => {
             let n = src.len().min(s0.len()).min(s1.len());
-            let p0 = _mm512_loadu_ps(pattern16(w0).as_ptr());
-            let p1 = _mm512_loadu_ps(pattern16(w1).as_ptr());
+            let (q0, q1) = (LanePattern::new(w0), LanePattern::new(w1));
             let k = n / 16 * 16;
             for i in (0..k).step_by(16) {
-                // SAFETY: i + 16 <= n, within all three slices.
+                // SAFETY: i + 16 <= n, within all three slices; 16 pattern values from `at(i)`.
                 unsafe {
+                    let (p0, p1) = (_mm512_loadu_ps(q0.at(i)), _mm512_loadu_ps(q1.at(i)));
                     let v = _mm512_loadu_ps(src.as_ptr().add(i));
                     let x0 =
                         _mm512_add_ps(_mm512_loadu_ps(s0.as_ptr().add(i)), _mm512_mul_ps(p0, v));
@@ -747,18 +779,21 @@ unsafe fn lane_pass_avx512(p: LanePass<'_>) {
                     _mm512_storeu_ps(s1.as_mut_ptr().add(i), x1);
                 }
             }
-            lane_pass_portable(LanePass::Axpy2 {
-                s0: &mut s0[k..],
-                s1: &mut s1[k..],
-                src: &src[k..],
-                w0,
-                w1,
-            });
+            lane_pass_portable(
+                LanePass::Axpy2 {
+                    s0: &mut s0[k..],
+                    s1: &mut s1[k..],
+                    src: &src[k..],
+                    w0,
+                    w1,
+                },
+                k,
+            );
         }
     }
 }
 
-/// [`lane_pass`] with AVX intrinsics, 16 values as two 8-lane halves.
+/// [`lane_pass`] with AVX intrinsics, 8 values at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn lane_pass_avx(p: LanePass<'_>) {
@@ -766,28 +801,28 @@ unsafe fn lane_pass_avx(p: LanePass<'_>) {
     match p {
         LanePass::Lerp { a, b, wy, out } => {
             let n = out.len().min(a.len()).min(b.len());
-            let pat = pattern16(wy);
-            let pv = [
-                _mm256_loadu_ps(pat.as_ptr()),
-                _mm256_loadu_ps(pat[8..].as_ptr()),
-            ];
+            let pat = LanePattern::new(wy);
             let k = n / 16 * 16;
             for i in (0..k).step_by(8) {
-                // SAFETY: i + 8 <= n, within all three slices.
+                // SAFETY: i + 8 <= n, within all three slices; 8 pattern values from `at(i)`.
                 unsafe {
+                    let pv = _mm256_loadu_ps(pat.at(i));
                     let av = _mm256_loadu_ps(a.as_ptr().add(i));
                     let bv = _mm256_loadu_ps(b.as_ptr().add(i));
                     let d = _mm256_sub_ps(bv, av);
-                    let r = _mm256_add_ps(av, _mm256_mul_ps(pv[(i / 8) % 2], d));
+                    let r = _mm256_add_ps(av, _mm256_mul_ps(pv, d));
                     _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
                 }
             }
-            lane_pass_portable(LanePass::Lerp {
-                a: &a[k..],
-                b: &b[k..],
-                wy,
-                out: &mut out[k..],
-            });
+            lane_pass_portable(
+                LanePass::Lerp {
+                    a: &a[k..],
+                    b: &b[k..],
+                    wy,
+                    out: &mut out[k..],
+                },
+                k,
+            );
         }
         LanePass::Axpy2 {
             s0,
@@ -797,48 +832,43 @@ unsafe fn lane_pass_avx(p: LanePass<'_>) {
             w1,
         } => {
             let n = src.len().min(s0.len()).min(s1.len());
-            let (q0, q1) = (pattern16(w0), pattern16(w1));
-            let p0 = [
-                _mm256_loadu_ps(q0.as_ptr()),
-                _mm256_loadu_ps(q0[8..].as_ptr()),
-            ];
-            let p1 = [
-                _mm256_loadu_ps(q1.as_ptr()),
-                _mm256_loadu_ps(q1[8..].as_ptr()),
-            ];
+            let (q0, q1) = (LanePattern::new(w0), LanePattern::new(w1));
             let k = n / 16 * 16;
             for i in (0..k).step_by(8) {
-                let h = (i / 8) % 2;
-                // SAFETY: i + 8 <= n, within all three slices.
+                // SAFETY: i + 8 <= n, within all three slices; 8 pattern values from `at(i)`.
                 unsafe {
+                    let (p0, p1) = (_mm256_loadu_ps(q0.at(i)), _mm256_loadu_ps(q1.at(i)));
                     let v = _mm256_loadu_ps(src.as_ptr().add(i));
                     let x0 =
-                        _mm256_add_ps(_mm256_loadu_ps(s0.as_ptr().add(i)), _mm256_mul_ps(p0[h], v));
+                        _mm256_add_ps(_mm256_loadu_ps(s0.as_ptr().add(i)), _mm256_mul_ps(p0, v));
                     let x1 =
-                        _mm256_add_ps(_mm256_loadu_ps(s1.as_ptr().add(i)), _mm256_mul_ps(p1[h], v));
+                        _mm256_add_ps(_mm256_loadu_ps(s1.as_ptr().add(i)), _mm256_mul_ps(p1, v));
                     _mm256_storeu_ps(s0.as_mut_ptr().add(i), x0);
                     _mm256_storeu_ps(s1.as_mut_ptr().add(i), x1);
                 }
             }
-            lane_pass_portable(LanePass::Axpy2 {
-                s0: &mut s0[k..],
-                s1: &mut s1[k..],
-                src: &src[k..],
-                w0,
-                w1,
-            });
+            lane_pass_portable(
+                LanePass::Axpy2 {
+                    s0: &mut s0[k..],
+                    s1: &mut s1[k..],
+                    src: &src[k..],
+                    w0,
+                    w1,
+                },
+                k,
+            );
         }
     }
 }
 
-/// [`lane_pass`] in portable code; on a tail, weights stay aligned as long as the tail starts
-/// at a multiple of the level count.
-fn lane_pass_portable(p: LanePass<'_>) {
+/// [`lane_pass`] in portable code, on values that start at value `from` of their `[x][L]` row
+/// (a tail of the SIMD passes), so that value `i` takes level `(from + i) % L`'s weight.
+fn lane_pass_portable(p: LanePass<'_>, from: usize) {
     match p {
         LanePass::Lerp { a, b, wy, out } => {
             let n = wy.len();
             for (i, ((o, &a), &b)) in out.iter_mut().zip(a).zip(b).enumerate() {
-                *o = a + wy[i % n] * (b - a);
+                *o = a + wy[(from + i) % n] * (b - a);
             }
         }
         LanePass::Axpy2 {
@@ -850,8 +880,8 @@ fn lane_pass_portable(p: LanePass<'_>) {
         } => {
             let n = w0.len();
             for (i, ((a, b), &v)) in s0.iter_mut().zip(s1.iter_mut()).zip(src).enumerate() {
-                *a += w0[i % n] * v;
-                *b += w1[i % n] * v;
+                *a += w0[(from + i) % n] * v;
+                *b += w1[(from + i) % n] * v;
             }
         }
     }
@@ -2574,13 +2604,13 @@ mod tests {
         );
     }
 
-    /// The run-time selected y passes of the fit's sampling (AVX-512 or AVX when the level
-    /// count divides 16) give the bits of the portable code, tails included.
+    /// The run-time selected y passes of the fit's sampling (AVX-512 or AVX, for any level
+    /// count) give the bits of the portable code, tails included.
     #[test]
     fn lane_passes_match_the_portable_code_bit_for_bit() {
         let val = |i: usize, k: usize| ((i * 37 + k * 11) % 29) as f32 * 0.173 - 2.4;
-        for n_l in [1usize, 2, 4, 5, 8, 16] {
-            for w in [1usize, 3, 7, 16, 37] {
+        for n_l in [1usize, 2, 3, 4, 5, 7, 8, 9, 10, 12, 15, 16] {
+            for w in [1usize, 3, 7, 16, 37, 53] {
                 let len = w * n_l;
                 let a: Vec<f32> = (0..len).map(|i| val(i, 1)).collect();
                 let b: Vec<f32> = (0..len).map(|i| val(i, 2)).collect();
@@ -2593,12 +2623,15 @@ mod tests {
                     wy: &wy,
                     out: &mut o1,
                 });
-                lane_pass_portable(LanePass::Lerp {
-                    a: &a,
-                    b: &b,
-                    wy: &wy,
-                    out: &mut o2,
-                });
+                lane_pass_portable(
+                    LanePass::Lerp {
+                        a: &a,
+                        b: &b,
+                        wy: &wy,
+                        out: &mut o2,
+                    },
+                    0,
+                );
                 assert_eq!(o1, o2, "lerp, {n_l} levels, width {w}");
                 let (mut s0, mut s1) = (a.clone(), b.clone());
                 let (mut t0, mut t1) = (a.clone(), b.clone());
@@ -2610,13 +2643,16 @@ mod tests {
                     w0: &w0,
                     w1: &wy,
                 });
-                lane_pass_portable(LanePass::Axpy2 {
-                    s0: &mut t0,
-                    s1: &mut t1,
-                    src: &src,
-                    w0: &w0,
-                    w1: &wy,
-                });
+                lane_pass_portable(
+                    LanePass::Axpy2 {
+                        s0: &mut t0,
+                        s1: &mut t1,
+                        src: &src,
+                        w0: &w0,
+                        w1: &wy,
+                    },
+                    0,
+                );
                 assert_eq!((&s0, &s1), (&t0, &t1), "axpy, {n_l} levels, width {w}");
                 // The portable code is the formula, lane by lane.
                 for i in 0..len {
