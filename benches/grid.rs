@@ -4,7 +4,8 @@
 //! (measured as 10 whole fitting steps), and the decoder's render; and the same pass and steps
 //! with the network held fixed (a shared synthesis, codec-spec §13.8: no weight gradient);
 //! and an audio segment (codec-spec §14: one row of 262,144 mono frames, the default audio
-//! grid synthesis): its distortion pass and 10 fitting steps.
+//! grid synthesis): its distortion pass and 10 fitting steps. `fit_10_steps_9_levels` is
+//! `fit_10_steps` with 9 latent levels (a count that does not divide the 16 SIMD lanes).
 //! `cargo bench --bench grid`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -76,6 +77,15 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("render", |b| {
         b.iter(|| grid::render(&arch, &params, &lat, &sm))
+    });
+    // A level count that does not divide 16 (`--levels 9`), for the sampling's y passes.
+    let cfg9 = inr::GridEncodeConfig {
+        levels: 9,
+        ..cfg.clone()
+    };
+    let (arch9, pyr9) = (inr::grid_arch(&cfg9, 3), Pyramid::new(w, h, 9));
+    g.bench_function("fit_10_steps_9_levels", |b| {
+        b.iter(|| grid::fit(&arch9, &pyr9, &tgt, &fit, 0, &mut |_| {}))
     });
     g.finish();
 }
