@@ -666,12 +666,46 @@ enum LanePass<'a> {
     },
 }
 
-/// Runs a [`LanePass`]: with AVX-512F or AVX (chosen at run time) on 16 values at a time, else
-/// in portable code. No FMA, so every path gives the same bits.
-fn lane_pass(p: LanePass<'_>) {
+impl<'a> LanePass<'a> {
+    /// The same pass on its values from `k` on.
+    fn from(self, k: usize) -> Self {
+        match self {
+            LanePass::Lerp { a, b, wy, out } => LanePass::Lerp {
+                a: &a[k..],
+                b: &b[k..],
+                wy,
+                out: &mut out[k..],
+            },
+            LanePass::Axpy2 {
+                s0,
+                s1,
+                src,
+                w0,
+                w1,
+            } => LanePass::Axpy2 {
+                s0: &mut s0[k..],
+                s1: &mut s1[k..],
+                src: &src[k..],
+                w0,
+                w1,
+            },
+        }
+    }
+}
+
+/// Runs a [`LanePass`]: with AVX-512F or AVX (chosen at run time) on whole blocks of 16
+/// values, the rest (or everything, without them) in portable code. No FMA, so every path gives
+/// the same bits.
+fn lane_pass(mut p: LanePass<'_>) {
+    let done = lane_pass_simd(&mut p);
+    lane_pass_portable(p.from(done), done);
+}
+
+/// The SIMD part of [`lane_pass`]: the values it computed (a multiple of 16, from the start).
+fn lane_pass_simd(p: &mut LanePass<'_>) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        let wts = match &p {
+        let wts = match p {
             LanePass::Lerp { wy, .. } => wy,
             LanePass::Axpy2 { w0, .. } => w0,
         };
@@ -686,7 +720,8 @@ fn lane_pass(p: LanePass<'_>) {
             }
         }
     }
-    lane_pass_portable(p, 0);
+    let _ = p;
+    0
 }
 
 /// Longest [`LanePattern`]: lcm(L, 16) for at most 16 levels L.
@@ -724,11 +759,11 @@ impl LanePattern {
     }
 }
 
-/// [`lane_pass`] with AVX-512F intrinsics (written out: auto-vectorised, the 16-value blocks
-/// became gathers and scatters across blocks).
+/// [`lane_pass_simd`] with AVX-512F intrinsics (written out: auto-vectorised, the 16-value
+/// blocks became gathers and scatters across blocks).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn lane_pass_avx512(p: LanePass<'_>) {
+unsafe fn lane_pass_avx512(p: &mut LanePass<'_>) -> usize {
     use std::arch::x86_64::*;
     match p {
         LanePass::Lerp { a, b, wy, out } => {
@@ -746,15 +781,7 @@ unsafe fn lane_pass_avx512(p: LanePass<'_>) {
                     _mm512_storeu_ps(out.as_mut_ptr().add(i), r);
                 }
             }
-            lane_pass_portable(
-                LanePass::Lerp {
-                    a: &a[k..],
-                    b: &b[k..],
-                    wy,
-                    out: &mut out[k..],
-                },
-                k,
-            );
+            k
         }
         LanePass::Axpy2 {
             s0,
@@ -779,24 +806,16 @@ unsafe fn lane_pass_avx512(p: LanePass<'_>) {
                     _mm512_storeu_ps(s1.as_mut_ptr().add(i), x1);
                 }
             }
-            lane_pass_portable(
-                LanePass::Axpy2 {
-                    s0: &mut s0[k..],
-                    s1: &mut s1[k..],
-                    src: &src[k..],
-                    w0,
-                    w1,
-                },
-                k,
-            );
+            k
         }
     }
 }
 
-/// [`lane_pass`] with AVX intrinsics, 8 values at a time.
+/// [`lane_pass_simd`] with AVX intrinsics, 8 values at a time (over whole blocks of 16, as
+/// the AVX-512 code, so that both leave the same tail).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn lane_pass_avx(p: LanePass<'_>) {
+unsafe fn lane_pass_avx(p: &mut LanePass<'_>) -> usize {
     use std::arch::x86_64::*;
     match p {
         LanePass::Lerp { a, b, wy, out } => {
@@ -814,15 +833,7 @@ unsafe fn lane_pass_avx(p: LanePass<'_>) {
                     _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
                 }
             }
-            lane_pass_portable(
-                LanePass::Lerp {
-                    a: &a[k..],
-                    b: &b[k..],
-                    wy,
-                    out: &mut out[k..],
-                },
-                k,
-            );
+            k
         }
         LanePass::Axpy2 {
             s0,
@@ -847,16 +858,7 @@ unsafe fn lane_pass_avx(p: LanePass<'_>) {
                     _mm256_storeu_ps(s1.as_mut_ptr().add(i), x1);
                 }
             }
-            lane_pass_portable(
-                LanePass::Axpy2 {
-                    s0: &mut s0[k..],
-                    s1: &mut s1[k..],
-                    src: &src[k..],
-                    w0,
-                    w1,
-                },
-                k,
-            );
+            k
         }
     }
 }
