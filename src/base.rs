@@ -904,7 +904,16 @@ mod tests {
             Base::from_bytes(&s2.to_bytes().unwrap(), &Limits::default()).unwrap(),
             s2
         );
-        assert!(Base::new_grid(stereo, vec![0.1; n2], String::new()).is_err());
+        // Two outputs are also an image grid base's (gray + alpha, since stop 52); five are
+        // only an audio one's.
+        assert!(Base::new_grid(stereo, vec![0.1; n2], String::new()).is_ok());
+        let five = Arch {
+            out_channels: 5,
+            ..grid_arch()
+        };
+        let n5 = five.num_params();
+        assert!(Base::new_grid(five, vec![0.1; n5], String::new()).is_err());
+        assert!(Base::new_audio_grid(five, vec![0.1; n5], String::new()).is_ok());
         let wide = Arch {
             out_channels: 17,
             ..grid_arch()

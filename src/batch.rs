@@ -499,9 +499,16 @@ pub fn is_input(path: &Path) -> bool {
     crate::audio::looks_like_wav_file(path) || looks_like_image(path)
 }
 
-/// Load an image with the codec's input policy (`media::load_image`).
-fn load_image(path: &Path) -> Result<Image, String> {
-    crate::media::load_image(path)
+/// Load an image with the codec's input policy (`media::load_image_with`), a translucent
+/// alpha channel kept (the grid mode codes it; the other modes refuse the file) unless
+/// `ignore_alpha` (then dropped).
+fn load_image(path: &Path, ignore_alpha: bool) -> Result<Image, String> {
+    let opts = crate::media::LoadOptions {
+        keep_alpha: true,
+        ignore_alpha,
+        ..Default::default()
+    };
+    crate::media::load_image_with(path, &opts)
         .map(|l| l.image)
         .map_err(|e| e.to_string())
 }
@@ -518,6 +525,9 @@ pub struct BatchOptions {
     pub cancel: Option<&'static AtomicBool>,
     /// How WAV inputs are coded (default: the audio grid mode at its defaults).
     pub audio: AudioMode,
+    /// Drop a translucent alpha channel of the images (colours kept unblended) instead of
+    /// coding it (grid modes) or failing the file (other modes).
+    pub ignore_alpha: bool,
 }
 
 impl Default for BatchOptions {
@@ -528,6 +538,7 @@ impl Default for BatchOptions {
             jobs: 1,
             cancel: None,
             audio: AudioMode::default(),
+            ignore_alpha: false,
         }
     }
 }
@@ -619,11 +630,11 @@ struct Coded {
 
 fn encode_one(
     codec: &dyn BatchCodec,
-    audio: &AudioMode,
+    opts: &BatchOptions,
     in_path: &Path,
     out_path: &Path,
-    force: bool,
 ) -> Result<Coded, String> {
+    let (audio, force) = (&opts.audio, opts.force);
     let (bytes, coded) = if crate::audio::looks_like_wav_file(in_path) {
         let (bytes, kbps, psnr) = audio.encode(in_path)?;
         let coded = Coded {
@@ -635,7 +646,8 @@ fn encode_one(
         };
         (bytes, coded)
     } else {
-        let img = load_image(in_path).map_err(|e| format!("cannot read image: {e}"))?;
+        let img = load_image(in_path, opts.ignore_alpha)
+            .map_err(|e| format!("cannot read image: {e}"))?;
         let enc = codec
             .encode(&img)
             .map_err(|e| format!("encode failed: {e}"))?;
@@ -657,7 +669,12 @@ fn encode_one(
     Ok(coded)
 }
 
-fn rebuild_one(codec: &dyn BatchCodec, in_path: &Path, out_path: &Path) -> Result<Coded, String> {
+fn rebuild_one(
+    codec: &dyn BatchCodec,
+    in_path: &Path,
+    out_path: &Path,
+    ignore_alpha: bool,
+) -> Result<Coded, String> {
     let bytes = std::fs::read(out_path).map_err(|e| format!("cannot read output: {e}"))?;
     if crate::audio::looks_like_wav_file(in_path) {
         let mut src = crate::audio::WavSource::open(in_path)
@@ -672,7 +689,7 @@ fn rebuild_one(codec: &dyn BatchCodec, in_path: &Path, out_path: &Path) -> Resul
             mode: crate::format::mode_name(&bytes).unwrap_or_default(),
         });
     }
-    let img = load_image(in_path).map_err(|e| format!("cannot read image: {e}"))?;
+    let img = load_image(in_path, ignore_alpha).map_err(|e| format!("cannot read image: {e}"))?;
     let dec = codec
         .decode(&bytes)
         .map_err(|e| format!("existing output does not decode: {e}"))?;
@@ -840,9 +857,9 @@ pub fn run_batch(
             Plan::Encode | Plan::Rebuild => {
                 let rebuild = matches!(plan, Plan::Rebuild);
                 let res = if rebuild {
-                    rebuild_one(codec, &in_path, out_path)
+                    rebuild_one(codec, &in_path, out_path, opts.ignore_alpha)
                 } else {
-                    encode_one(codec, &opts.audio, &in_path, out_path, opts.force)
+                    encode_one(codec, opts, &in_path, out_path)
                 };
                 let secs = (!rebuild).then(|| t.elapsed().as_secs_f64());
                 match res {

@@ -643,6 +643,10 @@ pub const PSNR_MARGIN_DB: f64 = 0.5;
 /// Largest number of k-means centroids per matrix (the codebook indices then need 13 bits).
 pub const MAX_KMEANS: usize = 4096;
 
+/// How to code an image with alpha when a mode cannot: the end of that mode's error message.
+pub const ALPHA_HINT: &str = "; alpha is coded by the grid mode (the default, `--mode grid`), \
+     or pass --ignore-alpha to drop it";
+
 /// Encode an image into a complete `.inr` file.
 ///
 /// # Errors
@@ -654,8 +658,14 @@ pub fn encode_image(
 ) -> Result<Encoded, EncodeError> {
     if img.channels != 1 && img.channels != 3 {
         return Err(EncodeError::Parameter(format!(
-            "image has {} channels (expected 1 or 3)",
-            img.channels
+            "image has {} channels{} (the weight mode codes gray or RGB){}",
+            img.channels,
+            if img.has_alpha() {
+                ", alpha included"
+            } else {
+                ""
+            },
+            ALPHA_HINT
         )));
     }
     let npx = img.width as usize * img.height as usize;

@@ -133,7 +133,7 @@ pub const BITS_RANGE: std::ops::RangeInclusive<u8> = 2..=16;
 pub struct Arch {
     /// Input coordinate dimensions: 2 for images (1 is reserved for audio, not valid in v1).
     pub coord_dims: u8,
-    /// Output channels: 1 (gray) or 3 (RGB).
+    /// Output channels: 1 (gray) or 3 (RGB); image grid files also 2 (gray + alpha) or 4 (RGBA).
     pub out_channels: u8,
     /// Hidden width (>= 1).
     pub width: u16,

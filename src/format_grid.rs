@@ -249,13 +249,19 @@ pub fn is_grid_file(bytes: &[u8]) -> bool {
 }
 
 /// The architecture checks of a grid synthesis network (§13.1; also grid bases, §10.5):
-/// `coord_dims` = latent levels 1 ..= 16, 1 or 3 outputs, `pe_freqs` 0, depth at most 8, and
+/// `coord_dims` = latent levels 1 ..= 16, 1 ..= 4 outputs (gray, gray + alpha, RGB, RGBA),
+/// `pe_freqs` 0, depth at most 8, and
 /// the modality-independent checks of §3.6.
 ///
 /// # Errors
 /// [`FormatError::InvalidField`] naming the first field out of range.
 pub fn validate_grid_arch(arch: &Arch, limits: &Limits) -> Result<(), FormatError> {
-    validate_grid_net(arch, limits, |c| matches!(c, 1 | 3), "1 or 3")
+    validate_grid_net(
+        arch,
+        limits,
+        |c| matches!(c, 1..=4),
+        "1 ..= 4 (gray, gray + alpha, RGB, RGBA)",
+    )
 }
 
 /// The checks of [`validate_grid_arch`] with another rule for the output count (`outputs`,

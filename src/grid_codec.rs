@@ -75,6 +75,11 @@ pub struct GridEncodeConfig {
     /// 0: never (the default here; `inr encode` and `inr batch` use [`SHARED_TRY_PIXELS`]
     /// when no mode is asked for).
     pub shared_below: usize,
+    /// Code the colours of fully transparent pixels as they are. By default (`false`) an
+    /// image with alpha has them replaced by a smooth fill first
+    /// ([`crate::media::fill_transparent`]): they are invisible, and the fill costs fewer bits.
+    /// No effect on images without alpha.
+    pub exact_alpha: bool,
 }
 
 /// [`GridEncodeConfig::shared_below`] of `inr encode` and `inr batch` without `--mode`.
@@ -136,6 +141,7 @@ impl Default for GridEncodeConfig {
             output_layer: OutputLayer::Auto,
             arm: Some(ArmFit::default()),
             shared_below: 0,
+            exact_alpha: false,
         }
     }
 }
@@ -391,7 +397,27 @@ pub fn encode_grid(
     cfg: &GridEncodeConfig,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Encoded, EncodeError> {
+    let filled = if cfg.exact_alpha {
+        None
+    } else {
+        crate::media::fill_transparent(img)
+    };
+    let img = filled.as_ref().unwrap_or(img);
     crate::codec::with_threads(cfg.threads, || encode_inner(img, cfg, progress))
+}
+
+/// PSNR of decoded samples against `img`: with alpha, colours premultiplied
+/// ([`crate::metrics::mse_samples_in`]); otherwise [`psnr_u8`] (the plain MSE).
+fn image_psnr(data: &[u8], img: &Image) -> f64 {
+    if img.has_alpha() {
+        crate::metrics::psnr_from_mse(crate::metrics::mse_samples_in(
+            data,
+            &img.data,
+            img.channels,
+        ))
+    } else {
+        psnr_u8(data, &img.data)
+    }
 }
 
 /// [`encode_one`], and for a small image also the shared synthesis's file when that is better
@@ -1136,7 +1162,9 @@ fn check_grid_base(b: &Base, eff: &mut GridEncodeConfig, channels: u8) -> Result
     if b.arch.out_channels != want.out_channels {
         let kind = |c: u8| match c {
             1 => "1-channel (grey)".to_string(),
+            2 => "2-channel (grey + alpha)".to_string(),
             3 => "3-channel (RGB)".to_string(),
+            4 => "4-channel (RGBA)".to_string(),
             c => format!("{c}-channel"),
         };
         return Err(EncodeError::Parameter(format!(
@@ -1606,7 +1634,7 @@ pub(crate) fn code_fitted(
     };
     let decoded_psnr = |file: &GridInrFile| {
         let (params, lat) = dequantized(file, shared.map(|(_, p)| p));
-        psnr_u8(&grid::render(arch, &params, &lat, &sm), &img.data)
+        image_psnr(&grid::render(arch, &params, &lat, &sm), img)
     };
     // Keep the network bit width with the best measured MSE + lambda * bpp. Under a byte
     // budget: when that file fits it, the best PSNR among the widths whose file fits (rate
@@ -1757,12 +1785,12 @@ pub(crate) fn code_fitted(
     }
     let (params, lat) = dequantized(&file, shared.map(|(_, p)| p));
     let mut data = grid::render(arch, &params, &lat, &sm);
-    let mut psnr = psnr_u8(&data, &img.data);
+    let mut psnr = image_psnr(&data, img);
     if let (Some((_, _, alt_psnr, (alt_file, alt_bytes))), Some(max)) = (alt, budget) {
         if alt_psnr > psnr || bytes.len() > max {
             let (params, lat) = dequantized(&alt_file, shared.map(|(_, p)| p));
             data = grid::render(arch, &params, &lat, &sm);
-            psnr = psnr_u8(&data, &img.data);
+            psnr = image_psnr(&data, img);
             bytes = alt_bytes;
         }
     }

@@ -5,16 +5,16 @@
 //! [`load_image`] and [`decode_image_bytes`] accept everything the `image` crate decodes
 //! (PNG, JPEG, BMP, PNM/PPM/PGM, TIFF, GIF, WebP, QOI, TGA is *not* supported because it has
 //! no signature, ...). The format is detected from the file **content**, never from the
-//! extension. Every input is turned into an 8-bit [`Image`] with 1 or 3 channels:
+//! extension. Every input is turned into an 8-bit [`Image`] of 1 to 4 channels:
 //!
-//! - **gray stays gray**: a luminance image (with or without alpha) gives 1 channel;
-//!   colour images give 3 (RGB).
+//! - **gray stays gray**: a luminance image gives 1 channel; colour images give 3 (RGB).
 //! - **alpha**: an alpha channel whose every sample is fully opaque (the maximum value of its
-//!   bit depth) is dropped; this is lossless. Any other alpha channel is an error
-//!   ([`MediaError::TranslucentAlpha`]), because the codec stores no alpha, unless
-//!   [`LoadOptions::ignore_alpha`] is set (the CLI flag `--ignore-alpha`): then alpha is
-//!   dropped and the colour samples are kept as they are (not blended onto any background),
-//!   and a note says so.
+//!   bit depth) is dropped; this is lossless. Any other alpha channel is kept as a last
+//!   channel (gray + alpha: 2, RGBA: 4) when [`LoadOptions::keep_alpha`] is set (the CLI's
+//!   `encode`, `eval`, `decode --ref` and `batch`: the grid mode codes alpha, codec-spec §13.1);
+//!   it is dropped when [`LoadOptions::ignore_alpha`] is set (the CLI flag `--ignore-alpha`:
+//!   the colour samples are kept as they are, not blended onto any background, and a note says
+//!   so); otherwise it is an error ([`MediaError::TranslucentAlpha`]).
 //! - **16-bit** samples are rounded to the nearest 8-bit value
 //!   (`round(v * 255 / 65535)`, no ties exist) and a note is reported in
 //!   [`LoadedImage::notes`], because format v1 codes 8-bit precision.
@@ -28,12 +28,14 @@
 //! # Output
 //!
 //! [`save_image`] writes PNG, BMP, PNM (PGM for gray, PPM for RGB) or TIFF, chosen by the
-//! extension, atomically through [`crate::util::write_atomic`].
+//! extension, atomically through [`crate::util::write_atomic`]. PNG stores alpha, TIFF and BMP
+//! store RGBA but not gray + alpha, and PNM none ([`MediaError::AlphaNotStored`]).
 
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
-/// An 8-bit interleaved image: `channels` is 1 (gray) or 3 (RGB).
+/// An 8-bit interleaved image: `channels` is 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA);
+/// alpha, when present, is the last sample of each pixel (straight, not premultiplied).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     pub width: u32,
@@ -48,7 +50,12 @@ impl Image {
         u64::from(self.width) * u64::from(self.height)
     }
 
-    /// Check the invariants: both sides at least 1, `channels` is 1 or 3 and
+    /// Whether the last channel is alpha (2 or 4 channels).
+    pub fn has_alpha(&self) -> bool {
+        matches!(self.channels, 2 | 4)
+    }
+
+    /// Check the invariants: both sides at least 1, `channels` is 1 ..= 4 and
     /// `data.len() == width * height * channels`.
     ///
     /// # Errors
@@ -60,9 +67,9 @@ impl Image {
                 self.width, self.height
             )));
         }
-        if self.channels != 1 && self.channels != 3 {
+        if !(1..=4).contains(&self.channels) {
             return Err(MediaError::InvalidImage(format!(
-                "{} channels (expected 1 or 3)",
+                "{} channels (expected 1 ..= 4)",
                 self.channels
             )));
         }
@@ -115,7 +122,11 @@ impl Default for MediaLimits {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Drop a translucent alpha channel instead of failing (colour samples are kept as they are).
+    /// Takes precedence over `keep_alpha`.
     pub ignore_alpha: bool,
+    /// Keep a translucent alpha channel as the image's last channel (2 or 4 channels) instead
+    /// of failing. A fully opaque alpha channel is dropped either way.
+    pub keep_alpha: bool,
     pub limits: MediaLimits,
 }
 
@@ -183,9 +194,14 @@ pub enum MediaError {
     Empty { width: u32, height: u32 },
     #[error(
         "image has a translucent alpha channel ({translucent} of {pixels} pixels are not fully \
-         opaque) but inr stores no alpha; flatten it or pass --ignore-alpha to drop alpha"
+         opaque) and alpha is not kept here; flatten it or pass --ignore-alpha to drop alpha"
     )]
     TranslucentAlpha { translucent: u64, pixels: u64 },
+    #[error(
+        "{format} files cannot store this image's alpha channel; write PNG (TIFF and BMP store \
+         RGBA but not gray + alpha)"
+    )]
+    AlphaNotStored { format: &'static str },
     #[error("unsupported colour type {0} (expected gray, gray+alpha, RGB or RGBA)")]
     UnsupportedColor(String),
     #[error("invalid image: {0}")]
@@ -255,7 +271,7 @@ pub fn decode_image_bytes(bytes: &[u8]) -> Result<LoadedImage, MediaError> {
 /// [`MediaError::UnknownFormat`] when the content matches no known signature,
 /// [`MediaError::TooLarge`] / [`MediaError::Empty`] for refused sizes (checked before the
 /// pixels are decoded), [`MediaError::Decode`] for corrupt data,
-/// [`MediaError::TranslucentAlpha`] unless `ignore_alpha`, and
+/// [`MediaError::TranslucentAlpha`] unless `ignore_alpha` or `keep_alpha`, and
 /// [`MediaError::UnsupportedColor`] for colour types outside the policy.
 pub fn decode_image_bytes_with(
     bytes: &[u8],
@@ -321,7 +337,7 @@ pub fn decode_image_bytes_with(
             dynimg.height()
         ));
     }
-    let image = convert(dynimg, opts.ignore_alpha, &mut notes)?;
+    let image = convert(dynimg, opts, &mut notes)?;
     Ok(LoadedImage {
         image,
         format,
@@ -340,20 +356,19 @@ fn too_large(width: u32, height: u32, lim: &MediaLimits) -> MediaError {
     }
 }
 
-/// Keep the first `keep` of every `k` interleaved samples, converted with `to8`; when
-/// `has_alpha`, sample `k - 1` is alpha and translucent pixels are counted with `opaque`.
+/// Every sample of `k`-sample pixels converted with `to8`; when `has_alpha`, sample `k - 1`
+/// is alpha and translucent pixels are counted with `opaque`.
 fn pack<T: Copy>(
     samples: &[T],
     k: usize,
-    keep: usize,
     has_alpha: bool,
     opaque: impl Fn(T) -> bool,
     to8: impl Fn(T) -> u8,
 ) -> (Vec<u8>, u64) {
-    let mut out = Vec::with_capacity(samples.len() / k.max(1) * keep);
+    let mut out = Vec::with_capacity(samples.len());
     let mut translucent = 0u64;
     for px in samples.chunks_exact(k.max(1)) {
-        out.extend(px.iter().take(keep).map(|&v| to8(v)));
+        out.extend(px.iter().map(|&v| to8(v)));
         if has_alpha && px.last().is_some_and(|&a| !opaque(a)) {
             translucent += 1;
         }
@@ -379,7 +394,7 @@ pub fn f32_to_u8(v: f32) -> u8 {
 
 fn convert(
     img: image::DynamicImage,
-    ignore_alpha: bool,
+    opts: &LoadOptions,
     notes: &mut Vec<String>,
 ) -> Result<Image, MediaError> {
     let color = img.color();
@@ -392,47 +407,26 @@ fn convert(
     } else {
         8 * u32::from(color.bytes_per_pixel()) / u32::from(cc)
     };
-    let keep: usize = if gray { 1 } else { 3 };
-    let k = keep + usize::from(has_alpha);
-    let (data, translucent) = match (bits, gray, has_alpha) {
+    let colour: usize = if gray { 1 } else { 3 };
+    let k = colour + usize::from(has_alpha);
+    // Every sample is converted (alpha included); an alpha channel that is not kept is
+    // stripped below, once its translucent pixels are counted.
+    let (mut data, translucent) = match (bits, gray, has_alpha) {
         (8, true, false) => (img.into_luma8().into_raw(), 0),
         (8, false, false) => (img.into_rgb8().into_raw(), 0),
         (8, true, true) => pack(
             img.into_luma_alpha8().as_raw(),
             k,
-            keep,
             true,
             |a| a == u8::MAX,
             |v| v,
         ),
-        (8, false, true) => pack(
-            img.into_rgba8().as_raw(),
-            k,
-            keep,
-            true,
-            |a| a == u8::MAX,
-            |v| v,
-        ),
-        (16, true, false) => pack(
-            img.into_luma16().as_raw(),
-            k,
-            keep,
-            false,
-            |_| true,
-            u16_to_u8,
-        ),
-        (16, false, false) => pack(
-            img.into_rgb16().as_raw(),
-            k,
-            keep,
-            false,
-            |_| true,
-            u16_to_u8,
-        ),
+        (8, false, true) => pack(img.into_rgba8().as_raw(), k, true, |a| a == u8::MAX, |v| v),
+        (16, true, false) => pack(img.into_luma16().as_raw(), k, false, |_| true, u16_to_u8),
+        (16, false, false) => pack(img.into_rgb16().as_raw(), k, false, |_| true, u16_to_u8),
         (16, true, true) => pack(
             img.into_luma_alpha16().as_raw(),
             k,
-            keep,
             true,
             |a| a == u16::MAX,
             u16_to_u8,
@@ -440,23 +434,14 @@ fn convert(
         (16, false, true) => pack(
             img.into_rgba16().as_raw(),
             k,
-            keep,
             true,
             |a| a == u16::MAX,
             u16_to_u8,
         ),
-        (32, false, false) => pack(
-            img.into_rgb32f().as_raw(),
-            k,
-            keep,
-            false,
-            |_| true,
-            f32_to_u8,
-        ),
+        (32, false, false) => pack(img.into_rgb32f().as_raw(), k, false, |_| true, f32_to_u8),
         (32, false, true) => pack(
             img.into_rgba32f().as_raw(),
             k,
-            keep,
             true,
             |a| a >= 1.0,
             f32_to_u8,
@@ -473,26 +458,125 @@ fn convert(
         _ => {}
     }
     let pixels = u64::from(width) * u64::from(height);
-    if translucent > 0 {
-        if !ignore_alpha {
-            return Err(MediaError::TranslucentAlpha {
-                translucent,
-                pixels,
-            });
-        }
+    let keep_alpha = translucent > 0 && !opts.ignore_alpha;
+    if keep_alpha && !opts.keep_alpha {
+        return Err(MediaError::TranslucentAlpha {
+            translucent,
+            pixels,
+        });
+    }
+    if translucent > 0 && opts.ignore_alpha {
         notes.push(format!(
             "alpha channel dropped (--ignore-alpha): {translucent} of {pixels} pixels were not \
              fully opaque; their colour is kept unblended"
         ));
     }
+    if has_alpha && !keep_alpha {
+        data = data
+            .chunks_exact(k)
+            .flat_map(|px| px[..colour].iter().copied())
+            .collect();
+    }
     let image = Image {
         width,
         height,
-        channels: if gray { 1 } else { 3 },
+        channels: (colour + usize::from(keep_alpha)) as u8,
         data,
     };
     image.validate()?;
     Ok(image)
+}
+
+/// `img` with the colour of every fully transparent pixel (alpha 0) replaced by a smooth fill
+/// from the visible pixels around it (push-pull: colours averaged over a pyramid of 2x2 blocks
+/// of the pixels with alpha above 0, then filled back down with bilinear interpolation); the
+/// other pixels and alpha are unchanged. Such colours are invisible, and a smooth fill costs
+/// an encoder fewer bits than whatever the file held there. `None` when `img` has no alpha or
+/// no fully transparent pixel. An image with no visible pixel is filled with 0. Deterministic.
+pub fn fill_transparent(img: &Image) -> Option<Image> {
+    if !img.has_alpha() {
+        return None;
+    }
+    let c = usize::from(img.channels);
+    let k = c - 1;
+    if !img.data.chunks_exact(c).any(|px| px[k] == 0) {
+        return None;
+    }
+    // Level 0: each pixel's colour and whether it is known (visible).
+    let (w0, h0) = (img.width as usize, img.height as usize);
+    let mut cols: Vec<Vec<f32>> = vec![img
+        .data
+        .chunks_exact(c)
+        .flat_map(|px| px[..k].iter().map(|&v| f32::from(v)))
+        .collect()];
+    let mut known: Vec<Vec<bool>> = vec![img.data.chunks_exact(c).map(|px| px[k] > 0).collect()];
+    let mut dims = vec![(w0, h0)];
+    // Push: weighted means of the known children, up to a single pixel.
+    while dims.last().is_some_and(|&(w, h)| w > 1 || h > 1) {
+        let (w, h) = *dims.last().expect("one level at least");
+        let (nw, nh) = (w.div_ceil(2), h.div_ceil(2));
+        let (pc, pk) = (cols.last().expect("level"), known.last().expect("level"));
+        let mut nc = vec![0.0f32; nw * nh * k];
+        let mut nk = vec![false; nw * nh];
+        for y in 0..nh {
+            for x in 0..nw {
+                let mut n = 0.0f32;
+                let mut acc = [0.0f32; 3];
+                for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                    let (cx, cy) = (2 * x + dx, 2 * y + dy);
+                    if cx < w && cy < h && pk[cy * w + cx] {
+                        n += 1.0;
+                        for (a, &v) in acc.iter_mut().zip(&pc[(cy * w + cx) * k..][..k]) {
+                            *a += v;
+                        }
+                    }
+                }
+                if n > 0.0 {
+                    nk[y * nw + x] = true;
+                    for (o, a) in nc[(y * nw + x) * k..][..k].iter_mut().zip(acc) {
+                        *o = a / n;
+                    }
+                }
+            }
+        }
+        cols.push(nc);
+        known.push(nk);
+        dims.push((nw, nh));
+    }
+    // Pull: every unknown pixel takes the bilinear sample of the (filled) level above it.
+    for l in (0..dims.len() - 1).rev() {
+        let ((w, h), (pw, ph)) = (dims[l], dims[l + 1]);
+        let (lower, upper) = cols.split_at_mut(l + 1);
+        let (cur, par) = (&mut lower[l], &upper[0]);
+        for y in 0..h {
+            let fy = ((y as f32 + 0.5) / 2.0 - 0.5).clamp(0.0, (ph - 1) as f32);
+            let (y0, ty) = (fy.floor() as usize, fy - fy.floor());
+            let y1 = (y0 + 1).min(ph - 1);
+            for x in 0..w {
+                if known[l][y * w + x] {
+                    continue;
+                }
+                let fx = ((x as f32 + 0.5) / 2.0 - 0.5).clamp(0.0, (pw - 1) as f32);
+                let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
+                let x1 = (x0 + 1).min(pw - 1);
+                for j in 0..k {
+                    let at = |xx: usize, yy: usize| par[(yy * pw + xx) * k + j];
+                    let top = at(x0, y0) + tx * (at(x1, y0) - at(x0, y0));
+                    let bot = at(x0, y1) + tx * (at(x1, y1) - at(x0, y1));
+                    cur[(y * w + x) * k + j] = top + ty * (bot - top);
+                }
+            }
+        }
+    }
+    let mut out = img.clone();
+    for (i, px) in out.data.chunks_exact_mut(c).enumerate() {
+        if px[k] == 0 {
+            for (o, &v) in px[..k].iter_mut().zip(&cols[0][i * k..][..k]) {
+                *o = v.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Output image formats of [`save_image`].
@@ -543,11 +627,25 @@ impl OutputFormat {
 /// when the encoder fails.
 pub fn encode_image_bytes(img: &Image, format: OutputFormat) -> Result<Vec<u8>, MediaError> {
     img.validate()?;
-    let color = if img.channels == 1 {
-        image::ExtendedColorType::L8
-    } else {
-        image::ExtendedColorType::Rgb8
+    let color = match img.channels {
+        1 => image::ExtendedColorType::L8,
+        2 => image::ExtendedColorType::La8,
+        3 => image::ExtendedColorType::Rgb8,
+        _ => image::ExtendedColorType::Rgba8,
     };
+    match (format, img.channels) {
+        (OutputFormat::Pnm, 2 | 4) => return Err(MediaError::AlphaNotStored { format: "PNM" }),
+        (OutputFormat::Bmp | OutputFormat::Tiff, 2) => {
+            return Err(MediaError::AlphaNotStored {
+                format: if format == OutputFormat::Bmp {
+                    "BMP"
+                } else {
+                    "TIFF"
+                },
+            })
+        }
+        _ => {}
+    }
     let fmt = format.image_format();
     let mut out = Cursor::new(Vec::new());
     image::write_buffer_with_format(&mut out, &img.data, img.width, img.height, color, fmt)
@@ -613,10 +711,23 @@ mod tests {
             data: vec![0; 6],
         };
         assert!(ok.validate().is_ok());
+        for c in [1u8, 2, 4] {
+            let img = Image {
+                channels: c,
+                data: vec![0; 2 * usize::from(c)],
+                ..ok.clone()
+            };
+            assert!(img.validate().is_ok(), "{c} channels");
+        }
         for bad in [
             Image {
-                channels: 2,
-                data: vec![0; 4],
+                channels: 5,
+                data: vec![0; 10],
+                ..ok.clone()
+            },
+            Image {
+                channels: 0,
+                data: vec![],
                 ..ok.clone()
             },
             Image {

@@ -2,6 +2,11 @@
 //!
 //! - [`mse`]: one mean squared error over **all** 8-bit samples of all channels (not a mean
 //!   of per-channel values), computed with an exact integer sum, so it is deterministic.
+//!   For an image with alpha (2 or 4 channels) the colour samples are compared
+//!   **premultiplied**, `c · α / 255` with each image's own alpha, and alpha as it is: the
+//!   error of the images composited over black, plus alpha's. So the colour of a fully
+//!   transparent pixel does not count, and a translucent pixel's in proportion to its opacity.
+//!   Without alpha this is the plain MSE.
 //! - [`psnr`]: `10 * log10(255^2 / mse)` in dB. Identical images give `f64::INFINITY`;
 //!   `serde_json` writes non-finite numbers as `null`, so JSON output reports an infinite
 //!   PSNR as `null` (and text output as `inf`).
@@ -51,7 +56,35 @@ pub fn mse(a: &Image, b: &Image) -> Result<f64, MetricsError> {
     }
     a.validate()?;
     b.validate()?;
-    Ok(mse_samples(&a.data, &b.data))
+    Ok(mse_samples_in(&a.data, &b.data, a.channels))
+}
+
+/// [`mse_samples`] for interleaved pixels of `channels` samples: with alpha (2 or 4
+/// channels, alpha last) the colours are compared premultiplied (see the module docs), else
+/// the plain MSE. An incomplete last pixel is ignored.
+pub fn mse_samples_in(a: &[u8], b: &[u8], channels: u8) -> f64 {
+    if !matches!(channels, 2 | 4) {
+        return mse_samples(a, b);
+    }
+    let c = usize::from(channels);
+    // Premultiplied colour differences are in units of 1/255: |c1·α1 − c2·α2| ≤ 255², whose
+    // square is below 2^32, so a u128 sum is exact; alpha terms are scaled by 255² to match.
+    let (mut sum, mut n) = (0u128, 0u64);
+    for (pa, pb) in a.chunks_exact(c).zip(b.chunks_exact(c)) {
+        let (aa, ab) = (u64::from(pa[c - 1]), u64::from(pb[c - 1]));
+        for k in 0..c - 1 {
+            let d = (u64::from(pa[k]) * aa).abs_diff(u64::from(pb[k]) * ab);
+            sum += u128::from(d * d);
+        }
+        let d = aa.abs_diff(ab) * 255;
+        sum += u128::from(d * d);
+        n += c as u64;
+    }
+    if n == 0 {
+        0.0
+    } else {
+        sum as f64 / (65_025.0 * n as f64)
+    }
 }
 
 /// Mean squared error of two equally long 8-bit sample slices (0 for empty slices).
@@ -78,7 +111,8 @@ pub fn psnr_from_mse(mse: f64) -> f64 {
     }
 }
 
-/// PSNR in dB of `b` against `a` over all samples, peak 255; `f64::INFINITY` if identical.
+/// PSNR in dB of `b` against `a` over all samples (colours premultiplied by alpha in images
+/// with alpha, see the module docs), peak 255; `f64::INFINITY` if identical.
 ///
 /// # Errors
 /// As [`mse`].
@@ -118,6 +152,30 @@ mod tests {
             channels: c,
             data,
         }
+    }
+
+    #[test]
+    fn alpha_images_compare_premultiplied_colours() {
+        // Pixel 1: transparent in both, colours differ by 200: no error. Pixel 2: opaque,
+        // colours differ by 3 and alpha by 0: 9. Pixel 3: alpha 51 (0.2) in both, colour differs
+        // by 10: (0.2 · 10)^2 = 4. Pixel 4: colour equal (100), alpha 255 vs 0: colour term
+        // 100^2, alpha term 255^2. Over 8 samples: (0 + 0 + 9 + 0 + 4 + 0 + 10000 + 65025) / 8.
+        let a = img(4, 1, 2, vec![0, 0, 50, 255, 20, 51, 100, 255]);
+        let b = img(4, 1, 2, vec![200, 0, 53, 255, 30, 51, 100, 0]);
+        let want = (9.0 + 4.0 + 10_000.0 + 65_025.0) / 8.0;
+        assert!(
+            (mse(&a, &b).unwrap() - want).abs() < 1e-9,
+            "{}",
+            mse(&a, &b).unwrap()
+        );
+        // Opaque alpha everywhere: the plain MSE of the colours (over all samples).
+        let c = img(1, 1, 4, vec![10, 20, 30, 255]);
+        let d = img(1, 1, 4, vec![11, 18, 30, 255]);
+        assert_eq!(mse(&c, &d).unwrap(), 5.0 / 4.0);
+        assert_eq!(
+            mse_samples_in(&c.data, &d.data, 3),
+            mse_samples(&c.data, &d.data)
+        );
     }
 
     #[test]

@@ -266,7 +266,12 @@ fn encode_inner(
         }
         (c, o) => {
             return Err(EncodeError::Parameter(format!(
-                "image has {c} channels, the modulation base {o}"
+                "image has {c} channels, the modulation base {o}{}",
+                if img.has_alpha() {
+                    crate::codec::ALPHA_HINT
+                } else {
+                    ""
+                }
             )))
         }
     };

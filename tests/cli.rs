@@ -147,17 +147,83 @@ fn non_image_input_is_a_clean_error() {
 }
 
 #[test]
-fn translucent_alpha_suggests_ignore_alpha() {
+fn translucent_alpha_is_coded_by_the_grid_mode_and_refused_by_the_others() {
     let dir = tempfile::tempdir().unwrap();
+    let coded = dir.path().join("o.inr");
+    inr()
+        .arg("encode")
+        .arg(fixture("rgba_translucent_16x16.png"))
+        .arg("-o")
+        .arg(&coded)
+        .args(["--steps", "60", "--quiet"])
+        .assert()
+        .success();
+    let png = dir.path().join("o.png");
+    inr()
+        .arg("decode")
+        .arg(&coded)
+        .arg("-o")
+        .arg(&png)
+        .arg("--quiet")
+        .assert()
+        .success();
+    let opts = inr::media::LoadOptions {
+        keep_alpha: true,
+        ..Default::default()
+    };
+    let back = inr::media::load_image_with(&png, &opts).unwrap();
+    assert_eq!(back.image.channels, 4, "the decoded PNG has no alpha");
+    // eval compares the alpha channel too (the reference is read with it).
+    inr()
+        .arg("eval")
+        .arg(fixture("rgba_translucent_16x16.png"))
+        .arg(&coded)
+        .assert()
+        .success();
+    // PPM cannot hold alpha: a clean error that names a format that can, and no file.
+    let ppm = dir.path().join("o.ppm");
+    let stderr = assert_clean_error(inr().arg("decode").arg(&coded).arg("-o").arg(&ppm).assert());
+    assert!(stderr.contains("PNG"), "{stderr}");
+    assert!(!ppm.exists());
+    // The weight mode codes no alpha: it says how to code the image.
     let stderr = assert_clean_error(
         inr()
             .arg("encode")
             .arg(fixture("rgba_translucent_16x16.png"))
             .arg("-o")
-            .arg(dir.path().join("o.inr"))
+            .arg(dir.path().join("w.inr"))
+            .args(["--mode", "weights", "--steps", "5"])
             .assert(),
     );
     assert!(stderr.contains("--ignore-alpha"), "{stderr}");
+    assert!(stderr.contains("grid"), "{stderr}");
+    // A batch codes it in the grid mode, and in the weight mode only without its alpha.
+    let data = fixture_dir(dir.path(), &["rgba_translucent_16x16.png"]);
+    let batch = |name: &str, extra: &[&str]| {
+        let out_dir = dir.path().join(name);
+        let a = inr()
+            .args(["--quiet", "batch"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&out_dir)
+            .args(["--steps", "20"])
+            .args(extra)
+            .assert();
+        let ok = a.get_output().status.success();
+        (
+            ok,
+            std::fs::read_to_string(out_dir.join("manifest.csv")).unwrap(),
+        )
+    };
+    let (ok, m) = batch("grid", &[]);
+    assert!(ok && m.contains(",ok,") && m.contains(",grid"), "{m}");
+    let (ok, m) = batch("weights", &["--mode", "weights"]);
+    assert!(
+        !ok && m.contains("failed") && m.contains("--ignore-alpha"),
+        "{m}"
+    );
+    let (ok, m) = batch("weights-ignore", &["--mode", "weights", "--ignore-alpha"]);
+    assert!(ok && m.contains(",ok,"), "{m}");
 }
 
 #[test]

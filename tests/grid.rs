@@ -1031,3 +1031,123 @@ fn a_small_image_gets_the_fits_its_rate_target_needs() {
         e.recon
     );
 }
+
+/// `img` with an alpha channel appended: a soft-edged disc, opaque inside and transparent
+/// outside, with a translucent ramp across its rim.
+fn with_alpha(img: &Image) -> Image {
+    let (w, h, c) = (img.width, img.height, usize::from(img.channels));
+    let mut data = Vec::with_capacity(img.data.len() / c * (c + 1));
+    for (i, px) in img.data.chunks_exact(c).enumerate() {
+        let (x, y) = ((i as u32 % w) as f32, (i as u32 / w) as f32);
+        let r = ((x - w as f32 * 0.45).powi(2) + (y - h as f32 * 0.55).powi(2)).sqrt();
+        let a = ((w as f32 * 0.38 - r) / 4.0).clamp(0.0, 1.0);
+        data.extend_from_slice(px);
+        data.push((a * 255.0).round() as u8);
+    }
+    Image {
+        channels: img.channels + 1,
+        data,
+        ..img.clone()
+    }
+}
+
+/// PSNR of channel `k` of two images with `c` channels.
+fn channel_psnr(a: &Image, b: &Image, k: usize) -> f64 {
+    let c = usize::from(a.channels);
+    let (mut se, mut n) = (0.0f64, 0.0f64);
+    for (pa, pb) in a.data.chunks_exact(c).zip(b.data.chunks_exact(c)) {
+        se += (f64::from(pa[k]) - f64::from(pb[k])).powi(2);
+        n += 1.0;
+    }
+    10.0 * (255.0f64.powi(2) / (se / n)).log10()
+}
+
+#[test]
+fn alpha_is_coded_as_one_more_channel() {
+    for colour in [3u8, 1] {
+        let img = with_alpha(&image(40, 29, colour));
+        assert!(img.has_alpha());
+        let enc = encode_grid(&img, &cfg(150, 0.002), &mut |_| {}).unwrap();
+        let dec = decode(&enc.bytes, &DecodeOptions::default()).unwrap();
+        assert_eq!(dec, enc.recon);
+        assert_eq!((dec.width, dec.height, dec.channels), (40, 29, colour + 1));
+        let info = inr::inspect(&enc.bytes).unwrap();
+        assert_eq!(info.arch.out_channels, colour + 1);
+        // The alpha channel itself is reproduced, not just the colours: a flat alpha of 255
+        // would score about 6 dB on this disc.
+        let k = usize::from(colour);
+        let pa = channel_psnr(&img, &dec, k);
+        assert!(pa > 22.0, "alpha PSNR {pa} with {colour} colour channels");
+        assert!(
+            enc.psnr > 22.0,
+            "PSNR {} with {colour} colour channels",
+            enc.psnr
+        );
+        // Decoding at another size keeps the alpha channel.
+        let opts = DecodeOptions {
+            size: Some((20, 15)),
+            ..Default::default()
+        };
+        let small = decode(&enc.bytes, &opts).unwrap();
+        assert_eq!(small.channels, colour + 1);
+    }
+}
+
+#[test]
+fn grid_files_take_one_to_four_outputs() {
+    let arch = |out_channels| Arch {
+        coord_dims: 5,
+        out_channels,
+        width: 8,
+        depth: 2,
+        pe_freqs: 0,
+        pe_base_milli: 2000,
+        w0_first: 30,
+        w0_hidden: 30,
+    };
+    for c in 1..=4 {
+        assert!(
+            format::validate_grid_arch(&arch(c), &Limits::default()).is_ok(),
+            "{c}"
+        );
+    }
+    for c in [0u8, 5, 16] {
+        let e = format::validate_grid_arch(&arch(c), &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("out_channels"), "{c}: {e}");
+    }
+}
+
+#[test]
+fn hidden_colours_are_filled_unless_exact_alpha_is_asked() {
+    // Noise for colours where alpha is 0: invisible, but costly to code as it is.
+    let mut img = with_alpha(&image(40, 29, 3));
+    for (i, px) in img.data.chunks_exact_mut(4).enumerate() {
+        if px[3] == 0 {
+            let n = (i * 2_654_435_761 % 251) as u8;
+            px[..3].copy_from_slice(&[n, n.wrapping_mul(3), n.wrapping_add(77)]);
+        }
+    }
+    let filled = encode_grid(&img, &cfg(150, 0.002), &mut |_| {}).unwrap();
+    let exact_cfg = GridEncodeConfig {
+        exact_alpha: true,
+        ..cfg(150, 0.002)
+    };
+    let exact = encode_grid(&img, &exact_cfg, &mut |_| {}).unwrap();
+    // Both report the PSNR of premultiplied colours against the input.
+    for e in [&filled, &exact] {
+        let p = inr::metrics::psnr(&img, &e.recon).unwrap();
+        assert!((p - e.psnr).abs() < 1e-9, "{p} vs {}", e.psnr);
+    }
+    assert!(
+        filled.bytes.len() * 10 < exact.bytes.len() * 8,
+        "filled {} bytes, exact {} bytes",
+        filled.bytes.len(),
+        exact.bytes.len()
+    );
+    assert!(
+        filled.psnr > exact.psnr - 0.5,
+        "{} vs {}",
+        filled.psnr,
+        exact.psnr
+    );
+}

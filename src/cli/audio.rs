@@ -32,11 +32,12 @@ pub fn encode(args: EncodeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if args.target_psnr.is_some()
         || args.batch.is_some()
         || args.ignore_alpha
+        || args.exact_alpha
         || args.upsampling.is_some()
     {
         notes.push(
-            "--target-psnr, --batch, --ignore-alpha and --upsampling apply to images only; \
-             ignored"
+            "--target-psnr, --batch, --ignore-alpha, --exact-alpha and --upsampling apply to \
+             images only; ignored"
                 .into(),
         );
     }

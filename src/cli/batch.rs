@@ -84,6 +84,14 @@ pub struct BatchArgs {
     /// file is smaller (`auto`, the default) or never (`off`; see `inr encode --help`).
     #[arg(long, value_enum, value_name = "WHEN")]
     pub arm: Option<super::encode::ArmArg>,
+    /// Grid modes, images with alpha: code the colours of fully transparent pixels as they are
+    /// (see `inr encode --exact-alpha`).
+    #[arg(long)]
+    pub exact_alpha: bool,
+    /// Drop a translucent alpha channel of the images (colours kept unblended) instead of
+    /// coding it (grid modes) or failing the file (other modes).
+    #[arg(long)]
+    pub ignore_alpha: bool,
     /// Rate target of every file, in bits per pixel (see `inr encode --bpp`; all modes).
     #[arg(long, value_name = "BPP", conflicts_with = "psnr")]
     pub bpp: Option<f64>,
@@ -455,6 +463,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             if let Some(a) = args.arm {
                 config.arm = a.fit();
             }
+            config.exact_alpha = args.exact_alpha;
             config.base = image_base;
             if shared && (args.width.is_some() || args.depth.is_some()) {
                 bail!("--mode grid-shared: the shared synthesis network sets --width and --depth");
@@ -488,6 +497,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
         jobs,
         cancel: Some(&INTERRUPTED),
         audio,
+        ignore_alpha: args.ignore_alpha,
     };
     install_stop_handler()?;
     let bar = super::counting_bar(quiet);

@@ -31,7 +31,7 @@ pub struct DecodeArgs {
     /// Original image: print the PSNR of the decoded image against it, and the bpp.
     #[arg(long = "ref", value_name = "ORIGINAL")]
     pub reference: Option<PathBuf>,
-    /// Drop a translucent alpha channel of the --ref image instead of refusing it.
+    /// Drop a translucent alpha channel of the --ref image (compare colours only).
     #[arg(long)]
     pub ignore_alpha: bool,
     /// A base file (.inrb) the input may have been coded from, besides the embedded ones

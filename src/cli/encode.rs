@@ -235,9 +235,16 @@ pub struct EncodeArgs {
     /// when one lands there).
     #[arg(long, value_name = "KBPS", conflicts_with_all = ["latent_step", "bpp"])]
     pub kbps: Option<f64>,
-    /// Drop a translucent alpha channel instead of refusing the image.
+    /// Drop a translucent alpha channel (colours kept unblended) instead of coding it (grid mode)
+    /// or refusing the image (other modes).
     #[arg(long)]
     pub ignore_alpha: bool,
+    /// Grid mode, images with alpha: code the colours of fully transparent pixels as they are.
+    /// By default they are replaced by a smooth fill from the visible pixels before fitting:
+    /// they are invisible, the fill costs fewer bits, and PSNR compares colours premultiplied
+    /// by alpha, so they do not count either way.
+    #[arg(long)]
+    pub exact_alpha: bool,
     /// Overwrite the output file if it exists.
     #[arg(long)]
     pub force: bool,
@@ -434,6 +441,7 @@ pub(super) fn grid_config(
     }
     cfg.target_bpp = args.bpp;
     cfg.target_psnr = args.target_psnr;
+    cfg.exact_alpha = args.exact_alpha;
     Ok(cfg)
 }
 
@@ -563,6 +571,7 @@ fn image_mode(
         (args.levels.is_some(), "--levels", Mode::Grid),
         (args.upsampling.is_some(), "--upsampling", Mode::Grid),
         (args.arm.is_some(), "--arm", Mode::Grid),
+        (args.exact_alpha, "--exact-alpha", Mode::Grid),
         (
             args.output_layer.is_some(),
             "--output-layer",

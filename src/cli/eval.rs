@@ -25,7 +25,7 @@ pub struct EvalArgs {
     /// Encoded .inr file.
     #[arg(value_name = "IN.inr")]
     pub input: PathBuf,
-    /// Drop a translucent alpha channel of the reference instead of refusing it.
+    /// Drop a translucent alpha channel of the reference (compare colours only).
     #[arg(long)]
     pub ignore_alpha: bool,
     /// A base file (.inrb) the input may have been coded from, besides the embedded ones

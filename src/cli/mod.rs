@@ -67,8 +67,10 @@ pub const INPUT_POLICY: &str = "\
 Input images: PNG, JPEG, BMP, PNM (PPM/PGM), TIFF, GIF, WebP, QOI, OpenEXR, HDR..., detected
 from the file content, not the extension.
   - Gray images stay 1-channel; colour images are coded as RGB.
-  - A fully opaque alpha channel is dropped losslessly. Any other alpha channel is an error,
-    unless --ignore-alpha is given: then alpha is dropped and colours are kept unblended.
+  - A fully opaque alpha channel is dropped losslessly. Any other alpha channel is coded as a
+    fourth (gray: second) channel by the grid mode, the default; the other modes refuse it.
+    With --ignore-alpha it is dropped instead and colours are kept unblended. PSNR compares
+    colours premultiplied by alpha (hidden colours do not count).
   - Orientation metadata (EXIF) is applied, so the image is coded as viewers show it.
   - 16-bit images are rounded to 8 bits (format v1 codes 8-bit precision); a note says so.
   - Float images are clamped to [0, 1] and rounded to 8 bits (no tone mapping).";
@@ -310,13 +312,15 @@ pub fn read_inr(path: &Path, limits: &inr::Limits) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Load an input image with the documented policy; adds the path to non-I/O errors.
+/// Load an input image with the documented policy (a translucent alpha channel is kept unless
+/// `ignore_alpha`); adds the path to non-I/O errors.
 ///
 /// # Errors
 /// Every [`inr::media::MediaError`].
 pub fn load_input(path: &Path, ignore_alpha: bool) -> anyhow::Result<inr::media::LoadedImage> {
     let opts = inr::media::LoadOptions {
         ignore_alpha,
+        keep_alpha: true,
         ..Default::default()
     };
     match inr::media::load_image_with(path, &opts) {

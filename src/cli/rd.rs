@@ -55,6 +55,10 @@ pub struct RdArgs {
     /// Skip the MozJPEG (trellis) baseline.
     #[arg(long)]
     pub no_mozjpeg: bool,
+    /// Drop a translucent alpha channel of the images (colours kept unblended) instead of
+    /// refusing them: the JPEG baselines code no alpha.
+    #[arg(long)]
+    pub ignore_alpha: bool,
     /// Only the first N images.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
@@ -161,6 +165,7 @@ pub fn run(args: RdArgs, quiet: bool, json: bool, threads: Option<usize>) -> any
         }
     }
     let cfg = RdConfig {
+        ignore_alpha: args.ignore_alpha,
         presets,
         jpeg_qualities: args
             .jpeg_qualities

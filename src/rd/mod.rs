@@ -82,6 +82,9 @@ pub struct RdConfig {
     pub shared_frozen: bool,
     /// Start of the weight-mode presets' fits (`Default`: the embedded base of each preset).
     pub base: crate::BaseChoice,
+    /// Drop a translucent alpha channel of the images (colours kept unblended) instead of
+    /// refusing them: the JPEG baselines code no alpha.
+    pub ignore_alpha: bool,
 }
 
 impl Default for RdConfig {
@@ -105,6 +108,7 @@ impl Default for RdConfig {
             shared_base: crate::BaseChoice::Default,
             shared_frozen: false,
             base: crate::BaseChoice::Default,
+            ignore_alpha: false,
         }
     }
 }
@@ -237,9 +241,14 @@ pub struct RdProgress<'a> {
     pub fit: Option<(usize, usize)>,
 }
 
-/// Load an image with the codec's input policy (`media::load_image`).
-fn load_rgb(path: &Path) -> Result<Image, RdError> {
-    crate::media::load_image(path)
+/// Load an image with the codec's input policy (`media::load_image_with`); translucent alpha
+/// is an error unless `ignore_alpha` (then dropped).
+fn load_rgb(path: &Path, ignore_alpha: bool) -> Result<Image, RdError> {
+    let opts = crate::media::LoadOptions {
+        ignore_alpha,
+        ..Default::default()
+    };
+    crate::media::load_image_with(path, &opts)
         .map(|l| l.image)
         .map_err(|e| RdError::Image {
             path: path.to_path_buf(),
@@ -622,7 +631,7 @@ pub fn run_rd(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let img = load_rgb(path)?;
+        let img = load_rgb(path, cfg.ignore_alpha)?;
         let mut points: Vec<PointResult> = jobs
             .par_iter()
             .map(|&(v, q)| jpeg_point(&img, q, v, &name))
