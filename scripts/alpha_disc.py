@@ -2,9 +2,9 @@
 """Make an RGBA test image from an 8-bit RGB PNG (stdlib only): a soft-edged disc of alpha
 (opaque inside, a 6-pixel ramp, transparent outside). Usage:
 
-    scripts/alpha_disc.py SRC.png OUT.png keep|black
+    scripts/alpha_disc.py SRC.png OUT.png keep|black [RAMP]
 
-`keep` leaves the colours under transparent pixels as they were; `black` sets them to 0 (as
+RAMP is the width in pixels of the edge's ramp (default 6). `keep` leaves the colours under transparent pixels as they were; `black` sets them to 0 (as
 many editors do). Used by docs/benchmarks.md, "Images with alpha".
 """
 import zlib, struct, sys, math
@@ -34,12 +34,13 @@ def write_png(path,w,h,ct,data,ch):
     def chunk(t,d): return struct.pack('>I',len(d))+t+d+struct.pack('>I',zlib.crc32(t+d)&0xffffffff)
     open(path,'wb').write(b'\x89PNG\r\n\x1a\n'+chunk(b'IHDR',struct.pack('>IIBBBBB',w,h,8,ct,0,0,0))+chunk(b'IDAT',zlib.compress(raw,9))+chunk(b'IEND',b''))
 src,out,mode=sys.argv[1],sys.argv[2],sys.argv[3]
+ramp=float(sys.argv[4]) if len(sys.argv)>4 else 6.0
 w,h,rgb=read_png(src)
 data=bytearray()
 for y in range(h):
     for x in range(w):
         r=math.hypot(x-w*0.5,(y-h*0.5)*1.2)
-        a=max(0.0,min(1.0,(h*0.42-r)/6.0))
+        a=max(0.0,min(1.0,(h*0.42-r)/ramp))
         px=rgb[(y*w+x)*3:(y*w+x)*3+3]
         if mode=='black' and a==0: px=b'\x00\x00\x00'
         data+=bytes(px)+bytes([round(a*255)])

@@ -964,16 +964,58 @@ impl Packed {
     }
 }
 
+/// What a fit's distortion compares the synthesis with: the target samples (interleaved, in
+/// [-1, 1]) and, optionally, a weight per sample of its squared error (same layout; the
+/// encoder of an image with alpha weights colours by the pixel's opacity squared). A plain
+/// slice converts into an unweighted target.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub values: &'a [f32],
+    pub weights: Option<&'a [f32]>,
+}
+
+impl<'a> From<&'a [f32]> for Target<'a> {
+    fn from(values: &'a [f32]) -> Self {
+        Target {
+            values,
+            weights: None,
+        }
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for Target<'a> {
+    fn from(values: &'a Vec<f32>) -> Self {
+        Target::from(values.as_slice())
+    }
+}
+
+/// The weights of an image target with alpha (`c` channels, alpha last, samples in [-1, 1]):
+/// each colour sample's squared error weighted by its pixel's opacity squared, `((a + 1) /
+/// 2)^2`, alpha's by 1. This is the error of the colours premultiplied by alpha (the metric of
+/// images with alpha, `metrics::mse_samples_in`) where the fitted alpha is the target's: hidden
+/// colours cost nothing and translucent ones in proportion. `None` for `c` other than 2 or 4.
+pub fn alpha_weights(target: &[f32], c: usize) -> Option<Vec<f32>> {
+    if !matches!(c, 2 | 4) {
+        return None;
+    }
+    let mut w = vec![1.0f32; target.len()];
+    for (wp, tp) in w.chunks_exact_mut(c).zip(target.chunks_exact(c)) {
+        let a = ((tp[c - 1] + 1.0) * 0.5).clamp(0.0, 1.0);
+        wp[..c - 1].fill(a * a);
+    }
+    Some(w)
+}
+
 /// Forward + backward of the distortion over the whole image at the coded size. `target` is
 /// interleaved in [-1, 1]; the loss is the mean squared error in [0, 1] units (a quarter of
-/// the [-1, 1] one). Returns `(loss, gradient of the parameters (real layout), latent
-/// gradient)`.
-pub fn distortion_grad(
+/// the [-1, 1] one; each squared error weighted by `target`'s weights, if any). Returns
+/// `(loss, gradient of the parameters (real layout), latent gradient)`.
+pub fn distortion_grad<'t>(
     params: &[f32],
     pk: &Packed,
     sm: &Sampler,
     lat: &[f32],
-    target: &[f32],
+    target: impl Into<Target<'t>>,
     g_feat: &mut Vec<f32>,
 ) -> (f64, Vec<f32>, Vec<f32>) {
     distortion_grad_with(params, pk, sm, lat, target, g_feat, Some(0))
@@ -982,15 +1024,16 @@ pub fn distortion_grad(
 /// [`distortion_grad`] with the parameters' gradient only for the layers `grad_from..` (the
 /// others' entries are 0), or none at all (returned empty) when `grad_from` is `None`: the fit
 /// of a shared synthesis (§13.8) needs only the latents' and at most the output layer's.
-pub fn distortion_grad_with(
+pub fn distortion_grad_with<'t>(
     params: &[f32],
     pk: &Packed,
     sm: &Sampler,
     lat: &[f32],
-    target: &[f32],
+    target: impl Into<Target<'t>>,
     g_feat: &mut Vec<f32>,
     grad_from: Option<usize>,
 ) -> (f64, Vec<f32>, Vec<f32>) {
+    let target = target.into();
     let net_grad = grad_from.is_some();
     let shape = &pk.shape;
     let (w, h) = (sm.out_w, sm.out_h);
@@ -1096,7 +1139,7 @@ const ROW_SPLIT: usize = 64 * TILE;
 struct SpanArgs<'a> {
     shape: &'a kernel::NetShape,
     pk: &'a Packed,
-    target: &'a [f32],
+    target: Target<'a>,
     w: usize,
     scale: f32,
     grad_from: Option<usize>,
@@ -1138,7 +1181,8 @@ impl SpanArgs<'_> {
             };
             let pos = y * self.w + x0;
             let io = TileIo {
-                target: &self.target[pos * c..(pos + rows) * c],
+                target: &self.target.values[pos * c..(pos + rows) * c],
+                weight: self.target.weights.map(|w| &w[pos * c..(pos + rows) * c]),
                 rows,
                 grad_scale: self.scale,
                 grad: (!gp.is_empty()).then_some(&mut gp[..]),
@@ -2094,29 +2138,40 @@ fn rounded_magnitude(v: f32) -> u32 {
 struct CoarseView {
     sm: Sampler,
     target: Vec<f32>,
+    /// The target's weights averaged the same way, if it has any.
+    weights: Option<Vec<f32>>,
     n_ext: usize,
 }
 
+/// `v` (`c` interleaved channels of a `w x h` image) averaged over `2^k x 2^k` blocks.
+fn block_means(v: &[f32], w: usize, h: usize, c: usize, k: usize) -> Vec<f32> {
+    let f = 1usize << k;
+    let (wk, hk) = (w.div_ceil(f), h.div_ceil(f));
+    let mut t = vec![0.0f32; wk * hk * c];
+    for yk in 0..hk {
+        for xk in 0..wk {
+            for ch in 0..c {
+                let (mut sum, mut n) = (0.0f32, 0.0f32);
+                for y in f * yk..(f * yk + f).min(h) {
+                    for x in f * xk..(f * xk + f).min(w) {
+                        sum += v[(y * w + x) * c + ch];
+                        n += 1.0;
+                    }
+                }
+                t[(yk * wk + xk) * c + ch] = sum / n;
+            }
+        }
+    }
+    t
+}
+
 impl CoarseView {
-    fn new(pyr: &Pyramid, target: &[f32], c: usize, k: usize, up: Upsampling) -> Self {
+    fn new(pyr: &Pyramid, target: Target<'_>, c: usize, k: usize, up: Upsampling) -> Self {
         let (w, h) = (pyr.width as usize, pyr.height as usize);
         let f = 1usize << k;
         let (wk, hk) = (w.div_ceil(f), h.div_ceil(f));
-        let mut t = vec![0.0f32; wk * hk * c];
-        for yk in 0..hk {
-            for xk in 0..wk {
-                for ch in 0..c {
-                    let (mut sum, mut n) = (0.0f32, 0.0f32);
-                    for y in f * yk..(f * yk + f).min(h) {
-                        for x in f * xk..(f * xk + f).min(w) {
-                            sum += target[(y * w + x) * c + ch];
-                            n += 1.0;
-                        }
-                    }
-                    t[(yk * wk + xk) * c + ch] = sum / n;
-                }
-            }
-        }
+        let t = block_means(target.values, w, h, c, k);
+        let weights = target.weights.map(|v| block_means(v, w, h, c, k));
         let levels: Vec<(usize, usize, usize)> = (0..k)
             .map(|j| (wk, hk, pyr.n_latents + j * wk * hk))
             .chain(pyr.levels[k..].iter().copied())
@@ -2134,6 +2189,7 @@ impl CoarseView {
         CoarseView {
             sm: Sampler::with_strides(view, wk as u32, hk as u32, &exps).upsampled(up),
             target: t,
+            weights,
             n_ext,
         }
     }
@@ -2265,10 +2321,10 @@ impl Fitted {
 
 /// Fits latents and network to `target` (interleaved, [-1, 1]) at the pyramid's coded size.
 /// `progress(step)` is called after every step.
-pub fn fit(
+pub fn fit<'t>(
     arch: &Arch,
     pyr: &Pyramid,
-    target: &[f32],
+    target: impl Into<Target<'t>>,
     cfg: &GridFit,
     seed: u64,
     progress: &mut dyn FnMut(usize),
@@ -2290,15 +2346,16 @@ pub struct GridStart {
 
 /// [`fit`] from `start` instead of the seeded random synthesis and unit scales. A start whose
 /// sizes do not match `arch` and the pyramid's level count is ignored (random start).
-pub fn fit_from(
+pub fn fit_from<'t>(
     arch: &Arch,
     pyr: &Pyramid,
-    target: &[f32],
+    target: impl Into<Target<'t>>,
     cfg: &GridFit,
     seed: u64,
     start: Option<&GridStart>,
     progress: &mut dyn FnMut(usize),
 ) -> Fitted {
+    let target: Target<'_> = target.into();
     let sm = Sampler::with_upsampling(pyr.clone(), pyr.width, pyr.height, cfg.upsampling);
     let n_l = pyr.n_levels();
     let start = start.filter(|s| {
@@ -2398,7 +2455,10 @@ pub fn fit_from(
                     &pk,
                     &v.sm,
                     &ext,
-                    &v.target,
+                    Target {
+                        values: &v.target,
+                        weights: v.weights.as_deref(),
+                    },
                     &mut g_feat,
                     grad_from,
                 );

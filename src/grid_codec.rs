@@ -75,9 +75,11 @@ pub struct GridEncodeConfig {
     /// 0: never (the default here; `inr encode` and `inr batch` use [`SHARED_TRY_PIXELS`]
     /// when no mode is asked for).
     pub shared_below: usize,
-    /// Code the colours of fully transparent pixels as they are. By default (`false`) an
-    /// image with alpha has them replaced by a smooth fill first
-    /// ([`crate::media::fill_transparent`]): they are invisible, and the fill costs fewer bits.
+    /// Fit the colours of an image with alpha as they are, each sample's squared error at
+    /// full weight, so that fully transparent pixels keep their colours. By default (`false`)
+    /// colour errors are weighted by the pixel's opacity squared ([`grid::alpha_weights`]):
+    /// the error of colours premultiplied by alpha, which the PSNR of images with alpha
+    /// measures; hidden colours then cost nothing (and decode to whatever the synthesis gives).
     /// No effect on images without alpha.
     pub exact_alpha: bool,
 }
@@ -397,12 +399,6 @@ pub fn encode_grid(
     cfg: &GridEncodeConfig,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Encoded, EncodeError> {
-    let filled = if cfg.exact_alpha {
-        None
-    } else {
-        crate::media::fill_transparent(img)
-    };
-    let img = filled.as_ref().unwrap_or(img);
     crate::codec::with_threads(cfg.threads, || encode_inner(img, cfg, progress))
 }
 
@@ -483,13 +479,23 @@ fn encode_one(
     format::grid_tensor_lens(img.width, img.height, &arch, &Limits::default())?;
     let pyr = Pyramid::new(img.width, img.height, cfg.levels);
     let target: Vec<f32> = img.data.iter().map(|&v| crate::model::from_u8(v)).collect();
+    // With alpha, colour errors are weighted by opacity squared (`grid::alpha_weights`: the
+    // error of premultiplied colours, hidden colours free) unless hidden colours are to be kept.
+    let weights = if cfg.exact_alpha {
+        None
+    } else {
+        grid::alpha_weights(&target, usize::from(img.channels))
+    };
     let job = &Job {
         img,
         cfg,
         arch: &arch,
         start,
         pyr: &pyr,
-        target: &target,
+        target: grid::Target {
+            values: &target,
+            weights: weights.as_deref(),
+        },
     };
     if let Some(t) = cfg.target_psnr {
         if cfg.target_bpp.is_some() {
@@ -1450,7 +1456,7 @@ struct Job<'a> {
     arch: &'a Arch,
     start: Option<&'a GridStart>,
     pyr: &'a Pyramid,
-    target: &'a [f32],
+    target: grid::Target<'a>,
 }
 
 /// Fits at `lambda` (from scratch, or refitting `warm`: [`GridFit::refit`]) and codes the

@@ -819,6 +819,7 @@ pub fn train_tile(
 ) -> f64 {
     let io = TileIo {
         target,
+        weight: None,
         rows,
         grad_scale,
         grad: Some(grad),
@@ -830,13 +831,16 @@ pub fn train_tile(
     train_tile_io(shape, packed, packed_t, io, s)
 }
 
-/// Inputs and outputs of one training tile beyond the network: targets, the weight gradient
+/// Inputs and outputs of one training tile beyond the network: targets (and optional weights
+/// of their squared errors), the weight gradient
 /// (skipped when `None`), per-row sine-layer shifts (layout of [`forward_tile_infer_shifted`])
 /// and their gradient (same layout; written, not accumulated), and the gradient of the loss
 /// with respect to the network's input rows (`rows` rows of stride `pad(n_in)`, padding
 /// lanes 0; written, not accumulated).
 pub struct TileIo<'a> {
     pub target: &'a [f32],
+    /// Per-sample weights of the squared errors (layout of `target`); `None`: all 1.
+    pub weight: Option<&'a [f32]>,
     pub rows: usize,
     pub grad_scale: f32,
     pub grad: Option<&'a mut [f32]>,
@@ -908,6 +912,7 @@ fn train_tile_generic<const FMA: bool, const X512: bool>(
 ) -> f64 {
     let TileIo {
         target,
+        weight,
         rows,
         grad_scale,
         mut grad,
@@ -963,18 +968,32 @@ fn train_tile_generic<const FMA: bool, const X512: bool>(
     // Loss and output gradient (into g_a, stride out_pad, padding zero).
     let last = shape.layers[n_layers - 1];
     let mut sse = 0.0f64;
-    for ((g, yr), t) in s
+    for (r, ((g, yr), t)) in s
         .g_a
         .chunks_exact_mut(last.out_pad)
         .zip(s.y.chunks_exact(last.out_pad))
         .zip(target.chunks_exact(last.n_out))
         .take(rows)
+        .enumerate()
     {
         g.fill(0.0);
-        for ((gj, &yv), &tv) in g.iter_mut().zip(yr).zip(t) {
-            let e = yv - tv;
-            sse += (e * e) as f64;
-            *gj = 2.0 * grad_scale * e;
+        match weight {
+            None => {
+                for ((gj, &yv), &tv) in g.iter_mut().zip(yr).zip(t) {
+                    let e = yv - tv;
+                    sse += (e * e) as f64;
+                    *gj = 2.0 * grad_scale * e;
+                }
+            }
+            Some(wt) => {
+                let wr = &wt[r * last.n_out..(r + 1) * last.n_out];
+                for (((gj, &yv), &tv), &wv) in g.iter_mut().zip(yr).zip(t).zip(wr) {
+                    let e = yv - tv;
+                    let we = wv * e;
+                    sse += (we * e) as f64;
+                    *gj = 2.0 * grad_scale * we;
+                }
+            }
         }
     }
     // Backward.
@@ -1116,6 +1135,7 @@ mod tests {
         s.input_mut()[..rows * n_in].copy_from_slice(&x);
         let io = TileIo {
             target: &t,
+            weight: None,
             rows,
             grad_scale: 1.0,
             grad: None,
@@ -1174,6 +1194,7 @@ mod tests {
         s.input_mut()[..rows * n_in].copy_from_slice(&x);
         let io = TileIo {
             target: &t,
+            weight: None,
             rows,
             grad_scale: 1.0,
             grad: None,
@@ -1225,6 +1246,7 @@ mod tests {
             s.input_mut()[..rows * 5].copy_from_slice(&x);
             let io = TileIo {
                 target: &t,
+                weight: None,
                 rows,
                 grad_scale: 0.5,
                 grad: Some(&mut g),
@@ -1270,6 +1292,7 @@ mod tests {
             s.input_mut()[..rows * 8].copy_from_slice(&x);
             let io = TileIo {
                 target: &t,
+                weight: None,
                 rows,
                 grad_scale: 0.7,
                 grad: Some(&mut g),

@@ -587,6 +587,7 @@ pub fn pass(
                         g.fill_shift(shifts, h, wd, px, py, r, sh, st);
                     }
                     let io = TileIo {
+                        weight: None,
                         target: tg,
                         rows,
                         grad_scale: scale,

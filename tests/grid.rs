@@ -1118,7 +1118,7 @@ fn grid_files_take_one_to_four_outputs() {
 }
 
 #[test]
-fn hidden_colours_are_filled_unless_exact_alpha_is_asked() {
+fn hidden_colours_cost_nothing_unless_exact_alpha_is_asked() {
     // Noise for colours where alpha is 0: invisible, but costly to code as it is.
     let mut img = with_alpha(&image(40, 29, 3));
     for (i, px) in img.data.chunks_exact_mut(4).enumerate() {
@@ -1127,27 +1127,114 @@ fn hidden_colours_are_filled_unless_exact_alpha_is_asked() {
             px[..3].copy_from_slice(&[n, n.wrapping_mul(3), n.wrapping_add(77)]);
         }
     }
-    let filled = encode_grid(&img, &cfg(150, 0.002), &mut |_| {}).unwrap();
+    let weighted = encode_grid(&img, &cfg(150, 0.002), &mut |_| {}).unwrap();
     let exact_cfg = GridEncodeConfig {
         exact_alpha: true,
         ..cfg(150, 0.002)
     };
     let exact = encode_grid(&img, &exact_cfg, &mut |_| {}).unwrap();
     // Both report the PSNR of premultiplied colours against the input.
-    for e in [&filled, &exact] {
+    for e in [&weighted, &exact] {
         let p = inr::metrics::psnr(&img, &e.recon).unwrap();
         assert!((p - e.psnr).abs() < 1e-9, "{p} vs {}", e.psnr);
     }
     assert!(
-        filled.bytes.len() * 10 < exact.bytes.len() * 8,
-        "filled {} bytes, exact {} bytes",
-        filled.bytes.len(),
+        weighted.bytes.len() * 10 < exact.bytes.len() * 8,
+        "weighted {} bytes, exact {} bytes",
+        weighted.bytes.len(),
         exact.bytes.len()
     );
     assert!(
-        filled.psnr > exact.psnr - 0.5,
+        weighted.psnr > exact.psnr - 0.5,
         "{} vs {}",
-        filled.psnr,
+        weighted.psnr,
         exact.psnr
     );
+    // The exact fit keeps hidden colours: closer to the input there than the weighted one.
+    let hidden_err = |e: &inr::Encoded| -> f64 {
+        let mut s = 0.0;
+        for (a, b) in img.data.chunks_exact(4).zip(e.recon.data.chunks_exact(4)) {
+            if a[3] == 0 {
+                s += (0..3)
+                    .map(|k| (f64::from(a[k]) - f64::from(b[k])).powi(2))
+                    .sum::<f64>();
+            }
+        }
+        s
+    };
+    assert!(hidden_err(&exact) < hidden_err(&weighted) * 0.8);
+}
+
+#[test]
+fn weighted_targets_weight_each_squared_error() {
+    let arch = Arch {
+        coord_dims: 3,
+        out_channels: 4,
+        width: 8,
+        depth: 2,
+        pe_freqs: 0,
+        pe_base_milli: 1000,
+        w0_first: 1,
+        w0_hidden: 1,
+    };
+    let img = with_alpha(&image(13, 9, 3));
+    let target = fit_target(&img);
+    let pyr = Pyramid::new(13, 9, 3);
+    let sm = Sampler::new(pyr.clone(), 13, 9);
+    let params = grid::init_params(&arch, 5);
+    let pk = Packed::new(&arch, &params);
+    let lat: Vec<f32> = (0..pyr.n_latents)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.2)
+        .collect();
+    let run =
+        |t: grid::Target<'_>| grid::distortion_grad(&params, &pk, &sm, &lat, t, &mut Vec::new());
+    let plain = run((&target).into());
+    // Weights of 1 change nothing, to the bit.
+    let ones = vec![1.0f32; target.len()];
+    let w1 = run(grid::Target {
+        values: &target,
+        weights: Some(&ones),
+    });
+    assert_eq!((plain.0, &plain.1, &plain.2), (w1.0, &w1.1, &w1.2));
+    // A quarter everywhere: a quarter of the loss and of every gradient.
+    let quarter = vec![0.25f32; target.len()];
+    let wq = run(grid::Target {
+        values: &target,
+        weights: Some(&quarter),
+    });
+    assert!(
+        (wq.0 / plain.0 - 0.25).abs() < 1e-5,
+        "{} vs {}",
+        wq.0,
+        plain.0
+    );
+    for (a, b) in wq.2.iter().zip(&plain.2) {
+        assert!((a - 0.25 * b).abs() <= 1e-6 + 1e-4 * b.abs(), "{a} vs {b}");
+    }
+    // The alpha weights: colours of transparent pixels have weight 0, so whatever they hold
+    // changes neither the loss nor any gradient; alpha itself always counts.
+    let w = grid::alpha_weights(&target, 4).expect("weights for 4 channels");
+    assert!(grid::alpha_weights(&target, 3).is_none());
+    let mut hidden = 0;
+    let mut other = target.clone();
+    for (px, wp) in other.chunks_exact_mut(4).zip(w.chunks_exact(4)) {
+        assert_eq!(wp[3], 1.0);
+        let a = (px[3] + 1.0) * 0.5;
+        assert!((wp[0] - a * a).abs() < 1e-6);
+        if wp[0] == 0.0 {
+            hidden += 1;
+            px[..3].copy_from_slice(&[0.9, -0.7, 0.3]);
+        }
+    }
+    assert!(hidden > 10, "the fixture has transparent pixels");
+    let wa = run(grid::Target {
+        values: &target,
+        weights: Some(&w),
+    });
+    let wb = run(grid::Target {
+        values: &other,
+        weights: Some(&w),
+    });
+    assert_eq!((wa.0, &wa.1, &wa.2), (wb.0, &wb.1, &wb.2));
+    assert_ne!(wa.2, plain.2);
 }

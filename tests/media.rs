@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use inr::media::{
-    decode_image_bytes, decode_image_bytes_with, fill_transparent, load_image, load_image_with,
-    save_image, Image, LoadOptions, MediaError, MediaLimits,
+    decode_image_bytes, decode_image_bytes_with, load_image, load_image_with, save_image, Image,
+    LoadOptions, MediaError, MediaLimits,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -420,78 +420,4 @@ fn alpha_is_written_where_the_format_stores_it_and_refused_elsewhere() {
         assert!(e.to_string().contains("PNG"), "{e}");
         assert!(!p.exists(), "{ext}: a refused image left a file");
     }
-}
-
-#[test]
-fn transparent_colours_are_filled_from_the_visible_ones() {
-    // No alpha, or no fully transparent pixel: nothing to fill.
-    assert!(fill_transparent(&rgb16x16()).is_none());
-    assert!(fill_transparent(&with_fixture_alpha(&rgb16x16())).is_none());
-    // A 12x9 RGBA image: a visible frame of two colours (left half red-ish, right half
-    // blue-ish), transparent inside with noise for colours.
-    let (w, h) = (12u32, 9u32);
-    let mut data = Vec::new();
-    for y in 0..h {
-        for x in 0..w {
-            let inside = (2..w - 2).contains(&x) && (2..h - 2).contains(&y);
-            let n = ((x * 73 + y * 151) % 256) as u8;
-            if inside {
-                data.extend_from_slice(&[n, n.wrapping_mul(7), n.wrapping_add(99), 0]);
-            } else if x < w / 2 {
-                data.extend_from_slice(&[200, 40, 30, 255]);
-            } else {
-                data.extend_from_slice(&[20, 60, 220, 90]);
-            }
-        }
-    }
-    let img = Image {
-        width: w,
-        height: h,
-        channels: 4,
-        data,
-    };
-    let f = fill_transparent(&img).expect("transparent pixels to fill");
-    assert_eq!((f.width, f.height, f.channels), (w, h, 4));
-    for (i, (a, b)) in img
-        .data
-        .chunks_exact(4)
-        .zip(f.data.chunks_exact(4))
-        .enumerate()
-    {
-        assert_eq!(a[3], b[3], "alpha changed at {i}");
-        if a[3] > 0 {
-            assert_eq!(a, b, "a visible pixel changed at {i}");
-        } else {
-            // Every filled colour lies between the two visible colours.
-            for (k, (lo, hi)) in [(20, 200), (40, 60), (30, 220)].into_iter().enumerate() {
-                assert!((lo..=hi).contains(&b[k]), "pixel {i} channel {k}: {}", b[k]);
-            }
-        }
-    }
-    // The fill is smooth: neighbouring filled pixels differ far less than the noise did (up to
-    // 255 in a channel) and than the frame's colours (180 between red and blue).
-    let at = |x: u32, y: u32, k: usize| i32::from(f.data[((y * w + x) * 4) as usize + k]);
-    let mut max_step = 0;
-    for y in 2..h - 2 {
-        for x in 2..w - 3 {
-            for k in 0..3 {
-                max_step = max_step.max((at(x + 1, y, k) - at(x, y, k)).abs());
-            }
-        }
-    }
-    assert!(
-        max_step <= 100,
-        "largest step between filled neighbours {max_step}"
-    );
-    // The fill does not change the PSNR of the image (colours under alpha 0 do not count).
-    assert!(inr::metrics::psnr(&img, &f).unwrap().is_infinite());
-    // Nothing visible: filled with 0.
-    let blank = Image {
-        width: 3,
-        height: 2,
-        channels: 2,
-        data: vec![7, 0, 9, 0, 200, 0, 1, 0, 5, 0, 8, 0],
-    };
-    let z = fill_transparent(&blank).unwrap();
-    assert_eq!(z.data, vec![0; 12]);
 }

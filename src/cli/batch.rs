@@ -84,8 +84,8 @@ pub struct BatchArgs {
     /// file is smaller (`auto`, the default) or never (`off`; see `inr encode --help`).
     #[arg(long, value_enum, value_name = "WHEN")]
     pub arm: Option<super::encode::ArmArg>,
-    /// Grid modes, images with alpha: code the colours of fully transparent pixels as they are
-    /// (see `inr encode --exact-alpha`).
+    /// Grid modes, images with alpha: fit the colours of fully transparent pixels too, keeping
+    /// them (see `inr encode --exact-alpha`).
     #[arg(long)]
     pub exact_alpha: bool,
     /// Drop a translucent alpha channel of the images (colours kept unblended) instead of

@@ -239,10 +239,10 @@ pub struct EncodeArgs {
     /// or refusing the image (other modes).
     #[arg(long)]
     pub ignore_alpha: bool,
-    /// Grid mode, images with alpha: code the colours of fully transparent pixels as they are.
-    /// By default they are replaced by a smooth fill from the visible pixels before fitting:
-    /// they are invisible, the fill costs fewer bits, and PSNR compares colours premultiplied
-    /// by alpha, so they do not count either way.
+    /// Grid mode, images with alpha: fit every colour sample at full weight, so that fully
+    /// transparent pixels keep their colours. By default colour errors are weighted by opacity
+    /// squared (the error of colours premultiplied by alpha, which PSNR measures for such
+    /// images): hidden colours cost nothing and decode to arbitrary values.
     #[arg(long)]
     pub exact_alpha: bool,
     /// Overwrite the output file if it exists.
