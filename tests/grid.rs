@@ -387,18 +387,23 @@ fn decodes_at_any_size() {
     assert!(mean < 6.0, "mean |upscaled - coded| = {mean}");
 }
 
-#[test]
-fn gradients_match_finite_differences() {
-    let arch = Arch {
+/// A 3-level, 2x8 synthesis with unit w0, for the gradient checks.
+fn gradient_arch(out_channels: u8) -> Arch {
+    Arch {
         coord_dims: 3,
-        out_channels: 3,
+        out_channels,
         width: 8,
         depth: 2,
         pe_freqs: 0,
         pe_base_milli: 1000,
         w0_first: 1,
         w0_hidden: 1,
-    };
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let arch = gradient_arch(3);
     let img = image(13, 9, 3);
     let target = fit_target(&img);
     let pyr = Pyramid::new(13, 9, 3);
@@ -1167,16 +1172,7 @@ fn hidden_colours_cost_nothing_unless_exact_alpha_is_asked() {
 
 #[test]
 fn weighted_targets_weight_each_squared_error() {
-    let arch = Arch {
-        coord_dims: 3,
-        out_channels: 4,
-        width: 8,
-        depth: 2,
-        pe_freqs: 0,
-        pe_base_milli: 1000,
-        w0_first: 1,
-        w0_hidden: 1,
-    };
+    let arch = gradient_arch(4);
     let img = with_alpha(&image(13, 9, 3));
     let target = fit_target(&img);
     let pyr = Pyramid::new(13, 9, 3);
