@@ -173,6 +173,12 @@ fn translucent_alpha_is_coded_by_the_grid_mode_and_refused_by_the_others() {
     };
     let back = inr::media::load_image_with(&png, &opts).unwrap();
     assert_eq!(back.image.channels, 4, "the decoded PNG has no alpha");
+    inr()
+        .arg("info")
+        .arg(&coded)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("pixels: RGBA"));
     // eval compares the alpha channel too (the reference is read with it).
     inr()
         .arg("eval")

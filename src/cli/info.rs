@@ -208,6 +208,19 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
             g["levels"], g["latents"], g["latent_stream_bytes"], g["latent_contexts"]
         ));
     }
+    if info["modality"] == "image" {
+        // What the outputs are (codec-spec §8.3): alpha only in grid files.
+        let kind = match info["arch"]["out_channels"].as_u64() {
+            Some(1) => Some("gray"),
+            Some(2) => Some("gray + alpha"),
+            Some(3) => Some("RGB"),
+            Some(4) => Some("RGBA"),
+            _ => None,
+        };
+        if let Some(k) = kind {
+            out.push(format!("pixels: {k}"));
+        }
+    }
     lines(&info, 0, &mut out);
     if !weights.is_null() {
         out.push("weights (decoded):".into());
