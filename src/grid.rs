@@ -2138,7 +2138,8 @@ fn rounded_magnitude(v: f32) -> u32 {
 struct CoarseView {
     sm: Sampler,
     target: Vec<f32>,
-    /// The target's weights averaged the same way, if it has any.
+    /// The target's weights averaged the same way, if it has any (the target is then the
+    /// weighted mean of each block).
     weights: Option<Vec<f32>>,
     n_ext: usize,
 }
@@ -2170,8 +2171,22 @@ impl CoarseView {
         let (w, h) = (pyr.width as usize, pyr.height as usize);
         let f = 1usize << k;
         let (wk, hk) = (w.div_ceil(f), h.div_ceil(f));
-        let t = block_means(target.values, w, h, c, k);
-        let weights = target.weights.map(|v| block_means(v, w, h, c, k));
+        let (t, weights) = match target.weights {
+            None => (block_means(target.values, w, h, c, k), None),
+            Some(wt) => {
+                // Weighted means, so that a sample of weight 0 (a hidden colour) has no say.
+                let wv: Vec<f32> = target.values.iter().zip(wt).map(|(v, w)| v * w).collect();
+                let (sw, sv) = (block_means(wt, w, h, c, k), block_means(&wv, w, h, c, k));
+                let plain = block_means(target.values, w, h, c, k);
+                let t = sv
+                    .iter()
+                    .zip(&sw)
+                    .zip(plain)
+                    .map(|((&v, &w), p)| if w > 0.0 { v / w } else { p })
+                    .collect();
+                (t, Some(sw))
+            }
+        };
         let levels: Vec<(usize, usize, usize)> = (0..k)
             .map(|j| (wk, hk, pyr.n_latents + j * wk * hk))
             .chain(pyr.levels[k..].iter().copied())
