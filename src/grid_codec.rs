@@ -174,7 +174,7 @@ impl GridEncodeConfig {
             BaseChoice::Default if self.shared => {
                 crate::base::embedded_grid_shared(self.fit.lambda).map(|b| b.id())
             }
-            BaseChoice::Default => embedded_start(self, channels).map(|(b, _)| b.id()),
+            BaseChoice::Default => embedded_start_base(self, channels).map(Base::id),
             BaseChoice::Custom(b) => Some(b.id()),
         }
     }
@@ -1145,22 +1145,28 @@ fn resolve_base(
     Ok((eff, start))
 }
 
-/// The embedded grid base a fit of `channels` channels starts from, and its start weights: a
-/// base of that architecture if one is embedded, else for a gray image the RGB one (the
-/// embedded grid bases are RGB) with its output layer averaged ([`gray_from_rgb`]). `None`
-/// otherwise: images with alpha start at random (the RGB base with an alpha output of zero
-/// weights and a bias of 1 was worse: kodim14 with a disc of alpha at 100 steps, 7,542 bytes
-/// at 29.09 dB against 6,110 at 29.68 from random weights; `docs/benchmarks.md`, "Images with
-/// alpha").
+/// The embedded grid base a fit of `channels` channels starts from: a base of that
+/// architecture if one is embedded, else for a gray image the RGB one (the embedded grid bases
+/// are RGB), whose outputs [`embedded_start`] averages. `None` otherwise: images with alpha
+/// start at random (the RGB base with an alpha output of zero weights and a bias of 1 was
+/// worse: kodim14 with a disc of alpha at 100 steps, 7,542 bytes at 29.09 dB against 6,110 at
+/// 29.68 from random weights; `docs/benchmarks.md`, "Images with alpha").
+fn embedded_start_base(cfg: &GridEncodeConfig, channels: u8) -> Option<&'static Base> {
+    crate::base::embedded_grid_for(&grid_arch(cfg, channels)).or_else(|| {
+        (channels == 1)
+            .then(|| crate::base::embedded_grid_for(&grid_arch(cfg, 3)))
+            .flatten()
+    })
+}
+
+/// [`embedded_start_base`] and the start weights it gives: its own, or for a gray image from
+/// the RGB base its outputs averaged ([`gray_from_rgb`]).
 fn embedded_start(cfg: &GridEncodeConfig, channels: u8) -> Option<(&'static Base, Vec<f32>)> {
-    if let Some(b) = crate::base::embedded_grid_for(&grid_arch(cfg, channels)) {
+    let b = embedded_start_base(cfg, channels)?;
+    if b.arch.out_channels == channels {
         return Some((b, b.params.clone()));
     }
-    if channels != 1 {
-        return None;
-    }
-    let rgb = crate::base::embedded_grid_for(&grid_arch(cfg, 3))?;
-    Some((rgb, gray_from_rgb(&rgb.arch, &rgb.params)?))
+    Some((b, gray_from_rgb(&b.arch, &b.params)?))
 }
 
 /// A 3-output (RGB) synthesis's weights with one output, the mean of its R, G and B outputs
