@@ -1136,22 +1136,23 @@ pub(super) type DecodedBody = (Vec<QTensor>, Option<Vec<LevelPredictor>>, Option
 /// # Panics
 /// Never, for any input.
 pub fn read_grid_file(bytes: &[u8], limits: &Limits) -> Result<GridInrFile, FormatError> {
-    read_grid_file_with(bytes, limits, |_, _| Ok::<(), FormatError>(()))
+    read_grid_file_with(bytes, limits, |_, _, _| Ok::<(), FormatError>(()))
 }
 
-/// [`read_grid_file`] with a check of the parsed architecture and base id that runs before
-/// the payload is entropy-decoded (the decoder looks up a shared synthesis there, so that a
-/// file whose header disagrees with its base is refused as such, whatever its payload).
+/// [`read_grid_file`] with a check of the parsed architecture, base id and synthesis kind
+/// that runs before the payload is entropy-decoded (the decoder looks up a shared synthesis
+/// there, so that a file whose header disagrees with its base is refused as such, whatever its
+/// payload).
 ///
 /// # Errors
 /// As [`read_grid_file`], and whatever `check` returns.
 pub fn read_grid_file_with<E: From<FormatError>>(
     bytes: &[u8],
     limits: &Limits,
-    check: impl FnOnce(&Arch, Option<u64>) -> Result<(), E>,
+    check: impl FnOnce(&Arch, Option<u64>, Synthesis) -> Result<(), E>,
 ) -> Result<GridInrFile, E> {
     let p = parse_grid(bytes, limits)?;
-    check(&p.arch, p.base_id)?;
+    check(&p.arch, p.base_id, p.synth)?;
     let dims = grid_level_dims(p.width, p.height, p.arch.coord_dims);
     let _ = p.bits; // validated: equals the largest tensor bit width
     let (tensors, predictor, arm) =

@@ -66,7 +66,8 @@ pub struct GridEncodeConfig {
     /// biases, 51 values for RGB at width 16) is also fitted per image and coded, at the best
     /// of `net_bits`; the rest of the network stays the base's.
     pub output_layer: OutputLayer,
-    /// Images of fewer pixels than this (and 3 channels) are also encoded with the embedded
+    /// Images of fewer pixels than this (of any channel count: a gray image or one with alpha
+    /// gets an output layer of its own, §13.8) are also encoded with the embedded
     /// shared synthesis (§13.8, [`GRID_SHARED_STEPS`]) when `shared` is off, `base` is
     /// `Default` and the synthesis settings (`levels`, `width`, `depth`, `w0`) are the
     /// defaults, which the embedded networks have. The better of the two files is kept: the
@@ -97,7 +98,8 @@ pub const SHARED_TRY_PIXELS: usize = 320 * 320;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum OutputLayer {
     /// [`OutputLayer::Fitted`] for images of at least [`SHARED_HEAD_MIN_PIXELS`] pixels, else
-    /// [`OutputLayer::Frozen`].
+    /// [`OutputLayer::Frozen`]; always fitted for an image whose channel count differs from
+    /// the shared network's outputs (gray, alpha).
     #[default]
     Auto,
     /// Fitted and coded (flag bit 7).
@@ -210,18 +212,17 @@ impl GridEncodeConfig {
         )
     }
 
-    /// §13.8 The shared synthesis of a fit at rate weight `lambda`: its base id and weights
-    /// (the embedded network for that λ unless a base is given).
-    fn shared_net(&self, lambda: f32) -> Option<(u64, &[f32])> {
+    /// §13.8 The shared synthesis of a fit at rate weight `lambda` (the embedded network for
+    /// that λ unless a base is given).
+    fn shared_net(&self, lambda: f32) -> Option<&Base> {
         if !self.shared {
             return None;
         }
-        let b = match &self.base {
-            BaseChoice::Custom(b) => b,
-            BaseChoice::Default => crate::base::embedded_grid_shared(lambda)?,
-            BaseChoice::None => return None,
-        };
-        Some((b.id(), b.params.as_slice()))
+        match &self.base {
+            BaseChoice::Custom(b) => Some(b),
+            BaseChoice::Default => crate::base::embedded_grid_shared(lambda),
+            BaseChoice::None => None,
+        }
     }
 }
 
@@ -359,8 +360,9 @@ pub(crate) fn level_predictors(
 }
 
 /// Network parameters and latents of a file, dequantized (§13.3); the network is `shared`
-/// when the file's synthesis is shared (§13.8), with its last tensors replaced by those the
-/// file codes (its output layer with flag bit 7).
+/// when the file's synthesis is shared (§13.8): the shared network's tensors up to the output
+/// layer, then the output layer the file codes (flag bit 7; it may have another number of
+/// outputs than the shared network's), or the shared network's own.
 fn dequantized(f: &GridInrFile, shared: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
     let t = f
         .tensors
@@ -369,22 +371,31 @@ fn dequantized(f: &GridInrFile, shared: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) 
     let coded = f.tensors[..t].iter().flat_map(|q| q.dequantize());
     let params = match shared {
         Some(p) => {
-            let mut p = p.to_vec();
-            let from = p.len().saturating_sub(
-                f.tensors[..t]
-                    .iter()
-                    .map(|q| q.symbols.len())
-                    .sum::<usize>(),
-            );
-            for (d, v) in p[from..].iter_mut().zip(coded) {
-                *d = v;
-            }
-            p
+            let coded_len: usize = f.tensors[..t].iter().map(|q| q.symbols.len()).sum();
+            // The tensors before the output layer are the same for any number of outputs.
+            let body = f.arch.num_params().saturating_sub(coded_len).min(p.len());
+            p[..body].iter().copied().chain(coded).collect()
         }
         None => coded.collect(),
     };
     let lat = f.tensors[t..].iter().flat_map(|q| q.dequantize()).collect();
     (params, lat)
+}
+
+/// §13.8 Whether a network of architecture `base` can be the shared synthesis of a file of
+/// architecture `file` whose synthesis is `synth`: the same architecture, except that with a
+/// coded output layer (flag bit 7) the file may have another number of outputs (a gray or
+/// RGBA image from an RGB network).
+fn shares_arch(base: &Arch, file: &Arch, synth: format::Synthesis) -> bool {
+    match synth {
+        format::Synthesis::SharedHead => {
+            Arch {
+                out_channels: base.out_channels,
+                ..*file
+            } == *base
+        }
+        _ => base == file,
+    }
 }
 
 /// Encodes `img` in grid mode.
@@ -426,7 +437,6 @@ fn encode_inner(
     let d = GridEncodeConfig::default();
     let try_shared = !cfg.shared
         && npx < cfg.shared_below
-        && img.channels == 3
         && matches!(cfg.base, BaseChoice::Default)
         && (cfg.levels, cfg.width, cfg.depth, cfg.w0) == (d.levels, d.width, d.depth, d.w0);
     if !try_shared {
@@ -1130,14 +1140,27 @@ fn resolve_base(
             }
             BaseChoice::Custom(b) => b,
         };
-        check_grid_base(b, &mut eff, channels)?;
+        // An image of another channel count than the shared network's outputs (gray, or with
+        // alpha, from an RGB network) takes it with an output layer of its own (flag bit 7).
+        let own_outputs = b.arch.out_channels != channels;
+        if own_outputs {
+            if cfg.output_layer == OutputLayer::Frozen {
+                return Err(EncodeError::Parameter(format!(
+                    "the shared synthesis has {} outputs and this image {} channels: its \
+                     output layer must be fitted and coded (--output-layer auto or fitted)",
+                    b.arch.out_channels, channels
+                )));
+            }
+            eff.output_layer = OutputLayer::Fitted;
+        }
+        check_grid_base(b, &mut eff, channels, own_outputs)?;
         return Ok((eff, None));
     }
     let params = match &cfg.base {
         BaseChoice::None => None,
         BaseChoice::Default => embedded_start(cfg, channels).map(|(_, p)| p),
         BaseChoice::Custom(b) => {
-            check_grid_base(b, &mut eff, channels)?;
+            check_grid_base(b, &mut eff, channels, false)?;
             Some(b.params.clone())
         }
     };
@@ -1160,38 +1183,89 @@ fn embedded_start_base(cfg: &GridEncodeConfig, channels: u8) -> Option<&'static 
 }
 
 /// [`embedded_start_base`] and the start weights it gives: its own, or for a gray image from
-/// the RGB base its outputs averaged ([`gray_from_rgb`]).
+/// the RGB base its outputs averaged ([`with_outputs`]).
 fn embedded_start(cfg: &GridEncodeConfig, channels: u8) -> Option<(&'static Base, Vec<f32>)> {
     let b = embedded_start_base(cfg, channels)?;
     if b.arch.out_channels == channels {
         return Some((b, b.params.clone()));
     }
-    Some((b, gray_from_rgb(&b.arch, &b.params)?))
+    Some((b, with_outputs(&b.arch, &b.params, 1, &[])?))
 }
 
-/// A 3-output (RGB) synthesis's weights with one output, the mean of its R, G and B outputs
-/// (each row of the output layer's weights and its bias averaged). `None` unless the network
-/// has 3 outputs.
-pub(crate) fn gray_from_rgb(arch: &Arch, params: &[f32]) -> Option<Vec<f32>> {
-    if arch.out_channels != 3 {
+/// A synthesis's weights (of architecture `from`) with `channels` outputs, for a fit of an
+/// image whose samples (in [-1, 1], interleaved) are `target`: the output layer's rows (§6.1:
+/// `W_D` is `[width][outputs]` row-major, then `b_D`) rearranged, everything before it kept.
+/// Colours come from the network's colours: as they are for the same count, averaged into
+/// gray (the mean of the three rows and biases) or gray copied into RGB. Alpha (an even `channels`) comes
+/// from the network's alpha if it has one, else starts as a constant: zero weights and the
+/// image's mean alpha as bias. `None` when the layout does not fit (no outputs, or the output
+/// layer missing).
+pub(crate) fn with_outputs(
+    from: &Arch,
+    params: &[f32],
+    channels: u8,
+    target: &[f32],
+) -> Option<Vec<f32>> {
+    let (cb, c) = (usize::from(from.out_channels), usize::from(channels));
+    if cb == c {
+        return Some(params.to_vec());
+    }
+    let (cb_col, c_col) = (cb - usize::from(cb % 2 == 0), c - usize::from(c % 2 == 0));
+    if cb_col == 0 || c_col == 0 {
         return None;
     }
-    let lens = arch.tensor_lens();
-    let (w_last, b_last) = (lens[lens.len() - 2], lens[lens.len() - 1]);
-    let head = params.len().checked_sub(w_last + b_last)?;
+    let lens = from.tensor_lens();
+    let head = params
+        .len()
+        .checked_sub(lens[lens.len() - 2] + lens[lens.len() - 1])?;
+    let mean_alpha = if c % 2 == 0 && !target.is_empty() {
+        let n = target.len() / c;
+        (target
+            .chunks_exact(c)
+            .map(|px| f64::from(px[c - 1]))
+            .sum::<f64>()
+            / n.max(1) as f64) as f32
+    } else {
+        0.0
+    };
+    // One row of `cb` values (a row of W_D, or b_D) as `c` values; `bias`: b_D's row.
+    let row = |r: &[f32], bias: bool| -> Vec<f32> {
+        let colours = &r[..cb_col];
+        // Colour counts are 1 or 3.
+        let mut out: Vec<f32> = if cb_col == c_col {
+            colours.to_vec()
+        } else if c_col == 1 {
+            vec![colours.iter().sum::<f32>() / cb_col as f32]
+        } else {
+            vec![colours[0]; c_col]
+        };
+        if c % 2 == 0 {
+            out.push(match (cb % 2 == 0, bias) {
+                (true, _) => r[cb - 1],
+                (false, true) => mean_alpha,
+                (false, false) => 0.0,
+            });
+        }
+        out
+    };
     let mut p = params[..head].to_vec();
-    // W_D is [width][3] row-major (§6.1), then b_D: each row, and the bias, averaged.
-    p.extend(
-        params[head..]
-            .chunks_exact(3)
-            .map(|rgb| (rgb[0] + rgb[1] + rgb[2]) / 3.0),
-    );
+    let rows = params[head..].chunks_exact(cb);
+    let n_rows = rows.len();
+    for (k, r) in rows.enumerate() {
+        p.extend(row(r, k + 1 == n_rows));
+    }
     Some(p)
 }
 
-/// Checks that `b` is an image grid base for `channels` channels and makes its architecture
-/// `eff`'s.
-fn check_grid_base(b: &Base, eff: &mut GridEncodeConfig, channels: u8) -> Result<(), EncodeError> {
+/// Checks that `b` is an image grid base for `channels` channels (of any number of outputs
+/// with `any_outputs`: a shared synthesis whose output layer the file codes) and makes its
+/// architecture `eff`'s.
+fn check_grid_base(
+    b: &Base,
+    eff: &mut GridEncodeConfig,
+    channels: u8,
+    any_outputs: bool,
+) -> Result<(), EncodeError> {
     if !b.grid || b.grid_audio {
         return Err(EncodeError::Parameter(format!(
             "base {:016x} is {} base; --mode grid and grid-shared need an image grid base \
@@ -1205,7 +1279,15 @@ fn check_grid_base(b: &Base, eff: &mut GridEncodeConfig, channels: u8) -> Result
     eff.depth = b.arch.depth;
     eff.w0 = b.arch.w0_first;
     let want = grid_arch(eff, channels);
-    if b.arch.out_channels != want.out_channels {
+    let base_arch = if any_outputs {
+        Arch {
+            out_channels: channels,
+            ..b.arch
+        }
+    } else {
+        b.arch
+    };
+    if base_arch.out_channels != want.out_channels {
         let kind = |c: u8| match c {
             1 => "1-channel (grey)".to_string(),
             2 => "2-channel (grey + alpha)".to_string(),
@@ -1223,7 +1305,7 @@ fn check_grid_base(b: &Base, eff: &mut GridEncodeConfig, channels: u8) -> Result
             kind(want.out_channels)
         )));
     }
-    if b.arch != want {
+    if base_arch != want {
         return Err(EncodeError::Parameter(format!(
             "grid base {:016x} has architecture {:?}, but this image needs {:?} \
              ({} channels, one w0 for every layer)",
@@ -1535,9 +1617,23 @@ fn fit_and_code(
         ..base_fit
     };
     // A shared synthesis (§13.8) is the start, held fixed: the one for this λ.
-    let shared = cfg
-        .shared_net(lambda)
-        .map(|(_, p)| crate::grid_meta::start_of(arch, p.to_vec()));
+    let shared = match cfg.shared_net(lambda) {
+        Some(b) => {
+            let p = with_outputs(&b.arch, &b.params, arch.out_channels, target.values).ok_or_else(
+                || {
+                    EncodeError::Parameter(format!(
+                        "the shared synthesis {:016x} has {} outputs: it cannot start a fit of \
+                         {} channels",
+                        b.id(),
+                        b.arch.out_channels,
+                        arch.out_channels
+                    ))
+                },
+            )?;
+            Some(crate::grid_meta::start_of(arch, p))
+        }
+        None => None,
+    };
     let refit = warm.is_some();
     let start = warm.as_ref().or(shared.as_ref()).or(start);
     let total = fit_cfg.total_steps(pyr.n_levels());
@@ -1609,7 +1705,7 @@ pub(crate) fn code_fitted(
             arch: *arch,
             tensors: net.iter().chain(latents).cloned().collect(),
             predictor: None,
-            base_id: shared.map(|(id, _)| id),
+            base_id: shared.map(Base::id),
             contexts: cfg.fit.contexts.unsplit(),
             upsampling: cfg.fit.upsampling,
             arm: None,
@@ -1679,7 +1775,7 @@ pub(crate) fn code_fitted(
         None => None,
     };
     let decoded_psnr = |file: &GridInrFile| {
-        let (params, lat) = dequantized(file, shared.map(|(_, p)| p));
+        let (params, lat) = dequantized(file, shared.map(|b| b.params.as_slice()));
         image_psnr(&grid::render(arch, &params, &lat, &sm), img)
     };
     // Keep the network bit width with the best measured MSE + lambda * bpp. Under a byte
@@ -1829,12 +1925,12 @@ pub(crate) fn code_fitted(
         }
         _ => {}
     }
-    let (params, lat) = dequantized(&file, shared.map(|(_, p)| p));
+    let (params, lat) = dequantized(&file, shared.map(|b| b.params.as_slice()));
     let mut data = grid::render(arch, &params, &lat, &sm);
     let mut psnr = image_psnr(&data, img);
     if let (Some((_, _, alt_psnr, (alt_file, alt_bytes))), Some(max)) = (alt, budget) {
         if alt_psnr > psnr || bytes.len() > max {
-            let (params, lat) = dequantized(&alt_file, shared.map(|(_, p)| p));
+            let (params, lat) = dequantized(&alt_file, shared.map(|b| b.params.as_slice()));
             data = grid::render(arch, &params, &lat, &sm);
             psnr = image_psnr(&data, img);
             bytes = alt_bytes;
@@ -1968,7 +2064,12 @@ pub(crate) fn best_arm(
 /// # Errors
 /// [`BaseError::Missing`] naming the id, [`BaseError::ArchMismatch`], or
 /// [`DecodeError::Parameter`] for a base of another kind.
-fn shared_synthesis<'a>(id: u64, arch: &Arch, extra: &'a [Base]) -> Result<&'a Base, DecodeError> {
+fn shared_synthesis<'a>(
+    id: u64,
+    arch: &Arch,
+    synth: format::Synthesis,
+    extra: &'a [Base],
+) -> Result<&'a Base, DecodeError> {
     let b = crate::base::find(id, extra)?;
     if !b.grid || b.grid_audio {
         return Err(DecodeError::Parameter(format!(
@@ -1977,7 +2078,7 @@ fn shared_synthesis<'a>(id: u64, arch: &Arch, extra: &'a [Base]) -> Result<&'a B
             b.a_kind()
         )));
     }
-    if b.arch != *arch {
+    if !shares_arch(&b.arch, arch, synth) {
         return Err(BaseError::ArchMismatch {
             id,
             base: b.arch,
@@ -1996,9 +2097,9 @@ pub fn decode_grid(bytes: &[u8], opts: &DecodeOptions) -> Result<Image, DecodeEr
     // The shared synthesis is looked up (and checked against the header) before the payload
     // is decoded.
     let mut shared = None;
-    let file = format::read_grid_file_with(bytes, &opts.limits, |arch, id| {
+    let file = format::read_grid_file_with(bytes, &opts.limits, |arch, id, synth| {
         if let Some(id) = id {
-            shared = Some(shared_synthesis(id, arch, &opts.bases)?);
+            shared = Some(shared_synthesis(id, arch, synth, &opts.bases)?);
         }
         Ok::<(), DecodeError>(())
     })?;
@@ -2043,11 +2144,73 @@ mod tests {
             assert!(embedded_start(&cfg, c).is_none());
             assert_eq!(cfg.start_id(c), None);
         }
+    }
+
+    /// The output layer rearranged for another channel count (a shared synthesis's start, the
+    /// gray start): colours averaged or copied, alpha a constant at the image's mean alpha.
+    #[test]
+    fn output_layers_take_other_channel_counts() {
+        let rgb = Arch {
+            coord_dims: 2,
+            out_channels: 3,
+            width: 2,
+            depth: 1,
+            pe_freqs: 0,
+            pe_base_milli: 1000,
+            w0_first: 2,
+            w0_hidden: 2,
+        };
+        let n = rgb.num_params();
+        let head = n - 2 * 3 - 3;
+        let p: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let o = |k: usize| p[head + k];
+        assert_eq!(with_outputs(&rgb, &p, 3, &[]), Some(p.clone()));
+        // RGBA of mean alpha 0.5 (in [-1, 1]): rows [r, g, b, 0], biases [r, g, b, 0.5].
+        let rgba =
+            with_outputs(&rgb, &p, 4, &[0.0, 0.0, 0.0, 0.25, 0.0, 0.0, 0.0, 0.75]).expect("RGBA");
+        assert_eq!(rgba[..head], p[..head]);
+        let want = [
+            o(0),
+            o(1),
+            o(2),
+            0.0,
+            o(3),
+            o(4),
+            o(5),
+            0.0,
+            o(6),
+            o(7),
+            o(8),
+            0.5,
+        ];
+        assert_eq!(rgba[head..], want);
+        // Gray + alpha: the colours averaged.
+        let ga = with_outputs(&rgb, &p, 2, &[0.0, -1.0]).expect("gray + alpha");
+        let mean = |k: usize| (o(k) + o(k + 1) + o(k + 2)) / 3.0;
+        assert_eq!(ga[head..], [mean(0), 0.0, mean(3), 0.0, mean(6), -1.0]);
+        // And back from gray: copied into RGB, the layout of a 1-output network.
         let gray = Arch {
             out_channels: 1,
-            ..rgb.arch
+            ..rgb
         };
-        assert!(gray_from_rgb(&gray, &q).is_none());
+        let g = with_outputs(&rgb, &p, 1, &[]).expect("gray");
+        assert_eq!(g.len(), gray.num_params());
+        let back = with_outputs(&gray, &g, 3, &[]).expect("RGB from gray");
+        assert_eq!(back.len(), n);
+        assert_eq!(back[head..head + 3], [mean(0); 3]);
+        // An alpha output is kept as the network's when it has one.
+        let again = with_outputs(
+            &Arch {
+                out_channels: 4,
+                ..rgb
+            },
+            &rgba,
+            2,
+            &[],
+        )
+        .expect("2");
+        assert_eq!(again[head + 1], 0.0);
+        assert_eq!(again[again.len() - 1], 0.5);
     }
 
     /// A Kodak image's pixels, where the searches' budgets are set.

@@ -1415,21 +1415,39 @@ fn grid_shared_mode_encode_decode_info_and_refusals() {
             .failure();
         assert_clean_error(a);
     }
-    // The embedded shared networks code RGB: a grey image gets a plain answer, not two
-    // architecture dumps.
+    // The embedded shared networks are RGB: a grey image takes one with an output layer of
+    // its own (codec-spec §13.8, flag bit 7) and decodes as grey; with the output layer
+    // frozen it gets a plain answer, not two architecture dumps.
+    let grey = dir.path().join("grey.inr");
+    inr()
+        .arg("encode")
+        .arg(fixture("gray_16x16.png"))
+        .arg("-o")
+        .arg(&grey)
+        .args(["--mode", "grid-shared"])
+        .assert()
+        .success();
+    let out = dir.path().join("grey.png");
+    inr()
+        .arg("decode")
+        .arg(&grey)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let dec = inr::media::load_image(&out).unwrap().image;
+    assert_eq!((dec.width, dec.height, dec.channels), (16, 16, 1));
     let a = inr()
         .arg("encode")
         .arg(fixture("gray_16x16.png"))
         .arg("-o")
-        .arg(dir.path().join("grey.inr"))
-        .args(["--mode", "grid-shared"])
+        .arg(dir.path().join("grey2.inr"))
+        .args(["--mode", "grid-shared", "--output-layer", "frozen"])
         .assert()
         .failure();
     let err = assert_clean_error(a);
     assert!(
-        err.contains("3-channel (RGB) images, but this image is 1-channel (grey)")
-            && err.contains("--mode grid")
-            && !err.contains("Arch {"),
+        err.contains("output layer must be fitted") && !err.contains("Arch {"),
         "{err}"
     );
     // A custom shared network from `inr meta-train --mode grid-shared` (tiny run): the file

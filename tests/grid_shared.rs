@@ -278,7 +278,8 @@ fn the_encoder_keeps_the_network_and_refuses_bad_bases() {
     let audio = base::embedded().iter().find(|x| x.grid_audio).unwrap();
     c.base = BaseChoice::Custom(audio.clone());
     assert!(encode_grid(&img, &c, &mut |_| {}).is_err());
-    // The embedded networks are RGB: a gray image is refused, naming the architecture.
+    // The embedded networks are RGB: a gray image takes one with its own output layer
+    // (below), which a frozen output layer cannot give: refused, saying so.
     let gray = Image {
         width: 16,
         height: 12,
@@ -287,10 +288,11 @@ fn the_encoder_keeps_the_network_and_refuses_bad_bases() {
     };
     let c = GridEncodeConfig {
         shared: true,
+        output_layer: OutputLayer::Frozen,
         ..Default::default()
     };
     let e = encode_grid(&gray, &c, &mut |_| {}).unwrap_err();
-    assert!(e.to_string().contains("1-channel (grey)"), "{e}");
+    assert!(e.to_string().contains("output layer must be fitted"), "{e}");
     // Files do not depend on the thread count.
     let mut c = shared_cfg(&b, 20, 0.004);
     c.threads = Some(1);
@@ -317,12 +319,86 @@ fn more_latent_steps_never_give_a_worse_psnr() {
     }
 }
 
+/// `img` with `channels` channels: gray (the mean of R, G and B), gray + alpha or RGBA, alpha a
+/// diagonal ramp with a fully transparent corner.
+fn with_channels(img: &Image, channels: u8) -> Image {
+    let w = img.width as usize;
+    let mut data = Vec::new();
+    for (i, px) in img.data.chunks_exact(3).enumerate() {
+        let (x, y) = (i % w, i / w);
+        let gray = ((u32::from(px[0]) + u32::from(px[1]) + u32::from(px[2])) / 3) as u8;
+        let alpha = (((x + y) * 40).saturating_sub(60)).min(255) as u8;
+        match channels {
+            1 => data.push(gray),
+            2 => data.extend([gray, alpha]),
+            4 => data.extend([px[0], px[1], px[2], alpha]),
+            _ => data.extend_from_slice(px),
+        }
+    }
+    Image {
+        channels,
+        data,
+        ..img.clone()
+    }
+}
+
+/// codec-spec §13.8: with a coded output layer (flag bit 7) a file may have another number of
+/// outputs than its shared network: gray, gray + alpha and RGBA images from an RGB network,
+/// whose output layer the file codes with as many outputs as the image has channels, even on
+/// images too small for `OutputLayer::Auto` to fit one otherwise.
+#[test]
+fn gray_and_alpha_images_take_an_rgb_shared_synthesis_with_their_own_output_layer() {
+    let b = small_base(1);
+    let rgb = test_image(24, 18);
+    for channels in [1u8, 2, 4] {
+        let img = with_channels(&rgb, channels);
+        let c = usize::from(channels);
+        let mut cfg = shared_cfg(&b, 40, 0.002);
+        cfg.output_layer = OutputLayer::Auto;
+        let enc = encode_grid(&img, &cfg, &mut |_| {}).unwrap();
+        let dec = decode(&enc.bytes, &opts_with(&b)).unwrap();
+        assert_eq!(dec, enc.recon, "{channels} channels");
+        assert_eq!(dec.channels, channels);
+        let f = format::read_grid_file(&enc.bytes, &Limits::default()).unwrap();
+        assert_eq!(f.arch.out_channels, channels);
+        assert_eq!(f.base_id, Some(b.id()));
+        assert_eq!(format::Synthesis::of(&f), format::Synthesis::SharedHead);
+        let lens: Vec<usize> = f.tensors.iter().map(|t| t.symbols.len()).collect();
+        assert_eq!(&lens[..2], &[8 * c, c]);
+        // The fit learned something of the image: better than a flat gray guess by far.
+        assert!(enc.psnr > 16.0, "{channels} channels: {} dB", enc.psnr);
+        // Every other field of the header must still be the base's (CRC made valid).
+        let mut lying = enc.bytes.clone();
+        let off_width = 4 + 1 + 1 + 2 + 4 + 4 + 2;
+        lying[off_width] ^= 1;
+        fix_crc(&mut lying);
+        assert!(matches!(
+            decode(&lying, &opts_with(&b)),
+            Err(DecodeError::Base(BaseError::ArchMismatch { .. }))
+        ));
+        // Without flag bit 7 the outputs must be the base's: the same file's latents with the
+        // base's output layer are refused as a mismatch.
+        let mut plain = f.clone();
+        plain.tensors.drain(..2);
+        let bytes = format::write_grid_file(&plain).unwrap();
+        assert!(matches!(
+            decode(&bytes, &opts_with(&b)),
+            Err(DecodeError::Base(BaseError::ArchMismatch { .. }))
+        ));
+    }
+}
+
 #[test]
 fn every_truncation_and_byte_change_is_caught_without_panic() {
     let b = small_base(5);
-    let img = test_image(13, 9);
-    for cfg in [frozen_cfg(&b, 10, 0.004), shared_cfg(&b, 10, 0.004)] {
-        let bytes = encode_grid(&img, &cfg, &mut |_| {}).unwrap().bytes;
+    let rgb = test_image(13, 9);
+    let rgba = with_channels(&rgb, 4);
+    for (cfg, img) in [
+        (frozen_cfg(&b, 10, 0.004), &rgb),
+        (shared_cfg(&b, 10, 0.004), &rgb),
+        (shared_cfg(&b, 10, 0.004), &rgba),
+    ] {
+        let bytes = encode_grid(img, &cfg, &mut |_| {}).unwrap().bytes;
         let limits = Limits::default();
         let f = format::read_grid_file(&bytes, &limits).unwrap();
         assert_flips_and_truncations_are_caught(
@@ -540,9 +616,24 @@ fn a_small_image_keeps_the_better_of_its_own_and_the_shared_synthesis() {
     assert_eq!(
         enc(&GridEncodeConfig {
             shared_below: 64 * 48,
-            ..own
+            ..own.clone()
         })
         .bytes,
         a.bytes
     );
+    // Gray images and images with alpha are tried too (their own output layer, §13.8), and
+    // the kept file is again the one of lower `MSE + λ·bpp`.
+    for channels in [1u8, 4] {
+        let img = with_channels(&img, channels);
+        let enc = |c: &GridEncodeConfig| encode_grid(&img, c, &mut |_| {}).unwrap();
+        let (a, b) = (enc(&own), enc(&shared));
+        assert!(inr::inspect(&b.bytes).unwrap().base_id.is_some());
+        let kept = enc(&auto);
+        let want = if cost(&b) < cost(&a) { &b } else { &a };
+        assert_eq!(kept.bytes, want.bytes, "{channels} channels");
+        assert_eq!(
+            decode(&kept.bytes, &DecodeOptions::default()).unwrap(),
+            kept.recon
+        );
+    }
 }

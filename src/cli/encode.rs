@@ -149,15 +149,16 @@ pub struct EncodeArgs {
     /// `--mode grid-shared`: whether the shared network's output layer (51 values) is also
     /// fitted per image and coded, at the best of --bits' widths (`fitted`: on kodim13-16
     /// +0.3 dB at 0.13 bpp), or used as it is, so that the file codes no network weights at
-    /// all (`frozen`). `auto`: fitted for images of 128x128 pixels or more.
+    /// all (`frozen`). `auto`: fitted for images of 128x128 pixels or more, and for any gray
+    /// image or image with alpha (the network's outputs are RGB; `frozen` refuses those).
     #[arg(long, value_enum, value_name = "WHICH")]
     pub output_layer: Option<OutputLayerArg>,
     /// Coding mode. Default for images: `grid`, unless flags of one other mode are given
     /// (`--density`, `--kmeans`, `--prune-*`, `--bit-allocation`, `--pe-freqs`, `--batch`:
     /// `weights`; `--latent-*`: `modulations`; `--output-layer`: `grid-shared`) or `--base`
     /// names a weight or modulation base; an image too large for the grid mode (more than
-    /// 2^26 latents, about 50 Mpx) is coded in the weight mode, with a note; an RGB image
-    /// of fewer than 320x320 pixels in the grid mode is also coded with the shared synthesis
+    /// 2^26 latents, about 50 Mpx) is coded in the weight mode, with a note; an image of
+    /// fewer than 320x320 pixels in the grid mode is also coded with the shared synthesis
     /// (`grid-shared`, about a fifth of the time) and the better file is kept (lower `MSE +
     /// λ·bpp`, or the one --bpp or --psnr prefers; not with --base, nor with --levels,
     /// --width, --depth or --w0 other than the defaults): its own network costs about 350
@@ -183,6 +184,8 @@ pub struct EncodeArgs {
     /// --base FILE.inrb from `inr meta-train --mode grid-shared` instead, which the decoder
     /// then needs): about 4 s per Kodak image at the default --steps 200; the preset,
     /// --lambda, --bpp and --psnr work as in `grid`, --bits sets the output layer's width.
+    /// The embedded networks are RGB: gray images and images with alpha get an output layer
+    /// of their own with as many outputs as they have channels (always fitted and coded).
     /// For a WAV input, `grid` (the
     /// default) codes segments of --window frames (default 262144) as rows of latent levels
     /// and a small synthesis network per segment, started from the embedded audio grid base

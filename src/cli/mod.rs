@@ -68,7 +68,8 @@ Input images: PNG, JPEG, BMP, PNM (PPM/PGM), TIFF, GIF, WebP, QOI, OpenEXR, HDR.
 from the file content, not the extension.
   - Gray images stay 1-channel; colour images are coded as RGB.
   - A fully opaque alpha channel is dropped losslessly. Any other alpha channel is coded as a
-    fourth (gray: second) channel by the grid mode, the default; the other modes refuse it.
+    fourth (gray: second) channel by the grid modes (`grid`, the default, and `grid-shared`);
+    the other modes refuse it.
     With --ignore-alpha it is dropped instead and colours are kept unblended. PSNR compares
     colours premultiplied by alpha (hidden colours do not count).
   - Orientation metadata (EXIF) is applied, so the image is coded as viewers show it.
