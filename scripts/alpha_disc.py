@@ -33,15 +33,19 @@ def write_png(path,w,h,ct,data,ch):
     raw=b''.join(b'\x00'+bytes(data[y*w*ch:(y+1)*w*ch]) for y in range(h))
     def chunk(t,d): return struct.pack('>I',len(d))+t+d+struct.pack('>I',zlib.crc32(t+d)&0xffffffff)
     open(path,'wb').write(b'\x89PNG\r\n\x1a\n'+chunk(b'IHDR',struct.pack('>IIBBBBB',w,h,8,ct,0,0,0))+chunk(b'IDAT',zlib.compress(raw,9))+chunk(b'IEND',b''))
-src,out,mode=sys.argv[1],sys.argv[2],sys.argv[3]
-ramp=float(sys.argv[4]) if len(sys.argv)>4 else 6.0
-w,h,rgb=read_png(src)
-data=bytearray()
-for y in range(h):
-    for x in range(w):
-        r=math.hypot(x-w*0.5,(y-h*0.5)*1.2)
-        a=max(0.0,min(1.0,(h*0.42-r)/ramp))
-        px=rgb[(y*w+x)*3:(y*w+x)*3+3]
-        if mode=='black' and a==0: px=b'\x00\x00\x00'
-        data+=bytes(px)+bytes([round(a*255)])
-write_png(out,w,h,6,data,4)
+def disc(w,h,rgb,mode,ramp):
+    """RGBA pixels of `rgb` with the disc of alpha (see the module's doc)."""
+    data=bytearray()
+    for y in range(h):
+        for x in range(w):
+            r=math.hypot(x-w*0.5,(y-h*0.5)*1.2)
+            a=max(0.0,min(1.0,(h*0.42-r)/ramp))
+            px=rgb[(y*w+x)*3:(y*w+x)*3+3]
+            if mode=='black' and a==0: px=b'\x00\x00\x00'
+            data+=bytes(px)+bytes([round(a*255)])
+    return data
+if __name__=='__main__':
+    src,out,mode=sys.argv[1],sys.argv[2],sys.argv[3]
+    ramp=float(sys.argv[4]) if len(sys.argv)>4 else 6.0
+    w,h,rgb=read_png(src)
+    write_png(out,w,h,6,disc(w,h,rgb,mode,ramp),4)
