@@ -68,7 +68,7 @@ pub struct GridEncodeConfig {
     pub output_layer: OutputLayer,
     /// Images of fewer pixels than this (of any channel count: a gray image or one with alpha
     /// gets an output layer of its own, §13.8) are also encoded with the embedded
-    /// shared synthesis (§13.8, [`GRID_SHARED_STEPS`]) when `shared` is off, `base` is
+    /// shared synthesis (§13.8, [`SHARED_TRY_STEPS`]) when `shared` is off, `base` is
     /// `Default` and the synthesis settings (`levels`, `width`, `depth`, `w0`) are the
     /// defaults, which the embedded networks have. The better of the two files is kept: the
     /// lower `MSE + λ·bpp` at a rate weight, else the rate or quality control's own choice
@@ -93,6 +93,17 @@ pub struct GridEncodeConfig {
 /// the four crops at the small preset (by 2.2 %); below 128x128 it won every time (by 13–57 %
 /// on the mean of four).
 pub const SHARED_TRY_PIXELS: usize = 320 * 320;
+
+/// Fitting budget (full-resolution steps) of the shared synthesis's try on a small image
+/// ([`GridEncodeConfig::shared_below`]), more than an explicit `--mode grid-shared` encode's
+/// [`GRID_SHARED_STEPS`]: on centre crops of kodim03/05/07/11 (training images; RGB, gray and
+/// with a disc of alpha; 64x64, 128x128 and 256x256; small and medium presets) the mean change
+/// of `MSE + λ·bpp` of the kept file against the image's own synthesis went from −0 … −36 %
+/// with 200 steps to −1 … −38 % with 500 (images with alpha at 128x128, medium: 0.0 to −4.3 %;
+/// small: −6.7 to −14.7 %), for a try of half the own fit's time instead of a quarter; 1,000
+/// steps gained at most 1 % more but for 64x64 images with alpha (`docs/benchmarks.md`, "Small
+/// gray and alpha images").
+pub const SHARED_TRY_STEPS: usize = 500;
 
 /// Whether a shared-synthesis encode (§13.8) fits and codes the network's output layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -444,7 +455,7 @@ fn encode_inner(
     }
     let mut alt = cfg.clone();
     alt.shared = true;
-    alt.fit.set_budget(GRID_SHARED_STEPS);
+    alt.fit.set_budget(SHARED_TRY_STEPS);
     // A binary without embedded shared networks, or settings they do not take: the image's own
     // file stands.
     let Ok(shared) = encode_one(img, &alt, progress) else {
@@ -1196,10 +1207,10 @@ fn embedded_start(cfg: &GridEncodeConfig, channels: u8) -> Option<(&'static Base
 /// image whose samples (in [-1, 1], interleaved) are `target`: the output layer's rows (§6.1:
 /// `W_D` is `[width][outputs]` row-major, then `b_D`) rearranged, everything before it kept.
 /// Colours come from the network's colours: as they are for the same count, averaged into
-/// gray (the mean of the three rows and biases) or gray copied into RGB. Alpha (an even `channels`) comes
-/// from the network's alpha if it has one, else starts as a constant: zero weights and the
-/// image's mean alpha as bias. `None` when the layout does not fit (no outputs, or the output
-/// layer missing).
+/// gray (the mean of the three rows and biases) or gray copied into RGB. Alpha (an even
+/// `channels`) comes from the network's alpha if it has one, else starts as a constant: zero
+/// weights and the image's mean alpha as bias. `None` when the layout does not fit (no
+/// outputs, or the output layer missing).
 pub(crate) fn with_outputs(
     from: &Arch,
     params: &[f32],

@@ -64,7 +64,7 @@ pub use format::Limits;
 pub use grid::GridFit;
 pub use grid_codec::{
     encode_grid, grid_arch, GridEncodeConfig, OutputLayer, DEFAULT_LEVELS, GRID_PRESET_LAMBDAS,
-    GRID_SHARED_STEPS, SHARED_HEAD_MIN_PIXELS, SHARED_TRY_PIXELS,
+    GRID_SHARED_STEPS, SHARED_HEAD_MIN_PIXELS, SHARED_TRY_PIXELS, SHARED_TRY_STEPS,
 };
 pub use mod_codec::{
     encode_modulated, trained_l2 as mod_codec_trained_l2, ModEncodeConfig, DEFAULT_LATENT_STEP,

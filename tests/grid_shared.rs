@@ -561,7 +561,7 @@ fn a_small_image_keeps_the_better_of_its_own_and_the_shared_synthesis() {
         shared: true,
         ..own.clone()
     };
-    shared.fit.set_budget(inr::GRID_SHARED_STEPS);
+    shared.fit.set_budget(inr::SHARED_TRY_STEPS);
     let enc = |c: &GridEncodeConfig| encode_grid(&img, c, &mut |_| {}).unwrap();
     let (a, b) = (enc(&own), enc(&shared));
     let cost = |e: &inr::Encoded| 10f64.powf(-e.psnr / 10.0) + f64::from(lambda) * e.bpp;
