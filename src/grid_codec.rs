@@ -1290,15 +1290,7 @@ fn check_grid_base(
     eff.depth = b.arch.depth;
     eff.w0 = b.arch.w0_first;
     let want = grid_arch(eff, channels);
-    let base_arch = if any_outputs {
-        Arch {
-            out_channels: channels,
-            ..b.arch
-        }
-    } else {
-        b.arch
-    };
-    if base_arch.out_channels != want.out_channels {
+    if !any_outputs && b.arch.out_channels != want.out_channels {
         let kind = |c: u8| match c {
             1 => "1-channel (grey)".to_string(),
             2 => "2-channel (grey + alpha)".to_string(),
@@ -1316,7 +1308,13 @@ fn check_grid_base(
             kind(want.out_channels)
         )));
     }
-    if base_arch != want {
+    // The decoder's rule (§13.8), so that the encoder never writes a file it would refuse.
+    let synth = if any_outputs {
+        format::Synthesis::SharedHead
+    } else {
+        format::Synthesis::Own
+    };
+    if !shares_arch(&b.arch, &want, synth) {
         return Err(EncodeError::Parameter(format!(
             "grid base {:016x} has architecture {:?}, but this image needs {:?} \
              ({} channels, one w0 for every layer)",
