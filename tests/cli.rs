@@ -1516,7 +1516,9 @@ fn default_image_mode_follows_the_flags_and_the_image_size() {
         ),
         (&["--latent-step", "0.3"][..], "modulations"),
         (&["--lambda", "0.01"][..], "grid-shared"),
-        (&["--lambda", "0.0001"][..], "grid"),
+        // At a rate weight this low the frozen output layer loses, but since stop 54 the try
+        // also fits the layer, which beats this test's 30 own steps.
+        (&["--lambda", "0.0001"][..], "grid-shared"),
         (&["--output-layer", "frozen"][..], "grid-shared"),
     ] {
         let v = encode_json(&img, &out, &[extra, &["--force"]].concat());
