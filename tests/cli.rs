@@ -1707,3 +1707,39 @@ fn arm_flag_chooses_the_latent_coding() {
     );
     assert!(err.contains("--mode"), "{err}");
 }
+
+/// `--mode grid-shared` without `--steps` fits a small image (below 320x320 pixels) for 500
+/// steps, not the mode's 200, in `encode` and in `batch` alike; `--steps` still sets it.
+#[test]
+fn grid_shared_mode_fits_small_images_longer_unless_steps_are_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        inr()
+            .arg("encode")
+            .arg(fixture("rgb_24x17.png"))
+            .arg("-o")
+            .arg(&out)
+            .args(["--mode", "grid-shared"])
+            .args(extra)
+            .assert()
+            .success();
+        std::fs::read(out).unwrap()
+    };
+    let default = enc("d.inr", &[]);
+    assert_eq!(default, enc("500.inr", &["--steps", "500"]));
+    assert_ne!(default, enc("200.inr", &["--steps", "200"]));
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::copy(fixture("rgb_24x17.png"), src.join("a.png")).unwrap();
+    let out = dir.path().join("out");
+    inr()
+        .arg("batch")
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .args(["--mode", "grid-shared", "--quiet"])
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(out.join("a.inr")).unwrap(), default);
+}

@@ -677,3 +677,36 @@ fn a_small_image_keeps_the_better_of_its_own_and_the_shared_synthesis() {
         );
     }
 }
+
+/// `GridEncodeConfig::shared_min_budget` (what `--mode grid-shared` without `--steps` sets):
+/// an image below `SHARED_TRY_PIXELS` pixels or with alpha fits at least that budget; a larger
+/// RGB image keeps the configured one.
+#[test]
+fn small_images_and_alpha_fit_the_shared_synthesis_longer() {
+    let mut short = GridEncodeConfig {
+        shared: true,
+        ..Default::default()
+    };
+    short.fit.lambda = 0.005;
+    short.fit.set_budget(3);
+    let mut long = short.clone();
+    long.fit.set_budget(7);
+    let floored = GridEncodeConfig {
+        shared_min_budget: 7,
+        ..short.clone()
+    };
+    let bytes = |img: &Image, c: &GridEncodeConfig| encode_grid(img, c, &mut |_| {}).unwrap().bytes;
+    let small = test_image(40, 30);
+    let big = test_image(320, 320);
+    let big_alpha = with_channels(&big, 4);
+    assert_ne!(bytes(&small, &short), bytes(&small, &long));
+    assert_eq!(bytes(&small, &floored), bytes(&small, &long));
+    assert_eq!(bytes(&big, &floored), bytes(&big, &short));
+    assert_eq!(bytes(&big_alpha, &floored), bytes(&big_alpha, &long));
+    // A budget above the floor stands.
+    let mut more = floored.clone();
+    more.fit.set_budget(9);
+    let mut nine = short.clone();
+    nine.fit.set_budget(9);
+    assert_eq!(bytes(&small, &more), bytes(&small, &nine));
+}

@@ -448,7 +448,9 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
                 ..Default::default()
             };
             if shared {
+                // Small images and images with alpha fit longer (`shared_min_budget`).
                 config.fit.set_budget(inr::GRID_SHARED_STEPS);
+                config.shared_min_budget = inr::SHARED_TRY_STEPS;
             }
             let name = super::encode::preset_name(args.preset);
             if let Some(&(_, l)) = inr::GRID_PRESET_LAMBDAS.iter().find(|(n, _)| *n == name) {
@@ -456,6 +458,7 @@ pub fn run(args: BatchArgs, quiet: bool, json: bool) -> anyhow::Result<()> {
             }
             if let Some(s) = args.steps {
                 config.fit.set_budget(s);
+                config.shared_min_budget = 0;
             }
             if let Some(u) = args.upsampling {
                 config.fit.upsampling = u.into();

@@ -186,12 +186,13 @@ pub struct EncodeArgs {
     /// output layer (51 values; see --output-layer) of a shared synthesis network
     /// embedded in the binary (codec-spec §13.8; one network for λ >= 0.01, another below;
     /// --base FILE.inrb from `inr meta-train --mode grid-shared` instead, which the decoder
-    /// then needs): about 4 s per Kodak image at the default --steps 200; the preset,
+    /// then needs): about 4 s per Kodak image at the default --steps 200 (500 for images
+    /// below 320x320 pixels and images with alpha, which need the longer fit); the preset,
     /// --lambda, --bpp and --psnr work as in `grid`, --bits sets the output layer's width.
     /// The embedded networks are RGB: gray images and images with alpha get an output layer
-    /// of their own with as many outputs as they have channels (always fitted and coded);
-    /// images with alpha want --steps 500 or more (kodim15's 128x128 crop with a disc of
-    /// alpha: 1,186 bytes at 26.3 dB with 200 steps, 706 bytes at 29.7 dB with 500).
+    /// of their own with as many outputs as they have channels (always fitted and coded;
+    /// kodim15's 128x128 crop with a disc of alpha: 1,186 bytes at 26.3 dB with 200 steps,
+    /// 706 bytes at 29.7 dB with 500).
     /// For a WAV input, `grid` (the
     /// default) codes segments of --window frames (default 262144) as rows of latent levels
     /// and a small synthesis network per segment, started from the embedded audio grid base
@@ -426,7 +427,9 @@ pub(super) fn grid_config(
         ..Default::default()
     };
     if shared {
+        // Small images and images with alpha fit longer (`shared_min_budget`).
         cfg.fit.set_budget(inr::GRID_SHARED_STEPS);
+        cfg.shared_min_budget = inr::SHARED_TRY_STEPS;
     }
     let lambdas = &inr::GRID_PRESET_LAMBDAS;
     let g = GridFlags {
@@ -441,6 +444,7 @@ pub(super) fn grid_config(
     g.apply(args, lambdas)?;
     if let Some(s) = args.steps {
         cfg.fit.set_budget(s);
+        cfg.shared_min_budget = 0;
     }
     if let Some(u) = args.upsampling {
         cfg.fit.upsampling = u.into();
