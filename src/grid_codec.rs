@@ -121,8 +121,9 @@ pub const SHARED_TRY_STEPS: usize = 500;
 /// Whether a shared-synthesis encode (§13.8) fits and codes the network's output layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum OutputLayer {
-    /// [`OutputLayer::Fitted`] for images of at least [`SHARED_HEAD_MIN_PIXELS`] pixels, else
-    /// [`OutputLayer::Frozen`]; always fitted for an image whose channel count differs from
+    /// [`OutputLayer::Fitted`] for images of at least [`SHARED_HEAD_MIN_PIXELS`] pixels; below,
+    /// the encoder codes the image both ways and keeps the better file (since stop 54; before,
+    /// [`OutputLayer::Frozen`]); always fitted for an image whose channel count differs from
     /// the shared network's outputs (gray, alpha).
     #[default]
     Auto,
@@ -141,7 +142,9 @@ pub enum OutputLayer {
 pub const SHARED_HEAD_MIN_PIXELS: usize = 128 * 128;
 
 impl OutputLayer {
-    /// Whether an image of `pixels` pixels gets its own output layer.
+    /// Whether an image of `pixels` pixels gets its own output layer by this rule alone
+    /// (`Auto` below [`SHARED_HEAD_MIN_PIXELS`]: no, but the encoder then also tries
+    /// `Fitted` on an RGB image and keeps the better file).
     pub fn fitted(self, pixels: usize) -> bool {
         match self {
             OutputLayer::Auto => pixels >= SHARED_HEAD_MIN_PIXELS,
@@ -470,10 +473,12 @@ fn encode_inner(
     } else {
         cfg
     };
+    if cfg.shared {
+        return encode_shared(img, cfg, progress);
+    }
     let own = encode_one(img, cfg, progress)?;
     let d = GridEncodeConfig::default();
-    let try_shared = !cfg.shared
-        && npx < cfg.shared_below
+    let try_shared = npx < cfg.shared_below
         && matches!(cfg.base, BaseChoice::Default)
         && (cfg.levels, cfg.width, cfg.depth, cfg.w0) == (d.levels, d.width, d.depth, d.w0);
     if !try_shared {
@@ -482,31 +487,38 @@ fn encode_inner(
     let mut alt = cfg.clone();
     alt.shared = true;
     alt.fit.set_budget(SHARED_TRY_STEPS);
-    // Where `Auto` leaves the output layer frozen (an RGB image below
-    // SHARED_HEAD_MIN_PIXELS), the fitted one is tried too: it wins where the frozen layer
-    // cannot reach the image's colours cheaply (a flat 64x64 image: 102 bytes at 20.9 dB
-    // frozen, 138 bytes at 45.9 dB fitted, 382 bytes at 40.6 dB with its own network).
-    let heads: &[OutputLayer] = if alt.output_layer == OutputLayer::Auto
-        && !alt.output_layer.fitted(npx)
-        && img.channels == 3
-    {
-        &[OutputLayer::Frozen, OutputLayer::Fitted]
-    } else {
-        &[alt.output_layer]
-    };
-    let mut best = own;
-    for &head in heads {
-        alt.output_layer = head;
-        // A binary without embedded shared networks, or settings they do not take: the
-        // image's own file stands.
-        let Ok(shared) = encode_one(img, &alt, progress) else {
-            continue;
-        };
-        if keeps_better(cfg, &shared, &best) {
-            best = shared;
-        }
+    // A binary without embedded shared networks, or settings they do not take: the image's
+    // own file stands.
+    Ok(match encode_shared(img, &alt, progress) {
+        Ok(shared) if keeps_better(cfg, &shared, &own) => shared,
+        _ => own,
+    })
+}
+
+/// A shared-synthesis encode (`cfg.shared`). Where [`OutputLayer::Auto`] leaves the output
+/// layer frozen (an RGB image below [`SHARED_HEAD_MIN_PIXELS`]), the fitted layer is tried
+/// too and the better file kept ([`keeps_better`]): it wins where the frozen layer cannot
+/// reach the image's colours cheaply (a flat 64x64 image: 102 bytes at 20.9 dB frozen, 138
+/// bytes at 45.9 dB fitted, 382 bytes at 40.6 dB with its own network).
+fn encode_shared(
+    img: &Image,
+    cfg: &GridEncodeConfig,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Encoded, EncodeError> {
+    let npx = img.width as usize * img.height as usize;
+    if cfg.output_layer != OutputLayer::Auto || cfg.output_layer.fitted(npx) || img.channels != 3 {
+        return encode_one(img, cfg, progress);
     }
-    Ok(best)
+    let mut c = cfg.clone();
+    c.output_layer = OutputLayer::Frozen;
+    let frozen = encode_one(img, &c, progress)?;
+    c.output_layer = OutputLayer::Fitted;
+    let fitted = encode_one(img, &c, progress)?;
+    Ok(if keeps_better(cfg, &fitted, &frozen) {
+        fitted
+    } else {
+        frozen
+    })
 }
 
 /// Whether file `a` is kept over file `b` of the same image under `cfg`'s target: the quality

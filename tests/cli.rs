@@ -1328,7 +1328,7 @@ fn grid_shared_mode_encode_decode_info_and_refusals() {
     // `encode_json` passes --preset tiny (λ 0.03); --lambda 0.005 is the medium preset's.
     for (preset, extra) in [("tiny", &[][..]), ("medium", &["--lambda", "0.005"][..])] {
         let out = dir.path().join(format!("{preset}.inr"));
-        let mut args = vec!["--mode", "grid-shared"];
+        let mut args = vec!["--mode", "grid-shared", "--output-layer", "frozen"];
         args.extend_from_slice(extra);
         let v = encode_json(&fixture("rgb_24x17.png"), &out, &args);
         assert_eq!(v["mode"], "grid-shared", "{v}");
@@ -1359,12 +1359,12 @@ fn grid_shared_mode_encode_decode_info_and_refusals() {
         "tiny and medium use different shared networks"
     );
     // --output-layer frozen: no network value in the file (flag bit 7 clear); --bits sets the
-    // output layer's width otherwise. (On this 24x17 image, `auto` means frozen.)
+    // output layer's width otherwise.
     let frozen = dir.path().join("frozen.inr");
     encode_json(
         &fixture("rgb_24x17.png"),
         &frozen,
-        &["--mode", "grid-shared"],
+        &["--mode", "grid-shared", "--output-layer", "frozen"],
     );
     let v = &info_json(&frozen)["info"];
     assert_eq!(v["flags"].as_u64().unwrap() & 0x89, 0x09, "{v}");

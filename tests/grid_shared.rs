@@ -528,11 +528,14 @@ fn target_bpp_lands_at_or_just_under_the_target() {
     }
 }
 
-/// `OutputLayer::Auto` fits and codes the output layer from 128x128 pixels up, not below (where
-/// its ~40 bytes cost more than they buy).
+/// `OutputLayer::Auto` fits and codes the output layer from 128x128 pixels up; below (where
+/// its ~40 bytes often cost more than they buy) an RGB image is coded with the layer frozen and
+/// fitted, and the file of lower `MSE + λ·bpp` is kept.
 #[test]
-fn auto_codes_the_output_layer_from_128x128_pixels() {
-    for (w, h, coded) in [(128u32, 128u32, true), (127, 128, false), (256, 64, true)] {
+fn auto_codes_the_output_layer_from_128x128_pixels_and_tries_both_below() {
+    let lambda = 0.005f32;
+    let cost = |e: &inr::Encoded| 10f64.powf(-e.psnr / 10.0) + f64::from(lambda) * e.bpp;
+    for (w, h) in [(128u32, 128u32), (127, 128), (256, 64)] {
         let img = test_image(w, h);
         let mut c = GridEncodeConfig {
             shared: true,
@@ -540,11 +543,44 @@ fn auto_codes_the_output_layer_from_128x128_pixels() {
         };
         assert_eq!(c.output_layer, OutputLayer::Auto);
         c.fit.steps = 3;
-        let bytes = encode_grid(&img, &c, &mut |_| {}).unwrap().bytes;
-        let flags = inr::inspect(&bytes).unwrap().flags;
-        assert_eq!(flags & 0x0080 != 0, coded, "{w}x{h}: flags {flags:#06x}");
+        c.fit.lambda = lambda;
+        let enc = |c: &GridEncodeConfig| encode_grid(&img, c, &mut |_| {}).unwrap();
+        let auto = enc(&c);
+        let flags = inr::inspect(&auto.bytes).unwrap().flags;
         assert_eq!(flags & 0x0009, 0x0009);
+        let [frozen, fitted] = [OutputLayer::Frozen, OutputLayer::Fitted].map(|output_layer| {
+            enc(&GridEncodeConfig {
+                output_layer,
+                ..c.clone()
+            })
+        });
+        if w * h >= 128 * 128 {
+            assert_eq!(auto.bytes, fitted.bytes, "{w}x{h}");
+        } else {
+            let want = if cost(&fitted) < cost(&frozen) {
+                &fitted
+            } else {
+                &frozen
+            };
+            assert_eq!(auto.bytes, want.bytes, "{w}x{h}");
+        }
     }
+    // The flat image of `a_small_image_keeps_the_better_of_its_own_and_the_shared_synthesis`:
+    // explicitly in the shared mode too, the fitted layer is kept.
+    let flat = Image {
+        width: 64,
+        height: 48,
+        channels: 3,
+        data: [200u8, 10, 30].repeat(64 * 48),
+    };
+    let mut c = GridEncodeConfig {
+        shared: true,
+        ..Default::default()
+    };
+    c.fit.set_budget(inr::SHARED_TRY_STEPS);
+    let e = encode_grid(&flat, &c, &mut |_| {}).unwrap();
+    assert_ne!(inr::inspect(&e.bytes).unwrap().flags & 0x0080, 0);
+    assert!(e.psnr > 35.0, "{} dB", e.psnr);
 }
 
 /// `GridEncodeConfig::shared_below` (what `inr encode` does without `--mode`): a small image is
@@ -562,8 +598,12 @@ fn a_small_image_keeps_the_better_of_its_own_and_the_shared_synthesis() {
         ..own.clone()
     };
     shared.fit.set_budget(inr::SHARED_TRY_STEPS);
+    let frozen = GridEncodeConfig {
+        output_layer: OutputLayer::Frozen,
+        ..shared.clone()
+    };
     let enc = |c: &GridEncodeConfig| encode_grid(&img, c, &mut |_| {}).unwrap();
-    let (a, b) = (enc(&own), enc(&shared));
+    let (a, b) = (enc(&own), enc(&frozen));
     let cost = |e: &inr::Encoded| 10f64.powf(-e.psnr / 10.0) + f64::from(lambda) * e.bpp;
     // On this photo crop the shared network is far cheaper than the image's own (~350 bytes).
     assert!(
@@ -600,6 +640,16 @@ fn a_small_image_keeps_the_better_of_its_own_and_the_shared_synthesis() {
         output_layer: OutputLayer::Fitted,
         ..shared.clone()
     });
+    // `shared` itself (`OutputLayer::Auto`) keeps the better of the two.
+    assert_eq!(
+        enc(&shared).bytes,
+        if cost(&fitted) < cost(&b) {
+            &fitted
+        } else {
+            &b
+        }
+        .bytes
+    );
     assert_eq!(inr::inspect(&b.bytes).unwrap().flags & 0x0080, 0);
     assert_ne!(inr::inspect(&fitted.bytes).unwrap().flags & 0x0080, 0);
     let want = if cost(&fitted) < cost(&b) {
@@ -644,7 +694,7 @@ fn a_small_image_keeps_the_better_of_its_own_and_the_shared_synthesis() {
         data: [200u8, 10, 30].repeat(64 * 48),
     };
     let flat_enc = |c: &GridEncodeConfig| encode_grid(&flat, c, &mut |_| {}).unwrap();
-    let (flat_own, flat_frozen) = (flat_enc(&own), flat_enc(&shared));
+    let (flat_own, flat_frozen) = (flat_enc(&own), flat_enc(&frozen));
     let kept = flat_enc(&auto);
     assert_ne!(inr::inspect(&kept.bytes).unwrap().flags & 0x0080, 0);
     assert!(

@@ -72,8 +72,8 @@ pub struct BatchArgs {
     #[arg(long, value_enum)]
     pub mode: Option<super::encode::Mode>,
     /// `--mode grid-shared`: fit and code the shared network's output layer per image
-    /// (`fitted`), use it as it is (`frozen`), or `auto` (fitted from 128x128 pixels; see `inr
-    /// encode --help`).
+    /// (`fitted`), use it as it is (`frozen`), or `auto` (fitted from 128x128 pixels, below both
+    /// tried on RGB images and the better file kept; see `inr encode --help`).
     #[arg(long, value_enum, value_name = "WHICH")]
     pub output_layer: Option<super::encode::OutputLayerArg>,
     /// Grid modes (images): how the latent levels are upsampled (see `inr encode --help`;

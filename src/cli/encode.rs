@@ -150,7 +150,10 @@ pub struct EncodeArgs {
     /// fitted per image and coded, at the best of --bits' widths (`fitted`: on kodim13-16
     /// +0.3 dB at 0.13 bpp), or used as it is, so that the file codes no network weights at
     /// all (`frozen`). `auto`: fitted for images of 128x128 pixels or more, and for any gray
-    /// image or image with alpha (the network's outputs are RGB; `frozen` refuses those).
+    /// image or image with alpha (the network's outputs are RGB; `frozen` refuses those);
+    /// a smaller RGB image is coded both ways and the better file kept (lower `MSE + λ·bpp`,
+    /// or the one --bpp or --psnr prefers; a flat 64x64 image: 102 bytes at 20.9 dB frozen,
+    /// 138 bytes at 45.9 dB fitted).
     #[arg(long, value_enum, value_name = "WHICH")]
     pub output_layer: Option<OutputLayerArg>,
     /// Coding mode. Default for images: `grid`, unless flags of one other mode are given
