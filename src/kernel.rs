@@ -228,8 +228,7 @@ pub fn sincos(x: f32) -> (f32, f32) {
 /// bound its target is not on is pulled back. Inside [-1, 1] this is the plain squared error.
 /// On the alpha crops of kodim03/05/07/11 it lowered `MSE + λ·bpp` by 1.6 % for the image's
 /// own synthesis and 6 % for the shared one (means; up to 10 %); on RGB Kodak images it is
-/// neutral
-/// (`docs/benchmarks.md`, "Clamped outputs in the training loss").
+/// neutral (`docs/benchmarks.md`, "Clamped outputs in the training loss").
 #[inline(always)]
 pub fn output_loss(y: f32, t: f32) -> (f32, f32) {
     let c = y.clamp(-1.0, 1.0);
