@@ -453,8 +453,9 @@ fn image_psnr(data: &[u8], img: &Image) -> f64 {
     }
 }
 
-/// [`encode_one`], and for a small image also the shared synthesis's file when that is better
-/// (see [`GridEncodeConfig::shared_below`]).
+/// [`encode_one`] with `cfg`'s budget raised to [`GridEncodeConfig::shared_min_budget`] where
+/// it applies; a shared-synthesis encode through [`encode_shared`]; for a small image also the
+/// shared synthesis's file when that is better (see [`GridEncodeConfig::shared_below`]).
 fn encode_inner(
     img: &Image,
     cfg: &GridEncodeConfig,
