@@ -1,6 +1,6 @@
 //! Weight sharing: the codebook section of format v2 (§4.7, flag bit 4) and `--kmeans`.
 
-mod common;
+use crate::common;
 use common::{assert_flips_and_truncations_are_caught, fix_crc, test_image};
 use inr::format::{
     inspect, read_file, write_file, Arch, Codebook, FormatError, InrFile, Limits, QTensor, Step,

@@ -5,7 +5,7 @@
 use inr::audio::{sample_value, to_sample, Audio, SampleKind};
 use inr::format::{self, FormatError, Limits};
 
-mod common;
+use crate::common;
 use common::{decode_and_measure, fix_crc, spec, tone};
 use inr::{decode_audio, encode_audio_grid, eval_audio, AudioGridEncodeConfig};
 

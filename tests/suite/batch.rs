@@ -1,6 +1,6 @@
 //! `inr batch`: failures, resume after interruption, sharding, merging.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,7 +2,7 @@
 //! base checks, step monotonicity, rate control, meta-learning, hostile files. Tiny networks
 //! and clips so it runs in seconds.
 
-mod common;
+use crate::common;
 
 use inr::audio::{Audio, AudioSpec, SampleKind};
 use inr::base::{Base, BaseError, ModSpec};

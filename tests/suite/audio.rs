@@ -10,7 +10,7 @@ use inr::audio::{
 };
 use inr::format::{self, FormatError, Limits};
 
-mod common;
+use crate::common;
 use common::{decode_and_measure, fix_crc, spec, tone};
 use inr::{decode_audio, encode_audio, eval_audio, AudioEncodeConfig, Preset};
 

@@ -4,7 +4,7 @@
 //! hostile files, the embedded shared synthesis and `inr meta-train --mode grid-shared`'s
 //! trainer. Small images and few steps.
 
-mod common;
+use crate::common;
 
 use common::{assert_flips_and_truncations_are_caught, fix_crc, test_image};
 use inr::base::{self, Base, BaseError};

@@ -1,7 +1,7 @@
 //! Sparsity: the mask section of format v2 (§4.6, §5.8), pruning during fitting and rate
 //! control (`--bpp`).
 
-mod common;
+use crate::common;
 use common::{assert_flips_and_truncations_are_caught, fix_crc, test_image};
 use inr::entropy::{self, MaskShape};
 use inr::format::{
