@@ -1485,7 +1485,8 @@ const REFIT_SLOPE_RANGE: (f64, f64) = (0.15, 1.5);
 const REFIT_COST: f64 = 0.3;
 /// The cost budget of a search with refits, probes included ([`PROBE_COST`]): two fits afresh
 /// and a refit after one or two probes, or one fit afresh and four refits: at most about 57 s
-/// for a 768x512 image on two cores (a fit afresh takes about 21 s).
+/// for a 768x512 image on two AVX-512 cores, where a fit afresh takes about 21 s (about 2.7
+/// times that on a 2-core Zen 1 EPYC, stop 55).
 const REFIT_BUDGET: f64 = 2.6;
 
 impl Warm {

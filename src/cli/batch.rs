@@ -56,7 +56,8 @@ pub struct BatchArgs {
     #[arg(long, value_name = "i/n")]
     pub shard: Option<Shard>,
     /// Coding mode (see `inr encode --help`): `grid` fits a latent pyramid and a small SIREN
-    /// per image (about 21 s per Kodak image on two cores; --preset sets the rate weight,
+    /// per image (about 21 s per Kodak image on two AVX-512 cores, 50–60 s on a 2-core Zen 1
+    /// EPYC; --preset sets the rate weight,
     /// --steps the fitting steps, --width/--depth/--bits the synthesis); `weights` a whole
     /// network per image (minutes); `modulations` encodes in seconds from the embedded
     /// modulation base (or --base FILE.inrb); `grid-shared` fits only the latent pyramid (and

@@ -17,7 +17,8 @@ use super::{check_output, json_psnr, load_input, path_str, print_json, say, Ctx}
 ///
 /// By default (`--mode grid`) the encoder fits a pyramid of latent grids and a small SIREN that
 /// reads them, under a rate–distortion objective (`--preset` sets the rate weight: tiny is the
-/// smallest file, huge the best quality); about 21 s per 768x512 image on two cores. See
+/// smallest file, huge the best quality); about 21 s per 768x512 image on two AVX-512 cores,
+/// 50–60 s on a 2-core Zen 1 EPYC (AVX2). See
 /// `--mode` for the other modes and when they are picked without it.
 ///
 /// WAV input (detected from the content) is coded as audio, by default in the audio grid mode
@@ -178,10 +179,10 @@ pub struct EncodeArgs {
     /// (default 50), --lr is the latents' Adam rate (default 0.05) and --bpp moves only the
     /// latent quantization step. `grid` fits, per image, a pyramid of latent grids and a small
     /// SIREN that reads them, under a rate–distortion objective (no base needed; about
-    /// 21 s per Kodak image on 2 cores): the preset picks the rate weight (tiny 0.03 … huge
-    /// 0.0008), --steps the fitting budget in full-resolution steps (default 1000, about 21 s;
-    /// 60 take 1.8 s, 100 take 3.2 s, 160 take 4.2 s, 200 take 5.2 s, 250 take 6.3 s on
-    /// kodim14; below 150 most of the budget is spent on
+    /// 21 s per Kodak image on 2 AVX-512 cores, 50–60 s on a 2-core Zen 1 EPYC): the preset
+    /// picks the rate weight (tiny 0.03 … huge 0.0008), --steps the fitting budget in
+    /// full-resolution steps (default 1000, about 21 s; 60 take 1.8 s, 100 take 3.2 s, 160
+    /// take 4.2 s, 200 take 5.2 s, 250 take 6.3 s on kodim14 on the AVX-512 machine; below 150 most of the budget is spent on
     /// cheaper half-resolution steps first), --lr the
     /// latents' Adam rate (default for images 40 / steps within 0.02 … 0.4), --width/--depth/--w0
     /// the synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
