@@ -182,8 +182,8 @@ pub struct EncodeArgs {
     /// 21 s per Kodak image on 2 AVX-512 cores, 50–60 s on a 2-core Zen 1 EPYC): the preset
     /// picks the rate weight (tiny 0.03 … huge 0.0008), --steps the fitting budget in
     /// full-resolution steps (default 1000, about 21 s; 60 take 1.8 s, 100 take 3.2 s, 160
-    /// take 4.2 s, 200 take 5.2 s, 250 take 6.3 s on kodim14 on the AVX-512 machine; below 150 most of the budget is spent on
-    /// cheaper half-resolution steps first), --lr the
+    /// take 4.2 s, 200 take 5.2 s, 250 take 6.3 s on kodim14 on the AVX-512 machine; below
+    /// 150 most of the budget is spent on cheaper half-resolution steps first), --lr the
     /// latents' Adam rate (default for images 40 / steps within 0.02 … 0.4), --width/--depth/--w0
     /// the synthesis SIREN (default 16 x 2, w0 2) and --bits its weight precision (default: the
     /// best of 5, 6, 7, 8, 10). `grid-shared` fits and stores the latent pyramid and the
