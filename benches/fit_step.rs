@@ -133,8 +133,15 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    // The machine's sgemm throughput through candle (gemm crate, runtime SIMD dispatch), as
-    // the ceiling to compare the fused SIREN step against: 2 * 1024^3 flops per iteration.
+    #[cfg(feature = "candle")]
+    sgemm_candle(c);
+}
+
+/// The machine's sgemm throughput through candle (gemm crate, runtime SIMD dispatch), as the
+/// ceiling to compare the fused SIREN step against: 2 * 1024^3 flops per iteration. Only with
+/// `--features candle`.
+#[cfg(feature = "candle")]
+fn sgemm_candle(c: &mut Criterion) {
     let dev = candle_core::Device::Cpu;
     let a = candle_core::Tensor::ones((1024, 1024), candle_core::DType::F32, &dev).expect("tensor");
     let mut g = c.benchmark_group("sgemm_candle");
