@@ -1496,10 +1496,23 @@ fn rc_debug() -> bool {
     std::env::var_os("INR_RC_DEBUG").is_some()
 }
 
-/// Rate-control trace on stderr when `INR_RC_DEBUG` is set (diagnostics only).
+/// When the first rate-control trace line of this process was asked for ([`dbg_rc`]).
+static RC_CLOCK: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Starts the clock of the rate-control trace's times (the first [`dbg_rc`] starts it
+/// otherwise): an encode calls it first, so that each line says when in the encode it came.
+pub(crate) fn dbg_rc_start() {
+    if rc_debug() {
+        RC_CLOCK.get_or_init(std::time::Instant::now);
+    }
+}
+
+/// Rate-control trace on stderr when `INR_RC_DEBUG` is set (diagnostics only), each line
+/// with the seconds since [`dbg_rc_start`].
 pub(crate) fn dbg_rc(args: std::fmt::Arguments<'_>) {
     if rc_debug() {
-        eprintln!("rc: {args}");
+        let t = RC_CLOCK.get_or_init(std::time::Instant::now).elapsed();
+        eprintln!("rc: [{:7.2} s] {args}", t.as_secs_f64());
     }
 }
 

@@ -17,6 +17,7 @@ use crate::format::{
 use crate::grid::{self, GridFit, GridStart, Pyramid, Sampler};
 use crate::media::Image;
 use crate::quant;
+use rayon::prelude::*;
 
 /// Settings of a grid-mode encode.
 #[derive(Debug, Clone)]
@@ -436,6 +437,7 @@ pub fn encode_grid(
     cfg: &GridEncodeConfig,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Encoded, EncodeError> {
+    crate::codec::dbg_rc_start();
     crate::codec::with_threads(cfg.threads, || encode_inner(img, cfg, progress))
 }
 
@@ -1737,6 +1739,9 @@ fn fit_and_code(
             })
         }
     });
+    crate::codec::dbg_rc(format_args!(
+        "fitted {total} steps at lambda {lambda:e}, coding"
+    ));
     let (e, u) = code_fitted(img, cfg, arch, pyr, &fitted, lambda, trim)?;
     Ok((e, u, fitted))
 }
@@ -1846,6 +1851,7 @@ pub(crate) fn code_fitted(
         Some(af) => best_arm(pyr, &latents, af, ArmLayout::Image, ARM_MIN_LATENTS)?,
         None => None,
     };
+    crate::codec::dbg_rc(format_args!("arm fitted"));
     let decoded_psnr = |file: &GridInrFile| {
         let (params, lat) = dequantized(file, shared.map(|b| b.params.as_slice()));
         image_psnr(&grid::render(arch, &params, &lat, &sm), img)
@@ -1912,6 +1918,7 @@ pub(crate) fn code_fitted(
         bpp: bytes.len() as f64 * 8.0 / npx as f64,
         psnr: raw_psnr,
     };
+    crate::codec::dbg_rc(format_args!("widths coded"));
     // Trimmed latents of an ARM-coded file are coded with the ARM fitted to the untrimmed ones
     // (and only so: each trim writes dozens of files); the others as before, without it.
     let trim_arm = file.arm.clone();
@@ -1941,8 +1948,9 @@ pub(crate) fn code_fitted(
         Trim::MaxBytes(max) if bytes.len() > max => {
             // Size falls as the dead zone grows: the smallest dead zone whose file fits, at
             // each spread; the better PSNR among those that fit, else the smaller file.
-            let mut found: Option<(GridInrFile, Vec<u8>, f64)> = None;
-            for spread in [0.0, TRIM_SPREAD] {
+            // The two spreads' bisections are independent: they run in parallel (their
+            // writes and the ARM's evaluation are serial), and are compared in order.
+            let search = |spread: f32| -> Result<(GridInrFile, Vec<u8>, f64), EncodeError> {
                 let (mut lo, mut hi) = (TRIM_MIN, (0.5 + spread) / lw_min);
                 let (mut f_best, mut b_best) = at(hi, spread)?;
                 if b_best.len() <= max {
@@ -1958,6 +1966,12 @@ pub(crate) fn code_fitted(
                     }
                 }
                 let p = decoded_psnr(&f_best);
+                Ok((f_best, b_best, p))
+            };
+            let (one, spread) = rayon::join(|| search(0.0), || search(TRIM_SPREAD));
+            let mut found: Option<(GridInrFile, Vec<u8>, f64)> = None;
+            for r in [one, spread] {
+                let (f_best, b_best, p) = r?;
                 let better = match &found {
                     None => true,
                     Some((_, b, q)) => match (b_best.len() <= max, b.len() <= max) {
@@ -1978,19 +1992,30 @@ pub(crate) fn code_fitted(
         Trim::MinPsnr(t) if raw_psnr >= t => {
             // Quality falls as the dead zone grows: the widest dead zone still at `t` dB
             // (each probe decodes its file), at each spread; the smallest such file is kept
-            // when it is smaller.
-            for spread in [0.0, TRIM_SPREAD] {
+            // when it is smaller (the first of equal ones, spread 0 first: the spreads run in
+            // parallel, each keeping its first smallest).
+            let search = |spread: f32| -> Result<Option<(GridInrFile, Vec<u8>)>, EncodeError> {
                 let (mut lo, mut hi) = (TRIM_MIN, (0.5 + spread) / lw_min);
+                let mut kept: Option<(GridInrFile, Vec<u8>)> = None;
                 for _ in 0..8 {
                     let mid = (lo * hi).sqrt();
                     let (f_mid, b_mid) = at(mid, spread)?;
                     if decoded_psnr(&f_mid) >= t {
                         lo = mid;
-                        if b_mid.len() < bytes.len() {
-                            (file, bytes) = (f_mid, b_mid);
+                        if kept.as_ref().is_none_or(|k| b_mid.len() < k.1.len()) {
+                            kept = Some((f_mid, b_mid));
                         }
                     } else {
                         hi = mid;
+                    }
+                }
+                Ok(kept)
+            };
+            let (one, spread) = rayon::join(|| search(0.0), || search(TRIM_SPREAD));
+            for r in [one, spread] {
+                if let Some((f, b)) = r? {
+                    if b.len() < bytes.len() {
+                        (file, bytes) = (f, b);
                     }
                 }
             }
@@ -2118,11 +2143,19 @@ pub(crate) fn best_arm(
     let Some(cands) = fit_arm(&grids, pyr.n_levels(), af) else {
         return Ok(None);
     };
+    // Each candidate's coded size (in parallel: each coding pass is serial), the first
+    // smallest kept.
+    let sizes: Vec<Result<usize, EncodeError>> = cands
+        .par_iter()
+        .map(|a| {
+            let (_, stream) =
+                entropy::encode_arm_grids_fitted(&grids, a).map_err(format::FormatError::from)?;
+            Ok(stream.len() + format::arm_coded_bytes(a)?)
+        })
+        .collect();
     let mut best: Option<(usize, Arm)> = None;
-    for a in cands {
-        let (_, stream) =
-            entropy::encode_arm_grids_fitted(&grids, &a).map_err(format::FormatError::from)?;
-        let n = stream.len() + format::arm_coded_bytes(&a)?;
+    for (a, n) in cands.into_iter().zip(sizes) {
+        let n = n?;
         if best.as_ref().is_none_or(|b| n < b.0) {
             best = Some((n, a));
         }
