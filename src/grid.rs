@@ -2621,6 +2621,50 @@ pub fn fit_from<'t>(
 mod tests {
     use super::*;
 
+    /// The merge of the bands' latent gradients in runs ([`MERGE_CHUNK`]) gives the bits of
+    /// the one-task-per-level merge it replaced (each entry summed in band order), on a
+    /// pyramid whose finest level spans several runs, with overlapping bands of every level.
+    #[test]
+    fn merge_in_runs_matches_the_merge_per_level() {
+        let pyr = Pyramid::new(400, 260, 4);
+        assert!(pyr.levels[0].0 * pyr.levels[0].1 > 3 * MERGE_CHUNK);
+        let sm = Sampler::new(pyr.clone(), 400, 260);
+        let val = |i: usize| ((i * 2_654_435_761usize) % 1_000) as f32 * 1e-3 - 0.5;
+        let mut bands = Vec::new();
+        for b in 0..9usize {
+            let parts = pyr
+                .levels
+                .iter()
+                .enumerate()
+                .map(|(l, &(wl, hl, _))| {
+                    // Rows first..first + n, overlapping the next band's by one.
+                    let first = (b * hl / 9).min(hl - 1);
+                    let n = (hl / 9 + 2).min(hl - first);
+                    let v: Vec<f32> = (0..n * wl).map(|i| val(i + 7 * b + 1_000 * l)).collect();
+                    (first, v)
+                })
+                .collect();
+            bands.push(BandAdjoint { parts });
+        }
+        let mut got = vec![f32::NAN; pyr.n_latents];
+        sm.merge_adjoint(&bands, &mut got);
+        let mut want = vec![0.0f32; pyr.n_latents];
+        for &(wl, hl, off) in &pyr.levels {
+            let l = pyr.levels.iter().position(|x| x.2 == off).unwrap();
+            let g = &mut want[off..off + wl * hl];
+            for band in &bands {
+                let (first, src) = &band.parts[l];
+                for (d, s) in g[first * wl..][..src.len()].iter_mut().zip(src) {
+                    *d += s;
+                }
+            }
+        }
+        assert!(got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
     /// Soft rounding: `floor_small` is `floor`; the rounding tends to `round` at low
     /// temperature and to the identity at high; its derivative matches finite differences; the
     /// noise pass gives the same bits on every instruction set and its `dq` is the derivative

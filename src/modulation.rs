@@ -1043,3 +1043,39 @@ pub fn validate(net: &ModNet, images: &[Image], fit: &LatentFit) -> f64 {
         .sum();
     sum / images.len().max(1) as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Adam in parallel chunks (large steps) gives the bits of the serial update, step after
+    /// step.
+    #[test]
+    fn parallel_adam_matches_the_serial_update() {
+        let n = ADAM_PAR_MIN + 3 * ADAM_CHUNK + 17;
+        let mut p: Vec<f32> = (0..n)
+            .map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5)
+            .collect();
+        let mut q = p.clone();
+        let mut a = Adam::new(n);
+        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+        for t in 1..=3i32 {
+            let g: Vec<f32> = (0..n)
+                .map(|i| ((i * 13 + t as usize) % 29) as f32 * 0.1 - 1.4)
+                .collect();
+            a.step(&mut p, &g, 0.01);
+            let (b1, b2) = (0.9f32, 0.999f32);
+            let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+            let s = 0.01 * bc2.sqrt() / bc1;
+            for i in 0..n {
+                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                q[i] -= s * m[i] / (v[i].sqrt() + 1e-8 * bc2.sqrt());
+            }
+            assert!(
+                p.iter().zip(&q).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "step {t}"
+            );
+        }
+    }
+}
