@@ -211,24 +211,48 @@ pub fn fit_arm(grids: &[(&[i32], ArmShape)], levels: usize, cfg: &ArmFit) -> Opt
     // Latents whose thirteen inputs are all 0 (most of the finest level at low rates) share
     // their inputs: their gradient is exact, once per level and value, weighted by the count.
     // Minibatches are drawn from the others ("hard" latents), weighted by their number.
-    let mut trivial: std::collections::BTreeMap<(usize, i32), f32> = Default::default();
-    let mut hard: Vec<(u8, u32)> = Vec::new();
-    for (k, &(g, s)) in grids.iter().enumerate() {
-        let parent = k.checked_sub(1).map(|j| (grids[j].0, grids[j].1.cols));
-        for (i, &v) in g.iter().enumerate() {
-            if arm_inputs(g, i, s.cols, s.layout, parent)
-                .iter()
-                .all(|&x| x == 0)
-            {
-                *trivial.entry((s.level, v)).or_default() += 1.0;
-            } else {
-                hard.push((k as u8, i as u32));
+    // Classified in parallel runs of each grid, then gathered in order: the hard latents in
+    // coding order, the trivial ones counted exactly (in integers: a count in `f32` stopped at
+    // 2^24, which a grid of a 50 Mpx image can pass).
+    const RUN: usize = 1 << 14;
+    let runs: Vec<(usize, usize)> = grids
+        .iter()
+        .enumerate()
+        .flat_map(|(k, g)| (0..g.0.len()).step_by(RUN).map(move |i| (k, i)))
+        .collect();
+    type Classified = (Vec<((usize, i32), u64)>, Vec<(u8, u32)>);
+    let classified: Vec<Classified> = runs
+        .par_iter()
+        .map(|&(k, i0)| {
+            let (g, s) = grids[k];
+            let parent = k.checked_sub(1).map(|j| (grids[j].0, grids[j].1.cols));
+            let mut counts: std::collections::BTreeMap<(usize, i32), u64> = Default::default();
+            let mut hard = Vec::new();
+            for (i, &v) in g.iter().enumerate().skip(i0).take(RUN) {
+                if arm_inputs(g, i, s.cols, s.layout, parent)
+                    .iter()
+                    .all(|&x| x == 0)
+                {
+                    *counts.entry((s.level, v)).or_default() += 1;
+                } else {
+                    hard.push((k as u8, i as u32));
+                }
             }
+            (counts.into_iter().collect(), hard)
+        })
+        .collect();
+    let mut trivial: std::collections::BTreeMap<(usize, i32), u64> = Default::default();
+    let mut hard: Vec<(u8, u32)> = Vec::new();
+    for (counts, h) in classified {
+        for (key, c) in counts {
+            *trivial.entry(key).or_default() += c;
         }
+        hard.extend(h);
     }
     let trivial: Vec<(Sample, f32)> = trivial
         .into_iter()
         .map(|((level, v), c)| {
+            let c = c as f32;
             let s = Sample {
                 x: [0.0; ARM_INPUTS],
                 level: level as u16,
@@ -255,21 +279,38 @@ pub fn fit_arm(grids: &[(&[i32], ArmShape)], levels: usize, cfg: &ArmFit) -> Opt
         hard.len() as f32 / batch as f32
     };
     const CHUNK: usize = 512;
-    let mut idx = vec![(0u8, 0u32); batch];
-    for step in 0..cfg.steps {
+    // Each step's minibatch is drawn while the step before computes its gradient (the draws
+    // depend only on the generator, which nothing else in the loop uses).
+    let draw = |idx: &mut [(u8, u32)], rng: &mut ChaCha8Rng| {
         for i in idx.iter_mut() {
             *i = hard[rng.gen_range(0..hard.len())];
         }
-        let parts: Vec<Vec<f32>> = idx
-            .par_chunks(CHUNK)
-            .map(|c| {
-                let mut g = vec![0f32; np];
-                for &(k, i) in c {
-                    net.step(&sample(grids, k.into(), i as usize), Some(&mut g));
+    };
+    let mut idx = vec![(0u8, 0u32); batch];
+    let mut next = idx.clone();
+    if cfg.steps > 0 {
+        draw(&mut idx, &mut rng);
+    }
+    for step in 0..cfg.steps {
+        let (parts, ()) = rayon::join(
+            || -> Vec<Vec<f32>> {
+                idx.par_chunks(CHUNK)
+                    .map(|c| {
+                        let mut g = vec![0f32; np];
+                        for &(k, i) in c {
+                            net.step(&sample(grids, k.into(), i as usize), Some(&mut g));
+                        }
+                        g
+                    })
+                    .collect()
+            },
+            || {
+                if step + 1 < cfg.steps {
+                    draw(&mut next, &mut rng);
                 }
-                g
-            })
-            .collect();
+            },
+        );
+        std::mem::swap(&mut idx, &mut next);
         let mut g = vec![0f32; np];
         for part in &parts {
             for (a, b) in g.iter_mut().zip(part) {
