@@ -2649,8 +2649,7 @@ mod tests {
         let mut got = vec![f32::NAN; pyr.n_latents];
         sm.merge_adjoint(&bands, &mut got);
         let mut want = vec![0.0f32; pyr.n_latents];
-        for &(wl, hl, off) in &pyr.levels {
-            let l = pyr.levels.iter().position(|x| x.2 == off).unwrap();
+        for (l, &(wl, hl, off)) in pyr.levels.iter().enumerate() {
             let g = &mut want[off..off + wl * hl];
             for band in &bands {
                 let (first, src) = &band.parts[l];

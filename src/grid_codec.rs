@@ -1851,7 +1851,9 @@ pub(crate) fn code_fitted(
         Some(af) => best_arm(pyr, &latents, af, ArmLayout::Image, ARM_MIN_LATENTS)?,
         None => None,
     };
-    crate::codec::dbg_rc(format_args!("arm fitted"));
+    if arm.is_some() {
+        crate::codec::dbg_rc(format_args!("arm fitted"));
+    }
     let decoded_psnr = |file: &GridInrFile| {
         let (params, lat) = dequantized(file, shared.map(|b| b.params.as_slice()));
         image_psnr(&grid::render(arch, &params, &lat, &sm), img)
