@@ -1315,19 +1315,7 @@ pub fn encode_arm_grids_fitted(
     grids: &[(&[i32], ArmShape)],
     arm: &Arm,
 ) -> Result<(Vec<u8>, Vec<u8>), EntropyError> {
-    let probe: Vec<(&[i32], ArmShape)> = grids
-        .iter()
-        .map(|&(g, s)| {
-            (
-                g,
-                ArmShape {
-                    res_max_abs: MAX_ABS_LIMIT,
-                    ..s
-                },
-            )
-        })
-        .collect();
-    check_arm_grids(&probe, arm)?;
+    check_arm_grids(&any_residual(grids), arm)?;
     let plan = arm_plan(grids, arm);
     let mut bits = Vec::with_capacity(grids.len());
     let mut shaped = Vec::with_capacity(grids.len());
@@ -1355,6 +1343,42 @@ pub fn encode_arm_grids_fitted(
         ));
     }
     Ok((bits, encode_arm_planned(&shaped, &plan)?))
+}
+
+/// One element as the ARM codes it (§5.11): its prediction, its model's index in the grid and
+/// its residual's sign.
+pub type ArmElement = (i32, usize, i64);
+
+/// The ARM's view of every element of `grids` (coding order, all values known), as
+/// [`encode_arm_grids`] codes them: its prediction, the index of its model in the grid (one
+/// of [`ARM_MODELS`]) and the sign its residual is coded with. For the encoder's rate
+/// estimates (a rate–distortion optimised trim of the latents); each `res_max_abs` is
+/// ignored.
+///
+/// # Errors
+/// As [`encode_arm_grids_fitted`] before coding (shapes, ranges, lengths).
+pub fn arm_models(
+    grids: &[(&[i32], ArmShape)],
+    arm: &Arm,
+) -> Result<Vec<Vec<ArmElement>>, EntropyError> {
+    check_arm_grids(&any_residual(grids), arm)?;
+    Ok(arm_plan(grids, arm))
+}
+
+/// `grids` with every residual range the widest (for checks made before the ranges are known).
+fn any_residual<'a>(grids: &[(&'a [i32], ArmShape)]) -> Vec<(&'a [i32], ArmShape)> {
+    grids
+        .iter()
+        .map(|&(g, s)| {
+            (
+                g,
+                ArmShape {
+                    res_max_abs: MAX_ABS_LIMIT,
+                    ..s
+                },
+            )
+        })
+        .collect()
 }
 
 fn check_arm_grids(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Result<(), EntropyError> {
