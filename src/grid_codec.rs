@@ -2893,6 +2893,17 @@ mod tests {
                 (v * 255.0).round() as u8
             })
             .collect();
+        fit_rgb(w, h, data, 150, 0.0005)
+    }
+
+    /// A grid fit (4 levels, width 12) of the RGB image `data` (`w` x `h`), `steps` steps at λ.
+    fn fit_rgb(
+        w: u32,
+        h: u32,
+        data: Vec<u8>,
+        steps: usize,
+        lambda: f32,
+    ) -> (Image, GridEncodeConfig, Arch, Pyramid, grid::Fitted) {
         let img = Image {
             width: w,
             height: h,
@@ -2904,8 +2915,8 @@ mod tests {
             width: 12,
             ..Default::default()
         };
-        cfg.fit.steps = 150;
-        cfg.fit.lambda = 0.0005;
+        cfg.fit.steps = steps;
+        cfg.fit.lambda = lambda;
         let arch = grid_arch(&cfg, 3);
         let pyr = Pyramid::new(w, h, cfg.levels);
         let target: Vec<f32> = img.data.iter().map(|&v| crate::model::from_u8(v)).collect();
@@ -3056,24 +3067,8 @@ mod tests {
                 (v * 255.0).round() as u8
             })
             .collect();
-        let img = Image {
-            width: w,
-            height: h,
-            channels: 3,
-            data,
-        };
-        let mut cfg = GridEncodeConfig {
-            levels: 4,
-            width: 12,
-            ..Default::default()
-        };
-        cfg.fit.steps = 120;
-        cfg.fit.lambda = 0.002;
-        let arch = grid_arch(&cfg, 3);
-        let pyr = Pyramid::new(w, h, cfg.levels);
+        let (img, cfg, arch, pyr, fitted) = fit_rgb(w, h, data, 120, 0.002);
         assert!(pyr.n_latents >= ARM_MIN_LATENTS);
-        let target: Vec<f32> = img.data.iter().map(|&v| crate::model::from_u8(v)).collect();
-        let fitted = grid::fit(&arch, &pyr, &target, &cfg.fit, 0, &mut |_| {});
         let lam = cfg.fit.lambda;
         let (plain, _) = code_fitted(&img, &cfg, &arch, &pyr, &fitted, lam, Trim::None).unwrap();
         let limits = Limits::default();
