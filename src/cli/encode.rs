@@ -142,8 +142,9 @@ pub struct EncodeArgs {
     /// density and step sizes are chosen on the real coded size. Use a wide
     /// network (e.g. --preset small or larger); a warning is printed when the target is missed.
     /// In grid mode: λ placed by one or two 100-step probes (fits of 500 steps or more; else
-    /// from a calibration table), then fits and shorter refits until one lands within −3 … +4 %
-    /// (at most 2.6 fits' worth of steps); a kept file still over is trimmed: latents moved
+    /// from a calibration table), then fits and shorter refits until one lands within −3 … +1 %,
+    /// or up to +4 % when trimming it costs at most 0.15 dB (at most 2.6 fits' worth of steps);
+    /// a kept file still over is trimmed: latents moved
     /// one step towards their ARM prediction where that saves the most bits for the least
     /// error, or the latents' rounding dead zone widened (files without an ARM).
     #[arg(long, value_name = "BPP", conflicts_with = "target_psnr")]
