@@ -1023,6 +1023,45 @@ fn check_pred_shape(s: &PredShape) -> Result<(), EntropyError> {
     Ok(())
 }
 
+/// The §5.10 coder's view of every element of `grids` (coding order, all values known), as
+/// [`encode_pred_grids`] codes them with `ctxs`: its prediction, the index of its model in the
+/// grid and the sign its residual is coded with. For the encoder's rate estimates (a
+/// rate–distortion optimised trim of the latents); each `res_max_abs` is ignored.
+///
+/// # Errors
+/// As [`encode_pred_grids`] before coding (ranges).
+pub fn pred_models(
+    grids: &[(&[i32], PredShape)],
+    ctxs: GridContexts,
+) -> Result<Vec<Vec<CodedElement>>, EntropyError> {
+    for (t, &(g, s)) in grids.iter().enumerate() {
+        check_pred_shape(&PredShape {
+            res_max_abs: 1,
+            ..s
+        })?;
+        check_symbols(t, g, s.max_abs)?;
+    }
+    let (residuals, fractions) = residuals_and_fractions(grids);
+    Ok(grids
+        .iter()
+        .zip(&residuals)
+        .zip(&fractions)
+        .map(|((&(g, s), r), f)| {
+            g.iter()
+                .zip(r)
+                .zip(f)
+                .enumerate()
+                .map(|(i, ((&v, &r), &frac))| {
+                    let ctx = grid_context(g, i, s.cols, ctxs);
+                    let (j, sign) = pred_model(ctxs, ctx, frac.into());
+                    // The prediction: |v| and |pred| are within max_abs, so v − r fits.
+                    (v - r, j, sign)
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// Encodes predicted latent grids into one range-coded stream (§5.10), grids in coding order
 /// (each one's parent is the grid before it): for every grid, `ctxs.count()` fresh adaptive
 /// models over the residual alphabet; each residual in row-major order is coded under the
@@ -1345,9 +1384,9 @@ pub fn encode_arm_grids_fitted(
     Ok((bits, encode_arm_planned(&shaped, &plan)?))
 }
 
-/// One element as the ARM codes it (§5.11): its prediction, its model's index in the grid and
-/// its residual's sign.
-pub type ArmElement = (i32, usize, i64);
+/// One element as a residual coder codes it (the ARM, §5.11, or the predictor, §5.10): its
+/// prediction, its model's index in the grid and its residual's sign.
+pub type CodedElement = (i32, usize, i64);
 
 /// The ARM's view of every element of `grids` (coding order, all values known), as
 /// [`encode_arm_grids`] codes them: its prediction, the index of its model in the grid (one
@@ -1360,7 +1399,7 @@ pub type ArmElement = (i32, usize, i64);
 pub fn arm_models(
     grids: &[(&[i32], ArmShape)],
     arm: &Arm,
-) -> Result<Vec<Vec<ArmElement>>, EntropyError> {
+) -> Result<Vec<Vec<CodedElement>>, EntropyError> {
     check_arm_grids(&any_residual(grids), arm)?;
     Ok(arm_plan(grids, arm))
 }

@@ -1498,14 +1498,14 @@ impl GridFit {
     }
     /// The settings of a refit: a fit that starts from an earlier fit of the same image
     /// ([`Fitted::into_start`]) at another λ, as a rate or quality search's later fits do.
-    /// 30 % of the full-resolution steps (at least one), no half-resolution phase, the
-    /// predictor on from the first step, lower learning rates (latents 0.02, network 0.3×,
-    /// entropy model 0.01) and soft rounding from 0.3 instead of 0.5 (the latents are
-    /// already near their integers).
-    pub fn refit(&self) -> GridFit {
+    /// `tenths` tenths of the full-resolution steps (at least one step; the searches use 3,
+    /// or 6 to raise the rate), no half-resolution phase, the predictor on from the first
+    /// step, lower learning rates (latents 0.02, network 0.3×, entropy model 0.01) and soft
+    /// rounding from 0.3 instead of 0.5 (the latents are already near their integers).
+    pub fn refit(&self, tenths: usize) -> GridFit {
         let s = self.schedule();
         GridFit {
-            steps: (s.full * 3 / 10).max(1),
+            steps: (s.full * tenths / 10).max(1),
             coarse_steps: 0,
             budget: None,
             lr_latent: Some(REFIT_LATENT_LR),

@@ -381,6 +381,22 @@ pub(crate) fn level_predictors(
             res_bits: 16,
         })
         .collect();
+    // Residuals in coding order (coarsest first).
+    let res = entropy::grid_residuals(&pred_grids(pyr, latents, &pred));
+    for (p, r) in pred.iter_mut().rev().zip(&res) {
+        let m = r.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+        p.res_bits = (2..=16u8).find(|&b| m <= max_abs_for_bits(b))?;
+    }
+    Some(pred)
+}
+
+/// The latent grids of `latents` as the §5.10 coder takes them with the predictors `pred`, in
+/// coding order (coarsest level first).
+fn pred_grids<'a>(
+    pyr: &Pyramid,
+    latents: &'a [QTensor],
+    pred: &[LevelPredictor],
+) -> Vec<(&'a [i32], PredShape)> {
     let dims: Vec<(u32, u32)> = pyr
         .levels
         .iter()
@@ -388,20 +404,13 @@ pub(crate) fn level_predictors(
         .collect();
     let lens: Vec<usize> = latents.iter().map(|t| t.symbols.len()).collect();
     let bits: Vec<u8> = latents.iter().map(|t| t.bits).collect();
-    let shapes = format::predicted_shapes(&dims, &lens, &bits, &pred);
-    let grids: Vec<(&[i32], PredShape)> = latents
+    let shapes = format::predicted_shapes(&dims, &lens, &bits, pred);
+    latents
         .iter()
         .rev()
         .map(|t| t.symbols.as_slice())
         .zip(shapes)
-        .collect();
-    // Residuals in coding order (coarsest first).
-    let res = entropy::grid_residuals(&grids);
-    for (p, r) in pred.iter_mut().rev().zip(&res) {
-        let m = r.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
-        p.res_bits = (2..=16u8).find(|&b| m <= max_abs_for_bits(b))?;
-    }
-    Some(pred)
+        .collect()
 }
 
 /// Network parameters and latents of a file, dequantized (§13.3); the network is `shared`
@@ -658,7 +667,12 @@ fn encode_one(
         first = l;
     }
     let refit_below = (t * REFIT_WITHIN).ln();
-    warm.model = Some((aim.aim, refit_drop(t), REFIT_SLOPE));
+    warm.model = Some(RefitModel {
+        aim: aim.aim,
+        floor: aim.band.0,
+        up_from: (t * REFIT_UP_FROM).ln(),
+        drop: refit_drop(t),
+    });
     let fits = warm.max_fits;
     let mut fit = |lambda| {
         let trim = Trim::MaxBytes(max_bytes);
@@ -1440,9 +1454,8 @@ struct Warm {
     /// Cost of a probe in this search's fits afresh ([`PROBE_COST`] scaled by 1,000 over their
     /// full-resolution steps).
     probe_cost: f64,
-    /// Where a rate search's first refit of a fit goes: `(aim, drop, slope)` in `y` units
-    /// ([`refit_drop`] of the target, [`REFIT_SLOPE`]); `None`: where the search says.
-    model: Option<(f64, f64, f64)>,
+    /// Where a rate search's refits go ([`RefitModel`]); `None`: where the search says.
+    model: Option<RefitModel>,
     /// A rate search has a file on target that trimming cost less than [`SETTLED_TRIM_DB`]:
     /// no fit afresh that a refit cannot follow is made after it.
     settled: bool,
@@ -1458,6 +1471,22 @@ struct Warm {
 /// from 0.5055 bpp at 29.03; the last fit landed at 0.5421 and trimmed to 28.74 dB), 54 s → 34
 /// s, the same file.
 const SETTLED_TRIM_DB: f64 = 0.1;
+
+/// How a rate search places its refits ([`Warm::choose`], [`Warm::along_refits`]), in `y`
+/// units (ln bpp).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RefitModel {
+    /// Where refits aim.
+    aim: f64,
+    /// The bottom of the accepted band: a refit that lands under it is refitted again.
+    floor: f64,
+    /// A fit afresh under `floor` but at least this high is refitted upwards (at a smaller
+    /// λ) rather than followed by a fit afresh ([`REFIT_UP_FROM`]).
+    up_from: f64,
+    /// How much lower than its source a refit lands at the source's λ ([`refit_drop`] of the
+    /// target).
+    drop: f64,
+}
 
 /// One fit of a search, as [`Warm`] keeps it.
 struct SearchedFit {
@@ -1502,18 +1531,47 @@ fn refit_drop(bpp: f64) -> f64 {
 /// 0.39 / 0.24 / 0.47; at 0.25 bpp kodim07 0.2, kodim15 0.58, kodim16 0.47), about two thirds
 /// of a fit afresh's.
 const REFIT_SLOPE: f64 = 0.45;
-/// A first refit whose source lies less than [`REFIT_DROP`] above the aim goes to a smaller
-/// λ than its source's, along this `-d ln bpp / d ln λ` (kodim03 refitted from λ = 0.0075 to
-/// 0.005: +4.4 % rate where the drop alone predicts −7.5 %, 0.29) by at most
+/// A first refit whose source lies less than [`REFIT_DROP`] above the aim (or under it:
+/// [`REFIT_UP_FROM`]) goes to a smaller λ than its source's, along this `-d ln bpp / d ln λ`
+/// net of the drop (kodim03 refitted from λ = 0.0075 to 0.005: +4.4 % rate where the drop
+/// alone predicts −7.5 %, 0.29; at 0.5 bpp, first fits under the band refitted at 0.6 and
+/// 0.45 times their λ: kodim01 0.34 and 0.39, kodim07 0.16 and 0.18) by at most
 /// [`REFIT_UP_MAX`] in ln λ: kodim16 at 0.25 bpp, a fit at 1.044 times the target refitted
 /// at its own λ landed at 0.967 times it, just under the band.
 const REFIT_SLOPE_UP: f64 = 0.3;
 /// See [`REFIT_SLOPE_UP`].
-const REFIT_UP_MAX: f64 = 0.3;
+const REFIT_UP_MAX: f64 = 1.0;
+/// A rate search refits a fit afresh that landed under the band but at least this multiple of
+/// the target upwards (at a smaller λ, [`REFIT_SLOPE_UP`]), instead of making a second fit
+/// afresh: on kodim01 and kodim07 at 0.5 bpp (first fits at 0.948 and 0.930 times the
+/// target), 27.41 → 27.40 dB and 34.44 → 34.50 dB, 72 → 55 s and 73 → 38 s. A refit's rate
+/// rises far less readily than it falls, so from further down a fit afresh is made.
+const REFIT_UP_FROM: f64 = 0.85;
 /// The range of `-d ln bpp / d ln λ` that two refits of one fit may set ([`Warm::along_refits`]).
 const REFIT_SLOPE_RANGE: (f64, f64) = (0.15, 1.5);
+/// A refit runs this many tenths of a fit's full-resolution steps ([`GridFit::refit`]) ...
+const REFIT_TENTHS: usize = 3;
+/// ... and a refit of a rate search's fit that landed under the band, at a smaller λ than its
+/// source's ([`Warm::under_source`], [`Warm::along_refits`]), this many. Such a refit must
+/// raise the rate, which a refit does far less readily than lower it, and it has no fit at a
+/// higher rate to start from. On kodim03/05/09/11 at 0.125 bpp, their first fits moved to
+/// 1.35 or 1.6 times the λ the probes chose so that they landed 0.88–0.93 times the target,
+/// the searches ended at 27.143 dB on the mean in 69.5 s with a second fit afresh and a refit,
+/// 27.073 dB in 42.8 s with refits of 30 % of the steps from the first fit, and 27.155 dB in
+/// 51.6 s with refits of 60 %.
+const REFIT_UP_TENTHS: usize = 6;
+
+/// A refit's cost in fits afresh: its share of the steps.
+fn refit_cost(tenths: usize) -> f64 {
+    tenths as f64 / 10.0
+}
+
+/// How a later fit of a search starts from an earlier one: that fit's state, and the tenths
+/// of the full-resolution steps the refit runs ([`REFIT_TENTHS`], [`REFIT_UP_TENTHS`]).
+type Refit = (GridStart, usize);
+
 /// Cost of a refit (30 % of the steps) in fits afresh.
-const REFIT_COST: f64 = 0.3;
+const REFIT_COST: f64 = REFIT_TENTHS as f64 / 10.0;
 /// The cost budget of a search with refits, probes included ([`PROBE_COST`]): two fits afresh
 /// and a refit after one or two probes, or one fit afresh and four refits: at most about 57 s
 /// for a 768x512 image on two AVX-512 cores, where a fit afresh takes about 21 s (about 2.7
@@ -1546,17 +1604,18 @@ impl Warm {
 
     /// How the next fit, at `lambda`, starts, and at which λ: `Some((Some(start), lambda))`
     /// refits an earlier fit (of those at λ ≤ `lambda` and `y <= y_max`, the one with the
-    /// largest λ: a refit lowers the rate readily but raises it only a little), `Some((None,
-    /// λ'))` fits afresh, `None`: the budget is spent. A fit afresh after the first, when
-    /// refits are on and one can follow it, moves to the λ' where `calib` expects
-    /// [`FRESH_OVER`] times the rate (so that a refit can land it, however the fit misses).
-    /// After a refit that landed over the aim, [`Warm::along_refits`] decides first.
+    /// largest λ: a refit lowers the rate readily but raises it only a little; failing that, a
+    /// rate search's fit just under the band, [`Warm::under_source`]), `Some((None, λ'))` fits
+    /// afresh, `None`: the budget is spent. A fit afresh after the first, when refits are on
+    /// and one can follow it, moves to the λ' where `calib` expects [`FRESH_OVER`] times the
+    /// rate (so that a refit can land it, however the fit misses). After a refit that landed
+    /// over the aim or under the band, [`Warm::along_refits`] decides first.
     fn choose(
         &mut self,
         lambda: f32,
         y_max: f64,
         calib: &Calibration,
-    ) -> Option<(Option<GridStart>, f32)> {
+    ) -> Option<(Option<Refit>, f32)> {
         if let Some(next) = self.along_refits() {
             return Some(next);
         }
@@ -1566,12 +1625,13 @@ impl Warm {
             .enumerate()
             .filter(|(_, f)| f.lambda <= lambda && f.y <= y_max && f.source.is_none())
             .max_by(|a, b| a.1.lambda.total_cmp(&b.1.lambda))
-            .map(|(i, _)| i);
-        let cost = if source.is_some() { REFIT_COST } else { 1.0 };
+            .map(|(i, _)| (i, REFIT_TENTHS));
+        let source = source.or_else(|| self.under_source().map(|i| (i, REFIT_UP_TENTHS)));
+        let cost = source.map_or(1.0, |(_, tenths)| refit_cost(tenths));
         if self.spent + cost > self.budget + 1e-9 {
             return None;
         }
-        let Some(i) = source else {
+        let Some((i, tenths)) = source else {
             // Aim high only when a refit can still follow.
             let then_refit = self.spent + 1.0 + REFIT_COST <= self.budget + 1e-9;
             if self.on && self.settled && !then_refit {
@@ -1589,10 +1649,10 @@ impl Warm {
         let asked = lambda;
         let lambda = match self.model {
             // The first refit of a fit: where the refits measured put the aim.
-            Some((aim, drop, slope)) if !f.refitted => {
-                let e = f.y - drop - aim;
+            Some(m) if !f.refitted => {
+                let e = f.y - m.drop - m.aim;
                 let step = if e >= 0.0 {
-                    e / slope
+                    e / REFIT_SLOPE
                 } else {
                     (e / REFIT_SLOPE_UP).max(-REFIT_UP_MAX)
                 };
@@ -1607,7 +1667,7 @@ impl Warm {
             f.lambda, asked
         ));
         f.refitted = true;
-        Some((Some(f.start.clone()), lambda))
+        Some((Some((f.start.clone(), tenths)), lambda))
     }
 
     /// Spends `cost` on a fit from `source` (an index into `fits`, `None`: afresh) at
@@ -1625,37 +1685,75 @@ impl Warm {
         Some(())
     }
 
-    /// A rate search whose last fit was a refit that landed over the aim refits the same
-    /// source again, at the λ its refits put the aim at: along the secant of its last two
-    /// refits (`-d y / d ln λ` within [`REFIT_SLOPE_RANGE`]), or [`REFIT_SLOPE`] from its
-    /// one refit. The search's own step mixes fits afresh and refits, which lie on different
-    /// curves (a refit lands about [`REFIT_DROP`] lower at the same λ), and the fit afresh it
-    /// then asked for cost a whole fit: kodim13 at 0.5 bpp (stop 38), a fit at 0.5241 bpp, its
-    /// refit at 0.5235, then a last fit afresh at 0.5335, trimmed to 24.64 dB where the refit
-    /// had kept 24.76. `None`: the search decides (also when the budget has no refit left).
-    fn along_refits(&mut self) -> Option<(Option<GridStart>, f32)> {
-        let (aim, _, _) = self.model?;
+    /// Of a rate search's fits afresh not yet refitted that landed under the band but not
+    /// under [`RefitModel::up_from`], the highest: a refit of it at a smaller λ can land in the
+    /// band for a third of a fit afresh ([`REFIT_UP_FROM`]).
+    fn under_source(&self) -> Option<usize> {
+        let m = self.model?;
+        self.fits
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.source.is_none() && !f.refitted && f.y < m.floor && f.y >= m.up_from)
+            .max_by(|a, b| a.1.y.total_cmp(&b.1.y))
+            .map(|(i, _)| i)
+    }
+
+    /// A rate search whose last fit was a refit that landed over the aim, or under the band,
+    /// refits the same source again, at the λ its refits put the aim at: along the secant of
+    /// its last two refits (`-d y / d ln λ` within [`REFIT_SLOPE_RANGE`]), or else from its
+    /// last refit along [`REFIT_SLOPE`] (over the aim) or along the line from its source,
+    /// lowered by the drop, to that refit (under the band; within [`REFIT_SLOPE_RANGE`]). The
+    /// search's own step mixes fits afresh and refits, which lie on different curves (a refit
+    /// lands about [`REFIT_DROP`] lower at the same λ), and the fit afresh it then asked for
+    /// cost a whole fit: kodim13 at 0.5 bpp (stop 38), a fit at 0.5241 bpp, its refit at
+    /// 0.5235, then a last fit afresh at 0.5335, trimmed to 24.64 dB where the refit had kept
+    /// 24.76. Under the band, a refit at a smaller λ than its source's rose 0.16–0.39 in ln bpp
+    /// per unit of ln λ, far less than a fit afresh (kodim07 at 0.5 bpp: 0.465 → 0.480 bpp
+    /// from λ = 8.3e-4 to 5.0e-4). `None`: the search decides (also when the budget has no
+    /// refit left).
+    fn along_refits(&mut self) -> Option<(Option<Refit>, f32)> {
+        let m = self.model?;
         let last = self.fits.last()?;
         let src = last.source?;
-        if last.y <= aim || self.spent + REFIT_COST > self.budget + 1e-9 {
+        let under = last.y < m.floor;
+        // Refits from a source under the band run longer ([`REFIT_UP_TENTHS`]).
+        let tenths = if under && self.fits[src].y < m.floor {
+            REFIT_UP_TENTHS
+        } else {
+            REFIT_TENTHS
+        };
+        let cost = refit_cost(tenths);
+        if (last.y <= m.aim && !under) || self.spent + cost > self.budget + 1e-9 {
             return None;
         }
         let mut siblings = self.fits.iter().rev().filter(|f| f.source == Some(src));
         let (a, b) = (siblings.next()?, siblings.next());
+        let secant = |b: &SearchedFit, by: f64| {
+            let dl = f64::from(a.lambda).ln() - f64::from(b.lambda).ln();
+            (dl.abs() > 1e-6).then(|| -(a.y - by) / dl)
+        };
+        let in_range = |s: &f64| (REFIT_SLOPE_RANGE.0..=REFIT_SLOPE_RANGE.1).contains(s);
         let slope = b
-            .and_then(|b| {
-                let dl = f64::from(a.lambda).ln() - f64::from(b.lambda).ln();
-                (dl.abs() > 1e-6).then(|| -(a.y - b.y) / dl)
-            })
-            .filter(|s| (REFIT_SLOPE_RANGE.0..=REFIT_SLOPE_RANGE.1).contains(s))
-            .unwrap_or(REFIT_SLOPE);
+            .and_then(|b| secant(b, b.y))
+            .filter(in_range)
+            .unwrap_or_else(|| {
+                if under {
+                    let s = &self.fits[src];
+                    secant(s, s.y - m.drop)
+                        .unwrap_or(REFIT_SLOPE_UP)
+                        .clamp(REFIT_SLOPE_RANGE.0, REFIT_SLOPE_RANGE.1)
+                } else {
+                    REFIT_SLOPE
+                }
+            });
+        let aim = m.aim;
         let lambda = (f64::from(a.lambda) * ((a.y - aim) / slope).exp()) as f32;
-        self.spend(Some(src), lambda, REFIT_COST)?;
+        self.spend(Some(src), lambda, cost)?;
         crate::codec::dbg_rc(format_args!(
             "refit of the fit at lambda {:e} again, at {lambda:e} (its refits' curve)",
             self.fits[src].lambda
         ));
-        Some((Some(self.fits[src].start.clone()), lambda))
+        Some((Some((self.fits[src].start.clone(), tenths)), lambda))
     }
 
     fn keep(&mut self, lambda: f32, y: f64, fitted: grid::Fitted, refit: bool) {
@@ -1691,7 +1789,7 @@ fn fit_and_code(
     job: &Job,
     lambda: f32,
     trim: Trim,
-    warm: Option<GridStart>,
+    warm: Option<Refit>,
     probe: bool,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<(Encoded, Untrimmed, grid::Fitted), EncodeError> {
@@ -1706,8 +1804,8 @@ fn fit_and_code(
     let head = cfg
         .output_layer
         .fitted(img.width as usize * img.height as usize);
-    let base_fit = match warm {
-        Some(_) => cfg.fit.refit(),
+    let base_fit = match &warm {
+        Some((_, tenths)) => cfg.fit.refit(*tenths),
         None => cfg.fit,
     };
     let fit_cfg = GridFit {
@@ -1738,7 +1836,7 @@ fn fit_and_code(
         None => None,
     };
     let refit = warm.is_some();
-    let start = warm.as_ref().or(shared.as_ref()).or(start);
+    let start = warm.as_ref().map(|w| &w.0).or(shared.as_ref()).or(start);
     let total = fit_cfg.total_steps(pyr.n_levels());
     // The half-resolution steps (a quarter of the cost each) are their own phase, so that
     // each phase's count and ETA mean what they say.
@@ -1954,18 +2052,25 @@ pub(crate) fn code_fitted(
     // (and only so: each trim writes dozens of files); the others as before, without it.
     let trim_arm = file.arm.clone();
     let trim_coding = trim_arm.as_ref().map(|_| Coding::Arm);
+    // The coder the moves are priced with: the ARM, or the predictors of a predicted file.
+    let predictors = file.predictor.clone();
+    let coder = match (&trim_arm, &predictors) {
+        (Some(arm), _) => Some(TrimCoder::Arm(arm)),
+        (None, Some(pred)) => Some(TrimCoder::Predicted(pred, file.contexts)),
+        (None, None) => None,
+    };
     let trims = match trim {
         Trim::MaxBytes(max) => bytes.len() > max,
         Trim::MinPsnr(t) => raw_psnr >= t,
         Trim::None => false,
     };
-    // An ARM-coded file is trimmed by rate–distortion optimised moves ([`rdo_moves`]), the
-    // files with the first `k` of them made: on kodim03/05/07 (training images, λ = 0.005)
-    // trimmed by 1, 3, 6 and 10 %, 0.02-0.04, 0.06-0.09, 0.09-0.40 and 0.24-0.66 dB better than
-    // the better of the dead zone's two searches below (`docs/benchmarks.md`, "A rate–distortion
-    // optimised trim").
-    let moves = match &trim_arm {
-        Some(arm) if trims => {
+    // An ARM-coded or predicted file is trimmed by rate–distortion optimised moves
+    // ([`rdo_moves`]), the files with the first `k` of them made (coded as the untrimmed file
+    // is): on kodim03/05/07 (training images, λ = 0.005) ARM-coded files trimmed by 1, 3, 6 and
+    // 10 %, 0.02-0.04, 0.06-0.09, 0.09-0.40 and 0.24-0.66 dB better than the better of the dead
+    // zone's two searches below (`docs/benchmarks.md`, "A rate–distortion optimised trim").
+    let moves = match coder {
+        Some(coder) if trims => {
             let h = latent_curvatures(
                 arch,
                 &fitted.params,
@@ -1981,13 +2086,17 @@ pub(crate) fn code_fitted(
                 }
                 per
             });
-            Some(rdo_moves(pyr, &latents, &fitted.latents, &h, arm)?)
+            Some(rdo_moves(pyr, &latents, &fitted.latents, &h, coder)?)
         }
         _ => None,
     };
+    let move_coding = match coder {
+        Some(TrimCoder::Predicted(..)) => Some(Coding::Predicted),
+        _ => trim_coding,
+    };
     let at_k = |moves: &[(usize, usize, i32)], k: usize| {
         let lat = rdo_latents(&latents, moves, k);
-        file_with(&net, &lat, trim_coding, trim_arm.as_ref()).map(|(f, b, _)| (f, b))
+        file_with(&net, &lat, move_coding, trim_arm.as_ref()).map(|(f, b, _)| (f, b))
     };
     // Otherwise (and when all the moves leave the file over its budget) the dead zone, each
     // level's scaled by its weight ([`trim_weights`]).
@@ -2009,13 +2118,29 @@ pub(crate) fn code_fitted(
     // spread alone lost up to 0.11 dB on three images where one threshold already fitted well).
     match trim {
         Trim::MaxBytes(max) if bytes.len() > max => {
-            // Size falls as moves are made: the fewest moves whose file fits.
+            // Size falls as the first moves are made: the fewest moves whose file fits. The
+            // last ones can cost bits (each is priced alone, from the untrimmed latents, and it
+            // changes its neighbours' predictions and contexts): a 400x336 test image's file
+            // shrank 5.8 % over the first fifth of its moves and grew 4.8 % with all of them.
+            // So when all the moves leave the file over the budget, the smallest file at
+            // `k / MOVE_SCAN` of them bounds the bisection.
             let mut by_moves = None;
             if let Some(moves) = &moves {
-                let (mut lo, mut hi) = (0, moves.len());
-                let (f_all, b_all) = at_k(moves, hi)?;
-                if b_all.len() <= max {
-                    by_moves = Some((f_all, b_all));
+                let n = moves.len();
+                let mut top = (n, at_k(moves, n)?);
+                if top.1 .1.len() > max {
+                    for j in 1..MOVE_SCAN {
+                        let k = n * j / MOVE_SCAN;
+                        let fb = at_k(moves, k)?;
+                        if fb.1.len() < top.1 .1.len() {
+                            top = (k, fb);
+                        }
+                    }
+                }
+                let (mut hi, (f_top, b_top)) = top;
+                if b_top.len() <= max {
+                    by_moves = Some((f_top, b_top));
+                    let mut lo = 0;
                     while hi - lo > 1 {
                         let mid = lo + (hi - lo) / 2;
                         let (f_mid, b_mid) = at_k(moves, mid)?;
@@ -2026,7 +2151,7 @@ pub(crate) fn code_fitted(
                             lo = mid;
                         }
                     }
-                    crate::codec::dbg_rc(format_args!("trimmed by {hi} of {} moves", moves.len()));
+                    crate::codec::dbg_rc(format_args!("trimmed by {hi} of {n} moves"));
                 }
             }
             if let Some((f, b)) = by_moves {
@@ -2162,6 +2287,11 @@ pub(crate) fn code_fitted(
     Ok((e, raw))
 }
 
+/// When every move of a trim ([`rdo_moves`]) leaves a file over its byte budget, the files with
+/// `n · j / MOVE_SCAN` of the `n` moves (`j` in `1..MOVE_SCAN`) are tried, and the smallest
+/// bounds the bisection for the fewest moves that fit.
+const MOVE_SCAN: usize = 8;
+
 /// The smallest dead zone a trim's bisection tries (it bisects in log scale, the weights of
 /// [`trim_weights`] spanning several decades).
 const TRIM_MIN: f32 = 1e-3;
@@ -2261,9 +2391,42 @@ fn latent_curvatures(
     Some(h)
 }
 
-/// The moves of a rate–distortion optimised trim of ARM-coded latents, cheapest first: each
-/// latent that differs from its ARM prediction (§5.11, the predictions of the untrimmed
-/// latents) may move one step towards it. A move's cost is the distortion it adds,
+/// How the file being trimmed codes its latents ([`rdo_moves`]).
+#[derive(Clone, Copy)]
+enum TrimCoder<'a> {
+    /// With this ARM (§5.11).
+    Arm(&'a Arm),
+    /// With these predictors (§5.10), in these contexts.
+    Predicted(&'a [LevelPredictor], GridContexts),
+}
+
+/// Every grid of `latents` as `coder` codes it: its level and each element's prediction,
+/// model and residual sign ([`entropy::arm_models`], [`entropy::pred_models`]).
+fn coded_elements(
+    pyr: &Pyramid,
+    latents: &[QTensor],
+    coder: TrimCoder,
+) -> Result<Vec<(usize, Vec<entropy::CodedElement>)>, EncodeError> {
+    let plans = match coder {
+        TrimCoder::Arm(arm) => {
+            let grids = arm_grids(pyr, latents, ArmLayout::Image);
+            let levels: Vec<usize> = grids.iter().map(|(_, s)| s.level).collect();
+            let plans = entropy::arm_models(&grids, arm).map_err(format::FormatError::from)?;
+            levels.into_iter().zip(plans).collect()
+        }
+        TrimCoder::Predicted(pred, ctxs) => {
+            let grids = pred_grids(pyr, latents, pred);
+            let plans = entropy::pred_models(&grids, ctxs).map_err(format::FormatError::from)?;
+            // Coding order: coarsest level first.
+            (0..latents.len()).rev().zip(plans).collect()
+        }
+    };
+    Ok(plans)
+}
+
+/// The moves of a rate–distortion optimised trim of ARM-coded or predicted latents, cheapest
+/// first: each latent that differs from its prediction (§5.11 or §5.10, the predictions of the
+/// untrimmed latents) may move one step towards it. A move's cost is the distortion it adds,
 /// `h ((v − q')² − (v − q)²)` for a latent of fitted value `v` rounded to `q` (`h` its entry in
 /// `h`, one per latent in level order: [`latent_curvatures`], or its level's
 /// [`level_curvatures`]), per bit it saves, estimated from the counts of its model's residuals
@@ -2275,20 +2438,18 @@ fn rdo_moves(
     latents: &[QTensor],
     lat: &[f32],
     h: &[f64],
-    arm: &Arm,
+    coder: TrimCoder,
 ) -> Result<Vec<(usize, usize, i32)>, EncodeError> {
-    let grids = arm_grids(pyr, latents, ArmLayout::Image);
-    let plans = entropy::arm_models(&grids, arm).map_err(format::FormatError::from)?;
     let mut moves: Vec<(f64, usize, usize, i32)> = Vec::new();
-    for ((g, shape), plan) in grids.iter().zip(&plans) {
-        let l = shape.level;
+    for (l, plan) in coded_elements(pyr, latents, coder)? {
+        let g = &latents[l].symbols;
         let off = pyr.levels[l].2;
         let mut counts: std::collections::HashMap<(usize, i64), u32> =
             std::collections::HashMap::new();
-        for (&q, &(pred, j, sign)) in g.iter().zip(plan) {
+        for (&q, &(pred, j, sign)) in g.iter().zip(&plan) {
             *counts.entry((j, sign * i64::from(q - pred))).or_insert(0) += 1;
         }
-        for (i, (&q, &(pred, j, sign))) in g.iter().zip(plan).enumerate() {
+        for (i, (&q, &(pred, j, sign))) in g.iter().zip(&plan).enumerate() {
             if q == pred {
                 continue;
             }
@@ -2700,7 +2861,12 @@ mod tests {
             source: None,
             refitted: false,
         };
-        let pick = |w: &mut Warm, l: f32, y: f64| w.choose(l, y, &FULL_FITS).map(|(f, _)| f);
+        // `choose` without the refit's share of the steps (checked below, for refits from under
+        // the band).
+        fn ch(w: &mut Warm, l: f32, y: f64) -> Option<(Option<GridStart>, f32)> {
+            w.choose(l, y, &FULL_FITS).map(|(f, l)| (f.map(|r| r.0), l))
+        }
+        let pick = |w: &mut Warm, l: f32, y: f64| ch(w, l, y).map(|(f, _)| f);
         let cfg = GridEncodeConfig::default();
         let mut w = Warm::new(&cfg, KODAK_PX);
         assert!(w.on);
@@ -2713,38 +2879,41 @@ mod tests {
         // A refit keeps its λ; a fit afresh after the first aims FRESH_OVER higher in rate.
         w.spent = 0.0;
         w.tried.clear();
-        assert_eq!(
-            w.choose(0.006, 0.0, &FULL_FITS),
-            Some((Some(start(1.0)), 0.006))
-        );
-        let (from, l) = w.choose(0.003, (0.29f64).ln(), &FULL_FITS).unwrap();
+        assert_eq!(ch(&mut w, 0.006, 0.0), Some((Some(start(1.0)), 0.006)));
+        let (from, l) = ch(&mut w, 0.003, (0.29f64).ln()).unwrap();
         assert!(from.is_none());
         let expect = 0.003 * FRESH_OVER.powf(-1.0 / FULL_FITS.rate_slope);
         assert!((f64::from(l) - expect).abs() < 1e-9 && l < 0.003);
         assert_eq!(
-            Warm::new(&cfg, KODAK_PX).choose(0.003, 0.0, &FULL_FITS),
+            ch(&mut Warm::new(&cfg, KODAK_PX), 0.003, 0.0),
             Some((None, 0.003))
         );
         // A rate search's first refit of a fit goes where the refit model puts the aim; the
         // next refit of the same fit where the search says.
         let mut m = Warm::new(&cfg, KODAK_PX);
-        m.model = Some(((0.25f64).ln(), REFIT_DROP, REFIT_SLOPE));
+        let model = |t: f64| RefitModel {
+            aim: t.ln(),
+            floor: (t * 0.97).ln(),
+            up_from: (t * REFIT_UP_FROM).ln(),
+            drop: REFIT_DROP,
+        };
+        m.model = Some(model(0.25));
         m.fits.push(searched(0.004, (0.30f64).ln(), fitted(1.0)));
-        let (_, l) = m.choose(0.0045, 0.0, &FULL_FITS).unwrap();
+        let (_, l) = ch(&mut m, 0.0045, 0.0).unwrap();
         let expect = 0.004 * (((0.30f64 / 0.25).ln() - REFIT_DROP) / REFIT_SLOPE).exp();
         assert!((f64::from(l) - expect).abs() < 1e-8, "{l} {expect}");
-        assert_eq!(m.choose(0.0045, 0.0, &FULL_FITS).unwrap().1, 0.0045);
+        assert_eq!(ch(&mut m, 0.0045, 0.0).unwrap().1, 0.0045);
         // A source under the aim plus the drop is refitted at a smaller λ than its own, by at
         // most REFIT_UP_MAX.
         m.fits.push(searched(0.005, (0.26f64).ln(), fitted(3.0)));
-        let (_, l) = m.choose(0.0052, 0.0, &FULL_FITS).unwrap();
+        let (_, l) = ch(&mut m, 0.0052, 0.0).unwrap();
         let expect = 0.005 * (((0.26f64 / 0.25).ln() - REFIT_DROP) / REFIT_SLOPE_UP).exp();
         assert!(
             (f64::from(l) - expect).abs() < 1e-8 && l < 0.005,
             "{l} {expect}"
         );
-        m.fits.push(searched(0.006, (0.20f64).ln(), fitted(4.0)));
-        let (_, l) = m.choose(0.0062, 0.0, &FULL_FITS).unwrap();
+        m.fits.push(searched(0.006, (0.12f64).ln(), fitted(4.0)));
+        let (_, l) = ch(&mut m, 0.0062, 0.0).unwrap();
         assert!(
             (f64::from(l) - 0.006 * (-REFIT_UP_MAX).exp()).abs() < 1e-8,
             "{l}"
@@ -2752,14 +2921,13 @@ mod tests {
         // A refit that landed over the aim is followed by another refit of its source, along
         // the refits' curve (whatever the search asks), within the budget.
         let mut r = Warm::new(&cfg, KODAK_PX);
-        let aim = (0.25f64).ln();
-        r.model = Some((aim, REFIT_DROP, REFIT_SLOPE));
+        r.model = Some(model(0.25));
         r.fits.push(searched(0.004, (0.27f64).ln(), fitted(1.0)));
         r.fits.push(SearchedFit {
             source: Some(0),
             ..searched(0.0038, (0.26f64).ln(), fitted(2.0))
         });
-        let (from, l1) = r.choose(0.0035, 0.0, &FULL_FITS).unwrap();
+        let (from, l1) = ch(&mut r, 0.0035, 0.0).unwrap();
         assert_eq!(from, Some(start(1.0)));
         let expect = 0.0038 * ((0.26f64 / 0.25).ln() / REFIT_SLOPE).exp();
         assert!((f64::from(l1) - expect).abs() < 1e-9, "{l1} {expect}");
@@ -2772,23 +2940,88 @@ mod tests {
         r.keep(l1, (0.255f64).ln(), as_fitted(5.0), true);
         assert_eq!(r.fits[2].source, Some(0));
         // Two refits of it: their secant.
-        let (from, l2) = r.choose(0.0035, 0.0, &FULL_FITS).unwrap();
+        let (from, l2) = ch(&mut r, 0.0035, 0.0).unwrap();
         assert_eq!(from, Some(start(1.0)));
         let slope = -((0.255f64).ln() - (0.26f64).ln()) / (f64::from(l1).ln() - (0.0038f64).ln());
         let expect = f64::from(l1) * ((0.255f64 / 0.25).ln() / slope).exp();
         assert!((f64::from(l2) - expect).abs() < 1e-9, "{l2} {expect}");
-        // Under the aim: the search decides (here a fit afresh at a smaller λ).
-        r.keep(l2, (0.24f64).ln(), as_fitted(6.0), true);
-        assert_eq!(r.choose(0.0035, 0.0, &FULL_FITS).map(|c| c.0), Some(None));
+        // Under the aim but in the band: the search decides (here a fit afresh at a smaller λ).
+        r.keep(l2, (0.245f64).ln(), as_fitted(6.0), true);
+        assert_eq!(ch(&mut r, 0.0035, 0.0).map(|c| c.0), Some(None));
+        // Under the band: its source again, along the secant of its last two refits, or with
+        // one refit along the line from the source (lowered by the drop) to it.
+        let refit_of = |l: f32, bpp: f64, v: f32| SearchedFit {
+            source: Some(0),
+            ..searched(l, bpp.ln(), fitted(v))
+        };
+        let mut v = Warm::new(&cfg, KODAK_PX);
+        v.model = Some(model(0.25));
+        v.fits = vec![
+            searched(0.004, (0.27f64).ln(), fitted(1.0)),
+            refit_of(0.0038, 0.26, 2.0),
+            refit_of(0.0042, 0.235, 3.0),
+        ];
+        let tenths =
+            |w: &mut Warm, l: f32| w.choose(l, 0.0, &FULL_FITS).and_then(|c| c.0).map(|r| r.1);
+        let spent = v.spent;
+        let (from, l) = ch(&mut v, 0.0045, 0.0).unwrap();
+        assert_eq!(from, Some(start(1.0)));
+        // Its source landed over the band: a refit of the usual length and cost.
+        assert!((v.spent - spent - REFIT_COST).abs() < 1e-12);
+        let slope = -((0.235f64).ln() - (0.26f64).ln()) / ((0.0042f64).ln() - (0.0038f64).ln());
+        let expect = 0.0042 * ((0.235f64 / 0.25).ln() / slope).exp();
+        assert!(
+            (f64::from(l) - expect).abs() < 1e-8 && l < 0.0042,
+            "{l} {expect}"
+        );
+        let mut v = Warm::new(&cfg, KODAK_PX);
+        v.model = Some(model(0.25));
+        v.fits = vec![
+            searched(0.004, (0.26f64).ln(), fitted(1.0)),
+            refit_of(0.0045, 0.23, 2.0),
+        ];
+        let (from, l) = ch(&mut v, 0.005, 0.0).unwrap();
+        assert_eq!(from, Some(start(1.0)));
+        let slope = -((0.23f64).ln() - ((0.26f64).ln() - REFIT_DROP))
+            / ((0.0045f64).ln() - (0.004f64).ln());
+        let expect = 0.0045 * ((0.23f64 / 0.25).ln() / slope).exp();
+        assert!(
+            (f64::from(l) - expect).abs() < 1e-8 && l < 0.0045,
+            "{l} {expect}"
+        );
+        // A rate search's first fit under the band, but not too far, is refitted at a smaller
+        // λ (REFIT_SLOPE_UP); from further down (or in a quality search) a fit afresh follows.
+        let first_under = |bpp: f64, with_model: bool| {
+            let mut u = Warm::new(&cfg, KODAK_PX);
+            u.model = with_model.then(|| model(0.25));
+            u.fits.push(searched(0.004, bpp.ln(), fitted(1.0)));
+            ch(&mut u, 0.0035, 0.0).unwrap()
+        };
+        let (from, l) = first_under(0.23, true);
+        assert_eq!(from, Some(start(1.0)));
+        let expect = 0.004 * (((0.23f64 / 0.25).ln() - REFIT_DROP) / REFIT_SLOPE_UP).exp();
+        assert!((f64::from(l) - expect).abs() < 1e-8, "{l} {expect}");
+        assert_eq!(first_under(0.20, true).0, None);
+        assert_eq!(first_under(0.23, false).0, None);
+        // Refits of a fit under the band run REFIT_UP_TENTHS of the steps, and cost as much;
+        // so does the next refit of it when the first lands under the band too.
+        let mut u = Warm::new(&cfg, KODAK_PX);
+        u.model = Some(model(0.25));
+        u.fits.push(searched(0.004, (0.23f64).ln(), fitted(1.0)));
+        assert_eq!(tenths(&mut u, 0.0035), Some(REFIT_UP_TENTHS));
+        assert!((u.spent - refit_cost(REFIT_UP_TENTHS)).abs() < 1e-12);
+        u.fits.push(refit_of(0.003, 0.235, 2.0));
+        assert_eq!(tenths(&mut u, 0.0035), Some(REFIT_UP_TENTHS));
+        assert_eq!(refit_cost(REFIT_TENTHS), REFIT_COST);
         // Not when the budget has no refit left, nor in a search without the refit model.
         let mut b = Warm::new(&cfg, KODAK_PX);
         b.model = r.model;
         b.fits = r.fits.drain(..2).collect();
         b.spent = b.budget - 0.5 * REFIT_COST;
-        assert_eq!(b.choose(0.0035, 0.0, &FULL_FITS), None);
+        assert_eq!(ch(&mut b, 0.0035, 0.0), None);
         b.spent = 0.0;
         b.model = None;
-        assert_eq!(b.choose(0.0035, 0.0, &FULL_FITS).map(|c| c.0), Some(None));
+        assert_eq!(ch(&mut b, 0.0035, 0.0).map(|c| c.0), Some(None));
         // A refit is not refitted.
         let mut d = Warm::new(&cfg, KODAK_PX);
         d.fits.push(SearchedFit {
@@ -3017,7 +3250,7 @@ mod tests {
             .collect();
         let arm = Arm::from_tensors(width, 4, pyr.n_levels(), t).expect("a valid ARM");
         let h: Vec<f64> = (0..pyr.n_latents).map(|i| 1.0 + (i % 5) as f64).collect();
-        let moves = rdo_moves(&pyr, &latents, &lat, &h, &arm).unwrap();
+        let moves = rdo_moves(&pyr, &latents, &lat, &h, TrimCoder::Arm(&arm)).unwrap();
         let nonzero: usize = latents
             .iter()
             .map(|t| t.symbols.iter().filter(|&&v| v != 0).count())
@@ -3050,12 +3283,15 @@ mod tests {
     }
 
     /// An image large enough for an ARM ([`ARM_MIN_LATENTS`]): its file is trimmed by the
-    /// rate–distortion optimised moves. Under a byte budget 3 % and 8 % below the untrimmed
-    /// file, the kept file fits, stays ARM-coded and decodes better than the best one-threshold
-    /// dead zone (the trim before stop 58) that fits; down to a PSNR, it decodes at that PSNR
-    /// or more and is smaller.
+    /// rate–distortion optimised moves, and so is its predicted file (§5.10) when coded without
+    /// an ARM. Under a byte budget 3 % below the untrimmed file, the kept file is made by moves
+    /// (here the smallest file is at about a fifth of them: [`MOVE_SCAN`]); 8 % below is more
+    /// than the moves take off this small file (the dead zone then). At both, the kept file
+    /// fits, stays coded the same way and decodes better than the best one-threshold dead zone
+    /// (the trim before stop 58) that fits; down to a PSNR, it decodes at that PSNR or more and
+    /// is smaller.
     #[test]
-    fn an_arm_coded_file_is_trimmed_by_rate_distortion_moves() {
+    fn arm_coded_and_predicted_files_are_trimmed_by_rate_distortion_moves() {
         let (w, h) = (400u32, 336u32);
         let data: Vec<u8> = (0..w * h * 3)
             .map(|i| {
@@ -3067,13 +3303,35 @@ mod tests {
                 (v * 255.0).round() as u8
             })
             .collect();
-        let (img, cfg, arch, pyr, fitted) = fit_rgb(w, h, data, 120, 0.002);
+        let (img, arm_cfg, arch, pyr, fitted) = fit_rgb(w, h, data, 120, 0.002);
         assert!(pyr.n_latents >= ARM_MIN_LATENTS);
+        assert_eq!(fitted.pred_coefs.len(), pyr.n_levels());
+        let pred_cfg = GridEncodeConfig {
+            arm: None,
+            ..arm_cfg.clone()
+        };
+        for (cfg, arm) in [(&arm_cfg, true), (&pred_cfg, false)] {
+            trimmed_by_moves(&img, cfg, &arch, &pyr, &fitted, arm);
+        }
+    }
+
+    /// The checks of [`arm_coded_and_predicted_files_are_trimmed_by_rate_distortion_moves`]
+    /// for one configuration, whose untrimmed file is ARM-coded (`arm`) or predicted.
+    fn trimmed_by_moves(
+        img: &Image,
+        cfg: &GridEncodeConfig,
+        arch: &Arch,
+        pyr: &Pyramid,
+        fitted: &grid::Fitted,
+        arm: bool,
+    ) {
+        let (w, h) = (img.width, img.height);
         let lam = cfg.fit.lambda;
-        let (plain, _) = code_fitted(&img, &cfg, &arch, &pyr, &fitted, lam, Trim::None).unwrap();
+        let (plain, _) = code_fitted(img, cfg, arch, pyr, fitted, lam, Trim::None).unwrap();
         let limits = Limits::default();
         let file = format::read_grid_file(&plain.bytes, &limits).unwrap();
-        assert!(file.arm.is_some(), "the untrimmed file is ARM-coded");
+        let coded = |f: &GridInrFile| (f.arm.is_some(), f.predictor.is_some());
+        assert_eq!(coded(&file), (arm, !arm), "the untrimmed file's coding");
         let sm = Sampler::new(pyr.clone(), w, h);
         let n_net = file.tensors.len() - pyr.n_levels();
         // The best one-threshold dead zone whose file fits `max` (a fine scan).
@@ -3081,12 +3339,15 @@ mod tests {
             let mut best = f64::NEG_INFINITY;
             for k in 1..=100 {
                 let mut f = file.clone();
-                let lat = latent_tensors(&pyr, &fitted.latents, k as f32 * 0.005, 0.0);
+                let lat = latent_tensors(pyr, &fitted.latents, k as f32 * 0.005, 0.0);
+                if !arm {
+                    f.predictor = level_predictors(pyr, &lat, &fitted.pred_coefs);
+                }
                 f.tensors.splice(n_net.., lat);
                 let b = format::write_grid_file(&f).unwrap();
                 if b.len() <= max {
                     let (params, lat) = dequantized(&f, None);
-                    best = best.max(image_psnr(&grid::render(&arch, &params, &lat, &sm), &img));
+                    best = best.max(image_psnr(&grid::render(arch, &params, &lat, &sm), img));
                 }
             }
             best
@@ -3094,22 +3355,32 @@ mod tests {
         for frac in [0.97, 0.92] {
             let max = (plain.bytes.len() as f64 * frac) as usize;
             let (e, _) =
-                code_fitted(&img, &cfg, &arch, &pyr, &fitted, lam, Trim::MaxBytes(max)).unwrap();
+                code_fitted(img, cfg, arch, pyr, fitted, lam, Trim::MaxBytes(max)).unwrap();
             assert!(e.bytes.len() <= max, "{frac}: {} > {max}", e.bytes.len());
-            assert!(format::read_grid_file(&e.bytes, &limits)
-                .unwrap()
-                .arm
-                .is_some());
+            let f = format::read_grid_file(&e.bytes, &limits).unwrap();
+            assert_eq!(coded(&f), (arm, !arm), "{frac}: the trimmed file's coding");
+            if frac == 0.97 {
+                // Trimmed by moves: every latent within a step of its untrimmed value, and
+                // some further from 0 (a dead zone only rounds towards 0).
+                let mut away = false;
+                for (a, b) in f.tensors[n_net..].iter().zip(&file.tensors[n_net..]) {
+                    for (&x, &y) in a.symbols.iter().zip(&b.symbols) {
+                        assert!((x - y).abs() <= 1, "{x} from {y}");
+                        away |= x.abs() > y.abs();
+                    }
+                }
+                assert!(away, "{arm}: no latent moved away from 0");
+            }
             let dz = dead_zone(max);
             assert!(
                 e.psnr > dz,
-                "{frac}: {:.3} dB, the dead zone {dz:.3}",
+                "{arm} {frac}: {:.3} dB, the dead zone {dz:.3}",
                 e.psnr
             );
             assert!(e.psnr < plain.psnr);
         }
         let t = plain.psnr - 0.3;
-        let (e, _) = code_fitted(&img, &cfg, &arch, &pyr, &fitted, lam, Trim::MinPsnr(t)).unwrap();
+        let (e, _) = code_fitted(img, cfg, arch, pyr, fitted, lam, Trim::MinPsnr(t)).unwrap();
         assert!(e.psnr >= t, "{} < {t}", e.psnr);
         assert!(e.bytes.len() < plain.bytes.len());
     }
