@@ -1041,8 +1041,13 @@ pub fn pred_models(
         })?;
         check_symbols(t, g, s.max_abs)?;
     }
+    Ok(pred_plan(grids, ctxs))
+}
+
+/// [`pred_models`] without the checks (values within `max_abs`, checked by the callers).
+fn pred_plan(grids: &[(&[i32], PredShape)], ctxs: GridContexts) -> Vec<Vec<CodedElement>> {
     let (residuals, fractions) = residuals_and_fractions(grids);
-    Ok(grids
+    grids
         .iter()
         .zip(&residuals)
         .zip(&fractions)
@@ -1059,7 +1064,7 @@ pub fn pred_models(
                 })
                 .collect()
         })
-        .collect())
+        .collect()
 }
 
 /// Encodes predicted latent grids into one range-coded stream (§5.10), grids in coding order
@@ -1082,30 +1087,17 @@ pub fn encode_pred_grids(
         check_pred_shape(&s)?;
         check_symbols(t, g, s.max_abs)?;
     }
-    let (residuals, fractions) = residuals_and_fractions(grids);
-    for (t, (r, &(_, s))) in residuals.iter().zip(grids).enumerate() {
-        check_symbols(t, r, s.res_max_abs)?;
-    }
-    if grids.iter().all(|(g, _)| g.is_empty()) {
-        return Ok(Vec::new());
-    }
-    let coder_err = |e| EntropyError::Encoder(format!("{e:?}"));
-    let mut enc = DefaultRangeEncoder::new();
-    for ((&(g, s), r), f) in grids.iter().zip(&residuals).zip(&fractions) {
-        let k = 2 * s.res_max_abs as usize + 1;
-        let m = i64::from(s.res_max_abs);
-        let mut models: Vec<AdaptiveModel> = (0..ctxs.pred_models())
-            .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
+    let plan = pred_plan(grids, ctxs);
+    for (t, (&(g, s), p)) in grids.iter().zip(&plan).enumerate() {
+        let r: Vec<i32> = g
+            .iter()
+            .zip(p)
+            .map(|(&v, &(pred, _, _))| v - pred)
             .collect();
-        for (i, (&v, &frac)) in r.iter().zip(f).enumerate() {
-            let (j, sign) = pred_model(ctxs, grid_context(g, i, s.cols, ctxs), frac.into());
-            let model = &mut models[j];
-            let u = (sign * i64::from(v) + m) as usize; // in 0..k: |v| <= m, checked above
-            enc.encode_symbol(u, View(model)).map_err(coder_err)?;
-            model.update(u);
-        }
+        check_symbols(t, &r, s.res_max_abs)?;
     }
-    Ok(stream_bytes(enc))
+    let shaped: Vec<(&[i32], u32)> = grids.iter().map(|&(g, s)| (g, s.res_max_abs)).collect();
+    encode_planned(&shaped, &plan, ctxs.pred_models())
 }
 
 /// One grid of a residual-coded stream (§5.10, §5.11) for [`decode_residual_grids`]: `len`
@@ -1436,19 +1428,34 @@ fn check_arm_grids(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Result<(), Entrop
     Ok(())
 }
 
+/// [`encode_planned`] for ARM-coded grids (§5.11).
 fn encode_arm_planned(
     grids: &[(&[i32], ArmShape)],
-    plan: &[Vec<(i32, usize, i64)>],
+    plan: &[Vec<CodedElement>],
+) -> Result<Vec<u8>, EntropyError> {
+    let shaped: Vec<(&[i32], u32)> = grids.iter().map(|&(g, s)| (g, s.res_max_abs)).collect();
+    encode_planned(&shaped, plan, ARM_MODELS)
+}
+
+/// The encoder shared by the §5.10 and §5.11 streams (the decoder's counterpart is
+/// [`decode_residual_grids`]): for each grid (coding order) with its residual range
+/// `res_max_abs`, `n_models` fresh adaptive models over its residual alphabet; element `i`
+/// codes `sign · (value − prediction)` with model `j`, as its `plan` entry says. Only empty
+/// grids give an empty stream.
+fn encode_planned(
+    grids: &[(&[i32], u32)],
+    plan: &[Vec<CodedElement>],
+    n_models: usize,
 ) -> Result<Vec<u8>, EntropyError> {
     if grids.iter().all(|(g, _)| g.is_empty()) {
         return Ok(Vec::new());
     }
     let coder_err = |e| EntropyError::Encoder(format!("{e:?}"));
     let mut enc = DefaultRangeEncoder::new();
-    for (t, (&(g, s), p)) in grids.iter().zip(plan).enumerate() {
-        let k = 2 * s.res_max_abs as usize + 1;
-        let m = i64::from(s.res_max_abs);
-        let mut models: Vec<AdaptiveModel> = (0..ARM_MODELS)
+    for (t, (&(g, res_max_abs), p)) in grids.iter().zip(plan).enumerate() {
+        let k = 2 * res_max_abs as usize + 1;
+        let m = i64::from(res_max_abs);
+        let mut models: Vec<AdaptiveModel> = (0..n_models)
             .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
             .collect();
         for (index, (&v, &(pred, j, sign))) in g.iter().zip(p).enumerate() {
@@ -1458,7 +1465,7 @@ fn encode_arm_planned(
                     tensor: t,
                     index,
                     value: r.clamp(i32::MIN.into(), i32::MAX.into()) as i32,
-                    max_abs: s.res_max_abs,
+                    max_abs: res_max_abs,
                 });
             }
             let u = (r + m) as usize;
