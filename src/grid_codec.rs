@@ -2204,6 +2204,17 @@ pub(crate) fn code_fitted(
             }
         }
         Trim::MinPsnr(t) if raw_psnr >= t => {
+            // The step both bisections below share: whether a trimmed file decodes at `t` dB
+            // or more, keeping it in `kept` when it is the smallest such file so far (the first
+            // of equal ones).
+            let keep_at = |(f, b): (GridInrFile, Vec<u8>),
+                           kept: &mut Option<(GridInrFile, Vec<u8>)>| {
+                let at_t = decoded_psnr(&f) >= t;
+                if at_t && kept.as_ref().is_none_or(|k| b.len() < k.1.len()) {
+                    *kept = Some((f, b));
+                }
+                at_t
+            };
             if let Some(moves) = &moves {
                 // Quality falls as moves are made: the most moves whose file still decodes at
                 // `t` dB (`lo`; none made decodes at `raw_psnr >= t`), kept when smaller.
@@ -2211,12 +2222,8 @@ pub(crate) fn code_fitted(
                 let mut kept: Option<(GridInrFile, Vec<u8>)> = None;
                 while hi - lo > 1 {
                     let mid = lo + (hi - lo) / 2;
-                    let (f_mid, b_mid) = at_k(moves, mid)?;
-                    if decoded_psnr(&f_mid) >= t {
+                    if keep_at(at_k(moves, mid)?, &mut kept) {
                         lo = mid;
-                        if kept.as_ref().is_none_or(|k| b_mid.len() < k.1.len()) {
-                            kept = Some((f_mid, b_mid));
-                        }
                     } else {
                         hi = mid;
                     }
@@ -2238,12 +2245,8 @@ pub(crate) fn code_fitted(
                     let mut kept: Option<(GridInrFile, Vec<u8>)> = None;
                     for _ in 0..8 {
                         let mid = (lo * hi).sqrt();
-                        let (f_mid, b_mid) = at(&lw, mid, spread)?;
-                        if decoded_psnr(&f_mid) >= t {
+                        if keep_at(at(&lw, mid, spread)?, &mut kept) {
                             lo = mid;
-                            if kept.as_ref().is_none_or(|k| b_mid.len() < k.1.len()) {
-                                kept = Some((f_mid, b_mid));
-                            }
                         } else {
                             hi = mid;
                         }
