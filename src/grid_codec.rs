@@ -1079,8 +1079,15 @@ struct PsnrRefit {
 /// band at 30 % of the steps and 6 from under it at 60 %): from over, `ΔPSNR = −0.11 −
 /// 1.0·Δln λ` (rms 0.14 dB); from under, +1.35 dB per unit of ln λ net of that drop. Fits
 /// under the band by up to 0.4 dB (about [`REFIT_UP_FROM`]'s rate ratio along the table's
-/// slope) are refitted upwards; the secant range is [`REFIT_SLOPE_RANGE`] times about 2.4 dB
-/// per unit of ln bpp.
+/// slope) are refitted upwards; the secant range is about [`REFIT_SLOPE_RANGE`] times 2.4 dB
+/// per unit of ln bpp, narrowed to 0.7 … 3.5 (0.35 sent kodim11's second refit from under
+/// the band 0.63 in ln λ, to 1 dB over). A refit lands on a better curve than a fit afresh
+/// (about 3 % of the rate at the same PSNR), so a fit afresh in the band is refitted too.
+/// On kodim01-12, each at the PSNR its 0.25 bpp rate search reached (`--psnr`; stop 59's
+/// files 0.37 % larger than the rate search's on the mean of ln ratios): with band 0.1 and aim
+/// 0.07 +0.54 %, 49 s (fits afresh in the band ended the search); band 0.05, aim 0.05
+/// −1.02 %, 55 s; band 0.1, aim 0.05, fits afresh refitted: −0.91 %, 47.5 s
+/// (`docs/benchmarks.md`, "Quality searches placed like rate searches").
 const PSNR_REFIT: PsnrRefit = PsnrRefit {
     band: 0.1,
     aim: 0.05,
@@ -1706,7 +1713,7 @@ impl Warm {
             .max_by(|a, b| a.1.lambda.total_cmp(&b.1.lambda))
             .map(|(i, _)| (i, REFIT_TENTHS));
         let source = source
-            .or_else(|| self.over_source().map(|i| (i, REFIT_TENTHS)))
+            .or_else(|| self.over_source(y_max).map(|i| (i, REFIT_TENTHS)))
             .or_else(|| self.under_source().map(|i| (i, REFIT_UP_TENTHS)));
         let cost = source.map_or(1.0, |(_, tenths)| refit_cost(tenths));
         if self.spent + cost > self.budget + 1e-9 {
@@ -1775,14 +1782,14 @@ impl Warm {
     }
 
     /// The last fit, when it was a fit afresh not yet refitted that landed at or over the refit
-    /// model's floor: a quality search refits such a fit even when the search asks for a
-    /// smaller λ than its own (a fit afresh in the band does not end it, [`PSNR_REFIT`]); a
-    /// rate search never asks that of such a fit.
-    fn over_source(&self) -> Option<usize> {
+    /// model's floor and at most `y_max`: a quality search refits such a fit even when the
+    /// search asks for a smaller λ than its own (a fit afresh in the band does not end it,
+    /// [`PSNR_REFIT`]); a rate search never asks that of such a fit.
+    fn over_source(&self, y_max: f64) -> Option<usize> {
         let m = self.model?;
         let i = self.fits.len().checked_sub(1)?;
         let f = &self.fits[i];
-        (f.source.is_none() && !f.refitted && f.y >= m.floor).then_some(i)
+        (f.source.is_none() && !f.refitted && f.y >= m.floor && f.y <= y_max).then_some(i)
     }
 
     /// Whether the budget still holds a refit ([`REFIT_COST`]).
@@ -3153,6 +3160,11 @@ mod tests {
                 assert!((f64::from(l) - expect).abs() < 1e-8, "{l} {expect}");
             }
         }
+        // Not from over the search's cap (REFIT_WITHIN): a fit afresh follows.
+        let mut u = Warm::new(&cfg, KODAK_PX);
+        u.model = Some(RefitModel::psnr(30.0, 30.0 + q.aim));
+        u.fits.push(searched(0.004, 31.5, fitted(1.0)));
+        assert_eq!(ch(&mut u, 0.0039, 31.0).unwrap().0, None);
         // The same source at a λ within SAME_LAMBDA of one already fitted is not fitted again.
         let mut u = Warm::new(&cfg, KODAK_PX);
         u.fits.push(searched(0.004, 0.0, fitted(1.0)));

@@ -63,8 +63,9 @@ pub struct EncodeArgs {
     /// above it (checked every 100 steps), then the hidden matrices' quantization steps are
     /// made as coarse as the target allows: the smallest file at this PSNR that the network
     /// reaches. In grid mode: λ placed by one or two 100-step probes (fits of 500 steps or
-    /// more; else from a table), then fits and shorter refits until one lands within 0 … +0.05
-    /// dB of the target (at most 2.6 fits' worth of steps; without refits 0 … +0.2 dB); each
+    /// more; else from a table), then fits and shorter refits until a refit lands within 0 …
+    /// +0.1 dB of the target (at most 2.6 fits' worth of steps; without refits any fit, 0 …
+    /// +0.2 dB); each
     /// file over the target is trimmed down to it (latents moved one step towards their ARM
     /// prediction, or the rounding dead zone widened); the smallest file at the target is
     /// kept. A warning is printed when it is missed (use a larger preset or more --steps).
