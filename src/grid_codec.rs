@@ -1509,8 +1509,11 @@ struct Warm {
 }
 
 /// Two fits from the same source whose λ differ by less than this in ln λ land about the same
-/// file: a search does not make the second (the secant of two refits of kodim14 at `--psnr
-/// 26.58` put a third at 1.00006 times the second's λ: 0.2514 bpp against 0.2523, 9.8 s).
+/// file: a search does not make the second. With the 0.05 dB band of a `PSNR_REFIT` variant,
+/// the secants of refits put kodim07's at `--psnr 31.19` at 3.3535e-3, 3.3553e-3 and 3.3573e-3
+/// and kodim14's at `--psnr 26.58` at 6.2688e-3 and 6.2692e-3 (0.2523 then 0.2514 bpp, 9.8 s);
+/// none of the 350 refits in the traces of `bench-results/` (stops 56-60) otherwise came
+/// within it.
 const SAME_LAMBDA: f64 = 1e-3;
 
 /// A rate search with refits stops instead of making a last fit afresh (one that no refit can
