@@ -883,6 +883,21 @@ fn probe_at(
 /// `bench-results/probe-map-kodim01-12-split/probe100` and the full fits of
 /// `bench-results/probe-map-kodim01-12-arm/full1000`).
 /// 150- and 200-step probes (no half-resolution phase) did no better at 0.00366 and 0.00135.
+///
+/// The PSNR map was refitted at stop 61 over seven λ, from 0.027 to 0.000066, with one `b`
+/// for all of them: the stop-33 map, `(4.417, 0.868)`, `(8.373, 0.758)`, `(2.730, 0.940)` at
+/// the three λ above, was right at those λ (rms 0.27 / 0.37 / 0.34 dB, bias under 0.03 dB with
+/// today's fits) but constant beyond them, where the probes flatten and the full fits do not:
+/// it predicted the full fits 0.93 / 1.95 / 2.40 dB too low at λ = 0.0005 / 0.00018 / 0.000066
+/// and 0.63 dB too high at 0.027. Its `b` also changed with λ, so that for a probe far from the
+/// training images' PSNRs its prediction did not rise as λ fell (a probe at 22.4 dB: 25.35 dB at
+/// 0.00366, 25.08 at 0.00135): a quality search at kodim08's 0.5 bpp PSNR placed its first
+/// fit 2.4 in ln λ too low, and kodim03/09/12's at theirs 3-4 too low (5-6 dB over the target).
+/// Now `a + 0.892·p`, `a` by least squares at each λ and kept from falling as λ falls (pooled
+/// at 0.00366 and 0.00135): rms 0.31 / 0.27 / 0.54 / 0.42 / 0.42 / 0.51 / 0.66 dB at the seven
+/// λ, the largest residual kodim08's −1.56 dB at 0.00366 (`scripts/psnr_map_fit.py` on
+/// `bench-results/probe-map-kodim01-12-stop61`: 100-step probes without ARM and 1,000-step
+/// fits of kodim01-12 at each λ). Only quality searches use it; the rate map is unchanged.
 struct ProbeMap {
     rate: &'static [(f32, f64, f64)],
     psnr: &'static [(f32, f64, f64)],
@@ -895,11 +910,18 @@ static PROBE_MAP: ProbeMap = ProbeMap {
         (0.00135, -0.239, 1.110),
     ],
     psnr: &[
-        (0.01, 4.417, 0.868),
-        (0.00366, 8.373, 0.758),
-        (0.00135, 2.730, 0.940),
+        (0.027, 3.199, PSNR_MAP_B),
+        (0.01, 3.817, PSNR_MAP_B),
+        (0.00366, 4.455, PSNR_MAP_B),
+        (0.00135, 4.455, PSNR_MAP_B),
+        (0.0005, 5.217, PSNR_MAP_B),
+        (0.00018, 6.271, PSNR_MAP_B),
+        (0.000066, 6.724, PSNR_MAP_B),
     ],
 };
+
+/// The PSNR map's `b`, one for every λ (PROBE_MAP).
+const PSNR_MAP_B: f64 = 0.892;
 
 /// `(a, b)` of `map` at ln λ = `ll`.
 fn probe_map_at(map: &[(f32, f64, f64)], ll: f64) -> (f64, f64) {
@@ -1026,15 +1048,19 @@ fn encode_for_psnr(
         first = l;
     }
     let fits = warm.max_fits;
-    // A refit may start from a fit up to about REFIT_WITHIN's rate ratio above the target.
-    let refit_below = t + band + REFIT_WITHIN.ln() * calib.psnr_slope / calib.rate_slope;
+    // (PSNR, ln bpp) of the untrimmed fits afresh so far: they place the refits' cap.
+    let mut afresh: Vec<(f64, f64)> = Vec::new();
     let mut fit = |lambda| {
+        let refit_below = psnr_refit_cap(t + band, &afresh, calib);
         let Some((from, lambda)) = warm.choose(lambda, refit_below, calib) else {
             return Ok(None);
         };
         let refit = from.is_some();
         let (e, u, fitted) = fit_and_code(job, lambda, Trim::MinPsnr(t), from, false, progress)?;
         warm.keep(lambda, u.psnr, fitted, refit);
+        if !refit {
+            afresh.push((u.psnr, u.bpp.ln()));
+        }
         // A fit afresh in the band is refitted all the same when the budget allows: a refit
         // lands on a better curve (PSNR_REFIT).
         let may_end = refit || warm.model.is_none() || !warm.can_refit();
@@ -1044,6 +1070,25 @@ fn encode_for_psnr(
         psnr_keeps_first(t, (a.bpp, a.psnr), (b.bpp, b.psnr))
     })?
     .ok_or_else(|| EncodeError::Parameter("quality control found no encoding".into()))
+}
+
+/// The highest untrimmed PSNR of a fit a quality search may refit, for a band topped at `top`
+/// dB: REFIT_WITHIN's rate ratio above the band (a rate search's cap), in dB along the PSNR per
+/// unit of ln bpp of the two latest fits afresh in `afresh` (`(PSNR, ln bpp)`), within 1 … 2
+/// times the calibration table's (2.19 / 0.69 = 3.2 dB), or the table's before there are two.
+/// With the table's slope alone, kodim16's quality search at its 0.5 bpp rate search's PSNR
+/// (33.13 dB) did not refit a fit at 0.636 bpp and 34.36 dB, 1.27 times the rate of the target
+/// (its fits afresh at 0.414 and 0.636 bpp: 4.9 dB per unit of ln bpp), and kept it trimmed
+/// at 0.559 bpp.
+fn psnr_refit_cap(top: f64, afresh: &[(f64, f64)], calib: &Calibration) -> f64 {
+    let table = calib.psnr_slope / calib.rate_slope;
+    let slope = match afresh {
+        [.., (p0, r0), (p1, r1)] if (r1 - r0).abs() > 1e-6 => {
+            ((p1 - p0) / (r1 - r0)).clamp(table, 2.0 * table)
+        }
+        _ => table,
+    };
+    top + REFIT_WITHIN.ln() * slope
 }
 
 /// Quality control's choice between two files `(bpp, PSNR)` for a target of `t` dB: whether
@@ -1089,7 +1134,8 @@ struct PsnrRefit {
 /// −1.02 %, 55 s; band 0.1, aim 0.05, fits afresh refitted: −0.91 %, 47.5 s
 /// (`docs/benchmarks.md`, "Quality searches placed like rate searches"). At the PSNRs of their
 /// 0.5 bpp rate searches it gained nothing over stop 59 (+3.14 % against +2.82 % on the eight
-/// searches that worked: more refits landed just under the target).
+/// searches that worked: more refits landed just under the target). Since stop 61 a first refit
+/// from over stops halfway to a fit afresh under the target ([`RefitModel::bracketed`]).
 const PSNR_REFIT: PsnrRefit = PsnrRefit {
     band: 0.1,
     aim: 0.05,
@@ -1547,6 +1593,9 @@ struct RefitModel {
     slope_up: f64,
     /// The range of `-d y / d ln λ` that two refits of one fit may set ([`REFIT_SLOPE_RANGE`]).
     slope_range: (f64, f64),
+    /// A first refit from over the aim goes at most halfway (in ln λ) to the nearest larger λ
+    /// at which a fit afresh landed under `floor` (quality searches: [`PSNR_REFIT`]).
+    bracketed: bool,
 }
 
 impl RefitModel {
@@ -1561,6 +1610,7 @@ impl RefitModel {
             slope: REFIT_SLOPE,
             slope_up: REFIT_SLOPE_UP,
             slope_range: REFIT_SLOPE_RANGE,
+            bracketed: false,
         }
     }
 
@@ -1575,6 +1625,7 @@ impl RefitModel {
             slope: q.slope,
             slope_up: q.slope_up,
             slope_range: q.slope_range,
+            bracketed: true,
         }
     }
 }
@@ -1596,7 +1647,7 @@ struct SearchedFit {
 /// steps and no half-resolution phase.
 pub const REFIT_MIN_STEPS: usize = 500;
 /// A rate search refits a fit only when its untrimmed rate is at most this multiple of the
-/// target (a quality search: the PSNR that rate ratio buys along the calibration table): a
+/// target (a quality search: the PSNR that rate ratio buys, [`psnr_refit_cap`]): a
 /// refit from far above lands worse than a fit afresh (kodim05 at 0.25 bpp, from 0.636 bpp:
 /// 22.90 dB at 0.240 after two refits, 23.52 at 0.250 after one fit afresh).
 const REFIT_WITHIN: f64 = 1.35;
@@ -1748,6 +1799,20 @@ impl Warm {
                     e / m.slope
                 } else {
                     (e / m.slope_up).max(-REFIT_UP_MAX)
+                };
+                let from = f64::from(f.lambda).ln();
+                // A quality refit from over the aim stays short of a fit afresh under the
+                // target: kodim01 at its 0.5 bpp rate search's PSNR refitted a fit 0.78 dB over
+                // at the λ of its fit afresh 0.81 dB under, and landed 0.57 dB under.
+                let under = self
+                    .fits
+                    .iter()
+                    .filter(|g| g.source.is_none() && g.y < m.floor && g.lambda > f.lambda)
+                    .map(|g| f64::from(g.lambda).ln())
+                    .min_by(f64::total_cmp);
+                let step = match under {
+                    Some(u) if m.bracketed && e >= 0.0 => step.min(0.5 * (u - from)),
+                    _ => step,
                 };
                 (f64::from(f.lambda) * step.exp()) as f32
             }
@@ -2877,6 +2942,32 @@ mod tests {
         assert!(psnr_keeps_first(t, (0.30, 29.5), (0.20, 29.0)));
     }
 
+    /// A quality search refits fits up to REFIT_WITHIN's rate ratio over the band, in dB along
+    /// the table's slope until two fits afresh measure the image's own (kodim16 at 33.13 dB:
+    /// 4.9 dB per unit of ln bpp), kept within 1 … 2 times the table's.
+    #[test]
+    fn quality_refits_are_capped_by_rate_ratio() {
+        let c = &FULL_FITS;
+        let table = c.psnr_slope / c.rate_slope;
+        let w = REFIT_WITHIN.ln();
+        let cap = |fits: &[(f64, f64)]| psnr_refit_cap(33.23, fits, c);
+        assert!((cap(&[]) - (33.23 + w * table)).abs() < 1e-12);
+        assert!((cap(&[(32.27, 0.4138f64.ln())]) - cap(&[])).abs() < 1e-12);
+        // kodim16's two fits afresh: the fit at 34.36 dB, 1.27 times the rate at the target, is
+        // within the cap (it was not with the table's slope).
+        let k16 = [(32.27, 0.4138f64.ln()), (34.36, 0.6358f64.ln())];
+        let secant = (34.36 - 32.27) / (0.6358f64 / 0.4138).ln();
+        assert!((cap(&k16) - (33.23 + w * secant)).abs() < 1e-9);
+        assert!(cap(&[]) < 34.36 && 34.36 < cap(&k16));
+        // Flat, falling or very steep secants: the table's slope, or twice it.
+        assert!((cap(&[(30.0, -1.0), (30.0, -0.5)]) - cap(&[])).abs() < 1e-12);
+        assert!((cap(&[(31.0, -1.0), (30.0, -0.5)]) - cap(&[])).abs() < 1e-12);
+        let steep = cap(&[(30.0, -1.0), (40.0, -0.9)]);
+        assert!((steep - (33.23 + w * 2.0 * table)).abs() < 1e-9);
+        // Rates equal to within 1e-6 in ln bpp: no secant.
+        assert!((cap(&[(30.0, -1.0), (31.0, -1.0)]) - cap(&[])).abs() < 1e-12);
+    }
+
     #[test]
     fn calibration_tables_are_monotone_and_finite() {
         for c in [&FULL_FITS, &SHORT_FITS, &SHARED_FITS] {
@@ -2949,6 +3040,39 @@ mod tests {
                 assert!(probe_map_at(m, ll).1 > 0.0);
             }
         }
+    }
+
+    /// The shipped PSNR map predicts a full fit that rises as λ falls, for any probe PSNR and
+    /// any probe slope `place_first` may use, so its bisection finds the one λ of the aim (the
+    /// stop-33 map did not for a probe of 22 dB: kodim08's quality search went 2 in ln λ too
+    /// far). Below its smallest λ it extrapolates along the probes alone.
+    #[test]
+    fn psnr_map_prediction_rises_as_lambda_falls() {
+        let m = PROBE_MAP.psnr;
+        let slope = SHORT_FITS.psnr_slope;
+        let ll0 = (0.002f64).ln();
+        for p in [15.0, 22.0, 30.0, 38.0, 45.0] {
+            for s in [0.25 * slope, slope, 4.0 * slope] {
+                let pred = |x: f64| {
+                    let (a, b) = probe_map_at(m, x);
+                    a + b * (p - s * (x - ll0))
+                };
+                let mut x = (0.05f64).ln();
+                while x > (0.00001f64).ln() {
+                    assert!(pred(x - 0.05) > pred(x), "p {p} slope {s} ln λ {x}");
+                    x -= 0.05;
+                }
+            }
+        }
+        // The full fit's gain over the probe grows as λ falls: about 0.5 dB at 0.027 for a
+        // probe of 25 dB (the training images' mean there), about 3 dB at 0.000066 for one of
+        // 33 dB.
+        let gain = |l: f64, p: f64| {
+            let (a, b) = probe_map_at(m, l.ln());
+            a + b * p - p
+        };
+        assert!((0.0..1.0).contains(&gain(0.027, 25.0)));
+        assert!((2.5..4.0).contains(&gain(0.000066, 33.0)));
     }
 
     /// A search refits the nearest earlier fit at a rate above the new one (λ at most the new
@@ -3148,6 +3272,33 @@ mod tests {
             "{l} {expect}"
         );
         assert_eq!(quality(30.0 - q.up_from - 0.01).0, None);
+        // A first refit from over goes at most halfway (in ln λ) to a larger λ at which a fit
+        // afresh landed under the target; a rate search's is not held back.
+        for (model, held) in [
+            (RefitModel::psnr(30.0, 30.0 + q.aim), true),
+            (model(0.25), false),
+        ] {
+            let mut u = Warm::new(&cfg, KODAK_PX);
+            let (over, under) = if held {
+                (30.9, 29.2)
+            } else {
+                ((0.30f64).ln(), (0.20f64).ln())
+            };
+            u.model = Some(model);
+            u.fits.push(searched(0.005, under, fitted(1.0)));
+            u.fits.push(searched(0.004, over, fitted(2.0)));
+            let e = over - model.drop - model.aim;
+            let free = 0.004 * (e / model.slope).exp();
+            assert!(free > 0.005 * (0.004f64 / 0.005).sqrt());
+            let (from, l) = ch(&mut u, 0.0045, 40.0).unwrap();
+            assert_eq!(from, Some(start(2.0)));
+            let expect = if held {
+                (0.004f64 * 0.005).sqrt()
+            } else {
+                free
+            };
+            assert!((f64::from(l) / expect - 1.0).abs() < 1e-6, "{l} {expect}");
+        }
         // A quality search's fit afresh in the band, last and not yet refitted, is refitted
         // even when the search asks for a smaller λ than its own; a rate search's is not.
         for (model, refits) in [
