@@ -892,7 +892,8 @@ fn probe_at(
 /// and 0.63 dB too high at 0.027. Its `b` also changed with λ, so that for a probe far from the
 /// training images' PSNRs its prediction did not rise as λ fell (a probe at 22.4 dB: 25.35 dB at
 /// 0.00366, 25.08 at 0.00135): a quality search at kodim08's 0.5 bpp PSNR placed its first
-/// fit 2.4 in ln λ too low, and kodim03/09/12's at theirs 3-4 too low (5-6 dB over the target).
+/// fit 2.0 in ln λ too low (6.1 dB over the target), and kodim03/09/12's at theirs 4-5.5 too
+/// low, where full fits flatten (2.3-2.6 dB over).
 /// Now `a + 0.892·p`, `a` by least squares at each λ and kept from falling as λ falls (pooled
 /// at 0.00366 and 0.00135): rms 0.31 / 0.27 / 0.54 / 0.42 / 0.42 / 0.51 / 0.66 dB at the seven
 /// λ, the largest residual kodim08's −1.56 dB at 0.00366 (`scripts/psnr_map_fit.py` on
@@ -1802,7 +1803,7 @@ impl Warm {
                 };
                 let from = f64::from(f.lambda).ln();
                 // A quality refit from over the aim stays short of a fit afresh under the
-                // target: kodim01 at its 0.5 bpp rate search's PSNR refitted a fit 0.78 dB over
+                // target: kodim01 at its 0.5 bpp rate search's PSNR refitted a fit 0.76 dB over
                 // at the λ of its fit afresh 0.81 dB under, and landed 0.57 dB under.
                 let under = self
                     .fits
