@@ -871,10 +871,11 @@ fn probe_at(
 }
 
 /// How a probe's untrimmed value `p` (ln bpp, or PSNR in dB) predicts a 1,000-step fit's at the
-/// same λ: `a + b·p`, with `(λ, a, b)` fitted by least squares on kodim01-12 at three λ
-/// (λ descending), piecewise linear in ln λ between them and constant beyond. Residuals (rms
-/// on kodim01-12 at λ = 0.01 / 0.00366 / 0.00135): ln bpp 0.049 / 0.128 / 0.035 (kodim12 the
-/// outlier at −0.38 in the middle), PSNR 0.27 / 0.37 / 0.33 dB; the table alone: 0.55 in ln
+/// same λ: `a + b·p`, with `(λ, a, b)` fitted by least squares on kodim01-12 at three λ (the
+/// PSNR map at seven since stop 61, below), λ descending, piecewise linear in ln λ between
+/// them and constant beyond. Residuals (rms on kodim01-12 at λ = 0.01 / 0.00366 / 0.00135):
+/// ln bpp 0.049 / 0.128 / 0.035 (kodim12 the outlier at −0.38 in the middle), stop 33's PSNR
+/// map 0.27 / 0.37 / 0.33 dB; the table alone: 0.55 in ln
 /// bpp, 1.2-2.0 dB. On the unseen kodim13-16 the rate residuals were −0.20 … +0.08.
 /// The rate map was refitted at stop 39 for full fits coded with the ARM (§5.11), whose files
 /// are smaller: the stop-33 map, `(0.380, 1.147)`, `(0.430, 1.253)`, `(−0.140, 1.110)`,

@@ -65,10 +65,9 @@ pub struct EncodeArgs {
     /// reaches. In grid mode: λ placed by one or two 100-step probes (fits of 500 steps or
     /// more; else from a table), then fits and shorter refits until a refit lands within 0 …
     /// +0.1 dB of the target (at most 2.6 fits' worth of steps; without refits any fit, 0 …
-    /// +0.2 dB); each
-    /// file over the target is trimmed down to it (latents moved one step towards their ARM
-    /// prediction, or the rounding dead zone widened); the smallest file at the target is
-    /// kept. A warning is printed when it is missed (use a larger preset or more --steps).
+    /// +0.2 dB); each file over the target is trimmed down to it (latents moved one step
+    /// towards their ARM prediction, or the rounding dead zone widened); the smallest file at
+    /// the target is kept. A warning is printed when it is missed (use a larger preset or more --steps).
     #[arg(long, value_name = "DB", visible_alias = "psnr")]
     pub target_psnr: Option<f64>,
     /// Expert: Fourier features per coordinate (0 = plain coordinates, the default).
