@@ -61,6 +61,10 @@ pub struct Arm {
     pub w3: Vec<i32>,
     /// `2`.
     pub b3: Vec<i32>,
+    /// §5.11.1 The latents are coded with the 144 models of the ARM's scale and fraction that
+    /// start from Laplace prior counts (image grid files with flag bit 13), instead of 36
+    /// models that start flat. Not part of the network: [`Arm::from_tensors`] leaves it off.
+    pub prior_models: bool,
 }
 
 /// The ARM's output for one latent, both in units of 1/256.
@@ -117,7 +121,14 @@ impl Arm {
             b2: next(),
             w3: next(),
             b3: next(),
+            prior_models: false,
         })
+    }
+
+    /// This ARM coding with (or without) the prior models of §5.11.1.
+    pub fn with_prior_models(mut self, on: bool) -> Arm {
+        self.prior_models = on;
+        self
     }
 
     /// Whether the width, fractional bits and tensor sizes are in range and agree (as

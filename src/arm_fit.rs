@@ -22,6 +22,9 @@ pub struct ArmFit {
     /// Adam learning rate at the start of the cosine decay.
     pub lr: f32,
     pub seed: u64,
+    /// Code the latents with the prior models of §5.11.1 when they are smaller (image grid
+    /// files; audio segments have no prior models).
+    pub prior_models: bool,
 }
 
 impl Default for ArmFit {
@@ -32,6 +35,7 @@ impl Default for ArmFit {
             batch: 4096,
             lr: 1e-2,
             seed: 0x41_524d,
+            prior_models: true,
         }
     }
 }

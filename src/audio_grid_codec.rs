@@ -583,6 +583,7 @@ pub const AUDIO_ARM_FIT: ArmFit = ArmFit {
     batch: 1024,
     lr: 1e-2,
     seed: 0x41_524d,
+    prior_models: false,
 };
 
 /// Codes a fitted segment: latents rounded, coded plain, predicted or with an ARM fitted by

@@ -137,6 +137,15 @@ impl AdaptiveModel {
         m
     }
 
+    /// A model whose counts start at `counts` (`2..=2*MAX_ABS_LIMIT+1` of them, each at least
+    /// 1, their total at most [`COUNT_LIMIT`]; checked by callers) instead of `params.init`.
+    fn with_counts(counts: Vec<u32>, params: ModelParams) -> Self {
+        let mut m = AdaptiveModel::new(counts.len(), params);
+        m.counts = counts;
+        m.rebuild();
+        m
+    }
+
     /// Rebuilds the Fenwick tree and the total from `counts` in O(k).
     fn rebuild(&mut self) {
         let k = self.counts.len();
@@ -227,6 +236,140 @@ impl AdaptiveModel {
             self.rebuild();
         }
     }
+}
+
+/// The models a residual stream (§5.10, §5.11) starts every grid with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelSet {
+    /// This many models, every count at [`COUNT_INIT`] (§5.2).
+    Flat(usize),
+    /// The [`ARM_PRIOR_MODELS`] models of §5.11.1, from Laplace prior counts.
+    ArmPrior,
+}
+
+impl ModelSet {
+    fn len(self) -> usize {
+        match self {
+            ModelSet::Flat(n) => n,
+            ModelSet::ArmPrior => ARM_PRIOR_MODELS,
+        }
+    }
+
+    /// Model `j` (`< len`) of a grid whose residuals lie in `-res_max_abs..=res_max_abs`.
+    fn model(self, j: usize, res_max_abs: u32) -> AdaptiveModel {
+        let k = 2 * res_max_abs as usize + 1;
+        match self {
+            ModelSet::Flat(_) => AdaptiveModel::new(k, FORMAT_PARAMS),
+            ModelSet::ArmPrior => AdaptiveModel::with_counts(
+                arm_prior_counts(j, res_max_abs),
+                ModelParams {
+                    inc: ARM_PRIOR_INC,
+                    ..FORMAT_PARAMS
+                },
+            ),
+        }
+    }
+}
+
+/// A grid's models, each made when its first element is coded (a grid codes a few of its
+/// models at most when it is small; a hostile file cannot make the decoder build models that
+/// no element uses).
+struct LazyModels {
+    set: ModelSet,
+    res_max_abs: u32,
+    models: Vec<Option<AdaptiveModel>>,
+}
+
+impl LazyModels {
+    fn new(set: ModelSet, res_max_abs: u32) -> Self {
+        LazyModels {
+            set,
+            res_max_abs,
+            models: (0..set.len()).map(|_| None).collect(),
+        }
+    }
+
+    /// Model `j`; `None` when `j` is out of range (never, for the indices the planners give).
+    fn get(&mut self, j: usize) -> Option<&mut AdaptiveModel> {
+        let (set, r) = (self.set, self.res_max_abs);
+        Some(
+            self.models
+                .get_mut(j)?
+                .get_or_insert_with(|| set.model(j, r)),
+        )
+    }
+}
+
+/// §5.11.1 Scale contexts of the prior models: ln b from −3 in steps of 1/4.
+pub const ARM_PRIOR_SCALE_CONTEXTS: usize = 24;
+/// §5.11.1 Fraction classes of the prior models: |f| / 256 in steps of 1/12.
+pub const ARM_PRIOR_FRACTION_CLASSES: usize = 6;
+/// §5.11.1 Models of one grid with prior counts.
+pub const ARM_PRIOR_MODELS: usize = ARM_PRIOR_SCALE_CONTEXTS * ARM_PRIOR_FRACTION_CLASSES;
+/// §5.11.1 Count increment of the prior models (the §5.2 limit and halving are unchanged).
+pub const ARM_PRIOR_INC: u32 = 32;
+/// §5.11.1 Widest residual of a file with prior models (bit width, so residuals lie in
+/// `−2047..=2047`): keeps a grid's 144 models small (at most 4,095 counts each).
+pub const ARM_PRIOR_MAX_RES_BITS: u8 = 12;
+/// The residual range of [`ARM_PRIOR_MAX_RES_BITS`].
+const ARM_PRIOR_MAX_RES: u32 = (1 << (ARM_PRIOR_MAX_RES_BITS - 1)) - 1;
+
+/// §5.11.1 The prior of model `(s, c)`: `(Q, [(A, B, C); 6])` for scale context `s`: the tail
+/// ratio `Q` (units of 2^−16) and, per fraction class `c`, the counts added at residuals 0, 1
+/// and −1. From `scripts/arm_prior_table.py`: 2048 times the unit-cell masses of a Laplace of
+/// scale `exp(−3 + (s + 1/2) / 4)` and mean `(2c + 1) / 24`, `Q = exp(−1 / scale)` (normative
+/// as printed here and in the spec, not as computed).
+#[rustfmt::skip]
+const ARM_PRIOR_TABLE: [(u32, [[u32; 3]; ARM_PRIOR_FRACTION_CLASSES]); ARM_PRIOR_SCALE_CONTEXTS] = [
+    (0, [[2048, 0, 0], [2047, 1, 0], [2042, 6, 0], [2022, 25, 0], [1936, 112, 0], [1559, 489, 0]]), // s = 0
+    (0, [[2046, 2, 1], [2042, 6, 0], [2030, 18, 0], [1990, 58, 0], [1866, 182, 0], [1472, 576, 0]]), // s = 1
+    (1, [[2038, 7, 3], [2029, 18, 1], [2003, 45, 1], [1939, 109, 0], [1781, 267, 0], [1394, 654, 0]]), // s = 2
+    (15, [[2015, 22, 11], [1998, 44, 5], [1956, 89, 3], [1868, 179, 1], [1688, 359, 1], [1325, 722, 0]]), // s = 3
+    (96, [[1966, 51, 30], [1942, 89, 17], [1885, 153, 10], [1779, 263, 6], [1591, 453, 3], [1266, 779, 2]]), // s = 4
+    (408, [[1883, 99, 65], [1853, 152, 43], [1787, 231, 28], [1674, 353, 18], [1493, 539, 12], [1211, 824, 8]]), // s = 5
+    (1255, [[1761, 164, 118], [1729, 228, 85], [1663, 317, 61], [1554, 441, 44], [1391, 613, 32], [1156, 852, 23]]), // s = 6
+    (3011, [[1605, 238, 184], [1576, 308, 142], [1515, 398, 110], [1420, 514, 85], [1282, 665, 66], [1094, 859, 51]]), // s = 7
+    (5952, [[1428, 310, 254], [1403, 379, 208], [1352, 462, 170], [1273, 565, 139], [1164, 690, 114], [1019, 842, 93]]), // s = 8
+    (10118, [[1241, 368, 315], [1221, 430, 269], [1182, 502, 231], [1121, 587, 197], [1038, 686, 169], [930, 801, 145]]), // s = 9
+    (15296, [[1057, 403, 357], [1042, 455, 316], [1013, 514, 280], [968, 580, 248], [908, 654, 220], [830, 739, 195]]), // s = 10
+    (21104, [[885, 413, 376], [874, 454, 342], [853, 499, 311], [822, 548, 283], [779, 603, 258], [726, 662, 234]]), // s = 11
+    (27115, [[730, 401, 372], [723, 431, 346], [708, 464, 321], [687, 500, 299], [658, 538, 277], [621, 579, 258]]), // s = 12
+    (32961, [[595, 371, 351], [590, 393, 331], [581, 417, 313], [566, 441, 295], [547, 467, 279], [523, 495, 263]]), // s = 13
+    (38372, [[481, 332, 318], [477, 347, 304], [471, 363, 291], [462, 380, 278], [449, 397, 266], [433, 415, 254]]), // s = 14
+    (43196, [[385, 288, 279], [383, 299, 269], [379, 309, 260], [373, 320, 251], [365, 331, 242], [355, 343, 234]]), // s = 15
+    (47368, [[307, 245, 238], [305, 251, 232], [303, 258, 226], [299, 265, 220], [294, 273, 214], [288, 280, 208]]), // s = 16
+    (50895, [[243, 204, 199], [242, 208, 195], [241, 213, 191], [238, 217, 187], [235, 222, 183], [231, 226, 180]]), // s = 17
+    (53822, [[192, 167, 165], [191, 170, 162], [190, 173, 159], [189, 176, 157], [187, 179, 154], [184, 182, 152]]), // s = 18
+    (56218, [[151, 136, 134], [151, 137, 132], [150, 139, 131], [149, 141, 129], [148, 143, 127], [146, 145, 126]]), // s = 19
+    (58158, [[119, 109, 108], [119, 110, 107], [118, 111, 106], [118, 112, 105], [117, 114, 104], [116, 115, 103]]), // s = 20
+    (59715, [[93, 87, 86], [93, 88, 86], [93, 89, 85], [92, 89, 84], [92, 90, 84], [91, 91, 83]]), // s = 21
+    (60956, [[73, 69, 69], [73, 70, 68], [73, 70, 68], [72, 70, 68], [72, 71, 67], [72, 71, 67]]), // s = 22
+    (61941, [[57, 55, 54], [57, 55, 54], [57, 55, 54], [57, 56, 54], [57, 56, 53], [56, 56, 53]]), // s = 23
+];
+
+/// §5.11.1 The starting counts of prior model `j = 6 s + c` over the residuals
+/// `−res_max_abs..=res_max_abs` (index `r + res_max_abs`): `1 + w(r)` with `w(0) = A`,
+/// `w(1) = B`, `w(−1) = C` and `w(r ± 1) = floor(w(r) · Q / 2^16)` away from 0.
+fn arm_prior_counts(j: usize, res_max_abs: u32) -> Vec<u32> {
+    let (q, cells) =
+        ARM_PRIOR_TABLE[(j / ARM_PRIOR_FRACTION_CLASSES).min(ARM_PRIOR_SCALE_CONTEXTS - 1)];
+    let [a, b, c] = cells[j % ARM_PRIOR_FRACTION_CLASSES];
+    let m = res_max_abs as usize;
+    let mut counts = vec![1u32; 2 * m + 1];
+    counts[m] += a;
+    let tail = |counts: &mut [u32], first: u32, idx: &mut dyn Iterator<Item = usize>| {
+        let mut w = first;
+        for i in idx {
+            if w == 0 {
+                break;
+            }
+            counts[i] += w;
+            w = ((u64::from(w) * u64::from(q)) >> 16) as u32;
+        }
+    };
+    tail(&mut counts, b, &mut (m + 1..=2 * m));
+    tail(&mut counts, c, &mut (0..m).rev());
+    counts
 }
 
 /// Encoder-side view implementing constriction's model traits for one symbol.
@@ -1097,7 +1240,7 @@ pub fn encode_pred_grids(
         check_symbols(t, &r, s.res_max_abs)?;
     }
     let shaped: Vec<(&[i32], u32)> = grids.iter().map(|&(g, s)| (g, s.res_max_abs)).collect();
-    encode_planned(&shaped, &plan, ctxs.pred_models())
+    encode_planned(&shaped, &plan, ModelSet::Flat(ctxs.pred_models()))
 }
 
 /// One grid of a residual-coded stream (§5.10, §5.11) for [`decode_residual_grids`]: `len`
@@ -1120,7 +1263,7 @@ struct ResidualGrid {
 fn decode_residual_grids(
     bytes: &[u8],
     grids: &[ResidualGrid],
-    n_models: usize,
+    set: ModelSet,
     mut plan: impl FnMut(usize, &[i32], usize, Option<(&[i32], usize)>) -> (i32, usize, i64),
 ) -> Result<Option<Vec<Vec<i32>>>, EntropyError> {
     const PREALLOC_CAP: usize = 1 << 20;
@@ -1133,12 +1276,9 @@ fn decode_residual_grids(
     let mut out: Vec<Vec<i32>> = Vec::with_capacity(grids.len().min(PREALLOC_CAP));
     let mut at = 0usize;
     for (n, s) in grids.iter().enumerate() {
-        let k = 2 * s.res_max_abs as usize + 1;
         let m = i64::from(s.res_max_abs);
         let vmax = i64::from(s.max_abs);
-        let mut models: Vec<AdaptiveModel> = (0..n_models)
-            .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
-            .collect();
+        let mut models = LazyModels::new(set, s.res_max_abs);
         let mut g = Vec::with_capacity(s.len.min(PREALLOC_CAP));
         let parent = n
             .checked_sub(1)
@@ -1146,12 +1286,12 @@ fn decode_residual_grids(
             .map(|(p, ps)| (p.as_slice(), ps.cols));
         for i in 0..s.len {
             let (pred, j, sign) = plan(n, &g, i, parent);
-            let model = &mut models[j];
+            let model = models.get(j).ok_or(EntropyError::InvalidData { at })?;
             let u = dec
                 .decode_symbol(View(model))
                 .map_err(|_| EntropyError::InvalidData { at })?;
             model.update(u);
-            let v = i64::from(pred) + sign * (u as i64 - m); // u < k <= 65535
+            let v = i64::from(pred) + sign * (u as i64 - m); // u < 2 m + 1 <= 65535
             if v.abs() > vmax {
                 return Err(EntropyError::InvalidData { at });
             }
@@ -1205,7 +1345,8 @@ pub fn decode_pred_grids(
         let (j, sign) = pred_model(ctxs, grid_context(g, i, s.cols, ctxs), frac);
         (pred, j, sign)
     };
-    let Some(out) = decode_residual_grids(bytes, &grids, ctxs.pred_models(), plan)? else {
+    let Some(out) = decode_residual_grids(bytes, &grids, ModelSet::Flat(ctxs.pred_models()), plan)?
+    else {
         return Ok(shapes.iter().map(|_| Vec::new()).collect());
     };
     let refs: Vec<(&[i32], PredShape)> = out
@@ -1241,12 +1382,32 @@ pub const ARM_MODELS: usize = crate::arm::ARM_SCALE_CONTEXTS * FRACTION_CLASSES;
 /// The model index and residual sign of an element with ARM output `o` (§5.11): the scale
 /// context and the class of the mean's fraction, `3·ctx + class`, and −1 when the fraction is
 /// negative; with the prediction.
+///
+/// With the prior models of §5.11.1 (`prior`), the index is `6·s + c` of the finer scale
+/// context `s = clamp((log_scale + 768) >> 6, 0, 23)` and fraction class
+/// `c = min((|f| · 6) >> 7, 5)`.
 #[inline]
-fn arm_model(o: ArmOut, max_abs: u32) -> (i32, usize, i64) {
+fn arm_model(o: ArmOut, max_abs: u32, prior: bool) -> (i32, usize, i64) {
     let (pred, frac) = crate::arm::arm_prediction(o.mean, max_abs);
     let sign = if frac < 0 { -1 } else { 1 };
-    let j = crate::arm::scale_context(o.log_scale) * FRACTION_CLASSES + fraction_class(frac);
+    let j = if prior {
+        let s = ((o.log_scale + 768) >> 6).clamp(0, ARM_PRIOR_SCALE_CONTEXTS as i64 - 1) as usize;
+        let c = (((frac.unsigned_abs() * ARM_PRIOR_FRACTION_CLASSES as u64) >> 7) as usize)
+            .min(ARM_PRIOR_FRACTION_CLASSES - 1);
+        s * ARM_PRIOR_FRACTION_CLASSES + c
+    } else {
+        crate::arm::scale_context(o.log_scale) * FRACTION_CLASSES + fraction_class(frac)
+    };
     (pred, j, sign)
+}
+
+/// The models an ARM's stream starts each grid with (§5.11, §5.11.1).
+fn arm_model_set(arm: &Arm) -> ModelSet {
+    if arm.prior_models {
+        ModelSet::ArmPrior
+    } else {
+        ModelSet::Flat(ARM_MODELS)
+    }
 }
 
 /// The ARM's output for all-zero inputs of one level, computed once: most latents of the
@@ -1281,6 +1442,11 @@ fn check_arm_shapes(shapes: &[ArmShape], arm: &Arm) -> Result<(), EntropyError> 
                 return Err(EntropyError::MaxAbsTooLarge { max_abs: m });
             }
         }
+        if arm.prior_models && s.res_max_abs > ARM_PRIOR_MAX_RES {
+            return Err(EntropyError::MaxAbsTooLarge {
+                max_abs: s.res_max_abs,
+            });
+        }
         if s.level >= arm.levels {
             return Err(EntropyError::Encoder(format!(
                 "grid level {} outside the ARM's {} levels",
@@ -1308,7 +1474,7 @@ fn arm_plan(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Vec<Vec<(i32, usize, i64
                 for (r, o) in out.iter_mut().enumerate() {
                     let i = c * chunk + r;
                     let x = crate::arm::arm_inputs(g, i, s.cols, s.layout, parent);
-                    *o = arm_model(zero.eval(arm, s.level, &x), s.max_abs);
+                    *o = arm_model(zero.eval(arm, s.level, &x), s.max_abs, arm.prior_models);
                 }
             });
             plan
@@ -1332,7 +1498,7 @@ fn arm_plan(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Vec<Vec<(i32, usize, i64
 pub fn encode_arm_grids(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Result<Vec<u8>, EntropyError> {
     check_arm_grids(grids, arm)?;
     let plan = arm_plan(grids, arm);
-    encode_arm_planned(grids, &plan)
+    encode_arm_planned(grids, &plan, arm)
 }
 
 /// [`encode_arm_grids`] with each grid's residual range the smallest bit width's
@@ -1341,12 +1507,12 @@ pub fn encode_arm_grids(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Result<Vec<u
 ///
 /// # Errors
 /// As [`encode_arm_grids`], and [`EntropyError::MaxAbsTooLarge`] for a residual that needs
-/// more than 16 bits.
+/// more than 16 bits (12 with the prior models of §5.11.1).
 pub fn encode_arm_grids_fitted(
     grids: &[(&[i32], ArmShape)],
     arm: &Arm,
 ) -> Result<(Vec<u8>, Vec<u8>), EntropyError> {
-    check_arm_grids(&any_residual(grids), arm)?;
+    check_arm_grids(&any_residual(grids, arm), arm)?;
     let plan = arm_plan(grids, arm);
     let mut bits = Vec::with_capacity(grids.len());
     let mut shaped = Vec::with_capacity(grids.len());
@@ -1358,7 +1524,7 @@ pub fn encode_arm_grids_fitted(
             .max()
             .unwrap_or(0)
             .max(1);
-        if r > u64::from(MAX_ABS_LIMIT) {
+        if r > u64::from(arm_res_limit(arm)) {
             return Err(EntropyError::MaxAbsTooLarge {
                 max_abs: r.min(u64::from(u32::MAX)) as u32,
             });
@@ -1373,7 +1539,7 @@ pub fn encode_arm_grids_fitted(
             },
         ));
     }
-    Ok((bits, encode_arm_planned(&shaped, &plan)?))
+    Ok((bits, encode_arm_planned(&shaped, &plan, arm)?))
 }
 
 /// One element as a residual coder codes it (the ARM, §5.11, or the predictor, §5.10): its
@@ -1392,24 +1558,27 @@ pub fn arm_models(
     grids: &[(&[i32], ArmShape)],
     arm: &Arm,
 ) -> Result<Vec<Vec<CodedElement>>, EntropyError> {
-    check_arm_grids(&any_residual(grids), arm)?;
+    check_arm_grids(&any_residual(grids, arm), arm)?;
     Ok(arm_plan(grids, arm))
 }
 
-/// `grids` with every residual range the widest (for checks made before the ranges are known).
-fn any_residual<'a>(grids: &[(&'a [i32], ArmShape)]) -> Vec<(&'a [i32], ArmShape)> {
+/// `grids` with every residual range the widest `arm` may code (for checks made before the
+/// ranges are known).
+fn any_residual<'a>(grids: &[(&'a [i32], ArmShape)], arm: &Arm) -> Vec<(&'a [i32], ArmShape)> {
+    let res_max_abs = arm_res_limit(arm);
     grids
         .iter()
-        .map(|&(g, s)| {
-            (
-                g,
-                ArmShape {
-                    res_max_abs: MAX_ABS_LIMIT,
-                    ..s
-                },
-            )
-        })
+        .map(|&(g, s)| (g, ArmShape { res_max_abs, ..s }))
         .collect()
+}
+
+/// The widest residual range of a stream coded with `arm`'s models (§5.11.1).
+fn arm_res_limit(arm: &Arm) -> u32 {
+    if arm.prior_models {
+        ARM_PRIOR_MAX_RES
+    } else {
+        MAX_ABS_LIMIT
+    }
 }
 
 fn check_arm_grids(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Result<(), EntropyError> {
@@ -1432,9 +1601,10 @@ fn check_arm_grids(grids: &[(&[i32], ArmShape)], arm: &Arm) -> Result<(), Entrop
 fn encode_arm_planned(
     grids: &[(&[i32], ArmShape)],
     plan: &[Vec<CodedElement>],
+    arm: &Arm,
 ) -> Result<Vec<u8>, EntropyError> {
     let shaped: Vec<(&[i32], u32)> = grids.iter().map(|&(g, s)| (g, s.res_max_abs)).collect();
-    encode_planned(&shaped, plan, ARM_MODELS)
+    encode_planned(&shaped, plan, arm_model_set(arm))
 }
 
 /// The encoder shared by the §5.10 and §5.11 streams (the decoder's counterpart is
@@ -1445,7 +1615,7 @@ fn encode_arm_planned(
 fn encode_planned(
     grids: &[(&[i32], u32)],
     plan: &[Vec<CodedElement>],
-    n_models: usize,
+    set: ModelSet,
 ) -> Result<Vec<u8>, EntropyError> {
     if grids.iter().all(|(g, _)| g.is_empty()) {
         return Ok(Vec::new());
@@ -1453,11 +1623,8 @@ fn encode_planned(
     let coder_err = |e| EntropyError::Encoder(format!("{e:?}"));
     let mut enc = DefaultRangeEncoder::new();
     for (t, (&(g, res_max_abs), p)) in grids.iter().zip(plan).enumerate() {
-        let k = 2 * res_max_abs as usize + 1;
         let m = i64::from(res_max_abs);
-        let mut models: Vec<AdaptiveModel> = (0..n_models)
-            .map(|_| AdaptiveModel::new(k, FORMAT_PARAMS))
-            .collect();
+        let mut models = LazyModels::new(set, res_max_abs);
         for (index, (&v, &(pred, j, sign))) in g.iter().zip(p).enumerate() {
             let r = sign * (i64::from(v) - i64::from(pred));
             if r.abs() > m {
@@ -1469,7 +1636,9 @@ fn encode_planned(
                 });
             }
             let u = (r + m) as usize;
-            let model = &mut models[j];
+            let model = models
+                .get(j)
+                .ok_or_else(|| EntropyError::Encoder(format!("model {j} out of range")))?;
             enc.encode_symbol(u, View(model)).map_err(coder_err)?;
             model.update(u);
         }
@@ -1509,9 +1678,9 @@ pub fn decode_arm_grids(
     let plan = |k: usize, g: &[i32], i: usize, parent: Option<(&[i32], usize)>| {
         let s = &shapes[k];
         let x = crate::arm::arm_inputs(g, i, s.cols, s.layout, parent);
-        arm_model(zeros[k].eval(arm, s.level, &x), s.max_abs)
+        arm_model(zeros[k].eval(arm, s.level, &x), s.max_abs, arm.prior_models)
     };
-    let Some(out) = decode_residual_grids(bytes, &grids, ARM_MODELS, plan)? else {
+    let Some(out) = decode_residual_grids(bytes, &grids, arm_model_set(arm), plan)? else {
         return Ok(shapes.iter().map(|_| Vec::new()).collect());
     };
     let refs: Vec<(&[i32], ArmShape)> = out
@@ -1556,6 +1725,47 @@ fn stream_bytes(enc: DefaultRangeEncoder) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// §5.11.1: the table is the Laplace masses it says it is (within rounding), and the
+    /// prior counts are at least 1, peak at 0 or 1, fall away from there and stay far under
+    /// the count limit at the widest residual range.
+    #[test]
+    fn arm_prior_counts_follow_their_laplace() {
+        for (s, &(q, cells)) in ARM_PRIOR_TABLE.iter().enumerate() {
+            let b = (-3.0 + (s as f64 + 0.5) / 4.0).exp();
+            let want_q = (65536.0 * (-1.0 / b).exp()).round().min(65535.0);
+            assert_eq!(f64::from(q), want_q, "Q of s = {s}");
+            for (c, &[a, bb, cc]) in cells.iter().enumerate() {
+                let mu = (2 * c + 1) as f64 / 24.0;
+                let cdf = |x: f64| {
+                    if x < mu {
+                        0.5 * ((x - mu) / b).exp()
+                    } else {
+                        1.0 - 0.5 * (-(x - mu) / b).exp()
+                    }
+                };
+                let mass = |r: f64| 2048.0 * (cdf(r + 0.5) - cdf(r - 0.5));
+                for (got, r) in [(a, 0.0), (bb, 1.0), (cc, -1.0)] {
+                    assert!(
+                        (f64::from(got) - mass(r)).abs() <= 0.5 + 1e-9,
+                        "s {s} c {c} r {r}"
+                    );
+                }
+                let j = s * ARM_PRIOR_FRACTION_CLASSES + c;
+                for m in [1u32, 7, ARM_PRIOR_MAX_RES] {
+                    let counts = arm_prior_counts(j, m);
+                    let m = m as usize;
+                    assert_eq!(counts.len(), 2 * m + 1);
+                    assert!(counts.iter().all(|&n| n >= 1));
+                    assert_eq!(counts[m], 1 + a);
+                    assert!(counts[m + 2..].windows(2).all(|w| w[0] >= w[1]));
+                    assert!(counts[..m - 1].windows(2).all(|w| w[0] <= w[1]));
+                    let total: u64 = counts.iter().map(|&n| u64::from(n)).sum();
+                    assert!(total < u64::from(COUNT_LIMIT) / 16, "total {total}");
+                }
+            }
+        }
+    }
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 

@@ -48,8 +48,9 @@ pub use grid::{
     arm_coded_bytes, grid_level_dims, grid_tensor_lens, is_grid_file, predicted_shapes,
     read_grid_file, read_grid_file_with, validate_grid_arch, write_grid_file, ArmInfo, GridInfo,
     GridInrFile, LevelPredictor, Synthesis, Upsampling, ARM_HEADER_BYTES, FLAG_GRID, FLAG_GRID_ARM,
-    FLAG_GRID_BSPLINE, FLAG_GRID_CONTEXTS, FLAG_GRID_FRACTION, FLAG_GRID_HEAD, FLAG_GRID_PREDICT,
-    GRID_HEAD_TENSORS, MAX_GRID_DEPTH, MAX_GRID_LEVELS, PREDICTOR_ENTRY_BYTES, VERSION_GRID,
+    FLAG_GRID_ARM_PRIOR, FLAG_GRID_BSPLINE, FLAG_GRID_CONTEXTS, FLAG_GRID_FRACTION, FLAG_GRID_HEAD,
+    FLAG_GRID_PREDICT, GRID_HEAD_TENSORS, MAX_GRID_DEPTH, MAX_GRID_LEVELS, PREDICTOR_ENTRY_BYTES,
+    VERSION_GRID,
 };
 
 /// §3.1 Magic bytes: `0x89 'I' 'N' 'R'` (a high byte first, as in PNG, catches 7-bit and

@@ -63,6 +63,13 @@ impl GridSegment {
                     expected: "an ARM-coded segment (flag bit 2) without predictor or split",
                 },
             )?;
+            if arm.prior_models {
+                return Err(FormatError::InvalidField {
+                    field: "segment latent coding",
+                    value: u64::from(SEGMENT_ARM),
+                    expected: "an ARM with flat models (audio segments have no prior models)",
+                });
+            }
             return Ok(SEGMENT_ARM);
         }
         match (self.contexts, self.predictor.is_some()) {

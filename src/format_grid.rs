@@ -46,6 +46,9 @@ pub const FLAG_GRID_FRACTION: u16 = 1 << 11;
 /// §5.11 Flag bit 12 (image grid files, without bits 6, 8 and 11): the latents are coded with
 /// an autoregressive context model (ARM) that the file carries (§13.9).
 pub const FLAG_GRID_ARM: u16 = 1 << 12;
+/// §5.11.1 Flag bit 13 (image grid files, with bit 12): the ARM-coded latent stream starts
+/// each level with the 144 prior models instead of 36 flat ones ([`Arm::prior_models`]).
+pub const FLAG_GRID_ARM_PRIOR: u16 = 1 << 13;
 /// §13.9 Bytes of the ARM header before the per-level residual bit widths: hidden width,
 /// fractional bits, bit width of the ARM's integers.
 pub const ARM_HEADER_BYTES: usize = 3;
@@ -197,7 +200,8 @@ pub struct GridInfo {
     pub synth_params: u64,
     /// Bytes of the context-coded latent stream (§5.9 or §5.10), without its length field.
     pub latent_stream_bytes: u64,
-    /// §5.9 Contexts of the latent stream: 5, or 12 with flag bit 8.
+    /// §5.9 Contexts of the latent stream: 5, or 12 with flag bit 8 (models per level: 36
+    /// with an ARM, §5.11, 144 with its prior models, §5.11.1).
     pub latent_contexts: u8,
     /// §13.5 "bilinear", or "b-spline" with flag bit 10.
     pub upsampling: &'static str,
@@ -222,6 +226,8 @@ pub struct ArmInfo {
     pub stream_bytes: u64,
     /// Residual bit width of each level (level order).
     pub res_bits: Vec<u8>,
+    /// §5.11.1 The latents are coded with the prior models (flag bit 13).
+    pub prior_models: bool,
 }
 
 /// §13.2 Sizes of the latent levels: level `l` is `ceil(width / 2^l) x ceil(height / 2^l)`.
@@ -390,7 +396,7 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
         f.predictor.is_some(),
         f.contexts,
         f.upsampling,
-        f.arm.is_some(),
+        f.arm.as_ref().map(|a| a.prior_models),
     );
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&f.width.to_le_bytes());
@@ -405,17 +411,21 @@ pub fn write_grid_file(f: &GridInrFile) -> Result<Vec<u8>, FormatError> {
 /// The flags of an image grid file (§3.4, §13.1): bit 3, bit 0 with a shared synthesis
 /// (§13.8) and bit 7 when its output layer is coded, bit 6 with predicted latents (§13.7), bit
 /// 8 with the twelve latent contexts (§5.9), bit 11 with the contexts' fractional split (§5.10),
-/// bit 10 with B-spline upsampling (§13.5), bit 12 with an ARM (§13.9).
+/// bit 10 with B-spline upsampling (§13.5), bit 12 with an ARM (§13.9) and bit 13 when its
+/// stream uses the prior models (§5.11.1).
 fn grid_flags(
     synth: Synthesis,
     predicted: bool,
     contexts: GridContexts,
     upsampling: Upsampling,
-    arm: bool,
+    arm: Option<bool>,
 ) -> u16 {
     let mut flags = FLAG_GRID;
-    if arm {
+    if let Some(prior) = arm {
         flags |= FLAG_GRID_ARM;
+        if prior {
+            flags |= FLAG_GRID_ARM_PRIOR;
+        }
     }
     if upsampling == Upsampling::BSpline {
         flags |= FLAG_GRID_BSPLINE;
@@ -737,6 +747,8 @@ pub(super) struct ArmHeader {
     bits: u8,
     /// Residual bit width of each level (level order).
     res_bits: Vec<u8>,
+    /// §5.11.1 The stream uses the prior models (flag bit 13; never in audio segments).
+    pub(super) prior_models: bool,
 }
 
 /// What `inspect` reports of an ARM with header `h` over `levels` levels and ARM stream `stream`.
@@ -748,6 +760,7 @@ pub(super) fn arm_info(h: &ArmHeader, stream: &[u8], levels: usize) -> ArmInfo {
         params: h.params(levels) as u64,
         stream_bytes: stream.len() as u64,
         res_bits: h.res_bits.clone(),
+        prior_models: h.prior_models,
     }
 }
 
@@ -795,7 +808,26 @@ impl ArmHeader {
             frac_bits: f,
             bits,
             res_bits: res.to_vec(),
+            prior_models: false,
         })
+    }
+
+    /// This header of a stream with the prior models of §5.11.1, whose residual bit widths
+    /// are at most [`entropy::ARM_PRIOR_MAX_RES_BITS`].
+    pub(super) fn with_prior_models(mut self) -> Result<ArmHeader, FormatError> {
+        if let Some(&r) = self
+            .res_bits
+            .iter()
+            .find(|&&r| r > entropy::ARM_PRIOR_MAX_RES_BITS)
+        {
+            return Err(FormatError::InvalidField {
+                field: "residual bits",
+                value: r.into(),
+                expected: "2..=12 with the ARM's prior models (flag bit 13)",
+            });
+        }
+        self.prior_models = true;
+        Ok(self)
     }
 }
 
@@ -937,7 +969,8 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
         | FLAG_GRID_CONTEXTS
         | FLAG_GRID_BSPLINE
         | FLAG_GRID_FRACTION
-        | FLAG_GRID_ARM;
+        | FLAG_GRID_ARM
+        | FLAG_GRID_ARM_PRIOR;
     if flags & !KNOWN != 0 {
         return Err(FormatError::UnknownFlags {
             flags,
@@ -981,10 +1014,20 @@ fn parse_grid<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ParsedGrid<'a>, Fo
             expected: "flag bit 12 (an ARM) without bits 6, 8 and 11",
         });
     }
+    if flags & FLAG_GRID_ARM_PRIOR != 0 && !with_arm {
+        return Err(FormatError::InvalidField {
+            field: "flags",
+            value: flags.into(),
+            expected: "flag bit 13 (the ARM's prior models) only with bit 12 (an ARM)",
+        });
+    }
     let t = take_tables(&mut r, &arch, synth, flags & FLAG_GRID_PREDICT != 0)?;
     let arm = if with_arm {
         let levels = usize::from(arch.coord_dims);
-        let h = ArmHeader::parse(r.take(ARM_HEADER_BYTES + levels, "ARM header")?, levels)?;
+        let mut h = ArmHeader::parse(r.take(ARM_HEADER_BYTES + levels, "ARM header")?, levels)?;
+        if flags & FLAG_GRID_ARM_PRIOR != 0 {
+            h = h.with_prior_models()?;
+        }
         // Decoding evaluates the ARM once per latent (at most 4/3 per pixel).
         let params = h.params(levels);
         limits.check_render(width, height, 2 * params as u64)?;
@@ -1066,13 +1109,13 @@ pub(super) fn decode_body(
                 &Arm::tensor_lens(h.width, levels),
                 max_abs_for_bits(h.bits),
             )?;
-            let a = Arm::from_tensors(h.width, h.frac_bits, levels, t).ok_or(
-                FormatError::InvalidField {
+            let a = Arm::from_tensors(h.width, h.frac_bits, levels, t)
+                .ok_or(FormatError::InvalidField {
                     field: "ARM",
                     value: h.width as u64,
                     expected: "an ARM of its header's width and levels",
-                },
-            )?;
+                })?
+                .with_prior_models(h.prior_models);
             let shapes: Vec<ArmShape> = (0..levels)
                 .rev()
                 .map(|l| ArmShape {
@@ -1214,7 +1257,7 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
             p.body.predictor.is_some(),
             p.contexts,
             p.upsampling,
-            p.body.arm.is_some(),
+            p.body.arm.as_ref().map(|(h, _)| h.prior_models),
         ),
         base_id: p.base_id.map(|id| format!("{id:016x}")),
         modality: "image",
@@ -1252,7 +1295,9 @@ pub(super) fn inspect_grid(bytes: &[u8], limits: &Limits) -> Result<FileInfo, Fo
             latents,
             synth_params,
             latent_stream_bytes,
-            latent_contexts: if arm.is_some() {
+            latent_contexts: if arm.as_ref().is_some_and(|a| a.prior_models) {
+                entropy::ARM_PRIOR_MODELS
+            } else if arm.is_some() {
                 entropy::ARM_MODELS
             } else if p.body.predictor.is_some() {
                 p.contexts.pred_models()

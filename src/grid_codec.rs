@@ -2738,21 +2738,45 @@ pub(crate) fn best_arm(
     let Some(cands) = fit_arm(&grids, pyr.n_levels(), af) else {
         return Ok(None);
     };
-    // Each candidate's coded size (in parallel: each coding pass is serial), the first
-    // smallest kept.
-    let sizes: Vec<Result<usize, EncodeError>> = cands
-        .par_iter()
-        .map(|a| {
-            let (_, stream) =
-                entropy::encode_arm_grids_fitted(&grids, a).map_err(format::FormatError::from)?;
-            Ok(stream.len() + format::arm_coded_bytes(a)?)
-        })
+    // Each candidate's coded size with the prior models of §5.11.1 (in parallel: each coding
+    // pass is serial), the first smallest kept; then that one with flat models when they code
+    // it in fewer bytes (or when its residuals are too wide for the prior models).
+    let size = |a: &Arm| -> Result<Option<usize>, EncodeError> {
+        match entropy::encode_arm_grids_fitted(&grids, a) {
+            Ok((_, stream)) => Ok(Some(stream.len() + format::arm_coded_bytes(a)?)),
+            Err(entropy::EntropyError::MaxAbsTooLarge { .. }) if a.prior_models => Ok(None),
+            Err(e) => Err(format::FormatError::from(e).into()),
+        }
+    };
+    let cands: Vec<Arm> = cands
+        .into_iter()
+        .map(|a| a.with_prior_models(af.prior_models))
         .collect();
+    let sizes: Vec<Result<Option<usize>, EncodeError>> = cands.par_iter().map(size).collect();
     let mut best: Option<(usize, Arm)> = None;
+    let mut flat_only = Vec::new();
     for (a, n) in cands.into_iter().zip(sizes) {
-        let n = n?;
-        if best.as_ref().is_none_or(|b| n < b.0) {
-            best = Some((n, a));
+        match n? {
+            Some(n) => {
+                if best.as_ref().is_none_or(|b| n < b.0) {
+                    best = Some((n, a));
+                }
+            }
+            None => flat_only.push(a.with_prior_models(false)),
+        }
+    }
+    // Flat models: the best prior-coded candidate's, and any whose residuals the prior models
+    // cannot code.
+    if let Some((_, a)) = &best {
+        if a.prior_models {
+            flat_only.push(a.clone().with_prior_models(false));
+        }
+    }
+    for a in flat_only {
+        if let Some(n) = size(&a)? {
+            if best.as_ref().is_none_or(|b| n < b.0) {
+                best = Some((n, a));
+            }
         }
     }
     Ok(best.map(|b| b.1))

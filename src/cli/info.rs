@@ -194,11 +194,19 @@ pub fn run(args: InfoArgs, ctx: &Ctx) -> anyhow::Result<()> {
             Some("bilinear") | None => String::new(),
             Some(u) => format!(", {u} upsampling"),
         };
-        // Flag bit 12 (codec-spec §13.9): the latents are coded with the file's ARM.
+        // Flag bit 12 (codec-spec §13.9): the latents are coded with the file's ARM; bit 13
+        // (§5.11.1): with its prior models.
         let arm = match g.get("arm") {
             Some(a) if !a.is_null() => format!(
-                ", ARM of width {} ({} params in {} bytes)",
-                a["width"], a["params"], a["stream_bytes"]
+                ", ARM of width {} ({} params in {} bytes{})",
+                a["width"],
+                a["params"],
+                a["stream_bytes"],
+                if a["prior_models"] == true {
+                    ", prior models"
+                } else {
+                    ""
+                }
             ),
             _ => String::new(),
         };

@@ -610,7 +610,8 @@ fn arm_coded_segments_round_trip_and_are_checked() {
     let own = format::audio_grid_segment_bytes(&f.arch, frames, seg).unwrap();
     let n = format::audio_grid_segment_bytes(&f.arch, frames, &plain.segments[0]).unwrap();
     assert!(own < n, "{own} vs {n}");
-    // The writer refuses an ARM with a predictor or a split, or of other levels.
+    // The writer refuses an ARM with a predictor or a split, of other levels, or with the
+    // prior models.
     let pred = vec![
         LevelPredictor {
             coefs: [100, 0, 0, 0, 20],
@@ -632,6 +633,11 @@ fn arm_coded_segments_round_trip_and_are_checked() {
         },
         GridSegment {
             arm: Some(fewer),
+            ..seg.clone()
+        },
+        // Audio segments have no prior models (§5.11.1 is for image grid files).
+        GridSegment {
+            arm: Some(arm.clone().with_prior_models(true)),
             ..seg.clone()
         },
     ] {

@@ -1002,9 +1002,10 @@ fn bspline_files_round_trip_and_carry_their_flag() {
     // The same fit without the flag is another file: the bit is what selects the taps.
     let plain = encode_grid(&img, &cfg(150, 0.002), &mut |_| {}).unwrap();
     assert_ne!(plain.bytes, enc.bytes);
-    // An unknown bit (bit 13) is refused, with a valid CRC.
+    // An unknown bit (bit 14; bit 13 is the ARM's prior models since stop 62) is refused,
+    // with a valid CRC.
     let mut odd = enc.bytes.clone();
-    odd[7] |= 0x20;
+    odd[7] |= 0x40;
     let n = odd.len();
     let crc = crc32fast::hash(&odd[..n - 4]);
     odd[n - 4..].copy_from_slice(&crc.to_le_bytes());

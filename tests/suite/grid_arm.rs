@@ -3,7 +3,9 @@
 use inr::arm::{Arm, ArmLayout, ARM_INPUTS};
 use inr::arm_fit::{fit_arm, ArmFit};
 use inr::entropy::{self, ArmShape, GridContexts};
-use inr::format::{self, max_abs_for_bits, GridInrFile, Limits, FLAG_GRID_ARM};
+use inr::format::{
+    self, max_abs_for_bits, GridInrFile, Limits, FLAG_GRID_ARM, FLAG_GRID_ARM_PRIOR,
+};
 use inr::media::Image;
 use inr::{decode, encode_grid, DecodeOptions, GridEncodeConfig};
 use rand::{Rng, SeedableRng};
@@ -50,6 +52,7 @@ const TINY_ARM: ArmFit = ArmFit {
     batch: 256,
     lr: 1e-2,
     seed: 7,
+    prior_models: false,
 };
 
 /// A small grid file's latents recoded with a tiny ARM fitted to them.
@@ -121,7 +124,7 @@ fn arm_files_round_trip_canonically_and_decode_as_the_plain_file() {
 #[test]
 fn the_arm_stream_round_trips_random_grids_and_refuses_garbage() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    for case in 0..6 {
+    for case in 0..8 {
         let levels = 1 + case % 3;
         let width = 1 + case * 3;
         let lens = Arm::tensor_lens(width, levels);
@@ -129,7 +132,10 @@ fn the_arm_stream_round_trips_random_grids_and_refuses_garbage() {
             .iter()
             .map(|&n| (0..n).map(|_| rng.gen_range(-300..300)).collect())
             .collect();
-        let arm = Arm::from_tensors(width, 1 + (case % 8) as u8, levels, t).unwrap();
+        // Odd cases code with the prior models of §5.11.1.
+        let arm = Arm::from_tensors(width, 1 + (case % 8) as u8, levels, t)
+            .unwrap()
+            .with_prior_models(case % 2 == 1);
         let dims: Vec<(usize, usize)> = (0..levels).map(|l| (9 >> l, 7 >> l)).collect();
         let vals: Vec<Vec<i32>> = dims
             .iter()
@@ -291,7 +297,161 @@ fn the_encoder_keeps_an_arm_only_when_it_is_smaller() {
     );
     let flags = u16::from_le_bytes([a.bytes[6], a.bytes[7]]);
     assert_eq!(flags & FLAG_GRID_ARM, FLAG_GRID_ARM);
+    // ... with the prior models of §5.11.1, smaller here than the flat ones.
+    assert_eq!(flags & FLAG_GRID_ARM_PRIOR, FLAG_GRID_ARM_PRIOR);
+    let f = format::read_grid_file(&a.bytes, &Limits::default()).unwrap();
+    let mut flat = f.clone();
+    flat.arm = flat.arm.map(|a| a.with_prior_models(false));
+    let flat = format::write_grid_file(&flat).unwrap();
+    assert!(
+        flat.len() > a.bytes.len(),
+        "{} <= {}",
+        flat.len(),
+        a.bytes.len()
+    );
     assert_eq!(a.recon, b.recon, "the same fit, coded two ways");
     let flags_b = u16::from_le_bytes([b.bytes[6], b.bytes[7]]);
     assert_eq!(flags_b & FLAG_GRID_ARM, 0);
+}
+
+/// An ARM whose output is the same for every latent: mean `mean / 256`, log-scale
+/// `log_scale / 256` (all weights 0, the output biases set; F = 8).
+fn constant_arm(levels: usize, mean: i32, log_scale: i32) -> Arm {
+    let lens = Arm::tensor_lens(2, levels);
+    let mut t: Vec<Vec<i32>> = lens.iter().map(|&n| vec![0; n]).collect();
+    t[5] = vec![mean, log_scale];
+    Arm::from_tensors(2, 8, levels, t).unwrap()
+}
+
+/// §5.11.1: latents drawn from the Laplace the ARM predicts code in fewer bytes with the prior
+/// models than with the flat ones (a short grid, where the flat models spend most on learning
+/// the shape), both streams decode to the latents, and with the mean's fraction the prior's
+/// centre moves with it.
+#[test]
+fn prior_models_code_latents_of_the_predicted_laplace_in_fewer_bytes() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for (mean, ln_b) in [(0.0f64, 0.0f64), (0.3, 0.5), (-0.4, 1.2), (0.1, -0.6)] {
+        let b = ln_b.exp();
+        let vals: Vec<i32> = (0..600)
+            .map(|_| {
+                let u: f64 = rng.gen_range(-0.5..0.5);
+                let x = mean - b * u.signum() * (1.0 - 2.0 * u.abs()).ln();
+                (x.round() as i32).clamp(-60, 60)
+            })
+            .collect();
+        let s = ArmShape {
+            len: vals.len(),
+            cols: 30,
+            max_abs: 63,
+            res_max_abs: 0,
+            level: 0,
+            layout: ArmLayout::Image,
+        };
+        let flat = constant_arm(1, (mean * 256.0) as i32, (ln_b * 256.0) as i32);
+        let prior = flat.clone().with_prior_models(true);
+        let grids = [(&vals[..], s)];
+        let (bf, sf) = entropy::encode_arm_grids_fitted(&grids, &flat).unwrap();
+        let (bp, sp) = entropy::encode_arm_grids_fitted(&grids, &prior).unwrap();
+        assert!(
+            sp.len() < sf.len(),
+            "mean {mean}, ln b {ln_b}: {} >= {}",
+            sp.len(),
+            sf.len()
+        );
+        for ((stream, bits), arm) in [(&sf, &bf), (&sp, &bp)].into_iter().zip([&flat, &prior]) {
+            let shape = ArmShape {
+                res_max_abs: max_abs_for_bits(bits[0]),
+                ..s
+            };
+            let back = entropy::decode_arm_grids(stream, &[shape], arm).unwrap();
+            assert_eq!(back, vec![vals.clone()]);
+        }
+        // The flat decoder does not read the prior stream as these latents (nor as anything:
+        // it is a different code).
+        let shape = ArmShape {
+            res_max_abs: max_abs_for_bits(bp[0]),
+            ..s
+        };
+        assert_ne!(
+            entropy::decode_arm_grids(&sp, &[shape], &flat).ok(),
+            Some(vec![vals.clone()])
+        );
+    }
+}
+
+/// Files with the prior models (flag bit 13) round trip canonically and decode as the plain
+/// file; bit 13 without bit 12, or with a residual wider than 12 bits, is refused; an audio
+/// segment cannot carry them; the coder refuses residuals the prior models cannot hold.
+#[test]
+fn prior_model_files_round_trip_and_hostile_ones_are_refused() {
+    let (flat_bytes, f, plain) = arm_file();
+    let mut f = f;
+    f.arm = f.arm.map(|a| a.with_prior_models(true));
+    let bytes = format::write_grid_file(&f).unwrap();
+    let limits = Limits::default();
+    let back = format::read_grid_file(&bytes, &limits).unwrap();
+    assert_eq!(back, f);
+    assert!(back.arm.as_ref().unwrap().prior_models);
+    assert_eq!(format::write_grid_file(&back).unwrap(), bytes, "canonical");
+    let opts = DecodeOptions::default();
+    assert_eq!(
+        decode(&bytes, &opts).unwrap(),
+        decode(&plain, &opts).unwrap()
+    );
+    let info = inr::inspect(&bytes).unwrap();
+    assert_eq!(info.flags, 0x3008);
+    assert!(info.grid.unwrap().arm.unwrap().prior_models);
+    assert!(
+        !inr::inspect(&flat_bytes)
+            .unwrap()
+            .grid
+            .unwrap()
+            .arm
+            .unwrap()
+            .prior_models
+    );
+    // Bit 13 on a file without an ARM, or a residual width of 13 bits with it: refused.
+    let set_flags = |b: &mut Vec<u8>, flags: u16| {
+        b[6..8].copy_from_slice(&flags.to_le_bytes());
+        fix_crc(b);
+    };
+    let mut b = plain.clone();
+    let flags = u16::from_le_bytes([b[6], b[7]]) | FLAG_GRID_ARM_PRIOR;
+    set_flags(&mut b, flags);
+    let e = format::read_grid_file(&b, &limits).unwrap_err();
+    assert!(e.to_string().contains("flag bit 13"), "{e}");
+    let at = format::HEADER_BYTES + format::STEP_BYTES * f.tensors.len();
+    let mut b = bytes.clone();
+    b[at + 3] = 13; // level 0's residual bit width
+    fix_crc(&mut b);
+    let e = format::read_grid_file(&b, &limits).unwrap_err();
+    assert!(e.to_string().contains("residual bits"), "{e}");
+    // The same header without bit 13 passes that check (and fails later, or decodes).
+    let mut b2 = b.clone();
+    set_flags(&mut b2, 0x1008);
+    if let Err(e) = format::read_grid_file(&b2, &limits) {
+        assert!(!e.to_string().contains("residual bits"), "{e}");
+    }
+    // Every payload byte flipped (CRC fixed): no panic.
+    for pos in at..bytes.len() - 4 {
+        let mut b = bytes.clone();
+        b[pos] ^= 0x3c;
+        fix_crc(&mut b);
+        let _ = decode(&b, &DecodeOptions::default());
+    }
+    // A residual of 2048 needs 13 bits: the coder refuses it with the prior models only.
+    let vals = [2048i32, 0, 0, 0];
+    let s = ArmShape {
+        len: 4,
+        cols: 2,
+        max_abs: 4095,
+        res_max_abs: 0,
+        level: 0,
+        layout: ArmLayout::Image,
+    };
+    let arm = constant_arm(1, 0, 0);
+    assert!(entropy::encode_arm_grids_fitted(&[(&vals[..], s)], &arm).is_ok());
+    assert!(
+        entropy::encode_arm_grids_fitted(&[(&vals[..], s)], &arm.with_prior_models(true)).is_err()
+    );
 }
