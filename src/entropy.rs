@@ -1726,6 +1726,34 @@ fn stream_bytes(enc: DefaultRangeEncoder) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// §5.11.1: the table printed in `codec-spec.md` is this one, row for row.
+    #[test]
+    fn arm_prior_table_is_the_spec_table() {
+        let spec =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/codec-spec.md")).unwrap();
+        let from = spec.find("### 5.11.1").unwrap();
+        let rows: Vec<Vec<u32>> = spec[from..]
+            .lines()
+            .skip_while(|l| !l.starts_with("| s | Q |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.split(|c: char| c == '|' || c.is_whitespace())
+                    .filter(|t| !t.is_empty())
+                    .map(|t| t.parse().unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(rows.len(), ARM_PRIOR_SCALE_CONTEXTS);
+        for (s, (row, &(q, cells))) in rows.iter().zip(&ARM_PRIOR_TABLE).enumerate() {
+            let want: Vec<u32> = [s as u32, q]
+                .into_iter()
+                .chain(cells.iter().flatten().copied())
+                .collect();
+            assert_eq!(row, &want, "row s = {s}");
+        }
+    }
+
     /// §5.11.1: the table is the Laplace masses it says it is (within rounding), and the
     /// prior counts are at least 1, peak at 0 or 1, fall away from there and stay far under
     /// the count limit at the widest residual range.
