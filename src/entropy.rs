@@ -1254,7 +1254,7 @@ struct ResidualGrid {
 }
 
 /// The decoder shared by the §5.10 and §5.11 streams: for each grid (coding order, each one's
-/// parent the grid before it), `n_models` fresh adaptive models over its residual alphabet;
+/// parent the grid before it), the fresh adaptive models of `set` over its residual alphabet;
 /// `plan(k, g, i, parent)` gives element `i` of grid `k` (its first `i` values `g`) its
 /// prediction, model and residual sign. With the §5.5 checks of whole words and an exhausted
 /// stream, and every value within its grid's range; the caller checks canonical re-encoding.
@@ -1609,7 +1609,7 @@ fn encode_arm_planned(
 
 /// The encoder shared by the §5.10 and §5.11 streams (the decoder's counterpart is
 /// [`decode_residual_grids`]): for each grid (coding order) with its residual range
-/// `res_max_abs`, `n_models` fresh adaptive models over its residual alphabet; element `i`
+/// `res_max_abs`, the fresh adaptive models of `set` over its residual alphabet; element `i`
 /// codes `sign · (value − prediction)` with model `j`, as its `plan` entry says. Only empty
 /// grids give an empty stream.
 fn encode_planned(

@@ -98,18 +98,21 @@ fn fix_crc(b: &mut [u8]) {
     b[n..].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Checks that `bytes` reads back to `f`, is the writer's output for it (canonical) and decodes
+/// to the image of `plain` (the same latents coded without an ARM); returns its inspection.
+fn round_trips_as_the_plain_file(bytes: &[u8], f: &GridInrFile, plain: &[u8]) -> format::FileInfo {
+    let back = format::read_grid_file(bytes, &Limits::default()).unwrap();
+    assert_eq!(&back, f);
+    assert_eq!(format::write_grid_file(&back).unwrap(), bytes, "canonical");
+    let opts = DecodeOptions::default();
+    assert_eq!(decode(bytes, &opts).unwrap(), decode(plain, &opts).unwrap());
+    inr::inspect(bytes).unwrap()
+}
+
 #[test]
 fn arm_files_round_trip_canonically_and_decode_as_the_plain_file() {
     let (bytes, f, plain) = arm_file();
-    let back = format::read_grid_file(&bytes, &Limits::default()).unwrap();
-    assert_eq!(back, f);
-    assert_eq!(format::write_grid_file(&back).unwrap(), bytes, "canonical");
-    let opts = DecodeOptions::default();
-    assert_eq!(
-        decode(&bytes, &opts).unwrap(),
-        decode(&plain, &opts).unwrap()
-    );
-    let info = inr::inspect(&bytes).unwrap();
+    let info = round_trips_as_the_plain_file(&bytes, &f, &plain);
     assert_eq!(info.flags, 0x1008);
     let g = info.grid.unwrap();
     let a = g.arm.expect("ARM info");
@@ -389,16 +392,8 @@ fn prior_model_files_round_trip_and_hostile_ones_are_refused() {
     f.arm = f.arm.map(|a| a.with_prior_models(true));
     let bytes = format::write_grid_file(&f).unwrap();
     let limits = Limits::default();
-    let back = format::read_grid_file(&bytes, &limits).unwrap();
-    assert_eq!(back, f);
-    assert!(back.arm.as_ref().unwrap().prior_models);
-    assert_eq!(format::write_grid_file(&back).unwrap(), bytes, "canonical");
-    let opts = DecodeOptions::default();
-    assert_eq!(
-        decode(&bytes, &opts).unwrap(),
-        decode(&plain, &opts).unwrap()
-    );
-    let info = inr::inspect(&bytes).unwrap();
+    let info = round_trips_as_the_plain_file(&bytes, &f, &plain);
+    assert!(f.arm.as_ref().unwrap().prior_models);
     assert_eq!(info.flags, 0x3008);
     assert!(info.grid.unwrap().arm.unwrap().prior_models);
     assert!(
